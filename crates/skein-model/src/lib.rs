@@ -1,0 +1,345 @@
+//! The domain model of Skein: what a trace *is*, independent of any wire or disk format.
+//!
+//! Owns [`TraceId`], [`SpanId`], [`Span`], [`SpanKind`], [`Status`], [`Resource`],
+//! [`InstrumentationScope`], [`AttrValue`], [`Event`], [`Link`] and [`TimeRange`].
+//!
+//! This crate must never do I/O and never depend on serde: wire formats (OTLP, Jaeger JSON)
+//! and disk formats convert to and from these types by hand, in their own crates.
+
+use std::fmt;
+use std::sync::Arc;
+
+mod ids;
+
+pub use ids::{ParseIdError, SpanId, TraceId};
+
+/// The resource attribute that names a service.
+pub const SERVICE_NAME: &str = "service.name";
+/// The service name used when a resource has no `service.name`, as the OTel spec says.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// The value of an attribute: every OTLP `AnyValue` variant, without loss.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    /// An `AnyValue` with no value set.
+    Empty,
+    Str(String),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(Vec<u8>),
+    Array(Vec<AttrValue>),
+    KvList(Vec<KeyValue>),
+}
+
+impl AttrValue {
+    /// Nesting depth: 1 for a scalar, 1 + the deepest element for arrays and kvlists.
+    pub fn depth(&self) -> usize {
+        match self {
+            AttrValue::Array(items) => 1 + items.iter().map(AttrValue::depth).max().unwrap_or(0),
+            AttrValue::KvList(kvs) => 1 + kvs.iter().map(|kv| kv.value.depth()).max().unwrap_or(0),
+            _ => 1,
+        }
+    }
+
+    /// The string a person would type to match this value in a search (`key=value`).
+    /// Scalars render plainly; arrays and kvlists render as JSON-like text.
+    pub fn to_search_string(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for AttrValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttrValue::Empty => Ok(()),
+            AttrValue::Str(s) => f.write_str(s),
+            AttrValue::Bool(b) => write!(f, "{b}"),
+            AttrValue::Int(i) => write!(f, "{i}"),
+            AttrValue::Double(d) => write!(f, "{d}"),
+            AttrValue::Bytes(b) => {
+                for byte in b {
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+            AttrValue::Array(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write_nested(f, item)?;
+                }
+                f.write_str("]")
+            }
+            AttrValue::KvList(kvs) => {
+                f.write_str("{")?;
+                for (i, kv) in kvs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{:?}:", kv.key)?;
+                    write_nested(f, &kv.value)?;
+                }
+                f.write_str("}")
+            }
+        }
+    }
+}
+
+fn write_nested(f: &mut fmt::Formatter<'_>, value: &AttrValue) -> fmt::Result {
+    match value {
+        AttrValue::Str(s) => write!(f, "{s:?}"),
+        AttrValue::Bytes(_) => write!(f, "\"{value}\""),
+        AttrValue::Empty => f.write_str("null"),
+        other => write!(f, "{other}"),
+    }
+}
+
+/// One attribute: a key and its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: AttrValue,
+}
+
+impl KeyValue {
+    pub fn new(key: impl Into<String>, value: AttrValue) -> Self {
+        KeyValue { key: key.into(), value }
+    }
+
+    pub fn string(key: impl Into<String>, value: impl Into<String>) -> Self {
+        KeyValue::new(key, AttrValue::Str(value.into()))
+    }
+}
+
+/// Looks up an attribute by key (the first one wins, as in OTLP).
+pub fn find_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AttrValue> {
+    attrs.iter().find(|kv| kv.key == key).map(|kv| &kv.value)
+}
+
+/// The entity that produced the spans: a service instance.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resource {
+    pub attributes: Vec<KeyValue>,
+    pub dropped_attributes_count: u32,
+    pub schema_url: String,
+}
+
+impl Resource {
+    /// `service.name`, or `unknown_service` when the resource has none.
+    pub fn service_name(&self) -> &str {
+        match find_attr(&self.attributes, SERVICE_NAME) {
+            Some(AttrValue::Str(s)) if !s.is_empty() => s,
+            _ => UNKNOWN_SERVICE,
+        }
+    }
+}
+
+/// The instrumentation library that made the spans.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstrumentationScope {
+    pub name: String,
+    pub version: String,
+    pub attributes: Vec<KeyValue>,
+    pub dropped_attributes_count: u32,
+    pub schema_url: String,
+}
+
+/// What role a span plays in a request, as in OTLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum SpanKind {
+    #[default]
+    Unspecified,
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    /// All kinds, in OTLP enum order.
+    pub const ALL: [SpanKind; 6] = [
+        SpanKind::Unspecified,
+        SpanKind::Internal,
+        SpanKind::Server,
+        SpanKind::Client,
+        SpanKind::Producer,
+        SpanKind::Consumer,
+    ];
+
+    /// The lowercase name used by Jaeger (`span.kind` tag) and query parameters.
+    /// `Unspecified` has no name in Jaeger and renders as the empty string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpanKind::Unspecified => "",
+            SpanKind::Internal => "internal",
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
+            SpanKind::Producer => "producer",
+            SpanKind::Consumer => "consumer",
+        }
+    }
+
+    /// Parses the lowercase Jaeger name (`server`, `client`, …); also accepts
+    /// `unspecified` for the empty kind.
+    pub fn parse(s: &str) -> Option<SpanKind> {
+        match s.to_ascii_lowercase().as_str() {
+            "unspecified" => Some(SpanKind::Unspecified),
+            "internal" => Some(SpanKind::Internal),
+            "server" => Some(SpanKind::Server),
+            "client" => Some(SpanKind::Client),
+            "producer" => Some(SpanKind::Producer),
+            "consumer" => Some(SpanKind::Consumer),
+            _ => None,
+        }
+    }
+}
+
+/// The status code of a span, as in OTLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum StatusCode {
+    #[default]
+    Unset,
+    Ok,
+    Error,
+}
+
+/// The status of a span.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub code: StatusCode,
+    pub message: String,
+}
+
+/// A timestamped event inside a span (Jaeger calls these logs).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub time_unix_nano: u64,
+    pub name: String,
+    pub attributes: Vec<KeyValue>,
+    pub dropped_attributes_count: u32,
+}
+
+/// A link from a span to another span, possibly in another trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Link {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub trace_state: String,
+    pub attributes: Vec<KeyValue>,
+    pub dropped_attributes_count: u32,
+    pub flags: u32,
+}
+
+/// One span with everything OTLP says about it. The resource and scope are shared between
+/// the spans of one batch that came from the same service and library.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// `None` for a root span.
+    pub parent_span_id: Option<SpanId>,
+    pub trace_state: String,
+    pub flags: u32,
+    pub name: String,
+    pub kind: SpanKind,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub attributes: Vec<KeyValue>,
+    pub dropped_attributes_count: u32,
+    pub events: Vec<Event>,
+    pub dropped_events_count: u32,
+    pub links: Vec<Link>,
+    pub dropped_links_count: u32,
+    pub status: Status,
+    pub resource: Arc<Resource>,
+    pub scope: Arc<InstrumentationScope>,
+}
+
+impl Span {
+    /// The span's service (`service.name` of its resource).
+    pub fn service_name(&self) -> &str {
+        self.resource.service_name()
+    }
+
+    /// Duration in nanoseconds; zero when the end is before the start.
+    pub fn duration_nanos(&self) -> u64 {
+        self.end_time_unix_nano.saturating_sub(self.start_time_unix_nano)
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.parent_span_id.is_none()
+    }
+}
+
+/// A half-open range of unix times in nanoseconds: `start <= t < end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeRange {
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+}
+
+impl TimeRange {
+    /// Every representable time.
+    pub const ALL: TimeRange = TimeRange { start_unix_nano: 0, end_unix_nano: u64::MAX };
+
+    pub fn new(start_unix_nano: u64, end_unix_nano: u64) -> Self {
+        TimeRange { start_unix_nano, end_unix_nano }
+    }
+
+    pub fn contains(&self, t: u64) -> bool {
+        self.start_unix_nano <= t && t < self.end_unix_nano
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end_unix_nano <= self.start_unix_nano
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_nesting() {
+        let scalar = AttrValue::Int(1);
+        assert_eq!(scalar.depth(), 1);
+        let nested = AttrValue::Array(vec![AttrValue::KvList(vec![KeyValue::new(
+            "k",
+            AttrValue::Array(vec![AttrValue::Bool(true)]),
+        )])]);
+        assert_eq!(nested.depth(), 4);
+        assert_eq!(AttrValue::Array(vec![]).depth(), 1);
+    }
+
+    #[test]
+    fn display_renders_nested_values_as_json_like_text() {
+        let v = AttrValue::KvList(vec![
+            KeyValue::string("a", "x\"y"),
+            KeyValue::new("b", AttrValue::Array(vec![AttrValue::Int(1), AttrValue::Empty])),
+            KeyValue::new("c", AttrValue::Bytes(vec![0xde, 0xad])),
+        ]);
+        assert_eq!(v.to_string(), r#"{"a":"x\"y","b":[1,null],"c":"dead"}"#);
+        assert_eq!(AttrValue::Double(1.5).to_string(), "1.5");
+    }
+
+    #[test]
+    fn service_name_falls_back_to_unknown_service() {
+        let mut r = Resource::default();
+        assert_eq!(r.service_name(), "unknown_service");
+        r.attributes.push(KeyValue::string(SERVICE_NAME, "shop"));
+        assert_eq!(r.service_name(), "shop");
+    }
+
+    #[test]
+    fn span_kind_round_trips_through_its_name() {
+        for kind in SpanKind::ALL {
+            let name = if kind == SpanKind::Unspecified { "unspecified" } else { kind.as_str() };
+            assert_eq!(SpanKind::parse(name), Some(kind));
+        }
+        assert_eq!(SpanKind::parse("bogus"), None);
+    }
+}

@@ -1,0 +1,39 @@
+//! The query side of Skein: the Jaeger v1 JSON API (what Grafana's Jaeger data source and
+//! Jaeger UI call), the Jaeger v3 API (OTLP JSON), and search parameter parsing.
+//!
+//! [`router`] returns an axum `Router` over any [`SpanStore`]; it holds no process-wide
+//! state and never writes. Trace analysis (critical path, split traces) will live here too.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use skein_store::SpanStore;
+
+pub mod duration;
+pub mod jaeger;
+pub mod params;
+mod v1;
+mod v3;
+
+/// The store a query handler reads from.
+pub type SharedStore = Arc<dyn SpanStore>;
+
+/// All query routes: Jaeger v1 under `/api/…` and v3 under `/api/v3/…`.
+pub fn router(store: SharedStore) -> Router {
+    Router::new()
+        .route("/api/services", get(v1::services))
+        .route("/api/services/{service}/operations", get(v1::service_operations))
+        .route("/api/operations", get(v1::operations))
+        .route("/api/traces", get(v1::find_traces))
+        .route("/api/traces/{trace_id}", get(v1::get_trace))
+        .route("/api/dependencies", get(v1::dependencies))
+        .route("/api/v3/services", get(v3::services))
+        .route("/api/v3/operations", get(v3::operations))
+        .route("/api/v3/traces", get(v3::find_traces))
+        .route("/api/v3/traces/{trace_id}", get(v3::get_trace))
+        .with_state(store)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,81 @@
+//! Server configuration (filled by the binary's flags and `SKEIN_*` variables).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skein_otlp::Limits;
+
+/// Which storage backend keeps the spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageKind {
+    /// The embedded engine in `data_dir` (not available yet: see the README).
+    Embedded,
+    /// Bounded memory; everything is lost on restart.
+    Memory,
+    /// A ClickHouse cluster (not available yet).
+    Clickhouse,
+}
+
+/// Everything `skein serve` can be told.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub otlp_grpc_addr: SocketAddr,
+    pub otlp_http_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub storage: StorageKind,
+    pub data_dir: PathBuf,
+    /// Spans older than this are dropped.
+    pub retention: Duration,
+    /// Bound of the memory store.
+    pub memory_max_spans: usize,
+    /// Largest OTLP request body, before and after gunzip.
+    pub max_request_bytes: usize,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            otlp_grpc_addr: ([127, 0, 0, 1], 4317).into(),
+            otlp_http_addr: ([127, 0, 0, 1], 4318).into(),
+            http_addr: ([127, 0, 0, 1], 16686).into(),
+            storage: StorageKind::Memory,
+            data_dir: PathBuf::from("./skein-data"),
+            retention: Duration::from_secs(72 * 3600),
+            memory_max_spans: 1_000_000,
+            max_request_bytes: 4 * 1024 * 1024,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "storage {0:?} is not available in this version of skein; use --storage memory (the default) until it lands"
+    )]
+    StorageNotAvailable(&'static str),
+    #[error("--memory-max-spans must be at least 1")]
+    ZeroMemorySpans,
+    #[error("--max-request-bytes must be at least 1024")]
+    TinyRequestLimit,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.storage {
+            StorageKind::Memory => {}
+            StorageKind::Embedded => return Err(ConfigError::StorageNotAvailable("embedded")),
+            StorageKind::Clickhouse => return Err(ConfigError::StorageNotAvailable("clickhouse")),
+        }
+        if self.memory_max_spans == 0 {
+            return Err(ConfigError::ZeroMemorySpans);
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(ConfigError::TinyRequestLimit);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! The HTTP server on `--http-addr`: query API, health, metrics and the UI's entry page.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use skein_store::SpanStore;
+
+use crate::metrics::Metrics;
+
+pub(crate) fn router(store: Arc<dyn SpanStore>, metrics: Metrics) -> Router {
+    let ops = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .route("/", get(index))
+        .with_state((store.clone(), metrics.clone()));
+    skein_query::router(store).merge(ops).layer(middleware::from_fn_with_state(metrics, count_requests))
+}
+
+/// Counts every request by its route pattern (not its raw path, so ids don't explode labels).
+pub(crate) async fn count_requests(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    metrics.request(&endpoint, response.status().as_u16());
+    response
+}
+
+async fn readyz(State((store, _)): State<(Arc<dyn SpanStore>, Metrics)>) -> Response {
+    match store.services().await {
+        Ok(_) => "ready\n".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage not ready: {e}\n")).into_response(),
+    }
+}
+
+async fn render_metrics(State((_, metrics)): State<(Arc<dyn SpanStore>, Metrics)>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
+        .into_response()
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}

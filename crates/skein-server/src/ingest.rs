@@ -1,0 +1,83 @@
+//! The path every OTLP request takes after decoding, whatever its transport.
+
+use std::sync::Arc;
+
+use skein_otlp::Limits;
+use skein_otlp::proto::collector::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use skein_store::{SpanStore, StoreError};
+
+use crate::metrics::Metrics;
+
+/// Why a whole request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Every span of the request was invalid (the message names the problems).
+    #[error("no valid spans in request: {0}")]
+    Invalid(String),
+    /// The store could not take the spans.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Validates, converts and stores OTLP requests, and counts what happened.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    store: Arc<dyn SpanStore>,
+    limits: Limits,
+    metrics: Metrics,
+}
+
+impl Ingest {
+    pub fn new(store: Arc<dyn SpanStore>, limits: Limits, metrics: Metrics) -> Self {
+        Ingest { store, limits, metrics }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stores the valid spans of `request`. Answers success (with partial success when some
+    /// spans were rejected) only once the store has them.
+    pub async fn export(
+        &self,
+        request: ExportTraceServiceRequest,
+        protocol: &'static str,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let batch = skein_otlp::to_model(request, &self.limits);
+        if batch.spans.is_empty() {
+            if batch.rejected == 0 {
+                return Ok(ExportTraceServiceResponse { partial_success: None });
+            }
+            self.metrics.refused(protocol, "invalid", batch.rejected);
+            return Err(IngestError::Invalid(batch.error_message()));
+        }
+        let accepted = batch.spans.len() as u64;
+        let (rejected, error_message) = (batch.rejected, batch.error_message());
+        if let Err(e) = self.store.write(batch.spans).await {
+            let reason = match e {
+                StoreError::Overloaded(_) => "throttled",
+                _ => "storage_error",
+            };
+            self.metrics.refused(protocol, reason, accepted);
+            self.metrics.refused(protocol, "invalid", rejected);
+            return Err(e.into());
+        }
+        self.metrics
+            .spans_received
+            .get_or_create(&crate::metrics::ProtocolLabels { protocol })
+            .inc_by(accepted);
+        if rejected == 0 {
+            return Ok(ExportTraceServiceResponse { partial_success: None });
+        }
+        self.metrics.refused(protocol, "invalid", rejected);
+        tracing::debug!(protocol, rejected, accepted, "partial success");
+        Ok(ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message,
+            }),
+        })
+    }
+}

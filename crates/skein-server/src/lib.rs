@@ -1,0 +1,17 @@
+//! The composition root of Skein: configuration, the OTLP receivers (tonic gRPC, axum HTTP),
+//! the query/UI HTTP server, metrics and shutdown.
+//!
+//! This is the only crate with process-wide state (listeners, the store handle, metrics).
+//! The receivers hand decoded requests to [`ingest::Ingest`]; they never see files.
+
+mod config;
+mod grpc;
+mod http_api;
+pub mod ingest;
+pub mod metrics;
+mod otlp_http;
+mod server;
+
+pub use config::{Config, ConfigError, StorageKind};
+pub use server::{BoundServer, ServerError, bind};
+pub use skein_otlp::Limits;

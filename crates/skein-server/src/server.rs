@@ -1,0 +1,126 @@
+//! Binding the listeners and running the three servers until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use skein_store::{MemoryStore, MemoryStoreConfig, SpanStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{Config, ConfigError, StorageKind};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "cannot listen on {addr} for {what}: {source}; is another process using it? pick another address with --{what}-addr"
+    )]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} server failed: {message}")]
+    Serve { what: &'static str, message: String },
+}
+
+/// A server whose listeners are bound (so their real addresses are known, also with port 0)
+/// but that does not serve yet.
+#[derive(Debug)]
+pub struct BoundServer {
+    grpc: TcpListener,
+    otlp_http: TcpListener,
+    http: TcpListener,
+    store: Arc<dyn SpanStore>,
+    config: Config,
+}
+
+/// Validates the configuration, opens the storage and binds every listener.
+pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
+    config.validate()?;
+    let store: Arc<dyn SpanStore> = match config.storage {
+        StorageKind::Memory => Arc::new(MemoryStore::new(MemoryStoreConfig {
+            max_spans: config.memory_max_spans,
+            retention_nanos: Some(config.retention.as_nanos().min(u64::MAX as u128) as u64),
+        })),
+        StorageKind::Embedded | StorageKind::Clickhouse => unreachable!("rejected by Config::validate"),
+    };
+    let listen = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
+    };
+    Ok(BoundServer {
+        grpc: listen("otlp-grpc", config.otlp_grpc_addr).await?,
+        otlp_http: listen("otlp-http", config.otlp_http_addr).await?,
+        http: listen("http", config.http_addr).await?,
+        store,
+        config,
+    })
+}
+
+impl BoundServer {
+    pub fn otlp_grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound socket has an address")
+    }
+
+    pub fn otlp_http_addr(&self) -> SocketAddr {
+        self.otlp_http.local_addr().expect("bound socket has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound socket has an address")
+    }
+
+    /// The line `skein serve` prints once it listens.
+    pub fn listening_line(&self) -> String {
+        format!(
+            "listening otlp-grpc=http://{} otlp-http=http://{} http=http://{}",
+            self.otlp_grpc_addr(),
+            self.otlp_http_addr(),
+            self.http_addr()
+        )
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, finishes in-flight requests
+    /// and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let metrics = Metrics::new(Arc::clone(&self.store));
+        let ingest = Ingest::new(Arc::clone(&self.store), self.config.limits.clone(), metrics.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = move |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let grpc_service = crate::grpc::service(ingest.clone(), self.config.max_request_bytes);
+        let grpc = tonic::transport::Server::builder()
+            .add_service(grpc_service)
+            .serve_with_incoming_shutdown(tokio_stream_listener(self.grpc), stopped(stop_rx.clone()));
+        let otlp_http_app = crate::otlp_http::router(ingest.clone(), self.config.max_request_bytes);
+        let otlp_http =
+            axum::serve(self.otlp_http, otlp_http_app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let http_app = crate::http_api::router(Arc::clone(&self.store), metrics);
+        let http = axum::serve(self.http, http_app).with_graceful_shutdown(stopped(stop_rx));
+
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        });
+        let (g, o, h) = tokio::join!(grpc, otlp_http.into_future(), http.into_future());
+        g.map_err(|e| ServerError::Serve { what: "otlp-grpc", message: e.to_string() })?;
+        o.map_err(|e| ServerError::Serve { what: "otlp-http", message: e.to_string() })?;
+        h.map_err(|e| ServerError::Serve { what: "http", message: e.to_string() })?;
+        Ok(())
+    }
+}
+
+fn tokio_stream_listener(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}

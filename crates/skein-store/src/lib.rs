@@ -1,0 +1,143 @@
+//! Storage for Skein: the [`SpanStore`] trait every backend implements, the query types,
+//! the one definition of "does this span match a search" ([`SpanMatcher`]), an in-memory
+//! backend ([`MemoryStore`]) and the [`conformance`] suite that every backend must pass.
+//!
+//! This crate knows nothing of wire formats (OTLP, Jaeger JSON) or of files.
+
+use async_trait::async_trait;
+use skein_model::{Span, SpanKind, TimeRange, TraceId};
+
+pub mod conformance;
+mod matcher;
+mod memory;
+pub mod testdata;
+
+pub use matcher::{SpanMatcher, synthetic_tags};
+pub use memory::{MemoryStore, MemoryStoreConfig};
+
+/// Why a store could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store is over capacity for now; the caller should retry later (OTLP throttling).
+    #[error("storage overloaded: {0}")]
+    Overloaded(String),
+    /// The store cannot serve requests at all (closed, disk gone).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+/// A search for traces, in the terms of the Jaeger API.
+///
+/// A trace matches when **one** of its spans satisfies every given condition at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceQuery {
+    pub service: Option<String>,
+    pub operation: Option<String>,
+    /// `key=value` pairs; a pair matches a span attribute, a resource attribute, an event
+    /// attribute, or one of the [`synthetic_tags`] (`span.kind`, `error`, …).
+    pub tags: Vec<(String, String)>,
+    pub min_duration_nanos: Option<u64>,
+    pub max_duration_nanos: Option<u64>,
+    /// The matching span's start time must lie in this range.
+    pub time: TimeRange,
+    /// At most this many traces, newest (by trace start) first.
+    pub limit: usize,
+}
+
+impl Default for TraceQuery {
+    fn default() -> Self {
+        TraceQuery {
+            service: None,
+            operation: None,
+            tags: Vec::new(),
+            min_duration_nanos: None,
+            max_duration_nanos: None,
+            time: TimeRange::ALL,
+            limit: 20,
+        }
+    }
+}
+
+/// An operation (span name) of a service, with the kind of its spans.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Operation {
+    pub name: String,
+    pub span_kind: SpanKind,
+}
+
+/// Calls from one service to another, counted from parent/child spans.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DependencyLink {
+    pub parent: String,
+    pub child: String,
+    pub call_count: u64,
+}
+
+/// Counters a backend reports for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub spans_stored: u64,
+    pub traces_stored: u64,
+    /// Spans dropped to stay within the store's bounds since start.
+    pub spans_evicted: u64,
+    pub traces_evicted: u64,
+}
+
+/// A place to keep spans and find them again. Every backend passes [`conformance`].
+#[async_trait]
+pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
+    /// Stores a batch. When this returns `Ok`, the spans are as durable as the backend
+    /// promises and visible to every read that starts afterwards.
+    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError>;
+
+    /// All spans of one trace, in no particular order; `None` when none are stored.
+    async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError>;
+
+    /// Traces matching the query, newest first, each with all its spans.
+    async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError>;
+
+    /// Every service that has spans stored, sorted.
+    async fn services(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The operations of a service, sorted; only those of `kind` when given.
+    async fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError>;
+
+    /// Service-to-service calls among spans that start in `range`, sorted.
+    async fn dependencies(&self, range: TimeRange) -> Result<Vec<DependencyLink>, StoreError>;
+
+    /// Counters for monitoring; cheap to call.
+    fn stats(&self) -> StoreStats;
+}
+
+/// Counts parent→child service calls within one trace's spans (shared by backends that
+/// compute dependencies from whole traces).
+pub fn count_dependencies<'a>(
+    spans: impl IntoIterator<Item = &'a Span> + Clone,
+    range: TimeRange,
+    out: &mut std::collections::BTreeMap<(String, String), u64>,
+) {
+    let by_id: std::collections::HashMap<_, _> = spans.clone().into_iter().map(|s| (s.span_id, s)).collect();
+    for span in spans {
+        if !range.contains(span.start_time_unix_nano) {
+            continue;
+        }
+        let Some(parent) = span.parent_span_id.and_then(|p| by_id.get(&p)) else {
+            continue;
+        };
+        let (from, to) = (parent.service_name(), span.service_name());
+        if from != to {
+            *out.entry((from.to_owned(), to.to_owned())).or_default() += 1;
+        }
+    }
+}
+
+/// Turns counted pairs into sorted [`DependencyLink`]s.
+pub fn dependency_links(counts: std::collections::BTreeMap<(String, String), u64>) -> Vec<DependencyLink> {
+    counts
+        .into_iter()
+        .map(|((parent, child), call_count)| DependencyLink { parent, child, call_count })
+        .collect()
+}

@@ -1,0 +1,149 @@
+//! Builders for spans in tests (the conformance suite and other crates' tests use them).
+
+use std::sync::Arc;
+
+use skein_model::{
+    AttrValue, Event, InstrumentationScope, KeyValue, Link, Resource, SERVICE_NAME, Span, SpanId, SpanKind,
+    Status, StatusCode, TraceId,
+};
+
+/// Base time of generated spans: 2024-01-01T00:00:00Z in unix nanoseconds.
+pub const BASE_TIME: u64 = 1_704_067_200_000_000_000;
+
+/// Builds a span with deterministic ids: trace `n` and span `i` give ids that are easy to
+/// read in failures (`…0n` and `…0i`).
+#[derive(Debug, Clone)]
+pub struct SpanBuilder {
+    span: Span,
+}
+
+impl SpanBuilder {
+    pub fn trace_id(n: u8) -> TraceId {
+        let mut b = [0u8; 16];
+        b[0] = 0xab;
+        b[15] = n;
+        TraceId::from_bytes(b).expect("non-zero")
+    }
+
+    pub fn span_id(i: u8) -> SpanId {
+        let mut b = [0u8; 8];
+        b[0] = 0xcd;
+        b[7] = i;
+        SpanId::from_bytes(b).expect("non-zero")
+    }
+
+    /// Span `i` of trace `n`, starting at `BASE_TIME + n seconds + i ms`, lasting 10 ms.
+    pub fn new(n: u8, i: u8) -> Self {
+        let start = BASE_TIME + n as u64 * 1_000_000_000 + i as u64 * 1_000_000;
+        SpanBuilder {
+            span: Span {
+                trace_id: Self::trace_id(n),
+                span_id: Self::span_id(i),
+                parent_span_id: None,
+                trace_state: String::new(),
+                flags: 1,
+                name: "op".into(),
+                kind: SpanKind::Internal,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + 10_000_000,
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+                events: Vec::new(),
+                dropped_events_count: 0,
+                links: Vec::new(),
+                dropped_links_count: 0,
+                status: Status::default(),
+                resource: Arc::new(Resource {
+                    attributes: vec![KeyValue::string(SERVICE_NAME, "svc")],
+                    ..Default::default()
+                }),
+                scope: Arc::new(InstrumentationScope::default()),
+            },
+        }
+    }
+
+    pub fn service(mut self, service: &str) -> Self {
+        let mut resource = (*self.span.resource).clone();
+        resource.attributes.retain(|kv| kv.key != SERVICE_NAME);
+        resource.attributes.insert(0, KeyValue::string(SERVICE_NAME, service));
+        self.span.resource = Arc::new(resource);
+        self
+    }
+
+    pub fn resource_attr(mut self, key: &str, value: AttrValue) -> Self {
+        let mut resource = (*self.span.resource).clone();
+        resource.attributes.push(KeyValue::new(key, value));
+        self.span.resource = Arc::new(resource);
+        self
+    }
+
+    pub fn scope(mut self, name: &str, version: &str) -> Self {
+        self.span.scope = Arc::new(InstrumentationScope {
+            name: name.into(),
+            version: version.into(),
+            ..Default::default()
+        });
+        self
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.span.name = name.into();
+        self
+    }
+
+    pub fn kind(mut self, kind: SpanKind) -> Self {
+        self.span.kind = kind;
+        self
+    }
+
+    pub fn parent(mut self, i: u8) -> Self {
+        self.span.parent_span_id = Some(Self::span_id(i));
+        self
+    }
+
+    /// Start offset in ms from the default start, and duration in ms.
+    pub fn timing_ms(mut self, offset_ms: u64, duration_ms: u64) -> Self {
+        let start = self.span.start_time_unix_nano
+            - (self.span.start_time_unix_nano - BASE_TIME) % 1_000_000_000
+            + offset_ms * 1_000_000;
+        self.span.start_time_unix_nano = start;
+        self.span.end_time_unix_nano = start + duration_ms * 1_000_000;
+        self
+    }
+
+    pub fn attr(mut self, key: &str, value: AttrValue) -> Self {
+        self.span.attributes.push(KeyValue::new(key, value));
+        self
+    }
+
+    pub fn error(mut self, message: &str) -> Self {
+        self.span.status = Status { code: StatusCode::Error, message: message.into() };
+        self
+    }
+
+    pub fn event(mut self, name: &str, offset_ns: u64, attrs: Vec<KeyValue>) -> Self {
+        self.span.events.push(Event {
+            time_unix_nano: self.span.start_time_unix_nano + offset_ns,
+            name: name.into(),
+            attributes: attrs,
+            dropped_attributes_count: 0,
+        });
+        self
+    }
+
+    pub fn link(mut self, trace: u8, span: u8) -> Self {
+        self.span.links.push(Link {
+            trace_id: Self::trace_id(trace),
+            span_id: Self::span_id(span),
+            trace_state: String::new(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            flags: 0,
+        });
+        self
+    }
+
+    pub fn build(self) -> Span {
+        self.span
+    }
+}

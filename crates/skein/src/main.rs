@@ -1,0 +1,137 @@
+//! `skein`: the single binary. Parses arguments and wires `skein-server`; no logic lives here.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use skein_server::{Config, StorageKind};
+
+#[derive(Debug, Parser)]
+#[command(name = "skein", version, about = "End-to-end distributed tracing for Rust services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive OTLP traces, store them and serve the query API.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Storage {
+    Embedded,
+    Memory,
+    Clickhouse,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address of the OTLP/gRPC receiver.
+    #[arg(long, env = "SKEIN_OTLP_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    otlp_grpc_addr: SocketAddr,
+    /// Address of the OTLP/HTTP receiver (POST /v1/traces).
+    #[arg(long, env = "SKEIN_OTLP_HTTP_ADDR", default_value = "127.0.0.1:4318")]
+    otlp_http_addr: SocketAddr,
+    /// Address of the query API, UI, /healthz, /readyz and /metrics.
+    #[arg(long, env = "SKEIN_HTTP_ADDR", default_value = "127.0.0.1:16686")]
+    http_addr: SocketAddr,
+    /// Storage backend. Only `memory` is available in this version.
+    #[arg(long, env = "SKEIN_STORAGE", value_enum, default_value = "memory")]
+    storage: Storage,
+    /// Directory of the embedded storage.
+    #[arg(long, env = "SKEIN_DATA_DIR", default_value = "./skein-data")]
+    data_dir: PathBuf,
+    /// How long spans are kept (e.g. 72h, 7d, 30m).
+    #[arg(long, env = "SKEIN_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
+    retention: Duration,
+    /// Most spans the memory store keeps; the oldest traces are evicted first.
+    #[arg(long, env = "SKEIN_MEMORY_MAX_SPANS", default_value_t = 1_000_000)]
+    memory_max_spans: usize,
+    /// Largest OTLP request body in bytes, before and after gzip decompression.
+    #[arg(long, env = "SKEIN_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_request_bytes: usize,
+    /// Deepest nesting of an attribute value (arrays and kvlists).
+    #[arg(long, env = "SKEIN_MAX_ATTRIBUTE_DEPTH", default_value_t = 8)]
+    max_attribute_depth: usize,
+    /// Longest attribute key or string/bytes value, in bytes.
+    #[arg(long, env = "SKEIN_MAX_ATTRIBUTE_VALUE_BYTES", default_value_t = 64 * 1024)]
+    max_attribute_value_bytes: usize,
+    /// Most attributes on one span, event, link, resource or scope.
+    #[arg(long, env = "SKEIN_MAX_ATTRIBUTES", default_value_t = 1024)]
+    max_attributes: usize,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Config {
+        Config {
+            otlp_grpc_addr: self.otlp_grpc_addr,
+            otlp_http_addr: self.otlp_http_addr,
+            http_addr: self.http_addr,
+            storage: match self.storage {
+                Storage::Embedded => StorageKind::Embedded,
+                Storage::Memory => StorageKind::Memory,
+                Storage::Clickhouse => StorageKind::Clickhouse,
+            },
+            data_dir: self.data_dir,
+            retention: self.retention,
+            memory_max_spans: self.memory_max_spans,
+            max_request_bytes: self.max_request_bytes,
+            limits: skein_server::Limits {
+                max_attribute_depth: self.max_attribute_depth,
+                max_attribute_value_bytes: self.max_attribute_value_bytes,
+                max_attributes: self.max_attributes,
+            },
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args.into_config())),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = skein_server::bind(config).await.context("starting skein serve")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", server.listening_line()).context("writing to stdout")?;
+    stdout.flush().ok();
+    drop(stdout);
+    server.run(shutdown_signal()).await.context("serving")?;
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
