@@ -4,7 +4,8 @@
 /// Parses a Go duration string into nanoseconds. Negative durations are rejected: no
 /// query parameter of ours means anything with them.
 pub fn parse_go_duration(s: &str) -> Result<u64, String> {
-    let err = || format!("invalid duration {s:?}: expected a Go duration such as \"1.5s\", \"300ms\" or \"1h30m\"");
+    let err =
+        || format!("invalid duration {s:?}: expected a Go duration such as \"1.5s\", \"300ms\" or \"1h30m\"");
     let mut rest = s.trim();
     if rest.is_empty() || rest.starts_with('-') {
         return Err(err());

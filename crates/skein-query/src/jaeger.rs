@@ -140,9 +140,11 @@ pub fn attr_to_json(value: &AttrValue) -> serde_json::Value {
             .unwrap_or_else(|| d.to_string().into()),
         AttrValue::Bytes(b) => base64::engine::general_purpose::STANDARD.encode(b).into(),
         AttrValue::Array(items) => items.iter().map(attr_to_json).collect(),
-        AttrValue::KvList(kvs) => {
-            kvs.iter().map(|kv| (kv.key.clone(), attr_to_json(&kv.value))).collect::<serde_json::Map<_, _>>().into()
-        }
+        AttrValue::KvList(kvs) => kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), attr_to_json(&kv.value)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
     }
 }
 
@@ -201,9 +203,15 @@ fn to_jaeger_span(span: &Span, process_id: String, present: &HashSet<SpanId>) ->
     let mut references = Vec::with_capacity(1 + span.links.len());
     let mut warnings = Vec::new();
     if let Some(parent) = span.parent_span_id {
-        references.push(Reference { ref_type: "CHILD_OF", trace_id: trace_id.clone(), span_id: parent.to_hex() });
+        references.push(Reference {
+            ref_type: "CHILD_OF",
+            trace_id: trace_id.clone(),
+            span_id: parent.to_hex(),
+        });
         if !present.contains(&parent) {
-            warnings.push(format!("parent span {parent} is not in this trace: the parent was lost, dropped or not yet received"));
+            warnings.push(format!(
+                "parent span {parent} is not in this trace: the parent was lost, dropped or not yet received"
+            ));
         }
     }
     for link in &span.links {

@@ -35,15 +35,15 @@ pub enum TracesRequest {
 /// `service` is required unless `traceID` is given; `tags` is a JSON object of strings and
 /// `tag=key:value` may repeat; durations use Go syntax; `start`/`end` are unix microseconds;
 /// `lookback` (a Go duration, or `custom`) sets `start` when it is absent.
-pub fn parse_jaeger_search(pairs: &[(String, String)], now: Option<u64>) -> Result<TracesRequest, ParamError> {
-    let get = |name: &str| pairs.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
+pub fn parse_jaeger_search(
+    pairs: &[(String, String)],
+    now: Option<u64>,
+) -> Result<TracesRequest, ParamError> {
+    let get =
+        |name: &str| pairs.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
     let ids: Vec<_> = pairs.iter().filter(|(k, _)| k == "traceID").map(|(_, v)| v.as_str()).collect();
     if !ids.is_empty() {
-        return ids
-            .into_iter()
-            .map(|s| parse_trace_id(s))
-            .collect::<Result<_, _>>()
-            .map(TracesRequest::Ids);
+        return ids.into_iter().map(|s| parse_trace_id(s)).collect::<Result<_, _>>().map(TracesRequest::Ids);
     }
     let service = get("service").ok_or_else(|| ParamError("parameter 'service' is required".into()))?;
     let mut query = TraceQuery {
@@ -54,7 +54,9 @@ pub fn parse_jaeger_search(pairs: &[(String, String)], now: Option<u64>) -> Resu
     };
     if let Some(tags) = get("tags") {
         let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(tags).map_err(|e| {
-            ParamError(format!("malformed 'tags' parameter {tags:?}: expected a JSON object of strings ({e})"))
+            ParamError(format!(
+                "malformed 'tags' parameter {tags:?}: expected a JSON object of strings ({e})"
+            ))
         })?;
         for (k, v) in map {
             let v = match v {
@@ -65,9 +67,9 @@ pub fn parse_jaeger_search(pairs: &[(String, String)], now: Option<u64>) -> Resu
         }
     }
     for (_, tag) in pairs.iter().filter(|(k, _)| k == "tag") {
-        let (k, v) = tag.split_once(':').ok_or_else(|| {
-            ParamError(format!("malformed 'tag' parameter {tag:?}: expected key:value"))
-        })?;
+        let (k, v) = tag
+            .split_once(':')
+            .ok_or_else(|| ParamError(format!("malformed 'tag' parameter {tag:?}: expected key:value")))?;
         query.tags.push((k.to_owned(), v.to_owned()));
     }
     query.min_duration_nanos = get("minDuration").map(|d| duration_param("minDuration", d)).transpose()?;
@@ -92,11 +94,12 @@ pub fn parse_jaeger_search(pairs: &[(String, String)], now: Option<u64>) -> Resu
     // `end` is inclusive in Jaeger; our ranges are half-open.
     query.time = TimeRange::new(start, end.saturating_add(1));
     if let Some(limit) = get("limit") {
-        query.limit = limit
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| ParamError(format!("malformed 'limit' parameter {limit:?}: expected a number from 1 to {MAX_LIMIT}")))?;
+        query.limit =
+            limit.parse::<usize>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
+                ParamError(format!(
+                    "malformed 'limit' parameter {limit:?}: expected a number from 1 to {MAX_LIMIT}"
+                ))
+            })?;
     }
     Ok(TracesRequest::Search(query))
 }
@@ -124,10 +127,9 @@ fn duration_param(name: &str, v: &str) -> Result<u64, ParamError> {
 }
 
 fn micros_param(name: &str, v: &str) -> Result<u64, ParamError> {
-    v.parse::<u64>()
-        .ok()
-        .and_then(|us| us.checked_mul(1_000))
-        .ok_or_else(|| ParamError(format!("malformed '{name}' parameter {v:?}: expected unix time in microseconds")))
+    v.parse::<u64>().ok().and_then(|us| us.checked_mul(1_000)).ok_or_else(|| {
+        ParamError(format!("malformed '{name}' parameter {v:?}: expected unix time in microseconds"))
+    })
 }
 
 #[cfg(test)]
@@ -162,7 +164,11 @@ mod tests {
         assert_eq!(q.operation.as_deref(), Some("GET /x"));
         assert_eq!(
             q.tags,
-            [("http.status_code".into(), "500".into()), ("retry".into(), "true".into()), ("a".into(), "b:c".into())]
+            [
+                ("http.status_code".into(), "500".into()),
+                ("retry".into(), "true".into()),
+                ("a".into(), "b:c".into())
+            ]
         );
         assert_eq!((q.min_duration_nanos, q.max_duration_nanos), (Some(1_000_000), Some(1_000_000_000)));
         assert_eq!(q.time, TimeRange::new(100_000, 200_001));
@@ -173,7 +179,10 @@ mod tests {
     fn defaults_and_lookback() {
         let q = search("service=api");
         assert_eq!(q.limit, DEFAULT_LIMIT);
-        assert_eq!(q.time, TimeRange::new(1_000_000_000_000_000 - DEFAULT_LOOKBACK_NANOS, 1_000_000_000_000_001));
+        assert_eq!(
+            q.time,
+            TimeRange::new(1_000_000_000_000_000 - DEFAULT_LOOKBACK_NANOS, 1_000_000_000_000_001)
+        );
         let q = search("service=api&lookback=1h");
         assert_eq!(q.time.start_unix_nano, 1_000_000_000_000_000 - 3_600_000_000_000);
         let q = search("service=api&lookback=custom&start=5");
@@ -195,14 +204,35 @@ mod tests {
     fn bad_parameters_say_what_is_wrong() {
         let err = |q: &str| parse(q).unwrap_err().0;
         assert_eq!(err(""), "parameter 'service' is required");
-        assert_eq!(err("service=a&limit=0"), "malformed 'limit' parameter \"0\": expected a number from 1 to 10000");
-        assert_eq!(err("service=a&limit=x"), "malformed 'limit' parameter \"x\": expected a number from 1 to 10000");
-        assert!(err("service=a&minDuration=5").starts_with("malformed 'minDuration' parameter: invalid duration \"5\""));
-        assert_eq!(err("service=a&minDuration=2s&maxDuration=1s"), "'maxDuration' must not be smaller than 'minDuration'");
-        assert_eq!(err("service=a&start=x"), "malformed 'start' parameter \"x\": expected unix time in microseconds");
+        assert_eq!(
+            err("service=a&limit=0"),
+            "malformed 'limit' parameter \"0\": expected a number from 1 to 10000"
+        );
+        assert_eq!(
+            err("service=a&limit=x"),
+            "malformed 'limit' parameter \"x\": expected a number from 1 to 10000"
+        );
+        assert!(
+            err("service=a&minDuration=5")
+                .starts_with("malformed 'minDuration' parameter: invalid duration \"5\"")
+        );
+        assert_eq!(
+            err("service=a&minDuration=2s&maxDuration=1s"),
+            "'maxDuration' must not be smaller than 'minDuration'"
+        );
+        assert_eq!(
+            err("service=a&start=x"),
+            "malformed 'start' parameter \"x\": expected unix time in microseconds"
+        );
         assert_eq!(err("service=a&start=10&end=5"), "'start' must not be after 'end'");
-        assert!(err("service=a&tags=[1]").starts_with("malformed 'tags' parameter \"[1]\": expected a JSON object"));
+        assert!(
+            err("service=a&tags=[1]")
+                .starts_with("malformed 'tags' parameter \"[1]\": expected a JSON object")
+        );
         assert_eq!(err("service=a&tag=novalue"), "malformed 'tag' parameter \"novalue\": expected key:value");
-        assert_eq!(err("traceID=xyz"), "malformed trace id \"xyz\": not a hex string; expected up to 32 hex digits");
+        assert_eq!(
+            err("traceID=xyz"),
+            "malformed trace id \"xyz\": not a hex string; expected up to 32 hex digits"
+        );
     }
 }

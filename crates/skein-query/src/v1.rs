@@ -72,7 +72,8 @@ pub(crate) async fn service_operations(
     State(store): State<SharedStore>,
     Path(service): Path<String>,
 ) -> V1Result<Vec<String>> {
-    let mut names: Vec<String> = store.operations(&service, None).await?.into_iter().map(|o| o.name).collect();
+    let mut names: Vec<String> =
+        store.operations(&service, None).await?.into_iter().map(|o| o.name).collect();
     names.dedup();
     ok(names)
 }
@@ -84,7 +85,10 @@ pub(crate) struct OperationJson {
     span_kind: &'static str,
 }
 
-pub(crate) async fn operations(State(store): State<SharedStore>, Query(pairs): Pairs) -> V1Result<Vec<OperationJson>> {
+pub(crate) async fn operations(
+    State(store): State<SharedStore>,
+    Query(pairs): Pairs,
+) -> V1Result<Vec<OperationJson>> {
     let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let service = get("service")
         .filter(|s| !s.is_empty())
@@ -105,7 +109,10 @@ pub(crate) async fn get_trace(
     }
 }
 
-pub(crate) async fn find_traces(State(store): State<SharedStore>, Query(pairs): Pairs) -> V1Result<Vec<jaeger::Trace>> {
+pub(crate) async fn find_traces(
+    State(store): State<SharedStore>,
+    Query(pairs): Pairs,
+) -> V1Result<Vec<jaeger::Trace>> {
     match params::parse_jaeger_search(&pairs, None)? {
         TracesRequest::Ids(ids) => {
             let mut traces = Vec::new();
@@ -141,7 +148,10 @@ pub(crate) async fn dependencies(
         match get(name) {
             None => Ok(default),
             Some(v) => v.parse::<u64>().map_err(|_| {
-                V1Error::new(StatusCode::BAD_REQUEST, format!("malformed '{name}' parameter {v:?}: expected milliseconds"))
+                V1Error::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed '{name}' parameter {v:?}: expected milliseconds"),
+                )
             }),
         }
     };

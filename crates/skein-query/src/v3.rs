@@ -93,7 +93,11 @@ fn rfc3339_nanos(name: &str, v: &str) -> Result<u64, ParamError> {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos() as u64)
-        .ok_or_else(|| ParamError(format!("malformed '{name}' parameter {v:?}: expected an RFC 3339 time such as 2024-01-01T00:00:00Z")))
+        .ok_or_else(|| {
+            ParamError(format!(
+                "malformed '{name}' parameter {v:?}: expected an RFC 3339 time such as 2024-01-01T00:00:00Z"
+            ))
+        })
 }
 
 /// `GET /api/v3/traces?query.service_name=…&query.operation_name=…&query.attributes={json}
@@ -103,18 +107,24 @@ pub(crate) async fn find_traces(
     State(store): State<SharedStore>,
     Query(pairs): Pairs,
 ) -> Result<Json<serde_json::Value>, V3Error> {
-    let get = |name: &str| pairs.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
+    let get =
+        |name: &str| pairs.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
     let service = get("query.service_name")
         .ok_or_else(|| ParamError("parameter 'query.service_name' is required".into()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    let end = get("query.start_time_max").map(|v| rfc3339_nanos("query.start_time_max", v)).transpose()?.unwrap_or(now);
+    let end = get("query.start_time_max")
+        .map(|v| rfc3339_nanos("query.start_time_max", v))
+        .transpose()?
+        .unwrap_or(now);
     let start = get("query.start_time_min")
         .map(|v| rfc3339_nanos("query.start_time_min", v))
         .transpose()?
         .unwrap_or(end.saturating_sub(DEFAULT_LOOKBACK_NANOS));
     let duration = |name: &str| -> Result<Option<u64>, ParamError> {
         get(name)
-            .map(|v| parse_go_duration(v).map_err(|e| ParamError(format!("malformed '{name}' parameter: {e}"))))
+            .map(|v| {
+                parse_go_duration(v).map_err(|e| ParamError(format!("malformed '{name}' parameter: {e}")))
+            })
             .transpose()
     };
     let mut query = TraceQuery {
@@ -128,7 +138,9 @@ pub(crate) async fn find_traces(
     };
     if let Some(attrs) = get("query.attributes") {
         let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(attrs).map_err(|e| {
-            ParamError(format!("malformed 'query.attributes' parameter {attrs:?}: expected a JSON object ({e})"))
+            ParamError(format!(
+                "malformed 'query.attributes' parameter {attrs:?}: expected a JSON object ({e})"
+            ))
         })?;
         query.tags = map
             .into_iter()
@@ -137,7 +149,9 @@ pub(crate) async fn find_traces(
     }
     if let Some(depth) = get("query.search_depth").or_else(|| get("query.num_traces")) {
         query.limit = depth.parse().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
-            ParamError(format!("malformed 'query.search_depth' parameter {depth:?}: expected a number from 1 to {MAX_LIMIT}"))
+            ParamError(format!(
+                "malformed 'query.search_depth' parameter {depth:?}: expected a number from 1 to {MAX_LIMIT}"
+            ))
         })?;
     }
     let traces = store.find_traces(&query).await?;

@@ -35,7 +35,7 @@ impl TraceService for Receiver {
         let result = self.ingest.export(request.into_inner(), "grpc").await;
         let answer = match result {
             Ok(response) => Ok(Response::new(response)),
-            Err(IngestError::Invalid(msg)) => Err(Status::invalid_argument(msg)),
+            Err(e @ IngestError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
             Err(IngestError::Store(e @ StoreError::Overloaded(_))) => {
                 Err(Status::resource_exhausted(e.to_string()))
             }

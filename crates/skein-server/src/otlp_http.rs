@@ -122,7 +122,7 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
             StatusCode::PAYLOAD_TOO_LARGE,
             encoding,
             format!(
-                "request body {what} is over the limit of {limit} bytes; send smaller batches or raise --max-request-bytes"
+                "request body{what} is over the limit of {limit} bytes; send smaller batches or raise --max-request-bytes"
             ),
         )
     };
@@ -142,7 +142,7 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
                 Failure::new(StatusCode::BAD_REQUEST, encoding, format!("malformed gzip body: {e}"))
             })?;
             if out.len() > limit {
-                return Err(too_large("after gzip decompression"));
+                return Err(too_large(" after gzip decompression"));
             }
             out.into()
         }
@@ -161,13 +161,21 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
     .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))?;
     match rx.ingest.export(request, "http").await {
         Ok(answer) => {
-            Ok(encode(encoding, StatusCode::OK, answer.encode_to_vec(), || match &answer.partial_success {
+            Ok(encode(encoding, StatusCode::OK, answer.encode_to_vec(), || {
+                match &answer.partial_success {
                 // A full success is the empty message, `{}` in OTLP/JSON.
                 None => "{}".to_owned(),
-                Some(_) => serde_json::to_string(&answer).expect("OTLP types serialize"),
+                // OTLP/JSON carries int64 as a string.
+            Some(p) => serde_json::json!({
+                "partialSuccess": {"rejectedSpans": p.rejected_spans.to_string(), "errorMessage": p.error_message}
+            })
+            .to_string(),
+            }
             }))
         }
-        Err(IngestError::Invalid(msg)) => Err(Failure::new(StatusCode::BAD_REQUEST, encoding, msg)),
+        Err(e @ IngestError::Invalid(_)) => {
+            Err(Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))
+        }
         Err(IngestError::Store(e)) => {
             let (status, retry_after) = match e {
                 StoreError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, Some(1)),

@@ -1,0 +1,767 @@
+//! API snapshot tests: the exact JSON that Jaeger clients and OTLP-JSON clients receive.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use expect_test::{Expect, expect};
+use http_body_util::BodyExt;
+use skein_model::{AttrValue, KeyValue, SpanKind};
+use skein_store::testdata::{BASE_TIME, SpanBuilder as B};
+use skein_store::{MemoryStore, SpanStore};
+use tower::ServiceExt;
+
+async fn app() -> axum::Router {
+    let store = MemoryStore::default();
+    store
+        .write(vec![
+            B::new(1, 1)
+                .service("frontend")
+                .resource_attr("host.name", AttrValue::Str("web-1".into()))
+                .scope("skein-otel", "0.1.0")
+                .name("GET /checkout")
+                .kind(SpanKind::Server)
+                .timing_ms(0, 120)
+                .attr("http.response.status_code", AttrValue::Int(500))
+                .attr("big", AttrValue::Int(1 << 60))
+                .attr("ratio", AttrValue::Double(0.25))
+                .attr("ok", AttrValue::Bool(false))
+                .attr("raw", AttrValue::Bytes(vec![0, 1, 254]))
+                .attr("list", AttrValue::Array(vec![AttrValue::Str("a".into()), AttrValue::Int(2)]))
+                .attr("map", AttrValue::KvList(vec![KeyValue::new("k", AttrValue::Str("v".into()))]))
+                .error("payment declined")
+                .event("exception", 1_500_000, vec![KeyValue::string("exception.message", "declined")])
+                .link(7, 7)
+                .build(),
+            B::new(1, 2)
+                .service("checkout")
+                .name("Checkout")
+                .kind(SpanKind::Server)
+                .parent(1)
+                .timing_ms(10, 50)
+                .build(),
+            B::new(1, 3).service("checkout").name("orphan").parent(9).timing_ms(20, 5).build(),
+        ])
+        .await
+        .unwrap();
+    store
+        .write(vec![
+            B::new(2, 1).service("frontend").name("GET /").kind(SpanKind::Server).timing_ms(0, 3).build(),
+        ])
+        .await
+        .unwrap();
+    crate::router(Arc::new(store))
+}
+
+async fn get(uri: &str) -> (StatusCode, String) {
+    let response = app().await.oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).expect("every answer is JSON");
+    (status, serde_json::to_string_pretty(&value).unwrap())
+}
+
+async fn check(uri: &str, status: StatusCode, expect: Expect) {
+    let (got_status, body) = get(uri).await;
+    assert_eq!(got_status, status, "{uri}: {body}");
+    expect.assert_eq(&body);
+}
+
+fn trace1() -> String {
+    B::trace_id(1).to_hex()
+}
+
+#[tokio::test]
+async fn services_and_operations() {
+    check(
+        "/api/services",
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "data": [
+            "checkout",
+            "frontend"
+          ],
+          "errors": null,
+          "limit": 0,
+          "offset": 0,
+          "total": 2
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/services/checkout/operations",
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "data": [
+            "Checkout",
+            "orphan"
+          ],
+          "errors": null,
+          "limit": 0,
+          "offset": 0,
+          "total": 2
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/operations?service=frontend&spanKind=server",
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "data": [
+            {
+              "name": "GET /",
+              "spanKind": "server"
+            },
+            {
+              "name": "GET /checkout",
+              "spanKind": "server"
+            }
+          ],
+          "errors": null,
+          "limit": 0,
+          "offset": 0,
+          "total": 2
+        }"#]],
+    )
+    .await;
+    check("/api/operations?service=frontend&spanKind=sideways", StatusCode::BAD_REQUEST, expect![[r#"
+        {
+          "data": null,
+          "errors": [
+            {
+              "code": 400,
+              "msg": "malformed 'spanKind' parameter \"sideways\": expected one of unspecified, internal, server, client, producer, consumer"
+            }
+          ],
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]]).await;
+    check(
+        "/api/v3/services",
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "services": [
+            "checkout",
+            "frontend"
+          ]
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/v3/operations?service=checkout",
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "operations": [
+            {
+              "name": "Checkout",
+              "spanKind": "server"
+            },
+            {
+              "name": "orphan",
+              "spanKind": "internal"
+            }
+          ]
+        }"#]],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn trace_by_id_in_jaeger_form() {
+    check(&format!("/api/traces/{}", trace1()), StatusCode::OK, expect![[r#"
+        {
+          "data": [
+            {
+              "processes": {
+                "p1": {
+                  "serviceName": "frontend",
+                  "tags": [
+                    {
+                      "key": "host.name",
+                      "type": "string",
+                      "value": "web-1"
+                    }
+                  ]
+                },
+                "p2": {
+                  "serviceName": "checkout",
+                  "tags": []
+                }
+              },
+              "spans": [
+                {
+                  "duration": 120000,
+                  "flags": 1,
+                  "logs": [
+                    {
+                      "fields": [
+                        {
+                          "key": "event",
+                          "type": "string",
+                          "value": "exception"
+                        },
+                        {
+                          "key": "exception.message",
+                          "type": "string",
+                          "value": "declined"
+                        }
+                      ],
+                      "timestamp": 1704067201001500
+                    }
+                  ],
+                  "operationName": "GET /checkout",
+                  "processID": "p1",
+                  "references": [
+                    {
+                      "refType": "FOLLOWS_FROM",
+                      "spanID": "cd00000000000007",
+                      "traceID": "ab000000000000000000000000000007"
+                    }
+                  ],
+                  "spanID": "cd00000000000001",
+                  "startTime": 1704067201000000,
+                  "tags": [
+                    {
+                      "key": "http.response.status_code",
+                      "type": "int64",
+                      "value": 500
+                    },
+                    {
+                      "key": "big",
+                      "type": "int64",
+                      "value": "1152921504606846976"
+                    },
+                    {
+                      "key": "ratio",
+                      "type": "float64",
+                      "value": 0.25
+                    },
+                    {
+                      "key": "ok",
+                      "type": "bool",
+                      "value": false
+                    },
+                    {
+                      "key": "raw",
+                      "type": "binary",
+                      "value": "AAH+"
+                    },
+                    {
+                      "key": "list",
+                      "type": "string",
+                      "value": "[\"a\",2]"
+                    },
+                    {
+                      "key": "map",
+                      "type": "string",
+                      "value": "{\"k\":\"v\"}"
+                    },
+                    {
+                      "key": "span.kind",
+                      "type": "string",
+                      "value": "server"
+                    },
+                    {
+                      "key": "otel.status_code",
+                      "type": "string",
+                      "value": "ERROR"
+                    },
+                    {
+                      "key": "error",
+                      "type": "bool",
+                      "value": true
+                    },
+                    {
+                      "key": "otel.status_description",
+                      "type": "string",
+                      "value": "payment declined"
+                    },
+                    {
+                      "key": "otel.scope.name",
+                      "type": "string",
+                      "value": "skein-otel"
+                    },
+                    {
+                      "key": "otel.scope.version",
+                      "type": "string",
+                      "value": "0.1.0"
+                    }
+                  ],
+                  "traceID": "ab000000000000000000000000000001",
+                  "warnings": null
+                },
+                {
+                  "duration": 50000,
+                  "flags": 1,
+                  "logs": [],
+                  "operationName": "Checkout",
+                  "processID": "p2",
+                  "references": [
+                    {
+                      "refType": "CHILD_OF",
+                      "spanID": "cd00000000000001",
+                      "traceID": "ab000000000000000000000000000001"
+                    }
+                  ],
+                  "spanID": "cd00000000000002",
+                  "startTime": 1704067201010000,
+                  "tags": [
+                    {
+                      "key": "span.kind",
+                      "type": "string",
+                      "value": "server"
+                    }
+                  ],
+                  "traceID": "ab000000000000000000000000000001",
+                  "warnings": null
+                },
+                {
+                  "duration": 5000,
+                  "flags": 1,
+                  "logs": [],
+                  "operationName": "orphan",
+                  "processID": "p2",
+                  "references": [
+                    {
+                      "refType": "CHILD_OF",
+                      "spanID": "cd00000000000009",
+                      "traceID": "ab000000000000000000000000000001"
+                    }
+                  ],
+                  "spanID": "cd00000000000003",
+                  "startTime": 1704067201020000,
+                  "tags": [
+                    {
+                      "key": "span.kind",
+                      "type": "string",
+                      "value": "internal"
+                    }
+                  ],
+                  "traceID": "ab000000000000000000000000000001",
+                  "warnings": [
+                    "parent span cd00000000000009 is not in this trace: the parent was lost, dropped or not yet received"
+                  ]
+                }
+              ],
+              "traceID": "ab000000000000000000000000000001",
+              "warnings": null
+            }
+          ],
+          "errors": null,
+          "limit": 0,
+          "offset": 0,
+          "total": 1
+        }"#]]).await;
+}
+
+#[tokio::test]
+async fn trace_by_id_errors() {
+    check(
+        "/api/traces/0000000000000000000000000000000f",
+        StatusCode::NOT_FOUND,
+        expect![[r#"
+        {
+          "data": null,
+          "errors": [
+            {
+              "code": 404,
+              "msg": "trace not found"
+            }
+          ],
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/traces/nothex",
+        StatusCode::BAD_REQUEST,
+        expect![[r#"
+        {
+          "data": null,
+          "errors": [
+            {
+              "code": 400,
+              "msg": "malformed trace id \"nothex\": not a hex string; expected up to 32 hex digits"
+            }
+          ],
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/v3/traces/0000000000000000000000000000000f",
+        StatusCode::NOT_FOUND,
+        expect![[r#"
+        {
+          "error": {
+            "httpCode": 404,
+            "message": "trace not found"
+          }
+        }"#]],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn trace_by_id_in_otlp_json() {
+    check(
+        &format!("/api/v3/traces/{}", trace1()),
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "result": {
+            "resourceSpans": [
+              {
+                "resource": {
+                  "attributes": [
+                    {
+                      "key": "service.name",
+                      "value": {
+                        "stringValue": "frontend"
+                      }
+                    },
+                    {
+                      "key": "host.name",
+                      "value": {
+                        "stringValue": "web-1"
+                      }
+                    }
+                  ],
+                  "droppedAttributesCount": 0,
+                  "entityRefs": []
+                },
+                "schemaUrl": "",
+                "scopeSpans": [
+                  {
+                    "schemaUrl": "",
+                    "scope": {
+                      "attributes": [],
+                      "droppedAttributesCount": 0,
+                      "name": "skein-otel",
+                      "version": "0.1.0"
+                    },
+                    "spans": [
+                      {
+                        "attributes": [
+                          {
+                            "key": "http.response.status_code",
+                            "value": {
+                              "intValue": "500"
+                            }
+                          },
+                          {
+                            "key": "big",
+                            "value": {
+                              "intValue": "1152921504606846976"
+                            }
+                          },
+                          {
+                            "key": "ratio",
+                            "value": {
+                              "doubleValue": 0.25
+                            }
+                          },
+                          {
+                            "key": "ok",
+                            "value": {
+                              "boolValue": false
+                            }
+                          },
+                          {
+                            "key": "raw",
+                            "value": {
+                              "bytesValue": "AAH+"
+                            }
+                          },
+                          {
+                            "key": "list",
+                            "value": {
+                              "arrayValue": {
+                                "values": [
+                                  {
+                                    "stringValue": "a"
+                                  },
+                                  {
+                                    "intValue": "2"
+                                  }
+                                ]
+                              }
+                            }
+                          },
+                          {
+                            "key": "map",
+                            "value": {
+                              "kvlistValue": {
+                                "values": [
+                                  {
+                                    "key": "k",
+                                    "value": {
+                                      "stringValue": "v"
+                                    }
+                                  }
+                                ]
+                              }
+                            }
+                          }
+                        ],
+                        "droppedAttributesCount": 0,
+                        "droppedEventsCount": 0,
+                        "droppedLinksCount": 0,
+                        "endTimeUnixNano": "1704067201120000000",
+                        "events": [
+                          {
+                            "attributes": [
+                              {
+                                "key": "exception.message",
+                                "value": {
+                                  "stringValue": "declined"
+                                }
+                              }
+                            ],
+                            "droppedAttributesCount": 0,
+                            "name": "exception",
+                            "timeUnixNano": "1704067201001500000"
+                          }
+                        ],
+                        "flags": 1,
+                        "kind": 2,
+                        "links": [
+                          {
+                            "attributes": [],
+                            "droppedAttributesCount": 0,
+                            "flags": 0,
+                            "spanId": "cd00000000000007",
+                            "traceId": "ab000000000000000000000000000007",
+                            "traceState": ""
+                          }
+                        ],
+                        "name": "GET /checkout",
+                        "parentSpanId": "",
+                        "spanId": "cd00000000000001",
+                        "startTimeUnixNano": "1704067201000000000",
+                        "status": {
+                          "code": 2,
+                          "message": "payment declined"
+                        },
+                        "traceId": "ab000000000000000000000000000001",
+                        "traceState": ""
+                      }
+                    ]
+                  }
+                ]
+              },
+              {
+                "resource": {
+                  "attributes": [
+                    {
+                      "key": "service.name",
+                      "value": {
+                        "stringValue": "checkout"
+                      }
+                    }
+                  ],
+                  "droppedAttributesCount": 0,
+                  "entityRefs": []
+                },
+                "schemaUrl": "",
+                "scopeSpans": [
+                  {
+                    "schemaUrl": "",
+                    "scope": {
+                      "attributes": [],
+                      "droppedAttributesCount": 0,
+                      "name": "",
+                      "version": ""
+                    },
+                    "spans": [
+                      {
+                        "attributes": [],
+                        "droppedAttributesCount": 0,
+                        "droppedEventsCount": 0,
+                        "droppedLinksCount": 0,
+                        "endTimeUnixNano": "1704067201060000000",
+                        "events": [],
+                        "flags": 1,
+                        "kind": 2,
+                        "links": [],
+                        "name": "Checkout",
+                        "parentSpanId": "cd00000000000001",
+                        "spanId": "cd00000000000002",
+                        "startTimeUnixNano": "1704067201010000000",
+                        "status": {
+                          "code": 0,
+                          "message": ""
+                        },
+                        "traceId": "ab000000000000000000000000000001",
+                        "traceState": ""
+                      },
+                      {
+                        "attributes": [],
+                        "droppedAttributesCount": 0,
+                        "droppedEventsCount": 0,
+                        "droppedLinksCount": 0,
+                        "endTimeUnixNano": "1704067201025000000",
+                        "events": [],
+                        "flags": 1,
+                        "kind": 1,
+                        "links": [],
+                        "name": "orphan",
+                        "parentSpanId": "cd00000000000009",
+                        "spanId": "cd00000000000003",
+                        "startTimeUnixNano": "1704067201020000000",
+                        "status": {
+                          "code": 0,
+                          "message": ""
+                        },
+                        "traceId": "ab000000000000000000000000000001",
+                        "traceState": ""
+                      }
+                    ]
+                  }
+                ]
+              }
+            ]
+          }
+        }"#]],
+    )
+    .await;
+}
+
+fn ids(body: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["data"].as_array().unwrap().iter().map(|t| t["traceID"].as_str().unwrap()[30..].to_owned()).collect()
+}
+
+#[tokio::test]
+async fn search() {
+    let start = BASE_TIME / 1000;
+    let window = format!("&start={start}&end={}", start + 10_000_000);
+    let search = |q: &str| {
+        let uri = format!("/api/traces?{q}{window}");
+        async move {
+            let (status, body) = get(&uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            ids(&body)
+        }
+    };
+    assert_eq!(search("service=frontend").await, ["02", "01"], "newest first");
+    assert_eq!(search("service=frontend&limit=1").await, ["02"]);
+    assert_eq!(search("service=frontend&operation=GET%20/checkout").await, ["01"]);
+    assert_eq!(search("service=frontend&tags=%7B%22error%22%3A%22true%22%7D").await, ["01"]);
+    assert_eq!(search("service=frontend&tag=http.response.status_code:500").await, ["01"]);
+    assert_eq!(search("service=frontend&minDuration=100ms").await, ["01"]);
+    assert_eq!(search("service=frontend&maxDuration=100ms").await, ["02"]);
+    assert_eq!(search("service=checkout&minDuration=1s").await, Vec::<String>::new());
+    let (status, body) = get(&format!("/api/traces?traceID={}&traceID=02", trace1())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&body), ["01"], "short id 02 pads to 000…02, which is not stored");
+    check("/api/traces?service=frontend&minDuration=abc", StatusCode::BAD_REQUEST, expect![[r#"
+        {
+          "data": null,
+          "errors": [
+            {
+              "code": 400,
+              "msg": "malformed 'minDuration' parameter: invalid duration \"abc\": expected a Go duration such as \"1.5s\", \"300ms\" or \"1h30m\""
+            }
+          ],
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]]).await;
+    check(
+        "/api/traces?operation=x",
+        StatusCode::BAD_REQUEST,
+        expect![[r#"
+        {
+          "data": null,
+          "errors": [
+            {
+              "code": 400,
+              "msg": "parameter 'service' is required"
+            }
+          ],
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn search_v3() {
+    let (status, body) = get(
+        "/api/v3/traces?query.service_name=checkout&query.start_time_min=2024-01-01T00:00:00Z&query.start_time_max=2024-01-01T00:01:00Z&query.duration_min=40ms",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let spans: usize = v["result"]["resourceSpans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rs| rs["scopeSpans"].as_array().unwrap())
+        .map(|ss| ss["spans"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(spans, 3, "the whole of trace 1 comes back");
+    check("/api/v3/traces?query.service_name=a&query.start_time_min=yesterday", StatusCode::BAD_REQUEST, expect![[r#"
+        {
+          "error": {
+            "httpCode": 400,
+            "message": "malformed 'query.start_time_min' parameter \"yesterday\": expected an RFC 3339 time such as 2024-01-01T00:00:00Z"
+          }
+        }"#]])
+        .await;
+}
+
+#[tokio::test]
+async fn dependencies() {
+    let end_ms = BASE_TIME / 1_000_000 + 60_000;
+    check(
+        &format!("/api/dependencies?endTs={end_ms}&lookback=120000"),
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "data": [
+            {
+              "callCount": 1,
+              "child": "checkout",
+              "parent": "frontend"
+            }
+          ],
+          "errors": null,
+          "limit": 0,
+          "offset": 0,
+          "total": 1
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/dependencies?endTs=soon",
+        StatusCode::BAD_REQUEST,
+        expect![[r#"
+        {
+          "data": null,
+          "errors": [
+            {
+              "code": 400,
+              "msg": "malformed 'endTs' parameter \"soon\": expected milliseconds"
+            }
+          ],
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]],
+    )
+    .await;
+}

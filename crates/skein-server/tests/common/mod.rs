@@ -1,0 +1,74 @@
+//! Starting a real server on loopback ports chosen by the OS.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use skein_server::Config;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(mut config: Config) -> TestServer {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        config.otlp_grpc_addr = any;
+        config.otlp_http_addr = any;
+        config.http_addr = any;
+        let server = skein_server::bind(config).await.expect("server binds");
+        let (grpc, otlp_http, http) = (server.otlp_grpc_addr(), server.otlp_http_addr(), server.http_addr());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server runs");
+        });
+        TestServer { grpc, otlp_http, http, stop: Some(tx), task: Some(task) }
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn otlp_http_url(&self) -> String {
+        format!("http://{}/v1/traces", self.otlp_http)
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::get(self.api(path)).await.expect("query API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("query API answers JSON"))
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(self.api(path)).await.unwrap().text().await.unwrap()
+    }
+
+    /// Stops the server and waits until it has finished.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+/// The value of a `name{labels} value` line of the Prometheus text, or 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
