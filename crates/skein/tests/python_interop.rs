@@ -1,0 +1,179 @@
+//! The official OpenTelemetry Python SDK sends to a running `skein serve` (the real binary)
+//! over gRPC and over HTTP/protobuf; the test reads the trace back through the Jaeger API
+//! and checks every field.
+//!
+//! The SDK lives in the project's virtualenv, made by `scripts/test` (or set `SKEIN_PYTHON`).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value as Json;
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The Python with the OTel SDK: `SKEIN_PYTHON`, else `.venv/bin/python` at the root.
+fn python() -> Option<PathBuf> {
+    let path = std::env::var_os("SKEIN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    if path.exists() {
+        return Some(path);
+    }
+    let msg = format!(
+        "no Python with the OpenTelemetry SDK at {}: run scripts/test, which installs it",
+        path.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// A `skein serve` child process on ports the OS picks.
+struct Skein {
+    child: Child,
+    grpc: String,
+    otlp_http: String,
+    http: String,
+}
+
+impl Skein {
+    fn start() -> Skein {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skein"))
+            .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("skein binary starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("listening "), "{line:?}");
+        let field = |name: &str| -> String {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+                .to_owned()
+        };
+        Skein { grpc: field("otlp-grpc"), otlp_http: field("otlp-http"), http: field("http"), child }
+    }
+
+    fn get(&self, path: &str) -> (u16, Json) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let resp = reqwest::get(format!("{}{path}", self.http)).await.unwrap();
+            (resp.status().as_u16(), resp.json().await.unwrap())
+        })
+    }
+}
+
+impl Drop for Skein {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn send(python: &PathBuf, protocol: &str, endpoint: &str, service: &str) -> Json {
+    let script = workspace_root().join("tests/interop/python/send_trace.py");
+    let out = Command::new(python)
+        .arg(script)
+        .args(["--protocol", protocol, "--endpoint", endpoint, "--service", service])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("python prints the ids as JSON")
+}
+
+fn tag<'a>(tags: &'a Json, key: &str) -> &'a Json {
+    tags.as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == key)
+        .unwrap_or_else(|| panic!("tag {key} missing in {tags}"))
+}
+
+fn typed(tags: &Json, key: &str) -> (String, Json) {
+    let t = tag(tags, key);
+    (t["type"].as_str().unwrap().to_owned(), t["value"].clone())
+}
+
+fn check(skein: &Skein, ids: &Json, service: &str) {
+    let trace_id = ids["trace_id"].as_str().unwrap();
+    let (status, body) = skein.get(&format!("/api/traces/{trace_id}"));
+    assert_eq!(status, 200, "{body}");
+    let trace = &body["data"][0];
+    assert_eq!(trace["traceID"], trace_id);
+    let spans = trace["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2);
+    let root = spans.iter().find(|s| s["spanID"] == ids["root_span_id"]).expect("root span");
+    let child = spans.iter().find(|s| s["spanID"] == ids["child_span_id"]).expect("child span");
+
+    let process = &trace["processes"][root["processID"].as_str().unwrap()];
+    assert_eq!(process["serviceName"], service);
+    assert_eq!(tag(&process["tags"], "service.version")["value"], "2.0.1");
+    assert_eq!(tag(&process["tags"], "telemetry.sdk.language")["value"], "python");
+
+    assert_eq!(root["operationName"], "POST /orders");
+    assert_eq!(
+        root["references"],
+        serde_json::json!([{
+            "refType": "FOLLOWS_FROM", "traceID": "0af7651916cd43dd8448eb211c80319c", "spanID": "b7ad6b7169203331"
+        }])
+    );
+    let tags = &root["tags"];
+    assert_eq!(typed(tags, "http.request.method"), ("string".into(), "POST".into()));
+    assert_eq!(typed(tags, "http.response.status_code"), ("int64".into(), 502.into()));
+    assert_eq!(typed(tags, "retry"), ("bool".into(), true.into()));
+    assert_eq!(typed(tags, "ratio"), ("float64".into(), 0.5.into()));
+    assert_eq!(typed(tags, "huge"), ("int64".into(), "9007199254740993".into()));
+    assert_eq!(typed(tags, "items"), ("string".into(), r#"["a","b"]"#.into()));
+    assert_eq!(typed(tags, "counts"), ("string".into(), "[1,2,3]".into()));
+    assert_eq!(tag(tags, "span.kind")["value"], "server");
+    assert_eq!(tag(tags, "otel.scope.name")["value"], "interop.python");
+    assert_eq!(tag(tags, "otel.scope.version")["value"], "0.9.0");
+    assert_eq!(tag(tags, "otel.status_code")["value"], "ERROR");
+    assert_eq!(tag(tags, "otel.status_description")["value"], "bad gateway");
+    assert_eq!(typed(tags, "error"), ("bool".into(), true.into()));
+    let log = &root["logs"][0];
+    assert_eq!(tag(&log["fields"], "event")["value"], "retrying");
+    assert_eq!(typed(&log["fields"], "attempt"), ("int64".into(), 2.into()));
+    let start = root["startTime"].as_u64().unwrap();
+    let end = start + root["duration"].as_u64().unwrap();
+    assert!(start > 1_600_000_000_000_000, "startTime in µs: {start}");
+    assert!((start..=end).contains(&log["timestamp"].as_u64().unwrap()));
+    assert_eq!(root["warnings"], Json::Null);
+
+    assert_eq!(child["operationName"], "redis GET");
+    assert_eq!(
+        child["references"],
+        serde_json::json!([{ "refType": "CHILD_OF", "traceID": trace_id, "spanID": ids["root_span_id"] }])
+    );
+    assert_eq!(tag(&child["tags"], "span.kind")["value"], "client");
+    assert_eq!(tag(&child["tags"], "db.system.name")["value"], "redis");
+    let child_start = child["startTime"].as_u64().unwrap();
+    assert!(child_start >= start && child_start <= end, "child inside its parent");
+
+    // The OTLP-JSON view keeps what Jaeger's model cannot show, such as link attributes.
+    let (status, v3) = skein.get(&format!("/api/v3/traces/{trace_id}"));
+    assert_eq!(status, 200);
+    let otlp_spans = v3["result"]["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().unwrap();
+    let otlp_root = otlp_spans.iter().find(|s| s["spanId"] == ids["root_span_id"]).unwrap();
+    assert_eq!(otlp_root["links"][0]["attributes"][0]["key"], "link.reason");
+    assert_eq!(otlp_root["kind"], 2);
+}
+
+#[test]
+fn python_sdk_over_grpc_and_http() {
+    let Some(python) = python() else { return };
+    let skein = Skein::start();
+    let grpc_ids = send(&python, "grpc", &skein.grpc, "py-grpc");
+    check(&skein, &grpc_ids, "py-grpc");
+    let http_ids = send(&python, "http", &format!("{}/v1/traces", skein.otlp_http), "py-http");
+    check(&skein, &http_ids, "py-http");
+    let (_, services) = skein.get("/api/services");
+    assert_eq!(services["data"], serde_json::json!(["py-grpc", "py-http"]));
+}
