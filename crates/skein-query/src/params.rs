@@ -43,7 +43,7 @@ pub fn parse_jaeger_search(
         |name: &str| pairs.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
     let ids: Vec<_> = pairs.iter().filter(|(k, _)| k == "traceID").map(|(_, v)| v.as_str()).collect();
     if !ids.is_empty() {
-        return ids.into_iter().map(|s| parse_trace_id(s)).collect::<Result<_, _>>().map(TracesRequest::Ids);
+        return ids.into_iter().map(parse_trace_id).collect::<Result<_, _>>().map(TracesRequest::Ids);
     }
     let service = get("service").ok_or_else(|| ParamError("parameter 'service' is required".into()))?;
     let mut query = TraceQuery {
@@ -74,10 +74,10 @@ pub fn parse_jaeger_search(
     }
     query.min_duration_nanos = get("minDuration").map(|d| duration_param("minDuration", d)).transpose()?;
     query.max_duration_nanos = get("maxDuration").map(|d| duration_param("maxDuration", d)).transpose()?;
-    if let (Some(min), Some(max)) = (query.min_duration_nanos, query.max_duration_nanos) {
-        if min > max {
-            return Err(ParamError("'maxDuration' must not be smaller than 'minDuration'".into()));
-        }
+    if let (Some(min), Some(max)) = (query.min_duration_nanos, query.max_duration_nanos)
+        && min > max
+    {
+        return Err(ParamError("'maxDuration' must not be smaller than 'minDuration'".into()));
     }
     let end = match get("end") {
         Some(v) => micros_param("end", v)?,

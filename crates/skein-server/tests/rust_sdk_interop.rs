@@ -6,8 +6,7 @@ mod common;
 use common::TestServer;
 use opentelemetry::trace::{
     Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer,
-    TracerProvider as _,
+    Tracer, TracerProvider as _,
 };
 use opentelemetry::{Array, Context, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_otlp::{Compression, WithExportConfig, WithHttpConfig, WithTonicConfig};
@@ -46,7 +45,8 @@ fn emit_trace(provider: &SdkTracerProvider) -> String {
     let trace_id = root.span_context().trace_id().to_string();
     let cx = Context::current_with_span(root);
     {
-        let child = tracer.span_builder("SELECT orders").with_kind(SpanKind::Client).start_with_context(&tracer, &cx);
+        let child =
+            tracer.span_builder("SELECT orders").with_kind(SpanKind::Client).start_with_context(&tracer, &cx);
         drop(child);
     }
     let span = cx.span();
@@ -59,7 +59,12 @@ fn emit_trace(provider: &SdkTracerProvider) -> String {
 fn provider_with(exporter: opentelemetry_otlp::SpanExporter, service: &str) -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name(service.to_owned()).with_attribute(KeyValue::new("deployment.environment.name", "test")).build())
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .with_attribute(KeyValue::new("deployment.environment.name", "test"))
+                .build(),
+        )
         .build()
 }
 
@@ -111,8 +116,11 @@ fn check_trace(body: &Json, trace_id: &str, service: &str) {
     let log = &root["logs"][0];
     assert_eq!(tag(&log["fields"], "event")["value"], "cache miss");
     assert_eq!(tag(&log["fields"], "cache.key")["value"], "cart:42");
-    let (start, duration, ts) =
-        (root["startTime"].as_u64().unwrap(), root["duration"].as_u64().unwrap(), log["timestamp"].as_u64().unwrap());
+    let (start, duration, ts) = (
+        root["startTime"].as_u64().unwrap(),
+        root["duration"].as_u64().unwrap(),
+        log["timestamp"].as_u64().unwrap(),
+    );
     assert!(start > 1_600_000_000_000_000, "startTime in µs: {start}");
     assert!(ts >= start && ts <= start + duration, "event inside its span");
     assert_eq!(root["warnings"], Json::Null);

@@ -2,8 +2,15 @@
 //!
 //! A backend's tests call [`run_all`] with a factory that makes a fresh, empty store:
 //!
-//! ```ignore
-//! skein_store::conformance::run_all(|| MyStore::open_temp()).await;
+//! ```
+//! use skein_store::MemoryStore;
+//! use skein_store::conformance::{ready, run_all};
+//!
+//! # async fn backend_test() {
+//! run_all(ready(MemoryStore::default)).await;
+//! // or, for a backend that opens asynchronously:
+//! run_all(|| async { MemoryStore::default() }).await;
+//! # }
 //! ```
 //!
 //! Each check panics with a message naming the behaviour that broke.

@@ -44,15 +44,11 @@ impl<'q> SpanMatcher<'q> {
 
     pub fn matches(&self, span: &Span) -> bool {
         let q = self.query;
-        if let Some(service) = &q.service {
-            if span.service_name() != service {
-                return false;
-            }
+        if q.service.as_deref().is_some_and(|service| span.service_name() != service) {
+            return false;
         }
-        if let Some(op) = &q.operation {
-            if &span.name != op {
-                return false;
-            }
+        if q.operation.as_deref().is_some_and(|op| span.name != op) {
+            return false;
         }
         if !q.time.contains(span.start_time_unix_nano) {
             return false;
