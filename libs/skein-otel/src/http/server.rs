@@ -1,0 +1,344 @@
+//! HTTP server spans for axum, hyper and any tower service: the Rust `otelhttp.NewHandler`.
+//!
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use axum::{Router, routing::get};
+//! use skein_otel::http::server::TraceLayer;
+//!
+//! let app: Router = Router::new()
+//!     .route("/users/{id}", get(|| async { "hi" }))
+//!     .layer(TraceLayer::new().with_filter(|req| req.uri().path() != "/healthz"));
+//! # }
+//! ```
+//!
+//! Each request gets a SERVER span named `{METHOD} {route}` (the route from axum's
+//! `MatchedPath`; without a route, just `{METHOD}`; methods outside the HTTP spec are `_OTHER`),
+//! a child of the context the caller sent in `traceparent`/`tracestate`. The handler runs with
+//! the span's context current, and the context is in the request's extensions
+//! (`req.extensions().get::<opentelemetry::Context>()`). Attributes follow the stable HTTP
+//! semantic conventions; 5xx answers and handler errors set status Error, 4xx does not.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use http::{Request, Response};
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{Link, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::{Context, KeyValue};
+use tower::{Layer, Service};
+
+use crate::semconv::*;
+
+type Filter = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
+type SpanNamer = Arc<dyn Fn(&http::Method, Option<&str>) -> String + Send + Sync>;
+type Propagator = Arc<dyn TextMapPropagator + Send + Sync>;
+
+struct Config {
+    tracer: BoxedTracer,
+    filter: Option<Filter>,
+    span_name: Option<SpanNamer>,
+    public_endpoint: bool,
+    propagator: Option<Propagator>,
+}
+
+/// The tower `Layer` that traces HTTP requests. Create it after [`crate::init`] (it binds the
+/// global tracer provider at creation), or give it a provider with
+/// [`TraceLayer::with_tracer_provider`].
+#[derive(Clone)]
+pub struct TraceLayer {
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for TraceLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceLayer")
+            .field("public_endpoint", &self.config.public_endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TraceLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn scope() -> opentelemetry::InstrumentationScope {
+    opentelemetry::InstrumentationScope::builder(crate::SCOPE_NAME)
+        .with_version(crate::SCOPE_VERSION)
+        .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
+        .build()
+}
+
+impl TraceLayer {
+    /// Traces with the global tracer provider and the global propagator.
+    pub fn new() -> Self {
+        TraceLayer {
+            config: Arc::new(Config {
+                tracer: crate::tracer(),
+                filter: None,
+                span_name: None,
+                public_endpoint: false,
+                propagator: None,
+            }),
+        }
+    }
+
+    fn map(self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Arc::try_unwrap(self.config).unwrap_or_else(|arc| Config {
+            tracer: crate::tracer(),
+            filter: arc.filter.clone(),
+            span_name: arc.span_name.clone(),
+            public_endpoint: arc.public_endpoint,
+            propagator: arc.propagator.clone(),
+        });
+        f(&mut config);
+        TraceLayer { config: Arc::new(config) }
+    }
+
+    /// Uses this provider instead of the global one.
+    pub fn with_tracer_provider<P>(self, provider: &P) -> Self
+    where
+        P: TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as Tracer>::Span: Send + Sync + 'static,
+    {
+        let tracer = BoxedTracer::new(Box::new(provider.tracer_with_scope(scope())));
+        self.map(|c| c.tracer = tracer)
+    }
+
+    /// Only requests for which `filter` returns true are traced (e.g. skip `/healthz`).
+    /// The filter sees the request head (its body is replaced by `()`).
+    pub fn with_filter(self, filter: impl Fn(&Request<()>) -> bool + Send + Sync + 'static) -> Self {
+        self.map(|c| c.filter = Some(Arc::new(filter)))
+    }
+
+    /// Names spans with `f(method, route)` instead of `{METHOD} {route}`.
+    pub fn with_span_name(
+        self,
+        f: impl Fn(&http::Method, Option<&str>) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.map(|c| c.span_name = Some(Arc::new(f)))
+    }
+
+    /// For endpoints that face the internet: every request starts a new trace, **linked** to
+    /// the context the caller sent instead of joining it (so outsiders cannot choose your
+    /// trace ids or sampling, nor inject baggage).
+    pub fn public_endpoint(self) -> Self {
+        self.map(|c| c.public_endpoint = true)
+    }
+
+    /// Extracts the caller's context with this propagator instead of the global one.
+    pub fn with_propagator(self, propagator: impl TextMapPropagator + Send + Sync + 'static) -> Self {
+        self.map(|c| c.propagator = Some(Arc::new(propagator)))
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService { inner, config: Arc::clone(&self.config) }
+    }
+}
+
+/// The service made by [`TraceLayer`].
+#[derive(Clone)]
+pub struct TraceService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for TraceService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TraceService").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+fn route<B>(req: &Request<B>) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    if let Some(p) = req.extensions().get::<axum::extract::MatchedPath>() {
+        return Some(p.as_str());
+    }
+    let _ = req;
+    None
+}
+
+fn client_address<B>(req: &Request<B>) -> Option<String> {
+    if let Some(xff) = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        if let Some(first) = xff.split(',').next().map(str::trim).filter(|s| !s.is_empty()) {
+            return Some(first.to_owned());
+        }
+    }
+    #[cfg(feature = "axum")]
+    if let Some(ci) = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>() {
+        return Some(ci.0.ip().to_string());
+    }
+    None
+}
+
+/// `host[:port]` from the `Host` header or the URI authority.
+fn server_address<B>(req: &Request<B>) -> Option<(String, Option<u16>)> {
+    let authority = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .or_else(|| req.uri().authority().cloned())?;
+    Some((authority.host().to_owned(), authority.port_u16()))
+}
+
+fn request_head<B>(req: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    head
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TraceService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let config = &*self.config;
+        if let Some(filter) = &config.filter {
+            if !filter(&request_head(&req)) {
+                return ResponseFuture { inner: self.inner.call(req), cx: None };
+            }
+        }
+        let extractor = opentelemetry_http::HeaderExtractor(req.headers());
+        let remote = match &config.propagator {
+            Some(p) => p.extract_with_context(&Context::new(), &extractor),
+            None => crate::propagation::extract_from(&extractor),
+        };
+        let method = crate::http::known_method(req.method());
+        let route = route(&req);
+        let name = match &config.span_name {
+            Some(f) => f(req.method(), route),
+            None => match route {
+                Some(r) => format!("{} {r}", method.unwrap_or("_OTHER")),
+                None => method.unwrap_or("_OTHER").to_owned(),
+            },
+        };
+        let mut attributes = Vec::with_capacity(12);
+        attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method.unwrap_or("_OTHER")));
+        if method.is_none() {
+            attributes.push(KeyValue::new(HTTP_REQUEST_METHOD_ORIGINAL, req.method().as_str().to_owned()));
+        }
+        attributes.push(KeyValue::new(URL_PATH, req.uri().path().to_owned()));
+        if let Some(q) = req.uri().query() {
+            attributes.push(KeyValue::new(URL_QUERY, redact_query(q)));
+        }
+        attributes.push(KeyValue::new(URL_SCHEME, req.uri().scheme_str().unwrap_or("http").to_owned()));
+        if let Some(r) = route {
+            attributes.push(KeyValue::new(HTTP_ROUTE, r.to_owned()));
+        }
+        if let Some((host, port)) = server_address(&req) {
+            attributes.push(KeyValue::new(SERVER_ADDRESS, host));
+            if let Some(port) = port {
+                attributes.push(KeyValue::new(SERVER_PORT, port as i64));
+            }
+        }
+        if let Some(client) = client_address(&req) {
+            attributes.push(KeyValue::new(CLIENT_ADDRESS, client));
+        }
+        if let Some(v) = crate::http::protocol_version(req.version()) {
+            attributes.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
+        }
+        if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+            attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, ua.to_owned()));
+        }
+        let mut builder =
+            config.tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
+        let parent = if config.public_endpoint {
+            let remote_sc = remote.span().span_context().clone();
+            if remote_sc.is_valid() {
+                builder = builder.with_links(vec![Link::with_context(remote_sc)]);
+            }
+            // A new root; the outsider's baggage is not trusted either.
+            Context::new()
+        } else {
+            remote
+        };
+        let span = builder.start_with_context(&config.tracer, &parent);
+        let cx = parent.with_span(span);
+        req.extensions_mut().insert(cx.clone());
+        let inner = {
+            let _guard = cx.clone().attach();
+            self.inner.call(req)
+        };
+        ResponseFuture { inner, cx: Some(cx) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`TraceService`]: polls the handler inside the span's context and ends
+    /// the span with the outcome.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        cx: Option<Context>,
+    }
+}
+
+impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: fmt::Display,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, task: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(cx) = this.cx.as_ref() else { return this.inner.poll(task) };
+        let result = {
+            let _guard = cx.clone().attach();
+            std::task::ready!(this.inner.poll(task))
+        };
+        let span = cx.span();
+        match &result {
+            Ok(response) => {
+                let code = response.status().as_u16();
+                span.set_attribute(KeyValue::new(HTTP_RESPONSE_STATUS_CODE, code as i64));
+                if code >= 500 {
+                    span.set_attribute(KeyValue::new(ERROR_TYPE, code.to_string()));
+                    span.set_status(Status::error(""));
+                }
+            }
+            Err(e) => {
+                span.set_attribute(KeyValue::new(ERROR_TYPE, short_type_name::<E>()));
+                span.set_status(Status::error(e.to_string()));
+            }
+        }
+        span.end();
+        *this.cx = None;
+        Poll::Ready(result)
+    }
+}
+
+pub(crate) fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    let base = full.split('<').next().unwrap_or(full);
+    base.rsplit("::").next().unwrap_or(base)
+}

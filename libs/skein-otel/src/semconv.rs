@@ -1,0 +1,38 @@
+//! Attribute keys of the OpenTelemetry semantic conventions used here (stable names).
+
+#[allow(unused_imports)] // each integration uses its own subset
+pub(crate) use opentelemetry_semantic_conventions::attribute::{
+    CLIENT_ADDRESS, DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_TEXT, DB_SYSTEM_NAME,
+    ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_REQUEST_METHOD_ORIGINAL, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE,
+    NETWORK_PROTOCOL_VERSION, RPC_METHOD, SERVER_ADDRESS, SERVER_PORT, URL_FULL, URL_PATH, URL_QUERY,
+    URL_SCHEME, USER_AGENT_ORIGINAL,
+};
+
+#[cfg_attr(not(any(feature = "tower", feature = "reqwest")), allow(dead_code))]
+/// Query parameters whose values semconv says to redact in `url.query` and `url.full`.
+pub(crate) const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+#[cfg_attr(not(any(feature = "tower", feature = "reqwest")), allow(dead_code))]
+/// Redacts the values of [`SENSITIVE_QUERY_KEYS`] in a query string.
+pub(crate) fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if SENSITIVE_QUERY_KEYS.contains(&k) => format!("{k}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_sensitive_query_values_only() {
+        assert_eq!(super::redact_query("a=1&sig=secret&b"), "a=1&sig=REDACTED&b");
+        assert_eq!(
+            super::redact_query("Signature=x&X-Goog-Signature=y"),
+            "Signature=REDACTED&X-Goog-Signature=REDACTED"
+        );
+    }
+}
