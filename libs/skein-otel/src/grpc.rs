@@ -125,7 +125,12 @@ fn status_from(headers: &http::HeaderMap) -> Option<(i32, Option<String>)> {
     Some((code, message))
 }
 
-fn start_span<B>(tracer: &BoxedTracer, req: &mut Request<B>, side: Side) -> Context {
+fn start_span<B>(
+    tracer: &BoxedTracer,
+    server: Option<&(String, u16)>,
+    req: &mut Request<B>,
+    side: Side,
+) -> Context {
     let method = req.uri().path().trim_start_matches('/').to_owned();
     let mut attributes =
         vec![KeyValue::new(RPC_SYSTEM_NAME, "grpc"), KeyValue::new(RPC_METHOD, method.clone())];
@@ -139,6 +144,9 @@ fn start_span<B>(tracer: &BoxedTracer, req: &mut Request<B>, side: Side) -> Cont
         if let Some(port) = a.port_u16() {
             attributes.push(KeyValue::new(SERVER_PORT, port as i64));
         }
+    } else if let Some((host, port)) = server {
+        attributes.push(KeyValue::new(SERVER_ADDRESS, host.clone()));
+        attributes.push(KeyValue::new(SERVER_PORT, *port as i64));
     }
     let (kind, parent) = match side {
         Side::Server => (SpanKind::Server, crate::propagation::extract(req.headers())),
@@ -165,12 +173,14 @@ fn start_span<B>(tracer: &BoxedTracer, req: &mut Request<B>, side: Side) -> Cont
 #[derive(Clone)]
 pub struct GrpcServerLayer {
     tracer: Arc<BoxedTracer>,
+    server: Option<Arc<(String, u16)>>,
 }
 
 /// Traces every call a tonic client makes, and sends the context in its metadata.
 #[derive(Clone)]
 pub struct GrpcClientLayer {
     tracer: Arc<BoxedTracer>,
+    server: Option<Arc<(String, u16)>>,
 }
 
 macro_rules! layer_common {
@@ -178,7 +188,7 @@ macro_rules! layer_common {
         impl $layer {
             /// With the global tracer provider (create it after [`crate::init`]).
             pub fn new() -> Self {
-                $layer { tracer: Arc::new(crate::tracer()) }
+                $layer { tracer: Arc::new(crate::tracer()), server: None }
             }
 
             /// With this provider instead of the global one.
@@ -188,7 +198,14 @@ macro_rules! layer_common {
                 P::Tracer: Send + Sync + 'static,
                 <P::Tracer as Tracer>::Span: Send + Sync + 'static,
             {
-                $layer { tracer: Arc::new(tracer_for(provider)) }
+                $layer { tracer: Arc::new(tracer_for(provider)), server: None }
+            }
+
+            /// `server.address` and `server.port` for requests whose URI has no authority
+            /// (a tonic `Channel` adds it only after this layer).
+            pub fn with_server(mut self, address: impl Into<String>, port: u16) -> Self {
+                self.server = Some(Arc::new((address.into(), port)));
+                self
             }
         }
 
@@ -208,7 +225,12 @@ macro_rules! layer_common {
             type Service = GrpcService<S>;
 
             fn layer(&self, inner: S) -> GrpcService<S> {
-                GrpcService { inner, tracer: Arc::clone(&self.tracer), side: $side }
+                GrpcService {
+                    inner,
+                    tracer: Arc::clone(&self.tracer),
+                    server: self.server.clone(),
+                    side: $side,
+                }
             }
         }
     };
@@ -222,6 +244,7 @@ layer_common!(GrpcClientLayer, Side::Client);
 pub struct GrpcService<S> {
     inner: S,
     tracer: Arc<BoxedTracer>,
+    server: Option<Arc<(String, u16)>>,
     side: Side,
 }
 
@@ -246,7 +269,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let cx = start_span(&self.tracer, &mut req, self.side);
+        let cx = start_span(&self.tracer, self.server.as_deref(), &mut req, self.side);
         let inner = {
             let _guard = cx.clone().attach();
             self.inner.call(req)

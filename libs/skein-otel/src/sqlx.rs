@@ -29,13 +29,24 @@ use sqlx::{Database, Either, Execute, Executor, Pool, SqlStr};
 
 use crate::semconv::*;
 
-/// A `sqlx::Pool` that makes a span for every query run on it.
-#[derive(Clone)]
+/// A `sqlx::Pool` that makes a span for every query run on it. Cloning is cheap (it clones
+/// the pool handle).
 pub struct TracedPool<DB: Database> {
     pool: Pool<DB>,
     namespace: Option<String>,
     server: Option<(String, Option<u16>)>,
     tracer: std::sync::Arc<opentelemetry::global::BoxedTracer>,
+}
+
+impl<DB: Database> Clone for TracedPool<DB> {
+    fn clone(&self) -> Self {
+        TracedPool {
+            pool: self.pool.clone(),
+            namespace: self.namespace.clone(),
+            server: self.server.clone(),
+            tracer: self.tracer.clone(),
+        }
+    }
 }
 
 impl<DB: Database> fmt::Debug for TracedPool<DB> {
@@ -349,10 +360,7 @@ where
         self.pool.prepare_with(sql, parameters)
     }
 
-    fn describe<'e>(
-        self,
-        sql: SqlStr,
-    ) -> BoxFuture<'e, Result<sqlx_core::describe::Describe<DB>, sqlx::Error>>
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<DB>, sqlx::Error>>
     where
         'c: 'e,
     {
