@@ -127,11 +127,24 @@ impl<C: ConnectionLike> TracedConnection<C> {
     }
 }
 
-fn finish<T>(cx: &Context, result: &redis::RedisResult<T>) {
+/// Ends the span, marking it failed for a transport error or a server error reply (which
+/// redis returns inside `Ok` as `Value::ServerError`, for a command or any pipeline element).
+fn finish<'v>(cx: &Context, result: Result<impl IntoIterator<Item = &'v Value>, &redis::RedisError>) {
     let span = cx.span();
-    if let Err(e) = result {
-        span.set_attribute(KeyValue::new(ERROR_TYPE, e.code().unwrap_or("_OTHER").to_owned()));
-        span.set_status(Status::error(e.to_string()));
+    match result {
+        Err(e) => {
+            span.set_attribute(KeyValue::new(ERROR_TYPE, e.code().unwrap_or("_OTHER").to_owned()));
+            span.set_status(Status::error(e.to_string()));
+        }
+        Ok(values) => {
+            if let Some(e) = values.into_iter().find_map(|v| match v {
+                Value::ServerError(e) => Some(e),
+                _ => None,
+            }) {
+                span.set_attribute(KeyValue::new(ERROR_TYPE, e.code().to_owned()));
+                span.set_status(Status::error(e.to_string()));
+            }
+        }
     }
     span.end();
 }
@@ -143,7 +156,7 @@ impl<C: ConnectionLike + Send + Sync> ConnectionLike for TracedConnection<C> {
         let fut = self.inner.req_packed_command(cmd).with_context(cx.clone());
         Box::pin(async move {
             let result = fut.await;
-            finish(&cx, &result);
+            finish(&cx, result.as_ref().map(std::iter::once));
             result
         })
     }
@@ -160,7 +173,7 @@ impl<C: ConnectionLike + Send + Sync> ConnectionLike for TracedConnection<C> {
         let fut = self.inner.req_packed_commands(pipeline, offset, count).with_context(cx.clone());
         Box::pin(async move {
             let result = fut.await;
-            finish(&cx, &result);
+            finish(&cx, result.as_ref().map(|values| values.iter()));
             result
         })
     }
