@@ -338,10 +338,10 @@ impl<B: Body> Body for GrpcBody<B> {
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
-                if let Some((code, message)) = f.trailers_ref().and_then(status_from) {
-                    if let Some(mut fin) = this.finisher.take() {
-                        fin.finish(Some(code), message);
-                    }
+                if let Some((code, message)) = f.trailers_ref().and_then(status_from)
+                    && let Some(mut fin) = this.finisher.take()
+                {
+                    fin.finish(Some(code), message);
                 }
             }
             Some(Err(_)) => {

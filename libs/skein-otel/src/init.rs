@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -216,67 +215,14 @@ impl Init {
         let timeout_from_env =
             env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() || env("OTEL_EXPORTER_OTLP_TIMEOUT").is_some();
 
-        let mut runtime = None;
-        let exporter = match protocol {
-            Protocol::Grpc => {
-                #[cfg(feature = "otlp-grpc")]
-                {
-                    use opentelemetry_otlp::WithTonicConfig;
-                    // The exporter's connection lives on a runtime of its own, so flushing
-                    // never waits on the application's runtime (a current-thread runtime
-                    // would otherwise deadlock at shutdown).
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .thread_name("skein-otel-export")
-                        .enable_all()
-                        .build()?;
-                    let _entered = rt.enter();
-                    let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-                    if !endpoint_from_env && let Some(e) = &self.endpoint {
-                        b = b.with_endpoint(e.clone());
-                    }
-                    if !timeout_from_env && let Some(t) = self.timeout {
-                        b = b.with_timeout(t);
-                    }
-                    if compress {
-                        b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-                    }
-                    let exporter = b.build()?;
-                    drop(_entered);
-                    runtime = Some(rt);
-                    exporter
-                }
-                #[cfg(not(feature = "otlp-grpc"))]
-                return Err(InitError::Config(
-                    "OTLP over gRPC needs skein-otel's `otlp-grpc` feature".into(),
-                ));
-            }
-            Protocol::HttpProtobuf | Protocol::HttpJson => {
-                #[cfg(feature = "otlp-http")]
-                {
-                    let mut b = opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(
-                        if protocol == Protocol::HttpJson {
-                            opentelemetry_otlp::Protocol::HttpJson
-                        } else {
-                            opentelemetry_otlp::Protocol::HttpBinary
-                        },
-                    );
-                    if !endpoint_from_env && let Some(e) = &self.endpoint {
-                        b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
-                    }
-                    if !timeout_from_env && let Some(t) = self.timeout {
-                        b = b.with_timeout(t);
-                    }
-                    if compress {
-                        b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
-                    }
-                    b.build()?
-                }
-                #[cfg(not(feature = "otlp-http"))]
-                return Err(InitError::Config(
-                    "OTLP over HTTP needs skein-otel's `otlp-http` feature".into(),
-                ));
-            }
+        let settings = ExportSettings {
+            endpoint: if endpoint_from_env { None } else { self.endpoint.clone() },
+            timeout: if timeout_from_env { None } else { self.timeout },
+            compress,
+        };
+        let (exporter, runtime) = match protocol {
+            Protocol::Grpc => grpc_exporter(&settings)?,
+            Protocol::HttpProtobuf | Protocol::HttpJson => (http_exporter(&settings, protocol)?, None),
         };
         let mut builder =
             SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(self.resource());
@@ -290,6 +236,92 @@ impl Init {
         }
         Ok(OtelGuard { provider: Some(provider), runtime })
     }
+}
+
+#[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]
+type Exporter = opentelemetry_otlp::SpanExporter;
+
+/// Without an exporter feature there is nothing to export with: `install` fails with a
+/// message naming the feature, and this type is never built.
+#[cfg(not(any(feature = "otlp-grpc", feature = "otlp-http")))]
+#[derive(Debug)]
+enum Exporter {}
+
+#[cfg(not(any(feature = "otlp-grpc", feature = "otlp-http")))]
+impl opentelemetry_sdk::trace::SpanExporter for Exporter {
+    async fn export(
+        &self,
+        _: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        match *self {}
+    }
+}
+
+/// What the exporter is told in code (`None` where the environment decides).
+#[cfg_attr(not(any(feature = "otlp-grpc", feature = "otlp-http")), allow(dead_code))]
+struct ExportSettings {
+    endpoint: Option<String>,
+    timeout: Option<Duration>,
+    compress: bool,
+}
+
+#[cfg(feature = "otlp-grpc")]
+fn grpc_exporter(s: &ExportSettings) -> Result<(Exporter, Option<tokio::runtime::Runtime>), InitError> {
+    use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+    // The exporter's connection lives on a runtime of its own, so flushing never waits on
+    // the application's runtime (a current-thread runtime would otherwise deadlock at shutdown).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("skein-otel-export")
+        .enable_all()
+        .build()?;
+    let exporter = {
+        let _entered = rt.enter();
+        let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(e) = &s.endpoint {
+            b = b.with_endpoint(e.clone());
+        }
+        if let Some(t) = s.timeout {
+            b = b.with_timeout(t);
+        }
+        if s.compress {
+            b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+        }
+        b.build()?
+    };
+    Ok((exporter, Some(rt)))
+}
+
+#[cfg(not(feature = "otlp-grpc"))]
+fn grpc_exporter(_: &ExportSettings) -> Result<(Exporter, Option<tokio::runtime::Runtime>), InitError> {
+    Err(InitError::Config("OTLP over gRPC needs skein-otel's `otlp-grpc` feature".into()))
+}
+
+#[cfg(feature = "otlp-http")]
+fn http_exporter(s: &ExportSettings, protocol: Protocol) -> Result<Exporter, InitError> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let mut b = opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(
+        if protocol == Protocol::HttpJson {
+            opentelemetry_otlp::Protocol::HttpJson
+        } else {
+            opentelemetry_otlp::Protocol::HttpBinary
+        },
+    );
+    if let Some(e) = &s.endpoint {
+        b = b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/')));
+    }
+    if let Some(t) = s.timeout {
+        b = b.with_timeout(t);
+    }
+    if s.compress {
+        b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    Ok(b.build()?)
+}
+
+#[cfg(not(feature = "otlp-http"))]
+fn http_exporter(_: &ExportSettings, _: Protocol) -> Result<Exporter, InitError> {
+    Err(InitError::Config("OTLP over HTTP needs skein-otel's `otlp-http` feature".into()))
 }
 
 /// The propagator `OTEL_PROPAGATORS` asks for (default `tracecontext,baggage`).

@@ -7,33 +7,118 @@
 //! one connected trace. It is built on the official `opentelemetry` crates and works with any
 //! OTLP backend: Skein, Jaeger, Tempo or a Collector.
 //!
+//! ## Set up (the Go `otel.SetTracerProvider` + OTLP exporter + propagator, in one call)
+//!
 //! ```no_run
-//! # fn main() -> Result<(), skein_otel::InitError> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let guard = skein_otel::init("checkout").service_version("1.4.0").install()?;
-//! // … run the service …
-//! guard.shutdown()?; // flushes every pending span
+//! // … run the service; create the layers below after this line …
+//! guard.shutdown()?; // flushes every pending span; safe on any runtime
 //! # Ok(()) }
 //! ```
 //!
-//! ## Integrations (one Cargo feature each)
+//! By default spans go over OTLP/gRPC (gzip, retried) to `http://localhost:4317`; the standard
+//! `OTEL_*` variables override whatever the code says (see [`init`]).
 //!
-//! | feature | what | entry point |
-//! |---|---|---|
-//! | `tower`, `axum` | HTTP server spans | [`http::server::TraceLayer`] |
-//! | `reqwest` | HTTP client spans + header injection | `http::client::TracingMiddleware` |
-//! | `tonic` | gRPC server and client spans | `grpc::GrpcServerLayer`, `grpc::GrpcClientLayer` |
-//! | `sqlx` | a span per query | `sqlx::TracedPool` |
-//! | `redis` | a span per command and pipeline | `redis::TracedConnection` |
-//! | `logs` | `trace_id`/`span_id` on every log line | `logs::TraceIdFormat` |
+//! ## HTTP server: axum, hyper, any tower service (feature `axum` or `tower`)
 //!
-//! Always available: [`init`], [`spawn`], [`FutureContextExt`], [`current_trace_id`],
-//! [`propagation::inject`] / [`propagation::extract`], [`testing`].
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use axum::{Router, routing::get};
+//! let app: Router = Router::new()
+//!     .route("/orders/{id}", get(|| async { "order" }))
+//!     .layer(skein_otel::http::server::TraceLayer::new());
+//! # }
+//! ```
+//!
+//! ## HTTP client: reqwest (feature `reqwest`)
+//!
+//! ```
+//! # #[cfg(feature = "reqwest")] {
+//! let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(skein_otel::http::client::TracingMiddleware::new())
+//!     .build();
+//! // Other clients: skein_otel::propagation::inject(&opentelemetry::Context::current(), &mut headers)
+//! # }
+//! ```
+//!
+//! ## gRPC: tonic (feature `tonic`)
+//!
+//! ```
+//! # #[cfg(feature = "tonic")] fn f() {
+//! use skein_otel::grpc::{GrpcClientLayer, GrpcServerLayer};
+//! let server = tonic::transport::Server::builder().layer(GrpcServerLayer::new());
+//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+//! let channel = tower::ServiceBuilder::new()
+//!     .layer(GrpcClientLayer::new().with_server("127.0.0.1", 50051))
+//!     .service(channel); // give it to the generated client: FooClient::new(channel)
+//! # }
+//! ```
+//!
+//! ## SQL: sqlx (feature `sqlx`)
+//!
+//! ```
+//! # #[cfg(feature = "sqlx")] async fn f() -> Result<(), sqlx::Error> {
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! let pool = skein_otel::sqlx::TracedPool::new(pool).with_namespace("shop");
+//! let one: i64 = sqlx::query_scalar("SELECT ?").bind(1i64).fetch_one(&pool).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Redis (feature `redis`)
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")] async fn f() -> redis::RedisResult<()> {
+//! use redis::AsyncCommands;
+//! let conn = redis::Client::open("redis://127.0.0.1/")?.get_multiplexed_async_connection().await?;
+//! let mut conn = skein_otel::redis::TracedConnection::new(conn).with_server("127.0.0.1", 6379);
+//! let _: () = conn.set("cart:42", 3).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Manual spans (the Go `tracer.Start(ctx, …)` + `defer span.End()`)
+//!
+//! ```
+//! use opentelemetry::KeyValue;
+//! use opentelemetry::trace::{Tracer, Span as _};
+//! let tracer = opentelemetry::global::tracer("payment");
+//! tracer.in_span("charge card", |cx| {
+//!     use opentelemetry::trace::TraceContextExt;
+//!     cx.span().set_attribute(KeyValue::new("payment.amount_cents", 1999));
+//!     // … call the uninstrumented SDK; the span ends when the closure returns …
+//! });
+//! ```
+//!
+//! ## Spawned tasks keep the trace (the Go `go doWork(ctx)`)
+//!
+//! ```
+//! # async fn f() {
+//! use skein_otel::FutureContextExt;
+//! skein_otel::spawn(async { /* spans here join the caller's trace */ });
+//! tokio::spawn(async { /* same */ }.in_current_context());
+//! # }
+//! ```
+//!
+//! ## Trace ids in logs (feature `logs`)
+//!
+//! ```no_run
+//! tracing_subscriber::fmt()
+//!     .event_format(skein_otel::logs::TraceIdFormat::new(tracing_subscriber::fmt::format()))
+//!     .init();
+//! let id: Option<String> = skein_otel::current_trace_id();
+//! ```
+//!
+//! ## Test that the chain holds ([`testing`])
+//!
+//! [`testing::Recorder`] records spans in memory; [`testing::TraceCheck::assert_connected`]
+//! fails when a request's spans are split over several traces, have several roots, or miss a
+//! parent; [`testing::TraceCheck::assert_calls`] checks that service A called service B.
 //!
 //! ## Keeping the chain
 //!
 //! Context lives in a task-local: a future spawned with `tokio::spawn` starts with an **empty**
-//! context and its spans become new roots (Go's `go doWork()` without `ctx`). Use
-//! [`skein_otel::spawn`](spawn) or `.in_current_context()`. See `docs/keeping-the-chain.md`.
+//! context and its spans become new roots. Use [`spawn`] or `.in_current_context()`. See
+//! `docs/keeping-the-chain.md`.
 
 mod init;
 pub mod propagation;

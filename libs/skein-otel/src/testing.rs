@@ -198,14 +198,12 @@ impl TraceCheck {
         }
         for s in &self.spans {
             if let Some(p) = s.parent().filter(|p| !present.contains(p)) {
-                if !s.data.parent_span_is_remote || ids.len() == 1 {
-                    let _ = writeln!(
-                        problems,
-                        "span {}:{} has parent {p}, which was not recorded",
-                        s.service,
-                        s.name()
-                    );
-                }
+                let _ = writeln!(
+                    problems,
+                    "span {}:{} has parent {p}, which was not recorded",
+                    s.service,
+                    s.name()
+                );
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }

@@ -169,10 +169,10 @@ fn route<B>(req: &Request<B>) -> Option<&str> {
 }
 
 fn client_address<B>(req: &Request<B>) -> Option<String> {
-    if let Some(xff) = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        if let Some(first) = xff.split(',').next().map(str::trim).filter(|s| !s.is_empty()) {
-            return Some(first.to_owned());
-        }
+    if let Some(xff) = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok())
+        && let Some(first) = xff.split(',').next().map(str::trim).filter(|s| !s.is_empty())
+    {
+        return Some(first.to_owned());
     }
     #[cfg(feature = "axum")]
     if let Some(ci) = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>() {
@@ -216,10 +216,10 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        if let Some(filter) = &config.filter {
-            if !filter(&request_head(&req)) {
-                return ResponseFuture { inner: self.inner.call(req), cx: None };
-            }
+        if let Some(filter) = &config.filter
+            && !filter(&request_head(&req))
+        {
+            return ResponseFuture { inner: self.inner.call(req), cx: None };
         }
         let extractor = opentelemetry_http::HeaderExtractor(req.headers());
         let remote = match &config.propagator {
