@@ -181,15 +181,23 @@ fn client_address<B>(req: &Request<B>) -> Option<String> {
     None
 }
 
-/// `host[:port]` from the `Host` header or the URI authority.
-fn server_address<B>(req: &Request<B>) -> Option<(String, Option<u16>)> {
-    let authority = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        .or_else(|| req.uri().authority().cloned())?;
-    Some((authority.host().to_owned(), authority.port_u16()))
+/// `host[:port]` from the `Host` header or the URI authority (parsed in place: this runs
+/// on every request).
+fn server_address<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
+    let raw = match req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+        Some(h) => h,
+        None => req.uri().authority()?.as_str(),
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    if let Some(rest) = raw.strip_prefix('[') {
+        // [v6]:port
+        let (host, tail) = rest.split_once(']')?;
+        return Some((host, tail.strip_prefix(':').and_then(|p| p.parse().ok())));
+    }
+    match raw.rsplit_once(':') {
+        Some((host, port)) => Some((host, port.parse().ok())),
+        None => Some((raw, None)),
+    }
 }
 
 fn request_head<B>(req: &Request<B>) -> Request<()> {
@@ -249,7 +257,7 @@ where
             attributes.push(KeyValue::new(HTTP_ROUTE, r.to_owned()));
         }
         if let Some((host, port)) = server_address(&req) {
-            attributes.push(KeyValue::new(SERVER_ADDRESS, host));
+            attributes.push(KeyValue::new(SERVER_ADDRESS, host.to_owned()));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(SERVER_PORT, port as i64));
             }

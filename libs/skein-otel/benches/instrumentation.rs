@@ -1,0 +1,195 @@
+//! Per-request and per-span cost of skein-otel's instrumentation, each beside the work it
+//! instruments without tracing and beside one raw OpenTelemetry SDK span.
+//!
+//! Run: `cargo bench -p skein-otel --all-features --bench instrumentation`
+//!
+//! Every traced case uses the same provider: a batch span processor feeding an exporter that
+//! discards, so the figures are the cost paid on the request path (span creation, attributes,
+//! context, hand-off to the batch queue), not the network.
+
+use std::convert::Infallible;
+use std::sync::LazyLock;
+
+use divan::Bencher;
+use http::{Request, Response};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, Tracer, TracerProvider as _};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use tower::{Layer, Service, ServiceExt};
+
+fn main() {
+    divan::main();
+}
+
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+static PROVIDER: LazyLock<SdkTracerProvider> =
+    LazyLock::new(|| SdkTracerProvider::builder().with_batch_exporter(Discard).build());
+
+static RT: LazyLock<tokio::runtime::Runtime> =
+    LazyLock::new(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
+
+fn request() -> Request<()> {
+    Request::get("http://api.local:8080/users/42?page=2")
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("user-agent", "bench/1.0")
+        .header("host", "api.local:8080")
+        .body(())
+        .unwrap()
+}
+
+async fn handler(_req: Request<()>) -> Result<Response<String>, Infallible> {
+    Ok(Response::new(String::new()))
+}
+
+/// One SDK span with the attributes the server layer records, started and ended by hand.
+#[divan::bench]
+fn raw_sdk_span() {
+    let tracer = PROVIDER.tracer("bench");
+    let mut span = tracer
+        .span_builder("GET /users/{id}")
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("http.request.method", "GET"),
+            KeyValue::new("url.path", "/users/42"),
+            KeyValue::new("url.query", "page=2"),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("http.route", "/users/{id}"),
+            KeyValue::new("server.address", "api.local"),
+            KeyValue::new("server.port", 8080i64),
+            KeyValue::new("network.protocol.version", "1.1"),
+            KeyValue::new("user_agent.original", "bench/1.0"),
+        ])
+        .start(&tracer);
+    span.set_attribute(KeyValue::new("http.response.status_code", 200i64));
+    span.end();
+}
+
+/// The handler alone, called through tower: the baseline the layer is added to.
+#[divan::bench]
+fn http_plain_handler(b: Bencher) {
+    let svc = tower::service_fn(handler);
+    b.bench_local(|| RT.block_on(svc.clone().oneshot(request())).unwrap());
+}
+
+/// The same handler behind `TraceLayer` (extract traceparent, server span, attributes, context).
+#[divan::bench]
+fn http_server_layer(b: Bencher) {
+    let layer = skein_otel::http::server::TraceLayer::new().with_tracer_provider(&*PROVIDER);
+    let svc = layer.layer(tower::service_fn(handler));
+    b.bench_local(|| RT.block_on(svc.clone().oneshot(request())).unwrap());
+}
+
+async fn grpc_handler(_req: Request<()>) -> Result<Response<String>, Infallible> {
+    let mut r = Response::new(String::new());
+    r.headers_mut().insert("grpc-status", http::HeaderValue::from_static("0"));
+    Ok(r)
+}
+
+fn grpc_request() -> Request<()> {
+    Request::post("http://inventory:50051/shop.Inventory/Reserve").body(()).unwrap()
+}
+
+#[divan::bench]
+fn grpc_plain_handler(b: Bencher) {
+    let svc = tower::service_fn(grpc_handler);
+    b.bench_local(|| RT.block_on(svc.clone().oneshot(grpc_request())).unwrap());
+}
+
+/// A gRPC call through `GrpcClientLayer` (client span + metadata injection).
+#[divan::bench]
+fn grpc_client_layer(b: Bencher) {
+    let layer = skein_otel::grpc::GrpcClientLayer::with_tracer_provider(&*PROVIDER);
+    let svc = layer.layer(tower::service_fn(grpc_handler));
+    b.bench_local(|| {
+        let mut svc = svc.clone();
+        RT.block_on(async move {
+            let resp = svc.ready().await.unwrap().call(grpc_request()).await.unwrap();
+            drop(resp); // ends the span
+        })
+    });
+}
+
+fn sqlite() -> sqlx::SqlitePool {
+    RT.block_on(async {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO t VALUES (1, 'a')").execute(&pool).await.unwrap();
+        pool
+    })
+}
+
+#[divan::bench]
+fn sqlx_plain_query(b: Bencher) {
+    let pool = sqlite();
+    b.bench_local(|| {
+        RT.block_on(async {
+            let _: (i64, String) =
+                sqlx::query_as("SELECT id, v FROM t WHERE id = ?").bind(1).fetch_one(&pool).await.unwrap();
+        })
+    });
+}
+
+/// The same query through `TracedPool` (a CLIENT span with the db.* attributes).
+#[divan::bench]
+fn sqlx_traced_query(b: Bencher) {
+    let pool =
+        skein_otel::sqlx::TracedPool::new(sqlite()).with_namespace("bench").with_tracer_provider(&*PROVIDER);
+    b.bench_local(|| {
+        RT.block_on(async {
+            let _: (i64, String) =
+                sqlx::query_as("SELECT id, v FROM t WHERE id = ?").bind(1).fetch_one(&pool).await.unwrap();
+        })
+    });
+}
+
+/// What a hand-written server span costs when it does the same job as the layer: extract the
+/// caller's context from the headers and copy the request's values into attributes.
+#[divan::bench]
+fn raw_sdk_span_from_request(b: Bencher) {
+    let tracer = PROVIDER.tracer("bench");
+    let propagator = opentelemetry_sdk::propagation::TraceContextPropagator::new();
+    b.bench_local(|| {
+        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry::trace::TraceContextExt;
+        let req = request();
+        let parent = propagator.extract(&opentelemetry_http::HeaderExtractor(req.headers()));
+        let span = tracer
+            .span_builder(format!("{} {}", req.method(), "/users/{id}"))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.request.method", req.method().as_str().to_owned()),
+                KeyValue::new("url.path", req.uri().path().to_owned()),
+                KeyValue::new("url.query", req.uri().query().unwrap_or_default().to_owned()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new("http.route", "/users/{id}"),
+                KeyValue::new("server.address", "api.local".to_owned()),
+                KeyValue::new("server.port", 8080i64),
+                KeyValue::new("network.protocol.version", "1.1"),
+                KeyValue::new(
+                    "user_agent.original",
+                    req.headers()
+                        .get("user-agent")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
+            ])
+            .start_with_context(&tracer, &parent);
+        let cx = parent.with_span(span);
+        cx.span().set_attribute(KeyValue::new("http.response.status_code", 200i64));
+        cx.span().end();
+    });
+}
