@@ -77,7 +77,7 @@ fn raw_sdk_span() {
 #[divan::bench]
 fn http_plain_handler(b: Bencher) {
     let svc = tower::service_fn(handler);
-    b.bench_local(|| RT.block_on(svc.clone().oneshot(request())).unwrap());
+    b.bench_local(|| RT.block_on(svc.oneshot(request())).unwrap());
 }
 
 /// The same handler behind `TraceLayer` (extract traceparent, server span, attributes, context).
@@ -101,7 +101,7 @@ fn grpc_request() -> Request<()> {
 #[divan::bench]
 fn grpc_plain_handler(b: Bencher) {
     let svc = tower::service_fn(grpc_handler);
-    b.bench_local(|| RT.block_on(svc.clone().oneshot(grpc_request())).unwrap());
+    b.bench_local(|| RT.block_on(svc.oneshot(grpc_request())).unwrap());
 }
 
 /// A gRPC call through `GrpcClientLayer` (client span + metadata injection).
