@@ -73,16 +73,38 @@ fn raw_sdk_span() {
     span.end();
 }
 
-/// The handler alone, called through tower: the baseline the layer is added to.
+fn axum_app() -> axum::Router {
+    axum::Router::new().route("/users/{id}", axum::routing::get(|| async { "user" }))
+}
+
+fn axum_request() -> Request<axum::body::Body> {
+    request().map(|()| axum::body::Body::empty())
+}
+
+/// A plain axum handler with no tracing: the baseline the layer is added to.
 #[divan::bench]
-fn http_plain_handler(b: Bencher) {
+fn http_plain_axum_handler(b: Bencher) {
+    let app = axum_app();
+    b.bench_local(|| RT.block_on(app.clone().oneshot(axum_request())).unwrap());
+}
+
+/// The same axum app behind `TraceLayer` (extract traceparent, server span named from the
+/// route, attributes, context current while the handler runs).
+#[divan::bench]
+fn http_server_layer_axum(b: Bencher) {
+    let app = axum_app().layer(skein_otel::http::server::TraceLayer::new().with_tracer_provider(&*PROVIDER));
+    b.bench_local(|| RT.block_on(app.clone().oneshot(axum_request())).unwrap());
+}
+
+/// A bare tower handler, and the same behind `TraceLayer`.
+#[divan::bench]
+fn http_plain_tower_handler(b: Bencher) {
     let svc = tower::service_fn(handler);
     b.bench_local(|| RT.block_on(svc.oneshot(request())).unwrap());
 }
 
-/// The same handler behind `TraceLayer` (extract traceparent, server span, attributes, context).
 #[divan::bench]
-fn http_server_layer(b: Bencher) {
+fn http_server_layer_tower(b: Bencher) {
     let layer = skein_otel::http::server::TraceLayer::new().with_tracer_provider(&*PROVIDER);
     let svc = layer.layer(tower::service_fn(handler));
     b.bench_local(|| RT.block_on(svc.clone().oneshot(request())).unwrap());

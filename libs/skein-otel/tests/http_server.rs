@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::get;
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, TracerProvider as _};
 use skein_otel::http::server::TraceLayer;
 use skein_otel::testing::{Recorder, TraceCheck};
 
@@ -194,4 +194,66 @@ async fn plain_hyper_service_is_traced_too() {
     let span = check.span("POST");
     assert_eq!(span.attr("url.path").as_deref(), Some("/orders"));
     assert_eq!(span.parent().unwrap().to_string(), "00f067aa0ba902b7");
+}
+
+#[tokio::test]
+async fn custom_propagator_is_used_instead_of_the_global_one() {
+    // The global propagator is W3C (installed by the other tests or here); this layer reads
+    // only `baggage`, so the caller's traceparent is ignored and a new trace starts.
+    let _ = Recorder::new().install_global("unused");
+    let recorder = Recorder::new();
+    let provider = recorder.provider("custom");
+    let app = Router::new().route("/", get(|| async { "hi" })).layer(
+        TraceLayer::new()
+            .with_tracer_provider(&provider)
+            .with_propagator(opentelemetry_sdk::propagation::BaggagePropagator::new()),
+    );
+    let addr = serve(app).await;
+    reqwest::Client::new()
+        .get(format!("http://{addr}/"))
+        .header("traceparent", TRACEPARENT)
+        .send()
+        .await
+        .unwrap();
+    let check = recorder.check();
+    let span = check.span("GET /");
+    assert!(span.parent().is_none());
+    assert_ne!(span.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+}
+
+#[test]
+fn inject_writes_traceparent_for_any_client() {
+    let _ = Recorder::new().install_global("unused");
+    let recorder = Recorder::new();
+    let tracer = recorder.provider("client").tracer("t");
+    use opentelemetry::trace::Tracer as _;
+    tracer.in_span("call", |cx| {
+        let mut headers = http::HeaderMap::new();
+        skein_otel::propagation::inject(&cx, &mut headers);
+        let tp = headers.get("traceparent").expect("traceparent injected").to_str().unwrap();
+        let sc = cx.span().span_context().clone();
+        assert_eq!(tp, format!("00-{}-{}-01", sc.trace_id(), sc.span_id()));
+        let back = skein_otel::propagation::extract(&headers);
+        assert_eq!(back.span().span_context().trace_id(), sc.trace_id());
+    });
+}
+
+#[tokio::test]
+async fn spawn_blocking_keeps_the_context() {
+    let recorder = Recorder::new();
+    let tracer = recorder.provider("svc").tracer("t");
+    use opentelemetry::trace::Tracer as _;
+    use skein_otel::FutureContextExt;
+    let root = tracer.start("root");
+    let cx = opentelemetry::Context::current_with_span(root);
+    let inner = recorder.provider("svc").tracer("t");
+    async move {
+        skein_otel::spawn_blocking(move || inner.in_span("blocking work", |_| {})).await.unwrap();
+    }
+    .in_context(cx.clone())
+    .await;
+    cx.span().end();
+    let check = recorder.check();
+    check.assert_connected();
+    check.assert_parent("root", "blocking work");
 }
