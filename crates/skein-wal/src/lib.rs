@@ -1,0 +1,545 @@
+//! Skein's write-ahead log: what makes an acknowledged batch survive a crash.
+//!
+//! Records (opaque bytes) are appended to numbered segment files as CRC-framed frames; a
+//! dedicated writer thread batches concurrent appends into one write and one fsync (group
+//! commit). On open, [`Wal::open`] replays every intact record; a torn or corrupt tail is cut
+//! off and reported in [`Recovery::truncations`], never a panic. The on-disk format is
+//! specified in `docs/format/wal.md`.
+//!
+//! This crate knows nothing of spans, protobuf or HTTP: the engine encodes, the WAL stores bytes.
+//! All file I/O goes through [`fs::Fs`], so tests can inject faults.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub mod fs;
+
+use fs::{AppendFile, Fs};
+
+/// First bytes of every segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SKEINWAL";
+/// Version of the segment format written by this code.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the segment header: magic, version, segment id, crc32 of the preceding fields.
+pub const SEGMENT_HEADER_LEN: u64 = 24;
+/// Bytes before each record's payload: length and crc32 of the payload.
+pub const FRAME_HEADER_LEN: u64 = 8;
+/// Largest record accepted.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+const SEGMENT_SUFFIX: &str = ".wal";
+
+/// When appended records are made durable with fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync before every acknowledgement: survives power loss. Group commit shares one fsync
+    /// among all appends that arrive while the previous one runs.
+    Always,
+    /// Write before acknowledging, fsync at most this often: survives the process being
+    /// killed (the kernel has the bytes); a power loss can lose the last interval.
+    Interval(Duration),
+    /// Write before acknowledging, never fsync (the OS decides): survives the process being
+    /// killed, not a power loss.
+    Never,
+}
+
+/// Settings of a [`Wal`].
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started once it would grow past this size.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+}
+
+impl WalConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        WalConfig {
+            dir: dir.into(),
+            segment_bytes: 64 * 1024 * 1024,
+            fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Where a record starts: its segment and its byte offset in that segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// Why a WAL operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WalError {
+    #[error("wal i/o error on {path}: {message}")]
+    Io { path: PathBuf, message: String, kind: std::io::ErrorKind },
+    #[error("record of {0} bytes is over the limit of {MAX_RECORD_BYTES} bytes")]
+    RecordTooLarge(usize),
+    #[error("an empty record cannot be appended")]
+    EmptyRecord,
+    /// An fsync failed: what reached the disk is unknown, so the WAL refuses further writes
+    /// until it is reopened (which recovers what is intact).
+    #[error("wal refuses writes after a failed fsync ({0}); restart to recover")]
+    Poisoned(String),
+    #[error("wal is closed")]
+    Closed,
+}
+
+impl WalError {
+    fn io(path: &Path, e: std::io::Error) -> WalError {
+        WalError::Io { path: path.to_owned(), message: e.to_string(), kind: e.kind() }
+    }
+
+    /// True when the disk is full: the append may succeed once space returns.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, WalError::Io { kind: std::io::ErrorKind::StorageFull, .. })
+            || matches!(self, WalError::Io { message, .. } if message.contains("No space left"))
+    }
+}
+
+/// A part of a segment that recovery cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    pub segment: PathBuf,
+    /// Offset where the intact part ends.
+    pub at: u64,
+    pub dropped_bytes: u64,
+    pub reason: String,
+}
+
+/// What [`Wal::open`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Every intact record, in append order.
+    pub records: Vec<(Position, Vec<u8>)>,
+    pub truncations: Vec<Truncation>,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}{SEGMENT_SUFFIX}"))
+}
+
+fn segment_header(id: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..20].copy_from_slice(&id.to_le_bytes());
+    let crc = crc32fast::hash(&h[..20]);
+    h[20..24].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Appends the frame of `payload` to `out`.
+pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Reads the records of one segment's bytes. Returns the records, the length of the intact
+/// prefix, and why reading stopped early (if it did).
+fn parse_segment(bytes: &[u8], id: u64) -> (Vec<(Position, Vec<u8>)>, u64, Option<String>) {
+    let mut records = Vec::new();
+    if bytes.len() < SEGMENT_HEADER_LEN as usize {
+        return (
+            records,
+            0,
+            Some(format!("segment header torn ({} of {SEGMENT_HEADER_LEN} bytes)", bytes.len())),
+        );
+    }
+    if bytes[..SEGMENT_HEADER_LEN as usize] != segment_header(id) {
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        let why = if bytes[..8] != SEGMENT_MAGIC {
+            "not a skein wal segment (bad magic)".to_owned()
+        } else if version != FORMAT_VERSION {
+            format!("unsupported wal format version {version} (this build reads {FORMAT_VERSION})")
+        } else {
+            "segment header corrupt (id or crc mismatch)".to_owned()
+        };
+        return (records, 0, Some(why));
+    }
+    let mut offset = SEGMENT_HEADER_LEN as usize;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        if rest.len() < FRAME_HEADER_LEN as usize {
+            return (records, offset as u64, Some(format!("torn frame header ({} bytes)", rest.len())));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_RECORD_BYTES {
+            return (records, offset as u64, Some(format!("invalid record length {len}")));
+        }
+        if rest.len() - (FRAME_HEADER_LEN as usize) < len {
+            return (
+                records,
+                offset as u64,
+                Some(format!("torn record: {len} bytes announced, {} present", rest.len() - 8)),
+            );
+        }
+        let payload = &rest[8..8 + len];
+        if crc32fast::hash(payload) != crc {
+            return (records, offset as u64, Some("record crc mismatch".to_owned()));
+        }
+        records.push((Position { segment: id, offset: offset as u64 }, payload.to_vec()));
+        offset += 8 + len;
+    }
+    (records, offset as u64, None)
+}
+
+enum Command {
+    Append { data: Vec<u8>, reply: tokio::sync::oneshot::Sender<Result<Position, WalError>> },
+    RemoveBefore { segment: u64, reply: tokio::sync::oneshot::Sender<Result<usize, WalError>> },
+    Sync { reply: tokio::sync::oneshot::Sender<Result<(), WalError>> },
+}
+
+/// The write-ahead log. Appends from any thread or task; one writer thread does the I/O.
+#[derive(Debug)]
+pub struct Wal {
+    tx: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Writer {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    config: WalConfig,
+    segment: u64,
+    path: PathBuf,
+    file: Box<dyn AppendFile>,
+    len: u64,
+    dirty: bool,
+    last_sync: Instant,
+    poisoned: Option<String>,
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `config.dir`, recovering every intact record.
+    pub fn open(config: WalConfig, fs: Arc<dyn Fs>) -> Result<(Wal, Recovery), WalError> {
+        let dir = config.dir.clone();
+        fs.create_dir_all(&dir).map_err(|e| WalError::io(&dir, e))?;
+        let mut ids: Vec<u64> = fs
+            .list(&dir)
+            .map_err(|e| WalError::io(&dir, e))?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str()?.strip_suffix(SEGMENT_SUFFIX)?.parse().ok())
+            .collect();
+        ids.sort_unstable();
+        let mut recovery = Recovery::default();
+        let mut last_good: Option<(u64, u64)> = None;
+        for &id in &ids {
+            let path = segment_path(&dir, id);
+            let bytes = fs.read(&path).map_err(|e| WalError::io(&path, e))?;
+            let (records, good_len, problem) = parse_segment(&bytes, id);
+            recovery.records.extend(records);
+            if let Some(reason) = problem {
+                let dropped = bytes.len() as u64 - good_len;
+                tracing::warn!(segment = %path.display(), at = good_len, dropped_bytes = dropped, %reason, "wal tail truncated");
+                recovery.truncations.push(Truncation {
+                    segment: path.clone(),
+                    at: good_len,
+                    dropped_bytes: dropped,
+                    reason,
+                });
+                if good_len == 0 {
+                    // Nothing usable (torn or foreign header): keep the bytes aside for a person.
+                    let aside = path.with_extension("wal.corrupt");
+                    fs.rename(&path, &aside).map_err(|e| WalError::io(&path, e))?;
+                    continue;
+                }
+                fs.truncate(&path, good_len).map_err(|e| WalError::io(&path, e))?;
+            }
+            last_good = Some((id, good_len));
+        }
+        let (segment, len, file) = match last_good {
+            Some((id, len)) => {
+                let path = segment_path(&dir, id);
+                let file = fs.open_append(&path).map_err(|e| WalError::io(&path, e))?;
+                (id, len, file)
+            }
+            None => {
+                let id = ids.last().map_or(1, |last| last + 1);
+                let (file, len) = create_segment(&*fs, &dir, id)?;
+                (id, len, file)
+            }
+        };
+        let writer = Writer {
+            fs,
+            path: segment_path(&dir, segment),
+            dir,
+            config,
+            segment,
+            file,
+            len,
+            dirty: false,
+            last_sync: Instant::now(),
+            poisoned: None,
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("skein-wal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| WalError::Io { path: PathBuf::new(), message: e.to_string(), kind: e.kind() })?;
+        Ok((Wal { tx: Some(tx), thread: Some(thread) }, recovery))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), WalError> {
+        self.tx.as_ref().ok_or(WalError::Closed)?.send(cmd).map_err(|_| WalError::Closed)
+    }
+
+    /// Appends one record; resolves once it is written (and fsynced, as the policy says).
+    pub async fn append(&self, data: Vec<u8>) -> Result<Position, WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Append { data, reply })?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// [`Wal::append`] for synchronous code (not from inside an async task).
+    pub fn append_blocking(&self, data: Vec<u8>) -> Result<Position, WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Append { data, reply })?;
+        rx.blocking_recv().map_err(|_| WalError::Closed)?
+    }
+
+    /// fsyncs everything written so far.
+    pub fn sync_blocking(&self) -> Result<(), WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Sync { reply })?;
+        rx.blocking_recv().map_err(|_| WalError::Closed)?
+    }
+
+    /// Deletes every closed segment older than `segment` (their records are stored elsewhere
+    /// now). Returns how many were deleted. The current segment is never deleted.
+    pub fn remove_segments_before_blocking(&self, segment: u64) -> Result<usize, WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::RemoveBefore { segment, reply })?;
+        rx.blocking_recv().map_err(|_| WalError::Closed)?
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        drop(self.tx.take()); // the writer syncs and exits when the channel closes
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn create_segment(fs: &dyn Fs, dir: &Path, id: u64) -> Result<(Box<dyn AppendFile>, u64), WalError> {
+    let path = segment_path(dir, id);
+    let mut file = fs.open_append(&path).map_err(|e| WalError::io(&path, e))?;
+    file.write_all(&segment_header(id)).map_err(|e| WalError::io(&path, e))?;
+    file.sync_data().map_err(|e| WalError::io(&path, e))?;
+    fs.sync_dir(dir).map_err(|e| WalError::io(dir, e))?;
+    Ok((file, SEGMENT_HEADER_LEN))
+}
+
+/// Most bytes gathered into one group commit.
+const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            let first = match self.config.fsync {
+                FsyncPolicy::Interval(d) if self.dirty => {
+                    match rx.recv_timeout(d.saturating_sub(self.last_sync.elapsed())) {
+                        Ok(c) => c,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            let _ = self.sync();
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                _ => match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                },
+            };
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Append { data, reply } => {
+                        bytes += data.len();
+                        group.push((data, reply));
+                        if bytes < MAX_GROUP_BYTES {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                    other => {
+                        self.commit(std::mem::take(&mut group));
+                        bytes = 0;
+                        self.handle(other);
+                        next = rx.try_recv().ok();
+                    }
+                }
+            }
+            self.commit(group);
+        }
+        if self.dirty {
+            let _ = self.sync();
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Append { .. } => unreachable!("appends are grouped"),
+            Command::Sync { reply } => {
+                let _ = reply.send(self.sync());
+            }
+            Command::RemoveBefore { segment, reply } => {
+                let _ = reply.send(self.remove_before(segment));
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        if let Some(p) = &self.poisoned {
+            return Err(WalError::Poisoned(p.clone()));
+        }
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.dirty = false;
+                self.last_sync = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("fsync of {} failed: {e}", self.path.display());
+                tracing::error!(segment = %self.path.display(), error = %e, "wal fsync failed; refusing writes");
+                self.poisoned = Some(msg.clone());
+                Err(WalError::Poisoned(msg))
+            }
+        }
+    }
+
+    fn remove_before(&mut self, segment: u64) -> Result<usize, WalError> {
+        let mut removed = 0;
+        let entries = self.fs.list(&self.dir).map_err(|e| WalError::io(&self.dir, e))?;
+        for path in entries {
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if id < segment && id < self.segment {
+                self.fs.remove(&path).map_err(|e| WalError::io(&path, e))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.fs.sync_dir(&self.dir).map_err(|e| WalError::io(&self.dir, e))?;
+        }
+        Ok(removed)
+    }
+
+    fn rotate(&mut self) -> Result<(), WalError> {
+        self.sync()?;
+        let id = self.segment + 1;
+        let (file, len) = create_segment(&*self.fs, &self.dir, id)?;
+        self.segment = id;
+        self.path = segment_path(&self.dir, id);
+        self.file = file;
+        self.len = len;
+        Ok(())
+    }
+
+    fn commit(&mut self, group: Vec<(Vec<u8>, tokio::sync::oneshot::Sender<Result<Position, WalError>>)>) {
+        if group.is_empty() {
+            return;
+        }
+        let fail_all = |group: Vec<(Vec<u8>, tokio::sync::oneshot::Sender<Result<Position, WalError>>)>,
+                        e: WalError| {
+            for (_, reply) in group {
+                let _ = reply.send(Err(e.clone()));
+            }
+        };
+        if let Some(p) = &self.poisoned {
+            return fail_all(group, WalError::Poisoned(p.clone()));
+        }
+        // Refuse what can never be written; keep the rest of the group.
+        let mut ok = Vec::with_capacity(group.len());
+        for (data, reply) in group {
+            if data.is_empty() {
+                let _ = reply.send(Err(WalError::EmptyRecord));
+            } else if data.len() > MAX_RECORD_BYTES {
+                let _ = reply.send(Err(WalError::RecordTooLarge(data.len())));
+            } else {
+                ok.push((data, reply));
+            }
+        }
+        let group = ok;
+        if group.is_empty() {
+            return;
+        }
+        let total: u64 = group.iter().map(|(d, _)| FRAME_HEADER_LEN + d.len() as u64).sum();
+        if self.len > SEGMENT_HEADER_LEN && self.len + total > self.config.segment_bytes {
+            if let Err(e) = self.rotate() {
+                return fail_all(group, e);
+            }
+        }
+        let mut buf = Vec::with_capacity(total as usize);
+        let mut positions = Vec::with_capacity(group.len());
+        for (data, _) in &group {
+            positions.push(Position { segment: self.segment, offset: self.len + buf.len() as u64 });
+            encode_frame(data, &mut buf);
+        }
+        if let Err(e) = self.file.write_all(&buf) {
+            let err = WalError::io(&self.path, e);
+            tracing::warn!(segment = %self.path.display(), error = %err, "wal write failed; cutting back to the last complete record");
+            // A short write may have left part of a frame: cut it off so later records follow
+            // intact ones, then reopen the file for appending.
+            let restored = self
+                .fs
+                .truncate(&self.path, self.len)
+                .and_then(|()| self.fs.open_append(&self.path))
+                .map(|f| self.file = f);
+            if let Err(e2) = restored {
+                self.poisoned =
+                    Some(format!("cannot cut back {} after a failed write: {e2}", self.path.display()));
+            }
+            return fail_all(group, err);
+        }
+        self.len += total;
+        self.dirty = true;
+        let must_sync = match self.config.fsync {
+            FsyncPolicy::Always => true,
+            FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
+            FsyncPolicy::Never => false,
+        };
+        if must_sync {
+            if let Err(e) = self.sync() {
+                return fail_all(group, e);
+            }
+        }
+        for ((_, reply), pos) in group.into_iter().zip(positions) {
+            let _ = reply.send(Ok(pos));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_and_frames_parse_back() {
+        let mut bytes = segment_header(7).to_vec();
+        encode_frame(b"hello", &mut bytes);
+        encode_frame(b"world!", &mut bytes);
+        let (records, good, problem) = parse_segment(&bytes, 7);
+        assert_eq!(problem, None);
+        assert_eq!(good, bytes.len() as u64);
+        assert_eq!(records[0], (Position { segment: 7, offset: 24 }, b"hello".to_vec()));
+        assert_eq!(records[1].0.offset, 24 + 8 + 5);
+        let (_, good, problem) = parse_segment(&bytes, 8);
+        assert_eq!((good, problem.as_deref()), (0, Some("segment header corrupt (id or crc mismatch)")));
+    }
+}

@@ -1,0 +1,388 @@
+//! The WAL through its public surface: reopen, rotation, torn and corrupt tails, injected
+//! faults (disk full, short writes, failed fsync), a model-based property test with reopens,
+//! and a child process killed with SIGKILL while appending.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use skein_wal::fs::{AppendFile, Fs, OsFs};
+use skein_wal::{FsyncPolicy, Wal, WalConfig, WalError};
+
+fn config(dir: &Path) -> WalConfig {
+    WalConfig { dir: dir.to_owned(), segment_bytes: 1024 * 1024, fsync: FsyncPolicy::Always }
+}
+
+fn open(dir: &Path) -> (Wal, skein_wal::Recovery) {
+    Wal::open(config(dir), Arc::new(OsFs)).unwrap()
+}
+
+fn payloads(recovery: &skein_wal::Recovery) -> Vec<Vec<u8>> {
+    recovery.records.iter().map(|(_, r)| r.clone()).collect()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn records_survive_reopen_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, rec) = open(dir.path());
+    assert!(rec.records.is_empty() && rec.truncations.is_empty());
+    let p1 = wal.append_blocking(b"one".to_vec()).unwrap();
+    let p2 = wal.append_blocking(b"two".to_vec()).unwrap();
+    assert!(p1 < p2);
+    drop(wal);
+    let (wal, rec) = open(dir.path());
+    assert_eq!(payloads(&rec), [b"one".to_vec(), b"two".to_vec()]);
+    assert_eq!(rec.records[0].0, p1);
+    wal.append_blocking(b"three".to_vec()).unwrap();
+    drop(wal);
+    assert_eq!(payloads(&open(dir.path()).1).len(), 3);
+}
+
+#[test]
+fn segments_rotate_and_old_ones_can_be_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig { segment_bytes: 200, ..config(dir.path()) };
+    let (wal, _) = Wal::open(cfg.clone(), Arc::new(OsFs)).unwrap();
+    let positions: Vec<_> = (0..10u8).map(|i| wal.append_blocking(vec![i; 50]).unwrap()).collect();
+    let last_segment = positions.last().unwrap().segment;
+    assert!(last_segment >= 4, "10 records of 58 bytes in 200-byte segments: {positions:?}");
+    let removed = wal.remove_segments_before_blocking(last_segment).unwrap();
+    assert_eq!(removed as u64, last_segment - 1);
+    drop(wal);
+    let (_, rec) = Wal::open(cfg, Arc::new(OsFs)).unwrap();
+    assert!(rec.records.iter().all(|(p, _)| p.segment == last_segment));
+    assert_eq!(rec.records.last().unwrap().1, vec![9u8; 50]);
+}
+
+#[test]
+fn torn_tail_is_truncated_and_reported_then_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path());
+    wal.append_blocking(b"kept".to_vec()).unwrap();
+    drop(wal);
+    let seg = segments(dir.path()).pop().unwrap();
+    let intact = std::fs::metadata(&seg).unwrap().len();
+    // A frame that announces 100 bytes but has 3: the process died mid-write.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&100u32.to_le_bytes()).unwrap();
+    f.write_all(&[0, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(f);
+
+    let (wal, rec) = open(dir.path());
+    assert_eq!(payloads(&rec), [b"kept".to_vec()]);
+    assert_eq!(rec.truncations.len(), 1);
+    let t = &rec.truncations[0];
+    assert_eq!((t.at, t.dropped_bytes), (intact, 11));
+    assert_eq!(t.reason, "torn record: 100 bytes announced, 3 present");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), intact, "the tail is cut on disk");
+    wal.append_blocking(b"after".to_vec()).unwrap();
+    drop(wal);
+    let (_, rec) = open(dir.path());
+    assert_eq!(payloads(&rec), [b"kept".to_vec(), b"after".to_vec()]);
+    assert!(rec.truncations.is_empty());
+}
+
+#[test]
+fn crc_mismatch_stops_at_the_corrupt_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path());
+    let p =
+        [b"first".to_vec(), b"second".to_vec(), b"third".to_vec()].map(|r| wal.append_blocking(r).unwrap());
+    drop(wal);
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[p[1].offset as usize + 8] ^= 0xff; // flip a payload byte of "second"
+    std::fs::write(&seg, &bytes).unwrap();
+    let (_, rec) = open(dir.path());
+    assert_eq!(payloads(&rec), [b"first".to_vec()]);
+    assert_eq!(rec.truncations[0].reason, "record crc mismatch");
+    assert_eq!(rec.truncations[0].at, p[1].offset);
+}
+
+#[test]
+fn a_segment_with_a_foreign_header_is_set_aside_and_the_rest_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WalConfig { segment_bytes: 100, ..config(dir.path()) };
+    let (wal, _) = Wal::open(cfg.clone(), Arc::new(OsFs)).unwrap();
+    for i in 0..3u8 {
+        wal.append_blocking(vec![i; 60]).unwrap();
+    }
+    drop(wal);
+    let first = segments(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[..8].copy_from_slice(b"GARBAGE!");
+    std::fs::write(&first, &bytes).unwrap();
+    let (_, rec) = Wal::open(cfg, Arc::new(OsFs)).unwrap();
+    assert_eq!(payloads(&rec), [vec![1u8; 60], vec![2u8; 60]]);
+    assert_eq!(rec.truncations[0].reason, "not a skein wal segment (bad magic)");
+    assert!(first.with_extension("wal.corrupt").exists(), "kept aside for a person to inspect");
+}
+
+#[test]
+fn records_that_can_never_be_written_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path());
+    assert!(matches!(wal.append_blocking(Vec::new()), Err(WalError::EmptyRecord)));
+    assert!(matches!(
+        wal.append_blocking(vec![0; skein_wal::MAX_RECORD_BYTES + 1]),
+        Err(WalError::RecordTooLarge(_))
+    ));
+    wal.append_blocking(b"fine".to_vec()).unwrap();
+}
+
+/// A file system that fails on demand.
+#[derive(Debug, Default)]
+struct Faults {
+    /// The next write writes this many bytes, then fails with ENOSPC.
+    short_write_then_enospc: Option<usize>,
+    fail_next_fsync: bool,
+    fsyncs: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FaultyFs(Arc<Mutex<Faults>>);
+
+#[derive(Debug)]
+struct FaultyFile {
+    inner: Box<dyn AppendFile>,
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl AppendFile for FaultyFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let short = self.faults.lock().unwrap().short_write_then_enospc.take();
+        if let Some(n) = short {
+            self.inner.write_all(&buf[..n.min(buf.len())])?;
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.inner.write_all(buf)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let mut f = self.faults.lock().unwrap();
+        f.fsyncs += 1;
+        if std::mem::take(&mut f.fail_next_fsync) {
+            return Err(io::Error::other("injected fsync failure"));
+        }
+        drop(f);
+        self.inner.sync_data()
+    }
+}
+
+impl Fs for FaultyFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsFs.create_dir_all(dir)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        OsFs.list(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        OsFs.read(path)
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        Ok(Box::new(FaultyFile { inner: OsFs.open_append(path)?, faults: Arc::clone(&self.0) }))
+    }
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        OsFs.truncate(path, len)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        OsFs.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        OsFs.sync_dir(dir)
+    }
+}
+
+#[test]
+fn disk_full_refuses_the_append_loses_nothing_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let (wal, _) = Wal::open(config(dir.path()), Arc::new(fs.clone())).unwrap();
+    wal.append_blocking(b"before".to_vec()).unwrap();
+    fs.0.lock().unwrap().short_write_then_enospc = Some(5);
+    let err = wal.append_blocking(b"refused record".to_vec()).unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    // Space is back: appends work again, and nothing half-written sits between records.
+    wal.append_blocking(b"after".to_vec()).unwrap();
+    drop(wal);
+    let (_, rec) = Wal::open(config(dir.path()), Arc::new(OsFs)).unwrap();
+    assert_eq!(payloads(&rec), [b"before".to_vec(), b"after".to_vec()]);
+    assert!(rec.truncations.is_empty(), "{:?}", rec.truncations);
+}
+
+#[test]
+fn failed_fsync_poisons_until_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let (wal, _) = Wal::open(config(dir.path()), Arc::new(fs.clone())).unwrap();
+    wal.append_blocking(b"durable".to_vec()).unwrap();
+    fs.0.lock().unwrap().fail_next_fsync = true;
+    let err = wal.append_blocking(b"unknown fate".to_vec()).unwrap_err();
+    assert!(matches!(err, WalError::Poisoned(_)), "{err}");
+    let err = wal.append_blocking(b"refused".to_vec()).unwrap_err();
+    assert!(err.to_string().contains("restart to recover"), "{err}");
+    drop(wal);
+    let (wal, rec) = Wal::open(config(dir.path()), Arc::new(OsFs)).unwrap();
+    assert_eq!(rec.records[0].1, b"durable");
+    assert!(payloads(&rec).iter().all(|r| r != b"refused"));
+    wal.append_blocking(b"works again".to_vec()).unwrap();
+}
+
+#[test]
+fn concurrent_appends_are_all_kept_with_unique_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let (wal, _) = Wal::open(config(dir.path()), Arc::new(fs.clone())).unwrap();
+    let wal = Arc::new(wal);
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                (0..50u8).map(|i| wal.append_blocking(vec![t, i]).unwrap()).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut positions: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len(), 400);
+    let fsyncs = fs.0.lock().unwrap().fsyncs;
+    println!("400 appends from 8 threads took {fsyncs} fsyncs (group commit)");
+    drop(Arc::try_unwrap(wal).unwrap());
+    let (_, rec) = Wal::open(config(dir.path()), Arc::new(OsFs)).unwrap();
+    let mut got = payloads(&rec);
+    got.sort();
+    let mut want: Vec<Vec<u8>> = (0..8u8).flat_map(|t| (0..50u8).map(move |i| vec![t, i])).collect();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn async_appends_work_from_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(
+        WalConfig { fsync: FsyncPolicy::Interval(Duration::from_millis(5)), ..config(dir.path()) },
+        Arc::new(OsFs),
+    )
+    .unwrap();
+    let p = wal.append(b"from a task".to_vec()).await.unwrap();
+    assert_eq!(p.offset, skein_wal::SEGMENT_HEADER_LEN);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<u8>),
+    Reopen,
+    TearTail(Vec<u8>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => proptest::collection::vec(any::<u8>(), 1..300).prop_map(Op::Append),
+        1 => Just(Op::Reopen),
+        1 => proptest::collection::vec(any::<u8>(), 1..20).prop_map(Op::TearTail),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Whatever happens — appends, reopens, garbage after the last record — a reopen returns
+    /// exactly the acknowledged records, in order.
+    #[test]
+    fn model_with_reopen(ops in proptest::collection::vec(op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WalConfig { segment_bytes: 1000, fsync: FsyncPolicy::Never, ..config(dir.path()) };
+        let mut model: Vec<Vec<u8>> = Vec::new();
+        let (mut wal, _) = Wal::open(cfg.clone(), Arc::new(OsFs)).unwrap();
+        for op in ops {
+            match op {
+                Op::Append(r) => {
+                    wal.append_blocking(r.clone()).unwrap();
+                    model.push(r);
+                }
+                Op::Reopen => {
+                    drop(wal);
+                    let (w, rec) = Wal::open(cfg.clone(), Arc::new(OsFs)).unwrap();
+                    prop_assert_eq!(payloads(&rec), model.clone());
+                    wal = w;
+                }
+                Op::TearTail(garbage) => {
+                    drop(wal);
+                    let last = segments(dir.path()).into_iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).last().unwrap();
+                    std::fs::OpenOptions::new().append(true).open(&last).unwrap().write_all(&garbage).unwrap();
+                    let (w, rec) = Wal::open(cfg.clone(), Arc::new(OsFs)).unwrap();
+                    prop_assert_eq!(payloads(&rec), model.clone());
+                    wal = w;
+                }
+            }
+        }
+        drop(wal);
+        let (_, rec) = Wal::open(cfg, Arc::new(OsFs)).unwrap();
+        prop_assert_eq!(payloads(&rec), model);
+    }
+}
+
+/// In the child: append numbered records forever, printing each number once acknowledged.
+#[test]
+fn child_append_forever() {
+    let Some(dir) = std::env::var_os("SKEIN_WAL_CHILD_DIR") else { return };
+    let cfg = WalConfig {
+        dir: PathBuf::from(dir),
+        segment_bytes: 64 * 1024,
+        fsync: FsyncPolicy::Interval(Duration::from_millis(50)),
+    };
+    let (wal, _) = Wal::open(cfg, Arc::new(OsFs)).unwrap();
+    let mut out = io::stdout().lock();
+    for i in 0u64.. {
+        let mut record = i.to_le_bytes().to_vec();
+        record.resize(100 + (i % 400) as usize, 0xab);
+        wal.append_blocking(record).unwrap();
+        writeln!(out, "ack {i}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[test]
+fn sigkill_during_appends_loses_no_acknowledged_record() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["child_append_forever", "--exact", "--nocapture", "--test-threads=1"])
+            .env("SKEIN_WAL_CHILD_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut acked = Vec::new();
+        for line in io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("ack ") {
+                acked.push(n.parse::<u64>().unwrap());
+                if acked.len() == 2000 + round * 500 {
+                    child.kill().unwrap(); // SIGKILL, mid-stream
+                    break;
+                }
+            }
+        }
+        child.wait().unwrap();
+        let (_, rec) =
+            Wal::open(WalConfig { segment_bytes: 64 * 1024, ..config(dir.path()) }, Arc::new(OsFs)).unwrap();
+        let present: std::collections::HashSet<u64> =
+            rec.records.iter().map(|(_, r)| u64::from_le_bytes(r[..8].try_into().unwrap())).collect();
+        let lost: Vec<_> = acked.iter().filter(|n| !present.contains(n)).collect();
+        assert!(lost.is_empty(), "round {round}: acknowledged records lost after SIGKILL: {lost:?}");
+    }
+}
