@@ -141,7 +141,10 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
 
 /// Reads the records of one segment's bytes. Returns the records, the length of the intact
 /// prefix, and why reading stopped early (if it did).
-fn parse_segment(bytes: &[u8], id: u64) -> (Vec<(Position, Vec<u8>)>, u64, Option<String>) {
+/// What reading one segment found.
+type Parsed = (Vec<(Position, Vec<u8>)>, u64, Option<String>);
+
+fn parse_segment(bytes: &[u8], id: u64) -> Parsed {
     let mut records = Vec::new();
     if bytes.len() < SEGMENT_HEADER_LEN as usize {
         return (
@@ -188,6 +191,9 @@ fn parse_segment(bytes: &[u8], id: u64) -> (Vec<(Position, Vec<u8>)>, u64, Optio
     }
     (records, offset as u64, None)
 }
+
+/// One pending append and where to send its outcome.
+type PendingAppend = (Vec<u8>, tokio::sync::oneshot::Sender<Result<Position, WalError>>);
 
 enum Command {
     Append { data: Vec<u8>, reply: tokio::sync::oneshot::Sender<Result<Position, WalError>> },
@@ -451,12 +457,11 @@ impl Writer {
         Ok(())
     }
 
-    fn commit(&mut self, group: Vec<(Vec<u8>, tokio::sync::oneshot::Sender<Result<Position, WalError>>)>) {
+    fn commit(&mut self, group: Vec<PendingAppend>) {
         if group.is_empty() {
             return;
         }
-        let fail_all = |group: Vec<(Vec<u8>, tokio::sync::oneshot::Sender<Result<Position, WalError>>)>,
-                        e: WalError| {
+        let fail_all = |group: Vec<PendingAppend>, e: WalError| {
             for (_, reply) in group {
                 let _ = reply.send(Err(e.clone()));
             }
@@ -480,10 +485,11 @@ impl Writer {
             return;
         }
         let total: u64 = group.iter().map(|(d, _)| FRAME_HEADER_LEN + d.len() as u64).sum();
-        if self.len > SEGMENT_HEADER_LEN && self.len + total > self.config.segment_bytes {
-            if let Err(e) = self.rotate() {
-                return fail_all(group, e);
-            }
+        if self.len > SEGMENT_HEADER_LEN
+            && self.len + total > self.config.segment_bytes
+            && let Err(e) = self.rotate()
+        {
+            return fail_all(group, e);
         }
         let mut buf = Vec::with_capacity(total as usize);
         let mut positions = Vec::with_capacity(group.len());
@@ -514,10 +520,8 @@ impl Writer {
             FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
             FsyncPolicy::Never => false,
         };
-        if must_sync {
-            if let Err(e) = self.sync() {
-                return fail_all(group, e);
-            }
+        if must_sync && let Err(e) = self.sync() {
+            return fail_all(group, e);
         }
         for ((_, reply), pos) in group.into_iter().zip(positions) {
             let _ = reply.send(Ok(pos));
