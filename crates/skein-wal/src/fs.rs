@@ -19,6 +19,13 @@ pub trait Fs: Send + Sync + Debug {
     /// The paths of the entries of `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// `len` bytes of `path` from `offset`.
+    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// The size of `path` in bytes.
+    fn len(&self, path: &Path) -> io::Result<u64>;
+    /// Writes a whole new file atomically: to `<path>.tmp`, fsync, rename over `path`, fsync
+    /// the directory. Readers never see a partial file.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Opens `path` for appending, creating it when missing.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
     /// Cuts `path` to `len` bytes and makes that durable.
@@ -57,6 +64,32 @@ impl Fs for OsFs {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         std::fs::read(path)
+    }
+
+    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path)?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            self.sync_dir(dir)?;
+        }
+        Ok(())
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {

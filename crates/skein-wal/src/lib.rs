@@ -199,6 +199,7 @@ enum Command {
     Append { data: Vec<u8>, reply: tokio::sync::oneshot::Sender<Result<Position, WalError>> },
     RemoveBefore { segment: u64, reply: tokio::sync::oneshot::Sender<Result<usize, WalError>> },
     Sync { reply: tokio::sync::oneshot::Sender<Result<(), WalError>> },
+    Rotate { reply: tokio::sync::oneshot::Sender<Result<u64, WalError>> },
 }
 
 /// The write-ahead log. Appends from any thread or task; one writer thread does the I/O.
@@ -316,6 +317,22 @@ impl Wal {
         rx.blocking_recv().map_err(|_| WalError::Closed)?
     }
 
+    /// Closes the current segment and starts a new one; returns the new segment's id. Every
+    /// record appended before this call is in a lower segment, every later one in this or a
+    /// higher segment.
+    pub async fn rotate(&self) -> Result<u64, WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::Rotate { reply })?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// [`Wal::remove_segments_before_blocking`] for async code.
+    pub async fn remove_segments_before(&self, segment: u64) -> Result<usize, WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Command::RemoveBefore { segment, reply })?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
     /// Deletes every closed segment older than `segment` (their records are stored elsewhere
     /// now). Returns how many were deleted. The current segment is never deleted.
     pub fn remove_segments_before_blocking(&self, segment: u64) -> Result<usize, WalError> {
@@ -400,6 +417,13 @@ impl Writer {
             }
             Command::RemoveBefore { segment, reply } => {
                 let _ = reply.send(self.remove_before(segment));
+            }
+            Command::Rotate { reply } => {
+                let result = match &self.poisoned {
+                    Some(p) => Err(WalError::Poisoned(p.clone())),
+                    None => self.rotate().map(|()| self.segment),
+                };
+                let _ = reply.send(result);
             }
         }
     }

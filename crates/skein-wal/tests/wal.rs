@@ -187,6 +187,15 @@ impl Fs for FaultyFs {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         OsFs.read(path)
     }
+    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        OsFs.read_range(path, offset, len)
+    }
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        OsFs.len(path)
+    }
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        OsFs.write_atomic(path, bytes)
+    }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
         Ok(Box::new(FaultyFile { inner: OsFs.open_append(path)?, faults: Arc::clone(&self.0) }))
     }

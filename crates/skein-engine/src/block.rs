@@ -1,0 +1,397 @@
+//! Immutable block files: spans grouped by trace, compressed chunks, an index and a footer
+//! with format version and crc32. Specified in `docs/format/block.md`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use skein_model::{Span, SpanKind, TimeRange, TraceId};
+use skein_wal::fs::Fs;
+
+use crate::codec::{self, DecodeError};
+
+/// Last bytes of every block file.
+pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
+/// Version of the block format written by this code.
+pub const BLOCK_VERSION: u32 = 1;
+/// Bytes of the footer.
+pub const FOOTER_LEN: usize = 32;
+/// Uncompressed bytes gathered into one chunk before it is compressed.
+const CHUNK_TARGET: usize = 256 * 1024;
+const ZSTD_LEVEL: i32 = 3;
+
+/// Why a block cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("block {path}: i/o error: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("block {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// Span counts of a service's operations: (name, kind) → spans.
+pub(crate) type OperationCounts = BTreeMap<(String, SpanKind), u64>;
+
+/// What the block holds about one chunk.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkMeta {
+    offset: u64,
+    len: u32,
+    crc: u32,
+    pub(crate) time: TimeRange,
+    /// Indexes into the block's service table.
+    services: Vec<u32>,
+}
+
+/// An open block: its index in memory, its spans on disk.
+#[derive(Debug)]
+pub struct Block {
+    pub(crate) path: PathBuf,
+    pub(crate) time: TimeRange,
+    pub(crate) span_count: u64,
+    pub(crate) trace_count: u64,
+    /// WAL segments below this id hold only records stored in this (or an older) block.
+    pub(crate) wal_segment_end: u64,
+    pub(crate) bytes: u64,
+    chunks: Vec<ChunkMeta>,
+    /// service → (operation, kind) → spans.
+    pub(crate) services: Vec<(String, OperationCounts)>,
+    /// Sorted by trace id.
+    traces: Vec<(TraceId, u32)>,
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct IndexReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl IndexReader<'_> {
+    fn fail<T>(&self, what: &str) -> Result<T, String> {
+        Err(format!("index truncated or invalid at byte {} ({what})", self.pos))
+    }
+
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let Some(&b) = self.buf.get(self.pos) else { return self.fail("varint") };
+            self.pos += 1;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        self.fail("varint too long")
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&[u8], String> {
+        if self.buf.len() - self.pos < n {
+            return self.fail("bytes");
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.varint()? as usize;
+        String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| "index string is not UTF-8".to_owned())
+    }
+
+    fn count(&mut self) -> Result<usize, String> {
+        let n = self.varint()? as usize;
+        if n > self.buf.len() - self.pos {
+            return self.fail("count");
+        }
+        Ok(n)
+    }
+}
+
+fn kind_code(k: SpanKind) -> u8 {
+    SpanKind::ALL.iter().position(|x| *x == k).expect("every kind is listed") as u8
+}
+
+/// Writes spans into a new block file at `path` (atomically). `wal_segment_end` is recorded so
+/// recovery knows which WAL records the block already holds.
+pub(crate) fn write_block(
+    fs: &dyn Fs,
+    path: &Path,
+    spans: Vec<Span>,
+    wal_segment_end: u64,
+) -> Result<Block, BlockError> {
+    // Whole traces, oldest first, so chunks have narrow time ranges.
+    let mut by_trace: HashMap<TraceId, Vec<Span>> = HashMap::new();
+    for s in spans {
+        by_trace.entry(s.trace_id).or_default().push(s);
+    }
+    let mut traces: Vec<(u64, TraceId, Vec<Span>)> = by_trace
+        .into_iter()
+        .map(|(id, spans)| (spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0), id, spans))
+        .collect();
+    traces.sort_by_key(|(start, id, _)| (*start, *id));
+
+    let mut service_ids: BTreeMap<String, u32> = BTreeMap::new();
+    let mut services: Vec<(String, OperationCounts)> = Vec::new();
+    let mut file = Vec::new();
+    let mut chunks = Vec::new();
+    let mut trace_index = Vec::with_capacity(traces.len());
+    let (mut span_count, trace_count) = (0u64, traces.len() as u64);
+    let mut time = TimeRange::new(u64::MAX, 0);
+
+    let mut pending: Vec<Span> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let flush = |pending: &mut Vec<Span>,
+                 file: &mut Vec<u8>,
+                 chunks: &mut Vec<ChunkMeta>,
+                 service_ids: &BTreeMap<String, u32>| {
+        if pending.is_empty() {
+            return;
+        }
+        let raw = codec::encode_spans(pending);
+        let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
+        let mut chunk_services: BTreeSet<u32> = BTreeSet::new();
+        let mut t = TimeRange::new(u64::MAX, 0);
+        for s in pending.iter() {
+            chunk_services.insert(service_ids[s.service_name()]);
+            t.start_unix_nano = t.start_unix_nano.min(s.start_time_unix_nano);
+            t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
+        }
+        chunks.push(ChunkMeta {
+            offset: file.len() as u64,
+            len: compressed.len() as u32,
+            crc: crc32fast::hash(&compressed),
+            time: t,
+            services: chunk_services.into_iter().collect(),
+        });
+        file.extend_from_slice(&compressed);
+        pending.clear();
+    };
+    for (_, id, spans) in traces {
+        trace_index.push((id, chunks.len() as u32));
+        for s in &spans {
+            let service = s.service_name();
+            let sid = *service_ids.entry(service.to_owned()).or_insert_with(|| {
+                services.push((service.to_owned(), BTreeMap::new()));
+                (services.len() - 1) as u32
+            });
+            *services[sid as usize].1.entry((s.name.clone(), s.kind)).or_default() += 1;
+            span_count += 1;
+            time.start_unix_nano = time.start_unix_nano.min(s.start_time_unix_nano);
+            time.end_unix_nano = time.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
+            pending_bytes += 64 + s.name.len() + s.attributes.len() * 24;
+        }
+        // The trace belongs to the chunk being gathered, whose index is `chunks.len()`.
+        pending.extend(spans);
+        if pending_bytes >= CHUNK_TARGET {
+            flush(&mut pending, &mut file, &mut chunks, &service_ids);
+            pending_bytes = 0;
+        }
+    }
+    flush(&mut pending, &mut file, &mut chunks, &service_ids);
+    debug_assert!(trace_index.iter().all(|(_, c)| (*c as usize) < chunks.len()));
+    trace_index.sort_by_key(|(id, _)| *id);
+
+    let mut index = Vec::new();
+    varint(&mut index, time.start_unix_nano);
+    varint(&mut index, time.end_unix_nano);
+    varint(&mut index, span_count);
+    varint(&mut index, trace_count);
+    varint(&mut index, wal_segment_end);
+    varint(&mut index, services.len() as u64);
+    for (name, ops) in &services {
+        put_str(&mut index, name);
+        varint(&mut index, ops.len() as u64);
+        for ((op, kind), n) in ops {
+            put_str(&mut index, op);
+            index.push(kind_code(*kind));
+            varint(&mut index, *n);
+        }
+    }
+    varint(&mut index, chunks.len() as u64);
+    for c in &chunks {
+        varint(&mut index, c.offset);
+        varint(&mut index, c.len as u64);
+        index.extend_from_slice(&c.crc.to_le_bytes());
+        varint(&mut index, c.time.start_unix_nano);
+        varint(&mut index, c.time.end_unix_nano);
+        varint(&mut index, c.services.len() as u64);
+        for s in &c.services {
+            varint(&mut index, *s as u64);
+        }
+    }
+    varint(&mut index, trace_index.len() as u64);
+    for (id, chunk) in &trace_index {
+        index.extend_from_slice(id.as_bytes());
+        varint(&mut index, *chunk as u64);
+    }
+    let index = zstd::bulk::compress(&index, ZSTD_LEVEL).expect("zstd compresses any input");
+    let index_offset = file.len() as u64;
+    file.extend_from_slice(&index);
+    let mut footer = Vec::with_capacity(FOOTER_LEN);
+    footer.extend_from_slice(&index_offset.to_le_bytes());
+    footer.extend_from_slice(&(index.len() as u32).to_le_bytes());
+    footer.extend_from_slice(&crc32fast::hash(&index).to_le_bytes());
+    footer.extend_from_slice(&BLOCK_VERSION.to_le_bytes());
+    footer.extend_from_slice(&BLOCK_MAGIC);
+    let footer_crc = crc32fast::hash(&footer);
+    footer.extend_from_slice(&footer_crc.to_le_bytes());
+    debug_assert_eq!(footer.len(), FOOTER_LEN);
+    file.extend_from_slice(&footer);
+    fs.write_atomic(path, &file).map_err(|source| BlockError::Io { path: path.to_owned(), source })?;
+    Block::open(fs, path)
+}
+
+impl Block {
+    /// Opens a block: checks the footer and the index, and keeps the index in memory.
+    pub fn open(fs: &dyn Fs, path: &Path) -> Result<Block, BlockError> {
+        let io = |source| BlockError::Io { path: path.to_owned(), source };
+        let corrupt = |reason: String| BlockError::Corrupt { path: path.to_owned(), reason };
+        let len = fs.len(path).map_err(io)?;
+        if len < FOOTER_LEN as u64 {
+            return Err(corrupt(format!("{len} bytes is shorter than the footer")));
+        }
+        let footer = fs.read_range(path, len - FOOTER_LEN as u64, FOOTER_LEN).map_err(io)?;
+        if footer[20..28] != BLOCK_MAGIC {
+            return Err(corrupt("bad magic: not a skein block".into()));
+        }
+        if crc32fast::hash(&footer[..28]) != u32::from_le_bytes(footer[28..32].try_into().expect("4 bytes")) {
+            return Err(corrupt("footer crc mismatch".into()));
+        }
+        let version = u32::from_le_bytes(footer[16..20].try_into().expect("4 bytes"));
+        if version != BLOCK_VERSION {
+            return Err(corrupt(format!(
+                "unsupported block format version {version} (this build reads {BLOCK_VERSION})"
+            )));
+        }
+        let index_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+        let index_len = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes")) as u64;
+        let index_crc = u32::from_le_bytes(footer[12..16].try_into().expect("4 bytes"));
+        if index_offset + index_len + FOOTER_LEN as u64 != len {
+            return Err(corrupt("index position does not match the file size".into()));
+        }
+        let compressed = fs.read_range(path, index_offset, index_len as usize).map_err(io)?;
+        if crc32fast::hash(&compressed) != index_crc {
+            return Err(corrupt("index crc mismatch".into()));
+        }
+        let raw = zstd::stream::decode_all(&compressed[..])
+            .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
+        Self::parse_index(path, &raw, len).map_err(corrupt)
+    }
+
+    fn parse_index(path: &Path, raw: &[u8], bytes: u64) -> Result<Block, String> {
+        let mut r = IndexReader { buf: raw, pos: 0 };
+        let time = TimeRange::new(r.varint()?, r.varint()?);
+        let span_count = r.varint()?;
+        let trace_count = r.varint()?;
+        let wal_segment_end = r.varint()?;
+        let n = r.count()?;
+        let mut services = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.str()?;
+            let n_ops = r.count()?;
+            let mut ops = BTreeMap::new();
+            for _ in 0..n_ops {
+                let op = r.str()?;
+                let kind = *SpanKind::ALL.get(r.bytes(1)?[0] as usize).ok_or("bad span kind in index")?;
+                ops.insert((op, kind), r.varint()?);
+            }
+            services.push((name, ops));
+        }
+        let n = r.count()?;
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let offset = r.varint()?;
+            let len = r.varint()? as u32;
+            let crc = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
+            let time = TimeRange::new(r.varint()?, r.varint()?);
+            let ns = r.count()?;
+            let mut svc = Vec::with_capacity(ns);
+            for _ in 0..ns {
+                let s = r.varint()? as u32;
+                if s as usize >= services.len() {
+                    return Err("chunk names an unknown service".into());
+                }
+                svc.push(s);
+            }
+            chunks.push(ChunkMeta { offset, len, crc, time, services: svc });
+        }
+        let n = r.count()?;
+        let mut traces = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = TraceId::from_slice(r.bytes(16)?).map_err(|e| format!("bad trace id in index: {e}"))?;
+            let chunk = r.varint()? as u32;
+            if chunk as usize >= chunks.len() {
+                return Err("trace index names an unknown chunk".into());
+            }
+            traces.push((id, chunk));
+        }
+        if r.pos != raw.len() {
+            return Err("trailing bytes after the index".into());
+        }
+        Ok(Block {
+            path: path.to_owned(),
+            time,
+            span_count,
+            trace_count,
+            wal_segment_end,
+            bytes,
+            chunks,
+            services,
+            traces,
+        })
+    }
+
+    /// Whether the block may hold spans of `id` (answered from the in-memory index).
+    pub fn chunk_of(&self, id: TraceId) -> Option<usize> {
+        self.traces.binary_search_by_key(&id, |(t, _)| *t).ok().map(|i| self.traces[i].1 as usize)
+    }
+
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub(crate) fn chunk_meta(&self, i: usize) -> &ChunkMeta {
+        &self.chunks[i]
+    }
+
+    /// Whether chunk `i` holds spans of `service`.
+    pub(crate) fn chunk_has_service(&self, i: usize, service: &str) -> bool {
+        self.chunks[i].services.iter().any(|s| self.services[*s as usize].0 == service)
+    }
+
+    /// Reads and decodes chunk `i`, checking its crc.
+    pub(crate) fn read_chunk(&self, fs: &dyn Fs, i: usize) -> Result<Vec<Span>, BlockError> {
+        let c = &self.chunks[i];
+        let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
+        let bytes = fs
+            .read_range(&self.path, c.offset, c.len as usize)
+            .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
+        if crc32fast::hash(&bytes) != c.crc {
+            return Err(corrupt(format!("chunk {i} crc mismatch")));
+        }
+        let raw = zstd::stream::decode_all(&bytes[..])
+            .map_err(|e| corrupt(format!("chunk {i} does not decompress: {e}")))?;
+        codec::decode_spans(&raw).map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
+    }
+
+    /// The spans of one trace in this block.
+    pub(crate) fn trace(&self, fs: &dyn Fs, id: TraceId) -> Result<Vec<Span>, BlockError> {
+        let Some(chunk) = self.chunk_of(id) else { return Ok(Vec::new()) };
+        Ok(self.read_chunk(fs, chunk)?.into_iter().filter(|s| s.trace_id == id).collect())
+    }
+}
+
+/// A shared, open block.
+pub(crate) type SharedBlock = Arc<Block>;

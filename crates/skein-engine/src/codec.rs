@@ -1,0 +1,480 @@
+//! The binary encoding of a batch of spans, used for WAL records and inside blocks.
+//! Specified in `docs/format/spans.md`. Decoding checks every length and never panics.
+
+use std::sync::Arc;
+
+use skein_model::{
+    AttrValue, Event, InstrumentationScope, KeyValue, Link, Resource, Span, SpanId, SpanKind, Status,
+    StatusCode, TraceId,
+};
+
+/// Version byte at the start of every encoded batch.
+pub const BATCH_VERSION: u8 = 1;
+
+/// Bytes that are not a valid encoded batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt span batch: {0}")]
+pub struct DecodeError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
+    Err(DecodeError(msg.into()))
+}
+
+#[derive(Default)]
+struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.varint(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+
+    fn attrs(&mut self, attrs: &[KeyValue]) {
+        self.varint(attrs.len() as u64);
+        for kv in attrs {
+            self.str(&kv.key);
+            self.value(&kv.value);
+        }
+    }
+
+    fn value(&mut self, v: &AttrValue) {
+        match v {
+            AttrValue::Empty => self.u8(0),
+            AttrValue::Str(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+            AttrValue::Bool(b) => {
+                self.u8(2);
+                self.u8(*b as u8);
+            }
+            AttrValue::Int(i) => {
+                self.u8(3);
+                self.varint(((i << 1) ^ (i >> 63)) as u64);
+            }
+            AttrValue::Double(d) => {
+                self.u8(4);
+                self.buf.extend_from_slice(&d.to_le_bytes());
+            }
+            AttrValue::Bytes(b) => {
+                self.u8(5);
+                self.bytes(b);
+            }
+            AttrValue::Array(items) => {
+                self.u8(6);
+                self.varint(items.len() as u64);
+                for item in items {
+                    self.value(item);
+                }
+            }
+            AttrValue::KvList(kvs) => {
+                self.u8(7);
+                self.attrs(kvs);
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+/// Deepest value nesting the decoder follows (the receivers allow far less).
+const MAX_DEPTH: usize = 64;
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() - self.pos < n {
+            return err(format!(
+                "needs {n} bytes at offset {}, {} left",
+                self.pos,
+                self.buf.len() - self.pos
+            ));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= ((b & 0x7f) as u64) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        err("varint longer than 10 bytes")
+    }
+
+    fn len(&mut self) -> Result<usize, DecodeError> {
+        let n = self.varint()?;
+        if n > (self.buf.len() - self.pos) as u64 {
+            return err(format!("length {n} at offset {} runs past the end", self.pos));
+        }
+        Ok(n as usize)
+    }
+
+    fn count(&mut self) -> Result<usize, DecodeError> {
+        // Every element takes at least one byte, so a count can't exceed what is left.
+        self.len()
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        let n = self.len()?;
+        Ok(self.take(n)?.to_vec())
+    }
+
+    fn str(&mut self) -> Result<String, DecodeError> {
+        String::from_utf8(self.bytes()?).map_err(|_| DecodeError("string is not UTF-8".into()))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+
+    fn attrs(&mut self, depth: usize) -> Result<Vec<KeyValue>, DecodeError> {
+        let n = self.count()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = self.str()?;
+            out.push(KeyValue { key, value: self.value(depth)? });
+        }
+        Ok(out)
+    }
+
+    fn value(&mut self, depth: usize) -> Result<AttrValue, DecodeError> {
+        if depth > MAX_DEPTH {
+            return err("attribute value nested too deep");
+        }
+        Ok(match self.u8()? {
+            0 => AttrValue::Empty,
+            1 => AttrValue::Str(self.str()?),
+            2 => AttrValue::Bool(self.u8()? != 0),
+            3 => {
+                let z = self.varint()?;
+                AttrValue::Int(((z >> 1) as i64) ^ -((z & 1) as i64))
+            }
+            4 => AttrValue::Double(f64::from_le_bytes(self.array()?)),
+            5 => AttrValue::Bytes(self.bytes()?),
+            6 => {
+                let n = self.count()?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.value(depth + 1)?);
+                }
+                AttrValue::Array(items)
+            }
+            7 => AttrValue::KvList(self.attrs(depth + 1)?),
+            t => return err(format!("unknown value tag {t}")),
+        })
+    }
+}
+
+fn kind_code(k: SpanKind) -> u8 {
+    match k {
+        SpanKind::Unspecified => 0,
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+/// Encodes spans; resources and scopes shared by several spans are written once.
+pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
+    let mut resources: Vec<&Arc<Resource>> = Vec::new();
+    let mut scopes: Vec<&Arc<InstrumentationScope>> = Vec::new();
+    let mut refs = Vec::with_capacity(spans.len());
+    for s in spans {
+        let r = match resources.iter().position(|r| Arc::ptr_eq(r, &s.resource) || ***r == *s.resource) {
+            Some(i) => i,
+            None => {
+                resources.push(&s.resource);
+                resources.len() - 1
+            }
+        };
+        let c = match scopes.iter().position(|c| Arc::ptr_eq(c, &s.scope) || ***c == *s.scope) {
+            Some(i) => i,
+            None => {
+                scopes.push(&s.scope);
+                scopes.len() - 1
+            }
+        };
+        refs.push((r, c));
+    }
+    let mut w = Writer { buf: Vec::with_capacity(spans.len() * 256) };
+    w.u8(BATCH_VERSION);
+    w.varint(resources.len() as u64);
+    for r in &resources {
+        w.attrs(&r.attributes);
+        w.varint(r.dropped_attributes_count as u64);
+        w.str(&r.schema_url);
+    }
+    w.varint(scopes.len() as u64);
+    for c in &scopes {
+        w.str(&c.name);
+        w.str(&c.version);
+        w.attrs(&c.attributes);
+        w.varint(c.dropped_attributes_count as u64);
+        w.str(&c.schema_url);
+    }
+    w.varint(spans.len() as u64);
+    for (s, (r, c)) in spans.iter().zip(refs) {
+        w.varint(r as u64);
+        w.varint(c as u64);
+        w.buf.extend_from_slice(s.trace_id.as_bytes());
+        w.buf.extend_from_slice(s.span_id.as_bytes());
+        match s.parent_span_id {
+            Some(p) => {
+                w.u8(1);
+                w.buf.extend_from_slice(p.as_bytes());
+            }
+            None => w.u8(0),
+        }
+        w.str(&s.trace_state);
+        w.varint(s.flags as u64);
+        w.str(&s.name);
+        w.u8(kind_code(s.kind));
+        w.varint(s.start_time_unix_nano);
+        w.varint(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano));
+        w.attrs(&s.attributes);
+        w.varint(s.dropped_attributes_count as u64);
+        w.varint(s.events.len() as u64);
+        for e in &s.events {
+            w.varint(e.time_unix_nano);
+            w.str(&e.name);
+            w.attrs(&e.attributes);
+            w.varint(e.dropped_attributes_count as u64);
+        }
+        w.varint(s.dropped_events_count as u64);
+        w.varint(s.links.len() as u64);
+        for l in &s.links {
+            w.buf.extend_from_slice(l.trace_id.as_bytes());
+            w.buf.extend_from_slice(l.span_id.as_bytes());
+            w.str(&l.trace_state);
+            w.attrs(&l.attributes);
+            w.varint(l.dropped_attributes_count as u64);
+            w.varint(l.flags as u64);
+        }
+        w.varint(s.dropped_links_count as u64);
+        w.u8(match s.status.code {
+            StatusCode::Unset => 0,
+            StatusCode::Ok => 1,
+            StatusCode::Error => 2,
+        });
+        w.str(&s.status.message);
+    }
+    w.buf
+}
+
+fn u32_of(v: u64, what: &str) -> Result<u32, DecodeError> {
+    u32::try_from(v).map_err(|_| DecodeError(format!("{what} {v} out of range")))
+}
+
+/// Decodes what [`encode_spans`] wrote.
+pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
+    let mut r = Reader { buf, pos: 0 };
+    let version = r.u8()?;
+    if version != BATCH_VERSION {
+        return err(format!("unsupported batch version {version}"));
+    }
+    let n = r.count()?;
+    let mut resources = Vec::with_capacity(n);
+    for _ in 0..n {
+        resources.push(Arc::new(Resource {
+            attributes: r.attrs(0)?,
+            dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
+            schema_url: r.str()?,
+        }));
+    }
+    let n = r.count()?;
+    let mut scopes = Vec::with_capacity(n);
+    for _ in 0..n {
+        scopes.push(Arc::new(InstrumentationScope {
+            name: r.str()?,
+            version: r.str()?,
+            attributes: r.attrs(0)?,
+            dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
+            schema_url: r.str()?,
+        }));
+    }
+    let n = r.count()?;
+    let mut spans = Vec::with_capacity(n);
+    for _ in 0..n {
+        let resource =
+            resources.get(r.varint()? as usize).ok_or(DecodeError("resource index out of range".into()))?;
+        let scope = scopes.get(r.varint()? as usize).ok_or(DecodeError("scope index out of range".into()))?;
+        let trace_id = TraceId::from_bytes(r.array()?).map_err(|e| DecodeError(format!("trace id: {e}")))?;
+        let span_id = SpanId::from_bytes(r.array()?).map_err(|e| DecodeError(format!("span id: {e}")))?;
+        let parent_span_id = match r.u8()? {
+            0 => None,
+            1 => Some(SpanId::from_bytes(r.array()?).map_err(|e| DecodeError(format!("parent id: {e}")))?),
+            t => return err(format!("bad parent flag {t}")),
+        };
+        let trace_state = r.str()?;
+        let flags = u32_of(r.varint()?, "flags")?;
+        let name = r.str()?;
+        let kind = match r.u8()? {
+            0 => SpanKind::Unspecified,
+            1 => SpanKind::Internal,
+            2 => SpanKind::Server,
+            3 => SpanKind::Client,
+            4 => SpanKind::Producer,
+            5 => SpanKind::Consumer,
+            k => return err(format!("bad span kind {k}")),
+        };
+        let start = r.varint()?;
+        let end = start.wrapping_add(r.varint()?);
+        let attributes = r.attrs(0)?;
+        let dropped_attributes_count = u32_of(r.varint()?, "dropped count")?;
+        let ne = r.count()?;
+        let mut events = Vec::with_capacity(ne);
+        for _ in 0..ne {
+            events.push(Event {
+                time_unix_nano: r.varint()?,
+                name: r.str()?,
+                attributes: r.attrs(0)?,
+                dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
+            });
+        }
+        let dropped_events_count = u32_of(r.varint()?, "dropped count")?;
+        let nl = r.count()?;
+        let mut links = Vec::with_capacity(nl);
+        for _ in 0..nl {
+            links.push(Link {
+                trace_id: TraceId::from_bytes(r.array()?)
+                    .map_err(|e| DecodeError(format!("link trace id: {e}")))?,
+                span_id: SpanId::from_bytes(r.array()?)
+                    .map_err(|e| DecodeError(format!("link span id: {e}")))?,
+                trace_state: r.str()?,
+                attributes: r.attrs(0)?,
+                dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
+                flags: u32_of(r.varint()?, "flags")?,
+            });
+        }
+        let dropped_links_count = u32_of(r.varint()?, "dropped count")?;
+        let code = match r.u8()? {
+            0 => StatusCode::Unset,
+            1 => StatusCode::Ok,
+            2 => StatusCode::Error,
+            c => return err(format!("bad status code {c}")),
+        };
+        let message = r.str()?;
+        spans.push(Span {
+            trace_id,
+            span_id,
+            parent_span_id,
+            trace_state,
+            flags,
+            name,
+            kind,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            dropped_attributes_count,
+            events,
+            dropped_events_count,
+            links,
+            dropped_links_count,
+            status: Status { code, message },
+            resource: Arc::clone(resource),
+            scope: Arc::clone(scope),
+        });
+    }
+    if r.pos != buf.len() {
+        return err(format!("{} trailing bytes", buf.len() - r.pos));
+    }
+    Ok(spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use skein_store::testdata::SpanBuilder;
+
+    fn rich() -> Vec<Span> {
+        vec![
+            SpanBuilder::new(1, 1)
+                .service("a")
+                .scope("lib", "1.0")
+                .attr("s", AttrValue::Str("x".into()))
+                .attr("i", AttrValue::Int(-5))
+                .attr("big", AttrValue::Int(i64::MIN))
+                .attr("d", AttrValue::Double(0.25))
+                .attr("b", AttrValue::Bytes(vec![1, 2]))
+                .attr("arr", AttrValue::Array(vec![AttrValue::Empty, AttrValue::Bool(true)]))
+                .attr("kv", AttrValue::KvList(vec![KeyValue::string("k", "v")]))
+                .event("e", 5, vec![KeyValue::string("ek", "ev")])
+                .link(2, 3)
+                .error("bad")
+                .build(),
+            SpanBuilder::new(1, 2).service("a").parent(1).kind(SpanKind::Client).build(),
+            SpanBuilder::new(2, 1).service("b").build(),
+        ]
+    }
+
+    #[test]
+    fn round_trips_every_field_and_shares_resources() {
+        let spans = rich();
+        let bytes = encode_spans(&spans);
+        let back = decode_spans(&bytes).unwrap();
+        assert_eq!(back, spans);
+        assert!(Arc::ptr_eq(&back[0].resource, &back[1].resource), "one resource decoded once");
+    }
+
+    #[test]
+    fn truncated_or_garbled_input_is_an_error_not_a_panic() {
+        let bytes = encode_spans(&rich());
+        for cut in 0..bytes.len() {
+            assert!(decode_spans(&bytes[..cut]).is_err(), "prefix of {cut} bytes must not decode");
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 9;
+        assert_eq!(
+            decode_spans(&bad).unwrap_err().to_string(),
+            "corrupt span batch: unsupported batch version 9"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_spans(&bytes);
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(pos in 0usize..400, val in any::<u8>()) {
+            let mut bytes = encode_spans(&rich());
+            let p = pos % bytes.len();
+            bytes[p] = val;
+            let _ = decode_spans(&bytes);
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! Skein's embedded storage engine, behind the `skein-store` traits.
+//!
+//! Shape (Prometheus TSDB / Tempo, on one disk):
+//!
+//! ```text
+//! write ─► WAL (skein-wal, acknowledged once written) ─► head (memory, indexed by trace)
+//!                                   head full or old ─► frozen head ─► immutable block file
+//! read  ─► head + frozen heads + blocks, merged per trace
+//! ```
+//!
+//! A batch is acknowledged only after the WAL has it; on open, the WAL records that no block
+//! holds yet are replayed into the head. Blocks (`docs/format/block.md`) are written atomically
+//! and never modified; retention deletes whole blocks. A corrupt block is reported, set aside
+//! and skipped; everything else stays readable. All file I/O goes through [`skein_wal::fs::Fs`].
+//!
+//! This crate never sees protobuf, JSON or HTTP.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use skein_model::{Span, SpanKind, TimeRange, TraceId};
+use skein_store::{
+    DependencyLink, Operation, SpanMatcher, SpanStore, StoreError, StoreStats, TraceQuery,
+    count_dependencies, dependency_links,
+};
+use skein_wal::fs::{Fs, OsFs};
+use skein_wal::{FsyncPolicy, Wal, WalConfig, WalError};
+
+pub mod block;
+pub mod codec;
+
+use block::{Block, SharedBlock};
+
+/// Settings of an [`Engine`].
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub dir: PathBuf,
+    /// The head is cut into a block once its encoded spans take this many bytes.
+    pub head_max_bytes: usize,
+    /// … or once its oldest span arrived this long ago.
+    pub head_max_age: Duration,
+    pub wal_fsync: FsyncPolicy,
+    /// Blocks whose newest span started longer ago than this are deleted.
+    pub retention: Duration,
+    pub fs: Arc<dyn Fs>,
+}
+
+impl EngineConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            dir: dir.into(),
+            head_max_bytes: 64 * 1024 * 1024,
+            head_max_age: Duration::from_secs(15 * 60),
+            wal_fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            retention: Duration::from_secs(72 * 3600),
+            fs: Arc::new(OsFs),
+        }
+    }
+}
+
+/// Why the engine could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("cannot read the block directory {path}: {source}")]
+    Blocks { path: PathBuf, source: std::io::Error },
+}
+
+/// What opening found: recovered records, cut WAL tails, blocks set aside.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub blocks: usize,
+    pub wal_records_replayed: usize,
+    pub wal_truncations: Vec<skein_wal::Truncation>,
+    pub corrupt_blocks: Vec<String>,
+    pub undecodable_wal_records: usize,
+}
+
+#[derive(Debug, Default)]
+struct Head {
+    traces: HashMap<TraceId, Vec<Span>>,
+    bytes: usize,
+    spans: u64,
+    created: Option<Instant>,
+    operations: BTreeMap<String, block::OperationCounts>,
+}
+
+impl Head {
+    fn insert(&mut self, spans: Vec<Span>, bytes: usize) {
+        self.created.get_or_insert_with(Instant::now);
+        self.bytes += bytes;
+        for s in spans {
+            *self
+                .operations
+                .entry(s.service_name().to_owned())
+                .or_default()
+                .entry((s.name.clone(), s.kind))
+                .or_default() += 1;
+            self.spans += 1;
+            self.traces.entry(s.trace_id).or_default().push(s);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Frozen {
+    head: Head,
+    /// WAL segments below this id hold only this head's records (and older ones).
+    wal_segment_end: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    head: Head,
+    frozen: Vec<Arc<Frozen>>,
+    /// Sorted by start time.
+    blocks: Vec<SharedBlock>,
+    next_block: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: EngineConfig,
+    wal: Wal,
+    /// Writers hold it shared across WAL append + head insert; freezing the head holds it
+    /// exclusively, so a WAL rotation splits the records exactly between two heads.
+    gate: tokio::sync::RwLock<()>,
+    flush_lock: tokio::sync::Mutex<()>,
+    state: RwLock<State>,
+    spans_evicted: AtomicU64,
+    traces_evicted: AtomicU64,
+}
+
+/// The embedded engine. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    background: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn store_error(e: WalError) -> StoreError {
+    if e.is_disk_full() {
+        StoreError::Unavailable(format!("disk full, nothing was written; free space and retry ({e})"))
+    } else {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+fn block_error(e: block::BlockError) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+impl Engine {
+    /// Opens the engine in `config.dir` (creating it), recovering blocks and the WAL. Starts
+    /// the background work (cutting old heads, retention) when called inside a tokio runtime.
+    pub fn open(config: EngineConfig) -> Result<(Engine, OpenReport), OpenError> {
+        let fs = Arc::clone(&config.fs);
+        let block_dir = config.dir.join("blocks");
+        fs.create_dir_all(&block_dir)
+            .map_err(|source| OpenError::Blocks { path: block_dir.clone(), source })?;
+        let mut report = OpenReport::default();
+        let mut blocks = Vec::new();
+        let mut next_block = 1;
+        let mut entries =
+            fs.list(&block_dir).map_err(|source| OpenError::Blocks { path: block_dir.clone(), source })?;
+        entries.sort();
+        for path in entries {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            if name.ends_with(".tmp") {
+                let _ = fs.remove(&path); // an unfinished block write: its spans are still in the WAL
+                continue;
+            }
+            let Some(seq) = name.strip_suffix(".blk").and_then(|n| n.parse::<u64>().ok()) else { continue };
+            next_block = next_block.max(seq + 1);
+            match Block::open(&*fs, &path) {
+                Ok(b) => blocks.push(Arc::new(b)),
+                Err(e) => {
+                    tracing::error!(block = %path.display(), error = %e, "corrupt block set aside; its spans are unreadable");
+                    let _ = fs.rename(&path, &path.with_extension("blk.corrupt"));
+                    report.corrupt_blocks.push(e.to_string());
+                }
+            }
+        }
+        blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
+        report.blocks = blocks.len();
+        let wal_floor = blocks.iter().map(|b| b.wal_segment_end).max().unwrap_or(0);
+
+        let wal_config = WalConfig {
+            dir: config.dir.join("wal"),
+            segment_bytes: 64 * 1024 * 1024,
+            fsync: config.wal_fsync,
+        };
+        let (wal, recovery) = Wal::open(wal_config, Arc::clone(&fs))?;
+        report.wal_truncations = recovery.truncations;
+        let mut head = Head::default();
+        for (pos, record) in recovery.records {
+            if pos.segment < wal_floor {
+                continue; // already in a block
+            }
+            match codec::decode_spans(&record) {
+                Ok(spans) => {
+                    head.insert(spans, record.len());
+                    report.wal_records_replayed += 1;
+                }
+                Err(e) => {
+                    tracing::error!(segment = pos.segment, offset = pos.offset, error = %e, "undecodable wal record skipped");
+                    report.undecodable_wal_records += 1;
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            config,
+            wal,
+            gate: tokio::sync::RwLock::new(()),
+            flush_lock: tokio::sync::Mutex::new(()),
+            state: RwLock::new(State { head, frozen: Vec::new(), blocks, next_block }),
+            spans_evicted: AtomicU64::new(0),
+            traces_evicted: AtomicU64::new(0),
+        });
+        let background =
+            tokio::runtime::Handle::try_current().ok().map(|h| h.spawn(background(Arc::downgrade(&shared))));
+        Ok((Engine { shared, background }, report))
+    }
+
+    /// Cuts the head into a block now (if it holds anything) and waits until the block is
+    /// written. Normally the engine does this by itself.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.shared.flush().await
+    }
+
+    /// Deletes blocks older than the retention now. Normally the engine does this by itself.
+    pub fn enforce_retention(&self) -> Result<(), StoreError> {
+        self.shared.enforce_retention()
+    }
+
+    /// Number of blocks on disk.
+    pub fn block_count(&self) -> usize {
+        self.shared.state.read().blocks.len()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(b) = self.background.take() {
+            b.abort();
+        }
+    }
+}
+
+async fn background(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let old = {
+            let st = shared.state.read();
+            st.head.created.is_some_and(|c| c.elapsed() >= shared.config.head_max_age)
+                || !st.frozen.is_empty()
+        };
+        if old && let Err(e) = shared.flush().await {
+            tracing::error!(error = %e, "cutting the head into a block failed; will retry");
+        }
+        if let Err(e) = shared.enforce_retention() {
+            tracing::error!(error = %e, "retention failed; will retry");
+        }
+    }
+}
+
+impl Shared {
+    async fn flush(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        {
+            let _gate = self.gate.write().await;
+            if self.state.read().head.spans > 0 {
+                let segment = self.wal.rotate().await.map_err(store_error)?;
+                let mut st = self.state.write();
+                let head = std::mem::take(&mut st.head);
+                st.frozen.push(Arc::new(Frozen { head, wal_segment_end: segment }));
+            }
+        }
+        loop {
+            let (frozen, seq) = {
+                let mut st = self.state.write();
+                let Some(f) = st.frozen.first().cloned() else { break };
+                let seq = st.next_block;
+                st.next_block += 1;
+                (f, seq)
+            };
+            let cutoff = now_nanos().saturating_sub(self.config.retention.as_nanos() as u64);
+            let mut spans = Vec::with_capacity(frozen.head.spans as usize);
+            for trace in frozen.head.traces.values() {
+                spans.extend(trace.iter().filter(|s| s.start_time_unix_nano >= cutoff).cloned());
+            }
+            let dropped = frozen.head.spans - spans.len() as u64;
+            self.spans_evicted.fetch_add(dropped, Ordering::Relaxed);
+            let path = self.config.dir.join("blocks").join(format!("{seq:020}.blk"));
+            let fs = Arc::clone(&self.config.fs);
+            let wal_end = frozen.wal_segment_end;
+            let block = if spans.is_empty() {
+                None
+            } else {
+                let written =
+                    tokio::task::spawn_blocking(move || block::write_block(&*fs, &path, spans, wal_end))
+                        .await
+                        .map_err(|e| StoreError::Internal(format!("block writer panicked: {e}")))?;
+                Some(written.map_err(block_error)?)
+            };
+            {
+                let mut st = self.state.write();
+                st.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
+                if let Some(b) = block {
+                    tracing::info!(block = %b.path.display(), spans = b.span_count, traces = b.trace_count, bytes = b.bytes, "block written");
+                    st.blocks.push(Arc::new(b));
+                    st.blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
+                }
+            }
+            self.wal.remove_segments_before(wal_end).await.map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    fn enforce_retention(&self) -> Result<(), StoreError> {
+        let cutoff = now_nanos().saturating_sub(self.config.retention.as_nanos() as u64);
+        let expired: Vec<SharedBlock> = {
+            let mut st = self.state.write();
+            let (old, keep): (Vec<_>, Vec<_>) =
+                st.blocks.drain(..).partition(|b| b.time.end_unix_nano <= cutoff);
+            st.blocks = keep;
+            old
+        };
+        for b in expired {
+            self.spans_evicted.fetch_add(b.span_count, Ordering::Relaxed);
+            self.traces_evicted.fetch_add(b.trace_count, Ordering::Relaxed);
+            tracing::info!(block = %b.path.display(), spans = b.span_count, "block past retention deleted");
+            self.config
+                .fs
+                .remove(&b.path)
+                .map_err(|e| StoreError::Internal(format!("deleting {}: {e}", b.path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// The in-memory heads and the blocks, as of now.
+    fn snapshot(&self) -> (Vec<Arc<Frozen>>, Vec<SharedBlock>) {
+        let st = self.state.read();
+        (st.frozen.clone(), st.blocks.clone())
+    }
+
+    fn read_chunk(&self, block: &Block, i: usize) -> Option<Vec<Span>> {
+        match block.read_chunk(&*self.config.fs, i) {
+            Ok(spans) => Some(spans),
+            Err(e) => {
+                tracing::error!(error = %e, "chunk unreadable; skipped");
+                None
+            }
+        }
+    }
+}
+
+fn dedup(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_by_key(|s| s.span_id);
+    spans.dedup_by_key(|s| s.span_id);
+    spans
+}
+
+#[async_trait]
+impl SpanStore for Engine {
+    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let record = codec::encode_spans(&spans);
+        let len = record.len();
+        let full = {
+            let _gate = self.shared.gate.read().await;
+            self.shared.wal.append(record).await.map_err(store_error)?;
+            let mut st = self.shared.state.write();
+            st.head.insert(spans, len);
+            st.head.bytes >= self.shared.config.head_max_bytes
+        };
+        if full {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                if let Err(e) = shared.flush().await {
+                    tracing::error!(error = %e, "cutting the head into a block failed; will retry");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let mut spans = Vec::new();
+        {
+            let st = shared.state.read();
+            if let Some(t) = st.head.traces.get(&id) {
+                spans.extend(t.iter().cloned());
+            }
+            for f in &st.frozen {
+                if let Some(t) = f.head.traces.get(&id) {
+                    spans.extend(t.iter().cloned());
+                }
+            }
+        }
+        let (_, blocks) = shared.snapshot();
+        let from_blocks = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for b in blocks.iter().filter(|b| b.chunk_of(id).is_some()) {
+                match b.trace(&*shared.config.fs, id) {
+                    Ok(s) => out.extend(s),
+                    Err(e) => tracing::error!(error = %e, "block unreadable for trace; skipped"),
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+        spans.extend(from_blocks);
+        Ok(if spans.is_empty() { None } else { Some(dedup(spans)) })
+    }
+
+    async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let q = query.clone();
+        let ids = tokio::task::spawn_blocking(move || {
+            let matcher = SpanMatcher::new(&q);
+            let mut candidates: HashMap<TraceId, u64> = HashMap::new();
+            let consider = |candidates: &mut HashMap<TraceId, u64>, spans: &[Span]| {
+                if spans.iter().any(|s| matcher.matches(s)) {
+                    let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+                    let e = candidates.entry(spans[0].trace_id).or_insert(start);
+                    *e = (*e).min(start);
+                }
+            };
+            {
+                let st = shared.state.read();
+                for t in st.head.traces.values() {
+                    consider(&mut candidates, t);
+                }
+                for f in &st.frozen {
+                    for t in f.head.traces.values() {
+                        consider(&mut candidates, t);
+                    }
+                }
+            }
+            let (_, blocks) = shared.snapshot();
+            for b in blocks.iter().rev() {
+                if b.time.end_unix_nano <= q.time.start_unix_nano
+                    || b.time.start_unix_nano >= q.time.end_unix_nano
+                {
+                    continue;
+                }
+                for i in 0..b.chunk_count() {
+                    let t = b.chunk_meta(i).time;
+                    if t.end_unix_nano <= q.time.start_unix_nano || t.start_unix_nano >= q.time.end_unix_nano
+                    {
+                        continue;
+                    }
+                    if q.service.as_deref().is_some_and(|s| !b.chunk_has_service(i, s)) {
+                        continue;
+                    }
+                    let Some(spans) = shared.read_chunk(b, i) else { continue };
+                    let mut by_trace: HashMap<TraceId, Vec<Span>> = HashMap::new();
+                    for s in spans {
+                        by_trace.entry(s.trace_id).or_default().push(s);
+                    }
+                    for t in by_trace.values() {
+                        consider(&mut candidates, t);
+                    }
+                }
+            }
+            let mut ids: Vec<(u64, TraceId)> =
+                candidates.into_iter().map(|(id, start)| (start, id)).collect();
+            ids.sort_by(|a, b| b.cmp(a));
+            ids.truncate(q.limit);
+            ids
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (_, id) in ids {
+            if let Some(t) = self.trace(id).await? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn services(&self) -> Result<Vec<String>, StoreError> {
+        let st = self.shared.state.read();
+        let mut names: BTreeSet<String> = st.head.operations.keys().cloned().collect();
+        for f in &st.frozen {
+            names.extend(f.head.operations.keys().cloned());
+        }
+        for b in &st.blocks {
+            names.extend(b.services.iter().map(|(n, _)| n.clone()));
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    async fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError> {
+        let st = self.shared.state.read();
+        let mut ops: BTreeSet<(String, SpanKind)> = BTreeSet::new();
+        let mut add = |m: &block::OperationCounts| ops.extend(m.keys().cloned());
+        if let Some(m) = st.head.operations.get(service) {
+            add(m);
+        }
+        for f in &st.frozen {
+            if let Some(m) = f.head.operations.get(service) {
+                add(m);
+            }
+        }
+        for b in &st.blocks {
+            for (n, m) in &b.services {
+                if n == service {
+                    add(m);
+                }
+            }
+        }
+        Ok(ops
+            .into_iter()
+            .filter(|(_, k)| kind.is_none_or(|want| *k == want))
+            .map(|(name, span_kind)| Operation { name, span_kind })
+            .collect())
+    }
+
+    async fn dependencies(&self, range: TimeRange) -> Result<Vec<DependencyLink>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let mut traces: HashMap<TraceId, Vec<Span>> = HashMap::new();
+            {
+                let st = shared.state.read();
+                let heads = std::iter::once(&st.head).chain(st.frozen.iter().map(|f| &f.head));
+                for h in heads {
+                    for (id, t) in &h.traces {
+                        if t.iter().any(|s| range.contains(s.start_time_unix_nano)) {
+                            traces.entry(*id).or_default().extend(t.iter().cloned());
+                        }
+                    }
+                }
+            }
+            let (_, blocks) = shared.snapshot();
+            for b in &blocks {
+                for i in 0..b.chunk_count() {
+                    let t = b.chunk_meta(i).time;
+                    if t.end_unix_nano <= range.start_unix_nano || t.start_unix_nano >= range.end_unix_nano {
+                        continue;
+                    }
+                    for s in shared.read_chunk(b, i).unwrap_or_default() {
+                        traces.entry(s.trace_id).or_default().push(s);
+                    }
+                }
+            }
+            let mut counts = BTreeMap::new();
+            for spans in traces.into_values() {
+                count_dependencies(&dedup(spans), range, &mut counts);
+            }
+            Ok(dependency_links(counts))
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+
+    fn stats(&self) -> StoreStats {
+        let st = self.shared.state.read();
+        let mut spans = st.head.spans;
+        let mut traces = st.head.traces.len() as u64;
+        for f in &st.frozen {
+            spans += f.head.spans;
+            traces += f.head.traces.len() as u64;
+        }
+        for b in &st.blocks {
+            spans += b.span_count;
+            traces += b.trace_count;
+        }
+        StoreStats {
+            spans_stored: spans,
+            traces_stored: traces,
+            spans_evicted: self.shared.spans_evicted.load(Ordering::Relaxed),
+            traces_evicted: self.shared.traces_evicted.load(Ordering::Relaxed),
+        }
+    }
+}

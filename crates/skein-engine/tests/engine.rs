@@ -1,0 +1,418 @@
+//! The embedded engine through the `SpanStore` surface: the conformance suite (with spans in
+//! the head and in blocks), reopen, retention, corrupt blocks, the checked-in v1 fixture, disk
+//! full, and a model-based property test with flush and reopen steps.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use skein_engine::{Engine, EngineConfig};
+use skein_model::{AttrValue, Span, SpanKind};
+use skein_store::testdata::SpanBuilder as B;
+use skein_store::{SpanStore, StoreError, TraceQuery};
+use skein_wal::fs::{AppendFile, Fs, OsFs};
+
+fn config(dir: &Path) -> EngineConfig {
+    EngineConfig {
+        retention: Duration::from_secs(100 * 365 * 24 * 3600), // test spans are from 2024
+        ..EngineConfig::new(dir)
+    }
+}
+
+fn open(dir: &Path) -> Engine {
+    Engine::open(config(dir)).unwrap().0
+}
+
+/// An engine that cuts a block after every write, so reads go through blocks.
+#[derive(Debug)]
+struct FlushEveryWrite(Engine, #[allow(dead_code)] tempfile::TempDir);
+
+#[async_trait::async_trait]
+impl SpanStore for FlushEveryWrite {
+    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
+        self.0.write(spans).await?;
+        self.0.flush().await
+    }
+    async fn trace(&self, id: skein_model::TraceId) -> Result<Option<Vec<Span>>, StoreError> {
+        self.0.trace(id).await
+    }
+    async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
+        self.0.find_traces(q).await
+    }
+    async fn services(&self) -> Result<Vec<String>, StoreError> {
+        self.0.services().await
+    }
+    async fn operations(
+        &self,
+        s: &str,
+        k: Option<SpanKind>,
+    ) -> Result<Vec<skein_store::Operation>, StoreError> {
+        self.0.operations(s, k).await
+    }
+    async fn dependencies(
+        &self,
+        r: skein_model::TimeRange,
+    ) -> Result<Vec<skein_store::DependencyLink>, StoreError> {
+        self.0.dependencies(r).await
+    }
+    fn stats(&self) -> skein_store::StoreStats {
+        self.0.stats()
+    }
+}
+
+#[derive(Debug)]
+struct HeadOnly(Engine, #[allow(dead_code)] tempfile::TempDir);
+
+#[async_trait::async_trait]
+impl SpanStore for HeadOnly {
+    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
+        self.0.write(spans).await
+    }
+    async fn trace(&self, id: skein_model::TraceId) -> Result<Option<Vec<Span>>, StoreError> {
+        self.0.trace(id).await
+    }
+    async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
+        self.0.find_traces(q).await
+    }
+    async fn services(&self) -> Result<Vec<String>, StoreError> {
+        self.0.services().await
+    }
+    async fn operations(
+        &self,
+        s: &str,
+        k: Option<SpanKind>,
+    ) -> Result<Vec<skein_store::Operation>, StoreError> {
+        self.0.operations(s, k).await
+    }
+    async fn dependencies(
+        &self,
+        r: skein_model::TimeRange,
+    ) -> Result<Vec<skein_store::DependencyLink>, StoreError> {
+        self.0.dependencies(r).await
+    }
+    fn stats(&self) -> skein_store::StoreStats {
+        self.0.stats()
+    }
+}
+
+#[tokio::test]
+async fn passes_the_conformance_suite_from_the_head() {
+    skein_store::conformance::run_all(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        HeadOnly(open(dir.path()), dir)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn passes_the_conformance_suite_from_blocks() {
+    skein_store::conformance::run_all(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        FlushEveryWrite(open(dir.path()), dir)
+    })
+    .await;
+}
+
+fn trace(n: u8, spans: u8) -> Vec<Span> {
+    (1..=spans)
+        .map(|i| {
+            let b = B::new(n, i).service(if i == 1 { "front" } else { "back" }).name(format!("op{i}"));
+            let b = if i > 1 { b.parent(1) } else { b };
+            b.attr("i", AttrValue::Int(i as i64)).build()
+        })
+        .collect()
+}
+
+fn sorted(mut v: Vec<Span>) -> Vec<Span> {
+    v.sort_by_key(|s| s.span_id);
+    v
+}
+
+#[tokio::test]
+async fn reopen_recovers_head_from_the_wal_and_blocks_from_disk_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path());
+        e.write(trace(1, 3)).await.unwrap();
+        e.flush().await.unwrap();
+        e.write(trace(2, 2)).await.unwrap();
+        // A trace split across a block and the head.
+        e.write(vec![B::new(1, 9).service("late").parent(1).build()]).await.unwrap();
+        assert_eq!(e.block_count(), 1);
+    }
+    let (e, report) = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(report.blocks, 1);
+    assert_eq!(report.wal_records_replayed, 2, "only the records no block holds are replayed");
+    let t1 = e.trace(B::trace_id(1)).await.unwrap().unwrap();
+    assert_eq!(t1.len(), 4, "block part and head part merged");
+    assert_eq!(sorted(e.trace(B::trace_id(2)).await.unwrap().unwrap()), sorted(trace(2, 2)));
+    e.flush().await.unwrap();
+    drop(e);
+    let (e, report) = Engine::open(config(dir.path())).unwrap();
+    assert_eq!((report.blocks, report.wal_records_replayed), (2, 0));
+    assert_eq!(e.trace(B::trace_id(1)).await.unwrap().unwrap().len(), 4);
+    assert_eq!(e.stats().spans_stored, 6);
+    let wal_segments = std::fs::read_dir(dir.path().join("wal")).unwrap().count();
+    assert_eq!(wal_segments, 1, "segments whose records are in blocks are deleted");
+}
+
+#[tokio::test]
+async fn retention_deletes_whole_old_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path());
+        e.write(trace(1, 2)).await.unwrap();
+        e.flush().await.unwrap();
+        assert_eq!(e.block_count(), 1);
+    }
+    // Reopened with a retention of one day: the 2024 block is past it.
+    let (e, _) =
+        Engine::open(EngineConfig { retention: Duration::from_secs(86_400), ..config(dir.path()) }).unwrap();
+    e.enforce_retention().unwrap();
+    assert_eq!(e.block_count(), 0);
+    assert!(e.trace(B::trace_id(1)).await.unwrap().is_none());
+    assert_eq!(e.stats().spans_evicted, 2);
+    assert_eq!(std::fs::read_dir(dir.path().join("blocks")).unwrap().count(), 0);
+}
+
+fn block_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("blocks")).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_corrupt_block_is_reported_and_set_aside_and_the_rest_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path());
+        e.write(trace(1, 2)).await.unwrap();
+        e.flush().await.unwrap();
+        e.write(trace(2, 2)).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    let first = block_files(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&first).unwrap();
+    let n = bytes.len();
+    bytes[n - 40] ^= 0xff; // inside the index
+    std::fs::write(&first, &bytes).unwrap();
+    let (e, report) = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(report.corrupt_blocks.len(), 1, "{report:?}");
+    assert!(report.corrupt_blocks[0].contains("index crc mismatch"), "{report:?}");
+    assert!(first.with_extension("blk.corrupt").exists());
+    assert!(e.trace(B::trace_id(1)).await.unwrap().is_none());
+    assert_eq!(e.trace(B::trace_id(2)).await.unwrap().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_corrupt_chunk_skips_only_that_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let e = open(dir.path());
+        e.write(trace(1, 2)).await.unwrap();
+        e.flush().await.unwrap();
+        e.write(trace(2, 2)).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    let first = block_files(dir.path())[0].clone();
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[3] ^= 0xff; // inside the first (only) chunk
+    std::fs::write(&first, &bytes).unwrap();
+    let e = open(dir.path());
+    assert!(
+        e.trace(B::trace_id(1)).await.unwrap().is_none(),
+        "the corrupt chunk is skipped, not returned wrong"
+    );
+    assert_eq!(e.trace(B::trace_id(2)).await.unwrap().unwrap().len(), 2);
+    let found =
+        e.find_traces(&TraceQuery { service: Some("front".into()), ..TraceQuery::default() }).await.unwrap();
+    assert_eq!(found.len(), 1);
+}
+
+/// The block written by format version 1, checked in: later versions must still read it.
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
+
+fn fixture_spans() -> Vec<Span> {
+    let mut spans = trace(1, 3);
+    spans.push(
+        B::new(2, 1)
+            .service("fixture")
+            .scope("skein-otel", "0.1.0")
+            .kind(SpanKind::Server)
+            .attr("list", AttrValue::Array(vec![AttrValue::Str("a".into()), AttrValue::Double(1.5)]))
+            .attr("raw", AttrValue::Bytes(vec![0, 255]))
+            .event("exception", 7, vec![])
+            .link(1, 1)
+            .error("boom")
+            .build(),
+    );
+    spans
+}
+
+#[tokio::test]
+async fn reads_the_checked_in_v1_fixture() {
+    if std::env::var_os("SKEIN_REGENERATE_FIXTURES").is_some() {
+        let _ = std::fs::remove_dir_all(FIXTURE);
+        let e = open(Path::new(FIXTURE));
+        e.write(fixture_spans()).await.unwrap();
+        e.flush().await.unwrap();
+        drop(e);
+        let _ = std::fs::remove_dir_all(Path::new(FIXTURE).join("wal"));
+    }
+    // Work on a copy: opening may create a WAL.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("blocks")).unwrap();
+    for f in block_files(Path::new(FIXTURE)) {
+        std::fs::copy(&f, dir.path().join("blocks").join(f.file_name().unwrap())).unwrap();
+    }
+    let (e, report) = Engine::open(config(dir.path())).unwrap();
+    assert_eq!((report.blocks, report.corrupt_blocks.len()), (1, 0));
+    let want = fixture_spans();
+    for id in [B::trace_id(1), B::trace_id(2)] {
+        let got = sorted(e.trace(id).await.unwrap().unwrap());
+        let expected = sorted(want.iter().filter(|s| s.trace_id == id).cloned().collect());
+        assert_eq!(got, expected);
+    }
+}
+
+/// WAL writes fail with ENOSPC while `full` is set.
+#[derive(Debug, Clone, Default)]
+struct FullDisk(Arc<AtomicBool>);
+
+#[derive(Debug)]
+struct FullFile(Box<dyn AppendFile>, Arc<AtomicBool>);
+
+impl AppendFile for FullFile {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        if self.1.load(Ordering::SeqCst) {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.0.write_all(buf)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl Fs for FullDisk {
+    fn create_dir_all(&self, d: &Path) -> io::Result<()> {
+        OsFs.create_dir_all(d)
+    }
+    fn list(&self, d: &Path) -> io::Result<Vec<PathBuf>> {
+        OsFs.list(d)
+    }
+    fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
+        OsFs.read(p)
+    }
+    fn read_range(&self, p: &Path, o: u64, l: usize) -> io::Result<Vec<u8>> {
+        OsFs.read_range(p, o, l)
+    }
+    fn len(&self, p: &Path) -> io::Result<u64> {
+        OsFs.len(p)
+    }
+    fn write_atomic(&self, p: &Path, b: &[u8]) -> io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        OsFs.write_atomic(p, b)
+    }
+    fn open_append(&self, p: &Path) -> io::Result<Box<dyn AppendFile>> {
+        Ok(Box::new(FullFile(OsFs.open_append(p)?, Arc::clone(&self.0))))
+    }
+    fn truncate(&self, p: &Path, l: u64) -> io::Result<()> {
+        OsFs.truncate(p, l)
+    }
+    fn remove(&self, p: &Path) -> io::Result<()> {
+        OsFs.remove(p)
+    }
+    fn rename(&self, a: &Path, b: &Path) -> io::Result<()> {
+        OsFs.rename(a, b)
+    }
+    fn sync_dir(&self, d: &Path) -> io::Result<()> {
+        OsFs.sync_dir(d)
+    }
+}
+
+#[tokio::test]
+async fn disk_full_refuses_ingest_keeps_what_is_stored_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = FullDisk::default();
+    let (e, _) = Engine::open(EngineConfig { fs: Arc::new(disk.clone()), ..config(dir.path()) }).unwrap();
+    e.write(trace(1, 2)).await.unwrap();
+    disk.0.store(true, Ordering::SeqCst);
+    let err = e.write(trace(2, 2)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    let err = e.flush().await.unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert_eq!(e.trace(B::trace_id(1)).await.unwrap().unwrap().len(), 2, "stored data still readable");
+    disk.0.store(false, Ordering::SeqCst);
+    e.write(trace(2, 2)).await.unwrap();
+    e.flush().await.unwrap();
+    drop(e);
+    let e = open(dir.path());
+    assert_eq!(e.trace(B::trace_id(1)).await.unwrap().unwrap().len(), 2);
+    assert_eq!(e.trace(B::trace_id(2)).await.unwrap().unwrap().len(), 2);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write(Vec<(u8, u8)>),
+    Flush,
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        5 => proptest::collection::vec((1u8..6, any::<u8>()), 1..8).prop_map(Op::Write),
+        1 => Just(Op::Flush),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Writes, flushes and reopens in any order: every trace reads back exactly as written.
+    #[test]
+    fn model_with_flush_and_reopen(ops in proptest::collection::vec(op(), 1..20)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut model: std::collections::BTreeMap<u8, Vec<Span>> = Default::default();
+            let mut engine = open(dir.path());
+            let mut next_span: u32 = 0;
+            for op in ops {
+                match op {
+                    Op::Write(items) => {
+                        let mut batch = Vec::new();
+                        for (t, salt) in items {
+                            next_span += 1;
+                            let mut s = B::new(t, 1).service(if salt % 2 == 0 { "even" } else { "odd" }).build();
+                            let mut id = [0u8; 8];
+                            id[4..].copy_from_slice(&next_span.to_be_bytes());
+                            s.span_id = skein_model::SpanId::from_bytes(id).unwrap();
+                            s.attributes.push(skein_model::KeyValue::new("salt", AttrValue::Int(salt as i64)));
+                            model.entry(t).or_default().push(s.clone());
+                            batch.push(s);
+                        }
+                        engine.write(batch).await.unwrap();
+                    }
+                    Op::Flush => engine.flush().await.unwrap(),
+                    Op::Reopen => {
+                        drop(engine);
+                        engine = open(dir.path());
+                    }
+                }
+                for (t, spans) in &model {
+                    let got = engine.trace(B::trace_id(*t)).await.unwrap().unwrap_or_default();
+                    prop_assert_eq!(sorted(got), sorted(spans.clone()));
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
