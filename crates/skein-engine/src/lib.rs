@@ -70,6 +70,10 @@ pub enum OpenError {
     Wal(#[from] WalError),
     #[error("cannot read the block directory {path}: {source}")]
     Blocks { path: PathBuf, source: std::io::Error },
+    #[error("data directory {0} is in use by another skein process; stop it or choose another --data-dir")]
+    Locked(PathBuf),
+    #[error("cannot lock the data directory {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
 }
 
 /// What opening found: recovered records, cut WAL tails, blocks set aside.
@@ -135,6 +139,10 @@ struct Shared {
     state: RwLock<State>,
     spans_evicted: AtomicU64,
     traces_evicted: AtomicU64,
+    /// Wakes the background task when the head is full.
+    flush_wanted: Arc<tokio::sync::Notify>,
+    /// Held (locked) while the engine is open.
+    _lock: std::fs::File,
 }
 
 /// The embedded engine. Cheap to share behind an `Arc`.
@@ -165,6 +173,23 @@ impl Engine {
     /// the background work (cutting old heads, retention) when called inside a tokio runtime.
     pub fn open(config: EngineConfig) -> Result<(Engine, OpenReport), OpenError> {
         let fs = Arc::clone(&config.fs);
+        // One process per data directory: a second writer would corrupt the WAL.
+        fs.create_dir_all(&config.dir)
+            .map_err(|source| OpenError::Blocks { path: config.dir.clone(), source })?;
+        let lock_path = config.dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| OpenError::Lock { path: lock_path.clone(), source })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(config.dir.clone())),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(OpenError::Lock { path: lock_path, source });
+            }
+        }
         let block_dir = config.dir.join("blocks");
         fs.create_dir_all(&block_dir)
             .map_err(|source| OpenError::Blocks { path: block_dir.clone(), source })?;
@@ -226,9 +251,12 @@ impl Engine {
             state: RwLock::new(State { head, frozen: Vec::new(), blocks, next_block }),
             spans_evicted: AtomicU64::new(0),
             traces_evicted: AtomicU64::new(0),
+            flush_wanted: Arc::new(tokio::sync::Notify::new()),
+            _lock: lock,
         });
-        let background =
-            tokio::runtime::Handle::try_current().ok().map(|h| h.spawn(background(Arc::downgrade(&shared))));
+        let background = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|h| h.spawn(background(Arc::downgrade(&shared), Arc::clone(&shared.flush_wanted))));
         Ok((Engine { shared, background }, report))
     }
 
@@ -241,6 +269,16 @@ impl Engine {
     /// Deletes blocks older than the retention now. Normally the engine does this by itself.
     pub fn enforce_retention(&self) -> Result<(), StoreError> {
         self.shared.enforce_retention()
+    }
+
+    /// Stops the background work and waits for it, then closes the WAL and releases the data
+    /// directory. Dropping the engine does the same, except that a background flush in
+    /// progress may finish a little later.
+    pub async fn close(mut self) {
+        if let Some(b) = self.background.take() {
+            b.abort();
+            let _ = b.await;
+        }
     }
 
     /// Number of blocks on disk.
@@ -257,17 +295,22 @@ impl Drop for Engine {
     }
 }
 
-async fn background(shared: Weak<Shared>) {
+/// Cuts full or old heads into blocks and enforces retention. Holds the engine only weakly
+/// while idle, so dropping the engine ends it.
+async fn background(shared: Weak<Shared>, flush_wanted: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
-        tick.tick().await;
+        let wanted = tokio::select! {
+            _ = tick.tick() => false,
+            () = flush_wanted.notified() => true,
+        };
         let Some(shared) = shared.upgrade() else { return };
-        let old = {
+        let due = wanted || {
             let st = shared.state.read();
             st.head.created.is_some_and(|c| c.elapsed() >= shared.config.head_max_age)
                 || !st.frozen.is_empty()
         };
-        if old && let Err(e) = shared.flush().await {
+        if due && let Err(e) = shared.try_flush().await {
             tracing::error!(error = %e, "cutting the head into a block failed; will retry");
         }
         if let Err(e) = shared.enforce_retention() {
@@ -278,7 +321,19 @@ async fn background(shared: Weak<Shared>) {
 
 impl Shared {
     async fn flush(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.flush_lock.lock().await;
+        let guard = self.flush_lock.lock().await;
+        self.flush_locked(guard).await
+    }
+
+    /// Flushes unless a flush is already running (which does the same work).
+    async fn try_flush(&self) -> Result<(), StoreError> {
+        match self.flush_lock.try_lock() {
+            Ok(guard) => self.flush_locked(guard).await,
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn flush_locked(&self, _one_at_a_time: tokio::sync::MutexGuard<'_, ()>) -> Result<(), StoreError> {
         {
             let _gate = self.gate.write().await;
             if self.state.read().head.spans > 0 {
@@ -389,12 +444,7 @@ impl SpanStore for Engine {
             st.head.bytes >= self.shared.config.head_max_bytes
         };
         if full {
-            let shared = Arc::clone(&self.shared);
-            tokio::spawn(async move {
-                if let Err(e) = shared.flush().await {
-                    tracing::error!(error = %e, "cutting the head into a block failed; will retry");
-                }
-            });
+            self.shared.flush_wanted.notify_one();
         }
         Ok(())
     }

@@ -142,6 +142,7 @@ async fn reopen_recovers_head_from_the_wal_and_blocks_from_disk_without_duplicat
         // A trace split across a block and the head.
         e.write(vec![B::new(1, 9).service("late").parent(1).build()]).await.unwrap();
         assert_eq!(e.block_count(), 1);
+        e.close().await;
     }
     let (e, report) = Engine::open(config(dir.path())).unwrap();
     assert_eq!(report.blocks, 1);
@@ -150,7 +151,7 @@ async fn reopen_recovers_head_from_the_wal_and_blocks_from_disk_without_duplicat
     assert_eq!(t1.len(), 4, "block part and head part merged");
     assert_eq!(sorted(e.trace(B::trace_id(2)).await.unwrap().unwrap()), sorted(trace(2, 2)));
     e.flush().await.unwrap();
-    drop(e);
+    e.close().await;
     let (e, report) = Engine::open(config(dir.path())).unwrap();
     assert_eq!((report.blocks, report.wal_records_replayed), (2, 0));
     assert_eq!(e.trace(B::trace_id(1)).await.unwrap().unwrap().len(), 4);
@@ -167,6 +168,7 @@ async fn retention_deletes_whole_old_blocks() {
         e.write(trace(1, 2)).await.unwrap();
         e.flush().await.unwrap();
         assert_eq!(e.block_count(), 1);
+        e.close().await;
     }
     // Reopened with a retention of one day: the 2024 block is past it.
     let (e, _) =
@@ -193,6 +195,7 @@ async fn a_corrupt_block_is_reported_and_set_aside_and_the_rest_stays_readable()
         e.flush().await.unwrap();
         e.write(trace(2, 2)).await.unwrap();
         e.flush().await.unwrap();
+        e.close().await;
     }
     let first = block_files(dir.path())[0].clone();
     let mut bytes = std::fs::read(&first).unwrap();
@@ -216,6 +219,7 @@ async fn a_corrupt_chunk_skips_only_that_chunk() {
         e.flush().await.unwrap();
         e.write(trace(2, 2)).await.unwrap();
         e.flush().await.unwrap();
+        e.close().await;
     }
     let first = block_files(dir.path())[0].clone();
     let mut bytes = std::fs::read(&first).unwrap();
@@ -259,7 +263,7 @@ async fn reads_the_checked_in_v1_fixture() {
         let e = open(Path::new(FIXTURE));
         e.write(fixture_spans()).await.unwrap();
         e.flush().await.unwrap();
-        drop(e);
+        e.close().await;
         let _ = std::fs::remove_dir_all(Path::new(FIXTURE).join("wal"));
     }
     // Work on a copy: opening may create a WAL.
@@ -352,7 +356,7 @@ async fn disk_full_refuses_ingest_keeps_what_is_stored_and_recovers() {
     disk.0.store(false, Ordering::SeqCst);
     e.write(trace(2, 2)).await.unwrap();
     e.flush().await.unwrap();
-    drop(e);
+    e.close().await;
     let e = open(dir.path());
     assert_eq!(e.trace(B::trace_id(1)).await.unwrap().unwrap().len(), 2);
     assert_eq!(e.trace(B::trace_id(2)).await.unwrap().unwrap().len(), 2);
@@ -403,7 +407,7 @@ proptest! {
                     }
                     Op::Flush => engine.flush().await.unwrap(),
                     Op::Reopen => {
-                        drop(engine);
+                        engine.close().await;
                         engine = open(dir.path());
                     }
                 }
@@ -415,4 +419,18 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test]
+async fn a_second_engine_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = open(dir.path());
+    let err = Engine::open(config(dir.path())).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "data directory {} is in use by another skein process; stop it or choose another --data-dir",
+            dir.path().display()
+        )
+    );
 }

@@ -9,7 +9,7 @@ use skein_otlp::Limits;
 /// Which storage backend keeps the spans.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StorageKind {
-    /// The embedded engine in `data_dir` (not available yet: see the README).
+    /// The embedded engine in `data_dir`: WAL, head, immutable blocks.
     Embedded,
     /// Bounded memory; everything is lost on restart.
     Memory,
@@ -29,6 +29,10 @@ pub struct Config {
     pub retention: Duration,
     /// Bound of the memory store.
     pub memory_max_spans: usize,
+    /// When the embedded engine's WAL fsyncs.
+    pub wal_fsync: skein_wal::FsyncPolicy,
+    /// The embedded engine cuts its in-memory head into a block at this many encoded bytes.
+    pub head_max_bytes: usize,
     /// Largest OTLP request body, before and after gunzip.
     pub max_request_bytes: usize,
     pub limits: Limits,
@@ -40,10 +44,12 @@ impl Default for Config {
             otlp_grpc_addr: ([127, 0, 0, 1], 4317).into(),
             otlp_http_addr: ([127, 0, 0, 1], 4318).into(),
             http_addr: ([127, 0, 0, 1], 16686).into(),
-            storage: StorageKind::Memory,
+            storage: StorageKind::Embedded,
             data_dir: PathBuf::from("./skein-data"),
             retention: Duration::from_secs(72 * 3600),
             memory_max_spans: 1_000_000,
+            wal_fsync: skein_wal::FsyncPolicy::Interval(Duration::from_millis(100)),
+            head_max_bytes: 32 * 1024 * 1024,
             max_request_bytes: 4 * 1024 * 1024,
             limits: Limits::default(),
         }
@@ -54,7 +60,7 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "storage {0:?} is not available in this version of skein; use --storage memory (the default) until it lands"
+        "storage {0:?} is not available in this version of skein; use --storage embedded (the default) or memory"
     )]
     StorageNotAvailable(&'static str),
     #[error("--memory-max-spans must be at least 1")]
@@ -66,8 +72,7 @@ pub enum ConfigError {
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self.storage {
-            StorageKind::Memory => {}
-            StorageKind::Embedded => return Err(ConfigError::StorageNotAvailable("embedded")),
+            StorageKind::Memory | StorageKind::Embedded => {}
             StorageKind::Clickhouse => return Err(ConfigError::StorageNotAvailable("clickhouse")),
         }
         if self.memory_max_spans == 0 {

@@ -15,3 +15,4 @@ mod server;
 pub use config::{Config, ConfigError, StorageKind};
 pub use server::{BoundServer, ServerError, bind};
 pub use skein_otlp::Limits;
+pub use skein_wal::FsyncPolicy;

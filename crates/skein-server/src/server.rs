@@ -26,6 +26,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the embedded storage in {dir}: {message}")]
+    Storage { dir: std::path::PathBuf, message: String },
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -49,7 +51,8 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             max_spans: config.memory_max_spans,
             retention_nanos: Some(config.retention.as_nanos().min(u64::MAX as u128) as u64),
         })),
-        StorageKind::Embedded | StorageKind::Clickhouse => unreachable!("rejected by Config::validate"),
+        StorageKind::Embedded => open_engine(&config).await?,
+        StorageKind::Clickhouse => unreachable!("rejected by Config::validate"),
     };
     let listen = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
@@ -61,6 +64,34 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         store,
         config,
     })
+}
+
+async fn open_engine(config: &Config) -> Result<Arc<dyn SpanStore>, ServerError> {
+    let engine_config = skein_engine::EngineConfig {
+        head_max_bytes: config.head_max_bytes,
+        wal_fsync: config.wal_fsync,
+        retention: config.retention,
+        ..skein_engine::EngineConfig::new(&config.data_dir)
+    };
+    let dir = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || skein_engine::Engine::open(engine_config))
+        .await
+        .map_err(|e| ServerError::Storage { dir: dir.clone(), message: e.to_string() })?;
+    let (engine, report) =
+        opened.map_err(|e| ServerError::Storage { dir: dir.clone(), message: e.to_string() })?;
+    tracing::info!(
+        dir = %dir.display(),
+        blocks = report.blocks,
+        wal_records_replayed = report.wal_records_replayed,
+        "embedded storage open"
+    );
+    for t in &report.wal_truncations {
+        tracing::warn!(segment = %t.segment.display(), at = t.at, dropped_bytes = t.dropped_bytes, reason = %t.reason, "wal tail truncated at recovery");
+    }
+    for c in &report.corrupt_blocks {
+        tracing::error!(problem = %c, "corrupt block set aside");
+    }
+    Ok(Arc::new(engine))
 }
 
 impl BoundServer {

@@ -42,8 +42,12 @@ async fn send(server: &TestServer, body: String) {
 
 #[tokio::test]
 async fn memory_store_evicts_oldest_traces_beyond_max_spans() {
-    let server =
-        TestServer::start_with(skein_server::Config { memory_max_spans: 5, ..Default::default() }).await;
+    let server = TestServer::start_with(skein_server::Config {
+        storage: skein_server::StorageKind::Memory,
+        memory_max_spans: 5,
+        ..Default::default()
+    })
+    .await;
     for trace in 1..=3u8 {
         send(&server, json_trace(trace, 2, now_nanos())).await;
     }
@@ -65,6 +69,7 @@ async fn memory_store_evicts_oldest_traces_beyond_max_spans() {
 #[tokio::test]
 async fn memory_store_drops_traces_older_than_retention() {
     let server = TestServer::start_with(skein_server::Config {
+        storage: skein_server::StorageKind::Memory,
         retention: Duration::from_secs(3600),
         ..Default::default()
     })

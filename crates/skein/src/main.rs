@@ -29,6 +29,13 @@ enum Storage {
     Clickhouse,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WalFsync {
+    Always,
+    Interval,
+    Never,
+}
+
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Address of the OTLP/gRPC receiver.
@@ -40,8 +47,8 @@ struct ServeArgs {
     /// Address of the query API, UI, /healthz, /readyz and /metrics.
     #[arg(long, env = "SKEIN_HTTP_ADDR", default_value = "127.0.0.1:16686")]
     http_addr: SocketAddr,
-    /// Storage backend. Only `memory` is available in this version.
-    #[arg(long, env = "SKEIN_STORAGE", value_enum, default_value = "memory")]
+    /// Storage backend: `embedded` (on disk in --data-dir) or `memory` (lost on restart).
+    #[arg(long, env = "SKEIN_STORAGE", value_enum, default_value = "embedded")]
     storage: Storage,
     /// Directory of the embedded storage.
     #[arg(long, env = "SKEIN_DATA_DIR", default_value = "./skein-data")]
@@ -49,6 +56,13 @@ struct ServeArgs {
     /// How long spans are kept (e.g. 72h, 7d, 30m).
     #[arg(long, env = "SKEIN_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
     retention: Duration,
+    /// When the write-ahead log fsyncs: `always` (survives power loss), `interval` (every
+    /// 100 ms; survives kill -9), `never` (the OS decides; survives kill -9).
+    #[arg(long, env = "SKEIN_WAL_FSYNC", value_enum, default_value = "interval")]
+    wal_fsync: WalFsync,
+    /// The embedded engine writes its in-memory head to a block at this many bytes.
+    #[arg(long, env = "SKEIN_HEAD_MAX_BYTES", default_value_t = 32 * 1024 * 1024)]
+    head_max_bytes: usize,
     /// Most spans the memory store keeps; the oldest traces are evicted first.
     #[arg(long, env = "SKEIN_MEMORY_MAX_SPANS", default_value_t = 1_000_000)]
     memory_max_spans: usize,
@@ -80,6 +94,12 @@ impl ServeArgs {
             data_dir: self.data_dir,
             retention: self.retention,
             memory_max_spans: self.memory_max_spans,
+            wal_fsync: match self.wal_fsync {
+                WalFsync::Always => skein_server::FsyncPolicy::Always,
+                WalFsync::Interval => skein_server::FsyncPolicy::Interval(Duration::from_millis(100)),
+                WalFsync::Never => skein_server::FsyncPolicy::Never,
+            },
+            head_max_bytes: self.head_max_bytes,
             max_request_bytes: self.max_request_bytes,
             limits: skein_server::Limits {
                 max_attribute_depth: self.max_attribute_depth,

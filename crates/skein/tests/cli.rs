@@ -16,8 +16,10 @@ fn free_port() -> u16 {
 #[test]
 fn serve_prints_the_listening_line_honours_env_vars_and_stops_on_sigterm() {
     let (g, o, h) = (free_port(), free_port(), free_port());
+    let data = tempfile::tempdir().unwrap();
     let mut child = skein()
         .args(["serve", "--otlp-grpc-addr", &format!("127.0.0.1:{g}")])
+        .env("SKEIN_DATA_DIR", data.path())
         .env("SKEIN_OTLP_HTTP_ADDR", format!("127.0.0.1:{o}"))
         .env("SKEIN_HTTP_ADDR", format!("127.0.0.1:{h}"))
         .env("SKEIN_MEMORY_MAX_SPANS", "10")
@@ -56,13 +58,48 @@ fn serve_prints_the_listening_line_honours_env_vars_and_stops_on_sigterm() {
 
 #[test]
 fn storage_that_is_not_available_yet_is_a_clear_error() {
-    let out = skein().args(["serve", "--storage", "embedded"]).output().unwrap();
+    let out = skein().args(["serve", "--storage", "clickhouse"]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(
-            "storage \"embedded\" is not available in this version of skein; use --storage memory (the default) until it lands"
+            "storage \"clickhouse\" is not available in this version of skein; use --storage embedded (the default) or memory"
         ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_data_dir_in_use_is_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let args = |child: &mut Command| {
+        child
+            .args([
+                "serve",
+                "--otlp-grpc-addr",
+                "127.0.0.1:0",
+                "--otlp-http-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data.path());
+    };
+    let mut first = skein();
+    args(&mut first);
+    let mut first = first.stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mut second = skein();
+    args(&mut second);
+    let out = second.output().unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another skein process; stop it or choose another --data-dir"),
         "{stderr}"
     );
 }
@@ -71,7 +108,9 @@ fn storage_that_is_not_available_yet_is_a_clear_error() {
 fn a_port_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
+    let data = tempfile::tempdir().unwrap();
     let out = skein()
+        .env("SKEIN_DATA_DIR", data.path())
         .args([
             "serve",
             "--http-addr",

@@ -35,6 +35,7 @@ fn python() -> Option<PathBuf> {
 
 /// A `skein serve` child process on ports the OS picks.
 struct Skein {
+    _data: tempfile::TempDir,
     child: Child,
     grpc: String,
     otlp_http: String,
@@ -43,9 +44,12 @@ struct Skein {
 
 impl Skein {
     fn start() -> Skein {
+        let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_skein"))
             .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
             .args(["--http-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.path())
             .stdout(Stdio::piped())
             .spawn()
             .expect("skein binary starts");
@@ -58,7 +62,13 @@ impl Skein {
                 .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
                 .to_owned()
         };
-        Skein { grpc: field("otlp-grpc"), otlp_http: field("otlp-http"), http: field("http"), child }
+        Skein {
+            _data: data,
+            grpc: field("otlp-grpc"),
+            otlp_http: field("otlp-http"),
+            http: field("http"),
+            child,
+        }
     }
 
     fn get(&self, path: &str) -> (u16, Json) {

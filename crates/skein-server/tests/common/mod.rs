@@ -9,6 +9,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub struct TestServer {
+    /// The embedded storage's directory, deleted when the server is dropped.
+    pub data_dir: tempfile::TempDir,
     pub grpc: SocketAddr,
     pub otlp_http: SocketAddr,
     pub http: SocketAddr,
@@ -22,6 +24,8 @@ impl TestServer {
     }
 
     pub async fn start_with(mut config: Config) -> TestServer {
+        let data_dir = tempfile::tempdir().unwrap();
+        config.data_dir = data_dir.path().to_owned();
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         config.otlp_grpc_addr = any;
         config.otlp_http_addr = any;
@@ -37,7 +41,7 @@ impl TestServer {
                 .await
                 .expect("server runs");
         });
-        TestServer { grpc, otlp_http, http, stop: Some(tx), task: Some(task) }
+        TestServer { data_dir, grpc, otlp_http, http, stop: Some(tx), task: Some(task) }
     }
 
     pub fn api(&self, path: &str) -> String {
