@@ -46,6 +46,13 @@ pub struct BoundServer {
 /// Validates the configuration, opens the storage and binds every listener.
 pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     config.validate()?;
+    let listen = |what: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
+    };
+    // Listeners first: a taken port fails before the storage is touched.
+    let grpc = listen("otlp-grpc", config.otlp_grpc_addr).await?;
+    let otlp_http = listen("otlp-http", config.otlp_http_addr).await?;
+    let http = listen("http", config.http_addr).await?;
     let store: Arc<dyn SpanStore> = match config.storage {
         StorageKind::Memory => Arc::new(MemoryStore::new(MemoryStoreConfig {
             max_spans: config.memory_max_spans,
@@ -54,16 +61,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         StorageKind::Embedded => open_engine(&config).await?,
         StorageKind::Clickhouse => unreachable!("rejected by Config::validate"),
     };
-    let listen = |what: &'static str, addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
-    };
-    Ok(BoundServer {
-        grpc: listen("otlp-grpc", config.otlp_grpc_addr).await?,
-        otlp_http: listen("otlp-http", config.otlp_http_addr).await?,
-        http: listen("http", config.http_addr).await?,
-        store,
-        config,
-    })
+    Ok(BoundServer { grpc, otlp_http, http, store, config })
 }
 
 async fn open_engine(config: &Config) -> Result<Arc<dyn SpanStore>, ServerError> {
