@@ -622,6 +622,10 @@ impl SpanStore for Engine {
         .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.shared.flush().await
+    }
+
     fn stats(&self) -> StoreStats {
         let st = self.shared.state.read();
         let mut spans = st.head.spans;

@@ -140,7 +140,13 @@ impl BoundServer {
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         });
+        let store = Arc::clone(&self.store);
         let (g, o, h) = tokio::join!(grpc, otlp_http.into_future(), http.into_future());
+        // No request is in flight any more: move buffered spans to their long-term form, so
+        // the next start does not need to replay them.
+        if let Err(e) = store.flush().await {
+            tracing::warn!(error = %e, "flushing storage at shutdown failed; the WAL still has the spans");
+        }
         g.map_err(|e| ServerError::Serve { what: "otlp-grpc", message: e.to_string() })?;
         o.map_err(|e| ServerError::Serve { what: "otlp-http", message: e.to_string() })?;
         h.map_err(|e| ServerError::Serve { what: "http", message: e.to_string() })?;

@@ -110,6 +110,12 @@ pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
 
     /// Counters for monitoring; cheap to call.
     fn stats(&self) -> StoreStats;
+
+    /// Moves buffered data to its long-term form (the engine writes its head into a block).
+    /// Called at shutdown; stores without such a buffer do nothing.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Counts parent→child service calls within one trace's spans (shared by backends that

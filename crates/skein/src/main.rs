@@ -20,6 +20,49 @@ struct Cli {
 enum Command {
     /// Receive OTLP traces, store them and serve the query API.
     Serve(ServeArgs),
+    /// Send realistic OTLP load to a Skein server and measure it (prints a JSON line last).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BenchProtocol {
+    Grpc,
+    Http,
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Spans to send in total.
+    #[arg(long, default_value_t = 200_000)]
+    spans: u64,
+    /// Stop sending after this long even if fewer spans were sent (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// OTLP transport.
+    #[arg(long, value_enum, default_value = "grpc")]
+    protocol: BenchProtocol,
+    /// Spans per export request.
+    #[arg(long, default_value_t = 500)]
+    spans_per_request: usize,
+    /// Concurrent exporters.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Attributes per span.
+    #[arg(long, default_value_t = 11)]
+    attributes: usize,
+    /// Queries per latency figure (trace by id, search by attribute).
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    /// Target an existing server instead of starting one: its OTLP endpoint
+    /// (http://host:4317 for grpc, http://host:4318 for http). Server-side figures are then absent.
+    #[arg(long, requires = "query_url")]
+    target: Option<String>,
+    /// The query API of --target (http://host:16686).
+    #[arg(long)]
+    query_url: Option<String>,
+    /// Extra arguments for the started `skein serve`, e.g. --serve-arg=--wal-fsync=always.
+    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    serve_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -121,7 +164,33 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args.into_config())),
+        Command::Bench(args) => runtime.block_on(bench(args)),
     }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let config = skein_bench::BenchConfig {
+        skein_exe: std::env::current_exe().context("finding the skein executable")?,
+        target: args
+            .target
+            .map(|otlp| skein_bench::Target { otlp, query: args.query_url.unwrap_or_default() }),
+        protocol: match args.protocol {
+            BenchProtocol::Grpc => skein_bench::Protocol::Grpc,
+            BenchProtocol::Http => skein_bench::Protocol::Http,
+        },
+        spans: args.spans,
+        duration: args.duration,
+        spans_per_request: args.spans_per_request.max(1),
+        concurrency: args.concurrency.max(1),
+        shape: skein_bench::TrafficShape { attributes_per_span: args.attributes, ..Default::default() },
+        queries: args.queries,
+        serve_args: args.serve_args,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = skein_bench::run(config).await?;
+    println!("{}", report.summary());
+    println!("{}", report.to_json());
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -1,0 +1,425 @@
+//! `skein bench`: sends realistic OTLP traffic to a Skein server and measures it.
+//!
+//! By default it starts its own `skein serve` (the same binary) on a temporary data directory,
+//! so it can read the server's CPU time and memory from `/proc` and its bytes on disk. With
+//! `target` set it only sends and queries (the server-side figures are then absent).
+//!
+//! Phases: load (spans/s, export latency, server CPU and peak RSS) → graceful stop (the
+//! engine writes its head into blocks) → bytes on disk per span → restart → trace-by-id and
+//! search-by-attribute latency at the stored size. The last line printed is one JSON object.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use prost::Message;
+
+mod traffic;
+
+pub use traffic::TrafficShape;
+
+/// OTLP transport used for the load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// The `skein` executable to start (normally the running one).
+    pub skein_exe: PathBuf,
+    /// Send to this server instead of starting one: its OTLP endpoint (`http://host:4317` for
+    /// gRPC, `http://host:4318` for HTTP) and its query API.
+    pub target: Option<Target>,
+    pub protocol: Protocol,
+    /// Stop after this many spans…
+    pub spans: u64,
+    /// …or after this long, whichever comes first.
+    pub duration: Option<Duration>,
+    pub spans_per_request: usize,
+    pub concurrency: usize,
+    pub shape: TrafficShape,
+    /// Queries per latency measurement.
+    pub queries: usize,
+    /// Extra arguments for the started `skein serve`.
+    pub serve_args: Vec<String>,
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub otlp: String,
+    pub query: String,
+}
+
+/// The figures of a run.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub spans_sent: u64,
+    pub spans_accepted: u64,
+    pub requests_failed: u64,
+    pub seconds: f64,
+    pub spans_per_sec: f64,
+    pub spans_per_core_sec: Option<f64>,
+    pub export_p50_ms: f64,
+    pub export_p99_ms: f64,
+    pub rss_mib: Option<f64>,
+    pub bytes_per_span: Option<f64>,
+    pub trace_by_id_p50_ms: f64,
+    pub trace_by_id_p99_ms: f64,
+    pub search_p50_ms: f64,
+    pub search_p99_ms: f64,
+}
+
+impl Report {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "spans_sent": self.spans_sent,
+            "spans_accepted": self.spans_accepted,
+            "requests_failed": self.requests_failed,
+            "seconds": round(self.seconds),
+            "spans_per_sec": round(self.spans_per_sec),
+            "spans_per_core_sec": self.spans_per_core_sec.map(round),
+            "export_p50_ms": round(self.export_p50_ms),
+            "export_p99_ms": round(self.export_p99_ms),
+            "rss_mib": self.rss_mib.map(round),
+            "bytes_per_span": self.bytes_per_span.map(round),
+            "trace_by_id_p50_ms": round(self.trace_by_id_p50_ms),
+            "trace_by_id_p99_ms": round(self.trace_by_id_p99_ms),
+            "search_p50_ms": round(self.search_p50_ms),
+            "search_p99_ms": round(self.search_p99_ms),
+        })
+    }
+
+    /// The human summary printed before the JSON line.
+    pub fn summary(&self) -> String {
+        let opt = |v: Option<f64>, unit: &str| {
+            v.map_or("n/a (external target)".to_owned(), |v| format!("{v:.1}{unit}"))
+        };
+        format!(
+            "spans accepted     {} of {} ({} failed requests) in {:.1}s\n\
+             ingest             {:.0} spans/s, {} per core-second of server CPU\n\
+             export latency     p50 {:.2} ms, p99 {:.2} ms\n\
+             server peak RSS    {}\n\
+             disk per span      {}\n\
+             trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
+             search (attribute) p50 {:.2} ms, p99 {:.2} ms",
+            self.spans_accepted,
+            self.spans_sent,
+            self.requests_failed,
+            self.seconds,
+            self.spans_per_sec,
+            opt(self.spans_per_core_sec, " spans"),
+            self.export_p50_ms,
+            self.export_p99_ms,
+            opt(self.rss_mib, " MiB"),
+            opt(self.bytes_per_span, " bytes"),
+            self.trace_by_id_p50_ms,
+            self.trace_by_id_p99_ms,
+            self.search_p50_ms,
+            self.search_p99_ms,
+        )
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    if sorted_ms.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_ms.len() as f64 - 1.0) * p).round() as usize;
+    sorted_ms[i]
+}
+
+/// A `skein serve` child process.
+struct Server {
+    child: Child,
+    otlp_grpc: String,
+    otlp_http: String,
+    http: String,
+}
+
+impl Server {
+    fn start(exe: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<Server> {
+        use std::io::BufRead;
+        let mut child = Command::new(exe)
+            .args([
+                "serve",
+                "--otlp-grpc-addr",
+                "127.0.0.1:0",
+                "--otlp-http-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("SKEIN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} serve", exe.display()))?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+        let field = |name: &str| -> anyhow::Result<String> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .map(str::to_owned)
+                .with_context(|| format!("the server did not print {name}= (got {line:?})"))
+        };
+        Ok(Server {
+            otlp_grpc: field("otlp-grpc")?,
+            otlp_http: field("otlp-http")?,
+            http: field("http")?,
+            child,
+        })
+    }
+
+    /// User + system CPU seconds of the process so far.
+    fn cpu_seconds(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
+    }
+
+    fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: f64 =
+            status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// SIGTERM, then wait: the server flushes its head into blocks on the way out.
+    fn stop(mut self) -> anyhow::Result<()> {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!("the server did not stop within 120 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Runs the benchmark; prints progress to stderr.
+pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
+    let data = tempfile::tempdir().context("creating a temporary data directory")?;
+    let mut server = match &config.target {
+        Some(_) => None,
+        None => Some(Server::start(&config.skein_exe, data.path(), &config.serve_args)?),
+    };
+    let (otlp, query) = match (&config.target, &server) {
+        (Some(t), _) => (t.otlp.clone(), t.query.clone()),
+        (None, Some(s)) => (
+            if config.protocol == Protocol::Grpc { s.otlp_grpc.clone() } else { s.otlp_http.clone() },
+            s.http.clone(),
+        ),
+        (None, None) => unreachable!("a server was started"),
+    };
+
+    // Load.
+    let sender = traffic::Sender::new(config.protocol, &otlp, config.shape.clone()).await?;
+    let sender = Arc::new(sender);
+    let bar = if config.progress {
+        let b = indicatif::ProgressBar::new(config.spans);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} spans  {per_sec}  eta {eta}")
+                .expect("valid template"),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let cpu_before = server.as_ref().and_then(Server::cpu_seconds);
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let stop_at = config.duration.map(|d| started + d);
+    let mut tasks = Vec::new();
+    for _ in 0..config.concurrency.max(1) {
+        let sender = Arc::clone(&sender);
+        let next = Arc::clone(&next);
+        let bar = bar.clone();
+        let per = config.spans_per_request as u64;
+        let total = config.spans;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut sent, mut accepted, mut failed) = (0u64, 0u64, 0u64);
+            let mut ids = Vec::new();
+            loop {
+                let first = next.fetch_add(per, Ordering::Relaxed);
+                if first >= total || stop_at.is_some_and(|t| Instant::now() >= t) {
+                    break;
+                }
+                let n = per.min(total - first) as usize;
+                let (request, trace_ids) = sender.shape.request(n);
+                let t = Instant::now();
+                let ok = sender.send(request).await;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                sent += n as u64;
+                if ok {
+                    accepted += n as u64;
+                    if ids.len() < 10_000 {
+                        ids.extend(trace_ids.into_iter().take(4));
+                    }
+                } else {
+                    failed += 1;
+                }
+                bar.inc(n as u64);
+            }
+            (latencies, sent, accepted, failed, ids)
+        }));
+    }
+    let sampler = server.as_ref().map(|s| s.child.id()).map(|pid| {
+        let peak = Arc::clone(&peak_rss);
+        tokio::spawn(async move {
+            loop {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    && let Some(kb) = status
+                        .lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse::<u64>().ok())
+                {
+                    peak.fetch_max(kb, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+    let mut latencies = Vec::new();
+    let mut report = Report::default();
+    let mut ids = Vec::new();
+    for t in tasks {
+        let (l, s, a, f, i) = t.await?;
+        latencies.extend(l);
+        report.spans_sent += s;
+        report.spans_accepted += a;
+        report.requests_failed += f;
+        ids.extend(i);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    if let Some(s) = &sampler {
+        s.abort();
+    }
+    report.spans_per_sec = report.spans_accepted as f64 / report.seconds;
+    if let (Some(before), Some(after)) = (cpu_before, server.as_ref().and_then(Server::cpu_seconds)) {
+        let cpu = (after - before).max(0.01);
+        report.spans_per_core_sec = Some(report.spans_accepted as f64 / cpu);
+    }
+    if let Some(s) = &server {
+        let peak_kb = peak_rss.load(Ordering::Relaxed).max(s.rss_mib().map_or(0, |m| (m * 1024.0) as u64));
+        report.rss_mib = Some(peak_kb as f64 / 1024.0);
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    report.export_p50_ms = percentile(&latencies, 0.50);
+    report.export_p99_ms = percentile(&latencies, 0.99);
+    eprintln!("load done: {} spans accepted in {:.1}s", report.spans_accepted, report.seconds);
+
+    // Disk: stop gracefully (head → blocks), measure, restart on the same data.
+    let query = if let Some(s) = server.take() {
+        s.stop()?;
+        if report.spans_accepted > 0 {
+            report.bytes_per_span = Some(dir_bytes(data.path()) as f64 / report.spans_accepted as f64);
+        }
+        let s = Server::start(&config.skein_exe, data.path(), &config.serve_args)?;
+        let q = s.http.clone();
+        server = Some(s);
+        q
+    } else {
+        query
+    };
+
+    // Queries at the stored size.
+    let client = reqwest::Client::new();
+    let mut by_id = Vec::new();
+    for id in ids.iter().step_by((ids.len() / config.queries.max(1)).max(1)).take(config.queries) {
+        let t = Instant::now();
+        let r = client.get(format!("{query}/api/traces/{id}")).send().await?;
+        let status = r.status();
+        r.bytes().await?;
+        by_id.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !status.is_success() {
+            bail!("trace {id} was acknowledged but GET /api/traces/{id} answered {status}");
+        }
+    }
+    let mut search = Vec::new();
+    for i in 0..config.queries {
+        let service = &traffic::SERVICES[i % traffic::SERVICES.len()];
+        let t = Instant::now();
+        // tags={"http.response.status_code":"500"}, URL-encoded.
+        let url = format!(
+            "{query}/api/traces?service={service}&tags=%7B%22http.response.status_code%22%3A%22500%22%7D&lookback=2h&limit=20"
+        );
+        let r = client.get(url).send().await?;
+        let status = r.status();
+        r.bytes().await?;
+        search.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !status.is_success() {
+            bail!("search answered {status}");
+        }
+    }
+    by_id.sort_by(|a, b| a.total_cmp(b));
+    search.sort_by(|a, b| a.total_cmp(b));
+    report.trace_by_id_p50_ms = percentile(&by_id, 0.5);
+    report.trace_by_id_p99_ms = percentile(&by_id, 0.99);
+    report.search_p50_ms = percentile(&search, 0.5);
+    report.search_p99_ms = percentile(&search, 0.99);
+    drop(server);
+    Ok(report)
+}
+
+pub(crate) async fn send_grpc(
+    client: &mut TraceServiceClient<tonic::transport::Channel>,
+    req: ExportTraceServiceRequest,
+) -> bool {
+    client.export(req).await.is_ok()
+}
+
+pub(crate) async fn send_http(client: &reqwest::Client, url: &str, req: ExportTraceServiceRequest) -> bool {
+    client
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .body(req.encode_to_vec())
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false)
+}

@@ -1,0 +1,226 @@
+//! Realistic OTLP traffic: traces shaped like the OpenTelemetry demo's checkout, with mixed
+//! span kinds, several services, ~11 attributes per span and a share of errors.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode,
+};
+use rand::Rng;
+
+use crate::Protocol;
+
+pub(crate) const SERVICES: [&str; 6] =
+    ["frontend", "checkout", "cart", "payment", "email", "product-catalog"];
+
+/// What the generated traffic looks like.
+#[derive(Clone, Debug)]
+pub struct TrafficShape {
+    /// Attributes on every span (at least the semantic-convention ones of its kind).
+    pub attributes_per_span: usize,
+    /// Share of traces whose server spans fail with 500 / an error status.
+    pub error_ratio: f64,
+}
+
+impl Default for TrafficShape {
+    fn default() -> Self {
+        TrafficShape { attributes_per_span: 11, error_ratio: 0.05 }
+    }
+}
+
+fn kv(key: &str, value: Value) -> KeyValue {
+    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::StringValue(v.into())
+}
+
+/// One span of the template tree: (service index, parent index in the tree, name, kind).
+const TREE: [(usize, Option<usize>, &str, SpanKind); 10] = [
+    (0, None, "GET /api/checkout", SpanKind::Server),
+    (0, Some(0), "POST", SpanKind::Client),
+    (1, Some(1), "oteldemo.CheckoutService/PlaceOrder", SpanKind::Server),
+    (1, Some(2), "HGET", SpanKind::Client),
+    (1, Some(2), "SELECT orders", SpanKind::Client),
+    (1, Some(2), "oteldemo.PaymentService/Charge", SpanKind::Client),
+    (3, Some(5), "oteldemo.PaymentService/Charge", SpanKind::Server),
+    (3, Some(6), "charge card", SpanKind::Internal),
+    (1, Some(2), "orders publish", SpanKind::Producer),
+    (4, Some(8), "orders process", SpanKind::Consumer),
+];
+
+impl TrafficShape {
+    fn attributes(&self, rng: &mut impl Rng, kind: SpanKind, name: &str, error: bool) -> Vec<KeyValue> {
+        let mut a = Vec::with_capacity(self.attributes_per_span.max(8));
+        match kind {
+            SpanKind::Server if name.starts_with("GET") => {
+                a.push(kv("http.request.method", s("GET")));
+                a.push(kv("http.route", s("/api/checkout")));
+                a.push(kv("url.path", s("/api/checkout")));
+                a.push(kv("url.scheme", s("http")));
+                a.push(kv("http.response.status_code", Value::IntValue(if error { 500 } else { 200 })));
+                a.push(kv("network.protocol.version", s("1.1")));
+                a.push(kv("user_agent.original", s("Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0")));
+                a.push(kv(
+                    "client.address",
+                    s(format!("10.0.{}.{}", rng.random_range(0..255), rng.random_range(1..255))),
+                ));
+            }
+            SpanKind::Client if name == "POST" => {
+                a.push(kv("http.request.method", s("POST")));
+                a.push(kv("url.full", s("http://checkout:8080/oteldemo.CheckoutService/PlaceOrder")));
+                a.push(kv("server.address", s("checkout")));
+                a.push(kv("server.port", Value::IntValue(8080)));
+                a.push(kv("http.response.status_code", Value::IntValue(if error { 500 } else { 200 })));
+            }
+            SpanKind::Server | SpanKind::Client if name.starts_with("oteldemo") => {
+                a.push(kv("rpc.system.name", s("grpc")));
+                a.push(kv("rpc.method", s(name)));
+                a.push(kv("rpc.response.status_code", s(if error { "INTERNAL" } else { "OK" })));
+                a.push(kv("server.address", s("payment")));
+                a.push(kv("server.port", Value::IntValue(50051)));
+                a.push(kv("http.response.status_code", Value::IntValue(if error { 500 } else { 200 })));
+            }
+            SpanKind::Client => {
+                a.push(kv("db.system.name", s(if name == "HGET" { "redis" } else { "postgresql" })));
+                a.push(kv("db.operation.name", s(name.split(' ').next().unwrap_or(name))));
+                a.push(kv(
+                    "db.query.text",
+                    s(if name == "HGET" { "HGET ? ?" } else { "SELECT * FROM orders WHERE user_id = ?" }),
+                ));
+                a.push(kv("server.address", s("db")));
+                a.push(kv("server.port", Value::IntValue(5432)));
+            }
+            SpanKind::Producer | SpanKind::Consumer => {
+                a.push(kv("messaging.system", s("kafka")));
+                a.push(kv("messaging.destination.name", s("orders")));
+                a.push(kv(
+                    "messaging.operation.type",
+                    s(if kind == SpanKind::Producer { "send" } else { "process" }),
+                ));
+            }
+            _ => {
+                a.push(kv(
+                    "app.payment.card_type",
+                    s(["visa", "mastercard", "amex"][rng.random_range(0..3)]),
+                ));
+                a.push(kv("app.payment.amount", Value::DoubleValue(rng.random_range(1.0..500.0))));
+            }
+        }
+        let mut i = 0;
+        while a.len() < self.attributes_per_span {
+            let v = match i % 4 {
+                0 => kv("app.user.id", s(format!("user-{}", rng.random_range(0..100_000)))),
+                1 => kv("app.order.id", s(format!("{:016x}", rng.random::<u64>()))),
+                2 => kv("app.cart.items", Value::IntValue(rng.random_range(1..20))),
+                _ => kv("app.session.cached", Value::BoolValue(rng.random())),
+            };
+            a.push(v);
+            i += 1;
+        }
+        a
+    }
+
+    /// A request of about `n` spans (whole traces) and the ids of its traces.
+    pub(crate) fn request(&self, n: usize) -> (ExportTraceServiceRequest, Vec<String>) {
+        let mut rng = rand::rng();
+        let mut per_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
+        let mut ids = Vec::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut made = 0;
+        while made < n {
+            let trace_id: [u8; 16] = rng.random();
+            ids.push(trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            let error = rng.random_bool(self.error_ratio);
+            let span_ids: Vec<[u8; 8]> = (0..TREE.len()).map(|_| rng.random::<[u8; 8]>()).collect();
+            let start = now - rng.random_range(0..1_000_000_000);
+            for (i, (service, parent, name, kind)) in TREE.iter().enumerate() {
+                if made >= n {
+                    break;
+                }
+                let offset = i as u64 * 2_000_000;
+                let duration = rng.random_range(100_000..(60_000_000 - offset));
+                per_service[*service].push(Span {
+                    trace_id: trace_id.to_vec(),
+                    span_id: span_ids[i].to_vec(),
+                    parent_span_id: parent.map(|p| span_ids[p].to_vec()).unwrap_or_default(),
+                    name: (*name).to_owned(),
+                    kind: *kind as i32,
+                    start_time_unix_nano: start + offset,
+                    end_time_unix_nano: start + offset + duration,
+                    attributes: self.attributes(&mut rng, *kind, name, error),
+                    status: (error && matches!(kind, SpanKind::Server)).then(|| Status {
+                        code: StatusCode::Error as i32,
+                        message: "upstream failure".into(),
+                    }),
+                    flags: 0x101,
+                    ..Default::default()
+                });
+                made += 1;
+            }
+        }
+        let resource_spans = per_service
+            .into_iter()
+            .enumerate()
+            .filter(|(_, spans)| !spans.is_empty())
+            .map(|(i, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        kv("service.name", s(SERVICES[i])),
+                        kv("service.version", s("2.0.2")),
+                        kv("host.name", s(format!("{}-7d9f", SERVICES[i]))),
+                        kv("telemetry.sdk.language", s("rust")),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                ..Default::default()
+            })
+            .collect();
+        (ExportTraceServiceRequest { resource_spans }, ids)
+    }
+}
+
+/// Sends requests over the chosen transport.
+pub(crate) struct Sender {
+    pub(crate) shape: TrafficShape,
+    transport: Transport,
+}
+
+enum Transport {
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Http(reqwest::Client, String),
+}
+
+impl Sender {
+    pub(crate) async fn new(
+        protocol: Protocol,
+        endpoint: &str,
+        shape: TrafficShape,
+    ) -> anyhow::Result<Sender> {
+        let transport = match protocol {
+            Protocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?.connect().await?;
+                Transport::Grpc(TraceServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+            }
+            Protocol::Http => Transport::Http(
+                reqwest::Client::new(),
+                format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+            ),
+        };
+        Ok(Sender { shape, transport })
+    }
+
+    pub(crate) async fn send(&self, req: ExportTraceServiceRequest) -> bool {
+        match &self.transport {
+            Transport::Grpc(c) => crate::send_grpc(&mut c.clone(), req).await,
+            Transport::Http(c, url) => crate::send_http(c, url, req).await,
+        }
+    }
+}
