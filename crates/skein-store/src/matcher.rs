@@ -1,45 +1,105 @@
 //! The single definition of which spans a [`TraceQuery`] selects.
 
-use skein_model::{AttrValue, Span, SpanKind, StatusCode};
+use std::borrow::Cow;
+
+use skein_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode};
 
 use crate::TraceQuery;
+
+/// The keys of [`synthetic_tags`].
+const SYNTHETIC_KEYS: [&str; 6] = [
+    "span.kind",
+    "otel.status_code",
+    "error",
+    "otel.status_description",
+    "otel.scope.name",
+    "otel.scope.version",
+];
+
+/// One synthetic tag of a span, if it has it.
+fn synthetic_tag<'s>(span: &'s Span, key: &str) -> Option<Cow<'s, str>> {
+    match key {
+        "span.kind" if span.kind != SpanKind::Unspecified => Some(Cow::Borrowed(span.kind.as_str())),
+        "otel.status_code" => match span.status.code {
+            StatusCode::Unset => None,
+            StatusCode::Ok => Some(Cow::Borrowed("OK")),
+            StatusCode::Error => Some(Cow::Borrowed("ERROR")),
+        },
+        "error" if span.status.code == StatusCode::Error => Some(Cow::Borrowed("true")),
+        "otel.status_description" if !span.status.message.is_empty() => {
+            Some(Cow::Borrowed(&span.status.message))
+        }
+        "otel.scope.name" if !span.scope.name.is_empty() => Some(Cow::Borrowed(&span.scope.name)),
+        "otel.scope.version" if !span.scope.version.is_empty() => Some(Cow::Borrowed(&span.scope.version)),
+        _ => None,
+    }
+}
 
 /// Tags that Jaeger shows on a span although OTLP carries them as fields, so that a search
 /// for `error=true` or `span.kind=server` finds what the trace view shows.
 pub fn synthetic_tags(span: &Span) -> Vec<(&'static str, String)> {
-    let mut tags = Vec::new();
-    if span.kind != SpanKind::Unspecified {
-        tags.push(("span.kind", span.kind.as_str().to_owned()));
-    }
-    match span.status.code {
-        StatusCode::Unset => {}
-        StatusCode::Ok => tags.push(("otel.status_code", "OK".to_owned())),
-        StatusCode::Error => {
-            tags.push(("otel.status_code", "ERROR".to_owned()));
-            tags.push(("error", "true".to_owned()));
+    SYNTHETIC_KEYS.iter().filter_map(|k| synthetic_tag(span, k).map(|v| (*k, v.into_owned()))).collect()
+}
+
+/// A `key=value` condition, with the value pre-parsed for typed attributes.
+#[derive(Debug)]
+struct TagCondition<'q> {
+    key: &'q str,
+    want: &'q str,
+    int: Option<i64>,
+    float: Option<f64>,
+    boolean: Option<bool>,
+    synthetic: bool,
+}
+
+impl TagCondition<'_> {
+    fn value_eq(&self, value: &AttrValue) -> bool {
+        match value {
+            AttrValue::Str(s) => s == self.want,
+            AttrValue::Int(i) => self.int == Some(*i),
+            AttrValue::Bool(b) => self.boolean == Some(*b),
+            AttrValue::Double(d) => self.float == Some(*d),
+            other => other.to_string() == self.want,
         }
     }
-    if !span.status.message.is_empty() {
-        tags.push(("otel.status_description", span.status.message.clone()));
+
+    fn in_attrs(&self, attrs: &[KeyValue]) -> bool {
+        attrs.iter().any(|kv| kv.key == self.key && self.value_eq(&kv.value))
     }
-    if !span.scope.name.is_empty() {
-        tags.push(("otel.scope.name", span.scope.name.clone()));
+
+    fn matches(&self, span: &Span) -> bool {
+        self.in_attrs(&span.attributes)
+            || self.in_attrs(&span.resource.attributes)
+            || span
+                .events
+                .iter()
+                .any(|e| self.in_attrs(&e.attributes) || (self.key == "event" && e.name == self.want))
+            || (self.synthetic && synthetic_tag(span, self.key).is_some_and(|v| v == self.want))
     }
-    if !span.scope.version.is_empty() {
-        tags.push(("otel.scope.version", span.scope.version.clone()));
-    }
-    tags
 }
 
 /// Decides whether one span satisfies every condition of a query.
 #[derive(Debug)]
 pub struct SpanMatcher<'q> {
     query: &'q TraceQuery,
+    tags: Vec<TagCondition<'q>>,
 }
 
 impl<'q> SpanMatcher<'q> {
     pub fn new(query: &'q TraceQuery) -> Self {
-        SpanMatcher { query }
+        let tags = query
+            .tags
+            .iter()
+            .map(|(k, v)| TagCondition {
+                key: k,
+                want: v,
+                int: v.parse().ok(),
+                float: v.parse().ok(),
+                boolean: v.parse().ok(),
+                synthetic: SYNTHETIC_KEYS.contains(&k.as_str()),
+            })
+            .collect();
+        SpanMatcher { query, tags }
     }
 
     pub fn matches(&self, span: &Span) -> bool {
@@ -58,22 +118,6 @@ impl<'q> SpanMatcher<'q> {
         {
             return false;
         }
-        q.tags.iter().all(|(k, v)| tag_matches(span, k, v))
-    }
-}
-
-fn tag_matches(span: &Span, key: &str, want: &str) -> bool {
-    let attr_eq =
-        |attrs: &[skein_model::KeyValue]| attrs.iter().any(|kv| kv.key == key && value_eq(&kv.value, want));
-    attr_eq(&span.attributes)
-        || attr_eq(&span.resource.attributes)
-        || span.events.iter().any(|e| attr_eq(&e.attributes) || (key == "event" && e.name == want))
-        || synthetic_tags(span).iter().any(|(k, v)| *k == key && v == want)
-}
-
-fn value_eq(value: &AttrValue, want: &str) -> bool {
-    match value {
-        AttrValue::Str(s) => s == want,
-        other => other.to_string() == want,
+        self.tags.iter().all(|t| t.matches(span))
     }
 }
