@@ -486,21 +486,29 @@ impl SpanStore for Engine {
         let ids = tokio::task::spawn_blocking(move || {
             let matcher = SpanMatcher::new(&q);
             let mut candidates: HashMap<TraceId, u64> = HashMap::new();
-            let consider = |candidates: &mut HashMap<TraceId, u64>, spans: &[Span]| {
+            // Starts of the newest `limit` candidates: once full, a chunk whose spans all start
+            // before the oldest of them cannot change the answer and is not read.
+            type Newest = std::collections::BinaryHeap<std::cmp::Reverse<u64>>;
+            let mut newest = Newest::new();
+            let consider = |candidates: &mut HashMap<TraceId, u64>, newest: &mut Newest, spans: &[Span]| {
                 if spans.iter().any(|s| matcher.matches(s)) {
                     let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
                     let e = candidates.entry(spans[0].trace_id).or_insert(start);
                     *e = (*e).min(start);
+                    newest.push(std::cmp::Reverse(start));
+                    if newest.len() > q.limit {
+                        newest.pop();
+                    }
                 }
             };
             {
                 let st = shared.state.read();
                 for t in st.head.traces.values() {
-                    consider(&mut candidates, t);
+                    consider(&mut candidates, &mut newest, t);
                 }
                 for f in &st.frozen {
                     for t in f.head.traces.values() {
-                        consider(&mut candidates, t);
+                        consider(&mut candidates, &mut newest, t);
                     }
                 }
             }
@@ -511,7 +519,7 @@ impl SpanStore for Engine {
                 {
                     continue;
                 }
-                for i in 0..b.chunk_count() {
+                for i in (0..b.chunk_count()).rev() {
                     let t = b.chunk_meta(i).time;
                     if t.end_unix_nano <= q.time.start_unix_nano || t.start_unix_nano >= q.time.end_unix_nano
                     {
@@ -520,13 +528,18 @@ impl SpanStore for Engine {
                     if q.service.as_deref().is_some_and(|s| !b.chunk_has_service(i, s)) {
                         continue;
                     }
+                    if newest.len() >= q.limit
+                        && newest.peek().is_some_and(|oldest| t.end_unix_nano <= oldest.0)
+                    {
+                        continue;
+                    }
                     let Some(spans) = shared.read_chunk(b, i) else { continue };
                     let mut by_trace: HashMap<TraceId, Vec<Span>> = HashMap::new();
                     for s in spans {
                         by_trace.entry(s.trace_id).or_default().push(s);
                     }
                     for t in by_trace.values() {
-                        consider(&mut candidates, t);
+                        consider(&mut candidates, &mut newest, t);
                     }
                 }
             }
