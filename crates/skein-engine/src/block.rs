@@ -12,8 +12,11 @@ use crate::codec::{self, DecodeError};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
-/// Version of the block format written by this code.
-pub const BLOCK_VERSION: u32 = 1;
+/// Version of the block format written by this code (version 1 is still read).
+pub const BLOCK_VERSION: u32 = 2;
+/// Most distinct values a chunk's postings keep for one (service, key) before giving up
+/// on that key (marking it "many").
+const MAX_POSTING_VALUES: usize = 32;
 /// Bytes of the footer.
 pub const FOOTER_LEN: usize = 32;
 /// Uncompressed bytes gathered into one chunk before it is compressed.
@@ -41,6 +44,64 @@ pub(crate) struct ChunkMeta {
     pub(crate) time: TimeRange,
     /// Indexes into the block's service table.
     services: Vec<u32>,
+    /// Version 2: for each service of the chunk, the tag keys its spans carry and, for keys
+    /// with few values, those values (`None`: too many or not indexable values).
+    postings: Option<Vec<(u32, Postings)>>,
+}
+
+/// Tag key → its values in one chunk for one service (`None`: many or untyped values).
+pub(crate) type Postings = BTreeMap<String, Option<BTreeSet<String>>>;
+
+/// The text a posting stores for a value, when the value can be matched exactly by text.
+fn posting_value(v: &skein_model::AttrValue) -> Option<String> {
+    use skein_model::AttrValue;
+    match v {
+        AttrValue::Str(s) => Some(s.clone()),
+        AttrValue::Int(i) => Some(i.to_string()),
+        AttrValue::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn add_posting(p: &mut Postings, key: &str, value: Option<String>) {
+    let entry = p.entry(key.to_owned()).or_insert_with(|| Some(BTreeSet::new()));
+    match (entry.as_mut(), value) {
+        (Some(values), Some(v)) => {
+            values.insert(v);
+            if values.len() > MAX_POSTING_VALUES {
+                *entry = None;
+            }
+        }
+        (Some(_), None) => *entry = None,
+        (None, _) => {}
+    }
+}
+
+/// The postings of a chunk: per service, every tag a search can match on (span, resource and
+/// event attributes, event names, and the synthetic tags).
+fn chunk_postings(spans: &[Span], service_ids: &BTreeMap<String, u32>) -> Vec<(u32, Postings)> {
+    let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
+    for s in spans {
+        let p = by_service.entry(service_ids[s.service_name()]).or_default();
+        for kv in s.attributes.iter().chain(s.resource.attributes.iter()) {
+            add_posting(p, &kv.key, posting_value(&kv.value));
+        }
+        for e in &s.events {
+            add_posting(p, "event", Some(e.name.clone()));
+            for kv in &e.attributes {
+                add_posting(p, &kv.key, posting_value(&kv.value));
+            }
+        }
+        for (k, v) in skein_store::synthetic_tags(s) {
+            add_posting(p, k, Some(v));
+        }
+    }
+    by_service.into_iter().collect()
+}
+
+/// Whether `want` (a search value) can equal one of `values` under the search's rules.
+fn posting_may_hold(values: &BTreeSet<String>, want: &str) -> bool {
+    values.contains(want) || want.parse::<i64>().is_ok_and(|i| values.contains(&i.to_string()))
 }
 
 /// An open block: its index in memory, its spans on disk.
@@ -174,6 +235,7 @@ pub(crate) fn write_block(
             crc: crc32fast::hash(&compressed),
             time: t,
             services: chunk_services.into_iter().collect(),
+            postings: Some(chunk_postings(pending, service_ids)),
         });
         file.extend_from_slice(&compressed);
         pending.clear();
@@ -230,6 +292,25 @@ pub(crate) fn write_block(
         for s in &c.services {
             varint(&mut index, *s as u64);
         }
+        let postings = c.postings.as_deref().unwrap_or_default();
+        varint(&mut index, postings.len() as u64);
+        for (service, keys) in postings {
+            varint(&mut index, *service as u64);
+            varint(&mut index, keys.len() as u64);
+            for (key, values) in keys {
+                put_str(&mut index, key);
+                match values {
+                    None => index.push(0),
+                    Some(values) => {
+                        index.push(1);
+                        varint(&mut index, values.len() as u64);
+                        for v in values {
+                            put_str(&mut index, v);
+                        }
+                    }
+                }
+            }
+        }
     }
     varint(&mut index, trace_index.len() as u64);
     for (id, chunk) in &trace_index {
@@ -270,7 +351,7 @@ impl Block {
             return Err(corrupt("footer crc mismatch".into()));
         }
         let version = u32::from_le_bytes(footer[16..20].try_into().expect("4 bytes"));
-        if version != BLOCK_VERSION {
+        if !(1..=BLOCK_VERSION).contains(&version) {
             return Err(corrupt(format!(
                 "unsupported block format version {version} (this build reads {BLOCK_VERSION})"
             )));
@@ -287,10 +368,10 @@ impl Block {
         }
         let raw = zstd::stream::decode_all(&compressed[..])
             .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
-        Self::parse_index(path, &raw, len).map_err(corrupt)
+        Self::parse_index(path, &raw, len, version).map_err(corrupt)
     }
 
-    fn parse_index(path: &Path, raw: &[u8], bytes: u64) -> Result<Block, String> {
+    fn parse_index(path: &Path, raw: &[u8], bytes: u64, version: u32) -> Result<Block, String> {
         let mut r = IndexReader { buf: raw, pos: 0 };
         let time = TimeRange::new(r.varint()?, r.varint()?);
         let span_count = r.varint()?;
@@ -325,7 +406,39 @@ impl Block {
                 }
                 svc.push(s);
             }
-            chunks.push(ChunkMeta { offset, len, crc, time, services: svc });
+            let postings = if version >= 2 {
+                let n = r.count()?;
+                let mut postings = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let service = r.varint()? as u32;
+                    if service as usize >= services.len() {
+                        return Err("postings name an unknown service".into());
+                    }
+                    let nk = r.count()?;
+                    let mut keys = Postings::new();
+                    for _ in 0..nk {
+                        let key = r.str()?;
+                        let values = match r.bytes(1)?[0] {
+                            0 => None,
+                            1 => {
+                                let nv = r.count()?;
+                                let mut values = BTreeSet::new();
+                                for _ in 0..nv {
+                                    values.insert(r.str()?);
+                                }
+                                Some(values)
+                            }
+                            f => return Err(format!("bad postings flag {f}")),
+                        };
+                        keys.insert(key, values);
+                    }
+                    postings.push((service, keys));
+                }
+                Some(postings)
+            } else {
+                None
+            };
+            chunks.push(ChunkMeta { offset, len, crc, time, services: svc, postings });
         }
         let n = r.count()?;
         let mut traces = Vec::with_capacity(n);
@@ -369,6 +482,23 @@ impl Block {
     /// Whether chunk `i` holds spans of `service`.
     pub(crate) fn chunk_has_service(&self, i: usize, service: &str) -> bool {
         self.chunks[i].services.iter().any(|s| self.services[*s as usize].0 == service)
+    }
+
+    /// Whether chunk `i` may hold a span of `service` (any, when `None`) carrying every tag:
+    /// answered from the chunk's postings without reading it. Version 1 blocks have no
+    /// postings and always answer yes.
+    pub(crate) fn chunk_may_match(&self, i: usize, service: Option<&str>, tags: &[(String, String)]) -> bool {
+        let Some(postings) = &self.chunks[i].postings else {
+            return service.is_none_or(|s| self.chunk_has_service(i, s));
+        };
+        postings.iter().any(|(sid, keys)| {
+            service.is_none_or(|s| self.services[*sid as usize].0 == s)
+                && tags.iter().all(|(k, want)| match keys.get(k) {
+                    None => false,
+                    Some(None) => true,
+                    Some(Some(values)) => posting_may_hold(values, want),
+                })
+        })
     }
 
     /// Reads and decodes chunk `i`, checking its crc.

@@ -525,7 +525,7 @@ impl SpanStore for Engine {
                     {
                         continue;
                     }
-                    if q.service.as_deref().is_some_and(|s| !b.chunk_has_service(i, s)) {
+                    if !b.chunk_may_match(i, q.service.as_deref(), &q.tags) {
                         continue;
                     }
                     if newest.len() >= q.limit

@@ -236,8 +236,8 @@ async fn a_corrupt_chunk_skips_only_that_chunk() {
     assert_eq!(found.len(), 1);
 }
 
-/// The block written by format version 1, checked in: later versions must still read it.
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1");
+/// Blocks written by each format version, checked in: later versions must still read them.
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn fixture_spans() -> Vec<Span> {
     let mut spans = trace(1, 3);
@@ -257,29 +257,82 @@ fn fixture_spans() -> Vec<Span> {
 }
 
 #[tokio::test]
-async fn reads_the_checked_in_v1_fixture() {
+async fn reads_the_checked_in_fixture_of_every_format_version() {
+    let current = Path::new(FIXTURES).join(format!("v{}", skein_engine::block::BLOCK_VERSION));
     if std::env::var_os("SKEIN_REGENERATE_FIXTURES").is_some() {
-        let _ = std::fs::remove_dir_all(FIXTURE);
-        let e = open(Path::new(FIXTURE));
+        let _ = std::fs::remove_dir_all(&current);
+        let e = open(&current);
         e.write(fixture_spans()).await.unwrap();
         e.flush().await.unwrap();
         e.close().await;
-        let _ = std::fs::remove_dir_all(Path::new(FIXTURE).join("wal"));
+        let _ = std::fs::remove_dir_all(current.join("wal"));
+        let _ = std::fs::remove_file(current.join("LOCK"));
     }
-    // Work on a copy: opening may create a WAL.
+    for version in 1..=skein_engine::block::BLOCK_VERSION {
+        let fixture = Path::new(FIXTURES).join(format!("v{version}"));
+        // Work on a copy: opening creates a WAL and a lock file.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("blocks")).unwrap();
+        for f in block_files(&fixture) {
+            std::fs::copy(&f, dir.path().join("blocks").join(f.file_name().unwrap())).unwrap();
+        }
+        let (e, report) = Engine::open(config(dir.path())).unwrap();
+        assert_eq!((report.blocks, report.corrupt_blocks.len()), (1, 0), "v{version}: {report:?}");
+        let want = fixture_spans();
+        for id in [B::trace_id(1), B::trace_id(2)] {
+            let got = sorted(e.trace(id).await.unwrap().unwrap());
+            let expected = sorted(want.iter().filter(|s| s.trace_id == id).cloned().collect());
+            assert_eq!(got, expected, "v{version}");
+        }
+        let found = e
+            .find_traces(&TraceQuery {
+                service: Some("fixture".into()),
+                tags: vec![("error".into(), "true".into())],
+                ..TraceQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1, "v{version}: search works on old blocks too");
+    }
+}
+
+/// Searches skip chunks whose postings rule the tags out, and still find what matches.
+#[tokio::test]
+async fn postings_prune_chunks_without_losing_matches() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("blocks")).unwrap();
-    for f in block_files(Path::new(FIXTURE)) {
-        std::fs::copy(&f, dir.path().join("blocks").join(f.file_name().unwrap())).unwrap();
+    let e = open(dir.path());
+    let mut spans = Vec::new();
+    for n in 1..=50u8 {
+        spans.push(
+            B::new(n, 1)
+                .service("api")
+                .attr("http.response.status_code", AttrValue::Int(if n % 10 == 0 { 500 } else { 200 }))
+                .attr("order.id", AttrValue::Str(format!("order-{n}")))
+                .build(),
+        );
     }
-    let (e, report) = Engine::open(config(dir.path())).unwrap();
-    assert_eq!((report.blocks, report.corrupt_blocks.len()), (1, 0));
-    let want = fixture_spans();
-    for id in [B::trace_id(1), B::trace_id(2)] {
-        let got = sorted(e.trace(id).await.unwrap().unwrap());
-        let expected = sorted(want.iter().filter(|s| s.trace_id == id).cloned().collect());
-        assert_eq!(got, expected);
-    }
+    e.write(spans).await.unwrap();
+    e.flush().await.unwrap();
+    let q = |tags: &[(&str, &str)]| TraceQuery {
+        service: Some("api".into()),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        limit: 100,
+        ..TraceQuery::default()
+    };
+    assert_eq!(e.find_traces(&q(&[("http.response.status_code", "500")])).await.unwrap().len(), 5);
+    assert_eq!(
+        e.find_traces(&q(&[("http.response.status_code", "0500")])).await.unwrap().len(),
+        5,
+        "ints match by value"
+    );
+    assert_eq!(
+        e.find_traces(&q(&[("order.id", "order-7")])).await.unwrap().len(),
+        1,
+        "high-cardinality keys still match"
+    );
+    assert!(e.find_traces(&q(&[("http.response.status_code", "404")])).await.unwrap().is_empty());
+    assert!(e.find_traces(&q(&[("no.such.key", "x")])).await.unwrap().is_empty());
+    assert_eq!(e.find_traces(&q(&[("service.name", "api")])).await.unwrap().len(), 50, "resource attributes");
 }
 
 /// WAL writes fail with ENOSPC while `full` is set.
