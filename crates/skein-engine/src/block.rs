@@ -45,9 +45,13 @@ pub(crate) struct ChunkMeta {
     /// Indexes into the block's service table.
     services: Vec<u32>,
     /// Version 2: for each service of the chunk, the tag keys its spans carry and, for keys
-    /// with few values, those values (`None`: too many or not indexable values).
-    postings: Option<Vec<(u32, Postings)>>,
+    /// with few values, those values; strings are interned in [`Block::strings`].
+    postings: Option<Vec<(u32, CompactPostings)>>,
 }
+
+/// Interned postings of one service in one chunk: (key id, value ids or `None` for many),
+/// sorted by key id.
+type CompactPostings = Box<[(u32, Option<Box<[u32]>>)]>;
 
 /// Tag key → its values in one chunk for one service (`None`: many or untyped values).
 pub(crate) type Postings = BTreeMap<String, Option<BTreeSet<String>>>;
@@ -99,11 +103,6 @@ fn chunk_postings(spans: &[Span], service_ids: &BTreeMap<String, u32>) -> Vec<(u
     by_service.into_iter().collect()
 }
 
-/// Whether `want` (a search value) can equal one of `values` under the search's rules.
-fn posting_may_hold(values: &BTreeSet<String>, want: &str) -> bool {
-    values.contains(want) || want.parse::<i64>().is_ok_and(|i| values.contains(&i.to_string()))
-}
-
 /// An open block: its index in memory, its spans on disk.
 #[derive(Debug)]
 pub struct Block {
@@ -119,6 +118,8 @@ pub struct Block {
     pub(crate) services: Vec<(String, OperationCounts)>,
     /// Sorted by trace id.
     traces: Vec<(TraceId, u32)>,
+    /// The strings of the postings, interned: each distinct key or value once per block.
+    strings: HashMap<Box<str>, u32>,
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {
@@ -213,9 +214,11 @@ pub(crate) fn write_block(
 
     let mut pending: Vec<Span> = Vec::new();
     let mut pending_bytes = 0usize;
+    let mut all_postings: Vec<Vec<(u32, Postings)>> = Vec::new();
     let flush = |pending: &mut Vec<Span>,
                  file: &mut Vec<u8>,
                  chunks: &mut Vec<ChunkMeta>,
+                 all_postings: &mut Vec<Vec<(u32, Postings)>>,
                  service_ids: &BTreeMap<String, u32>| {
         if pending.is_empty() {
             return;
@@ -235,8 +238,9 @@ pub(crate) fn write_block(
             crc: crc32fast::hash(&compressed),
             time: t,
             services: chunk_services.into_iter().collect(),
-            postings: Some(chunk_postings(pending, service_ids)),
+            postings: None,
         });
+        all_postings.push(chunk_postings(pending, service_ids));
         file.extend_from_slice(&compressed);
         pending.clear();
     };
@@ -257,11 +261,11 @@ pub(crate) fn write_block(
         // The trace belongs to the chunk being gathered, whose index is `chunks.len()`.
         pending.extend(spans);
         if pending_bytes >= CHUNK_TARGET {
-            flush(&mut pending, &mut file, &mut chunks, &service_ids);
+            flush(&mut pending, &mut file, &mut chunks, &mut all_postings, &service_ids);
             pending_bytes = 0;
         }
     }
-    flush(&mut pending, &mut file, &mut chunks, &service_ids);
+    flush(&mut pending, &mut file, &mut chunks, &mut all_postings, &service_ids);
     debug_assert!(trace_index.iter().all(|(_, c)| (*c as usize) < chunks.len()));
     trace_index.sort_by_key(|(id, _)| *id);
 
@@ -282,7 +286,7 @@ pub(crate) fn write_block(
         }
     }
     varint(&mut index, chunks.len() as u64);
-    for c in &chunks {
+    for (c, postings) in chunks.iter().zip(&all_postings) {
         varint(&mut index, c.offset);
         varint(&mut index, c.len as u64);
         index.extend_from_slice(&c.crc.to_le_bytes());
@@ -292,7 +296,6 @@ pub(crate) fn write_block(
         for s in &c.services {
             varint(&mut index, *s as u64);
         }
-        let postings = c.postings.as_deref().unwrap_or_default();
         varint(&mut index, postings.len() as u64);
         for (service, keys) in postings {
             varint(&mut index, *service as u64);
@@ -390,6 +393,11 @@ impl Block {
             }
             services.push((name, ops));
         }
+        let mut strings: HashMap<Box<str>, u32> = HashMap::new();
+        let mut intern = |s: String| -> u32 {
+            let next = strings.len() as u32;
+            *strings.entry(s.into_boxed_str()).or_insert(next)
+        };
         let n = r.count()?;
         let mut chunks = Vec::with_capacity(n);
         for _ in 0..n {
@@ -415,24 +423,26 @@ impl Block {
                         return Err("postings name an unknown service".into());
                     }
                     let nk = r.count()?;
-                    let mut keys = Postings::new();
+                    let mut keys = Vec::with_capacity(nk);
                     for _ in 0..nk {
-                        let key = r.str()?;
+                        let key = intern(r.str()?);
                         let values = match r.bytes(1)?[0] {
                             0 => None,
                             1 => {
                                 let nv = r.count()?;
-                                let mut values = BTreeSet::new();
+                                let mut values = Vec::with_capacity(nv);
                                 for _ in 0..nv {
-                                    values.insert(r.str()?);
+                                    values.push(intern(r.str()?));
                                 }
-                                Some(values)
+                                values.sort_unstable();
+                                Some(values.into_boxed_slice())
                             }
                             f => return Err(format!("bad postings flag {f}")),
                         };
-                        keys.insert(key, values);
+                        keys.push((key, values));
                     }
-                    postings.push((service, keys));
+                    keys.sort_unstable_by_key(|(k, _)| *k);
+                    postings.push((service, keys.into_boxed_slice()));
                 }
                 Some(postings)
             } else {
@@ -453,6 +463,7 @@ impl Block {
         if r.pos != raw.len() {
             return Err("trailing bytes after the index".into());
         }
+        strings.shrink_to_fit();
         Ok(Block {
             path: path.to_owned(),
             time,
@@ -463,6 +474,7 @@ impl Block {
             chunks,
             services,
             traces,
+            strings,
         })
     }
 
@@ -491,12 +503,26 @@ impl Block {
         let Some(postings) = &self.chunks[i].postings else {
             return service.is_none_or(|s| self.chunk_has_service(i, s));
         };
+        // Each tag as interned ids: its key, and the texts its value may be stored as.
+        let mut wanted = Vec::with_capacity(tags.len());
+        for (k, want) in tags {
+            let Some(&key) = self.strings.get(k.as_str()) else { return false };
+            let mut ids: Vec<u32> = self.strings.get(want.as_str()).copied().into_iter().collect();
+            if let Ok(i) = want.parse::<i64>()
+                && let Some(&id) = self.strings.get(i.to_string().as_str())
+            {
+                ids.push(id);
+            }
+            wanted.push((key, ids));
+        }
         postings.iter().any(|(sid, keys)| {
             service.is_none_or(|s| self.services[*sid as usize].0 == s)
-                && tags.iter().all(|(k, want)| match keys.get(k) {
-                    None => false,
-                    Some(None) => true,
-                    Some(Some(values)) => posting_may_hold(values, want),
+                && wanted.iter().all(|(key, ids)| match keys.binary_search_by_key(key, |(k, _)| *k) {
+                    Err(_) => false,
+                    Ok(i) => match &keys[i].1 {
+                        None => true,
+                        Some(values) => ids.iter().any(|id| values.binary_search(id).is_ok()),
+                    },
                 })
         })
     }

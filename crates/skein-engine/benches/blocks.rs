@@ -1,0 +1,71 @@
+//! Encode/decode cost of the span codec and of block chunks (figures, no assertions).
+//!
+//! Run: `cargo bench -p skein-engine --bench blocks`
+
+use std::sync::LazyLock;
+
+use divan::Bencher;
+use skein_engine::codec::{decode_spans, encode_spans};
+use skein_model::{AttrValue, Span, SpanKind};
+use skein_store::testdata::SpanBuilder;
+
+fn main() {
+    divan::main();
+}
+
+/// 1,000 spans in 100 traces of 10, with 11 attributes each.
+static SPANS: LazyLock<Vec<Span>> = LazyLock::new(|| {
+    let mut spans = Vec::with_capacity(1000);
+    for t in 0..100u8 {
+        for i in 1..=10u8 {
+            let mut b = SpanBuilder::new(t.wrapping_add(1), i)
+                .service(["frontend", "checkout", "payment"][i as usize % 3])
+                .name(format!("op-{i}"))
+                .kind(if i % 2 == 0 { SpanKind::Client } else { SpanKind::Server });
+            if i > 1 {
+                b = b.parent(1);
+            }
+            for a in 0..11 {
+                b = b.attr(
+                    &format!("attr.{a}"),
+                    if a % 3 == 0 {
+                        AttrValue::Int(a * 1000 + t as i64)
+                    } else {
+                        AttrValue::Str(format!("value-{a}-{t}"))
+                    },
+                );
+            }
+            spans.push(b.build());
+        }
+    }
+    spans
+});
+
+#[divan::bench]
+fn encode_1000_spans(b: Bencher) {
+    b.bench(|| encode_spans(&SPANS));
+}
+
+#[divan::bench]
+fn decode_1000_spans(b: Bencher) {
+    let bytes = encode_spans(&SPANS);
+    b.bench(|| decode_spans(&bytes).unwrap());
+}
+
+#[divan::bench]
+fn compress_chunk_1000_spans(b: Bencher) {
+    let bytes = encode_spans(&SPANS);
+    b.bench(|| zstd::bulk::compress(&bytes, 3).unwrap());
+}
+
+#[divan::bench]
+fn decompress_and_decode_chunk_1000_spans(b: Bencher) {
+    let compressed = zstd::bulk::compress(&encode_spans(&SPANS), 3).unwrap();
+    println!(
+        "chunk of 1000 spans: {} bytes encoded, {} compressed ({:.1} bytes/span)",
+        encode_spans(&SPANS).len(),
+        compressed.len(),
+        compressed.len() as f64 / 1000.0
+    );
+    b.bench(|| decode_spans(&zstd::stream::decode_all(&compressed[..]).unwrap()).unwrap());
+}
