@@ -215,3 +215,35 @@ fn raw_sdk_span_from_request(b: Bencher) {
         cx.span().end();
     });
 }
+
+/// A loopback HTTP server for the client benches (axum, answering 200).
+static SERVER: LazyLock<std::net::SocketAddr> = LazyLock::new(|| {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, axum::Router::new().route("/", axum::routing::get(|| async { "ok" }))).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
+});
+
+/// A reqwest call over loopback without tracing: the baseline of the client middleware.
+#[divan::bench]
+fn reqwest_plain_call(b: Bencher) {
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).build();
+    let url = format!("http://{}/", *SERVER);
+    b.bench_local(|| RT.block_on(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() }));
+}
+
+/// The same call through `TracingMiddleware` (client span, traceparent injected).
+#[divan::bench]
+fn reqwest_traced_call(b: Bencher) {
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(skein_otel::http::client::TracingMiddleware::with_tracer_provider(&*PROVIDER))
+        .build();
+    let url = format!("http://{}/", *SERVER);
+    b.bench_local(|| RT.block_on(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() }));
+}
