@@ -141,6 +141,24 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     sorted_ms[i]
 }
 
+/// The addresses in the line `skein serve` prints when it listens:
+/// `listening otlp-grpc=URL otlp-http=URL http=URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listening {
+    pub otlp_grpc: String,
+    pub otlp_http: String,
+    pub http: String,
+}
+
+/// Parses the `listening …` line; `None` when it is not one.
+pub fn parse_listening(line: &str) -> Option<Listening> {
+    let rest = line.trim().strip_prefix("listening ")?;
+    let field = |name: &str| {
+        rest.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).map(str::to_owned)
+    };
+    Some(Listening { otlp_grpc: field("otlp-grpc")?, otlp_http: field("otlp-http")?, http: field("http")? })
+}
+
 /// A `skein serve` child process.
 struct Server {
     child: Child,
@@ -422,4 +440,34 @@ pub(crate) async fn send_http(client: &reqwest::Client, url: &str, req: ExportTr
         .await
         .map(|r| r.status().is_success())
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_listening_line() {
+        let l = parse_listening(
+            "listening otlp-grpc=http://127.0.0.1:4317 otlp-http=http://127.0.0.1:4318 http=http://127.0.0.1:16686\n",
+        );
+        assert_eq!(
+            l,
+            Some(Listening {
+                otlp_grpc: "http://127.0.0.1:4317".into(),
+                otlp_http: "http://127.0.0.1:4318".into(),
+                http: "http://127.0.0.1:16686".into()
+            })
+        );
+        assert_eq!(parse_listening("error: cannot listen"), None);
+        assert_eq!(parse_listening("listening http=x"), None);
+    }
+
+    #[test]
+    fn percentiles_pick_from_sorted_samples() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 51.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.99), 0.0);
+    }
 }

@@ -26,94 +26,66 @@ fn open(dir: &Path) -> Engine {
     Engine::open(config(dir)).unwrap().0
 }
 
-/// An engine that cuts a block after every write, so reads go through blocks.
+/// The engine under the conformance suite; with `flush_every_write`, every write is cut into
+/// a block at once, so reads go through blocks instead of the head.
 #[derive(Debug)]
-struct FlushEveryWrite(Engine, #[allow(dead_code)] tempfile::TempDir);
+struct Tested {
+    engine: Engine,
+    flush_every_write: bool,
+    _dir: tempfile::TempDir,
+}
 
-#[async_trait::async_trait]
-impl SpanStore for FlushEveryWrite {
-    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
-        self.0.write(spans).await?;
-        self.0.flush().await
-    }
-    async fn trace(&self, id: skein_model::TraceId) -> Result<Option<Vec<Span>>, StoreError> {
-        self.0.trace(id).await
-    }
-    async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
-        self.0.find_traces(q).await
-    }
-    async fn services(&self) -> Result<Vec<String>, StoreError> {
-        self.0.services().await
-    }
-    async fn operations(
-        &self,
-        s: &str,
-        k: Option<SpanKind>,
-    ) -> Result<Vec<skein_store::Operation>, StoreError> {
-        self.0.operations(s, k).await
-    }
-    async fn dependencies(
-        &self,
-        r: skein_model::TimeRange,
-    ) -> Result<Vec<skein_store::DependencyLink>, StoreError> {
-        self.0.dependencies(r).await
-    }
-    fn stats(&self) -> skein_store::StoreStats {
-        self.0.stats()
+impl Tested {
+    fn new(flush_every_write: bool) -> Tested {
+        let dir = tempfile::tempdir().unwrap();
+        Tested { engine: open(dir.path()), flush_every_write, _dir: dir }
     }
 }
 
-#[derive(Debug)]
-struct HeadOnly(Engine, #[allow(dead_code)] tempfile::TempDir);
-
 #[async_trait::async_trait]
-impl SpanStore for HeadOnly {
+impl SpanStore for Tested {
     async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
-        self.0.write(spans).await
+        self.engine.write(spans).await?;
+        if self.flush_every_write {
+            self.engine.flush().await?;
+        }
+        Ok(())
     }
     async fn trace(&self, id: skein_model::TraceId) -> Result<Option<Vec<Span>>, StoreError> {
-        self.0.trace(id).await
+        self.engine.trace(id).await
     }
     async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
-        self.0.find_traces(q).await
+        self.engine.find_traces(q).await
     }
     async fn services(&self) -> Result<Vec<String>, StoreError> {
-        self.0.services().await
+        self.engine.services().await
     }
     async fn operations(
         &self,
         s: &str,
         k: Option<SpanKind>,
     ) -> Result<Vec<skein_store::Operation>, StoreError> {
-        self.0.operations(s, k).await
+        self.engine.operations(s, k).await
     }
     async fn dependencies(
         &self,
         r: skein_model::TimeRange,
     ) -> Result<Vec<skein_store::DependencyLink>, StoreError> {
-        self.0.dependencies(r).await
+        self.engine.dependencies(r).await
     }
     fn stats(&self) -> skein_store::StoreStats {
-        self.0.stats()
+        self.engine.stats()
     }
 }
 
 #[tokio::test]
 async fn passes_the_conformance_suite_from_the_head() {
-    skein_store::conformance::run_all(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        HeadOnly(open(dir.path()), dir)
-    })
-    .await;
+    skein_store::conformance::run_all(|| async { Tested::new(false) }).await;
 }
 
 #[tokio::test]
 async fn passes_the_conformance_suite_from_blocks() {
-    skein_store::conformance::run_all(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        FlushEveryWrite(open(dir.path()), dir)
-    })
-    .await;
+    skein_store::conformance::run_all(|| async { Tested::new(true) }).await;
 }
 
 fn trace(n: u8, spans: u8) -> Vec<Span> {

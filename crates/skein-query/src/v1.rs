@@ -35,12 +35,7 @@ impl From<ParamError> for V1Error {
 
 impl From<StoreError> for V1Error {
     fn from(e: StoreError) -> Self {
-        tracing::warn!(error = %e, "query failed in storage");
-        let status = match e {
-            StoreError::Overloaded(_) | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        V1Error::new(status, e.to_string())
+        V1Error::new(crate::store_error_status(&e), e.to_string())
     }
 }
 

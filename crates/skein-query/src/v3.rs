@@ -31,12 +31,7 @@ impl From<ParamError> for V3Error {
 
 impl From<StoreError> for V3Error {
     fn from(e: StoreError) -> Self {
-        tracing::warn!(error = %e, "query failed in storage");
-        let status = match e {
-            StoreError::Overloaded(_) | StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        V3Error { status, message: e.to_string() }
+        V3Error { status: crate::store_error_status(&e), message: e.to_string() }
     }
 }
 

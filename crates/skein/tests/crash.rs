@@ -34,13 +34,8 @@ fn start(data: &Path) -> Skein {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let field = |name: &str| -> String {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-            .to_owned()
-    };
-    Skein { otlp_http: field("otlp-http"), http: field("http"), child }
+    let l = skein_bench::parse_listening(&line).unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+    Skein { otlp_http: l.otlp_http, http: l.http, child }
 }
 
 fn batch(round: u32, n: u32) -> (String, String) {

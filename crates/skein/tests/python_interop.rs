@@ -55,20 +55,9 @@ impl Skein {
             .expect("skein binary starts");
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        assert!(line.starts_with("listening "), "{line:?}");
-        let field = |name: &str| -> String {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-                .to_owned()
-        };
-        Skein {
-            _data: data,
-            grpc: field("otlp-grpc"),
-            otlp_http: field("otlp-http"),
-            http: field("http"),
-            child,
-        }
+        let l =
+            skein_bench::parse_listening(&line).unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+        Skein { _data: data, grpc: l.otlp_grpc, otlp_http: l.otlp_http, http: l.http, child }
     }
 
     fn get(&self, path: &str) -> (u16, Json) {

@@ -224,7 +224,9 @@ static SERVER: LazyLock<std::net::SocketAddr> = LazyLock::new(|| {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, axum::Router::new().route("/", axum::routing::get(|| async { "ok" }))).await.unwrap();
+            axum::serve(listener, axum::Router::new().route("/", axum::routing::get(|| async { "ok" })))
+                .await
+                .unwrap();
         });
     });
     rx.recv().unwrap()

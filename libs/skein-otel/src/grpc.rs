@@ -36,19 +36,6 @@ use crate::semconv::*;
 const RPC_SYSTEM_NAME: &str = "rpc.system.name";
 const RPC_RESPONSE_STATUS_CODE: &str = "rpc.response.status_code";
 
-fn tracer_for<P>(provider: &P) -> BoxedTracer
-where
-    P: TracerProvider,
-    P::Tracer: Send + Sync + 'static,
-    <P::Tracer as Tracer>::Span: Send + Sync + 'static,
-{
-    let scope = opentelemetry::InstrumentationScope::builder(crate::SCOPE_NAME)
-        .with_version(crate::SCOPE_VERSION)
-        .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
-        .build();
-    BoxedTracer::new(Box::new(provider.tracer_with_scope(scope)))
-}
-
 /// The name of a gRPC status code, as semconv records it.
 pub fn code_name(code: i32) -> &'static str {
     match code {
@@ -198,7 +185,7 @@ macro_rules! layer_common {
                 P::Tracer: Send + Sync + 'static,
                 <P::Tracer as Tracer>::Span: Send + Sync + 'static,
             {
-                $layer { tracer: Arc::new(tracer_for(provider)), server: None }
+                $layer { tracer: Arc::new(crate::tracer_from(provider)), server: None }
             }
 
             /// `server.address` and `server.port` for requests whose URI has no authority

@@ -149,13 +149,26 @@ pub const SCOPE_NAME: &str = "skein-otel";
 /// This crate's version, recorded as the scope version.
 pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The tracer skein-otel's integrations use: the global provider's, with skein-otel's scope.
-pub fn tracer() -> opentelemetry::global::BoxedTracer {
-    let scope = opentelemetry::InstrumentationScope::builder(SCOPE_NAME)
+fn scope() -> opentelemetry::InstrumentationScope {
+    opentelemetry::InstrumentationScope::builder(SCOPE_NAME)
         .with_version(SCOPE_VERSION)
         .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
-        .build();
-    opentelemetry::global::tracer_with_scope(scope)
+        .build()
+}
+
+/// The tracer skein-otel's integrations use: the global provider's, with skein-otel's scope.
+pub fn tracer() -> opentelemetry::global::BoxedTracer {
+    opentelemetry::global::tracer_with_scope(scope())
+}
+
+/// The tracer of `provider` with skein-otel's scope (what every `with_tracer_provider` uses).
+pub(crate) fn tracer_from<P>(provider: &P) -> opentelemetry::global::BoxedTracer
+where
+    P: opentelemetry::trace::TracerProvider,
+    P::Tracer: Send + Sync + 'static,
+    <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
+{
+    opentelemetry::global::BoxedTracer::new(Box::new(provider.tracer_with_scope(scope())))
 }
 
 /// The trace id of the current context as 32 hex digits, or `None` outside any span.

@@ -71,12 +71,7 @@ impl<C: ConnectionLike> TracedConnection<C> {
         P::Tracer: Send + Sync + 'static,
         <P::Tracer as Tracer>::Span: Send + Sync + 'static,
     {
-        let scope = opentelemetry::InstrumentationScope::builder(crate::SCOPE_NAME)
-            .with_version(crate::SCOPE_VERSION)
-            .build();
-        self.tracer = std::sync::Arc::new(opentelemetry::global::BoxedTracer::new(Box::new(
-            provider.tracer_with_scope(scope),
-        )));
+        self.tracer = std::sync::Arc::new(crate::tracer_from(provider));
         self
     }
 

@@ -52,11 +52,7 @@ impl TracingMiddleware {
         P::Tracer: Send + Sync + 'static,
         <P::Tracer as Tracer>::Span: Send + Sync + 'static,
     {
-        let scope = opentelemetry::InstrumentationScope::builder(crate::SCOPE_NAME)
-            .with_version(crate::SCOPE_VERSION)
-            .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
-            .build();
-        TracingMiddleware { tracer: BoxedTracer::new(Box::new(provider.tracer_with_scope(scope))) }
+        TracingMiddleware { tracer: crate::tracer_from(provider) }
     }
 }
 

@@ -67,13 +67,6 @@ impl Default for TraceLayer {
     }
 }
 
-fn scope() -> opentelemetry::InstrumentationScope {
-    opentelemetry::InstrumentationScope::builder(crate::SCOPE_NAME)
-        .with_version(crate::SCOPE_VERSION)
-        .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
-        .build()
-}
-
 impl TraceLayer {
     /// Traces with the global tracer provider and the global propagator.
     pub fn new() -> Self {
@@ -107,7 +100,7 @@ impl TraceLayer {
         P::Tracer: Send + Sync + 'static,
         <P::Tracer as Tracer>::Span: Send + Sync + 'static,
     {
-        let tracer = BoxedTracer::new(Box::new(provider.tracer_with_scope(scope())));
+        let tracer = crate::tracer_from(provider);
         self.map(|c| c.tracer = tracer)
     }
 
