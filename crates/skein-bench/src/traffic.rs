@@ -39,17 +39,22 @@ fn s(v: impl Into<String>) -> Value {
 }
 
 /// One span of the template tree: (service index, parent index in the tree, name, kind).
-const TREE: [(usize, Option<usize>, &str, SpanKind); 10] = [
+/// Every service of [`SERVICES`] takes part.
+const TREE: [(usize, Option<usize>, &str, SpanKind); 14] = [
     (0, None, "GET /api/checkout", SpanKind::Server),
     (0, Some(0), "POST", SpanKind::Client),
     (1, Some(1), "oteldemo.CheckoutService/PlaceOrder", SpanKind::Server),
-    (1, Some(2), "HGET", SpanKind::Client),
+    (1, Some(2), "oteldemo.CartService/GetCart", SpanKind::Client),
+    (2, Some(3), "oteldemo.CartService/GetCart", SpanKind::Server),
+    (2, Some(4), "HGET", SpanKind::Client),
     (1, Some(2), "SELECT orders", SpanKind::Client),
     (1, Some(2), "oteldemo.PaymentService/Charge", SpanKind::Client),
-    (3, Some(5), "oteldemo.PaymentService/Charge", SpanKind::Server),
-    (3, Some(6), "charge card", SpanKind::Internal),
+    (3, Some(7), "oteldemo.PaymentService/Charge", SpanKind::Server),
+    (3, Some(8), "charge card", SpanKind::Internal),
     (1, Some(2), "orders publish", SpanKind::Producer),
-    (4, Some(8), "orders process", SpanKind::Consumer),
+    (4, Some(10), "orders process", SpanKind::Consumer),
+    (0, Some(0), "oteldemo.ProductCatalogService/GetProduct", SpanKind::Client),
+    (5, Some(12), "oteldemo.ProductCatalogService/GetProduct", SpanKind::Server),
 ];
 
 impl TrafficShape {
@@ -145,7 +150,7 @@ impl TrafficShape {
                     break;
                 }
                 let offset = i as u64 * 2_000_000;
-                let duration = rng.random_range(100_000..(60_000_000 - offset));
+                let duration = rng.random_range(100_000..(60_000_000 - offset.min(50_000_000)));
                 per_service[*service].push(Span {
                     trace_id: trace_id.to_vec(),
                     span_id: span_ids[i].to_vec(),
