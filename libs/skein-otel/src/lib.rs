@@ -162,6 +162,10 @@ pub fn tracer() -> opentelemetry::global::BoxedTracer {
 }
 
 /// The tracer of `provider` with skein-otel's scope (what every `with_tracer_provider` uses).
+#[cfg_attr(
+    not(any(feature = "tower", feature = "reqwest", feature = "sqlx", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) fn tracer_from<P>(provider: &P) -> opentelemetry::global::BoxedTracer
 where
     P: opentelemetry::trace::TracerProvider,
