@@ -249,3 +249,21 @@ fn reqwest_traced_call(b: Bencher) {
     let url = format!("http://{}/", *SERVER);
     b.bench_local(|| RT.block_on(async { client.get(&url).send().await.unwrap().bytes().await.unwrap() }));
 }
+
+/// Parts of the server layer's cost, to see where it goes: reading `traceparent` with the
+/// global propagator…
+#[divan::bench]
+fn part_extract_traceparent(b: Bencher) {
+    let _ = skein_otel::testing::Recorder::new().install_global("bench");
+    let req = request();
+    b.bench_local(|| skein_otel::propagation::extract(req.headers()));
+}
+
+/// …and attaching a context for one poll.
+#[divan::bench]
+fn part_attach_context(b: Bencher) {
+    let tracer = PROVIDER.tracer("bench");
+    use opentelemetry::trace::TraceContextExt;
+    let cx = opentelemetry::Context::current_with_span(tracer.start("x"));
+    b.bench_local(|| drop(cx.clone().attach()));
+}
