@@ -159,6 +159,23 @@ pub fn parse_listening(line: &str) -> Option<Listening> {
     Some(Listening { otlp_grpc: field("otlp-grpc")?, otlp_http: field("otlp-http")?, http: field("http")? })
 }
 
+/// `skein serve` on ports the OS picks (read them from its `listening` line) and `data_dir`.
+pub fn serve_command(exe: &Path, data_dir: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "serve",
+        "--otlp-grpc-addr",
+        "127.0.0.1:0",
+        "--otlp-http-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(data_dir);
+    cmd
+}
+
 /// A `skein serve` child process.
 struct Server {
     child: Child,
@@ -170,18 +187,7 @@ struct Server {
 impl Server {
     fn start(exe: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<Server> {
         use std::io::BufRead;
-        let mut child = Command::new(exe)
-            .args([
-                "serve",
-                "--otlp-grpc-addr",
-                "127.0.0.1:0",
-                "--otlp-http-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
+        let mut child = serve_command(exe, data_dir)
             .args(extra)
             .env("SKEIN_LOG", "warn")
             .stdout(Stdio::piped())

@@ -158,18 +158,22 @@ fn block_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// A data directory with traces 1 and 2 in one block each; returns it and trace 1's block.
+async fn two_blocks() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    for n in [1, 2] {
+        e.write(trace(n, 2)).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    e.close().await;
+    let first = block_files(dir.path())[0].clone();
+    (dir, first)
+}
+
 #[tokio::test]
 async fn a_corrupt_block_is_reported_and_set_aside_and_the_rest_stays_readable() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let e = open(dir.path());
-        e.write(trace(1, 2)).await.unwrap();
-        e.flush().await.unwrap();
-        e.write(trace(2, 2)).await.unwrap();
-        e.flush().await.unwrap();
-        e.close().await;
-    }
-    let first = block_files(dir.path())[0].clone();
+    let (dir, first) = two_blocks().await;
     let mut bytes = std::fs::read(&first).unwrap();
     let n = bytes.len();
     bytes[n - 40] ^= 0xff; // inside the index
@@ -184,16 +188,7 @@ async fn a_corrupt_block_is_reported_and_set_aside_and_the_rest_stays_readable()
 
 #[tokio::test]
 async fn a_corrupt_chunk_skips_only_that_chunk() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let e = open(dir.path());
-        e.write(trace(1, 2)).await.unwrap();
-        e.flush().await.unwrap();
-        e.write(trace(2, 2)).await.unwrap();
-        e.flush().await.unwrap();
-        e.close().await;
-    }
-    let first = block_files(dir.path())[0].clone();
+    let (dir, first) = two_blocks().await;
     let mut bytes = std::fs::read(&first).unwrap();
     bytes[3] ^= 0xff; // inside the first (only) chunk
     std::fs::write(&first, &bytes).unwrap();

@@ -72,28 +72,11 @@ fn storage_that_is_not_available_yet_is_a_clear_error() {
 #[test]
 fn a_data_dir_in_use_is_a_clear_error() {
     let data = tempfile::tempdir().unwrap();
-    let args = |child: &mut Command| {
-        child
-            .args([
-                "serve",
-                "--otlp-grpc-addr",
-                "127.0.0.1:0",
-                "--otlp-http-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data.path());
-    };
-    let mut first = skein();
-    args(&mut first);
-    let mut first = first.stdout(Stdio::piped()).spawn().unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_skein"));
+    let mut first = skein_bench::serve_command(exe, data.path()).stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(first.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let mut second = skein();
-    args(&mut second);
-    let out = second.output().unwrap();
+    let out = skein_bench::serve_command(exe, data.path()).output().unwrap();
     let _ = first.kill();
     let _ = first.wait();
     assert!(!out.status.success());

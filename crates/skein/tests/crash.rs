@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 struct Skein {
@@ -14,18 +14,7 @@ struct Skein {
 }
 
 fn start(data: &Path) -> Skein {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skein"))
-        .args([
-            "serve",
-            "--otlp-grpc-addr",
-            "127.0.0.1:0",
-            "--otlp-http-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
+    let mut child = skein_bench::serve_command(Path::new(env!("CARGO_BIN_EXE_skein")), data)
         // Small heads so blocks are cut (and WAL segments deleted) while the test runs.
         .args(["--head-max-bytes", "20000"])
         .stdout(Stdio::piped())
