@@ -200,32 +200,35 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = skein_server::bind(config).await.context("starting skein serve")?;
+    // Signal handlers are registered before the `listening` line, so a supervisor that stops
+    // the server as soon as it is up still gets a clean shutdown.
+    let shutdown = shutdown_signal().context("installing signal handlers")?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", server.listening_line()).context("writing to stdout")?;
     stdout.flush().ok();
     drop(stdout);
-    server.run(shutdown_signal()).await.context("serving")?;
+    server.run(shutdown).await.context("serving")?;
     Ok(())
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// A future that completes on Ctrl-C (SIGINT) or SIGTERM; the handlers are installed now.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
