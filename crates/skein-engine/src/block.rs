@@ -42,6 +42,8 @@ pub(crate) struct ChunkMeta {
     len: u32,
     crc: u32,
     pub(crate) time: TimeRange,
+    /// Shortest and longest span duration in the chunk (version 2; `(0, u64::MAX)` for v1).
+    pub(crate) durations: (u64, u64),
     /// Indexes into the block's service table.
     services: Vec<u32>,
     /// Version 2: for each service of the chunk, the tag keys its spans carry and, for keys
@@ -227,16 +229,19 @@ pub(crate) fn write_block(
         let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
         let mut chunk_services: BTreeSet<u32> = BTreeSet::new();
         let mut t = TimeRange::new(u64::MAX, 0);
+        let mut durations = (u64::MAX, 0);
         for s in pending.iter() {
             chunk_services.insert(service_ids[s.service_name()]);
             t.start_unix_nano = t.start_unix_nano.min(s.start_time_unix_nano);
             t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
+            durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
         }
         chunks.push(ChunkMeta {
             offset: file.len() as u64,
             len: compressed.len() as u32,
             crc: crc32fast::hash(&compressed),
             time: t,
+            durations,
             services: chunk_services.into_iter().collect(),
             postings: None,
         });
@@ -292,6 +297,8 @@ pub(crate) fn write_block(
         index.extend_from_slice(&c.crc.to_le_bytes());
         varint(&mut index, c.time.start_unix_nano);
         varint(&mut index, c.time.end_unix_nano);
+        varint(&mut index, c.durations.0);
+        varint(&mut index, c.durations.1);
         varint(&mut index, c.services.len() as u64);
         for s in &c.services {
             varint(&mut index, *s as u64);
@@ -405,6 +412,7 @@ impl Block {
             let len = r.varint()? as u32;
             let crc = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
             let time = TimeRange::new(r.varint()?, r.varint()?);
+            let durations = if version >= 2 { (r.varint()?, r.varint()?) } else { (0, u64::MAX) };
             let ns = r.count()?;
             let mut svc = Vec::with_capacity(ns);
             for _ in 0..ns {
@@ -448,7 +456,7 @@ impl Block {
             } else {
                 None
             };
-            chunks.push(ChunkMeta { offset, len, crc, time, services: svc, postings });
+            chunks.push(ChunkMeta { offset, len, crc, time, durations, services: svc, postings });
         }
         let n = r.count()?;
         let mut traces = Vec::with_capacity(n);
@@ -494,6 +502,12 @@ impl Block {
     /// Whether chunk `i` holds spans of `service`.
     pub(crate) fn chunk_has_service(&self, i: usize, service: &str) -> bool {
         self.chunks[i].services.iter().any(|s| self.services[*s as usize].0 == service)
+    }
+
+    /// Whether chunk `i` may hold a span whose duration lies in `[min, max]` (nanoseconds).
+    pub(crate) fn chunk_may_hold_duration(&self, i: usize, min: Option<u64>, max: Option<u64>) -> bool {
+        let (shortest, longest) = self.chunks[i].durations;
+        min.is_none_or(|min| longest >= min) && max.is_none_or(|max| shortest <= max)
     }
 
     /// Whether chunk `i` may hold a span of `service` (any, when `None`) carrying every tag:

@@ -525,7 +525,9 @@ impl SpanStore for Engine {
                     {
                         continue;
                     }
-                    if !b.chunk_may_match(i, q.service.as_deref(), &q.tags) {
+                    if !b.chunk_may_match(i, q.service.as_deref(), &q.tags)
+                        || !b.chunk_may_hold_duration(i, q.min_duration_nanos, q.max_duration_nanos)
+                    {
                         continue;
                     }
                     if newest.len() >= q.limit

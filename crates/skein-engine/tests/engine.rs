@@ -300,6 +300,15 @@ async fn postings_prune_chunks_without_losing_matches() {
     assert!(e.find_traces(&q(&[("http.response.status_code", "404")])).await.unwrap().is_empty());
     assert!(e.find_traces(&q(&[("no.such.key", "x")])).await.unwrap().is_empty());
     assert_eq!(e.find_traces(&q(&[("service.name", "api")])).await.unwrap().len(), 50, "resource attributes");
+    // Every span lasts 10 ms: duration ranges rule chunks in or out.
+    let dur = |min: Option<u64>, max: Option<u64>| TraceQuery {
+        min_duration_nanos: min,
+        max_duration_nanos: max,
+        ..q(&[])
+    };
+    assert_eq!(e.find_traces(&dur(Some(10_000_000), Some(10_000_000))).await.unwrap().len(), 50);
+    assert!(e.find_traces(&dur(Some(10_000_001), None)).await.unwrap().is_empty());
+    assert!(e.find_traces(&dur(None, Some(9_999_999))).await.unwrap().is_empty());
 }
 
 /// WAL writes fail with ENOSPC while `full` is set.
