@@ -47,6 +47,10 @@ pub struct EngineConfig {
     pub wal_fsync: FsyncPolicy,
     /// Blocks whose newest span started longer ago than this are deleted.
     pub retention: Duration,
+    /// When spans arrive faster than blocks are written and the head and frozen heads hold
+    /// three times `head_max_bytes`, a write waits this long for a block to be written, then is
+    /// refused as overloaded (the receivers answer with the OTLP throttling status).
+    pub overload_wait: Duration,
     pub fs: Arc<dyn Fs>,
 }
 
@@ -58,6 +62,7 @@ impl EngineConfig {
             head_max_age: Duration::from_secs(15 * 60),
             wal_fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             retention: Duration::from_secs(72 * 3600),
+            overload_wait: Duration::from_secs(2),
             fs: Arc::new(OsFs),
         }
     }
@@ -141,6 +146,8 @@ struct Shared {
     traces_evicted: AtomicU64,
     /// Wakes the background task when the head is full.
     flush_wanted: Arc<tokio::sync::Notify>,
+    /// Wakes writers waiting for memory when a block has been written.
+    flushed: tokio::sync::Notify,
     /// Held (locked) while the engine is open.
     _lock: std::fs::File,
 }
@@ -252,6 +259,7 @@ impl Engine {
             spans_evicted: AtomicU64::new(0),
             traces_evicted: AtomicU64::new(0),
             flush_wanted: Arc::new(tokio::sync::Notify::new()),
+            flushed: tokio::sync::Notify::new(),
             _lock: lock,
         });
         let background = tokio::runtime::Handle::try_current()
@@ -379,9 +387,37 @@ impl Shared {
                     st.blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
                 }
             }
+            self.flushed.notify_waiters();
             self.wal.remove_segments_before(wal_end).await.map_err(store_error)?;
         }
         Ok(())
+    }
+
+    /// Bytes of spans held in memory: the head and the heads being written to blocks.
+    fn buffered_bytes(&self) -> usize {
+        let st = self.state.read();
+        st.head.bytes + st.frozen.iter().map(|f| f.head.bytes).sum::<usize>()
+    }
+
+    /// Waits until the in-memory heads are below their bound, or refuses after `overload_wait`.
+    async fn wait_for_memory(&self) -> Result<(), StoreError> {
+        let limit = self.config.head_max_bytes.saturating_mul(3);
+        let deadline = tokio::time::Instant::now() + self.config.overload_wait;
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            let buffered = self.buffered_bytes();
+            if buffered < limit {
+                return Ok(());
+            }
+            self.flush_wanted.notify_one();
+            if tokio::time::timeout_at(deadline, flushed).await.is_err() {
+                return Err(StoreError::Overloaded(format!(
+                    "spans arrive faster than they can be written to blocks ({buffered} bytes waiting in memory); retry later"
+                )));
+            }
+        }
     }
 
     fn enforce_retention(&self) -> Result<(), StoreError> {
@@ -434,6 +470,7 @@ impl SpanStore for Engine {
         if spans.is_empty() {
             return Ok(());
         }
+        self.shared.wait_for_memory().await?;
         let record = codec::encode_spans(&spans);
         let len = record.len();
         let full = {

@@ -463,3 +463,76 @@ async fn a_second_engine_on_the_same_directory_is_refused() {
         )
     );
 }
+
+/// Block writes take `delay` each (a slow disk).
+#[derive(Debug, Clone)]
+struct SlowBlocks(Duration);
+
+impl Fs for SlowBlocks {
+    fn create_dir_all(&self, d: &Path) -> io::Result<()> {
+        OsFs.create_dir_all(d)
+    }
+    fn list(&self, d: &Path) -> io::Result<Vec<PathBuf>> {
+        OsFs.list(d)
+    }
+    fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
+        OsFs.read(p)
+    }
+    fn read_range(&self, p: &Path, o: u64, l: usize) -> io::Result<Vec<u8>> {
+        OsFs.read_range(p, o, l)
+    }
+    fn len(&self, p: &Path) -> io::Result<u64> {
+        OsFs.len(p)
+    }
+    fn write_atomic(&self, p: &Path, b: &[u8]) -> io::Result<()> {
+        std::thread::sleep(self.0);
+        OsFs.write_atomic(p, b)
+    }
+    fn open_append(&self, p: &Path) -> io::Result<Box<dyn AppendFile>> {
+        OsFs.open_append(p)
+    }
+    fn truncate(&self, p: &Path, l: u64) -> io::Result<()> {
+        OsFs.truncate(p, l)
+    }
+    fn remove(&self, p: &Path) -> io::Result<()> {
+        OsFs.remove(p)
+    }
+    fn rename(&self, a: &Path, b: &Path) -> io::Result<()> {
+        OsFs.rename(a, b)
+    }
+    fn sync_dir(&self, d: &Path) -> io::Result<()> {
+        OsFs.sync_dir(d)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_faster_than_blocks_are_written_is_refused_not_buffered_without_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(EngineConfig {
+        head_max_bytes: 2_000,
+        overload_wait: Duration::from_millis(100),
+        fs: Arc::new(SlowBlocks(Duration::from_millis(1500))),
+        ..config(dir.path())
+    })
+    .unwrap();
+    let mut refused = None;
+    let mut accepted = 0u8;
+    for n in 1..=200u8 {
+        match e.write(trace(n, 3)).await {
+            Ok(()) => accepted += 1,
+            Err(err) => {
+                refused = Some(err);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("a slow disk must eventually refuse writes");
+    assert!(matches!(err, StoreError::Overloaded(_)), "{err}");
+    assert!(err.to_string().contains("retry later"), "{err}");
+    // Nothing accepted is lost, and once the block is written, writes are accepted again.
+    for n in 1..=accepted {
+        assert!(e.trace(B::trace_id(n)).await.unwrap().is_some(), "accepted trace {n} readable");
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    e.write(trace(250, 3)).await.unwrap();
+}
