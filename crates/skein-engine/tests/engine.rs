@@ -2,10 +2,8 @@
 //! the head and in blocks), reopen, retention, corrupt blocks, the checked-in v1 fixture, disk
 //! full, and a model-based property test with flush and reopen steps.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -13,7 +11,7 @@ use skein_engine::{Engine, EngineConfig};
 use skein_model::{AttrValue, Span, SpanKind};
 use skein_store::testdata::SpanBuilder as B;
 use skein_store::{SpanStore, StoreError, TraceQuery};
-use skein_wal::fs::{AppendFile, Fs, OsFs};
+use skein_wal::fs::FaultyFs;
 
 fn config(dir: &Path) -> EngineConfig {
     EngineConfig {
@@ -311,78 +309,20 @@ async fn postings_prune_chunks_without_losing_matches() {
     assert!(e.find_traces(&dur(None, Some(9_999_999))).await.unwrap().is_empty());
 }
 
-/// WAL writes fail with ENOSPC while `full` is set.
-#[derive(Debug, Clone, Default)]
-struct FullDisk(Arc<AtomicBool>);
-
-#[derive(Debug)]
-struct FullFile(Box<dyn AppendFile>, Arc<AtomicBool>);
-
-impl AppendFile for FullFile {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        if self.1.load(Ordering::SeqCst) {
-            return Err(io::Error::from(io::ErrorKind::StorageFull));
-        }
-        self.0.write_all(buf)
-    }
-    fn sync_data(&mut self) -> io::Result<()> {
-        self.0.sync_data()
-    }
-}
-
-impl Fs for FullDisk {
-    fn create_dir_all(&self, d: &Path) -> io::Result<()> {
-        OsFs.create_dir_all(d)
-    }
-    fn list(&self, d: &Path) -> io::Result<Vec<PathBuf>> {
-        OsFs.list(d)
-    }
-    fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
-        OsFs.read(p)
-    }
-    fn read_range(&self, p: &Path, o: u64, l: usize) -> io::Result<Vec<u8>> {
-        OsFs.read_range(p, o, l)
-    }
-    fn len(&self, p: &Path) -> io::Result<u64> {
-        OsFs.len(p)
-    }
-    fn write_atomic(&self, p: &Path, b: &[u8]) -> io::Result<()> {
-        if self.0.load(Ordering::SeqCst) {
-            return Err(io::Error::from(io::ErrorKind::StorageFull));
-        }
-        OsFs.write_atomic(p, b)
-    }
-    fn open_append(&self, p: &Path) -> io::Result<Box<dyn AppendFile>> {
-        Ok(Box::new(FullFile(OsFs.open_append(p)?, Arc::clone(&self.0))))
-    }
-    fn truncate(&self, p: &Path, l: u64) -> io::Result<()> {
-        OsFs.truncate(p, l)
-    }
-    fn remove(&self, p: &Path) -> io::Result<()> {
-        OsFs.remove(p)
-    }
-    fn rename(&self, a: &Path, b: &Path) -> io::Result<()> {
-        OsFs.rename(a, b)
-    }
-    fn sync_dir(&self, d: &Path) -> io::Result<()> {
-        OsFs.sync_dir(d)
-    }
-}
-
 #[tokio::test]
 async fn disk_full_refuses_ingest_keeps_what_is_stored_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = FullDisk::default();
+    let disk = FaultyFs::default();
     let (e, _) = Engine::open(EngineConfig { fs: Arc::new(disk.clone()), ..config(dir.path()) }).unwrap();
     e.write(trace(1, 2)).await.unwrap();
-    disk.0.store(true, Ordering::SeqCst);
+    disk.set_disk_full(true);
     let err = e.write(trace(2, 2)).await.unwrap_err();
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains("disk full"), "{err}");
     let err = e.flush().await.unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");
     assert_eq!(e.trace(B::trace_id(1)).await.unwrap().unwrap().len(), 2, "stored data still readable");
-    disk.0.store(false, Ordering::SeqCst);
+    disk.set_disk_full(false);
     e.write(trace(2, 2)).await.unwrap();
     e.flush().await.unwrap();
     e.close().await;
@@ -464,54 +404,15 @@ async fn a_second_engine_on_the_same_directory_is_refused() {
     );
 }
 
-/// Block writes take `delay` each (a slow disk).
-#[derive(Debug, Clone)]
-struct SlowBlocks(Duration);
-
-impl Fs for SlowBlocks {
-    fn create_dir_all(&self, d: &Path) -> io::Result<()> {
-        OsFs.create_dir_all(d)
-    }
-    fn list(&self, d: &Path) -> io::Result<Vec<PathBuf>> {
-        OsFs.list(d)
-    }
-    fn read(&self, p: &Path) -> io::Result<Vec<u8>> {
-        OsFs.read(p)
-    }
-    fn read_range(&self, p: &Path, o: u64, l: usize) -> io::Result<Vec<u8>> {
-        OsFs.read_range(p, o, l)
-    }
-    fn len(&self, p: &Path) -> io::Result<u64> {
-        OsFs.len(p)
-    }
-    fn write_atomic(&self, p: &Path, b: &[u8]) -> io::Result<()> {
-        std::thread::sleep(self.0);
-        OsFs.write_atomic(p, b)
-    }
-    fn open_append(&self, p: &Path) -> io::Result<Box<dyn AppendFile>> {
-        OsFs.open_append(p)
-    }
-    fn truncate(&self, p: &Path, l: u64) -> io::Result<()> {
-        OsFs.truncate(p, l)
-    }
-    fn remove(&self, p: &Path) -> io::Result<()> {
-        OsFs.remove(p)
-    }
-    fn rename(&self, a: &Path, b: &Path) -> io::Result<()> {
-        OsFs.rename(a, b)
-    }
-    fn sync_dir(&self, d: &Path) -> io::Result<()> {
-        OsFs.sync_dir(d)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_faster_than_blocks_are_written_is_refused_not_buffered_without_bound() {
     let dir = tempfile::tempdir().unwrap();
+    let slow = FaultyFs::default();
+    slow.set_write_atomic_delay(Duration::from_millis(1500));
     let (e, _) = Engine::open(EngineConfig {
         head_max_bytes: 2_000,
         overload_wait: Duration::from_millis(100),
-        fs: Arc::new(SlowBlocks(Duration::from_millis(1500))),
+        fs: Arc::new(slow),
         ..config(dir.path())
     })
     .unwrap();

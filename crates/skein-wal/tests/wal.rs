@@ -4,11 +4,11 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use skein_wal::fs::{AppendFile, Fs, OsFs};
+use skein_wal::fs::{FaultyFs, OsFs};
 use skein_wal::{FsyncPolicy, Wal, WalConfig, WalError};
 
 fn config(dir: &Path) -> WalConfig {
@@ -138,88 +138,13 @@ fn records_that_can_never_be_written_are_refused() {
     wal.append_blocking(b"fine".to_vec()).unwrap();
 }
 
-/// A file system that fails on demand.
-#[derive(Debug, Default)]
-struct Faults {
-    /// The next write writes this many bytes, then fails with ENOSPC.
-    short_write_then_enospc: Option<usize>,
-    fail_next_fsync: bool,
-    fsyncs: usize,
-}
-
-#[derive(Debug, Clone, Default)]
-struct FaultyFs(Arc<Mutex<Faults>>);
-
-#[derive(Debug)]
-struct FaultyFile {
-    inner: Box<dyn AppendFile>,
-    faults: Arc<Mutex<Faults>>,
-}
-
-impl AppendFile for FaultyFile {
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let short = self.faults.lock().unwrap().short_write_then_enospc.take();
-        if let Some(n) = short {
-            self.inner.write_all(&buf[..n.min(buf.len())])?;
-            return Err(io::Error::from(io::ErrorKind::StorageFull));
-        }
-        self.inner.write_all(buf)
-    }
-
-    fn sync_data(&mut self) -> io::Result<()> {
-        let mut f = self.faults.lock().unwrap();
-        f.fsyncs += 1;
-        if std::mem::take(&mut f.fail_next_fsync) {
-            return Err(io::Error::other("injected fsync failure"));
-        }
-        drop(f);
-        self.inner.sync_data()
-    }
-}
-
-impl Fs for FaultyFs {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        OsFs.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        OsFs.list(dir)
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        OsFs.read(path)
-    }
-    fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        OsFs.read_range(path, offset, len)
-    }
-    fn len(&self, path: &Path) -> io::Result<u64> {
-        OsFs.len(path)
-    }
-    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        OsFs.write_atomic(path, bytes)
-    }
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        Ok(Box::new(FaultyFile { inner: OsFs.open_append(path)?, faults: Arc::clone(&self.0) }))
-    }
-    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        OsFs.truncate(path, len)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        OsFs.remove(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsFs.rename(from, to)
-    }
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        OsFs.sync_dir(dir)
-    }
-}
-
 #[test]
 fn disk_full_refuses_the_append_loses_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultyFs::default();
     let (wal, _) = Wal::open(config(dir.path()), Arc::new(fs.clone())).unwrap();
     wal.append_blocking(b"before".to_vec()).unwrap();
-    fs.0.lock().unwrap().short_write_then_enospc = Some(5);
+    fs.short_write_then_enospc(5);
     let err = wal.append_blocking(b"refused record".to_vec()).unwrap_err();
     assert!(err.is_disk_full(), "{err}");
     // Space is back: appends work again, and nothing half-written sits between records.
@@ -236,7 +161,7 @@ fn failed_fsync_poisons_until_reopen() {
     let fs = FaultyFs::default();
     let (wal, _) = Wal::open(config(dir.path()), Arc::new(fs.clone())).unwrap();
     wal.append_blocking(b"durable".to_vec()).unwrap();
-    fs.0.lock().unwrap().fail_next_fsync = true;
+    fs.fail_next_fsync();
     let err = wal.append_blocking(b"unknown fate".to_vec()).unwrap_err();
     assert!(matches!(err, WalError::Poisoned(_)), "{err}");
     let err = wal.append_blocking(b"refused".to_vec()).unwrap_err();
@@ -266,7 +191,7 @@ fn concurrent_appends_are_all_kept_with_unique_positions() {
     positions.sort();
     positions.dedup();
     assert_eq!(positions.len(), 400);
-    let fsyncs = fs.0.lock().unwrap().fsyncs;
+    let fsyncs = fs.fsyncs();
     println!("400 appends from 8 threads took {fsyncs} fsyncs (group commit)");
     drop(Arc::try_unwrap(wal).unwrap());
     let (_, rec) = Wal::open(config(dir.path()), Arc::new(OsFs)).unwrap();
