@@ -2,7 +2,7 @@
 //! Jaeger UI call), the Jaeger v3 API (OTLP JSON), and search parameter parsing.
 //!
 //! [`router`] returns an axum `Router` over any [`SpanStore`]; it holds no process-wide
-//! state and never writes. Trace analysis (critical path, split traces) will live here too.
+//! state and never writes. Trace analysis ([`analysis`]: the critical path) lives here too.
 
 use std::sync::Arc;
 
@@ -10,11 +10,14 @@ use axum::Router;
 use axum::routing::get;
 use skein_store::SpanStore;
 
+pub mod analysis;
 pub mod duration;
 pub mod jaeger;
 pub mod params;
+mod skein_api;
 mod v1;
 mod v3;
+pub mod view;
 
 /// The store a query handler reads from.
 pub type SharedStore = Arc<dyn SpanStore>;
@@ -38,6 +41,8 @@ pub fn router(store: SharedStore) -> Router {
         .route("/api/traces", get(v1::find_traces))
         .route("/api/traces/{trace_id}", get(v1::get_trace))
         .route("/api/dependencies", get(v1::dependencies))
+        .route("/api/v1/traces/{trace_id}/critical-path", get(skein_api::critical_path))
+        .route("/api/v1/traces/{trace_id}/view", get(skein_api::trace_view))
         .route("/api/v3/services", get(v3::services))
         .route("/api/v3/operations", get(v3::operations))
         .route("/api/v3/traces", get(v3::find_traces))

@@ -765,3 +765,146 @@ async fn dependencies() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn critical_path_of_a_trace() {
+    let uri = format!("/api/v1/traces/{}/critical-path", trace1());
+    check(
+        &uri,
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "segments": [
+            {
+              "end": "1704067201120000000",
+              "spanID": "cd00000000000001",
+              "start": "1704067201060000000"
+            },
+            {
+              "end": "1704067201060000000",
+              "spanID": "cd00000000000002",
+              "start": "1704067201010000000"
+            },
+            {
+              "end": "1704067201010000000",
+              "spanID": "cd00000000000001",
+              "start": "1704067201000000000"
+            }
+          ],
+          "traceID": "ab000000000000000000000000000001"
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/v1/traces/00000000000000000000000000000042/critical-path",
+        StatusCode::NOT_FOUND,
+        expect![[r#"
+            {
+              "error": {
+                "httpCode": 404,
+                "message": "trace not found"
+              }
+            }"#]],
+    )
+    .await;
+    check(
+        "/api/v1/traces/xyz/critical-path",
+        StatusCode::BAD_REQUEST,
+        expect![[r#"
+        {
+          "error": {
+            "httpCode": 400,
+            "message": "malformed trace id \"xyz\": not a hex string; expected up to 32 hex digits"
+          }
+        }"#]],
+    )
+    .await;
+}
+
+/// The trace view with its string table resolved, one line per span, for a readable snapshot.
+fn resolve_view(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let strings: Vec<&str> = v["strings"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let s = |i: &serde_json::Value| strings[i.as_u64().unwrap() as usize];
+    let attrs = |a: &serde_json::Value| {
+        a.as_array()
+            .unwrap()
+            .chunks(3)
+            .map(|kv| format!("{}={}({})", s(&kv[0]), s(&kv[1]), kv[2]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = format!("version {} trace {} base {}\n", v["version"], v["traceID"], v["base"]);
+    for (i, r) in v["resources"].as_array().unwrap().iter().enumerate() {
+        out += &format!("resource {i}: {} dropped={}\n", attrs(&r["attributes"]), r["dropped"]);
+    }
+    for (i, sc) in v["scopes"].as_array().unwrap().iter().enumerate() {
+        out += &format!(
+            "scope {i}: {:?} {:?} {}\n",
+            s(&sc["name"]),
+            s(&sc["version"]),
+            attrs(&sc["attributes"])
+        );
+    }
+    for row in v["spans"].as_array().unwrap() {
+        let r = row.as_array().unwrap();
+        out += &format!(
+            "span {} parent={:?} {:?} kind={} +{} {}ns res={} scope={} status={} {:?} [{}] tracestate={:?} flags={} dropped={}\n",
+            r[0],
+            r[1].as_str().unwrap(),
+            s(&r[2]),
+            r[3],
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            s(&r[9]),
+            attrs(&r[10]),
+            s(&r[13]),
+            r[14],
+            r[15]
+        );
+        for e in r[11].as_array().unwrap() {
+            out += &format!("  event +{}ns {:?} [{}] dropped={}\n", e[0], s(&e[1]), attrs(&e[2]), e[3]);
+        }
+        for l in r[12].as_array().unwrap() {
+            out += &format!("  link {} {} [{}]\n", l[0], l[1], attrs(&l[3]));
+        }
+    }
+    out += &format!("critical path {}\n", v["criticalPath"]);
+    out
+}
+
+#[tokio::test]
+async fn trace_view_for_the_ui() {
+    // Every field of every span survives: typed attribute values rendered as text with their type,
+    // resources and scopes shared, events as offsets, links, status, the critical path.
+    let (status, body) = get(&format!("/api/v1/traces/{}/view", trace1())).await;
+    assert_eq!(status, StatusCode::OK);
+    expect![[r#"
+        version 1 trace "ab000000000000000000000000000001" base "1704067201000000000"
+        resource 0: service.name=frontend(1) host.name=web-1(1) dropped=0
+        resource 1: service.name=checkout(1) dropped=0
+        scope 0: "skein-otel" "0.1.0" 
+        scope 1: "" "" 
+        span "cd00000000000001" parent="" "GET /checkout" kind=2 +0 120000000ns res=0 scope=0 status=2 "payment declined" [http.response.status_code=500(3) big=1152921504606846976(3) ratio=0.25(4) ok=false(2) raw=AAH+(5) list=["a",2](6) map={"k":"v"}(7)] tracestate="" flags=1 dropped=[0,0,0]
+          event +1500000ns "exception" [exception.message=declined(1)] dropped=0
+          link "ab000000000000000000000000000007" "cd00000000000007" []
+        span "cd00000000000002" parent="cd00000000000001" "Checkout" kind=2 +10000000 50000000ns res=1 scope=1 status=0 "" [] tracestate="" flags=1 dropped=[0,0,0]
+        span "cd00000000000003" parent="cd00000000000009" "orphan" kind=1 +20000000 5000000ns res=1 scope=1 status=0 "" [] tracestate="" flags=1 dropped=[0,0,0]
+        critical path [[0,60000000,120000000],[1,10000000,60000000],[0,0,10000000]]
+    "#]].assert_eq(&resolve_view(&body));
+    check(
+        "/api/v1/traces/00000000000000000000000000000042/view",
+        StatusCode::NOT_FOUND,
+        expect![[r#"
+            {
+              "error": {
+                "httpCode": 404,
+                "message": "trace not found"
+              }
+            }"#]],
+    )
+    .await;
+}

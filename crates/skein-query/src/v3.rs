@@ -23,6 +23,12 @@ pub(crate) struct V3Error {
     message: String,
 }
 
+impl V3Error {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        V3Error { status, message: message.into() }
+    }
+}
+
 impl From<ParamError> for V3Error {
     fn from(e: ParamError) -> Self {
         V3Error { status: StatusCode::BAD_REQUEST, message: e.0 }

@@ -1,4 +1,4 @@
-//! The HTTP server on `--http-addr`: query API, health, metrics and the UI's entry page.
+//! The HTTP server on `--http-addr`: query API, health, metrics and the web UI.
 
 use std::sync::Arc;
 
@@ -6,7 +6,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use skein_store::SpanStore;
 
@@ -17,9 +17,11 @@ pub(crate) fn router(store: Arc<dyn SpanStore>, metrics: Metrics) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .route("/", get(index))
         .with_state((store.clone(), metrics.clone()));
-    skein_query::router(store).merge(ops).layer(middleware::from_fn_with_state(metrics, count_requests))
+    skein_query::router(store)
+        .merge(ops)
+        .merge(crate::ui::router())
+        .layer(middleware::from_fn_with_state(metrics, count_requests))
 }
 
 /// Counts every request by its route pattern (not its raw path, so ids don't explode labels).
@@ -44,8 +46,4 @@ async fn readyz(State((store, _)): State<(Arc<dyn SpanStore>, Metrics)>) -> Resp
 async fn render_metrics(State((_, metrics)): State<(Arc<dyn SpanStore>, Metrics)>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.render())
         .into_response()
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }

@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod metrics;
 mod otlp_http;
 mod server;
+mod ui;
 
 pub use config::{Config, ConfigError, StorageKind};
 pub use server::{BoundServer, ServerError, bind};
