@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use skein_server::{Config, StorageKind};
 
+mod demo;
+
 /// mimalloc: the server allocates and frees many small strings per span on several threads,
 /// where it is faster than the system allocator and fragments less.
 #[global_allocator]
@@ -27,6 +29,9 @@ enum Command {
     Serve(ServeArgs),
     /// Send realistic OTLP load to a Skein server and measure it (prints a JSON line last).
     Bench(BenchArgs),
+    /// Run Skein with a small instrumented shop (frontend, checkout, cart, SQLite, Redis) and
+    /// traffic, to see what traces look like, whole or broken (`--break`).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -160,16 +165,26 @@ impl ServeArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        || tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG").unwrap_or_else(|_| "info".into());
+    if let Command::Demo(_) = cli.command {
+        // The shop's log lines carry the trace and span id of the span they are written in.
+        tracing_subscriber::fmt()
+            .event_format(skein_otel::logs::TraceIdFormat::new(tracing_subscriber::fmt::format()))
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args.into_config())),
         Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::Demo(args) => runtime.block_on(async {
+            let shutdown = shutdown_signal().context("installing signal handlers")?;
+            demo::run(args, shutdown).await
+        }),
     }
 }
 

@@ -161,6 +161,14 @@ fn summarize(sql: &str) -> Summary {
     if operation.is_empty() {
         return Summary::default();
     }
+    if operation == "WITH" {
+        // A common table expression: the operation is the statement after the CTEs (the first
+        // keyword outside parentheses); it reads several relations, so no single collection.
+        return Summary {
+            operation: Some(statement_after_ctes(&words).unwrap_or(operation)),
+            collection: None,
+        };
+    }
     // The word after `kw`, skipping `IF [NOT] EXISTS`.
     let after = |kw: &str| {
         let i = words.iter().position(|w| w.eq_ignore_ascii_case(kw))?;
@@ -184,6 +192,23 @@ fn summarize(sql: &str) -> Summary {
         _ => None,
     };
     Summary { operation: Some(operation), collection: collection.filter(|c| !c.is_empty() && c != "(") }
+}
+
+/// The main statement's keyword of `WITH … AS (…) SELECT …`: the first of SELECT, INSERT,
+/// UPDATE, DELETE, REPLACE or MERGE at parenthesis depth 0.
+fn statement_after_ctes(words: &[&str]) -> Option<String> {
+    let mut depth = 0i32;
+    for w in words {
+        let starts_at = depth + w.chars().take_while(|&c| c == '(').count() as i32;
+        let keyword = w.trim_matches(|c: char| !c.is_ascii_alphabetic()).to_ascii_uppercase();
+        if starts_at == 0
+            && ["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE"].contains(&keyword.as_str())
+        {
+            return Some(keyword);
+        }
+        depth += w.matches('(').count() as i32 - w.matches(')').count() as i32;
+    }
+    None
 }
 
 /// Replaces literal strings and numbers in SQL text with `?`, keeping placeholders (`?`,
@@ -391,5 +416,18 @@ mod tests {
         assert_eq!(s("UPDATE stock SET n = n - 1").collection.as_deref(), Some("stock"));
         assert_eq!(s("SELECT * FROM a JOIN b ON a.id = b.id").collection, None);
         assert_eq!(s("CREATE TABLE IF NOT EXISTS x (id INT)").collection.as_deref(), Some("x"));
+        assert_eq!(
+            s(
+                "WITH RECURSIVE spin(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM spin WHERE n < 10) SELECT id FROM t"
+            ),
+            Summary { operation: Some("SELECT".into()), collection: None }
+        );
+        assert_eq!(
+            s(
+                "with recent as ( select * from orders ) delete from orders where id in (select id from recent)"
+            ),
+            Summary { operation: Some("DELETE".into()), collection: None }
+        );
+        assert_eq!(s("WITH broken AS (SELECT").operation.as_deref(), Some("WITH"));
     }
 }
