@@ -185,8 +185,11 @@ impl Checkout for CheckoutService {
             .map_err(|e| tonic::Status::internal(format!("storing the order: {e}")))?;
         tracing::info!(order = %order_id, total_cents = total, "order stored");
 
-        let confirmation =
-            self.background.track(send_confirmation(self.tracer.clone(), order_id.clone(), request.user_id.clone()));
+        let confirmation = self.background.track(send_confirmation(
+            self.tracer.clone(),
+            order_id.clone(),
+            request.user_id.clone(),
+        ));
         if self.break_mode == Some(Break::Spawn) {
             // The pitfall (Go's `go sendMail()` without ctx): a plain spawn starts with an empty
             // context, so the task's span is the root of a new trace.

@@ -171,7 +171,8 @@ impl Shop {
             listener.local_addr().map_err(|source| ShopError::Bind { service: "checkout", source })?;
         let background = Background::default();
         let service =
-            checkout::CheckoutService::new(&provider, &cart_url, config.break_mode, background.clone()).await?;
+            checkout::CheckoutService::new(&provider, &cart_url, config.break_mode, background.clone())
+                .await?;
         tasks.push(tokio::spawn(checkout::serve(listener, provider.clone(), service, stopped.clone())));
         guards.push(("checkout", guard));
         providers.push(provider);
