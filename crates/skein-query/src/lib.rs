@@ -11,6 +11,7 @@ use axum::routing::get;
 use skein_store::SpanStore;
 
 pub mod analysis;
+pub mod doctor;
 pub mod duration;
 pub mod jaeger;
 pub mod params;
@@ -43,6 +44,8 @@ pub fn router(store: SharedStore) -> Router {
         .route("/api/dependencies", get(v1::dependencies))
         .route("/api/v1/traces/{trace_id}/critical-path", get(skein_api::critical_path))
         .route("/api/v1/traces/{trace_id}/view", get(skein_api::trace_view))
+        .route("/api/v1/traces/{trace_id}/diagnosis", get(skein_api::trace_diagnosis))
+        .route("/api/v1/doctor", get(skein_api::doctor_report))
         .route("/api/v3/services", get(v3::services))
         .route("/api/v3/operations", get(v3::operations))
         .route("/api/v3/traces", get(v3::find_traces))

@@ -908,3 +908,72 @@ async fn trace_view_for_the_ui() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn doctor_and_trace_diagnosis() {
+    // The fixture's trace 1 has a span whose parent (…09) never arrived.
+    let (status, body) = get("/api/v1/doctor?lookback=200000h&grace=0s&service=checkout").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let window = report.as_object_mut().unwrap().remove("window").unwrap();
+    assert!(
+        window["start"].as_str().unwrap().parse::<u64>().unwrap() < B::new(1, 1).build().start_time_unix_nano
+    );
+    expect![[r#"
+        {
+          "broken": true,
+          "edges": [],
+          "findings": [
+            {
+              "broken": true,
+              "confidence": 1.0,
+              "count": 1,
+              "examples": [
+                {
+                  "otherSpanID": null,
+                  "otherTraceID": null,
+                  "spanID": "cd00000000000003",
+                  "traceID": "ab000000000000000000000000000001"
+                }
+              ],
+              "kind": "orphan_spans",
+              "message": "1 'orphan' span of checkout name a parent that never arrived: the parent was not exported (sampled out, dropped, lost in a crash), or a wrong parent id was propagated.",
+              "operation": "orphan",
+              "peer": null,
+              "peerOperation": null,
+              "service": "checkout"
+            }
+          ],
+          "graceSeconds": 0.0,
+          "service": "checkout",
+          "spans": 4,
+          "traces": 2,
+          "truncated": false
+        }"#]]
+    .assert_eq(&serde_json::to_string_pretty(&report).unwrap());
+    check(
+        &format!("/api/v1/traces/{}/diagnosis?grace=0s", trace1()),
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "problems": [
+            {
+              "kind": "orphan_spans",
+              "message": "this span's parent is not in the trace",
+              "missingParentID": "cd00000000000009",
+              "spanID": "cd00000000000003"
+            }
+          ],
+          "related": [],
+          "traceID": "ab000000000000000000000000000001"
+        }"#]],
+    )
+    .await;
+    check("/api/v1/doctor?lookback=soon", StatusCode::BAD_REQUEST, expect![[r#"
+        {
+          "error": {
+            "httpCode": 400,
+            "message": "parameter 'lookback': invalid duration \"soon\": expected a Go duration such as \"1.5s\", \"300ms\" or \"1h30m\""
+          }
+        }"#]]).await;
+}

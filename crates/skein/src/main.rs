@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use skein_server::{Config, StorageKind};
 
 mod demo;
+mod doctor;
 
 /// mimalloc: the server allocates and frees many small strings per span on several threads,
 /// where it is faster than the system allocator and fragments less.
@@ -32,6 +33,9 @@ enum Command {
     /// Run Skein with a small instrumented shop (frontend, checkout, cart, SQLite, Redis) and
     /// traffic, to see what traces look like, whole or broken (`--break`).
     Demo(demo::DemoArgs),
+    /// Ask a running Skein where trace chains break (split traces, detached work, orphans);
+    /// exits 1 when it finds a broken chain, 2 when it cannot ask.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -181,6 +185,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args.into_config())),
         Command::Bench(args) => runtime.block_on(bench(args)),
+        Command::Doctor(args) => match runtime.block_on(doctor::run(args)) {
+            Ok(false) => Ok(()),
+            Ok(true) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("skein doctor: {e:#}");
+                std::process::exit(2)
+            }
+        },
         Command::Demo(args) => runtime.block_on(async {
             let shutdown = shutdown_signal().context("installing signal handlers")?;
             demo::run(args, shutdown).await

@@ -30,16 +30,22 @@ impl Drop for Demo {
 
 /// Starts `skein demo` with `args` and waits until it reports that its requests are done.
 fn demo(args: &[&str], path: Option<&str>) -> Demo {
+    demo_with(REQUESTS, args, path)
+}
+
+fn demo_with(requests: usize, args: &[&str], path: Option<&str>) -> Demo {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skein"));
     cmd.args(["demo", "--http-addr", "127.0.0.1:0", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr"])
-        .args(["127.0.0.1:0", "--rate", "20", "--fail-ratio", "0", "--slow-ratio", "0", "--requests"])
-        .arg(REQUESTS.to_string())
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(["127.0.0.1:0", "--requests"])
+        .arg(requests.to_string());
+    // Defaults for the traffic unless the test sets them.
+    for (flag, value) in [("--rate", "20"), ("--fail-ratio", "0"), ("--slow-ratio", "0")] {
+        if !args.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    cmd.arg("--data-dir").arg(data.path()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(path) = path {
         cmd.env("PATH", path);
     }
@@ -55,7 +61,7 @@ fn demo(args: &[&str], path: Option<&str>) -> Demo {
     });
     let mut lines = Vec::new();
     let mut http = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(300);
     for line in stdout.lines() {
         let line = line.unwrap();
         if let Some(l) = skein_bench::parse_listening(&line) {
@@ -146,6 +152,39 @@ impl Demo {
             }
         }
         traces
+    }
+
+    /// `skein doctor --grace 0s --json` against this demo: (exit code, report).
+    fn doctor(&self) -> (i32, Json) {
+        let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+            .args(["doctor", "--server", &self.http, "--grace", "0s", "--json"])
+            .output()
+            .unwrap();
+        let report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor prints JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap(), report)
+    }
+
+    /// The doctor's broken findings as (kind, service, peer, operation, count); checks the exit code.
+    fn doctor_breaks(&self) -> Vec<(String, String, String, String, u64)> {
+        let (code, report) = self.doctor();
+        let breaks: Vec<_> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["broken"] == true)
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().to_owned(),
+                    f["service"].as_str().unwrap().to_owned(),
+                    f["peer"].as_str().unwrap_or("").to_owned(),
+                    f["operation"].as_str().unwrap().to_owned(),
+                    f["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(code, if breaks.is_empty() { 0 } else { 1 }, "doctor's exit code: {report:#}");
+        breaks
     }
 
     /// Stops the demo as a user does (Ctrl-C) and checks that it exits cleanly.
@@ -315,6 +354,12 @@ fn break_spawn_loses_the_background_task() {
         check_checkout_internals(t, false);
         assert!(has(t, "cart", "HGETALL"), "everything else stays in the request's trace");
     }
+    let n = REQUESTS as u64;
+    assert_eq!(
+        demo.doctor_breaks(),
+        [("detached_work".into(), "checkout".into(), String::new(), "send confirmation".into(), n)],
+        "the doctor names the spawned task"
+    );
     demo.interrupt();
 }
 
@@ -341,6 +386,12 @@ fn break_middleware_splits_the_frontend_from_everything_behind_it() {
         check_checkout_internals(t, true);
         check_cart(t, find(t, "cart", "GET /cart/{user}"));
     }
+    let n = REQUESTS as u64;
+    assert_eq!(
+        demo.doctor_breaks(),
+        [("detached_work".into(), "frontend".into(), String::new(), "shop.Checkout/PlaceOrder".into(), n)],
+        "the doctor names the frontend, where the middleware dropped the context"
+    );
     demo.interrupt();
 }
 
@@ -368,6 +419,23 @@ fn break_client_splits_the_cart_from_its_caller() {
         );
         assert!(!t.iter().any(|s| s.service == "cart"));
     }
+    let n = REQUESTS as u64;
+    assert_eq!(
+        demo.doctor_breaks(),
+        [("split_trace".into(), "checkout".into(), "cart".into(), "GET".into(), n)],
+        "the doctor names the edge checkout → cart"
+    );
+    let (_, report) = demo.doctor();
+    let edge = report["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["caller"] == "checkout" && e["callee"] == "cart")
+        .unwrap();
+    assert_eq!(
+        (edge["joined"].as_u64(), edge["split"].as_u64(), edge["health"].as_f64()),
+        (Some(0), Some(n), Some(0.0))
+    );
     demo.interrupt();
 }
 
@@ -386,5 +454,29 @@ fn without_redis_server_the_demo_says_how_to_install_it_and_runs_the_cart_withou
         assert!(has(trace, "cart", "GET /cart/{user}"));
         assert!(!has(trace, "cart", "HGETALL"));
     }
+    demo.interrupt();
+}
+
+#[test]
+fn the_doctor_finds_nothing_wrong_with_a_healthy_shop_over_1000_requests() {
+    let demo = demo_with(1000, &["--rate", "400", "--fail-ratio", "0.1"], None);
+    assert_eq!(demo.doctor_breaks(), vec![], "no broken chain");
+    let (_, report) = demo.doctor();
+    let edges = report["edges"].as_array().unwrap();
+    let joined = |a: &str, b: &str| {
+        let e = edges.iter().find(|e| e["caller"] == a && e["callee"] == b).unwrap();
+        assert_eq!(e["health"].as_f64(), Some(1.0));
+        e["joined"].as_u64().unwrap()
+    };
+    assert_eq!(joined("frontend", "checkout"), 1000);
+    assert!(joined("checkout", "cart") >= 1000);
+    // The payment provider has no server spans: a note, not a break.
+    let notes: Vec<&Json> =
+        report["findings"].as_array().unwrap().iter().filter(|f| f["broken"] == false).collect();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(
+        (notes[0]["kind"].as_str(), notes[0]["peer"].as_str()),
+        (Some("uninstrumented_peer"), Some("acme-pay"))
+    );
     demo.interrupt();
 }
