@@ -35,6 +35,8 @@ export const api = {
     getJSON(`/api/services/${encodeURIComponent(service)}/operations`).then((b) => (b.data ?? []).slice().sort()),
   search: (params, opts) => getJSON(`/api/traces?${params}`, opts).then((b) => b.data ?? []),
   traceView: (id, opts) => getJSON(`/api/v1/traces/${encodeURIComponent(id)}/view`, opts),
+  doctor: (query) => getJSON(`/api/v1/doctor?${query}`),
+  diagnosis: (id, opts) => getJSON(`/api/v1/traces/${encodeURIComponent(id)}/diagnosis`, opts),
   dependencies: (endTs, lookbackMs) =>
     getJSON(`/api/dependencies?endTs=${endTs}&lookback=${lookbackMs}`).then((b) => b.data ?? []),
 };

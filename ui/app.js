@@ -4,6 +4,7 @@
 import { renderSearch } from "./search.js";
 import { renderTrace } from "./trace.js";
 import { renderDependencies } from "./dependencies.js";
+import { renderDoctor } from "./doctor.js";
 import { h, link, replace } from "./dom.js";
 
 const main = document.getElementById("app");
@@ -32,6 +33,9 @@ function route() {
   } else if (path === "/dependencies") {
     page = "dependencies";
     cleanup = renderDependencies(main, params, navigate);
+  } else if (path === "/doctor") {
+    page = "doctor";
+    cleanup = renderDoctor(main, params, navigate);
   } else {
     document.title = "Not found · Skein";
     replace(main, h("div", { class: "pad" }, h("h1", null, "Page not found"), h("p", null, link("/search", null, "Search traces"))));

@@ -20,6 +20,11 @@ export function renderTrace(main, traceId, params, navigate) {
     .then((result) => {
       const trace = buildTrace(result);
       view = new TraceView(main, trace, navigate);
+      // Is this request split over several traces? The banner links to the other pieces.
+      api
+        .diagnosis(traceId, { signal: controller.signal })
+        .then((d) => view.showDiagnosis(d))
+        .catch(() => {});
       const focus = params.get("span");
       if (focus && trace.byId.has(focus)) view.reveal(trace.byId.get(focus), true);
       performance.mark("skein-trace-rendered");
@@ -135,6 +140,7 @@ class TraceView {
     this.scroller.addEventListener("click", (e) => this.onRowsClick(e));
     this.detail = h("aside", { class: "detail", hidden: true });
     this.body = h("div", { class: "trace-body" }, h("div", { class: "timeline" }, this.scroller), this.detail);
+    this.header = header;
     this.page = h("section", { class: "trace-page" }, header, this.body);
     replace(main, this.page);
     this.onResize = () => this.schedule();
@@ -173,6 +179,27 @@ class TraceView {
       out.push(h("div", { class: "warning", role: "alert" }, h("strong", null, `⚠ This trace has ${t.tops.filter((s) => !s.problem).length} root spans. `), "A trace normally has one; the others started without a parent context."));
     }
     return out;
+  }
+
+  /** A banner per other piece of this request that the trace doctor found. */
+  showDiagnosis(d) {
+    const pieces = (d.problems ?? []).filter((p) => p.otherTraceID && p.otherTraceID !== this.trace.traceId);
+    const banners = pieces.slice(0, 5).map((p) => {
+      const s = this.trace.byId.get(p.spanID);
+      const here = s ? h("button", { type: "button", class: "linkish", onclick: () => this.reveal(s, true) }, `${s.service}: ${s.name}`) : p.spanID;
+      const other = link(`/trace/${p.otherTraceID}?span=${p.otherSpanID}`, { class: "continuation" }, `trace ${p.otherTraceID}`);
+      const sure = ` (confidence ${Math.round(p.confidence * 100)}%).`;
+      const text =
+        p.kind === "split_trace"
+          ? p.relation === "continues_in"
+            ? ["⚠ This request is split: the context was lost at ", here, "; the request continues in ", other, sure]
+            : ["⚠ This trace is the continuation of ", other, ": ", here, " started a new trace instead of joining it", sure]
+          : p.relation === "continues_in"
+            ? ["⚠ Work started under ", here, " lost its context and runs in ", other, sure]
+            : ["⚠ ", here, " started a new trace while ", other, " was running in the same process: its context was lost", sure];
+      return h("div", { class: "warning split-banner", role: "alert", dataset: { other: p.otherTraceID, relation: p.relation } }, ...text);
+    });
+    if (banners.length) this.header.querySelector(".toolbar").before(...banners);
   }
 
   // Row content -------------------------------------------------------------------------------

@@ -43,8 +43,10 @@ export function request(byService) {
  * One shop request: frontend → checkout (gRPC) → SQL + cart (HTTP) → Redis. Returns the request
  * body and the ids the tests look for.
  */
-export function shopTrace(t0, { error = false, slow = false, orphan = false, linkTo = null } = {}) {
+export function shopTrace(t0, { error = false, slow = false, orphan = false, linkTo = null, splitCart = false } = {}) {
   const traceId = hex(16);
+  // With `splitCart`, checkout's client does not propagate: cart starts a trace of its own.
+  const cartTraceId = splitCart ? hex(16) : traceId;
   const ids = { root: hex(8), grpcClient: hex(8), grpcServer: hex(8), sql: hex(8), cartClient: hex(8), cartServer: hex(8), redis: hex(8), orphan: hex(8) };
   const dbDur = slow ? 450 : 12;
   const total = 40 + dbDur + 30;
@@ -78,11 +80,11 @@ export function shopTrace(t0, { error = false, slow = false, orphan = false, lin
     }),
   ];
   const cart = [
-    span(traceId, {
-      id: ids.cartServer, parent: ids.cartClient, name: "GET /cart/{id}", kind: KIND.SERVER, t0, at: 9 + dbDur, dur: 22,
-      attributes: { "http.request.method": "GET", "http.route": "/cart/{id}", "http.response.status_code": 200 },
+    span(cartTraceId, {
+      id: ids.cartServer, parent: splitCart ? "" : ids.cartClient, name: "GET /cart/{id}", kind: KIND.SERVER, t0, at: 9 + dbDur, dur: 22,
+      attributes: { "http.request.method": "GET", "http.route": "/cart/{id}", "url.path": "/cart/42", "http.response.status_code": 200 },
     }),
-    span(traceId, {
+    span(cartTraceId, {
       id: ids.redis, parent: ids.cartServer, name: "HGETALL", kind: KIND.CLIENT, t0, at: 10 + dbDur, dur: 2,
       attributes: { "db.system.name": "redis", "db.operation.name": "HGETALL", "db.query.text": "HGETALL ?", "server.address": "127.0.0.1", "server.port": 6379 },
     }),
@@ -91,7 +93,7 @@ export function shopTrace(t0, { error = false, slow = false, orphan = false, lin
     // The confirmation e-mail, sent from a task that lost the context: its parent never arrives.
     checkout.push(span(traceId, { id: ids.orphan, parent: hex(8), name: "send confirmation", t0, at: total - 5, dur: 30, attributes: { "messaging.destination.name": "emails" } }));
   }
-  return { traceId, ids, body: request({ frontend, checkout, cart }) };
+  return { traceId, cartTraceId, ids, body: request({ frontend, checkout, cart }) };
 }
 
 /** A trace whose every name and value is an attempt at HTML injection. */

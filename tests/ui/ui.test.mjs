@@ -24,6 +24,7 @@ let pageErrors = [];
 let dialogs = [];
 const shop = [];
 let xss;
+let split;
 
 async function screenshot(name) {
   if (!shots) return;
@@ -51,6 +52,9 @@ before(async () => {
   }
   xss = xssTrace(now - 30_000);
   await post(otlp, xss.body);
+  // A request whose checkout → cart call did not propagate the context: two traces.
+  split = shopTrace(now - 120_000, { splitCart: true });
+  await post(otlp, split.body);
 
   browser = await chromium.launch({
     executablePath: process.env.SKEIN_CHROMIUM || "/usr/bin/chromium",
@@ -110,7 +114,7 @@ test("search: the form runs a search that lives in the URL, and a reload runs it
   assert.deepEqual(await listed(), slow);
   await page.goto(`${base}/search?service=frontend&lookback=1h&limit=20`);
   await page.locator(".result-count").waitFor();
-  assert.equal(await page.locator(".trace-item").count(), 12);
+  assert.equal(await page.locator(".trace-item").count(), 13, "the twelve requests and the split one");
   const first = page.locator(".trace-item").first();
   assert.match(await first.textContent(), /frontend: GET \/checkout/);
   assert.match(await first.textContent(), /7 spans/);
@@ -125,7 +129,7 @@ test("search: the form runs a search that lives in the URL, and a reload runs it
   // Back returns to the results.
   await page.goBack();
   await page.locator(".result-count").waitFor();
-  assert.equal(await page.locator(".trace-item").count(), 12);
+  assert.equal(await page.locator(".trace-item").count(), 13);
 });
 
 test("search: a click on a point of the scatter plot opens that trace", async () => {
@@ -275,9 +279,9 @@ test("service map: calls between services with their counts, for a chosen window
   await page.locator(".service-map").waitFor();
   for (const s of ["frontend", "checkout", "cart"]) assert.equal(await page.locator(`.node[data-service="${s}"]`).count(), 1, s);
   const count = (p, c) => page.locator(`.calls tr[data-parent="${p}"][data-child="${c}"] td.num`).textContent();
-  assert.equal(await count("frontend", "checkout"), "12");
-  assert.equal(await count("checkout", "cart"), "12");
-  assert.equal(await page.locator('.edge[data-parent="frontend"][data-child="checkout"] .edge-label').textContent(), "12");
+  assert.equal(await count("frontend", "checkout"), "13");
+  assert.equal(await count("checkout", "cart"), "12", "the split request's cart call is not a parent/child pair");
+  assert.equal(await page.locator('.edge[data-parent="frontend"][data-child="checkout"] .edge-label').textContent(), "13");
   await screenshot("service-map");
   await page.selectOption(".deps-head select", "15m");
   await page.waitForURL(`${base}/dependencies?lookback=15m`);
@@ -286,6 +290,33 @@ test("service map: calls between services with their counts, for a chosen window
   await page.locator('.node[data-service="checkout"]').click();
   await page.waitForURL(/\/search\?service=checkout/);
   await page.locator(".result-count").waitFor();
+});
+
+test("chain health: the doctor's findings link both halves, and split traces carry a banner", async () => {
+  await page.goto(`${base}/doctor?lookback=1h`);
+  await page.locator(".health-summary").waitFor();
+  assert.match(await page.locator(".health-summary").textContent(), /2 broken chains found/);
+  const splitCard = page.locator('.finding[data-kind="split_trace"][data-service="checkout"][data-peer="cart"]');
+  assert.match(await splitCard.textContent(), /checkout → cart loses context/);
+  assert.match(await splitCard.textContent(), /1×/);
+  const orphanCard = page.locator('.finding[data-kind="orphan_spans"][data-service="checkout"]');
+  assert.match(await orphanCard.textContent(), /send confirmation/);
+  const edge = page.locator('.edges tr[data-caller="checkout"][data-callee="cart"]');
+  assert.match(await edge.textContent(), /9[0-9]\.[0-9]%/, "one split call among the checkout → cart calls");
+  await screenshot("chain-health");
+
+  // Both halves are one click away, and each says where the other is.
+  await splitCard.locator("a.example-other").click();
+  await page.waitForURL(new RegExp(`/trace/${split.cartTraceId}`));
+  const back = page.locator('.split-banner[data-relation="continues_from"]');
+  await back.waitFor();
+  assert.match(await back.textContent(), /This trace is the continuation of/);
+  await back.locator("a.continuation").click();
+  await page.waitForURL(new RegExp(`/trace/${split.traceId}`));
+  const forward = page.locator('.split-banner[data-relation="continues_in"]');
+  await forward.waitFor();
+  assert.match(await forward.textContent(), /This request is split: the context was lost at checkout: GET/);
+  assert.equal(await forward.getAttribute("data-other"), split.cartTraceId);
 });
 
 test("screenshot: a trace with its details open", async () => {

@@ -562,10 +562,11 @@ pub fn diagnose(traces: &[Vec<Span>], config: &DoctorConfig) -> Report {
             service: service.clone(),
             peer: None,
             message: format!(
-                "{n} '{operation}' span{s} of {service} name a parent that never arrived: the parent was not \
-                 exported (sampled out, dropped, lost in a crash), or a wrong parent id was propagated.",
+                "{n} '{operation}' span{s} of {service} name{verb} a parent that never arrived: the parent was \
+                 not exported (sampled out, dropped, lost in a crash), or a wrong parent id was propagated.",
                 n = list.len(),
                 s = if list.len() == 1 { "" } else { "s" },
+                verb = if list.len() == 1 { "s" } else { "" },
             ),
             operation: operation.clone(),
             peer_operation: None,

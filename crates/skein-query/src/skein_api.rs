@@ -172,14 +172,14 @@ pub(crate) async fn trace_diagnosis(
         let confidence = p.confidence_milli as f64 / 1000.0;
         if p.from_trace == id && p.to_trace != id {
             problems.push(json!({
-                "kind": kind, "spanID": p.from_span.to_hex(), "otherTraceID": p.to_trace.to_hex(),
+                "kind": kind, "relation": "continues_in", "spanID": p.from_span.to_hex(), "otherTraceID": p.to_trace.to_hex(),
                 "otherSpanID": p.to_span.to_hex(), "confidence": confidence,
                 "message": "the request continues in another trace: the context was lost after this span",
             }));
             related.push(json!({"traceID": p.to_trace.to_hex(), "relation": "continues_in", "kind": kind, "confidence": confidence}));
         } else if p.to_trace == id && p.from_trace != id {
             problems.push(json!({
-                "kind": kind, "spanID": p.to_span.to_hex(), "otherTraceID": p.from_trace.to_hex(),
+                "kind": kind, "relation": "continues_from", "spanID": p.to_span.to_hex(), "otherTraceID": p.from_trace.to_hex(),
                 "otherSpanID": p.from_span.to_hex(), "confidence": confidence,
                 "message": "this trace is the continuation of a request whose context was lost in another trace",
             }));

@@ -937,7 +937,7 @@ async fn doctor_and_trace_diagnosis() {
                 }
               ],
               "kind": "orphan_spans",
-              "message": "1 'orphan' span of checkout name a parent that never arrived: the parent was not exported (sampled out, dropped, lost in a crash), or a wrong parent id was propagated.",
+              "message": "1 'orphan' span of checkout names a parent that never arrived: the parent was not exported (sampled out, dropped, lost in a crash), or a wrong parent id was propagated.",
               "operation": "orphan",
               "peer": null,
               "peerOperation": null,

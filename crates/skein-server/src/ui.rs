@@ -47,6 +47,7 @@ pub(crate) const ASSETS: &[Asset] = &[
     asset!("trace.js", JS),
     asset!("tracemodel.js", JS),
     asset!("dependencies.js", JS),
+    asset!("doctor.js", JS),
 ];
 
 /// Strong validators for the assets: a hash of each body, computed once.
@@ -65,13 +66,15 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";
 
-/// The UI's routes: pages (`/`, `/search`, `/trace/{id}`, `/dependencies`) and `/static/{file}`.
+/// The UI's routes: pages (`/`, `/search`, `/trace/{id}`, `/dependencies`, `/doctor`) and
+/// `/static/{file}`.
 pub(crate) fn router() -> Router {
     Router::new()
         .route("/", get(page))
         .route("/search", get(page))
         .route("/trace/{trace_id}", get(page))
         .route("/dependencies", get(page))
+        .route("/doctor", get(page))
         .route("/static/{file}", get(static_file))
 }
 
@@ -139,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn pages_answer_the_entry_page_with_a_strict_csp_and_assets_revalidate() {
-        for uri in ["/", "/search?service=a", "/trace/0123", "/dependencies"] {
+        for uri in ["/", "/search?service=a", "/trace/0123", "/dependencies", "/doctor?lookback=1h"] {
             let r = get(uri, None).await;
             assert_eq!(r.status(), StatusCode::OK, "{uri}");
             assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
