@@ -176,3 +176,72 @@ fn python_sdk_over_grpc_and_http() {
     let (_, services) = skein.get("/api/services");
     assert_eq!(services["data"], serde_json::json!(["py-grpc", "py-http"]));
 }
+
+/// The trace doctor on chains broken by real SDK code: `doctor_scenarios.py` sends a call that
+/// does not propagate (orders → billing), work handed to a thread without its context (worker),
+/// and calls to a peer with no instrumentation (api → legacy.internal:8080).
+#[test]
+fn the_doctor_names_each_broken_edge_of_python_sdk_traces() {
+    let Some(python) = python() else { return };
+    let skein = Skein::start();
+    let script = workspace_root().join("tests/interop/python/doctor_scenarios.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .args(["--endpoint", &format!("{}/v1/traces", skein.otlp_http), "--repeat", "5"])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+
+    let doctor = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["doctor", "--server", &skein.http, "--grace", "0s", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(doctor.status.code(), Some(1), "broken chains make the doctor exit 1");
+    let report: Json = serde_json::from_slice(&doctor.stdout).unwrap();
+    let mut findings: Vec<(String, String, String, String, u64, bool)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["service"].as_str().unwrap().to_owned(),
+                f["peer"].as_str().unwrap_or("").to_owned(),
+                f["operation"].as_str().unwrap().to_owned(),
+                f["count"].as_u64().unwrap(),
+                f["broken"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    findings.sort();
+    let s = |v: &str| v.to_owned();
+    assert_eq!(
+        findings,
+        vec![
+            (s("detached_work"), s("worker"), s(""), s("process job"), 5, true),
+            (s("split_trace"), s("orders"), s("billing"), s("POST"), 5, true),
+            (s("uninstrumented_peer"), s("api"), s("legacy.internal:8080"), s("GET"), 5, false),
+        ],
+        "{report:#}"
+    );
+    let split = report["findings"].as_array().unwrap().iter().find(|f| f["kind"] == "split_trace").unwrap();
+    assert_eq!(split["peerOperation"], "POST /pay/{id}");
+    assert!(split["confidence"].as_f64().unwrap() > 0.9, "{split}");
+
+    // The text report, as a user reads it after the integration tests.
+    let text = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["doctor", "--server", &skein.http, "--grace", "0s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("BROKEN orders → billing [split_trace]"), "{text}");
+    assert!(text.contains("BROKEN worker: process job [detached_work]"), "{text}");
+    assert!(text.contains("NOTE   api → legacy.internal:8080 [uninstrumented_peer]"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("orders → billing")
+                && l.ends_with("0.0%  (0 joined, 5 split)")),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("2 broken chains found."), "{text}");
+}
