@@ -176,6 +176,37 @@ pub fn serve_command(exe: &Path, data_dir: &Path) -> Command {
     cmd
 }
 
+/// Waits (up to 15 minutes) until the server's `/metrics` says no block awaits compaction, so
+/// bytes on disk are measured after compaction.
+async fn wait_for_compaction(http: &str) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let mut said = false;
+    while started.elapsed() < Duration::from_secs(900) {
+        let pending = match client.get(format!("{http}/metrics")).send().await {
+            Ok(r) => r.text().await.ok().and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("skein_storage_blocks_awaiting_compaction "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            }),
+            Err(_) => None,
+        };
+        match pending {
+            Some(0) | None => break,
+            Some(n) => {
+                if !said {
+                    eprintln!("waiting for compaction ({n} blocks to merge)…");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    if said {
+        eprintln!("compaction done in {:.1}s", started.elapsed().as_secs_f64());
+    }
+}
+
 /// A `skein serve` child process.
 struct Server {
     child: Child,
@@ -377,8 +408,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     report.export_p99_ms = percentile(&latencies, 0.99);
     eprintln!("load done: {} spans accepted in {:.1}s", report.spans_accepted, report.seconds);
 
-    // Disk: stop gracefully (head → blocks), measure, restart on the same data.
+    // Disk: let compaction catch up, stop gracefully (head → blocks), measure, restart on the
+    // same data.
     let query = if let Some(s) = server.take() {
+        wait_for_compaction(&s.http).await;
         s.stop()?;
         if report.spans_accepted > 0 {
             report.bytes_per_span = Some(dir_bytes(data.path()) as f64 / report.spans_accepted as f64);

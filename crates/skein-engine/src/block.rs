@@ -1,7 +1,7 @@
 //! Immutable block files: spans grouped by trace, compressed chunks, an index and a footer
 //! with format version and crc32. Specified in `docs/format/block.md`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,11 +9,12 @@ use skein_model::{Span, SpanKind, TimeRange, TraceId};
 use skein_wal::fs::Fs;
 
 use crate::codec::{self, DecodeError};
+use crate::columnar;
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
 /// Version of the block format written by this code (version 1 is still read).
-pub const BLOCK_VERSION: u32 = 2;
+pub const BLOCK_VERSION: u32 = 3;
 /// Most distinct values a chunk's postings keep for one (service, key) before giving up
 /// on that key (marking it "many").
 const MAX_POSTING_VALUES: usize = 32;
@@ -114,11 +115,13 @@ pub struct Block {
     pub(crate) trace_count: u64,
     /// WAL segments below this id hold only records stored in this (or an older) block.
     pub(crate) wal_segment_end: u64,
+    /// Blocks (by sequence number) whose spans a compaction moved into this one (format v3).
+    pub(crate) replaces: Vec<u64>,
     pub(crate) bytes: u64,
     chunks: Vec<ChunkMeta>,
     /// service → (operation, kind) → spans.
     pub(crate) services: Vec<(String, OperationCounts)>,
-    /// Sorted by trace id.
+    /// Sorted by trace id, then chunk; since format v3 a trace may be in several chunks.
     traces: Vec<(TraceId, u32)>,
     /// The strings of the postings, interned: each distinct key or value once per block.
     strings: HashMap<Box<str>, u32>,
@@ -205,39 +208,83 @@ pub(crate) fn write_block(
         .map(|(id, spans)| (spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0), id, spans))
         .collect();
     traces.sort_by_key(|(start, id, _)| (*start, *id));
+    let mut writer = BlockWriter::default();
+    for (_, _, spans) in traces {
+        writer.add(spans);
+    }
+    writer.finish(fs, path, wal_segment_end, &[])
+}
 
-    let mut service_ids: BTreeMap<String, u32> = BTreeMap::new();
-    let mut services: Vec<(String, OperationCounts)> = Vec::new();
-    let mut file = Vec::new();
-    let mut chunks = Vec::new();
-    let mut trace_index = Vec::with_capacity(traces.len());
-    let (mut span_count, trace_count) = (0u64, traces.len() as u64);
-    let mut time = TimeRange::new(u64::MAX, 0);
+/// Builds a block chunk by chunk: spans go in (whole traces, or parts of traces: a trace may
+/// then span several chunks), compressed chunks accumulate, and [`BlockWriter::finish`] writes
+/// the index and footer. Memory: the compressed chunks plus one chunk being gathered.
+#[derive(Default)]
+pub(crate) struct BlockWriter {
+    service_ids: BTreeMap<String, u32>,
+    services: Vec<(String, OperationCounts)>,
+    file: Vec<u8>,
+    chunks: Vec<ChunkMeta>,
+    all_postings: Vec<Vec<(u32, Postings)>>,
+    trace_index: Vec<(TraceId, u32)>,
+    trace_ids: HashSet<TraceId>,
+    span_count: u64,
+    time: Option<TimeRange>,
+    pending: Vec<Span>,
+    pending_bytes: usize,
+}
 
-    let mut pending: Vec<Span> = Vec::new();
-    let mut pending_bytes = 0usize;
-    let mut all_postings: Vec<Vec<(u32, Postings)>> = Vec::new();
-    let flush = |pending: &mut Vec<Span>,
-                 file: &mut Vec<u8>,
-                 chunks: &mut Vec<ChunkMeta>,
-                 all_postings: &mut Vec<Vec<(u32, Postings)>>,
-                 service_ids: &BTreeMap<String, u32>| {
-        if pending.is_empty() {
+impl BlockWriter {
+    /// Adds spans (of one trace, or of several whole traces); cuts a chunk when enough is gathered.
+    pub(crate) fn add(&mut self, spans: Vec<Span>) {
+        let chunk = self.chunks.len() as u32;
+        let time = self.time.get_or_insert(TimeRange::new(u64::MAX, 0));
+        for s in &spans {
+            let service = s.service_name();
+            let sid = match self.service_ids.get(service) {
+                Some(&sid) => sid,
+                None => {
+                    self.services.push((service.to_owned(), BTreeMap::new()));
+                    let sid = (self.services.len() - 1) as u32;
+                    self.service_ids.insert(service.to_owned(), sid);
+                    sid
+                }
+            };
+            *self.services[sid as usize].1.entry((s.name.clone(), s.kind)).or_default() += 1;
+            self.span_count += 1;
+            time.start_unix_nano = time.start_unix_nano.min(s.start_time_unix_nano);
+            time.end_unix_nano = time.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
+            self.pending_bytes += 64 + s.name.len() + s.attributes.len() * 24;
+            if self.trace_index.last() != Some(&(s.trace_id, chunk)) {
+                self.trace_index.push((s.trace_id, chunk));
+            }
+            self.trace_ids.insert(s.trace_id);
+        }
+        // The spans belong to the chunk being gathered, whose index is `chunks.len()`.
+        self.pending.extend(spans);
+        if self.pending_bytes >= CHUNK_TARGET {
+            self.cut();
+        }
+    }
+
+    fn cut(&mut self) {
+        self.pending_bytes = 0;
+        if self.pending.is_empty() {
             return;
         }
-        let raw = codec::encode_spans(pending);
+        let pending = std::mem::take(&mut self.pending);
+        let raw = columnar::encode_chunk(&pending);
         let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
         let mut chunk_services: BTreeSet<u32> = BTreeSet::new();
         let mut t = TimeRange::new(u64::MAX, 0);
         let mut durations = (u64::MAX, 0);
-        for s in pending.iter() {
-            chunk_services.insert(service_ids[s.service_name()]);
+        for s in &pending {
+            chunk_services.insert(self.service_ids[s.service_name()]);
             t.start_unix_nano = t.start_unix_nano.min(s.start_time_unix_nano);
             t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
             durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
         }
-        chunks.push(ChunkMeta {
-            offset: file.len() as u64,
+        self.chunks.push(ChunkMeta {
+            offset: self.file.len() as u64,
             len: compressed.len() as u32,
             crc: crc32fast::hash(&compressed),
             time: t,
@@ -245,103 +292,99 @@ pub(crate) fn write_block(
             services: chunk_services.into_iter().collect(),
             postings: None,
         });
-        all_postings.push(chunk_postings(pending, service_ids));
-        file.extend_from_slice(&compressed);
-        pending.clear();
-    };
-    for (_, id, spans) in traces {
-        trace_index.push((id, chunks.len() as u32));
-        for s in &spans {
-            let service = s.service_name();
-            let sid = *service_ids.entry(service.to_owned()).or_insert_with(|| {
-                services.push((service.to_owned(), BTreeMap::new()));
-                (services.len() - 1) as u32
-            });
-            *services[sid as usize].1.entry((s.name.clone(), s.kind)).or_default() += 1;
-            span_count += 1;
-            time.start_unix_nano = time.start_unix_nano.min(s.start_time_unix_nano);
-            time.end_unix_nano = time.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
-            pending_bytes += 64 + s.name.len() + s.attributes.len() * 24;
-        }
-        // The trace belongs to the chunk being gathered, whose index is `chunks.len()`.
-        pending.extend(spans);
-        if pending_bytes >= CHUNK_TARGET {
-            flush(&mut pending, &mut file, &mut chunks, &mut all_postings, &service_ids);
-            pending_bytes = 0;
-        }
+        self.all_postings.push(chunk_postings(&pending, &self.service_ids));
+        self.file.extend_from_slice(&compressed);
     }
-    flush(&mut pending, &mut file, &mut chunks, &mut all_postings, &service_ids);
-    debug_assert!(trace_index.iter().all(|(_, c)| (*c as usize) < chunks.len()));
-    trace_index.sort_by_key(|(id, _)| *id);
 
-    let mut index = Vec::new();
-    varint(&mut index, time.start_unix_nano);
-    varint(&mut index, time.end_unix_nano);
-    varint(&mut index, span_count);
-    varint(&mut index, trace_count);
-    varint(&mut index, wal_segment_end);
-    varint(&mut index, services.len() as u64);
-    for (name, ops) in &services {
-        put_str(&mut index, name);
-        varint(&mut index, ops.len() as u64);
-        for ((op, kind), n) in ops {
-            put_str(&mut index, op);
-            index.push(kind_code(*kind));
-            varint(&mut index, *n);
+    /// Writes the block (atomically) and opens it. `replaces` names the blocks (by sequence
+    /// number) whose spans this one holds, for compaction.
+    pub(crate) fn finish(
+        mut self,
+        fs: &dyn Fs,
+        path: &Path,
+        wal_segment_end: u64,
+        replaces: &[u64],
+    ) -> Result<Block, BlockError> {
+        self.cut();
+        let time = self.time.unwrap_or(TimeRange::new(0, 0));
+        let mut trace_index = std::mem::take(&mut self.trace_index);
+        trace_index.sort_unstable();
+        trace_index.dedup();
+        let mut file = std::mem::take(&mut self.file);
+
+        let mut index = Vec::new();
+        varint(&mut index, time.start_unix_nano);
+        varint(&mut index, time.end_unix_nano);
+        varint(&mut index, self.span_count);
+        varint(&mut index, self.trace_ids.len() as u64);
+        varint(&mut index, wal_segment_end);
+        varint(&mut index, replaces.len() as u64);
+        for r in replaces {
+            varint(&mut index, *r);
         }
-    }
-    varint(&mut index, chunks.len() as u64);
-    for (c, postings) in chunks.iter().zip(&all_postings) {
-        varint(&mut index, c.offset);
-        varint(&mut index, c.len as u64);
-        index.extend_from_slice(&c.crc.to_le_bytes());
-        varint(&mut index, c.time.start_unix_nano);
-        varint(&mut index, c.time.end_unix_nano);
-        varint(&mut index, c.durations.0);
-        varint(&mut index, c.durations.1);
-        varint(&mut index, c.services.len() as u64);
-        for s in &c.services {
-            varint(&mut index, *s as u64);
+        varint(&mut index, self.services.len() as u64);
+        for (name, ops) in &self.services {
+            put_str(&mut index, name);
+            varint(&mut index, ops.len() as u64);
+            for ((op, kind), n) in ops {
+                put_str(&mut index, op);
+                index.push(kind_code(*kind));
+                varint(&mut index, *n);
+            }
         }
-        varint(&mut index, postings.len() as u64);
-        for (service, keys) in postings {
-            varint(&mut index, *service as u64);
-            varint(&mut index, keys.len() as u64);
-            for (key, values) in keys {
-                put_str(&mut index, key);
-                match values {
-                    None => index.push(0),
-                    Some(values) => {
-                        index.push(1);
-                        varint(&mut index, values.len() as u64);
-                        for v in values {
-                            put_str(&mut index, v);
+        varint(&mut index, self.chunks.len() as u64);
+        for (c, postings) in self.chunks.iter().zip(&self.all_postings) {
+            varint(&mut index, c.offset);
+            varint(&mut index, c.len as u64);
+            index.extend_from_slice(&c.crc.to_le_bytes());
+            varint(&mut index, c.time.start_unix_nano);
+            varint(&mut index, c.time.end_unix_nano);
+            varint(&mut index, c.durations.0);
+            varint(&mut index, c.durations.1);
+            varint(&mut index, c.services.len() as u64);
+            for s in &c.services {
+                varint(&mut index, *s as u64);
+            }
+            varint(&mut index, postings.len() as u64);
+            for (service, keys) in postings {
+                varint(&mut index, *service as u64);
+                varint(&mut index, keys.len() as u64);
+                for (key, values) in keys {
+                    put_str(&mut index, key);
+                    match values {
+                        None => index.push(0),
+                        Some(values) => {
+                            index.push(1);
+                            varint(&mut index, values.len() as u64);
+                            for v in values {
+                                put_str(&mut index, v);
+                            }
                         }
                     }
                 }
             }
         }
+        varint(&mut index, trace_index.len() as u64);
+        for (id, chunk) in &trace_index {
+            index.extend_from_slice(id.as_bytes());
+            varint(&mut index, *chunk as u64);
+        }
+        let index = zstd::bulk::compress(&index, ZSTD_LEVEL).expect("zstd compresses any input");
+        let index_offset = file.len() as u64;
+        file.extend_from_slice(&index);
+        let mut footer = Vec::with_capacity(FOOTER_LEN);
+        footer.extend_from_slice(&index_offset.to_le_bytes());
+        footer.extend_from_slice(&(index.len() as u32).to_le_bytes());
+        footer.extend_from_slice(&crc32fast::hash(&index).to_le_bytes());
+        footer.extend_from_slice(&BLOCK_VERSION.to_le_bytes());
+        footer.extend_from_slice(&BLOCK_MAGIC);
+        let footer_crc = crc32fast::hash(&footer);
+        footer.extend_from_slice(&footer_crc.to_le_bytes());
+        debug_assert_eq!(footer.len(), FOOTER_LEN);
+        file.extend_from_slice(&footer);
+        fs.write_atomic(path, &file).map_err(|source| BlockError::Io { path: path.to_owned(), source })?;
+        Block::open(fs, path)
     }
-    varint(&mut index, trace_index.len() as u64);
-    for (id, chunk) in &trace_index {
-        index.extend_from_slice(id.as_bytes());
-        varint(&mut index, *chunk as u64);
-    }
-    let index = zstd::bulk::compress(&index, ZSTD_LEVEL).expect("zstd compresses any input");
-    let index_offset = file.len() as u64;
-    file.extend_from_slice(&index);
-    let mut footer = Vec::with_capacity(FOOTER_LEN);
-    footer.extend_from_slice(&index_offset.to_le_bytes());
-    footer.extend_from_slice(&(index.len() as u32).to_le_bytes());
-    footer.extend_from_slice(&crc32fast::hash(&index).to_le_bytes());
-    footer.extend_from_slice(&BLOCK_VERSION.to_le_bytes());
-    footer.extend_from_slice(&BLOCK_MAGIC);
-    let footer_crc = crc32fast::hash(&footer);
-    footer.extend_from_slice(&footer_crc.to_le_bytes());
-    debug_assert_eq!(footer.len(), FOOTER_LEN);
-    file.extend_from_slice(&footer);
-    fs.write_atomic(path, &file).map_err(|source| BlockError::Io { path: path.to_owned(), source })?;
-    Block::open(fs, path)
 }
 
 impl Block {
@@ -387,6 +430,12 @@ impl Block {
         let span_count = r.varint()?;
         let trace_count = r.varint()?;
         let wal_segment_end = r.varint()?;
+        let replaces = if version >= 3 {
+            let n = r.count()?;
+            (0..n).map(|_| r.varint()).collect::<Result<Vec<u64>, String>>()?
+        } else {
+            Vec::new()
+        };
         let n = r.count()?;
         let mut services = Vec::with_capacity(n);
         for _ in 0..n {
@@ -478,6 +527,7 @@ impl Block {
             span_count,
             trace_count,
             wal_segment_end,
+            replaces,
             bytes,
             chunks,
             services,
@@ -486,9 +536,20 @@ impl Block {
         })
     }
 
-    /// Whether the block may hold spans of `id` (answered from the in-memory index).
-    pub fn chunk_of(&self, id: TraceId) -> Option<usize> {
-        self.traces.binary_search_by_key(&id, |(t, _)| *t).ok().map(|i| self.traces[i].1 as usize)
+    /// The block's sequence number, from its file name (`{seq:020}.blk`).
+    pub(crate) fn seq(&self) -> Option<u64> {
+        self.path.file_stem()?.to_str()?.parse().ok()
+    }
+
+    /// The chunks holding spans of `id` (answered from the in-memory index; empty: "not here").
+    pub fn chunks_of(&self, id: TraceId) -> impl Iterator<Item = usize> + '_ {
+        let first = self.traces.partition_point(|(t, _)| *t < id);
+        self.traces[first..].iter().take_while(move |(t, _)| *t == id).map(|(_, c)| *c as usize)
+    }
+
+    /// Whether the block holds spans of `id`.
+    pub fn has_trace(&self, id: TraceId) -> bool {
+        self.chunks_of(id).next().is_some()
     }
 
     pub(crate) fn chunk_count(&self) -> usize {
@@ -553,13 +614,21 @@ impl Block {
         }
         let raw = zstd::stream::decode_all(&bytes[..])
             .map_err(|e| corrupt(format!("chunk {i} does not decompress: {e}")))?;
-        codec::decode_spans(&raw).map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
+        // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
+        let decoded = match raw.first() {
+            Some(&columnar::COLUMNAR_VERSION) => columnar::decode_chunk(&raw),
+            _ => codec::decode_spans(&raw),
+        };
+        decoded.map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
     }
 
     /// The spans of one trace in this block.
     pub(crate) fn trace(&self, fs: &dyn Fs, id: TraceId) -> Result<Vec<Span>, BlockError> {
-        let Some(chunk) = self.chunk_of(id) else { return Ok(Vec::new()) };
-        Ok(self.read_chunk(fs, chunk)?.into_iter().filter(|s| s.trace_id == id).collect())
+        let mut out = Vec::new();
+        for chunk in self.chunks_of(id).collect::<Vec<_>>() {
+            out.extend(self.read_chunk(fs, chunk)?.into_iter().filter(|s| s.trace_id == id));
+        }
+        Ok(out)
     }
 }
 

@@ -16,21 +16,21 @@ pub const BATCH_VERSION: u8 = 1;
 #[error("corrupt span batch: {0}")]
 pub struct DecodeError(pub String);
 
-fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
+pub(crate) fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(msg.into()))
 }
 
 #[derive(Default)]
-struct Writer {
-    buf: Vec<u8>,
+pub(crate) struct Writer {
+    pub(crate) buf: Vec<u8>,
 }
 
 impl Writer {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
 
-    fn varint(&mut self, mut v: u64) {
+    pub(crate) fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.buf.push((v as u8) | 0x80);
             v >>= 7;
@@ -38,16 +38,16 @@ impl Writer {
         self.buf.push(v as u8);
     }
 
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.varint(b.len() as u64);
         self.buf.extend_from_slice(b);
     }
 
-    fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
 
-    fn attrs(&mut self, attrs: &[KeyValue]) {
+    pub(crate) fn attrs(&mut self, attrs: &[KeyValue]) {
         self.varint(attrs.len() as u64);
         for kv in attrs {
             self.str(&kv.key);
@@ -55,7 +55,7 @@ impl Writer {
         }
     }
 
-    fn value(&mut self, v: &AttrValue) {
+    pub(crate) fn value(&mut self, v: &AttrValue) {
         match v {
             AttrValue::Empty => self.u8(0),
             AttrValue::Str(s) => {
@@ -93,16 +93,16 @@ impl Writer {
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 /// Deepest value nesting the decoder follows (the receivers allow far less).
 const MAX_DEPTH: usize = 64;
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() - self.pos < n {
             return err(format!(
                 "needs {n} bytes at offset {}, {} left",
@@ -115,11 +115,11 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
@@ -131,7 +131,7 @@ impl<'a> Reader<'a> {
         err("varint longer than 10 bytes")
     }
 
-    fn len(&mut self) -> Result<usize, DecodeError> {
+    pub(crate) fn len(&mut self) -> Result<usize, DecodeError> {
         let n = self.varint()?;
         if n > (self.buf.len() - self.pos) as u64 {
             return err(format!("length {n} at offset {} runs past the end", self.pos));
@@ -139,25 +139,25 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
-    fn count(&mut self) -> Result<usize, DecodeError> {
+    pub(crate) fn count(&mut self) -> Result<usize, DecodeError> {
         // Every element takes at least one byte, so a count can't exceed what is left.
         self.len()
     }
 
-    fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+    pub(crate) fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
         let n = self.len()?;
         Ok(self.take(n)?.to_vec())
     }
 
-    fn str(&mut self) -> Result<String, DecodeError> {
+    pub(crate) fn str(&mut self) -> Result<String, DecodeError> {
         String::from_utf8(self.bytes()?).map_err(|_| DecodeError("string is not UTF-8".into()))
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("took N bytes"))
     }
 
-    fn attrs(&mut self, depth: usize) -> Result<Vec<KeyValue>, DecodeError> {
+    pub(crate) fn attrs(&mut self, depth: usize) -> Result<Vec<KeyValue>, DecodeError> {
         let n = self.count()?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -167,7 +167,7 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn value(&mut self, depth: usize) -> Result<AttrValue, DecodeError> {
+    pub(crate) fn value(&mut self, depth: usize) -> Result<AttrValue, DecodeError> {
         if depth > MAX_DEPTH {
             return err("attribute value nested too deep");
         }
@@ -195,7 +195,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn kind_code(k: SpanKind) -> u8 {
+pub(crate) fn kind_code(k: SpanKind) -> u8 {
     match k {
         SpanKind::Unspecified => 0,
         SpanKind::Internal => 1,
@@ -293,7 +293,7 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
     w.buf
 }
 
-fn u32_of(v: u64, what: &str) -> Result<u32, DecodeError> {
+pub(crate) fn u32_of(v: u64, what: &str) -> Result<u32, DecodeError> {
     u32::try_from(v).map_err(|_| DecodeError(format!("{what} {v} out of range")))
 }
 
@@ -414,12 +414,12 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use skein_store::testdata::SpanBuilder;
 
-    fn rich() -> Vec<Span> {
+    pub(crate) fn rich() -> Vec<Span> {
         vec![
             SpanBuilder::new(1, 1)
                 .service("a")

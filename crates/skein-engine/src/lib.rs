@@ -33,6 +33,7 @@ use skein_wal::{FsyncPolicy, Wal, WalConfig, WalError};
 
 pub mod block;
 pub mod codec;
+pub mod columnar;
 
 use block::{Block, SharedBlock};
 
@@ -51,6 +52,10 @@ pub struct EngineConfig {
     /// three times `head_max_bytes`, a write waits this long for a block to be written, then is
     /// refused as overloaded (the receivers answer with the OTLP throttling status).
     pub overload_wait: Duration,
+    /// Compaction merges blocks smaller than a quarter of this into blocks of up to this many
+    /// bytes (on disk), oldest first, once `compact_min_blocks` of them are waiting.
+    pub compact_target_bytes: u64,
+    pub compact_min_blocks: usize,
     pub fs: Arc<dyn Fs>,
 }
 
@@ -63,6 +68,8 @@ impl EngineConfig {
             wal_fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             retention: Duration::from_secs(72 * 3600),
             overload_wait: Duration::from_secs(2),
+            compact_target_bytes: 64 * 1024 * 1024,
+            compact_min_blocks: 4,
             fs: Arc::new(OsFs),
         }
     }
@@ -89,6 +96,9 @@ pub struct OpenReport {
     pub wal_truncations: Vec<skein_wal::Truncation>,
     pub corrupt_blocks: Vec<String>,
     pub undecodable_wal_records: usize,
+    /// Blocks left behind by a compaction that was interrupted after writing its result,
+    /// deleted now.
+    pub compacted_blocks_removed: usize,
 }
 
 #[derive(Debug, Default)]
@@ -141,7 +151,10 @@ struct Shared {
     /// exclusively, so a WAL rotation splits the records exactly between two heads.
     gate: tokio::sync::RwLock<()>,
     flush_lock: tokio::sync::Mutex<()>,
+    compact_lock: tokio::sync::Mutex<()>,
     state: RwLock<State>,
+    /// Blocks replaced by a compaction, deleted from disk once no reader holds them.
+    retired: parking_lot::Mutex<Vec<SharedBlock>>,
     spans_evicted: AtomicU64,
     traces_evicted: AtomicU64,
     /// Wakes the background task when the head is full.
@@ -223,6 +236,19 @@ impl Engine {
                 }
             }
         }
+        // A compaction that wrote its block but was stopped before deleting the blocks it
+        // replaces: finish it (their spans are all in the new block).
+        let replaced: BTreeSet<u64> = blocks.iter().flat_map(|b| b.replaces.iter().copied()).collect();
+        if !replaced.is_empty() {
+            let (gone, keep): (Vec<SharedBlock>, Vec<SharedBlock>) =
+                blocks.into_iter().partition(|b| b.seq().is_some_and(|s| replaced.contains(&s)));
+            for b in gone {
+                tracing::info!(block = %b.path.display(), "block already compacted into a newer one; deleted");
+                let _ = fs.remove(&b.path);
+                report.compacted_blocks_removed += 1;
+            }
+            blocks = keep;
+        }
         blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
         report.blocks = blocks.len();
         let wal_floor = blocks.iter().map(|b| b.wal_segment_end).max().unwrap_or(0);
@@ -255,7 +281,9 @@ impl Engine {
             wal,
             gate: tokio::sync::RwLock::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
+            compact_lock: tokio::sync::Mutex::new(()),
             state: RwLock::new(State { head, frozen: Vec::new(), blocks, next_block }),
+            retired: parking_lot::Mutex::new(Vec::new()),
             spans_evicted: AtomicU64::new(0),
             traces_evicted: AtomicU64::new(0),
             flush_wanted: Arc::new(tokio::sync::Notify::new()),
@@ -272,6 +300,15 @@ impl Engine {
     /// written. Normally the engine does this by itself.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.shared.flush().await
+    }
+
+    /// Runs one compaction now if enough small blocks are waiting; returns whether it merged
+    /// anything. Normally the engine does this by itself.
+    pub async fn compact(&self) -> Result<bool, StoreError> {
+        let guard = self.shared.compact_lock.lock().await;
+        let merged = self.shared.compact_locked(guard).await?;
+        self.shared.delete_retired();
+        Ok(merged)
     }
 
     /// Deletes blocks older than the retention now. Normally the engine does this by itself.
@@ -324,6 +361,14 @@ async fn background(shared: Weak<Shared>, flush_wanted: Arc<tokio::sync::Notify>
         if let Err(e) = shared.enforce_retention() {
             tracing::error!(error = %e, "retention failed; will retry");
         }
+        if let Ok(guard) = shared.compact_lock.try_lock() {
+            match shared.compact_locked(guard).await {
+                Ok(true) => shared.flush_wanted.notify_one(), // look again soon: more may be waiting
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "compaction failed; the blocks stay as they are"),
+            }
+        }
+        shared.delete_retired();
     }
 }
 
@@ -393,6 +438,79 @@ impl Shared {
         Ok(())
     }
 
+    /// Merges the oldest run of small blocks into one (columnar, format v3), streaming chunk by
+    /// chunk: memory holds one source chunk and the output's compressed chunks (at most
+    /// `compact_target_bytes`). The new block is written atomically and lists the blocks it
+    /// replaces, which are retired (and deleted once no reader holds them); a crash after the
+    /// write is finished on open. Returns whether it merged anything.
+    async fn compact_locked(
+        &self,
+        _one_at_a_time: tokio::sync::MutexGuard<'_, ()>,
+    ) -> Result<bool, StoreError> {
+        let target = self.config.compact_target_bytes;
+        let (sources, seq) = {
+            let mut st = self.state.write();
+            let mut run: Vec<SharedBlock> = Vec::new();
+            let mut total = 0u64;
+            for b in st.blocks.iter().filter(|b| b.bytes < target / 4 && b.seq().is_some()) {
+                if total + b.bytes > target && run.len() >= 2 {
+                    break;
+                }
+                total += b.bytes;
+                run.push(Arc::clone(b));
+            }
+            if run.len() < self.config.compact_min_blocks.max(2) {
+                return Ok(false);
+            }
+            let seq = st.next_block;
+            st.next_block += 1;
+            (run, seq)
+        };
+        let path = self.config.dir.join("blocks").join(format!("{seq:020}.blk"));
+        let fs = Arc::clone(&self.config.fs);
+        let inputs = sources.clone();
+        let started = Instant::now();
+        let merged = tokio::task::spawn_blocking(move || merge_blocks(&*fs, &inputs, &path))
+            .await
+            .map_err(|e| StoreError::Internal(format!("compaction panicked: {e}")))??;
+        let in_bytes: u64 = sources.iter().map(|b| b.bytes).sum();
+        tracing::info!(
+            block = %merged.path.display(), blocks = sources.len(), spans = merged.span_count,
+            bytes_before = in_bytes, bytes_after = merged.bytes, ms = started.elapsed().as_millis() as u64,
+            "blocks compacted"
+        );
+        {
+            let mut st = self.state.write();
+            // Retention may have dropped a source meanwhile: then the merged block would bring
+            // its spans back. Keep the blocks as they are and throw the merged one away.
+            if !sources.iter().all(|s| st.blocks.iter().any(|b| Arc::ptr_eq(s, b))) {
+                drop(st);
+                let _ = self.config.fs.remove(&merged.path);
+                return Ok(false);
+            }
+            st.blocks.retain(|b| !sources.iter().any(|s| Arc::ptr_eq(s, b)));
+            st.blocks.push(Arc::new(merged));
+            st.blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
+        }
+        self.retired.lock().extend(sources);
+        Ok(true)
+    }
+
+    /// Deletes the files of retired blocks that no reader holds any more.
+    fn delete_retired(&self) {
+        let mut retired = self.retired.lock();
+        retired.retain(|b| {
+            if Arc::strong_count(b) > 1 {
+                return true; // a query is still reading it
+            }
+            if let Err(e) = self.config.fs.remove(&b.path) {
+                tracing::warn!(block = %b.path.display(), error = %e, "cannot delete a compacted block; will retry");
+                return true;
+            }
+            false
+        });
+    }
+
     /// Bytes of spans held in memory: the head and the heads being written to blocks.
     fn buffered_bytes(&self) -> usize {
         let st = self.state.read();
@@ -458,6 +576,39 @@ impl Shared {
     }
 }
 
+/// Streams the chunks of `sources` (oldest chunk first) into one new block at `path`.
+fn merge_blocks(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) -> Result<Block, StoreError> {
+    let mut chunks: Vec<(u64, usize, usize)> = Vec::new();
+    for (b, block) in sources.iter().enumerate() {
+        for i in 0..block.chunk_count() {
+            chunks.push((block.chunk_meta(i).time.start_unix_nano, b, i));
+        }
+    }
+    chunks.sort_unstable();
+    let mut writer = block::BlockWriter::default();
+    for (_, b, i) in chunks {
+        // A chunk that cannot be read stops the compaction: its block stays as it is.
+        let spans = sources[b].read_chunk(fs, i).map_err(block_error)?;
+        let mut traces: Vec<(u64, TraceId, Vec<Span>)> = Vec::new();
+        let mut at: HashMap<TraceId, usize> = HashMap::new();
+        for s in spans {
+            let k = *at.entry(s.trace_id).or_insert_with(|| {
+                traces.push((u64::MAX, s.trace_id, Vec::new()));
+                traces.len() - 1
+            });
+            traces[k].0 = traces[k].0.min(s.start_time_unix_nano);
+            traces[k].2.push(s);
+        }
+        traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
+        for (_, _, spans) in traces {
+            writer.add(spans);
+        }
+    }
+    let wal_end = sources.iter().map(|b| b.wal_segment_end).max().unwrap_or(0);
+    let replaces: Vec<u64> = sources.iter().filter_map(|b| b.seq()).collect();
+    writer.finish(fs, path, wal_end, &replaces).map_err(block_error)
+}
+
 fn dedup(mut spans: Vec<Span>) -> Vec<Span> {
     spans.sort_by_key(|s| s.span_id);
     spans.dedup_by_key(|s| s.span_id);
@@ -503,7 +654,7 @@ impl SpanStore for Engine {
         let (_, blocks) = shared.snapshot();
         let from_blocks = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            for b in blocks.iter().filter(|b| b.chunk_of(id).is_some()) {
+            for b in blocks.iter().filter(|b| b.has_trace(id)) {
                 match b.trace(&*shared.config.fs, id) {
                     Ok(s) => out.extend(s),
                     Err(e) => tracing::error!(error = %e, "block unreadable for trace; skipped"),
@@ -690,7 +841,15 @@ impl SpanStore for Engine {
             spans += b.span_count;
             traces += b.trace_count;
         }
+        let small =
+            st.blocks.iter().filter(|b| b.bytes < self.shared.config.compact_target_bytes / 4).count();
         StoreStats {
+            blocks: st.blocks.len() as u64,
+            blocks_awaiting_compaction: if small >= self.shared.config.compact_min_blocks.max(2) {
+                small as u64
+            } else {
+                0
+            },
             spans_stored: spans,
             traces_stored: traces,
             spans_evicted: self.shared.spans_evicted.load(Ordering::Relaxed),

@@ -335,6 +335,7 @@ async fn disk_full_refuses_ingest_keeps_what_is_stored_and_recovers() {
 enum Op {
     Write(Vec<(u8, u8)>),
     Flush,
+    Compact,
     Reopen,
 }
 
@@ -342,6 +343,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => proptest::collection::vec((1u8..6, any::<u8>()), 1..8).prop_map(Op::Write),
         1 => Just(Op::Flush),
+        1 => Just(Op::Compact),
         1 => Just(Op::Reopen),
     ]
 }
@@ -375,6 +377,9 @@ proptest! {
                         engine.write(batch).await.unwrap();
                     }
                     Op::Flush => engine.flush().await.unwrap(),
+                    Op::Compact => {
+                        engine.compact().await.unwrap();
+                    }
                     Op::Reopen => {
                         engine.close().await;
                         engine = open(dir.path());
@@ -436,4 +441,91 @@ async fn ingest_faster_than_blocks_are_written_is_refused_not_buffered_without_b
     }
     tokio::time::sleep(Duration::from_millis(3500)).await;
     e.write(trace(250, 3)).await.unwrap();
+}
+
+/// An engine that compacts as soon as two small blocks wait.
+fn compacting(dir: &Path) -> Engine {
+    Engine::open(EngineConfig { compact_min_blocks: 2, ..config(dir) }).unwrap().0
+}
+
+#[tokio::test]
+async fn compaction_merges_small_blocks_and_every_span_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = compacting(dir.path());
+    // Six blocks; trace 1 is split over the first and the fourth.
+    let t1 = trace(1, 4);
+    e.write(t1[..2].to_vec()).await.unwrap();
+    e.flush().await.unwrap();
+    for n in [2, 3] {
+        e.write(trace(n, 3)).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    e.write(t1[2..].to_vec()).await.unwrap();
+    e.flush().await.unwrap();
+    for n in [4, 5] {
+        e.write(trace(n, 2)).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    assert_eq!(e.block_count(), 6);
+    let before: Vec<PathBuf> = block_files(dir.path());
+    let stored = e.stats().spans_stored;
+
+    assert!(e.compact().await.unwrap(), "six small blocks are merged");
+    assert_eq!(e.block_count(), 1);
+    assert!(!e.compact().await.unwrap(), "nothing left to merge");
+    let after = block_files(dir.path());
+    assert_eq!(after.len(), 1, "the merged blocks' files are deleted: {after:?}");
+    assert!(!before.contains(&after[0]));
+    assert_eq!(e.stats().spans_stored, stored);
+    assert_eq!(
+        sorted(e.trace(B::trace_id(1)).await.unwrap().unwrap()),
+        sorted(t1.clone()),
+        "a split trace is whole"
+    );
+    for (n, len) in [(2, 3), (3, 3), (4, 2), (5, 2)] {
+        assert_eq!(sorted(e.trace(B::trace_id(n)).await.unwrap().unwrap()), sorted(trace(n, len)));
+    }
+    let found = e
+        .find_traces(&TraceQuery { service: Some("front".into()), limit: 100, ..TraceQuery::default() })
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 5);
+    e.close().await;
+
+    let (e, report) = Engine::open(config(dir.path())).unwrap();
+    assert_eq!((report.blocks, report.wal_records_replayed), (1, 0));
+    assert_eq!(sorted(e.trace(B::trace_id(1)).await.unwrap().unwrap()), sorted(t1));
+    assert_eq!(e.stats().spans_stored, stored);
+}
+
+#[tokio::test]
+async fn a_compaction_stopped_after_writing_its_block_is_finished_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = compacting(dir.path());
+    for n in 1..=3 {
+        e.write(trace(n, 2)).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    // Keep copies of the small blocks, compact, then put them back: as if the process died
+    // between writing the merged block and deleting the blocks it replaces.
+    let saved: Vec<(PathBuf, Vec<u8>)> = block_files(dir.path())
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect();
+    assert!(e.compact().await.unwrap());
+    e.close().await;
+    for (p, bytes) in &saved {
+        std::fs::write(p, bytes).unwrap();
+    }
+    let (e, report) = Engine::open(config(dir.path())).unwrap();
+    assert_eq!(report.compacted_blocks_removed, 3);
+    assert_eq!(report.blocks, 1);
+    assert_eq!(block_files(dir.path()).len(), 1);
+    assert_eq!(e.stats().spans_stored, 6, "no span counted twice");
+    for n in 1..=3 {
+        assert_eq!(e.trace(B::trace_id(n)).await.unwrap().unwrap().len(), 2);
+    }
 }

@@ -64,6 +64,20 @@ impl Collector for StoreCollector {
             None,
             gauge.metric_type(),
         )?)?;
+        let gauge = ConstGauge::new(stats.blocks as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "skein_storage_blocks",
+            "Block files of the embedded storage",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        let gauge = ConstGauge::new(stats.blocks_awaiting_compaction as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "skein_storage_blocks_awaiting_compaction",
+            "Small blocks that the next compaction will merge",
+            None,
+            gauge.metric_type(),
+        )?)?;
         let gauge = ConstGauge::new(stats.traces_stored as i64);
         gauge.encode(encoder.encode_descriptor(
             "skein_traces_stored",

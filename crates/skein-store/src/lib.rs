@@ -84,6 +84,10 @@ pub struct StoreStats {
     /// Spans dropped to stay within the store's bounds since start.
     pub spans_evicted: u64,
     pub traces_evicted: u64,
+    /// Storage files (blocks) on disk; 0 for stores without files.
+    pub blocks: u64,
+    /// Blocks small enough to be merged by a compaction that has not run yet.
+    pub blocks_awaiting_compaction: u64,
 }
 
 /// A place to keep spans and find them again. Every backend passes [`conformance`].

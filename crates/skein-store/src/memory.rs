@@ -188,6 +188,7 @@ impl SpanStore for MemoryStore {
             traces_stored: inner.traces.len() as u64,
             spans_evicted: inner.spans_evicted,
             traces_evicted: inner.traces_evicted,
+            ..StoreStats::default()
         }
     }
 }

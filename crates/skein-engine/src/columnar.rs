@@ -1,0 +1,543 @@
+//! The columnar chunk encoding of block format v3: the spans of whole traces, column by column,
+//! with every string in one dictionary, trace ids written once per trace, parents as positions
+//! inside the trace, and times as offsets from the trace's start. The columns are laid out one
+//! after another so that zstd (applied by the block writer) sees long runs of alike values.
+//! Specified in `docs/format/block.md`. Decoding checks every index and length and never panics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use skein_model::{
+    AttrValue, Event, InstrumentationScope, KeyValue, Link, Resource, Span, SpanId, SpanKind, Status,
+    StatusCode, TraceId,
+};
+
+use crate::codec::{DecodeError, Reader, Writer, err, kind_code, u32_of};
+
+/// First byte of a columnar chunk (row-encoded batches start with 1).
+pub const COLUMNAR_VERSION: u8 = 2;
+
+/// The columns, in the order they are written.
+#[derive(Clone, Copy)]
+enum Col {
+    /// The string dictionary.
+    Strings,
+    /// Resources and scopes.
+    Tables,
+    /// Per trace: 16-byte id.
+    TraceIds,
+    /// Per trace: number of spans.
+    TraceSpans,
+    /// Per trace: start (earliest span start), zigzag delta from the previous trace's.
+    TraceStarts,
+    /// Per span: 8-byte id.
+    SpanIds,
+    /// Per span: 0 = root, k = the k-th span of the trace (1-based), else `n + 1` = a parent
+    /// that is not in the trace, whose id follows in `ForeignParents`.
+    Parents,
+    ForeignParents,
+    /// Per span: start minus the trace's start.
+    Starts,
+    /// Per span: end minus start, zigzag (an end before the start is kept as it came).
+    Durations,
+    /// Per span: name (string index).
+    Names,
+    /// Per span: kind | status code << 3.
+    KindStatus,
+    /// Per span: resource index, scope index.
+    Origins,
+    /// Per span: flags.
+    Flags,
+    /// Per span: number of attributes; then per attribute its key (string index).
+    AttrKeys,
+    /// Per attribute: its value (type tag, payload).
+    AttrValues,
+    /// Per span: trace state, status message (string indexes), dropped attribute, event and link
+    /// counts, then the events and links.
+    Rest,
+}
+
+const COLUMNS: usize = 17;
+
+struct Enc<'a> {
+    cols: Vec<Writer>,
+    dict: HashMap<&'a str, u32>,
+    strings: Vec<&'a str>,
+}
+
+impl<'a> Enc<'a> {
+    fn col(&mut self, c: Col) -> &mut Writer {
+        &mut self.cols[c as usize]
+    }
+
+    fn string(&mut self, s: &'a str) -> u64 {
+        let next = self.strings.len() as u32;
+        let i = *self.dict.entry(s).or_insert(next);
+        if i == next {
+            self.strings.push(s);
+        }
+        i as u64
+    }
+
+    fn put_string(&mut self, c: Col, s: &'a str) {
+        let i = self.string(s);
+        self.col(c).varint(i);
+    }
+
+    /// Attributes: count and keys into `keys`, values into `values`.
+    fn attrs(&mut self, keys: Col, values: Col, attrs: &'a [KeyValue]) {
+        self.col(keys).varint(attrs.len() as u64);
+        for kv in attrs {
+            self.put_string(keys, &kv.key);
+            self.value(values, &kv.value);
+        }
+    }
+
+    fn value(&mut self, c: Col, v: &'a AttrValue) {
+        match v {
+            AttrValue::Str(s) => {
+                let i = self.string(s);
+                let w = self.col(c);
+                w.u8(1);
+                w.varint(i);
+            }
+            // Scalars and nested values as the row codec writes them (the same tags).
+            other => self.col(c).value(other),
+        }
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+/// Encodes spans (whole traces; their order is kept within each trace, traces in the order of
+/// their first span).
+pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
+    // Group by trace, keeping the order of first appearance.
+    let mut order: Vec<TraceId> = Vec::new();
+    let mut by_trace: HashMap<TraceId, Vec<&Span>> = HashMap::new();
+    for s in spans {
+        by_trace
+            .entry(s.trace_id)
+            .or_insert_with(|| {
+                order.push(s.trace_id);
+                Vec::new()
+            })
+            .push(s);
+    }
+    let mut e = Enc {
+        cols: (0..COLUMNS).map(|_| Writer::default()).collect(),
+        dict: HashMap::new(),
+        strings: Vec::new(),
+    };
+
+    // Resources and scopes, each written once (shared `Arc`s, or equal values).
+    let mut resources: Vec<&Arc<Resource>> = Vec::new();
+    let mut scopes: Vec<&Arc<InstrumentationScope>> = Vec::new();
+    let mut origin = HashMap::with_capacity(spans.len());
+    for s in spans {
+        let r = resources
+            .iter()
+            .position(|r| Arc::ptr_eq(r, &s.resource) || ***r == *s.resource)
+            .unwrap_or_else(|| {
+                resources.push(&s.resource);
+                resources.len() - 1
+            });
+        let c =
+            scopes.iter().position(|c| Arc::ptr_eq(c, &s.scope) || ***c == *s.scope).unwrap_or_else(|| {
+                scopes.push(&s.scope);
+                scopes.len() - 1
+            });
+        origin.insert(s as *const Span, (r, c));
+    }
+    e.col(Col::Tables).varint(resources.len() as u64);
+    for r in &resources {
+        e.attrs(Col::Tables, Col::Tables, &r.attributes);
+        e.col(Col::Tables).varint(r.dropped_attributes_count as u64);
+        e.put_string(Col::Tables, &r.schema_url);
+    }
+    e.col(Col::Tables).varint(scopes.len() as u64);
+    for c in &scopes {
+        e.put_string(Col::Tables, &c.name);
+        e.put_string(Col::Tables, &c.version);
+        e.attrs(Col::Tables, Col::Tables, &c.attributes);
+        e.col(Col::Tables).varint(c.dropped_attributes_count as u64);
+        e.put_string(Col::Tables, &c.schema_url);
+    }
+
+    let mut previous_start = 0u64;
+    for id in &order {
+        let trace = &by_trace[id];
+        let start = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+        e.col(Col::TraceIds).buf.extend_from_slice(id.as_bytes());
+        e.col(Col::TraceSpans).varint(trace.len() as u64);
+        e.col(Col::TraceStarts).varint(zigzag(start.wrapping_sub(previous_start) as i64));
+        previous_start = start;
+        let position: HashMap<SpanId, usize> =
+            trace.iter().enumerate().map(|(i, s)| (s.span_id, i + 1)).collect();
+        for s in trace {
+            e.col(Col::SpanIds).buf.extend_from_slice(s.span_id.as_bytes());
+            match s.parent_span_id {
+                None => e.col(Col::Parents).varint(0),
+                Some(p) => match position.get(&p) {
+                    Some(&k) => e.col(Col::Parents).varint(k as u64),
+                    None => {
+                        e.col(Col::Parents).varint(trace.len() as u64 + 1);
+                        e.col(Col::ForeignParents).buf.extend_from_slice(p.as_bytes());
+                    }
+                },
+            }
+            e.col(Col::Starts).varint(s.start_time_unix_nano - start);
+            e.col(Col::Durations)
+                .varint(zigzag(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64));
+            e.put_string(Col::Names, &s.name);
+            let status = match s.status.code {
+                StatusCode::Unset => 0,
+                StatusCode::Ok => 1,
+                StatusCode::Error => 2,
+            };
+            e.col(Col::KindStatus).u8(kind_code(s.kind) | status << 3);
+            let (r, c) = origin[&(*s as *const Span)];
+            e.col(Col::Origins).varint(r as u64);
+            e.col(Col::Origins).varint(c as u64);
+            e.col(Col::Flags).varint(s.flags as u64);
+            e.attrs(Col::AttrKeys, Col::AttrValues, &s.attributes);
+            e.put_string(Col::Rest, &s.trace_state);
+            e.put_string(Col::Rest, &s.status.message);
+            let w = e.col(Col::Rest);
+            w.varint(s.dropped_attributes_count as u64);
+            w.varint(s.dropped_events_count as u64);
+            w.varint(s.dropped_links_count as u64);
+            w.varint(s.events.len() as u64);
+            for ev in &s.events {
+                e.col(Col::Rest)
+                    .varint(zigzag(ev.time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64));
+                e.put_string(Col::Rest, &ev.name);
+                e.attrs(Col::Rest, Col::Rest, &ev.attributes);
+                e.col(Col::Rest).varint(ev.dropped_attributes_count as u64);
+            }
+            e.col(Col::Rest).varint(s.links.len() as u64);
+            for l in &s.links {
+                e.col(Col::Rest).buf.extend_from_slice(l.trace_id.as_bytes());
+                e.col(Col::Rest).buf.extend_from_slice(l.span_id.as_bytes());
+                e.put_string(Col::Rest, &l.trace_state);
+                e.attrs(Col::Rest, Col::Rest, &l.attributes);
+                e.col(Col::Rest).varint(l.dropped_attributes_count as u64);
+                e.col(Col::Rest).varint(l.flags as u64);
+            }
+        }
+    }
+    let strings = std::mem::take(&mut e.strings);
+    let w = e.col(Col::Strings);
+    w.varint(strings.len() as u64);
+    for s in strings {
+        w.str(s);
+    }
+
+    let mut out =
+        Writer { buf: Vec::with_capacity(e.cols.iter().map(|c| c.buf.len() + 5).sum::<usize>() + 16) };
+    out.u8(COLUMNAR_VERSION);
+    out.varint(order.len() as u64);
+    out.varint(spans.len() as u64);
+    for c in &e.cols {
+        out.bytes(&c.buf);
+    }
+    out.buf
+}
+
+struct Dec<'a> {
+    cols: Vec<Reader<'a>>,
+    strings: Vec<String>,
+}
+
+impl<'a> Dec<'a> {
+    fn col(&mut self, c: Col) -> &mut Reader<'a> {
+        &mut self.cols[c as usize]
+    }
+
+    fn string(&mut self, c: Col) -> Result<String, DecodeError> {
+        let i = self.col(c).varint()?;
+        self.strings
+            .get(i as usize)
+            .cloned()
+            .ok_or_else(|| DecodeError(format!("string index {i} out of range")))
+    }
+
+    fn attrs(&mut self, keys: Col, values: Col) -> Result<Vec<KeyValue>, DecodeError> {
+        let n = self.col(keys).count()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = self.string(keys)?;
+            out.push(KeyValue { key, value: self.value(values)? });
+        }
+        Ok(out)
+    }
+
+    fn value(&mut self, c: Col) -> Result<AttrValue, DecodeError> {
+        let r = self.col(c);
+        if r.buf.get(r.pos) == Some(&1) {
+            r.pos += 1;
+            return Ok(AttrValue::Str(self.string(c)?));
+        }
+        r.value(0)
+    }
+}
+
+/// Decodes what [`encode_chunk`] wrote.
+pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
+    let mut r = Reader { buf, pos: 0 };
+    let version = r.u8()?;
+    if version != COLUMNAR_VERSION {
+        return err(format!("unsupported columnar chunk version {version}"));
+    }
+    let n_traces = r.count()?;
+    let n_spans = r.varint()? as usize;
+    let mut cols = Vec::with_capacity(COLUMNS);
+    for _ in 0..COLUMNS {
+        let len = r.len()?;
+        cols.push(Reader { buf: r.take(len)?, pos: 0 });
+    }
+    if r.pos != buf.len() {
+        return err(format!("{} trailing bytes", buf.len() - r.pos));
+    }
+    let mut d = Dec { cols, strings: Vec::new() };
+    let n = d.col(Col::Strings).count()?;
+    let mut strings = Vec::with_capacity(n);
+    for _ in 0..n {
+        strings.push(d.col(Col::Strings).str()?);
+    }
+    d.strings = strings;
+
+    let n = d.col(Col::Tables).count()?;
+    let mut resources = Vec::with_capacity(n);
+    for _ in 0..n {
+        let attributes = d.attrs(Col::Tables, Col::Tables)?;
+        let dropped = u32_of(d.col(Col::Tables).varint()?, "dropped count")?;
+        resources.push(Arc::new(Resource {
+            attributes,
+            dropped_attributes_count: dropped,
+            schema_url: d.string(Col::Tables)?,
+        }));
+    }
+    let n = d.col(Col::Tables).count()?;
+    let mut scopes = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = d.string(Col::Tables)?;
+        let version = d.string(Col::Tables)?;
+        let attributes = d.attrs(Col::Tables, Col::Tables)?;
+        let dropped = u32_of(d.col(Col::Tables).varint()?, "dropped count")?;
+        scopes.push(Arc::new(InstrumentationScope {
+            name,
+            version,
+            attributes,
+            dropped_attributes_count: dropped,
+            schema_url: d.string(Col::Tables)?,
+        }));
+    }
+
+    // Every span takes at least 8 bytes of ids, so the count is checked against them.
+    if n_spans > d.cols[Col::SpanIds as usize].buf.len() / 8 {
+        return err(format!("{n_spans} spans but ids for fewer"));
+    }
+    let mut spans = Vec::with_capacity(n_spans);
+    let mut start = 0u64;
+    for _ in 0..n_traces {
+        let trace_id = TraceId::from_bytes(d.col(Col::TraceIds).array()?)
+            .map_err(|e| DecodeError(format!("trace id: {e}")))?;
+        let count = d.col(Col::TraceSpans).varint()? as usize;
+        if count > n_spans - spans.len() {
+            return err(format!("trace with {count} spans, more than are left"));
+        }
+        start = start.wrapping_add(unzigzag(d.col(Col::TraceStarts).varint()?) as u64);
+        let first = spans.len();
+        let mut parents = Vec::with_capacity(count);
+        for _ in 0..count {
+            let span_id = SpanId::from_bytes(d.col(Col::SpanIds).array()?)
+                .map_err(|e| DecodeError(format!("span id: {e}")))?;
+            let parent = d.col(Col::Parents).varint()?;
+            parents.push(match parent {
+                0 => None,
+                k if k <= count as u64 => Some(Err(k as usize - 1)),
+                k if k == count as u64 + 1 => {
+                    Some(Ok(SpanId::from_bytes(d.col(Col::ForeignParents).array()?)
+                        .map_err(|e| DecodeError(format!("parent id: {e}")))?))
+                }
+                k => return err(format!("parent position {k} in a trace of {count} spans")),
+            });
+            let s_start = start.wrapping_add(d.col(Col::Starts).varint()?);
+            let end = s_start.wrapping_add(unzigzag(d.col(Col::Durations).varint()?) as u64);
+            let name = d.string(Col::Names)?;
+            let ks = d.col(Col::KindStatus).u8()?;
+            let kind = *SpanKind::ALL
+                .get((ks & 7) as usize)
+                .ok_or_else(|| DecodeError(format!("bad span kind {}", ks & 7)))?;
+            let code = match ks >> 3 {
+                0 => StatusCode::Unset,
+                1 => StatusCode::Ok,
+                2 => StatusCode::Error,
+                c => return err(format!("bad status code {c}")),
+            };
+            let ri = d.col(Col::Origins).varint()? as usize;
+            let ci = d.col(Col::Origins).varint()? as usize;
+            let resource = resources.get(ri).ok_or(DecodeError("resource index out of range".into()))?;
+            let scope = scopes.get(ci).ok_or(DecodeError("scope index out of range".into()))?;
+            let flags = u32_of(d.col(Col::Flags).varint()?, "flags")?;
+            let attributes = d.attrs(Col::AttrKeys, Col::AttrValues)?;
+            let trace_state = d.string(Col::Rest)?;
+            let message = d.string(Col::Rest)?;
+            let dropped_attributes_count = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
+            let dropped_events_count = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
+            let dropped_links_count = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
+            let ne = d.col(Col::Rest).count()?;
+            let mut events = Vec::with_capacity(ne);
+            for _ in 0..ne {
+                let time = s_start.wrapping_add(unzigzag(d.col(Col::Rest).varint()?) as u64);
+                let name = d.string(Col::Rest)?;
+                let attributes = d.attrs(Col::Rest, Col::Rest)?;
+                let dropped = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
+                events.push(Event {
+                    time_unix_nano: time,
+                    name,
+                    attributes,
+                    dropped_attributes_count: dropped,
+                });
+            }
+            let nl = d.col(Col::Rest).count()?;
+            let mut links = Vec::with_capacity(nl);
+            for _ in 0..nl {
+                let trace_id = TraceId::from_bytes(d.col(Col::Rest).array()?)
+                    .map_err(|e| DecodeError(format!("link trace id: {e}")))?;
+                let span_id = SpanId::from_bytes(d.col(Col::Rest).array()?)
+                    .map_err(|e| DecodeError(format!("link span id: {e}")))?;
+                let trace_state = d.string(Col::Rest)?;
+                let attributes = d.attrs(Col::Rest, Col::Rest)?;
+                let dropped = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
+                let flags = u32_of(d.col(Col::Rest).varint()?, "flags")?;
+                links.push(Link {
+                    trace_id,
+                    span_id,
+                    trace_state,
+                    attributes,
+                    dropped_attributes_count: dropped,
+                    flags,
+                });
+            }
+            spans.push(Span {
+                trace_id,
+                span_id,
+                parent_span_id: None,
+                trace_state,
+                flags,
+                name,
+                kind,
+                start_time_unix_nano: s_start,
+                end_time_unix_nano: end,
+                attributes,
+                dropped_attributes_count,
+                events,
+                dropped_events_count,
+                links,
+                dropped_links_count,
+                status: Status { code, message },
+                resource: Arc::clone(resource),
+                scope: Arc::clone(scope),
+            });
+        }
+        for (i, p) in parents.into_iter().enumerate() {
+            spans[first + i].parent_span_id = match p {
+                None => None,
+                Some(Ok(foreign)) => Some(foreign),
+                Some(Err(k)) => Some(spans[first + k].span_id),
+            };
+        }
+    }
+    if spans.len() != n_spans {
+        return err(format!("{} spans decoded, {n_spans} announced", spans.len()));
+    }
+    for (i, c) in d.cols.iter().enumerate() {
+        if c.pos != c.buf.len() {
+            return err(format!("column {i}: {} bytes left over", c.buf.len() - c.pos));
+        }
+    }
+    Ok(spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use skein_store::testdata::SpanBuilder;
+
+    use super::*;
+
+    fn rich() -> Vec<Span> {
+        crate::codec::tests::rich()
+    }
+
+    fn sorted(mut v: Vec<Span>) -> Vec<Span> {
+        v.sort_by_key(|s| (s.trace_id, s.span_id));
+        v
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let spans = rich();
+        let decoded = decode_chunk(&encode_chunk(&spans)).unwrap();
+        assert_eq!(sorted(decoded), sorted(spans));
+    }
+
+    #[test]
+    fn parents_inside_and_outside_the_trace_and_ends_before_starts_survive() {
+        let mut spans = vec![
+            SpanBuilder::new(1, 1).build(),
+            SpanBuilder::new(1, 2).parent(1).build(),
+            SpanBuilder::new(1, 3).parent(9).build(), // parent not in the chunk
+            SpanBuilder::new(2, 1).parent(2).build(), // another trace: its parent is foreign too
+            SpanBuilder::new(1, 4).parent(4).build(), // its own parent
+        ];
+        spans[1].end_time_unix_nano = spans[1].start_time_unix_nano - 5;
+        let decoded = decode_chunk(&encode_chunk(&spans)).unwrap();
+        assert_eq!(sorted(decoded), sorted(spans));
+    }
+
+    #[test]
+    fn is_smaller_than_the_row_encoding() {
+        let mut spans = Vec::new();
+        for t in 1..=40u8 {
+            for i in 1..=12u8 {
+                let mut b = SpanBuilder::new(t, i)
+                    .service(["frontend", "checkout", "cart"][i as usize % 3])
+                    .name(format!("op-{}", i % 5))
+                    .attr("http.request.method", AttrValue::Str("GET".into()))
+                    .attr("http.response.status_code", AttrValue::Int(200));
+                if i > 1 {
+                    b = b.parent(i - 1);
+                }
+                spans.push(b.build());
+            }
+        }
+        let row = zstd::bulk::compress(&crate::codec::encode_spans(&spans), 3).unwrap().len();
+        let col = zstd::bulk::compress(&encode_chunk(&spans), 3).unwrap().len();
+        assert!(col < row, "columnar {col} bytes, row {row} bytes");
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_chunk(&bytes);
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(pos in 0usize..2000, val in any::<u8>()) {
+            let mut bytes = encode_chunk(&rich());
+            if pos < bytes.len() {
+                bytes[pos] = val;
+            }
+            let _ = decode_chunk(&bytes);
+        }
+    }
+}
