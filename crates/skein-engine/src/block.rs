@@ -22,6 +22,9 @@ const MAX_POSTING_VALUES: usize = 32;
 pub const FOOTER_LEN: usize = 32;
 /// Uncompressed bytes gathered into one chunk before it is compressed.
 const CHUNK_TARGET: usize = 256 * 1024;
+/// Chunk size of compacted blocks: they are read less often than fresh ones, and compress
+/// better in bigger pieces.
+pub(crate) const COMPACTED_CHUNK_TARGET: usize = 1024 * 1024;
 const ZSTD_LEVEL: i32 = 3;
 
 /// Why a block cannot be read.
@@ -218,8 +221,9 @@ pub(crate) fn write_block(
 /// Builds a block chunk by chunk: spans go in (whole traces, or parts of traces: a trace may
 /// then span several chunks), compressed chunks accumulate, and [`BlockWriter::finish`] writes
 /// the index and footer. Memory: the compressed chunks plus one chunk being gathered.
-#[derive(Default)]
 pub(crate) struct BlockWriter {
+    /// Estimated raw bytes of spans per chunk.
+    chunk_target: usize,
     service_ids: BTreeMap<String, u32>,
     services: Vec<(String, OperationCounts)>,
     file: Vec<u8>,
@@ -233,7 +237,32 @@ pub(crate) struct BlockWriter {
     pending_bytes: usize,
 }
 
+impl Default for BlockWriter {
+    fn default() -> Self {
+        BlockWriter::with_chunk_target(CHUNK_TARGET)
+    }
+}
+
 impl BlockWriter {
+    /// A writer cutting chunks of about `chunk_target` raw bytes: larger chunks compress better,
+    /// smaller ones are quicker to read for one trace.
+    pub(crate) fn with_chunk_target(chunk_target: usize) -> Self {
+        BlockWriter {
+            chunk_target,
+            service_ids: BTreeMap::new(),
+            services: Vec::new(),
+            file: Vec::new(),
+            chunks: Vec::new(),
+            all_postings: Vec::new(),
+            trace_index: Vec::new(),
+            trace_ids: HashSet::new(),
+            span_count: 0,
+            time: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
+    }
+
     /// Adds spans (of one trace, or of several whole traces); cuts a chunk when enough is gathered.
     pub(crate) fn add(&mut self, spans: Vec<Span>) {
         let chunk = self.chunks.len() as u32;
@@ -261,7 +290,7 @@ impl BlockWriter {
         }
         // The spans belong to the chunk being gathered, whose index is `chunks.len()`.
         self.pending.extend(spans);
-        if self.pending_bytes >= CHUNK_TARGET {
+        if self.pending_bytes >= self.chunk_target {
             self.cut();
         }
     }

@@ -55,14 +55,22 @@ enum Col {
     /// Per span: trace state, status message (string indexes), dropped attribute, event and link
     /// counts, then the events and links.
     Rest,
+    /// Attribute string values that occur once in the chunk (ids, timestamps…), inline: they
+    /// would only cost a dictionary index more.
+    Uniques,
 }
 
-const COLUMNS: usize = 17;
+const COLUMNS: usize = 18;
+
+/// Value tag of a string that is in `Uniques` (tag 1: a dictionary string).
+const TAG_UNIQUE: u8 = 8;
 
 struct Enc<'a> {
     cols: Vec<Writer>,
     dict: HashMap<&'a str, u32>,
     strings: Vec<&'a str>,
+    /// How often each attribute string value occurs in the chunk.
+    value_counts: HashMap<&'a str, u32>,
 }
 
 impl<'a> Enc<'a> {
@@ -95,6 +103,10 @@ impl<'a> Enc<'a> {
 
     fn value(&mut self, c: Col, v: &'a AttrValue) {
         match v {
+            AttrValue::Str(s) if self.value_counts.get(s.as_str()).is_some_and(|&n| n == 1) => {
+                self.col(c).u8(TAG_UNIQUE);
+                self.col(Col::Uniques).str(s);
+            }
             AttrValue::Str(s) => {
                 let i = self.string(s);
                 let w = self.col(c);
@@ -130,10 +142,20 @@ pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
             })
             .push(s);
     }
+    // Span attribute string values seen once go inline (`Uniques`), the rest in the dictionary.
+    let mut value_counts: HashMap<&str, u32> = HashMap::new();
+    for s in spans {
+        for kv in &s.attributes {
+            if let AttrValue::Str(v) = &kv.value {
+                *value_counts.entry(v.as_str()).or_default() += 1;
+            }
+        }
+    }
     let mut e = Enc {
         cols: (0..COLUMNS).map(|_| Writer::default()).collect(),
         dict: HashMap::new(),
         strings: Vec::new(),
+        value_counts,
     };
 
     // Resources and scopes, each written once (shared `Arc`s, or equal values).
@@ -280,11 +302,17 @@ impl<'a> Dec<'a> {
 
     fn value(&mut self, c: Col) -> Result<AttrValue, DecodeError> {
         let r = self.col(c);
-        if r.buf.get(r.pos) == Some(&1) {
-            r.pos += 1;
-            return Ok(AttrValue::Str(self.string(c)?));
+        match r.buf.get(r.pos) {
+            Some(&1) => {
+                r.pos += 1;
+                Ok(AttrValue::Str(self.string(c)?))
+            }
+            Some(&TAG_UNIQUE) => {
+                r.pos += 1;
+                Ok(AttrValue::Str(self.col(Col::Uniques).str()?))
+            }
+            _ => r.value(0),
         }
-        r.value(0)
     }
 }
 

@@ -52,8 +52,9 @@ pub struct EngineConfig {
     /// three times `head_max_bytes`, a write waits this long for a block to be written, then is
     /// refused as overloaded (the receivers answer with the OTLP throttling status).
     pub overload_wait: Duration,
-    /// Compaction merges blocks smaller than a quarter of this into blocks of up to this many
-    /// bytes (on disk), oldest first, once `compact_min_blocks` of them are waiting.
+    /// Compaction merges blocks written from the head (never compacted yet) into blocks of up to
+    /// this many bytes (on disk), oldest first, once `compact_min_blocks` of them are waiting.
+    /// Each span is rewritten at most once.
     pub compact_target_bytes: u64,
     pub compact_min_blocks: usize,
     pub fs: Arc<dyn Fs>,
@@ -69,7 +70,7 @@ impl EngineConfig {
             retention: Duration::from_secs(72 * 3600),
             overload_wait: Duration::from_secs(2),
             compact_target_bytes: 64 * 1024 * 1024,
-            compact_min_blocks: 4,
+            compact_min_blocks: 8,
             fs: Arc::new(OsFs),
         }
     }
@@ -452,7 +453,9 @@ impl Shared {
             let mut st = self.state.write();
             let mut run: Vec<SharedBlock> = Vec::new();
             let mut total = 0u64;
-            for b in st.blocks.iter().filter(|b| b.bytes < target / 4 && b.seq().is_some()) {
+            for b in
+                st.blocks.iter().filter(|b| b.replaces.is_empty() && b.bytes < target && b.seq().is_some())
+            {
                 if total + b.bytes > target && run.len() >= 2 {
                     break;
                 }
@@ -585,7 +588,7 @@ fn merge_blocks(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) ->
         }
     }
     chunks.sort_unstable();
-    let mut writer = block::BlockWriter::default();
+    let mut writer = block::BlockWriter::with_chunk_target(block::COMPACTED_CHUNK_TARGET);
     for (_, b, i) in chunks {
         // A chunk that cannot be read stops the compaction: its block stays as it is.
         let spans = sources[b].read_chunk(fs, i).map_err(block_error)?;
@@ -841,8 +844,11 @@ impl SpanStore for Engine {
             spans += b.span_count;
             traces += b.trace_count;
         }
-        let small =
-            st.blocks.iter().filter(|b| b.bytes < self.shared.config.compact_target_bytes / 4).count();
+        let small = st
+            .blocks
+            .iter()
+            .filter(|b| b.replaces.is_empty() && b.bytes < self.shared.config.compact_target_bytes)
+            .count();
         StoreStats {
             blocks: st.blocks.len() as u64,
             blocks_awaiting_compaction: if small >= self.shared.config.compact_min_blocks.max(2) {
