@@ -684,11 +684,20 @@ impl SpanStore for Engine {
             let consider = |candidates: &mut HashMap<TraceId, u64>, newest: &mut Newest, spans: &[Span]| {
                 if spans.iter().any(|s| matcher.matches(s)) {
                     let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-                    let e = candidates.entry(spans[0].trace_id).or_insert(start);
-                    *e = (*e).min(start);
-                    newest.push(std::cmp::Reverse(start));
-                    if newest.len() > q.limit {
-                        newest.pop();
+                    match candidates.entry(spans[0].trace_id) {
+                        // Each trace counts once towards the `limit` newest, even when its spans
+                        // are in several chunks (head and blocks, or a compacted block).
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(start);
+                            newest.push(std::cmp::Reverse(start));
+                            if newest.len() > q.limit {
+                                newest.pop();
+                            }
+                        }
+                        std::collections::hash_map::Entry::Occupied(mut o) => {
+                            let e = o.get_mut();
+                            *e = (*e).min(start);
+                        }
                     }
                 }
             };
