@@ -118,7 +118,7 @@ struct ServeArgs {
     #[arg(long, env = "SKEIN_WAL_FSYNC", value_enum, default_value = "interval")]
     wal_fsync: WalFsync,
     /// The embedded engine writes its in-memory head to a block at this many bytes.
-    #[arg(long, env = "SKEIN_HEAD_MAX_BYTES", default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env = "SKEIN_HEAD_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
     head_max_bytes: usize,
     /// Most spans the memory store keeps; the oldest traces are evicted first.
     #[arg(long, env = "SKEIN_MEMORY_MAX_SPANS", default_value_t = 1_000_000)]
