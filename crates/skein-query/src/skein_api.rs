@@ -45,6 +45,8 @@ pub(crate) async fn trace_view(
 
 /// Traces analysed by one doctor request, at most.
 pub const DOCTOR_MAX_TRACES: usize = 10_000;
+/// Traces around one trace analysed for its diagnosis, at most.
+pub const DIAGNOSIS_MAX_TRACES: usize = 2_000;
 
 fn now_nanos() -> u64 {
     std::time::SystemTime::now()
@@ -66,10 +68,19 @@ async fn run_doctor(
     store: &SharedStore,
     range: skein_model::TimeRange,
     config: &doctor::DoctorConfig,
+    limit: usize,
+    include: Option<Vec<skein_model::Span>>,
 ) -> Result<(doctor::Report, bool), V3Error> {
-    let query = skein_store::TraceQuery { time: range, limit: DOCTOR_MAX_TRACES, ..Default::default() };
-    let traces = store.find_traces(&query).await?;
-    let truncated = traces.len() >= DOCTOR_MAX_TRACES;
+    let query = skein_store::TraceQuery { time: range, limit, ..Default::default() };
+    let mut traces = store.find_traces(&query).await?;
+    let truncated = traces.len() >= limit;
+    // The trace being diagnosed is analysed even when the window holds more than `limit`.
+    if let Some(spans) = include
+        && let Some(id) = spans.first().map(|s| s.trace_id)
+        && !traces.iter().any(|t| t.first().is_some_and(|s| s.trace_id == id))
+    {
+        traces.push(spans);
+    }
     let config = *config;
     let report = tokio::task::spawn_blocking(move || doctor::diagnose(&traces, &config))
         .await
@@ -113,7 +124,7 @@ pub(crate) async fn doctor_report(
     let service =
         pairs.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str()).filter(|s| !s.is_empty());
     let range = skein_model::TimeRange::new(now.saturating_sub(lookback), now.saturating_add(1));
-    let (report, truncated) = run_doctor(&store, range, &config).await?;
+    let (report, truncated) = run_doctor(&store, range, &config, DOCTOR_MAX_TRACES, None).await?;
     let involves = |a: &str, b: Option<&str>| service.is_none_or(|s| a == s || b == Some(s));
     let findings: Vec<Value> = report
         .findings
@@ -161,10 +172,11 @@ pub(crate) async fn trace_diagnosis(
     config.grace_nanos = duration_param(&pairs, "grace", config.grace_nanos)?;
     let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
     let end = spans.iter().map(|s| s.end_time_unix_nano).max().unwrap_or(0);
-    // Pieces of the same request start within it, give or take the tolerated slack.
-    let margin = 60 * 1_000_000_000;
+    // Pieces of the same request start within it, give or take the tolerated skew and slack;
+    // the trace page asks this for every trace it shows, so the window stays narrow.
+    let margin = 1_000_000_000;
     let range = skein_model::TimeRange::new(start.saturating_sub(margin), end.saturating_add(margin));
-    let (report, _) = run_doctor(&store, range, &config).await?;
+    let (report, _) = run_doctor(&store, range, &config, DIAGNOSIS_MAX_TRACES, Some(spans)).await?;
     let mut problems = Vec::new();
     let mut related = Vec::new();
     for p in &report.pairs {
