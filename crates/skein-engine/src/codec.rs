@@ -211,21 +211,22 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
     let mut resources: Vec<&Arc<Resource>> = Vec::new();
     let mut scopes: Vec<&Arc<InstrumentationScope>> = Vec::new();
     let mut refs = Vec::with_capacity(spans.len());
+    // By `Arc` pointer first (shared within a request), then by value.
+    let mut resource_ix: rustc_hash::FxHashMap<*const Resource, usize> = Default::default();
+    let mut scope_ix: rustc_hash::FxHashMap<*const InstrumentationScope, usize> = Default::default();
     for s in spans {
-        let r = match resources.iter().position(|r| Arc::ptr_eq(r, &s.resource) || ***r == *s.resource) {
-            Some(i) => i,
-            None => {
+        let r = *resource_ix.entry(Arc::as_ptr(&s.resource)).or_insert_with(|| {
+            resources.iter().position(|r| ***r == *s.resource).unwrap_or_else(|| {
                 resources.push(&s.resource);
                 resources.len() - 1
-            }
-        };
-        let c = match scopes.iter().position(|c| Arc::ptr_eq(c, &s.scope) || ***c == *s.scope) {
-            Some(i) => i,
-            None => {
+            })
+        });
+        let c = *scope_ix.entry(Arc::as_ptr(&s.scope)).or_insert_with(|| {
+            scopes.iter().position(|c| ***c == *s.scope).unwrap_or_else(|| {
                 scopes.push(&s.scope);
                 scopes.len() - 1
-            }
-        };
+            })
+        });
         refs.push((r, c));
     }
     let mut w = Writer { buf: Vec::with_capacity(spans.len() * 256) };

@@ -4,7 +4,7 @@
 //! after another so that zstd (applied by the block writer) sees long runs of alike values.
 //! Specified in `docs/format/block.md`. Decoding checks every index and length and never panics.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use skein_model::{
@@ -67,10 +67,10 @@ const TAG_UNIQUE: u8 = 8;
 
 struct Enc<'a> {
     cols: Vec<Writer>,
-    dict: HashMap<&'a str, u32>,
+    dict: FxHashMap<&'a str, u32>,
     strings: Vec<&'a str>,
     /// How often each attribute string value occurs in the chunk.
-    value_counts: HashMap<&'a str, u32>,
+    value_counts: FxHashMap<&'a str, u32>,
 }
 
 impl<'a> Enc<'a> {
@@ -132,7 +132,7 @@ fn unzigzag(z: u64) -> i64 {
 pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
     // Group by trace, keeping the order of first appearance.
     let mut order: Vec<TraceId> = Vec::new();
-    let mut by_trace: HashMap<TraceId, Vec<&Span>> = HashMap::new();
+    let mut by_trace: FxHashMap<TraceId, Vec<&Span>> = FxHashMap::default();
     for s in spans {
         by_trace
             .entry(s.trace_id)
@@ -143,7 +143,7 @@ pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
             .push(s);
     }
     // Span attribute string values seen once go inline (`Uniques`), the rest in the dictionary.
-    let mut value_counts: HashMap<&str, u32> = HashMap::new();
+    let mut value_counts: FxHashMap<&str, u32> = FxHashMap::default();
     for s in spans {
         for kv in &s.attributes {
             if let AttrValue::Str(v) = &kv.value {
@@ -153,44 +153,17 @@ pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
     }
     let mut e = Enc {
         cols: (0..COLUMNS).map(|_| Writer::default()).collect(),
-        dict: HashMap::new(),
+        dict: FxHashMap::default(),
         strings: Vec::new(),
         value_counts,
     };
 
-    // Resources and scopes, each written once (shared `Arc`s, or equal values).
+    // Resources and scopes, each written once: looked up by `Arc` pointer (shared within a
+    // request), then by value (equal ones from different requests).
     let mut resources: Vec<&Arc<Resource>> = Vec::new();
     let mut scopes: Vec<&Arc<InstrumentationScope>> = Vec::new();
-    let mut origin = HashMap::with_capacity(spans.len());
-    for s in spans {
-        let r = resources
-            .iter()
-            .position(|r| Arc::ptr_eq(r, &s.resource) || ***r == *s.resource)
-            .unwrap_or_else(|| {
-                resources.push(&s.resource);
-                resources.len() - 1
-            });
-        let c =
-            scopes.iter().position(|c| Arc::ptr_eq(c, &s.scope) || ***c == *s.scope).unwrap_or_else(|| {
-                scopes.push(&s.scope);
-                scopes.len() - 1
-            });
-        origin.insert(s as *const Span, (r, c));
-    }
-    e.col(Col::Tables).varint(resources.len() as u64);
-    for r in &resources {
-        e.attrs(Col::Tables, Col::Tables, &r.attributes);
-        e.col(Col::Tables).varint(r.dropped_attributes_count as u64);
-        e.put_string(Col::Tables, &r.schema_url);
-    }
-    e.col(Col::Tables).varint(scopes.len() as u64);
-    for c in &scopes {
-        e.put_string(Col::Tables, &c.name);
-        e.put_string(Col::Tables, &c.version);
-        e.attrs(Col::Tables, Col::Tables, &c.attributes);
-        e.col(Col::Tables).varint(c.dropped_attributes_count as u64);
-        e.put_string(Col::Tables, &c.schema_url);
-    }
+    let mut resource_ix: FxHashMap<*const Resource, usize> = FxHashMap::default();
+    let mut scope_ix: FxHashMap<*const InstrumentationScope, usize> = FxHashMap::default();
 
     let mut previous_start = 0u64;
     for id in &order {
@@ -200,7 +173,7 @@ pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
         e.col(Col::TraceSpans).varint(trace.len() as u64);
         e.col(Col::TraceStarts).varint(zigzag(start.wrapping_sub(previous_start) as i64));
         previous_start = start;
-        let position: HashMap<SpanId, usize> =
+        let position: FxHashMap<SpanId, usize> =
             trace.iter().enumerate().map(|(i, s)| (s.span_id, i + 1)).collect();
         for s in trace {
             e.col(Col::SpanIds).buf.extend_from_slice(s.span_id.as_bytes());
@@ -224,7 +197,18 @@ pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
                 StatusCode::Error => 2,
             };
             e.col(Col::KindStatus).u8(kind_code(s.kind) | status << 3);
-            let (r, c) = origin[&(*s as *const Span)];
+            let r = *resource_ix.entry(Arc::as_ptr(&s.resource)).or_insert_with(|| {
+                resources.iter().position(|r| ***r == *s.resource).unwrap_or_else(|| {
+                    resources.push(&s.resource);
+                    resources.len() - 1
+                })
+            });
+            let c = *scope_ix.entry(Arc::as_ptr(&s.scope)).or_insert_with(|| {
+                scopes.iter().position(|c| ***c == *s.scope).unwrap_or_else(|| {
+                    scopes.push(&s.scope);
+                    scopes.len() - 1
+                })
+            });
             e.col(Col::Origins).varint(r as u64);
             e.col(Col::Origins).varint(c as u64);
             e.col(Col::Flags).varint(s.flags as u64);
@@ -254,6 +238,21 @@ pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
             }
         }
     }
+    e.col(Col::Tables).varint(resources.len() as u64);
+    for r in &resources {
+        e.attrs(Col::Tables, Col::Tables, &r.attributes);
+        e.col(Col::Tables).varint(r.dropped_attributes_count as u64);
+        e.put_string(Col::Tables, &r.schema_url);
+    }
+    e.col(Col::Tables).varint(scopes.len() as u64);
+    for c in &scopes {
+        e.put_string(Col::Tables, &c.name);
+        e.put_string(Col::Tables, &c.version);
+        e.attrs(Col::Tables, Col::Tables, &c.attributes);
+        e.col(Col::Tables).varint(c.dropped_attributes_count as u64);
+        e.put_string(Col::Tables, &c.schema_url);
+    }
+
     let strings = std::mem::take(&mut e.strings);
     let w = e.col(Col::Strings);
     w.varint(strings.len() as u64);
