@@ -1,6 +1,7 @@
 //! Immutable block files: spans grouped by trace, compressed chunks, an index and a footer
 //! with format version and crc32. Specified in `docs/format/block.md`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,23 +64,29 @@ type CompactPostings = Box<[(u32, Option<Box<[u32]>>)]>;
 pub(crate) type Postings = BTreeMap<String, Option<BTreeSet<String>>>;
 
 /// The text a posting stores for a value, when the value can be matched exactly by text.
-fn posting_value(v: &skein_model::AttrValue) -> Option<String> {
+fn posting_value(v: &skein_model::AttrValue) -> Option<Cow<'_, str>> {
     use skein_model::AttrValue;
     match v {
-        AttrValue::Str(s) => Some(s.clone()),
-        AttrValue::Int(i) => Some(i.to_string()),
-        AttrValue::Bool(b) => Some(b.to_string()),
+        AttrValue::Str(s) => Some(Cow::Borrowed(s)),
+        AttrValue::Int(i) => Some(Cow::Owned(i.to_string())),
+        AttrValue::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
     }
 }
 
-fn add_posting(p: &mut Postings, key: &str, value: Option<String>) {
-    let entry = p.entry(key.to_owned()).or_insert_with(|| Some(BTreeSet::new()));
+fn add_posting(p: &mut Postings, key: &str, value: Option<Cow<'_, str>>) {
+    // Most calls repeat a key and value already listed: look up before allocating anything.
+    let entry = match p.get_mut(key) {
+        Some(entry) => entry,
+        None => p.entry(key.to_owned()).or_insert_with(|| Some(BTreeSet::new())),
+    };
     match (entry.as_mut(), value) {
         (Some(values), Some(v)) => {
-            values.insert(v);
-            if values.len() > MAX_POSTING_VALUES {
-                *entry = None;
+            if !values.contains(v.as_ref()) {
+                values.insert(v.into_owned());
+                if values.len() > MAX_POSTING_VALUES {
+                    *entry = None;
+                }
             }
         }
         (Some(_), None) => *entry = None,
@@ -91,19 +98,27 @@ fn add_posting(p: &mut Postings, key: &str, value: Option<String>) {
 /// event attributes, event names, and the synthetic tags).
 fn chunk_postings(spans: &[Span], service_ids: &BTreeMap<String, u32>) -> Vec<(u32, Postings)> {
     let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
+    // Each resource (shared by the spans of a request) is listed once per service.
+    let mut resources_seen: HashSet<(u32, *const skein_model::Resource)> = HashSet::new();
     for s in spans {
-        let p = by_service.entry(service_ids[s.service_name()]).or_default();
-        for kv in s.attributes.iter().chain(s.resource.attributes.iter()) {
+        let service = service_ids[s.service_name()];
+        let p = by_service.entry(service).or_default();
+        for kv in &s.attributes {
             add_posting(p, &kv.key, posting_value(&kv.value));
         }
+        if resources_seen.insert((service, Arc::as_ptr(&s.resource))) {
+            for kv in &s.resource.attributes {
+                add_posting(p, &kv.key, posting_value(&kv.value));
+            }
+        }
         for e in &s.events {
-            add_posting(p, "event", Some(e.name.clone()));
+            add_posting(p, "event", Some(Cow::Borrowed(&e.name)));
             for kv in &e.attributes {
                 add_posting(p, &kv.key, posting_value(&kv.value));
             }
         }
         for (k, v) in skein_store::synthetic_tags(s) {
-            add_posting(p, k, Some(v));
+            add_posting(p, k, Some(Cow::Owned(v)));
         }
     }
     by_service.into_iter().collect()
