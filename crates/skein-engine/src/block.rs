@@ -96,7 +96,7 @@ fn add_posting(p: &mut Postings, key: &str, value: Option<Cow<'_, str>>) {
 
 /// The postings of a chunk: per service, every tag a search can match on (span, resource and
 /// event attributes, event names, and the synthetic tags).
-fn chunk_postings(spans: &[Span], service_ids: &BTreeMap<String, u32>) -> Vec<(u32, Postings)> {
+fn chunk_postings(spans: &[&Span], service_ids: &BTreeMap<String, u32>) -> Vec<(u32, Postings)> {
     let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
     // Each resource (shared by the spans of a request) is listed once per service.
     let mut resources_seen: HashSet<(u32, *const skein_model::Resource)> = HashSet::new();
@@ -210,25 +210,25 @@ fn kind_code(k: SpanKind) -> u8 {
 
 /// Writes spans into a new block file at `path` (atomically). `wal_segment_end` is recorded so
 /// recovery knows which WAL records the block already holds.
-pub(crate) fn write_block(
+pub(crate) fn write_block<'a>(
     fs: &dyn Fs,
     path: &Path,
-    spans: Vec<Span>,
+    spans: impl IntoIterator<Item = &'a Span>,
     wal_segment_end: u64,
 ) -> Result<Block, BlockError> {
     // Whole traces, oldest first, so chunks have narrow time ranges.
-    let mut by_trace: HashMap<TraceId, Vec<Span>> = HashMap::new();
+    let mut by_trace: HashMap<TraceId, Vec<&'a Span>> = HashMap::new();
     for s in spans {
         by_trace.entry(s.trace_id).or_default().push(s);
     }
-    let mut traces: Vec<(u64, TraceId, Vec<Span>)> = by_trace
+    let mut traces: Vec<(u64, TraceId, Vec<&'a Span>)> = by_trace
         .into_iter()
         .map(|(id, spans)| (spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0), id, spans))
         .collect();
     traces.sort_by_key(|(start, id, _)| (*start, *id));
     let mut writer = BlockWriter::default();
     for (_, _, spans) in traces {
-        writer.add(spans);
+        writer.add(spans.into_iter().map(Cow::Borrowed).collect());
     }
     writer.finish(fs, path, wal_segment_end, &[])
 }
@@ -236,7 +236,7 @@ pub(crate) fn write_block(
 /// Builds a block chunk by chunk: spans go in (whole traces, or parts of traces: a trace may
 /// then span several chunks), compressed chunks accumulate, and [`BlockWriter::finish`] writes
 /// the index and footer. Memory: the compressed chunks plus one chunk being gathered.
-pub(crate) struct BlockWriter {
+pub(crate) struct BlockWriter<'a> {
     /// Estimated raw bytes of spans per chunk.
     chunk_target: usize,
     service_ids: BTreeMap<String, u32>,
@@ -248,17 +248,18 @@ pub(crate) struct BlockWriter {
     trace_ids: HashSet<TraceId>,
     span_count: u64,
     time: Option<TimeRange>,
-    pending: Vec<Span>,
+    /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
+    pending: Vec<Cow<'a, Span>>,
     pending_bytes: usize,
 }
 
-impl Default for BlockWriter {
+impl Default for BlockWriter<'_> {
     fn default() -> Self {
         BlockWriter::with_chunk_target(CHUNK_TARGET)
     }
 }
 
-impl BlockWriter {
+impl<'a> BlockWriter<'a> {
     /// A writer cutting chunks of about `chunk_target` raw bytes: larger chunks compress better,
     /// smaller ones are quicker to read for one trace.
     pub(crate) fn with_chunk_target(chunk_target: usize) -> Self {
@@ -279,7 +280,7 @@ impl BlockWriter {
     }
 
     /// Adds spans (of one trace, or of several whole traces); cuts a chunk when enough is gathered.
-    pub(crate) fn add(&mut self, spans: Vec<Span>) {
+    pub(crate) fn add(&mut self, spans: Vec<Cow<'a, Span>>) {
         let chunk = self.chunks.len() as u32;
         let time = self.time.get_or_insert(TimeRange::new(u64::MAX, 0));
         for s in &spans {
@@ -316,12 +317,13 @@ impl BlockWriter {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let raw = columnar::encode_chunk(&pending);
+        let refs: Vec<&Span> = pending.iter().map(|s| s.as_ref()).collect();
+        let raw = columnar::encode_chunk(&refs);
         let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
         let mut chunk_services: BTreeSet<u32> = BTreeSet::new();
         let mut t = TimeRange::new(u64::MAX, 0);
         let mut durations = (u64::MAX, 0);
-        for s in &pending {
+        for s in &refs {
             chunk_services.insert(self.service_ids[s.service_name()]);
             t.start_unix_nano = t.start_unix_nano.min(s.start_time_unix_nano);
             t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
@@ -336,7 +338,7 @@ impl BlockWriter {
             services: chunk_services.into_iter().collect(),
             postings: None,
         });
-        self.all_postings.push(chunk_postings(&pending, &self.service_ids));
+        self.all_postings.push(chunk_postings(&refs, &self.service_ids));
         self.file.extend_from_slice(&compressed);
     }
 

@@ -129,7 +129,9 @@ fn unzigzag(z: u64) -> i64 {
 
 /// Encodes spans (whole traces; their order is kept within each trace, traces in the order of
 /// their first span).
-pub fn encode_chunk(spans: &[Span]) -> Vec<u8> {
+pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
+    let spans: Vec<&Span> = spans.iter().map(|s| s.borrow()).collect();
+    let spans = &spans[..];
     // Group by trace, keeping the order of first appearance.
     let mut order: Vec<TraceId> = Vec::new();
     let mut by_trace: FxHashMap<TraceId, Vec<&Span>> = FxHashMap::default();

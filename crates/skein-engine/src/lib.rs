@@ -406,22 +406,25 @@ impl Shared {
                 (f, seq)
             };
             let cutoff = now_nanos().saturating_sub(self.config.retention.as_nanos() as u64);
-            let mut spans = Vec::with_capacity(frozen.head.spans as usize);
-            for trace in frozen.head.traces.values() {
-                spans.extend(trace.iter().filter(|s| s.start_time_unix_nano >= cutoff).cloned());
-            }
-            let dropped = frozen.head.spans - spans.len() as u64;
+            let kept =
+                frozen.head.traces.values().flatten().filter(|s| s.start_time_unix_nano >= cutoff).count();
+            let dropped = frozen.head.spans - kept as u64;
             self.spans_evicted.fetch_add(dropped, Ordering::Relaxed);
             let path = self.config.dir.join("blocks").join(format!("{seq:020}.blk"));
             let fs = Arc::clone(&self.config.fs);
             let wal_end = frozen.wal_segment_end;
-            let block = if spans.is_empty() {
+            let block = if kept == 0 {
                 None
             } else {
-                let written =
-                    tokio::task::spawn_blocking(move || block::write_block(&*fs, &path, spans, wal_end))
-                        .await
-                        .map_err(|e| StoreError::Internal(format!("block writer panicked: {e}")))?;
+                // Encoded straight from the frozen head (readers share it meanwhile): no copies.
+                let head = Arc::clone(&frozen);
+                let written = tokio::task::spawn_blocking(move || {
+                    let spans =
+                        head.head.traces.values().flatten().filter(|s| s.start_time_unix_nano >= cutoff);
+                    block::write_block(&*fs, &path, spans, wal_end)
+                })
+                .await
+                .map_err(|e| StoreError::Internal(format!("block writer panicked: {e}")))?;
                 Some(written.map_err(block_error)?)
             };
             {
@@ -604,7 +607,7 @@ fn merge_blocks(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) ->
         }
         traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
         for (_, _, spans) in traces {
-            writer.add(spans);
+            writer.add(spans.into_iter().map(std::borrow::Cow::Owned).collect());
         }
     }
     let wal_end = sources.iter().map(|b| b.wal_segment_end).max().unwrap_or(0);
