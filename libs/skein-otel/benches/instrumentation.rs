@@ -34,6 +34,17 @@ impl SpanExporter for Discard {
 static PROVIDER: LazyLock<SdkTracerProvider> =
     LazyLock::new(|| SdkTracerProvider::builder().with_batch_exporter(Discard).build());
 
+/// The W3C propagator a service gets from `skein_otel::init`, installed for every bench that
+/// extracts through the global propagator (without it the global one is a no-op).
+fn w3c() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        )
+    });
+}
+
 static RT: LazyLock<tokio::runtime::Runtime> =
     LazyLock::new(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap());
 
@@ -92,6 +103,7 @@ fn http_plain_axum_handler(b: Bencher) {
 /// route, attributes, context current while the handler runs).
 #[divan::bench]
 fn http_server_layer_axum(b: Bencher) {
+    w3c();
     let app = axum_app().layer(skein_otel::http::server::TraceLayer::new().with_tracer_provider(&*PROVIDER));
     b.bench_local(|| RT.block_on(app.clone().oneshot(axum_request())).unwrap());
 }
@@ -105,6 +117,7 @@ fn http_plain_tower_handler(b: Bencher) {
 
 #[divan::bench]
 fn http_server_layer_tower(b: Bencher) {
+    w3c();
     let layer = skein_otel::http::server::TraceLayer::new().with_tracer_provider(&*PROVIDER);
     let svc = layer.layer(tower::service_fn(handler));
     b.bench_local(|| RT.block_on(svc.clone().oneshot(request())).unwrap());
