@@ -90,8 +90,17 @@ fn render(report: &Value, base: &str, lookback: &str) -> String {
         for e in f["examples"].as_array().into_iter().flatten().take(3) {
             let trace = e["traceID"].as_str().unwrap_or("");
             match e["otherTraceID"].as_str() {
+                Some(other) if other != trace && f["kind"] == "detached_work" => {
+                    let _ = writeln!(
+                        out,
+                        "       e.g. {base}/trace/{trace}  started while  {base}/trace/{other}  was running"
+                    );
+                }
                 Some(other) if other != trace => {
-                    let _ = writeln!(out, "       e.g. {base}/trace/{trace}  ⇢  {base}/trace/{other}");
+                    let _ = writeln!(
+                        out,
+                        "       e.g. {base}/trace/{trace}  ⇢ continues in  {base}/trace/{other}"
+                    );
                 }
                 _ => {
                     let _ = writeln!(
