@@ -204,10 +204,6 @@ impl IndexReader<'_> {
     }
 }
 
-fn kind_code(k: SpanKind) -> u8 {
-    SpanKind::ALL.iter().position(|x| *x == k).expect("every kind is listed") as u8
-}
-
 /// Writes spans into a new block file at `path` (atomically). `wal_segment_end` is recorded so
 /// recovery knows which WAL records the block already holds.
 pub(crate) fn write_block<'a>(
@@ -374,7 +370,7 @@ impl<'a> BlockWriter<'a> {
             varint(&mut index, ops.len() as u64);
             for ((op, kind), n) in ops {
                 put_str(&mut index, op);
-                index.push(kind_code(*kind));
+                index.push(kind.code());
                 varint(&mut index, *n);
             }
         }

@@ -195,26 +195,20 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub(crate) fn kind_code(k: SpanKind) -> u8 {
-    match k {
-        SpanKind::Unspecified => 0,
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    }
+/// The distinct resources and scopes of a batch, each numbered once: looked up by `Arc`
+/// pointer first (shared within a request), then by value (equal ones from different requests).
+#[derive(Default)]
+pub(crate) struct Origins<'a> {
+    pub(crate) resources: Vec<&'a Arc<Resource>>,
+    pub(crate) scopes: Vec<&'a Arc<InstrumentationScope>>,
+    resource_ix: rustc_hash::FxHashMap<*const Resource, usize>,
+    scope_ix: rustc_hash::FxHashMap<*const InstrumentationScope, usize>,
 }
 
-/// Encodes spans; resources and scopes shared by several spans are written once.
-pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
-    let mut resources: Vec<&Arc<Resource>> = Vec::new();
-    let mut scopes: Vec<&Arc<InstrumentationScope>> = Vec::new();
-    let mut refs = Vec::with_capacity(spans.len());
-    // By `Arc` pointer first (shared within a request), then by value.
-    let mut resource_ix: rustc_hash::FxHashMap<*const Resource, usize> = Default::default();
-    let mut scope_ix: rustc_hash::FxHashMap<*const InstrumentationScope, usize> = Default::default();
-    for s in spans {
+impl<'a> Origins<'a> {
+    /// The indexes of `s`'s resource and scope, adding them when new.
+    pub(crate) fn of(&mut self, s: &'a Span) -> (usize, usize) {
+        let Origins { resources, scopes, resource_ix, scope_ix } = self;
         let r = *resource_ix.entry(Arc::as_ptr(&s.resource)).or_insert_with(|| {
             resources.iter().position(|r| ***r == *s.resource).unwrap_or_else(|| {
                 resources.push(&s.resource);
@@ -227,8 +221,15 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
                 scopes.len() - 1
             })
         });
-        refs.push((r, c));
+        (r, c)
     }
+}
+
+/// Encodes spans; resources and scopes shared by several spans are written once.
+pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
+    let mut origins = Origins::default();
+    let refs: Vec<(usize, usize)> = spans.iter().map(|s| origins.of(s)).collect();
+    let Origins { resources, scopes, .. } = origins;
     let mut w = Writer { buf: Vec::with_capacity(spans.len() * 256) };
     w.u8(BATCH_VERSION);
     w.varint(resources.len() as u64);
@@ -261,7 +262,7 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
         w.str(&s.trace_state);
         w.varint(s.flags as u64);
         w.str(&s.name);
-        w.u8(kind_code(s.kind));
+        w.u8(s.kind.code());
         w.varint(s.start_time_unix_nano);
         w.varint(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano));
         w.attrs(&s.attributes);
@@ -284,11 +285,7 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
             w.varint(l.flags as u64);
         }
         w.varint(s.dropped_links_count as u64);
-        w.u8(match s.status.code {
-            StatusCode::Unset => 0,
-            StatusCode::Ok => 1,
-            StatusCode::Error => 2,
-        });
+        w.u8(s.status.code.code());
         w.str(&s.status.message);
     }
     w.buf
@@ -341,15 +338,8 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
         let trace_state = r.str()?;
         let flags = u32_of(r.varint()?, "flags")?;
         let name = r.str()?;
-        let kind = match r.u8()? {
-            0 => SpanKind::Unspecified,
-            1 => SpanKind::Internal,
-            2 => SpanKind::Server,
-            3 => SpanKind::Client,
-            4 => SpanKind::Producer,
-            5 => SpanKind::Consumer,
-            k => return err(format!("bad span kind {k}")),
-        };
+        let k = r.u8()?;
+        let kind = SpanKind::from_code(k).ok_or_else(|| DecodeError(format!("bad span kind {k}")))?;
         let start = r.varint()?;
         let end = start.wrapping_add(r.varint()?);
         let attributes = r.attrs(0)?;
@@ -380,12 +370,8 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
             });
         }
         let dropped_links_count = u32_of(r.varint()?, "dropped count")?;
-        let code = match r.u8()? {
-            0 => StatusCode::Unset,
-            1 => StatusCode::Ok,
-            2 => StatusCode::Error,
-            c => return err(format!("bad status code {c}")),
-        };
+        let c = r.u8()?;
+        let code = StatusCode::from_code(c).ok_or_else(|| DecodeError(format!("bad status code {c}")))?;
         let message = r.str()?;
         spans.push(Span {
             trace_id,

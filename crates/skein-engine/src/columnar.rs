@@ -12,7 +12,7 @@ use skein_model::{
     StatusCode, TraceId,
 };
 
-use crate::codec::{DecodeError, Reader, Writer, err, kind_code, u32_of};
+use crate::codec::{DecodeError, Origins, Reader, Writer, err, u32_of};
 
 /// First byte of a columnar chunk (row-encoded batches start with 1).
 pub const COLUMNAR_VERSION: u8 = 2;
@@ -160,12 +160,8 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
         value_counts,
     };
 
-    // Resources and scopes, each written once: looked up by `Arc` pointer (shared within a
-    // request), then by value (equal ones from different requests).
-    let mut resources: Vec<&Arc<Resource>> = Vec::new();
-    let mut scopes: Vec<&Arc<InstrumentationScope>> = Vec::new();
-    let mut resource_ix: FxHashMap<*const Resource, usize> = FxHashMap::default();
-    let mut scope_ix: FxHashMap<*const InstrumentationScope, usize> = FxHashMap::default();
+    // Resources and scopes, each written once.
+    let mut origins = Origins::default();
 
     let mut previous_start = 0u64;
     for id in &order {
@@ -193,24 +189,8 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
             e.col(Col::Durations)
                 .varint(zigzag(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64));
             e.put_string(Col::Names, &s.name);
-            let status = match s.status.code {
-                StatusCode::Unset => 0,
-                StatusCode::Ok => 1,
-                StatusCode::Error => 2,
-            };
-            e.col(Col::KindStatus).u8(kind_code(s.kind) | status << 3);
-            let r = *resource_ix.entry(Arc::as_ptr(&s.resource)).or_insert_with(|| {
-                resources.iter().position(|r| ***r == *s.resource).unwrap_or_else(|| {
-                    resources.push(&s.resource);
-                    resources.len() - 1
-                })
-            });
-            let c = *scope_ix.entry(Arc::as_ptr(&s.scope)).or_insert_with(|| {
-                scopes.iter().position(|c| ***c == *s.scope).unwrap_or_else(|| {
-                    scopes.push(&s.scope);
-                    scopes.len() - 1
-                })
-            });
+            e.col(Col::KindStatus).u8(s.kind.code() | s.status.code.code() << 3);
+            let (r, c) = origins.of(s);
             e.col(Col::Origins).varint(r as u64);
             e.col(Col::Origins).varint(c as u64);
             e.col(Col::Flags).varint(s.flags as u64);
@@ -240,6 +220,7 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
             }
         }
     }
+    let Origins { resources, scopes, .. } = origins;
     e.col(Col::Tables).varint(resources.len() as u64);
     for r in &resources {
         e.attrs(Col::Tables, Col::Tables, &r.attributes);
@@ -402,15 +383,10 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
             let end = s_start.wrapping_add(unzigzag(d.col(Col::Durations).varint()?) as u64);
             let name = d.string(Col::Names)?;
             let ks = d.col(Col::KindStatus).u8()?;
-            let kind = *SpanKind::ALL
-                .get((ks & 7) as usize)
+            let kind = SpanKind::from_code(ks & 7)
                 .ok_or_else(|| DecodeError(format!("bad span kind {}", ks & 7)))?;
-            let code = match ks >> 3 {
-                0 => StatusCode::Unset,
-                1 => StatusCode::Ok,
-                2 => StatusCode::Error,
-                c => return err(format!("bad status code {c}")),
-            };
+            let code = StatusCode::from_code(ks >> 3)
+                .ok_or_else(|| DecodeError(format!("bad status code {}", ks >> 3)))?;
             let ri = d.col(Col::Origins).varint()? as usize;
             let ci = d.col(Col::Origins).varint()? as usize;
             let resource = resources.get(ri).ok_or(DecodeError("resource index out of range".into()))?;

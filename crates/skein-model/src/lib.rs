@@ -170,6 +170,16 @@ impl SpanKind {
         SpanKind::Consumer,
     ];
 
+    /// The OTLP enum number (0 unspecified … 5 consumer).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The kind with this OTLP enum number.
+    pub fn from_code(code: u8) -> Option<SpanKind> {
+        SpanKind::ALL.get(code as usize).copied()
+    }
+
     /// The lowercase name used by Jaeger (`span.kind` tag) and query parameters.
     /// `Unspecified` has no name in Jaeger and renders as the empty string.
     pub fn as_str(self) -> &'static str {
@@ -205,6 +215,21 @@ pub enum StatusCode {
     Unset,
     Ok,
     Error,
+}
+
+impl StatusCode {
+    /// All codes, in OTLP enum order.
+    pub const ALL: [StatusCode; 3] = [StatusCode::Unset, StatusCode::Ok, StatusCode::Error];
+
+    /// The OTLP enum number (0 unset, 1 ok, 2 error).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The status code with this OTLP enum number.
+    pub fn from_code(code: u8) -> Option<StatusCode> {
+        StatusCode::ALL.get(code as usize).copied()
+    }
 }
 
 /// The status of a span.
@@ -302,6 +327,18 @@ impl TimeRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otlp_codes_round_trip_and_follow_the_otlp_enums() {
+        for (i, k) in SpanKind::ALL.iter().enumerate() {
+            assert_eq!((k.code() as usize, SpanKind::from_code(k.code())), (i, Some(*k)));
+        }
+        for (i, c) in StatusCode::ALL.iter().enumerate() {
+            assert_eq!((c.code() as usize, StatusCode::from_code(c.code())), (i, Some(*c)));
+        }
+        assert_eq!((SpanKind::Client.code(), StatusCode::Error.code()), (3, 2));
+        assert_eq!((SpanKind::from_code(6), StatusCode::from_code(3)), (None, None));
+    }
 
     #[test]
     fn depth_counts_nesting() {

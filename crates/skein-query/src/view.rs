@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 use serde::Serialize;
-use skein_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode, TraceId};
+use skein_model::{AttrValue, KeyValue, Span, TraceId};
 
 use crate::analysis;
 
@@ -133,25 +133,6 @@ fn render(value: &AttrValue) -> (u32, String) {
     }
 }
 
-fn kind_code(kind: SpanKind) -> u8 {
-    match kind {
-        SpanKind::Unspecified => 0,
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    }
-}
-
-fn status_code(code: StatusCode) -> u8 {
-    match code {
-        StatusCode::Unset => 0,
-        StatusCode::Ok => 1,
-        StatusCode::Error => 2,
-    }
-}
-
 /// Builds the view of a trace. Spans are ordered by start time; a span id sent more than once
 /// (an exporter's retry) is shown once.
 pub fn trace_view(trace_id: TraceId, mut spans: Vec<Span>) -> TraceView {
@@ -221,12 +202,12 @@ pub fn trace_view(trace_id: TraceId, mut spans: Vec<Span>) -> TraceView {
             s.span_id.to_hex(),
             s.parent_span_id.map(|p| p.to_hex()).unwrap_or_default(),
             strings.get(&s.name),
-            kind_code(s.kind),
+            s.kind.code(),
             s.start_time_unix_nano - base,
             s.duration_nanos(),
             r,
             sc,
-            status_code(s.status.code),
+            s.status.code.code(),
             strings.get(&s.status.message),
             strings.attrs(&s.attributes),
             events,
