@@ -19,7 +19,8 @@ pub const DEFAULT_LOOKBACK_NANOS: u64 = 48 * 3600 * 1_000_000_000;
 #[error("{0}")]
 pub struct ParamError(pub String);
 
-fn now_nanos() -> u64 {
+/// Now, in unix nanoseconds.
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 

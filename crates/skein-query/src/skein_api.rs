@@ -48,13 +48,6 @@ pub const DOCTOR_MAX_TRACES: usize = 10_000;
 /// Traces around one trace analysed for its diagnosis, at most.
 pub const DIAGNOSIS_MAX_TRACES: usize = 2_000;
 
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 fn duration_param(pairs: &[(String, String)], name: &str, default: u64) -> Result<u64, V3Error> {
     match pairs.iter().find(|(k, _)| k == name) {
         None => Ok(default),
@@ -118,7 +111,7 @@ pub(crate) async fn doctor_report(
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, V3Error> {
     let lookback = duration_param(&pairs, "lookback", 15 * 60 * 1_000_000_000)?;
-    let now = now_nanos();
+    let now = params::now_nanos();
     let mut config = doctor::DoctorConfig::new(now);
     config.grace_nanos = duration_param(&pairs, "grace", config.grace_nanos)?;
     let service =
@@ -168,7 +161,7 @@ pub(crate) async fn trace_diagnosis(
     let Some(spans) = store.trace(id).await? else {
         return Err(V3Error::new(StatusCode::NOT_FOUND, "trace not found"));
     };
-    let mut config = doctor::DoctorConfig::new(now_nanos());
+    let mut config = doctor::DoctorConfig::new(params::now_nanos());
     config.grace_nanos = duration_param(&pairs, "grace", config.grace_nanos)?;
     let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
     let end = spans.iter().map(|s| s.end_time_unix_nano).max().unwrap_or(0);

@@ -1,6 +1,6 @@
 //! Jaeger v3 API handlers: traces as OTLP JSON (`{"result": TracesData}`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -112,7 +112,7 @@ pub(crate) async fn find_traces(
         |name: &str| pairs.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
     let service = get("query.service_name")
         .ok_or_else(|| ParamError("parameter 'query.service_name' is required".into()))?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    let now = params::now_nanos();
     let end = get("query.start_time_max")
         .map(|v| rfc3339_nanos("query.start_time_max", v))
         .transpose()?
