@@ -241,7 +241,6 @@ pub(crate) struct BlockWriter<'a> {
     chunks: Vec<ChunkMeta>,
     all_postings: Vec<Vec<(u32, Postings)>>,
     trace_index: Vec<(TraceId, u32)>,
-    trace_ids: HashSet<TraceId>,
     span_count: u64,
     time: Option<TimeRange>,
     /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
@@ -267,7 +266,6 @@ impl<'a> BlockWriter<'a> {
             chunks: Vec::new(),
             all_postings: Vec::new(),
             trace_index: Vec::new(),
-            trace_ids: HashSet::new(),
             span_count: 0,
             time: None,
             pending: Vec::new(),
@@ -298,7 +296,6 @@ impl<'a> BlockWriter<'a> {
             if self.trace_index.last() != Some(&(s.trace_id, chunk)) {
                 self.trace_index.push((s.trace_id, chunk));
             }
-            self.trace_ids.insert(s.trace_id);
         }
         // The spans belong to the chunk being gathered, whose index is `chunks.len()`.
         self.pending.extend(spans);
@@ -358,7 +355,9 @@ impl<'a> BlockWriter<'a> {
         varint(&mut index, time.start_unix_nano);
         varint(&mut index, time.end_unix_nano);
         varint(&mut index, self.span_count);
-        varint(&mut index, self.trace_ids.len() as u64);
+        // The trace index is sorted by id: its distinct ids are the block's traces.
+        let trace_count = 1 + trace_index.windows(2).filter(|w| w[0].0 != w[1].0).count();
+        varint(&mut index, if trace_index.is_empty() { 0 } else { trace_count as u64 });
         varint(&mut index, wal_segment_end);
         varint(&mut index, replaces.len() as u64);
         for r in replaces {

@@ -478,6 +478,11 @@ async fn compaction_merges_small_blocks_and_every_span_stays_readable() {
     assert!(!before.contains(&after[0]));
     assert_eq!(e.stats().spans_stored, stored);
     assert_eq!(
+        e.stats().traces_stored,
+        5,
+        "trace 1, possibly in two chunks of the merged block, counts once"
+    );
+    assert_eq!(
         sorted(e.trace(B::trace_id(1)).await.unwrap().unwrap()),
         sorted(t1.clone()),
         "a split trace is whole"
