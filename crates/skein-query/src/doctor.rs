@@ -461,16 +461,28 @@ pub fn diagnose(traces: &[Vec<Span>], config: &DoctorConfig) -> Report {
     // Detached work: non-entry roots that begin while the service instance is handling another
     // trace's request (or just finished it), paired with the local entry span (the one whose
     // parent is not in this instance) that was active most recently.
-    let mut entries_by_instance: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    // Every span's instance, numbered; worked out once per resource.
+    let mut instance_ids: HashMap<(String, String), u32> = HashMap::new();
+    let mut by_resource: HashMap<*const skein_model::Resource, u32> = HashMap::new();
+    let inst: Vec<u32> = ix
+        .spans
+        .iter()
+        .map(|s| {
+            *by_resource.entry(std::sync::Arc::as_ptr(&s.resource)).or_insert_with(|| {
+                let next = instance_ids.len() as u32;
+                *instance_ids.entry(instance(s)).or_insert(next)
+            })
+        })
+        .collect();
+    let mut entries_by_instance: HashMap<u32, Vec<usize>> = HashMap::new();
     for (i, s) in ix.spans.iter().enumerate() {
-        let here = instance(s);
         // Roots that are not entry points are the detached work itself, never its spawner.
         let local_entry = match ix.parent[i] {
-            Some(p) => instance(ix.spans[p]) != here,
+            Some(p) => inst[p] != inst[i],
             None => is_entry(s.kind),
         };
         if local_entry {
-            entries_by_instance.entry(here).or_default().push(i);
+            entries_by_instance.entry(inst[i]).or_default().push(i);
         }
     }
     for list in entries_by_instance.values_mut() {
@@ -481,7 +493,7 @@ pub fn diagnose(traces: &[Vec<Span>], config: &DoctorConfig) -> Report {
         if span.parent_span_id.is_some() || is_entry(span.kind) {
             continue;
         }
-        let Some(list) = entries_by_instance.get(&instance(span)) else { continue };
+        let Some(list) = entries_by_instance.get(&inst[d]) else { continue };
         let start = span.start_time_unix_nano;
         let upto = list.partition_point(|&i| ix.spans[i].start_time_unix_nano <= start);
         // (enclosing span, (ended before `start`, how long before `start` it last showed activity))
