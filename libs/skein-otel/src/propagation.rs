@@ -32,11 +32,208 @@ mod headers {
         inject_into(cx, &mut opentelemetry_http::HeaderInjector(headers));
     }
 
-    /// Reads the caller's context from HTTP headers.
+    /// Reads the caller's context from HTTP headers with the global propagator. When that
+    /// reads just the W3C headers (what [`crate::init`] installs), `traceparent` is parsed
+    /// without allocating.
     pub fn extract(headers: &http::HeaderMap) -> Context {
-        extract_from(&opentelemetry_http::HeaderExtractor(headers))
+        super::w3c::extract(headers, None)
     }
 }
 
 #[cfg(any(feature = "tower", feature = "reqwest"))]
 pub use headers::{extract, inject};
+
+#[cfg(any(feature = "tower", feature = "reqwest"))]
+mod w3c {
+    use opentelemetry::Context;
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+
+    /// What the fast path may do for a request, decided from the fields a propagator reads.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    pub(crate) enum Fields {
+        /// Exactly the W3C trace-context headers: parse `traceparent` here.
+        TraceContext,
+        /// The W3C trace-context and baggage headers: parse here unless a `baggage` header
+        /// came (then the propagator must build the baggage).
+        TraceContextAndBaggage,
+        /// Anything else (B3, Jaeger, custom, none): always ask the propagator.
+        Other,
+    }
+
+    pub(crate) fn fields_of(p: &dyn TextMapPropagator) -> Fields {
+        let (mut tp, mut ts, mut bg) = (false, false, false);
+        for f in p.fields() {
+            match f {
+                "traceparent" => tp = true,
+                "tracestate" => ts = true,
+                "baggage" => bg = true,
+                _ => return Fields::Other,
+            }
+        }
+        match (tp && ts, bg) {
+            (true, false) => Fields::TraceContext,
+            (true, true) => Fields::TraceContextAndBaggage,
+            _ => Fields::Other,
+        }
+    }
+
+    /// Reads the caller's context from HTTP headers with `propagator` (the global one when
+    /// `None`). When the propagator reads exactly the W3C headers, `traceparent` is parsed
+    /// here without allocating: the result is the one `TraceContextPropagator` gives for every
+    /// header that follows the W3C format (it is stricter on lengths, as the format is).
+    pub(crate) fn extract(
+        headers: &http::HeaderMap,
+        propagator: Option<&(dyn TextMapPropagator + Send + Sync)>,
+    ) -> Context {
+        let fields = match propagator {
+            Some(p) => fields_of(p),
+            None => opentelemetry::global::get_text_map_propagator(|p| fields_of(p)),
+        };
+        let fast = match fields {
+            Fields::TraceContext => true,
+            Fields::TraceContextAndBaggage => !headers.contains_key("baggage"),
+            Fields::Other => false,
+        };
+        if fast {
+            return match span_context(headers) {
+                Some(sc) => Context::new().with_remote_span_context(sc),
+                None => Context::new(),
+            };
+        }
+        let extractor = opentelemetry_http::HeaderExtractor(headers);
+        match propagator {
+            Some(p) => p.extract_with_context(&Context::new(), &extractor),
+            None => super::extract_from(&extractor),
+        }
+    }
+
+    fn span_context(headers: &http::HeaderMap) -> Option<SpanContext> {
+        let (trace_id, span_id, flags) = parse_traceparent(headers.get("traceparent")?.as_bytes())?;
+        let trace_state = match headers.get("tracestate").and_then(|v| v.to_str().ok()) {
+            Some(s) => s.parse().unwrap_or_default(),
+            None => TraceState::NONE,
+        };
+        Some(SpanContext::new(trace_id, span_id, flags, true, trace_state))
+    }
+
+    /// `version-traceid-parentid-flags` as W3C Trace Context specifies it: lowercase hex,
+    /// exact lengths, no all-zero ids, version `ff` invalid, and for versions after `00` more
+    /// fields allowed after a `-`. Only the sampled flag is kept (as the SDK does).
+    pub(crate) fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
+        let value = value.trim_ascii();
+        if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+            return None;
+        }
+        let version = hex(&value[0..2])? as u8;
+        match version {
+            0xff => return None,
+            0 if value.len() != 55 => return None,
+            _ if value.len() > 55 && value[55] != b'-' => return None,
+            _ => {}
+        }
+        let trace_id = hex(&value[3..35])?;
+        let span_id = hex(&value[36..52])? as u64;
+        let flags = hex(&value[53..55])? as u8;
+        if trace_id == 0 || span_id == 0 {
+            return None;
+        }
+        Some((TraceId::from(trace_id), SpanId::from(span_id), TraceFlags::new(flags) & TraceFlags::SAMPLED))
+    }
+
+    /// Lowercase hex digits (at most 32) as a number.
+    fn hex(digits: &[u8]) -> Option<u128> {
+        let mut n: u128 = 0;
+        for &d in digits {
+            let v = match d {
+                b'0'..=b'9' => d - b'0',
+                b'a'..=b'f' => d - b'a' + 10,
+                _ => return None,
+            };
+            n = (n << 4) | v as u128;
+        }
+        Some(n)
+    }
+}
+
+#[cfg(any(feature = "tower", feature = "reqwest"))]
+pub(crate) use w3c::extract as extract_headers;
+
+#[cfg(all(test, any(feature = "tower", feature = "reqwest")))]
+mod tests {
+    use opentelemetry::baggage::BaggageExt;
+    use opentelemetry::propagation::{TextMapCompositePropagator, TextMapPropagator};
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+
+    use super::w3c::{self, Fields};
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        pairs.iter().map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap())).collect()
+    }
+
+    /// The fast path gives what the SDK's propagator gives for every well-formed header, and
+    /// no parent where the W3C format says the header is invalid.
+    #[test]
+    fn fast_traceparent_agrees_with_the_sdk_propagator() {
+        let sdk = TraceContextPropagator::new();
+        let valid = [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",
+            "02-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09",
+            "02-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-XYZxsf09",
+            "  00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ",
+        ];
+        for tp in valid {
+            for ts in [None, Some("foo=bar,vendor=x"), Some("not a tracestate")] {
+                let mut pairs = vec![("traceparent", tp)];
+                pairs.extend(ts.map(|ts| ("tracestate", ts)));
+                let h = headers(&pairs);
+                let ours = w3c::extract(&h, Some(&sdk));
+                let theirs = sdk.extract(&opentelemetry_http::HeaderExtractor(&h));
+                assert!(ours.span().span_context().is_valid(), "{tp}");
+                assert_eq!(ours.span().span_context(), theirs.span().span_context(), "{tp} {ts:?}");
+            }
+        }
+        let invalid = [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "02-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+        ];
+        for tp in invalid {
+            let h = headers(&[("traceparent", tp)]);
+            let ours = w3c::extract(&h, Some(&sdk));
+            assert!(!ours.has_active_span(), "{tp:?} must not give a parent");
+        }
+    }
+
+    #[test]
+    fn baggage_and_other_propagators_go_through_the_propagator() {
+        let both = TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]);
+        assert_eq!(w3c::fields_of(&TraceContextPropagator::new()), Fields::TraceContext);
+        assert_eq!(w3c::fields_of(&both), Fields::TraceContextAndBaggage);
+        assert_eq!(w3c::fields_of(&BaggagePropagator::new()), Fields::Other);
+        assert_eq!(w3c::fields_of(&TextMapCompositePropagator::new(vec![])), Fields::Other);
+
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let h = headers(&[("traceparent", tp), ("baggage", "tenant=acme")]);
+        let cx = w3c::extract(&h, Some(&both));
+        assert_eq!(cx.baggage().get("tenant").map(|v| v.as_str().to_owned()).as_deref(), Some("acme"));
+        assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        // A propagator that reads only baggage never gets a parent from traceparent.
+        let cx = w3c::extract(&h, Some(&BaggagePropagator::new()));
+        assert!(!cx.has_active_span());
+    }
+}

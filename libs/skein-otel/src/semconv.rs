@@ -15,14 +15,24 @@ pub(crate) const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature
 #[cfg_attr(not(any(feature = "tower", feature = "reqwest")), allow(dead_code))]
 /// Redacts the values of [`SENSITIVE_QUERY_KEYS`] in a query string.
 pub(crate) fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _)) if SENSITIVE_QUERY_KEYS.contains(&k) => format!("{k}=REDACTED"),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    let sensitive = |pair: &str| pair.split_once('=').is_some_and(|(k, _)| SENSITIVE_QUERY_KEYS.contains(&k));
+    if !query.split('&').any(sensitive) {
+        return query.to_owned();
+    }
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) if SENSITIVE_QUERY_KEYS.contains(&k) => {
+                out.push_str(k);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -30,6 +40,9 @@ mod tests {
     #[test]
     fn redacts_sensitive_query_values_only() {
         assert_eq!(super::redact_query("a=1&sig=secret&b"), "a=1&sig=REDACTED&b");
+        assert_eq!(super::redact_query("a=1&sig&b=2"), "a=1&sig&b=2");
+        assert_eq!(super::redact_query("page=2"), "page=2");
+        assert_eq!(super::redact_query(""), "");
         assert_eq!(
             super::redact_query("Signature=x&X-Goog-Signature=y"),
             "Signature=REDACTED&X-Goog-Signature=REDACTED"

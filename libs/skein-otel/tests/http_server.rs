@@ -115,6 +115,8 @@ async fn errors_filters_and_unknown_methods() {
     assert_eq!(boom.data.status, Status::error(""), "5xx is an error");
     assert_eq!(boom.attr("error.type").as_deref(), Some("500"));
     assert!(boom.parent().is_none(), "no traceparent: a new root");
+    assert_eq!(boom.attr("url.path").as_deref(), Some("/boom"), "a route without parameters is its path");
+    assert_eq!(boom.attr("http.route").as_deref(), Some("/boom"));
     let teapot = check.span("GET /teapot");
     assert_eq!(teapot.data.status, Status::Unset, "4xx is not a server error");
     assert_eq!(teapot.attr("http.response.status_code").as_deref(), Some("418"));

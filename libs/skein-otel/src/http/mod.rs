@@ -4,6 +4,8 @@
 #[cfg(feature = "reqwest")]
 pub mod client;
 #[cfg(feature = "tower")]
+mod intern;
+#[cfg(feature = "tower")]
 pub mod server;
 
 /// The `http.request.method` value: the method if semconv knows it, else `_OTHER`.

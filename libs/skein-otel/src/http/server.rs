@@ -18,6 +18,7 @@
 //! (`req.extensions().get::<opentelemetry::Context>()`). Attributes follow the stable HTTP
 //! semantic conventions; 5xx answers and handler errors set status Error, 4xx does not.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +32,7 @@ use opentelemetry::trace::{Link, SpanKind, Status, TraceContextExt, Tracer, Trac
 use opentelemetry::{Context, KeyValue};
 use tower::{Layer, Service};
 
+use super::intern;
 use crate::semconv::*;
 
 type Filter = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
@@ -193,6 +195,15 @@ fn server_address<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
     }
 }
 
+/// `url.scheme`: the URI's scheme, `http` when the request line has none (origin form).
+fn scheme(uri: &http::Uri) -> opentelemetry::Value {
+    match uri.scheme_str() {
+        None | Some("http") => "http".into(),
+        Some("https") => "https".into(),
+        Some(other) => other.to_owned().into(),
+    }
+}
+
 fn request_head<B>(req: &Request<B>) -> Request<()> {
     let mut head = Request::new(());
     *head.method_mut() = req.method().clone();
@@ -222,35 +233,38 @@ where
         {
             return ResponseFuture { inner: self.inner.call(req), cx: None };
         }
-        let extractor = opentelemetry_http::HeaderExtractor(req.headers());
-        let remote = match &config.propagator {
-            Some(p) => p.extract_with_context(&Context::new(), &extractor),
-            None => crate::propagation::extract_from(&extractor),
-        };
-        let method = crate::http::known_method(req.method());
+        let remote = crate::propagation::extract_headers(req.headers(), config.propagator.as_deref());
+        let method = crate::http::known_method(req.method()).unwrap_or("_OTHER");
         let route = route(&req);
-        let name = match &config.span_name {
-            Some(f) => f(req.method(), route),
-            None => match route {
-                Some(r) => format!("{} {r}", method.unwrap_or("_OTHER")),
-                None => method.unwrap_or("_OTHER").to_owned(),
-            },
+        let interned = route.and_then(intern::route);
+        let name: Cow<'static, str> = match (&config.span_name, interned, route) {
+            (Some(f), _, _) => f(req.method(), route).into(),
+            (None, Some(r), _) => r.name(method).into(),
+            (None, None, Some(r)) => format!("{method} {r}").into(),
+            (None, None, None) => method.into(),
         };
         let mut attributes = Vec::with_capacity(12);
-        attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method.unwrap_or("_OTHER")));
-        if method.is_none() {
+        attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
+        if method == "_OTHER" {
             attributes.push(KeyValue::new(HTTP_REQUEST_METHOD_ORIGINAL, req.method().as_str().to_owned()));
         }
-        attributes.push(KeyValue::new(URL_PATH, req.uri().path().to_owned()));
+        let path = req.uri().path();
+        attributes.push(match interned {
+            // A route without parameters is its own path.
+            Some(r) if r.route == path => KeyValue::new(URL_PATH, r.route),
+            _ => KeyValue::new(URL_PATH, path.to_owned()),
+        });
         if let Some(q) = req.uri().query() {
             attributes.push(KeyValue::new(URL_QUERY, redact_query(q)));
         }
-        attributes.push(KeyValue::new(URL_SCHEME, req.uri().scheme_str().unwrap_or("http").to_owned()));
-        if let Some(r) = route {
-            attributes.push(KeyValue::new(HTTP_ROUTE, r.to_owned()));
+        attributes.push(KeyValue::new(URL_SCHEME, scheme(req.uri())));
+        match (interned, route) {
+            (Some(r), _) => attributes.push(KeyValue::new(HTTP_ROUTE, r.route)),
+            (None, Some(r)) => attributes.push(KeyValue::new(HTTP_ROUTE, r.to_owned())),
+            (None, None) => {}
         }
         if let Some((host, port)) = server_address(&req) {
-            attributes.push(KeyValue::new(SERVER_ADDRESS, host.to_owned()));
+            attributes.push(KeyValue::new(SERVER_ADDRESS, intern::host(host)));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(SERVER_PORT, port as i64));
             }
@@ -262,7 +276,7 @@ where
             attributes.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
         }
         if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
-            attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, ua.to_owned()));
+            attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, intern::user_agent(ua)));
         }
         let mut builder =
             config.tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);

@@ -1,0 +1,136 @@
+//! Attribute values that repeat from request to request, made once instead of on every
+//! request: span names and `http.route` per route template, and the last few `Host` and
+//! `User-Agent` values seen by each thread.
+//!
+//! A span keeps its attribute values until the batch processor has exported it, on another
+//! thread; every owned string is one allocation on the request path and one free on the
+//! exporter's thread. Static and reference-counted values avoid both.
+
+use std::cell::RefCell;
+use std::sync::{Arc, LazyLock, RwLock};
+
+use opentelemetry::Value;
+use rustc_hash::FxHashMap as HashMap;
+
+/// The names of one route template, made once per process (a router has a fixed set of
+/// templates, so these are leaked on purpose and bounded by [`MAX_ROUTES`]).
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) route: &'static str,
+    /// `{METHOD} {route}` for each method [`method_index`] numbers.
+    names: [&'static str; METHODS.len()],
+}
+
+impl Route {
+    pub(crate) fn name(&self, method: &'static str) -> &'static str {
+        self.names[METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1)]
+    }
+}
+
+const METHODS: [&str; 10] =
+    ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER"];
+
+/// More route templates than any real router has: past this, names are built per request
+/// (so a `MatchedPath` filled from request data could not grow memory without bound).
+const MAX_ROUTES: usize = 4096;
+
+static ROUTES: LazyLock<RwLock<HashMap<Box<str>, &'static Route>>> = LazyLock::new(Default::default);
+
+thread_local! {
+    static LOCAL_ROUTES: RefCell<HashMap<Box<str>, &'static Route>> = RefCell::new(HashMap::default());
+    static HOSTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
+    static USER_AGENTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
+}
+
+/// The names of `route`, or `None` once [`MAX_ROUTES`] templates have been seen.
+pub(crate) fn route(route: &str) -> Option<&'static Route> {
+    if let Some(r) = LOCAL_ROUTES.with_borrow(|local| local.get(route).copied()) {
+        return Some(r);
+    }
+    let shared = ROUTES.read().unwrap_or_else(|e| e.into_inner()).get(route).copied();
+    let r = match shared {
+        Some(r) => r,
+        None => {
+            let mut all = ROUTES.write().unwrap_or_else(|e| e.into_inner());
+            match all.get(route) {
+                Some(r) => r,
+                None if all.len() >= MAX_ROUTES => return None,
+                None => {
+                    let template: &'static str = Box::leak(route.into());
+                    let names = METHODS.map(|m| &*Box::leak(format!("{m} {template}").into_boxed_str()));
+                    let r: &'static Route = Box::leak(Box::new(Route { route: template, names }));
+                    all.insert(route.into(), r);
+                    r
+                }
+            }
+        }
+    };
+    LOCAL_ROUTES.with_borrow_mut(|local| local.insert(route.into(), r));
+    Some(r)
+}
+
+/// `server.address` from the `Host` header: shared with earlier requests to the same host.
+pub(crate) fn host(value: &str) -> Value {
+    HOSTS.with_borrow_mut(|recent| recent.get(value)).into()
+}
+
+/// `user_agent.original`: shared with earlier requests from the same client software.
+pub(crate) fn user_agent(value: &str) -> Value {
+    USER_AGENTS.with_borrow_mut(|recent| recent.get(value)).into()
+}
+
+/// The last few distinct values seen, replaced round-robin.
+struct Recent {
+    values: [Option<Arc<str>>; 8],
+    next: usize,
+}
+
+impl Recent {
+    const fn new() -> Self {
+        Recent { values: [const { None }; 8], next: 0 }
+    }
+
+    fn get(&mut self, value: &str) -> Arc<str> {
+        if let Some(v) = self.values.iter().flatten().find(|v| &***v == value) {
+            return Arc::clone(v);
+        }
+        let v: Arc<str> = value.into();
+        self.values[self.next] = Some(Arc::clone(&v));
+        self.next = (self.next + 1) % self.values.len();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_names_are_made_once_and_shared() {
+        let a = route("/intern-test/{id}").unwrap();
+        let b = route("/intern-test/{id}").unwrap();
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a.route, "/intern-test/{id}");
+        assert_eq!(a.name("GET"), "GET /intern-test/{id}");
+        assert_eq!(a.name("PATCH"), "PATCH /intern-test/{id}");
+        assert_eq!(a.name("_OTHER"), "_OTHER /intern-test/{id}");
+        // Another thread finds the same names.
+        let c = std::thread::spawn(|| route("/intern-test/{id}").unwrap() as *const Route as usize)
+            .join()
+            .unwrap();
+        assert_eq!(c, a as *const Route as usize);
+    }
+
+    #[test]
+    fn recent_values_are_shared_and_bounded() {
+        let mut recent = Recent::new();
+        let a = recent.get("api.local");
+        assert!(Arc::ptr_eq(&a, &recent.get("api.local")));
+        for i in 0..100 {
+            assert_eq!(&*recent.get(&format!("host-{i}")), format!("host-{i}"));
+        }
+        assert_eq!(recent.values.iter().flatten().count(), 8);
+        // Evicted values are made again, equal.
+        assert_eq!(&*recent.get("api.local"), "api.local");
+    }
+}
