@@ -49,6 +49,11 @@ mod w3c {
     use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
+    // Names made at compile time: looking one up skips parsing and validating the name.
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+    const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+
     /// What the fast path may do for a request, decided from the fields a propagator reads.
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
     pub(crate) enum Fields {
@@ -92,7 +97,7 @@ mod w3c {
         };
         let fast = match fields {
             Fields::TraceContext => true,
-            Fields::TraceContextAndBaggage => !headers.contains_key("baggage"),
+            Fields::TraceContextAndBaggage => !headers.contains_key(BAGGAGE),
             Fields::Other => false,
         };
         if fast {
@@ -109,8 +114,8 @@ mod w3c {
     }
 
     fn span_context(headers: &http::HeaderMap) -> Option<SpanContext> {
-        let (trace_id, span_id, flags) = parse_traceparent(headers.get("traceparent")?.as_bytes())?;
-        let trace_state = match headers.get("tracestate").and_then(|v| v.to_str().ok()) {
+        let (trace_id, span_id, flags) = parse_traceparent(headers.get(TRACEPARENT)?.as_bytes())?;
+        let trace_state = match headers.get(TRACESTATE).and_then(|v| v.to_str().ok()) {
             Some(s) => s.parse().unwrap_or_default(),
             None => TraceState::NONE,
         };
