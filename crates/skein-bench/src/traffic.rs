@@ -22,11 +22,41 @@ pub struct TrafficShape {
     pub attributes_per_span: usize,
     /// Share of traces whose server spans fail with 500 / an error status.
     pub error_ratio: f64,
+    /// Whether every span draws its own user, order, cart and session values. By default a
+    /// trace is one request of one user, so its spans share them (as in the OpenTelemetry
+    /// demo, where `app.user.id` and `app.order.id` are per request); per-span values are a
+    /// worst case for storage that no real trace looks like.
+    pub per_span_values: bool,
 }
 
 impl Default for TrafficShape {
     fn default() -> Self {
-        TrafficShape { attributes_per_span: 11, error_ratio: 0.05 }
+        TrafficShape { attributes_per_span: 11, error_ratio: 0.05, per_span_values: false }
+    }
+}
+
+/// The values one request carries through all its spans.
+struct RequestValues {
+    user: String,
+    order: String,
+    cart_items: i64,
+    cached: bool,
+    card: &'static str,
+    amount: f64,
+    client: String,
+}
+
+impl RequestValues {
+    fn random(rng: &mut impl Rng) -> Self {
+        RequestValues {
+            user: format!("user-{}", rng.random_range(0..100_000)),
+            order: format!("{:016x}", rng.random::<u64>()),
+            cart_items: rng.random_range(1..20),
+            cached: rng.random(),
+            card: ["visa", "mastercard", "amex"][rng.random_range(0..3)],
+            amount: (rng.random_range(100..50_000) as f64) / 100.0,
+            client: format!("10.0.{}.{}", rng.random_range(0..255), rng.random_range(1..255)),
+        }
     }
 }
 
@@ -58,7 +88,21 @@ const TREE: [(usize, Option<usize>, &str, SpanKind); 14] = [
 ];
 
 impl TrafficShape {
-    fn attributes(&self, rng: &mut impl Rng, kind: SpanKind, name: &str, error: bool) -> Vec<KeyValue> {
+    fn attributes(
+        &self,
+        rng: &mut impl Rng,
+        request: &RequestValues,
+        kind: SpanKind,
+        name: &str,
+        error: bool,
+    ) -> Vec<KeyValue> {
+        let fresh;
+        let v = if self.per_span_values {
+            fresh = RequestValues::random(rng);
+            &fresh
+        } else {
+            request
+        };
         let mut a = Vec::with_capacity(self.attributes_per_span.max(8));
         match kind {
             SpanKind::Server if name.starts_with("GET") => {
@@ -69,10 +113,7 @@ impl TrafficShape {
                 a.push(kv("http.response.status_code", Value::IntValue(if error { 500 } else { 200 })));
                 a.push(kv("network.protocol.version", s("1.1")));
                 a.push(kv("user_agent.original", s("Mozilla/5.0 (X11; Linux x86_64) Chrome/124.0")));
-                a.push(kv(
-                    "client.address",
-                    s(format!("10.0.{}.{}", rng.random_range(0..255), rng.random_range(1..255))),
-                ));
+                a.push(kv("client.address", s(v.client.as_str())));
             }
             SpanKind::Client if name == "POST" => {
                 a.push(kv("http.request.method", s("POST")));
@@ -108,20 +149,17 @@ impl TrafficShape {
                 ));
             }
             _ => {
-                a.push(kv(
-                    "app.payment.card_type",
-                    s(["visa", "mastercard", "amex"][rng.random_range(0..3)]),
-                ));
-                a.push(kv("app.payment.amount", Value::DoubleValue(rng.random_range(1.0..500.0))));
+                a.push(kv("app.payment.card_type", s(v.card)));
+                a.push(kv("app.payment.amount", Value::DoubleValue(v.amount)));
             }
         }
         let mut i = 0;
         while a.len() < self.attributes_per_span {
             let v = match i % 4 {
-                0 => kv("app.user.id", s(format!("user-{}", rng.random_range(0..100_000)))),
-                1 => kv("app.order.id", s(format!("{:016x}", rng.random::<u64>()))),
-                2 => kv("app.cart.items", Value::IntValue(rng.random_range(1..20))),
-                _ => kv("app.session.cached", Value::BoolValue(rng.random())),
+                0 => kv("app.user.id", s(v.user.as_str())),
+                1 => kv("app.order.id", s(v.order.as_str())),
+                2 => kv("app.cart.items", Value::IntValue(v.cart_items)),
+                _ => kv("app.session.cached", Value::BoolValue(v.cached)),
             };
             a.push(v);
             i += 1;
@@ -143,6 +181,7 @@ impl TrafficShape {
             let trace_id: [u8; 16] = rng.random();
             ids.push(trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>());
             let error = rng.random_bool(self.error_ratio);
+            let values = RequestValues::random(&mut rng);
             let span_ids: Vec<[u8; 8]> = (0..TREE.len()).map(|_| rng.random::<[u8; 8]>()).collect();
             let start = now - rng.random_range(0..1_000_000_000);
             for (i, (service, parent, name, kind)) in TREE.iter().enumerate() {
@@ -159,7 +198,7 @@ impl TrafficShape {
                     kind: *kind as i32,
                     start_time_unix_nano: start + offset,
                     end_time_unix_nano: start + offset + duration,
-                    attributes: self.attributes(&mut rng, *kind, name, error),
+                    attributes: self.attributes(&mut rng, &values, *kind, name, error),
                     status: (error && matches!(kind, SpanKind::Server)).then(|| Status {
                         code: StatusCode::Error as i32,
                         message: "upstream failure".into(),

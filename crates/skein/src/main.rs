@@ -64,6 +64,10 @@ struct BenchArgs {
     /// Attributes per span.
     #[arg(long, default_value_t = 11)]
     attributes: usize,
+    /// Every span draws its own user, order, cart and session values instead of sharing its
+    /// request's (a storage worst case: no real trace looks like this).
+    #[arg(long)]
+    per_span_values: bool,
     /// Queries per latency figure (trace by id, search by attribute).
     #[arg(long, default_value_t = 200)]
     queries: usize,
@@ -214,7 +218,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         duration: args.duration,
         spans_per_request: args.spans_per_request.max(1),
         concurrency: args.concurrency.max(1),
-        shape: skein_bench::TrafficShape { attributes_per_span: args.attributes, ..Default::default() },
+        shape: skein_bench::TrafficShape {
+            attributes_per_span: args.attributes,
+            per_span_values: args.per_span_values,
+            ..Default::default()
+        },
         queries: args.queries,
         serve_args: args.serve_args,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
