@@ -2,12 +2,14 @@
 //! with format version and crc32. Specified in `docs/format/block.md`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use skein_model::{Span, SpanKind, TimeRange, TraceId};
 use skein_wal::fs::Fs;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::codec::{self, DecodeError};
 use crate::columnar;
@@ -74,19 +76,16 @@ fn posting_value(v: &skein_model::AttrValue) -> Option<Cow<'_, str>> {
     }
 }
 
-fn add_posting(p: &mut Postings, key: &str, value: Option<Cow<'_, str>>) {
-    // Most calls repeat a key and value already listed: look up before allocating anything.
-    let entry = match p.get_mut(key) {
-        Some(entry) => entry,
-        None => p.entry(key.to_owned()).or_insert_with(|| Some(BTreeSet::new())),
-    };
+/// Postings while a chunk is gathered: borrowed from its spans, hashed (turned into the sorted
+/// [`Postings`] once per chunk, so each distinct key and value is copied once).
+type BuildingPostings<'s> = FxHashMap<&'s str, Option<FxHashSet<Cow<'s, str>>>>;
+
+fn add_posting<'s>(p: &mut BuildingPostings<'s>, key: &'s str, value: Option<Cow<'s, str>>) {
+    let entry = p.entry(key).or_insert_with(|| Some(FxHashSet::default()));
     match (entry.as_mut(), value) {
         (Some(values), Some(v)) => {
-            if !values.contains(v.as_ref()) {
-                values.insert(v.into_owned());
-                if values.len() > MAX_POSTING_VALUES {
-                    *entry = None;
-                }
+            if values.insert(v) && values.len() > MAX_POSTING_VALUES {
+                *entry = None;
             }
         }
         (Some(_), None) => *entry = None,
@@ -96,10 +95,10 @@ fn add_posting(p: &mut Postings, key: &str, value: Option<Cow<'_, str>>) {
 
 /// The postings of a chunk: per service, every tag a search can match on (span, resource and
 /// event attributes, event names, and the synthetic tags).
-fn chunk_postings(spans: &[&Span], service_ids: &BTreeMap<String, u32>) -> Vec<(u32, Postings)> {
-    let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
+fn chunk_postings(spans: &[&Span], service_ids: &FxHashMap<String, u32>) -> Vec<(u32, Postings)> {
+    let mut by_service: FxHashMap<u32, BuildingPostings<'_>> = FxHashMap::default();
     // Each resource (shared by the spans of a request) is listed once per service.
-    let mut resources_seen: HashSet<(u32, *const skein_model::Resource)> = HashSet::new();
+    let mut resources_seen: FxHashSet<(u32, *const skein_model::Resource)> = FxHashSet::default();
     for s in spans {
         let service = service_ids[s.service_name()];
         let p = by_service.entry(service).or_default();
@@ -117,11 +116,22 @@ fn chunk_postings(spans: &[&Span], service_ids: &BTreeMap<String, u32>) -> Vec<(
                 add_posting(p, &kv.key, posting_value(&kv.value));
             }
         }
-        for (k, v) in skein_store::synthetic_tags(s) {
-            add_posting(p, k, Some(Cow::Owned(v)));
+        for (k, v) in skein_store::synthetic_tags_of(s) {
+            add_posting(p, k, Some(v));
         }
     }
-    by_service.into_iter().collect()
+    let mut out: Vec<(u32, Postings)> = by_service
+        .into_iter()
+        .map(|(service, p)| {
+            let p = p
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.map(|v| v.into_iter().map(Cow::into_owned).collect())))
+                .collect();
+            (service, p)
+        })
+        .collect();
+    out.sort_unstable_by_key(|(service, _)| *service);
+    out
 }
 
 /// An open block: its index in memory, its spans on disk.
@@ -235,8 +245,9 @@ pub(crate) fn write_block<'a>(
 pub(crate) struct BlockWriter<'a> {
     /// Estimated raw bytes of spans per chunk.
     chunk_target: usize,
-    service_ids: BTreeMap<String, u32>,
-    services: Vec<(String, OperationCounts)>,
+    service_ids: FxHashMap<String, u32>,
+    /// Per service (by id): its name, and span counts per operation name and kind code.
+    services: Vec<(String, FxHashMap<String, [u64; SpanKind::ALL.len()]>)>,
     file: Vec<u8>,
     chunks: Vec<ChunkMeta>,
     all_postings: Vec<Vec<(u32, Postings)>>,
@@ -260,7 +271,7 @@ impl<'a> BlockWriter<'a> {
     pub(crate) fn with_chunk_target(chunk_target: usize) -> Self {
         BlockWriter {
             chunk_target,
-            service_ids: BTreeMap::new(),
+            service_ids: FxHashMap::default(),
             services: Vec::new(),
             file: Vec::new(),
             chunks: Vec::new(),
@@ -282,13 +293,18 @@ impl<'a> BlockWriter<'a> {
             let sid = match self.service_ids.get(service) {
                 Some(&sid) => sid,
                 None => {
-                    self.services.push((service.to_owned(), BTreeMap::new()));
+                    self.services.push((service.to_owned(), FxHashMap::default()));
                     let sid = (self.services.len() - 1) as u32;
                     self.service_ids.insert(service.to_owned(), sid);
                     sid
                 }
             };
-            *self.services[sid as usize].1.entry((s.name.clone(), s.kind)).or_default() += 1;
+            let ops = &mut self.services[sid as usize].1;
+            let counts = match ops.get_mut(s.name.as_str()) {
+                Some(counts) => counts,
+                None => ops.entry(s.name.clone()).or_default(),
+            };
+            counts[s.kind.code() as usize] += 1;
             self.span_count += 1;
             time.start_unix_nano = time.start_unix_nano.min(s.start_time_unix_nano);
             time.end_unix_nano = time.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
@@ -366,11 +382,22 @@ impl<'a> BlockWriter<'a> {
         varint(&mut index, self.services.len() as u64);
         for (name, ops) in &self.services {
             put_str(&mut index, name);
+            let mut ops: Vec<(&str, u8, u64)> = ops
+                .iter()
+                .flat_map(|(op, counts)| {
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(k, n)| (op.as_str(), k as u8, *n))
+                })
+                .collect();
+            ops.sort_unstable();
             varint(&mut index, ops.len() as u64);
-            for ((op, kind), n) in ops {
+            for (op, kind, n) in ops {
                 put_str(&mut index, op);
-                index.push(kind.code());
-                varint(&mut index, *n);
+                index.push(kind);
+                varint(&mut index, n);
             }
         }
         varint(&mut index, self.chunks.len() as u64);

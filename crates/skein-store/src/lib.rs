@@ -12,7 +12,7 @@ mod matcher;
 mod memory;
 pub mod testdata;
 
-pub use matcher::{SpanMatcher, synthetic_tags};
+pub use matcher::{SpanMatcher, synthetic_tags, synthetic_tags_of};
 pub use memory::{MemoryStore, MemoryStoreConfig};
 
 /// Why a store could not do what was asked.

@@ -38,7 +38,12 @@ fn synthetic_tag<'s>(span: &'s Span, key: &str) -> Option<Cow<'s, str>> {
 /// Tags that Jaeger shows on a span although OTLP carries them as fields, so that a search
 /// for `error=true` or `span.kind=server` finds what the trace view shows.
 pub fn synthetic_tags(span: &Span) -> Vec<(&'static str, String)> {
-    SYNTHETIC_KEYS.iter().filter_map(|k| synthetic_tag(span, k).map(|v| (*k, v.into_owned()))).collect()
+    synthetic_tags_of(span).map(|(k, v)| (k, v.into_owned())).collect()
+}
+
+/// [`synthetic_tags`] borrowing the values from the span (nothing allocated).
+pub fn synthetic_tags_of(span: &Span) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
+    SYNTHETIC_KEYS.iter().filter_map(|k| synthetic_tag(span, k).map(|v| (*k, v)))
 }
 
 /// A `key=value` condition, with the value pre-parsed for typed attributes.
