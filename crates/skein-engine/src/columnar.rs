@@ -65,12 +65,21 @@ const COLUMNS: usize = 18;
 /// Value tag of a string that is in `Uniques` (tag 1: a dictionary string).
 const TAG_UNIQUE: u8 = 8;
 
+/// A string of the chunk: how often it occurs as a span attribute value, and its dictionary
+/// index once it has one.
+#[derive(Clone, Copy)]
+struct Str {
+    value_uses: u32,
+    index: u32,
+}
+
+const NO_INDEX: u32 = u32::MAX;
+
 struct Enc<'a> {
     cols: Vec<Writer>,
-    dict: FxHashMap<&'a str, u32>,
+    /// Every string met, keyed once (one lookup per string written).
+    strs: FxHashMap<&'a str, Str>,
     strings: Vec<&'a str>,
-    /// How often each attribute string value occurs in the chunk.
-    value_counts: FxHashMap<&'a str, u32>,
 }
 
 impl<'a> Enc<'a> {
@@ -78,13 +87,17 @@ impl<'a> Enc<'a> {
         &mut self.cols[c as usize]
     }
 
-    fn string(&mut self, s: &'a str) -> u64 {
-        let next = self.strings.len() as u32;
-        let i = *self.dict.entry(s).or_insert(next);
-        if i == next {
-            self.strings.push(s);
+    fn index_of(strings: &mut Vec<&'a str>, entry: &mut Str, s: &'a str) -> u64 {
+        if entry.index == NO_INDEX {
+            entry.index = strings.len() as u32;
+            strings.push(s);
         }
-        i as u64
+        entry.index as u64
+    }
+
+    fn string(&mut self, s: &'a str) -> u64 {
+        let entry = self.strs.entry(s).or_insert(Str { value_uses: 0, index: NO_INDEX });
+        Self::index_of(&mut self.strings, entry, s)
     }
 
     fn put_string(&mut self, c: Col, s: &'a str) {
@@ -103,15 +116,17 @@ impl<'a> Enc<'a> {
 
     fn value(&mut self, c: Col, v: &'a AttrValue) {
         match v {
-            AttrValue::Str(s) if self.value_counts.get(s.as_str()).is_some_and(|&n| n == 1) => {
-                self.col(c).u8(TAG_UNIQUE);
-                self.col(Col::Uniques).str(s);
-            }
             AttrValue::Str(s) => {
-                let i = self.string(s);
-                let w = self.col(c);
-                w.u8(1);
-                w.varint(i);
+                let entry = self.strs.entry(s.as_str()).or_insert(Str { value_uses: 0, index: NO_INDEX });
+                if entry.value_uses == 1 {
+                    self.cols[c as usize].u8(TAG_UNIQUE);
+                    self.cols[Col::Uniques as usize].str(s);
+                } else {
+                    let i = Self::index_of(&mut self.strings, entry, s);
+                    let w = &mut self.cols[c as usize];
+                    w.u8(1);
+                    w.varint(i);
+                }
             }
             // Scalars and nested values as the row codec writes them (the same tags).
             other => self.col(c).value(other),
@@ -130,55 +145,80 @@ fn unzigzag(z: u64) -> i64 {
 /// Encodes spans (whole traces; their order is kept within each trace, traces in the order of
 /// their first span).
 pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
-    let spans: Vec<&Span> = spans.iter().map(|s| s.borrow()).collect();
-    let spans = &spans[..];
-    // Group by trace, keeping the order of first appearance.
+    // Group by trace, keeping the order of first appearance (a stable counting sort: no
+    // allocation per trace).
     let mut order: Vec<TraceId> = Vec::new();
-    let mut by_trace: FxHashMap<TraceId, Vec<&Span>> = FxHashMap::default();
-    for s in spans {
-        by_trace
-            .entry(s.trace_id)
-            .or_insert_with(|| {
-                order.push(s.trace_id);
-                Vec::new()
-            })
-            .push(s);
+    let mut sizes: Vec<u32> = Vec::new();
+    let mut ordinal: FxHashMap<TraceId, u32> = FxHashMap::default();
+    let ordinals: Vec<u32> = spans
+        .iter()
+        .map(|s| {
+            let id = s.borrow().trace_id;
+            let o = *ordinal.entry(id).or_insert_with(|| {
+                order.push(id);
+                sizes.push(0);
+                order.len() as u32 - 1
+            });
+            sizes[o as usize] += 1;
+            o
+        })
+        .collect();
+    let mut next: Vec<u32> = Vec::with_capacity(sizes.len());
+    let mut total = 0;
+    for n in &sizes {
+        next.push(total);
+        total += n;
     }
+    let mut grouped: Vec<Option<&Span>> = vec![None; spans.len()];
+    for (s, o) in spans.iter().zip(&ordinals) {
+        grouped[next[*o as usize] as usize] = Some(s.borrow());
+        next[*o as usize] += 1;
+    }
+    let grouped: Vec<&Span> = grouped.into_iter().flatten().collect();
     // Span attribute string values seen once go inline (`Uniques`), the rest in the dictionary.
-    let mut value_counts: FxHashMap<&str, u32> = FxHashMap::default();
-    for s in spans {
+    let mut strs: FxHashMap<&str, Str> = FxHashMap::default();
+    for s in &grouped {
         for kv in &s.attributes {
             if let AttrValue::Str(v) = &kv.value {
-                *value_counts.entry(v.as_str()).or_default() += 1;
+                strs.entry(v.as_str()).or_insert(Str { value_uses: 0, index: NO_INDEX }).value_uses += 1;
             }
         }
     }
-    let mut e = Enc {
-        cols: (0..COLUMNS).map(|_| Writer::default()).collect(),
-        dict: FxHashMap::default(),
-        strings: Vec::new(),
-        value_counts,
-    };
+    let mut e = Enc { cols: (0..COLUMNS).map(|_| Writer::default()).collect(), strs, strings: Vec::new() };
 
     // Resources and scopes, each written once.
     let mut origins = Origins::default();
 
     let mut previous_start = 0u64;
-    for id in &order {
-        let trace = &by_trace[id];
+    let mut position: FxHashMap<SpanId, usize> = FxHashMap::default();
+    let mut first = 0;
+    for (id, &n) in order.iter().zip(&sizes) {
+        let trace = &grouped[first..first + n as usize];
+        first += n as usize;
         let start = trace.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
         e.col(Col::TraceIds).buf.extend_from_slice(id.as_bytes());
         e.col(Col::TraceSpans).varint(trace.len() as u64);
         e.col(Col::TraceStarts).varint(zigzag(start.wrapping_sub(previous_start) as i64));
         previous_start = start;
-        let position: FxHashMap<SpanId, usize> =
-            trace.iter().enumerate().map(|(i, s)| (s.span_id, i + 1)).collect();
+        // Small traces are searched in place; big ones through a map.
+        let big = trace.len() > 16;
+        if big {
+            position.clear();
+            position.extend(trace.iter().enumerate().map(|(i, s)| (s.span_id, i + 1)));
+        }
+        let position_of = |p: SpanId| {
+            if big {
+                position.get(&p).copied()
+            } else {
+                trace.iter().position(|s| s.span_id == p).map(|i| i + 1)
+            }
+        };
         for s in trace {
             e.col(Col::SpanIds).buf.extend_from_slice(s.span_id.as_bytes());
             match s.parent_span_id {
                 None => e.col(Col::Parents).varint(0),
-                Some(p) => match position.get(&p) {
-                    Some(&k) => e.col(Col::Parents).varint(k as u64),
+                Some(p) => match position_of(p) {
+                    Some(k) => e.col(Col::Parents).varint(k as u64),
                     None => {
                         e.col(Col::Parents).varint(trace.len() as u64 + 1);
                         e.col(Col::ForeignParents).buf.extend_from_slice(p.as_bytes());
@@ -507,6 +547,36 @@ mod tests {
         spans[1].end_time_unix_nano = spans[1].start_time_unix_nano - 5;
         let decoded = decode_chunk(&encode_chunk(&spans)).unwrap();
         assert_eq!(sorted(decoded), sorted(spans));
+    }
+
+    #[test]
+    fn big_and_interleaved_traces_keep_their_parents_and_order() {
+        // Trace 1 has more spans than are searched in place (a map finds the parents), with
+        // trace 2 interleaved; spans come back in their order within each trace.
+        let mut spans = Vec::new();
+        for i in 1..=40u8 {
+            let parent = match i {
+                1 => None,
+                7 => Some(200),            // not in the chunk
+                _ => Some(41 - i.min(40)), // later spans are parents of earlier ones too
+            };
+            let mut b = SpanBuilder::new(1, i).attr("app.order.id", AttrValue::Str(format!("o-{}", i % 3)));
+            if let Some(p) = parent {
+                b = b.parent(p);
+            }
+            spans.push(b.build());
+            if i % 10 == 0 {
+                spans.push(SpanBuilder::new(2, i).parent(i / 10).build());
+            }
+        }
+        let decoded = decode_chunk(&encode_chunk(&spans)).unwrap();
+        for t in [1, 2] {
+            let of = |v: &[Span]| -> Vec<Span> {
+                v.iter().filter(|s| s.trace_id == SpanBuilder::new(t, 1).build().trace_id).cloned().collect()
+            };
+            assert_eq!(of(&decoded), of(&spans), "trace {t}");
+        }
+        assert_eq!(decoded.len(), spans.len());
     }
 
     #[test]
