@@ -17,6 +17,11 @@
 //! the span's context current, and the context is in the request's extensions
 //! (`req.extensions().get::<opentelemetry::Context>()`). Attributes follow the stable HTTP
 //! semantic conventions; 5xx answers and handler errors set status Error, 4xx does not.
+//!
+//! The layer keeps its own cost low: with the W3C propagator that [`crate::init`] installs it
+//! reads `traceparent` without allocating, makes each route's span names once, and shares
+//! repeated `Host` and `User-Agent` values between requests. `cargo bench -p skein-otel
+//! --all-features --bench instrumentation` prints what it costs beside a raw SDK span.
 
 use std::borrow::Cow;
 use std::fmt;
