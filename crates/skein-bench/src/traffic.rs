@@ -268,3 +268,35 @@ impl Sender {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// `app.order.id` values per trace id in a generated request.
+    fn orders(shape: &TrafficShape) -> BTreeMap<Vec<u8>, BTreeSet<String>> {
+        let (request, ids) = shape.request(TREE.len() * 3);
+        assert_eq!(ids.len(), 3);
+        let mut out: BTreeMap<Vec<u8>, BTreeSet<String>> = BTreeMap::new();
+        for span in request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
+            assert!(span.attributes.len() >= shape.attributes_per_span);
+            for kv in span.attributes.iter().filter(|kv| kv.key == "app.order.id") {
+                if let Some(AnyValue { value: Some(Value::StringValue(v)) }) = &kv.value {
+                    out.entry(span.trace_id.clone()).or_default().insert(v.clone());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn spans_of_a_trace_share_their_request_values_unless_asked_not_to() {
+        let shared = orders(&TrafficShape::default());
+        assert_eq!(shared.len(), 3);
+        assert!(shared.values().all(|v| v.len() == 1), "one order per trace: {shared:?}");
+        let fresh = orders(&TrafficShape { per_span_values: true, ..TrafficShape::default() });
+        assert!(fresh.values().all(|v| v.len() > 5), "fresh values per span: {fresh:?}");
+    }
+}
