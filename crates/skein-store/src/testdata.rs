@@ -101,6 +101,21 @@ impl SpanBuilder {
         self
     }
 
+    /// Ids of any value, for generators that need more than 255 traces or spans.
+    pub fn ids(mut self, trace: TraceId, span: SpanId, parent: Option<SpanId>) -> Self {
+        self.span.trace_id = trace;
+        self.span.span_id = span;
+        self.span.parent_span_id = parent;
+        self
+    }
+
+    /// Start and end in unix nanoseconds.
+    pub fn times(mut self, start: u64, end: u64) -> Self {
+        self.span.start_time_unix_nano = start;
+        self.span.end_time_unix_nano = end;
+        self
+    }
+
     /// Start offset in ms from the default start, and duration in ms.
     pub fn timing_ms(mut self, offset_ms: u64, duration_ms: u64) -> Self {
         let start = self.span.start_time_unix_nano

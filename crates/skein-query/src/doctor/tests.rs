@@ -2,11 +2,8 @@
 //! nothing, and under concurrent load the split-trace pairing's precision and recall are
 //! measured (printed) and held above a floor.
 
-use std::sync::Arc;
-
-use skein_model::{
-    AttrValue, InstrumentationScope, KeyValue, Resource, Span, SpanId, SpanKind, Status, TraceId,
-};
+use skein_model::{AttrValue, Span, SpanId, SpanKind, TraceId};
+use skein_store::testdata::SpanBuilder;
 
 use super::*;
 
@@ -44,33 +41,15 @@ impl Gen {
         end_ms: f64,
         attrs: &[(&str, AttrValue)],
     ) -> Span {
-        Span {
-            trace_id: trace,
-            span_id: self.id(),
-            parent_span_id: parent,
-            trace_state: String::new(),
-            flags: 1,
-            name: name.into(),
-            kind,
-            start_time_unix_nano: T0 + (start_ms * MS as f64) as u64,
-            end_time_unix_nano: T0 + (end_ms * MS as f64) as u64,
-            attributes: attrs.iter().map(|(k, v)| KeyValue::new(*k, v.clone())).collect(),
-            dropped_attributes_count: 0,
-            events: Vec::new(),
-            dropped_events_count: 0,
-            links: Vec::new(),
-            dropped_links_count: 0,
-            status: Status::default(),
-            resource: Arc::new(Resource {
-                attributes: vec![
-                    KeyValue::string("service.name", service),
-                    KeyValue::string("host.name", "box"),
-                    KeyValue::new("process.pid", AttrValue::Int(42)),
-                ],
-                ..Default::default()
-            }),
-            scope: Arc::new(InstrumentationScope::default()),
-        }
+        let span = SpanBuilder::new(1, 1)
+            .ids(trace, self.id(), parent)
+            .service(service)
+            .resource_attr("host.name", AttrValue::Str("box".into()))
+            .resource_attr("process.pid", AttrValue::Int(42))
+            .name(name)
+            .kind(kind)
+            .times(T0 + (start_ms * MS as f64) as u64, T0 + (end_ms * MS as f64) as u64);
+        attrs.iter().fold(span, |span, (k, v)| span.attr(k, v.clone())).build()
     }
 }
 
