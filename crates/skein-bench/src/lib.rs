@@ -176,6 +176,23 @@ pub fn serve_command(exe: &Path, data_dir: &Path) -> Command {
     cmd
 }
 
+/// Spawns `cmd` (a [`serve_command`], with any further arguments), reads the `listening` line
+/// it prints first, and returns the child with the addresses it listens on.
+pub fn spawn_listening(cmd: &mut Command) -> anyhow::Result<(Child, Listening)> {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
+    match parse_listening(&line) {
+        Some(listening) => Ok((child, listening)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the server did not print its listening line (got {line:?})")
+        }
+    }
+}
+
 /// Waits (up to 15 minutes) until the server's `/metrics` says no block awaits compaction, so
 /// bytes on disk are measured after compaction.
 async fn wait_for_compaction(http: &str) {
@@ -217,28 +234,11 @@ struct Server {
 
 impl Server {
     fn start(exe: &Path, data_dir: &Path, extra: &[String]) -> anyhow::Result<Server> {
-        use std::io::BufRead;
-        let mut child = serve_command(exe, data_dir)
-            .args(extra)
-            .env("SKEIN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {} serve", exe.display()))?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
-        let field = |name: &str| -> anyhow::Result<String> {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                .map(str::to_owned)
-                .with_context(|| format!("the server did not print {name}= (got {line:?})"))
-        };
-        Ok(Server {
-            otlp_grpc: field("otlp-grpc")?,
-            otlp_http: field("otlp-http")?,
-            http: field("http")?,
-            child,
-        })
+        let (child, l) = spawn_listening(
+            serve_command(exe, data_dir).args(extra).env("SKEIN_LOG", "warn").stderr(Stdio::inherit()),
+        )
+        .with_context(|| format!("starting {} serve", exe.display()))?;
+        Ok(Server { otlp_grpc: l.otlp_grpc, otlp_http: l.otlp_http, http: l.http, child })
     }
 
     /// User + system CPU seconds of the process so far.

@@ -2,7 +2,6 @@
 //! engine is SIGKILLed repeatedly while a client sends OTLP batches; after each restart every
 //! batch the server acknowledged is readable through the API.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -14,16 +13,13 @@ struct Skein {
 }
 
 fn start(data: &Path) -> Skein {
-    let mut child = skein_bench::serve_command(Path::new(env!("CARGO_BIN_EXE_skein")), data)
-        // Small heads so blocks are cut (and WAL segments deleted) while the test runs.
-        .args(["--head-max-bytes", "20000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let l = skein_bench::parse_listening(&line).unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+    let (child, l) = skein_bench::spawn_listening(
+        skein_bench::serve_command(Path::new(env!("CARGO_BIN_EXE_skein")), data)
+            // Small heads so blocks are cut (and WAL segments deleted) while the test runs.
+            .args(["--head-max-bytes", "20000"])
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
     Skein { otlp_http: l.otlp_http, http: l.http, child }
 }
 

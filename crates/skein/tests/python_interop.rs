@@ -4,9 +4,8 @@
 //!
 //! The SDK lives in the project's virtualenv, made by `scripts/test` (or set `SKEIN_PYTHON`).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use serde_json::Value as Json;
 
@@ -45,18 +44,11 @@ struct Skein {
 impl Skein {
     fn start() -> Skein {
         let data = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skein"))
-            .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("skein binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let l =
-            skein_bench::parse_listening(&line).unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+        let (child, l) = skein_bench::spawn_listening(&mut skein_bench::serve_command(
+            std::path::Path::new(env!("CARGO_BIN_EXE_skein")),
+            data.path(),
+        ))
+        .expect("skein serve starts");
         Skein { _data: data, grpc: l.otlp_grpc, otlp_http: l.otlp_http, http: l.http, child }
     }
 

@@ -5,9 +5,8 @@
 //! `tests/ui/node_modules`). Set `SKEIN_SCREENSHOT_DIR` to keep the screenshots (the README's are
 //! made with `SKEIN_SCREENSHOT_DIR=docs/screenshots`).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -44,11 +43,8 @@ fn web_ui_in_headless_chromium() {
     };
     let data = tempfile::tempdir().unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_skein"));
-    let mut server = skein_bench::serve_command(exe, data.path()).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let listening =
-        skein_bench::parse_listening(&line).unwrap_or_else(|| panic!("not a listening line: {line:?}"));
+    let (mut server, listening) =
+        skein_bench::spawn_listening(&mut skein_bench::serve_command(exe, data.path())).unwrap();
 
     let out = Command::new("node")
         .args(["--test", "--test-reporter=spec", "--test-concurrency=1"])
