@@ -12,23 +12,23 @@ use std::sync::{Arc, LazyLock, RwLock};
 use opentelemetry::Value;
 use rustc_hash::FxHashMap as HashMap;
 
+use super::METHOD_NAMES;
+
 /// The names of one route template, made once per process (a router has a fixed set of
 /// templates, so these are leaked on purpose and bounded by [`MAX_ROUTES`]).
 #[derive(Debug)]
 pub(crate) struct Route {
     pub(crate) route: &'static str,
-    /// `{METHOD} {route}` for each method [`method_index`] numbers.
-    names: [&'static str; METHODS.len()],
+    /// `{METHOD} {route}` for each of [`METHOD_NAMES`].
+    names: [&'static str; METHOD_NAMES.len()],
 }
 
 impl Route {
-    pub(crate) fn name(&self, method: &'static str) -> &'static str {
-        self.names[METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1)]
+    /// The span name for the method numbered `method` by [`super::method_index`].
+    pub(crate) fn name(&self, method: usize) -> &'static str {
+        self.names[method]
     }
 }
-
-const METHODS: [&str; 10] =
-    ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER"];
 
 /// More route templates than any real router has: past this, names are built per request
 /// (so a `MatchedPath` filled from request data could not grow memory without bound).
@@ -57,7 +57,7 @@ pub(crate) fn route(route: &str) -> Option<&'static Route> {
                 None if all.len() >= MAX_ROUTES => return None,
                 None => {
                     let template: &'static str = Box::leak(route.into());
-                    let names = METHODS.map(|m| &*Box::leak(format!("{m} {template}").into_boxed_str()));
+                    let names = METHOD_NAMES.map(|m| &*Box::leak(format!("{m} {template}").into_boxed_str()));
                     let r: &'static Route = Box::leak(Box::new(Route { route: template, names }));
                     all.insert(route.into(), r);
                     r
@@ -111,9 +111,10 @@ mod tests {
         let b = route("/intern-test/{id}").unwrap();
         assert!(std::ptr::eq(a, b));
         assert_eq!(a.route, "/intern-test/{id}");
-        assert_eq!(a.name("GET"), "GET /intern-test/{id}");
-        assert_eq!(a.name("PATCH"), "PATCH /intern-test/{id}");
-        assert_eq!(a.name("_OTHER"), "_OTHER /intern-test/{id}");
+        let name = |m: &str| a.name(super::super::method_index(&m.parse().unwrap()));
+        assert_eq!(name("GET"), "GET /intern-test/{id}");
+        assert_eq!(name("PATCH"), "PATCH /intern-test/{id}");
+        assert_eq!(name("PURGE"), "_OTHER /intern-test/{id}");
         // Another thread finds the same names.
         let c = std::thread::spawn(|| route("/intern-test/{id}").unwrap() as *const Route as usize)
             .join()

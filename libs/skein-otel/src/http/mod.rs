@@ -8,20 +8,31 @@ mod intern;
 #[cfg(feature = "tower")]
 pub mod server;
 
-/// The `http.request.method` value: the method if semconv knows it, else `_OTHER`.
+/// `http.request.method` values: the methods semconv knows, then `_OTHER` for the rest,
+/// numbered by [`method_index`].
+pub(crate) const METHOD_NAMES: [&str; 10] =
+    ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER"];
+
+/// The index of `method`'s value in [`METHOD_NAMES`] (`_OTHER`'s for unknown methods).
+pub(crate) fn method_index(method: &http::Method) -> usize {
+    match *method {
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::HEAD => 4,
+        http::Method::OPTIONS => 5,
+        http::Method::PATCH => 6,
+        http::Method::CONNECT => 7,
+        http::Method::TRACE => 8,
+        _ => METHOD_NAMES.len() - 1,
+    }
+}
+
+/// The `http.request.method` value: the method if semconv knows it, else `None` (`_OTHER`).
 pub(crate) fn known_method(method: &http::Method) -> Option<&'static str> {
-    Some(match *method {
-        http::Method::GET => "GET",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::DELETE => "DELETE",
-        http::Method::HEAD => "HEAD",
-        http::Method::OPTIONS => "OPTIONS",
-        http::Method::PATCH => "PATCH",
-        http::Method::CONNECT => "CONNECT",
-        http::Method::TRACE => "TRACE",
-        _ => return None,
-    })
+    let i = method_index(method);
+    (i < METHOD_NAMES.len() - 1).then(|| METHOD_NAMES[i])
 }
 
 pub(crate) fn protocol_version(v: http::Version) -> Option<&'static str> {

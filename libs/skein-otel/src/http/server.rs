@@ -239,18 +239,19 @@ where
             return ResponseFuture { inner: self.inner.call(req), cx: None };
         }
         let remote = crate::propagation::extract_headers(req.headers(), config.propagator.as_deref());
-        let method = crate::http::known_method(req.method()).unwrap_or("_OTHER");
+        let method_index = crate::http::method_index(req.method());
+        let method = crate::http::METHOD_NAMES[method_index];
         let route = route(&req);
         let interned = route.and_then(intern::route);
         let name: Cow<'static, str> = match (&config.span_name, interned, route) {
             (Some(f), _, _) => f(req.method(), route).into(),
-            (None, Some(r), _) => r.name(method).into(),
+            (None, Some(r), _) => r.name(method_index).into(),
             (None, None, Some(r)) => format!("{method} {r}").into(),
             (None, None, None) => method.into(),
         };
         let mut attributes = Vec::with_capacity(12);
         attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
-        if method == "_OTHER" {
+        if crate::http::known_method(req.method()).is_none() {
             attributes.push(KeyValue::new(HTTP_REQUEST_METHOD_ORIGINAL, req.method().as_str().to_owned()));
         }
         let path = req.uri().path();
