@@ -161,7 +161,7 @@ mod w3c {
     }
 }
 
-#[cfg(any(feature = "tower", feature = "reqwest"))]
+#[cfg(feature = "tower")]
 pub(crate) use w3c::extract as extract_headers;
 
 #[cfg(all(test, any(feature = "tower", feature = "reqwest")))]

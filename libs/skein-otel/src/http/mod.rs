@@ -35,6 +35,7 @@ pub(crate) fn known_method(method: &http::Method) -> Option<&'static str> {
     (i < METHOD_NAMES.len() - 1).then(|| METHOD_NAMES[i])
 }
 
+#[cfg(feature = "tower")]
 pub(crate) fn protocol_version(v: http::Version) -> Option<&'static str> {
     Some(match v {
         http::Version::HTTP_09 => "0.9",
