@@ -75,6 +75,11 @@ struct Str {
 
 const NO_INDEX: u32 = u32::MAX;
 
+impl Str {
+    /// A string not met yet.
+    const UNSEEN: Str = Str { value_uses: 0, index: NO_INDEX };
+}
+
 struct Enc<'a> {
     cols: Vec<Writer>,
     /// Every string met, keyed once (one lookup per string written).
@@ -96,7 +101,7 @@ impl<'a> Enc<'a> {
     }
 
     fn string(&mut self, s: &'a str) -> u64 {
-        let entry = self.strs.entry(s).or_insert(Str { value_uses: 0, index: NO_INDEX });
+        let entry = self.strs.entry(s).or_insert(Str::UNSEEN);
         Self::index_of(&mut self.strings, entry, s)
     }
 
@@ -117,7 +122,7 @@ impl<'a> Enc<'a> {
     fn value(&mut self, c: Col, v: &'a AttrValue) {
         match v {
             AttrValue::Str(s) => {
-                let entry = self.strs.entry(s.as_str()).or_insert(Str { value_uses: 0, index: NO_INDEX });
+                let entry = self.strs.entry(s.as_str()).or_insert(Str::UNSEEN);
                 if entry.value_uses == 1 {
                     self.cols[c as usize].u8(TAG_UNIQUE);
                     self.cols[Col::Uniques as usize].str(s);
@@ -180,7 +185,7 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
     for s in &grouped {
         for kv in &s.attributes {
             if let AttrValue::Str(v) = &kv.value {
-                strs.entry(v.as_str()).or_insert(Str { value_uses: 0, index: NO_INDEX }).value_uses += 1;
+                strs.entry(v.as_str()).or_insert(Str::UNSEEN).value_uses += 1;
             }
         }
     }
