@@ -582,7 +582,10 @@ impl Shared {
     }
 }
 
-/// Streams the chunks of `sources` (oldest chunk first) into one new block at `path`.
+/// Merges `sources` into one new block at `path`, chunk by chunk, oldest chunk first. Chunks
+/// of blocks with postings (format 2 and later) are copied as they are, compressed: merging
+/// costs a read and a write of their bytes, and no span is decoded. Chunks of format 1 blocks
+/// are decoded and written anew, which gives them postings.
 fn merge_blocks(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) -> Result<Block, StoreError> {
     let mut chunks: Vec<(u64, usize, usize)> = Vec::new();
     for (b, block) in sources.iter().enumerate() {
@@ -591,9 +594,23 @@ fn merge_blocks(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) ->
         }
     }
     chunks.sort_unstable();
-    let mut writer = block::BlockWriter::with_chunk_target(block::COMPACTED_CHUNK_TARGET);
+    let mut writer = block::BlockWriter::default();
+    let copied: Vec<Option<block::CopySource<'_>>> = sources
+        .iter()
+        .map(|b| {
+            let source = b.copy_source();
+            if source.is_some() {
+                writer.take_counts(b);
+            }
+            source
+        })
+        .collect();
     for (_, b, i) in chunks {
         // A chunk that cannot be read stops the compaction: its block stays as it is.
+        if let Some(source) = &copied[b] {
+            writer.copy_chunk(fs, source, i).map_err(block_error)?;
+            continue;
+        }
         let spans = sources[b].read_chunk(fs, i).map_err(block_error)?;
         let mut traces: Vec<(u64, TraceId, Vec<Span>)> = Vec::new();
         let mut at: HashMap<TraceId, usize> = HashMap::new();
