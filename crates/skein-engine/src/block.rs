@@ -66,14 +66,23 @@ type CompactPostings = Box<[(u32, Option<Box<[u32]>>)]>;
 /// Tag key → its values in one chunk for one service (`None`: many or untyped values).
 pub(crate) type Postings = BTreeMap<String, Option<BTreeSet<String>>>;
 
-/// The text a posting stores for a value, when the value can be matched exactly by text.
-fn posting_value(v: &skein_model::AttrValue) -> Option<Cow<'_, str>> {
+/// A value as its posting stores it.
+enum PostingValue<'s> {
+    /// Stored as this text.
+    Text(Cow<'s, str>),
+    /// Stored as its decimal text.
+    Int(i64),
+    /// Not matched exactly by text: the key becomes "many".
+    Untyped,
+}
+
+fn posting_value(v: &skein_model::AttrValue) -> PostingValue<'_> {
     use skein_model::AttrValue;
     match v {
-        AttrValue::Str(s) => Some(Cow::Borrowed(s)),
-        AttrValue::Int(i) => Some(Cow::Owned(i.to_string())),
-        AttrValue::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        _ => None,
+        AttrValue::Str(s) => PostingValue::Text(Cow::Borrowed(s)),
+        AttrValue::Int(i) => PostingValue::Int(*i),
+        AttrValue::Bool(b) => PostingValue::Text(Cow::Borrowed(if *b { "true" } else { "false" })),
+        _ => PostingValue::Untyped,
     }
 }
 
@@ -81,16 +90,27 @@ fn posting_value(v: &skein_model::AttrValue) -> Option<Cow<'_, str>> {
 /// [`Postings`] once per chunk, so each distinct key and value is copied once).
 type BuildingPostings<'s> = FxHashMap<&'s str, Option<FxHashSet<Cow<'s, str>>>>;
 
-fn add_posting<'s>(p: &mut BuildingPostings<'s>, key: &'s str, value: Option<Cow<'s, str>>) {
+fn add_posting<'s>(p: &mut BuildingPostings<'s>, key: &'s str, value: PostingValue<'s>) {
     let entry = p.entry(key).or_insert_with(|| Some(FxHashSet::default()));
-    match (entry.as_mut(), value) {
-        (Some(values), Some(v)) => {
-            if values.insert(v) && values.len() > MAX_POSTING_VALUES {
-                *entry = None;
-            }
+    let Some(values) = entry else { return };
+    let mut digits = itoa::Buffer::new();
+    let text = match &value {
+        PostingValue::Text(t) => t.as_ref(),
+        PostingValue::Int(i) => digits.format(*i),
+        PostingValue::Untyped => {
+            *entry = None;
+            return;
         }
-        (Some(_), None) => *entry = None,
-        (None, _) => {}
+    };
+    if values.contains(text) {
+        return; // most values repeat: no copy
+    }
+    values.insert(match value {
+        PostingValue::Text(t) => t,
+        _ => Cow::Owned(text.to_owned()),
+    });
+    if values.len() > MAX_POSTING_VALUES {
+        *entry = None;
     }
 }
 
@@ -112,13 +132,13 @@ fn chunk_postings(spans: &[&Span], service_ids: &FxHashMap<String, u32>) -> Vec<
             }
         }
         for e in &s.events {
-            add_posting(p, "event", Some(Cow::Borrowed(&e.name)));
+            add_posting(p, "event", PostingValue::Text(Cow::Borrowed(&e.name)));
             for kv in &e.attributes {
                 add_posting(p, &kv.key, posting_value(&kv.value));
             }
         }
         for (k, v) in skein_store::synthetic_tags_of(s) {
-            add_posting(p, k, Some(v));
+            add_posting(p, k, PostingValue::Text(v));
         }
     }
     let mut out: Vec<(u32, Postings)> = by_service
@@ -215,24 +235,25 @@ impl IndexReader<'_> {
     }
 }
 
-/// Writes spans into a new block file at `path` (atomically). `wal_segment_end` is recorded so
-/// recovery knows which WAL records the block already holds.
+/// Writes traces (each a group of spans of one trace) into a new block file at `path`
+/// (atomically). `wal_segment_end` is recorded so recovery knows which WAL records the block
+/// already holds.
 pub(crate) fn write_block<'a>(
     fs: &dyn Fs,
     path: &Path,
-    spans: impl IntoIterator<Item = &'a Span>,
+    traces: impl IntoIterator<Item = Vec<&'a Span>>,
     wal_segment_end: u64,
 ) -> Result<Block, BlockError> {
-    // Whole traces, oldest first, so chunks have narrow time ranges.
-    let mut by_trace: HashMap<TraceId, Vec<&'a Span>> = HashMap::new();
-    for s in spans {
-        by_trace.entry(s.trace_id).or_default().push(s);
-    }
-    let mut traces: Vec<(u64, TraceId, Vec<&'a Span>)> = by_trace
+    // Oldest first, so chunks have narrow time ranges.
+    let mut traces: Vec<(u64, TraceId, Vec<&'a Span>)> = traces
         .into_iter()
-        .map(|(id, spans)| (spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0), id, spans))
+        .filter(|spans| !spans.is_empty())
+        .map(|spans| {
+            let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+            (start, spans[0].trace_id, spans)
+        })
         .collect();
-    traces.sort_by_key(|(start, id, _)| (*start, *id));
+    traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
     let mut writer = BlockWriter::default();
     for (_, _, spans) in traces {
         writer.add(spans.into_iter().map(Cow::Borrowed).collect());
@@ -257,6 +278,8 @@ pub(crate) struct BlockWriter<'a> {
     /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
     pending: Vec<Cow<'a, Span>>,
     pending_bytes: usize,
+    /// One compression context for all the block's chunks.
+    zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
 impl<'a> BlockWriter<'a> {
@@ -381,7 +404,11 @@ impl<'a> BlockWriter<'a> {
         let pending = std::mem::take(&mut self.pending);
         let refs: Vec<&Span> = pending.iter().map(|s| s.as_ref()).collect();
         let raw = columnar::encode_chunk(&refs);
-        let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
+        let zstd = match &mut self.zstd {
+            Some(z) => z,
+            None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 3 is valid")),
+        };
+        let compressed = zstd.compress(&raw).expect("zstd compresses any input");
         let mut chunk_services: BTreeSet<u32> = BTreeSet::new();
         let mut t = TimeRange::new(u64::MAX, 0);
         let mut durations = (u64::MAX, 0);

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
 use skein_model::{Span, SpanKind, TimeRange, TraceId};
 use skein_store::{
     DependencyLink, Operation, SpanMatcher, SpanStore, StoreError, StoreStats, TraceQuery,
@@ -104,11 +105,12 @@ pub struct OpenReport {
 
 #[derive(Debug, Default)]
 struct Head {
-    traces: HashMap<TraceId, Vec<Span>>,
+    traces: FxHashMap<TraceId, Vec<Span>>,
     bytes: usize,
     spans: u64,
     created: Option<Instant>,
-    operations: BTreeMap<String, block::OperationCounts>,
+    /// service → operation name → the span kinds seen with it (bit `1 << kind code`).
+    operations: FxHashMap<String, FxHashMap<String, u8>>,
 }
 
 impl Head {
@@ -116,12 +118,16 @@ impl Head {
         self.created.get_or_insert_with(Instant::now);
         self.bytes += bytes;
         for s in spans {
-            *self
-                .operations
-                .entry(s.service_name().to_owned())
-                .or_default()
-                .entry((s.name.clone(), s.kind))
-                .or_default() += 1;
+            // Names are copied only the first time they are seen.
+            let ops = match self.operations.get_mut(s.service_name()) {
+                Some(ops) => ops,
+                None => self.operations.entry(s.service_name().to_owned()).or_default(),
+            };
+            let kinds = match ops.get_mut(s.name.as_str()) {
+                Some(kinds) => kinds,
+                None => ops.entry(s.name.clone()).or_default(),
+            };
+            *kinds |= 1 << s.kind.code();
             self.spans += 1;
             self.traces.entry(s.trace_id).or_default().push(s);
         }
@@ -419,9 +425,10 @@ impl Shared {
                 // Encoded straight from the frozen head (readers share it meanwhile): no copies.
                 let head = Arc::clone(&frozen);
                 let written = tokio::task::spawn_blocking(move || {
-                    let spans =
-                        head.head.traces.values().flatten().filter(|s| s.start_time_unix_nano >= cutoff);
-                    block::write_block(&*fs, &path, spans, wal_end)
+                    let traces = head.head.traces.values().map(|spans| {
+                        spans.iter().filter(|s| s.start_time_unix_nano >= cutoff).collect::<Vec<_>>()
+                    });
+                    block::write_block(&*fs, &path, traces, wal_end)
                 })
                 .await
                 .map_err(|e| StoreError::Internal(format!("block writer panicked: {e}")))?;
@@ -797,19 +804,16 @@ impl SpanStore for Engine {
     async fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError> {
         let st = self.shared.state.read();
         let mut ops: BTreeSet<(String, SpanKind)> = BTreeSet::new();
-        let mut add = |m: &block::OperationCounts| ops.extend(m.keys().cloned());
-        if let Some(m) = st.head.operations.get(service) {
-            add(m);
-        }
-        for f in &st.frozen {
-            if let Some(m) = f.head.operations.get(service) {
-                add(m);
+        for h in std::iter::once(&st.head).chain(st.frozen.iter().map(|f| &f.head)) {
+            for (name, kinds) in h.operations.get(service).into_iter().flatten() {
+                let seen = SpanKind::ALL.into_iter().filter(|k| kinds & (1 << k.code()) != 0);
+                ops.extend(seen.map(|k| (name.clone(), k)));
             }
         }
         for b in &st.blocks {
             for (n, m) in &b.services {
                 if n == service {
-                    add(m);
+                    ops.extend(m.keys().cloned());
                 }
             }
         }
