@@ -1,4 +1,5 @@
-//! Encode/decode cost of the span codec and of block chunks (figures, no assertions).
+//! Encode/decode cost of WAL records (the row codec) and of block chunks (columnar + zstd)
+//! (figures, no assertions).
 //!
 //! Run: `cargo bench -p skein-engine --bench blocks`
 
@@ -6,6 +7,7 @@ use std::sync::LazyLock;
 
 use divan::Bencher;
 use skein_engine::codec::{decode_spans, encode_spans};
+use skein_engine::columnar::{decode_chunk, encode_chunk};
 use skein_model::{AttrValue, Span, SpanKind};
 use skein_store::testdata::SpanBuilder;
 
@@ -41,31 +43,39 @@ static SPANS: LazyLock<Vec<Span>> = LazyLock::new(|| {
     spans
 });
 
+/// WAL records: the row codec.
 #[divan::bench]
-fn encode_1000_spans(b: Bencher) {
+fn wal_encode_1000_spans(b: Bencher) {
     b.bench(|| encode_spans(&SPANS));
 }
 
 #[divan::bench]
-fn decode_1000_spans(b: Bencher) {
+fn wal_decode_1000_spans(b: Bencher) {
     let bytes = encode_spans(&SPANS);
     b.bench(|| decode_spans(&bytes).unwrap());
 }
 
+/// Block chunks: the columnar encoding, then zstd (level 3, as the block writer does).
 #[divan::bench]
-fn compress_chunk_1000_spans(b: Bencher) {
-    let bytes = encode_spans(&SPANS);
+fn chunk_encode_1000_spans(b: Bencher) {
+    b.bench(|| encode_chunk(&SPANS));
+}
+
+#[divan::bench]
+fn chunk_compress_1000_spans(b: Bencher) {
+    let bytes = encode_chunk(&SPANS);
     b.bench(|| zstd::bulk::compress(&bytes, 3).unwrap());
 }
 
 #[divan::bench]
-fn decompress_and_decode_chunk_1000_spans(b: Bencher) {
-    let compressed = zstd::bulk::compress(&encode_spans(&SPANS), 3).unwrap();
+fn chunk_decompress_and_decode_1000_spans(b: Bencher) {
+    let encoded = encode_chunk(&SPANS);
+    let compressed = zstd::bulk::compress(&encoded, 3).unwrap();
     println!(
         "chunk of 1000 spans: {} bytes encoded, {} compressed ({:.1} bytes/span)",
-        encode_spans(&SPANS).len(),
+        encoded.len(),
         compressed.len(),
         compressed.len() as f64 / 1000.0
     );
-    b.bench(|| decode_spans(&zstd::stream::decode_all(&compressed[..]).unwrap()).unwrap());
+    b.bench(|| decode_chunk(&zstd::stream::decode_all(&compressed[..]).unwrap()).unwrap());
 }

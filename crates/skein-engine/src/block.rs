@@ -116,12 +116,12 @@ fn add_posting<'s>(p: &mut BuildingPostings<'s>, key: &'s str, value: PostingVal
 
 /// The postings of a chunk: per service, every tag a search can match on (span, resource and
 /// event attributes, event names, and the synthetic tags).
-fn chunk_postings(spans: &[&Span], service_ids: &FxHashMap<String, u32>) -> Vec<(u32, Postings)> {
+fn chunk_postings(spans: &[&Span], services: &[u32]) -> Vec<(u32, Postings)> {
     let mut by_service: FxHashMap<u32, BuildingPostings<'_>> = FxHashMap::default();
     // Each resource (shared by the spans of a request) is listed once per service.
     let mut resources_seen: FxHashSet<(u32, *const skein_model::Resource)> = FxHashSet::default();
-    for s in spans {
-        let service = service_ids[s.service_name()];
+    let mut synthetic_seen: FxHashSet<(u32, u8, u8, usize)> = FxHashSet::default();
+    for (s, &service) in spans.iter().zip(services) {
         let p = by_service.entry(service).or_default();
         for kv in &s.attributes {
             add_posting(p, &kv.key, posting_value(&kv.value));
@@ -136,6 +136,14 @@ fn chunk_postings(spans: &[&Span], service_ids: &FxHashMap<String, u32>) -> Vec<
             for kv in &e.attributes {
                 add_posting(p, &kv.key, posting_value(&kv.value));
             }
+        }
+        // The synthetic tags follow from kind, status and scope: most spans repeat those of
+        // an earlier one.
+        let scope = Arc::as_ptr(&s.scope) as usize;
+        if s.status.message.is_empty()
+            && !synthetic_seen.insert((service, s.kind.code(), s.status.code.code(), scope))
+        {
+            continue;
         }
         for (k, v) in skein_store::synthetic_tags_of(s) {
             add_posting(p, k, PostingValue::Text(v));
@@ -277,6 +285,12 @@ pub(crate) struct BlockWriter<'a> {
     time: Option<TimeRange>,
     /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
     pending: Vec<Cow<'a, Span>>,
+    /// The service id of each pending span.
+    pending_services: Vec<u32>,
+    /// The resource (by address) and service id of the last span added: the spans of one
+    /// request share their resource. Valid while that span is pending (which keeps the
+    /// resource, and so its address, alive); cleared when a chunk is cut.
+    last_resource: Option<(usize, u32)>,
     pending_bytes: usize,
     /// One compression context for all the block's chunks.
     zstd: Option<zstd::bulk::Compressor<'static>>,
@@ -300,7 +314,13 @@ impl<'a> BlockWriter<'a> {
     pub(crate) fn add(&mut self, spans: Vec<Cow<'a, Span>>) {
         let chunk = self.chunks.len() as u32;
         for s in &spans {
-            let sid = self.service_id(s.service_name());
+            let resource = Arc::as_ptr(&s.resource) as usize;
+            let sid = match self.last_resource {
+                Some((r, sid)) if r == resource => sid,
+                _ => self.service_id(s.service_name()),
+            };
+            self.last_resource = Some((resource, sid));
+            self.pending_services.push(sid);
             let time = self.time.get_or_insert(TimeRange::new(u64::MAX, 0));
             let ops = &mut self.services[sid as usize].1;
             let counts = match ops.get_mut(s.name.as_str()) {
@@ -402,6 +422,8 @@ impl<'a> BlockWriter<'a> {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
+        let services = std::mem::take(&mut self.pending_services);
+        self.last_resource = None;
         let refs: Vec<&Span> = pending.iter().map(|s| s.as_ref()).collect();
         let raw = columnar::encode_chunk(&refs);
         let zstd = match &mut self.zstd {
@@ -409,11 +431,10 @@ impl<'a> BlockWriter<'a> {
             None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 3 is valid")),
         };
         let compressed = zstd.compress(&raw).expect("zstd compresses any input");
-        let mut chunk_services: BTreeSet<u32> = BTreeSet::new();
+        let chunk_services: BTreeSet<u32> = services.iter().copied().collect();
         let mut t = TimeRange::new(u64::MAX, 0);
         let mut durations = (u64::MAX, 0);
         for s in &refs {
-            chunk_services.insert(self.service_ids[s.service_name()]);
             t.start_unix_nano = t.start_unix_nano.min(s.start_time_unix_nano);
             t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
             durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
@@ -427,7 +448,7 @@ impl<'a> BlockWriter<'a> {
             services: chunk_services.into_iter().collect(),
             postings: None,
         });
-        self.all_postings.push(chunk_postings(&refs, &self.service_ids));
+        self.all_postings.push(chunk_postings(&refs, &services));
         self.file.extend_from_slice(&compressed);
     }
 

@@ -82,8 +82,11 @@ impl Str {
 
 struct Enc<'a> {
     cols: Vec<Writer>,
-    /// Every string met, keyed once (one lookup per string written).
-    strs: FxHashMap<&'a str, Str>,
+    /// Every string met, hashed once: its slot in `slots` and `texts`.
+    slot_of: FxHashMap<&'a str, u32>,
+    slots: Vec<Str>,
+    texts: Vec<&'a str>,
+    /// The dictionary: strings in the order of their first use.
     strings: Vec<&'a str>,
 }
 
@@ -92,22 +95,33 @@ impl<'a> Enc<'a> {
         &mut self.cols[c as usize]
     }
 
-    fn index_of(strings: &mut Vec<&'a str>, entry: &mut Str, s: &'a str) -> u64 {
+    /// The slot of `s`, made when `s` is new.
+    fn slot(&mut self, s: &'a str) -> u32 {
+        *self.slot_of.entry(s).or_insert_with(|| {
+            self.slots.push(Str::UNSEEN);
+            self.texts.push(s);
+            self.slots.len() as u32 - 1
+        })
+    }
+
+    /// The dictionary index of the string in `slot` (given at its first use).
+    fn index(&mut self, slot: u32) -> u64 {
+        let entry = &mut self.slots[slot as usize];
         if entry.index == NO_INDEX {
-            entry.index = strings.len() as u32;
-            strings.push(s);
+            entry.index = self.strings.len() as u32;
+            self.strings.push(self.texts[slot as usize]);
         }
         entry.index as u64
     }
 
-    fn string(&mut self, s: &'a str) -> u64 {
-        let entry = self.strs.entry(s).or_insert(Str::UNSEEN);
-        Self::index_of(&mut self.strings, entry, s)
+    fn put_slot(&mut self, c: Col, slot: u32) {
+        let i = self.index(slot);
+        self.col(c).varint(i);
     }
 
     fn put_string(&mut self, c: Col, s: &'a str) {
-        let i = self.string(s);
-        self.col(c).varint(i);
+        let slot = self.slot(s);
+        self.put_slot(c, slot);
     }
 
     /// Attributes: count and keys into `keys`, values into `values`.
@@ -115,26 +129,45 @@ impl<'a> Enc<'a> {
         self.col(keys).varint(attrs.len() as u64);
         for kv in attrs {
             self.put_string(keys, &kv.key);
-            self.value(values, &kv.value);
+            let slot = match &kv.value {
+                AttrValue::Str(v) => Some(self.slot(v)),
+                _ => None,
+            };
+            self.value(values, &kv.value, slot);
         }
     }
 
-    fn value(&mut self, c: Col, v: &'a AttrValue) {
-        match v {
-            AttrValue::Str(s) => {
-                let entry = self.strs.entry(s.as_str()).or_insert(Str::UNSEEN);
-                if entry.value_uses == 1 {
+    /// Span attributes whose strings were given slots beforehand (`slots`, in order: each key,
+    /// then the value when it is a string).
+    fn span_attrs(&mut self, attrs: &'a [KeyValue], slots: &mut impl Iterator<Item = u32>) {
+        self.col(Col::AttrKeys).varint(attrs.len() as u64);
+        for kv in attrs {
+            let key = slots.next().expect("a slot per key");
+            self.put_slot(Col::AttrKeys, key);
+            let value = match kv.value {
+                AttrValue::Str(_) => Some(slots.next().expect("a slot per string value")),
+                _ => None,
+            };
+            self.value(Col::AttrValues, &kv.value, value);
+        }
+    }
+
+    /// A value; `slot` is the slot of a string value.
+    fn value(&mut self, c: Col, v: &'a AttrValue, slot: Option<u32>) {
+        match (v, slot) {
+            (AttrValue::Str(s), Some(slot)) => {
+                if self.slots[slot as usize].value_uses == 1 {
                     self.cols[c as usize].u8(TAG_UNIQUE);
                     self.cols[Col::Uniques as usize].str(s);
                 } else {
-                    let i = Self::index_of(&mut self.strings, entry, s);
+                    let i = self.index(slot);
                     let w = &mut self.cols[c as usize];
                     w.u8(1);
                     w.varint(i);
                 }
             }
             // Scalars and nested values as the row codec writes them (the same tags).
-            other => self.col(c).value(other),
+            (other, _) => self.col(c).value(other),
         }
     }
 }
@@ -180,16 +213,32 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
         next[*o as usize] += 1;
     }
     let grouped: Vec<&Span> = grouped.into_iter().flatten().collect();
-    // Span attribute string values seen once go inline (`Uniques`), the rest in the dictionary.
-    let mut strs: FxHashMap<&str, Str> = FxHashMap::default();
+    // Span attribute string values seen once go inline (`Uniques`), the rest in the dictionary:
+    // a first pass counts their uses, and gives every span name and attribute string its slot
+    // (so that the second pass, which writes them, hashes nothing).
+    let mut e = Enc {
+        cols: (0..COLUMNS).map(|_| Writer::default()).collect(),
+        slot_of: FxHashMap::default(),
+        slots: Vec::new(),
+        texts: Vec::new(),
+        strings: Vec::new(),
+    };
+    let mut name_slots: Vec<u32> = Vec::with_capacity(grouped.len());
+    let mut attr_slots: Vec<u32> = Vec::with_capacity(grouped.len() * 16);
     for s in &grouped {
+        name_slots.push(e.slot(&s.name));
         for kv in &s.attributes {
+            attr_slots.push(e.slot(&kv.key));
             if let AttrValue::Str(v) = &kv.value {
-                strs.entry(v.as_str()).or_insert(Str::UNSEEN).value_uses += 1;
+                let slot = e.slot(v);
+                e.slots[slot as usize].value_uses += 1;
+                attr_slots.push(slot);
             }
         }
     }
-    let mut e = Enc { cols: (0..COLUMNS).map(|_| Writer::default()).collect(), strs, strings: Vec::new() };
+    let mut name_slots = name_slots.into_iter();
+    let mut attr_slots = attr_slots.into_iter();
+    let empty = e.slot("");
 
     // Resources and scopes, each written once.
     let mut origins = Origins::default();
@@ -233,15 +282,19 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
             e.col(Col::Starts).varint(s.start_time_unix_nano - start);
             e.col(Col::Durations)
                 .varint(zigzag(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64));
-            e.put_string(Col::Names, &s.name);
+            let name = name_slots.next().expect("a slot per span");
+            e.put_slot(Col::Names, name);
             e.col(Col::KindStatus).u8(s.kind.code() | s.status.code.code() << 3);
             let (r, c) = origins.of(s);
             e.col(Col::Origins).varint(r as u64);
             e.col(Col::Origins).varint(c as u64);
             e.col(Col::Flags).varint(s.flags as u64);
-            e.attrs(Col::AttrKeys, Col::AttrValues, &s.attributes);
-            e.put_string(Col::Rest, &s.trace_state);
-            e.put_string(Col::Rest, &s.status.message);
+            e.span_attrs(&s.attributes, &mut attr_slots);
+            for text in [&s.trace_state, &s.status.message] {
+                // Mostly empty: no hashing then.
+                let slot = if text.is_empty() { empty } else { e.slot(text) };
+                e.put_slot(Col::Rest, slot);
+            }
             let w = e.col(Col::Rest);
             w.varint(s.dropped_attributes_count as u64);
             w.varint(s.dropped_events_count as u64);
