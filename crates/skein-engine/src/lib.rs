@@ -55,7 +55,7 @@ pub struct EngineConfig {
     pub overload_wait: Duration,
     /// Compaction merges blocks written from the head (never compacted yet) into blocks of up to
     /// this many bytes (on disk), oldest first, once `compact_min_blocks` of them are waiting.
-    /// Each span is rewritten at most once.
+    /// Compacted blocks are not merged again.
     pub compact_target_bytes: u64,
     pub compact_min_blocks: usize,
     pub fs: Arc<dyn Fs>,
@@ -449,8 +449,9 @@ impl Shared {
         Ok(())
     }
 
-    /// Merges the oldest run of small blocks into one (columnar, format v3), streaming chunk by
-    /// chunk: memory holds one source chunk and the output's compressed chunks (at most
+    /// Merges the oldest run of small blocks into one (format v3), streaming chunk by chunk
+    /// (copied compressed; see [`merge_blocks`]): memory holds one source chunk and the
+    /// output's compressed chunks (at most
     /// `compact_target_bytes`). The new block is written atomically and lists the blocks it
     /// replaces, which are retired (and deleted once no reader holds them); a crash after the
     /// write is finished on open. Returns whether it merged anything.
