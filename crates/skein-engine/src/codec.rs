@@ -230,7 +230,25 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
     let mut origins = Origins::default();
     let refs: Vec<(usize, usize)> = spans.iter().map(|s| origins.of(s)).collect();
     let Origins { resources, scopes, .. } = origins;
-    let mut w = Writer { buf: Vec::with_capacity(spans.len() * 256) };
+    // Sized from the spans' strings, so that the record is written without reallocating.
+    let estimate: usize = spans
+        .iter()
+        .map(|s| {
+            64 + s.name.len()
+                + s.attributes
+                    .iter()
+                    .map(|kv| {
+                        8 + kv.key.len()
+                            + match &kv.value {
+                                AttrValue::Str(v) => v.len(),
+                                AttrValue::Bytes(v) => v.len(),
+                                _ => 16,
+                            }
+                    })
+                    .sum::<usize>()
+        })
+        .sum();
+    let mut w = Writer { buf: Vec::with_capacity(estimate + 1024) };
     w.u8(BATCH_VERSION);
     w.varint(resources.len() as u64);
     for r in &resources {

@@ -86,6 +86,11 @@ impl ConvertedBatch {
 /// (ids of the wrong length or all zeros) or the [`Limits`].
 pub fn to_model(request: ExportTraceServiceRequest, limits: &Limits) -> ConvertedBatch {
     let mut out = ConvertedBatch::default();
+    // One allocation for all the spans (a request holds hundreds; growing by doubling would
+    // copy them and touch fresh memory several times).
+    let total: usize =
+        request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+    out.spans.reserve_exact(total);
     for (ri, rs) in request.resource_spans.into_iter().enumerate() {
         let span_count: usize = rs.scope_spans.iter().map(|ss| ss.spans.len()).sum();
         let resource = rs.resource.unwrap_or_default();
