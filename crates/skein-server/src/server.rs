@@ -12,6 +12,14 @@ use crate::config::{Config, ConfigError, StorageKind};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 
+/// HTTP/2 flow-control window of one OTLP/gRPC request: a typical batch arrives without
+/// waiting for a window update.
+const GRPC_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// … and of one connection, shared by its concurrent requests.
+const GRPC_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+/// Largest HTTP/2 frame a client may send.
+const GRPC_MAX_FRAME: u32 = 1024 * 1024;
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -126,7 +134,13 @@ impl BoundServer {
         };
 
         let grpc_service = crate::grpc::service(ingest.clone(), self.config.max_request_bytes);
+        // HTTP/2 sized for OTLP batches (hundreds of KiB each): with the defaults (64 KiB
+        // windows, 16 KiB frames) a request arrives in dozens of frames and waits for window
+        // updates on the way.
         let grpc = tonic::transport::Server::builder()
+            .initial_stream_window_size(GRPC_STREAM_WINDOW)
+            .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
+            .max_frame_size(GRPC_MAX_FRAME)
             .add_service(grpc_service)
             .serve_with_incoming_shutdown(tokio_stream_listener(self.grpc), stopped(stop_rx.clone()));
         let otlp_http_app = crate::otlp_http::router(ingest.clone(), self.config.max_request_bytes);
