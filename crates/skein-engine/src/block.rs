@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use skein_model::{Span, SpanKind, TimeRange, TraceId};
+use skein_model::{AttrValue, Span, SpanKind, TimeRange, TraceId};
 use skein_wal::fs::Fs;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::codec::{self, DecodeError};
-use crate::columnar;
+use crate::columnar::{self, ChunkStrings};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
@@ -66,75 +66,79 @@ type CompactPostings = Box<[(u32, Option<Box<[u32]>>)]>;
 /// Tag key → its values in one chunk for one service (`None`: many or untyped values).
 pub(crate) type Postings = BTreeMap<String, Option<BTreeSet<String>>>;
 
-/// A value as its posting stores it.
-enum PostingValue<'s> {
-    /// Stored as this text.
-    Text(Cow<'s, str>),
-    /// Stored as its decimal text.
+/// A posting value while a chunk's postings are gathered: a string by its slot in the chunk's
+/// string table, or an integer (written as decimal text in the index).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum ValueId {
+    Text(u32),
     Int(i64),
-    /// Not matched exactly by text: the key becomes "many".
-    Untyped,
 }
 
-fn posting_value(v: &skein_model::AttrValue) -> PostingValue<'_> {
-    use skein_model::AttrValue;
-    match v {
-        AttrValue::Str(s) => PostingValue::Text(Cow::Borrowed(s)),
-        AttrValue::Int(i) => PostingValue::Int(*i),
-        AttrValue::Bool(b) => PostingValue::Text(Cow::Borrowed(if *b { "true" } else { "false" })),
-        _ => PostingValue::Untyped,
-    }
-}
+/// Postings while a chunk is gathered, by integers: (service, key slot) → the values (`None`:
+/// many, or values not matched by text). Turned into [`Postings`] once per chunk.
+type BuildingPostings = FxHashMap<(u32, u32), Option<FxHashSet<ValueId>>>;
 
-/// Postings while a chunk is gathered: borrowed from its spans, hashed (turned into the sorted
-/// [`Postings`] once per chunk, so each distinct key and value is copied once).
-type BuildingPostings<'s> = FxHashMap<&'s str, Option<FxHashSet<Cow<'s, str>>>>;
-
-fn add_posting<'s>(p: &mut BuildingPostings<'s>, key: &'s str, value: PostingValue<'s>) {
-    let entry = p.entry(key).or_insert_with(|| Some(FxHashSet::default()));
+fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, value: Option<ValueId>) {
+    let entry = p.entry((service, key)).or_insert_with(|| Some(FxHashSet::default()));
     let Some(values) = entry else { return };
-    let mut digits = itoa::Buffer::new();
-    let text = match &value {
-        PostingValue::Text(t) => t.as_ref(),
-        PostingValue::Int(i) => digits.format(*i),
-        PostingValue::Untyped => {
-            *entry = None;
-            return;
+    match value {
+        Some(v) => {
+            if values.insert(v) && values.len() > MAX_POSTING_VALUES {
+                *entry = None;
+            }
         }
-    };
-    if values.contains(text) {
-        return; // most values repeat: no copy
+        None => *entry = None,
     }
-    values.insert(match value {
-        PostingValue::Text(t) => t,
-        _ => Cow::Owned(text.to_owned()),
-    });
-    if values.len() > MAX_POSTING_VALUES {
-        *entry = None;
+}
+
+/// The posting value of an attribute value: strings and booleans as text, integers as numbers,
+/// anything else is not matched by text.
+fn posting_value<'a>(strings: &mut ChunkStrings<'a>, v: &'a AttrValue) -> Option<ValueId> {
+    match v {
+        AttrValue::Str(s) => Some(ValueId::Text(strings.slot(s))),
+        AttrValue::Int(i) => Some(ValueId::Int(*i)),
+        AttrValue::Bool(b) => Some(ValueId::Text(strings.slot(if *b { "true" } else { "false" }))),
+        _ => None,
     }
 }
 
 /// The postings of a chunk: per service, every tag a search can match on (span, resource and
-/// event attributes, event names, and the synthetic tags).
-fn chunk_postings(spans: &[&Span], services: &[u32]) -> Vec<(u32, Postings)> {
-    let mut by_service: FxHashMap<u32, BuildingPostings<'_>> = FxHashMap::default();
+/// event attributes, event names, and the synthetic tags). `encoded` is the chunk as the
+/// encoder wrote it: the span attributes' strings come from its string table by slot, so they
+/// are not hashed again.
+fn chunk_postings<'a>(
+    spans: &[&'a Span],
+    services: &[u32],
+    encoded: &mut columnar::EncodedChunk<'a>,
+) -> Vec<(u32, Postings)> {
+    let mut p: BuildingPostings = FxHashMap::default();
     // Each resource (shared by the spans of a request) is listed once per service.
     let mut resources_seen: FxHashSet<(u32, *const skein_model::Resource)> = FxHashSet::default();
     let mut synthetic_seen: FxHashSet<(u32, u8, u8, usize)> = FxHashSet::default();
-    for (s, &service) in spans.iter().zip(services) {
-        let p = by_service.entry(service).or_default();
+    let strings = &mut encoded.strings;
+    let mut attr_slots = encoded.attr_slots.iter().copied();
+    for &i in &encoded.order {
+        let (s, service) = (spans[i as usize], services[i as usize]);
         for kv in &s.attributes {
-            add_posting(p, &kv.key, posting_value(&kv.value));
+            let key = attr_slots.next().expect("a slot per key");
+            let value = match &kv.value {
+                AttrValue::Str(_) => Some(ValueId::Text(attr_slots.next().expect("a slot per string value"))),
+                other => posting_value(strings, other),
+            };
+            add_posting(&mut p, service, key, value);
         }
         if resources_seen.insert((service, Arc::as_ptr(&s.resource))) {
             for kv in &s.resource.attributes {
-                add_posting(p, &kv.key, posting_value(&kv.value));
+                let key = strings.slot(&kv.key);
+                add_posting(&mut p, service, key, posting_value(strings, &kv.value));
             }
         }
         for e in &s.events {
-            add_posting(p, "event", PostingValue::Text(Cow::Borrowed(&e.name)));
+            let (key, name) = (strings.slot("event"), strings.slot(&e.name));
+            add_posting(&mut p, service, key, Some(ValueId::Text(name)));
             for kv in &e.attributes {
-                add_posting(p, &kv.key, posting_value(&kv.value));
+                let key = strings.slot(&kv.key);
+                add_posting(&mut p, service, key, posting_value(strings, &kv.value));
             }
         }
         // The synthetic tags follow from kind, status and scope: most spans repeat those of
@@ -146,21 +150,25 @@ fn chunk_postings(spans: &[&Span], services: &[u32]) -> Vec<(u32, Postings)> {
             continue;
         }
         for (k, v) in skein_store::synthetic_tags_of(s) {
-            add_posting(p, k, PostingValue::Text(v));
+            let (key, value) = (strings.slot(k), strings.slot(v));
+            add_posting(&mut p, service, key, Some(ValueId::Text(value)));
         }
     }
-    let mut out: Vec<(u32, Postings)> = by_service
-        .into_iter()
-        .map(|(service, p)| {
-            let p = p
+    let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
+    let mut digits = itoa::Buffer::new();
+    for ((service, key), values) in p {
+        let values = values.map(|values| {
+            values
                 .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.map(|v| v.into_iter().map(Cow::into_owned).collect())))
-                .collect();
-            (service, p)
-        })
-        .collect();
-    out.sort_unstable_by_key(|(service, _)| *service);
-    out
+                .map(|v| match v {
+                    ValueId::Text(slot) => strings.text(slot).to_owned(),
+                    ValueId::Int(i) => digits.format(i).to_owned(),
+                })
+                .collect()
+        });
+        by_service.entry(service).or_default().insert(strings.text(key).to_owned(), values);
+    }
+    by_service.into_iter().collect()
 }
 
 /// An open block: its index in memory, its spans on disk.
@@ -425,7 +433,8 @@ impl<'a> BlockWriter<'a> {
         let services = std::mem::take(&mut self.pending_services);
         self.last_resource = None;
         let refs: Vec<&Span> = pending.iter().map(|s| s.as_ref()).collect();
-        let raw = columnar::encode_chunk(&refs);
+        let mut encoded = columnar::encode_chunk_detailed(&refs);
+        let raw = std::mem::take(&mut encoded.bytes);
         let zstd = match &mut self.zstd {
             Some(z) => z,
             None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 3 is valid")),
@@ -448,7 +457,7 @@ impl<'a> BlockWriter<'a> {
             services: chunk_services.into_iter().collect(),
             postings: None,
         });
-        self.all_postings.push(chunk_postings(&refs, &services));
+        self.all_postings.push(chunk_postings(&refs, &services, &mut encoded));
         self.file.extend_from_slice(&compressed);
     }
 

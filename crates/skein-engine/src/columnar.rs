@@ -80,14 +80,46 @@ impl Str {
     const UNSEEN: Str = Str { value_uses: 0, index: NO_INDEX };
 }
 
+/// Every string a chunk's encoder met, each hashed once: its slot, text and uses. The block
+/// writer reuses it for the chunk's postings.
+#[derive(Default)]
+pub(crate) struct ChunkStrings<'a> {
+    slot_of: FxHashMap<&'a str, u32>,
+    texts: Vec<&'a str>,
+    entries: Vec<Str>,
+}
+
+impl<'a> ChunkStrings<'a> {
+    /// The slot of `s`, made when `s` is new.
+    pub(crate) fn slot(&mut self, s: &'a str) -> u32 {
+        *self.slot_of.entry(s).or_insert_with(|| {
+            self.entries.push(Str::UNSEEN);
+            self.texts.push(s);
+            self.texts.len() as u32 - 1
+        })
+    }
+
+    pub(crate) fn text(&self, slot: u32) -> &'a str {
+        self.texts[slot as usize]
+    }
+}
+
+/// An encoded chunk, with what the encoder learnt on the way.
+pub(crate) struct EncodedChunk<'a> {
+    pub(crate) bytes: Vec<u8>,
+    /// The input position of each span, in the order the chunk holds them (grouped by trace).
+    pub(crate) order: Vec<u32>,
+    /// In that order, per span attribute: the slot of its key, then of its value when the value
+    /// is a string.
+    pub(crate) attr_slots: Vec<u32>,
+    pub(crate) strings: ChunkStrings<'a>,
+}
+
 struct Enc<'a> {
     cols: Vec<Writer>,
-    /// Every string met, hashed once: its slot in `slots` and `texts`.
-    slot_of: FxHashMap<&'a str, u32>,
-    slots: Vec<Str>,
-    texts: Vec<&'a str>,
+    strings: ChunkStrings<'a>,
     /// The dictionary: strings in the order of their first use.
-    strings: Vec<&'a str>,
+    dictionary: Vec<&'a str>,
 }
 
 impl<'a> Enc<'a> {
@@ -95,21 +127,16 @@ impl<'a> Enc<'a> {
         &mut self.cols[c as usize]
     }
 
-    /// The slot of `s`, made when `s` is new.
     fn slot(&mut self, s: &'a str) -> u32 {
-        *self.slot_of.entry(s).or_insert_with(|| {
-            self.slots.push(Str::UNSEEN);
-            self.texts.push(s);
-            self.slots.len() as u32 - 1
-        })
+        self.strings.slot(s)
     }
 
     /// The dictionary index of the string in `slot` (given at its first use).
     fn index(&mut self, slot: u32) -> u64 {
-        let entry = &mut self.slots[slot as usize];
+        let entry = &mut self.strings.entries[slot as usize];
         if entry.index == NO_INDEX {
-            entry.index = self.strings.len() as u32;
-            self.strings.push(self.texts[slot as usize]);
+            entry.index = self.dictionary.len() as u32;
+            self.dictionary.push(self.strings.texts[slot as usize]);
         }
         entry.index as u64
     }
@@ -156,7 +183,7 @@ impl<'a> Enc<'a> {
     fn value(&mut self, c: Col, v: &'a AttrValue, slot: Option<u32>) {
         match (v, slot) {
             (AttrValue::Str(s), Some(slot)) => {
-                if self.slots[slot as usize].value_uses == 1 {
+                if self.strings.entries[slot as usize].value_uses == 1 {
                     self.cols[c as usize].u8(TAG_UNIQUE);
                     self.cols[Col::Uniques as usize].str(s);
                 } else {
@@ -183,6 +210,12 @@ fn unzigzag(z: u64) -> i64 {
 /// Encodes spans (whole traces; their order is kept within each trace, traces in the order of
 /// their first span).
 pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
+    let spans: Vec<&Span> = spans.iter().map(|s| s.borrow()).collect();
+    encode_chunk_detailed(&spans).bytes
+}
+
+/// [`encode_chunk`], also answering the order the chunk holds the spans in and their strings.
+pub(crate) fn encode_chunk_detailed<'a>(spans: &[&'a Span]) -> EncodedChunk<'a> {
     // Group by trace, keeping the order of first appearance (a stable counting sort: no
     // allocation per trace).
     let mut order: Vec<TraceId> = Vec::new();
@@ -191,7 +224,7 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
     let ordinals: Vec<u32> = spans
         .iter()
         .map(|s| {
-            let id = s.borrow().trace_id;
+            let id = s.trace_id;
             let o = *ordinal.entry(id).or_insert_with(|| {
                 order.push(id);
                 sizes.push(0);
@@ -207,21 +240,19 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
         next.push(total);
         total += n;
     }
-    let mut grouped: Vec<Option<&Span>> = vec![None; spans.len()];
-    for (s, o) in spans.iter().zip(&ordinals) {
-        grouped[next[*o as usize] as usize] = Some(s.borrow());
+    let mut positions: Vec<u32> = vec![0; spans.len()];
+    for (i, o) in ordinals.iter().enumerate() {
+        positions[next[*o as usize] as usize] = i as u32;
         next[*o as usize] += 1;
     }
-    let grouped: Vec<&Span> = grouped.into_iter().flatten().collect();
+    let grouped: Vec<&'a Span> = positions.iter().map(|&i| spans[i as usize]).collect();
     // Span attribute string values seen once go inline (`Uniques`), the rest in the dictionary:
     // a first pass counts their uses, and gives every span name and attribute string its slot
     // (so that the second pass, which writes them, hashes nothing).
     let mut e = Enc {
         cols: (0..COLUMNS).map(|_| Writer::default()).collect(),
-        slot_of: FxHashMap::default(),
-        slots: Vec::new(),
-        texts: Vec::new(),
-        strings: Vec::new(),
+        strings: ChunkStrings::default(),
+        dictionary: Vec::new(),
     };
     let mut name_slots: Vec<u32> = Vec::with_capacity(grouped.len());
     let mut attr_slots: Vec<u32> = Vec::with_capacity(grouped.len() * 16);
@@ -231,13 +262,13 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
             attr_slots.push(e.slot(&kv.key));
             if let AttrValue::Str(v) = &kv.value {
                 let slot = e.slot(v);
-                e.slots[slot as usize].value_uses += 1;
+                e.strings.entries[slot as usize].value_uses += 1;
                 attr_slots.push(slot);
             }
         }
     }
     let mut name_slots = name_slots.into_iter();
-    let mut attr_slots = attr_slots.into_iter();
+    let mut next_attr_slots = attr_slots.iter().copied();
     let empty = e.slot("");
 
     // Resources and scopes, each written once.
@@ -289,7 +320,7 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
             e.col(Col::Origins).varint(r as u64);
             e.col(Col::Origins).varint(c as u64);
             e.col(Col::Flags).varint(s.flags as u64);
-            e.span_attrs(&s.attributes, &mut attr_slots);
+            e.span_attrs(&s.attributes, &mut next_attr_slots);
             for text in [&s.trace_state, &s.status.message] {
                 // Mostly empty: no hashing then.
                 let slot = if text.is_empty() { empty } else { e.slot(text) };
@@ -334,10 +365,10 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
         e.put_string(Col::Tables, &c.schema_url);
     }
 
-    let strings = std::mem::take(&mut e.strings);
+    let dictionary = std::mem::take(&mut e.dictionary);
     let w = e.col(Col::Strings);
-    w.varint(strings.len() as u64);
-    for s in strings {
+    w.varint(dictionary.len() as u64);
+    for s in dictionary {
         w.str(s);
     }
 
@@ -349,7 +380,7 @@ pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
     for c in &e.cols {
         out.bytes(&c.buf);
     }
-    out.buf
+    EncodedChunk { bytes: out.buf, order: positions, attr_slots, strings: e.strings }
 }
 
 struct Dec<'a> {

@@ -268,13 +268,16 @@ async fn postings_prune_chunks_without_losing_matches() {
     let e = open(dir.path());
     let mut spans = Vec::new();
     for n in 1..=50u8 {
-        spans.push(
-            B::new(n, 1)
-                .service("api")
-                .attr("http.response.status_code", AttrValue::Int(if n % 10 == 0 { 500 } else { 200 }))
-                .attr("order.id", AttrValue::Str(format!("order-{n}")))
-                .build(),
-        );
+        let mut b = B::new(n, 1)
+            .service("api")
+            .attr("http.response.status_code", AttrValue::Int(if n % 10 == 0 { 500 } else { 200 }))
+            .attr("order.id", AttrValue::Str(format!("order-{n}")))
+            .attr("cache.hit", AttrValue::Bool(n % 2 == 0))
+            .kind(if n % 5 == 0 { SpanKind::Client } else { SpanKind::Server });
+        if n % 10 == 0 {
+            b = b.event("retry", 1, vec![]).error("upstream failed");
+        }
+        spans.push(b.build());
     }
     e.write(spans).await.unwrap();
     e.flush().await.unwrap();
@@ -298,6 +301,12 @@ async fn postings_prune_chunks_without_losing_matches() {
     assert!(e.find_traces(&q(&[("http.response.status_code", "404")])).await.unwrap().is_empty());
     assert!(e.find_traces(&q(&[("no.such.key", "x")])).await.unwrap().is_empty());
     assert_eq!(e.find_traces(&q(&[("service.name", "api")])).await.unwrap().len(), 50, "resource attributes");
+    assert_eq!(e.find_traces(&q(&[("cache.hit", "true")])).await.unwrap().len(), 25, "booleans");
+    assert_eq!(e.find_traces(&q(&[("event", "retry")])).await.unwrap().len(), 5, "event names");
+    assert!(e.find_traces(&q(&[("event", "other")])).await.unwrap().is_empty());
+    assert_eq!(e.find_traces(&q(&[("span.kind", "client")])).await.unwrap().len(), 10, "synthetic tags");
+    assert_eq!(e.find_traces(&q(&[("error", "true")])).await.unwrap().len(), 5);
+    assert_eq!(e.find_traces(&q(&[("otel.status_description", "upstream failed")])).await.unwrap().len(), 5);
     // Every span lasts 10 ms: duration ranges rule chunks in or out.
     let dur = |min: Option<u64>, max: Option<u64>| TraceQuery {
         min_duration_nanos: min,

@@ -1,7 +1,5 @@
 //! The single definition of which spans a [`TraceQuery`] selects.
 
-use std::borrow::Cow;
-
 use skein_model::{AttrValue, KeyValue, Span, SpanKind, StatusCode};
 
 use crate::TraceQuery;
@@ -17,20 +15,18 @@ const SYNTHETIC_KEYS: [&str; 6] = [
 ];
 
 /// One synthetic tag of a span, if it has it.
-fn synthetic_tag<'s>(span: &'s Span, key: &str) -> Option<Cow<'s, str>> {
+fn synthetic_tag<'s>(span: &'s Span, key: &str) -> Option<&'s str> {
     match key {
-        "span.kind" if span.kind != SpanKind::Unspecified => Some(Cow::Borrowed(span.kind.as_str())),
+        "span.kind" if span.kind != SpanKind::Unspecified => Some(span.kind.as_str()),
         "otel.status_code" => match span.status.code {
             StatusCode::Unset => None,
-            StatusCode::Ok => Some(Cow::Borrowed("OK")),
-            StatusCode::Error => Some(Cow::Borrowed("ERROR")),
+            StatusCode::Ok => Some("OK"),
+            StatusCode::Error => Some("ERROR"),
         },
-        "error" if span.status.code == StatusCode::Error => Some(Cow::Borrowed("true")),
-        "otel.status_description" if !span.status.message.is_empty() => {
-            Some(Cow::Borrowed(&span.status.message))
-        }
-        "otel.scope.name" if !span.scope.name.is_empty() => Some(Cow::Borrowed(&span.scope.name)),
-        "otel.scope.version" if !span.scope.version.is_empty() => Some(Cow::Borrowed(&span.scope.version)),
+        "error" if span.status.code == StatusCode::Error => Some("true"),
+        "otel.status_description" if !span.status.message.is_empty() => Some(&span.status.message),
+        "otel.scope.name" if !span.scope.name.is_empty() => Some(&span.scope.name),
+        "otel.scope.version" if !span.scope.version.is_empty() => Some(&span.scope.version),
         _ => None,
     }
 }
@@ -38,11 +34,11 @@ fn synthetic_tag<'s>(span: &'s Span, key: &str) -> Option<Cow<'s, str>> {
 /// Tags that Jaeger shows on a span although OTLP carries them as fields, so that a search
 /// for `error=true` or `span.kind=server` finds what the trace view shows.
 pub fn synthetic_tags(span: &Span) -> Vec<(&'static str, String)> {
-    synthetic_tags_of(span).map(|(k, v)| (k, v.into_owned())).collect()
+    synthetic_tags_of(span).map(|(k, v)| (k, v.to_owned())).collect()
 }
 
 /// [`synthetic_tags`] borrowing the values from the span (nothing allocated).
-pub fn synthetic_tags_of(span: &Span) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
+pub fn synthetic_tags_of(span: &Span) -> impl Iterator<Item = (&'static str, &str)> {
     SYNTHETIC_KEYS.iter().filter_map(|k| synthetic_tag(span, k).map(|v| (*k, v)))
 }
 
