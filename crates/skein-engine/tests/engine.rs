@@ -559,6 +559,63 @@ async fn compaction_merges_blocks_of_every_format_version() {
     assert_eq!(e.find_traces(&error_tag).await.unwrap().len(), 1);
 }
 
+/// Blocks number their services each in their own order; a compaction that copies chunks must
+/// renumber the chunks' service lists and postings, or searches by service and tag would skip
+/// the chunks that match.
+#[tokio::test]
+async fn compaction_keeps_each_services_postings_when_blocks_number_services_differently() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = compacting(dir.path());
+    let span = |n: u8, service: &str, value: &str| {
+        B::new(n, 1)
+            .service(service)
+            .name(format!("{service}-op"))
+            .attr("k", AttrValue::Str(value.into()))
+            .build()
+    };
+    for block in [
+        vec![span(1, "alpha", "a1"), span(2, "beta", "b1")],
+        vec![span(3, "gamma", "g2"), span(4, "beta", "b2")],
+        vec![span(5, "gamma", "g3")],
+    ] {
+        e.write(block).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    let find = |service: &str, value: &str| {
+        let q = TraceQuery {
+            service: Some(service.into()),
+            tags: vec![("k".into(), value.into())],
+            limit: 10,
+            ..TraceQuery::default()
+        };
+        let e = &e;
+        async move { e.find_traces(&q).await.unwrap().iter().map(|t| t[0].name.clone()).collect::<Vec<_>>() }
+    };
+    let cases =
+        [("alpha", "a1"), ("beta", "b1"), ("beta", "b2"), ("gamma", "g2"), ("gamma", "g3"), ("alpha", "b2")];
+    let mut before = Vec::new();
+    for (service, value) in cases {
+        before.push(find(service, value).await);
+    }
+    let operations = [
+        e.operations("alpha", None).await.unwrap(),
+        e.operations("beta", None).await.unwrap(),
+        e.operations("gamma", None).await.unwrap(),
+    ];
+
+    assert!(e.compact().await.unwrap());
+    assert_eq!(e.block_count(), 1);
+    for ((service, value), want) in cases.into_iter().zip(&before) {
+        assert_eq!(&find(service, value).await, want, "{service} k={value}");
+    }
+    assert_eq!(before[2], vec!["beta-op".to_owned()]);
+    assert!(before[5].is_empty());
+    assert_eq!(e.services().await.unwrap(), ["alpha", "beta", "gamma"]);
+    for (service, ops) in ["alpha", "beta", "gamma"].into_iter().zip(&operations) {
+        assert_eq!(&e.operations(service, None).await.unwrap(), ops);
+    }
+}
+
 #[tokio::test]
 async fn a_compaction_stopped_after_writing_its_block_is_finished_on_open() {
     let dir = tempfile::tempdir().unwrap();
