@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use skein_store::{MemoryStore, MemoryStoreConfig, SpanStore};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -144,10 +145,10 @@ impl BoundServer {
             .add_service(grpc_service)
             .serve_with_incoming_shutdown(tokio_stream_listener(self.grpc), stopped(stop_rx.clone()));
         let otlp_http_app = crate::otlp_http::router(ingest.clone(), self.config.max_request_bytes);
-        let otlp_http =
-            axum::serve(self.otlp_http, otlp_http_app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let otlp_http = axum::serve(self.otlp_http.tap_io(no_delay), otlp_http_app)
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
         let http_app = crate::http_api::router(Arc::clone(&self.store), metrics);
-        let http = axum::serve(self.http, http_app).with_graceful_shutdown(stopped(stop_rx));
+        let http = axum::serve(self.http.tap_io(no_delay), http_app).with_graceful_shutdown(stopped(stop_rx));
 
         tokio::spawn(async move {
             shutdown.await;
@@ -168,8 +169,23 @@ impl BoundServer {
     }
 }
 
+/// Turns Nagle's algorithm off on an accepted connection: an answer goes out in several small
+/// writes (headers, message, trailers), and Nagle would hold the later ones until the client
+/// acknowledges the first, which clients delay by up to 40 ms.
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot turn Nagle's algorithm off");
+    }
+}
+
+/// The accepted connections of `listener` (for tonic), with [`no_delay`].
 fn tokio_stream_listener(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let mut tcp = accepted?;
+        no_delay(&mut tcp);
+        Ok(tcp)
+    })
 }
