@@ -50,6 +50,11 @@ pub struct BenchConfig {
     pub queries: usize,
     /// Extra arguments for the started `skein serve`.
     pub serve_args: Vec<String>,
+    /// Run the started server on these CPUs only…
+    pub server_cpus: Option<Vec<usize>>,
+    /// …and the load generator on these: on a small machine the two otherwise compete for
+    /// the same cores, which makes the server's CPU per span look worse than on its own.
+    pub load_cpus: Option<Vec<usize>>,
     pub progress: bool,
 }
 
@@ -76,6 +81,9 @@ pub struct Report {
     pub trace_by_id_p99_ms: f64,
     pub search_p50_ms: f64,
     pub search_p99_ms: f64,
+    /// The CPUs the server and the load generator were pinned to, if they were.
+    pub server_cpus: Option<Vec<usize>>,
+    pub load_cpus: Option<Vec<usize>>,
 }
 
 impl Report {
@@ -87,6 +95,8 @@ impl Report {
             "seconds": round(self.seconds),
             "spans_per_sec": round(self.spans_per_sec),
             "spans_per_core_sec": self.spans_per_core_sec.map(round),
+            "server_cpus": self.server_cpus,
+            "load_cpus": self.load_cpus,
             "export_p50_ms": round(self.export_p50_ms),
             "export_p99_ms": round(self.export_p99_ms),
             "rss_mib": self.rss_mib.map(round),
@@ -103,6 +113,19 @@ impl Report {
         let opt = |v: Option<f64>, unit: &str| {
             v.map_or("n/a (external target)".to_owned(), |v| format!("{v:.1}{unit}"))
         };
+        let cpus = |c: &Option<Vec<usize>>| {
+            c.as_ref()
+                .map_or("any".to_owned(), |c| c.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
+        };
+        let pinned = if self.server_cpus.is_some() || self.load_cpus.is_some() {
+            format!(
+                "\ncpus               server on {}, load generator on {}",
+                cpus(&self.server_cpus),
+                cpus(&self.load_cpus)
+            )
+        } else {
+            String::new()
+        };
         format!(
             "spans accepted     {} of {} ({} failed requests) in {:.1}s\n\
              ingest             {:.0} spans/s, {} per core-second of server CPU\n\
@@ -110,7 +133,7 @@ impl Report {
              server peak RSS    {}\n\
              disk per span      {}\n\
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
-             search (attribute) p50 {:.2} ms, p99 {:.2} ms",
+             search (attribute) p50 {:.2} ms, p99 {:.2} ms{}",
             self.spans_accepted,
             self.spans_sent,
             self.requests_failed,
@@ -125,8 +148,30 @@ impl Report {
             self.trace_by_id_p99_ms,
             self.search_p50_ms,
             self.search_p99_ms,
+            pinned,
         )
     }
+}
+
+/// Restricts every thread of process `pid` to `cpus` (threads it starts later inherit it).
+pub fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    use nix::sched::{CpuSet, sched_setaffinity};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu).with_context(|| format!("CPU {cpu} is out of range"))?;
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of process {pid}"))?;
+    for task in tasks {
+        let tid: i32 = task?.file_name().to_string_lossy().parse().context("a thread id")?;
+        match sched_setaffinity(Pid::from_raw(tid), &set) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::ESRCH) => {} // the thread ended meanwhile
+            Err(e) => return Err(e).with_context(|| format!("pinning thread {tid} to CPUs {cpus:?}")),
+        }
+    }
+    Ok(())
 }
 
 fn round(v: f64) -> f64 {
@@ -294,10 +339,23 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// Runs the benchmark; prints progress to stderr.
 pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
+    if config.target.is_some() && config.server_cpus.is_some() {
+        bail!("--server-cpus pins the server the bench starts; with --target, pin your server yourself");
+    }
+    if let Some(cpus) = &config.load_cpus {
+        pin_process(std::process::id(), cpus)?;
+    }
     let data = tempfile::tempdir().context("creating a temporary data directory")?;
+    let start = || -> anyhow::Result<Server> {
+        let server = Server::start(&config.skein_exe, data.path(), &config.serve_args)?;
+        if let Some(cpus) = &config.server_cpus {
+            pin_process(server.child.id(), cpus)?;
+        }
+        Ok(server)
+    };
     let mut server = match &config.target {
         Some(_) => None,
-        None => Some(Server::start(&config.skein_exe, data.path(), &config.serve_args)?),
+        None => Some(start()?),
     };
     let (otlp, query) = match (&config.target, &server) {
         (Some(t), _) => (t.otlp.clone(), t.query.clone()),
@@ -379,7 +437,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         })
     });
     let mut latencies = Vec::new();
-    let mut report = Report::default();
+    let mut report = Report {
+        server_cpus: config.server_cpus.clone(),
+        load_cpus: config.load_cpus.clone(),
+        ..Report::default()
+    };
     let mut ids = Vec::new();
     for t in tasks {
         let (l, s, a, f, i) = t.await?;
@@ -416,7 +478,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         if report.spans_accepted > 0 {
             report.bytes_per_span = Some(dir_bytes(data.path()) as f64 / report.spans_accepted as f64);
         }
-        let s = Server::start(&config.skein_exe, data.path(), &config.serve_args)?;
+        let s = start()?;
         let q = s.http.clone();
         server = Some(s);
         q
@@ -508,5 +570,23 @@ mod tests {
         assert_eq!(percentile(&v, 0.5), 51.0);
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert_eq!(percentile(&[], 0.99), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+
+    #[test]
+    fn pins_every_thread_of_a_process() {
+        let mut child = Command::new("sleep").arg("10").spawn().unwrap();
+        pin_process(child.id(), &[0]).unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let set = nix::sched::sched_getaffinity(pid).unwrap();
+        let cpus: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|c| set.is_set(*c).unwrap()).collect();
+        assert_eq!(cpus, [0]);
+        assert!(pin_process(child.id(), &[usize::MAX]).is_err(), "a CPU out of range is refused");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }

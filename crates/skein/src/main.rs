@@ -84,6 +84,13 @@ struct BenchArgs {
     /// Extra arguments for the started `skein serve`, e.g. --serve-arg=--wal-fsync=always.
     #[arg(long = "serve-arg", allow_hyphen_values = true)]
     serve_args: Vec<String>,
+    /// Run the started server on these CPUs only (e.g. 0 or 0,1; Linux). With --load-cpus on
+    /// other CPUs, the load generator does not compete with the server for its cores.
+    #[arg(long, value_delimiter = ',')]
+    server_cpus: Option<Vec<usize>>,
+    /// Run the load generator on these CPUs only (e.g. 1).
+    #[arg(long, value_delimiter = ',')]
+    load_cpus: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -228,6 +235,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         },
         queries: args.queries,
         serve_args: args.serve_args,
+        server_cpus: args.server_cpus,
+        load_cpus: args.load_cpus,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = skein_bench::run(config).await?;

@@ -41,3 +41,29 @@ fn bench_sends_every_span_and_prints_the_json_line_last() {
         assert!(stdout.contains("trace by id"), "human summary before the JSON: {stdout}");
     }
 }
+
+/// `--server-cpus` and `--load-cpus` pin the started server and the load generator, and the
+/// report says so (CPU 0 exists on every machine).
+#[test]
+fn bench_pins_server_and_load_when_asked() {
+    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["bench", "--spans", "1000", "--queries", "2", "--server-cpus", "0", "--load-cpus", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["server_cpus"], serde_json::json!([0]));
+    assert_eq!(report["load_cpus"], serde_json::json!([0]));
+    assert_eq!(report["spans_accepted"], 1000);
+    assert!(stdout.contains("server on 0, load generator on 0"), "{stdout}");
+
+    // A CPU the machine does not have is a clear error, not a silent run on any CPU.
+    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["bench", "--spans", "100", "--server-cpus", "100000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("CPU 100000"), "{stderr}");
+}
