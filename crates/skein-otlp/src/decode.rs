@@ -243,13 +243,14 @@ fn attributes(kvs: Vec<pc::KeyValue>, limits: &Limits) -> Result<Vec<KeyValue>, 
     if kvs.len() > limits.max_attributes {
         return Err(format!("has {} attributes, over the limit of {}", kvs.len(), limits.max_attributes));
     }
-    kvs.into_iter()
-        .map(|kv| {
-            check_len("attribute key", kv.key.len(), limits)?;
-            let value = any_value(kv.value, 1, limits).map_err(|e| format!("attribute {:?}: {e}", kv.key))?;
-            Ok(KeyValue { key: kv.key, value })
-        })
-        .collect()
+    // A new vector of exactly the right size (prost's grew by doubling): the head keeps it.
+    let mut out = Vec::with_capacity(kvs.len());
+    for kv in kvs {
+        check_len("attribute key", kv.key.len(), limits)?;
+        let value = any_value(kv.value, 1, limits).map_err(|e| format!("attribute {:?}: {e}", kv.key))?;
+        out.push(KeyValue { key: kv.key, value });
+    }
+    Ok(out)
 }
 
 fn any_value(v: Option<pc::AnyValue>, depth: usize, limits: &Limits) -> Result<AttrValue, String> {
