@@ -256,10 +256,24 @@ pub(crate) fn encode_chunk_detailed<'a>(spans: &[&'a Span]) -> EncodedChunk<'a> 
     };
     let mut name_slots: Vec<u32> = Vec::with_capacity(grouped.len());
     let mut attr_slots: Vec<u32> = Vec::with_capacity(grouped.len() * 16);
+    // Spans of one service mostly carry the same keys in the same order: a key equal to the
+    // one at its position in the previous span takes that slot without hashing.
+    let mut keys_before: Vec<(&str, u32)> = Vec::new();
     for s in &grouped {
         name_slots.push(e.slot(&s.name));
-        for kv in &s.attributes {
-            attr_slots.push(e.slot(&kv.key));
+        for (j, kv) in s.attributes.iter().enumerate() {
+            let key = match keys_before.get(j) {
+                Some(&(before, slot)) if before == kv.key => slot,
+                _ => {
+                    let slot = e.slot(&kv.key);
+                    match keys_before.get_mut(j) {
+                        Some(k) => *k = (&kv.key, slot),
+                        None => keys_before.push((&kv.key, slot)),
+                    }
+                    slot
+                }
+            };
+            attr_slots.push(key);
             if let AttrValue::Str(v) = &kv.value {
                 let slot = e.slot(v);
                 e.strings.entries[slot as usize].value_uses += 1;
