@@ -154,6 +154,14 @@ impl Report {
 }
 
 /// Restricts every thread of process `pid` to `cpus` (threads it starts later inherit it).
+/// Linux only.
+#[cfg(not(target_os = "linux"))]
+pub fn pin_process(_pid: u32, _cpus: &[usize]) -> anyhow::Result<()> {
+    bail!("pinning to CPUs (--server-cpus, --load-cpus) is only supported on Linux")
+}
+
+/// Restricts every thread of process `pid` to `cpus` (threads it starts later inherit it).
+#[cfg(target_os = "linux")]
 pub fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
     use nix::sched::{CpuSet, sched_setaffinity};
     use nix::unistd::Pid;
@@ -573,7 +581,7 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod pin_tests {
     use super::*;
 

@@ -45,6 +45,7 @@ fn bench_sends_every_span_and_prints_the_json_line_last() {
 /// `--server-cpus` and `--load-cpus` pin the started server and the load generator, and the
 /// report says so (CPU 0 exists on every machine).
 #[test]
+#[cfg(target_os = "linux")]
 fn bench_pins_server_and_load_when_asked() {
     let out = Command::new(env!("CARGO_BIN_EXE_skein"))
         .args(["bench", "--spans", "1000", "--queries", "2", "--server-cpus", "0", "--load-cpus", "0"])
