@@ -151,51 +151,54 @@ impl<'a> Enc<'a> {
         self.put_slot(c, slot);
     }
 
-    /// Attributes: count and keys into `keys`, values into `values`.
+    /// Attributes of resources, scopes, events and links: count and keys into `keys`, values
+    /// into `values`. Their strings always go to the dictionary: only span attribute values
+    /// are counted, and only they may be written to `Uniques` (which the decoder reads in the
+    /// order it meets them: tables first, then span by span).
     fn attrs(&mut self, keys: Col, values: Col, attrs: &'a [KeyValue]) {
         self.col(keys).varint(attrs.len() as u64);
         for kv in attrs {
             self.put_string(keys, &kv.key);
-            let slot = match &kv.value {
-                AttrValue::Str(v) => Some(self.slot(v)),
-                _ => None,
-            };
-            self.value(values, &kv.value, slot);
+            match &kv.value {
+                AttrValue::Str(v) => {
+                    let slot = self.slot(v);
+                    self.put_dictionary_value(values, slot);
+                }
+                other => self.col(values).value(other),
+            }
         }
     }
 
     /// Span attributes whose strings were given slots beforehand (`slots`, in order: each key,
-    /// then the value when it is a string).
+    /// then the value when it is a string). A string value used once in the chunk goes to
+    /// `Uniques`.
     fn span_attrs(&mut self, attrs: &'a [KeyValue], slots: &mut impl Iterator<Item = u32>) {
         self.col(Col::AttrKeys).varint(attrs.len() as u64);
         for kv in attrs {
             let key = slots.next().expect("a slot per key");
             self.put_slot(Col::AttrKeys, key);
-            let value = match kv.value {
-                AttrValue::Str(_) => Some(slots.next().expect("a slot per string value")),
-                _ => None,
-            };
-            self.value(Col::AttrValues, &kv.value, value);
+            match &kv.value {
+                AttrValue::Str(s) => {
+                    let slot = slots.next().expect("a slot per string value");
+                    if self.strings.entries[slot as usize].value_uses == 1 {
+                        self.col(Col::AttrValues).u8(TAG_UNIQUE);
+                        self.col(Col::Uniques).str(s);
+                    } else {
+                        self.put_dictionary_value(Col::AttrValues, slot);
+                    }
+                }
+                // Scalars and nested values as the row codec writes them (the same tags).
+                other => self.col(Col::AttrValues).value(other),
+            }
         }
     }
 
-    /// A value; `slot` is the slot of a string value.
-    fn value(&mut self, c: Col, v: &'a AttrValue, slot: Option<u32>) {
-        match (v, slot) {
-            (AttrValue::Str(s), Some(slot)) => {
-                if self.strings.entries[slot as usize].value_uses == 1 {
-                    self.cols[c as usize].u8(TAG_UNIQUE);
-                    self.cols[Col::Uniques as usize].str(s);
-                } else {
-                    let i = self.index(slot);
-                    let w = &mut self.cols[c as usize];
-                    w.u8(1);
-                    w.varint(i);
-                }
-            }
-            // Scalars and nested values as the row codec writes them (the same tags).
-            (other, _) => self.col(c).value(other),
-        }
+    /// A string value from the dictionary (tag 1).
+    fn put_dictionary_value(&mut self, c: Col, slot: u32) {
+        let i = self.index(slot);
+        let w = self.col(c);
+        w.u8(1);
+        w.varint(i);
     }
 }
 
@@ -634,6 +637,20 @@ mod tests {
     #[test]
     fn round_trips_every_field() {
         let spans = rich();
+        let decoded = decode_chunk(&encode_chunk(&spans)).unwrap();
+        assert_eq!(sorted(decoded), sorted(spans));
+    }
+
+    #[test]
+    fn a_value_used_once_by_a_span_and_again_by_a_resource_or_event_round_trips() {
+        let spans = vec![
+            SpanBuilder::new(1, 1).attr("app.user.id", AttrValue::Str("u-1".into())).build(),
+            SpanBuilder::new(1, 2)
+                .resource_attr("host.name", AttrValue::Str("web-1".into()))
+                .attr("peer.name", AttrValue::Str("web-1".into()))
+                .event("hop", 1, vec![KeyValue::string("to", "web-1")])
+                .build(),
+        ];
         let decoded = decode_chunk(&encode_chunk(&spans)).unwrap();
         assert_eq!(sorted(decoded), sorted(spans));
     }
