@@ -464,9 +464,7 @@ impl Shared {
             let mut st = self.state.write();
             let mut run: Vec<SharedBlock> = Vec::new();
             let mut total = 0u64;
-            for b in
-                st.blocks.iter().filter(|b| b.replaces.is_empty() && b.bytes < target && b.seq().is_some())
-            {
+            for b in st.blocks.iter().filter(|b| self.awaits_compaction(b)) {
                 if total + b.bytes > target && run.len() >= 2 {
                     break;
                 }
@@ -508,6 +506,12 @@ impl Shared {
         }
         self.retired.lock().extend(sources);
         Ok(true)
+    }
+
+    /// Whether compaction will merge `b`: a block written from the head (never compacted, with
+    /// a sequence number in its name) smaller than the compaction target.
+    fn awaits_compaction(&self, b: &Block) -> bool {
+        b.replaces.is_empty() && b.bytes < self.config.compact_target_bytes && b.seq().is_some()
     }
 
     /// Deletes the files of retired blocks that no reader holds any more.
@@ -878,11 +882,7 @@ impl SpanStore for Engine {
             spans += b.span_count;
             traces += b.trace_count;
         }
-        let small = st
-            .blocks
-            .iter()
-            .filter(|b| b.replaces.is_empty() && b.bytes < self.shared.config.compact_target_bytes)
-            .count();
+        let small = st.blocks.iter().filter(|b| self.shared.awaits_compaction(b)).count();
         StoreStats {
             blocks: st.blocks.len() as u64,
             blocks_awaiting_compaction: if small >= self.shared.config.compact_min_blocks.max(2) {
