@@ -330,12 +330,7 @@ impl<'a> BlockWriter<'a> {
             self.last_resource = Some((resource, sid));
             self.pending_services.push(sid);
             let time = self.time.get_or_insert(TimeRange::new(u64::MAX, 0));
-            let ops = &mut self.services[sid as usize].1;
-            let counts = match ops.get_mut(s.name.as_str()) {
-                Some(counts) => counts,
-                None => ops.entry(s.name.clone()).or_default(),
-            };
-            counts[s.kind.code() as usize] += 1;
+            named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
             self.span_count += 1;
             time.start_unix_nano = time.start_unix_nano.min(s.start_time_unix_nano);
             time.end_unix_nano = time.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
@@ -357,11 +352,7 @@ impl<'a> BlockWriter<'a> {
         for (service, ops) in &source.services {
             let sid = self.service_id(service) as usize;
             for ((op, kind), n) in ops {
-                let counts = match self.services[sid].1.get_mut(op.as_str()) {
-                    Some(counts) => counts,
-                    None => self.services[sid].1.entry(op.clone()).or_default(),
-                };
-                counts[kind.code() as usize] += n;
+                named!(&mut self.services[sid].1, op)[kind.code() as usize] += n;
             }
         }
         self.span_count += source.span_count;

@@ -32,6 +32,21 @@ use skein_store::{
 use skein_wal::fs::{Fs, OsFs};
 use skein_wal::{FsyncPolicy, Wal, WalConfig, WalError};
 
+/// `&mut` the entry of the name `$name` (a `&str`) in the `HashMap<String, _>` `$map`, made
+/// (default) when missing. Looked up by `&str` first, so a name is copied once, not for every
+/// span that carries it. (A macro: as a function, returning the borrow from `get_mut` and
+/// inserting on a miss is refused by today's borrow checker.)
+macro_rules! named {
+    ($map:expr, $name:expr) => {{
+        let map = $map;
+        let name: &str = $name;
+        match map.get_mut(name) {
+            Some(v) => v,
+            None => map.entry(name.to_owned()).or_default(),
+        }
+    }};
+}
+
 pub mod block;
 pub mod codec;
 pub mod columnar;
@@ -118,16 +133,7 @@ impl Head {
         self.created.get_or_insert_with(Instant::now);
         self.bytes += bytes;
         for s in spans {
-            // Names are copied only the first time they are seen.
-            let ops = match self.operations.get_mut(s.service_name()) {
-                Some(ops) => ops,
-                None => self.operations.entry(s.service_name().to_owned()).or_default(),
-            };
-            let kinds = match ops.get_mut(s.name.as_str()) {
-                Some(kinds) => kinds,
-                None => ops.entry(s.name.clone()).or_default(),
-            };
-            *kinds |= 1 << s.kind.code();
+            *named!(named!(&mut self.operations, s.service_name()), &s.name) |= 1 << s.kind.code();
             self.spans += 1;
             self.traces.entry(s.trace_id).or_default().push(s);
         }
