@@ -260,20 +260,8 @@ pub(crate) fn write_block<'a>(
     traces: impl IntoIterator<Item = Vec<&'a Span>>,
     wal_segment_end: u64,
 ) -> Result<Block, BlockError> {
-    // Oldest first, so chunks have narrow time ranges.
-    let mut traces: Vec<(u64, TraceId, Vec<&'a Span>)> = traces
-        .into_iter()
-        .filter(|spans| !spans.is_empty())
-        .map(|spans| {
-            let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-            (start, spans[0].trace_id, spans)
-        })
-        .collect();
-    traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
     let mut writer = BlockWriter::default();
-    for (_, _, spans) in traces {
-        writer.add(spans.into_iter().map(Cow::Borrowed).collect());
-    }
+    writer.add_traces(traces.into_iter().map(|spans| spans.into_iter().map(Cow::Borrowed).collect()));
     writer.finish(fs, path, wal_segment_end, &[])
 }
 
@@ -315,6 +303,23 @@ impl<'a> BlockWriter<'a> {
                 self.service_ids.insert(service.to_owned(), sid);
                 sid
             }
+        }
+    }
+
+    /// Adds traces (each a group of spans of one trace), oldest first, so chunks have narrow
+    /// time ranges.
+    pub(crate) fn add_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
+        let mut traces: Vec<(u64, TraceId, Vec<Cow<'a, Span>>)> = traces
+            .into_iter()
+            .filter(|spans| !spans.is_empty())
+            .map(|spans| {
+                let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+                (start, spans[0].trace_id, spans)
+            })
+            .collect();
+        traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
+        for (_, _, spans) in traces {
+            self.add(spans);
         }
     }
 

@@ -629,21 +629,11 @@ fn merge_blocks(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) ->
             writer.copy_chunk(fs, source, i).map_err(block_error)?;
             continue;
         }
-        let spans = sources[b].read_chunk(fs, i).map_err(block_error)?;
-        let mut traces: Vec<(u64, TraceId, Vec<Span>)> = Vec::new();
-        let mut at: HashMap<TraceId, usize> = HashMap::new();
-        for s in spans {
-            let k = *at.entry(s.trace_id).or_insert_with(|| {
-                traces.push((u64::MAX, s.trace_id, Vec::new()));
-                traces.len() - 1
-            });
-            traces[k].0 = traces[k].0.min(s.start_time_unix_nano);
-            traces[k].2.push(s);
+        let mut traces: FxHashMap<TraceId, Vec<std::borrow::Cow<'_, Span>>> = FxHashMap::default();
+        for s in sources[b].read_chunk(fs, i).map_err(block_error)? {
+            traces.entry(s.trace_id).or_default().push(std::borrow::Cow::Owned(s));
         }
-        traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
-        for (_, _, spans) in traces {
-            writer.add(spans.into_iter().map(std::borrow::Cow::Owned).collect());
-        }
+        writer.add_traces(traces.into_values());
     }
     let wal_end = sources.iter().map(|b| b.wal_segment_end).max().unwrap_or(0);
     let replaces: Vec<u64> = sources.iter().filter_map(|b| b.seq()).collect();
