@@ -13,7 +13,10 @@ pub mod server;
 pub(crate) const METHOD_NAMES: [&str; 10] =
     ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "_OTHER"];
 
-/// The index of `method`'s value in [`METHOD_NAMES`] (`_OTHER`'s for unknown methods).
+/// The index of `_OTHER` in [`METHOD_NAMES`].
+pub(crate) const OTHER_METHOD: usize = METHOD_NAMES.len() - 1;
+
+/// The index of `method`'s value in [`METHOD_NAMES`] ([`OTHER_METHOD`] for unknown methods).
 pub(crate) fn method_index(method: &http::Method) -> usize {
     match *method {
         http::Method::GET => 0,
@@ -25,14 +28,14 @@ pub(crate) fn method_index(method: &http::Method) -> usize {
         http::Method::PATCH => 6,
         http::Method::CONNECT => 7,
         http::Method::TRACE => 8,
-        _ => METHOD_NAMES.len() - 1,
+        _ => OTHER_METHOD,
     }
 }
 
 /// The `http.request.method` value: the method if semconv knows it, else `None` (`_OTHER`).
 pub(crate) fn known_method(method: &http::Method) -> Option<&'static str> {
     let i = method_index(method);
-    (i < METHOD_NAMES.len() - 1).then(|| METHOD_NAMES[i])
+    (i != OTHER_METHOD).then(|| METHOD_NAMES[i])
 }
 
 #[cfg(feature = "tower")]

@@ -251,7 +251,7 @@ where
         };
         let mut attributes = Vec::with_capacity(12);
         attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
-        if crate::http::known_method(req.method()).is_none() {
+        if method_index == crate::http::OTHER_METHOD {
             attributes.push(KeyValue::new(HTTP_REQUEST_METHOD_ORIGINAL, req.method().as_str().to_owned()));
         }
         let path = req.uri().path();
