@@ -377,12 +377,8 @@ impl<'a> BlockWriter<'a> {
         self.cut(); // spans gathered so far keep their chunk index
         let bytes = source.read_chunk_bytes(fs, i)?;
         let meta = &source.chunks[i];
-        let Some(postings) = &meta.postings else {
-            return Err(BlockError::Corrupt {
-                path: source.path.clone(),
-                reason: format!("chunk {i} has no postings to copy"),
-            });
-        };
+        let postings =
+            meta.postings.as_ref().expect("copy sources are blocks whose chunks all have postings");
         let services: BTreeSet<u32> =
             meta.services.iter().map(|s| self.service_id(&source.services[*s as usize].0)).collect();
         let mut chunk_postings: Vec<(u32, Postings)> = postings
