@@ -33,7 +33,7 @@ static SPANS: LazyLock<Vec<Span>> = LazyLock::new(|| {
                     if a % 3 == 0 {
                         AttrValue::Int(a * 1000 + t as i64)
                     } else {
-                        AttrValue::Str(format!("value-{a}-{t}"))
+                        AttrValue::Str(format!("value-{a}-{t}").into())
                     },
                 );
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use skein_model::{
     AttrValue, Event, InstrumentationScope, KeyValue, Link, Resource, Span, SpanId, SpanKind, Status,
-    StatusCode, TraceId,
+    StatusCode, Str, TraceId,
 };
 
 /// Version byte at the start of every encoded batch.
@@ -149,8 +149,9 @@ impl<'a> Reader<'a> {
         Ok(self.take(n)?.to_vec())
     }
 
-    pub(crate) fn str(&mut self) -> Result<String, DecodeError> {
-        String::from_utf8(self.bytes()?).map_err(|_| DecodeError("string is not UTF-8".into()))
+    pub(crate) fn str(&mut self) -> Result<Str, DecodeError> {
+        let n = self.len()?;
+        Str::from_utf8(self.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))
     }
 
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
@@ -326,18 +327,18 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
         resources.push(Arc::new(Resource {
             attributes: r.attrs(0)?,
             dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-            schema_url: r.str()?,
+            schema_url: r.str()?.into(),
         }));
     }
     let n = r.count()?;
     let mut scopes = Vec::with_capacity(n);
     for _ in 0..n {
         scopes.push(Arc::new(InstrumentationScope {
-            name: r.str()?,
-            version: r.str()?,
+            name: r.str()?.into(),
+            version: r.str()?.into(),
             attributes: r.attrs(0)?,
             dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-            schema_url: r.str()?,
+            schema_url: r.str()?.into(),
         }));
     }
     let n = r.count()?;
@@ -381,7 +382,7 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
                     .map_err(|e| DecodeError(format!("link trace id: {e}")))?,
                 span_id: SpanId::from_bytes(r.array()?)
                     .map_err(|e| DecodeError(format!("link span id: {e}")))?,
-                trace_state: r.str()?,
+                trace_state: r.str()?.into(),
                 attributes: r.attrs(0)?,
                 dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
                 flags: u32_of(r.varint()?, "flags")?,
@@ -395,7 +396,7 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
             trace_id,
             span_id,
             parent_span_id,
-            trace_state,
+            trace_state: trace_state.into(),
             flags,
             name,
             kind,
@@ -407,7 +408,7 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
             dropped_events_count,
             links,
             dropped_links_count,
-            status: Status { code, message },
+            status: Status { code, message: message.into() },
             resource: Arc::clone(resource),
             scope: Arc::clone(scope),
         });

@@ -402,7 +402,7 @@ pub(crate) fn encode_chunk_detailed<'a>(spans: &[&'a Span]) -> EncodedChunk<'a> 
 
 struct Dec<'a> {
     cols: Vec<Reader<'a>>,
-    strings: Vec<String>,
+    strings: Vec<skein_model::Str>,
 }
 
 impl<'a> Dec<'a> {
@@ -410,7 +410,7 @@ impl<'a> Dec<'a> {
         &mut self.cols[c as usize]
     }
 
-    fn string(&mut self, c: Col) -> Result<String, DecodeError> {
+    fn string(&mut self, c: Col) -> Result<skein_model::Str, DecodeError> {
         let i = self.col(c).varint()?;
         self.strings
             .get(i as usize)
@@ -477,7 +477,7 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
         resources.push(Arc::new(Resource {
             attributes,
             dropped_attributes_count: dropped,
-            schema_url: d.string(Col::Tables)?,
+            schema_url: d.string(Col::Tables)?.into(),
         }));
     }
     let n = d.col(Col::Tables).count()?;
@@ -488,11 +488,11 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
         let attributes = d.attrs(Col::Tables, Col::Tables)?;
         let dropped = u32_of(d.col(Col::Tables).varint()?, "dropped count")?;
         scopes.push(Arc::new(InstrumentationScope {
-            name,
-            version,
+            name: name.into(),
+            version: version.into(),
             attributes,
             dropped_attributes_count: dropped,
-            schema_url: d.string(Col::Tables)?,
+            schema_url: d.string(Col::Tables)?.into(),
         }));
     }
 
@@ -572,7 +572,7 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
                 links.push(Link {
                     trace_id,
                     span_id,
-                    trace_state,
+                    trace_state: trace_state.into(),
                     attributes,
                     dropped_attributes_count: dropped,
                     flags,
@@ -582,7 +582,7 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
                 trace_id,
                 span_id,
                 parent_span_id: None,
-                trace_state,
+                trace_state: trace_state.into(),
                 flags,
                 name,
                 kind,
@@ -594,7 +594,7 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
                 dropped_events_count,
                 links,
                 dropped_links_count,
-                status: Status { code, message },
+                status: Status { code, message: message.into() },
                 resource: Arc::clone(resource),
                 scope: Arc::clone(scope),
             });
@@ -680,7 +680,8 @@ mod tests {
                 7 => Some(200),            // not in the chunk
                 _ => Some(41 - i.min(40)), // later spans are parents of earlier ones too
             };
-            let mut b = SpanBuilder::new(1, i).attr("app.order.id", AttrValue::Str(format!("o-{}", i % 3)));
+            let mut b =
+                SpanBuilder::new(1, i).attr("app.order.id", AttrValue::Str(format!("o-{}", i % 3).into()));
             if let Some(p) = parent {
                 b = b.parent(p);
             }

@@ -271,7 +271,7 @@ async fn postings_prune_chunks_without_losing_matches() {
         let mut b = B::new(n, 1)
             .service("api")
             .attr("http.response.status_code", AttrValue::Int(if n % 10 == 0 { 500 } else { 200 }))
-            .attr("order.id", AttrValue::Str(format!("order-{n}")))
+            .attr("order.id", AttrValue::Str(format!("order-{n}").into()))
             .attr("cache.hit", AttrValue::Bool(n % 2 == 0))
             .kind(if n % 5 == 0 { SpanKind::Client } else { SpanKind::Server });
         if n % 10 == 0 {

@@ -13,6 +13,11 @@ mod ids;
 
 pub use ids::{ParseIdError, SpanId, TraceId};
 
+/// The string type of names, attribute keys and string values: strings of up to 24 bytes
+/// (nearly every key and name, most values) live inside it without a heap allocation,
+/// which matters at hundreds of thousands of spans per second.
+pub type Str = compact_str::CompactString;
+
 /// The resource attribute that names a service.
 pub const SERVICE_NAME: &str = "service.name";
 /// The service name used when a resource has no `service.name`, as the OTel spec says.
@@ -23,7 +28,7 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 pub enum AttrValue {
     /// An `AnyValue` with no value set.
     Empty,
-    Str(String),
+    Str(Str),
     Bool(bool),
     Int(i64),
     Double(f64),
@@ -100,16 +105,16 @@ fn write_nested(f: &mut fmt::Formatter<'_>, value: &AttrValue) -> fmt::Result {
 /// One attribute: a key and its value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeyValue {
-    pub key: String,
+    pub key: Str,
     pub value: AttrValue,
 }
 
 impl KeyValue {
-    pub fn new(key: impl Into<String>, value: AttrValue) -> Self {
+    pub fn new(key: impl Into<Str>, value: AttrValue) -> Self {
         KeyValue { key: key.into(), value }
     }
 
-    pub fn string(key: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn string(key: impl Into<Str>, value: impl Into<Str>) -> Self {
         KeyValue::new(key, AttrValue::Str(value.into()))
     }
 }
@@ -243,7 +248,7 @@ pub struct Status {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Event {
     pub time_unix_nano: u64,
-    pub name: String,
+    pub name: Str,
     pub attributes: Vec<KeyValue>,
     pub dropped_attributes_count: u32,
 }
@@ -269,7 +274,7 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     pub trace_state: String,
     pub flags: u32,
-    pub name: String,
+    pub name: Str,
     pub kind: SpanKind,
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,

@@ -182,7 +182,7 @@ fn convert_span(
         events.push(Event {
             time_unix_nano: ev.time_unix_nano,
             attributes: attributes(ev.attributes, limits).map_err(|e| ctx(&format!("events[{i}] "), e))?,
-            name: ev.name,
+            name: ev.name.into(),
             dropped_attributes_count: ev.dropped_attributes_count,
         });
     }
@@ -209,7 +209,7 @@ fn convert_span(
         parent_span_id,
         trace_state: span.trace_state,
         flags: span.flags,
-        name: span.name,
+        name: span.name.into(),
         kind,
         start_time_unix_nano: span.start_time_unix_nano,
         end_time_unix_nano: span.end_time_unix_nano,
@@ -248,7 +248,7 @@ fn attributes(kvs: Vec<pc::KeyValue>, limits: &Limits) -> Result<Vec<KeyValue>, 
     for kv in kvs {
         check_len("attribute key", kv.key.len(), limits)?;
         let value = any_value(kv.value, 1, limits).map_err(|e| format!("attribute {:?}: {e}", kv.key))?;
-        out.push(KeyValue { key: kv.key, value });
+        out.push(KeyValue { key: kv.key.into(), value });
     }
     Ok(out)
 }
@@ -262,7 +262,7 @@ fn any_value(v: Option<pc::AnyValue>, depth: usize, limits: &Limits) -> Result<A
         None => AttrValue::Empty,
         Some(Value::StringValue(s)) => {
             check_len("value", s.len(), limits)?;
-            AttrValue::Str(s)
+            AttrValue::Str(s.into())
         }
         Some(Value::StringValueStrindex(_)) => {
             return Err("string_value_strindex is only valid in OTLP profiles, not in traces".into());
@@ -302,7 +302,7 @@ fn any_value(v: Option<pc::AnyValue>, depth: usize, limits: &Limits) -> Result<A
                     .into_iter()
                     .map(|kv| {
                         check_len("attribute key", kv.key.len(), limits)?;
-                        Ok(KeyValue { value: any_value(kv.value, depth + 1, limits)?, key: kv.key })
+                        Ok(KeyValue { value: any_value(kv.value, depth + 1, limits)?, key: kv.key.into() })
                     })
                     .collect::<Result<_, String>>()?,
             )

@@ -73,7 +73,7 @@ fn span_to_proto(span: &Span) -> pt::Span {
         trace_state: span.trace_state.clone(),
         parent_span_id: span.parent_span_id.map(|p| p.as_bytes().to_vec()).unwrap_or_default(),
         flags: span.flags,
-        name: span.name.clone(),
+        name: span.name.to_string(),
         kind: match span.kind {
             SpanKind::Unspecified => pt::span::SpanKind::Unspecified,
             SpanKind::Internal => pt::span::SpanKind::Internal,
@@ -91,7 +91,7 @@ fn span_to_proto(span: &Span) -> pt::Span {
             .iter()
             .map(|e| pt::span::Event {
                 time_unix_nano: e.time_unix_nano,
-                name: e.name.clone(),
+                name: e.name.to_string(),
                 attributes: attributes(&e.attributes),
                 dropped_attributes_count: e.dropped_attributes_count,
             })
@@ -124,7 +124,7 @@ fn span_to_proto(span: &Span) -> pt::Span {
 fn attributes(kvs: &[KeyValue]) -> Vec<pc::KeyValue> {
     kvs.iter()
         .map(|kv| pc::KeyValue {
-            key: kv.key.clone(),
+            key: kv.key.to_string(),
             value: Some(any_value(&kv.value)),
             ..Default::default()
         })
@@ -135,7 +135,7 @@ fn any_value(v: &AttrValue) -> pc::AnyValue {
     use pc::any_value::Value;
     let value = match v {
         AttrValue::Empty => None,
-        AttrValue::Str(s) => Some(Value::StringValue(s.clone())),
+        AttrValue::Str(s) => Some(Value::StringValue(s.to_string())),
         AttrValue::Bool(b) => Some(Value::BoolValue(*b)),
         AttrValue::Int(i) => Some(Value::IntValue(*i)),
         AttrValue::Double(d) => Some(Value::DoubleValue(*d)),

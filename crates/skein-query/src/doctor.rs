@@ -260,7 +260,7 @@ fn is_outgoing(kind: SpanKind) -> bool {
 fn instance(s: &Span) -> (String, String) {
     let r = &s.resource.attributes;
     let text = |k: &str| match find_attr(r, k) {
-        Some(AttrValue::Str(v)) => v.clone(),
+        Some(AttrValue::Str(v)) => v.to_string(),
         Some(AttrValue::Int(v)) => v.to_string(),
         _ => String::new(),
     };
@@ -524,7 +524,7 @@ pub fn diagnose(traces: &[Vec<Span>], config: &DoctorConfig) -> Report {
         if let Some((e, _)) = best {
             let confidence = 0.5 + 0.5 / count as f64;
             detached_groups
-                .entry((span.service_name().to_owned(), span.name.clone()))
+                .entry((span.service_name().to_owned(), span.name.to_string()))
                 .or_default()
                 .push((e, d, confidence));
         }
@@ -560,7 +560,7 @@ pub fn diagnose(traces: &[Vec<Span>], config: &DoctorConfig) -> Report {
     for &o in &orphans {
         let s = ix.spans[o];
         if settled(s) {
-            orphan_groups.entry((s.service_name().to_owned(), s.name.clone())).or_default().push(o);
+            orphan_groups.entry((s.service_name().to_owned(), s.name.to_string())).or_default().push(o);
             report.orphans.push((
                 s.trace_id,
                 s.span_id,

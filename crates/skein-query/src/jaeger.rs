@@ -142,7 +142,7 @@ pub fn attr_to_json(value: &AttrValue) -> serde_json::Value {
         AttrValue::Array(items) => items.iter().map(attr_to_json).collect(),
         AttrValue::KvList(kvs) => kvs
             .iter()
-            .map(|kv| (kv.key.clone(), attr_to_json(&kv.value)))
+            .map(|kv| (kv.key.to_string(), attr_to_json(&kv.value)))
             .collect::<serde_json::Map<_, _>>()
             .into(),
     }
@@ -250,7 +250,7 @@ fn to_jaeger_span(span: &Span, process_id: String, present: &HashSet<SpanId>) ->
         trace_id,
         span_id: span.span_id.to_hex(),
         flags: span.flags & 0xff,
-        operation_name: span.name.clone(),
+        operation_name: span.name.to_string(),
         references,
         start_time: micros(span.start_time_unix_nano),
         duration: micros(span.duration_nanos()),

@@ -123,7 +123,7 @@ impl Interner {
 fn render(value: &AttrValue) -> (u32, String) {
     match value {
         AttrValue::Empty => (0, String::new()),
-        AttrValue::Str(s) => (1, s.clone()),
+        AttrValue::Str(s) => (1, s.to_string()),
         AttrValue::Bool(b) => (2, b.to_string()),
         AttrValue::Int(i) => (3, i.to_string()),
         AttrValue::Double(d) => (4, d.to_string()),

@@ -43,7 +43,7 @@ struct Inner {
     next_seq: u64,
     span_count: u64,
     /// service → (operation, kind) → number of stored spans.
-    operations: BTreeMap<String, BTreeMap<(String, SpanKind), u64>>,
+    operations: BTreeMap<String, BTreeMap<(skein_model::Str, SpanKind), u64>>,
     spans_evicted: u64,
     traces_evicted: u64,
 }
@@ -168,7 +168,7 @@ impl SpanStore for MemoryStore {
         Ok(ops
             .keys()
             .filter(|(_, k)| kind.is_none_or(|want| *k == want))
-            .map(|(name, k)| Operation { name: name.clone(), span_kind: *k })
+            .map(|(name, k)| Operation { name: name.to_string(), span_kind: *k })
             .collect())
     }
 

@@ -86,7 +86,7 @@ impl SpanBuilder {
         self
     }
 
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn name(mut self, name: impl Into<skein_model::Str>) -> Self {
         self.span.name = name.into();
         self
     }
