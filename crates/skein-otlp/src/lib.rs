@@ -10,7 +10,9 @@
 mod decode;
 mod encode;
 
-pub use decode::{ConvertedBatch, DecodeError, Limits, decode_json, decode_protobuf, to_model};
+pub use decode::{
+    ConvertedBatch, DecodeError, Limits, decode_json, decode_protobuf, decode_protobuf_to_model, to_model,
+};
 pub use encode::{to_traces_data, traces_data_to_json};
 
 /// The OTLP wire types used by Skein (re-exported from `opentelemetry-proto`).

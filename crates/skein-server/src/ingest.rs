@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use skein_otlp::Limits;
 use skein_otlp::proto::collector::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use skein_otlp::{ConvertedBatch, Limits};
 use skein_store::{SpanStore, StoreError};
 
 use crate::metrics::Metrics;
@@ -13,6 +13,9 @@ use crate::metrics::Metrics;
 /// Why a whole request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The body is not an OTLP request at all.
+    #[error("{0}")]
+    Malformed(String),
     /// Every span of the request was invalid (the message names the problems).
     #[error("no valid spans in request: {0}")]
     Invalid(String),
@@ -38,14 +41,34 @@ impl Ingest {
         &self.metrics
     }
 
-    /// Stores the valid spans of `request`. Answers success (with partial success when some
-    /// spans were rejected) only once the store has them.
+    /// Stores the valid spans of a decoded request (OTLP/JSON); see [`Ingest::store`].
     pub async fn export(
         &self,
         request: ExportTraceServiceRequest,
         protocol: &'static str,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let batch = skein_otlp::to_model(request, &self.limits);
+        self.store(skein_otlp::to_model(request, &self.limits), protocol).await
+    }
+
+    /// Decodes an OTLP/protobuf request body straight into spans and stores the valid ones;
+    /// see [`Ingest::store`].
+    pub async fn export_protobuf(
+        &self,
+        body: &[u8],
+        protocol: &'static str,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let batch = skein_otlp::decode_protobuf_to_model(body, &self.limits)
+            .map_err(|e| IngestError::Malformed(e.to_string()))?;
+        self.store(batch, protocol).await
+    }
+
+    /// Stores the valid spans of `batch`. Answers success (with partial success when some
+    /// spans were rejected) only once the store has them.
+    async fn store(
+        &self,
+        batch: ConvertedBatch,
+        protocol: &'static str,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
         if batch.spans.is_empty() {
             if batch.rejected == 0 {
                 return Ok(ExportTraceServiceResponse { partial_success: None });

@@ -154,12 +154,15 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
             ));
         }
     };
-    let request = match encoding {
-        Encoding::Protobuf => skein_otlp::decode_protobuf(&body),
-        Encoding::Json => skein_otlp::decode_json(&body),
-    }
-    .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))?;
-    match rx.ingest.export(request, "http").await {
+    let answer = match encoding {
+        Encoding::Protobuf => rx.ingest.export_protobuf(&body, "http").await,
+        Encoding::Json => {
+            let request = skein_otlp::decode_json(&body)
+                .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))?;
+            rx.ingest.export(request, "http").await
+        }
+    };
+    match answer {
         Ok(answer) => {
             Ok(encode(encoding, StatusCode::OK, answer.encode_to_vec(), || {
                 match &answer.partial_success {
@@ -173,7 +176,7 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
             }
             }))
         }
-        Err(e @ IngestError::Invalid(_)) => {
+        Err(e @ (IngestError::Invalid(_) | IngestError::Malformed(_))) => {
             Err(Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))
         }
         Err(IngestError::Store(e)) => {
