@@ -269,3 +269,75 @@ async fn grpc_bad_input_is_refused_with_a_status_and_harms_nothing() {
     );
     server.stop().await;
 }
+
+/// Sends `body` as the message of a gRPC call to `path`, byte for byte.
+async fn grpc_raw(server: &TestServer, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Clone, Copy)]
+    struct Raw;
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(buf, &item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let n = bytes::Buf::remaining(buf);
+            Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+        }
+    }
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(body), path, Raw).await.map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn grpc_malformed_messages_and_unknown_methods_are_refused() {
+    const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+    let server = TestServer::start().await;
+    let baseline = store_baseline(&server).await;
+
+    let err = grpc_raw(&server, EXPORT, vec![0x0a, 0xff, 0xff, 0xff]).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().starts_with("malformed OTLP protobuf: "), "{}", err.message());
+
+    let err = grpc_raw(&server, "/opentelemetry.proto.collector.trace.v1.TraceService/Nope", Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+
+    // The same bytes prost would encode are accepted as the generated client's would be.
+    let ok = grpc_raw(&server, EXPORT, request(vec![span(0x99, 1)]).encode_to_vec()).await.unwrap();
+    assert_eq!(ok, Vec::<u8>::new(), "full success is the empty response message");
+    let (status, t) = server.get_json("/api/traces/99999999999999999999999999999999").await;
+    assert_eq!(status, 200);
+    assert_eq!(t["data"][0]["spans"].as_array().unwrap().len(), 1);
+    let (_, after) = server.get_json("/api/traces/11111111111111111111111111111111").await;
+    assert_eq!(after, baseline);
+    server.stop().await;
+}
