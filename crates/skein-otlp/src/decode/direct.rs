@@ -68,22 +68,9 @@ struct Decoder<'a, 'l> {
 
 impl<'a> Decoder<'a, '_> {
     fn resource_spans(&mut self, buf: &'a [u8]) -> Res<()> {
-        let mut resource = None;
         let mut scopes = Vec::new();
-        let mut schema_url = "";
-        each_field(buf, |tag, wire_type, buf| match tag {
-            1 => once(&mut resource, delimited(wire_type, buf)?),
-            2 => {
-                scopes.push(delimited(wire_type, buf)?);
-                Ok(())
-            }
-            3 => {
-                schema_url = text(wire_type, buf)?;
-                Ok(())
-            }
-            _ => skip(tag, wire_type, buf),
-        })?;
-        let resource = Arc::new(self.resource(resource.unwrap_or_default(), schema_url)?);
+        let (resource, schema_url) = group(buf, &mut scopes)?;
+        let resource = Arc::new(self.resource(resource, schema_url)?);
         for scope_spans in scopes {
             self.scope_spans(scope_spans, &resource)?;
         }
@@ -108,23 +95,10 @@ impl<'a> Decoder<'a, '_> {
     }
 
     fn scope_spans(&mut self, buf: &'a [u8], resource: &Arc<Resource>) -> Res<()> {
-        let mut scope = None;
-        let mut schema_url = "";
         let mut bodies = std::mem::take(&mut self.span_bodies);
         bodies.clear();
-        each_field(buf, |tag, wire_type, buf| match tag {
-            1 => once(&mut scope, delimited(wire_type, buf)?),
-            2 => {
-                bodies.push(delimited(wire_type, buf)?);
-                Ok(())
-            }
-            3 => {
-                schema_url = text(wire_type, buf)?;
-                Ok(())
-            }
-            _ => skip(tag, wire_type, buf),
-        })?;
-        let scope = Arc::new(self.scope(scope.unwrap_or_default(), schema_url)?);
+        let (scope, schema_url) = group(buf, &mut bodies)?;
+        let scope = Arc::new(self.scope(scope, schema_url)?);
         self.spans.reserve(bodies.len());
         for body in bodies.drain(..) {
             let span = self.span(body, resource, &scope)?;
@@ -358,6 +332,23 @@ impl<'a> Decoder<'a, '_> {
         }
         Ok(values)
     }
+}
+
+/// `ResourceSpans` and `ScopeSpans` have one shape: the resource or scope (1), the members
+/// (2, pushed onto `members`) and a schema URL (3). The resource or scope comes back empty
+/// when absent; it may follow the members on the wire, hence the bodies are kept.
+fn group<'a>(buf: &'a [u8], members: &mut Vec<&'a [u8]>) -> Res<(&'a [u8], &'a str)> {
+    let (mut head, mut schema_url) = (None, "");
+    each_field(buf, |tag, wire_type, buf| match tag {
+        1 => once(&mut head, delimited(wire_type, buf)?),
+        2 => {
+            members.push(delimited(wire_type, buf)?);
+            Ok(())
+        }
+        3 => set(&mut schema_url, text(wire_type, buf)),
+        _ => skip(tag, wire_type, buf),
+    })?;
+    Ok((head.unwrap_or_default(), schema_url))
 }
 
 fn status_of(buf: &[u8]) -> Res<Status> {
