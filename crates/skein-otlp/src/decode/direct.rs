@@ -289,8 +289,12 @@ impl<'a> Decoder<'a, '_> {
                     pe::double::merge(wire_type, &mut d, buf, ctx())?;
                     AttrValue::Double(d)
                 }
-                5 => AttrValue::Array(self.array(delimited(wire_type, buf)?, depth)?),
-                6 => AttrValue::KvList(self.kvlist(delimited(wire_type, buf)?, depth)?),
+                5 => {
+                    AttrValue::Array(self.list(delimited(wire_type, buf)?, |d, b| d.any_value(b, depth + 1))?)
+                }
+                6 => AttrValue::KvList(
+                    self.list(delimited(wire_type, buf)?, |d, b| d.key_value(b, depth + 1))?,
+                ),
                 7 => AttrValue::Bytes(checked(delimited(wire_type, buf)?, max_len)?.to_vec()),
                 // string_value_strindex: not valid in traces; the general path says so.
                 8 => return Err(Fallback),
@@ -303,26 +307,16 @@ impl<'a> Decoder<'a, '_> {
         Ok(out.unwrap_or(AttrValue::Empty))
     }
 
-    fn array(&mut self, buf: &'a [u8], depth: usize) -> Res<Vec<AttrValue>> {
+    /// The elements (field 1) of an `ArrayValue` or a `KeyValueList`, each read by `element`.
+    fn list<T>(
+        &mut self,
+        buf: &'a [u8],
+        mut element: impl FnMut(&mut Self, &'a [u8]) -> Res<T>,
+    ) -> Res<Vec<T>> {
         let mut values = Vec::new();
         each_field(buf, |tag, wire_type, buf| match tag {
             1 => {
-                values.push(self.any_value(delimited(wire_type, buf)?, depth + 1)?);
-                Ok(())
-            }
-            _ => skip(tag, wire_type, buf),
-        })?;
-        if values.len() > self.limits.max_attributes {
-            return Err(Fallback);
-        }
-        Ok(values)
-    }
-
-    fn kvlist(&mut self, buf: &'a [u8], depth: usize) -> Res<Vec<KeyValue>> {
-        let mut values = Vec::new();
-        each_field(buf, |tag, wire_type, buf| match tag {
-            1 => {
-                values.push(self.key_value(delimited(wire_type, buf)?, depth + 1)?);
+                values.push(element(self, delimited(wire_type, buf)?)?);
                 Ok(())
             }
             _ => skip(tag, wire_type, buf),
