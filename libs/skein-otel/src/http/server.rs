@@ -168,8 +168,11 @@ fn route<B>(req: &Request<B>) -> Option<&str> {
     None
 }
 
+/// Made at compile time: a lookup by name would parse and validate it on every request.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 fn client_address<B>(req: &Request<B>) -> Option<String> {
-    if let Some(xff) = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok())
+    if let Some(xff) = req.headers().get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
         && let Some(first) = xff.split(',').next().map(str::trim).filter(|s| !s.is_empty())
     {
         return Some(first.to_owned());
