@@ -13,12 +13,13 @@ type Value = pc::any_value::Value;
 
 fn value() -> impl Strategy<Value = Option<Value>> {
     let leaf = prop_oneof![
-        2 => Just(None),
-        6 => "[a-z0-9 /.-]{0,40}".prop_map(|s| Some(Value::StringValue(s))),
-        1 => any::<bool>().prop_map(|b| Some(Value::BoolValue(b))),
-        2 => any::<i64>().prop_map(|i| Some(Value::IntValue(i))),
-        1 => (-1e12..1e12f64).prop_map(|d| Some(Value::DoubleValue(d))),
-        1 => vec(any::<u8>(), 0..24).prop_map(|b| Some(Value::BytesValue(b))),
+        10 => Just(None),
+        30 => "[a-z0-9 /.-]{0,40}".prop_map(|s| Some(Value::StringValue(s))),
+        5 => any::<bool>().prop_map(|b| Some(Value::BoolValue(b))),
+        10 => any::<i64>().prop_map(|i| Some(Value::IntValue(i))),
+        5 => (-1e12..1e12f64).prop_map(|d| Some(Value::DoubleValue(d))),
+        5 => vec(any::<u8>(), 0..24).prop_map(|b| Some(Value::BytesValue(b))),
+        // Never valid in traces: the whole span is rejected.
         1 => (0..3i32).prop_map(|i| Some(Value::StringValueStrindex(i))),
     ];
     leaf.prop_recursive(4, 24, 4, |inner| {
@@ -53,7 +54,7 @@ fn attributes() -> impl Strategy<Value = Vec<pc::KeyValue>> {
 
 fn id(len: usize) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        12 => vec(any::<u8>(), len),
+        60 => vec(any::<u8>(), len),
         1 => Just(vec![0; len]),
         1 => vec(any::<u8>(), 0..20),
     ]
@@ -61,6 +62,7 @@ fn id(len: usize) -> impl Strategy<Value = Vec<u8>> {
 
 fn span() -> impl Strategy<Value = pt::Span> {
     let parent = prop_oneof![Just(Vec::new()), Just(vec![0; 8]), id(8)];
+    let kind = prop_oneof![30 => 0..6i32, 1 => 6..9i32];
     let event = (any::<u64>(), "[a-z]{0,10}", attributes(), 0..3u32).prop_map(|(t, name, attributes, d)| {
         pt::span::Event { time_unix_nano: t, name, attributes, dropped_attributes_count: d }
     });
@@ -74,10 +76,11 @@ fn span() -> impl Strategy<Value = pt::Span> {
             flags,
         },
     );
-    let status = prop::option::of((0..4i32, "[a-z ]{0,10}"))
+    let code = prop_oneof![30 => 0..3i32, 1 => 3..6i32];
+    let status = prop::option::of((code, "[a-z ]{0,10}"))
         .prop_map(|s| s.map(|(code, message)| pt::Status { code, message }));
     (
-        (id(16), id(8), parent, "[a-z=,]{0,10}", "[A-Za-z /{}]{0,40}", 0..7i32, any::<u64>(), any::<u64>()),
+        (id(16), id(8), parent, "[a-z=,]{0,10}", "[A-Za-z /{}]{0,40}", kind, any::<u64>(), any::<u64>()),
         (attributes(), vec(event, 0..3), vec(link, 0..2), status, any::<u32>(), 0..3u32),
     )
         .prop_map(
@@ -107,7 +110,7 @@ fn span() -> impl Strategy<Value = pt::Span> {
 
 fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
     let scope =
-        (prop::option::of(("[a-z.]{0,12}", "[0-9.]{0,6}", attributes())), vec(span(), 0..5), "[a-z:/]{0,8}")
+        (prop::option::of(("[a-z.]{0,12}", "[0-9.]{0,6}", attributes())), vec(span(), 0..6), "[a-z:/]{0,8}")
             .prop_map(|(scope, spans, schema_url)| pt::ScopeSpans {
                 scope: scope.map(|(name, version, attributes)| pc::InstrumentationScope {
                     name,
@@ -118,7 +121,7 @@ fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
                 spans,
                 schema_url,
             });
-    let resource_spans = (prop::option::of((attributes(), 0..2u32)), vec(scope, 0..3), "[a-z:/]{0,8}")
+    let resource_spans = (prop::option::of((attributes(), 0..2u32)), vec(scope, 1..3), "[a-z:/]{0,8}")
         .prop_map(|(resource, scope_spans, schema_url)| pt::ResourceSpans {
             resource: resource.map(|(attributes, dropped)| pr::Resource {
                 attributes,
@@ -128,13 +131,13 @@ fn request() -> impl Strategy<Value = ExportTraceServiceRequest> {
             scope_spans,
             schema_url,
         });
-    vec(resource_spans, 0..3).prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
+    vec(resource_spans, 1..3).prop_map(|resource_spans| ExportTraceServiceRequest { resource_spans })
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
     prop_oneof![
-        Just(Limits::default()),
-        (1..5usize, 4..48usize, 1..8usize).prop_map(|(d, b, n)| Limits {
+        3 => Just(Limits::default()),
+        1 => (1..5usize, 4..48usize, 1..8usize).prop_map(|(d, b, n)| Limits {
             max_attribute_depth: d,
             max_attribute_value_bytes: b,
             max_attributes: n,
