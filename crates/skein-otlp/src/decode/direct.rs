@@ -245,7 +245,8 @@ impl<'a> Decoder<'a, '_> {
         if self.attrs.len() - start > self.limits.max_attributes {
             return Err(Fallback);
         }
-        Ok(self.attrs.drain(start..).collect())
+        // A new vector of exactly their number, filled by one copy.
+        Ok(self.attrs.split_off(start))
     }
 
     /// A `KeyValue` whose value sits at nesting `depth` (1 for an attribute's own value).
