@@ -36,9 +36,11 @@ impl From<prost::DecodeError> for Fallback {
 
 type Res<T> = Result<T, Fallback>;
 
-/// Deepest `AnyValue` nesting decoded here whatever the limits say: prost refuses messages
-/// nested more than 100 deep, and this decoder must never accept what prost refuses.
-const MAX_NESTING: usize = 64;
+/// Deepest `AnyValue` nesting decoded here whatever the limits say. prost refuses a request
+/// whose messages nest more than 100 deep, and this decoder must never accept what prost
+/// refuses: an event attribute's value is the 7th message down, and each level of kvlist adds
+/// three (`KeyValueList`, `KeyValue`, `AnyValue`), so depth 32 is at most 100 deep.
+const MAX_NESTING: usize = 32;
 
 /// Decodes a request whose spans are all valid; `Err(Fallback)` for anything else.
 pub(crate) fn decode(body: &[u8], limits: &Limits) -> Res<Vec<Span>> {

@@ -315,3 +315,21 @@ fn status_twice() -> Vec<u8> {
     bytes::encode(1, &resource_spans, &mut body);
     body
 }
+
+#[test]
+fn nesting_prost_refuses_is_refused_whatever_the_depth_limit() {
+    let limits = Limits { max_attribute_depth: 1000, ..Limits::default() };
+    for depth in [30, 32, 33, 40] {
+        let mut value = Value::StringValue("leaf".into());
+        for _ in 1..depth {
+            value = Value::KvlistValue(pc::KeyValueList { values: vec![kv("k".into(), Some(value))] });
+        }
+        let mut request = typical();
+        let event = &mut request.resource_spans[0].scope_spans[0].spans[0].events[0];
+        event.attributes = vec![kv("deep".into(), Some(value))];
+        let body = request.encode_to_vec();
+        let general = general(&body, &limits);
+        assert_eq!(general.is_err(), depth > 32, "prost's own limit, depth {depth}");
+        assert_same(decode_protobuf_to_model(&body, &limits), general);
+    }
+}
