@@ -409,7 +409,12 @@ fn checked<T: AsRef<[u8]> + ?Sized>(value: &T, max_len: usize) -> Res<&T> {
     if value.as_ref().len() > max_len { Err(Fallback) } else { Ok(value) }
 }
 
+/// Skips an unknown field. Groups (deprecated, never in OTLP) go to prost, whose nesting
+/// limit for them depends on how deep the field is.
 fn skip(tag: u32, wire_type: WireType, buf: &mut &[u8]) -> Res<()> {
+    if wire_type == WireType::StartGroup {
+        return Err(Fallback);
+    }
     Ok(pe::skip_field(wire_type, tag, buf, ctx())?)
 }
 
