@@ -104,6 +104,28 @@ impl<'a> ChunkStrings<'a> {
     }
 }
 
+/// The string at each attribute position of the previous span, with its slot.
+#[derive(Default)]
+struct Memo<'a>(Vec<(&'a str, u32)>);
+
+impl<'a> Memo<'a> {
+    /// The slot of `s`, found at position `j` by comparing with the previous span's string
+    /// there before asking `strings`.
+    fn slot(&mut self, j: usize, s: &'a str, strings: &mut ChunkStrings<'a>) -> u32 {
+        match self.0.get(j) {
+            Some(&(before, slot)) if before == s => slot,
+            _ => {
+                let slot = strings.slot(s);
+                match self.0.get_mut(j) {
+                    Some(entry) => *entry = (s, slot),
+                    None => self.0.push((s, slot)),
+                }
+                slot
+            }
+        }
+    }
+}
+
 /// An encoded chunk, with what the encoder learnt on the way.
 pub(crate) struct EncodedChunk<'a> {
     pub(crate) bytes: Vec<u8>,
@@ -259,26 +281,16 @@ pub(crate) fn encode_chunk_detailed<'a>(spans: &[&'a Span]) -> EncodedChunk<'a> 
     };
     let mut name_slots: Vec<u32> = Vec::with_capacity(grouped.len());
     let mut attr_slots: Vec<u32> = Vec::with_capacity(grouped.len() * 16);
-    // Spans of one service mostly carry the same keys in the same order: a key equal to the
-    // one at its position in the previous span takes that slot without hashing.
-    let mut keys_before: Vec<(&str, u32)> = Vec::new();
+    // Spans of one service mostly carry the same keys in the same order, and spans of one
+    // request many of the same values: a string equal to the one at its position in the
+    // previous span takes that slot without hashing.
+    let (mut keys_before, mut values_before) = (Memo::default(), Memo::default());
     for s in &grouped {
         name_slots.push(e.slot(&s.name));
         for (j, kv) in s.attributes.iter().enumerate() {
-            let key = match keys_before.get(j) {
-                Some(&(before, slot)) if before == kv.key => slot,
-                _ => {
-                    let slot = e.slot(&kv.key);
-                    match keys_before.get_mut(j) {
-                        Some(k) => *k = (&kv.key, slot),
-                        None => keys_before.push((&kv.key, slot)),
-                    }
-                    slot
-                }
-            };
-            attr_slots.push(key);
+            attr_slots.push(keys_before.slot(j, &kv.key, &mut e.strings));
             if let AttrValue::Str(v) = &kv.value {
-                let slot = e.slot(v);
+                let slot = values_before.slot(j, v, &mut e.strings);
                 e.strings.entries[slot as usize].value_uses += 1;
                 attr_slots.push(slot);
             }
