@@ -154,6 +154,14 @@ impl<'a> Reader<'a> {
         Str::from_utf8(self.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))
     }
 
+    /// A string that may be an attribute key: the long keys of the semantic conventions come
+    /// back as shared static strings (see [`skein_model::attribute_key`]).
+    pub(crate) fn key(&mut self) -> Result<Str, DecodeError> {
+        let n = self.len()?;
+        let s = std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))?;
+        Ok(skein_model::attribute_key(s))
+    }
+
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("took N bytes"))
     }
@@ -162,7 +170,7 @@ impl<'a> Reader<'a> {
         let n = self.count()?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
-            let key = self.str()?;
+            let key = self.key()?;
             out.push(KeyValue { key, value: self.value(depth)? });
         }
         Ok(out)

@@ -477,7 +477,7 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
     let n = d.col(Col::Strings).count()?;
     let mut strings = Vec::with_capacity(n);
     for _ in 0..n {
-        strings.push(d.col(Col::Strings).str()?);
+        strings.push(d.col(Col::Strings).key()?);
     }
     d.strings = strings;
 

@@ -18,6 +18,34 @@ pub use ids::{ParseIdError, SpanId, TraceId};
 /// which matters at hundreds of thousands of spans per second.
 pub type Str = compact_str::CompactString;
 
+/// Attribute keys of the OpenTelemetry semantic conventions too long to be stored inline in
+/// a [`Str`]: kept as references to these static strings instead of one heap copy per span.
+static LONG_KEYS: [Str; 12] = [
+    Str::const_new("http.response.status_code"),
+    Str::const_new("http.request.method_original"),
+    Str::const_new("db.response.returned_rows"),
+    Str::const_new("messaging.destination.name"),
+    Str::const_new("messaging.batch.message_count"),
+    Str::const_new("messaging.destination.partition.id"),
+    Str::const_new("messaging.message.conversation_id"),
+    Str::const_new("messaging.consumer.group.name"),
+    Str::const_new("gen_ai.usage.input_tokens"),
+    Str::const_new("gen_ai.usage.output_tokens"),
+    Str::const_new("gen_ai.response.finish_reasons"),
+    Str::const_new("process.runtime.description"),
+];
+
+/// An attribute key as a [`Str`]: inline when short, a shared static string for the long
+/// keys of the semantic conventions, a heap copy otherwise.
+pub fn attribute_key(key: &str) -> Str {
+    if key.len() > 24
+        && let Some(k) = LONG_KEYS.iter().find(|k| k.as_str() == key)
+    {
+        return k.clone();
+    }
+    Str::from(key)
+}
+
 /// The resource attribute that names a service.
 pub const SERVICE_NAME: &str = "service.name";
 /// The service name used when a resource has no `service.name`, as the OTel spec says.
@@ -332,6 +360,20 @@ impl TimeRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_semantic_convention_keys_are_shared_not_copied() {
+        let k = attribute_key("http.response.status_code");
+        assert_eq!(k, "http.response.status_code");
+        assert!(!k.is_heap_allocated(), "a static string");
+        let other = attribute_key("app.a.key.longer.than.twenty.four");
+        assert_eq!(other, "app.a.key.longer.than.twenty.four");
+        assert!(other.is_heap_allocated());
+        assert_eq!(attribute_key("url.path"), "url.path");
+        for k in &LONG_KEYS {
+            assert!(k.len() > 24, "{k} would be inline anyway");
+        }
+    }
 
     #[test]
     fn otlp_codes_round_trip_and_follow_the_otlp_enums() {

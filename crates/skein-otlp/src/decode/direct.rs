@@ -265,7 +265,7 @@ impl<'a> Decoder<'a, '_> {
         if key.len() > self.limits.max_attribute_value_bytes || depth > self.max_depth {
             return Err(Fallback);
         }
-        Ok(KeyValue { key: Str::from(key), value: value.unwrap_or(AttrValue::Empty) })
+        Ok(KeyValue { key: skein_model::attribute_key(key), value: value.unwrap_or(AttrValue::Empty) })
     }
 
     fn any_value(&mut self, buf: &'a [u8], depth: usize) -> Res<AttrValue> {
