@@ -49,7 +49,7 @@ impl Default for Config {
             retention: Duration::from_secs(72 * 3600),
             memory_max_spans: 1_000_000,
             wal_fsync: skein_wal::FsyncPolicy::Interval(Duration::from_millis(100)),
-            head_max_bytes: 4 * 1024 * 1024,
+            head_max_bytes: 2 * 1024 * 1024,
             max_request_bytes: 4 * 1024 * 1024,
             limits: Limits::default(),
         }

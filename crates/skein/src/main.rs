@@ -131,8 +131,9 @@ struct ServeArgs {
     /// 100 ms; survives kill -9), `never` (the OS decides; survives kill -9).
     #[arg(long, env = "SKEIN_WAL_FSYNC", value_enum, default_value = "interval")]
     wal_fsync: WalFsync,
-    /// The embedded engine writes its in-memory head to a block at this many bytes.
-    #[arg(long, env = "SKEIN_HEAD_MAX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// The embedded engine writes its in-memory head to a block at this many bytes (small
+    /// heads are written while still in the CPU's caches; see docs/ingest.md).
+    #[arg(long, env = "SKEIN_HEAD_MAX_BYTES", default_value_t = 2 * 1024 * 1024)]
     head_max_bytes: usize,
     /// Most spans the memory store keeps; the oldest traces are evicted first.
     #[arg(long, env = "SKEIN_MEMORY_MAX_SPANS", default_value_t = 1_000_000)]
