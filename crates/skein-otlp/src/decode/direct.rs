@@ -61,7 +61,7 @@ pub(crate) fn decode(body: &[u8], limits: &Limits) -> Res<Vec<Span>> {
 struct Decoder<'a, 'l> {
     limits: &'l Limits,
     max_depth: usize,
-    /// Attributes being decoded, for every list under way (a list drains its own tail).
+    /// Attributes being decoded, for every list under way (each list splits off its own tail).
     attrs: Vec<KeyValue>,
     spans: Vec<Span>,
     /// The encoded spans of the scope being decoded (reused between scopes).
@@ -242,12 +242,11 @@ impl<'a> Decoder<'a, '_> {
         Ok(())
     }
 
-    /// The attributes pushed since `start`, in a vector of exactly their number.
+    /// The attributes pushed since `start`, in a new vector of exactly their number (one copy).
     fn take_attributes(&mut self, start: usize) -> Res<Vec<KeyValue>> {
         if self.attrs.len() - start > self.limits.max_attributes {
             return Err(Fallback);
         }
-        // A new vector of exactly their number, filled by one copy.
         Ok(self.attrs.split_off(start))
     }
 
