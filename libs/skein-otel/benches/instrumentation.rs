@@ -99,6 +99,14 @@ fn http_plain_axum_handler(b: Bencher) {
     b.bench_local(|| RT.block_on(app.clone().oneshot(axum_request())).unwrap());
 }
 
+/// The axum app behind a layer that does nothing: what `Router::layer` itself costs (axum boxes
+/// each layered route), to tell it apart from `TraceLayer`'s own cost.
+#[divan::bench]
+fn http_axum_identity_layer(b: Bencher) {
+    let app = axum_app().layer(tower::layer::util::Identity::new());
+    b.bench_local(|| RT.block_on(app.clone().oneshot(axum_request())).unwrap());
+}
+
 /// The same axum app behind `TraceLayer` (extract traceparent, server span named from the
 /// route, attributes, context current while the handler runs).
 #[divan::bench]
