@@ -96,6 +96,20 @@ async fn axum_server_span_joins_the_callers_trace_with_semconv_attributes() {
 }
 
 #[tokio::test]
+async fn client_address_is_the_first_x_forwarded_for_entry() {
+    let recorder = Recorder::new();
+    let addr = serve(app(&recorder)).await;
+    let client = reqwest::Client::new();
+    for (path, forwarded) in [("/users/1", "203.0.113.9, 10.0.0.1"), ("/teapot", " 198.51.100.2 ")] {
+        let url = format!("http://{addr}{path}");
+        client.get(url).header("x-forwarded-for", forwarded).send().await.unwrap();
+    }
+    let check = recorder.check();
+    assert_eq!(attr(&check, "GET /users/{id}", "client.address").as_deref(), Some("203.0.113.9"));
+    assert_eq!(attr(&check, "GET /teapot", "client.address").as_deref(), Some("198.51.100.2"));
+}
+
+#[tokio::test]
 async fn errors_filters_and_unknown_methods() {
     let _ = Recorder::new().install_global("unused");
     let recorder = Recorder::new();

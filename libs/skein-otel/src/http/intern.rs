@@ -1,12 +1,13 @@
 //! Attribute values that repeat from request to request, made once instead of on every
-//! request: span names and `http.route` per route template, and the last few `Host` and
-//! `User-Agent` values seen by each thread.
+//! request: span names and `http.route` per route template, and the last few `Host`,
+//! `User-Agent` and client address values seen by each thread.
 //!
 //! A span keeps its attribute values until the batch processor has exported it, on another
 //! thread; every owned string is one allocation on the request path and one free on the
 //! exporter's thread. Static and reference-counted values avoid both.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, RwLock};
 
 use opentelemetry::Value;
@@ -40,6 +41,8 @@ thread_local! {
     static LOCAL_ROUTES: RefCell<HashMap<Box<str>, &'static Route>> = RefCell::new(HashMap::default());
     static HOSTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
     static USER_AGENTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
+    static CLIENTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
+    static CLIENT_IPS: RefCell<RecentIps> = const { RefCell::new(RecentIps::new()) };
 }
 
 /// The names of `route`, or `None` once [`MAX_ROUTES`] templates have been seen.
@@ -77,6 +80,39 @@ pub(crate) fn host(value: &str) -> Value {
 /// `user_agent.original`: shared with earlier requests from the same client software.
 pub(crate) fn user_agent(value: &str) -> Value {
     USER_AGENTS.with_borrow_mut(|recent| recent.get(value)).into()
+}
+
+/// `client.address` from `X-Forwarded-For`: shared with earlier requests from that client.
+pub(crate) fn client(value: &str) -> Value {
+    CLIENTS.with_borrow_mut(|recent| recent.get(value)).into()
+}
+
+/// `client.address` from the connection's peer: formatted once per recent peer, not per request.
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+pub(crate) fn client_ip(ip: IpAddr) -> Value {
+    CLIENT_IPS.with_borrow_mut(|recent| recent.get(ip)).into()
+}
+
+/// The last few distinct peer addresses seen, with their text, replaced round-robin.
+struct RecentIps {
+    values: [Option<(IpAddr, Arc<str>)>; 8],
+    next: usize,
+}
+
+impl RecentIps {
+    const fn new() -> Self {
+        RecentIps { values: [const { None }; 8], next: 0 }
+    }
+
+    fn get(&mut self, ip: IpAddr) -> Arc<str> {
+        if let Some((_, text)) = self.values.iter().flatten().find(|(seen, _)| *seen == ip) {
+            return Arc::clone(text);
+        }
+        let text: Arc<str> = ip.to_string().into();
+        self.values[self.next] = Some((ip, Arc::clone(&text)));
+        self.next = (self.next + 1) % self.values.len();
+        text
+    }
 }
 
 /// The last few distinct values seen, replaced round-robin.
@@ -133,5 +169,22 @@ mod tests {
         assert_eq!(recent.values.iter().flatten().count(), 8);
         // Evicted values are made again, equal.
         assert_eq!(&*recent.get("api.local"), "api.local");
+    }
+
+    #[test]
+    fn recent_peer_addresses_are_formatted_once_and_bounded() {
+        let mut recent = RecentIps::new();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let a = recent.get(ip);
+        assert_eq!(&*a, "10.1.2.3");
+        assert!(Arc::ptr_eq(&a, &recent.get(ip)));
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(&*recent.get(v6), "::1");
+        for i in 0..50u8 {
+            let ip = IpAddr::from([192, 168, 0, i]);
+            assert_eq!(*recent.get(ip), *ip.to_string());
+        }
+        assert_eq!(recent.values.iter().flatten().count(), 8);
+        assert_eq!(&*recent.get(ip), "10.1.2.3", "evicted, made again");
     }
 }

@@ -33,6 +33,7 @@ pub(crate) fn method_index(method: &http::Method) -> usize {
 }
 
 /// The `http.request.method` value: the method if semconv knows it, else `None` (`_OTHER`).
+#[cfg(feature = "reqwest")]
 pub(crate) fn known_method(method: &http::Method) -> Option<&'static str> {
     let i = method_index(method);
     (i != OTHER_METHOD).then(|| METHOD_NAMES[i])

@@ -171,15 +171,15 @@ fn route<B>(req: &Request<B>) -> Option<&str> {
 /// Made at compile time: a lookup by name would parse and validate it on every request.
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
-fn client_address<B>(req: &Request<B>) -> Option<String> {
+fn client_address<B>(req: &Request<B>) -> Option<opentelemetry::Value> {
     if let Some(xff) = req.headers().get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
         && let Some(first) = xff.split(',').next().map(str::trim).filter(|s| !s.is_empty())
     {
-        return Some(first.to_owned());
+        return Some(intern::client(first));
     }
     #[cfg(feature = "axum")]
     if let Some(ci) = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>() {
-        return Some(ci.0.ip().to_string());
+        return Some(intern::client_ip(ci.0.ip()));
     }
     None
 }
