@@ -18,6 +18,7 @@
 //! `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`); a client span for any code but `OK`.
 //! The span ends when the response's trailers (the final status) arrive.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -118,7 +119,12 @@ fn start_span<B>(
     req: &mut Request<B>,
     side: Side,
 ) -> Context {
-    let method = req.uri().path().trim_start_matches('/').to_owned();
+    let path = req.uri().path().trim_start_matches('/');
+    // A service's methods are a fixed set: each name is made once, not per call.
+    let method: Cow<'static, str> = match crate::http::intern::rpc_method(path) {
+        Some(m) => m.into(),
+        None => path.to_owned().into(),
+    };
     let mut attributes =
         vec![KeyValue::new(RPC_SYSTEM_NAME, "grpc"), KeyValue::new(RPC_METHOD, method.clone())];
     let authority = req
@@ -127,7 +133,7 @@ fn start_span<B>(
         .cloned()
         .or_else(|| req.headers().get(http::header::HOST)?.to_str().ok()?.parse().ok());
     if let Some(a) = authority {
-        attributes.push(KeyValue::new(SERVER_ADDRESS, a.host().to_owned()));
+        attributes.push(KeyValue::new(SERVER_ADDRESS, crate::http::intern::host(a.host())));
         if let Some(port) = a.port_u16() {
             attributes.push(KeyValue::new(SERVER_PORT, port as i64));
         }

@@ -31,45 +31,73 @@ impl Route {
     }
 }
 
-/// More route templates than any real router has: past this, names are built per request
-/// (so a `MatchedPath` filled from request data could not grow memory without bound).
+/// More route templates (or gRPC methods) than any real service has: past this, names are
+/// built per request (so a `MatchedPath` or gRPC path filled from request data could not grow
+/// memory without bound).
 const MAX_ROUTES: usize = 4096;
 
-static ROUTES: LazyLock<RwLock<HashMap<Box<str>, &'static Route>>> = LazyLock::new(Default::default);
+/// Names made once per process, found by their text: a map shared by every thread, in front
+/// of which each thread keeps its own copy (no lock on the request path once warm).
+type Names<T> = HashMap<Box<str>, &'static T>;
+
+static ROUTES: LazyLock<RwLock<Names<Route>>> = LazyLock::new(Default::default);
+#[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+static RPC_METHODS: LazyLock<RwLock<Names<str>>> = LazyLock::new(Default::default);
 
 thread_local! {
-    static LOCAL_ROUTES: RefCell<HashMap<Box<str>, &'static Route>> = RefCell::new(HashMap::default());
+    static LOCAL_ROUTES: RefCell<Names<Route>> = RefCell::new(HashMap::default());
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+    static LOCAL_RPC_METHODS: RefCell<Names<str>> = RefCell::new(HashMap::default());
     static HOSTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
     static USER_AGENTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
     static CLIENTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
     static CLIENT_IPS: RefCell<RecentIps> = const { RefCell::new(RecentIps::new()) };
 }
 
-/// The names of `route`, or `None` once [`MAX_ROUTES`] templates have been seen.
-pub(crate) fn route(route: &str) -> Option<&'static Route> {
-    if let Some(r) = LOCAL_ROUTES.with_borrow(|local| local.get(route).copied()) {
-        return Some(r);
+/// The value named `text`, made by `make` (and leaked) the first time any thread asks; `None`
+/// once [`MAX_ROUTES`] values have been made.
+fn intern<T: ?Sized + Sync + 'static>(
+    local: &'static std::thread::LocalKey<RefCell<Names<T>>>,
+    shared: &RwLock<Names<T>>,
+    text: &str,
+    make: impl FnOnce(&'static str) -> &'static T,
+) -> Option<&'static T> {
+    if let Some(v) = local.with_borrow(|local| local.get(text).copied()) {
+        return Some(v);
     }
-    let shared = ROUTES.read().unwrap_or_else(|e| e.into_inner()).get(route).copied();
-    let r = match shared {
-        Some(r) => r,
+    let known = shared.read().unwrap_or_else(|e| e.into_inner()).get(text).copied();
+    let v = match known {
+        Some(v) => v,
         None => {
-            let mut all = ROUTES.write().unwrap_or_else(|e| e.into_inner());
-            match all.get(route) {
-                Some(r) => r,
+            let mut all = shared.write().unwrap_or_else(|e| e.into_inner());
+            match all.get(text) {
+                Some(v) => v,
                 None if all.len() >= MAX_ROUTES => return None,
                 None => {
-                    let template: &'static str = Box::leak(route.into());
-                    let names = METHOD_NAMES.map(|m| &*Box::leak(format!("{m} {template}").into_boxed_str()));
-                    let r: &'static Route = Box::leak(Box::new(Route { route: template, names }));
-                    all.insert(route.into(), r);
-                    r
+                    let v = make(Box::leak(text.into()));
+                    all.insert(text.into(), v);
+                    v
                 }
             }
         }
     };
-    LOCAL_ROUTES.with_borrow_mut(|local| local.insert(route.into(), r));
-    Some(r)
+    local.with_borrow_mut(|local| local.insert(text.into(), v));
+    Some(v)
+}
+
+/// The names of `route`, or `None` once [`MAX_ROUTES`] templates have been seen.
+pub(crate) fn route(route: &str) -> Option<&'static Route> {
+    intern(&LOCAL_ROUTES, &ROUTES, route, |template| {
+        let names = METHOD_NAMES.map(|m| &*Box::leak(format!("{m} {template}").into_boxed_str()));
+        Box::leak(Box::new(Route { route: template, names }))
+    })
+}
+
+/// A gRPC method (`package.Service/Method`), the span name and `rpc.method` of its calls, or
+/// `None` once [`MAX_ROUTES`] methods have been seen.
+#[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+pub(crate) fn rpc_method(method: &str) -> Option<&'static str> {
+    intern(&LOCAL_RPC_METHODS, &RPC_METHODS, method, |m| m)
 }
 
 /// `server.address` from the `Host` header: shared with earlier requests to the same host.
@@ -156,6 +184,17 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(c, a as *const Route as usize);
+    }
+
+    #[test]
+    fn rpc_methods_are_made_once_and_shared() {
+        let a = rpc_method("intern.Test/Call").unwrap();
+        assert_eq!(a, "intern.Test/Call");
+        assert!(std::ptr::eq(a, rpc_method("intern.Test/Call").unwrap()));
+        let b =
+            std::thread::spawn(|| rpc_method("intern.Test/Call").unwrap().as_ptr() as usize).join().unwrap();
+        assert_eq!(b, a.as_ptr() as usize);
+        assert_ne!(rpc_method("intern.Test/Other").unwrap(), a);
     }
 
     #[test]

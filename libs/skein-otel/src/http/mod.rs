@@ -4,7 +4,7 @@
 #[cfg(feature = "reqwest")]
 pub mod client;
 #[cfg(feature = "tower")]
-mod intern;
+pub(crate) mod intern;
 #[cfg(feature = "tower")]
 pub mod server;
 
