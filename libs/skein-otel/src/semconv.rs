@@ -13,11 +13,12 @@ pub(crate) use opentelemetry_semantic_conventions::attribute::{
 pub(crate) const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
 
 #[cfg_attr(not(any(feature = "tower", feature = "reqwest")), allow(dead_code))]
-/// Redacts the values of [`SENSITIVE_QUERY_KEYS`] in a query string.
-pub(crate) fn redact_query(query: &str) -> String {
+/// Redacts the values of [`SENSITIVE_QUERY_KEYS`] in a query string (borrowed when there is
+/// nothing to redact, the common case).
+pub(crate) fn redact_query(query: &str) -> std::borrow::Cow<'_, str> {
     let sensitive = |pair: &str| pair.split_once('=').is_some_and(|(k, _)| SENSITIVE_QUERY_KEYS.contains(&k));
     if !query.split('&').any(sensitive) {
-        return query.to_owned();
+        return query.into();
     }
     let mut out = String::with_capacity(query.len());
     for (i, pair) in query.split('&').enumerate() {
@@ -32,7 +33,7 @@ pub(crate) fn redact_query(query: &str) -> String {
             _ => out.push_str(pair),
         }
     }
-    out
+    out.into()
 }
 
 #[cfg(test)]

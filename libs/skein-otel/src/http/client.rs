@@ -59,15 +59,21 @@ impl TracingMiddleware {
 /// `url.full` without credentials: user info becomes `REDACTED:REDACTED`, sensitive query
 /// values `REDACTED`.
 pub(crate) fn redacted_url(url: &reqwest::Url) -> String {
-    let mut url = url.clone();
-    if !url.username().is_empty() || url.password().is_some() {
-        let _ = url.set_username("REDACTED");
-        let _ = url.set_password(Some("REDACTED"));
+    let credentials = !url.username().is_empty() || url.password().is_some();
+    let query = url.query().map(redact_query);
+    if !credentials && !matches!(query, Some(std::borrow::Cow::Owned(_))) {
+        // Nothing to redact (the common case): the URL's text as it is.
+        return url.as_str().to_owned();
     }
-    if let Some(q) = url.query().map(redact_query) {
-        url.set_query(Some(&q));
+    let mut redacted = url.clone();
+    if credentials {
+        let _ = redacted.set_username("REDACTED");
+        let _ = redacted.set_password(Some("REDACTED"));
     }
-    url.to_string()
+    if let Some(q) = query {
+        redacted.set_query(Some(&q));
+    }
+    redacted.into()
 }
 
 fn error_type(e: &reqwest_middleware::Error) -> &'static str {
@@ -142,7 +148,14 @@ mod tests {
             super::redacted_url(&url),
             "https://REDACTED:REDACTED@api.example.com:8443/v1/pay?sig=REDACTED&x=1"
         );
-        let plain: reqwest::Url = "http://localhost/a".parse().unwrap();
-        assert_eq!(super::redacted_url(&plain), "http://localhost/a");
+        let cases = [
+            ("http://localhost/a", "http://localhost/a"),
+            ("http://h/p?x=1&page=2#top", "http://h/p?x=1&page=2#top"),
+            ("http://h/p?sig=abc&x=1", "http://h/p?sig=REDACTED&x=1"),
+            ("http://bob@h/p", "http://REDACTED:REDACTED@h/p"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(super::redacted_url(&url.parse().unwrap()), want, "{url}");
+        }
     }
 }

@@ -264,7 +264,7 @@ where
             _ => KeyValue::new(URL_PATH, path.to_owned()),
         });
         if let Some(q) = req.uri().query() {
-            attributes.push(KeyValue::new(URL_QUERY, redact_query(q)));
+            attributes.push(KeyValue::new(URL_QUERY, redact_query(q).into_owned()));
         }
         attributes.push(KeyValue::new(URL_SCHEME, scheme(req.uri())));
         match (interned, route) {
