@@ -20,8 +20,9 @@
 //!
 //! The layer keeps its own cost low: with the W3C propagator that [`crate::init`] installs it
 //! reads `traceparent` without allocating, makes each route's span names once, and shares
-//! repeated `Host`, `User-Agent` and client address values between requests. `cargo bench -p skein-otel
-//! --all-features --bench instrumentation` prints what it costs beside a raw SDK span.
+//! repeated `Host`, `User-Agent` and client address values between requests.
+//! `cargo bench -p skein-otel --all-features --bench instrumentation` prints what it costs
+//! beside a raw SDK span.
 
 use std::borrow::Cow;
 use std::fmt;
