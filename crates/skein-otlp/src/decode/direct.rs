@@ -253,10 +253,15 @@ impl<'a> Decoder<'a, '_> {
     /// A `KeyValue` whose value sits at nesting `depth` (1 for an attribute's own value).
     fn key_value(&mut self, buf: &'a [u8], depth: usize) -> Res<KeyValue> {
         let mut key = "";
-        let mut value = None;
+        let (mut value, mut has_value) = (AttrValue::Empty, false);
         each_field(buf, |tag, wire_type, buf| match tag {
             1 => set(&mut key, text(wire_type, buf)),
-            2 => once(&mut value, self.any_value(delimited(wire_type, buf)?, depth)?),
+            // A second value merges into the first in protobuf: left to prost.
+            2 if has_value => Err(Fallback),
+            2 => {
+                has_value = true;
+                self.any_value(delimited(wire_type, buf)?, depth, &mut value)
+            }
             // key_strindex (profiles only): decoded and ignored, as by prost.
             3 => Ok(pe::int32::merge(wire_type, &mut 0, buf, ctx())?),
             _ => skip(tag, wire_type, buf),
@@ -264,17 +269,23 @@ impl<'a> Decoder<'a, '_> {
         if key.len() > self.limits.max_attribute_value_bytes || depth > self.max_depth {
             return Err(Fallback);
         }
-        Ok(KeyValue { key: skein_model::attribute_key(key), value: value.unwrap_or(AttrValue::Empty) })
+        Ok(KeyValue { key: skein_model::attribute_key(key), value })
     }
 
-    fn any_value(&mut self, buf: &'a [u8], depth: usize) -> Res<AttrValue> {
+    /// Decodes an `AnyValue` into `out`, which is empty (and stays so for an unset value).
+    fn any_value(&mut self, buf: &'a [u8], depth: usize, out: &mut AttrValue) -> Res<()> {
         if depth > self.max_depth {
             return Err(Fallback);
         }
         let max_len = self.limits.max_attribute_value_bytes;
-        let mut out = None;
+        let mut seen = false;
         each_field(buf, |tag, wire_type, buf| {
-            let value = match tag {
+            if tag <= 8 && std::mem::replace(&mut seen, true) {
+                // A second field of the oneof replaces or merges into the first: rare enough
+                // to leave to prost.
+                return Err(Fallback);
+            }
+            *out = match tag {
                 1 => AttrValue::Str(Str::from(checked(text(wire_type, buf)?, max_len)?)),
                 2 => {
                     let mut b = false;
@@ -291,9 +302,11 @@ impl<'a> Decoder<'a, '_> {
                     pe::double::merge(wire_type, &mut d, buf, ctx())?;
                     AttrValue::Double(d)
                 }
-                5 => {
-                    AttrValue::Array(self.list(delimited(wire_type, buf)?, |d, b| d.any_value(b, depth + 1))?)
-                }
+                5 => AttrValue::Array(self.list(delimited(wire_type, buf)?, |d, b| {
+                    let mut element = AttrValue::Empty;
+                    d.any_value(b, depth + 1, &mut element)?;
+                    Ok(element)
+                })?),
                 6 => AttrValue::KvList(
                     self.list(delimited(wire_type, buf)?, |d, b| d.key_value(b, depth + 1))?,
                 ),
@@ -302,11 +315,8 @@ impl<'a> Decoder<'a, '_> {
                 8 => return Err(Fallback),
                 _ => return skip(tag, wire_type, buf),
             };
-            // A second field of the oneof replaces or merges into the first: rare enough
-            // to leave to prost.
-            once(&mut out, value)
-        })?;
-        Ok(out.unwrap_or(AttrValue::Empty))
+            Ok(())
+        })
     }
 
     /// The elements (field 1) of an `ArrayValue` or a `KeyValueList`, each read by `element`.
