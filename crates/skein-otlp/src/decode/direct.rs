@@ -392,16 +392,44 @@ fn each_field<'a>(
     mut field: impl FnMut(u32, WireType, &mut &'a [u8]) -> Res<()>,
 ) -> Res<()> {
     while !buf.is_empty() {
-        let (tag, wire_type) = pe::decode_key(&mut buf)?;
+        let (tag, wire_type) = key(&mut buf)?;
         field(tag, wire_type, &mut buf)?;
     }
     Ok(())
 }
 
+/// A varint. Tags and lengths under 128 (nearly all of them) take one byte; the rest go to
+/// prost's decoder.
+#[inline]
+fn varint(buf: &mut &[u8]) -> Res<u64> {
+    match buf.first() {
+        Some(&b) if b < 0x80 => {
+            *buf = &buf[1..];
+            Ok(u64::from(b))
+        }
+        _ => Ok(pe::decode_varint(buf)?),
+    }
+}
+
+/// A field's key: its tag and wire type, refused where prost's `decode_key` refuses it.
+#[inline]
+fn key(buf: &mut &[u8]) -> Res<(u32, WireType)> {
+    let key = varint(buf)?;
+    if key > u64::from(u32::MAX) {
+        return Err(Fallback);
+    }
+    let wire_type = WireType::try_from(key & 0x07)?;
+    let tag = key as u32 >> 3;
+    if tag == 0 {
+        return Err(Fallback);
+    }
+    Ok((tag, wire_type))
+}
+
 /// A length-delimited field's bytes, borrowed from the body.
 fn delimited<'a>(wire_type: WireType, buf: &mut &'a [u8]) -> Res<&'a [u8]> {
     pe::check_wire_type(WireType::LengthDelimited, wire_type)?;
-    let len = pe::decode_varint(buf)?;
+    let len = varint(buf)?;
     if len > buf.len() as u64 {
         return Err(Fallback);
     }
