@@ -57,7 +57,8 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if request.uri().path() != EXPORT_PATH {
-            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+            let message = format!("no method {} here; OTLP traces go to {EXPORT_PATH}", request.uri().path());
+            return Box::pin(async move { Ok(Status::unimplemented(message).into_http()) });
         }
         let mut gzip = EnabledCompressionEncodings::default();
         gzip.enable(CompressionEncoding::Gzip);

@@ -330,6 +330,7 @@ async fn grpc_malformed_messages_and_unknown_methods_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert!(err.message().contains(EXPORT), "names the method that exists: {}", err.message());
 
     // The same bytes prost would encode are accepted as the generated client's would be.
     let ok = grpc_raw(&server, EXPORT, request(vec![span(0x99, 1)]).encode_to_vec()).await.unwrap();
