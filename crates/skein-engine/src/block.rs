@@ -278,7 +278,6 @@ pub(crate) struct BlockWriter<'a> {
     all_postings: Vec<Vec<(u32, Postings)>>,
     trace_index: Vec<(TraceId, u32)>,
     span_count: u64,
-    time: Option<TimeRange>,
     /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
     pending: Vec<Cow<'a, Span>>,
     /// The service id of each pending span.
@@ -334,11 +333,8 @@ impl<'a> BlockWriter<'a> {
             };
             self.last_resource = Some((resource, sid));
             self.pending_services.push(sid);
-            let time = self.time.get_or_insert(TimeRange::new(u64::MAX, 0));
             named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
             self.span_count += 1;
-            time.start_unix_nano = time.start_unix_nano.min(s.start_time_unix_nano);
-            time.end_unix_nano = time.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
             self.pending_bytes += 64 + s.name.len() + s.attributes.len() * 24;
             if self.trace_index.last() != Some(&(s.trace_id, chunk)) {
                 self.trace_index.push((s.trace_id, chunk));
@@ -399,9 +395,6 @@ impl<'a> BlockWriter<'a> {
         chunk_postings.sort_unstable_by_key(|(service, _)| *service);
         let chunk = self.chunks.len() as u32;
         self.trace_index.extend(from.traces[i].iter().map(|id| (*id, chunk)));
-        let time = self.time.get_or_insert(TimeRange::new(u64::MAX, 0));
-        time.start_unix_nano = time.start_unix_nano.min(meta.time.start_unix_nano);
-        time.end_unix_nano = time.end_unix_nano.max(meta.time.end_unix_nano);
         self.chunks.push(ChunkMeta {
             offset: self.file.len() as u64,
             len: bytes.len() as u32,
@@ -463,7 +456,15 @@ impl<'a> BlockWriter<'a> {
         replaces: &[u64],
     ) -> Result<Block, BlockError> {
         self.cut();
-        let time = self.time.unwrap_or(TimeRange::new(0, 0));
+        // Every span is in a chunk now: the block's times are those of its chunks.
+        let time = self
+            .chunks
+            .iter()
+            .map(|c| c.time)
+            .reduce(|a, b| {
+                TimeRange::new(a.start_unix_nano.min(b.start_unix_nano), a.end_unix_nano.max(b.end_unix_nano))
+            })
+            .unwrap_or(TimeRange::new(0, 0));
         let mut trace_index = std::mem::take(&mut self.trace_index);
         trace_index.sort_unstable();
         trace_index.dedup();
