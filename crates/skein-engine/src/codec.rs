@@ -149,17 +149,20 @@ impl<'a> Reader<'a> {
         Ok(self.take(n)?.to_vec())
     }
 
-    pub(crate) fn str(&mut self) -> Result<Str, DecodeError> {
+    /// A length-prefixed string, borrowed from the buffer.
+    fn text(&mut self) -> Result<&'a str, DecodeError> {
         let n = self.len()?;
-        Str::from_utf8(self.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))
+        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))
+    }
+
+    pub(crate) fn str(&mut self) -> Result<Str, DecodeError> {
+        self.text().map(Str::from)
     }
 
     /// A string that may be an attribute key: the long keys of the semantic conventions come
     /// back as shared static strings (see [`skein_model::attribute_key`]).
     pub(crate) fn key(&mut self) -> Result<Str, DecodeError> {
-        let n = self.len()?;
-        let s = std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))?;
-        Ok(skein_model::attribute_key(s))
+        self.text().map(skein_model::attribute_key)
     }
 
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
