@@ -48,10 +48,10 @@ thread_local! {
     static LOCAL_ROUTES: RefCell<Names<Route>> = RefCell::new(HashMap::default());
     #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
     static LOCAL_RPC_METHODS: RefCell<Names<str>> = RefCell::new(HashMap::default());
-    static HOSTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
-    static USER_AGENTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
-    static CLIENTS: RefCell<Recent> = const { RefCell::new(Recent::new()) };
-    static CLIENT_IPS: RefCell<RecentIps> = const { RefCell::new(RecentIps::new()) };
+    static HOSTS: RefCell<Recent<()>> = const { RefCell::new(Recent::new()) };
+    static USER_AGENTS: RefCell<Recent<()>> = const { RefCell::new(Recent::new()) };
+    static CLIENTS: RefCell<Recent<()>> = const { RefCell::new(Recent::new()) };
+    static CLIENT_IPS: RefCell<Recent<IpAddr>> = const { RefCell::new(Recent::new()) };
 }
 
 /// The value named `text`, made by `make` (and leaked) the first time any thread asks; `None`
@@ -121,47 +121,40 @@ pub(crate) fn client_ip(ip: IpAddr) -> Value {
     CLIENT_IPS.with_borrow_mut(|recent| recent.get(ip)).into()
 }
 
-/// The last few distinct peer addresses seen, with their text, replaced round-robin.
-struct RecentIps {
-    values: [Option<(IpAddr, Arc<str>)>; 8],
+/// The last few distinct values seen, by key (`()` when the text is its own key), with their
+/// text; replaced round-robin.
+struct Recent<K> {
+    values: [Option<(K, Arc<str>)>; 8],
     next: usize,
 }
 
-impl RecentIps {
+impl<K> Recent<K> {
     const fn new() -> Self {
-        RecentIps { values: [const { None }; 8], next: 0 }
+        Recent { values: [const { None }; 8], next: 0 }
     }
 
-    fn get(&mut self, ip: IpAddr) -> Arc<str> {
-        if let Some((_, text)) = self.values.iter().flatten().find(|(seen, _)| *seen == ip) {
+    /// The text of the entry `is` picks, or the one `make` makes (which then replaces the
+    /// oldest entry).
+    fn find_or(&mut self, is: impl Fn(&K, &str) -> bool, make: impl FnOnce() -> (K, Arc<str>)) -> Arc<str> {
+        if let Some((_, text)) = self.values.iter().flatten().find(|(k, text)| is(k, text)) {
             return Arc::clone(text);
         }
-        let text: Arc<str> = ip.to_string().into();
-        self.values[self.next] = Some((ip, Arc::clone(&text)));
+        let (key, text) = make();
+        self.values[self.next] = Some((key, Arc::clone(&text)));
         self.next = (self.next + 1) % self.values.len();
         text
     }
 }
 
-/// The last few distinct values seen, replaced round-robin.
-struct Recent {
-    values: [Option<Arc<str>>; 8],
-    next: usize,
+impl Recent<()> {
+    fn get(&mut self, value: &str) -> Arc<str> {
+        self.find_or(|(), text| text == value, || ((), value.into()))
+    }
 }
 
-impl Recent {
-    const fn new() -> Self {
-        Recent { values: [const { None }; 8], next: 0 }
-    }
-
-    fn get(&mut self, value: &str) -> Arc<str> {
-        if let Some(v) = self.values.iter().flatten().find(|v| &***v == value) {
-            return Arc::clone(v);
-        }
-        let v: Arc<str> = value.into();
-        self.values[self.next] = Some(Arc::clone(&v));
-        self.next = (self.next + 1) % self.values.len();
-        v
+impl Recent<IpAddr> {
+    fn get(&mut self, ip: IpAddr) -> Arc<str> {
+        self.find_or(|seen, _| *seen == ip, || (ip, ip.to_string().into()))
     }
 }
 
@@ -199,7 +192,7 @@ mod tests {
 
     #[test]
     fn recent_values_are_shared_and_bounded() {
-        let mut recent = Recent::new();
+        let mut recent = Recent::<()>::new();
         let a = recent.get("api.local");
         assert!(Arc::ptr_eq(&a, &recent.get("api.local")));
         for i in 0..100 {
@@ -212,7 +205,7 @@ mod tests {
 
     #[test]
     fn recent_peer_addresses_are_formatted_once_and_bounded() {
-        let mut recent = RecentIps::new();
+        let mut recent = Recent::<IpAddr>::new();
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let a = recent.get(ip);
         assert_eq!(&*a, "10.1.2.3");
