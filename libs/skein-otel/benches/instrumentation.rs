@@ -288,3 +288,52 @@ fn part_attach_context(b: Bencher) {
     let cx = opentelemetry::Context::current_with_span(tracer.start("x"));
     b.bench_local(|| drop(cx.clone().attach()));
 }
+
+/// The floor under any server layer built on the SDK's API: a tower handler wrapped by hand
+/// in only what the issue requires beyond a raw span (the caller's context read from
+/// `traceparent`, the span a child of it in a `Context`, that context in the request's
+/// extensions and current while `call` and the handler's future run), with the raw span's
+/// static attributes and no request parsing. Compare with `http_plain_tower_handler` and
+/// `raw_sdk_span`.
+#[divan::bench]
+fn floor_tower_context_work(b: Bencher) {
+    use opentelemetry::trace::TraceContextExt;
+    w3c();
+    let tracer = PROVIDER.tracer("bench");
+    let mut svc = tower::service_fn(handler);
+    b.bench_local(|| {
+        RT.block_on(async {
+            let mut req = request();
+            let parent = skein_otel::propagation::extract(req.headers());
+            let span = tracer
+                .span_builder("GET /users/{id}")
+                .with_kind(SpanKind::Server)
+                .with_attributes([
+                    KeyValue::new("http.request.method", "GET"),
+                    KeyValue::new("url.path", "/users/42"),
+                    KeyValue::new("url.query", "page=2"),
+                    KeyValue::new("url.scheme", "http"),
+                    KeyValue::new("http.route", "/users/{id}"),
+                    KeyValue::new("server.address", "api.local"),
+                    KeyValue::new("server.port", 8080i64),
+                    KeyValue::new("network.protocol.version", "1.1"),
+                    KeyValue::new("user_agent.original", "bench/1.0"),
+                ])
+                .start_with_context(&tracer, &parent);
+            let cx = parent.with_span(span);
+            req.extensions_mut().insert(cx.clone());
+            let fut = {
+                let _guard = cx.clone().attach();
+                svc.call(req)
+            };
+            let resp = {
+                let _guard = cx.clone().attach();
+                fut.await
+            };
+            cx.span().set_attribute(KeyValue::new("http.response.status_code", 200i64));
+            cx.span().end();
+            resp
+        })
+        .unwrap()
+    });
+}
