@@ -50,9 +50,51 @@ mod w3c {
     use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
     // Names made at compile time: looking one up skips parsing and validating the name.
-    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-    const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
-    const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+    pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    pub(crate) const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+    pub(crate) const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+
+    /// Where the fast path reads the W3C headers: a header map (a lookup per name, made
+    /// only when needed), or the values a caller already found in its own pass over them.
+    pub(crate) trait W3cHeaders {
+        fn traceparent(&self) -> Option<&http::HeaderValue>;
+        fn tracestate(&self) -> Option<&http::HeaderValue>;
+        fn has_baggage(&self) -> bool;
+    }
+
+    impl W3cHeaders for http::HeaderMap {
+        fn traceparent(&self) -> Option<&http::HeaderValue> {
+            self.get(TRACEPARENT)
+        }
+        fn tracestate(&self) -> Option<&http::HeaderValue> {
+            self.get(TRACESTATE)
+        }
+        fn has_baggage(&self) -> bool {
+            self.contains_key(BAGGAGE)
+        }
+    }
+
+    /// The W3C headers of a request, found by the caller.
+    #[cfg(feature = "tower")]
+    #[derive(Clone, Copy, Default, Debug)]
+    pub(crate) struct FoundW3cHeaders<'a> {
+        pub(crate) traceparent: Option<&'a http::HeaderValue>,
+        pub(crate) tracestate: Option<&'a http::HeaderValue>,
+        pub(crate) baggage: bool,
+    }
+
+    #[cfg(feature = "tower")]
+    impl W3cHeaders for FoundW3cHeaders<'_> {
+        fn traceparent(&self) -> Option<&http::HeaderValue> {
+            self.traceparent
+        }
+        fn tracestate(&self) -> Option<&http::HeaderValue> {
+            self.tracestate
+        }
+        fn has_baggage(&self) -> bool {
+            self.baggage
+        }
+    }
 
     /// What the fast path may do for a request, decided from the fields a propagator reads.
     #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -91,17 +133,27 @@ mod w3c {
         headers: &http::HeaderMap,
         propagator: Option<&(dyn TextMapPropagator + Send + Sync)>,
     ) -> Context {
+        extract_found(headers, headers, propagator)
+    }
+
+    /// [`extract`], with the W3C headers read from `found` on the fast path (`headers` is
+    /// what a propagator reads otherwise).
+    pub(crate) fn extract_found(
+        headers: &http::HeaderMap,
+        found: &impl W3cHeaders,
+        propagator: Option<&(dyn TextMapPropagator + Send + Sync)>,
+    ) -> Context {
         let fields = match propagator {
             Some(p) => fields_of(p),
             None => opentelemetry::global::get_text_map_propagator(|p| fields_of(p)),
         };
         let fast = match fields {
             Fields::TraceContext => true,
-            Fields::TraceContextAndBaggage => !headers.contains_key(BAGGAGE),
+            Fields::TraceContextAndBaggage => !found.has_baggage(),
             Fields::Other => false,
         };
         if fast {
-            return match span_context(headers) {
+            return match span_context(found) {
                 Some(sc) => Context::new().with_remote_span_context(sc),
                 None => Context::new(),
             };
@@ -113,9 +165,9 @@ mod w3c {
         }
     }
 
-    fn span_context(headers: &http::HeaderMap) -> Option<SpanContext> {
-        let (trace_id, span_id, flags) = parse_traceparent(headers.get(TRACEPARENT)?.as_bytes())?;
-        let trace_state = match headers.get(TRACESTATE).and_then(|v| v.to_str().ok()) {
+    fn span_context(headers: &impl W3cHeaders) -> Option<SpanContext> {
+        let (trace_id, span_id, flags) = parse_traceparent(headers.traceparent()?.as_bytes())?;
+        let trace_state = match headers.tracestate().and_then(|v| v.to_str().ok()) {
             Some(s) => s.parse().unwrap_or_default(),
             None => TraceState::NONE,
         };
@@ -176,7 +228,7 @@ mod w3c {
 }
 
 #[cfg(feature = "tower")]
-pub(crate) use w3c::extract as extract_headers;
+pub(crate) use w3c::{BAGGAGE, FoundW3cHeaders, TRACEPARENT, TRACESTATE, extract_found};
 
 #[cfg(all(test, any(feature = "tower", feature = "reqwest")))]
 mod tests {

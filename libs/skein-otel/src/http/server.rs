@@ -18,9 +18,10 @@
 //! (`req.extensions().get::<opentelemetry::Context>()`). Attributes follow the stable HTTP
 //! semantic conventions; 5xx answers and handler errors set status Error, 4xx does not.
 //!
-//! The layer keeps its own cost low: with the W3C propagator that [`crate::init`] installs it
-//! reads `traceparent` without allocating, makes each route's span names once, and shares
-//! repeated `Host`, `User-Agent` and client address values between requests.
+//! The layer keeps its own cost low: it reads the headers it needs in one pass, with the W3C
+//! propagator that [`crate::init`] installs it parses `traceparent` without allocating, it
+//! makes each route's span names once, and shares repeated `Host`, `User-Agent` and client
+//! address values between requests.
 //! `cargo bench -p skein-otel --all-features --bench instrumentation` prints what it costs
 //! beside a raw SDK span.
 
@@ -172,8 +173,60 @@ fn route<B>(req: &Request<B>) -> Option<&str> {
 /// Made at compile time: a lookup by name would parse and validate it on every request.
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
-fn client_address<B>(req: &Request<B>) -> Option<opentelemetry::Value> {
-    if let Some(xff) = req.headers().get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
+/// The headers the layer reads. A request with a few dozen headers (nearly all of them) is
+/// read in one pass comparing names, which costs less than a hashed lookup per name; a
+/// larger one is looked up name by name. Either way each name's first value is the one kept.
+#[derive(Default)]
+struct Head<'a> {
+    w3c: crate::propagation::FoundW3cHeaders<'a>,
+    host: Option<&'a http::HeaderValue>,
+    user_agent: Option<&'a http::HeaderValue>,
+    forwarded_for: Option<&'a http::HeaderValue>,
+}
+
+/// Up to this many header values are read in one pass.
+const SCAN_HEADERS: usize = 24;
+
+impl<'a> Head<'a> {
+    fn read(headers: &'a http::HeaderMap) -> Self {
+        use crate::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
+        use http::header::{HOST, USER_AGENT};
+        if headers.len() > SCAN_HEADERS {
+            return Head {
+                w3c: crate::propagation::FoundW3cHeaders {
+                    traceparent: headers.get(TRACEPARENT),
+                    tracestate: headers.get(TRACESTATE),
+                    baggage: headers.contains_key(BAGGAGE),
+                },
+                host: headers.get(HOST),
+                user_agent: headers.get(USER_AGENT),
+                forwarded_for: headers.get(X_FORWARDED_FOR),
+            };
+        }
+        let mut head = Head::default();
+        for (name, value) in headers {
+            let slot = if name == HOST {
+                &mut head.host
+            } else if name == USER_AGENT {
+                &mut head.user_agent
+            } else if name == TRACEPARENT {
+                &mut head.w3c.traceparent
+            } else if name == TRACESTATE {
+                &mut head.w3c.tracestate
+            } else if name == X_FORWARDED_FOR {
+                &mut head.forwarded_for
+            } else {
+                head.w3c.baggage |= name == BAGGAGE;
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        head
+    }
+}
+
+fn client_address<B>(req: &Request<B>, head: &Head<'_>) -> Option<opentelemetry::Value> {
+    if let Some(xff) = head.forwarded_for.and_then(|v| v.to_str().ok())
         && let Some(first) = xff.split(',').next().map(str::trim).filter(|s| !s.is_empty())
     {
         return Some(intern::client(first));
@@ -182,24 +235,25 @@ fn client_address<B>(req: &Request<B>) -> Option<opentelemetry::Value> {
     if let Some(ci) = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>() {
         return Some(intern::client_ip(ci.0.ip()));
     }
+    let _ = req;
     None
 }
 
-/// `host[:port]` from the `Host` header or the URI authority (parsed in place: this runs
-/// on every request).
-fn server_address<B>(req: &Request<B>) -> Option<(&str, Option<u16>)> {
-    let raw = match req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+/// `host[:port]` from the `Host` header or the URI authority (parsed in place, byte by byte:
+/// this runs on every request, on a few bytes).
+fn server_address<'a, B>(req: &'a Request<B>, head: &Head<'a>) -> Option<(&'a str, Option<u16>)> {
+    let raw = match head.host.and_then(|h| h.to_str().ok()) {
         Some(h) => h,
         None => req.uri().authority()?.as_str(),
     };
-    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    let raw = raw.bytes().rposition(|b| b == b'@').map_or(raw, |at| &raw[at + 1..]);
     if let Some(rest) = raw.strip_prefix('[') {
         // [v6]:port
         let (host, tail) = rest.split_once(']')?;
         return Some((host, tail.strip_prefix(':').and_then(|p| p.parse().ok())));
     }
-    match raw.rsplit_once(':') {
-        Some((host, port)) => Some((host, port.parse().ok())),
+    match raw.bytes().rposition(|b| b == b':') {
+        Some(colon) => Some((&raw[..colon], raw[colon + 1..].parse().ok())),
         None => Some((raw, None)),
     }
 }
@@ -242,7 +296,9 @@ where
         {
             return ResponseFuture { inner: self.inner.call(req), cx: None };
         }
-        let remote = crate::propagation::extract_headers(req.headers(), config.propagator.as_deref());
+        let head = Head::read(req.headers());
+        let remote =
+            crate::propagation::extract_found(req.headers(), &head.w3c, config.propagator.as_deref());
         let method_index = crate::http::method_index(req.method());
         let method = crate::http::METHOD_NAMES[method_index];
         let route = route(&req);
@@ -273,19 +329,19 @@ where
             (None, Some(r)) => attributes.push(KeyValue::new(HTTP_ROUTE, r.to_owned())),
             (None, None) => {}
         }
-        if let Some((host, port)) = server_address(&req) {
+        if let Some((host, port)) = server_address(&req, &head) {
             attributes.push(KeyValue::new(SERVER_ADDRESS, intern::host(host)));
             if let Some(port) = port {
                 attributes.push(KeyValue::new(SERVER_PORT, port as i64));
             }
         }
-        if let Some(client) = client_address(&req) {
+        if let Some(client) = client_address(&req, &head) {
             attributes.push(KeyValue::new(CLIENT_ADDRESS, client));
         }
         if let Some(v) = crate::http::protocol_version(req.version()) {
             attributes.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
         }
-        if let Some(ua) = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()) {
+        if let Some(ua) = head.user_agent.and_then(|v| v.to_str().ok()) {
             attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, intern::user_agent(ua)));
         }
         let mut builder =
@@ -366,4 +422,64 @@ pub(crate) fn short_type_name<T>() -> &'static str {
     let full = std::any::type_name::<T>();
     let base = full.split('<').next().unwrap_or(full);
     base.rsplit("::").next().unwrap_or(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass read finds what a lookup per name finds (each name's first value), in
+    /// small maps and in maps large enough to be looked up name by name.
+    #[test]
+    fn one_pass_header_read_agrees_with_lookups() {
+        use crate::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
+        use http::header::{HOST, USER_AGENT};
+        let names = [HOST, USER_AGENT, TRACEPARENT, TRACESTATE, X_FORWARDED_FOR, BAGGAGE];
+        for filler in [0, 3, SCAN_HEADERS - 8, SCAN_HEADERS + 1, 60] {
+            for present in 0..(1u32 << names.len()) {
+                let mut h = http::HeaderMap::new();
+                for i in 0..filler {
+                    let name = http::HeaderName::try_from(format!("x-filler-{i}")).unwrap();
+                    h.append(name, http::HeaderValue::from_static("v"));
+                }
+                for (i, name) in names.iter().enumerate() {
+                    if present & (1 << i) != 0 {
+                        h.append(name.clone(), http::HeaderValue::from_str(&format!("first-{i}")).unwrap());
+                        h.append(name.clone(), http::HeaderValue::from_static("second"));
+                    }
+                }
+                let head = Head::read(&h);
+                let case = format!("{filler} fillers, headers {present:06b}");
+                assert_eq!(head.host, h.get(HOST), "{case}");
+                assert_eq!(head.user_agent, h.get(USER_AGENT), "{case}");
+                assert_eq!(head.forwarded_for, h.get(X_FORWARDED_FOR), "{case}");
+                assert_eq!(head.w3c.traceparent, h.get(TRACEPARENT), "{case}");
+                assert_eq!(head.w3c.tracestate, h.get(TRACESTATE), "{case}");
+                assert_eq!(head.w3c.baggage, h.contains_key(BAGGAGE), "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn server_address_from_host_or_authority() {
+        let cases = [
+            (Some("api.local:8080"), "http://ignored/", Some(("api.local", Some(8080)))),
+            (Some("api.local"), "/", Some(("api.local", None))),
+            (Some("[::1]:9000"), "/", Some(("::1", Some(9000)))),
+            (Some("[::1]"), "/", Some(("::1", None))),
+            (Some("host:notaport"), "/", Some(("host", None))),
+            (None, "http://user:pw@example.com:81/x", Some(("example.com", Some(81)))),
+            (None, "http://example.com/x", Some(("example.com", None))),
+            (None, "/x", None),
+        ];
+        for (host, uri, want) in cases {
+            let mut req = Request::builder().uri(uri);
+            if let Some(host) = host {
+                req = req.header(http::header::HOST, host);
+            }
+            let req = req.body(()).unwrap();
+            let head = Head::read(req.headers());
+            assert_eq!(server_address(&req, &head), want, "{host:?} {uri}");
+        }
+    }
 }
