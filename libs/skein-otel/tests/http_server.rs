@@ -144,6 +144,30 @@ async fn errors_filters_and_unknown_methods() {
     assert_eq!(check.spans.len(), 4);
 }
 
+/// The filter sees the route axum matched (from the extensions), and the body it set aside
+/// reaches the handler whether the request is traced or not.
+#[tokio::test]
+async fn filter_sees_the_matched_route_and_bodies_pass_through() {
+    let recorder = Recorder::new();
+    let provider = recorder.provider("users");
+    let app = Router::new()
+        .route("/echo", axum::routing::post(|body: String| async move { body }))
+        .route("/internal/{x}", axum::routing::post(|body: String| async move { format!("internal {body}") }))
+        .layer(TraceLayer::new().with_tracer_provider(&provider).with_filter(|req| {
+            req.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str()) != Some("/internal/{x}")
+        }));
+    let addr = serve(app).await;
+    let client = reqwest::Client::new();
+    let echo = client.post(format!("http://{addr}/echo")).body("hello").send().await.unwrap();
+    assert_eq!(echo.text().await.unwrap(), "hello");
+    let internal = client.post(format!("http://{addr}/internal/7")).body("ping").send().await.unwrap();
+    assert_eq!(internal.text().await.unwrap(), "internal ping");
+
+    let check = recorder.check();
+    assert_eq!(check.spans.len(), 1, "only /echo is traced: {:?}", check.spans);
+    assert_eq!(check.span("POST /echo").attr("http.response.status_code").as_deref(), Some("200"));
+}
+
 #[tokio::test]
 async fn public_endpoint_starts_a_new_trace_linked_to_the_caller() {
     let _ = Recorder::new().install_global("unused");

@@ -114,7 +114,8 @@ impl TraceLayer {
     }
 
     /// Only requests for which `filter` returns true are traced (e.g. skip `/healthz`).
-    /// The filter sees the request head (its body is replaced by `()`).
+    /// The filter sees the request's head and extensions (axum's `MatchedPath` among them
+    /// when the layer is on a `Router`); its body is set aside while the filter runs.
     pub fn with_filter(self, filter: impl Fn(&Request<()>) -> bool + Send + Sync + 'static) -> Self {
         self.map(|c| c.filter = Some(Arc::new(filter)))
     }
@@ -267,15 +268,6 @@ fn scheme(uri: &http::Uri) -> opentelemetry::Value {
     }
 }
 
-fn request_head<B>(req: &Request<B>) -> Request<()> {
-    let mut head = Request::new(());
-    *head.method_mut() = req.method().clone();
-    *head.uri_mut() = req.uri().clone();
-    *head.version_mut() = req.version();
-    *head.headers_mut() = req.headers().clone();
-    head
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TraceService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -291,10 +283,15 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        if let Some(filter) = &config.filter
-            && !filter(&request_head(&req))
-        {
-            return ResponseFuture { inner: self.inner.call(req), cx: None };
+        if let Some(filter) = &config.filter {
+            // The filter sees the request with its body set aside (moved, not copied).
+            let (parts, body) = req.into_parts();
+            let head = Request::from_parts(parts, ());
+            let traced = filter(&head);
+            req = Request::from_parts(head.into_parts().0, body);
+            if !traced {
+                return ResponseFuture { inner: self.inner.call(req), cx: None };
+            }
         }
         let head = Head::read(req.headers());
         let remote =
