@@ -174,9 +174,10 @@ fn route<B>(req: &Request<B>) -> Option<&str> {
 /// Made at compile time: a lookup by name would parse and validate it on every request.
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
-/// The headers the layer reads. A request with a few dozen headers (nearly all of them) is
-/// read in one pass comparing names, which costs less than a hashed lookup per name; a
-/// larger one is looked up name by name. Either way each name's first value is the one kept.
+/// The headers the layer reads. A request with up to [`SCAN_HEADERS`] header values (nearly
+/// every request) is read in one pass comparing names, which costs less than a hashed lookup
+/// per name; a larger one is looked up name by name. Either way each name's first value is
+/// the one kept.
 #[derive(Default)]
 struct Head<'a> {
     w3c: crate::propagation::FoundW3cHeaders<'a>,
@@ -185,7 +186,7 @@ struct Head<'a> {
     forwarded_for: Option<&'a http::HeaderValue>,
 }
 
-/// Up to this many header values are read in one pass.
+/// Up to this many header values are read in one pass (past it, six lookups cost less).
 const SCAN_HEADERS: usize = 24;
 
 impl<'a> Head<'a> {
