@@ -61,6 +61,21 @@ async fn handler(_req: Request<()>) -> Result<Response<String>, Infallible> {
     Ok(Response::new(String::new()))
 }
 
+/// The attributes the server layer records for `request()`, as static values.
+fn server_attributes() -> [KeyValue; 9] {
+    [
+        KeyValue::new("http.request.method", "GET"),
+        KeyValue::new("url.path", "/users/42"),
+        KeyValue::new("url.query", "page=2"),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("http.route", "/users/{id}"),
+        KeyValue::new("server.address", "api.local"),
+        KeyValue::new("server.port", 8080i64),
+        KeyValue::new("network.protocol.version", "1.1"),
+        KeyValue::new("user_agent.original", "bench/1.0"),
+    ]
+}
+
 /// One SDK span with the attributes the server layer records, started and ended by hand.
 #[divan::bench]
 fn raw_sdk_span() {
@@ -68,17 +83,7 @@ fn raw_sdk_span() {
     let mut span = tracer
         .span_builder("GET /users/{id}")
         .with_kind(SpanKind::Server)
-        .with_attributes([
-            KeyValue::new("http.request.method", "GET"),
-            KeyValue::new("url.path", "/users/42"),
-            KeyValue::new("url.query", "page=2"),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("http.route", "/users/{id}"),
-            KeyValue::new("server.address", "api.local"),
-            KeyValue::new("server.port", 8080i64),
-            KeyValue::new("network.protocol.version", "1.1"),
-            KeyValue::new("user_agent.original", "bench/1.0"),
-        ])
+        .with_attributes(server_attributes())
         .start(&tracer);
     span.set_attribute(KeyValue::new("http.response.status_code", 200i64));
     span.end();
@@ -308,17 +313,7 @@ fn floor_tower_context_work(b: Bencher) {
             let span = tracer
                 .span_builder("GET /users/{id}")
                 .with_kind(SpanKind::Server)
-                .with_attributes([
-                    KeyValue::new("http.request.method", "GET"),
-                    KeyValue::new("url.path", "/users/42"),
-                    KeyValue::new("url.query", "page=2"),
-                    KeyValue::new("url.scheme", "http"),
-                    KeyValue::new("http.route", "/users/{id}"),
-                    KeyValue::new("server.address", "api.local"),
-                    KeyValue::new("server.port", 8080i64),
-                    KeyValue::new("network.protocol.version", "1.1"),
-                    KeyValue::new("user_agent.original", "bench/1.0"),
-                ])
+                .with_attributes(server_attributes())
                 .start_with_context(&tracer, &parent);
             let cx = parent.with_span(span);
             req.extensions_mut().insert(cx.clone());
