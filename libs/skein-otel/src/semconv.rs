@@ -17,12 +17,7 @@ pub(crate) const SENSITIVE_QUERY_KEYS: [&str; 4] = ["AWSAccessKeyId", "Signature
 /// nothing to redact, the common case).
 pub(crate) fn redact_query(query: &str) -> std::borrow::Cow<'_, str> {
     // The check runs on every query, so it goes byte by byte (the separators are ASCII).
-    let sensitive = |pair: &[u8]| {
-        pair.iter()
-            .position(|&b| b == b'=')
-            .is_some_and(|eq| SENSITIVE_QUERY_KEYS.iter().any(|k| k.as_bytes() == &pair[..eq]))
-    };
-    if !query.as_bytes().split(|&b| b == b'&').any(sensitive) {
+    if !query.as_bytes().split(|&b| b == b'&').any(|pair| sensitive_key_len(pair).is_some()) {
         return query.into();
     }
     let mut out = String::with_capacity(query.len());
@@ -30,15 +25,21 @@ pub(crate) fn redact_query(query: &str) -> std::borrow::Cow<'_, str> {
         if i > 0 {
             out.push('&');
         }
-        match pair.split_once('=') {
-            Some((k, _)) if SENSITIVE_QUERY_KEYS.contains(&k) => {
-                out.push_str(k);
+        match sensitive_key_len(pair.as_bytes()) {
+            Some(key) => {
+                out.push_str(&pair[..key]);
                 out.push_str("=REDACTED");
             }
-            _ => out.push_str(pair),
+            None => out.push_str(pair),
         }
     }
     out.into()
+}
+
+/// The length of a `key=value` pair's key when its value is to be redacted.
+fn sensitive_key_len(pair: &[u8]) -> Option<usize> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    SENSITIVE_QUERY_KEYS.iter().any(|k| k.as_bytes() == &pair[..eq]).then_some(eq)
 }
 
 #[cfg(test)]
