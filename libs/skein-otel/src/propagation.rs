@@ -84,6 +84,18 @@ mod w3c {
     }
 
     #[cfg(feature = "tower")]
+    impl<'a> FoundW3cHeaders<'a> {
+        /// The W3C headers of `headers`, each looked up by name.
+        pub(crate) fn look_up(headers: &'a http::HeaderMap) -> Self {
+            FoundW3cHeaders {
+                traceparent: headers.traceparent(),
+                tracestate: headers.tracestate(),
+                baggage: headers.has_baggage(),
+            }
+        }
+    }
+
+    #[cfg(feature = "tower")]
     impl W3cHeaders for FoundW3cHeaders<'_> {
         fn traceparent(&self) -> Option<&http::HeaderValue> {
             self.traceparent

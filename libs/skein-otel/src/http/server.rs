@@ -191,15 +191,11 @@ const SCAN_HEADERS: usize = 24;
 
 impl<'a> Head<'a> {
     fn read(headers: &'a http::HeaderMap) -> Self {
-        use crate::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE};
+        use crate::propagation::{BAGGAGE, FoundW3cHeaders, TRACEPARENT, TRACESTATE};
         use http::header::{HOST, USER_AGENT};
         if headers.len() > SCAN_HEADERS {
             return Head {
-                w3c: crate::propagation::FoundW3cHeaders {
-                    traceparent: headers.get(TRACEPARENT),
-                    tracestate: headers.get(TRACESTATE),
-                    baggage: headers.contains_key(BAGGAGE),
-                },
+                w3c: FoundW3cHeaders::look_up(headers),
                 host: headers.get(HOST),
                 user_agent: headers.get(USER_AGENT),
                 forwarded_for: headers.get(X_FORWARDED_FOR),
