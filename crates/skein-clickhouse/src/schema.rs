@@ -1,0 +1,257 @@
+//! The schema: which tables exist, their DDL for the server's version, the migrations table,
+//! and the cluster's shards. `docs/clickhouse.md` explains every choice.
+
+use crate::client::{ChError, Client};
+use crate::codec::Reader;
+use crate::sql::quote;
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The tables, in the order a batch is inserted (lookups before the spans that need them).
+pub const TABLES: [&str; 5] = ["resources", "operations", "spans", "search", "tags"];
+
+/// What the server's version allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    pub version: (u32, u32),
+    /// Column codecs (ZSTD, Delta), `LowCardinality` without the experimental setting and
+    /// data-skipping indexes: all generally available from 20.3 on.
+    pub modern: bool,
+}
+
+impl Features {
+    pub fn from_version(text: &str) -> Result<Features, String> {
+        let mut parts = text.trim().split('.');
+        let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+        let (Some(major), Some(minor)) = (next(), next()) else {
+            return Err(format!("cannot read ClickHouse's version from {text:?}"));
+        };
+        Ok(Features { version: (major, minor), modern: (major, minor) >= (20, 3) })
+    }
+
+    fn low_cardinality(&self, ty: &str) -> String {
+        if self.modern { format!("LowCardinality({ty})") } else { ty.to_owned() }
+    }
+
+    fn codec(&self, codec: &str) -> String {
+        if self.modern { format!(" CODEC({codec})") } else { String::new() }
+    }
+}
+
+/// Where the tables live and how rows are spread.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub database: String,
+    /// The cluster name when sharded.
+    pub cluster: Option<String>,
+}
+
+impl Layout {
+    /// The table queries and inserts use: the Distributed table when sharded.
+    pub fn table(&self, name: &str) -> String {
+        format!("{}.{name}", self.database)
+    }
+
+    /// The table that holds rows on one server.
+    pub fn local(&self, name: &str) -> String {
+        match self.cluster {
+            Some(_) => format!("{}.{name}_local", self.database),
+            None => format!("{}.{name}", self.database),
+        }
+    }
+
+    /// Statements that create every table on one server (all `IF NOT EXISTS`).
+    pub fn create_statements(&self, f: &Features, index_granularity: u32) -> Vec<String> {
+        let lc = |t: &str| f.low_cardinality(t);
+        let zstd = f.codec("ZSTD(3)");
+        let delta = f.codec("Delta, ZSTD(1)");
+        let plain_zstd = f.codec("ZSTD(1)");
+        let tables = [
+            (
+                "resources",
+                format!("id UInt64, shard_key UInt64, timestamp DateTime, payload String{zstd}"),
+                "ReplacingMergeTree() PARTITION BY toDate(timestamp) ORDER BY id".to_owned(),
+                "shard_key",
+            ),
+            (
+                "operations",
+                format!("service {}, name {}, kind UInt8, date Date", lc("String"), lc("String")),
+                "ReplacingMergeTree() PARTITION BY date ORDER BY (service, name, kind)".to_owned(),
+                "rand()",
+            ),
+            (
+                "spans",
+                format!(
+                    "trace_id FixedString(16){plain_zstd}, span_id FixedString(8){plain_zstd}, timestamp DateTime{delta}, \
+                     start_ns UInt64{delta}, resource_id UInt64{plain_zstd}, payload String{zstd}"
+                ),
+                format!(
+                    "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (trace_id, span_id) \
+                     SETTINGS index_granularity = {index_granularity}"
+                ),
+                "reinterpretAsUInt64(trace_id)",
+            ),
+            (
+                "search",
+                format!(
+                    "service {}, name {}, kind UInt8, timestamp DateTime{delta}, start_ns UInt64{delta}, \
+                     duration_ns UInt64{plain_zstd}, error UInt8, trace_id FixedString(16){plain_zstd}, \
+                     span_id FixedString(8){plain_zstd}, parent_span_id FixedString(8){plain_zstd}",
+                    lc("String"),
+                    lc("String")
+                ),
+                "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (service, name, timestamp)".to_owned(),
+                "reinterpretAsUInt64(trace_id)",
+            ),
+            (
+                "tags",
+                format!(
+                    "key {}, value String{plain_zstd}, service {}, timestamp DateTime{delta}, \
+                     trace_id FixedString(16){plain_zstd}",
+                    lc("String"),
+                    lc("String")
+                ),
+                "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, timestamp)".to_owned(),
+                "reinterpretAsUInt64(trace_id)",
+            ),
+        ];
+        let mut out = Vec::new();
+        for (name, columns, engine, shard_by) in tables {
+            let local = self.local(name);
+            out.push(format!("CREATE TABLE IF NOT EXISTS {local} ({columns}) ENGINE = {engine}"));
+            if let Some(cluster) = &self.cluster {
+                out.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {} AS {local} ENGINE = Distributed({}, {}, {}, {shard_by})",
+                    self.table(name),
+                    quote(cluster),
+                    quote(&self.database),
+                    quote(&format!("{name}_local")),
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// One shard of the cluster: its weight and a client per replica.
+#[derive(Clone, Debug)]
+pub struct Shard {
+    pub number: u32,
+    pub weight: u32,
+    pub replicas: Vec<Client>,
+}
+
+/// The shards, and which one a sharding key goes to (the rule of ClickHouse's Distributed
+/// engine: key modulo the sum of weights, slots given to shards in order by weight).
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub shards: Vec<Shard>,
+    slots: Vec<usize>,
+}
+
+impl Topology {
+    pub fn single(client: Client) -> Topology {
+        Topology { shards: vec![Shard { number: 1, weight: 1, replicas: vec![client] }], slots: vec![0] }
+    }
+
+    /// Reads the cluster from `system.clusters` of the server `entry` talks to. Each replica
+    /// is reached over HTTP at its host and the entry URL's port.
+    pub async fn of_cluster(entry: &Client, cluster: &str) -> Result<Topology, TopologyError> {
+        let sql = format!(
+            "SELECT toUInt32(shard_num), toUInt32(shard_weight), host_address FROM system.clusters \
+             WHERE cluster = {} ORDER BY shard_num, replica_num FORMAT RowBinary",
+            quote(cluster)
+        );
+        let rows = entry.query(&sql, &[]).await.map_err(TopologyError::Query)?;
+        let mut r = Reader::new(&rows);
+        let mut shards: Vec<Shard> = Vec::new();
+        while !r.is_empty() {
+            let bad = |e: crate::codec::DecodeError| TopologyError::Bad(e.to_string());
+            let number = u32::from_le_bytes(r.take(4).map_err(bad)?.try_into().expect("4 bytes"));
+            let weight = u32::from_le_bytes(r.take(4).map_err(bad)?.try_into().expect("4 bytes"));
+            let host = r.str().map_err(bad)?.to_owned();
+            let replica = entry.at(&host, entry.port());
+            match shards.last_mut() {
+                Some(s) if s.number == number => s.replicas.push(replica),
+                _ => shards.push(Shard { number, weight, replicas: vec![replica] }),
+            }
+        }
+        if shards.is_empty() {
+            return Err(TopologyError::NoSuchCluster(cluster.to_owned()));
+        }
+        let mut slots = Vec::new();
+        for (i, s) in shards.iter().enumerate() {
+            slots.extend(std::iter::repeat_n(i, s.weight as usize));
+        }
+        if slots.is_empty() {
+            return Err(TopologyError::Bad(format!("every shard of cluster {cluster} has weight 0")));
+        }
+        Ok(Topology { shards, slots })
+    }
+
+    /// The shard holding rows with this sharding key.
+    pub fn shard_of(&self, key: u64) -> usize {
+        self.slots[(key % self.slots.len() as u64) as usize]
+    }
+
+    pub fn is_sharded(&self) -> bool {
+        self.shards.len() > 1
+    }
+}
+
+/// The sharding key of a trace: its first eight bytes read little-endian, exactly what the
+/// Distributed tables compute with `reinterpretAsUInt64(trace_id)`.
+pub fn trace_key(trace_id: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(trace_id[..8].try_into().expect("8 bytes"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("{0}")]
+    Query(ChError),
+    #[error(
+        "ClickHouse knows no cluster named {0:?}: check --clickhouse-cluster against <remote_servers> in the server's configuration (SELECT DISTINCT cluster FROM system.clusters lists them)"
+    )]
+    NoSuchCluster(String),
+    #[error("unexpected answer reading the cluster: {0}")]
+    Bad(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_choose_features() {
+        assert!(!Features::from_version("18.16.1").unwrap().modern);
+        assert!(!Features::from_version("19.17.4.11").unwrap().modern);
+        assert!(Features::from_version("20.3.1").unwrap().modern);
+        assert!(Features::from_version("26.1.2.3").unwrap().modern);
+        assert!(Features::from_version("banana").is_err());
+    }
+
+    #[test]
+    fn old_servers_get_no_codecs_and_new_ones_do() {
+        let layout = Layout { database: "skein".into(), cluster: None };
+        let old = layout.create_statements(&Features::from_version("18.16.1").unwrap(), 1024).join("\n");
+        assert!(!old.contains("CODEC") && !old.contains("LowCardinality"), "{old}");
+        let new = layout.create_statements(&Features::from_version("26.1").unwrap(), 1024).join("\n");
+        assert!(new.contains("CODEC(ZSTD(3))") && new.contains("LowCardinality(String)"), "{new}");
+    }
+
+    #[test]
+    fn sharded_layout_makes_local_and_distributed_tables() {
+        let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
+        let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap(), 1024);
+        assert_eq!(ddl.len(), 10);
+        assert!(ddl[5].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
+    }
+
+    #[test]
+    fn trace_keys_follow_clickhouse_reinterpret() {
+        // SELECT reinterpretAsUInt64(unhex('0102030405060708090a0b0c0d0e0f10')) = 578437695752307201
+        let id: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        assert_eq!(trace_key(&id), 578437695752307201);
+    }
+}

@@ -1,0 +1,1079 @@
+//! [`ClickhouseStore`]: the local buffer, the background inserts, and the queries.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use skein_model::{Resource, Span, SpanId, SpanKind, TimeRange, TraceId};
+use skein_store::{
+    DependencyLink, Operation, SpanMatcher, SpanStore, StoreError, StoreStats, TraceQuery,
+    count_dependencies, dependency_links, synthetic_tags_of,
+};
+use skein_wal::{FsyncPolicy, Wal, WalConfig};
+use tokio::sync::Notify;
+
+use crate::client::{ChError, Client};
+use crate::codec::{self, Reader, Writer};
+use crate::schema::{Features, Layout, SCHEMA_VERSION, TABLES, Topology, trace_key};
+use crate::sql::{identifier, quote, tuple, unhex};
+
+/// Bytes of an attribute value kept in the `tags` index; longer values are indexed by this
+/// prefix, and the whole value is checked on the span itself.
+pub const INDEXED_VALUE_BYTES: usize = 128;
+/// Most spans sent in one insert.
+const MAX_INSERT_SPANS: usize = 100_000;
+/// Resource and operation rows remembered as written, per kind, before the memory is reset.
+const WRITTEN_CACHE: usize = 100_000;
+
+/// Settings of a [`ClickhouseStore`].
+#[derive(Clone, Debug)]
+pub struct ClickhouseConfig {
+    /// ClickHouse's HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Shard over this cluster of the server's `remote_servers`; one server when `None`.
+    pub cluster: Option<String>,
+    /// Where the local buffer (a WAL) lives.
+    pub buffer_dir: PathBuf,
+    /// Writes are refused (as overload) while the buffer holds this many bytes.
+    pub buffer_max_bytes: u64,
+    pub wal_fsync: FsyncPolicy,
+    /// Buffered spans are inserted at least this often …
+    pub flush_interval: Duration,
+    /// … and as soon as this many are buffered.
+    pub flush_spans: usize,
+    /// Spans older than this are dropped, a day partition at a time.
+    pub retention: Duration,
+}
+
+impl ClickhouseConfig {
+    pub fn new(url: impl Into<String>, buffer_dir: impl Into<PathBuf>) -> Self {
+        ClickhouseConfig {
+            url: url.into(),
+            database: "skein".into(),
+            user: None,
+            password: None,
+            cluster: None,
+            buffer_dir: buffer_dir.into(),
+            buffer_max_bytes: 256 * 1024 * 1024,
+            wal_fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            flush_interval: Duration::from_secs(1),
+            flush_spans: 20_000,
+            retention: Duration::from_secs(72 * 3600),
+        }
+    }
+}
+
+/// Why the store could not open; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}; is ClickHouse running? Point --clickhouse-url at its HTTP interface (default port 8123)")]
+    Unreachable(ChError),
+    #[error(
+        "ClickHouse at {url} refused the credentials of user {user:?}: check --clickhouse-user and --clickhouse-password-file ({message})"
+    )]
+    Auth { url: String, user: String, message: String },
+    #[error("{0}")]
+    Cluster(String),
+    #[error("{0}")]
+    Schema(String),
+    #[error("cannot open the local buffer in {dir}: {message}")]
+    Buffer { dir: PathBuf, message: String },
+    #[error("{0}")]
+    ClickHouse(ChError),
+}
+
+#[derive(Debug)]
+struct PendingBatch {
+    segment: u64,
+    spans: Arc<Vec<Span>>,
+    bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    batches: Vec<PendingBatch>,
+    bytes: u64,
+    spans: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ClickhouseConfig,
+    entry: Client,
+    topology: Topology,
+    layout: Layout,
+    wal: Wal,
+    /// Held (shared) by a write from its WAL append until its batch is in `pending`, and
+    /// (exclusively) by the flusher while it picks the segments it will deliver, so no
+    /// acknowledged batch is in a segment that is removed before the batch is delivered.
+    gate: tokio::sync::RwLock<()>,
+    pending: RwLock<Pending>,
+    wake: Notify,
+    stop: Notify,
+    resources: Mutex<HashMap<u64, Arc<Resource>>>,
+    written_resources: Mutex<HashSet<(u64, u32, usize)>>,
+    written_operations: Mutex<HashSet<(String, String, u8, u32)>>,
+    spans_written: AtomicU64,
+    spans_delivered: AtomicU64,
+}
+
+/// Spans in ClickHouse, behind a local durable buffer. See the crate documentation.
+#[derive(Debug)]
+pub struct ClickhouseStore {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for ClickhouseStore {
+    fn drop(&mut self) {
+        self.shared.stop.notify_waiters();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn secs(nanos: u64) -> u32 {
+    (nanos / 1_000_000_000).min(u32::MAX as u64) as u32
+}
+
+impl ClickhouseStore {
+    /// Connects, creates or migrates the schema on every server, replays the local buffer
+    /// and starts the background inserts. Must run inside a Tokio runtime.
+    pub async fn open(config: ClickhouseConfig) -> Result<ClickhouseStore, OpenError> {
+        identifier(&config.database).map_err(OpenError::Config)?;
+        let entry = Client::new(&config.url, config.user.clone(), config.password.clone())
+            .map_err(OpenError::Config)?;
+        let user = config.user.clone().unwrap_or_else(|| "default".into());
+        let classify = |e: ChError| -> OpenError {
+            match e {
+                ChError::Unreachable { .. } => OpenError::Unreachable(e),
+                ChError::Server { ref url, ref message, .. } if e.is_auth() => {
+                    OpenError::Auth { url: url.clone(), user: user.clone(), message: message.clone() }
+                }
+                e => OpenError::ClickHouse(e),
+            }
+        };
+        entry.query("SELECT 1", &[]).await.map_err(classify)?;
+        let topology = match &config.cluster {
+            Some(name) => Topology::of_cluster(&entry, name).await.map_err(|e| match e {
+                crate::schema::TopologyError::Query(ch) => classify(ch),
+                other => OpenError::Cluster(other.to_string()),
+            })?,
+            None => Topology::single(entry.clone()),
+        };
+        let layout = Layout { database: config.database.clone(), cluster: config.cluster.clone() };
+        for shard in &topology.shards {
+            for replica in &shard.replicas {
+                migrate(replica, &layout).await.map_err(|e| match e {
+                    MigrateError::ClickHouse(ch) => match ch {
+                        ChError::Unreachable { .. } if config.cluster.is_some() => OpenError::Cluster(format!(
+                            "{ch}; every shard's HTTP interface must be reachable at its host from system.clusters and the port of --clickhouse-url"
+                        )),
+                        ch => classify(ch),
+                    },
+                    MigrateError::Schema(s) => OpenError::Schema(s),
+                })?;
+            }
+        }
+        let wal_config = WalConfig {
+            fsync: config.wal_fsync,
+            segment_bytes: 64 * 1024 * 1024,
+            ..WalConfig::new(&config.buffer_dir)
+        };
+        let dir = config.buffer_dir.clone();
+        let (wal, recovery) =
+            tokio::task::spawn_blocking(move || Wal::open(wal_config, Arc::new(skein_wal::fs::OsFs)))
+                .await
+                .map_err(|e| OpenError::Buffer { dir: dir.clone(), message: e.to_string() })?
+                .map_err(|e| OpenError::Buffer { dir: dir.clone(), message: e.to_string() })?;
+        let mut pending = Pending::default();
+        for (pos, record) in recovery.records {
+            match codec::decode_batch(&record) {
+                Ok(spans) => {
+                    pending.bytes += record.len() as u64;
+                    pending.spans += spans.len();
+                    pending.batches.push(PendingBatch {
+                        segment: pos.segment,
+                        spans: Arc::new(spans),
+                        bytes: record.len() as u64,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(segment = pos.segment, offset = pos.offset, error = %e, "unreadable buffered batch skipped")
+                }
+            }
+        }
+        if !pending.batches.is_empty() {
+            tracing::info!(spans = pending.spans, "spans from the local buffer will be sent to ClickHouse");
+        }
+        let shared = Arc::new(Shared {
+            config,
+            entry,
+            topology,
+            layout,
+            wal,
+            gate: tokio::sync::RwLock::new(()),
+            pending: RwLock::new(pending),
+            wake: Notify::new(),
+            stop: Notify::new(),
+            resources: Mutex::new(HashMap::new()),
+            written_resources: Mutex::new(HashSet::new()),
+            written_operations: Mutex::new(HashSet::new()),
+            spans_written: AtomicU64::new(0),
+            spans_delivered: AtomicU64::new(0),
+        });
+        let flusher = tokio::spawn(flush_loop(Arc::clone(&shared)));
+        let retention = tokio::spawn(retention_loop(Arc::clone(&shared)));
+        Ok(ClickhouseStore { shared, tasks: vec![flusher, retention] })
+    }
+
+    /// Spans acknowledged by this node that are not in ClickHouse yet.
+    pub fn buffered_spans(&self) -> usize {
+        self.shared.pending.read().spans
+    }
+
+    /// Sends everything buffered to ClickHouse now.
+    pub async fn flush_now(&self) -> Result<(), StoreError> {
+        self.shared.flush_once().await.map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Drops partitions older than the retention now (it also runs hourly).
+    pub async fn apply_retention(&self) -> Result<usize, StoreError> {
+        self.shared.apply_retention().await.map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+#[derive(Debug)]
+enum MigrateError {
+    ClickHouse(ChError),
+    Schema(String),
+}
+
+impl From<ChError> for MigrateError {
+    fn from(e: ChError) -> Self {
+        MigrateError::ClickHouse(e)
+    }
+}
+
+/// Brings one server's schema to [`SCHEMA_VERSION`]; refuses a newer one.
+async fn migrate(server: &Client, layout: &Layout) -> Result<(), MigrateError> {
+    let version = String::from_utf8_lossy(&server.query("SELECT version()", &[]).await?).trim().to_owned();
+    let features = Features::from_version(&version).map_err(MigrateError::Schema)?;
+    let db = &layout.database;
+    server.query(&format!("CREATE DATABASE IF NOT EXISTS {db}"), &[]).await?;
+    server
+        .query(
+            &format!(
+                "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, applied_at DateTime, by String) ENGINE = TinyLog"
+            ),
+            &[],
+        )
+        .await?;
+    let raw = server
+        .query(&format!("SELECT toUInt32(max(version)) FROM {db}.schema_migrations FORMAT RowBinary"), &[])
+        .await?;
+    let current = raw.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(MigrateError::Schema(format!(
+            "the ClickHouse database {db} at {} has Skein schema version {current}, newer than this skein binary's schema version {SCHEMA_VERSION}; run a newer skein (or another --clickhouse-database)",
+            server.url()
+        )));
+    }
+    if current < SCHEMA_VERSION {
+        for statement in layout.create_statements(&features, 1024) {
+            server.query(&statement, &[]).await?;
+        }
+        server
+            .query(
+                &format!(
+                    "INSERT INTO {db}.schema_migrations VALUES ({SCHEMA_VERSION}, now(), {})",
+                    quote(concat!("skein ", env!("CARGO_PKG_VERSION")))
+                ),
+                &[],
+            )
+            .await?;
+        tracing::info!(server = %server.url(), clickhouse = %version, from = current, to = SCHEMA_VERSION, "clickhouse schema migrated");
+    }
+    Ok(())
+}
+
+/// The rows of one insert, one `RowBinary` body per table.
+#[derive(Default)]
+struct Rows {
+    resources: Writer,
+    operations: Writer,
+    spans: Writer,
+    search: Writer,
+    tags: Writer,
+    new_resources: Vec<(u64, u32, usize)>,
+    new_operations: Vec<(String, String, u8, u32)>,
+}
+
+/// An attribute value as the `tags` index holds it: its search text, cut to
+/// [`INDEXED_VALUE_BYTES`] on a character boundary.
+fn indexed_value(text: &str) -> &str {
+    if text.len() <= INDEXED_VALUE_BYTES {
+        return text;
+    }
+    let mut end = INDEXED_VALUE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Every indexed text a query value may be stored as: itself, and the canonical text of the
+/// integer, float or boolean it parses as (a query for `500` finds an `Int(500)`, stored as
+/// `500`; `1.50` finds a `Double(1.5)`, stored as `1.5`).
+fn indexed_candidates(want: &str) -> Vec<String> {
+    let mut out = vec![indexed_value(want).to_owned()];
+    if let Ok(i) = want.parse::<i64>() {
+        out.push(i.to_string());
+    }
+    if let Ok(f) = want.parse::<f64>() {
+        out.push(f.to_string());
+    }
+    if let Ok(b) = want.parse::<bool>() {
+        out.push(b.to_string());
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl Shared {
+    fn build_rows<'a>(&self, spans: impl Iterator<Item = &'a Span>) -> Rows {
+        let mut rows = Rows::default();
+        let mut encoded: HashMap<*const Resource, (u64, Vec<u8>)> = HashMap::new();
+        let mut seen_tags: HashSet<(TraceId, String, String, String)> = HashSet::new();
+        let written_res = self.written_resources.lock().clone();
+        let written_ops = self.written_operations.lock().clone();
+        let mut batch_res = HashSet::new();
+        let mut batch_ops = HashSet::new();
+        let mut payload = Vec::new();
+        for span in spans {
+            let tid = span.trace_id.as_bytes();
+            let key = trace_key(tid);
+            let ts = secs(span.start_time_unix_nano);
+            let day = ts / 86_400;
+            let (res_id, res_bytes) = encoded.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
+                let bytes = codec::encode_resource(&span.resource);
+                (codec::resource_id(&bytes), bytes)
+            });
+            let res_id = *res_id;
+            let shard = self.topology.shard_of(key);
+            let res_key = (res_id, day, shard);
+            if !written_res.contains(&res_key) && batch_res.insert(res_key) {
+                let w = &mut rows.resources;
+                w.buf.extend_from_slice(&res_id.to_le_bytes());
+                w.buf.extend_from_slice(&key.to_le_bytes());
+                w.buf.extend_from_slice(&ts.to_le_bytes());
+                w.bytes(res_bytes);
+                rows.new_resources.push(res_key);
+            }
+            let service = span.service_name();
+            let op_key = (service.to_owned(), span.name.to_string(), span.kind.code(), day);
+            if !written_ops.contains(&op_key) && !batch_ops.contains(&op_key) {
+                let w = &mut rows.operations;
+                w.bytes(service.as_bytes());
+                w.bytes(span.name.as_bytes());
+                w.u8(span.kind.code());
+                w.buf.extend_from_slice(&(day.min(u16::MAX as u32) as u16).to_le_bytes());
+                batch_ops.insert(op_key.clone());
+                rows.new_operations.push(op_key);
+            }
+
+            let w = &mut rows.spans;
+            w.buf.extend_from_slice(tid);
+            w.buf.extend_from_slice(span.span_id.as_bytes());
+            w.buf.extend_from_slice(&ts.to_le_bytes());
+            w.buf.extend_from_slice(&span.start_time_unix_nano.to_le_bytes());
+            w.buf.extend_from_slice(&res_id.to_le_bytes());
+            payload.clear();
+            codec::encode_payload(span, &mut payload);
+            w.bytes(&payload);
+
+            let w = &mut rows.search;
+            w.bytes(service.as_bytes());
+            w.bytes(span.name.as_bytes());
+            w.u8(span.kind.code());
+            w.buf.extend_from_slice(&ts.to_le_bytes());
+            w.buf.extend_from_slice(&span.start_time_unix_nano.to_le_bytes());
+            w.buf.extend_from_slice(&span.duration_nanos().to_le_bytes());
+            w.u8((span.status.code == skein_model::StatusCode::Error) as u8);
+            w.buf.extend_from_slice(tid);
+            w.buf.extend_from_slice(span.span_id.as_bytes());
+            w.buf.extend_from_slice(span.parent_span_id.map(|p| *p.as_bytes()).unwrap_or([0; 8]).as_slice());
+
+            let mut tag = |k: &str, v: &str| {
+                let v = indexed_value(v);
+                if seen_tags.insert((span.trace_id, service.to_owned(), k.to_owned(), v.to_owned())) {
+                    let w = &mut rows.tags;
+                    w.bytes(k.as_bytes());
+                    w.bytes(v.as_bytes());
+                    w.bytes(service.as_bytes());
+                    w.buf.extend_from_slice(&ts.to_le_bytes());
+                    w.buf.extend_from_slice(tid);
+                }
+            };
+            for kv in span.attributes.iter().chain(&span.resource.attributes) {
+                tag(&kv.key, &kv.value.to_search_string());
+            }
+            for e in &span.events {
+                tag("event", &e.name);
+                for kv in &e.attributes {
+                    tag(&kv.key, &kv.value.to_search_string());
+                }
+            }
+            for (k, v) in synthetic_tags_of(span) {
+                tag(k, v);
+            }
+        }
+        rows
+    }
+
+    fn insert_settings(&self) -> &'static [(&'static str, &'static str)] {
+        if self.layout.cluster.is_some() { &[("insert_distributed_sync", "1")] } else { &[] }
+    }
+
+    async fn insert(&self, rows: Rows) -> Result<(), ChError> {
+        let columns = [
+            "id, shard_key, timestamp, payload",
+            "service, name, kind, date",
+            "trace_id, span_id, timestamp, start_ns, resource_id, payload",
+            "service, name, kind, timestamp, start_ns, duration_ns, error, trace_id, span_id, parent_span_id",
+            "key, value, service, timestamp, trace_id",
+        ];
+        let bodies =
+            [rows.resources.buf, rows.operations.buf, rows.spans.buf, rows.search.buf, rows.tags.buf];
+        for ((table, cols), body) in TABLES.iter().zip(columns).zip(bodies) {
+            if body.is_empty() {
+                continue;
+            }
+            let sql = format!("INSERT INTO {} ({cols}) FORMAT RowBinary", self.layout.table(table));
+            self.entry.insert(&sql, body, self.insert_settings()).await?;
+        }
+        remember(&self.written_resources, rows.new_resources);
+        remember(&self.written_operations, rows.new_operations);
+        Ok(())
+    }
+
+    /// Delivers every batch whose WAL segment is complete, then removes those segments.
+    async fn flush_once(&self) -> Result<(), ChError> {
+        let (boundary, batches) = {
+            let _gate = self.gate.write().await;
+            if self.pending.read().batches.is_empty() {
+                return Ok(());
+            }
+            let boundary = match self.wal.rotate().await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot rotate the local buffer");
+                    return Ok(());
+                }
+            };
+            let p = self.pending.read();
+            let batches: Vec<Arc<Vec<Span>>> =
+                p.batches.iter().filter(|b| b.segment < boundary).map(|b| Arc::clone(&b.spans)).collect();
+            (boundary, batches)
+        };
+        let mut start = 0;
+        while start < batches.len() {
+            let mut end = start;
+            let mut n = 0;
+            while end < batches.len() && (n == 0 || n + batches[end].len() <= MAX_INSERT_SPANS) {
+                n += batches[end].len();
+                end += 1;
+            }
+            let chunk = &batches[start..end];
+            let rows = self.build_rows(chunk.iter().flat_map(|b| b.iter()));
+            self.insert(rows).await?;
+            self.spans_delivered.fetch_add(n as u64, Ordering::Relaxed);
+            let mut p = self.pending.write();
+            let mut freed = (0u64, 0usize);
+            p.batches.retain(|b| {
+                let delivered = chunk.iter().any(|c| Arc::ptr_eq(c, &b.spans));
+                if delivered {
+                    freed.0 += b.bytes;
+                    freed.1 += b.spans.len();
+                }
+                !delivered
+            });
+            p.bytes -= freed.0;
+            p.spans -= freed.1;
+            start = end;
+        }
+        if let Err(e) = self.wal.remove_segments_before(boundary).await {
+            tracing::warn!(error = %e, "cannot remove delivered buffer segments; they will be sent again");
+        }
+        Ok(())
+    }
+
+    /// Runs `sql` on the shard that holds `key`, trying its replicas in turn.
+    async fn query_shard(&self, shard: usize, sql: &str) -> Result<Vec<u8>, StoreError> {
+        let mut last = None;
+        for replica in &self.topology.shards[shard].replicas {
+            match replica.query(sql, &[]).await {
+                Ok(rows) => return Ok(rows),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(read_error(last.expect("a shard has at least one replica")))
+    }
+
+    async fn query(&self, sql: &str) -> Result<Vec<u8>, StoreError> {
+        let settings: &[(&str, &str)] =
+            if self.layout.cluster.is_some() { &[("distributed_product_mode", "local")] } else { &[] };
+        self.entry.query(sql, settings).await.map_err(read_error)
+    }
+
+    /// Resources by id, from the cache or from `server` (a shard's local table) / the entry.
+    async fn resources(
+        &self,
+        ids: HashSet<u64>,
+        shard: Option<usize>,
+    ) -> Result<HashMap<u64, Arc<Resource>>, StoreError> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.resources.lock();
+            for id in ids {
+                match cache.get(&id) {
+                    Some(r) => {
+                        out.insert(id, Arc::clone(r));
+                    }
+                    None => missing.push(id),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let list = tuple(missing.iter().map(|id| id.to_string()));
+        let rows = match shard {
+            Some(s) => {
+                let sql = format!(
+                    "SELECT id, any(payload) FROM {} WHERE id IN {list} GROUP BY id FORMAT RowBinary",
+                    self.layout.local("resources")
+                );
+                self.query_shard(s, &sql).await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT id, any(payload) FROM {} WHERE id IN {list} GROUP BY id FORMAT RowBinary",
+                    self.layout.table("resources")
+                );
+                self.query(&sql).await?
+            }
+        };
+        let mut r = Reader::new(&rows);
+        let mut cache = self.resources.lock();
+        if cache.len() > WRITTEN_CACHE {
+            cache.clear();
+        }
+        while !r.is_empty() {
+            let id = r.u64_le().map_err(corrupt)?;
+            let res = Arc::new(codec::decode_resource(r.bytes().map_err(corrupt)?).map_err(corrupt)?);
+            cache.insert(id, Arc::clone(&res));
+            out.insert(id, res);
+        }
+        Ok(out)
+    }
+
+    /// Decodes `trace_id, resource_id, payload` rows into spans grouped by trace.
+    async fn decode_span_rows(
+        &self,
+        rows: &[u8],
+        shard: Option<usize>,
+    ) -> Result<HashMap<TraceId, Vec<Span>>, StoreError> {
+        let mut raw = Vec::new();
+        let mut ids = HashSet::new();
+        let mut r = Reader::new(rows);
+        while !r.is_empty() {
+            let tid = TraceId::from_slice(r.take(16).map_err(corrupt)?)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+            let res = r.u64_le().map_err(corrupt)?;
+            let payload = r.bytes().map_err(corrupt)?;
+            ids.insert(res);
+            raw.push((tid, res, payload));
+        }
+        let resources = self.resources(ids, shard).await?;
+        let mut out: HashMap<TraceId, Vec<Span>> = HashMap::new();
+        for (tid, res, payload) in raw {
+            let resource = resources.get(&res).cloned().ok_or_else(|| {
+                StoreError::Internal(format!("resource {res:016x} of a span is missing in ClickHouse"))
+            })?;
+            out.entry(tid).or_default().push(codec::decode_payload(payload, tid, resource).map_err(corrupt)?);
+        }
+        Ok(out)
+    }
+
+    /// Whole traces from ClickHouse (through the Distributed table) and the buffer.
+    async fn fetch_traces(&self, ids: &[TraceId]) -> Result<HashMap<TraceId, Vec<Span>>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let list = tuple(chunk.iter().map(|t| unhex(t.as_bytes())));
+            let sql = format!(
+                "SELECT trace_id, resource_id, payload FROM {} WHERE trace_id IN {list} FORMAT RowBinary",
+                self.layout.table("spans")
+            );
+            let rows = self.query(&sql).await?;
+            out.extend(self.decode_span_rows(&rows, None).await?);
+        }
+        let wanted: HashSet<TraceId> = ids.iter().copied().collect();
+        self.add_pending(&mut out, |t| wanted.contains(t));
+        for spans in out.values_mut() {
+            dedup(spans);
+        }
+        Ok(out)
+    }
+
+    fn add_pending(&self, out: &mut HashMap<TraceId, Vec<Span>>, want: impl Fn(&TraceId) -> bool) {
+        let p = self.pending.read();
+        for b in &p.batches {
+            for s in b.spans.iter() {
+                if want(&s.trace_id) {
+                    out.entry(s.trace_id).or_default().push(s.clone());
+                }
+            }
+        }
+    }
+
+    /// Trace ids whose rows may hold a match, newest first, at most `limit`.
+    async fn candidates(&self, q: &TraceQuery, limit: usize) -> Result<Vec<TraceId>, StoreError> {
+        if q.time.is_empty() {
+            return Ok(Vec::new());
+        }
+        let from = secs(q.time.start_unix_nano);
+        let to = secs(q.time.end_unix_nano.saturating_sub(1));
+        let time = format!("timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to})");
+        let sql = if let Some(((k0, v0), rest)) = q.tags.split_first() {
+            let tag = |k: &str, v: &str| {
+                format!(
+                    "key = {} AND value IN {}",
+                    quote(k),
+                    tuple(indexed_candidates(v).iter().map(|c| quote(c)))
+                )
+            };
+            let mut cond = format!("{} AND {time}", tag(k0, v0));
+            if let Some(s) = &q.service {
+                cond.push_str(&format!(" AND service = {}", quote(s)));
+            }
+            for (k, v) in rest {
+                cond.push_str(&format!(
+                    " AND trace_id IN (SELECT trace_id FROM {} WHERE {} AND {time})",
+                    self.layout.table("tags"),
+                    tag(k, v)
+                ));
+            }
+            format!(
+                "SELECT trace_id, toUInt64(max(timestamp)) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+                self.layout.table("tags")
+            )
+        } else {
+            let mut cond = format!(
+                "{time} AND start_ns >= {} AND start_ns < {}",
+                q.time.start_unix_nano, q.time.end_unix_nano
+            );
+            if let Some(s) = &q.service {
+                cond.push_str(&format!(" AND service = {}", quote(s)));
+            }
+            if let Some(o) = &q.operation {
+                cond.push_str(&format!(" AND name = {}", quote(o)));
+            }
+            if let Some(d) = q.min_duration_nanos {
+                cond.push_str(&format!(" AND duration_ns >= {d}"));
+            }
+            if let Some(d) = q.max_duration_nanos {
+                cond.push_str(&format!(" AND duration_ns <= {d}"));
+            }
+            format!(
+                "SELECT trace_id, max(start_ns) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+                self.layout.table("search")
+            )
+        };
+        let rows = self.query(&sql).await?;
+        let mut r = Reader::new(&rows);
+        let mut out = Vec::new();
+        while !r.is_empty() {
+            out.push(
+                TraceId::from_slice(r.take(16).map_err(corrupt)?)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
+            );
+            r.u64_le().map_err(corrupt)?;
+        }
+        Ok(out)
+    }
+
+    async fn apply_retention(&self) -> Result<usize, ChError> {
+        let keep_from = now_secs().saturating_sub(self.config.retention.as_secs());
+        let mut dropped = 0;
+        for shard in &self.topology.shards {
+            for server in &shard.replicas {
+                for table in TABLES {
+                    let local = self.layout.local(table);
+                    let name = local.rsplit('.').next().expect("db.table");
+                    // Every table is partitioned by day: partition ids are `YYYYMMDD`.
+                    let sql = format!(
+                        "SELECT DISTINCT partition_id FROM system.parts WHERE database = {} AND table = {} AND active FORMAT RowBinary",
+                        quote(&self.layout.database),
+                        quote(name)
+                    );
+                    let rows = server.query(&sql, &[]).await?;
+                    let mut r = Reader::new(&rows);
+                    while let Ok(id) = r.str() {
+                        let Some(day) = day_of_partition(id) else {
+                            tracing::warn!(table = %local, partition = id, "partition id is not a day; left alone");
+                            continue;
+                        };
+                        if (day + 1) * 86_400 <= keep_from {
+                            server
+                                .query(&format!("ALTER TABLE {local} DROP PARTITION ID {}", quote(id)), &[])
+                                .await?;
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(partitions = dropped, "retention dropped old clickhouse partitions");
+        }
+        Ok(dropped)
+    }
+}
+
+/// Days since 1970-01-01 of a `YYYYMMDD` partition id.
+fn day_of_partition(id: &str) -> Option<u64> {
+    if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (y, m, d): (i64, i64, i64) = (id[..4].parse().ok()?, id[4..6].parse().ok()?, id[6..].parse().ok()?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
+fn remember<T: std::hash::Hash + Eq>(set: &Mutex<HashSet<T>>, items: Vec<T>) {
+    let mut s = set.lock();
+    if s.len() + items.len() > WRITTEN_CACHE {
+        s.clear();
+    }
+    s.extend(items);
+}
+
+fn corrupt(e: codec::DecodeError) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+fn read_error(e: ChError) -> StoreError {
+    match e {
+        ChError::Unreachable { .. } => StoreError::Unavailable(e.to_string()),
+        e => StoreError::Internal(e.to_string()),
+    }
+}
+
+/// Drops repeated spans (the same span id) of one trace.
+fn dedup(spans: &mut Vec<Span>) {
+    let mut seen: HashSet<SpanId> = HashSet::with_capacity(spans.len());
+    spans.retain(|s| seen.insert(s.span_id));
+}
+
+async fn flush_loop(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(200);
+    let mut failing = false;
+    loop {
+        let due = shared.pending.read().spans >= shared.config.flush_spans;
+        if !due {
+            tokio::select! {
+                _ = shared.wake.notified() => {}
+                _ = tokio::time::sleep(shared.config.flush_interval) => {}
+                _ = shared.stop.notified() => return,
+            }
+        }
+        match shared.flush_once().await {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("clickhouse accepts inserts again; buffered spans delivered");
+                }
+                failing = false;
+                backoff = Duration::from_millis(200);
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "clickhouse insert failed; spans stay in the local buffer and are retried");
+                }
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn retention_loop(shared: Arc<Shared>) {
+    loop {
+        if let Err(e) = shared.apply_retention().await {
+            tracing::warn!(error = %e, "retention could not drop old partitions; retrying in an hour");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shared.stop.notified() => return,
+        }
+    }
+}
+
+#[async_trait]
+impl SpanStore for ClickhouseStore {
+    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        let s = &self.shared;
+        let buffered = s.pending.read().bytes;
+        if buffered >= s.config.buffer_max_bytes {
+            return Err(StoreError::Overloaded(format!(
+                "clickhouse is not taking inserts and the local buffer is full ({buffered} bytes); retry later"
+            )));
+        }
+        let record = codec::encode_batch(&spans);
+        let bytes = record.len() as u64;
+        let n = spans.len();
+        let full = {
+            let _gate = s.gate.read().await;
+            let pos = s.wal.append(record).await.map_err(|e| {
+                if e.is_disk_full() {
+                    StoreError::Overloaded(format!("local buffer: {e}"))
+                } else {
+                    StoreError::Unavailable(format!("local buffer: {e}"))
+                }
+            })?;
+            let mut p = s.pending.write();
+            p.batches.push(PendingBatch { segment: pos.segment, spans: Arc::new(spans), bytes });
+            p.bytes += bytes;
+            p.spans += n;
+            p.spans >= s.config.flush_spans
+        };
+        s.spans_written.fetch_add(n as u64, Ordering::Relaxed);
+        if full {
+            s.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError> {
+        let s = &self.shared;
+        let shard = s.topology.shard_of(trace_key(id.as_bytes()));
+        let sql = format!(
+            "SELECT trace_id, resource_id, payload FROM {} WHERE trace_id = {} FORMAT RowBinary",
+            s.layout.local("spans"),
+            unhex(id.as_bytes())
+        );
+        let rows = s.query_shard(shard, &sql).await?;
+        let mut found = s.decode_span_rows(&rows, Some(shard)).await?;
+        s.add_pending(&mut found, |t| *t == id);
+        Ok(found.remove(&id).map(|mut spans| {
+            dedup(&mut spans);
+            spans
+        }))
+    }
+
+    async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
+        let s = &self.shared;
+        let matcher = SpanMatcher::new(q);
+        let limit = q.limit.max(1);
+        let mut want = limit * 2 + 10;
+        let buffered: Vec<TraceId> = {
+            let p = s.pending.read();
+            let mut ids: Vec<TraceId> = p
+                .batches
+                .iter()
+                .flat_map(|b| b.spans.iter())
+                .filter(|sp| matcher.matches(sp))
+                .map(|sp| sp.trace_id)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        loop {
+            let mut ids = s.candidates(q, want).await?;
+            let exhausted = ids.len() < want;
+            ids.extend(buffered.iter().copied());
+            ids.sort_unstable();
+            ids.dedup();
+            let traces = s.fetch_traces(&ids).await?;
+            let mut found: Vec<(u64, Vec<Span>)> = traces
+                .into_values()
+                .filter(|spans| spans.iter().any(|sp| matcher.matches(sp)))
+                .map(|spans| (spans.iter().map(|sp| sp.start_time_unix_nano).min().unwrap_or(0), spans))
+                .collect();
+            if found.len() >= limit || exhausted || want >= 100_000 {
+                found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1[0].trace_id.cmp(&a.1[0].trace_id)));
+                found.truncate(limit);
+                return Ok(found.into_iter().map(|(_, spans)| spans).collect());
+            }
+            want *= 4;
+        }
+    }
+
+    async fn services(&self) -> Result<Vec<String>, StoreError> {
+        let s = &self.shared;
+        let rows = s
+            .query(&format!("SELECT DISTINCT service FROM {} FORMAT RowBinary", s.layout.table("operations")))
+            .await?;
+        let mut out: Vec<String> = Vec::new();
+        let mut r = Reader::new(&rows);
+        while !r.is_empty() {
+            out.push(r.str().map_err(corrupt)?.to_owned());
+        }
+        for b in &s.pending.read().batches {
+            out.extend(b.spans.iter().map(|sp| sp.service_name().to_owned()));
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn operations(&self, service: &str, kind: Option<SpanKind>) -> Result<Vec<Operation>, StoreError> {
+        let s = &self.shared;
+        let mut sql = format!(
+            "SELECT DISTINCT name, kind FROM {} WHERE service = {}",
+            s.layout.table("operations"),
+            quote(service)
+        );
+        if let Some(k) = kind {
+            sql.push_str(&format!(" AND kind = {}", k.code()));
+        }
+        sql.push_str(" FORMAT RowBinary");
+        let rows = s.query(&sql).await?;
+        let mut out = Vec::new();
+        let mut r = Reader::new(&rows);
+        while !r.is_empty() {
+            let name = r.str().map_err(corrupt)?.to_owned();
+            let code = r.u8().map_err(corrupt)?;
+            let span_kind =
+                SpanKind::from_code(code).ok_or_else(|| StoreError::Internal(format!("span kind {code}")))?;
+            out.push(Operation { name, span_kind });
+        }
+        for b in &s.pending.read().batches {
+            for sp in b.spans.iter() {
+                if sp.service_name() == service && kind.is_none_or(|k| k == sp.kind) {
+                    out.push(Operation { name: sp.name.to_string(), span_kind: sp.kind });
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    async fn dependencies(&self, range: TimeRange) -> Result<Vec<DependencyLink>, StoreError> {
+        let s = &self.shared;
+        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        if !range.is_empty() {
+            let from = secs(range.start_unix_nano);
+            let to = secs(range.end_unix_nano.saturating_sub(1));
+            // Parents are looked for up to an hour around the range.
+            let (pf, pt) = (from.saturating_sub(3600), to.saturating_add(3600));
+            let search = s.layout.table("search");
+            let sql = format!(
+                "SELECT parent_service, service, toUInt64(uniqExact(trace_id, span_id)) FROM {search} \
+                 ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, service AS parent_service FROM {search} \
+                 WHERE timestamp >= toDateTime({pf}) AND timestamp <= toDateTime({pt})) USING (trace_id, parent_span_id) \
+                 WHERE timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to}) \
+                 AND start_ns >= {} AND start_ns < {} AND parent_service != service \
+                 GROUP BY parent_service, service FORMAT RowBinary",
+                range.start_unix_nano, range.end_unix_nano
+            );
+            let rows = s.query(&sql).await?;
+            let mut r = Reader::new(&rows);
+            while !r.is_empty() {
+                let parent = r.str().map_err(corrupt)?.to_owned();
+                let child = r.str().map_err(corrupt)?.to_owned();
+                *counts.entry((parent, child)).or_default() += r.u64_le().map_err(corrupt)?;
+            }
+        }
+        // Buffered spans: counted within their own batch's traces, where ClickHouse did not.
+        let mut buffered: HashMap<TraceId, Vec<Span>> = HashMap::new();
+        s.add_pending(&mut buffered, |_| true);
+        let mut extra = BTreeMap::new();
+        for spans in buffered.values_mut() {
+            dedup(spans);
+            count_dependencies(spans.iter(), range, &mut extra);
+        }
+        for (k, v) in extra {
+            let e = counts.entry(k).or_default();
+            *e = (*e).max(v);
+        }
+        Ok(dependency_links(counts))
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            spans_stored: self.shared.spans_written.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        }
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        match tokio::time::timeout(Duration::from_secs(10), self.shared.flush_once()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("{e}; the spans stay in the local buffer"))),
+            Err(_) => Err(StoreError::Unavailable(
+                "clickhouse insert timed out; the spans stay in the local buffer".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_ids_are_days() {
+        assert_eq!(day_of_partition("19700101"), Some(0));
+        assert_eq!(day_of_partition("20240101"), Some(19_723));
+        assert_eq!(day_of_partition("20261204"), Some(20_791));
+        assert_eq!(day_of_partition("all"), None);
+        assert_eq!(day_of_partition("20261304"), None);
+    }
+
+    #[test]
+    fn long_values_are_indexed_by_a_prefix_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let v = indexed_value(&long);
+        assert!(v.len() <= INDEXED_VALUE_BYTES && long.starts_with(v) && v.len() >= INDEXED_VALUE_BYTES - 1);
+        assert_eq!(indexed_value("short"), "short");
+    }
+
+    #[test]
+    fn query_values_cover_the_stored_texts_of_typed_attributes() {
+        assert_eq!(indexed_candidates("+500"), ["+500", "500"]);
+        assert_eq!(indexed_candidates("1.50"), ["1.5", "1.50"]);
+        assert_eq!(indexed_candidates("web-1"), ["web-1"]);
+        assert_eq!(indexed_candidates("true"), ["true"]);
+    }
+}

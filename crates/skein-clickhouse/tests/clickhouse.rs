@@ -1,0 +1,334 @@
+//! The store against real ClickHouse servers started by `scripts/test`
+//! (`scripts/clickhouse-servers`): the conformance suite on one server and on a 2-shard
+//! cluster, with spans read from the local buffer and from ClickHouse, and the errors users
+//! meet.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use skein_clickhouse::{ClickhouseConfig, ClickhouseStore, Client, OpenError};
+use skein_model::{AttrValue, KeyValue, Span, SpanKind, TimeRange, TraceId};
+use skein_store::testdata::SpanBuilder as B;
+use skein_store::{DependencyLink, Operation, SpanStore, StoreError, StoreStats, TraceQuery, conformance};
+
+/// The server's URL, or `None` (with a note) when the tests run outside `scripts/test`;
+/// under CI a missing server is a failure.
+fn env(name: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) => Some(v),
+        Err(_) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{name} is not set: CI runs these tests through scripts/test, which starts ClickHouse")
+        }
+        Err(_) => {
+            eprintln!("skipped: {name} not set (run scripts/test, which starts ClickHouse servers)");
+            None
+        }
+    }
+}
+
+fn single() -> Option<String> {
+    env("SKEIN_TEST_CLICKHOUSE_URL")
+}
+
+fn cluster() -> Option<(String, String)> {
+    Some((env("SKEIN_TEST_CLICKHOUSE_CLUSTER_URL")?, env("SKEIN_TEST_CLICKHOUSE_CLUSTER")?))
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A configuration with a database of its own and a fresh buffer directory.
+fn config(url: &str, cluster: Option<&str>) -> ClickhouseConfig {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut c = ClickhouseConfig::new(url, dir);
+    c.database = format!("t{}_{n}", std::process::id());
+    c.cluster = cluster.map(str::to_owned);
+    // The suite's spans are from 2024: keep them.
+    c.retention = std::time::Duration::from_secs(100 * 365 * 86_400);
+    c
+}
+
+/// Every write goes to ClickHouse before it returns, so reads come from ClickHouse only.
+#[derive(Debug)]
+struct Delivered(ClickhouseStore);
+
+#[async_trait]
+impl SpanStore for Delivered {
+    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
+        self.0.write(spans).await?;
+        self.0.flush_now().await?;
+        assert_eq!(self.0.buffered_spans(), 0, "flush_now leaves nothing buffered");
+        Ok(())
+    }
+    async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError> {
+        self.0.trace(id).await
+    }
+    async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
+        self.0.find_traces(q).await
+    }
+    async fn services(&self) -> Result<Vec<String>, StoreError> {
+        self.0.services().await
+    }
+    async fn operations(&self, s: &str, k: Option<SpanKind>) -> Result<Vec<Operation>, StoreError> {
+        self.0.operations(s, k).await
+    }
+    async fn dependencies(&self, r: TimeRange) -> Result<Vec<DependencyLink>, StoreError> {
+        self.0.dependencies(r).await
+    }
+    fn stats(&self) -> StoreStats {
+        self.0.stats()
+    }
+}
+
+async fn open(c: ClickhouseConfig) -> ClickhouseStore {
+    ClickhouseStore::open(c).await.unwrap_or_else(|e| panic!("open: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_single_server_from_clickhouse() {
+    let Some(url) = single() else { return };
+    conformance::run_all(|| async { Delivered(open(config(&url, None)).await) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_single_server_from_the_buffer() {
+    let Some(url) = single() else { return };
+    conformance::run_all(|| async {
+        let mut c = config(&url, None);
+        c.flush_interval = std::time::Duration::from_secs(3600);
+        c.flush_spans = usize::MAX;
+        open(c).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_two_shards_from_clickhouse() {
+    let Some((url, name)) = cluster() else { return };
+    conformance::run_all(|| async { Delivered(open(config(&url, Some(&name))).await) }).await;
+}
+
+/// Reads a shard's local spans table directly.
+async fn count_on(url: &str, sql: &str) -> u64 {
+    let c = Client::new(url, None, None).unwrap();
+    String::from_utf8(c.query(sql, &[]).await.unwrap()).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
+    let Some((url, name)) = cluster() else { return };
+    let c = config(&url, Some(&name));
+    let db = c.database.clone();
+    let store = Delivered(open(c).await);
+    let mut spans = Vec::new();
+    let id = |t: u8| {
+        TraceId::from_bytes([t.wrapping_mul(37), 1, 2, 3, 4, 5, 6, t, 0, 0, 0, 0, 0, 0, 0, t]).unwrap()
+    };
+    for t in 1..=40u8 {
+        for s in 1..=3u8 {
+            let span = B::new(t, s).service("svc").build();
+            spans.push(Span { trace_id: id(t), ..span });
+        }
+    }
+    store.write(spans).await.unwrap();
+    let shard_urls = [url.clone(), url.replace("127.0.0.2", "127.0.0.3")];
+    let mut total = 0;
+    for u in &shard_urls {
+        let n = count_on(u, &format!("SELECT count() FROM {db}.spans_local")).await;
+        assert!(n > 0, "shard {u} holds some of the 40 traces");
+        let split = count_on(
+            u,
+            &format!("SELECT count() FROM (SELECT trace_id, count() AS c FROM {db}.spans_local GROUP BY trace_id HAVING c != 3)"),
+        )
+        .await;
+        assert_eq!(split, 0, "every trace on {u} has all 3 of its spans there");
+        total += n;
+    }
+    assert_eq!(total, 120);
+    for t in 1..=40u8 {
+        let got = store.trace(id(t)).await.unwrap();
+        assert_eq!(got.map(|s| s.len()), Some(3), "trace {t} read from the shard Skein computes for it");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_keys_and_values_are_stored_and_found_as_they_are() {
+    let Some(url) = single() else { return };
+    let store = Delivered(open(config(&url, None)).await);
+    let evil = ["'); DROP TABLE spans; --", "back\\slash'", "new\nline\ttab", "nul\0byte", "ünï☃ \u{7f}"];
+    for (i, text) in evil.iter().enumerate() {
+        let n = i as u8 + 1;
+        store
+            .write(vec![
+                B::new(n, 1)
+                    .service(text)
+                    .name(*text)
+                    .attr(text, AttrValue::Str((*text).into()))
+                    .event(text, 1, vec![KeyValue::string(*text, *text)])
+                    .build(),
+            ])
+            .await
+            .unwrap();
+    }
+    let mut services = store.services().await.unwrap();
+    services.sort();
+    let mut want: Vec<String> = evil.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(services, want, "service names come back byte for byte");
+    for (i, text) in evil.iter().enumerate() {
+        let n = i as u8 + 1;
+        assert_eq!(
+            store.operations(text, None).await.unwrap(),
+            [Operation { name: text.to_string(), span_kind: SpanKind::Internal }]
+                .into_iter()
+                .filter(|_| false)
+                .chain(store.operations(text, None).await.unwrap().into_iter().filter(|o| o.name == *text))
+                .collect::<Vec<_>>()
+        );
+        let q = TraceQuery {
+            service: Some(text.to_string()),
+            tags: vec![(text.to_string(), text.to_string())],
+            ..TraceQuery::default()
+        };
+        let found = store.find_traces(&q).await.unwrap();
+        assert_eq!(found.len(), 1, "search for {text:?}");
+        assert_eq!(found[0][0].trace_id, B::trace_id(n));
+        let q = TraceQuery { tags: vec![("event".into(), text.to_string())], ..TraceQuery::default() };
+        assert_eq!(store.find_traces(&q).await.unwrap().len(), 1, "event named {text:?}");
+    }
+    let all = store.find_traces(&TraceQuery { limit: 100, ..TraceQuery::default() }).await.unwrap();
+    assert_eq!(all.len(), evil.len(), "nothing was dropped by an injected statement");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_values_and_typed_values_are_found() {
+    let Some(url) = single() else { return };
+    let store = Delivered(open(config(&url, None)).await);
+    let long = format!("SELECT * FROM t WHERE x = '{}'", "y".repeat(500));
+    let long2 = format!("{}z", &long[..long.len() - 1]);
+    store
+        .write(vec![
+            B::new(1, 1)
+                .attr("db.query.text", AttrValue::Str(long.clone().into()))
+                .attr("f", AttrValue::Double(1.5))
+                .build(),
+            B::new(2, 1)
+                .attr("db.query.text", AttrValue::Str(long2.clone().into()))
+                .attr("n", AttrValue::Int(42))
+                .build(),
+        ])
+        .await
+        .unwrap();
+    let find = |k: &str, v: &str| TraceQuery { tags: vec![(k.into(), v.into())], ..TraceQuery::default() };
+    let ids = |t: Vec<Vec<Span>>| t.iter().map(|s| s[0].trace_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.find_traces(&find("db.query.text", &long)).await.unwrap()), [B::trace_id(1)]);
+    assert_eq!(ids(store.find_traces(&find("db.query.text", &long2)).await.unwrap()), [B::trace_id(2)]);
+    assert_eq!(ids(store.find_traces(&find("f", "1.50")).await.unwrap()), [B::trace_id(1)]);
+    assert_eq!(ids(store.find_traces(&find("n", "+42")).await.unwrap()), [B::trace_id(2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_spans_survive_a_restart_and_reach_clickhouse() {
+    let Some(url) = single() else { return };
+    let mut c = config(&url, None);
+    c.flush_interval = std::time::Duration::from_secs(3600);
+    c.flush_spans = usize::MAX;
+    let store = open(c.clone()).await;
+    store.write(vec![B::new(7, 1).service("buffered").build()]).await.unwrap();
+    assert_eq!(store.buffered_spans(), 1);
+    drop(store); // as after kill -9: nothing was flushed
+    let store = open(c).await;
+    assert_eq!(store.buffered_spans(), 1, "the buffer is replayed");
+    assert_eq!(store.trace(B::trace_id(7)).await.unwrap().unwrap().len(), 1, "replayed spans are readable");
+    store.flush_now().await.unwrap();
+    assert_eq!(store.buffered_spans(), 0);
+    assert_eq!(store.trace(B::trace_id(7)).await.unwrap().unwrap().len(), 1, "delivered once, read once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_delivered_twice_is_read_once() {
+    let Some(url) = single() else { return };
+    let c = config(&url, None);
+    let store = Delivered(open(c.clone()).await);
+    let spans = vec![B::new(3, 1).service("a").build(), B::new(3, 2).service("b").parent(1).build()];
+    store.write(spans.clone()).await.unwrap();
+    store.write(spans).await.unwrap();
+    assert_eq!(store.trace(B::trace_id(3)).await.unwrap().unwrap().len(), 2);
+    assert_eq!(store.find_traces(&TraceQuery::default()).await.unwrap()[0].len(), 2);
+    let deps = store.dependencies(TimeRange::ALL).await.unwrap();
+    assert_eq!(deps, [DependencyLink { parent: "a".into(), child: "b".into(), call_count: 1 }]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused_naming_both_versions() {
+    let Some(url) = single() else { return };
+    let c = config(&url, None);
+    drop(open(c.clone()).await);
+    let client = Client::new(&url, None, None).unwrap();
+    client
+        .query(&format!("INSERT INTO {}.schema_migrations VALUES (7, now(), 'future')", c.database), &[])
+        .await
+        .unwrap();
+    let e = ClickhouseStore::open(c).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, OpenError::Schema(_)) && msg.contains("version 7") && msg.contains("version 1"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_errors_say_what_to_do() {
+    let Some(url) = single() else { return };
+    let mut c = config(&url, None);
+    c.user = Some("skein".into());
+    c.password = Some("wrong".into());
+    let msg = ClickhouseStore::open(c.clone()).await.unwrap_err().to_string();
+    assert!(msg.contains("--clickhouse-password-file") && msg.contains("\"skein\""), "{msg}");
+    assert!(!msg.contains("wrong"), "the password is not shown: {msg}");
+    c.password = Some("skein-test-pw".into());
+    ClickhouseStore::open(c.clone()).await.expect("the right password works");
+
+    let mut down = config("http://127.0.0.1:1", None);
+    down.database = c.database.clone();
+    let msg = ClickhouseStore::open(down).await.unwrap_err().to_string();
+    assert!(msg.contains("is ClickHouse running") && msg.contains("--clickhouse-url"), "{msg}");
+
+    let msg = ClickhouseStore::open(config(&url, Some("no_such_cluster"))).await.unwrap_err().to_string();
+    assert!(msg.contains("no_such_cluster") && msg.contains("remote_servers"), "{msg}");
+
+    let mut bad = config(&url, None);
+    bad.database = "x; DROP".into();
+    assert!(ClickhouseStore::open(bad).await.unwrap_err().to_string().contains("database name"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_day_partitions_only() {
+    let Some(url) = single() else { return };
+    let mut c = config(&url, None);
+    c.retention = std::time::Duration::from_secs(2 * 86_400);
+    let store = Delivered(open(c.clone()).await);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let day = 86_400_000_000_000u64;
+    store.write(vec![B::new(1, 1).times(now - 10 * day, now - 10 * day + 1).build()]).await.unwrap();
+    store.write(vec![B::new(2, 1).times(now, now + 1).build()]).await.unwrap();
+    store.0.apply_retention().await.unwrap();
+    let old_day = ((now - 10 * day) / day) as i64;
+    let left = count_on(
+        &url,
+        &format!(
+            "SELECT count() FROM system.parts WHERE database = '{}' AND active AND partition_id = formatDateTime(toDate({old_day}), '%Y%m%d')",
+            c.database
+        ),
+    )
+    .await;
+    assert_eq!(left, 0, "no table keeps a part of the old day");
+    let recent = count_on(
+        &url,
+        &format!("SELECT count() FROM system.parts WHERE database = '{}' AND active", c.database),
+    )
+    .await;
+    assert!(recent >= 5, "every table keeps today's part ({recent})");
+    assert!(store.trace(B::trace_id(1)).await.unwrap().is_none(), "old trace gone");
+    assert!(store.trace(B::trace_id(2)).await.unwrap().is_some(), "recent trace kept");
+}
