@@ -890,8 +890,16 @@ impl SpanStore for ClickhouseStore {
             s.layout.local("spans"),
             unhex(id.as_bytes())
         );
-        let rows = s.query_shard(shard, &sql).await?;
-        let mut found = s.decode_span_rows(&rows, Some(shard)).await?;
+        let mut found = match s.query_shard(shard, &sql).await {
+            Ok(rows) => s.decode_span_rows(&rows, Some(shard)).await?,
+            // The shard is down: what this node still buffers of the trace is better than
+            // nothing; without that, the error.
+            Err(e) if s.pending.read().batches.iter().any(|b| b.spans.iter().any(|sp| sp.trace_id == id)) => {
+                tracing::warn!(error = %e, trace = %id.to_hex(), "trace read from the local buffer only");
+                HashMap::new()
+            }
+            Err(e) => return Err(e),
+        };
         s.add_pending(&mut found, |t| *t == id);
         Ok(found.remove(&id).map(|mut spans| {
             dedup(&mut spans);

@@ -13,8 +13,33 @@ pub enum StorageKind {
     Embedded,
     /// Bounded memory; everything is lost on restart.
     Memory,
-    /// A ClickHouse cluster (not available yet).
+    /// A ClickHouse server or cluster, behind a local buffer in `data_dir`.
     Clickhouse,
+}
+
+/// Where and how to reach ClickHouse (`--storage clickhouse`).
+#[derive(Clone, Debug)]
+pub struct ClickhouseSettings {
+    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    pub database: String,
+    pub user: Option<String>,
+    /// A file whose first line is the password.
+    pub password_file: Option<PathBuf>,
+    /// Shard over this cluster of the server's `remote_servers`.
+    pub cluster: Option<String>,
+}
+
+impl Default for ClickhouseSettings {
+    fn default() -> Self {
+        ClickhouseSettings {
+            url: "http://127.0.0.1:8123".into(),
+            database: "skein".into(),
+            user: None,
+            password_file: None,
+            cluster: None,
+        }
+    }
 }
 
 /// Everything `skein serve` can be told.
@@ -36,6 +61,7 @@ pub struct Config {
     /// Largest OTLP request body, before and after gunzip.
     pub max_request_bytes: usize,
     pub limits: Limits,
+    pub clickhouse: ClickhouseSettings,
 }
 
 impl Default for Config {
@@ -52,6 +78,7 @@ impl Default for Config {
             head_max_bytes: 2 * 1024 * 1024,
             max_request_bytes: 4 * 1024 * 1024,
             limits: Limits::default(),
+            clickhouse: ClickhouseSettings::default(),
         }
     }
 }
@@ -59,10 +86,6 @@ impl Default for Config {
 /// A configuration that cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "storage {0:?} is not available in this version of skein; use --storage embedded (the default) or memory"
-    )]
-    StorageNotAvailable(&'static str),
     #[error("--memory-max-spans must be at least 1")]
     ZeroMemorySpans,
     #[error("--max-request-bytes must be at least 1024")]
@@ -71,10 +94,6 @@ pub enum ConfigError {
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match self.storage {
-            StorageKind::Memory | StorageKind::Embedded => {}
-            StorageKind::Clickhouse => return Err(ConfigError::StorageNotAvailable("clickhouse")),
-        }
         if self.memory_max_spans == 0 {
             return Err(ConfigError::ZeroMemorySpans);
         }

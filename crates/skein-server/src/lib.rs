@@ -13,7 +13,7 @@ mod otlp_http;
 mod server;
 mod ui;
 
-pub use config::{Config, ConfigError, StorageKind};
+pub use config::{ClickhouseSettings, Config, ConfigError, StorageKind};
 pub use server::{BoundServer, ServerError, bind};
 pub use skein_otlp::Limits;
 pub use skein_wal::FsyncPolicy;

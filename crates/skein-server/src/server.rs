@@ -37,6 +37,8 @@ pub enum ServerError {
     },
     #[error("cannot open the embedded storage in {dir}: {message}")]
     Storage { dir: std::path::PathBuf, message: String },
+    #[error("cannot use ClickHouse storage: {0}")]
+    Clickhouse(String),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
 }
@@ -68,7 +70,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
             retention_nanos: Some(config.retention.as_nanos().min(u64::MAX as u128) as u64),
         })),
         StorageKind::Embedded => open_engine(&config).await?,
-        StorageKind::Clickhouse => unreachable!("rejected by Config::validate"),
+        StorageKind::Clickhouse => open_clickhouse(&config).await?,
     };
     Ok(BoundServer { grpc, otlp_http, http, store, config })
 }
@@ -99,6 +101,43 @@ async fn open_engine(config: &Config) -> Result<Arc<dyn SpanStore>, ServerError>
         tracing::error!(problem = %c, "corrupt block set aside");
     }
     Ok(Arc::new(engine))
+}
+
+async fn open_clickhouse(config: &Config) -> Result<Arc<dyn SpanStore>, ServerError> {
+    let ch = &config.clickhouse;
+    let password = match &ch.password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ServerError::Clickhouse(format!("cannot read --clickhouse-password-file {}: {e}", path.display()))
+                })?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let store_config = skein_clickhouse::ClickhouseConfig {
+        database: ch.database.clone(),
+        user: ch.user.clone().or_else(|| password.as_ref().map(|_| "default".to_owned())),
+        password,
+        cluster: ch.cluster.clone(),
+        wal_fsync: config.wal_fsync,
+        retention: config.retention,
+        ..skein_clickhouse::ClickhouseConfig::new(&ch.url, config.data_dir.join("clickhouse-buffer"))
+    };
+    let store = skein_clickhouse::ClickhouseStore::open(store_config)
+        .await
+        .map_err(|e| ServerError::Clickhouse(e.to_string()))?;
+    tracing::info!(
+        url = %ch.url,
+        database = %ch.database,
+        cluster = ch.cluster.as_deref().unwrap_or("-"),
+        buffered_spans = store.buffered_spans(),
+        "clickhouse storage open"
+    );
+    Ok(Arc::new(store))
 }
 
 impl BoundServer {

@@ -118,10 +118,11 @@ struct ServeArgs {
     /// Address of the query API, UI, /healthz, /readyz and /metrics.
     #[arg(long, env = "SKEIN_HTTP_ADDR", default_value = "127.0.0.1:16686")]
     http_addr: SocketAddr,
-    /// Storage backend: `embedded` (on disk in --data-dir) or `memory` (lost on restart).
+    /// Storage backend: `embedded` (on disk in --data-dir), `memory` (lost on restart) or
+    /// `clickhouse` (a ClickHouse server or cluster; --data-dir holds the local buffer).
     #[arg(long, env = "SKEIN_STORAGE", value_enum, default_value = "embedded")]
     storage: Storage,
-    /// Directory of the embedded storage.
+    /// Directory of the embedded storage, or of the ClickHouse store's local buffer.
     #[arg(long, env = "SKEIN_DATA_DIR", default_value = "./skein-data")]
     data_dir: PathBuf,
     /// How long spans are kept (e.g. 72h, 7d, 30m).
@@ -150,6 +151,22 @@ struct ServeArgs {
     /// Most attributes on one span, event, link, resource or scope.
     #[arg(long, env = "SKEIN_MAX_ATTRIBUTES", default_value_t = 1024)]
     max_attributes: usize,
+    /// ClickHouse's HTTP interface (with --storage clickhouse).
+    #[arg(long, env = "SKEIN_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+    /// The ClickHouse database Skein creates and uses.
+    #[arg(long, env = "SKEIN_CLICKHOUSE_DATABASE", default_value = "skein")]
+    clickhouse_database: String,
+    /// ClickHouse user (default: ClickHouse's `default`).
+    #[arg(long, env = "SKEIN_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    /// File whose first line is the ClickHouse user's password.
+    #[arg(long, env = "SKEIN_CLICKHOUSE_PASSWORD_FILE")]
+    clickhouse_password_file: Option<PathBuf>,
+    /// Shard over this cluster of the ClickHouse server's `remote_servers` (one server
+    /// when not given).
+    #[arg(long, env = "SKEIN_CLICKHOUSE_CLUSTER")]
+    clickhouse_cluster: Option<String>,
 }
 
 impl ServeArgs {
@@ -177,6 +194,13 @@ impl ServeArgs {
                 max_attribute_depth: self.max_attribute_depth,
                 max_attribute_value_bytes: self.max_attribute_value_bytes,
                 max_attributes: self.max_attributes,
+            },
+            clickhouse: skein_server::ClickhouseSettings {
+                url: self.clickhouse_url,
+                database: self.clickhouse_database,
+                user: self.clickhouse_user,
+                password_file: self.clickhouse_password_file,
+                cluster: self.clickhouse_cluster,
             },
         }
     }

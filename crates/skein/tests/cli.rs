@@ -57,14 +57,17 @@ fn serve_prints_the_listening_line_honours_env_vars_and_stops_on_sigterm() {
 }
 
 #[test]
-fn storage_that_is_not_available_yet_is_a_clear_error() {
-    let out = skein().args(["serve", "--storage", "clickhouse"]).output().unwrap();
+fn clickhouse_that_is_not_running_is_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let out = skein_bench::serve_command(std::path::Path::new(env!("CARGO_BIN_EXE_skein")), data.path())
+        .args(["--storage", "clickhouse", "--clickhouse-url", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(
-            "storage \"clickhouse\" is not available in this version of skein; use --storage embedded (the default) or memory"
-        ),
+        stderr.contains("cannot use ClickHouse storage: cannot reach ClickHouse at http://127.0.0.1:1/")
+            && stderr.contains("is ClickHouse running? Point --clickhouse-url at its HTTP interface"),
         "{stderr}"
     );
 }
