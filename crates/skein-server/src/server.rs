@@ -109,7 +109,10 @@ async fn open_clickhouse(config: &Config) -> Result<Arc<dyn SpanStore>, ServerEr
         Some(path) => Some(
             std::fs::read_to_string(path)
                 .map_err(|e| {
-                    ServerError::Clickhouse(format!("cannot read --clickhouse-password-file {}: {e}", path.display()))
+                    ServerError::Clickhouse(format!(
+                        "cannot read --clickhouse-password-file {}: {e}",
+                        path.display()
+                    ))
                 })?
                 .lines()
                 .next()

@@ -20,7 +20,9 @@ fn need(name: &str) -> Option<String> {
             panic!("{name} is not set: CI runs this test through scripts/test, which starts ClickHouse")
         }
         Err(_) => {
-            eprintln!("SKIPPED: {name} not set (run scripts/test, which starts ClickHouse and the Python SDK)");
+            eprintln!(
+                "SKIPPED: {name} not set (run scripts/test, which starts ClickHouse and the Python SDK)"
+            );
             None
         }
     }
@@ -142,9 +144,11 @@ fn servers(command: &str, name: &str) {
 
 #[test]
 fn two_nodes_on_a_two_shard_cluster_lose_nothing_acknowledged() {
-    let (Some(url), Some(cluster), Some(python)) =
-        (need("SKEIN_TEST_CLICKHOUSE_CLUSTER_URL"), need("SKEIN_TEST_CLICKHOUSE_CLUSTER"), need("SKEIN_PYTHON"))
-    else {
+    let (Some(url), Some(cluster), Some(python)) = (
+        need("SKEIN_TEST_CLICKHOUSE_CLUSTER_URL"),
+        need("SKEIN_TEST_CLICKHOUSE_CLUSTER"),
+        need("SKEIN_PYTHON"),
+    ) else {
         return;
     };
     let database = format!("e2e_{}", std::process::id());
@@ -179,12 +183,14 @@ fn two_nodes_on_a_two_shard_cluster_lose_nothing_acknowledged() {
     let root = spans.iter().find(|s| s["spanID"] == ids["root_span_id"]).expect("root span");
     assert_eq!(root["operationName"], "POST /orders");
     assert_eq!(trace["processes"][root["processID"].as_str().unwrap()]["serviceName"], "py-shop");
-    let status_tag = root["tags"].as_array().unwrap().iter().find(|t| t["key"] == "http.response.status_code");
+    let status_tag =
+        root["tags"].as_array().unwrap().iter().find(|t| t["key"] == "http.response.status_code");
     assert_eq!(status_tag.unwrap()["value"], 502);
     for node in [&a, &b] {
         let (_, services) = api.get(&format!("{}/api/services", node.http));
         assert!(services["data"].as_array().unwrap().iter().any(|s| s == "py-shop"), "{services}");
-        let (_, found) = api.get(&format!("{}/api/traces?service=py-shop&tags=%7B%22retry%22%3A%22true%22%7D", node.http));
+        let (_, found) =
+            api.get(&format!("{}/api/traces?service=py-shop&tags=%7B%22retry%22%3A%22true%22%7D", node.http));
         assert_eq!(found["data"].as_array().map(Vec::len), Some(1), "tag search on every node: {found}");
     }
 
@@ -201,7 +207,11 @@ fn two_nodes_on_a_two_shard_cluster_lose_nothing_acknowledged() {
     servers("stop-one", "shard2");
     let during = api.send(&a, 2, 40);
     let (status, body) = api.get(&format!("{}/api/traces/{}", a.http, during[0]));
-    assert_eq!((status, body["data"][0]["spans"].as_array().map(Vec::len)), (200, Some(5)), "buffered trace on A");
+    assert_eq!(
+        (status, body["data"][0]["spans"].as_array().map(Vec::len)),
+        (200, Some(5)),
+        "buffered trace on A"
+    );
     servers("start-one", "shard2");
     api.wait_for_all(&b.http, &during, "after the shard came back");
     api.wait_for_all(&b.http, &acknowledged, "earlier traces, after the shard came back");
