@@ -81,6 +81,15 @@ pub struct Report {
     pub trace_by_id_p99_ms: f64,
     pub search_p50_ms: f64,
     pub search_p99_ms: f64,
+    /// Search for one `client.address` value (about 65,000 distinct ones).
+    pub search_rare_p50_ms: f64,
+    pub search_rare_p99_ms: f64,
+    /// With `--storage clickhouse`: CPU seconds of the local `clickhouse-server` processes
+    /// during the load, and per stored span.
+    pub clickhouse_cpu_seconds: Option<f64>,
+    /// With `--storage clickhouse`: spans per second from the first send until ClickHouse
+    /// has every acknowledged one.
+    pub clickhouse_spans_per_sec: Option<f64>,
     /// The CPUs the server and the load generator were pinned to, if they were.
     pub server_cpus: Option<Vec<usize>>,
     pub load_cpus: Option<Vec<usize>>,
@@ -105,6 +114,10 @@ impl Report {
             "trace_by_id_p99_ms": round(self.trace_by_id_p99_ms),
             "search_p50_ms": round(self.search_p50_ms),
             "search_p99_ms": round(self.search_p99_ms),
+            "search_rare_p50_ms": round(self.search_rare_p50_ms),
+            "search_rare_p99_ms": round(self.search_rare_p99_ms),
+            "clickhouse_cpu_seconds": self.clickhouse_cpu_seconds.map(round),
+            "clickhouse_spans_per_sec": self.clickhouse_spans_per_sec.map(round),
         })
     }
 
@@ -133,7 +146,8 @@ impl Report {
              server peak RSS    {}\n\
              disk per span      {}\n\
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
-             search (attribute) p50 {:.2} ms, p99 {:.2} ms{}",
+             search (attribute) p50 {:.2} ms, p99 {:.2} ms\n\
+             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}",
             self.spans_accepted,
             self.spans_sent,
             self.requests_failed,
@@ -148,6 +162,13 @@ impl Report {
             self.trace_by_id_p99_ms,
             self.search_p50_ms,
             self.search_p99_ms,
+            self.search_rare_p50_ms,
+            self.search_rare_p99_ms,
+            self.clickhouse_cpu_seconds.map_or(String::new(), |cpu| format!(
+                "\nclickhouse         {:.0} spans/s into ClickHouse, {cpu:.1} s of its CPU ({:.0} spans per ClickHouse core-second)",
+                self.clickhouse_spans_per_sec.unwrap_or(0.0),
+                self.spans_accepted as f64 / cpu.max(0.01)
+            )),
             pinned,
         )
     }
@@ -345,6 +366,100 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// CPU seconds (user + system) of every local `clickhouse-server` process.
+fn clickhouse_cpu_seconds() -> f64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut total = 0.0;
+    for p in procs.filter_map(Result::ok) {
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
+        let Some((head, after)) = stat.rsplit_once(')') else { continue };
+        if !head.contains("(clickhouse-serv") {
+            continue;
+        }
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let t = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (t(11) + t(12)) / 100.0;
+    }
+    total
+}
+
+/// `--storage clickhouse` among the server's arguments: the ClickHouse it uses.
+#[derive(Clone, Debug)]
+struct ClickhouseTarget {
+    url: String,
+    database: String,
+    cluster: Option<String>,
+}
+
+impl ClickhouseTarget {
+    fn of(args: &[String]) -> Option<ClickhouseTarget> {
+        let value = |flag: &str| {
+            args.iter().enumerate().find_map(|(i, a)| {
+                a.strip_prefix(&format!("{flag}="))
+                    .map(str::to_owned)
+                    .or_else(|| (a == flag).then(|| args.get(i + 1).cloned()).flatten())
+            })
+        };
+        if value("--storage").as_deref() != Some("clickhouse") {
+            return None;
+        }
+        Some(ClickhouseTarget {
+            url: value("--clickhouse-url").unwrap_or_else(|| "http://127.0.0.1:8123".into()),
+            database: value("--clickhouse-database").unwrap_or_else(|| "skein".into()),
+            cluster: value("--clickhouse-cluster"),
+        })
+    }
+
+    async fn servers(&self) -> anyhow::Result<Vec<skein_clickhouse::Client>> {
+        let entry = skein_clickhouse::Client::new(&self.url, None, None).map_err(anyhow::Error::msg)?;
+        Ok(match &self.cluster {
+            Some(c) => skein_clickhouse::schema::Topology::of_cluster(&entry, c)
+                .await?
+                .shards
+                .into_iter()
+                .flat_map(|s| s.replicas.into_iter().take(1))
+                .collect(),
+            None => vec![entry],
+        })
+    }
+
+    /// Bytes of the database's active parts, summed over the shards (one replica each).
+    async fn bytes_on_disk(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for server in self.servers().await? {
+            // Merge what can be merged first, as the embedded engine's figure is after compaction.
+            let sql = format!(
+                "SELECT toString(sum(bytes_on_disk)) FROM system.parts WHERE database = {} AND active",
+                skein_clickhouse::sql::quote(&self.database)
+            );
+            let out = server.query(&sql, &[]).await?;
+            total += String::from_utf8_lossy(&out).trim().parse::<u64>().unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Rows in the `spans` table(s).
+    async fn spans_stored(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for server in self.servers().await? {
+            let sql = format!(
+                "SELECT toString(sum(rows)) FROM system.parts WHERE database = {} AND active AND table IN ('spans', 'spans_local')",
+                skein_clickhouse::sql::quote(&self.database)
+            );
+            total +=
+                String::from_utf8_lossy(&server.query(&sql, &[]).await?).trim().parse::<u64>().unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    async fn drop_database(&self) -> anyhow::Result<()> {
+        for server in self.servers().await? {
+            server.query(&format!("DROP DATABASE IF EXISTS {}", self.database), &[]).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs the benchmark; prints progress to stderr.
 pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     if config.target.is_some() && config.server_cpus.is_some() {
@@ -354,8 +469,18 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         pin_process(std::process::id(), cpus)?;
     }
     let data = tempfile::tempdir().context("creating a temporary data directory")?;
+    let mut serve_args = config.serve_args.clone();
+    let clickhouse = match ClickhouseTarget::of(&serve_args) {
+        // A database of its own, dropped at the end, so the bytes counted are this run's.
+        Some(t) if !serve_args.iter().any(|a| a.starts_with("--clickhouse-database")) => {
+            let database = format!("skein_bench_{}", std::process::id());
+            serve_args.push(format!("--clickhouse-database={database}"));
+            Some(ClickhouseTarget { database, ..t })
+        }
+        other => other,
+    };
     let start = || -> anyhow::Result<Server> {
-        let server = Server::start(&config.skein_exe, data.path(), &config.serve_args)?;
+        let server = Server::start(&config.skein_exe, data.path(), &serve_args)?;
         if let Some(cpus) = &config.server_cpus {
             pin_process(server.child.id(), cpus)?;
         }
@@ -388,6 +513,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         indicatif::ProgressBar::hidden()
     };
     let cpu_before = server.as_ref().and_then(Server::cpu_seconds);
+    let ch_cpu_before = clickhouse_cpu_seconds();
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let peak_rss = Arc::new(AtomicU64::new(0));
@@ -469,6 +595,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         let cpu = (after - before).max(0.01);
         report.spans_per_core_sec = Some(report.spans_accepted as f64 / cpu);
     }
+
     if let Some(s) = &server {
         let peak_kb = peak_rss.load(Ordering::Relaxed).max(s.rss_mib().map_or(0, |m| (m * 1024.0) as u64));
         report.rss_mib = Some(peak_kb as f64 / 1024.0);
@@ -480,11 +607,31 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
 
     // Disk: let compaction catch up, stop gracefully (head → blocks), measure, restart on the
     // same data.
+    if let Some(ch) = &clickhouse {
+        // Every acknowledged span leaves the nodes' buffers for ClickHouse: time that too.
+        let t = Instant::now();
+        while ch.spans_stored().await? < report.spans_accepted && t.elapsed() < Duration::from_secs(1800) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let all = report.seconds + t.elapsed().as_secs_f64();
+        eprintln!(
+            "in clickhouse: {} spans {:.1}s after the load ended ({:.0} spans/s from the first send to the last insert)",
+            ch.spans_stored().await?,
+            t.elapsed().as_secs_f64(),
+            report.spans_accepted as f64 / all
+        );
+        report.clickhouse_spans_per_sec = Some(report.spans_accepted as f64 / all);
+        report.clickhouse_cpu_seconds = Some(clickhouse_cpu_seconds() - ch_cpu_before);
+    }
     let query = if let Some(s) = server.take() {
         wait_for_compaction(&s.http).await;
         s.stop()?;
         if report.spans_accepted > 0 {
-            report.bytes_per_span = Some(dir_bytes(data.path()) as f64 / report.spans_accepted as f64);
+            let bytes = match &clickhouse {
+                Some(ch) => ch.bytes_on_disk().await?,
+                None => dir_bytes(data.path()),
+            };
+            report.bytes_per_span = Some(bytes as f64 / report.spans_accepted as f64);
         }
         let s = start()?;
         let q = s.http.clone();
@@ -523,6 +670,26 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             bail!("search answered {status}");
         }
     }
+    let mut rare = Vec::new();
+    for i in 0..config.queries {
+        // A client address of the load's (10.0.x.y, about 65,000 values): a high-cardinality value.
+        let t = Instant::now();
+        let url = format!(
+            "{query}/api/traces?service=frontend&tags=%7B%22client.address%22%3A%2210.0.{}.{}%22%7D&lookback=2h&limit=20",
+            (i * 37) % 255,
+            1 + (i * 91) % 253
+        );
+        let r = client.get(url).send().await?;
+        let status = r.status();
+        r.bytes().await?;
+        rare.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !status.is_success() {
+            bail!("search answered {status}");
+        }
+    }
+    rare.sort_by(|a, b| a.total_cmp(b));
+    report.search_rare_p50_ms = percentile(&rare, 0.5);
+    report.search_rare_p99_ms = percentile(&rare, 0.99);
     by_id.sort_by(|a, b| a.total_cmp(b));
     search.sort_by(|a, b| a.total_cmp(b));
     report.trace_by_id_p50_ms = percentile(&by_id, 0.5);
@@ -530,6 +697,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     report.search_p50_ms = percentile(&search, 0.5);
     report.search_p99_ms = percentile(&search, 0.99);
     drop(server);
+    if let Some(ch) = &clickhouse
+        && !config.serve_args.iter().any(|a| a.starts_with("--clickhouse-database"))
+    {
+        ch.drop_database().await?;
+    }
     Ok(report)
 }
 

@@ -61,7 +61,7 @@ impl ClickhouseConfig {
             password: None,
             cluster: None,
             buffer_dir: buffer_dir.into(),
-            buffer_max_bytes: 256 * 1024 * 1024,
+            buffer_max_bytes: 64 * 1024 * 1024,
             wal_fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
             flush_interval: Duration::from_secs(1),
             flush_spans: 20_000,
@@ -116,6 +116,9 @@ struct Shared {
     /// (exclusively) by the flusher while it picks the segments it will deliver, so no
     /// acknowledged batch is in a segment that is removed before the batch is delivered.
     gate: tokio::sync::RwLock<()>,
+    /// One delivery at a time (the background loop and a shutdown flush would otherwise
+    /// insert the same batches twice).
+    flushing: tokio::sync::Mutex<()>,
     pending: RwLock<Pending>,
     wake: Notify,
     stop: Notify,
@@ -227,6 +230,7 @@ impl ClickhouseStore {
             layout,
             wal,
             gate: tokio::sync::RwLock::new(()),
+            flushing: tokio::sync::Mutex::new(()),
             pending: RwLock::new(pending),
             wake: Notify::new(),
             stop: Notify::new(),
@@ -474,6 +478,7 @@ impl Shared {
 
     /// Delivers every batch whose WAL segment is complete, then removes those segments.
     async fn flush_once(&self) -> Result<(), ChError> {
+        let _one = self.flushing.lock().await;
         let (boundary, batches) = {
             let _gate = self.gate.write().await;
             if self.pending.read().batches.is_empty() {
@@ -1046,7 +1051,8 @@ impl SpanStore for ClickhouseStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        match tokio::time::timeout(Duration::from_secs(10), self.shared.flush_once()).await {
+        // Cut short, a delivery is repeated from the buffer at the next start (read once).
+        match tokio::time::timeout(Duration::from_secs(30), self.shared.flush_once()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Unavailable(format!("{e}; the spans stay in the local buffer"))),
             Err(_) => Err(StoreError::Unavailable(
