@@ -1014,7 +1014,7 @@ impl SpanStore for ClickhouseStore {
             let sql = format!(
                 "SELECT parent_service, service, toUInt64(uniqExact(trace_id, span_id)) FROM {search} \
                  ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, service AS parent_service FROM {search} \
-                 WHERE timestamp >= toDateTime({pf}) AND timestamp <= toDateTime({pt})) USING (trace_id, parent_span_id) \
+                 WHERE timestamp >= toDateTime({pf}) AND timestamp <= toDateTime({pt})) AS parents USING (trace_id, parent_span_id) \
                  WHERE timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to}) \
                  AND start_ns >= {} AND start_ns < {} AND parent_service != service \
                  GROUP BY parent_service, service FORMAT RowBinary",
