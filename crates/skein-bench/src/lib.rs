@@ -537,7 +537,15 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
                 let n = per.min(total - first) as usize;
                 let (request, trace_ids) = sender.shape.request(n);
                 let t = Instant::now();
-                let ok = sender.send(request).await;
+                // Like an OTLP exporter, retry a refused request (throttling while a store's
+                // buffer is full) with a growing delay, a bounded number of times.
+                let mut ok = sender.send(request.clone()).await;
+                let mut attempt = 0u32;
+                while !ok && attempt < 40 {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt.min(8)))).await;
+                    ok = sender.send(request.clone()).await;
+                }
                 latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 sent += n as u64;
                 if ok {
