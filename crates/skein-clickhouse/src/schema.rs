@@ -168,9 +168,9 @@ impl Topology {
         let mut shards: Vec<Shard> = Vec::new();
         while !r.is_empty() {
             let bad = |e: crate::codec::DecodeError| TopologyError::Bad(e.to_string());
-            let number = u32::from_le_bytes(r.take(4).map_err(bad)?.try_into().expect("4 bytes"));
-            let weight = u32::from_le_bytes(r.take(4).map_err(bad)?.try_into().expect("4 bytes"));
-            let host = r.str().map_err(bad)?.to_owned();
+            let number = u32::from_le_bytes(r.array().map_err(bad)?);
+            let weight = u32::from_le_bytes(r.array().map_err(bad)?);
+            let host = r.text().map_err(bad)?.to_owned();
             let replica = entry.at(&host, entry.port());
             match shards.last_mut() {
                 Some(s) if s.number == number => s.replicas.push(replica),

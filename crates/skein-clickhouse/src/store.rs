@@ -205,7 +205,7 @@ impl ClickhouseStore {
                 .map_err(|e| OpenError::Buffer { dir: dir.clone(), message: e.to_string() })?;
         let mut pending = Pending::default();
         for (pos, record) in recovery.records {
-            match codec::decode_batch(&record) {
+            match skein_store::codec::decode_spans(&record) {
                 Ok(spans) => {
                     pending.bytes += record.len() as u64;
                     pending.spans += spans.len();
@@ -591,8 +591,8 @@ impl Shared {
             cache.clear();
         }
         while !r.is_empty() {
-            let id = r.u64_le().map_err(corrupt)?;
-            let res = Arc::new(codec::decode_resource(r.bytes().map_err(corrupt)?).map_err(corrupt)?);
+            let id = u64::from_le_bytes(r.array().map_err(corrupt)?);
+            let res = Arc::new(codec::decode_resource(r.slice().map_err(corrupt)?).map_err(corrupt)?);
             cache.insert(id, Arc::clone(&res));
             out.insert(id, res);
         }
@@ -609,10 +609,9 @@ impl Shared {
         let mut ids = HashSet::new();
         let mut r = Reader::new(rows);
         while !r.is_empty() {
-            let tid = TraceId::from_slice(r.take(16).map_err(corrupt)?)
-                .map_err(|e| StoreError::Internal(e.to_string()))?;
-            let res = r.u64_le().map_err(corrupt)?;
-            let payload = r.bytes().map_err(corrupt)?;
+            let tid = codec::trace_id(&mut r).map_err(corrupt)?;
+            let res = u64::from_le_bytes(r.array().map_err(corrupt)?);
+            let payload = r.slice().map_err(corrupt)?;
             ids.insert(res);
             raw.push((tid, res, payload));
         }
@@ -715,11 +714,8 @@ impl Shared {
         let mut r = Reader::new(&rows);
         let mut out = Vec::new();
         while !r.is_empty() {
-            out.push(
-                TraceId::from_slice(r.take(16).map_err(corrupt)?)
-                    .map_err(|e| StoreError::Internal(e.to_string()))?,
-            );
-            r.u64_le().map_err(corrupt)?;
+            out.push(codec::trace_id(&mut r).map_err(corrupt)?);
+            r.array::<8>().map_err(corrupt)?;
         }
         Ok(out)
     }
@@ -740,7 +736,7 @@ impl Shared {
                     );
                     let rows = server.query(&sql, &[]).await?;
                     let mut r = Reader::new(&rows);
-                    while let Ok(id) = r.str() {
+                    while let Ok(id) = r.text() {
                         let Some(day) = day_of_partition(id) else {
                             tracing::warn!(table = %local, partition = id, "partition id is not a day; left alone");
                             continue;
@@ -862,7 +858,7 @@ impl SpanStore for ClickhouseStore {
                 "clickhouse is not taking inserts and the local buffer is full ({buffered} bytes); retry later"
             )));
         }
-        let record = codec::encode_batch(&spans);
+        let record = skein_store::codec::encode_spans(&spans);
         let bytes = record.len() as u64;
         let n = spans.len();
         let full = {
@@ -959,7 +955,7 @@ impl SpanStore for ClickhouseStore {
         let mut out: Vec<String> = Vec::new();
         let mut r = Reader::new(&rows);
         while !r.is_empty() {
-            out.push(r.str().map_err(corrupt)?.to_owned());
+            out.push(r.text().map_err(corrupt)?.to_owned());
         }
         for b in &s.pending.read().batches {
             out.extend(b.spans.iter().map(|sp| sp.service_name().to_owned()));
@@ -984,7 +980,7 @@ impl SpanStore for ClickhouseStore {
         let mut out = Vec::new();
         let mut r = Reader::new(&rows);
         while !r.is_empty() {
-            let name = r.str().map_err(corrupt)?.to_owned();
+            let name = r.text().map_err(corrupt)?.to_owned();
             let code = r.u8().map_err(corrupt)?;
             let span_kind =
                 SpanKind::from_code(code).ok_or_else(|| StoreError::Internal(format!("span kind {code}")))?;
@@ -1023,9 +1019,10 @@ impl SpanStore for ClickhouseStore {
             let rows = s.query(&sql).await?;
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
-                let parent = r.str().map_err(corrupt)?.to_owned();
-                let child = r.str().map_err(corrupt)?.to_owned();
-                *counts.entry((parent, child)).or_default() += r.u64_le().map_err(corrupt)?;
+                let parent = r.text().map_err(corrupt)?.to_owned();
+                let child = r.text().map_err(corrupt)?.to_owned();
+                *counts.entry((parent, child)).or_default() +=
+                    u64::from_le_bytes(r.array().map_err(corrupt)?);
             }
         }
         // Buffered spans: counted within their own batch's traces, where ClickHouse did not.

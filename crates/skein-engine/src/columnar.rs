@@ -638,7 +638,7 @@ mod tests {
     use super::*;
 
     fn rich() -> Vec<Span> {
-        crate::codec::tests::rich()
+        skein_store::testdata::rich_batch()
     }
 
     fn sorted(mut v: Vec<Span>) -> Vec<Span> {

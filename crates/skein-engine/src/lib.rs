@@ -48,7 +48,7 @@ macro_rules! named {
 }
 
 pub mod block;
-pub mod codec;
+pub use skein_store::codec;
 pub mod columnar;
 
 use block::{Block, SharedBlock};

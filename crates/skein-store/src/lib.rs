@@ -1,12 +1,14 @@
 //! Storage for Skein: the [`SpanStore`] trait every backend implements, the query types,
 //! the one definition of "does this span match a search" ([`SpanMatcher`]), an in-memory
-//! backend ([`MemoryStore`]) and the [`conformance`] suite that every backend must pass.
+//! backend ([`MemoryStore`]), the binary span encoding backends share ([`codec`]) and the
+//! [`conformance`] suite that every backend must pass.
 //!
 //! This crate knows nothing of wire formats (OTLP, Jaeger JSON) or of files.
 
 use async_trait::async_trait;
 use skein_model::{Span, SpanKind, TimeRange, TraceId};
 
+pub mod codec;
 pub mod conformance;
 mod matcher;
 mod memory;

@@ -162,3 +162,26 @@ impl SpanBuilder {
         self.span
     }
 }
+
+/// Three spans that between them use every field and every kind of attribute value: the
+/// round-trip case of the span encodings.
+pub fn rich_batch() -> Vec<Span> {
+    vec![
+        SpanBuilder::new(1, 1)
+            .service("a")
+            .scope("lib", "1.0")
+            .attr("s", AttrValue::Str("x".into()))
+            .attr("i", AttrValue::Int(-5))
+            .attr("big", AttrValue::Int(i64::MIN))
+            .attr("d", AttrValue::Double(0.25))
+            .attr("b", AttrValue::Bytes(vec![1, 2]))
+            .attr("arr", AttrValue::Array(vec![AttrValue::Empty, AttrValue::Bool(true)]))
+            .attr("kv", AttrValue::KvList(vec![KeyValue::string("k", "v")]))
+            .event("e", 5, vec![KeyValue::string("ek", "ev")])
+            .link(2, 3)
+            .error("bad")
+            .build(),
+        SpanBuilder::new(1, 2).service("a").parent(1).kind(SpanKind::Client).build(),
+        SpanBuilder::new(2, 1).service("b").build(),
+    ]
+}

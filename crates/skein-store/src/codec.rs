@@ -1,5 +1,8 @@
-//! The binary encoding of a batch of spans, used for WAL records and inside blocks.
-//! Specified in `docs/format/spans.md`. Decoding checks every length and never panics.
+//! The binary encoding of spans shared by the storage backends: the embedded engine's WAL
+//! records and block chunks, and the ClickHouse store's buffer records and span payloads.
+//! The batch form ([`encode_spans`]) is specified in `docs/format/spans.md`; [`Writer`] and
+//! [`Reader`] are its primitives (varints, length-prefixed bytes, attribute values).
+//! Decoding checks every length and never panics.
 
 use std::sync::Arc;
 
@@ -16,21 +19,21 @@ pub const BATCH_VERSION: u8 = 1;
 #[error("corrupt span batch: {0}")]
 pub struct DecodeError(pub String);
 
-pub(crate) fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
+pub fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(msg.into()))
 }
 
 #[derive(Default)]
-pub(crate) struct Writer {
-    pub(crate) buf: Vec<u8>,
+pub struct Writer {
+    pub buf: Vec<u8>,
 }
 
 impl Writer {
-    pub(crate) fn u8(&mut self, v: u8) {
+    pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
 
-    pub(crate) fn varint(&mut self, mut v: u64) {
+    pub fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.buf.push((v as u8) | 0x80);
             v >>= 7;
@@ -38,16 +41,16 @@ impl Writer {
         self.buf.push(v as u8);
     }
 
-    pub(crate) fn bytes(&mut self, b: &[u8]) {
+    pub fn bytes(&mut self, b: &[u8]) {
         self.varint(b.len() as u64);
         self.buf.extend_from_slice(b);
     }
 
-    pub(crate) fn str(&mut self, s: &str) {
+    pub fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
 
-    pub(crate) fn attrs(&mut self, attrs: &[KeyValue]) {
+    pub fn attrs(&mut self, attrs: &[KeyValue]) {
         self.varint(attrs.len() as u64);
         for kv in attrs {
             self.str(&kv.key);
@@ -55,7 +58,7 @@ impl Writer {
         }
     }
 
-    pub(crate) fn value(&mut self, v: &AttrValue) {
+    pub fn value(&mut self, v: &AttrValue) {
         match v {
             AttrValue::Empty => self.u8(0),
             AttrValue::Str(s) => {
@@ -93,16 +96,25 @@ impl Writer {
     }
 }
 
-pub(crate) struct Reader<'a> {
-    pub(crate) buf: &'a [u8],
-    pub(crate) pos: usize,
+pub struct Reader<'a> {
+    pub buf: &'a [u8],
+    pub pos: usize,
 }
 
 /// Deepest value nesting the decoder follows (the receivers allow far less).
 const MAX_DEPTH: usize = 64;
 
 impl<'a> Reader<'a> {
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    /// Nothing left to read.
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() - self.pos < n {
             return err(format!(
                 "needs {n} bytes at offset {}, {} left",
@@ -115,11 +127,11 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    pub(crate) fn varint(&mut self) -> Result<u64, DecodeError> {
+    pub fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
@@ -131,7 +143,7 @@ impl<'a> Reader<'a> {
         err("varint longer than 10 bytes")
     }
 
-    pub(crate) fn len(&mut self) -> Result<usize, DecodeError> {
+    pub fn len(&mut self) -> Result<usize, DecodeError> {
         let n = self.varint()?;
         if n > (self.buf.len() - self.pos) as u64 {
             return err(format!("length {n} at offset {} runs past the end", self.pos));
@@ -139,37 +151,41 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
-    pub(crate) fn count(&mut self) -> Result<usize, DecodeError> {
+    pub fn count(&mut self) -> Result<usize, DecodeError> {
         // Every element takes at least one byte, so a count can't exceed what is left.
         self.len()
     }
 
-    pub(crate) fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+    pub fn bytes(&mut self) -> Result<Vec<u8>, DecodeError> {
+        self.slice().map(<[u8]>::to_vec)
+    }
+
+    /// Length-prefixed bytes, borrowed from the buffer.
+    pub fn slice(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.len()?;
-        Ok(self.take(n)?.to_vec())
+        self.take(n)
     }
 
     /// A length-prefixed string, borrowed from the buffer.
-    fn text(&mut self) -> Result<&'a str, DecodeError> {
-        let n = self.len()?;
-        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))
+    pub fn text(&mut self) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.slice()?).map_err(|_| DecodeError("string is not UTF-8".into()))
     }
 
-    pub(crate) fn str(&mut self) -> Result<Str, DecodeError> {
+    pub fn str(&mut self) -> Result<Str, DecodeError> {
         self.text().map(Str::from)
     }
 
     /// A string that may be an attribute key: the long keys of the semantic conventions come
     /// back as shared static strings (see [`skein_model::attribute_key`]).
-    pub(crate) fn key(&mut self) -> Result<Str, DecodeError> {
+    pub fn key(&mut self) -> Result<Str, DecodeError> {
         self.text().map(skein_model::attribute_key)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("took N bytes"))
     }
 
-    pub(crate) fn attrs(&mut self, depth: usize) -> Result<Vec<KeyValue>, DecodeError> {
+    pub fn attrs(&mut self, depth: usize) -> Result<Vec<KeyValue>, DecodeError> {
         let n = self.count()?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -179,7 +195,7 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    pub(crate) fn value(&mut self, depth: usize) -> Result<AttrValue, DecodeError> {
+    pub fn value(&mut self, depth: usize) -> Result<AttrValue, DecodeError> {
         if depth > MAX_DEPTH {
             return err("attribute value nested too deep");
         }
@@ -210,16 +226,16 @@ impl<'a> Reader<'a> {
 /// The distinct resources and scopes of a batch, each numbered once: looked up by `Arc`
 /// pointer first (shared within a request), then by value (equal ones from different requests).
 #[derive(Default)]
-pub(crate) struct Origins<'a> {
-    pub(crate) resources: Vec<&'a Arc<Resource>>,
-    pub(crate) scopes: Vec<&'a Arc<InstrumentationScope>>,
+pub struct Origins<'a> {
+    pub resources: Vec<&'a Arc<Resource>>,
+    pub scopes: Vec<&'a Arc<InstrumentationScope>>,
     resource_ix: rustc_hash::FxHashMap<*const Resource, usize>,
     scope_ix: rustc_hash::FxHashMap<*const InstrumentationScope, usize>,
 }
 
 impl<'a> Origins<'a> {
     /// The indexes of `s`'s resource and scope, adding them when new.
-    pub(crate) fn of(&mut self, s: &'a Span) -> (usize, usize) {
+    pub fn of(&mut self, s: &'a Span) -> (usize, usize) {
         let Origins { resources, scopes, resource_ix, scope_ix } = self;
         let r = *resource_ix.entry(Arc::as_ptr(&s.resource)).or_insert_with(|| {
             resources.iter().position(|r| ***r == *s.resource).unwrap_or_else(|| {
@@ -321,7 +337,7 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
     w.buf
 }
 
-pub(crate) fn u32_of(v: u64, what: &str) -> Result<u32, DecodeError> {
+pub fn u32_of(v: u64, what: &str) -> Result<u32, DecodeError> {
     u32::try_from(v).map_err(|_| DecodeError(format!("{what} {v} out of range")))
 }
 
@@ -431,31 +447,10 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testdata::rich_batch as rich;
     use proptest::prelude::*;
-    use skein_store::testdata::SpanBuilder;
-
-    pub(crate) fn rich() -> Vec<Span> {
-        vec![
-            SpanBuilder::new(1, 1)
-                .service("a")
-                .scope("lib", "1.0")
-                .attr("s", AttrValue::Str("x".into()))
-                .attr("i", AttrValue::Int(-5))
-                .attr("big", AttrValue::Int(i64::MIN))
-                .attr("d", AttrValue::Double(0.25))
-                .attr("b", AttrValue::Bytes(vec![1, 2]))
-                .attr("arr", AttrValue::Array(vec![AttrValue::Empty, AttrValue::Bool(true)]))
-                .attr("kv", AttrValue::KvList(vec![KeyValue::string("k", "v")]))
-                .event("e", 5, vec![KeyValue::string("ek", "ev")])
-                .link(2, 3)
-                .error("bad")
-                .build(),
-            SpanBuilder::new(1, 2).service("a").parent(1).kind(SpanKind::Client).build(),
-            SpanBuilder::new(2, 1).service("b").build(),
-        ]
-    }
 
     #[test]
     fn round_trips_every_field_and_shares_resources() {
