@@ -1,5 +1,6 @@
 //! [`ClickhouseStore`]: the local buffer, the background inserts, and the queries.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
-use skein_model::{Resource, Span, SpanId, SpanKind, TimeRange, TraceId};
+use skein_model::{AttrValue, Resource, Span, SpanId, SpanKind, TimeRange, TraceId};
 use skein_store::{
     DependencyLink, Operation, SpanMatcher, SpanStore, StoreError, StoreStats, TraceQuery,
     count_dependencies, dependency_links, synthetic_tags_of,
@@ -126,7 +127,6 @@ struct Shared {
     written_resources: Mutex<HashSet<(u64, u32, usize)>>,
     written_operations: Mutex<HashSet<(String, String, u8, u32)>>,
     spans_written: AtomicU64,
-    spans_delivered: AtomicU64,
 }
 
 /// Spans in ClickHouse, behind a local durable buffer. See the crate documentation.
@@ -238,7 +238,6 @@ impl ClickhouseStore {
             written_resources: Mutex::new(HashSet::new()),
             written_operations: Mutex::new(HashSet::new()),
             spans_written: AtomicU64::new(0),
-            spans_delivered: AtomicU64::new(0),
         });
         let flusher = tokio::spawn(flush_loop(Arc::clone(&shared)));
         let retention = tokio::spawn(retention_loop(Arc::clone(&shared)));
@@ -363,11 +362,11 @@ impl Shared {
     fn build_rows<'a>(&self, spans: impl Iterator<Item = &'a Span>) -> Rows {
         let mut rows = Rows::default();
         let mut encoded: HashMap<*const Resource, (u64, Vec<u8>)> = HashMap::new();
-        let mut seen_tags: HashSet<(TraceId, String, String, String)> = HashSet::new();
-        let written_res = self.written_resources.lock().clone();
-        let written_ops = self.written_operations.lock().clone();
-        let mut batch_res = HashSet::new();
-        let mut batch_ops = HashSet::new();
+        // Distinct (trace, service, key, indexed value) of this insert, borrowed from the spans.
+        let mut seen_tags: HashSet<(TraceId, &'a str, &'a str, Cow<'a, str>)> = HashSet::new();
+        let mut batch_ops: HashSet<(&'a str, &'a str, u8, u32)> = HashSet::new();
+        let written_res = self.written_resources.lock();
+        let written_ops = self.written_operations.lock();
         let mut payload = Vec::new();
         for span in spans {
             let tid = span.trace_id.as_bytes();
@@ -379,9 +378,8 @@ impl Shared {
                 (codec::resource_id(&bytes), bytes)
             });
             let res_id = *res_id;
-            let shard = self.topology.shard_of(key);
-            let res_key = (res_id, day, shard);
-            if !written_res.contains(&res_key) && batch_res.insert(res_key) {
+            let res_key = (res_id, day, self.topology.shard_of(key));
+            if !written_res.contains(&res_key) && !rows.new_resources.contains(&res_key) {
                 let w = &mut rows.resources;
                 w.buf.extend_from_slice(&res_id.to_le_bytes());
                 w.buf.extend_from_slice(&key.to_le_bytes());
@@ -390,15 +388,16 @@ impl Shared {
                 rows.new_resources.push(res_key);
             }
             let service = span.service_name();
-            let op_key = (service.to_owned(), span.name.to_string(), span.kind.code(), day);
-            if !written_ops.contains(&op_key) && !batch_ops.contains(&op_key) {
-                let w = &mut rows.operations;
-                w.bytes(service.as_bytes());
-                w.bytes(span.name.as_bytes());
-                w.u8(span.kind.code());
-                w.buf.extend_from_slice(&(day.min(u16::MAX as u32) as u16).to_le_bytes());
-                batch_ops.insert(op_key.clone());
-                rows.new_operations.push(op_key);
+            if batch_ops.insert((service, &span.name, span.kind.code(), day)) {
+                let op_key = (service.to_owned(), span.name.to_string(), span.kind.code(), day);
+                if !written_ops.contains(&op_key) {
+                    let w = &mut rows.operations;
+                    w.str(service);
+                    w.str(&span.name);
+                    w.u8(span.kind.code());
+                    w.buf.extend_from_slice(&(day.min(u16::MAX as u32) as u16).to_le_bytes());
+                    rows.new_operations.push(op_key);
+                }
             }
 
             let w = &mut rows.spans;
@@ -412,8 +411,8 @@ impl Shared {
             w.bytes(&payload);
 
             let w = &mut rows.search;
-            w.bytes(service.as_bytes());
-            w.bytes(span.name.as_bytes());
+            w.str(service);
+            w.str(&span.name);
             w.u8(span.kind.code());
             w.buf.extend_from_slice(&ts.to_le_bytes());
             w.buf.extend_from_slice(&span.start_time_unix_nano.to_le_bytes());
@@ -423,28 +422,36 @@ impl Shared {
             w.buf.extend_from_slice(span.span_id.as_bytes());
             w.buf.extend_from_slice(span.parent_span_id.map(|p| *p.as_bytes()).unwrap_or([0; 8]).as_slice());
 
-            let mut tag = |k: &str, v: &str| {
-                let v = indexed_value(v);
-                if seen_tags.insert((span.trace_id, service.to_owned(), k.to_owned(), v.to_owned())) {
+            let mut tag = |k: &'a str, v: Cow<'a, str>| {
+                let v = match v {
+                    Cow::Borrowed(b) => Cow::Borrowed(indexed_value(b)),
+                    Cow::Owned(o) => Cow::Owned(indexed_value(&o).to_owned()),
+                };
+                if !seen_tags.contains(&(span.trace_id, service, k, Cow::Borrowed(v.as_ref()))) {
                     let w = &mut rows.tags;
-                    w.bytes(k.as_bytes());
-                    w.bytes(v.as_bytes());
-                    w.bytes(service.as_bytes());
+                    w.str(k);
+                    w.str(&v);
+                    w.str(service);
                     w.buf.extend_from_slice(&ts.to_le_bytes());
                     w.buf.extend_from_slice(tid);
+                    seen_tags.insert((span.trace_id, service, k, v));
                 }
             };
+            let text = |v: &'a AttrValue| match v {
+                AttrValue::Str(s) => Cow::Borrowed(s.as_str()),
+                other => Cow::Owned(other.to_search_string()),
+            };
             for kv in span.attributes.iter().chain(&span.resource.attributes) {
-                tag(&kv.key, &kv.value.to_search_string());
+                tag(&kv.key, text(&kv.value));
             }
             for e in &span.events {
-                tag("event", &e.name);
+                tag("event", Cow::Borrowed(&e.name));
                 for kv in &e.attributes {
-                    tag(&kv.key, &kv.value.to_search_string());
+                    tag(&kv.key, text(&kv.value));
                 }
             }
             for (k, v) in synthetic_tags_of(span) {
-                tag(k, v);
+                tag(k, Cow::Borrowed(v));
             }
         }
         rows
@@ -507,7 +514,6 @@ impl Shared {
             let chunk = &batches[start..end];
             let rows = self.build_rows(chunk.iter().flat_map(|b| b.iter()));
             self.insert(rows).await?;
-            self.spans_delivered.fetch_add(n as u64, Ordering::Relaxed);
             let mut p = self.pending.write();
             let mut freed = (0u64, 0usize);
             p.batches.retain(|b| {
@@ -528,7 +534,8 @@ impl Shared {
         Ok(())
     }
 
-    /// Runs `sql` on the shard that holds `key`, trying its replicas in turn.
+    /// Runs `sql` on shard number `shard` (an index into the topology), trying its replicas
+    /// in turn.
     async fn query_shard(&self, shard: usize, sql: &str) -> Result<Vec<u8>, StoreError> {
         let mut last = None;
         for replica in &self.topology.shards[shard].replicas {
@@ -546,7 +553,8 @@ impl Shared {
         self.entry.query(sql, settings).await.map_err(read_error)
     }
 
-    /// Resources by id, from the cache or from `server` (a shard's local table) / the entry.
+    /// Resources by id: from the cache, else from `shard`'s local table, or through the
+    /// entry server when no shard is given.
     async fn resources(
         &self,
         ids: HashSet<u64>,
@@ -568,22 +576,17 @@ impl Shared {
         if missing.is_empty() {
             return Ok(out);
         }
-        let list = tuple(missing.iter().map(|id| id.to_string()));
+        let table = match shard {
+            Some(_) => self.layout.local("resources"),
+            None => self.layout.table("resources"),
+        };
+        let sql = format!(
+            "SELECT id, any(payload) FROM {table} WHERE id IN {} GROUP BY id FORMAT RowBinary",
+            tuple(missing.iter().map(|id| id.to_string()))
+        );
         let rows = match shard {
-            Some(s) => {
-                let sql = format!(
-                    "SELECT id, any(payload) FROM {} WHERE id IN {list} GROUP BY id FORMAT RowBinary",
-                    self.layout.local("resources")
-                );
-                self.query_shard(s, &sql).await?
-            }
-            None => {
-                let sql = format!(
-                    "SELECT id, any(payload) FROM {} WHERE id IN {list} GROUP BY id FORMAT RowBinary",
-                    self.layout.table("resources")
-                );
-                self.query(&sql).await?
-            }
+            Some(s) => self.query_shard(s, &sql).await?,
+            None => self.query(&sql).await?,
         };
         let mut r = Reader::new(&rows);
         let mut cache = self.resources.lock();
@@ -957,8 +960,11 @@ impl SpanStore for ClickhouseStore {
         while !r.is_empty() {
             out.push(r.text().map_err(corrupt)?.to_owned());
         }
-        for b in &s.pending.read().batches {
-            out.extend(b.spans.iter().map(|sp| sp.service_name().to_owned()));
+        {
+            let p = s.pending.read();
+            let buffered: HashSet<&str> =
+                p.batches.iter().flat_map(|b| b.spans.iter()).map(Span::service_name).collect();
+            out.extend(buffered.into_iter().map(str::to_owned));
         }
         out.sort();
         out.dedup();
@@ -986,12 +992,18 @@ impl SpanStore for ClickhouseStore {
                 SpanKind::from_code(code).ok_or_else(|| StoreError::Internal(format!("span kind {code}")))?;
             out.push(Operation { name, span_kind });
         }
-        for b in &s.pending.read().batches {
-            for sp in b.spans.iter() {
-                if sp.service_name() == service && kind.is_none_or(|k| k == sp.kind) {
-                    out.push(Operation { name: sp.name.to_string(), span_kind: sp.kind });
-                }
-            }
+        {
+            let p = s.pending.read();
+            let buffered: HashSet<(&str, SpanKind)> = p
+                .batches
+                .iter()
+                .flat_map(|b| b.spans.iter())
+                .filter(|sp| sp.service_name() == service && kind.is_none_or(|k| k == sp.kind))
+                .map(|sp| (sp.name.as_str(), sp.kind))
+                .collect();
+            out.extend(
+                buffered.into_iter().map(|(name, span_kind)| Operation { name: name.to_owned(), span_kind }),
+            );
         }
         out.sort();
         out.dedup();
