@@ -548,9 +548,18 @@ impl Shared {
     }
 
     async fn query(&self, sql: &str) -> Result<Vec<u8>, StoreError> {
-        let settings: &[(&str, &str)] =
-            if self.layout.cluster.is_some() { &[("distributed_product_mode", "local")] } else { &[] };
-        self.entry.query(sql, settings).await.map_err(read_error)
+        self.query_with(sql, &[]).await
+    }
+
+    /// [`Self::query`] with more settings.
+    async fn query_with(&self, sql: &str, settings: &[(&str, &str)]) -> Result<Vec<u8>, StoreError> {
+        let mut settings = settings.to_vec();
+        if self.layout.cluster.is_some() {
+            // Subqueries run on each shard against its local tables: exact, as a trace's
+            // rows are all on one shard.
+            settings.push(("distributed_product_mode", "local"));
+        }
+        self.entry.query(sql, &settings).await.map_err(read_error)
     }
 
     /// Resources by id: from the cache, else from `shard`'s local table, or through the
@@ -1012,6 +1021,15 @@ impl SpanStore for ClickhouseStore {
 
     async fn dependencies(&self, range: TimeRange) -> Result<Vec<DependencyLink>, StoreError> {
         let s = &self.shared;
+        // Traces with spans in this node's buffer are counted here, whole (ClickHouse's and
+        // the buffer's spans merged, repeats dropped); ClickHouse counts every other trace.
+        // So a call is counted once whether its spans are delivered, buffered or both.
+        let buffered: Vec<TraceId> = {
+            let p = s.pending.read();
+            let ids: HashSet<TraceId> =
+                p.batches.iter().flat_map(|b| b.spans.iter()).map(|sp| sp.trace_id).collect();
+            ids.into_iter().collect()
+        };
         let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
         if !range.is_empty() {
             let from = secs(range.start_unix_nano);
@@ -1019,16 +1037,23 @@ impl SpanStore for ClickhouseStore {
             // Parents are looked for up to an hour around the range.
             let (pf, pt) = (from.saturating_sub(3600), to.saturating_add(3600));
             let search = s.layout.table("search");
+            let not_buffered = if buffered.is_empty() {
+                String::new()
+            } else {
+                format!(" AND trace_id NOT IN {}", tuple(buffered.iter().map(|t| unhex(t.as_bytes()))))
+            };
             let sql = format!(
                 "SELECT parent_service, service, toUInt64(uniqExact(trace_id, span_id)) FROM {search} \
                  ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, service AS parent_service FROM {search} \
                  WHERE timestamp >= toDateTime({pf}) AND timestamp <= toDateTime({pt})) AS parents USING (trace_id, parent_span_id) \
                  WHERE timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to}) \
-                 AND start_ns >= {} AND start_ns < {} AND parent_service != service \
+                 AND start_ns >= {} AND start_ns < {} AND parent_service != service{not_buffered} \
                  GROUP BY parent_service, service FORMAT RowBinary",
                 range.start_unix_nano, range.end_unix_nano
             );
-            let rows = s.query(&sql).await?;
+            // The list of buffered traces can be long: allow the statement's size.
+            let size = (sql.len() + 4096).to_string();
+            let rows = s.query_with(&sql, &[("max_query_size", &size)]).await?;
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
                 let parent = r.text().map_err(corrupt)?.to_owned();
@@ -1037,17 +1062,8 @@ impl SpanStore for ClickhouseStore {
                     u64::from_le_bytes(r.array().map_err(corrupt)?);
             }
         }
-        // Buffered spans: counted within their own batch's traces, where ClickHouse did not.
-        let mut buffered: HashMap<TraceId, Vec<Span>> = HashMap::new();
-        s.add_pending(&mut buffered, |_| true);
-        let mut extra = BTreeMap::new();
-        for spans in buffered.values_mut() {
-            dedup(spans);
-            count_dependencies(spans.iter(), range, &mut extra);
-        }
-        for (k, v) in extra {
-            let e = counts.entry(k).or_default();
-            *e = (*e).max(v);
+        for spans in s.fetch_traces(&buffered).await?.values() {
+            count_dependencies(spans.iter(), range, &mut counts);
         }
         Ok(dependency_links(counts))
     }

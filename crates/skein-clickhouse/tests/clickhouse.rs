@@ -330,3 +330,23 @@ async fn retention_drops_old_day_partitions_only() {
     assert!(store.trace(B::trace_id(1)).await.unwrap().is_none(), "old trace gone");
     assert!(store.trace(B::trace_id(2)).await.unwrap().is_some(), "recent trace kept");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_add_delivered_and_buffered_calls() {
+    let Some(url) = single() else { return };
+    let mut c = config(&url, None);
+    c.flush_interval = std::time::Duration::from_secs(3600);
+    c.flush_spans = usize::MAX;
+    let store = open(c).await;
+    let call = |t: u8| vec![B::new(t, 1).service("a").build(), B::new(t, 2).service("b").parent(1).build()];
+    store.write(call(1)).await.unwrap();
+    store.flush_now().await.unwrap();
+    store.write(call(2)).await.unwrap();
+    store.write(call(3)).await.unwrap();
+    assert_eq!(store.buffered_spans(), 4);
+    assert_eq!(
+        store.dependencies(TimeRange::ALL).await.unwrap(),
+        [DependencyLink { parent: "a".into(), child: "b".into(), call_count: 3 }],
+        "one call in ClickHouse and two in the buffer"
+    );
+}
