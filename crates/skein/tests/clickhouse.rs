@@ -3,6 +3,8 @@
 //! everything is read back through node B; node A is SIGKILLed right after its
 //! acknowledgements and a shard is stopped during ingest, and every acknowledged span arrives.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,21 +55,10 @@ fn start(data: &Path, url: &str, cluster: &str, database: &str) -> Node {
     Node { child, grpc: l.otlp_grpc, otlp_http: l.otlp_http, http: l.http }
 }
 
+/// Trace ids spread over both shards (their first bytes differ).
 fn batch(round: u32, n: u32) -> (String, String) {
     let trace_id = format!("{:08x}{round:08x}{n:016x}", n.wrapping_mul(2_654_435_761));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let spans: Vec<String> = (1..=5)
-        .map(|i| {
-            format!(
-                r#"{{"traceId":"{trace_id}","spanId":"{i:016x}","name":"op{i}","kind":2,"startTimeUnixNano":"{now}","endTimeUnixNano":"{end}","attributes":[{{"key":"n","value":{{"intValue":"{n}"}}}}]}}"#,
-                end = now + 1000
-            )
-        })
-        .collect();
-    let body = format!(
-        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"ch-e2e"}}}}]}},"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
-        spans.join(",")
-    );
+    let body = support::otlp_json_batch(&trace_id, "ch-e2e", n);
     (trace_id, body)
 }
 

@@ -2,6 +2,8 @@
 //! engine is SIGKILLed repeatedly while a client sends OTLP batches; after each restart every
 //! batch the server acknowledged is readable through the API.
 
+mod support;
+
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -25,19 +27,7 @@ fn start(data: &Path) -> Skein {
 
 fn batch(round: u32, n: u32) -> (String, String) {
     let trace_id = format!("{round:08x}{n:024x}");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let spans: Vec<String> = (1..=5)
-        .map(|i| {
-            format!(
-                r#"{{"traceId":"{trace_id}","spanId":"{i:016x}","name":"op{i}","kind":2,"startTimeUnixNano":"{now}","endTimeUnixNano":"{end}","attributes":[{{"key":"n","value":{{"intValue":"{n}"}}}}]}}"#,
-                end = now + 1000
-            )
-        })
-        .collect();
-    let body = format!(
-        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"crash"}}}}]}},"scopeSpans":[{{"spans":[{}]}}]}}]}}"#,
-        spans.join(",")
-    );
+    let body = support::otlp_json_batch(&trace_id, "crash", n);
     (trace_id, body)
 }
 
