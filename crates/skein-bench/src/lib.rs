@@ -85,7 +85,7 @@ pub struct Report {
     pub search_rare_p50_ms: f64,
     pub search_rare_p99_ms: f64,
     /// With `--storage clickhouse`: CPU seconds of the local `clickhouse-server` processes
-    /// during the load, and per stored span.
+    /// from the start of the load until every acknowledged span is inserted.
     pub clickhouse_cpu_seconds: Option<f64>,
     /// With `--storage clickhouse`: spans per second from the first send until ClickHouse
     /// has every acknowledged one.
@@ -389,6 +389,8 @@ struct ClickhouseTarget {
     url: String,
     database: String,
     cluster: Option<String>,
+    /// The bench chose the database (and drops it at the end).
+    own_database: bool,
 }
 
 impl ClickhouseTarget {
@@ -407,6 +409,7 @@ impl ClickhouseTarget {
             url: value("--clickhouse-url").unwrap_or_else(|| "http://127.0.0.1:8123".into()),
             database: value("--clickhouse-database").unwrap_or_else(|| "skein".into()),
             cluster: value("--clickhouse-cluster"),
+            own_database: false,
         })
     }
 
@@ -423,33 +426,33 @@ impl ClickhouseTarget {
         })
     }
 
-    /// Bytes of the database's active parts, summed over the shards (one replica each).
-    async fn bytes_on_disk(&self) -> anyhow::Result<u64> {
+    /// A number `sql` (which returns one as text) answers, summed over the shards (one
+    /// replica each).
+    async fn sum_over_shards(&self, sql: &str) -> anyhow::Result<u64> {
         let mut total = 0;
         for server in self.servers().await? {
-            // Merge what can be merged first, as the embedded engine's figure is after compaction.
-            let sql = format!(
-                "SELECT toString(sum(bytes_on_disk)) FROM system.parts WHERE database = {} AND active",
-                skein_clickhouse::sql::quote(&self.database)
-            );
-            let out = server.query(&sql, &[]).await?;
+            let out = server.query(sql, &[]).await?;
             total += String::from_utf8_lossy(&out).trim().parse::<u64>().unwrap_or(0);
         }
         Ok(total)
     }
 
+    /// Bytes of the database's active parts (as far as ClickHouse has merged them).
+    async fn bytes_on_disk(&self) -> anyhow::Result<u64> {
+        self.sum_over_shards(&format!(
+            "SELECT toString(sum(bytes_on_disk)) FROM system.parts WHERE database = {} AND active",
+            skein_clickhouse::sql::quote(&self.database)
+        ))
+        .await
+    }
+
     /// Rows in the `spans` table(s).
     async fn spans_stored(&self) -> anyhow::Result<u64> {
-        let mut total = 0;
-        for server in self.servers().await? {
-            let sql = format!(
-                "SELECT toString(sum(rows)) FROM system.parts WHERE database = {} AND active AND table IN ('spans', 'spans_local')",
-                skein_clickhouse::sql::quote(&self.database)
-            );
-            total +=
-                String::from_utf8_lossy(&server.query(&sql, &[]).await?).trim().parse::<u64>().unwrap_or(0);
-        }
-        Ok(total)
+        self.sum_over_shards(&format!(
+            "SELECT toString(sum(rows)) FROM system.parts WHERE database = {} AND active AND table IN ('spans', 'spans_local')",
+            skein_clickhouse::sql::quote(&self.database)
+        ))
+        .await
     }
 
     async fn drop_database(&self) -> anyhow::Result<()> {
@@ -475,7 +478,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         Some(t) if !serve_args.iter().any(|a| a.starts_with("--clickhouse-database")) => {
             let database = format!("skein_bench_{}", std::process::id());
             serve_args.push(format!("--clickhouse-database={database}"));
-            Some(ClickhouseTarget { database, ..t })
+            Some(ClickhouseTarget { database, own_database: true, ..t })
         }
         other => other,
     };
@@ -662,55 +665,58 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             bail!("trace {id} was acknowledged but GET /api/traces/{id} answered {status}");
         }
     }
-    let mut search = Vec::new();
-    for i in 0..config.queries {
+    // tags={"http.response.status_code":"500"}, URL-encoded, in each service in turn.
+    let search = timed_gets(&client, (0..config.queries).map(|i| {
         let service = &traffic::SERVICES[i % traffic::SERVICES.len()];
-        let t = Instant::now();
-        // tags={"http.response.status_code":"500"}, URL-encoded.
-        let url = format!(
+        format!(
             "{query}/api/traces?service={service}&tags=%7B%22http.response.status_code%22%3A%22500%22%7D&lookback=2h&limit=20"
-        );
-        let r = client.get(url).send().await?;
-        let status = r.status();
-        r.bytes().await?;
-        search.push(t.elapsed().as_secs_f64() * 1000.0);
-        if !status.is_success() {
-            bail!("search answered {status}");
-        }
-    }
-    let mut rare = Vec::new();
-    for i in 0..config.queries {
-        // A client address of the load's (10.0.x.y, about 65,000 values): a high-cardinality value.
-        let t = Instant::now();
-        let url = format!(
+        )
+    }))
+    .await?;
+    // A client address of the load's (10.0.x.y, about 65,000 values): a high-cardinality value.
+    let rare = timed_gets(&client, (0..config.queries).map(|i| {
+        format!(
             "{query}/api/traces?service=frontend&tags=%7B%22client.address%22%3A%2210.0.{}.{}%22%7D&lookback=2h&limit=20",
             (i * 37) % 255,
             1 + (i * 91) % 253
-        );
-        let r = client.get(url).send().await?;
-        let status = r.status();
-        r.bytes().await?;
-        rare.push(t.elapsed().as_secs_f64() * 1000.0);
-        if !status.is_success() {
-            bail!("search answered {status}");
-        }
-    }
-    rare.sort_by(|a, b| a.total_cmp(b));
-    report.search_rare_p50_ms = percentile(&rare, 0.5);
-    report.search_rare_p99_ms = percentile(&rare, 0.99);
+        )
+    }))
+    .await?;
     by_id.sort_by(|a, b| a.total_cmp(b));
-    search.sort_by(|a, b| a.total_cmp(b));
     report.trace_by_id_p50_ms = percentile(&by_id, 0.5);
     report.trace_by_id_p99_ms = percentile(&by_id, 0.99);
     report.search_p50_ms = percentile(&search, 0.5);
     report.search_p99_ms = percentile(&search, 0.99);
+    report.search_rare_p50_ms = percentile(&rare, 0.5);
+    report.search_rare_p99_ms = percentile(&rare, 0.99);
     drop(server);
     if let Some(ch) = &clickhouse
-        && !config.serve_args.iter().any(|a| a.starts_with("--clickhouse-database"))
+        && ch.own_database
     {
         ch.drop_database().await?;
     }
     Ok(report)
+}
+
+/// GETs each URL in turn; the latencies in milliseconds, sorted. Any answer but success
+/// is an error.
+async fn timed_gets(
+    client: &reqwest::Client,
+    urls: impl Iterator<Item = String>,
+) -> anyhow::Result<Vec<f64>> {
+    let mut ms = Vec::new();
+    for url in urls {
+        let t = Instant::now();
+        let r = client.get(&url).send().await?;
+        let status = r.status();
+        r.bytes().await?;
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !status.is_success() {
+            bail!("{url} answered {status}");
+        }
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok(ms)
 }
 
 pub(crate) async fn send_grpc(
