@@ -297,7 +297,7 @@ async fn migrate(server: &Client, layout: &Layout) -> Result<(), MigrateError> {
         )));
     }
     if current < SCHEMA_VERSION {
-        for statement in layout.create_statements(&features, 1024) {
+        for statement in layout.create_statements(&features) {
             server.query(&statement, &[]).await?;
         }
         server
@@ -425,7 +425,10 @@ impl Shared {
             let mut tag = |k: &'a str, v: Cow<'a, str>| {
                 let v = match v {
                     Cow::Borrowed(b) => Cow::Borrowed(indexed_value(b)),
-                    Cow::Owned(o) => Cow::Owned(indexed_value(&o).to_owned()),
+                    Cow::Owned(mut o) => {
+                        o.truncate(indexed_value(&o).len());
+                        Cow::Owned(o)
+                    }
                 };
                 if !seen_tags.contains(&(span.trace_id, service, k, Cow::Borrowed(v.as_ref()))) {
                     let w = &mut rows.tags;
