@@ -86,6 +86,8 @@ pub enum OpenError {
     Cluster(String),
     #[error("{0}")]
     Schema(String),
+    #[error("data directory {0} is in use by another skein process; stop it or choose another --data-dir")]
+    Locked(PathBuf),
     #[error("cannot open the local buffer in {dir}: {message}")]
     Buffer { dir: PathBuf, message: String },
     #[error("{0}")]
@@ -134,6 +136,8 @@ struct Shared {
 pub struct ClickhouseStore {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The buffer directory's lock: one process per buffer.
+    _lock: std::fs::File,
 }
 
 impl Drop for ClickhouseStore {
@@ -158,6 +162,13 @@ impl ClickhouseStore {
     /// and starts the background inserts. Must run inside a Tokio runtime.
     pub async fn open(config: ClickhouseConfig) -> Result<ClickhouseStore, OpenError> {
         identifier(&config.database).map_err(OpenError::Config)?;
+        let dir = config.buffer_dir.clone();
+        let buffer_error = |message: String| OpenError::Buffer { dir: dir.clone(), message };
+        std::fs::create_dir_all(&dir).map_err(|e| buffer_error(e.to_string()))?;
+        let lock = skein_wal::fs::lock_dir(&dir).map_err(|e| match e {
+            skein_wal::fs::LockError::Locked(_) => OpenError::Locked(dir.clone()),
+            e => buffer_error(e.to_string()),
+        })?;
         let entry = Client::new(&config.url, config.user.clone(), config.password.clone())
             .map_err(OpenError::Config)?;
         let user = config.user.clone().unwrap_or_else(|| "default".into());
@@ -197,12 +208,11 @@ impl ClickhouseStore {
             segment_bytes: 64 * 1024 * 1024,
             ..WalConfig::new(&config.buffer_dir)
         };
-        let dir = config.buffer_dir.clone();
         let (wal, recovery) =
             tokio::task::spawn_blocking(move || Wal::open(wal_config, Arc::new(skein_wal::fs::OsFs)))
                 .await
-                .map_err(|e| OpenError::Buffer { dir: dir.clone(), message: e.to_string() })?
-                .map_err(|e| OpenError::Buffer { dir: dir.clone(), message: e.to_string() })?;
+                .map_err(|e| buffer_error(e.to_string()))?
+                .map_err(|e| buffer_error(e.to_string()))?;
         let mut pending = Pending::default();
         for (pos, record) in recovery.records {
             match skein_store::codec::decode_spans(&record) {
@@ -241,7 +251,7 @@ impl ClickhouseStore {
         });
         let flusher = tokio::spawn(flush_loop(Arc::clone(&shared)));
         let retention = tokio::spawn(retention_loop(Arc::clone(&shared)));
-        Ok(ClickhouseStore { shared, tasks: vec![flusher, retention] })
+        Ok(ClickhouseStore { shared, tasks: vec![flusher, retention], _lock: lock })
     }
 
     /// Spans acknowledged by this node that are not in ClickHouse yet.

@@ -350,3 +350,14 @@ async fn dependencies_add_delivered_and_buffered_calls() {
         "one call in ClickHouse and two in the buffer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffer_directory_in_use_is_refused() {
+    let Some(url) = single() else { return };
+    let c = config(&url, None);
+    let first = open(c.clone()).await;
+    let e = ClickhouseStore::open(c.clone()).await.unwrap_err();
+    assert!(matches!(e, OpenError::Locked(_)) && e.to_string().contains("--data-dir"), "{e}");
+    drop(first);
+    open(c).await;
+}

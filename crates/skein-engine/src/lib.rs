@@ -209,20 +209,10 @@ impl Engine {
         // One process per data directory: a second writer would corrupt the WAL.
         fs.create_dir_all(&config.dir)
             .map_err(|source| OpenError::Blocks { path: config.dir.clone(), source })?;
-        let lock_path = config.dir.join("LOCK");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| OpenError::Lock { path: lock_path.clone(), source })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(config.dir.clone())),
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(OpenError::Lock { path: lock_path, source });
-            }
-        }
+        let lock = skein_wal::fs::lock_dir(&config.dir).map_err(|e| match e {
+            skein_wal::fs::LockError::Locked(dir) => OpenError::Locked(dir),
+            skein_wal::fs::LockError::Io { path, source } => OpenError::Lock { path, source },
+        })?;
         let block_dir = config.dir.join("blocks");
         fs.create_dir_all(&block_dir)
             .map_err(|source| OpenError::Blocks { path: block_dir.clone(), source })?;

@@ -234,3 +234,32 @@ impl Fs for FaultyFs {
         OsFs.sync_dir(dir)
     }
 }
+
+/// Why [`lock_dir`] could not take a directory.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds it.
+    #[error("{0} is in use by another skein process")]
+    Locked(PathBuf),
+    #[error("cannot lock {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Takes the exclusive lock of directory `dir` (the file `LOCK` in it), for as long as the
+/// returned file is open: one process per data directory, since a second writer would
+/// corrupt the WAL. The lock is the operating system's, so it goes with the process, also
+/// on kill -9.
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File, LockError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LockError::Io { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Locked(dir.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(LockError::Io { path, source }),
+    }
+}
