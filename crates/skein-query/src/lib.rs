@@ -25,12 +25,8 @@ pub type SharedStore = Arc<dyn SpanStore>;
 
 /// The HTTP status for a storage failure (logged once here for every API version).
 pub(crate) fn store_error_status(e: &skein_store::StoreError) -> axum::http::StatusCode {
-    use skein_store::StoreError;
     tracing::warn!(error = %e, "query failed in storage");
-    match e {
-        StoreError::Overloaded(_) | StoreError::Unavailable(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        StoreError::Internal(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    axum::http::StatusCode::from_u16(e.http_status(skein_store::Access::Read)).expect("a valid status")
 }
 
 /// All query routes: Jaeger v1 under `/api/…` and v3 under `/api/v3/…`.

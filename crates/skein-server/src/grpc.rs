@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use prost::Message;
 use skein_otlp::proto::collector::ExportTraceServiceResponse;
-use skein_store::StoreError;
+use tonic::Code;
 use tonic::codec::{
     Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
 };
@@ -88,13 +88,7 @@ impl UnaryService<Bytes> for Export {
                 Err(e @ (IngestError::Invalid(_) | IngestError::Malformed(_))) => {
                     Err(Status::invalid_argument(e.to_string()))
                 }
-                Err(IngestError::Store(e @ StoreError::Overloaded(_))) => {
-                    Err(Status::resource_exhausted(e.to_string()))
-                }
-                Err(IngestError::Store(e @ StoreError::Unavailable(_))) => {
-                    Err(Status::unavailable(e.to_string()))
-                }
-                Err(IngestError::Store(e @ StoreError::Internal(_))) => Err(Status::internal(e.to_string())),
+                Err(IngestError::Store(e)) => Err(Status::new(Code::from_i32(e.grpc_code()), e.to_string())),
             };
             let status = match &answer {
                 Ok(_) => 200,

@@ -79,11 +79,7 @@ impl Ingest {
         let accepted = batch.spans.len() as u64;
         let (rejected, error_message) = (batch.rejected, batch.error_message());
         if let Err(e) = self.store.write(batch.spans).await {
-            let reason = match e {
-                StoreError::Overloaded(_) => "throttled",
-                _ => "storage_error",
-            };
-            self.metrics.refused(protocol, reason, accepted);
+            self.metrics.refused(protocol, e.metric_reason(), accepted);
             self.metrics.refused(protocol, "invalid", rejected);
             return Err(e.into());
         }

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
-use skein_store::StoreError;
+use skein_store::Access;
 
 use crate::ingest::{Ingest, IngestError};
 
@@ -180,12 +180,8 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
             Err(Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))
         }
         Err(IngestError::Store(e)) => {
-            let (status, retry_after) = match e {
-                StoreError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, Some(1)),
-                StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, Some(5)),
-                StoreError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, None),
-            };
-            Err(Failure { status, encoding, message: e.to_string(), retry_after })
+            let status = StatusCode::from_u16(e.http_status(Access::Write)).expect("a valid status");
+            Err(Failure { status, encoding, message: e.to_string(), retry_after: e.retry_after_secs() })
         }
     }
 }

@@ -31,6 +31,53 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// Whether a failed storage call was reading or writing: overload refuses a write with
+/// "slow down" but makes a read unavailable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+impl StoreError {
+    /// The one mapping of storage errors to protocol answers, for every HTTP and gRPC layer:
+    /// the HTTP status (OTLP throttling 429 for an overloaded write, 503 when unavailable,
+    /// 500 otherwise).
+    pub fn http_status(&self, access: Access) -> u16 {
+        match (self, access) {
+            (StoreError::Overloaded(_), Access::Write) => 429,
+            (StoreError::Overloaded(_) | StoreError::Unavailable(_), _) => 503,
+            (StoreError::Internal(_), _) => 500,
+        }
+    }
+
+    /// The gRPC status code: `RESOURCE_EXHAUSTED` (8), `UNAVAILABLE` (14), `INTERNAL` (13).
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            StoreError::Overloaded(_) => 8,
+            StoreError::Unavailable(_) => 14,
+            StoreError::Internal(_) => 13,
+        }
+    }
+
+    /// Seconds a client should wait before retrying; `None` when retrying will not help.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            StoreError::Overloaded(_) => Some(1),
+            StoreError::Unavailable(_) => Some(5),
+            StoreError::Internal(_) => None,
+        }
+    }
+
+    /// The `reason` label of the refused-spans metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            StoreError::Overloaded(_) => "throttled",
+            _ => "storage_error",
+        }
+    }
+}
+
 /// A search for traces, in the terms of the Jaeger API.
 ///
 /// A trace matches when **one** of its spans satisfies every given condition at once.
@@ -152,4 +199,23 @@ pub fn dependency_links(counts: std::collections::BTreeMap<(String, String), u64
         .into_iter()
         .map(|((parent, child), call_count)| DependencyLink { parent, child, call_count })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_map_to_the_otlp_answers() {
+        let over = StoreError::Overloaded("x".into());
+        let down = StoreError::Unavailable("x".into());
+        let bug = StoreError::Internal("x".into());
+        let row = |e: &StoreError| {
+            (e.http_status(Access::Write), e.http_status(Access::Read), e.grpc_code(), e.retry_after_secs())
+        };
+        assert_eq!(row(&over), (429, 503, 8, Some(1)), "overload: throttle writes, retry soon");
+        assert_eq!(row(&down), (503, 503, 14, Some(5)));
+        assert_eq!(row(&bug), (500, 500, 13, None), "an internal error is not retryable");
+        assert_eq!((over.metric_reason(), down.metric_reason()), ("throttled", "storage_error"));
+    }
 }
