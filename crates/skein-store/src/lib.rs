@@ -9,9 +9,11 @@ use async_trait::async_trait;
 use skein_model::{Span, SpanKind, TimeRange, TraceId};
 
 pub mod codec;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 mod matcher;
 mod memory;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testdata;
 
 pub use matcher::{SpanMatcher, synthetic_tags, synthetic_tags_of};
