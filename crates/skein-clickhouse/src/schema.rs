@@ -259,18 +259,3 @@ mod tests {
         assert_eq!(trace_key(&id), 578437695752307201);
     }
 }
-
-#[cfg(test)]
-mod print {
-    /// `cargo test -p skein-clickhouse print_ddl -- --ignored --nocapture` prints the DDL for
-    /// a version, for checking it against a server by hand.
-    #[test]
-    #[ignore]
-    fn print_ddl() {
-        let v = std::env::var("SKEIN_DDL_VERSION").unwrap_or_else(|_| "26.9".into());
-        let layout = super::Layout { database: "skein".into(), cluster: None };
-        for s in layout.create_statements(&super::Features::from_version(&v).unwrap()) {
-            println!("{s};");
-        }
-    }
-}

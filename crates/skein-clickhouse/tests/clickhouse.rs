@@ -1,7 +1,9 @@
 //! The store against real ClickHouse servers started by `scripts/test`
 //! (`scripts/clickhouse-servers`): the conformance suite on one server and on a 2-shard
 //! cluster, with spans read from the local buffer and from ClickHouse, and the errors users
-//! meet.
+//! meet; and the conformance suite, SQL safety and retention on a current ClickHouse (26.x,
+//! in-process from PyPI's `chdb-core` behind `tests/interop/chdb/http_server.py`), where the
+//! schema uses codecs and `LowCardinality`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -28,6 +30,11 @@ fn env(name: &str) -> Option<String> {
 
 fn single() -> Option<String> {
     env("SKEIN_TEST_CLICKHOUSE_URL")
+}
+
+/// ClickHouse 26.x (chdb behind an HTTP shim).
+fn modern() -> Option<String> {
+    env("SKEIN_TEST_CLICKHOUSE_MODERN_URL")
 }
 
 fn cluster() -> Option<(String, String)> {
@@ -103,6 +110,35 @@ async fn conformance_single_server_from_the_buffer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_current_clickhouse_from_clickhouse() {
+    let Some(url) = modern() else { return };
+    let client = Client::new(&url, None, None).unwrap();
+    let version = String::from_utf8(client.query("SELECT version()", &[]).await.unwrap()).unwrap();
+    assert!(version.trim().split('.').next().unwrap().parse::<u32>().unwrap() >= 25, "{version}");
+    conformance::run_all(|| async { Delivered(open(config(&url, None)).await) }).await;
+    // The schema made for this version uses what 18.16 lacks.
+    let c = config(&url, None);
+    drop(open(c.clone()).await);
+    let columns = |cond: &str| {
+        format!("SELECT count() FROM system.columns WHERE database = '{}' AND {cond}", c.database)
+    };
+    assert!(count_on(&url, &columns("compression_codec LIKE '%ZSTD%'")).await >= 10, "codecs");
+    assert!(count_on(&url, &columns("type = 'LowCardinality(String)'")).await >= 5, "LowCardinality");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_current_clickhouse_from_the_buffer() {
+    let Some(url) = modern() else { return };
+    conformance::run_all(|| async {
+        let mut c = config(&url, None);
+        c.flush_interval = std::time::Duration::from_secs(3600);
+        c.flush_spans = usize::MAX;
+        open(c).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_two_shards_from_clickhouse() {
     let Some((url, name)) = cluster() else { return };
     conformance::run_all(|| async { Delivered(open(config(&url, Some(&name))).await) }).await;
@@ -154,7 +190,17 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_keys_and_values_are_stored_and_found_as_they_are() {
     let Some(url) = single() else { return };
-    let store = Delivered(open(config(&url, None)).await);
+    hostile_names(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_on_current_clickhouse() {
+    let Some(url) = modern() else { return };
+    hostile_names(&url).await;
+}
+
+async fn hostile_names(url: &str) {
+    let store = Delivered(open(config(url, None)).await);
     let evil = ["'); DROP TABLE spans; --", "back\\slash'", "new\nline\ttab", "nul\0byte", "ünï☃ \u{7f}"];
     for (i, text) in evil.iter().enumerate() {
         let n = i as u8 + 1;
@@ -303,7 +349,17 @@ async fn start_errors_say_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_old_day_partitions_only() {
     let Some(url) = single() else { return };
-    let mut c = config(&url, None);
+    retention(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_current_clickhouse() {
+    let Some(url) = modern() else { return };
+    retention(&url).await;
+}
+
+async fn retention(url: &str) {
+    let mut c = config(url, None);
     c.retention = std::time::Duration::from_secs(2 * 86_400);
     let store = Delivered(open(c.clone()).await);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
@@ -313,7 +369,7 @@ async fn retention_drops_old_day_partitions_only() {
     store.0.apply_retention().await.unwrap();
     let old_day = ((now - 10 * day) / day) as i64;
     let left = count_on(
-        &url,
+        url,
         &format!(
             "SELECT count() FROM system.parts WHERE database = '{}' AND active AND partition_id = formatDateTime(toDate({old_day}), '%Y%m%d')",
             c.database
@@ -322,7 +378,7 @@ async fn retention_drops_old_day_partitions_only() {
     .await;
     assert_eq!(left, 0, "no table keeps a part of the old day");
     let recent = count_on(
-        &url,
+        url,
         &format!("SELECT count() FROM system.parts WHERE database = '{}' AND active", c.database),
     )
     .await;
