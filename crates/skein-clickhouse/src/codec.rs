@@ -11,11 +11,9 @@
 
 use std::sync::Arc;
 
-use skein_model::{
-    Event, InstrumentationScope, Link, Resource, Span, SpanId, SpanKind, Status, StatusCode, TraceId,
-};
+use skein_model::{Resource, Span, SpanId, TraceId};
+use skein_store::codec::err;
 pub use skein_store::codec::{DecodeError, Reader, Writer};
-use skein_store::codec::{err, u32_of};
 
 /// First byte of every payload and resource encoding.
 pub const FORMAT_VERSION: u8 = 1;
@@ -27,61 +25,19 @@ fn version(r: &mut Reader<'_>, what: &str) -> Result<(), DecodeError> {
     }
 }
 
-fn span_id(r: &mut Reader<'_>) -> Result<SpanId, DecodeError> {
-    SpanId::from_bytes(r.array()?).or_else(|e| err(format!("span id: {e}")))
-}
-
 /// A trace id as 16 raw bytes.
 pub fn trace_id(r: &mut Reader<'_>) -> Result<TraceId, DecodeError> {
     TraceId::from_bytes(r.array()?).or_else(|e| err(format!("trace id: {e}")))
 }
 
-/// Writes a span but its trace id and resource.
+/// Writes a span but its trace id and resource: its span id, its scope, then the fields the
+/// embedded engine's records hold for every span ([`Writer::span_body`]).
 pub fn encode_payload(span: &Span, out: &mut Vec<u8>) {
     let mut w = Writer { buf: std::mem::take(out) };
     w.u8(FORMAT_VERSION);
     w.buf.extend_from_slice(span.span_id.as_bytes());
-    match span.parent_span_id {
-        Some(p) => {
-            w.u8(1);
-            w.buf.extend_from_slice(p.as_bytes());
-        }
-        None => w.u8(0),
-    }
-    w.str(&span.trace_state);
-    w.varint(span.flags as u64);
-    w.str(&span.name);
-    w.u8(span.kind.code());
-    w.varint(span.start_time_unix_nano);
-    w.varint(span.end_time_unix_nano);
-    w.attrs(&span.attributes);
-    w.varint(span.dropped_attributes_count as u64);
-    w.varint(span.events.len() as u64);
-    for e in &span.events {
-        w.varint(e.time_unix_nano);
-        w.str(&e.name);
-        w.attrs(&e.attributes);
-        w.varint(e.dropped_attributes_count as u64);
-    }
-    w.varint(span.dropped_events_count as u64);
-    w.varint(span.links.len() as u64);
-    for l in &span.links {
-        w.buf.extend_from_slice(l.trace_id.as_bytes());
-        w.buf.extend_from_slice(l.span_id.as_bytes());
-        w.str(&l.trace_state);
-        w.attrs(&l.attributes);
-        w.varint(l.dropped_attributes_count as u64);
-        w.varint(l.flags as u64);
-    }
-    w.varint(span.dropped_links_count as u64);
-    w.u8(span.status.code.code());
-    w.str(&span.status.message);
-    let s = &span.scope;
-    w.str(&s.name);
-    w.str(&s.version);
-    w.attrs(&s.attributes);
-    w.varint(s.dropped_attributes_count as u64);
-    w.str(&s.schema_url);
+    w.scope(&span.scope);
+    w.span_body(span);
     *out = w.buf;
 }
 
@@ -89,87 +45,20 @@ pub fn encode_payload(span: &Span, out: &mut Vec<u8>) {
 pub fn decode_payload(bytes: &[u8], trace_id: TraceId, resource: Arc<Resource>) -> Result<Span, DecodeError> {
     let mut r = Reader::new(bytes);
     version(&mut r, "span payload")?;
-    let span_id = span_id(&mut r)?;
-    let parent_span_id = match r.u8()? {
-        0 => None,
-        1 => Some(self::span_id(&mut r)?),
-        t => return err(format!("bad parent marker {t}")),
-    };
-    let trace_state = r.text()?.to_owned();
-    let flags = u32_of(r.varint()?, "flags")?;
-    let name = r.str()?;
-    let k = r.u8()?;
-    let kind = SpanKind::from_code(k).ok_or_else(|| DecodeError(format!("bad span kind {k}")))?;
-    let start_time_unix_nano = r.varint()?;
-    let end_time_unix_nano = r.varint()?;
-    let attributes = r.attrs(0)?;
-    let dropped_attributes_count = u32_of(r.varint()?, "dropped count")?;
-    let n = r.count()?;
-    let mut events = Vec::with_capacity(n);
-    for _ in 0..n {
-        events.push(Event {
-            time_unix_nano: r.varint()?,
-            name: r.str()?,
-            attributes: r.attrs(0)?,
-            dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-        });
-    }
-    let dropped_events_count = u32_of(r.varint()?, "dropped count")?;
-    let n = r.count()?;
-    let mut links = Vec::with_capacity(n);
-    for _ in 0..n {
-        links.push(Link {
-            trace_id: self::trace_id(&mut r)?,
-            span_id: self::span_id(&mut r)?,
-            trace_state: r.text()?.to_owned(),
-            attributes: r.attrs(0)?,
-            dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-            flags: u32_of(r.varint()?, "flags")?,
-        });
-    }
-    let dropped_links_count = u32_of(r.varint()?, "dropped count")?;
-    let c = r.u8()?;
-    let code = StatusCode::from_code(c).ok_or_else(|| DecodeError(format!("bad status code {c}")))?;
-    let status = Status { code, message: r.text()?.to_owned() };
-    let scope = Arc::new(InstrumentationScope {
-        name: r.text()?.to_owned(),
-        version: r.text()?.to_owned(),
-        attributes: r.attrs(0)?,
-        dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-        schema_url: r.text()?.to_owned(),
-    });
+    let span_id = SpanId::from_bytes(r.array()?).or_else(|e| err(format!("span id: {e}")))?;
+    let scope = Arc::new(r.scope()?);
+    let span = r.span_body(trace_id, span_id, resource, scope)?;
     if !r.is_empty() {
         return err("bytes after the end of a span payload");
     }
-    Ok(Span {
-        trace_id,
-        span_id,
-        parent_span_id,
-        trace_state,
-        flags,
-        name,
-        kind,
-        start_time_unix_nano,
-        end_time_unix_nano,
-        attributes,
-        dropped_attributes_count,
-        events,
-        dropped_events_count,
-        links,
-        dropped_links_count,
-        status,
-        resource,
-        scope,
-    })
+    Ok(span)
 }
 
 /// Writes a resource.
 pub fn encode_resource(resource: &Resource) -> Vec<u8> {
     let mut w = Writer::default();
     w.u8(FORMAT_VERSION);
-    w.attrs(&resource.attributes);
-    w.varint(resource.dropped_attributes_count as u64);
-    w.str(&resource.schema_url);
+    w.resource(resource);
     w.buf
 }
 
@@ -177,11 +66,7 @@ pub fn encode_resource(resource: &Resource) -> Vec<u8> {
 pub fn decode_resource(bytes: &[u8]) -> Result<Resource, DecodeError> {
     let mut r = Reader::new(bytes);
     version(&mut r, "resource")?;
-    let resource = Resource {
-        attributes: r.attrs(0)?,
-        dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-        schema_url: r.text()?.to_owned(),
-    };
+    let resource = r.resource()?;
     if !r.is_empty() {
         return err("bytes after the end of a resource");
     }

@@ -58,6 +58,61 @@ impl Writer {
         }
     }
 
+    pub fn resource(&mut self, r: &Resource) {
+        self.attrs(&r.attributes);
+        self.varint(r.dropped_attributes_count as u64);
+        self.str(&r.schema_url);
+    }
+
+    pub fn scope(&mut self, c: &InstrumentationScope) {
+        self.str(&c.name);
+        self.str(&c.version);
+        self.attrs(&c.attributes);
+        self.varint(c.dropped_attributes_count as u64);
+        self.str(&c.schema_url);
+    }
+
+    /// A span's fields after its trace and span id, except its resource and scope: parent,
+    /// trace state, flags, name, kind, times (end as a delta), attributes, events, links,
+    /// status. [`Reader::span_body`] reads them back.
+    pub fn span_body(&mut self, s: &Span) {
+        match s.parent_span_id {
+            Some(p) => {
+                self.u8(1);
+                self.buf.extend_from_slice(p.as_bytes());
+            }
+            None => self.u8(0),
+        }
+        self.str(&s.trace_state);
+        self.varint(s.flags as u64);
+        self.str(&s.name);
+        self.u8(s.kind.code());
+        self.varint(s.start_time_unix_nano);
+        self.varint(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano));
+        self.attrs(&s.attributes);
+        self.varint(s.dropped_attributes_count as u64);
+        self.varint(s.events.len() as u64);
+        for e in &s.events {
+            self.varint(e.time_unix_nano);
+            self.str(&e.name);
+            self.attrs(&e.attributes);
+            self.varint(e.dropped_attributes_count as u64);
+        }
+        self.varint(s.dropped_events_count as u64);
+        self.varint(s.links.len() as u64);
+        for l in &s.links {
+            self.buf.extend_from_slice(l.trace_id.as_bytes());
+            self.buf.extend_from_slice(l.span_id.as_bytes());
+            self.str(&l.trace_state);
+            self.attrs(&l.attributes);
+            self.varint(l.dropped_attributes_count as u64);
+            self.varint(l.flags as u64);
+        }
+        self.varint(s.dropped_links_count as u64);
+        self.u8(s.status.code.code());
+        self.str(&s.status.message);
+    }
+
     pub fn value(&mut self, v: &AttrValue) {
         match v {
             AttrValue::Empty => self.u8(0),
@@ -195,6 +250,98 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    pub fn resource(&mut self) -> Result<Resource, DecodeError> {
+        Ok(Resource {
+            attributes: self.attrs(0)?,
+            dropped_attributes_count: u32_of(self.varint()?, "dropped count")?,
+            schema_url: self.str()?.into(),
+        })
+    }
+
+    pub fn scope(&mut self) -> Result<InstrumentationScope, DecodeError> {
+        Ok(InstrumentationScope {
+            name: self.str()?.into(),
+            version: self.str()?.into(),
+            attributes: self.attrs(0)?,
+            dropped_attributes_count: u32_of(self.varint()?, "dropped count")?,
+            schema_url: self.str()?.into(),
+        })
+    }
+
+    /// What [`Writer::span_body`] wrote, made into a span with the ids, resource and scope
+    /// given.
+    pub fn span_body(
+        &mut self,
+        trace_id: TraceId,
+        span_id: SpanId,
+        resource: Arc<Resource>,
+        scope: Arc<InstrumentationScope>,
+    ) -> Result<Span, DecodeError> {
+        let parent_span_id = match self.u8()? {
+            0 => None,
+            1 => Some(SpanId::from_bytes(self.array()?).map_err(|e| DecodeError(format!("parent id: {e}")))?),
+            t => return err(format!("bad parent flag {t}")),
+        };
+        let trace_state = self.str()?;
+        let flags = u32_of(self.varint()?, "flags")?;
+        let name = self.str()?;
+        let k = self.u8()?;
+        let kind = SpanKind::from_code(k).ok_or_else(|| DecodeError(format!("bad span kind {k}")))?;
+        let start = self.varint()?;
+        let end = start.wrapping_add(self.varint()?);
+        let attributes = self.attrs(0)?;
+        let dropped_attributes_count = u32_of(self.varint()?, "dropped count")?;
+        let ne = self.count()?;
+        let mut events = Vec::with_capacity(ne);
+        for _ in 0..ne {
+            events.push(Event {
+                time_unix_nano: self.varint()?,
+                name: self.str()?,
+                attributes: self.attrs(0)?,
+                dropped_attributes_count: u32_of(self.varint()?, "dropped count")?,
+            });
+        }
+        let dropped_events_count = u32_of(self.varint()?, "dropped count")?;
+        let nl = self.count()?;
+        let mut links = Vec::with_capacity(nl);
+        for _ in 0..nl {
+            links.push(Link {
+                trace_id: TraceId::from_bytes(self.array()?)
+                    .map_err(|e| DecodeError(format!("link trace id: {e}")))?,
+                span_id: SpanId::from_bytes(self.array()?)
+                    .map_err(|e| DecodeError(format!("link span id: {e}")))?,
+                trace_state: self.str()?.into(),
+                attributes: self.attrs(0)?,
+                dropped_attributes_count: u32_of(self.varint()?, "dropped count")?,
+                flags: u32_of(self.varint()?, "flags")?,
+            });
+        }
+        let dropped_links_count = u32_of(self.varint()?, "dropped count")?;
+        let c = self.u8()?;
+        let code = StatusCode::from_code(c).ok_or_else(|| DecodeError(format!("bad status code {c}")))?;
+        let message = self.str()?;
+        Ok(Span {
+            trace_id,
+            span_id,
+            parent_span_id,
+            trace_state: trace_state.into(),
+            flags,
+            name,
+            kind,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes,
+            dropped_attributes_count,
+            events,
+            dropped_events_count,
+            links,
+            dropped_links_count,
+            status: Status { code, message: message.into() },
+            resource,
+            scope,
+        })
+    }
+
     pub fn value(&mut self, depth: usize) -> Result<AttrValue, DecodeError> {
         if depth > MAX_DEPTH {
             return err("attribute value nested too deep");
@@ -280,17 +427,11 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
     w.u8(BATCH_VERSION);
     w.varint(resources.len() as u64);
     for r in &resources {
-        w.attrs(&r.attributes);
-        w.varint(r.dropped_attributes_count as u64);
-        w.str(&r.schema_url);
+        w.resource(r);
     }
     w.varint(scopes.len() as u64);
     for c in &scopes {
-        w.str(&c.name);
-        w.str(&c.version);
-        w.attrs(&c.attributes);
-        w.varint(c.dropped_attributes_count as u64);
-        w.str(&c.schema_url);
+        w.scope(c);
     }
     w.varint(spans.len() as u64);
     for (s, (r, c)) in spans.iter().zip(refs) {
@@ -298,41 +439,7 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
         w.varint(c as u64);
         w.buf.extend_from_slice(s.trace_id.as_bytes());
         w.buf.extend_from_slice(s.span_id.as_bytes());
-        match s.parent_span_id {
-            Some(p) => {
-                w.u8(1);
-                w.buf.extend_from_slice(p.as_bytes());
-            }
-            None => w.u8(0),
-        }
-        w.str(&s.trace_state);
-        w.varint(s.flags as u64);
-        w.str(&s.name);
-        w.u8(s.kind.code());
-        w.varint(s.start_time_unix_nano);
-        w.varint(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano));
-        w.attrs(&s.attributes);
-        w.varint(s.dropped_attributes_count as u64);
-        w.varint(s.events.len() as u64);
-        for e in &s.events {
-            w.varint(e.time_unix_nano);
-            w.str(&e.name);
-            w.attrs(&e.attributes);
-            w.varint(e.dropped_attributes_count as u64);
-        }
-        w.varint(s.dropped_events_count as u64);
-        w.varint(s.links.len() as u64);
-        for l in &s.links {
-            w.buf.extend_from_slice(l.trace_id.as_bytes());
-            w.buf.extend_from_slice(l.span_id.as_bytes());
-            w.str(&l.trace_state);
-            w.attrs(&l.attributes);
-            w.varint(l.dropped_attributes_count as u64);
-            w.varint(l.flags as u64);
-        }
-        w.varint(s.dropped_links_count as u64);
-        w.u8(s.status.code.code());
-        w.str(&s.status.message);
+        w.span_body(s);
     }
     w.buf
 }
@@ -351,22 +458,12 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
     let n = r.count()?;
     let mut resources = Vec::with_capacity(n);
     for _ in 0..n {
-        resources.push(Arc::new(Resource {
-            attributes: r.attrs(0)?,
-            dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-            schema_url: r.str()?.into(),
-        }));
+        resources.push(Arc::new(r.resource()?));
     }
     let n = r.count()?;
     let mut scopes = Vec::with_capacity(n);
     for _ in 0..n {
-        scopes.push(Arc::new(InstrumentationScope {
-            name: r.str()?.into(),
-            version: r.str()?.into(),
-            attributes: r.attrs(0)?,
-            dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-            schema_url: r.str()?.into(),
-        }));
+        scopes.push(Arc::new(r.scope()?));
     }
     let n = r.count()?;
     let mut spans = Vec::with_capacity(n);
@@ -376,69 +473,7 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
         let scope = scopes.get(r.varint()? as usize).ok_or(DecodeError("scope index out of range".into()))?;
         let trace_id = TraceId::from_bytes(r.array()?).map_err(|e| DecodeError(format!("trace id: {e}")))?;
         let span_id = SpanId::from_bytes(r.array()?).map_err(|e| DecodeError(format!("span id: {e}")))?;
-        let parent_span_id = match r.u8()? {
-            0 => None,
-            1 => Some(SpanId::from_bytes(r.array()?).map_err(|e| DecodeError(format!("parent id: {e}")))?),
-            t => return err(format!("bad parent flag {t}")),
-        };
-        let trace_state = r.str()?;
-        let flags = u32_of(r.varint()?, "flags")?;
-        let name = r.str()?;
-        let k = r.u8()?;
-        let kind = SpanKind::from_code(k).ok_or_else(|| DecodeError(format!("bad span kind {k}")))?;
-        let start = r.varint()?;
-        let end = start.wrapping_add(r.varint()?);
-        let attributes = r.attrs(0)?;
-        let dropped_attributes_count = u32_of(r.varint()?, "dropped count")?;
-        let ne = r.count()?;
-        let mut events = Vec::with_capacity(ne);
-        for _ in 0..ne {
-            events.push(Event {
-                time_unix_nano: r.varint()?,
-                name: r.str()?,
-                attributes: r.attrs(0)?,
-                dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-            });
-        }
-        let dropped_events_count = u32_of(r.varint()?, "dropped count")?;
-        let nl = r.count()?;
-        let mut links = Vec::with_capacity(nl);
-        for _ in 0..nl {
-            links.push(Link {
-                trace_id: TraceId::from_bytes(r.array()?)
-                    .map_err(|e| DecodeError(format!("link trace id: {e}")))?,
-                span_id: SpanId::from_bytes(r.array()?)
-                    .map_err(|e| DecodeError(format!("link span id: {e}")))?,
-                trace_state: r.str()?.into(),
-                attributes: r.attrs(0)?,
-                dropped_attributes_count: u32_of(r.varint()?, "dropped count")?,
-                flags: u32_of(r.varint()?, "flags")?,
-            });
-        }
-        let dropped_links_count = u32_of(r.varint()?, "dropped count")?;
-        let c = r.u8()?;
-        let code = StatusCode::from_code(c).ok_or_else(|| DecodeError(format!("bad status code {c}")))?;
-        let message = r.str()?;
-        spans.push(Span {
-            trace_id,
-            span_id,
-            parent_span_id,
-            trace_state: trace_state.into(),
-            flags,
-            name,
-            kind,
-            start_time_unix_nano: start,
-            end_time_unix_nano: end,
-            attributes,
-            dropped_attributes_count,
-            events,
-            dropped_events_count,
-            links,
-            dropped_links_count,
-            status: Status { code, message: message.into() },
-            resource: Arc::clone(resource),
-            scope: Arc::clone(scope),
-        });
+        spans.push(r.span_body(trace_id, span_id, Arc::clone(resource), Arc::clone(scope))?);
     }
     if r.pos != buf.len() {
         return err(format!("{} trailing bytes", buf.len() - r.pos));
