@@ -55,6 +55,13 @@ fn config(url: &str, cluster: Option<&str>) -> ClickhouseConfig {
     c
 }
 
+/// Nothing is sent to ClickHouse unless a test asks (`flush_now`): reads come from the buffer.
+fn buffer_only(mut c: ClickhouseConfig) -> ClickhouseConfig {
+    c.flush_interval = std::time::Duration::from_secs(3600);
+    c.flush_spans = usize::MAX;
+    c
+}
+
 /// Every write goes to ClickHouse before it returns, so reads come from ClickHouse only.
 #[derive(Debug)]
 struct Delivered(ClickhouseStore);
@@ -100,13 +107,7 @@ async fn conformance_single_server_from_clickhouse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_single_server_from_the_buffer() {
     let Some(url) = single() else { return };
-    conformance::run_all(|| async {
-        let mut c = config(&url, None);
-        c.flush_interval = std::time::Duration::from_secs(3600);
-        c.flush_spans = usize::MAX;
-        open(c).await
-    })
-    .await;
+    conformance::run_all(|| async { open(buffer_only(config(&url, None))).await }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,13 +130,7 @@ async fn conformance_current_clickhouse_from_clickhouse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_current_clickhouse_from_the_buffer() {
     let Some(url) = modern() else { return };
-    conformance::run_all(|| async {
-        let mut c = config(&url, None);
-        c.flush_interval = std::time::Duration::from_secs(3600);
-        c.flush_spans = usize::MAX;
-        open(c).await
-    })
-    .await;
+    conformance::run_all(|| async { open(buffer_only(config(&url, None))).await }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,9 +269,7 @@ async fn long_values_and_typed_values_are_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_spans_survive_a_restart_and_reach_clickhouse() {
     let Some(url) = single() else { return };
-    let mut c = config(&url, None);
-    c.flush_interval = std::time::Duration::from_secs(3600);
-    c.flush_spans = usize::MAX;
+    let c = buffer_only(config(&url, None));
     let store = open(c.clone()).await;
     store.write(vec![B::new(7, 1).service("buffered").build()]).await.unwrap();
     assert_eq!(store.buffered_spans(), 1);
@@ -390,9 +383,7 @@ async fn retention(url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dependencies_add_delivered_and_buffered_calls() {
     let Some(url) = single() else { return };
-    let mut c = config(&url, None);
-    c.flush_interval = std::time::Duration::from_secs(3600);
-    c.flush_spans = usize::MAX;
+    let c = buffer_only(config(&url, None));
     let store = open(c).await;
     let call = |t: u8| vec![B::new(t, 1).service("a").build(), B::new(t, 2).service("b").parent(1).build()];
     store.write(call(1)).await.unwrap();
