@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::response::IntoResponse as _;
 use axum::routing::get;
 use skein_store::SpanStore;
 
@@ -17,7 +18,7 @@ pub mod jaeger;
 pub mod params;
 mod skein_api;
 mod v1;
-mod v3;
+pub mod v3;
 pub mod view;
 
 /// The store a query handler reads from.
@@ -29,24 +30,61 @@ pub(crate) fn store_error_status(e: &skein_store::StoreError) -> axum::http::Sta
     axum::http::StatusCode::from_u16(e.http_status(skein_store::Access::Read)).expect("a valid status")
 }
 
-/// All query routes: Jaeger v1 under `/api/…` and v3 under `/api/v3/…`.
+/// All query routes: Jaeger v1 under `/api/…` (with Jaeger's `?prettyPrint=true`) and v3
+/// under `/api/v3/…`.
 pub fn router(store: SharedStore) -> Router {
-    Router::new()
+    let v1 = Router::new()
         .route("/api/services", get(v1::services))
         .route("/api/services/{service}/operations", get(v1::service_operations))
         .route("/api/operations", get(v1::operations))
         .route("/api/traces", get(v1::find_traces))
         .route("/api/traces/{trace_id}", get(v1::get_trace))
         .route("/api/dependencies", get(v1::dependencies))
+        .layer(axum::middleware::from_fn(pretty_print));
+    Router::new()
+        .merge(v1)
         .route("/api/v1/traces/{trace_id}/critical-path", get(skein_api::critical_path))
         .route("/api/v1/traces/{trace_id}/view", get(skein_api::trace_view))
         .route("/api/v1/traces/{trace_id}/diagnosis", get(skein_api::trace_diagnosis))
         .route("/api/v1/doctor", get(skein_api::doctor_report))
         .route("/api/v3/services", get(v3::services))
         .route("/api/v3/operations", get(v3::operations))
-        .route("/api/v3/traces", get(v3::find_traces))
+        .route("/api/v3/traces", get(v3::find_traces).post(v3::find_traces_post))
         .route("/api/v3/traces/{trace_id}", get(v3::get_trace))
+        .route("/api/v3/trace-summaries", get(v3::find_trace_summaries).post(v3::find_trace_summaries_post))
+        .route("/api/v3/dependencies", get(v3::dependencies))
         .with_state(store)
+}
+
+/// Jaeger's v1 `prettyPrint` parameter: any value but empty or `false` indents the JSON
+/// answer by four spaces, keeping its field order.
+async fn pretty_print(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let wanted = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri()).is_ok_and(|q| {
+        q.0.iter().rev().find(|(k, _)| k == "prettyPrint").is_some_and(|(_, v)| !v.is_empty() && v != "false")
+    });
+    let response = next.run(request).await;
+    if !wanted {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    let mut reader = serde_json::Deserializer::from_slice(&bytes);
+    let mut writer = serde_json::Serializer::with_formatter(
+        &mut out,
+        serde_json::ser::PrettyFormatter::with_indent(b"    "),
+    );
+    if serde_transcode::transcode(&mut reader, &mut writer).is_err() {
+        // Not JSON: sent as it was.
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(out))
 }
 
 #[cfg(test)]

@@ -402,12 +402,12 @@ async fn trace_by_id_errors() {
         "/api/v3/traces/0000000000000000000000000000000f",
         StatusCode::NOT_FOUND,
         expect![[r#"
-        {
-          "error": {
-            "httpCode": 404,
-            "message": "trace not found"
-          }
-        }"#]],
+            {
+              "error": {
+                "httpCode": 404,
+                "message": "No traces found"
+              }
+            }"#]],
     )
     .await;
 }
@@ -976,4 +976,337 @@ async fn doctor_and_trace_diagnosis() {
             "message": "parameter 'lookback': invalid duration \"soon\": expected a Go duration such as \"1.5s\", \"300ms\" or \"1h30m\""
           }
         }"#]]).await;
+}
+
+#[tokio::test]
+async fn trace_summaries_v3() {
+    // Trace 1: root `GET /checkout` of frontend with error status, a checkout child, and a
+    // checkout span whose parent (9) is not in the trace.
+    check(
+        "/api/v3/trace-summaries?query.serviceName=checkout&query.startTimeMin=2024-01-01T00:00:00Z&query.startTimeMax=2024-01-01T00:01:00Z&query.searchDepth=20",
+        StatusCode::OK,
+        expect![[r#"
+            {
+              "summaries": [
+                {
+                  "errorSpanCount": 1,
+                  "maxEndTimeUnixNano": "1704067201120000000",
+                  "minStartTimeUnixNano": "1704067201000000000",
+                  "orphanSpanCount": 1,
+                  "rootOperationName": "GET /checkout",
+                  "rootServiceName": "frontend",
+                  "services": [
+                    {
+                      "name": "checkout",
+                      "spanCount": 2
+                    },
+                    {
+                      "errorSpanCount": 1,
+                      "name": "frontend",
+                      "spanCount": 1
+                    }
+                  ],
+                  "spanCount": 3,
+                  "traceId": "ab000000000000000000000000000001"
+                }
+              ]
+            }"#]],
+    )
+    .await;
+    // Jaeger's deprecated snake_case names, the POST form, and no match at all.
+    let (status, snake) = get(
+        "/api/v3/trace-summaries?query.service_name=checkout&query.start_time_min=2024-01-01T00:00:00Z&query.start_time_max=2024-01-01T00:01:00Z",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, posted) = post(
+        "/api/v3/trace-summaries",
+        r#"{"query": {"serviceName": "checkout", "startTimeMin": "2024-01-01T00:00:00Z", "start_time_max": "2024-01-01T00:01:00Z", "attributes": {}, "searchDepth": 20, "durationMin": "0.001s"}}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(snake, posted);
+    assert!(snake.contains(&format!("\"traceId\": \"{}\"", trace1())), "{snake}");
+    check(
+        "/api/v3/trace-summaries?query.serviceName=nobody&query.startTimeMin=2024-01-01T00:00:00Z&query.startTimeMax=2024-01-01T00:01:00Z",
+        StatusCode::OK,
+        expect!["{}"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn v3_search_errors() {
+    let cases = [
+        (
+            "/api/v3/trace-summaries?query.startTimeMin=yesterday",
+            expect![[r#"
+            {
+              "error": {
+                "httpCode": 400,
+                "message": "malformed 'query.startTimeMin' parameter \"yesterday\": expected an RFC 3339 time such as 2024-01-01T00:00:00Z"
+              }
+            }"#]],
+        ),
+        (
+            "/api/v3/trace-summaries?query.startTimeMin=2024-01-01T00:01:00Z&query.startTimeMax=2024-01-01T00:00:00Z",
+            expect![[r#"
+            {
+              "error": {
+                "httpCode": 400,
+                "message": "'query.startTimeMin' must be before 'query.startTimeMax'"
+              }
+            }"#]],
+        ),
+        (
+            "/api/v3/traces?query.searchDepth=0",
+            expect![[r#"
+            {
+              "error": {
+                "httpCode": 400,
+                "message": "malformed 'query.searchDepth' parameter \"0\": expected a number from 1 to 10000"
+              }
+            }"#]],
+        ),
+        (
+            "/api/v3/trace-summaries?query.duration_min=fast",
+            expect![[r#"
+                {
+                  "error": {
+                    "httpCode": 400,
+                    "message": "malformed 'query.duration_min' parameter: invalid duration \"fast\": expected a Go duration such as \"1.5s\", \"300ms\" or \"1h30m\""
+                  }
+                }"#]],
+        ),
+        (
+            "/api/v3/trace-summaries?query.attributes=%5B1%5D",
+            expect![[r#"
+            {
+              "error": {
+                "httpCode": 400,
+                "message": "malformed 'query.attributes' parameter \"[1]\": expected a JSON object of strings (invalid type: sequence, expected a map at line 1 column 0)"
+              }
+            }"#]],
+        ),
+        (
+            "/api/v3/trace-summaries?query.filter=%7B%7D",
+            expect![[r#"
+            {
+              "error": {
+                "httpCode": 400,
+                "message": "parameter 'query.filter' (structured filters) is not supported; use the other query.* parameters"
+              }
+            }"#]],
+        ),
+        (
+            "/api/v3/traces?query.serviceName=nobody",
+            expect![[r#"
+            {
+              "error": {
+                "httpCode": 404,
+                "message": "No traces found"
+              }
+            }"#]],
+        ),
+    ];
+    for (uri, expect) in cases {
+        let (status, body) = get(uri).await;
+        let code = serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"]["httpCode"].as_u64();
+        assert_eq!(code, Some(u64::from(status.as_u16())), "{uri}: {body}");
+        expect.assert_eq(&body);
+    }
+    let (status, body) = post("/api/v3/trace-summaries", "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("malformed request body"), "{body}");
+}
+
+#[tokio::test]
+async fn v3_operations_dependencies_and_trace_params() {
+    check(
+        "/api/v3/operations?service=frontend&spanKind=server",
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "operations": [
+            {
+              "name": "GET /",
+              "spanKind": "server"
+            },
+            {
+              "name": "GET /checkout",
+              "spanKind": "server"
+            }
+          ]
+        }"#]],
+    )
+    .await;
+    // An operation stored without a kind is `internal`, as in Jaeger.
+    check(
+        "/api/v3/operations?service=checkout&span_kind=internal",
+        StatusCode::OK,
+        expect![[r#"
+            {
+              "operations": [
+                {
+                  "name": "orphan",
+                  "spanKind": "internal"
+                }
+              ]
+            }"#]],
+    )
+    .await;
+    check(
+        "/api/v3/dependencies?startTime=2024-01-01T00:00:00Z&endTime=2024-01-01T00:10:00Z",
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "dependencies": [
+            {
+              "callCount": "1",
+              "child": "checkout",
+              "parent": "frontend"
+            }
+          ]
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/v3/dependencies?start_time=2024-01-02T00:00:00Z&end_time=2024-01-01T00:00:00Z",
+        StatusCode::BAD_REQUEST,
+        expect![[r#"
+        {
+          "error": {
+            "httpCode": 400,
+            "message": "'startTime' must not be after 'endTime'"
+          }
+        }"#]],
+    )
+    .await;
+    // A trace by base64 id, with Jaeger's optional time bounds and rawTraces.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE.encode(B::trace_id(1).as_bytes());
+    let (status, body) =
+        get(&format!("/api/v3/traces/{b64}?startTime=2024-01-01T00:00:00Z&rawTraces=true")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"name\": \"GET /checkout\""), "{body}");
+    let (status, body) = get(&format!("/api/v3/traces/{}?raw_traces=perhaps", trace1())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// `trace-summaries` finds the same traces, in the same order, as the v1 search with the same
+/// filters, over a store with traces of several services, durations, attributes and errors.
+#[tokio::test]
+async fn trace_summaries_match_the_v1_search() {
+    let store = MemoryStore::default();
+    for n in 1..=40u8 {
+        let service = ["frontend", "checkout", "cart"][n as usize % 3];
+        let mut root = B::new(n, 1)
+            .service(service)
+            .name(if n % 2 == 0 { "GET /a" } else { "GET /b" })
+            .kind(SpanKind::Server)
+            .timing_ms(0, u64::from(n) * 3)
+            .attr("user.tier", AttrValue::Str(if n % 4 == 0 { "gold" } else { "free" }.into()));
+        if n % 5 == 0 {
+            root = root.error("boom");
+        }
+        let child =
+            B::new(n, 2).service("db").name("SELECT").kind(SpanKind::Client).parent(1).timing_ms(1, 1);
+        store.write(vec![root.build(), child.build()]).await.unwrap();
+    }
+    let app = crate::router(Arc::new(store));
+    let fetch = |uri: String| {
+        let app = app.clone();
+        async move {
+            let response = app.oneshot(Request::get(&uri).body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{uri}");
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        }
+    };
+    let start_us = BASE_TIME / 1_000;
+    let end_us = start_us + 60_000_000;
+    let filters: [(&str, &str); 5] = [
+        ("service=db", "query.serviceName=db"),
+        (
+            "service=frontend&operation=GET%20%2Fa",
+            "query.serviceName=frontend&query.operationName=GET%20%2Fa",
+        ),
+        (
+            "service=db&minDuration=1ms&limit=7",
+            "query.serviceName=db&query.durationMin=1ms&query.searchDepth=7",
+        ),
+        (
+            "service=checkout&tags=%7B%22user.tier%22%3A%22gold%22%7D",
+            "query.serviceName=checkout&query.attributes=%7B%22user.tier%22%3A%22gold%22%7D",
+        ),
+        (
+            "service=cart&maxDuration=60ms&tags=%7B%22error%22%3A%22true%22%7D",
+            "query.serviceName=cart&query.durationMax=60ms&query.attributes=%7B%22error%22%3A%22true%22%7D",
+        ),
+    ];
+    for (v1, v3) in filters {
+        let v1_body = fetch(format!("/api/traces?{v1}&start={start_us}&end={end_us}&limit=100")).await;
+        let limit = if v1.contains("limit=7") { 7 } else { 100 };
+        let v1_ids: Vec<&str> = v1_body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["traceID"].as_str().unwrap())
+            .take(limit)
+            .collect();
+        let v3_body = fetch(format!(
+            "/api/v3/trace-summaries?{v3}&query.startTimeMin=2024-01-01T00:00:00Z&query.startTimeMax=2024-01-01T00:01:00Z"
+        ))
+        .await;
+        let summaries = v3_body["summaries"].as_array().cloned().unwrap_or_default();
+        let v3_ids: Vec<&str> = summaries.iter().map(|s| s["traceId"].as_str().unwrap()).collect();
+        assert!(!v1_ids.is_empty(), "{v1}: the filter finds something");
+        assert_eq!(v1_ids, v3_ids, "{v1} vs {v3}");
+        for s in &summaries {
+            assert_eq!(s["spanCount"], 2);
+            assert!(s["rootOperationName"].as_str().unwrap().starts_with("GET /"));
+            let min: u64 = s["minStartTimeUnixNano"].as_str().unwrap().parse().unwrap();
+            let max: u64 = s["maxEndTimeUnixNano"].as_str().unwrap().parse().unwrap();
+            assert!(max > min);
+        }
+    }
+}
+
+async fn post(uri: &str, body: &str) -> (StatusCode, String) {
+    let request =
+        Request::post(uri).header("content-type", "application/json").body(Body::from(body.to_owned()));
+    let response = app().await.oneshot(request.unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).expect("every answer is JSON");
+    (status, serde_json::to_string_pretty(&value).unwrap())
+}
+
+/// Jaeger's `prettyPrint` on the v1 API: four-space indentation, field order kept; absent or
+/// `false`, the compact form.
+#[tokio::test]
+async fn pretty_print_v1() {
+    let raw = |uri: &str| {
+        let uri = uri.to_owned();
+        async move {
+            let response =
+                app().await.oneshot(Request::get(&uri).body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        }
+    };
+    let compact = raw("/api/services").await;
+    assert_eq!(compact, r#"{"data":["checkout","frontend"],"total":2,"limit":0,"offset":0,"errors":null}"#);
+    assert_eq!(raw("/api/services?prettyPrint=false").await, compact);
+    let pretty = raw("/api/services?prettyPrint=true").await;
+    assert_eq!(
+        pretty,
+        "{\n    \"data\": [\n        \"checkout\",\n        \"frontend\"\n    ],\n    \"total\": 2,\n    \"limit\": 0,\n    \"offset\": 0,\n    \"errors\": null\n}"
+    );
+    let trace = raw(&format!("/api/traces/{}?prettyPrint=1", trace1())).await;
+    assert!(trace.starts_with("{\n    \"data\": [\n        {\n            \"traceID\""), "{trace}");
+    let parsed: serde_json::Value = serde_json::from_str(&trace).unwrap();
+    let compact: serde_json::Value =
+        serde_json::from_str(&raw(&format!("/api/traces/{}", trace1())).await).unwrap();
+    assert_eq!(parsed, compact);
 }

@@ -155,6 +155,25 @@ fn check(skein: &Skein, ids: &Json, service: &str) {
     let otlp_root = otlp_spans.iter().find(|s| s["spanId"] == ids["root_span_id"]).unwrap();
     assert_eq!(otlp_root["links"][0]["attributes"][0]["key"], "link.reason");
     assert_eq!(otlp_root["kind"], 2);
+
+    // Jaeger UI 2.19+ searches through trace summaries, with these exact parameters.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let iso =
+        |secs: u64| humantime::format_rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+    let (status, found) = skein.get(&format!(
+        "/api/v3/trace-summaries?query.serviceName={service}&query.startTimeMin={}&query.startTimeMax={}&query.searchDepth=20",
+        iso(now - 600),
+        iso(now + 60)
+    ));
+    assert_eq!(status, 200, "{found}");
+    let summary = &found["summaries"][0];
+    assert_eq!(summary["traceId"], trace_id);
+    assert_eq!(summary["rootServiceName"], service);
+    assert_eq!(summary["rootOperationName"], root["operationName"]);
+    assert_eq!(summary["spanCount"], 2);
+    assert_eq!(summary["errorSpanCount"], 1);
+    let min: u64 = summary["minStartTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert_eq!(min / 1_000, start, "the root's start, in ns");
 }
 
 #[test]
