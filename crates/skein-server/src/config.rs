@@ -42,6 +42,10 @@ impl Default for ClickhouseSettings {
     }
 }
 
+/// Default `--max-request-bytes`: 64 MiB. A collector's default batch of 8,192 realistic spans
+/// is 4–5 MB of protobuf; this leaves room for batches of large spans and bigger batch settings.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 /// Everything `skein serve` can be told.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -58,8 +62,13 @@ pub struct Config {
     pub wal_fsync: skein_wal::FsyncPolicy,
     /// The embedded engine cuts its in-memory head into a block at this many encoded bytes.
     pub head_max_bytes: usize,
-    /// Largest OTLP request body, before and after gunzip.
+    /// Largest OTLP request body, before and after decompression.
     pub max_request_bytes: usize,
+    /// Largest decompressed/compressed ratio of a request body (above 1 MiB decompressed).
+    pub max_decompression_ratio: usize,
+    /// Request bytes (compressed and decompressed) all requests being read and stored may
+    /// hold at once; beyond it requests are refused as overloaded.
+    pub max_inflight_request_bytes: usize,
     pub limits: Limits,
     pub clickhouse: ClickhouseSettings,
 }
@@ -76,7 +85,9 @@ impl Default for Config {
             memory_max_spans: 1_000_000,
             wal_fsync: skein_wal::FsyncPolicy::Interval(Duration::from_millis(100)),
             head_max_bytes: 2 * 1024 * 1024,
-            max_request_bytes: 4 * 1024 * 1024,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_decompression_ratio: 100,
+            max_inflight_request_bytes: 4 * DEFAULT_MAX_REQUEST_BYTES,
             limits: Limits::default(),
             clickhouse: ClickhouseSettings::default(),
         }
@@ -90,6 +101,12 @@ pub enum ConfigError {
     ZeroMemorySpans,
     #[error("--max-request-bytes must be at least 1024")]
     TinyRequestLimit,
+    #[error("--max-decompression-ratio must be at least 2")]
+    TinyRatio,
+    #[error(
+        "--max-inflight-request-bytes ({inflight}) must be at least twice --max-request-bytes plus 1 MiB ({needed}), or a request of the largest size could never be read"
+    )]
+    TinyInflight { inflight: usize, needed: usize },
 }
 
 impl Config {
@@ -99,6 +116,13 @@ impl Config {
         }
         if self.max_request_bytes < 1024 {
             return Err(ConfigError::TinyRequestLimit);
+        }
+        if self.max_decompression_ratio < 2 {
+            return Err(ConfigError::TinyRatio);
+        }
+        let needed = self.max_request_bytes.saturating_mul(2).saturating_add(1 << 20);
+        if self.max_inflight_request_bytes < needed {
+            return Err(ConfigError::TinyInflight { inflight: self.max_inflight_request_bytes, needed });
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! This is the only crate with process-wide state (listeners, the store handle, metrics).
 //! The receivers hand decoded requests to [`ingest::Ingest`]; they never see files.
 
+mod body;
 mod config;
 mod grpc;
 mod http_api;
@@ -13,7 +14,7 @@ mod otlp_http;
 mod server;
 mod ui;
 
-pub use config::{ClickhouseSettings, Config, ConfigError, StorageKind};
+pub use config::{ClickhouseSettings, Config, ConfigError, DEFAULT_MAX_REQUEST_BYTES, StorageKind};
 pub use server::{BoundServer, ServerError, bind};
 pub use skein_otlp::Limits;
 pub use skein_wal::FsyncPolicy;

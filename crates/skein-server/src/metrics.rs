@@ -35,6 +35,8 @@ pub struct Metrics {
     pub spans_received: Family<ProtocolLabels, Counter>,
     pub spans_refused: Family<RefusedLabels, Counter>,
     pub requests: Family<RequestLabels, Counter>,
+    /// OTLP requests refused before their spans could be read.
+    pub requests_refused: Family<RefusedLabels, Counter>,
 }
 
 #[derive(Debug)]
@@ -95,6 +97,7 @@ impl Metrics {
         let spans_received = Family::<ProtocolLabels, Counter>::default();
         let spans_refused = Family::<RefusedLabels, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
+        let requests_refused = Family::<RefusedLabels, Counter>::default();
         registry.register("skein_spans_received", "Spans accepted and stored", spans_received.clone());
         registry.register("skein_spans_refused", "Spans refused, by reason", spans_refused.clone());
         registry.register(
@@ -102,14 +105,24 @@ impl Metrics {
             "HTTP and gRPC requests by endpoint and status",
             requests.clone(),
         );
+        registry.register(
+            "skein_requests_refused",
+            "OTLP requests refused before their spans were read, by reason: too_large, decompression_ratio, malformed, unsupported_encoding, throttled",
+            requests_refused.clone(),
+        );
         registry.register_collector(Box::new(StoreCollector(store)));
-        Metrics { registry: Arc::new(registry), spans_received, spans_refused, requests }
+        Metrics { registry: Arc::new(registry), spans_received, spans_refused, requests, requests_refused }
     }
 
     pub fn refused(&self, protocol: &'static str, reason: &'static str, n: u64) {
         if n > 0 {
             self.spans_refused.get_or_create(&RefusedLabels { protocol, reason }).inc_by(n);
         }
+    }
+
+    /// Counts one request refused before its spans were read.
+    pub fn request_refused(&self, protocol: &'static str, reason: &'static str) {
+        self.requests_refused.get_or_create(&RefusedLabels { protocol, reason }).inc();
     }
 
     pub fn request(&self, endpoint: &str, status: u16) {

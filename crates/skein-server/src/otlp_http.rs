@@ -1,6 +1,5 @@
-//! OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, gzip accepted.
-
-use std::io::Read;
+//! OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, compressed with any
+//! coding the OpenTelemetry Collector's HTTP exporters can send.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -11,20 +10,22 @@ use axum::routing::post;
 use prost::Message;
 use skein_store::Access;
 
+use crate::body::{self, BodyError, BodyLimits, Budget, Coding};
 use crate::ingest::{Ingest, IngestError};
 
 #[derive(Clone, Debug)]
 struct HttpReceiver {
     ingest: Ingest,
-    max_request_bytes: usize,
+    limits: BodyLimits,
+    budget: Budget,
 }
 
 /// The OTLP/HTTP routes.
-pub(crate) fn router(ingest: Ingest, max_request_bytes: usize) -> Router {
+pub(crate) fn router(ingest: Ingest, limits: BodyLimits, budget: Budget) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::disable())
-        .with_state(HttpReceiver { ingest, max_request_bytes })
+        .with_state(HttpReceiver { ingest, limits, budget })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,6 +89,25 @@ fn encode(
     }
 }
 
+/// The answer to a body that could not be read, counted and, when the sender must act
+/// (a request too large to ever accept), logged.
+fn body_failure(ingest: &Ingest, encoding: Encoding, e: BodyError) -> Failure {
+    ingest.metrics().request_refused("http", e.reason());
+    let status = match &e {
+        BodyError::TooLarge { .. } | BodyError::Ratio { .. } => {
+            tracing::warn!(protocol = "http", error = %e, "otlp request refused");
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        BodyError::Malformed { .. } | BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        BodyError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let retry_after = match &e {
+        BodyError::Overloaded { retry_after, .. } => Some(*retry_after),
+        _ => None,
+    };
+    Failure { status, encoding, message: e.to_string(), retry_after }
+}
+
 async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) -> Response {
     let response = match handle(&rx, &headers, body).await {
         Ok(r) => r,
@@ -116,49 +136,37 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
             ));
         }
     };
-    let limit = rx.max_request_bytes;
-    let too_large = |what: &str| {
-        Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            encoding,
-            format!(
-                "request body{what} is over the limit of {limit} bytes; send smaller batches or raise --max-request-bytes"
-            ),
-        )
-    };
-    let raw: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large(""))?;
     let content_encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity")
         .trim()
         .to_ascii_lowercase();
-    let body: Bytes = match content_encoding.as_str() {
-        "" | "identity" => raw,
-        "gzip" | "x-gzip" => {
-            let mut out = Vec::new();
-            let mut decoder = flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1);
-            decoder.read_to_end(&mut out).map_err(|e| {
-                Failure::new(StatusCode::BAD_REQUEST, encoding, format!("malformed gzip body: {e}"))
-            })?;
-            if out.len() > limit {
-                return Err(too_large(" after gzip decompression"));
-            }
-            out.into()
-        }
-        other => {
-            return Err(Failure::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                encoding,
-                format!("unsupported Content-Encoding {other:?}: send gzip or no encoding"),
-            ));
-        }
+    let Some(coding) = Coding::from_http(&content_encoding) else {
+        rx.ingest.metrics().request_refused("http", "unsupported_encoding");
+        return Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            encoding,
+            format!(
+                "unsupported Content-Encoding {content_encoding:?}: send one of {} or none",
+                Coding::HTTP_NAMES
+            ),
+        ));
     };
+    // Held until the answer is written: the body's bytes count against the in-flight budget.
+    let mut reservation = rx.budget.reservation();
+    let read = async {
+        let raw = body::collect(body, rx.limits, &mut reservation).await?;
+        body::decompress(coding, raw, rx.limits, &mut reservation).await
+    };
+    let body: Bytes = read.await.map_err(|e| body_failure(&rx.ingest, encoding, e))?;
     let answer = match encoding {
         Encoding::Protobuf => rx.ingest.export_protobuf(&body, "http").await,
         Encoding::Json => {
-            let request = skein_otlp::decode_json(&body)
-                .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))?;
+            let request = skein_otlp::decode_json(&body).map_err(|e| {
+                rx.ingest.metrics().request_refused("http", "malformed");
+                Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string())
+            })?;
             rx.ingest.export(request, "http").await
         }
     };
@@ -176,7 +184,11 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
             }
             }))
         }
-        Err(e @ (IngestError::Invalid(_) | IngestError::Malformed(_))) => {
+        Err(e @ IngestError::Malformed(_)) => {
+            rx.ingest.metrics().request_refused("http", "malformed");
+            Err(Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))
+        }
+        Err(e @ IngestError::Invalid(_)) => {
             Err(Failure::new(StatusCode::BAD_REQUEST, encoding, e.to_string()))
         }
         Err(IngestError::Store(e)) => {

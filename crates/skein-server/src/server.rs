@@ -176,7 +176,12 @@ impl BoundServer {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        let grpc_service = crate::grpc::service(ingest.clone(), self.config.max_request_bytes);
+        let body_limits = crate::body::BodyLimits {
+            max_bytes: self.config.max_request_bytes,
+            max_ratio: self.config.max_decompression_ratio,
+        };
+        let budget = crate::body::Budget::new(self.config.max_inflight_request_bytes);
+        let grpc_service = crate::grpc::service(ingest.clone(), body_limits, budget.clone());
         // HTTP/2 sized for OTLP batches (hundreds of KiB each): with the defaults (64 KiB
         // windows, 16 KiB frames) a request arrives in dozens of frames and waits for window
         // updates on the way.
@@ -186,7 +191,7 @@ impl BoundServer {
             .max_frame_size(GRPC_MAX_FRAME)
             .add_service(grpc_service)
             .serve_with_incoming_shutdown(tokio_stream_listener(self.grpc), stopped(stop_rx.clone()));
-        let otlp_http_app = crate::otlp_http::router(ingest.clone(), self.config.max_request_bytes);
+        let otlp_http_app = crate::otlp_http::router(ingest.clone(), body_limits, budget);
         let otlp_http = axum::serve(self.otlp_http.tap_io(no_delay), otlp_http_app)
             .with_graceful_shutdown(stopped(stop_rx.clone()));
         let http_app = crate::http_api::router(Arc::clone(&self.store), metrics);

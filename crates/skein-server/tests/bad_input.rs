@@ -134,7 +134,10 @@ async fn http_bad_input_is_refused_with_a_message_and_harms_nothing() {
 
     let a = post(&server, "application/x-protobuf", Some("br"), vec![1, 2, 3]).await;
     assert_eq!(a.status, 415);
-    assert_eq!(a.message(), "unsupported Content-Encoding \"br\": send gzip or no encoding");
+    assert_eq!(
+        a.message(),
+        "unsupported Content-Encoding \"br\": send one of gzip, zstd, snappy, x-snappy-framed, deflate, zlib, lz4 or none"
+    );
 
     let a = post(&server, "application/x-protobuf", Some("gzip"), b"not gzip at all".to_vec()).await;
     assert_eq!(a.status, 400);
@@ -156,7 +159,10 @@ async fn http_bad_input_is_refused_with_a_message_and_harms_nothing() {
     assert!(bomb.len() < 64 * 1024);
     let a = post(&server, "application/x-protobuf", Some("gzip"), bomb).await;
     assert_eq!(a.status, 413);
-    assert!(a.message().contains("after gzip decompression"), "{}", a.message());
+    assert_eq!(
+        a.message(),
+        "request body after gzip decompression is over the limit of 65536 bytes; send smaller batches or raise --max-request-bytes"
+    );
 
     // Every span invalid: 400 naming the problem.
     let mut bad = span(0x33, 1);
@@ -215,6 +221,12 @@ async fn http_bad_input_is_refused_with_a_message_and_harms_nothing() {
     assert_eq!(metric(&m, "skein_spans_refused_total{protocol=\"http\",reason=\"invalid\"}"), 3.0);
     assert_eq!(metric(&m, "skein_http_requests_total{endpoint=\"/v1/traces\",status=\"413\"}"), 2.0);
     assert_eq!(metric(&m, "skein_http_requests_total{endpoint=\"/v1/traces\",status=\"415\"}"), 2.0);
+    assert_eq!(metric(&m, "skein_requests_refused_total{protocol=\"http\",reason=\"too_large\"}"), 2.0);
+    assert_eq!(metric(&m, "skein_requests_refused_total{protocol=\"http\",reason=\"malformed\"}"), 3.0);
+    assert_eq!(
+        metric(&m, "skein_requests_refused_total{protocol=\"http\",reason=\"unsupported_encoding\"}"),
+        1.0
+    );
     server.stop().await;
 }
 
@@ -245,12 +257,16 @@ async fn grpc_bad_input_is_refused_with_a_status_and_harms_nothing() {
     assert_eq!(partial.rejected_spans, 1);
     assert!(partial.error_message.contains("all zero bytes"), "{}", partial.error_message);
 
-    // Compressed small, over the limit once decompressed: refused by size.
+    // Compressed small, over the limit once decompressed: refused by size, and not retryable
+    // (`INVALID_ARGUMENT`: exporters retry `RESOURCE_EXHAUSTED`, and would send it forever).
     let mut huge = span(0x88, 1);
     huge.name = "x".repeat(200 * 1024);
     let err = client.export(request(vec![huge])).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
-    assert!(err.message().contains("size limit"), "{}", err.message());
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "request body after gzip decompression is over the limit of 65536 bytes; send smaller batches or raise --max-request-bytes"
+    );
 
     // The server still serves and the baseline is intact.
     let (status, after) = server.get_json("/api/traces/11111111111111111111111111111111").await;
@@ -265,8 +281,9 @@ async fn grpc_bad_input_is_refused_with_a_status_and_harms_nothing() {
     assert_eq!(metric(&m, "skein_spans_refused_total{protocol=\"grpc\",reason=\"invalid\"}"), 2.0);
     assert_eq!(
         metric(&m, "skein_http_requests_total{endpoint=\"grpc TraceService/Export\",status=\"400\"}"),
-        1.0
+        2.0
     );
+    assert_eq!(metric(&m, "skein_requests_refused_total{protocol=\"grpc\",reason=\"too_large\"}"), 1.0);
     server.stop().await;
 }
 

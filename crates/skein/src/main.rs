@@ -139,9 +139,17 @@ struct ServeArgs {
     /// Most spans the memory store keeps; the oldest traces are evicted first.
     #[arg(long, env = "SKEIN_MEMORY_MAX_SPANS", default_value_t = 1_000_000)]
     memory_max_spans: usize,
-    /// Largest OTLP request body in bytes, before and after gzip decompression.
-    #[arg(long, env = "SKEIN_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Largest OTLP request body in bytes, before and after decompression.
+    #[arg(long, env = "SKEIN_MAX_REQUEST_BYTES", default_value_t = skein_server::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
+    /// Largest ratio of a request body's decompressed to compressed size (checked once the
+    /// body is over 1 MiB decompressed); beyond it the body is refused as a decompression bomb.
+    #[arg(long, env = "SKEIN_MAX_DECOMPRESSION_RATIO", default_value_t = 100)]
+    max_decompression_ratio: usize,
+    /// Request bytes (compressed and decompressed) that all requests being read and stored may
+    /// hold at once; past it requests wait up to 2 s, then are refused as overloaded.
+    #[arg(long, env = "SKEIN_MAX_INFLIGHT_REQUEST_BYTES", default_value_t = 4 * skein_server::DEFAULT_MAX_REQUEST_BYTES)]
+    max_inflight_request_bytes: usize,
     /// Deepest nesting of an attribute value (arrays and kvlists).
     #[arg(long, env = "SKEIN_MAX_ATTRIBUTE_DEPTH", default_value_t = 8)]
     max_attribute_depth: usize,
@@ -190,6 +198,8 @@ impl ServeArgs {
             },
             head_max_bytes: self.head_max_bytes,
             max_request_bytes: self.max_request_bytes,
+            max_decompression_ratio: self.max_decompression_ratio,
+            max_inflight_request_bytes: self.max_inflight_request_bytes,
             limits: skein_server::Limits {
                 max_attribute_depth: self.max_attribute_depth,
                 max_attribute_value_bytes: self.max_attribute_value_bytes,
