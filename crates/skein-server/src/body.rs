@@ -138,7 +138,7 @@ impl Budget {
 
     /// An empty reservation, to grow as a request's bytes arrive.
     pub(crate) fn reservation(&self) -> Reservation {
-        Reservation { budget: self.clone(), permit: None }
+        Reservation { budget: self.clone(), bytes: 0, permit: None }
     }
 
     /// Bytes reserved now.
@@ -152,27 +152,35 @@ impl Budget {
 #[derive(Debug)]
 pub(crate) struct Reservation {
     budget: Budget,
+    /// Bytes asked for so far; the units held are exactly these bytes rounded up once, however
+    /// the body was split into frames.
+    bytes: usize,
     permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Reservation {
     /// Reserves `bytes` more, waiting up to [`BUDGET_WAIT`].
     pub(crate) async fn grow(&mut self, bytes: usize) -> Result<(), BodyError> {
-        let units = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX);
-        if units == 0 {
-            return Ok(());
+        let held = self.bytes.div_ceil(UNIT);
+        let wanted = self.bytes.saturating_add(bytes);
+        let units = u32::try_from(wanted.div_ceil(UNIT) - held).unwrap_or(u32::MAX);
+        if units > 0 {
+            let acquire = self.budget.semaphore.clone().acquire_many_owned(units);
+            let permit = match tokio::time::timeout(BUDGET_WAIT, acquire).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    return Err(BodyError::Overloaded {
+                        budget: self.budget.bytes,
+                        retry_after: OVERLOAD_RETRY_SECS,
+                    });
+                }
+            };
+            match &mut self.permit {
+                Some(held) => held.merge(permit),
+                None => self.permit = Some(permit),
+            }
         }
-        let overloaded =
-            || BodyError::Overloaded { budget: self.budget.bytes, retry_after: OVERLOAD_RETRY_SECS };
-        let acquire = self.budget.semaphore.clone().acquire_many_owned(units);
-        let permit = match tokio::time::timeout(BUDGET_WAIT, acquire).await {
-            Ok(Ok(permit)) => permit,
-            _ => return Err(overloaded()),
-        };
-        match &mut self.permit {
-            Some(held) => held.merge(permit),
-            None => self.permit = Some(permit),
-        }
+        self.bytes = wanted;
         Ok(())
     }
 }

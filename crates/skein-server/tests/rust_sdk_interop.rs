@@ -1,5 +1,5 @@
 //! The official Rust OpenTelemetry SDK (`opentelemetry-otlp`) sends to a running Skein over
-//! gRPC (gzip) and over HTTP/protobuf; the traces come back through the Jaeger API intact.
+//! gRPC and HTTP/protobuf, with gzip and zstd; the traces come back through the Jaeger API intact.
 
 mod common;
 
@@ -172,5 +172,37 @@ fn rust_sdk_over_http_protobuf() {
     // The search finds it too, by service and by tag.
     let (_, found) = rt.block_on(server.get_json("/api/traces?service=rust-http&tag=retry:true"));
     assert_eq!(found["data"][0]["traceID"], trace_id);
+    rt.block_on(server.stop());
+}
+
+/// zstd, the other compression the SDK (and the OpenTelemetry Collector) can be set to, over
+/// both transports.
+#[test]
+fn rust_sdk_with_zstd_over_grpc_and_http() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(TestServer::start());
+    let grpc = {
+        let _guard = rt.enter();
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(format!("http://{}", server.grpc))
+            .with_compression(Compression::Zstd)
+            .build()
+            .unwrap()
+    };
+    let http = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(server.otlp_http_url())
+        .with_compression(Compression::Zstd)
+        .build()
+        .unwrap();
+    for (exporter, service) in [(grpc, "rust-grpc-zstd"), (http, "rust-http-zstd")] {
+        let provider = provider_with(exporter, service);
+        let trace_id = emit_trace(&provider);
+        provider.shutdown().unwrap();
+        let (status, body) = rt.block_on(server.get_json(&format!("/api/traces/{trace_id}")));
+        assert_eq!(status, 200, "{body}");
+        check_trace(&body, &trace_id, service);
+    }
     rt.block_on(server.stop());
 }
