@@ -4,69 +4,13 @@
 //!
 //! The SDK lives in the project's virtualenv, made by `scripts/test` (or set `SKEIN_PYTHON`).
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 
 use serde_json::Value as Json;
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// The Python with the OTel SDK: `SKEIN_PYTHON`, else `.venv/bin/python` at the root.
-fn python() -> Option<PathBuf> {
-    let path = std::env::var_os("SKEIN_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    if path.exists() {
-        return Some(path);
-    }
-    let msg = format!(
-        "no Python with the OpenTelemetry SDK at {}: run scripts/test, which installs it",
-        path.display()
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
-    None
-}
-
-/// A `skein serve` child process on ports the OS picks.
-struct Skein {
-    _data: tempfile::TempDir,
-    child: Child,
-    grpc: String,
-    otlp_http: String,
-    http: String,
-}
-
-impl Skein {
-    fn start() -> Skein {
-        let data = tempfile::tempdir().unwrap();
-        let (child, l) = skein_bench::spawn_listening(&mut skein_bench::serve_command(
-            std::path::Path::new(env!("CARGO_BIN_EXE_skein")),
-            data.path(),
-        ))
-        .expect("skein serve starts");
-        Skein { _data: data, grpc: l.otlp_grpc, otlp_http: l.otlp_http, http: l.http, child }
-    }
-
-    fn get(&self, path: &str) -> (u16, Json) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let resp = reqwest::get(format!("{}{path}", self.http)).await.unwrap();
-            (resp.status().as_u16(), resp.json().await.unwrap())
-        })
-    }
-}
-
-impl Drop for Skein {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{Skein, python, workspace_root};
 
 fn send(python: &PathBuf, protocol: &str, endpoint: &str, service: &str) -> Json {
     let script = workspace_root().join("tests/interop/python/send_trace.py");
