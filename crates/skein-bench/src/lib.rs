@@ -55,6 +55,8 @@ pub struct BenchConfig {
     /// …and the load generator on these: on a small machine the two otherwise compete for
     /// the same cores, which makes the server's CPU per span look worse than on its own.
     pub load_cpus: Option<Vec<usize>>,
+    /// Send through a rotel collector (this `rotel-agent` binary) with its default batching.
+    pub via_collector: Option<PathBuf>,
     pub progress: bool,
 }
 
@@ -93,6 +95,12 @@ pub struct Report {
     /// The CPUs the server and the load generator were pinned to, if they were.
     pub server_cpus: Option<Vec<usize>>,
     pub load_cpus: Option<Vec<usize>>,
+    /// With a collector in between: spans per second from the first send until the server
+    /// had every span the collector accepted, and the collector's CPU seconds meanwhile.
+    pub collector_spans_per_sec: Option<f64>,
+    pub collector_cpu_seconds: Option<f64>,
+    /// Spans the server received through the collector (all of them, when nothing was lost).
+    pub collector_spans_delivered: Option<u64>,
 }
 
 impl Report {
@@ -118,6 +126,9 @@ impl Report {
             "search_rare_p99_ms": round(self.search_rare_p99_ms),
             "clickhouse_cpu_seconds": self.clickhouse_cpu_seconds.map(round),
             "clickhouse_spans_per_sec": self.clickhouse_spans_per_sec.map(round),
+            "collector_spans_per_sec": self.collector_spans_per_sec.map(round),
+            "collector_cpu_seconds": self.collector_cpu_seconds.map(round),
+            "collector_spans_delivered": self.collector_spans_delivered,
         })
     }
 
@@ -147,7 +158,7 @@ impl Report {
              disk per span      {}\n\
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
              search (attribute) p50 {:.2} ms, p99 {:.2} ms\n\
-             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}",
+             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}{}",
             self.spans_accepted,
             self.spans_sent,
             self.requests_failed,
@@ -168,6 +179,12 @@ impl Report {
                 "\nclickhouse         {:.0} spans/s into ClickHouse, {cpu:.1} s of its CPU ({:.0} spans per ClickHouse core-second)",
                 self.clickhouse_spans_per_sec.unwrap_or(0.0),
                 self.spans_accepted as f64 / cpu.max(0.01)
+            )),
+            self.collector_spans_per_sec.map_or(String::new(), |rate| format!(
+                "\ncollector          {} of {} spans delivered through rotel, {rate:.0} spans/s end to end, {:.1} s of its CPU",
+                self.collector_spans_delivered.unwrap_or(0),
+                self.spans_accepted,
+                self.collector_cpu_seconds.unwrap_or(0.0)
             )),
             pinned,
         )
@@ -317,12 +334,7 @@ impl Server {
 
     /// User + system CPU seconds of the process so far.
     fn cpu_seconds(&self) -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        let after = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
+        process_cpu_seconds(self.child.id())
     }
 
     fn rss_mib(&self) -> Option<f64> {
@@ -463,6 +475,77 @@ impl ClickhouseTarget {
     }
 }
 
+/// A rotel agent between the load and the server, with its default batching.
+struct Collector {
+    child: Child,
+    _dir: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl Collector {
+    fn start(agent: &Path, protocol: Protocol, server_otlp: &str) -> anyhow::Result<Collector> {
+        let free = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        };
+        let (grpc, http) = (free()?, free()?);
+        let dir = tempfile::tempdir()?;
+        let child = Command::new(agent)
+            .arg("start")
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args(["--exporter", "otlp", "--otlp-exporter-endpoint", server_otlp])
+            .args(["--otlp-exporter-protocol", if protocol == Protocol::Grpc { "grpc" } else { "http" }])
+            .arg("--pid-file")
+            .arg(dir.path().join("rotel.pid"))
+            .arg("--log-file")
+            .arg(dir.path().join("rotel.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting the collector {}", agent.display()))?;
+        let port = if protocol == Protocol::Grpc { grpc } else { http };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("the collector {} did not listen on port {port} within 20 s", agent.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Collector { child, _dir: dir, endpoint: format!("http://127.0.0.1:{port}") })
+    }
+
+    fn cpu_seconds(&self) -> Option<f64> {
+        process_cpu_seconds(self.child.id())
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU seconds of process `pid` so far.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// Spans the server at `query` has received, from its `/metrics`.
+async fn spans_received(query: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(format!("{query}/metrics")).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("skein_spans_received_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64)
+}
+
 /// Runs the benchmark; prints progress to stderr.
 pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     if config.target.is_some() && config.server_cpus.is_some() {
@@ -501,6 +584,18 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         ),
         (None, None) => unreachable!("a server was started"),
     };
+
+    // With a collector, the load goes to it and it forwards to the server.
+    let collector = match &config.via_collector {
+        Some(agent) => Some(Collector::start(agent, config.protocol, &otlp)?),
+        None => None,
+    };
+    let received_before = match &collector {
+        Some(_) => spans_received(&query).await?,
+        None => 0,
+    };
+    let otlp = collector.as_ref().map_or(otlp, |c| c.endpoint.clone());
+    let collector_cpu_before = collector.as_ref().and_then(Collector::cpu_seconds);
 
     // Load.
     let sender = traffic::Sender::new(config.protocol, &otlp, config.shape.clone()).await?;
@@ -615,6 +710,28 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     report.export_p50_ms = percentile(&latencies, 0.50);
     report.export_p99_ms = percentile(&latencies, 0.99);
     eprintln!("load done: {} spans accepted in {:.1}s", report.spans_accepted, report.seconds);
+    if let Some(c) = &collector {
+        // The collector acknowledges what it has buffered: wait until the server has it all
+        // (or nothing more arrives for 10 s, when the collector dropped some).
+        let (mut last, mut last_change) = (0, Instant::now());
+        loop {
+            let delivered = spans_received(&query).await?.saturating_sub(received_before);
+            if delivered != last {
+                (last, last_change) = (delivered, Instant::now());
+            }
+            if delivered >= report.spans_accepted || last_change.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64() - if last < report.spans_accepted { 10.0 } else { 0.0 };
+        report.collector_spans_delivered = Some(last);
+        report.collector_spans_per_sec = Some(last as f64 / seconds.max(0.001));
+        report.collector_cpu_seconds =
+            collector_cpu_before.and_then(|before| Some(c.cpu_seconds()? - before));
+        eprintln!("through the collector: {last} of {} spans delivered", report.spans_accepted);
+    }
+    drop(collector);
 
     // Disk: let compaction catch up, stop gracefully (head → blocks), measure, restart on the
     // same data.

@@ -91,6 +91,11 @@ struct BenchArgs {
     /// Run the load generator on these CPUs only (e.g. 1).
     #[arg(long, value_delimiter = ',')]
     load_cpus: Option<Vec<usize>>,
+    /// Send through a collector: the path of a rotel-agent binary (`pip install rotel` puts it
+    /// in the package's directory). The bench starts it with its default batching between the
+    /// load and the server, and reports spans/s until the server has every span.
+    #[arg(long, value_name = "ROTEL_AGENT")]
+    via_collector: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -272,6 +277,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         serve_args: args.serve_args,
         server_cpus: args.server_cpus,
         load_cpus: args.load_cpus,
+        via_collector: args.via_collector,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = skein_bench::run(config).await?;

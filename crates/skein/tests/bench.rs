@@ -2,6 +2,8 @@
 //! traces back, and ends with the JSON line the issue fixes. (Figures are printed, never
 //! asserted: performance is reported by running the benchmark, not by tests.)
 
+mod support;
+
 use std::process::Command;
 
 #[test]
@@ -67,4 +69,40 @@ fn bench_pins_server_and_load_when_asked() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CPU 100000"), "{stderr}");
+}
+
+/// `--via-collector` puts rotel (from the test virtualenv) between the load and the server;
+/// the report says how many spans went through and at what rate.
+#[test]
+fn bench_via_a_collector_reports_that_path() {
+    let Some(python) = support::python() else { return };
+    let out = Command::new(&python)
+        .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rotel is installed in the test virtualenv (scripts/test)");
+    let agent = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    for protocol in ["grpc", "http"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+            .args([
+                "bench",
+                "--spans",
+                "20000",
+                "--queries",
+                "5",
+                "--protocol",
+                protocol,
+                "--via-collector",
+                &agent,
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{protocol}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(report["spans_accepted"], 20000, "{report}");
+        assert_eq!(report["collector_spans_delivered"], 20000, "every span reached the server: {report}");
+        assert!(report["collector_spans_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(stdout.contains("delivered through rotel"), "{stdout}");
+    }
 }
