@@ -73,14 +73,7 @@ impl Answer {
             let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
             v["message"].as_str().unwrap_or_default().to_owned()
         } else {
-            #[derive(Clone, PartialEq, prost::Message)]
-            struct RpcStatus {
-                #[prost(int32, tag = "1")]
-                code: i32,
-                #[prost(string, tag = "2")]
-                message: String,
-            }
-            RpcStatus::decode(&self.body[..]).unwrap().message
+            common::rpc_status_message(&self.body)
         }
     }
 }

@@ -109,15 +109,7 @@ async fn post_http(server: &TestServer, encoding: &str, body: Vec<u8>) -> (u16, 
     let status = response.status().as_u16();
     let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     let body = response.bytes().await.unwrap();
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RpcStatus {
-        #[prost(int32, tag = "1")]
-        code: i32,
-        #[prost(string, tag = "2")]
-        message: String,
-    }
-    let message = RpcStatus::decode(&body[..]).map(|s| s.message).unwrap_or_default();
-    (status, retry_after, message)
+    (status, retry_after, common::rpc_status_message(&body))
 }
 
 /// The answer to one gRPC call sent byte for byte: grpc-status, grpc-message, and the

@@ -76,3 +76,15 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
+
+/// The `message` of a protobuf `google.rpc.Status` body (OTLP/HTTP error answers), or "".
+pub fn rpc_status_message(body: &[u8]) -> String {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RpcStatus {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+    }
+    <RpcStatus as prost::Message>::decode(body).map(|s| s.message).unwrap_or_default()
+}
