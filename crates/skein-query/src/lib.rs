@@ -31,8 +31,15 @@ pub(crate) fn store_error_status(e: &skein_store::StoreError) -> axum::http::Sta
 }
 
 /// All query routes: Jaeger v1 under `/api/…` (with Jaeger's `?prettyPrint=true`) and v3
-/// under `/api/v3/…`.
+/// under `/api/v3/…`, and Skein's own under `/api/v1/…`. The doctor counts the ingest as
+/// quiet from the moment this router was made (no receiver reports to it).
 pub fn router(store: SharedStore) -> Router {
+    router_with_activity(store, doctor::report::IngestActivity::new(params::now_nanos()))
+}
+
+/// [`router`], with the receivers' record of when spans were last stored, which tells the
+/// doctor when every exporter has flushed.
+pub fn router_with_activity(store: SharedStore, activity: doctor::report::IngestActivity) -> Router {
     let v1 = Router::new()
         .route("/api/services", get(v1::services))
         .route("/api/services/{service}/operations", get(v1::service_operations))
@@ -47,6 +54,7 @@ pub fn router(store: SharedStore) -> Router {
         .route("/api/v1/traces/{trace_id}/view", get(skein_api::trace_view))
         .route("/api/v1/traces/{trace_id}/diagnosis", get(skein_api::trace_diagnosis))
         .route("/api/v1/doctor", get(skein_api::doctor_report))
+        .layer(axum::Extension(activity))
         .route("/api/v3/services", get(v3::services))
         .route("/api/v3/operations", get(v3::operations))
         .route("/api/v3/traces", get(v3::find_traces).post(v3::find_traces_post))

@@ -2,13 +2,16 @@
 //! the web UI shows. Times are unix nanoseconds as decimal strings, as in OTLP JSON.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::SharedStore;
 use crate::analysis;
 use crate::doctor;
+use crate::doctor::report::{
+    Diagnosis, DoctorReport, EdgeReport, FindingReport, IngestActivity, Problem, Related, Window,
+};
 use crate::params;
 use crate::v3::V3Error;
 
@@ -81,88 +84,79 @@ async fn run_doctor(
     Ok((report, truncated))
 }
 
-fn example_json(e: &doctor::Example) -> Value {
-    json!({
-        "traceID": e.trace_id.to_hex(),
-        "spanID": e.span_id.to_hex(),
-        "otherTraceID": e.other_trace_id.map(|t| t.to_hex()),
-        "otherSpanID": e.other_span_id.map(|s| s.to_hex()),
-    })
-}
+/// How long the ingest must have been quiet for every span to count as settled, by default:
+/// a little more than the OpenTelemetry SDKs' batch processor delay (5 s), so the last batch of
+/// a service that is still running has arrived.
+pub const DEFAULT_SETTLE_NANOS: u64 = 6_000_000_000;
 
-fn finding_json(f: &doctor::Finding) -> Value {
-    json!({
-        "kind": f.kind.as_str(),
-        "broken": f.kind.is_break(),
-        "service": f.service,
-        "peer": f.peer,
-        "operation": f.operation,
-        "peerOperation": f.peer_operation,
-        "count": f.count,
-        "confidence": (f.confidence * 1000.0).round() / 1000.0,
-        "message": f.message,
-        "examples": f.examples.iter().map(example_json).collect::<Vec<_>>(),
-    })
-}
-
-/// `GET /api/v1/doctor?lookback=15m&service=&grace=30s`: where chains break (see `docs/doctor.md`).
-pub(crate) async fn doctor_report(
-    State(store): State<SharedStore>,
-    Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, V3Error> {
-    let lookback = duration_param(&pairs, "lookback", 15 * 60 * 1_000_000_000)?;
+/// The doctor's settings from a request's `grace` and `settle`, and how quiet the ingest is.
+fn doctor_config(
+    pairs: &[(String, String)],
+    activity: &IngestActivity,
+) -> Result<(doctor::DoctorConfig, u64, u64), V3Error> {
     let now = params::now_nanos();
     let mut config = doctor::DoctorConfig::new(now);
-    config.grace_nanos = duration_param(&pairs, "grace", config.grace_nanos)?;
+    config.grace_nanos = duration_param(pairs, "grace", config.grace_nanos)?;
+    let settle = duration_param(pairs, "settle", DEFAULT_SETTLE_NANOS)?;
+    let quiet_for = now.saturating_sub(activity.last_nanos());
+    config.ingest_quiet = quiet_for >= settle;
+    Ok((config, settle, quiet_for))
+}
+
+/// `GET /api/v1/doctor?lookback=15m&service=&grace=30s&settle=6s`: where chains break (see
+/// `docs/doctor.md`).
+pub(crate) async fn doctor_report(
+    State(store): State<SharedStore>,
+    Extension(activity): Extension<IngestActivity>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<DoctorReport>, V3Error> {
+    let lookback = duration_param(&pairs, "lookback", 15 * 60 * 1_000_000_000)?;
+    let (config, settle, quiet_for) = doctor_config(&pairs, &activity)?;
+    let now = config.now_nanos;
     let service =
         pairs.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str()).filter(|s| !s.is_empty());
     let range = skein_model::TimeRange::new(now.saturating_sub(lookback), now.saturating_add(1));
     let (report, truncated) = run_doctor(&store, range, &config, DOCTOR_MAX_TRACES, None).await?;
     let involves = |a: &str, b: Option<&str>| service.is_none_or(|s| a == s || b == Some(s));
-    let findings: Vec<Value> = report
+    let findings: Vec<FindingReport> = report
         .findings
         .iter()
         .filter(|f| involves(&f.service, f.peer.as_deref()))
-        .map(finding_json)
+        .map(FindingReport::from)
         .collect();
-    let edges: Vec<Value> = report
-        .edges
-        .iter()
-        .filter(|e| involves(&e.caller, Some(&e.callee)))
-        .map(|e| {
-            json!({
-                "caller": e.caller, "callee": e.callee, "joined": e.joined, "split": e.split,
-                "health": (e.health() * 1000.0).round() / 1000.0,
-            })
-        })
-        .collect();
-    let broken = findings.iter().any(|f| f["broken"] == true);
-    Ok(Json(json!({
-        "window": {"start": range.start_unix_nano.to_string(), "end": range.end_unix_nano.to_string()},
-        "graceSeconds": config.grace_nanos as f64 / 1e9,
-        "service": service,
-        "traces": report.traces,
-        "spans": report.spans,
-        "truncated": truncated,
-        "broken": broken,
-        "findings": findings,
-        "edges": edges,
-    })))
+    let edges: Vec<EdgeReport> =
+        report.edges.iter().filter(|e| involves(&e.caller, Some(&e.callee))).map(EdgeReport::from).collect();
+    Ok(Json(DoctorReport {
+        window: Window { start: range.start_unix_nano.to_string(), end: range.end_unix_nano.to_string() },
+        grace_seconds: config.grace_nanos as f64 / 1e9,
+        settle_seconds: settle as f64 / 1e9,
+        quiet_for_seconds: (quiet_for as f64 / 1e6).round() / 1e3,
+        ingest_quiet: config.ingest_quiet,
+        service: service.map(str::to_owned),
+        traces: report.traces,
+        spans: report.spans,
+        unsettled_traces: report.unsettled_traces,
+        truncated,
+        broken: findings.iter().any(|f| f.broken),
+        findings,
+        edges,
+    }))
 }
 
-/// `GET /api/v1/traces/{traceID}/diagnosis?grace=30s`: one trace's problems, and the other
-/// pieces of the same request (the traces it continues in, or continues from).
+/// `GET /api/v1/traces/{traceID}/diagnosis?grace=30s&settle=6s`: one trace's problems, and the
+/// other pieces of the same request (the traces it continues in, or continues from). Only
+/// broken chains are offered as other pieces.
 pub(crate) async fn trace_diagnosis(
     State(store): State<SharedStore>,
+    Extension(activity): Extension<IngestActivity>,
     Path(trace_id): Path<String>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, V3Error> {
+) -> Result<Json<Diagnosis>, V3Error> {
     let id = params::parse_trace_id(&trace_id)?;
     let Some(spans) = store.trace(id).await? else {
         return Err(V3Error::new(StatusCode::NOT_FOUND, "trace not found"));
     };
-    let mut config = doctor::DoctorConfig::new(params::now_nanos());
-    config.grace_nanos = duration_param(&pairs, "grace", config.grace_nanos)?;
+    let (config, _, _) = doctor_config(&pairs, &activity)?;
     let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
     let end = spans.iter().map(|s| s.end_time_unix_nano).max().unwrap_or(0);
     // Pieces of the same request start within it, give or take the tolerated skew and slack;
@@ -170,34 +164,42 @@ pub(crate) async fn trace_diagnosis(
     let margin = 1_000_000_000;
     let range = skein_model::TimeRange::new(start.saturating_sub(margin), end.saturating_add(margin));
     let (report, _) = run_doctor(&store, range, &config, DIAGNOSIS_MAX_TRACES, Some(spans)).await?;
-    let mut problems = Vec::new();
-    let mut related = Vec::new();
+    let mut diagnosis = Diagnosis {
+        trace_id: id.to_hex(),
+        unsettled: report.unsettled_traces > 0,
+        problems: Vec::new(),
+        related: Vec::new(),
+    };
     for p in &report.pairs {
-        let kind = p.kind.as_str();
-        let confidence = p.confidence_milli as f64 / 1000.0;
-        if p.from_trace == id && p.to_trace != id {
-            problems.push(json!({
-                "kind": kind, "relation": "continues_in", "spanID": p.from_span.to_hex(), "otherTraceID": p.to_trace.to_hex(),
-                "otherSpanID": p.to_span.to_hex(), "confidence": confidence,
-                "message": "the request continues in another trace: the context was lost after this span",
-            }));
-            related.push(json!({"traceID": p.to_trace.to_hex(), "relation": "continues_in", "kind": kind, "confidence": confidence}));
-        } else if p.to_trace == id && p.from_trace != id {
-            problems.push(json!({
-                "kind": kind, "relation": "continues_from", "spanID": p.to_span.to_hex(), "otherTraceID": p.from_trace.to_hex(),
-                "otherSpanID": p.from_span.to_hex(), "confidence": confidence,
-                "message": "this trace is the continuation of a request whose context was lost in another trace",
-            }));
-            related.push(json!({"traceID": p.from_trace.to_hex(), "relation": "continues_from", "kind": kind, "confidence": confidence}));
-        }
+        let continues_in = match (p.from_trace == id, p.to_trace == id) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => continue,
+        };
+        let problem = Problem::of_pair(p, continues_in);
+        diagnosis.related.push(Related {
+            trace_id: problem.other_trace_id.clone().expect("a pair has another trace"),
+            relation: problem.relation.clone().expect("a pair has a relation"),
+            kind: problem.kind.clone(),
+            confidence: p.confidence_milli as f64 / 1000.0,
+            unambiguous: p.unambiguous,
+        });
+        diagnosis.problems.push(problem);
     }
     for (t, span, parent) in &report.orphans {
         if *t == id {
-            problems.push(json!({
-                "kind": "orphan_spans", "spanID": span.to_hex(), "missingParentID": parent.to_hex(),
-                "message": "this span's parent is not in the trace",
-            }));
+            diagnosis.problems.push(Problem {
+                kind: "orphan_spans".into(),
+                relation: None,
+                span_id: span.to_hex(),
+                other_trace_id: None,
+                other_span_id: None,
+                missing_parent_id: Some(parent.to_hex()),
+                confidence: None,
+                unambiguous: None,
+                message: "this span's parent is not in the trace".into(),
+            });
         }
     }
-    Ok(Json(json!({"traceID": id.to_hex(), "problems": problems, "related": related})))
+    Ok(Json(diagnosis))
 }

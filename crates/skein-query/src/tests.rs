@@ -914,8 +914,12 @@ async fn doctor_and_trace_diagnosis() {
     // The fixture's trace 1 has a span whose parent (…09) never arrived.
     let (status, body) = get("/api/v1/doctor?lookback=200000h&grace=0s&service=checkout").await;
     assert_eq!(status, StatusCode::OK);
+    // The answer reads back into the report type the CLI uses.
+    let typed: crate::doctor::report::DoctorReport = serde_json::from_str(&body).unwrap();
+    assert!(typed.broken && !typed.ingest_quiet && typed.unsettled_traces == 0, "{typed:?}");
     let mut report: serde_json::Value = serde_json::from_str(&body).unwrap();
     let window = report.as_object_mut().unwrap().remove("window").unwrap();
+    report.as_object_mut().unwrap().remove("quietForSeconds").expect("how long the ingest has been quiet");
     assert!(
         window["start"].as_str().unwrap().parse::<u64>().unwrap() < B::new(1, 1).build().start_time_unix_nano
     );
@@ -928,12 +932,14 @@ async fn doctor_and_trace_diagnosis() {
               "broken": true,
               "confidence": 1.0,
               "count": 1,
+              "evidence": "1 span whose parent id is not in the trace, settled",
               "examples": [
                 {
                   "otherSpanID": null,
                   "otherTraceID": null,
                   "spanID": "cd00000000000003",
-                  "traceID": "ab000000000000000000000000000001"
+                  "traceID": "ab000000000000000000000000000001",
+                  "unambiguous": true
                 }
               ],
               "kind": "orphan_spans",
@@ -945,28 +951,32 @@ async fn doctor_and_trace_diagnosis() {
             }
           ],
           "graceSeconds": 0.0,
+          "ingestQuiet": false,
           "service": "checkout",
+          "settleSeconds": 6.0,
           "spans": 4,
           "traces": 2,
-          "truncated": false
+          "truncated": false,
+          "unsettledTraces": 0
         }"#]]
     .assert_eq(&serde_json::to_string_pretty(&report).unwrap());
     check(
         &format!("/api/v1/traces/{}/diagnosis?grace=0s", trace1()),
         StatusCode::OK,
         expect![[r#"
-        {
-          "problems": [
             {
-              "kind": "orphan_spans",
-              "message": "this span's parent is not in the trace",
-              "missingParentID": "cd00000000000009",
-              "spanID": "cd00000000000003"
-            }
-          ],
-          "related": [],
-          "traceID": "ab000000000000000000000000000001"
-        }"#]],
+              "problems": [
+                {
+                  "kind": "orphan_spans",
+                  "message": "this span's parent is not in the trace",
+                  "missingParentID": "cd00000000000009",
+                  "spanID": "cd00000000000003"
+                }
+              ],
+              "related": [],
+              "traceID": "ab000000000000000000000000000001",
+              "unsettled": false
+            }"#]],
     )
     .await;
     check("/api/v1/doctor?lookback=soon", StatusCode::BAD_REQUEST, expect![[r#"

@@ -12,13 +12,17 @@ use skein_store::SpanStore;
 
 use crate::metrics::Metrics;
 
-pub(crate) fn router(store: Arc<dyn SpanStore>, metrics: Metrics) -> Router {
+pub(crate) fn router(
+    store: Arc<dyn SpanStore>,
+    metrics: Metrics,
+    activity: skein_query::doctor::report::IngestActivity,
+) -> Router {
     let ops = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state((store.clone(), metrics.clone()));
-    skein_query::router(store)
+    skein_query::router_with_activity(store, activity)
         .merge(ops)
         .merge(crate::ui::router())
         .layer(middleware::from_fn_with_state(metrics, count_requests))

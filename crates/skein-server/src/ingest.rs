@@ -30,11 +30,19 @@ pub struct Ingest {
     store: Arc<dyn SpanStore>,
     limits: Limits,
     metrics: Metrics,
+    /// When spans were last stored, for the doctor (has every exporter flushed?).
+    activity: Option<skein_query::doctor::report::IngestActivity>,
 }
 
 impl Ingest {
     pub fn new(store: Arc<dyn SpanStore>, limits: Limits, metrics: Metrics) -> Self {
-        Ingest { store, limits, metrics }
+        Ingest { store, limits, metrics, activity: None }
+    }
+
+    /// Records, after every stored batch, when spans were last stored.
+    pub fn with_activity(mut self, activity: skein_query::doctor::report::IngestActivity) -> Self {
+        self.activity = Some(activity);
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -87,6 +95,12 @@ impl Ingest {
             .spans_received
             .get_or_create(&crate::metrics::ProtocolLabels { protocol })
             .inc_by(accepted);
+        if let Some(activity) = &self.activity {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            activity.record(now);
+        }
         if rejected == 0 {
             return Ok(ExportTraceServiceResponse { partial_success: None });
         }

@@ -170,7 +170,9 @@ impl BoundServer {
     /// and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let metrics = Metrics::new(Arc::clone(&self.store));
-        let ingest = Ingest::new(Arc::clone(&self.store), self.config.limits.clone(), metrics.clone());
+        let activity = skein_query::doctor::report::IngestActivity::new(now_nanos());
+        let ingest = Ingest::new(Arc::clone(&self.store), self.config.limits.clone(), metrics.clone())
+            .with_activity(activity.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = move |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
@@ -194,7 +196,7 @@ impl BoundServer {
         let otlp_http_app = crate::otlp_http::router(ingest.clone(), body_limits, budget);
         let otlp_http = axum::serve(self.otlp_http.tap_io(no_delay), otlp_http_app)
             .with_graceful_shutdown(stopped(stop_rx.clone()));
-        let http_app = crate::http_api::router(Arc::clone(&self.store), metrics);
+        let http_app = crate::http_api::router(Arc::clone(&self.store), metrics, activity);
         let http = axum::serve(self.http.tap_io(no_delay), http_app).with_graceful_shutdown(stopped(stop_rx));
 
         tokio::spawn(async move {
@@ -235,4 +237,8 @@ fn tokio_stream_listener(
         no_delay(&mut tcp);
         Ok(tcp)
     })
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }

@@ -1,12 +1,22 @@
 //! `skein doctor`: asks a running Skein where chains break (`GET /api/v1/doctor`), prints the
-//! report, and exits 1 when it finds a broken chain (2 when it cannot ask), so it can run after
-//! integration tests.
+//! report, and exits with a code a script can act on:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | every trace in the window was judged, and no chain is broken |
+//! | 1 | a broken chain was found |
+//! | 2 | Skein could not be asked (not running, bad answer, bad arguments) |
+//! | 3 | no broken chain among the traces judged, but some were too recent to judge |
+//!
+//! Right after a test run the last spans may still be arriving: while Skein reports traces
+//! too recent to judge and its ingest will soon count as quiet, the command waits (up to
+//! `--wait`) and asks again.
 
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::Value;
+use skein_query::doctor::report::{DoctorReport, FindingReport};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DoctorArgs {
@@ -19,130 +29,177 @@ pub(crate) struct DoctorArgs {
     /// Only findings that involve this service.
     #[arg(long)]
     service: Option<String>,
-    /// Spans that ended this recently are not yet evidence that something is missing (their
-    /// peers may not be exported yet). Use 0s right after flushing your exporters.
+    /// While Skein keeps receiving spans, those that ended this recently are not yet evidence
+    /// that something is missing (their peers may not be exported yet).
     #[arg(long, default_value = "30s")]
     grace: String,
+    /// Once Skein has received nothing for this long, every exporter has flushed and every
+    /// span is judged, however recent.
+    #[arg(long, default_value = "6s")]
+    settle: String,
+    /// How long to wait for recent traces to settle before answering.
+    #[arg(long, default_value = "15s")]
+    wait: String,
     /// Print the report as JSON (the API's answer) instead of text.
     #[arg(long)]
     json: bool,
 }
 
-/// Runs the command; `Ok(true)` when a broken chain was found.
-pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<bool> {
+/// What the doctor concluded.
+pub(crate) struct Verdict {
+    report: DoctorReport,
+}
+
+impl Verdict {
+    pub(crate) fn exit_code(&self) -> i32 {
+        match (self.report.broken, self.report.unsettled_traces) {
+            (true, _) => 1,
+            (false, 0) => 0,
+            (false, _) => 3,
+        }
+    }
+}
+
+fn go_duration(flag: &str, v: &str) -> anyhow::Result<Duration> {
+    skein_query::duration::parse_go_duration(v)
+        .map(Duration::from_nanos)
+        .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+}
+
+/// Runs the command and prints the report.
+pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<Verdict> {
     let base = args.server.trim_end_matches('/').to_owned();
+    let wait = go_duration("wait", &args.wait)?;
     let mut url = reqwest::Url::parse(&format!("{base}/api/v1/doctor"))
         .with_context(|| format!("--server {:?} is not a URL", args.server))?;
-    url.query_pairs_mut().append_pair("lookback", &args.lookback).append_pair("grace", &args.grace);
+    url.query_pairs_mut()
+        .append_pair("lookback", &args.lookback)
+        .append_pair("grace", &args.grace)
+        .append_pair("settle", &args.settle);
     if let Some(s) = &args.service {
         url.query_pairs_mut().append_pair("service", s);
     }
     let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let started = Instant::now();
+    let report = loop {
+        let report = ask(&client, &url, &base).await?;
+        // Quiet soon: ask again then, if the wait allows it.
+        let settles_in = Duration::from_secs_f64((report.settle_seconds - report.quiet_for_seconds).max(0.0));
+        if report.unsettled_traces == 0 || report.ingest_quiet || started.elapsed() + settles_in > wait {
+            break report;
+        }
+        if !args.json {
+            eprintln!(
+                "{} traces are too recent to judge; Skein's ingest will be quiet in {:.1}s, waiting…",
+                report.unsettled_traces,
+                settles_in.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(settles_in + Duration::from_millis(100)).await;
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report, &base, &args.lookback));
+    }
+    Ok(Verdict { report })
+}
+
+async fn ask(client: &reqwest::Client, url: &reqwest::Url, base: &str) -> anyhow::Result<DoctorReport> {
     let response =
         client.get(url.clone()).send().await.with_context(|| format!("cannot reach Skein at {base}"))?;
     let status = response.status();
-    let body: Value = response.json().await.with_context(|| format!("{url} did not answer JSON"))?;
+    let body = response.bytes().await.with_context(|| format!("reading the answer of {url}"))?;
     if !status.is_success() {
-        let msg = body["error"]["message"].as_str().unwrap_or("no message");
+        let error: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let msg = error["error"]["message"].as_str().unwrap_or("no message");
         anyhow::bail!("Skein answered {status}: {msg}");
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-    } else {
-        print!("{}", render(&body, &base, &args.lookback));
-    }
-    Ok(body["broken"] == true)
+    serde_json::from_slice(&body).with_context(|| format!("{url} did not answer a doctor report"))
 }
 
-fn render(report: &Value, base: &str, lookback: &str) -> String {
+fn render(report: &DoctorReport, base: &str, lookback: &str) -> String {
     let mut out = String::new();
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
     let _ = writeln!(
         out,
-        "Skein trace doctor: {} traces, {} spans in the last {lookback} (grace {}s){}",
-        n(&report["traces"]),
-        n(&report["spans"]),
-        report["graceSeconds"],
-        if report["truncated"] == true { " — truncated: only the newest traces were analysed" } else { "" }
+        "Skein trace doctor: {} traces, {} spans in the last {lookback}{}",
+        report.traces,
+        report.spans,
+        if report.truncated { " — truncated: only the newest traces were analysed" } else { "" }
     );
-    let findings = report["findings"].as_array().cloned().unwrap_or_default();
-    let broken: Vec<&Value> = findings.iter().filter(|f| f["broken"] == true).collect();
-    let notes: Vec<&Value> = findings.iter().filter(|f| f["broken"] != true).collect();
+    let _ = writeln!(
+        out,
+        "{}",
+        if report.ingest_quiet {
+            format!("Skein has received nothing for {:.1}s: every span is judged.", report.quiet_for_seconds)
+        } else {
+            format!(
+                "Skein is still receiving spans: those that ended in the last {}s are not evidence yet.",
+                report.grace_seconds
+            )
+        }
+    );
+    let (broken, notes): (Vec<&FindingReport>, Vec<&FindingReport>) =
+        report.findings.iter().partition(|f| f.broken);
     for f in broken.iter().chain(notes.iter()) {
-        let label = if f["broken"] == true { "BROKEN" } else { "NOTE  " };
-        let what = match (f["kind"].as_str().unwrap_or(""), f["peer"].as_str()) {
-            ("split_trace", Some(peer)) => format!("{} → {peer}", f["service"].as_str().unwrap_or("")),
-            ("uninstrumented_peer", Some(peer)) => {
-                format!("{} → {peer}", f["service"].as_str().unwrap_or(""))
-            }
-            _ => {
-                format!("{}: {}", f["service"].as_str().unwrap_or(""), f["operation"].as_str().unwrap_or(""))
-            }
+        let label = if f.broken { "BROKEN" } else { "NOTE  " };
+        let what = match (f.kind.as_str(), &f.peer) {
+            ("split_trace" | "uninstrumented_peer", Some(peer)) => format!("{} → {peer}", f.service),
+            _ => format!("{}: {}", f.service, f.operation),
         };
-        let _ = writeln!(
-            out,
-            "\n{label} {what} [{}]: {} seen, confidence {}",
-            f["kind"].as_str().unwrap_or(""),
-            n(&f["count"]),
-            f["confidence"]
-        );
-        let _ = writeln!(out, "       {}", f["message"].as_str().unwrap_or(""));
-        for e in f["examples"].as_array().into_iter().flatten().take(3) {
-            let trace = e["traceID"].as_str().unwrap_or("");
-            match e["otherTraceID"].as_str() {
-                Some(other) if other != trace && f["kind"] == "detached_work" => {
+        let _ = writeln!(out, "\n{label} {what} [{}]: {} seen, confidence {}", f.kind, f.count, f.confidence);
+        let _ = writeln!(out, "       {}", f.message);
+        let _ = writeln!(out, "       evidence: {}", f.evidence);
+        for e in f.examples.iter().take(3) {
+            let maybe = if e.unambiguous { "" } else { " (one of several candidates)" };
+            match &e.other_trace_id {
+                Some(other) if *other != e.trace_id && f.kind == "detached_work" => {
                     let _ = writeln!(
                         out,
-                        "       e.g. {base}/trace/{trace}  started while  {base}/trace/{other}  was running"
+                        "       e.g. {base}/trace/{}  started while  {base}/trace/{other}  was running{maybe}",
+                        e.trace_id
                     );
                 }
-                Some(other) if other != trace => {
+                Some(other) if *other != e.trace_id => {
                     let _ = writeln!(
                         out,
-                        "       e.g. {base}/trace/{trace}  ⇢ continues in  {base}/trace/{other}"
+                        "       e.g. {base}/trace/{}  ⇢ continues in  {base}/trace/{other}{maybe}",
+                        e.trace_id
                     );
                 }
                 _ => {
-                    let _ = writeln!(
-                        out,
-                        "       e.g. {base}/trace/{trace}?span={}",
-                        e["spanID"].as_str().unwrap_or("")
-                    );
+                    let _ = writeln!(out, "       e.g. {base}/trace/{}?span={}", e.trace_id, e.span_id);
                 }
             }
         }
     }
-    let edges = report["edges"].as_array().cloned().unwrap_or_default();
-    if !edges.is_empty() {
+    if !report.edges.is_empty() {
         let _ = writeln!(
             out,
             "\nPropagation health per edge (calls whose server side joined the caller's trace):"
         );
-        let width = edges
-            .iter()
-            .map(|e| e["caller"].as_str().unwrap_or("").len() + e["callee"].as_str().unwrap_or("").len() + 3)
-            .max()
-            .unwrap_or(0);
-        for e in &edges {
-            let name =
-                format!("{} → {}", e["caller"].as_str().unwrap_or(""), e["callee"].as_str().unwrap_or(""));
+        let width = report.edges.iter().map(|e| e.caller.len() + e.callee.len() + 3).max().unwrap_or(0);
+        for e in &report.edges {
+            let name = format!("{} → {}", e.caller, e.callee);
             let _ = writeln!(
                 out,
                 "  {name:<width$}  {:>6.1}%  ({} joined, {} split)",
-                e["health"].as_f64().unwrap_or(1.0) * 100.0,
-                n(&e["joined"]),
-                n(&e["split"]),
+                e.health * 100.0,
+                e.joined,
+                e.split,
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "\n{}",
-        match broken.len() {
-            0 => "No broken chains found.".to_owned(),
-            1 => "1 broken chain found.".to_owned(),
-            k => format!("{k} broken chains found."),
-        }
-    );
+    let verdict = match (broken.len(), report.unsettled_traces) {
+        (0, 0) => "No broken chains found.".to_owned(),
+        (0, n) => format!(
+            "No broken chains found in the traces judged, but {n} trace{s} too recent to judge (exit code 3): \
+             run again once your exporters have flushed.",
+            s = if n == 1 { " was" } else { "s were" }
+        ),
+        (1, _) => "1 broken chain found.".to_owned(),
+        (k, _) => format!("{k} broken chains found."),
+    };
+    let _ = writeln!(out, "\n{verdict}");
     out
 }

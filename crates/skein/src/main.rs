@@ -240,8 +240,10 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => runtime.block_on(serve(args.into_config())),
         Command::Bench(args) => runtime.block_on(bench(args)),
         Command::Doctor(args) => match runtime.block_on(doctor::run(args)) {
-            Ok(false) => Ok(()),
-            Ok(true) => std::process::exit(1),
+            Ok(verdict) => match verdict.exit_code() {
+                0 => Ok(()),
+                code => std::process::exit(code),
+            },
             Err(e) => {
                 eprintln!("skein doctor: {e:#}");
                 std::process::exit(2)

@@ -436,6 +436,17 @@ fn break_client_splits_the_cart_from_its_caller() {
         (edge["joined"].as_u64(), edge["split"].as_u64(), edge["health"].as_f64()),
         (Some(0), Some(n), Some(0.0))
     );
+    // As the README tells users to run it after their tests, with no --grace: the requests
+    // ended moments ago, yet nothing is silently missed. The doctor waits until the ingest is
+    // quiet (every exporter flushed), then judges every trace and exits 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["doctor", "--server", &demo.http, "--lookback", "15m"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("BROKEN checkout → cart [split_trace]: 3 seen"), "{text}");
+    assert!(text.contains("every span is judged"), "{text}");
     demo.interrupt();
 }
 

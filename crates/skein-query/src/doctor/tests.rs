@@ -73,7 +73,7 @@ fn group(spans: Vec<Span>) -> Vec<Vec<Span>> {
 fn breaks(r: &Report) -> Vec<(FindingKind, String, Option<String>, usize)> {
     r.findings
         .iter()
-        .filter(|f| f.kind.is_break())
+        .filter(|f| f.broken)
         .map(|f| (f.kind, f.service.clone(), f.peer.clone(), f.count))
         .collect()
 }
@@ -264,27 +264,129 @@ fn a_task_spawned_without_context_is_detached_work_under_its_spawner() {
 fn a_middleware_that_starts_from_an_empty_context_is_detached_work_in_the_frontend() {
     let mut g = Gen::new();
     let mut spans = Vec::new();
-    let t = g.trace();
-    let server = g.span(t, None, "frontend", "GET /checkout", SpanKind::Server, 0.0, 20.0, &[]);
-    let auth = g.span(t, Some(server.span_id), "frontend", "authenticate", SpanKind::Internal, 0.1, 0.2, &[]);
-    let t2 = g.trace();
-    let rpc = [("rpc.method", s("shop.Checkout/PlaceOrder"))];
-    let client = g.span(t2, None, "frontend", "shop.Checkout/PlaceOrder", SpanKind::Client, 0.3, 19.0, &rpc);
-    let callee = g.span(
-        t2,
-        Some(client.span_id),
-        "checkout",
-        "shop.Checkout/PlaceOrder",
-        SpanKind::Server,
-        0.5,
-        18.0,
-        &rpc,
-    );
-    spans.extend([server, auth, client, callee]);
-    let r = diagnose(&group(spans), &config());
-    assert_eq!(breaks(&r), vec![(FindingKind::DetachedWork, "frontend".into(), None, 1)]);
+    for i in 0..5 {
+        let at = i as f64 * 30.0;
+        let t = g.trace();
+        let server = g.span(t, None, "frontend", "GET /checkout", SpanKind::Server, at, at + 20.0, &[]);
+        let auth = g.span(
+            t,
+            Some(server.span_id),
+            "frontend",
+            "authenticate",
+            SpanKind::Internal,
+            at + 0.1,
+            at + 0.2,
+            &[],
+        );
+        let t2 = g.trace();
+        let rpc = [("rpc.method", s("shop.Checkout/PlaceOrder"))];
+        let client = g.span(
+            t2,
+            None,
+            "frontend",
+            "shop.Checkout/PlaceOrder",
+            SpanKind::Client,
+            at + 0.3,
+            at + 19.0,
+            &rpc,
+        );
+        let callee = g.span(
+            t2,
+            Some(client.span_id),
+            "checkout",
+            "shop.Checkout/PlaceOrder",
+            SpanKind::Server,
+            at + 0.5,
+            at + 18.0,
+            &rpc,
+        );
+        spans.extend([server, auth, client, callee]);
+    }
+    let r = diagnose(&group(spans.clone()), &config());
+    assert_eq!(breaks(&r), vec![(FindingKind::DetachedWork, "frontend".into(), None, 5)]);
     assert_eq!(r.findings[0].peer_operation.as_deref(), Some("GET /checkout"));
     assert!(r.findings[0].message.contains("(client)"));
+    assert!(r.findings[0].examples.iter().all(|e| e.unambiguous), "one request at a time");
+    // One occurrence alone is too little evidence: a note, no pairs offered.
+    let one: Vec<Span> = spans.into_iter().take(4).collect();
+    let r = diagnose(&group(one), &config());
+    assert_eq!(breaks(&r), vec![]);
+    assert!(r.pairs.is_empty());
+    let note = r.findings.iter().find(|f| f.kind == FindingKind::DetachedWork).expect("a note");
+    assert!(note.message.starts_with("possibly detached work in frontend"), "{}", note.message);
+}
+
+/// The false alarm of issue 17: one process (the Python SDK, `SimpleSpanProcessor`) sends a
+/// SERVER trace, then, after it ended, a PRODUCER root and an INTERNAL root. New roots are
+/// normal; none of this is lost context.
+#[test]
+fn new_roots_after_a_request_are_not_detached_work() {
+    let mut g = Gen::new();
+    let t = g.trace();
+    let server = g.span(t, None, "shop", "GET /checkout", SpanKind::Server, 0.0, 10.0, &[]);
+    let (t2, t3) = (g.trace(), g.trace());
+    let enqueue = g.span(t2, None, "shop", "enqueue", SpanKind::Producer, 12.0, 13.0, &[]);
+    let job = g.span(t3, None, "shop", "refresh cache", SpanKind::Internal, 14.0, 20.0, &[]);
+    let r = diagnose(&group(vec![server, enqueue, job]), &config());
+    assert!(r.findings.is_empty(), "not even a note: {:?}", r.findings);
+    assert!(r.pairs.is_empty());
+}
+
+/// A scheduled job, a poller, and a root that links to its cause, running while requests of
+/// the same instance run: legitimate new roots, never a broken chain.
+#[test]
+fn scheduled_jobs_pollers_and_linked_roots_are_not_detached_work() {
+    let mut g = Gen::new();
+    let mut spans = Vec::new();
+    // Requests of several operations keep the instance busy about half the time.
+    for i in 0..400 {
+        let at = i as f64 * 25.0;
+        let t = g.trace();
+        let name = ["GET /a", "GET /b", "POST /c"][i % 3];
+        spans.push(g.span(t, None, "api", name, SpanKind::Server, at, at + 12.0, &[]));
+    }
+    // A poller every 170 ms, whatever runs.
+    for k in 0..58 {
+        let t = g.trace();
+        let at = k as f64 * 170.0 + 3.0;
+        spans.push(g.span(t, None, "api", "poll queue", SpanKind::Internal, at, at + 2.0, &[]));
+    }
+    // A job consuming work, linking to the request that asked for it.
+    for k in 0..40 {
+        let t = g.trace();
+        let at = k as f64 * 250.0 + 5.0;
+        let mut job = g.span(t, None, "api", "rebuild index", SpanKind::Internal, at, at + 4.0, &[]);
+        job.links.push(skein_model::Link {
+            trace_id: spans[k].trace_id,
+            span_id: spans[k].span_id,
+            trace_state: String::new(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            flags: 0,
+        });
+        spans.push(job);
+    }
+    let r = diagnose(&group(spans), &config());
+    assert_eq!(breaks(&r), vec![], "{:#?}", r.findings);
+    assert!(r.pairs.is_empty());
+}
+
+#[test]
+fn recent_traces_are_counted_not_judged_until_the_ingest_is_quiet() {
+    let mut g = Gen::new();
+    let mut spans = Vec::new();
+    request(&mut g, 0.0, 1, false, &mut spans);
+    let traces = group(spans);
+    let now = T0 + 100 * MS; // 80 ms after the request ended: within the grace period
+    let fresh = DoctorConfig { now_nanos: now, ..config() };
+    let r = diagnose(&traces, &fresh);
+    assert_eq!(breaks(&r), vec![], "nothing judged yet");
+    assert_eq!(r.unsettled_traces, 2, "both pieces are too recent to judge");
+    // Once every exporter has flushed (the ingest is quiet), the same spans are judged.
+    let quiet = DoctorConfig { now_nanos: now, ingest_quiet: true, ..config() };
+    let r = diagnose(&traces, &quiet);
+    assert_eq!(r.unsettled_traces, 0);
+    assert_eq!(breaks(&r), vec![(FindingKind::SplitTrace, "checkout".into(), Some("cart".into()), 1)]);
 }
 
 #[test]
