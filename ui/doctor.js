@@ -62,9 +62,16 @@ function draw(r) {
     h(
       "div",
       { class: broken.length ? "health-summary bad" : "health-summary good", "data-broken": String(broken.length) },
-      broken.length ? `⚠ ${plural(broken.length, "broken chain")} found` : "✓ No broken chains found",
-      h("span", { class: "muted" }, ` — ${plural(r.traces, "trace")}, ${plural(r.spans, "span")} analysed${r.truncated ? " (only the newest; narrow the window)" : ""}; spans that ended in the last ${r.graceSeconds}s are not used as evidence yet.`),
+      broken.length
+        ? `⚠ ${plural(broken.length, "broken chain")} found`
+        : r.unsettledTraces
+          ? "✓ No broken chains in the traces judged"
+          : "✓ No broken chains found",
+      h("span", { class: "muted" }, ` — ${plural(r.traces, "trace")}, ${plural(r.spans, "span")} analysed${r.truncated ? " (only the newest; narrow the window)" : ""}; ${r.ingestQuiet ? "Skein has received nothing for a while: every trace is judged." : `spans still arrive: those that ended in the last ${r.graceSeconds}s are not used as evidence yet.`}`),
     ),
+    r.unsettledTraces
+      ? h("p", { class: "warning unsettled", "data-unsettled": String(r.unsettledTraces) }, `${plural(r.unsettledTraces, "trace")} too recent to judge: not called healthy or broken yet.`)
+      : null,
     broken.length ? h("section", null, h("h2", null, "Broken chains"), broken.map(card)) : null,
     notes.length ? h("section", null, h("h2", null, "Notes"), notes.map(card)) : null,
     r.edges.length ? edgeTable(r.edges) : null,
@@ -91,6 +98,7 @@ function card(f) {
       f.kind === "split_trace" || f.kind === "detached_work" ? h("span", { class: "muted" }, ` · confidence ${Math.round(f.confidence * 100)}%`) : null,
     ),
     h("p", { class: "finding-message" }, f.message),
+    f.evidence ? h("p", { class: "finding-evidence muted" }, `Evidence: ${f.evidence}`) : null,
     h(
       "ul",
       { class: "examples" },
@@ -98,9 +106,10 @@ function card(f) {
         const here = link(`/trace/${e.traceID}?span=${e.spanID}`, { class: "example-trace" }, `trace ${e.traceID.slice(0, 16)}…`);
         if (!e.otherTraceID || e.otherTraceID === e.traceID) return h("li", null, here);
         const other = link(`/trace/${e.otherTraceID}?span=${e.otherSpanID}`, { class: "example-other" }, `trace ${e.otherTraceID.slice(0, 16)}…`);
+        const maybe = e.unambiguous ? null : h("span", { class: "muted" }, " (one of several candidates)");
         return f.kind === "detached_work"
-          ? h("li", null, here, " started while ", other, " was running")
-          : h("li", null, here, " ⇢ continues in ", other);
+          ? h("li", null, here, " started while ", other, " was running", maybe)
+          : h("li", null, here, " ⇢ continues in ", other, maybe);
       }),
     ),
   );

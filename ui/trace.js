@@ -188,7 +188,11 @@ class TraceView {
       const s = this.trace.byId.get(p.spanID);
       const here = s ? h("button", { type: "button", class: "linkish", onclick: () => this.reveal(s, true) }, `${s.service}: ${s.name}`) : p.spanID;
       const other = link(`/trace/${p.otherTraceID}?span=${p.otherSpanID}`, { class: "continuation" }, `trace ${p.otherTraceID}`);
-      const sure = ` (confidence ${Math.round(p.confidence * 100)}%).`;
+      // A pair is only stated as fact when no other trace could be the other piece; otherwise
+      // the banner says it is one candidate among several.
+      const sure = p.unambiguous
+        ? ` (confidence ${Math.round(p.confidence * 100)}%).`
+        : ` — possibly: identical calls were in flight at the same time, so this is one candidate among several (confidence ${Math.round(p.confidence * 100)}%).`;
       const text =
         p.kind === "split_trace"
           ? p.relation === "continues_in"

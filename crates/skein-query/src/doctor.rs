@@ -38,7 +38,8 @@ pub struct DoctorConfig {
     /// Clock skew tolerated between services (a callee may seem to start this much early).
     pub skew_nanos: u64,
     /// Detached work may start this long after the enclosing span ended (a spawned task is
-    /// often first polled after its spawner answered).
+    /// often first polled after its spawner answered); only groups of roots tied to one
+    /// operation count such starts.
     pub detach_slack_nanos: u64,
 }
 
@@ -49,7 +50,7 @@ impl DoctorConfig {
             grace_nanos: 30_000_000_000,
             ingest_quiet: false,
             skew_nanos: 5_000_000,
-            detach_slack_nanos: 50_000_000,
+            detach_slack_nanos: 1_000_000,
         }
     }
 }
@@ -656,12 +657,14 @@ fn instances(ix: &Ix<'_>) -> Vec<u32> {
 /// service instance handles a request of another trace. One such root proves nothing (a
 /// scheduled job, a poller, start-up work may start at any moment), so a group of them, by
 /// (service, name), is a broken chain only when the evidence says they belong to requests:
-/// - at least [`DETACHED_MIN`] of them, 90 % or more starting inside a request of the instance
-///   (or within the slack after one ends, for tasks first polled after their spawner answered:
-///   only a group can show that, never a single root);
-/// - and either they follow one operation's requests (at least one for every two of them), or
-///   chance cannot explain it: the probability that that many unrelated roots all fell inside
-///   requests, given how busy the instance was, is under 1 %.
+/// - at least [`DETACHED_MIN`] of them, during requests of the instance (or within the slack
+///   after one ended, for tasks first polled after their spawner answered: only a group can
+///   show that, never a single root);
+/// - and either they are tied to one operation — 90 % of them during its requests, 90 % of its
+///   requests hosting one, and about as many of them as requests (a job on its own clock does
+///   not keep that count) — or chance cannot explain them: 90 % began while a request was
+///   running, and the probability of that for unrelated work, given how busy the instance was,
+///   is under 1 %.
 ///
 /// PRODUCER roots (queue producers start traces) and roots with links (they name their
 /// cause) are never detached work. A group with too little evidence that started inside a
@@ -682,7 +685,7 @@ fn find_detached_work(ix: &Ix<'_>, config: &DoctorConfig, report: &mut Report) {
     for list in entries_by_instance.values_mut() {
         list.sort_by_key(|&i| ix.spans[i].start_time_unix_nano);
     }
-    let busy = busy_fractions(ix, &inst, &entries_by_instance, config.detach_slack_nanos);
+    let busy = busy_fractions(ix, &inst, &entries_by_instance, 0);
 
     struct Occurrence {
         root: usize,
@@ -738,7 +741,9 @@ fn find_detached_work(ix: &Ix<'_>, config: &DoctorConfig, report: &mut Report) {
         let inside = hosted.iter().filter(|o| o.host.is_some_and(|h| h.1)).count();
         let host_of = |o: &Occurrence| o.host.expect("hosted").0;
         let within = most_common(hosted.iter().map(|o| ix.spans[host_of(o)].name.as_str()));
-        let following = hosted.iter().filter(|o| ix.spans[host_of(o)].name.as_str() == within).count();
+        let following: Vec<&&Occurrence> =
+            hosted.iter().filter(|o| ix.spans[host_of(o)].name.as_str() == within).collect();
+        let hosting_requests: HashSet<usize> = following.iter().map(|o| host_of(o)).collect();
         // Requests of that operation in the instances where these roots ran.
         let group_instances: HashSet<u32> = occurrences.iter().map(|o| inst[o.root]).collect();
         let requests = group_instances
@@ -747,11 +752,22 @@ fn find_detached_work(ix: &Ix<'_>, config: &DoctorConfig, report: &mut Report) {
             .filter(|&&e| ix.spans[e].name.as_str() == within && ix.settled[e])
             .count()
             .max(1);
-        let hosted_share = hosted.len() as f64 / occurrences.len() as f64;
-        let follow_share = (following as f64 / requests as f64).min(1.0);
-        let chance: f64 = hosted.iter().map(|o| busy.get(&inst[o.root]).copied().unwrap_or(1.0)).product();
-        let broken =
-            hosted.len() >= DETACHED_MIN && hosted_share >= 0.9 && (follow_share >= 0.5 || chance < 0.01);
+        let n_all = occurrences.len();
+        // Tied to `within`: (nearly) every one of its requests hosts one of these roots, and
+        // there are about as many roots as requests — what work spawned per request looks
+        // like, and what a job on its own clock does not.
+        let tied = following.len() * 10 >= n_all * 9
+            && hosting_requests.len() * 10 >= requests * 9
+            && following.len().abs_diff(requests) * 10 <= requests;
+        // Or beyond chance: roots that nearly all began while a request was running, in an
+        // instance idle often enough that this is unlikely for unrelated work.
+        let chance: f64 = hosted
+            .iter()
+            .filter(|o| o.host.is_some_and(|h| h.1))
+            .map(|o| busy.get(&inst[o.root]).copied().unwrap_or(1.0))
+            .product();
+        let unlikely = inside * 10 >= n_all * 9 && chance < 0.01;
+        let broken = hosted.len() >= DETACHED_MIN && (tied || unlikely);
         if !broken && inside == 0 {
             // Roots that began after a request ended, too few or too loose to tie to it: new
             // roots are normal (jobs, producers, start-up work), not lost context.
@@ -771,8 +787,12 @@ fn find_detached_work(ix: &Ix<'_>, config: &DoctorConfig, report: &mut Report) {
             .collect();
         let kind = ix.spans[occurrences[0].root].kind.as_str();
         let n = hosted.len();
-        let confidence =
-            if broken { hosted_share * follow_share.max(1.0 - chance) } else { (1.0 - chance) * 0.5 };
+        let share = hosted.len() as f64 / n_all as f64;
+        let confidence = match (broken, tied) {
+            (true, true) => share,
+            (true, false) => share * (1.0 - chance),
+            (false, _) => 0.5 * (1.0 - chance) * share,
+        };
         if broken {
             for p in &pairs {
                 report.pairs.push(pair(ix, FindingKind::DetachedWork, p));
@@ -799,9 +819,10 @@ fn find_detached_work(ix: &Ix<'_>, config: &DoctorConfig, report: &mut Report) {
                 )
             },
             evidence: format!(
-                "{n} of {} '{operation}' roots started during a request of the same instance ({inside} while it \
-                 was running); {following} during '{within}', which ran {requests} time{rs}; chance alone: {chance:.3}",
-                occurrences.len(),
+                "{n} of {n_all} '{operation}' roots started during a request of the same instance ({inside} while it \
+                 was running); {} during '{within}', in {} of its {requests} request{rs}; chance alone: {chance:.3}",
+                following.len(),
+                hosting_requests.len(),
                 rs = if requests == 1 { "" } else { "s" },
             ),
             operation: operation.clone(),
