@@ -57,6 +57,8 @@ pub struct BenchConfig {
     pub load_cpus: Option<Vec<usize>>,
     /// Send through a rotel collector (this `rotel-agent` binary) with its default batching.
     pub via_collector: Option<PathBuf>,
+    /// A bearer token for OTLP and the query API (a Skein with token files).
+    pub token: Option<String>,
     pub progress: bool,
 }
 
@@ -286,8 +288,7 @@ pub fn spawn_listening(cmd: &mut Command) -> anyhow::Result<(Child, Listening)> 
 
 /// Waits (up to 15 minutes) until the server's `/metrics` says no block awaits compaction, so
 /// bytes on disk are measured after compaction.
-async fn wait_for_compaction(http: &str) {
-    let client = reqwest::Client::new();
+async fn wait_for_compaction(http: &str, client: &reqwest::Client) {
     let started = Instant::now();
     let mut said = false;
     while started.elapsed() < Duration::from_secs(900) {
@@ -537,8 +538,8 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Spans the server at `query` has received, from its `/metrics`.
-async fn spans_received(query: &str) -> anyhow::Result<u64> {
-    let text = reqwest::get(format!("{query}/metrics")).await?.text().await?;
+async fn spans_received(query: &str, client: &reqwest::Client) -> anyhow::Result<u64> {
+    let text = client.get(format!("{query}/metrics")).send().await?.text().await?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("skein_spans_received_total{"))
@@ -585,20 +586,22 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         (None, None) => unreachable!("a server was started"),
     };
 
+    let client = authed_client(config.token.as_deref())?;
     // With a collector, the load goes to it and it forwards to the server.
     let collector = match &config.via_collector {
         Some(agent) => Some(Collector::start(agent, config.protocol, &otlp)?),
         None => None,
     };
     let received_before = match &collector {
-        Some(_) => spans_received(&query).await?,
+        Some(_) => spans_received(&query, &client).await?,
         None => 0,
     };
     let otlp = collector.as_ref().map_or(otlp, |c| c.endpoint.clone());
     let collector_cpu_before = collector.as_ref().and_then(Collector::cpu_seconds);
 
     // Load.
-    let sender = traffic::Sender::new(config.protocol, &otlp, config.shape.clone()).await?;
+    let sender =
+        traffic::Sender::new(config.protocol, &otlp, config.shape.clone(), config.token.as_deref()).await?;
     let sender = Arc::new(sender);
     let bar = if config.progress {
         let b = indicatif::ProgressBar::new(config.spans);
@@ -715,7 +718,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         // (or nothing more arrives for 10 s, when the collector dropped some).
         let (mut last, mut last_change) = (0, Instant::now());
         loop {
-            let delivered = spans_received(&query).await?.saturating_sub(received_before);
+            let delivered = spans_received(&query, &client).await?.saturating_sub(received_before);
             if delivered != last {
                 (last, last_change) = (delivered, Instant::now());
             }
@@ -752,7 +755,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         report.clickhouse_cpu_seconds = Some(clickhouse_cpu_seconds() - ch_cpu_before);
     }
     let query = if let Some(s) = server.take() {
-        wait_for_compaction(&s.http).await;
+        wait_for_compaction(&s.http, &client).await;
         s.stop()?;
         if report.spans_accepted > 0 {
             let bytes = match &clickhouse {
@@ -770,7 +773,6 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     };
 
     // Queries at the stored size.
-    let client = reqwest::Client::new();
     let mut by_id = Vec::new();
     for id in ids.iter().step_by((ids.len() / config.queries.max(1)).max(1)).take(config.queries) {
         let t = Instant::now();
@@ -839,8 +841,36 @@ async fn timed_gets(
 pub(crate) async fn send_grpc(
     client: &mut TraceServiceClient<tonic::transport::Channel>,
     req: ExportTraceServiceRequest,
+    token: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 ) -> bool {
-    client.export(req).await.is_ok()
+    let mut request = tonic::Request::new(req);
+    if let Some(token) = token {
+        request.metadata_mut().insert("authorization", token.clone());
+    }
+    client.export(request).await.is_ok()
+}
+
+/// An HTTP client that sends `Authorization: Bearer <token>` when a token is given.
+pub fn authed_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+}
+
+/// The first token of a token file (one per line, `#` comments), for the clients.
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .with_context(|| format!("{} holds no token", path.display()))
 }
 
 pub(crate) async fn send_http(client: &reqwest::Client, url: &str, req: ExportTraceServiceRequest) -> bool {

@@ -235,6 +235,7 @@ impl TrafficShape {
 pub(crate) struct Sender {
     pub(crate) shape: TrafficShape,
     transport: Transport,
+    grpc_token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 enum Transport {
@@ -247,6 +248,7 @@ impl Sender {
         protocol: Protocol,
         endpoint: &str,
         shape: TrafficShape,
+        token: Option<&str>,
     ) -> anyhow::Result<Sender> {
         let transport = match protocol {
             Protocol::Grpc => {
@@ -254,16 +256,17 @@ impl Sender {
                 Transport::Grpc(TraceServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
             }
             Protocol::Http => Transport::Http(
-                reqwest::Client::new(),
+                crate::authed_client(token)?,
                 format!("{}/v1/traces", endpoint.trim_end_matches('/')),
             ),
         };
-        Ok(Sender { shape, transport })
+        let grpc_token = token.map(|t| format!("Bearer {t}").parse()).transpose()?;
+        Ok(Sender { shape, transport, grpc_token })
     }
 
     pub(crate) async fn send(&self, req: ExportTraceServiceRequest) -> bool {
         match &self.transport {
-            Transport::Grpc(c) => crate::send_grpc(&mut c.clone(), req).await,
+            Transport::Grpc(c) => crate::send_grpc(&mut c.clone(), req, self.grpc_token.as_ref()).await,
             Transport::Http(c, url) => crate::send_http(c, url, req).await,
         }
     }

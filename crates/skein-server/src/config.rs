@@ -71,6 +71,10 @@ pub struct Config {
     pub max_inflight_request_bytes: usize,
     pub limits: Limits,
     pub clickhouse: ClickhouseSettings,
+    /// Tokens that may send OTLP (one per line); without it, anyone who can connect may.
+    pub ingest_token_file: Option<PathBuf>,
+    /// Tokens that may read (query API, UI, `/metrics`); without it, anyone may.
+    pub query_token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -90,6 +94,8 @@ impl Default for Config {
             max_inflight_request_bytes: 4 * DEFAULT_MAX_REQUEST_BYTES,
             limits: Limits::default(),
             clickhouse: ClickhouseSettings::default(),
+            ingest_token_file: None,
+            query_token_file: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::{Auth, Role};
 use crate::body::{self, BodyError, BodyLimits, Budget, Coding, Reservation};
 use crate::ingest::{Ingest, IngestError};
 
@@ -33,10 +34,11 @@ pub(crate) struct TraceService {
     ingest: Ingest,
     limits: BodyLimits,
     budget: Budget,
+    auth: Auth,
 }
 
-pub(crate) fn service(ingest: Ingest, limits: BodyLimits, budget: Budget) -> TraceService {
-    TraceService { ingest, limits, budget }
+pub(crate) fn service(ingest: Ingest, limits: BodyLimits, budget: Budget, auth: Auth) -> TraceService {
+    TraceService { ingest, limits, budget, auth }
 }
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -67,6 +69,13 @@ where
         if request.uri().path() != EXPORT_PATH {
             let message = format!("no method {} here; OTLP traces go to {EXPORT_PATH}", request.uri().path());
             return Box::pin(async move { Ok(Status::unimplemented(message).into_http()) });
+        }
+        let token = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !self.auth.allows(Role::Ingest, Auth::bearer(token)) {
+            self.ingest.metrics().request_refused("grpc", "unauthenticated");
+            self.ingest.metrics().request(ENDPOINT, 401);
+            let message = "missing or invalid bearer token: send the metadata `authorization: Bearer <token>` with a token of --ingest-token-file";
+            return Box::pin(async move { Ok(Status::unauthenticated(message).into_http()) });
         }
         let this = self.clone();
         Box::pin(async move {

@@ -16,15 +16,23 @@ pub(crate) fn router(
     store: Arc<dyn SpanStore>,
     metrics: Metrics,
     activity: skein_query::doctor::report::IngestActivity,
+    auth: crate::auth::Auth,
 ) -> Router {
     let ops = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state((store.clone(), metrics.clone()));
+    let login = Router::new()
+        .route("/login", get(crate::login::login_form).post(crate::login::login))
+        .route("/logout", axum::routing::post(crate::login::logout))
+        .route("/api/v1/session", get(crate::login::session))
+        .with_state(auth.clone());
     skein_query::router_with_activity(store, activity)
         .merge(ops)
+        .merge(login)
         .merge(crate::ui::router())
+        .layer(middleware::from_fn_with_state(auth, crate::login::require_query_token))
         .layer(middleware::from_fn_with_state(metrics, count_requests))
 }
 

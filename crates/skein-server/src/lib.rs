@@ -4,11 +4,13 @@
 //! This is the only crate with process-wide state (listeners, the store handle, metrics).
 //! The receivers hand decoded requests to [`ingest::Ingest`]; they never see files.
 
+pub mod auth;
 mod body;
 mod config;
 mod grpc;
 mod http_api;
 pub mod ingest;
+mod login;
 pub mod metrics;
 mod otlp_http;
 mod server;

@@ -10,6 +10,7 @@ use axum::routing::post;
 use prost::Message;
 use skein_store::Access;
 
+use crate::auth::{Auth, Role};
 use crate::body::{self, BodyError, BodyLimits, Budget, Coding};
 use crate::ingest::{Ingest, IngestError};
 
@@ -18,14 +19,15 @@ struct HttpReceiver {
     ingest: Ingest,
     limits: BodyLimits,
     budget: Budget,
+    auth: Auth,
 }
 
 /// The OTLP/HTTP routes.
-pub(crate) fn router(ingest: Ingest, limits: BodyLimits, budget: Budget) -> Router {
+pub(crate) fn router(ingest: Ingest, limits: BodyLimits, budget: Budget, auth: Auth) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
         .layer(DefaultBodyLimit::disable())
-        .with_state(HttpReceiver { ingest, limits, budget })
+        .with_state(HttpReceiver { ingest, limits, budget, auth })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,6 +64,7 @@ impl IntoResponse for Failure {
             StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => tonic::Code::InvalidArgument,
             StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => tonic::Code::ResourceExhausted,
             StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+            StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
             _ => tonic::Code::Internal,
         } as i32;
         let status = RpcStatus { code, message: self.message };
@@ -70,6 +73,9 @@ impl IntoResponse for Failure {
         });
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -121,6 +127,19 @@ async fn export(State(rx): State<HttpReceiver>, headers: HeaderMap, body: Body) 
 }
 
 async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Response, Failure> {
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !rx.auth.allows(Role::Ingest, Auth::bearer(token)) {
+        rx.ingest.metrics().request_refused("http", "unauthenticated");
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/json"));
+        return Err(Failure::new(
+            StatusCode::UNAUTHORIZED,
+            if json { Encoding::Json } else { Encoding::Protobuf },
+            "missing or invalid bearer token: send `Authorization: Bearer <token>` with a token of --ingest-token-file",
+        ));
+    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let encoding = match mime.as_str() {

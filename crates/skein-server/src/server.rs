@@ -41,6 +41,8 @@ pub enum ServerError {
     Clickhouse(String),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
+    #[error("cannot read a token file: {0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A server whose listeners are bound (so their real addresses are known, also with port 0)
@@ -52,11 +54,14 @@ pub struct BoundServer {
     http: TcpListener,
     store: Arc<dyn SpanStore>,
     config: Config,
+    auth: crate::auth::Auth,
 }
 
 /// Validates the configuration, opens the storage and binds every listener.
 pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     config.validate()?;
+    let auth =
+        crate::auth::Auth::load(config.ingest_token_file.as_deref(), config.query_token_file.as_deref())?;
     let listen = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
     };
@@ -72,7 +77,9 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         StorageKind::Embedded => open_engine(&config).await?,
         StorageKind::Clickhouse => open_clickhouse(&config).await?,
     };
-    Ok(BoundServer { grpc, otlp_http, http, store, config })
+    let server = BoundServer { grpc, otlp_http, http, store, config, auth };
+    server.warn_open_listeners();
+    Ok(server)
 }
 
 async fn open_engine(config: &Config) -> Result<Arc<dyn SpanStore>, ServerError> {
@@ -144,6 +151,31 @@ async fn open_clickhouse(config: &Config) -> Result<Arc<dyn SpanStore>, ServerEr
 }
 
 impl BoundServer {
+    /// The token sets; [`crate::auth::Auth::reload`] on it re-reads the files (SIGHUP).
+    pub fn auth(&self) -> crate::auth::Auth {
+        self.auth.clone()
+    }
+
+    /// A listener that other machines can reach, with no token file for it, is open to anyone
+    /// there: say so, naming the port and the flag that closes it.
+    fn warn_open_listeners(&self) {
+        use crate::auth::Role;
+        let listeners = [
+            ("OTLP/gRPC", self.otlp_grpc_addr(), Role::Ingest, "--ingest-token-file"),
+            ("OTLP/HTTP", self.otlp_http_addr(), Role::Ingest, "--ingest-token-file"),
+            ("query API and UI", self.http_addr(), Role::Query, "--query-token-file"),
+        ];
+        for (what, addr, role, flag) in listeners {
+            if !addr.ip().is_loopback() && !self.auth.required(role) {
+                tracing::warn!(
+                    "the {what} listener on {addr} is reachable from other machines and needs no token: anyone who \
+                     can connect to port {} can use it; set {flag} to require one",
+                    addr.port()
+                );
+            }
+        }
+    }
+
     pub fn otlp_grpc_addr(&self) -> SocketAddr {
         self.grpc.local_addr().expect("bound socket has an address")
     }
@@ -183,7 +215,8 @@ impl BoundServer {
             max_ratio: self.config.max_decompression_ratio,
         };
         let budget = crate::body::Budget::new(self.config.max_inflight_request_bytes);
-        let grpc_service = crate::grpc::service(ingest.clone(), body_limits, budget.clone());
+        let grpc_service =
+            crate::grpc::service(ingest.clone(), body_limits, budget.clone(), self.auth.clone());
         // HTTP/2 sized for OTLP batches (hundreds of KiB each): with the defaults (64 KiB
         // windows, 16 KiB frames) a request arrives in dozens of frames and waits for window
         // updates on the way.
@@ -193,10 +226,10 @@ impl BoundServer {
             .max_frame_size(GRPC_MAX_FRAME)
             .add_service(grpc_service)
             .serve_with_incoming_shutdown(tokio_stream_listener(self.grpc), stopped(stop_rx.clone()));
-        let otlp_http_app = crate::otlp_http::router(ingest.clone(), body_limits, budget);
+        let otlp_http_app = crate::otlp_http::router(ingest.clone(), body_limits, budget, self.auth.clone());
         let otlp_http = axum::serve(self.otlp_http.tap_io(no_delay), otlp_http_app)
             .with_graceful_shutdown(stopped(stop_rx.clone()));
-        let http_app = crate::http_api::router(Arc::clone(&self.store), metrics, activity);
+        let http_app = crate::http_api::router(Arc::clone(&self.store), metrics, activity, self.auth.clone());
         let http = axum::serve(self.http.tap_io(no_delay), http_app).with_graceful_shutdown(stopped(stop_rx));
 
         tokio::spawn(async move {

@@ -43,6 +43,10 @@ pub(crate) struct DoctorArgs {
     /// Print the report as JSON (the API's answer) instead of text.
     #[arg(long)]
     json: bool,
+    /// A file whose first token is sent as `Authorization: Bearer`, for a Skein with
+    /// --query-token-file.
+    #[arg(long, env = "SKEIN_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 /// What the doctor concluded.
@@ -79,7 +83,8 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<Verdict> {
     if let Some(s) = &args.service {
         url.query_pairs_mut().append_pair("service", s);
     }
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let token = args.token_file.as_deref().map(skein_bench::read_token_file).transpose()?;
+    let client = skein_bench::authed_client(token.as_deref())?;
     let started = Instant::now();
     let report = loop {
         let report = ask(&client, &url, &base).await?;

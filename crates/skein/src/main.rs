@@ -96,6 +96,10 @@ struct BenchArgs {
     /// load and the server, and reports spans/s until the server has every span.
     #[arg(long, value_name = "ROTEL_AGENT")]
     via_collector: Option<std::path::PathBuf>,
+    /// A file whose first token (one per line, `#` comments) is sent as `Authorization: Bearer`
+    /// with OTLP and queries, for a Skein with --ingest-token-file/--query-token-file.
+    #[arg(long, env = "SKEIN_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -180,6 +184,13 @@ struct ServeArgs {
     /// when not given).
     #[arg(long, env = "SKEIN_CLICKHOUSE_CLUSTER")]
     clickhouse_cluster: Option<String>,
+    /// Tokens that may send OTLP, one per line (`#` comments); OTLP then needs
+    /// `authorization: Bearer <token>`. Re-read on SIGHUP.
+    #[arg(long, env = "SKEIN_INGEST_TOKEN_FILE")]
+    ingest_token_file: Option<PathBuf>,
+    /// Tokens that may read (query API, UI, /metrics), one per line; re-read on SIGHUP.
+    #[arg(long, env = "SKEIN_QUERY_TOKEN_FILE")]
+    query_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -217,6 +228,8 @@ impl ServeArgs {
                 password_file: self.clickhouse_password_file,
                 cluster: self.clickhouse_cluster,
             },
+            ingest_token_file: self.ingest_token_file,
+            query_token_file: self.query_token_file,
         }
     }
 }
@@ -280,6 +293,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         server_cpus: args.server_cpus,
         load_cpus: args.load_cpus,
         via_collector: args.via_collector,
+        token: args.token_file.as_deref().map(skein_bench::read_token_file).transpose()?,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = skein_bench::run(config).await?;
@@ -293,11 +307,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Signal handlers are registered before the `listening` line, so a supervisor that stops
     // the server as soon as it is up still gets a clean shutdown.
     let shutdown = shutdown_signal().context("installing signal handlers")?;
+    reload_tokens_on_sighup(server.auth()).context("installing the SIGHUP handler")?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", server.listening_line()).context("writing to stdout")?;
     stdout.flush().ok();
     drop(stdout);
     server.run(shutdown).await.context("serving")?;
+    Ok(())
+}
+
+/// Re-reads the token files on every SIGHUP, so a token can be revoked without a restart.
+#[cfg(unix)]
+fn reload_tokens_on_sighup(auth: skein_server::auth::Auth) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let errors = auth.reload();
+            for e in &errors {
+                tracing::error!(error = %e, "token file not reloaded; its previous tokens stay in force");
+            }
+            let (ingest, query) = auth.counts();
+            tracing::info!(ingest_tokens = ?ingest, query_tokens = ?query, "token files reloaded");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_tokens_on_sighup(_auth: skein_server::auth::Auth) -> std::io::Result<()> {
     Ok(())
 }
 

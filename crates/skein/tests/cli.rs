@@ -126,3 +126,100 @@ fn bad_flag_values_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'cassandra'"));
 }
+
+/// Token files are re-read on SIGHUP: a revoked token stops working and a new one works,
+/// without a restart. `skein doctor --token-file` talks to the protected server.
+#[test]
+#[cfg(unix)]
+fn tokens_are_reloaded_on_sighup_and_the_cli_can_use_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("query-tokens");
+    std::fs::write(&tokens, "# readers\nold-token\n").unwrap();
+    let h = free_port();
+    let mut child = skein()
+        .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0"])
+        .args(["--http-addr", &format!("127.0.0.1:{h}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("SKEIN_QUERY_TOKEN_FILE", &tokens)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("listening"), "{line}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = |token: &str| {
+        rt.block_on(async {
+            reqwest::Client::new()
+                .get(format!("http://127.0.0.1:{h}/api/services"))
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    assert_eq!(status("old-token"), 200);
+    assert_eq!(status("new-token"), 401);
+    std::fs::write(&tokens, "new-token\n").unwrap();
+    assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("new-token") != 200 {
+        assert!(Instant::now() < deadline, "the new token works after SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status("old-token"), 401, "the revoked token no longer works");
+
+    // The doctor reads a token file; without it, it says Skein refused.
+    let doctor = |args: &[&str]| {
+        skein()
+            .args(["doctor", "--server", &format!("http://127.0.0.1:{h}"), "--json", "--wait", "0s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = doctor(&["--token-file", tokens.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = doctor(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let _ = child.kill();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let _ = child.wait();
+    assert!(log.contains("token files reloaded"), "{log}");
+    assert!(!log.contains("old-token") && !log.contains("new-token"), "tokens never logged: {log}");
+}
+
+/// A listener other machines can reach without a token file gets a warning naming the port and
+/// the flag that closes it.
+#[test]
+fn an_open_listener_on_a_public_address_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = skein()
+        .args(["serve", "--otlp-grpc-addr", "0.0.0.0:0", "--otlp-http-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let _ = child.wait();
+    let port = line.split("otlp-grpc=http://0.0.0.0:").nth(1).unwrap().split(' ').next().unwrap();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("needs no token")).collect();
+    assert_eq!(warnings.len(), 1, "only the public listener: {log}");
+    assert!(
+        warnings[0].contains(&format!("port {port}")) && warnings[0].contains("--ingest-token-file"),
+        "{log}"
+    );
+}
