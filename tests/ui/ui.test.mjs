@@ -89,7 +89,7 @@ test("search: the form runs a search that lives in the URL, and a reload runs it
   await page.selectOption("select[name=service]", "frontend");
   await page.locator('select[name=operation] option[value="GET /checkout"]').waitFor({ state: "attached" });
   await page.fill("input[name=tags]", "http.response.status_code=500");
-  await page.click("button[type=submit]");
+  await page.click("#app button[type=submit]");
   await page.locator(".result-count").waitFor();
   const url = new URL(page.url());
   assert.equal(url.pathname, "/search");
@@ -150,7 +150,7 @@ test("search: bad input is a clear message, not a broken page", async () => {
   await page.locator('select[name=service] option[value="frontend"]').waitFor({ state: "attached" });
   await page.selectOption("select[name=service]", "frontend");
   await page.fill("input[name=tags]", "justakey");
-  await page.click("button[type=submit]");
+  await page.click("#app button[type=submit]");
   assert.match(await page.locator(".form-error").textContent(), /key=value/);
 });
 
