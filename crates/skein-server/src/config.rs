@@ -75,6 +75,11 @@ pub struct Config {
     pub ingest_token_file: Option<PathBuf>,
     /// Tokens that may read (query API, UI, `/metrics`); without it, anyone may.
     pub query_token_file: Option<PathBuf>,
+    /// TLS on every listener: the certificate chain and key (PEM), and the CA OTLP clients'
+    /// certificates must be signed by.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -96,6 +101,9 @@ impl Default for Config {
             clickhouse: ClickhouseSettings::default(),
             ingest_token_file: None,
             query_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -113,6 +121,10 @@ pub enum ConfigError {
         "--max-inflight-request-bytes ({inflight}) must be at least twice --max-request-bytes plus 1 MiB ({needed}), or a request of the largest size could never be read"
     )]
     TinyInflight { inflight: usize, needed: usize },
+    #[error("--tls-cert and --tls-key go together: give both, or neither")]
+    HalfTls,
+    #[error("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked over TLS)")]
+    ClientCaWithoutTls,
 }
 
 impl Config {
@@ -126,10 +138,27 @@ impl Config {
         if self.max_decompression_ratio < 2 {
             return Err(ConfigError::TinyRatio);
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::HalfTls);
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::ClientCaWithoutTls);
+        }
         let needed = self.max_request_bytes.saturating_mul(2).saturating_add(1 << 20);
         if self.max_inflight_request_bytes < needed {
             return Err(ConfigError::TinyInflight { inflight: self.max_inflight_request_bytes, needed });
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The TLS files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 }

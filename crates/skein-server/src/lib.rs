@@ -14,9 +14,10 @@ mod login;
 pub mod metrics;
 mod otlp_http;
 mod server;
+pub mod tls;
 mod ui;
 
 pub use config::{ClickhouseSettings, Config, ConfigError, DEFAULT_MAX_REQUEST_BYTES, StorageKind};
-pub use server::{BoundServer, ServerError, bind};
+pub use server::{BoundServer, Reloader, ServerError, bind};
 pub use skein_otlp::Limits;
 pub use skein_wal::FsyncPolicy;

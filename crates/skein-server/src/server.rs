@@ -43,6 +43,8 @@ pub enum ServerError {
     Serve { what: &'static str, message: String },
     #[error("cannot read a token file: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error("cannot use TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A server whose listeners are bound (so their real addresses are known, also with port 0)
@@ -55,6 +57,33 @@ pub struct BoundServer {
     store: Arc<dyn SpanStore>,
     config: Config,
     auth: crate::auth::Auth,
+    tls: Option<crate::tls::Tls>,
+}
+
+/// What SIGHUP re-reads: the token files and the TLS certificate and key.
+#[derive(Clone, Debug)]
+pub struct Reloader {
+    auth: crate::auth::Auth,
+    tls: Option<crate::tls::Tls>,
+}
+
+impl Reloader {
+    /// Re-reads everything; what cannot be read keeps what is in force and is logged.
+    pub fn reload(&self) {
+        for e in self.auth.reload() {
+            tracing::error!(error = %e, "token file not reloaded; its previous tokens stay in force");
+        }
+        let (ingest, query) = self.auth.counts();
+        tracing::info!(ingest_tokens = ?ingest, query_tokens = ?query, "token files reloaded");
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in force")
+                }
+            }
+        }
+    }
 }
 
 /// Validates the configuration, opens the storage and binds every listener.
@@ -62,6 +91,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
     config.validate()?;
     let auth =
         crate::auth::Auth::load(config.ingest_token_file.as_deref(), config.query_token_file.as_deref())?;
+    let tls = config.tls_files().map(|files| crate::tls::Tls::load(&files)).transpose()?;
     let listen = |what: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { what, addr, source })
     };
@@ -77,7 +107,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
         StorageKind::Embedded => open_engine(&config).await?,
         StorageKind::Clickhouse => open_clickhouse(&config).await?,
     };
-    let server = BoundServer { grpc, otlp_http, http, store, config, auth };
+    let server = BoundServer { grpc, otlp_http, http, store, config, auth, tls };
     server.warn_open_listeners();
     Ok(server)
 }
@@ -156,6 +186,11 @@ impl BoundServer {
         self.auth.clone()
     }
 
+    /// What to call on SIGHUP.
+    pub fn reloader(&self) -> Reloader {
+        Reloader { auth: self.auth.clone(), tls: self.tls.clone() }
+    }
+
     /// A listener that other machines can reach, with no token file for it, is open to anyone
     /// there: say so, naming the port and the flag that closes it.
     fn warn_open_listeners(&self) {
@@ -190,8 +225,9 @@ impl BoundServer {
 
     /// The line `skein serve` prints once it listens.
     pub fn listening_line(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!(
-            "listening otlp-grpc=http://{} otlp-http=http://{} http=http://{}",
+            "listening otlp-grpc={scheme}://{} otlp-http={scheme}://{} http={scheme}://{}",
             self.otlp_grpc_addr(),
             self.otlp_http_addr(),
             self.http_addr()
@@ -220,17 +256,71 @@ impl BoundServer {
         // HTTP/2 sized for OTLP batches (hundreds of KiB each): with the defaults (64 KiB
         // windows, 16 KiB frames) a request arrives in dozens of frames and waits for window
         // updates on the way.
-        let grpc = tonic::transport::Server::builder()
+        let grpc_server = tonic::transport::Server::builder()
             .initial_stream_window_size(GRPC_STREAM_WINDOW)
             .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
             .max_frame_size(GRPC_MAX_FRAME)
-            .add_service(grpc_service)
-            .serve_with_incoming_shutdown(tokio_stream_listener(self.grpc), stopped(stop_rx.clone()));
+            .add_service(grpc_service);
         let otlp_http_app = crate::otlp_http::router(ingest.clone(), body_limits, budget, self.auth.clone());
-        let otlp_http = axum::serve(self.otlp_http.tap_io(no_delay), otlp_http_app)
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
         let http_app = crate::http_api::router(Arc::clone(&self.store), metrics, activity, self.auth.clone());
-        let http = axum::serve(self.http.tap_io(no_delay), http_app).with_graceful_shutdown(stopped(stop_rx));
+        type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+        let (grpc, otlp_http, http): (Serving, Serving, Serving) = match &self.tls {
+            None => (
+                {
+                    let grpc_stop = stopped(stop_rx.clone());
+                    let incoming = tokio_stream_listener(self.grpc);
+                    Box::pin(async move {
+                        grpc_server
+                            .serve_with_incoming_shutdown(incoming, grpc_stop)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                },
+                Box::pin(
+                    axum::serve(self.otlp_http.tap_io(no_delay), otlp_http_app)
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future()
+                        .map_err_to_string(),
+                ),
+                Box::pin(
+                    axum::serve(self.http.tap_io(no_delay), http_app)
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future()
+                        .map_err_to_string(),
+                ),
+            ),
+            Some(tls) => {
+                let (otlp_config, http_config) = (tls.otlp.clone(), tls.http.clone());
+                let incoming = crate::tls::grpc_incoming(self.grpc, otlp_config.clone());
+                let grpc_stop = stopped(stop_rx.clone());
+                (
+                    Box::pin(async move {
+                        grpc_server
+                            .serve_with_incoming_shutdown(incoming, grpc_stop)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }),
+                    Box::pin(
+                        axum::serve(
+                            crate::tls::TlsListener::new(self.otlp_http, otlp_config).map_err(bind_io)?,
+                            otlp_http_app,
+                        )
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future()
+                        .map_err_to_string(),
+                    ),
+                    Box::pin(
+                        axum::serve(
+                            crate::tls::TlsListener::new(self.http, http_config).map_err(bind_io)?,
+                            http_app,
+                        )
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future()
+                        .map_err_to_string(),
+                    ),
+                )
+            }
+        };
 
         tokio::spawn(async move {
             shutdown.await;
@@ -238,15 +328,15 @@ impl BoundServer {
             let _ = stop_tx.send(true);
         });
         let store = Arc::clone(&self.store);
-        let (g, o, h) = tokio::join!(grpc, otlp_http.into_future(), http.into_future());
+        let (g, o, h) = tokio::join!(grpc, otlp_http, http);
         // No request is in flight any more: move buffered spans to their long-term form, so
         // the next start does not need to replay them.
         if let Err(e) = store.flush().await {
             tracing::warn!(error = %e, "flushing storage at shutdown failed; the WAL still has the spans");
         }
-        g.map_err(|e| ServerError::Serve { what: "otlp-grpc", message: e.to_string() })?;
-        o.map_err(|e| ServerError::Serve { what: "otlp-http", message: e.to_string() })?;
-        h.map_err(|e| ServerError::Serve { what: "http", message: e.to_string() })?;
+        g.map_err(|message| ServerError::Serve { what: "otlp-grpc", message })?;
+        o.map_err(|message| ServerError::Serve { what: "otlp-http", message })?;
+        h.map_err(|message| ServerError::Serve { what: "http", message })?;
         Ok(())
     }
 }
@@ -275,3 +365,16 @@ fn tokio_stream_listener(
 fn now_nanos() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
+
+fn bind_io(e: std::io::Error) -> ServerError {
+    ServerError::Serve { what: "tls listener", message: e.to_string() }
+}
+
+/// `io::Result<()>` futures as `Result<(), String>` ones.
+trait MapErrToString: Future<Output = std::io::Result<()>> + Sized {
+    fn map_err_to_string(self) -> impl Future<Output = Result<(), String>> {
+        async move { self.await.map_err(|e| e.to_string()) }
+    }
+}
+
+impl<F: Future<Output = std::io::Result<()>>> MapErrToString for F {}

@@ -30,14 +30,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Receive OTLP traces, store them and serve the query API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send realistic OTLP load to a Skein server and measure it (prints a JSON line last).
     Bench(BenchArgs),
     /// Run Skein with a small instrumented shop (frontend, checkout, cart, SQLite, Redis) and
     /// traffic, to see what traces look like, whole or broken (`--break`).
     Demo(demo::DemoArgs),
     /// Ask a running Skein where trace chains break (split traces, detached work, orphans);
-    /// exits 1 when it finds a broken chain, 2 when it cannot ask.
+    /// exits 1 when it finds a broken chain, 2 when it cannot ask, 3 when traces were too
+    /// recent to judge.
     Doctor(doctor::DoctorArgs),
 }
 
@@ -191,6 +192,15 @@ struct ServeArgs {
     /// Tokens that may read (query API, UI, /metrics), one per line; re-read on SIGHUP.
     #[arg(long, env = "SKEIN_QUERY_TOKEN_FILE")]
     query_token_file: Option<PathBuf>,
+    /// TLS on every listener: the certificate chain (PEM); re-read on SIGHUP.
+    #[arg(long, env = "SKEIN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM); re-read on SIGHUP.
+    #[arg(long, env = "SKEIN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require OTLP clients to present a certificate signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "SKEIN_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -230,6 +240,9 @@ impl ServeArgs {
             },
             ingest_token_file: self.ingest_token_file,
             query_token_file: self.query_token_file,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_client_ca: self.tls_client_ca,
         }
     }
 }
@@ -307,7 +320,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Signal handlers are registered before the `listening` line, so a supervisor that stops
     // the server as soon as it is up still gets a clean shutdown.
     let shutdown = shutdown_signal().context("installing signal handlers")?;
-    reload_tokens_on_sighup(server.auth()).context("installing the SIGHUP handler")?;
+    reload_on_sighup(server.reloader()).context("installing the SIGHUP handler")?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", server.listening_line()).context("writing to stdout")?;
     stdout.flush().ok();
@@ -316,26 +329,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-reads the token files on every SIGHUP, so a token can be revoked without a restart.
+/// Re-reads the token files and the TLS certificate on every SIGHUP, so a token can be
+/// revoked and a certificate renewed without a restart.
 #[cfg(unix)]
-fn reload_tokens_on_sighup(auth: skein_server::auth::Auth) -> std::io::Result<()> {
+fn reload_on_sighup(reloader: skein_server::Reloader) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            let errors = auth.reload();
-            for e in &errors {
-                tracing::error!(error = %e, "token file not reloaded; its previous tokens stay in force");
-            }
-            let (ingest, query) = auth.counts();
-            tracing::info!(ingest_tokens = ?ingest, query_tokens = ?query, "token files reloaded");
+            reloader.reload();
         }
     });
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn reload_tokens_on_sighup(_auth: skein_server::auth::Auth) -> std::io::Result<()> {
+fn reload_on_sighup(_reloader: skein_server::Reloader) -> std::io::Result<()> {
     Ok(())
 }
 

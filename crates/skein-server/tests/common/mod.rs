@@ -16,6 +16,8 @@ pub struct TestServer {
     pub http: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+    /// What SIGHUP would call.
+    pub reloader: skein_server::Reloader,
 }
 
 impl TestServer {
@@ -32,6 +34,7 @@ impl TestServer {
         config.http_addr = any;
         let server = skein_server::bind(config).await.expect("server binds");
         let (grpc, otlp_http, http) = (server.otlp_grpc_addr(), server.otlp_http_addr(), server.http_addr());
+        let reloader = server.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -41,7 +44,7 @@ impl TestServer {
                 .await
                 .expect("server runs");
         });
-        TestServer { data_dir, grpc, otlp_http, http, stop: Some(tx), task: Some(task) }
+        TestServer { data_dir, grpc, otlp_http, http, stop: Some(tx), task: Some(task), reloader }
     }
 
     pub fn api(&self, path: &str) -> String {
