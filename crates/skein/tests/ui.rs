@@ -45,22 +45,37 @@ fn web_ui_in_headless_chromium() {
     let exe = Path::new(env!("CARGO_BIN_EXE_skein"));
     let (mut server, listening) =
         skein_bench::spawn_listening(&mut skein_bench::serve_command(exe, data.path())).unwrap();
+    // A second Skein behind a query token, for the login page.
+    let protected_data = tempfile::tempdir().unwrap();
+    let tokens = protected_data.path().join("query-tokens");
+    std::fs::write(&tokens, "ui-login-token-4c1e\n").unwrap();
+    let (mut protected, protected_listening) = skein_bench::spawn_listening(
+        skein_bench::serve_command(exe, &protected_data.path().join("data"))
+            .arg("--query-token-file")
+            .arg(&tokens),
+    )
+    .unwrap();
 
     let out = Command::new("node")
         .args(["--test", "--test-reporter=spec", "--test-concurrency=1"])
-        .args(["tests/ui/model.test.mjs", "tests/ui/ui.test.mjs"])
+        .args(["tests/ui/model.test.mjs", "tests/ui/ui.test.mjs", "tests/ui/login.test.mjs"])
         .current_dir(&root)
         .env("SKEIN_URL", &listening.http)
         .env("SKEIN_OTLP_HTTP", &listening.otlp_http)
         .env("SKEIN_CHROMIUM", &chromium)
+        .env("SKEIN_PROTECTED_URL", &protected_listening.http)
+        .env("SKEIN_PROTECTED_TOKEN", "ui-login-token-4c1e")
         .output()
         .expect("node runs");
     let _ = server.kill();
     let _ = server.wait();
+    let _ = protected.kill();
+    let _ = protected.wait();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     eprintln!("{stderr}");
     assert!(out.status.success(), "the browser tests failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("UI figures: 50,000-span trace"), "the large-trace test ran:\n{stdout}");
+    assert!(stdout.contains("login: the token opens the UI"), "the login test ran:\n{stdout}");
 }
