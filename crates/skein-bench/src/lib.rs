@@ -59,6 +59,8 @@ pub struct BenchConfig {
     pub via_collector: Option<PathBuf>,
     /// A bearer token for OTLP and the query API (a Skein with token files).
     pub token: Option<String>,
+    /// The CA (PEM) that signed a TLS Skein's certificate.
+    pub ca_cert: Option<PathBuf>,
     pub progress: bool,
 }
 
@@ -586,7 +588,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         (None, None) => unreachable!("a server was started"),
     };
 
-    let client = authed_client(config.token.as_deref())?;
+    let client = authed_client(config.token.as_deref(), config.ca_cert.as_deref())?;
     // With a collector, the load goes to it and it forwards to the server.
     let collector = match &config.via_collector {
         Some(agent) => Some(Collector::start(agent, config.protocol, &otlp)?),
@@ -600,8 +602,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let collector_cpu_before = collector.as_ref().and_then(Collector::cpu_seconds);
 
     // Load.
-    let sender =
-        traffic::Sender::new(config.protocol, &otlp, config.shape.clone(), config.token.as_deref()).await?;
+    let sender = traffic::Sender::new(
+        config.protocol,
+        &otlp,
+        config.shape.clone(),
+        config.token.as_deref(),
+        config.ca_cert.as_deref(),
+    )
+    .await?;
     let sender = Arc::new(sender);
     let bar = if config.progress {
         let b = indicatif::ProgressBar::new(config.spans);
@@ -850,8 +858,9 @@ pub(crate) async fn send_grpc(
     client.export(request).await.is_ok()
 }
 
-/// An HTTP client that sends `Authorization: Bearer <token>` when a token is given.
-pub fn authed_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
+/// An HTTP client that sends `Authorization: Bearer <token>` when a token is given, and trusts
+/// the CA of `ca_cert` (PEM) for `https://` servers.
+pub fn authed_client(token: Option<&str>, ca_cert: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -859,7 +868,17 @@ pub fn authed_client(token: Option<&str>) -> anyhow::Result<reqwest::Client> {
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+    let mut builder = reqwest::Client::builder().default_headers(headers);
+    if let Some(path) = ca_cert {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading the CA certificate {}", path.display()))?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", path.display()))?
+        {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 /// The first token of a token file (one per line, `#` comments), for the clients.

@@ -249,14 +249,23 @@ impl Sender {
         endpoint: &str,
         shape: TrafficShape,
         token: Option<&str>,
+        ca_cert: Option<&std::path::Path>,
     ) -> anyhow::Result<Sender> {
         let transport = match protocol {
             Protocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?.connect().await?;
+                let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?;
+                if let Some(path) = ca_cert {
+                    let pem = std::fs::read(path)?;
+                    endpoint = endpoint.tls_config(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                    )?;
+                }
+                let channel = endpoint.connect().await?;
                 Transport::Grpc(TraceServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
             }
             Protocol::Http => Transport::Http(
-                crate::authed_client(token)?,
+                crate::authed_client(token, ca_cert)?,
                 format!("{}/v1/traces", endpoint.trim_end_matches('/')),
             ),
         };

@@ -47,6 +47,9 @@ pub(crate) struct DoctorArgs {
     /// --query-token-file.
     #[arg(long, env = "SKEIN_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) that signed a TLS Skein's certificate (for an https:// server).
+    #[arg(long, env = "SKEIN_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 /// What the doctor concluded.
@@ -84,7 +87,7 @@ pub(crate) async fn run(args: DoctorArgs) -> anyhow::Result<Verdict> {
         url.query_pairs_mut().append_pair("service", s);
     }
     let token = args.token_file.as_deref().map(skein_bench::read_token_file).transpose()?;
-    let client = skein_bench::authed_client(token.as_deref())?;
+    let client = skein_bench::authed_client(token.as_deref(), args.ca_cert.as_deref())?;
     let started = Instant::now();
     let report = loop {
         let report = ask(&client, &url, &base).await?;

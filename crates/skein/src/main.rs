@@ -101,6 +101,9 @@ struct BenchArgs {
     /// with OTLP and queries, for a Skein with --ingest-token-file/--query-token-file.
     #[arg(long, env = "SKEIN_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// The CA certificate (PEM) that signed a TLS Skein's certificate (for https:// targets).
+    #[arg(long, env = "SKEIN_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -307,6 +310,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         load_cpus: args.load_cpus,
         via_collector: args.via_collector,
         token: args.token_file.as_deref().map(skein_bench::read_token_file).transpose()?,
+        ca_cert: args.ca_cert,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let report = skein_bench::run(config).await?;

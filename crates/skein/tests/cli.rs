@@ -223,3 +223,71 @@ fn an_open_listener_on_a_public_address_is_warned_about() {
         "{log}"
     );
 }
+
+/// `skein serve` with TLS, and the CLIs talking to it with `--ca-cert`: the doctor over
+/// https, and the bench sending OTLP over gRPC with TLS and querying over https.
+#[test]
+fn the_clis_talk_to_a_tls_skein_with_its_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (cert_file, key_file, ca_file) =
+        (write("cert.pem", cert.pem()), write("key.pem", key.serialize_pem()), write("ca.pem", ca.pem()));
+    let mut child = skein()
+        .args(["serve", "--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--http-addr"])
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("SKEIN_TLS_CERT", &cert_file)
+        .env("SKEIN_TLS_KEY", &key_file)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            .to_owned()
+    };
+    let (grpc, http) = (url("otlp-grpc"), url("http"));
+    assert!(grpc.starts_with("https://") && http.starts_with("https://"), "{line}");
+    let ca = ca_file.to_str().unwrap();
+
+    let bench = skein()
+        .args(["bench", "--target", &grpc, "--query-url", &http, "--ca-cert", ca])
+        .args(["--spans", "2000", "--queries", "3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&bench.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["spans_accepted"], 2000, "{report}");
+
+    let doctor = skein()
+        .args(["doctor", "--server", &http, "--ca-cert", ca, "--json", "--wait", "0s"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&doctor.stderr)));
+    assert!(report["traces"].as_u64().unwrap() > 0, "{report}");
+    // Without the CA, the doctor cannot trust the server, and says so.
+    let refused = skein().args(["doctor", "--server", &http, "--wait", "0s"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+
+    let _ = child.kill();
+    let _ = child.wait();
+}
