@@ -46,6 +46,11 @@ pub(crate) struct DemoArgs {
     /// one), or `off`.
     #[arg(long, default_value = "auto")]
     redis: String,
+    /// Protect the demo's Skein with the tokens of this file (one per line) for sending and
+    /// reading, as `--ingest-token-file` and `--query-token-file` do; the shop sends the first
+    /// one, and the UI asks for one.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 fn parse_break(s: &str) -> Result<Break, String> {
@@ -111,8 +116,11 @@ pub(crate) async fn run(
         http_addr: args.http_addr,
         otlp_grpc_addr: args.otlp_grpc_addr,
         otlp_http_addr: args.otlp_http_addr,
+        ingest_token_file: args.token_file.clone(),
+        query_token_file: args.token_file.clone(),
         ..Config::default()
     };
+    let otlp_token = args.token_file.as_deref().map(skein_bench::read_token_file).transpose()?;
     let server = skein_server::bind(config).await.context("starting Skein")?;
     let (grpc, http) = (server.otlp_grpc_addr(), server.http_addr());
     let listening = server.listening_line();
@@ -146,6 +154,7 @@ pub(crate) async fn run(
         otlp_endpoint: format!("http://{grpc}"),
         redis_url,
         break_mode: args.break_mode,
+        otlp_token,
     })
     .await
     .context("starting the shop")?;
@@ -174,7 +183,8 @@ pub(crate) async fn run(
     )?;
     writeln!(
         out,
-        "skein demo: open the UI at http://{http}/search?service=frontend&lookback=15m  (Ctrl-C stops)"
+        "skein demo: open the UI at http://{http}/search?service=frontend&lookback=15m  (Ctrl-C stops){}",
+        if args.token_file.is_some() { "; it asks for a token of --token-file" } else { "" }
     )?;
     out.flush()?;
     drop(out);

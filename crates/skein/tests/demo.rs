@@ -491,3 +491,42 @@ fn the_doctor_finds_nothing_wrong_with_a_healthy_shop_over_1000_requests() {
     );
     demo.interrupt();
 }
+
+/// `skein demo --token-file`: the demo's Skein asks for a token to send and to read; the shop's
+/// services send it (skein-otel's `header`), so every request still arrives whole, and the query
+/// API answers only with the token.
+#[test]
+fn the_demo_behind_a_token_still_traces_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "# demo\ndemo-token-93d1\n").unwrap();
+    let demo = demo(&["--token-file", tokens.to_str().unwrap()], None);
+    assert!(demo.stdout.iter().any(|l| l.contains("it asks for a token")), "{:?}", demo.stdout);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let get = |token: Option<&str>| {
+        rt.block_on(async {
+            let mut request =
+                reqwest::Client::new().get(format!("{}/api/traces?service=frontend&limit=100", demo.http));
+            if let Some(t) = token {
+                request = request.header("authorization", format!("Bearer {t}"));
+            }
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Json>().await.unwrap())
+        })
+    };
+    assert_eq!(get(None).0, 401);
+    let (status, body) = get(Some("demo-token-93d1"));
+    assert_eq!(status, 200);
+    let traces = body["data"].as_array().unwrap();
+    assert_eq!(traces.len(), REQUESTS, "every request arrived with the token");
+    for t in traces {
+        let services: std::collections::BTreeSet<&str> = t["processes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p["serviceName"].as_str().unwrap())
+            .collect();
+        assert!(services.contains("checkout") && services.contains("cart"), "{services:?}");
+    }
+    demo.interrupt();
+}

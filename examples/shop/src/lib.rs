@@ -80,6 +80,9 @@ pub struct ShopConfig {
     pub redis_url: Option<String>,
     /// Lose the context on purpose.
     pub break_mode: Option<Break>,
+    /// Sent as `authorization: Bearer <token>` with every export (a Skein with
+    /// `--ingest-token-file`).
+    pub otlp_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,10 +122,16 @@ pub struct Shop {
 }
 
 /// One service's telemetry: its own provider (so its own `service.name`), not the global one.
-fn telemetry(service: &'static str, endpoint: &str) -> Result<(OtelGuard, SdkTracerProvider), ShopError> {
-    let guard = skein_otel::init(service)
-        .service_version(env!("CARGO_PKG_VERSION"))
-        .endpoint(endpoint)
+fn telemetry(
+    service: &'static str,
+    endpoint: &str,
+    token: Option<&str>,
+) -> Result<(OtelGuard, SdkTracerProvider), ShopError> {
+    let mut init = skein_otel::init(service).service_version(env!("CARGO_PKG_VERSION")).endpoint(endpoint);
+    if let Some(token) = token {
+        init = init.header("authorization", format!("Bearer {token}"));
+    }
+    let guard = init
         .set_global(false)
         .install()
         .map_err(|e| ShopError::Telemetry { service, message: e.to_string() })?;
@@ -151,7 +160,7 @@ impl Shop {
         let mut providers = Vec::new();
         let mut tasks = Vec::new();
 
-        let (guard, provider) = telemetry("cart", &config.otlp_endpoint)?;
+        let (guard, provider) = telemetry("cart", &config.otlp_endpoint, config.otlp_token.as_deref())?;
         let listener = listen("cart").await?;
         let cart_addr =
             listener.local_addr().map_err(|source| ShopError::Bind { service: "cart", source })?;
@@ -165,7 +174,7 @@ impl Shop {
         providers.push(provider);
         let cart_url = format!("http://{cart_addr}");
 
-        let (guard, provider) = telemetry("checkout", &config.otlp_endpoint)?;
+        let (guard, provider) = telemetry("checkout", &config.otlp_endpoint, config.otlp_token.as_deref())?;
         let listener = listen("checkout").await?;
         let checkout_addr =
             listener.local_addr().map_err(|source| ShopError::Bind { service: "checkout", source })?;
@@ -177,7 +186,7 @@ impl Shop {
         guards.push(("checkout", guard));
         providers.push(provider);
 
-        let (guard, provider) = telemetry("frontend", &config.otlp_endpoint)?;
+        let (guard, provider) = telemetry("frontend", &config.otlp_endpoint, config.otlp_token.as_deref())?;
         let listener = listen("frontend").await?;
         let frontend_addr =
             listener.local_addr().map_err(|source| ShopError::Bind { service: "frontend", source })?;

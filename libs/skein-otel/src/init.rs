@@ -77,6 +77,7 @@ pub fn init(service_name: impl Into<String>) -> Init {
         timeout: None,
         sample_ratio: None,
         set_global: true,
+        headers: Vec::new(),
     }
 }
 
@@ -92,6 +93,7 @@ pub struct Init {
     timeout: Option<Duration>,
     sample_ratio: Option<f64>,
     set_global: bool,
+    headers: Vec<(String, String)>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -121,6 +123,14 @@ impl Init {
     /// gRPC, `http://host:4318` for HTTP (`/v1/traces` is appended).
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Sends this header (gRPC metadata) with every export, e.g. `authorization` with
+    /// `Bearer <token>` for a Skein with `--ingest-token-file`. `OTEL_EXPORTER_OTLP_HEADERS`
+    /// adds to these.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into().to_ascii_lowercase(), value.into()));
         self
     }
 
@@ -219,6 +229,7 @@ impl Init {
             endpoint: if endpoint_from_env { None } else { self.endpoint.clone() },
             timeout: if timeout_from_env { None } else { self.timeout },
             compress,
+            headers: self.headers.clone(),
         };
         let (exporter, runtime) = match protocol {
             Protocol::Grpc => grpc_exporter(&settings)?,
@@ -263,6 +274,7 @@ struct ExportSettings {
     endpoint: Option<String>,
     timeout: Option<Duration>,
     compress: bool,
+    headers: Vec<(String, String)>,
 }
 
 #[cfg(feature = "otlp-grpc")]
@@ -286,6 +298,19 @@ fn grpc_exporter(s: &ExportSettings) -> Result<(Exporter, Option<tokio::runtime:
         }
         if s.compress {
             b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+        }
+        if !s.headers.is_empty() {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in &s.headers {
+                let key = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| InitError::Config(format!("header name {name:?}: {e}")))?;
+                let value = http::HeaderValue::from_str(value).map_err(|_| {
+                    InitError::Config(format!("the value of header {name:?} is not a valid header value"))
+                })?;
+                headers.insert(key, value);
+            }
+            let metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
+            b = b.with_metadata(metadata);
         }
         b.build()?
     };
@@ -315,6 +340,9 @@ fn http_exporter(s: &ExportSettings, protocol: Protocol) -> Result<Exporter, Ini
     }
     if s.compress {
         b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+    }
+    if !s.headers.is_empty() {
+        b = b.with_headers(s.headers.iter().cloned().collect());
     }
     Ok(b.build()?)
 }
