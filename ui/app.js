@@ -14,16 +14,7 @@ let cleanup = null;
 export function navigate(url, { replace: rep = false } = {}) {
   if (rep) history.replaceState(null, "", url);
   else history.pushState(null, "", url);
-  // With --query-token-file the UI is behind a login: offer to log out (the cookie is HttpOnly,
-// so only the server can say whether there is one).
-fetch("/api/v1/session")
-  .then((r) => (r.ok ? r.json() : null))
-  .then((s) => {
-    if (s?.tokenRequired) document.getElementById("logout").hidden = false;
-  })
-  .catch(() => {});
-
-route();
+  route();
 }
 
 function route() {
