@@ -263,63 +263,30 @@ impl BoundServer {
             .add_service(grpc_service);
         let otlp_http_app = crate::otlp_http::router(ingest.clone(), body_limits, budget, self.auth.clone());
         let http_app = crate::http_api::router(Arc::clone(&self.store), metrics, activity, self.auth.clone());
-        type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+        // The same servers over plain TCP or TLS: only the listeners differ.
         let (grpc, otlp_http, http): (Serving, Serving, Serving) = match &self.tls {
             None => (
-                {
-                    let grpc_stop = stopped(stop_rx.clone());
-                    let incoming = tokio_stream_listener(self.grpc);
-                    Box::pin(async move {
-                        grpc_server
-                            .serve_with_incoming_shutdown(incoming, grpc_stop)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                },
-                Box::pin(
-                    axum::serve(self.otlp_http.tap_io(no_delay), otlp_http_app)
-                        .with_graceful_shutdown(stopped(stop_rx.clone()))
-                        .into_future()
-                        .map_err_to_string(),
+                serve_grpc(grpc_server, tokio_stream_listener(self.grpc), stopped(stop_rx.clone())),
+                serve_axum(self.otlp_http.tap_io(no_delay), otlp_http_app, stopped(stop_rx.clone())),
+                serve_axum(self.http.tap_io(no_delay), http_app, stopped(stop_rx.clone())),
+            ),
+            Some(tls) => (
+                serve_grpc(
+                    grpc_server,
+                    crate::tls::grpc_incoming(self.grpc, tls.otlp.clone()),
+                    stopped(stop_rx.clone()),
                 ),
-                Box::pin(
-                    axum::serve(self.http.tap_io(no_delay), http_app)
-                        .with_graceful_shutdown(stopped(stop_rx.clone()))
-                        .into_future()
-                        .map_err_to_string(),
+                serve_axum(
+                    crate::tls::TlsListener::new(self.otlp_http, tls.otlp.clone()).map_err(bind_io)?,
+                    otlp_http_app,
+                    stopped(stop_rx.clone()),
+                ),
+                serve_axum(
+                    crate::tls::TlsListener::new(self.http, tls.http.clone()).map_err(bind_io)?,
+                    http_app,
+                    stopped(stop_rx.clone()),
                 ),
             ),
-            Some(tls) => {
-                let (otlp_config, http_config) = (tls.otlp.clone(), tls.http.clone());
-                let incoming = crate::tls::grpc_incoming(self.grpc, otlp_config.clone());
-                let grpc_stop = stopped(stop_rx.clone());
-                (
-                    Box::pin(async move {
-                        grpc_server
-                            .serve_with_incoming_shutdown(incoming, grpc_stop)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }),
-                    Box::pin(
-                        axum::serve(
-                            crate::tls::TlsListener::new(self.otlp_http, otlp_config).map_err(bind_io)?,
-                            otlp_http_app,
-                        )
-                        .with_graceful_shutdown(stopped(stop_rx.clone()))
-                        .into_future()
-                        .map_err_to_string(),
-                    ),
-                    Box::pin(
-                        axum::serve(
-                            crate::tls::TlsListener::new(self.http, http_config).map_err(bind_io)?,
-                            http_app,
-                        )
-                        .with_graceful_shutdown(stopped(stop_rx.clone()))
-                        .into_future()
-                        .map_err_to_string(),
-                    ),
-                )
-            }
         };
 
         tokio::spawn(async move {
@@ -370,11 +337,34 @@ fn bind_io(e: std::io::Error) -> ServerError {
     ServerError::Serve { what: "tls listener", message: e.to_string() }
 }
 
-/// `io::Result<()>` futures as `Result<(), String>` ones.
-trait MapErrToString: Future<Output = std::io::Result<()>> + Sized {
-    fn map_err_to_string(self) -> impl Future<Output = Result<(), String>> {
-        async move { self.await.map_err(|e| e.to_string()) }
-    }
+/// One server, running until its shutdown signal.
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+fn serve_axum<L>(listener: L, app: axum::Router, stop: impl Future<Output = ()> + Send + 'static) -> Serving
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    Box::pin(async move {
+        axum::serve(listener, app).with_graceful_shutdown(stop).await.map_err(|e| e.to_string())
+    })
 }
 
-impl<F: Future<Output = std::io::Result<()>>> MapErrToString for F {}
+fn serve_grpc<S, IO>(
+    server: tonic::transport::server::Router,
+    incoming: S,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Serving
+where
+    S: tokio_stream::Stream<Item = Result<IO, std::io::Error>> + Send + 'static,
+    IO: tonic::transport::server::Connected
+        + tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + Unpin
+        + Send
+        + 'static,
+{
+    Box::pin(
+        async move { server.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| e.to_string()) },
+    )
+}
