@@ -630,6 +630,48 @@ fn merge_blocks(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) ->
     writer.finish(fs, path, wal_end, &replaces).map_err(block_error)
 }
 
+impl Engine {
+    /// The spans of several traces at once: each block chunk that holds any of them is read
+    /// once, however many of the traces it holds (a search's results are often neighbours).
+    async fn traces(&self, ids: &[TraceId]) -> Result<HashMap<TraceId, Vec<Span>>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let mut found: HashMap<TraceId, Vec<Span>> = HashMap::with_capacity(ids.len());
+        {
+            let st = shared.state.read();
+            for id in ids {
+                for head in std::iter::once(&st.head).chain(st.frozen.iter().map(|f| &f.head)) {
+                    if let Some(t) = head.traces.get(id) {
+                        found.entry(*id).or_default().extend(t.iter().cloned());
+                    }
+                }
+            }
+        }
+        let (_, blocks) = shared.snapshot();
+        let wanted: std::collections::HashSet<TraceId> = ids.iter().copied().collect();
+        let from_blocks = tokio::task::spawn_blocking(move || {
+            let mut out: HashMap<TraceId, Vec<Span>> = HashMap::new();
+            for b in blocks.iter() {
+                let chunks: BTreeSet<usize> =
+                    wanted.iter().filter(|id| b.has_trace(**id)).flat_map(|id| b.chunks_of(*id)).collect();
+                for chunk in chunks {
+                    for span in shared.read_chunk(b, chunk).into_iter().flatten() {
+                        if wanted.contains(&span.trace_id) {
+                            out.entry(span.trace_id).or_default().push(span);
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+        for (id, spans) in from_blocks {
+            found.entry(id).or_default().extend(spans);
+        }
+        Ok(found.into_iter().filter(|(_, s)| !s.is_empty()).map(|(id, s)| (id, dedup(s))).collect())
+    }
+}
+
 fn dedup(mut spans: Vec<Span>) -> Vec<Span> {
     spans.sort_by_key(|s| s.span_id);
     spans.dedup_by_key(|s| s.span_id);
@@ -771,13 +813,9 @@ impl SpanStore for Engine {
         })
         .await
         .map_err(|e| StoreError::Internal(e.to_string()))?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (_, id) in ids {
-            if let Some(t) = self.trace(id).await? {
-                out.push(t);
-            }
-        }
-        Ok(out)
+        let ids: Vec<TraceId> = ids.into_iter().map(|(_, id)| id).collect();
+        let mut found = self.traces(&ids).await?;
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 
     async fn services(&self) -> Result<Vec<String>, StoreError> {
