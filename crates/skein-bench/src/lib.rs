@@ -387,13 +387,10 @@ fn clickhouse_cpu_seconds() -> f64 {
     let mut total = 0.0;
     for p in procs.filter_map(Result::ok) {
         let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
-        let Some((head, after)) = stat.rsplit_once(')') else { continue };
-        if !head.contains("(clickhouse-serv") {
+        if !stat.rsplit_once(')').is_some_and(|(head, _)| head.contains("(clickhouse-serv")) {
             continue;
         }
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let t = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        total += (t(11) + t(12)) / 100.0;
+        total += stat_cpu_seconds(&stat).unwrap_or(0.0);
     }
     total
 }
@@ -531,7 +528,11 @@ impl Drop for Collector {
 
 /// User + system CPU seconds of process `pid` so far.
 fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// User + system CPU seconds of a `/proc/<pid>/stat` line.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;

@@ -818,15 +818,6 @@ impl Block {
         };
         decoded.map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
     }
-
-    /// The spans of one trace in this block.
-    pub(crate) fn trace(&self, fs: &dyn Fs, id: TraceId) -> Result<Vec<Span>, BlockError> {
-        let mut out = Vec::new();
-        for chunk in self.chunks_of(id).collect::<Vec<_>>() {
-            out.extend(self.read_chunk(fs, chunk)?.into_iter().filter(|s| s.trace_id == id));
-        }
-        Ok(out)
-    }
 }
 
 /// A block whose chunks are copied into another by [`BlockWriter::copy_chunk`].

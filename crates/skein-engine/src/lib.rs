@@ -701,34 +701,7 @@ impl SpanStore for Engine {
     }
 
     async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError> {
-        let shared = Arc::clone(&self.shared);
-        let mut spans = Vec::new();
-        {
-            let st = shared.state.read();
-            if let Some(t) = st.head.traces.get(&id) {
-                spans.extend(t.iter().cloned());
-            }
-            for f in &st.frozen {
-                if let Some(t) = f.head.traces.get(&id) {
-                    spans.extend(t.iter().cloned());
-                }
-            }
-        }
-        let (_, blocks) = shared.snapshot();
-        let from_blocks = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::new();
-            for b in blocks.iter().filter(|b| b.has_trace(id)) {
-                match b.trace(&*shared.config.fs, id) {
-                    Ok(s) => out.extend(s),
-                    Err(e) => tracing::error!(error = %e, "block unreadable for trace; skipped"),
-                }
-            }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))?;
-        spans.extend(from_blocks);
-        Ok(if spans.is_empty() { None } else { Some(dedup(spans)) })
+        Ok(self.traces(&[id]).await?.remove(&id))
     }
 
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {

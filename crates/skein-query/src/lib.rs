@@ -34,7 +34,7 @@ pub(crate) fn store_error_status(e: &skein_store::StoreError) -> axum::http::Sta
 /// under `/api/v3/…`, and Skein's own under `/api/v1/…`. The doctor counts the ingest as
 /// quiet from the moment this router was made (no receiver reports to it).
 pub fn router(store: SharedStore) -> Router {
-    router_with_activity(store, doctor::report::IngestActivity::new(params::now_nanos()))
+    router_with_activity(store, doctor::report::IngestActivity::starting_now())
 }
 
 /// [`router`], with the receivers' record of when spans were last stored, which tells the

@@ -96,10 +96,7 @@ impl Ingest {
             .get_or_create(&crate::metrics::ProtocolLabels { protocol })
             .inc_by(accepted);
         if let Some(activity) = &self.activity {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            activity.record(now);
+            activity.record_now();
         }
         if rejected == 0 {
             return Ok(ExportTraceServiceResponse { partial_success: None });

@@ -238,7 +238,7 @@ impl BoundServer {
     /// and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
         let metrics = Metrics::new(Arc::clone(&self.store));
-        let activity = skein_query::doctor::report::IngestActivity::new(now_nanos());
+        let activity = skein_query::doctor::report::IngestActivity::starting_now();
         let ingest = Ingest::new(Arc::clone(&self.store), self.config.limits.clone(), metrics.clone())
             .with_activity(activity.clone());
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -327,10 +327,6 @@ fn tokio_stream_listener(
         no_delay(&mut tcp);
         Ok(tcp)
     })
-}
-
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn bind_io(e: std::io::Error) -> ServerError {

@@ -15,13 +15,14 @@ use super::{EdgeHealth, Example, Finding, FindingKind, Pair};
 pub struct IngestActivity(Arc<AtomicU64>);
 
 impl IngestActivity {
-    pub fn new(now_nanos: u64) -> Self {
-        IngestActivity(Arc::new(AtomicU64::new(now_nanos)))
+    /// Quiet since now (the process's start).
+    pub fn starting_now() -> Self {
+        IngestActivity(Arc::new(AtomicU64::new(crate::params::now_nanos())))
     }
 
     /// Spans were just stored.
-    pub fn record(&self, now_nanos: u64) {
-        self.0.fetch_max(now_nanos, Ordering::Relaxed);
+    pub fn record_now(&self) {
+        self.0.fetch_max(crate::params::now_nanos(), Ordering::Relaxed);
     }
 
     /// Unix nanoseconds of the last stored batch (or the start).
