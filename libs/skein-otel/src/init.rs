@@ -242,11 +242,26 @@ impl Init {
         }
         let provider = builder.build();
         if self.set_global {
+            set_installed_provider(&provider);
             opentelemetry::global::set_tracer_provider(provider.clone());
             opentelemetry::global::set_text_map_propagator(propagator);
         }
         Ok(OtelGuard { provider: Some(provider), runtime })
     }
+}
+
+/// The SDK provider last installed as the global one by skein-otel (`init` or
+/// `Recorder::install_global`): the global API only hands out boxed tracers, and the `tracing`
+/// layer records through the SDK's own tracer.
+static INSTALLED: std::sync::RwLock<Option<SdkTracerProvider>> = std::sync::RwLock::new(None);
+
+pub(crate) fn set_installed_provider(provider: &SdkTracerProvider) {
+    *INSTALLED.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(provider.clone());
+}
+
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) fn installed_provider() -> Option<SdkTracerProvider> {
+    INSTALLED.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
 }
 
 #[cfg(any(feature = "otlp-grpc", feature = "otlp-http"))]

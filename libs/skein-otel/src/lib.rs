@@ -135,6 +135,9 @@ pub mod grpc;
 #[cfg(feature = "logs")]
 pub mod logs;
 
+#[cfg(feature = "tracing")]
+pub mod tracing;
+
 #[cfg(feature = "sqlx")]
 pub mod sqlx;
 

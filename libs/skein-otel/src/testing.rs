@@ -117,6 +117,7 @@ impl Recorder {
     /// so code instrumented with skein-otel records here.
     pub fn install_global(&self, service: &str) -> SdkTracerProvider {
         let provider = self.provider(service);
+        crate::init::set_installed_provider(&provider);
         opentelemetry::global::set_tracer_provider(provider.clone());
         opentelemetry::global::set_text_map_propagator(
             crate::init::propagator_from_env().expect("default propagators are valid"),
