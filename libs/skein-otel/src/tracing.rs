@@ -344,7 +344,9 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
-        if !self.events {
+        // OpenTelemetry's own diagnostics (its `internal-logs` feature) can be emitted while
+        // its context stack is borrowed: they are not the application's events.
+        if !self.events || event.metadata().target().starts_with("opentelemetry") {
             return;
         }
         if let Some(parent) = event.parent() {
