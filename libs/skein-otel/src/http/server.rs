@@ -46,8 +46,10 @@ type Filter = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
 type SpanNamer = Arc<dyn Fn(&http::Method, Option<&str>) -> String + Send + Sync>;
 type Propagator = Arc<dyn TextMapPropagator + Send + Sync>;
 
+#[derive(Clone)]
 struct Config {
-    tracer: BoxedTracer,
+    /// Shared, so that a layer changed by a builder method keeps the provider it was given.
+    tracer: Arc<BoxedTracer>,
     filter: Option<Filter>,
     span_name: Option<SpanNamer>,
     public_endpoint: bool,
@@ -81,7 +83,7 @@ impl TraceLayer {
     pub fn new() -> Self {
         TraceLayer {
             config: Arc::new(Config {
-                tracer: crate::tracer(),
+                tracer: Arc::new(crate::tracer()),
                 filter: None,
                 span_name: None,
                 public_endpoint: false,
@@ -91,13 +93,7 @@ impl TraceLayer {
     }
 
     fn map(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Arc::try_unwrap(self.config).unwrap_or_else(|arc| Config {
-            tracer: crate::tracer(),
-            filter: arc.filter.clone(),
-            span_name: arc.span_name.clone(),
-            public_endpoint: arc.public_endpoint,
-            propagator: arc.propagator.clone(),
-        });
+        let mut config = Arc::unwrap_or_clone(self.config);
         f(&mut config);
         TraceLayer { config: Arc::new(config) }
     }
@@ -109,7 +105,7 @@ impl TraceLayer {
         P::Tracer: Send + Sync + 'static,
         <P::Tracer as Tracer>::Span: Send + Sync + 'static,
     {
-        let tracer = crate::tracer_from(provider);
+        let tracer = Arc::new(crate::tracer_from(provider));
         self.map(|c| c.tracer = tracer)
     }
 
@@ -278,69 +274,71 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        if let Some(filter) = &config.filter {
-            // The filter sees the request with its body set aside (moved, not copied).
-            let (parts, body) = req.into_parts();
-            let head = Request::from_parts(parts, ());
-            let traced = filter(&head);
-            req = Request::from_parts(head.into_parts().0, body);
-            if !traced {
-                return ResponseFuture { inner: self.inner.call(req), cx: None };
-            }
+        let (mut req, traced) = config.traces(req);
+        if !traced {
+            return ResponseFuture { inner: self.inner.call(req), cx: None };
         }
         let head = Head::read(req.headers());
         let remote =
             crate::propagation::extract_found(req.headers(), &head.w3c, config.propagator.as_deref());
-        let method_index = crate::http::method_index(req.method());
-        let method = crate::http::METHOD_NAMES[method_index];
-        let route = route(&req);
-        let interned = route.and_then(intern::route);
-        let name: Cow<'static, str> = match (&config.span_name, interned, route) {
-            (Some(f), _, _) => f(req.method(), route).into(),
-            (None, Some(r), _) => r.name(method_index).into(),
-            (None, None, Some(r)) => format!("{method} {r}").into(),
-            (None, None, None) => method.into(),
+        let method = crate::http::method_index(req.method());
+        let route = Route::of(&req);
+        let name = config.span_name(req.method(), method, &route);
+        let attributes = request_attributes(&req, &head, method, &route);
+        let cx = config.start(name, attributes, remote);
+        req.extensions_mut().insert(cx.clone());
+        let inner = {
+            let _guard = cx.clone().attach();
+            self.inner.call(req)
         };
-        let mut attributes = Vec::with_capacity(12);
-        attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, method));
-        if method_index == crate::http::OTHER_METHOD {
-            attributes.push(KeyValue::new(HTTP_REQUEST_METHOD_ORIGINAL, req.method().as_str().to_owned()));
+        ResponseFuture { inner, cx: Some(cx) }
+    }
+}
+
+/// The route a request matched: axum's `MatchedPath`, and its interned form (span names and
+/// `http.route` made once per route template) when there is room for it.
+struct Route<'a> {
+    matched: Option<&'a str>,
+    interned: Option<&'static intern::Route>,
+}
+
+impl<'a> Route<'a> {
+    fn of<B>(req: &'a Request<B>) -> Self {
+        let matched = route(req);
+        Route { matched, interned: matched.and_then(intern::route) }
+    }
+}
+
+impl Config {
+    /// Whether to trace `req`, asked of the filter with the body set aside (moved, not
+    /// copied); the request comes back whole either way.
+    fn traces<B>(&self, req: Request<B>) -> (Request<B>, bool) {
+        let Some(filter) = &self.filter else { return (req, true) };
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts, ());
+        let traced = filter(&head);
+        (Request::from_parts(head.into_parts().0, body), traced)
+    }
+
+    /// `{METHOD} {route}`, `{METHOD}` without a route, or what the configured namer says.
+    fn span_name(&self, method: &http::Method, method_index: usize, route: &Route<'_>) -> Cow<'static, str> {
+        let name = crate::http::METHOD_NAMES[method_index];
+        match (&self.span_name, route.interned, route.matched) {
+            (Some(f), _, _) => f(method, route.matched).into(),
+            (None, Some(r), _) => r.name(method_index).into(),
+            (None, None, Some(r)) => format!("{name} {r}").into(),
+            (None, None, None) => name.into(),
         }
-        let path = req.uri().path();
-        attributes.push(match interned {
-            // A route without parameters is its own path.
-            Some(r) if r.route == path => KeyValue::new(URL_PATH, r.route),
-            _ => KeyValue::new(URL_PATH, path.to_owned()),
-        });
-        if let Some(q) = req.uri().query() {
-            attributes.push(KeyValue::new(URL_QUERY, redact_query(q).into_owned()));
-        }
-        attributes.push(KeyValue::new(URL_SCHEME, scheme(req.uri())));
-        match (interned, route) {
-            (Some(r), _) => attributes.push(KeyValue::new(HTTP_ROUTE, r.route)),
-            (None, Some(r)) => attributes.push(KeyValue::new(HTTP_ROUTE, r.to_owned())),
-            (None, None) => {}
-        }
-        if let Some((host, port)) = server_address(&req, &head) {
-            attributes.push(KeyValue::new(SERVER_ADDRESS, intern::host(host)));
-            if let Some(port) = port {
-                attributes.push(KeyValue::new(SERVER_PORT, port as i64));
-            }
-        }
-        if let Some(client) = client_address(&req, &head) {
-            attributes.push(KeyValue::new(CLIENT_ADDRESS, client));
-        }
-        if let Some(v) = crate::http::protocol_version(req.version()) {
-            attributes.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
-        }
-        if let Some(ua) = head.user_agent.and_then(|v| v.to_str().ok()) {
-            attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, intern::user_agent(ua)));
-        }
+    }
+
+    /// Starts the SERVER span as a child of the caller's context, or, on a public endpoint,
+    /// as a new root linked to it; returns the context that holds it.
+    fn start(&self, name: Cow<'static, str>, attributes: Vec<KeyValue>, remote: Context) -> Context {
         let mut builder =
-            config.tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
-        let parent = if config.public_endpoint {
+            self.tracer.span_builder(name).with_kind(SpanKind::Server).with_attributes(attributes);
+        let parent = if self.public_endpoint {
             let remote_sc = remote.span().span_context().clone();
             if remote_sc.is_valid() {
                 builder = builder.with_links(vec![Link::with_context(remote_sc)]);
@@ -350,15 +348,54 @@ where
         } else {
             remote
         };
-        let span = builder.start_with_context(&config.tracer, &parent);
-        let cx = parent.with_span(span);
-        req.extensions_mut().insert(cx.clone());
-        let inner = {
-            let _guard = cx.clone().attach();
-            self.inner.call(req)
-        };
-        ResponseFuture { inner, cx: Some(cx) }
+        let span = builder.start_with_context(&*self.tracer, &parent);
+        parent.with_span(span)
     }
+}
+
+/// The request's attributes, by the stable HTTP semantic conventions.
+fn request_attributes<B>(
+    req: &Request<B>,
+    head: &Head<'_>,
+    method_index: usize,
+    route: &Route<'_>,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(12);
+    attributes.push(KeyValue::new(HTTP_REQUEST_METHOD, crate::http::METHOD_NAMES[method_index]));
+    if method_index == crate::http::OTHER_METHOD {
+        attributes.push(KeyValue::new(HTTP_REQUEST_METHOD_ORIGINAL, req.method().as_str().to_owned()));
+    }
+    let path = req.uri().path();
+    attributes.push(match route.interned {
+        // A route without parameters is its own path.
+        Some(r) if r.route == path => KeyValue::new(URL_PATH, r.route),
+        _ => KeyValue::new(URL_PATH, path.to_owned()),
+    });
+    if let Some(q) = req.uri().query() {
+        attributes.push(KeyValue::new(URL_QUERY, redact_query(q).into_owned()));
+    }
+    attributes.push(KeyValue::new(URL_SCHEME, scheme(req.uri())));
+    match (route.interned, route.matched) {
+        (Some(r), _) => attributes.push(KeyValue::new(HTTP_ROUTE, r.route)),
+        (None, Some(r)) => attributes.push(KeyValue::new(HTTP_ROUTE, r.to_owned())),
+        (None, None) => {}
+    }
+    if let Some((host, port)) = server_address(req, head) {
+        attributes.push(KeyValue::new(SERVER_ADDRESS, intern::host(host)));
+        if let Some(port) = port {
+            attributes.push(KeyValue::new(SERVER_PORT, port as i64));
+        }
+    }
+    if let Some(client) = client_address(req, head) {
+        attributes.push(KeyValue::new(CLIENT_ADDRESS, client));
+    }
+    if let Some(v) = crate::http::protocol_version(req.version()) {
+        attributes.push(KeyValue::new(NETWORK_PROTOCOL_VERSION, v));
+    }
+    if let Some(ua) = head.user_agent.and_then(|v| v.to_str().ok()) {
+        attributes.push(KeyValue::new(USER_AGENT_ORIGINAL, intern::user_agent(ua)));
+    }
+    attributes
 }
 
 pin_project_lite::pin_project! {
@@ -452,6 +489,128 @@ mod tests {
                 assert_eq!(head.w3c.baggage, h.contains_key(BAGGAGE), "{case}");
             }
         }
+    }
+
+    fn provider() -> (crate::testing::Recorder, opentelemetry_sdk::trace::SdkTracerProvider) {
+        let recorder = crate::testing::Recorder::new();
+        let provider = recorder.provider("api");
+        (recorder, provider)
+    }
+
+    fn serve(layer: &TraceLayer, req: Request<()>) {
+        use tower::ServiceExt;
+        let svc = layer.layer(tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        }));
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(svc.oneshot(req)).unwrap();
+    }
+
+    /// A builder method on a layer whose configuration is shared (a clone is alive) used to
+    /// rebuild it with the global tracer, dropping the provider it had been given.
+    #[test]
+    fn builder_methods_keep_the_given_provider() {
+        let (recorder, provider) = provider();
+        let base = TraceLayer::new().with_tracer_provider(&provider);
+        let kept = base.clone();
+        let changed =
+            base.with_filter(|_| true).with_span_name(|m, _| format!("custom {m}")).public_endpoint();
+        serve(&changed, Request::get("/a").body(()).unwrap());
+        serve(&kept, Request::get("/b").body(()).unwrap());
+        let names: Vec<_> = recorder.spans().iter().map(|s| s.name().to_owned()).collect();
+        assert_eq!(names, ["custom GET", "GET"]);
+    }
+
+    #[test]
+    fn the_filter_decides_and_the_request_comes_back_whole() {
+        let (recorder, provider) = provider();
+        let layer = TraceLayer::new()
+            .with_tracer_provider(&provider)
+            .with_filter(|req| req.uri().path() != "/healthz");
+        let (req, traced) =
+            layer.config.traces(Request::get("/healthz").header("x-a", "1").body(7u8).unwrap());
+        assert!(!traced);
+        assert_eq!(
+            (req.uri().path(), req.headers()["x-a"].as_bytes(), *req.body()),
+            ("/healthz", &b"1"[..], 7)
+        );
+        assert!(layer.config.traces(Request::get("/orders").body(()).unwrap()).1);
+        serve(&layer, Request::get("/healthz").body(()).unwrap());
+        assert!(recorder.spans().is_empty());
+    }
+
+    #[test]
+    fn span_names_from_method_route_or_namer() {
+        let config = TraceLayer::new().config;
+        let get = http::Method::GET;
+        let index = crate::http::method_index(&get);
+        let none = Route { matched: None, interned: None };
+        assert_eq!(config.span_name(&get, index, &none), "GET");
+        let matched = Route { matched: Some("/users/{id}"), interned: None };
+        assert_eq!(config.span_name(&get, index, &matched), "GET /users/{id}");
+        let interned = Route { matched: Some("/users/{id}"), interned: intern::route("/users/{id}") };
+        assert_eq!(config.span_name(&get, index, &interned), "GET /users/{id}");
+        let odd = http::Method::from_bytes(b"BREW").unwrap();
+        assert_eq!(config.span_name(&odd, crate::http::method_index(&odd), &none), "_OTHER");
+        let named = TraceLayer::new().with_span_name(|m, r| format!("{m}:{}", r.unwrap_or("-"))).config;
+        assert_eq!(named.span_name(&get, index, &matched), "GET:/users/{id}");
+    }
+
+    #[test]
+    fn request_attributes_follow_the_http_conventions() {
+        let req = Request::builder()
+            .method("BREW")
+            .uri("/users/42?sig=secret&page=2")
+            .header("host", "api.local:8080")
+            .header("user-agent", "curl/8")
+            .header("x-forwarded-for", "203.0.113.9, 10.0.0.1")
+            .body(())
+            .unwrap();
+        let head = Head::read(req.headers());
+        let route = Route { matched: Some("/users/{id}"), interned: None };
+        let attributes = request_attributes(&req, &head, crate::http::method_index(req.method()), &route);
+        let got: Vec<(String, String)> =
+            attributes.iter().map(|kv| (kv.key.to_string(), kv.value.to_string())).collect();
+        let want = [
+            ("http.request.method", "_OTHER"),
+            ("http.request.method_original", "BREW"),
+            ("url.path", "/users/42"),
+            ("url.query", "sig=REDACTED&page=2"),
+            ("url.scheme", "http"),
+            ("http.route", "/users/{id}"),
+            ("server.address", "api.local"),
+            ("server.port", "8080"),
+            ("client.address", "203.0.113.9"),
+            ("network.protocol.version", "1.1"),
+            ("user_agent.original", "curl/8"),
+        ];
+        let want: Vec<(String, String)> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_parent_is_the_caller_unless_the_endpoint_is_public() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let remote_sc = SpanContext::new(
+            TraceId::from(7),
+            SpanId::from(9),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let (recorder, provider) = provider();
+        let remote = Context::new().with_remote_span_context(remote_sc.clone());
+        let private = TraceLayer::new().with_tracer_provider(&provider);
+        let cx = private.config.start("GET".into(), Vec::new(), remote.clone());
+        assert_eq!(cx.span().span_context().trace_id(), TraceId::from(7));
+        cx.span().end();
+        let public = TraceLayer::new().with_tracer_provider(&provider).public_endpoint();
+        let cx = public.config.start("GET".into(), Vec::new(), remote);
+        assert_ne!(cx.span().span_context().trace_id(), TraceId::from(7));
+        cx.span().end();
+        let spans = recorder.spans();
+        assert_eq!(spans[0].parent(), Some(SpanId::from(9)));
+        assert_eq!(spans[1].parent(), None);
+        assert_eq!(spans[1].data.links.links[0].span_context, remote_sc);
     }
 
     #[test]
