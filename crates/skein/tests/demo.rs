@@ -318,8 +318,16 @@ fn a_request_is_one_connected_trace_across_http_grpc_sql_redis_and_a_spawned_tas
         let grpc_server = trace.iter().find(|s| s.service == "checkout" && s.kind == "server").unwrap();
         assert_child(trace, grpc_client, grpc_server);
         check_checkout_internals(trace, true);
+        // `fetch_cart` is a `#[tracing::instrument]`ed function: its span sits between the
+        // gRPC server span and the HTTP call made inside it.
+        let fetch_cart = find(trace, "checkout", "fetch_cart");
+        assert_child(trace, grpc_server, fetch_cart);
+        assert!(fetch_cart.tags["enduser.id"].as_str().unwrap().starts_with("user-"));
         let http_client = find(trace, "checkout", "GET");
-        assert_child(trace, grpc_server, http_client);
+        assert_child(trace, fetch_cart, http_client);
+        let price = find(trace, "checkout", "price");
+        assert_child(trace, grpc_server, price);
+        assert!(price.tags["shop.total_cents"].as_i64().unwrap() > 0);
         let cart_server = find(trace, "cart", "GET /cart/{user}");
         assert_child(trace, http_client, cart_server);
         check_cart(trace, cart_server);

@@ -1,6 +1,8 @@
 //! checkout: the gRPC service that places an order. It reads products from SQLite, asks cart
 //! over HTTP what the user has, charges the card through the uninstrumented payment SDK (in a
-//! manual span), stores the order, and sends the confirmation from a spawned task.
+//! manual span), stores the order, and sends the confirmation from a spawned task. Two of its
+//! functions are `#[tracing::instrument]`ed: their `tracing` spans join the trace through
+//! `skein_otel::tracing::layer()`, between the gRPC server span and the calls made inside them.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +20,8 @@ use skein_otel::sqlx::TracedPool;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use tonic::{Request, Response};
+use tracing::instrument::WithSubscriber as _;
+use tracing_subscriber::prelude::*;
 
 use crate::Break;
 use crate::payment_sdk;
@@ -38,6 +42,27 @@ pub(crate) struct CheckoutService {
     cart_url: String,
     tracer: SdkTracer,
     break_mode: Option<Break>,
+    /// `tracing` for this service's requests.
+    dispatch: tracing::Dispatch,
+}
+
+/// The `tracing` subscriber checkout's requests run under: skein-otel's layer with checkout's
+/// provider, and log lines with trace ids on stderr as `skein demo` writes them.
+///
+/// A service that runs alone sets this up once, globally: `tracing_subscriber::registry()
+/// .with(skein_otel::tracing::layer())…init()`. The demo runs three services in one process,
+/// each with its own provider (its own `service.name`), so checkout scopes its own.
+fn dispatch(provider: &SdkTracerProvider) -> tracing::Dispatch {
+    use tracing_subscriber::fmt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKEIN_LOG").unwrap_or_else(|_| "info".into());
+    let logs = fmt::layer()
+        .event_format(skein_otel::logs::TraceIdFormat::new(fmt::format()))
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(skein_otel::tracing::layer().with_tracer_provider(provider).with_events(false))
+        .with(logs)
+        .into()
 }
 
 enum Cart {
@@ -105,9 +130,11 @@ impl CheckoutService {
             cart_url: cart_url.to_owned(),
             tracer: provider.tracer("shop.checkout"),
             break_mode,
+            dispatch: dispatch(provider),
         })
     }
 
+    #[tracing::instrument(skip(self), fields(enduser.id = user))]
     async fn fetch_cart(&self, user: &str) -> Result<CartReply, String> {
         let url = format!("{}/cart/{user}", self.cart_url);
         let response = match &self.cart {
@@ -154,7 +181,12 @@ impl Checkout for CheckoutService {
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<PlaceOrderResponse>, tonic::Status> {
-        let request = request.into_inner();
+        self.place(request.into_inner()).with_subscriber(self.dispatch.clone()).await
+    }
+}
+
+impl CheckoutService {
+    async fn place(&self, request: PlaceOrderRequest) -> Result<Response<PlaceOrderResponse>, tonic::Status> {
         tracing::info!(user = %request.user_id, "placing order");
 
         let products: Vec<(i64, String, i64)> =
@@ -167,11 +199,7 @@ impl Checkout for CheckoutService {
             tracing::warn!(error = %e, "cart unavailable");
             tonic::Status::unavailable(format!("cart: {e}"))
         })?;
-        let total: i64 = cart
-            .items
-            .iter()
-            .filter_map(|item| products.iter().find(|p| p.0 == item.product_id).map(|p| p.2 * item.quantity))
-            .sum();
+        let total = price(&cart, &products);
 
         charge(&self.tracer, &request.user_id, total, request.payment_fails).await?;
 
@@ -200,6 +228,18 @@ impl Checkout for CheckoutService {
 
         Ok(Response::new(PlaceOrderResponse { order_id, total_cents: total, items: cart.items.len() as u32 }))
     }
+}
+
+/// The order's total in cents: each cart item at its product's price.
+#[tracing::instrument(skip_all, fields(shop.items = cart.items.len(), shop.total_cents))]
+fn price(cart: &CartReply, products: &[(i64, String, i64)]) -> i64 {
+    let total = cart
+        .items
+        .iter()
+        .filter_map(|item| products.iter().find(|p| p.0 == item.product_id).map(|p| p.2 * item.quantity))
+        .sum();
+    tracing::Span::current().record("shop.total_cents", total);
+    total
 }
 
 /// Charges the card through the payment SDK, which has no instrumentation of its own: a manual
