@@ -108,6 +108,24 @@
 //! let id: Option<String> = skein_otel::current_trace_id();
 //! ```
 //!
+//! ## `tracing` spans in the same trace (feature `tracing`)
+//!
+//! ```no_run
+//! # #[cfg(feature = "tracing")] fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! use tracing_subscriber::prelude::*;
+//! let guard = skein_otel::init("checkout").install()?;
+//! tracing_subscriber::registry().with(skein_otel::tracing::layer()).init();
+//!
+//! #[tracing::instrument]
+//! fn reserve(item: u64) { /* a span, child of whatever span is current */ }
+//! # guard.shutdown()?; Ok(()) }
+//! ```
+//!
+//! `#[instrument]`, `info_span!` and `tracing::info!` become spans and span events, and there
+//! is one current context: inside an entered `tracing` span `Context::current()` holds its
+//! OpenTelemetry span, so the layers above and `tracer.start` make its children (see
+//! [`tracing`](crate::tracing)).
+//!
 //! ## Test that the chain holds ([`testing`])
 //!
 //! [`testing::Recorder`] records spans in memory; [`testing::TraceCheck::assert_connected`]
