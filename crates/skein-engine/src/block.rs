@@ -807,14 +807,28 @@ impl Block {
 
     /// Reads and decodes chunk `i`, checking its crc.
     pub(crate) fn read_chunk(&self, fs: &dyn Fs, i: usize) -> Result<Vec<Span>, BlockError> {
+        self.read_chunk_projected(fs, i, None)
+    }
+
+    /// [`Block::read_chunk`], with only the span attributes `keep` accepts and no events when
+    /// `keep` is given (see [`columnar::decode_chunk_projected`]).
+    pub(crate) fn read_chunk_projected(
+        &self,
+        fs: &dyn Fs,
+        i: usize,
+        keep: Option<skein_store::KeepAttribute>,
+    ) -> Result<Vec<Span>, BlockError> {
         let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
         let bytes = self.read_chunk_bytes(fs, i)?;
         let raw = zstd::stream::decode_all(&bytes[..])
             .map_err(|e| corrupt(format!("chunk {i} does not decompress: {e}")))?;
         // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
-        let decoded = match raw.first() {
-            Some(&columnar::COLUMNAR_VERSION) => columnar::decode_chunk(&raw),
-            _ => codec::decode_spans(&raw),
+        let decoded = match (raw.first(), keep) {
+            (Some(&columnar::COLUMNAR_VERSION), None) => columnar::decode_chunk(&raw),
+            (Some(&columnar::COLUMNAR_VERSION), Some(keep)) => columnar::decode_chunk_projected(&raw, keep),
+            (_, None) => codec::decode_spans(&raw),
+            // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
+            (_, Some(_)) => codec::decode_spans(&raw),
         };
         decoded.map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
     }

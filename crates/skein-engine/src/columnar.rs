@@ -440,6 +440,48 @@ impl<'a> Dec<'a> {
         Ok(out)
     }
 
+    /// A span's attributes, only those whose key `keep` accepts (all without `keep`); the
+    /// others are stepped over without being built.
+    fn span_attrs(&mut self, keep: Option<skein_store::KeepAttribute>) -> Result<Vec<KeyValue>, DecodeError> {
+        let Some(keep) = keep else { return self.attrs(Col::AttrKeys, Col::AttrValues) };
+        let n = self.col(Col::AttrKeys).count()?;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let i = self.col(Col::AttrKeys).varint()? as usize;
+            let key =
+                self.strings.get(i).ok_or_else(|| DecodeError(format!("string index {i} out of range")))?;
+            if keep(key) {
+                let key = key.clone();
+                out.push(KeyValue { key, value: self.value(Col::AttrValues)? });
+            } else {
+                self.skip_value(Col::AttrValues)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Steps over one value of [`Dec::value`]'s encoding, allocating nothing for strings.
+    fn skip_value(&mut self, c: Col) -> Result<(), DecodeError> {
+        let r = self.col(c);
+        match r.buf.get(r.pos) {
+            Some(&1) => {
+                r.pos += 1;
+                let i = r.varint()?;
+                if i as usize >= self.strings.len() {
+                    return err(format!("string index {i} out of range"));
+                }
+            }
+            Some(&TAG_UNIQUE) => {
+                r.pos += 1;
+                self.col(Col::Uniques).text()?;
+            }
+            _ => {
+                r.value(0)?;
+            }
+        }
+        Ok(())
+    }
+
     fn value(&mut self, c: Col) -> Result<AttrValue, DecodeError> {
         let r = self.col(c);
         match r.buf.get(r.pos) {
@@ -458,6 +500,20 @@ impl<'a> Dec<'a> {
 
 /// Decodes what [`encode_chunk`] wrote.
 pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
+    decode(buf, None)
+}
+
+/// Decodes what [`encode_chunk`] wrote, keeping only the span attributes whose key `keep`
+/// accepts and no events: for analyses that read every span of a window (the doctor), the
+/// attributes they do not read are stepped over instead of built and dropped.
+pub fn decode_chunk_projected(
+    buf: &[u8],
+    keep: skein_store::KeepAttribute,
+) -> Result<Vec<Span>, DecodeError> {
+    decode(buf, Some(keep))
+}
+
+fn decode(buf: &[u8], keep: Option<skein_store::KeepAttribute>) -> Result<Vec<Span>, DecodeError> {
     let mut r = Reader { buf, pos: 0 };
     let version = r.u8()?;
     if version != COLUMNAR_VERSION {
@@ -550,7 +606,7 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
             let resource = resources.get(ri).ok_or(DecodeError("resource index out of range".into()))?;
             let scope = scopes.get(ci).ok_or(DecodeError("scope index out of range".into()))?;
             let flags = u32_of(d.col(Col::Flags).varint()?, "flags")?;
-            let attributes = d.attrs(Col::AttrKeys, Col::AttrValues)?;
+            let attributes = d.span_attrs(keep)?;
             let trace_state = d.string(Col::Rest)?;
             let message = d.string(Col::Rest)?;
             let dropped_attributes_count = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
@@ -563,12 +619,14 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
                 let name = d.string(Col::Rest)?;
                 let attributes = d.attrs(Col::Rest, Col::Rest)?;
                 let dropped = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
-                events.push(Event {
-                    time_unix_nano: time,
-                    name,
-                    attributes,
-                    dropped_attributes_count: dropped,
-                });
+                if keep.is_none() {
+                    events.push(Event {
+                        time_unix_nano: time,
+                        name,
+                        attributes,
+                        dropped_attributes_count: dropped,
+                    });
+                }
             }
             let nl = d.col(Col::Rest).count()?;
             let mut links = Vec::with_capacity(nl);

@@ -74,6 +74,20 @@ impl SpanStore for Tested {
     fn stats(&self) -> skein_store::StoreStats {
         self.engine.stats()
     }
+    async fn traces(
+        &self,
+        ids: &[skein_model::TraceId],
+    ) -> Result<std::collections::HashMap<skein_model::TraceId, Vec<Span>>, StoreError> {
+        self.engine.traces(ids).await
+    }
+    async fn scan(
+        &self,
+        range: skein_model::TimeRange,
+        max_spans: usize,
+        attributes: skein_store::KeepAttribute,
+    ) -> Result<skein_store::Scan, StoreError> {
+        self.engine.scan(range, max_spans, attributes).await
+    }
 }
 
 #[tokio::test]

@@ -23,7 +23,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use skein_model::{AttrValue, Span, SpanId, SpanKind, TraceId, find_attr};
+use skein_model::{AttrValue, SpanId, SpanKind, TraceId, find_attr};
+/// The doctor reads spans as [`skein_store::SpanStore::scan`] gives them.
+pub use skein_store::ScanSpan as Span;
 
 /// How to analyse.
 #[derive(Clone, Copy, Debug)]
@@ -377,6 +379,28 @@ impl<'a> Ix<'a> {
     }
 }
 
+/// The span attributes the detectors read; [`trim`] keeps only these.
+const READ_ATTRIBUTES: [&str; 11] = [
+    "db.system",
+    "db.system.name",
+    "http.request.method",
+    "http.route",
+    "messaging.destination.name",
+    "peer.service",
+    "rpc.method",
+    "server.address",
+    "server.port",
+    "url.full",
+    "url.path",
+];
+
+/// Whether the detectors read a span attribute of this key: the doctor reads its window
+/// through [`skein_store::SpanStore::scan`] with this, so a million spans fit in a few hundred
+/// MiB.
+pub fn reads_attribute(key: &str) -> bool {
+    READ_ATTRIBUTES.contains(&key)
+}
+
 /// Analyses `traces` (each one trace's spans): one detector after the other, each adding its
 /// findings and pairs to the report.
 pub fn diagnose(traces: &[Vec<Span>], config: &DoctorConfig) -> Report {
@@ -480,7 +504,7 @@ fn find_splits(ix: &Ix<'_>, calls: &Calls, config: &DoctorConfig, report: &mut R
     let mut roots_by_start: Vec<usize> = (0..ix.spans.len())
         .filter(|&i| {
             let s = ix.spans[i];
-            s.parent_span_id.is_none() && is_entry(s.kind) && s.links.is_empty()
+            s.parent_span_id.is_none() && is_entry(s.kind) && s.links == 0
         })
         .collect();
     roots_by_start.sort_by_key(|&i| ix.spans[i].start_time_unix_nano);
@@ -696,7 +720,7 @@ fn find_detached_work(ix: &Ix<'_>, config: &DoctorConfig, report: &mut Report) {
         if span.parent_span_id.is_some()
             || is_entry(span.kind)
             || span.kind == SpanKind::Producer
-            || !span.links.is_empty()
+            || span.links != 0
         {
             continue;
         }

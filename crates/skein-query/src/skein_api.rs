@@ -46,10 +46,11 @@ pub(crate) async fn trace_view(
     }
 }
 
-/// Traces analysed by one doctor request, at most.
-pub const DOCTOR_MAX_TRACES: usize = 10_000;
-/// Traces around one trace analysed for its diagnosis, at most.
-pub const DIAGNOSIS_MAX_TRACES: usize = 2_000;
+/// Spans one doctor request reads, at most (trimmed to what the detectors read: about 300
+/// bytes each with the doctor's indexes, so this bounds the request's memory).
+pub const DOCTOR_MAX_SPANS: usize = 2_000_000;
+/// Spans around one trace read for its diagnosis, at most.
+pub const DIAGNOSIS_MAX_SPANS: usize = 200_000;
 
 fn duration_param(pairs: &[(String, String)], name: &str, default: u64) -> Result<u64, V3Error> {
     match pairs.iter().find(|(k, _)| k == name) {
@@ -59,24 +60,50 @@ fn duration_param(pairs: &[(String, String)], name: &str, default: u64) -> Resul
     }
 }
 
-/// Runs the doctor over every trace with a span starting in `range`.
+/// Runs the doctor over every trace with a span starting in `range`: one sequential read of
+/// the window (trimmed spans), grouped by trace; a trace with a span whose parent was not read
+/// (it may lie outside the window) is read whole before it is judged.
 async fn run_doctor(
     store: &SharedStore,
     range: skein_model::TimeRange,
     config: &doctor::DoctorConfig,
-    limit: usize,
+    max_spans: usize,
     include: Option<Vec<skein_model::Span>>,
 ) -> Result<(doctor::Report, bool), V3Error> {
-    let query = skein_store::TraceQuery { time: range, limit, ..Default::default() };
-    let mut traces = store.find_traces(&query).await?;
-    let truncated = traces.len() >= limit;
-    // The trace being diagnosed is analysed even when the window holds more than `limit`.
+    use std::collections::HashSet;
+    let scan = store.scan(range, max_spans, doctor::reads_attribute).await?;
+    let (mut traces, truncated) = (scan.traces, scan.truncated);
+    traces.retain(|_, spans| spans.iter().any(|s| range.contains(s.start_time_unix_nano)));
+    let partial: Vec<skein_model::TraceId> = traces
+        .iter()
+        .filter(|(_, spans)| {
+            let ids: HashSet<skein_model::SpanId> = spans.iter().map(|s| s.span_id).collect();
+            spans.iter().any(|s| s.parent_span_id.is_some_and(|p| !ids.contains(&p)))
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    for (id, spans) in store.traces(&partial).await? {
+        traces.insert(
+            id,
+            spans.into_iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect(),
+        );
+    }
+    // The trace being diagnosed is analysed even when the window holds more than `max_spans`.
     if let Some(spans) = include
         && let Some(id) = spans.first().map(|s| s.trace_id)
-        && !traces.iter().any(|t| t.first().is_some_and(|s| s.trace_id == id))
     {
-        traces.push(spans);
+        traces.insert(
+            id,
+            spans.into_iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect(),
+        );
     }
+    // Newest first, as a search answers: the report lists what it finds in this order.
+    let mut traces: Vec<(u64, Vec<skein_store::ScanSpan>)> = traces
+        .into_values()
+        .map(|spans| (spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0), spans))
+        .collect();
+    traces.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].trace_id.cmp(&b.1[0].trace_id)));
+    let traces: Vec<Vec<skein_store::ScanSpan>> = traces.into_iter().map(|(_, spans)| spans).collect();
     let config = *config;
     let report = tokio::task::spawn_blocking(move || doctor::diagnose(&traces, &config))
         .await
@@ -116,7 +143,7 @@ pub(crate) async fn doctor_report(
     let service =
         pairs.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str()).filter(|s| !s.is_empty());
     let range = skein_model::TimeRange::new(now.saturating_sub(lookback), now.saturating_add(1));
-    let (report, truncated) = run_doctor(&store, range, &config, DOCTOR_MAX_TRACES, None).await?;
+    let (report, truncated) = run_doctor(&store, range, &config, DOCTOR_MAX_SPANS, None).await?;
     let involves = |a: &str, b: Option<&str>| service.is_none_or(|s| a == s || b == Some(s));
     let findings: Vec<FindingReport> = report
         .findings
@@ -163,7 +190,7 @@ pub(crate) async fn trace_diagnosis(
     // the trace page asks this for every trace it shows, so the window stays narrow.
     let margin = 1_000_000_000;
     let range = skein_model::TimeRange::new(start.saturating_sub(margin), end.saturating_add(margin));
-    let (report, _) = run_doctor(&store, range, &config, DIAGNOSIS_MAX_TRACES, Some(spans)).await?;
+    let (report, _) = run_doctor(&store, range, &config, DIAGNOSIS_MAX_SPANS, Some(spans)).await?;
     let mut diagnosis = Diagnosis {
         trace_id: id.to_hex(),
         unsettled: report.unsettled_traces > 0,

@@ -20,7 +20,7 @@ use std::future::Future;
 use skein_model::{AttrValue, KeyValue, Span, SpanKind, TimeRange};
 
 use crate::testdata::{BASE_TIME, SpanBuilder as B};
-use crate::{DependencyLink, Operation, SpanStore, TraceQuery};
+use crate::{DependencyLink, Operation, ScanSpan, SpanStore, TraceQuery};
 
 /// Runs every check, each against a fresh store from `make`.
 pub async fn run_all<S, F, Fut>(make: F)
@@ -39,6 +39,8 @@ where
     find_needs_one_span_to_match_every_condition(make().await).await;
     find_returns_newest_first_up_to_limit(make().await).await;
     dependencies_count_cross_service_calls(make().await).await;
+    scan_reads_every_span_of_the_window(make().await).await;
+    traces_reads_several_traces_at_once(make().await).await;
 }
 
 /// Lets the suite be used with a synchronous constructor: `run_all(ready(MemoryStore::default))`.
@@ -270,4 +272,52 @@ async fn dependencies_count_cross_service_calls(store: impl SpanStore) {
         [link("checkout", "cart", 1), link("frontend", "checkout", 1)],
         "only spans in the time range count"
     );
+}
+
+async fn scan_reads_every_span_of_the_window(store: impl SpanStore) {
+    fn keep(key: &str) -> bool {
+        key == "kept"
+    }
+    // Trace 1 (three spans, one with a link and an event), trace 2 an hour later.
+    let one: Vec<Span> = (1..=3u8)
+        .map(|i| {
+            let b = B::new(1, i)
+                .service("front")
+                .attr("kept", AttrValue::Int(i as i64))
+                .attr("dropped", AttrValue::Bool(true));
+            let b = if i == 1 { b } else { b.parent(1) };
+            let b = if i == 2 {
+                b.link(9, 9).event("retry", 1, vec![KeyValue::new("n", AttrValue::Int(1))])
+            } else {
+                b
+            };
+            b.build()
+        })
+        .collect();
+    let later = B::new(2, 1).times(BASE_TIME + 3_600_000_000_000, BASE_TIME + 3_600_010_000_000).build();
+    store.write(one.clone()).await.unwrap();
+    store.write(vec![later]).await.unwrap();
+    let range = TimeRange::new(BASE_TIME, BASE_TIME + 60_000_000_000);
+    let scan = store.scan(range, 1_000, keep).await.unwrap();
+    assert!(!scan.truncated, "scan: nothing truncated below the limit");
+    let mut got = scan.traces.get(&B::trace_id(1)).cloned().expect("scan: the window's trace");
+    got.sort_by_key(|s| s.span_id);
+    got.dedup_by_key(|s| s.span_id);
+    let want: Vec<ScanSpan> = one.into_iter().map(|s| ScanSpan::of(s, keep)).collect();
+    assert_eq!(got, want, "scan: every span of the window, with only the kept attributes");
+    assert_eq!(got[1].links, 1, "scan: links are counted");
+    assert_eq!(scan.spans, scan.traces.values().map(Vec::len).sum::<usize>(), "scan: the span count");
+    let small = store.scan(range, 1, keep).await.unwrap();
+    assert!(small.truncated && small.spans <= 1, "scan: at most max_spans, and says it truncated");
+}
+
+async fn traces_reads_several_traces_at_once(store: impl SpanStore) {
+    for n in 1..=3u8 {
+        store.write(vec![B::new(n, 1).build(), B::new(n, 2).parent(1).build()]).await.unwrap();
+    }
+    let found = store.traces(&[B::trace_id(3), B::trace_id(1), B::trace_id(7)]).await.unwrap();
+    let mut keys: Vec<_> = found.keys().copied().collect();
+    keys.sort();
+    assert_eq!(keys, [B::trace_id(1), B::trace_id(3)], "traces: the stored ones of those asked for");
+    assert!(found.values().all(|t| t.len() == 2), "traces: each whole");
 }

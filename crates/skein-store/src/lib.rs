@@ -127,6 +127,63 @@ pub struct DependencyLink {
     pub call_count: u64,
 }
 
+/// Traces the default [`SpanStore::scan`] reads at most (whole traces through
+/// `find_traces`, which holds them all at once).
+pub const DEFAULT_SCAN_TRACES: usize = 10_000;
+
+/// Which span attributes a [`SpanStore::scan`] keeps, by key.
+pub type KeepAttribute = for<'a> fn(&'a str) -> bool;
+
+/// What [`SpanStore::scan`] keeps of a span: its place in the trace, timing, kind, name,
+/// resource, how many links it has, and the attributes the caller asked for. About half the
+/// size of a [`Span`], so an analysis over a million spans stays in a few hundred MiB.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanSpan {
+    pub trace_id: TraceId,
+    pub span_id: skein_model::SpanId,
+    pub parent_span_id: Option<skein_model::SpanId>,
+    pub name: skein_model::Str,
+    pub kind: SpanKind,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub attributes: Box<[skein_model::KeyValue]>,
+    pub links: u32,
+    pub resource: std::sync::Arc<skein_model::Resource>,
+}
+
+impl ScanSpan {
+    /// `span` with only the attributes whose key `keep` accepts.
+    pub fn of(span: Span, keep: KeepAttribute) -> ScanSpan {
+        ScanSpan {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            parent_span_id: span.parent_span_id,
+            name: span.name,
+            kind: span.kind,
+            start_time_unix_nano: span.start_time_unix_nano,
+            end_time_unix_nano: span.end_time_unix_nano,
+            attributes: span.attributes.into_iter().filter(|kv| keep(&kv.key)).collect(),
+            links: span.links.len() as u32,
+            resource: span.resource,
+        }
+    }
+
+    /// The span's service (`service.name` of its resource).
+    pub fn service_name(&self) -> &str {
+        self.resource.service_name()
+    }
+}
+
+/// What [`SpanStore::scan`] read.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub traces: std::collections::HashMap<TraceId, Vec<ScanSpan>>,
+    /// How many spans `traces` holds.
+    pub spans: usize,
+    /// There were more than `max_spans` spans.
+    pub truncated: bool,
+}
+
 /// Counters a backend reports for `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -151,6 +208,21 @@ pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
     /// All spans of one trace, in no particular order; `None` when none are stored.
     async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError>;
 
+    /// The spans of each of `ids` that is stored. The default asks trace by trace; stores
+    /// that can read neighbouring traces together (the embedded engine) override it.
+    async fn traces(
+        &self,
+        ids: &[TraceId],
+    ) -> Result<std::collections::HashMap<TraceId, Vec<Span>>, StoreError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(spans) = self.trace(id).await? {
+                found.insert(id, spans);
+            }
+        }
+        Ok(found)
+    }
+
     /// Traces matching the query, newest first, each with all its spans.
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError>;
 
@@ -165,6 +237,37 @@ pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
 
     /// Counters for monitoring; cheap to call.
     fn stats(&self) -> StoreStats;
+
+    /// Every span that starts in `range`, and possibly others stored beside them (a whole
+    /// analysis reads everything once instead of trace by trace), grouped by trace and kept
+    /// as [`ScanSpan`]s with only the attributes whose key `attributes` accepts. At most `max_spans`, with `truncated` set when there were more. A trace may be
+    /// incomplete (its other spans stored elsewhere), and a span may come twice (at-least-once
+    /// delivery).
+    ///
+    /// The default reads whole traces through [`SpanStore::find_traces`], the newest
+    /// [`DEFAULT_SCAN_TRACES`] at most; stores with a cheaper sequential read (the embedded
+    /// engine) override it.
+    async fn scan(
+        &self,
+        range: TimeRange,
+        max_spans: usize,
+        attributes: KeepAttribute,
+    ) -> Result<Scan, StoreError> {
+        let query =
+            TraceQuery { time: range, limit: max_spans.clamp(1, DEFAULT_SCAN_TRACES), ..Default::default() };
+        let traces = self.find_traces(&query).await?;
+        let mut scan = Scan { truncated: traces.len() >= query.limit, ..Scan::default() };
+        for trace in traces {
+            if scan.spans + trace.len() > max_spans {
+                scan.truncated = true;
+                break;
+            }
+            scan.spans += trace.len();
+            let id = trace[0].trace_id;
+            scan.traces.insert(id, trace.into_iter().map(|s| ScanSpan::of(s, attributes)).collect());
+        }
+        Ok(scan)
+    }
 
     /// Moves buffered data to its long-term form (the engine writes its head into a block).
     /// Called at shutdown; stores without such a buffer do nothing.

@@ -3,9 +3,27 @@
 //! measured (printed) and held above a floor.
 
 use skein_model::{AttrValue, Span, SpanId, SpanKind, TraceId};
+use skein_store::ScanSpan;
 use skein_store::testdata::SpanBuilder;
 
 use super::*;
+
+/// The doctor as the server runs it: on spans as a store's `scan` gives them, with only the
+/// attributes the doctor reads (so these tests also fail when `reads_attribute` misses one).
+fn diagnose(traces: &[Vec<Span>], config: &DoctorConfig) -> Report {
+    let scanned: Vec<Vec<ScanSpan>> = traces
+        .iter()
+        .map(|t| t.iter().cloned().map(|s| ScanSpan::of(s, reads_attribute)).collect())
+        .collect();
+    super::diagnose(&scanned, config)
+}
+
+fn str_attr<'a>(s: &'a Span, key: &str) -> Option<&'a str> {
+    match find_attr(&s.attributes, key)? {
+        AttrValue::Str(v) => Some(v.as_str()),
+        _ => None,
+    }
+}
 
 const MS: u64 = 1_000_000;
 const T0: u64 = 1_700_000_000_000_000_000;
