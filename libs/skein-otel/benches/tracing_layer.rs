@@ -36,6 +36,9 @@ impl SpanExporter for Discard {
 static PROVIDER: LazyLock<SdkTracerProvider> =
     LazyLock::new(|| SdkTracerProvider::builder().with_batch_exporter(Discard).build());
 
+/// The raw cases' tracer, made once as an application makes it (not per span).
+static TRACER: LazyLock<opentelemetry_sdk::trace::SdkTracer> = LazyLock::new(|| PROVIDER.tracer("bench"));
+
 /// The span's field values, read at run time as an application's would be.
 fn values() -> (u64, &'static str, f64, bool) {
     black_box((42, "alice@example.com", 19.99, true))
@@ -44,7 +47,7 @@ fn values() -> (u64, &'static str, f64, bool) {
 /// One SDK span with the same four attributes, started and ended.
 #[divan::bench]
 fn raw_sdk_span() {
-    let tracer = PROVIDER.tracer("bench");
+    let tracer = &*TRACER;
     let (id, customer, amount, vip) = values();
     let mut span = tracer
         .span_builder("load_order")
@@ -54,7 +57,7 @@ fn raw_sdk_span() {
             KeyValue::new("amount", amount),
             KeyValue::new("vip", vip),
         ])
-        .start(&tracer);
+        .start(tracer);
     span.end();
 }
 
@@ -62,7 +65,7 @@ fn raw_sdk_span() {
 /// that other code can see as `Context::current()` costs at the API's level.
 #[divan::bench]
 fn raw_sdk_span_made_current() {
-    let tracer = PROVIDER.tracer("bench");
+    let tracer = &*TRACER;
     let (id, customer, amount, vip) = values();
     let span = tracer
         .span_builder("load_order")
@@ -72,7 +75,7 @@ fn raw_sdk_span_made_current() {
             KeyValue::new("amount", amount),
             KeyValue::new("vip", vip),
         ])
-        .start(&tracer);
+        .start(tracer);
     let cx = Context::current_with_span(span);
     drop(cx.clone().attach());
     cx.span().end();
@@ -90,6 +93,37 @@ fn tracing_span() {
 #[divan::bench]
 fn tracing_registry_only(b: Bencher) {
     tracing::subscriber::with_default(tracing_subscriber::registry(), || b.bench_local(tracing_span));
+}
+
+/// The floor of any layer that gives `tracing` spans one current context with the SDK: the
+/// registry's span (as `tracing_registry_only`) plus an SDK span with the same attributes,
+/// made current while the `tracing` span is entered and ended when it closes, written out
+/// by hand with nothing else (no field reading, no per-span storage).
+#[divan::bench]
+fn floor_registry_and_current_sdk_span(b: Bencher) {
+    let tracer = &*TRACER;
+    tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+        b.bench_local(|| {
+            let (id, customer, amount, vip) = values();
+            let span = tracing::info_span!("load_order", order.id = id, customer, amount, vip);
+            let otel = tracer
+                .span_builder("load_order")
+                .with_attributes(vec![
+                    KeyValue::new("order.id", id as i64),
+                    KeyValue::new("customer", customer.to_owned()),
+                    KeyValue::new("amount", amount),
+                    KeyValue::new("vip", vip),
+                ])
+                .start(tracer);
+            let cx = Context::current_with_span(otel);
+            {
+                let _entered = span.enter();
+                drop(cx.clone().attach());
+            }
+            drop(span);
+            cx.span().end();
+        })
+    });
 }
 
 #[divan::bench]
