@@ -176,15 +176,12 @@ impl Report {
 const MAX_EXAMPLES: usize = 5;
 
 fn str_attr<'a>(s: &'a Span, key: &str) -> Option<&'a str> {
-    match find_attr(&s.attributes, key)? {
-        AttrValue::Str(v) => Some(v.as_str()),
-        _ => None,
-    }
+    s.str_attribute(key)
 }
 
 fn int_attr(s: &Span, key: &str) -> Option<i64> {
-    match find_attr(&s.attributes, key)? {
-        AttrValue::Int(v) => Some(*v),
+    match s.attribute(key)? {
+        AttrValue::Int(v) => Some(v),
         AttrValue::Str(v) => v.parse().ok(),
         _ => None,
     }
@@ -470,8 +467,7 @@ fn classify_calls(ix: &Ix<'_>) -> Calls {
                 calls.peers_joined.insert((s.service_name().to_owned(), peer_name(s)));
             }
             None => {
-                let database = find_attr(&s.attributes, "db.system.name").is_some()
-                    || find_attr(&s.attributes, "db.system").is_some();
+                let database = s.attribute("db.system.name").is_some() || s.attribute("db.system").is_some();
                 if !database && ix.settled[i] {
                     calls.unjoined.push(i);
                 }

@@ -6,7 +6,7 @@
 //! This crate knows nothing of wire formats (OTLP, Jaeger JSON) or of files.
 
 use async_trait::async_trait;
-use skein_model::{Span, SpanKind, TimeRange, TraceId};
+use skein_model::{AttrValue, Span, SpanKind, TimeRange, TraceId};
 
 pub mod codec;
 #[cfg(any(test, feature = "testsuite"))]
@@ -146,7 +146,10 @@ pub struct ScanSpan {
     pub kind: SpanKind,
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,
-    pub attributes: Box<[skein_model::KeyValue]>,
+    /// The kept attributes, encoded as [`codec::Writer::attrs`] writes them: a few bytes each
+    /// instead of a `KeyValue` and its strings. Read them with [`ScanSpan::attribute`] and
+    /// [`ScanSpan::str_attribute`].
+    pub attributes: Box<[u8]>,
     pub links: u32,
     pub resource: std::sync::Arc<skein_model::Resource>,
 }
@@ -162,7 +165,22 @@ impl ScanSpan {
             kind: span.kind,
             start_time_unix_nano: span.start_time_unix_nano,
             end_time_unix_nano: span.end_time_unix_nano,
-            attributes: span.attributes.into_iter().filter(|kv| keep(&kv.key)).collect(),
+            attributes: {
+                // No kept attribute: no bytes at all (and no allocation), read as a count of 0.
+                let kept = span.attributes.iter().filter(|kv| keep(&kv.key));
+                match kept.clone().count() {
+                    0 => Box::default(),
+                    n => {
+                        let mut w = codec::Writer::default();
+                        w.varint(n as u64);
+                        for kv in kept {
+                            w.str(&kv.key);
+                            w.value(&kv.value);
+                        }
+                        w.buf.into_boxed_slice()
+                    }
+                }
+            },
             links: span.links.len() as u32,
             resource: span.resource,
         }
@@ -171,6 +189,40 @@ impl ScanSpan {
     /// The span's service (`service.name` of its resource).
     pub fn service_name(&self) -> &str {
         self.resource.service_name()
+    }
+
+    /// Finds the kept attribute `key` and hands the reader, positioned at its value, to `read`.
+    fn find<'a, T>(&'a self, key: &str, read: impl FnOnce(&mut codec::Reader<'a>) -> Option<T>) -> Option<T> {
+        let mut r = codec::Reader { buf: &self.attributes, pos: 0 };
+        if r.buf.is_empty() {
+            return None;
+        }
+        for _ in 0..r.count().ok()? {
+            if r.text().ok()? == key {
+                return read(&mut r);
+            }
+            // Step over the value; a string is not copied to be skipped.
+            if r.buf.get(r.pos) == Some(&1) {
+                r.pos += 1;
+                r.text().ok()?;
+            } else {
+                r.value(0).ok()?;
+            }
+        }
+        None
+    }
+
+    /// The value of the kept attribute `key`.
+    pub fn attribute(&self, key: &str) -> Option<AttrValue> {
+        self.find(key, |r| r.value(0).ok())
+    }
+
+    /// The value of the kept attribute `key` when it is a string, borrowed.
+    pub fn str_attribute(&self, key: &str) -> Option<&str> {
+        self.find(key, |r| match r.u8().ok()? {
+            1 => r.text().ok(),
+            _ => None,
+        })
     }
 }
 
@@ -322,5 +374,31 @@ mod tests {
         assert_eq!(row(&down), (503, 503, 14, Some(5)));
         assert_eq!(row(&bug), (500, 500, 13, None), "an internal error is not retryable");
         assert_eq!((over.metric_reason(), down.metric_reason()), ("throttled", "storage_error"));
+    }
+}
+
+#[cfg(test)]
+mod scan_span_tests {
+    use super::*;
+    use crate::testdata::SpanBuilder;
+
+    #[test]
+    fn kept_attributes_are_read_back_by_key() {
+        let span = SpanBuilder::new(1, 1)
+            .attr("server.address", AttrValue::Str("cart.local".into()))
+            .attr("server.port", AttrValue::Int(8080))
+            .attr("http.route", AttrValue::Str("/cart/{user}".into()))
+            .attr("secret", AttrValue::Str("not kept".into()))
+            .build();
+        let s = ScanSpan::of(span, |k| k != "secret");
+        assert_eq!(s.str_attribute("server.address"), Some("cart.local"));
+        assert_eq!(s.str_attribute("http.route"), Some("/cart/{user}"));
+        assert_eq!(s.attribute("server.port"), Some(AttrValue::Int(8080)));
+        assert_eq!(s.str_attribute("server.port"), None, "not a string");
+        assert_eq!(s.attribute("secret"), None, "not kept");
+        assert_eq!(s.attribute("missing"), None);
+        let bare = ScanSpan::of(SpanBuilder::new(1, 2).build(), |_| true);
+        assert!(bare.attributes.is_empty(), "no attributes, no bytes");
+        assert_eq!(bare.attribute("server.address"), None);
     }
 }
