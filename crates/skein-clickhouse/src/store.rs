@@ -890,7 +890,7 @@ impl SpanStore for ClickhouseStore {
             let _gate = s.gate.read().await;
             let pos = s.wal.append(record).await.map_err(|e| {
                 if e.is_disk_full() {
-                    StoreError::Overloaded(format!("local buffer: {e}"))
+                    StoreError::DiskFull(format!("local buffer: {e}"))
                 } else {
                     StoreError::Unavailable(format!("local buffer: {e}"))
                 }

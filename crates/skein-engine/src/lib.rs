@@ -191,7 +191,7 @@ fn now_nanos() -> u64 {
 
 fn store_error(e: WalError) -> StoreError {
     if e.is_disk_full() {
-        StoreError::Unavailable(format!("disk full, nothing was written; free space and retry ({e})"))
+        StoreError::DiskFull(format!("nothing was written; free space and retry ({e})"))
     } else {
         StoreError::Unavailable(e.to_string())
     }

@@ -340,7 +340,7 @@ async fn disk_full_refuses_ingest_keeps_what_is_stored_and_recovers() {
     e.write(trace(1, 2)).await.unwrap();
     disk.set_disk_full(true);
     let err = e.write(trace(2, 2)).await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(matches!(err, StoreError::DiskFull(_)), "{err}");
     assert!(err.to_string().contains("disk full"), "{err}");
     let err = e.flush().await.unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");

@@ -18,7 +18,7 @@ pub struct ProtocolLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub protocol: &'static str,
-    /// `invalid` (bad span or request), `too_large`, `throttled`, `storage_error`.
+    /// `invalid` (bad span or request), `too_large`, `throttled`, `disk_full`, `storage_error`.
     pub reason: &'static str,
 }
 

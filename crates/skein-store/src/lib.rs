@@ -28,6 +28,9 @@ pub enum StoreError {
     /// The store cannot serve requests at all (closed, disk gone).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The disk is full: nothing was written; writes succeed again once space is freed.
+    #[error("disk full: {0}")]
+    DiskFull(String),
     /// Anything else.
     #[error("storage error: {0}")]
     Internal(String),
@@ -48,15 +51,16 @@ impl StoreError {
     pub fn http_status(&self, access: Access) -> u16 {
         match (self, access) {
             (StoreError::Overloaded(_), Access::Write) => 429,
-            (StoreError::Overloaded(_) | StoreError::Unavailable(_), _) => 503,
+            (StoreError::Overloaded(_) | StoreError::Unavailable(_) | StoreError::DiskFull(_), _) => 503,
             (StoreError::Internal(_), _) => 500,
         }
     }
 
-    /// The gRPC status code: `RESOURCE_EXHAUSTED` (8), `UNAVAILABLE` (14), `INTERNAL` (13).
+    /// The gRPC status code: `RESOURCE_EXHAUSTED` (8, also gRPC's code for "the file system is
+    /// out of space"), `UNAVAILABLE` (14), `INTERNAL` (13).
     pub fn grpc_code(&self) -> i32 {
         match self {
-            StoreError::Overloaded(_) => 8,
+            StoreError::Overloaded(_) | StoreError::DiskFull(_) => 8,
             StoreError::Unavailable(_) => 14,
             StoreError::Internal(_) => 13,
         }
@@ -67,6 +71,8 @@ impl StoreError {
         match self {
             StoreError::Overloaded(_) => Some(1),
             StoreError::Unavailable(_) => Some(5),
+            // Space comes back when someone frees it or retention drops old data: retry, slowly.
+            StoreError::DiskFull(_) => Some(30),
             StoreError::Internal(_) => None,
         }
     }
@@ -75,6 +81,7 @@ impl StoreError {
     pub fn metric_reason(&self) -> &'static str {
         match self {
             StoreError::Overloaded(_) => "throttled",
+            StoreError::DiskFull(_) => "disk_full",
             _ => "storage_error",
         }
     }
@@ -374,6 +381,9 @@ mod tests {
         assert_eq!(row(&down), (503, 503, 14, Some(5)));
         assert_eq!(row(&bug), (500, 500, 13, None), "an internal error is not retryable");
         assert_eq!((over.metric_reason(), down.metric_reason()), ("throttled", "storage_error"));
+        let full = StoreError::DiskFull("x".into());
+        assert_eq!(row(&full), (503, 503, 8, Some(30)), "disk full: retryable, slowly, named as such");
+        assert_eq!(full.metric_reason(), "disk_full");
     }
 }
 
