@@ -14,25 +14,14 @@ use divan::Bencher;
 use http::{Request, Response};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Tracer, TracerProvider as _};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tower::{Layer, Service, ServiceExt};
 
 fn main() {
     divan::main();
 }
 
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-static PROVIDER: LazyLock<SdkTracerProvider> =
-    LazyLock::new(|| SdkTracerProvider::builder().with_batch_exporter(Discard).build());
+mod common;
+use common::PROVIDER;
 
 /// The W3C propagator a service gets from `skein_otel::init`, installed for every bench that
 /// extracts through the global propagator (without it the global one is a no-op).

@@ -15,8 +15,7 @@ use std::sync::LazyLock;
 use divan::Bencher;
 use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SdkTracer;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 
@@ -24,32 +23,23 @@ fn main() {
     divan::main();
 }
 
-#[derive(Debug)]
-struct Discard;
-
-impl SpanExporter for Discard {
-    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-static PROVIDER: LazyLock<SdkTracerProvider> =
-    LazyLock::new(|| SdkTracerProvider::builder().with_batch_exporter(Discard).build());
+mod common;
+use common::PROVIDER;
 
 /// The raw cases' tracer, made once as an application makes it (not per span).
-static TRACER: LazyLock<opentelemetry_sdk::trace::SdkTracer> = LazyLock::new(|| PROVIDER.tracer("bench"));
+static TRACER: LazyLock<SdkTracer> = LazyLock::new(|| PROVIDER.tracer("bench"));
 
 /// The span's field values, read at run time as an application's would be.
 fn values() -> (u64, &'static str, f64, bool) {
     black_box((42, "alice@example.com", 19.99, true))
 }
 
-/// One SDK span with the same four attributes, started and ended.
-#[divan::bench]
-fn raw_sdk_span() {
-    let tracer = &*TRACER;
-    let (id, customer, amount, vip) = values();
-    let mut span = tracer
+/// An SDK span with the four values as attributes, started.
+fn sdk_span(
+    tracer: &SdkTracer,
+    (id, customer, amount, vip): (u64, &str, f64, bool),
+) -> opentelemetry_sdk::trace::Span {
+    tracer
         .span_builder("load_order")
         .with_attributes(vec![
             KeyValue::new("order.id", id as i64),
@@ -57,26 +47,20 @@ fn raw_sdk_span() {
             KeyValue::new("amount", amount),
             KeyValue::new("vip", vip),
         ])
-        .start(tracer);
-    span.end();
+        .start(tracer)
+}
+
+/// One SDK span with the same four attributes, started and ended.
+#[divan::bench]
+fn raw_sdk_span() {
+    sdk_span(&TRACER, values()).end();
 }
 
 /// The same SDK span made current and left again, as `tracer.in_span` does: what any span
 /// that other code can see as `Context::current()` costs at the API's level.
 #[divan::bench]
 fn raw_sdk_span_made_current() {
-    let tracer = &*TRACER;
-    let (id, customer, amount, vip) = values();
-    let span = tracer
-        .span_builder("load_order")
-        .with_attributes(vec![
-            KeyValue::new("order.id", id as i64),
-            KeyValue::new("customer", customer.to_owned()),
-            KeyValue::new("amount", amount),
-            KeyValue::new("vip", vip),
-        ])
-        .start(tracer);
-    let cx = Context::current_with_span(span);
+    let cx = Context::current_with_span(sdk_span(&TRACER, values()));
     drop(cx.clone().attach());
     cx.span().end();
 }
@@ -101,21 +85,11 @@ fn tracing_registry_only(b: Bencher) {
 /// by hand with nothing else (no field reading, no per-span storage).
 #[divan::bench]
 fn floor_registry_and_current_sdk_span(b: Bencher) {
-    let tracer = &*TRACER;
     tracing::subscriber::with_default(tracing_subscriber::registry(), || {
         b.bench_local(|| {
             let (id, customer, amount, vip) = values();
             let span = tracing::info_span!("load_order", order.id = id, customer, amount, vip);
-            let otel = tracer
-                .span_builder("load_order")
-                .with_attributes(vec![
-                    KeyValue::new("order.id", id as i64),
-                    KeyValue::new("customer", customer.to_owned()),
-                    KeyValue::new("amount", amount),
-                    KeyValue::new("vip", vip),
-                ])
-                .start(tracer);
-            let cx = Context::current_with_span(otel);
+            let cx = Context::current_with_span(sdk_span(&TRACER, (id, customer, amount, vip)));
             {
                 let _entered = span.enter();
                 drop(cx.clone().attach());

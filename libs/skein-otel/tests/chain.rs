@@ -27,6 +27,7 @@ use skein_otel::http::client::TracingMiddleware;
 use skein_otel::http::server::TraceLayer;
 use skein_otel::sqlx::TracedPool;
 use skein_otel::testing::Recorder;
+use support::LogBuffer;
 
 /// A gRPC service to call: the OTLP TraceService shape, answering NOT_FOUND for empty requests.
 struct Inventory;
@@ -67,19 +68,6 @@ struct AppState {
     client_provider: SdkTracerProvider,
     worker: SdkTracerProvider,
     logs: Arc<Mutex<Vec<u8>>>,
-}
-
-#[derive(Clone)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 async fn checkout(State(state): State<AppState>) -> String {

@@ -8,6 +8,8 @@
 
 #![cfg(all(feature = "tracing", feature = "axum", feature = "reqwest", feature = "sqlx", feature = "logs"))]
 
+mod support;
+
 use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Router;
@@ -24,6 +26,7 @@ use skein_otel::http::client::TracingMiddleware;
 use skein_otel::http::server::TraceLayer;
 use skein_otel::sqlx::TracedPool;
 use skein_otel::testing::{RecordedSpan, Recorder, TraceCheck};
+use support::LogBuffer;
 use tracing::Instrument;
 use tracing_subscriber::prelude::*;
 
@@ -31,19 +34,6 @@ struct Global {
     recorder: Recorder,
     provider: SdkTracerProvider,
     logs: Arc<Mutex<Vec<u8>>>,
-}
-
-#[derive(Clone)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The process-wide setup: a recorder installed as the global provider (and the W3C
