@@ -15,6 +15,7 @@ pub mod analysis;
 pub mod doctor;
 pub mod duration;
 pub mod jaeger;
+pub mod metrics;
 pub mod params;
 mod skein_api;
 mod v1;
@@ -47,6 +48,10 @@ pub fn router_with_activity(store: SharedStore, activity: doctor::report::Ingest
         .route("/api/traces", get(v1::find_traces))
         .route("/api/traces/{trace_id}", get(v1::get_trace))
         .route("/api/dependencies", get(v1::dependencies))
+        .route("/api/metrics/calls", get(metrics::calls))
+        .route("/api/metrics/errors", get(metrics::errors))
+        .route("/api/metrics/latencies", get(metrics::latencies))
+        .route("/api/metrics/minstep", get(metrics::min_step))
         .layer(axum::middleware::from_fn(pretty_print));
     Router::new()
         .merge(v1)

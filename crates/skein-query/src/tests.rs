@@ -1320,3 +1320,203 @@ async fn pretty_print_v1() {
         serde_json::from_str(&raw(&format!("/api/traces/{}", trace1())).await).unwrap();
     assert_eq!(parsed, compact);
 }
+
+/// Jaeger's metrics API over the spans above: frontend's two SERVER spans start at 00:00:01
+/// (an error, 120 ms) and 00:00:02 (3 ms); the point at 00:01:00 looks back over the minute.
+#[tokio::test]
+async fn red_metrics_in_jaegers_metrics_api() {
+    let end = BASE_TIME / 1_000_000 + 60_000;
+    let params = format!("service=frontend&endTs={end}&lookback=60000&step=60000&ratePer=60000");
+    check(
+        &format!("/api/metrics/calls?{params}"),
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "help": "calls/sec, grouped by service",
+          "metrics": [
+            {
+              "labels": [
+                {
+                  "name": "service_name",
+                  "value": "frontend"
+                }
+              ],
+              "metricPoints": [
+                {
+                  "gaugeValue": {
+                    "doubleValue": 0.0
+                  },
+                  "timestamp": "2024-01-01T00:00:00Z"
+                },
+                {
+                  "gaugeValue": {
+                    "doubleValue": 0.03333333333333333
+                  },
+                  "timestamp": "2024-01-01T00:01:00Z"
+                }
+              ]
+            }
+          ],
+          "name": "service_call_rate",
+          "type": "GAUGE"
+        }"#]],
+    )
+    .await;
+    check(&format!("/api/metrics/errors?{params}&groupByOperation=true"), StatusCode::OK, expect![[r#"
+        {
+          "help": "error rate, computed as a fraction of errors/sec over calls/sec, grouped by service & operation",
+          "metrics": [
+            {
+              "labels": [
+                {
+                  "name": "service_name",
+                  "value": "frontend"
+                },
+                {
+                  "name": "operation",
+                  "value": "GET /"
+                }
+              ],
+              "metricPoints": [
+                {
+                  "gaugeValue": {
+                    "doubleValue": 0.0
+                  },
+                  "timestamp": "2024-01-01T00:01:00Z"
+                }
+              ]
+            },
+            {
+              "labels": [
+                {
+                  "name": "service_name",
+                  "value": "frontend"
+                },
+                {
+                  "name": "operation",
+                  "value": "GET /checkout"
+                }
+              ],
+              "metricPoints": [
+                {
+                  "gaugeValue": {
+                    "doubleValue": 1.0
+                  },
+                  "timestamp": "2024-01-01T00:01:00Z"
+                }
+              ]
+            }
+          ],
+          "name": "service_operation_error_rate",
+          "type": "GAUGE"
+        }"#]])
+        .await;
+    check(
+        &format!("/api/metrics/latencies?{params}&quantile=0.95&spanKind=server"),
+        StatusCode::OK,
+        expect![[r#"
+            {
+              "help": "0.95th quantile latency, grouped by service",
+              "metrics": [
+                {
+                  "labels": [
+                    {
+                      "name": "service_name",
+                      "value": "frontend"
+                    }
+                  ],
+                  "metricPoints": [
+                    {
+                      "gaugeValue": {
+                        "doubleValue": 120.91161330143792
+                      },
+                      "timestamp": "2024-01-01T00:01:00Z"
+                    }
+                  ]
+                }
+              ],
+              "name": "service_latencies",
+              "type": "GAUGE"
+            }"#]],
+    )
+    .await;
+    // `spanKind` picks the kinds counted (SERVER by default): here checkout's one INTERNAL span.
+    check(
+        &format!("/api/metrics/calls?service=checkout&endTs={end}&lookback=0&step=60000&ratePer=60000&spanKind=internal"),
+        StatusCode::OK,
+        expect![[r#"
+            {
+              "help": "calls/sec, grouped by service",
+              "metrics": [
+                {
+                  "labels": [
+                    {
+                      "name": "service_name",
+                      "value": "checkout"
+                    }
+                  ],
+                  "metricPoints": [
+                    {
+                      "gaugeValue": {
+                        "doubleValue": 0.016666666666666666
+                      },
+                      "timestamp": "2024-01-01T00:01:00Z"
+                    }
+                  ]
+                }
+              ],
+              "name": "service_call_rate",
+              "type": "GAUGE"
+            }"#]],
+    )
+    .await;
+    check(
+        "/api/metrics/calls?lookback=1000",
+        StatusCode::BAD_REQUEST,
+        expect![[r#"
+        {
+          "data": null,
+          "errors": [
+            {
+              "code": 400,
+              "msg": "unable to parse param 'service': please provide at least one service name"
+            }
+          ],
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/metrics/latencies?service=frontend",
+        StatusCode::BAD_REQUEST,
+        expect![[r#"
+        {
+          "data": null,
+          "errors": [
+            {
+              "code": 400,
+              "msg": "unable to parse param 'quantile': \"\" is not a number"
+            }
+          ],
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]],
+    )
+    .await;
+    check(
+        "/api/metrics/minstep",
+        StatusCode::OK,
+        expect![[r#"
+        {
+          "data": 1,
+          "errors": null,
+          "limit": 0,
+          "offset": 0,
+          "total": 0
+        }"#]],
+    )
+    .await;
+}

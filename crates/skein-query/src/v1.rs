@@ -22,7 +22,7 @@ pub(crate) struct V1Error {
 }
 
 impl V1Error {
-    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, msg: impl Into<String>) -> Self {
         V1Error { status, msg: msg.into() }
     }
 }

@@ -153,6 +153,8 @@ pub struct ScanSpan {
     pub kind: SpanKind,
     pub start_time_unix_nano: u64,
     pub end_time_unix_nano: u64,
+    /// Status Error.
+    pub error: bool,
     /// The kept attributes, encoded as [`codec::Writer::attrs`] writes them: a few bytes each
     /// instead of a `KeyValue` and its strings. Read them with [`ScanSpan::attribute`] and
     /// [`ScanSpan::str_attribute`].
@@ -172,6 +174,7 @@ impl ScanSpan {
             kind: span.kind,
             start_time_unix_nano: span.start_time_unix_nano,
             end_time_unix_nano: span.end_time_unix_nano,
+            error: span.status.code == skein_model::StatusCode::Error,
             attributes: {
                 // No kept attribute: no bytes at all (and no allocation), read as a count of 0.
                 let kept = span.attributes.iter().filter(|kv| keep(&kv.key));

@@ -1,0 +1,511 @@
+//! RED metrics from stored spans, in Jaeger's metrics query API (what Jaeger UI's Monitor tab
+//! calls): `GET /api/metrics/calls`, `/api/metrics/errors`, `/api/metrics/latencies?quantile=`
+//! and `/api/metrics/minstep`, with Jaeger's parameters (`service` (repeatable),
+//! `groupByOperation`, `spanKind` (repeatable, default `server`), `endTs`, `lookback`, `step`,
+//! `ratePer`, all times in milliseconds) and its `MetricFamily` JSON.
+//!
+//! Each point is what Jaeger computes from span metrics with PromQL: at every step from
+//! `endTs - lookback` to `endTs`, the calls per second, the share of them with status Error and
+//! the latency quantile over the `ratePer` before it. Skein computes them from the stored spans
+//! themselves, read once through `SpanStore::scan`: no collector, no Prometheus. Latencies come
+//! from a mergeable log-bucket sketch whose quantiles are within 1 % of the exact ones
+//! ([`Sketch`]).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::Serialize;
+use skein_model::{SpanKind, TimeRange};
+
+use crate::SharedStore;
+use crate::v1::V1Error;
+
+/// Relative accuracy of [`Sketch`] quantiles.
+pub const SKETCH_ACCURACY: f64 = 0.01;
+
+/// A latency sketch: counts in logarithmic buckets, each `(1 + α) / (1 - α)` times wider than
+/// the one before, so that any quantile is returned within a relative error α
+/// ([`SKETCH_ACCURACY`]) of a value of the data (DDSketch's rule). Sketches merge by adding
+/// counts, so per-step sketches make any window's quantile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sketch {
+    /// Bucket index → count; bucket `i` holds values in `(γ^(i-1), γ^i]`.
+    buckets: BTreeMap<i32, u64>,
+    /// Values of 0 (or below 1 ns).
+    zeros: u64,
+    count: u64,
+}
+
+fn gamma() -> f64 {
+    (1.0 + SKETCH_ACCURACY) / (1.0 - SKETCH_ACCURACY)
+}
+
+impl Sketch {
+    pub fn add(&mut self, value: f64) {
+        self.count += 1;
+        if value < 1.0 {
+            self.zeros += 1;
+            return;
+        }
+        let i = (value.ln() / gamma().ln()).ceil() as i32;
+        *self.buckets.entry(i).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: &Sketch) {
+        self.count += other.count;
+        self.zeros += other.zeros;
+        for (i, n) in &other.buckets {
+            *self.buckets.entry(*i).or_default() += n;
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q`-quantile (0 ≤ q ≤ 1) of the added values by the nearest-rank rule (the value
+    /// of rank `⌈q·n⌉`, 1-based, at least 1), within [`SKETCH_ACCURACY`] of it; `None` when
+    /// there are none.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1) - 1;
+        if rank < self.zeros {
+            return Some(0.0);
+        }
+        let mut seen = self.zeros;
+        let g = gamma();
+        for (i, n) in &self.buckets {
+            seen += n;
+            if seen > rank {
+                // The bucket's midpoint in relative terms: at most α from any of its values.
+                return Some(2.0 * g.powi(*i) / (g + 1.0));
+            }
+        }
+        None
+    }
+}
+
+/// Which metric a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Measure {
+    Calls,
+    Errors,
+    Latencies(f64),
+}
+
+/// A metrics request, in nanoseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsQuery {
+    pub services: Vec<String>,
+    pub group_by_operation: bool,
+    pub span_kinds: Vec<SpanKind>,
+    pub end_nanos: u64,
+    pub lookback_nanos: u64,
+    pub step_nanos: u64,
+    pub rate_per_nanos: u64,
+}
+
+const MS: u64 = 1_000_000;
+
+/// Reads Jaeger's metrics parameters; `now_ms` is `endTs` when it is not given.
+pub fn parse_metrics_query(pairs: &[(String, String)], now_ms: u64) -> Result<MetricsQuery, String> {
+    fn all<'a>(pairs: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        pairs.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    let all = |name: &'static str| all(pairs, name);
+    let last = |name: &'static str| all(name).last().filter(|v| !v.is_empty());
+    let millis = |name: &'static str, default: u64| -> Result<u64, String> {
+        match last(name) {
+            None => Ok(default),
+            Some(v) => v.parse::<u64>().map_err(|_| {
+                format!("unable to parse param '{name}': {v:?} is not a number of milliseconds")
+            }),
+        }
+    };
+    // Jaeger UI joins several services with commas: `service=a,service=b`.
+    let services: Vec<String> = all("service")
+        .flat_map(|v| v.split(",service="))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if services.is_empty() {
+        return Err("unable to parse param 'service': please provide at least one service name".into());
+    }
+    let group_by_operation = match last("groupByOperation") {
+        None => false,
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" => true,
+            "0" | "f" | "false" => false,
+            _ => return Err(format!("unable to parse param 'groupByOperation': {v:?} is not a boolean")),
+        },
+    };
+    let mut span_kinds = Vec::new();
+    for v in all("spanKind") {
+        let kind = match v.to_ascii_lowercase().trim_start_matches("span_kind_") {
+            "server" => SpanKind::Server,
+            "client" => SpanKind::Client,
+            "producer" => SpanKind::Producer,
+            "consumer" => SpanKind::Consumer,
+            "internal" => SpanKind::Internal,
+            "unspecified" => SpanKind::Unspecified,
+            _ => return Err(format!("unable to parse param 'spanKind': unsupported span kind {v:?}")),
+        };
+        span_kinds.push(kind);
+    }
+    if span_kinds.is_empty() {
+        span_kinds.push(SpanKind::Server);
+    }
+    let query = MetricsQuery {
+        services,
+        group_by_operation,
+        span_kinds,
+        end_nanos: millis("endTs", now_ms)?.saturating_mul(MS),
+        lookback_nanos: millis("lookback", 3_600_000)?.saturating_mul(MS),
+        step_nanos: millis("step", 5_000)?.saturating_mul(MS),
+        rate_per_nanos: millis("ratePer", 600_000)?.saturating_mul(MS),
+    };
+    if query.step_nanos == 0 || query.rate_per_nanos == 0 {
+        return Err("'step' and 'ratePer' must be at least 1 ms".into());
+    }
+    if query.lookback_nanos / query.step_nanos > 10_000 {
+        return Err("at most 10,000 points per series: raise 'step' or shorten 'lookback'".into());
+    }
+    Ok(query)
+}
+
+/// Jaeger's `MetricFamily`, as its protobuf JSON (camelCase, enum names, RFC 3339 times).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct MetricFamily {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub help: String,
+    pub metrics: Vec<Metric>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Metric {
+    pub labels: Vec<Label>,
+    pub metric_points: Vec<MetricPoint>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Label {
+    pub name: &'static str,
+    pub value: String,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricPoint {
+    pub gauge_value: GaugeValue,
+    pub timestamp: String,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GaugeValue {
+    pub double_value: f64,
+}
+
+/// Per series and per step: calls, errors and the latency sketch of the spans that started in
+/// that step.
+#[derive(Default)]
+struct Steps {
+    calls: Vec<u64>,
+    errors: Vec<u64>,
+    latencies: Vec<Sketch>,
+}
+
+/// The metric over `spans` (any iterator of the stored spans, e.g. a scan's).
+pub fn compute<'a>(
+    measure: Measure,
+    query: &MetricsQuery,
+    spans: impl IntoIterator<Item = &'a skein_store::ScanSpan>,
+) -> MetricFamily {
+    let window = query.rate_per_nanos.div_ceil(query.step_nanos) as usize;
+    let points = (query.lookback_nanos / query.step_nanos) as usize + 1;
+    let first_point = query.end_nanos.saturating_sub(query.lookback_nanos);
+    // Step `k` covers (origin + k·step, origin + (k + 1)·step].
+    let origin = first_point.saturating_sub(window as u64 * query.step_nanos);
+    let steps = points + window;
+    let mut series: BTreeMap<(String, String), Steps> = BTreeMap::new();
+    for s in spans {
+        if !query.span_kinds.contains(&s.kind) || !query.services.iter().any(|n| n == s.service_name()) {
+            continue;
+        }
+        let t = s.start_time_unix_nano;
+        if t <= origin || t > query.end_nanos {
+            continue;
+        }
+        let k = ((t - origin - 1) / query.step_nanos) as usize;
+        if k >= steps {
+            continue;
+        }
+        let operation = if query.group_by_operation { s.name.to_string() } else { String::new() };
+        let e = series.entry((s.service_name().to_owned(), operation)).or_insert_with(|| Steps {
+            calls: vec![0; steps],
+            errors: vec![0; steps],
+            latencies: vec![Sketch::default(); steps],
+        });
+        e.calls[k] += 1;
+        e.errors[k] += u64::from(s.error);
+        if let Measure::Latencies(_) = measure {
+            e.latencies[k].add(s.end_time_unix_nano.saturating_sub(t) as f64);
+        }
+    }
+    let rate_secs = query.rate_per_nanos as f64 / 1e9;
+    let metrics = series
+        .into_iter()
+        .map(|((service, operation), st)| {
+            let mut metric_points = Vec::with_capacity(points);
+            for p in 0..points {
+                // The point at first_point + p·step = origin + (window + p)·step looks back over
+                // the `window` steps before it: p .. p + window.
+                let range = p..(p + window);
+                let calls: u64 = st.calls[range.clone()].iter().sum();
+                let value = match measure {
+                    Measure::Calls => Some(calls as f64 / rate_secs),
+                    Measure::Errors => (calls > 0)
+                        .then(|| st.errors[range.clone()].iter().sum::<u64>() as f64 / calls as f64),
+                    Measure::Latencies(q) => {
+                        let mut merged = Sketch::default();
+                        for sk in &st.latencies[range.clone()] {
+                            merged.merge(sk);
+                        }
+                        // Milliseconds, as Jaeger's span metrics histograms are.
+                        merged.quantile(q).map(|ns| ns / 1e6)
+                    }
+                };
+                if let Some(v) = value {
+                    let at = first_point + p as u64 * query.step_nanos;
+                    metric_points.push(MetricPoint {
+                        gauge_value: GaugeValue { double_value: v },
+                        timestamp: rfc3339(at),
+                    });
+                }
+            }
+            let mut labels = vec![Label { name: "service_name", value: service }];
+            if query.group_by_operation {
+                labels.push(Label { name: "operation", value: operation });
+            }
+            Metric { labels, metric_points }
+        })
+        .collect();
+    let (name, help) = match measure {
+        Measure::Calls => ("service_call_rate", "calls/sec, grouped by service".to_owned()),
+        Measure::Errors => (
+            "service_error_rate",
+            "error rate, computed as a fraction of errors/sec over calls/sec, grouped by service".to_owned(),
+        ),
+        Measure::Latencies(q) => {
+            ("service_latencies", format!("{q:.2}th quantile latency, grouped by service"))
+        }
+    };
+    let (name, help) = if query.group_by_operation {
+        (name.replacen("service", "service_operation", 1), help + " & operation")
+    } else {
+        (name.to_owned(), help)
+    };
+    MetricFamily { name, kind: "GAUGE", help, metrics }
+}
+
+/// A unix time in nanoseconds as protobuf JSON writes a `Timestamp`: RFC 3339 in UTC, with 0,
+/// 3, 6 or 9 fractional digits.
+fn rfc3339(nanos: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos);
+    match nanos % 1_000_000_000 {
+        0 => humantime::format_rfc3339_seconds(t).to_string(),
+        n if n % 1_000_000 == 0 => humantime::format_rfc3339_millis(t).to_string(),
+        n if n % 1_000 == 0 => humantime::format_rfc3339_micros(t).to_string(),
+        _ => humantime::format_rfc3339_nanos(t).to_string(),
+    }
+}
+
+/// Spans one metrics request reads, at most.
+pub const METRICS_MAX_SPANS: usize = 5_000_000;
+
+async fn answer(
+    store: SharedStore,
+    measure: Measure,
+    pairs: Vec<(String, String)>,
+) -> Result<Json<MetricFamily>, V1Error> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let query = parse_metrics_query(&pairs, now_ms).map_err(|e| V1Error::new(StatusCode::BAD_REQUEST, e))?;
+    let start = query.end_nanos.saturating_sub(query.lookback_nanos).saturating_sub(query.rate_per_nanos);
+    let range = TimeRange::new(start, query.end_nanos.saturating_add(1));
+    let scan = store
+        .scan(range, METRICS_MAX_SPANS, |_| false)
+        .await
+        .map_err(|e| V1Error::new(crate::store_error_status(&e), e.to_string()))?;
+    let family = tokio::task::spawn_blocking(move || {
+        // A span delivered twice counts once.
+        let mut spans: Vec<&skein_store::ScanSpan> = scan.traces.values().flatten().collect();
+        spans.sort_unstable_by_key(|s| (s.trace_id, s.span_id));
+        spans.dedup_by_key(|s| (s.trace_id, s.span_id));
+        compute(measure, &query, spans)
+    })
+    .await
+    .map_err(|e| V1Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(family))
+}
+
+pub(crate) async fn calls(
+    State(store): State<SharedStore>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<MetricFamily>, V1Error> {
+    answer(store, Measure::Calls, pairs).await
+}
+
+pub(crate) async fn errors(
+    State(store): State<SharedStore>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<MetricFamily>, V1Error> {
+    answer(store, Measure::Errors, pairs).await
+}
+
+pub(crate) async fn latencies(
+    State(store): State<SharedStore>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Json<MetricFamily>, V1Error> {
+    let q = pairs.iter().rev().find(|(k, _)| k == "quantile").map(|(_, v)| v.as_str()).unwrap_or("");
+    let q: f64 = q.parse().map_err(|_| {
+        V1Error::new(
+            StatusCode::BAD_REQUEST,
+            format!("unable to parse param 'quantile': {q:?} is not a number"),
+        )
+    })?;
+    if !(0.0..=1.0).contains(&q) {
+        return Err(V1Error::new(StatusCode::BAD_REQUEST, "'quantile' must be between 0 and 1"));
+    }
+    answer(store, Measure::Latencies(q), pairs).await
+}
+
+/// The smallest step Skein computes: any, down to Jaeger's 1 ms.
+pub(crate) async fn min_step() -> Json<crate::jaeger::Response<u64>> {
+    Json(crate::jaeger::Response::new(1, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic stream of log-normal-like latencies (ns), from 1 µs to about 10 s.
+    fn latencies(n: usize) -> Vec<f64> {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+                let v = ((x.rotate_left(17) >> 11) as f64) / (1u64 << 53) as f64;
+                // Sum of two uniforms in log space: a bell of magnitudes around 1 ms.
+                10f64.powf(3.0 + 3.5 * (u + v))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sketch_quantiles_are_within_the_documented_error_of_exact_ones() {
+        let values = latencies(1_000_000);
+        let mut halves = (Sketch::default(), Sketch::default());
+        for (i, v) in values.iter().enumerate() {
+            if i % 2 == 0 { halves.0.add(*v) } else { halves.1.add(*v) }
+        }
+        let mut sketch = halves.0.clone();
+        sketch.merge(&halves.1);
+        assert_eq!(sketch.count(), 1_000_000);
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.0, 0.5, 0.75, 0.95, 0.99, 0.999, 1.0] {
+            let exact = sorted[((q * sorted.len() as f64).ceil() as usize).max(1) - 1];
+            let got = sketch.quantile(q).unwrap();
+            let error = (got - exact).abs() / exact;
+            assert!(error <= SKETCH_ACCURACY, "q{q}: sketch {got}, exact {exact}, error {error}");
+        }
+        assert_eq!(Sketch::default().quantile(0.5), None);
+        let mut zeros = Sketch::default();
+        zeros.add(0.0);
+        assert_eq!(zeros.quantile(0.99), Some(0.0));
+    }
+
+    fn span(
+        service: &str,
+        name: &str,
+        kind: SpanKind,
+        start_s: u64,
+        millis: u64,
+        error: bool,
+    ) -> skein_store::ScanSpan {
+        use skein_store::testdata::{BASE_TIME, SpanBuilder as B};
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = BASE_TIME + start_s * 1_000_000_000;
+        let mut b = B::new(n, 1).service(service).name(name).kind(kind).times(start, start + millis * MS);
+        if error {
+            b = b.error("boom");
+        }
+        skein_store::ScanSpan::of(b.build(), |_| false)
+    }
+
+    #[test]
+    fn rates_and_error_shares_are_exact_per_window() {
+        use skein_store::testdata::BASE_TIME;
+        // 10 calls in the first minute (2 errors), 30 in the second (none), one client span.
+        let mut spans = Vec::new();
+        for i in 0..10 {
+            spans.push(span("api", "GET /a", SpanKind::Server, 1 + i, 5, i < 2));
+        }
+        for i in 0..30 {
+            spans.push(span(
+                "api",
+                if i % 3 == 0 { "GET /b" } else { "GET /a" },
+                SpanKind::Server,
+                61 + i,
+                5,
+                false,
+            ));
+        }
+        spans.push(span("api", "SELECT", SpanKind::Client, 5, 1, true));
+        spans.push(span("other", "GET /a", SpanKind::Server, 5, 1, true));
+        let query = |group: bool| MetricsQuery {
+            services: vec!["api".into()],
+            group_by_operation: group,
+            span_kinds: vec![SpanKind::Server],
+            end_nanos: BASE_TIME + 120 * 1_000_000_000,
+            lookback_nanos: 60 * 1_000_000_000,
+            step_nanos: 60 * 1_000_000_000,
+            rate_per_nanos: 60 * 1_000_000_000,
+        };
+        let values = |f: &MetricFamily| -> Vec<Vec<f64>> {
+            f.metrics
+                .iter()
+                .map(|m| m.metric_points.iter().map(|p| p.gauge_value.double_value).collect())
+                .collect()
+        };
+        let calls = compute(Measure::Calls, &query(false), &spans);
+        assert_eq!(values(&calls), [[10.0 / 60.0, 30.0 / 60.0]]);
+        let errors = compute(Measure::Errors, &query(false), &spans);
+        assert_eq!(values(&errors), [[0.2, 0.0]]);
+        let by_op = compute(Measure::Calls, &query(true), &spans);
+        assert_eq!(by_op.name, "service_operation_call_rate");
+        let ops: Vec<&str> = by_op.metrics.iter().map(|m| m.labels[1].value.as_str()).collect();
+        assert_eq!(ops, ["GET /a", "GET /b"]);
+        assert_eq!(values(&by_op), [[10.0 / 60.0, 20.0 / 60.0], [0.0, 10.0 / 60.0]]);
+        let p50 = compute(Measure::Latencies(0.5), &query(false), &spans);
+        for v in values(&p50).concat() {
+            assert!((v - 5.0).abs() / 5.0 <= SKETCH_ACCURACY, "{v}");
+        }
+        let client = MetricsQuery { span_kinds: vec![SpanKind::Client], ..query(false) };
+        assert_eq!(values(&compute(Measure::Errors, &client, &spans)), [[1.0]]);
+    }
+}
