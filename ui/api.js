@@ -39,4 +39,6 @@ export const api = {
   diagnosis: (id, opts) => getJSON(`/api/v1/traces/${encodeURIComponent(id)}/diagnosis`, opts),
   dependencies: (endTs, lookbackMs) =>
     getJSON(`/api/dependencies?endTs=${endTs}&lookback=${lookbackMs}`).then((b) => b.data ?? []),
+  /** Jaeger's metrics API: `kind` is calls, errors or latencies; `query` its parameters. */
+  metrics: (kind, query) => getJSON(`/api/metrics/${kind}?${new URLSearchParams(query)}`).then((b) => b.metrics ?? []),
 };

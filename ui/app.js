@@ -1,10 +1,11 @@
 // Skein's web UI: a small single-page app without a framework or a build step. Pages are drawn
-// from the URL (`/search?…`, `/trace/{id}`, `/dependencies`), so reloads and shared links work.
+// from the URL (`/search?…`, `/trace/{id}`, `/dependencies`, `/monitor`), so reloads and shared links work.
 
 import { renderSearch } from "./search.js";
 import { renderTrace } from "./trace.js";
 import { renderDependencies } from "./dependencies.js";
 import { renderDoctor } from "./doctor.js";
+import { renderMonitor } from "./monitor.js";
 import { h, link, replace } from "./dom.js";
 
 const main = document.getElementById("app");
@@ -36,6 +37,9 @@ function route() {
   } else if (path === "/doctor") {
     page = "doctor";
     cleanup = renderDoctor(main, params, navigate);
+  } else if (path === "/monitor") {
+    page = "monitor";
+    cleanup = renderMonitor(main, params, navigate);
   } else {
     document.title = "Not found · Skein";
     replace(main, h("div", { class: "pad" }, h("h1", null, "Page not found"), h("p", null, link("/search", null, "Search traces"))));

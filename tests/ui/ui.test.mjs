@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
-import { bigTrace, post, shopTrace, xssTrace } from "./fixtures.mjs";
+import { KIND, bigTrace, hex, post, request, shopTrace, span, xssTrace } from "./fixtures.mjs";
 
 const base = process.env.SKEIN_URL;
 const otlp = process.env.SKEIN_OTLP_HTTP;
@@ -290,6 +290,39 @@ test("service map: calls between services with their counts, for a chosen window
   await page.locator('.node[data-service="checkout"]').click();
   await page.waitForURL(/\/search\?service=checkout/);
   await page.locator(".result-count").waitFor();
+});
+
+test("monitor: a service's rate, errors and latency over time, its operations sortable, and their traces", async () => {
+  // frontend: 13 `GET /checkout` requests in the last ten minutes, 3 of them failed.
+  await page.goto(`${base}/monitor?service=frontend&lookback=1h`);
+  await page.locator(".monitor-plot").first().waitFor();
+  assert.equal(await page.locator(".monitor-plot").count(), 3);
+  assert.deepEqual(await page.locator('.monitor-plot[data-plot="Latency"] polyline').evaluateAll((ls) => ls.map((l) => l.dataset.series)), ["p50", "p95", "p99"]);
+  assert.ok((await page.locator('.monitor-plot[data-plot="Requests per second"] polyline').getAttribute("points")).split(" ").length > 10, "a point per step");
+  const checkout = page.locator('.ops tr[data-operation="GET /checkout"]');
+  assert.equal(await checkout.locator('td[data-col="calls"]').textContent(), "13");
+  assert.equal(await checkout.locator('td[data-col="errors"]').textContent(), "23.1 %");
+  await screenshot("monitor");
+
+  // A service with two operations: many fast `GET /a`, one slow `GET /b`.
+  const now = Date.now();
+  const traceId = hex(16);
+  const spans = [0, 1, 2, 3].map((i) => span(traceId, { name: "GET /a", kind: KIND.SERVER, t0: now - 60_000 + i * 1000, at: 0, dur: 5 }));
+  spans.push(span(hex(16), { name: "GET /b", kind: KIND.SERVER, t0: now - 30_000, at: 0, dur: 900, error: "timeout" }));
+  await post(otlp, request({ "monitor-demo": spans }));
+  await page.goto(`${base}/monitor?service=monitor-demo&lookback=15m`);
+  await page.locator(".ops tbody tr").first().waitFor();
+  const order = () => page.locator(".ops tbody tr").evaluateAll((rs) => rs.map((r) => r.dataset.operation));
+  assert.deepEqual(await order(), ["GET /a", "GET /b"], "by requests, most first");
+  await page.locator('button.sort[data-sort="p95"]').click();
+  await page.waitForURL(/sort=p95/);
+  await page.locator('.ops th[aria-sort="descending"] button[data-sort="p95"]').waitFor();
+  assert.deepEqual(await order(), ["GET /b", "GET /a"], "by p95, slowest first");
+  // An operation's failing traces open in Search.
+  await page.locator('.ops tr[data-operation="GET /b"] a.failing').click();
+  await page.waitForURL(/\/search\?service=monitor-demo&operation=GET/);
+  await page.locator(".result-count").waitFor();
+  assert.match(await page.locator(".result-count").textContent(), /^1 trace/);
 });
 
 test("chain health: the doctor's findings link both halves, and split traces carry a banner", async () => {

@@ -48,6 +48,7 @@ pub(crate) const ASSETS: &[Asset] = &[
     asset!("tracemodel.js", JS),
     asset!("dependencies.js", JS),
     asset!("doctor.js", JS),
+    asset!("monitor.js", JS),
 ];
 
 /// Strong validators for the assets: a hash of each body, computed once.
@@ -66,7 +67,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
                    frame-ancestors 'none'";
 
-/// The UI's routes: pages (`/`, `/search`, `/trace/{id}`, `/dependencies`, `/doctor`) and
+/// The UI's routes: pages (`/`, `/search`, `/trace/{id}`, `/dependencies`, `/doctor`, `/monitor`) and
 /// `/static/{file}`.
 pub(crate) fn router() -> Router {
     Router::new()
@@ -75,6 +76,7 @@ pub(crate) fn router() -> Router {
         .route("/trace/{trace_id}", get(page))
         .route("/dependencies", get(page))
         .route("/doctor", get(page))
+        .route("/monitor", get(page))
         .route("/static/{file}", get(static_file))
 }
 
@@ -142,7 +144,14 @@ mod tests {
 
     #[tokio::test]
     async fn pages_answer_the_entry_page_with_a_strict_csp_and_assets_revalidate() {
-        for uri in ["/", "/search?service=a", "/trace/0123", "/dependencies", "/doctor?lookback=1h"] {
+        for uri in [
+            "/",
+            "/search?service=a",
+            "/trace/0123",
+            "/dependencies",
+            "/doctor?lookback=1h",
+            "/monitor?service=a",
+        ] {
             let r = get(uri, None).await;
             assert_eq!(r.status(), StatusCode::OK, "{uri}");
             assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
