@@ -80,6 +80,9 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    /// With a number: `/metrics` also has the RED series of the stored spans, with at most this
+    /// many span names per service (the rest counted as `_other`).
+    pub span_metrics: Option<usize>,
 }
 
 impl Default for Config {
@@ -104,6 +107,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            span_metrics: None,
         }
     }
 }

@@ -86,6 +86,7 @@ impl Ingest {
         }
         let accepted = batch.spans.len() as u64;
         let (rejected, error_message) = (batch.rejected, batch.error_message());
+        let tally = self.metrics.span_metrics.as_ref().map(|m| m.tally(&batch.spans));
         if let Err(e) = self.store.write(batch.spans).await {
             self.metrics.refused(protocol, e.metric_reason(), accepted);
             self.metrics.refused(protocol, "invalid", rejected);
@@ -97,6 +98,9 @@ impl Ingest {
             .inc_by(accepted);
         if let Some(activity) = &self.activity {
             activity.record_now();
+        }
+        if let (Some(m), Some(tally)) = (&self.metrics.span_metrics, tally) {
+            m.add(tally);
         }
         if rejected == 0 {
             return Ok(ExportTraceServiceResponse { partial_success: None });

@@ -237,7 +237,7 @@ impl BoundServer {
     /// Serves until `shutdown` completes, then stops accepting, finishes in-flight requests
     /// and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let metrics = Metrics::new(Arc::clone(&self.store));
+        let metrics = Metrics::with_span_metrics(Arc::clone(&self.store), self.config.span_metrics);
         let activity = skein_query::doctor::report::IngestActivity::starting_now();
         let ingest = Ingest::new(Arc::clone(&self.store), self.config.limits.clone(), metrics.clone())
             .with_activity(activity.clone());

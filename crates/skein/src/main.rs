@@ -163,6 +163,15 @@ struct ServeArgs {
     /// hold at once; past it requests wait up to 2 s, then are refused as overloaded.
     #[arg(long, env = "SKEIN_MAX_INFLIGHT_REQUEST_BYTES", default_value_t = 4 * skein_server::DEFAULT_MAX_REQUEST_BYTES)]
     max_inflight_request_bytes: usize,
+    /// Expose the RED series of the stored spans on /metrics (calls and a duration histogram
+    /// per service, span name, kind and status, named as the OpenTelemetry Collector's
+    /// spanmetrics connector names them), for Prometheus users.
+    #[arg(long, env = "SKEIN_SPAN_METRICS")]
+    span_metrics: bool,
+    /// With --span-metrics: span names per service that get series of their own; the others
+    /// are counted as span_name="_other".
+    #[arg(long, env = "SKEIN_SPAN_METRICS_MAX_OPERATIONS", default_value_t = 200)]
+    span_metrics_max_operations: usize,
     /// Deepest nesting of an attribute value (arrays and kvlists).
     #[arg(long, env = "SKEIN_MAX_ATTRIBUTE_DEPTH", default_value_t = 8)]
     max_attribute_depth: usize,
@@ -246,6 +255,7 @@ impl ServeArgs {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             tls_client_ca: self.tls_client_ca,
+            span_metrics: self.span_metrics.then_some(self.span_metrics_max_operations),
         }
     }
 }
