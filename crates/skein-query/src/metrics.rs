@@ -346,6 +346,20 @@ async fn answer(
         .scan(range, METRICS_MAX_SPANS, |_| false)
         .await
         .map_err(|e| V1Error::new(crate::store_error_status(&e), e.to_string()))?;
+    // Figures over part of the window would be wrong without saying so: refuse instead.
+    if scan.truncated {
+        return Err(V1Error::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "the window (lookback plus ratePer) holds more spans than one metrics request reads ({} here); shorten lookback or ratePer",
+                if scan.spans >= METRICS_MAX_SPANS {
+                    format!("{METRICS_MAX_SPANS} spans")
+                } else {
+                    format!("{} traces", skein_store::DEFAULT_SCAN_TRACES)
+                }
+            ),
+        ));
+    }
     let family = tokio::task::spawn_blocking(move || {
         // A span delivered twice counts once.
         let mut spans: Vec<&skein_store::ScanSpan> = scan.traces.values().flatten().collect();

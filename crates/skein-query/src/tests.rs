@@ -1520,3 +1520,29 @@ async fn red_metrics_in_jaegers_metrics_api() {
     )
     .await;
 }
+
+/// Metrics over a window larger than a request reads are refused, never computed on part of it
+/// (the memory store reads whole traces, the newest 10,000).
+#[tokio::test]
+async fn red_metrics_refuse_a_window_they_cannot_read_whole() {
+    let store = MemoryStore::default();
+    let spans: Vec<_> = (0..10_001u32)
+        .map(|i| {
+            let mut s = B::new(1, 1).service("busy").kind(SpanKind::Server).build();
+            s.trace_id = skein_model::TraceId::from_bytes((u128::from(i) + 1).to_be_bytes()).unwrap();
+            s
+        })
+        .collect();
+    store.write(spans).await.unwrap();
+    let app = crate::router(Arc::new(store));
+    let end = BASE_TIME / 1_000_000 + 60_000;
+    let uri = format!("/api/metrics/calls?service=busy&endTs={end}&lookback=60000&step=60000&ratePer=60000");
+    let response = app.oneshot(Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("shorten lookback"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
