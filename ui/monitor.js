@@ -11,6 +11,13 @@ const WINDOWS = [
   ["24h", "Last 24 hours", 24 * 3600e3],
 ];
 
+/** Requests per second, readable from thousands down to a few per hour. */
+function fmtRate(v) {
+  if (v >= 10) return v.toFixed(0);
+  if (v >= 1) return v.toFixed(1);
+  return v === 0 ? "0" : v.toPrecision(2);
+}
+
 /** About 60 points per plot, each over the step before it. */
 function stepFor(windowMs) {
   return Math.max(1000, Math.round(windowMs / 60 / 1000) * 1000);
@@ -95,7 +102,7 @@ async function load(service, [lookback, , windowMs], sort, go) {
     h(
       "div",
       { class: "monitor-plots" },
-      plot("Requests per second", [["rate", points(calls)]], start, end, (v) => v.toFixed(2)),
+      plot("Requests per second", [["rate", points(calls)]], start, end, fmtRate),
       plot("Errors", [["errors", points(errors)]], start, end, (v) => `${(v * 100).toFixed(1)} %`),
       plot("Latency", [["p50", points(p50)], ["p95", points(p95)], ["p99", points(p99)]], start, end, (v) => `${v.toFixed(1)} ms`),
     ),
@@ -130,7 +137,7 @@ function opsTable(service, ops, sort, go, lookback) {
       case "name":
         return op.name;
       case "rate":
-        return op.rate.toFixed(2);
+        return fmtRate(op.rate);
       case "errors":
         return `${(op.errors * 100).toFixed(1)} %`;
       case "p95":
