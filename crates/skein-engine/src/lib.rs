@@ -599,7 +599,7 @@ impl Shared {
                         break;
                     }
                     scan.spans += trace.len();
-                    let projected = trace.iter().cloned().map(|s| skein_store::ScanSpan::of(s, attributes));
+                    let projected = trace.iter().map(|s| skein_store::ScanSpan::of(s, attributes));
                     scan.traces.entry(trace[0].trace_id).or_default().extend(projected);
                 }
             }
@@ -641,7 +641,7 @@ impl Shared {
                             for s in read {
                                 mine.entry(s.trace_id)
                                     .or_default()
-                                    .push(skein_store::ScanSpan::of(s, attributes));
+                                    .push(skein_store::ScanSpan::of(&s, attributes));
                             }
                         }
                         mine

@@ -468,7 +468,7 @@ mod tests {
         if error {
             b = b.error("boom");
         }
-        skein_store::ScanSpan::of(b.build(), |_| false)
+        skein_store::ScanSpan::of(&b.build(), |_| false)
     }
 
     #[test]

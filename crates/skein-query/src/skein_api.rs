@@ -85,7 +85,7 @@ async fn run_doctor(
     for (id, spans) in store.traces(&partial).await? {
         traces.insert(
             id,
-            spans.into_iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect(),
+            spans.iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect(),
         );
     }
     // The trace being diagnosed is analysed even when the window holds more than `max_spans`.
@@ -94,7 +94,7 @@ async fn run_doctor(
     {
         traces.insert(
             id,
-            spans.into_iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect(),
+            spans.iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect(),
         );
     }
     // Newest first, as a search answers: the report lists what it finds in this order.

@@ -303,7 +303,7 @@ async fn scan_reads_every_span_of_the_window(store: impl SpanStore) {
     let mut got = scan.traces.get(&B::trace_id(1)).cloned().expect("scan: the window's trace");
     got.sort_by_key(|s| s.span_id);
     got.dedup_by_key(|s| s.span_id);
-    let want: Vec<ScanSpan> = one.into_iter().map(|s| ScanSpan::of(s, keep)).collect();
+    let want: Vec<ScanSpan> = one.iter().map(|s| ScanSpan::of(s, keep)).collect();
     assert_eq!(got, want, "scan: every span of the window, with only the kept attributes");
     assert_eq!(got[1].links, 1, "scan: links are counted");
     assert_eq!(scan.spans, scan.traces.values().map(Vec::len).sum::<usize>(), "scan: the span count");

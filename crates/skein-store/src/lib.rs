@@ -164,13 +164,14 @@ pub struct ScanSpan {
 }
 
 impl ScanSpan {
-    /// `span` with only the attributes whose key `keep` accepts.
-    pub fn of(span: Span, keep: KeepAttribute) -> ScanSpan {
+    /// What a scan keeps of `span`: the attributes whose key `keep` accepts, and nothing of its
+    /// events or other attributes (they are not copied).
+    pub fn of(span: &Span, keep: KeepAttribute) -> ScanSpan {
         ScanSpan {
             trace_id: span.trace_id,
             span_id: span.span_id,
             parent_span_id: span.parent_span_id,
-            name: span.name,
+            name: span.name.clone(),
             kind: span.kind,
             start_time_unix_nano: span.start_time_unix_nano,
             end_time_unix_nano: span.end_time_unix_nano,
@@ -192,7 +193,7 @@ impl ScanSpan {
                 }
             },
             links: span.links.len() as u32,
-            resource: span.resource,
+            resource: std::sync::Arc::clone(&span.resource),
         }
     }
 
@@ -326,7 +327,7 @@ pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
             }
             scan.spans += trace.len();
             let id = trace[0].trace_id;
-            scan.traces.insert(id, trace.into_iter().map(|s| ScanSpan::of(s, attributes)).collect());
+            scan.traces.insert(id, trace.iter().map(|s| ScanSpan::of(s, attributes)).collect());
         }
         Ok(scan)
     }
@@ -403,14 +404,14 @@ mod scan_span_tests {
             .attr("http.route", AttrValue::Str("/cart/{user}".into()))
             .attr("secret", AttrValue::Str("not kept".into()))
             .build();
-        let s = ScanSpan::of(span, |k| k != "secret");
+        let s = ScanSpan::of(&span, |k| k != "secret");
         assert_eq!(s.str_attribute("server.address"), Some("cart.local"));
         assert_eq!(s.str_attribute("http.route"), Some("/cart/{user}"));
         assert_eq!(s.attribute("server.port"), Some(AttrValue::Int(8080)));
         assert_eq!(s.str_attribute("server.port"), None, "not a string");
         assert_eq!(s.attribute("secret"), None, "not kept");
         assert_eq!(s.attribute("missing"), None);
-        let bare = ScanSpan::of(SpanBuilder::new(1, 2).build(), |_| true);
+        let bare = ScanSpan::of(&SpanBuilder::new(1, 2).build(), |_| true);
         assert!(bare.attributes.is_empty(), "no attributes, no bytes");
         assert_eq!(bare.attribute("server.address"), None);
     }

@@ -11,10 +11,8 @@ use super::*;
 /// The doctor as the server runs it: on spans as a store's `scan` gives them, with only the
 /// attributes the doctor reads (so these tests also fail when `reads_attribute` misses one).
 fn diagnose(traces: &[Vec<Span>], config: &DoctorConfig) -> Report {
-    let scanned: Vec<Vec<ScanSpan>> = traces
-        .iter()
-        .map(|t| t.iter().cloned().map(|s| ScanSpan::of(s, reads_attribute)).collect())
-        .collect();
+    let scanned: Vec<Vec<ScanSpan>> =
+        traces.iter().map(|t| t.iter().map(|s| ScanSpan::of(s, reads_attribute)).collect()).collect();
     super::diagnose(&scanned, config)
 }
 
