@@ -29,13 +29,7 @@ fn json_trace(trace: u8, spans: u8, start: u64) -> String {
 }
 
 async fn send(server: &TestServer, body: String) {
-    let resp = reqwest::Client::new()
-        .post(server.otlp_http_url())
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = server.post_otlp_json(body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "{}", "full success is the empty message");
 }

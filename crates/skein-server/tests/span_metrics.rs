@@ -30,13 +30,7 @@ fn request(spans: &[(&str, u64, bool)]) -> String {
 }
 
 async fn send(server: &TestServer, body: String) {
-    let r = reqwest::Client::new()
-        .post(server.otlp_http_url())
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = server.post_otlp_json(body).await;
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 }
 

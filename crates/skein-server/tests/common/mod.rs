@@ -61,6 +61,17 @@ impl TestServer {
         (status, response.json().await.expect("query API answers JSON"))
     }
 
+    /// POSTs an OTLP/JSON request body to the OTLP/HTTP receiver.
+    pub async fn post_otlp_json(&self, body: String) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.otlp_http_url())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the OTLP/HTTP receiver answers")
+    }
+
     pub async fn get_text(&self, path: &str) -> String {
         reqwest::get(self.api(path)).await.unwrap().text().await.unwrap()
     }
