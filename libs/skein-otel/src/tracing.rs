@@ -272,19 +272,19 @@ where
         let mut attributes = Vec::with_capacity(meta.fields().len() + 2 * usize::from(self.location));
         let mut fields = SpanFields { attributes: &mut attributes, special: Special::default() };
         attrs.record(&mut fields);
-        let special = fields.special;
+        let mut special = fields.special;
         if self.location {
             location(meta, &mut attributes);
         }
         if special.error.is_some() && !special.error_type {
             attributes.push(KeyValue::new("error.type", OTHER_ERROR));
         }
-        let name: Cow<'static, str> = match special.name.clone() {
+        let name: Cow<'static, str> = match special.name.take() {
             Some(n) => n.into(),
             None => meta.name().into(),
         };
         let mut builder = SpanBuilder::from_name(name).with_attributes(attributes);
-        if let Some(kind) = special.kind.clone() {
+        if let Some(kind) = special.kind.take() {
             builder = builder.with_kind(kind);
         }
         // The parent: an explicit `parent:` span's context; for a contextual span, whatever
@@ -316,7 +316,7 @@ where
         let mut attributes = Vec::new();
         let mut fields = SpanFields { attributes: &mut attributes, special: Special::default() };
         values.record(&mut fields);
-        let special = fields.special;
+        let mut special = fields.special;
         data.error_type |= special.error_type;
         if special.error.is_some() && !data.error_type {
             data.error_type = true;
@@ -324,7 +324,7 @@ where
         }
         let otel = data.cx.span();
         otel.set_attributes(attributes);
-        if let Some(name) = special.name.clone() {
+        if let Some(name) = special.name.take() {
             otel.update_name(name);
         }
         if let Some(status) = special.status() {
