@@ -70,44 +70,55 @@ async fn run_doctor(
     max_spans: usize,
     include: Option<Vec<skein_model::Span>>,
 ) -> Result<(doctor::Report, bool), V3Error> {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
+    type Traces = HashMap<skein_model::TraceId, Vec<skein_store::ScanSpan>>;
+    let failed = |e: tokio::task::JoinError| {
+        V3Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the doctor failed: {e}"))
+    };
+    let scanned = |spans: &[skein_model::Span]| -> Vec<skein_store::ScanSpan> {
+        spans.iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect()
+    };
     let scan = store.scan(range, max_spans, doctor::reads_attribute).await?;
-    let (mut traces, truncated) = (scan.traces, scan.truncated);
-    traces.retain(|_, spans| spans.iter().any(|s| range.contains(s.start_time_unix_nano)));
-    let partial: Vec<skein_model::TraceId> = traces
-        .iter()
-        .filter(|(_, spans)| {
-            let ids: HashSet<skein_model::SpanId> = spans.iter().map(|s| s.span_id).collect();
-            spans.iter().any(|s| s.parent_span_id.is_some_and(|p| !ids.contains(&p)))
-        })
-        .map(|(id, _)| *id)
-        .collect();
+    let truncated = scan.truncated;
+    // The window's traces, and those of them with a span whose parent was not read (off the
+    // runtime's threads: a window holds up to millions of spans).
+    let (mut traces, partial) = tokio::task::spawn_blocking(move || {
+        let mut traces: Traces = scan.traces;
+        traces.retain(|_, spans| spans.iter().any(|s| range.contains(s.start_time_unix_nano)));
+        let partial: Vec<skein_model::TraceId> = traces
+            .iter()
+            .filter(|(_, spans)| {
+                let ids: HashSet<skein_model::SpanId> = spans.iter().map(|s| s.span_id).collect();
+                spans.iter().any(|s| s.parent_span_id.is_some_and(|p| !ids.contains(&p)))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        (traces, partial)
+    })
+    .await
+    .map_err(failed)?;
     for (id, spans) in store.traces(&partial).await? {
-        traces.insert(
-            id,
-            spans.iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect(),
-        );
+        traces.insert(id, scanned(&spans));
     }
     // The trace being diagnosed is analysed even when the window holds more than `max_spans`.
     if let Some(spans) = include
         && let Some(id) = spans.first().map(|s| s.trace_id)
     {
-        traces.insert(
-            id,
-            spans.iter().map(|s| skein_store::ScanSpan::of(s, doctor::reads_attribute)).collect(),
-        );
+        traces.insert(id, scanned(&spans));
     }
-    // Newest first, as a search answers: the report lists what it finds in this order.
-    let mut traces: Vec<(u64, Vec<skein_store::ScanSpan>)> = traces
-        .into_values()
-        .map(|spans| (spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0), spans))
-        .collect();
-    traces.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].trace_id.cmp(&b.1[0].trace_id)));
-    let traces: Vec<Vec<skein_store::ScanSpan>> = traces.into_iter().map(|(_, spans)| spans).collect();
     let config = *config;
-    let report = tokio::task::spawn_blocking(move || doctor::diagnose(&traces, &config))
-        .await
-        .map_err(|e| V3Error::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the doctor failed: {e}")))?;
+    let report = tokio::task::spawn_blocking(move || {
+        // Newest first, as a search answers: the report lists what it finds in this order.
+        let mut traces: Vec<(u64, Vec<skein_store::ScanSpan>)> = traces
+            .into_values()
+            .map(|spans| (spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0), spans))
+            .collect();
+        traces.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1[0].trace_id.cmp(&b.1[0].trace_id)));
+        let traces: Vec<Vec<skein_store::ScanSpan>> = traces.into_iter().map(|(_, spans)| spans).collect();
+        doctor::diagnose(&traces, &config)
+    })
+    .await
+    .map_err(failed)?;
     Ok((report, truncated))
 }
 
