@@ -11,15 +11,16 @@ use skein_wal::fs::Fs;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::bloom;
 use crate::codec::{self, DecodeError};
 use crate::columnar::{self, ChunkStrings};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
 /// Version of the block format written by this code (version 1 is still read).
-pub const BLOCK_VERSION: u32 = 3;
-/// Most distinct values a chunk's postings keep for one (service, key) before giving up
-/// on that key (marking it "many").
+pub const BLOCK_VERSION: u32 = 4;
+/// Most distinct values a chunk's postings list for one (service, key); beyond, the values go
+/// into the chunk's Bloom filter (format 4; "many" before).
 const MAX_POSTING_VALUES: usize = 32;
 /// Bytes of the footer.
 pub const FOOTER_LEN: usize = 32;
@@ -57,14 +58,29 @@ pub(crate) struct ChunkMeta {
     /// Version 2: for each service of the chunk, the tag keys its spans carry and, for keys
     /// with few values, those values; strings are interned in [`Block::strings`].
     postings: Option<Vec<(u32, CompactPostings)>>,
+    /// Version 4: bytes of the chunk's Bloom filter, stored right after the chunk (0: none),
+    /// and their crc32.
+    bloom_len: u32,
+    bloom_crc: u32,
 }
 
-/// Interned postings of one service in one chunk: (key id, value ids or `None` for many),
-/// sorted by key id.
-type CompactPostings = Box<[(u32, Option<Box<[u32]>>)]>;
+/// What a chunk's postings know of the values of one tag key of one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyValues<V> {
+    /// Every value the key has in the chunk (at most [`MAX_POSTING_VALUES`]), as text.
+    Listed(V),
+    /// More values than that, all matched by text: each is in the chunk's Bloom filter.
+    Hashed,
+    /// Values not matched by text (doubles, bytes, arrays), or many values in a block written
+    /// before format 4: a search must read the chunk.
+    Unindexed,
+}
 
-/// Tag key → its values in one chunk for one service (`None`: many or untyped values).
-pub(crate) type Postings = BTreeMap<String, Option<BTreeSet<String>>>;
+/// Interned postings of one service in one chunk: (key id, value ids), sorted by key id.
+type CompactPostings = Box<[(u32, KeyValues<Box<[u32]>>)]>;
+
+/// Tag key → its values in one chunk for one service.
+pub(crate) type Postings = BTreeMap<String, KeyValues<BTreeSet<String>>>;
 
 /// A posting value while a chunk's postings are gathered: a string by its slot in the chunk's
 /// string table, or an integer (written as decimal text in the index).
@@ -74,8 +90,9 @@ enum ValueId {
     Int(i64),
 }
 
-/// Postings while a chunk is gathered, by integers: (service, key slot) → the values (`None`:
-/// many, or values not matched by text). Turned into [`Postings`] once per chunk.
+/// Postings while a chunk is gathered, by integers: (service, key slot) → its distinct values,
+/// or `None` once a value is not matched by text. Turned into [`Postings`] (and the chunk's
+/// Bloom filter) once per chunk.
 type BuildingPostings = FxHashMap<(u32, u32), Option<FxHashSet<ValueId>>>;
 
 fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, value: Option<ValueId>) {
@@ -83,9 +100,7 @@ fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, value: Option<V
     let Some(values) = entry else { return };
     match value {
         Some(v) => {
-            if values.insert(v) && values.len() > MAX_POSTING_VALUES {
-                *entry = None;
-            }
+            values.insert(v);
         }
         None => *entry = None,
     }
@@ -103,14 +118,16 @@ fn posting_value<'a>(strings: &mut ChunkStrings<'a>, v: &'a AttrValue) -> Option
 }
 
 /// The postings of a chunk: per service, every tag a search can match on (span, resource and
-/// event attributes, event names, and the synthetic tags). `encoded` is the chunk as the
-/// encoder wrote it: the span attributes' strings come from its string table by slot, so they
-/// are not hashed again.
+/// event attributes, event names, and the synthetic tags), and the chunk's Bloom filter of the
+/// values of keys with too many to list (empty when there are none). `encoded` is the chunk as
+/// the encoder wrote it: the span attributes' strings come from its string table by slot, so
+/// they are not hashed again. `service_names` is the block's service table.
 fn chunk_postings<'a>(
     spans: &[&'a Span],
     services: &[u32],
     encoded: &mut columnar::EncodedChunk<'a>,
-) -> Vec<(u32, Postings)> {
+    service_names: &[&str],
+) -> (Vec<(u32, Postings)>, Vec<u8>) {
     let mut p: BuildingPostings = FxHashMap::default();
     // Each resource (shared by the spans of a request) is listed once per service.
     let mut resources_seen: FxHashSet<(u32, *const skein_model::Resource)> = FxHashSet::default();
@@ -155,20 +172,34 @@ fn chunk_postings<'a>(
         }
     }
     let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
+    let mut hashes = Vec::new();
     let mut digits = itoa::Buffer::new();
     for ((service, key), values) in p {
-        let values = values.map(|values| {
-            values
-                .into_iter()
-                .map(|v| match v {
-                    ValueId::Text(slot) => strings.text(slot).to_owned(),
-                    ValueId::Int(i) => digits.format(i).to_owned(),
-                })
-                .collect()
-        });
-        by_service.entry(service).or_default().insert(strings.text(key).to_owned(), values);
+        let key = strings.text(key);
+        let values = match values {
+            None => KeyValues::Unindexed,
+            Some(values) if values.len() <= MAX_POSTING_VALUES => KeyValues::Listed(
+                values
+                    .into_iter()
+                    .map(|v| match v {
+                        ValueId::Text(slot) => strings.text(slot).to_owned(),
+                        ValueId::Int(i) => digits.format(i).to_owned(),
+                    })
+                    .collect(),
+            ),
+            Some(values) => {
+                let service = service_names[service as usize];
+                hashes.extend(values.into_iter().map(|v| match v {
+                    ValueId::Text(slot) => bloom::item_hash(service, key, strings.text(slot)),
+                    ValueId::Int(i) => bloom::item_hash(service, key, digits.format(i)),
+                }));
+                KeyValues::Hashed
+            }
+        };
+        by_service.entry(service).or_default().insert(key.to_owned(), values);
     }
-    by_service.into_iter().collect()
+    let filter = if hashes.is_empty() { Vec::new() } else { bloom::build(&hashes) };
+    (by_service.into_iter().collect(), filter)
 }
 
 /// An open block: its index in memory, its spans on disk.
@@ -383,9 +414,13 @@ impl<'a> BlockWriter<'a> {
                 let keys = keys
                     .iter()
                     .map(|(k, values)| {
-                        let values = values
-                            .as_ref()
-                            .map(|v| v.iter().map(|v| strings[*v as usize].to_owned()).collect());
+                        let values = match values {
+                            KeyValues::Listed(v) => {
+                                KeyValues::Listed(v.iter().map(|v| strings[*v as usize].to_owned()).collect())
+                            }
+                            KeyValues::Hashed => KeyValues::Hashed,
+                            KeyValues::Unindexed => KeyValues::Unindexed,
+                        };
                         (strings[*k as usize].to_owned(), values)
                     })
                     .collect();
@@ -393,6 +428,8 @@ impl<'a> BlockWriter<'a> {
             })
             .collect();
         chunk_postings.sort_unstable_by_key(|(service, _)| *service);
+        // Service ids differ between the blocks, names do not: the filter's items stay valid.
+        let filter = source.read_bloom(fs, i)?;
         let chunk = self.chunks.len() as u32;
         self.trace_index.extend(from.traces[i].iter().map(|id| (*id, chunk)));
         self.chunks.push(ChunkMeta {
@@ -403,9 +440,12 @@ impl<'a> BlockWriter<'a> {
             durations: meta.durations,
             services: services.into_iter().collect(),
             postings: None,
+            bloom_len: filter.len() as u32,
+            bloom_crc: crc32fast::hash(&filter),
         });
         self.all_postings.push(chunk_postings);
         self.file.extend_from_slice(&bytes);
+        self.file.extend_from_slice(&filter);
         Ok(())
     }
 
@@ -433,6 +473,8 @@ impl<'a> BlockWriter<'a> {
             t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
             durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
         }
+        let names: Vec<&str> = self.services.iter().map(|(name, _)| name.as_str()).collect();
+        let (postings, filter) = chunk_postings(&refs, &services, &mut encoded, &names);
         self.chunks.push(ChunkMeta {
             offset: self.file.len() as u64,
             len: compressed.len() as u32,
@@ -441,9 +483,12 @@ impl<'a> BlockWriter<'a> {
             durations,
             services: chunk_services.into_iter().collect(),
             postings: None,
+            bloom_len: filter.len() as u32,
+            bloom_crc: crc32fast::hash(&filter),
         });
-        self.all_postings.push(chunk_postings(&refs, &services, &mut encoded));
+        self.all_postings.push(postings);
         self.file.extend_from_slice(&compressed);
+        self.file.extend_from_slice(&filter);
     }
 
     /// Writes the block (atomically) and opens it. `replaces` names the blocks (by sequence
@@ -523,16 +568,21 @@ impl<'a> BlockWriter<'a> {
                 for (key, values) in keys {
                     put_str(&mut index, key);
                     match values {
-                        None => index.push(0),
-                        Some(values) => {
+                        KeyValues::Unindexed => index.push(0),
+                        KeyValues::Listed(values) => {
                             index.push(1);
                             varint(&mut index, values.len() as u64);
                             for v in values {
                                 put_str(&mut index, v);
                             }
                         }
+                        KeyValues::Hashed => index.push(2),
                     }
                 }
+            }
+            varint(&mut index, c.bloom_len as u64);
+            if c.bloom_len > 0 {
+                index.extend_from_slice(&c.bloom_crc.to_le_bytes());
             }
         }
         varint(&mut index, trace_index.len() as u64);
@@ -655,7 +705,7 @@ impl Block {
                     for _ in 0..nk {
                         let key = intern(r.str()?);
                         let values = match r.bytes(1)?[0] {
-                            0 => None,
+                            0 => KeyValues::Unindexed,
                             1 => {
                                 let nv = r.count()?;
                                 let mut values = Vec::with_capacity(nv);
@@ -663,8 +713,9 @@ impl Block {
                                     values.push(intern(r.str()?));
                                 }
                                 values.sort_unstable();
-                                Some(values.into_boxed_slice())
+                                KeyValues::Listed(values.into_boxed_slice())
                             }
+                            2 if version >= 4 => KeyValues::Hashed,
                             f => return Err(format!("bad postings flag {f}")),
                         };
                         keys.push((key, values));
@@ -676,7 +727,31 @@ impl Block {
             } else {
                 None
             };
-            chunks.push(ChunkMeta { offset, len, crc, time, durations, services: svc, postings });
+            let (bloom_len, bloom_crc) = if version >= 4 {
+                match r.varint()? {
+                    0 => (0, 0),
+                    n => (
+                        u32::try_from(n).map_err(|_| "bloom filter too long")?,
+                        u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes")),
+                    ),
+                }
+            } else {
+                (0, 0)
+            };
+            if offset + len as u64 + bloom_len as u64 > bytes {
+                return Err("a chunk lies outside the file".into());
+            }
+            chunks.push(ChunkMeta {
+                offset,
+                len,
+                crc,
+                time,
+                durations,
+                services: svc,
+                postings,
+                bloom_len,
+                bloom_crc,
+            });
         }
         let n = r.count()?;
         let mut traces = Vec::with_capacity(n);
@@ -743,34 +818,77 @@ impl Block {
     }
 
     /// Whether chunk `i` may hold a span of `service` (any, when `None`) carrying every tag:
-    /// answered from the chunk's postings without reading it. Version 1 blocks have no
+    /// answered from the chunk's postings and, for keys with many values, its Bloom filter
+    /// (read from disk only then), without reading the chunk. Version 1 blocks have no
     /// postings and always answer yes.
-    pub(crate) fn chunk_may_match(&self, i: usize, service: Option<&str>, tags: &[(String, String)]) -> bool {
+    pub(crate) fn chunk_may_match(
+        &self,
+        fs: &dyn Fs,
+        i: usize,
+        service: Option<&str>,
+        tags: &[(String, String)],
+    ) -> bool {
         let Some(postings) = &self.chunks[i].postings else {
             return service.is_none_or(|s| self.chunk_has_service(i, s));
         };
-        // Each tag as interned ids: its key, and the texts its value may be stored as.
+        // Each tag: its key as an interned id and as text, and the texts its value may be
+        // stored as (as given, and an integer's canonical form), with their interned ids.
         let mut wanted = Vec::with_capacity(tags.len());
         for (k, want) in tags {
             let Some(&key) = self.strings.get(k.as_str()) else { return false };
-            let mut ids: Vec<u32> = self.strings.get(want.as_str()).copied().into_iter().collect();
+            let mut texts = vec![want.clone()];
             if let Ok(i) = want.parse::<i64>()
-                && let Some(&id) = self.strings.get(i.to_string().as_str())
+                && i.to_string() != *want
             {
-                ids.push(id);
+                texts.push(i.to_string());
             }
-            wanted.push((key, ids));
+            let ids: Vec<u32> = texts.iter().filter_map(|t| self.strings.get(t.as_str()).copied()).collect();
+            wanted.push((key, k.as_str(), texts, ids));
         }
+        // The filter is read at most once, when a key needs it; unreadable, it answers "maybe".
+        let mut filter: Option<Option<Vec<u8>>> = None;
         postings.iter().any(|(sid, keys)| {
-            service.is_none_or(|s| self.services[*sid as usize].0 == s)
-                && wanted.iter().all(|(key, ids)| match keys.binary_search_by_key(key, |(k, _)| *k) {
-                    Err(_) => false,
-                    Ok(i) => match &keys[i].1 {
-                        None => true,
-                        Some(values) => ids.iter().any(|id| values.binary_search(id).is_ok()),
-                    },
+            let name = self.services[*sid as usize].0.as_str();
+            service.is_none_or(|s| name == s)
+                && wanted.iter().all(|(key, key_text, texts, ids)| {
+                    match keys.binary_search_by_key(key, |(k, _)| *k) {
+                        Err(_) => false,
+                        Ok(at) => match &keys[at].1 {
+                            KeyValues::Unindexed => true,
+                            KeyValues::Listed(values) => {
+                                ids.iter().any(|id| values.binary_search(id).is_ok())
+                            }
+                            KeyValues::Hashed => {
+                                let filter = filter.get_or_insert_with(|| self.read_bloom(fs, i).ok());
+                                match filter {
+                                    Some(f) if !f.is_empty() => texts
+                                        .iter()
+                                        .any(|t| bloom::may_contain(f, bloom::item_hash(name, key_text, t))),
+                                    _ => true,
+                                }
+                            }
+                        },
+                    }
                 })
         })
+    }
+
+    /// The Bloom filter of chunk `i` (empty when it has none), crc checked.
+    fn read_bloom(&self, fs: &dyn Fs, i: usize) -> Result<Vec<u8>, BlockError> {
+        let c = &self.chunks[i];
+        if c.bloom_len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = fs
+            .read_range(&self.path, c.offset + c.len as u64, c.bloom_len as usize)
+            .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
+        if crc32fast::hash(&bytes) != c.bloom_crc {
+            return Err(BlockError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("chunk {i} bloom filter crc mismatch"),
+            });
+        }
+        Ok(bytes)
     }
 
     /// The block as a source whose chunks compaction copies without decoding them, when every

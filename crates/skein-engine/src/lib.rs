@@ -48,6 +48,7 @@ macro_rules! named {
 }
 
 pub mod block;
+mod bloom;
 pub use skein_store::codec;
 pub mod columnar;
 
@@ -170,6 +171,8 @@ struct Shared {
     retired: parking_lot::Mutex<Vec<SharedBlock>>,
     spans_evicted: AtomicU64,
     traces_evicted: AtomicU64,
+    /// Block chunks read and decoded by queries (searches, traces) since open.
+    chunks_read: AtomicU64,
     /// Wakes the background task when the head is full.
     flush_wanted: Arc<tokio::sync::Notify>,
     /// Wakes writers waiting for memory when a block has been written.
@@ -289,6 +292,7 @@ impl Engine {
             retired: parking_lot::Mutex::new(Vec::new()),
             spans_evicted: AtomicU64::new(0),
             traces_evicted: AtomicU64::new(0),
+            chunks_read: AtomicU64::new(0),
             flush_wanted: Arc::new(tokio::sync::Notify::new()),
             flushed: tokio::sync::Notify::new(),
             _lock: lock,
@@ -332,6 +336,12 @@ impl Engine {
     /// Number of blocks on disk.
     pub fn block_count(&self) -> usize {
         self.shared.state.read().blocks.len()
+    }
+
+    /// Block chunks read and decoded by searches and trace reads since the engine opened: what
+    /// postings and Bloom filters saved shows here.
+    pub fn chunks_read(&self) -> u64 {
+        self.shared.chunks_read.load(Ordering::Relaxed)
     }
 }
 
@@ -666,6 +676,7 @@ impl Shared {
     }
 
     fn read_chunk(&self, block: &Block, i: usize) -> Option<Vec<Span>> {
+        self.chunks_read.fetch_add(1, Ordering::Relaxed);
         match block.read_chunk(&*self.config.fs, i) {
             Ok(spans) => Some(spans),
             Err(e) => {
@@ -844,7 +855,7 @@ impl SpanStore for Engine {
                     {
                         continue;
                     }
-                    if !b.chunk_may_match(i, q.service.as_deref(), &q.tags)
+                    if !b.chunk_may_match(&*shared.config.fs, i, q.service.as_deref(), &q.tags)
                         || !b.chunk_may_hold_duration(i, q.min_duration_nanos, q.max_duration_nanos)
                     {
                         continue;

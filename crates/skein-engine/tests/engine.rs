@@ -2,6 +2,7 @@
 //! the head and in blocks), reopen, retention, corrupt blocks, the checked-in v1 fixture, disk
 //! full, and a model-based property test with flush and reopen steps.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,6 +219,28 @@ async fn a_corrupt_chunk_skips_only_that_chunk() {
 /// Blocks written by each format version, checked in: later versions must still read them.
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
+/// Trace 3 of the fixtures from format 4 on: 40 spans, each with its own `order.id`, more values
+/// than a chunk's postings list, so they are in the chunk's Bloom filter.
+fn fixture_bloom_spans() -> Vec<Span> {
+    (1..=40u8)
+        .map(|i| {
+            B::new(3, i)
+                .service("fixture")
+                .attr("order.id", AttrValue::Str(format!("order-{i}").into()))
+                .build()
+        })
+        .collect()
+}
+
+/// What the fixture of `version` holds.
+fn fixture_spans_of(version: u32) -> Vec<Span> {
+    let mut spans = fixture_spans();
+    if version >= 4 {
+        spans.extend(fixture_bloom_spans());
+    }
+    spans
+}
+
 fn fixture_spans() -> Vec<Span> {
     let mut spans = trace(1, 3);
     spans.push(
@@ -241,7 +264,7 @@ async fn reads_the_checked_in_fixture_of_every_format_version() {
     if std::env::var_os("SKEIN_REGENERATE_FIXTURES").is_some() {
         let _ = std::fs::remove_dir_all(&current);
         let e = open(&current);
-        e.write(fixture_spans()).await.unwrap();
+        e.write(fixture_spans_of(skein_engine::block::BLOCK_VERSION)).await.unwrap();
         e.flush().await.unwrap();
         e.close().await;
         let _ = std::fs::remove_dir_all(current.join("wal"));
@@ -257,11 +280,21 @@ async fn reads_the_checked_in_fixture_of_every_format_version() {
         }
         let (e, report) = Engine::open(config(dir.path())).unwrap();
         assert_eq!((report.blocks, report.corrupt_blocks.len()), (1, 0), "v{version}: {report:?}");
-        let want = fixture_spans();
-        for id in [B::trace_id(1), B::trace_id(2)] {
+        let want = fixture_spans_of(version);
+        let ids: BTreeSet<_> = want.iter().map(|s| s.trace_id).collect();
+        for id in ids {
             let got = sorted(e.trace(id).await.unwrap().unwrap());
             let expected = sorted(want.iter().filter(|s| s.trace_id == id).cloned().collect());
             assert_eq!(got, expected, "v{version}");
+        }
+        if version >= 4 {
+            let order = |v: &str| TraceQuery {
+                service: Some("fixture".into()),
+                tags: vec![("order.id".into(), v.into())],
+                ..TraceQuery::default()
+            };
+            assert_eq!(e.find_traces(&order("order-17")).await.unwrap().len(), 1, "v{version}: bloom");
+            assert!(e.find_traces(&order("order-99")).await.unwrap().is_empty(), "v{version}");
         }
         let found = e
             .find_traces(&TraceQuery {
@@ -330,6 +363,81 @@ async fn postings_prune_chunks_without_losing_matches() {
     assert_eq!(e.find_traces(&dur(Some(10_000_000), Some(10_000_000))).await.unwrap().len(), 50);
     assert!(e.find_traces(&dur(Some(10_000_001), None)).await.unwrap().is_empty());
     assert!(e.find_traces(&dur(None, Some(9_999_999))).await.unwrap().is_empty());
+}
+
+/// Keys with more values per chunk than its postings list (client addresses, order ids) are in
+/// each chunk's Bloom filter: a search for one such value, or for a value that is nowhere, reads
+/// the chunks that may hold it instead of every chunk — in blocks written from the head, in a
+/// block whose chunks compaction copied, and after a reopen.
+#[tokio::test]
+async fn bloom_filters_prune_chunks_for_high_cardinality_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (blocks, per_block) = (8u32, 3_000u32);
+    let address = |n: u32| format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+    let span = |n: u32| {
+        let mut s = B::new(1, 1)
+            .service("frontend")
+            .kind(SpanKind::Server)
+            .attr("client.address", AttrValue::Str(address(n).into()))
+            .attr("app.order.id", AttrValue::Int(1_000_000 + n as i64))
+            .attr("app.weight", AttrValue::Double(0.5))
+            .build();
+        let mut id = [0u8; 16];
+        id[0] = 0x5a;
+        id[12..].copy_from_slice(&n.to_be_bytes());
+        s.trace_id = skein_model::TraceId::from_bytes(id).unwrap();
+        s.start_time_unix_nano += n as u64 * 1_000_000;
+        s.end_time_unix_nano += n as u64 * 1_000_000;
+        s
+    };
+    let check = |e: Engine, when: &'static str| async move {
+        let reads = |tags: &[(&str, &str)]| {
+            let q = TraceQuery {
+                service: Some("frontend".into()),
+                tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                limit: 20,
+                ..TraceQuery::default()
+            };
+            let e = &e;
+            async move {
+                let before = e.chunks_read();
+                let found = e.find_traces(&q).await.unwrap();
+                (found, e.chunks_read() - before)
+            }
+        };
+        // A key whose values are not matched by text (a double) is read everywhere: every chunk.
+        let (found, all) = reads(&[("app.weight", "0.25")]).await;
+        assert!(found.is_empty(), "{when}");
+        assert!(all >= blocks as u64, "{when}: the unindexed search read {all} chunks");
+        let n = 5 * per_block + 1_234;
+        let (found, read) = reads(&[("client.address", &address(n))]).await;
+        assert_eq!(found.len(), 1, "{when}");
+        assert_eq!(found[0][0], span(n), "{when}");
+        // The chunk that holds it, once to search and once to return the trace, plus a rare
+        // false positive of another chunk's filter.
+        assert!(read <= 3, "{when}: a client address search read {read} of {all} chunks");
+        let (found, read) = reads(&[("app.order.id", &(1_000_000 + n).to_string())]).await;
+        assert_eq!(found.len(), 1, "{when}: integers");
+        assert!(read <= 3, "{when}: an order id search read {read} chunks");
+        let (found, read) = reads(&[("client.address", "192.168.1.1")]).await;
+        assert!(found.is_empty(), "{when}");
+        assert!(read <= 1, "{when}: a search for a value that is nowhere read {read} chunks");
+        let (found, _) = reads(&[("client.address", &address(n)), ("app.order.id", "7")]).await;
+        assert!(found.is_empty(), "{when}: both tags on one span");
+        e
+    };
+    let (e, _) = Engine::open(EngineConfig { compact_min_blocks: 2, ..config(dir.path()) }).unwrap();
+    for b in 0..blocks {
+        e.write((0..per_block).map(|i| span(b * per_block + i)).collect()).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    assert_eq!(e.block_count(), blocks as usize);
+    let e = check(e, "written from the head").await;
+    assert!(e.compact().await.unwrap());
+    assert_eq!(e.block_count(), 1);
+    let e = check(e, "compacted").await;
+    e.close().await;
+    check(open(dir.path()), "reopened").await;
 }
 
 #[tokio::test]
@@ -526,7 +634,7 @@ async fn compaction_merges_small_blocks_and_every_span_stays_readable() {
     assert_eq!(e.stats().spans_stored, stored);
 }
 
-/// Compaction copies the compressed chunks of format 2 and 3 blocks as they are and decodes
+/// Compaction copies the compressed chunks of format 2 to 4 blocks as they are and decodes
 /// those of format 1 (which have no postings): after merging one block of each, every trace,
 /// search and operation is as before, and the v3 block's chunk bytes are in the merged file.
 #[tokio::test]
@@ -538,7 +646,7 @@ async fn compaction_merges_blocks_of_every_format_version() {
         std::fs::copy(from, dir.path().join("blocks").join(format!("{version:020}.blk"))).unwrap();
     }
     let e = compacting(dir.path());
-    assert_eq!(e.block_count(), 3);
+    assert_eq!(e.block_count(), skein_engine::block::BLOCK_VERSION as usize);
     let stored = e.stats().spans_stored;
     let operations = e.operations("fixture", None).await.unwrap();
     assert!(!operations.is_empty());
@@ -560,6 +668,13 @@ async fn compaction_merges_blocks_of_every_format_version() {
     assert_eq!(e.find_traces(&error_tag).await.unwrap().len(), 1, "postings survive the copy");
     let no_match = TraceQuery { tags: vec![("error".into(), "false".into())], ..error_tag.clone() };
     assert!(e.find_traces(&no_match).await.unwrap().is_empty());
+    let order = TraceQuery { tags: vec![("order.id".into(), "order-17".into())], ..error_tag.clone() };
+    assert_eq!(
+        e.find_traces(&order).await.unwrap().len(),
+        1,
+        "the v4 chunk's Bloom filter survives the copy"
+    );
+    assert_eq!(sorted(e.trace(B::trace_id(3)).await.unwrap().unwrap()), sorted(fixture_bloom_spans()));
 
     // The v3 fixture's chunk (everything before its index) appears verbatim in the merged block.
     let v3 = std::fs::read(block_files(&Path::new(FIXTURES).join("v3")).remove(0)).unwrap();
