@@ -19,9 +19,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use prost::Message;
 
+mod realistic;
 mod traffic;
 
-pub use traffic::TrafficShape;
+pub use traffic::{Load, TrafficShape};
 
 /// OTLP transport used for the load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -784,6 +785,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     // Queries at the stored size.
     let mut by_id = Vec::new();
     for id in ids.iter().step_by((ids.len() / config.queries.max(1)).max(1)).take(config.queries) {
+        let id = &id.trace_id;
         let t = Instant::now();
         let r = client.get(format!("{query}/api/traces/{id}")).send().await?;
         let status = r.status();
@@ -793,21 +795,21 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             bail!("trace {id} was acknowledged but GET /api/traces/{id} answered {status}");
         }
     }
-    // tags={"http.response.status_code":"500"}, URL-encoded, in each service in turn.
+    // tags={"http.response.status_code":"500"}, URL-encoded, in each service in turn (in the
+    // realistic load only the frontend's spans carry it: elsewhere it matches nothing).
+    let services = config.shape.services();
     let search = timed_gets(&client, (0..config.queries).map(|i| {
-        let service = &traffic::SERVICES[i % traffic::SERVICES.len()];
+        let service = services[i % services.len()];
         format!(
             "{query}/api/traces?service={service}&tags=%7B%22http.response.status_code%22%3A%22500%22%7D&lookback=2h&limit=20"
         )
     }))
     .await?;
-    // A client address of the load's (10.0.x.y, about 65,000 values): a high-cardinality value.
+    // The client address of a request that was sent: a high-cardinality value (one per
+    // request in the realistic load, about 65,000 in the checkout load).
     let rare = timed_gets(&client, (0..config.queries).map(|i| {
-        format!(
-            "{query}/api/traces?service=frontend&tags=%7B%22client.address%22%3A%2210.0.{}.{}%22%7D&lookback=2h&limit=20",
-            (i * 37) % 255,
-            1 + (i * 91) % 253
-        )
+        let address = &ids[(i * 7919) % ids.len().max(1)].client_address;
+        format!("{query}/api/traces?service=frontend&tags=%7B%22client.address%22%3A%22{address}%22%7D&lookback=2h&limit=20")
     }))
     .await?;
     by_id.sort_by(|a, b| a.total_cmp(b));

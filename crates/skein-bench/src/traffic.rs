@@ -1,5 +1,6 @@
-//! Realistic OTLP traffic: traces shaped like the OpenTelemetry demo's checkout, with mixed
-//! span kinds, several services, ~11 attributes per span and a share of errors.
+//! The bench's OTLP traffic: the realistic load (the default, [`crate::realistic`]) or the
+//! older `checkout` load — one 14-span checkout trace over 6 services, always the same shape,
+//! 4 resource attributes per service — kept by name to compare with earlier figures.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -15,14 +16,27 @@ use crate::Protocol;
 pub(crate) const SERVICES: [&str; 6] =
     ["frontend", "checkout", "cart", "payment", "email", "product-catalog"];
 
+/// Which load the bench sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Load {
+    /// OpenTelemetry-demo-like traffic: 8 services with 2–3 instances and 16–17 resource
+    /// attributes each, 5–39 spans per trace, high-cardinality values.
+    #[default]
+    Realistic,
+    /// The older load: one 14-span checkout trace over 6 services (easier to store).
+    Checkout,
+}
+
 /// What the generated traffic looks like.
 #[derive(Clone, Debug)]
 pub struct TrafficShape {
-    /// Attributes on every span (at least the semantic-convention ones of its kind).
+    pub load: Load,
+    /// `checkout` load: attributes on every span (at least the semantic-convention ones of its
+    /// kind). The realistic load has its own, about 11.
     pub attributes_per_span: usize,
     /// Share of traces whose server spans fail with 500 / an error status.
     pub error_ratio: f64,
-    /// Whether every span draws its own user, order, cart and session values. By default a
+    /// `checkout` load: whether every span draws its own user, order, cart and session values. By default a
     /// trace is one request of one user, so its spans share them (as in the OpenTelemetry
     /// demo, where `app.user.id` and `app.order.id` are per request); per-span values are a
     /// worst case for storage that no real trace looks like.
@@ -31,8 +45,21 @@ pub struct TrafficShape {
 
 impl Default for TrafficShape {
     fn default() -> Self {
-        TrafficShape { attributes_per_span: 11, error_ratio: 0.05, per_span_values: false }
+        TrafficShape {
+            load: Load::default(),
+            attributes_per_span: 11,
+            error_ratio: 0.05,
+            per_span_values: false,
+        }
     }
+}
+
+/// What the bench remembers of a trace it sent, to query it later.
+#[derive(Clone, Debug)]
+pub(crate) struct Sent {
+    pub(crate) trace_id: String,
+    /// The `client.address` of its entry (frontend SERVER) span.
+    pub(crate) client_address: String,
 }
 
 /// The values one request carries through all its spans.
@@ -168,7 +195,31 @@ impl TrafficShape {
     }
 
     /// A request of about `n` spans (whole traces) and the ids of its traces.
-    pub(crate) fn request(&self, n: usize) -> (ExportTraceServiceRequest, Vec<String>) {
+    /// The services whose spans the load has.
+    pub(crate) fn services(&self) -> &'static [&'static str] {
+        static REALISTIC: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+        match self.load {
+            Load::Realistic => {
+                REALISTIC.get_or_init(|| crate::realistic::SERVICES.iter().map(|s| s.0).collect())
+            }
+            Load::Checkout => &SERVICES,
+        }
+    }
+
+    /// An export request of `n` spans, and what the bench keeps of its traces.
+    pub(crate) fn request(&self, n: usize) -> (ExportTraceServiceRequest, Vec<Sent>) {
+        static RESOURCES: std::sync::OnceLock<Vec<Vec<Resource>>> = std::sync::OnceLock::new();
+        match self.load {
+            Load::Realistic => crate::realistic::request(
+                RESOURCES.get_or_init(crate::realistic::resources),
+                self.error_ratio,
+                n,
+            ),
+            Load::Checkout => self.checkout_request(n),
+        }
+    }
+
+    fn checkout_request(&self, n: usize) -> (ExportTraceServiceRequest, Vec<Sent>) {
         let mut rng = rand::rng();
         let mut per_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES.len()];
         let mut ids = Vec::new();
@@ -179,9 +230,12 @@ impl TrafficShape {
         let mut made = 0;
         while made < n {
             let trace_id: [u8; 16] = rng.random();
-            ids.push(trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>());
             let error = rng.random_bool(self.error_ratio);
             let values = RequestValues::random(&mut rng);
+            ids.push(Sent {
+                trace_id: trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                client_address: values.client.clone(),
+            });
             let span_ids: Vec<[u8; 8]> = (0..TREE.len()).map(|_| rng.random::<[u8; 8]>()).collect();
             let start = now - rng.random_range(0..1_000_000_000);
             for (i, (service, parent, name, kind)) in TREE.iter().enumerate() {
@@ -289,7 +343,7 @@ mod tests {
 
     /// `app.order.id` values per trace id in a generated request.
     fn orders(shape: &TrafficShape) -> BTreeMap<Vec<u8>, BTreeSet<String>> {
-        let (request, ids) = shape.request(TREE.len() * 3);
+        let (request, ids) = shape.checkout_request(TREE.len() * 3);
         assert_eq!(ids.len(), 3);
         let mut out: BTreeMap<Vec<u8>, BTreeSet<String>> = BTreeMap::new();
         for span in request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
@@ -305,10 +359,11 @@ mod tests {
 
     #[test]
     fn spans_of_a_trace_share_their_request_values_unless_asked_not_to() {
-        let shared = orders(&TrafficShape::default());
+        let checkout = TrafficShape { load: Load::Checkout, ..TrafficShape::default() };
+        let shared = orders(&checkout);
         assert_eq!(shared.len(), 3);
         assert!(shared.values().all(|v| v.len() == 1), "one order per trace: {shared:?}");
-        let fresh = orders(&TrafficShape { per_span_values: true, ..TrafficShape::default() });
+        let fresh = orders(&TrafficShape { per_span_values: true, ..checkout });
         assert!(fresh.values().all(|v| v.len() > 5), "fresh values per span: {fresh:?}");
     }
 }

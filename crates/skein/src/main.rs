@@ -54,6 +54,17 @@ enum BenchProtocol {
     Http,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BenchLoad {
+    /// OpenTelemetry-demo-like: 8 services with 2–3 instances and 16–17 resource attributes
+    /// each, 5–39 spans per trace, ~11 attributes per span with high-cardinality values,
+    /// log-normal durations, 5 % errors with exception events, Kafka spans with links.
+    Realistic,
+    /// The older load: one 14-span checkout trace over 6 services (easier to store; kept to
+    /// compare with earlier figures).
+    Checkout,
+}
+
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
     /// Spans to send in total.
@@ -71,11 +82,14 @@ struct BenchArgs {
     /// Concurrent exporters.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Attributes per span.
+    /// The traffic to send.
+    #[arg(long, value_enum, default_value = "realistic")]
+    load: BenchLoad,
+    /// Attributes per span (`--load checkout`).
     #[arg(long, default_value_t = 11)]
     attributes: usize,
     /// Every span draws its own user, order, cart and session values instead of sharing its
-    /// request's (a storage worst case: no real trace looks like this).
+    /// request's (`--load checkout`; a storage worst case: no real trace looks like this).
     #[arg(long)]
     per_span_values: bool,
     /// Queries per latency figure (trace by id, search by attribute).
@@ -316,6 +330,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         spans_per_request: args.spans_per_request.max(1),
         concurrency: args.concurrency.max(1),
         shape: skein_bench::TrafficShape {
+            load: match args.load {
+                BenchLoad::Realistic => skein_bench::Load::Realistic,
+                BenchLoad::Checkout => skein_bench::Load::Checkout,
+            },
             attributes_per_span: args.attributes,
             per_span_values: args.per_span_values,
             ..Default::default()
