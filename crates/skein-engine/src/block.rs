@@ -14,6 +14,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::bloom;
 use crate::codec::{self, DecodeError};
 use crate::columnar::{self, ChunkStrings};
+use skein_store::red::RedSummary;
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
@@ -221,6 +222,9 @@ pub struct Block {
     traces: Vec<(TraceId, u32)>,
     /// The strings of the postings, interned: each distinct key or value once per block.
     strings: HashMap<Box<str>, u32>,
+    /// Version 4: where the block's RED pre-aggregates lie (offset, length, crc32 of the
+    /// compressed bytes); `None` for older blocks and compactions of them.
+    red: Option<(u64, u32, u32)>,
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {
@@ -320,6 +324,10 @@ pub(crate) struct BlockWriter<'a> {
     pending_bytes: usize,
     /// One compression context for all the block's chunks.
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// RED pre-aggregates of every span in the block…
+    red: RedSummary,
+    /// …unless a compaction copied chunks of a block that has none (before format 4).
+    red_incomplete: bool,
 }
 
 impl<'a> BlockWriter<'a> {
@@ -365,6 +373,14 @@ impl<'a> BlockWriter<'a> {
             self.last_resource = Some((resource, sid));
             self.pending_services.push(sid);
             named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
+            self.red.add_parts(
+                &self.services[sid as usize].0,
+                &s.name,
+                s.kind,
+                s.start_time_unix_nano,
+                s.duration_nanos(),
+                s.status.code == skein_model::StatusCode::Error,
+            );
             self.span_count += 1;
             self.pending_bytes += 64 + s.name.len() + s.attributes.len() * 24;
             if self.trace_index.last() != Some(&(s.trace_id, chunk)) {
@@ -388,6 +404,16 @@ impl<'a> BlockWriter<'a> {
             }
         }
         self.span_count += source.span_count;
+    }
+
+    /// Takes over the RED pre-aggregates of `source`, whose chunks are all copied; a source
+    /// without them (written before format 4) leaves the new block without them too.
+    pub(crate) fn take_red(&mut self, fs: &dyn Fs, source: &Block) -> Result<(), BlockError> {
+        match source.read_red(fs)? {
+            Some(red) => self.red.merge(&red),
+            None => self.red_incomplete = true,
+        }
+        Ok(())
     }
 
     /// Copies chunk `i` of `source` into this block as it is (still compressed, crc checked):
@@ -514,6 +540,12 @@ impl<'a> BlockWriter<'a> {
         trace_index.sort_unstable();
         trace_index.dedup();
         let mut file = std::mem::take(&mut self.file);
+        let red = if self.red_incomplete || self.red.is_empty() {
+            Vec::new()
+        } else {
+            zstd::bulk::compress(&self.red.encode(), ZSTD_LEVEL).expect("zstd compresses any input")
+        };
+        file.extend_from_slice(&red);
 
         let mut index = Vec::new();
         varint(&mut index, time.start_unix_nano);
@@ -590,6 +622,10 @@ impl<'a> BlockWriter<'a> {
             index.extend_from_slice(id.as_bytes());
             varint(&mut index, *chunk as u64);
         }
+        varint(&mut index, red.len() as u64);
+        if !red.is_empty() {
+            index.extend_from_slice(&crc32fast::hash(&red).to_le_bytes());
+        }
         let index = zstd::bulk::compress(&index, ZSTD_LEVEL).expect("zstd compresses any input");
         let index_offset = file.len() as u64;
         file.extend_from_slice(&index);
@@ -642,10 +678,16 @@ impl Block {
         }
         let raw = zstd::stream::decode_all(&compressed[..])
             .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
-        Self::parse_index(path, &raw, len, version).map_err(corrupt)
+        Self::parse_index(path, &raw, len, index_offset, version).map_err(corrupt)
     }
 
-    fn parse_index(path: &Path, raw: &[u8], bytes: u64, version: u32) -> Result<Block, String> {
+    fn parse_index(
+        path: &Path,
+        raw: &[u8],
+        bytes: u64,
+        index_offset: u64,
+        version: u32,
+    ) -> Result<Block, String> {
         let mut r = IndexReader { buf: raw, pos: 0 };
         let time = TimeRange::new(r.varint()?, r.varint()?);
         let span_count = r.varint()?;
@@ -763,6 +805,18 @@ impl Block {
             }
             traces.push((id, chunk));
         }
+        let red = match version {
+            4.. => match r.varint()? {
+                0 => None,
+                n => {
+                    let len = u32::try_from(n).map_err(|_| "RED pre-aggregates too long")?;
+                    let crc = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
+                    let offset = index_offset.checked_sub(n).ok_or("RED pre-aggregates outside the file")?;
+                    Some((offset, len, crc))
+                }
+            },
+            _ => None,
+        };
         if r.pos != raw.len() {
             return Err("trailing bytes after the index".into());
         }
@@ -779,7 +833,24 @@ impl Block {
             services,
             traces,
             strings,
+            red,
         })
+    }
+
+    /// The block's RED pre-aggregates, crc checked; `None` when it has none (written before
+    /// format 4, or compacted from such blocks).
+    pub(crate) fn read_red(&self, fs: &dyn Fs) -> Result<Option<RedSummary>, BlockError> {
+        let Some((offset, len, crc)) = self.red else { return Ok(None) };
+        let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
+        let bytes = fs
+            .read_range(&self.path, offset, len as usize)
+            .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
+        if crc32fast::hash(&bytes) != crc {
+            return Err(corrupt("RED pre-aggregates crc mismatch".into()));
+        }
+        let raw = zstd::stream::decode_all(&bytes[..])
+            .map_err(|e| corrupt(format!("RED pre-aggregates do not decompress: {e}")))?;
+        RedSummary::decode(&raw).map(Some).map_err(|e| corrupt(format!("RED pre-aggregates: {e}")))
     }
 
     /// The block's sequence number, from its file name (`{seq:020}.blk`).

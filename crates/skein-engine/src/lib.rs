@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use skein_model::{Span, SpanKind, TimeRange, TraceId};
+use skein_store::red::RedSummary;
 use skein_store::{
     DependencyLink, Operation, SpanMatcher, SpanStore, StoreError, StoreStats, TraceQuery,
     count_dependencies, dependency_links,
@@ -127,6 +128,8 @@ struct Head {
     created: Option<Instant>,
     /// service → operation name → the span kinds seen with it (bit `1 << kind code`).
     operations: FxHashMap<String, FxHashMap<String, u8>>,
+    /// RED pre-aggregates of the head's spans (a block writes them from its spans again).
+    red: RedSummary,
 }
 
 impl Head {
@@ -135,6 +138,7 @@ impl Head {
         self.bytes += bytes;
         for s in spans {
             *named!(named!(&mut self.operations, s.service_name()), &s.name) |= 1 << s.kind.code();
+            self.red.add(&s);
             self.spans += 1;
             self.traces.entry(s.trace_id).or_default().push(s);
         }
@@ -706,10 +710,11 @@ fn merge_blocks(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) ->
             let source = b.copy_source();
             if source.is_some() {
                 writer.take_counts(b);
+                writer.take_red(fs, b).map_err(block_error)?;
             }
-            source
+            Ok(source)
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     for (_, b, i) in chunks {
         // A chunk that cannot be read stops the compaction: its block stays as it is.
         if let Some(source) = &copied[b] {
@@ -904,6 +909,46 @@ impl SpanStore for Engine {
         tokio::task::spawn_blocking(move || shared.scan(range, max_spans, attributes))
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    /// The heads' pre-aggregates and those of every block whose spans start in the minutes
+    /// asked for, all taken from one view of the engine (a head being written to a block, or
+    /// blocks being compacted, count once). `None` when such a block has none (written before
+    /// block format 4).
+    async fn red(
+        &self,
+        minutes: std::ops::Range<u64>,
+        services: &[String],
+    ) -> Result<Option<RedSummary>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let services = services.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let mut out = RedSummary::default();
+            let (frozen, blocks) = {
+                let st = shared.state.read();
+                out.merge_where(&st.head.red, &minutes, Some(&services));
+                (st.frozen.clone(), st.blocks.clone())
+            };
+            for f in &frozen {
+                out.merge_where(&f.head.red, &minutes, Some(&services));
+            }
+            let (from, to) = (
+                minutes.start.saturating_mul(skein_store::red::RED_CELL_NANOS),
+                minutes.end.saturating_mul(skein_store::red::RED_CELL_NANOS),
+            );
+            for b in blocks.iter().filter(|b| b.time.end_unix_nano > from && b.time.start_unix_nano < to) {
+                if !b.services.iter().any(|(name, _)| services.contains(name)) {
+                    continue;
+                }
+                match b.read_red(&*shared.config.fs).map_err(block_error)? {
+                    Some(red) => out.merge_where(&red, &minutes, Some(&services)),
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(out))
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
     }
 
     async fn services(&self) -> Result<Vec<String>, StoreError> {

@@ -287,6 +287,13 @@ async fn reads_the_checked_in_fixture_of_every_format_version() {
             let expected = sorted(want.iter().filter(|s| s.trace_id == id).cloned().collect());
             assert_eq!(got, expected, "v{version}");
         }
+        let services: Vec<String> =
+            want.iter().map(|s| s.service_name().to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
+        let red = e.red(0..u64::MAX, &services).await.unwrap();
+        assert_eq!(red.is_some(), version >= 4, "v{version}: RED pre-aggregates from format 4 on");
+        if let Some(red) = red {
+            assert_eq!(red.calls(), want.len() as u64, "v{version}");
+        }
         if version >= 4 {
             let order = |v: &str| TraceQuery {
                 service: Some("fixture".into()),
@@ -438,6 +445,112 @@ async fn bloom_filters_prune_chunks_for_high_cardinality_values() {
     let e = check(e, "compacted").await;
     e.close().await;
     check(open(dir.path()), "reopened").await;
+}
+
+async fn check_red(
+    e: &Engine,
+    services: &[String],
+    cases: Vec<(std::ops::Range<u64>, skein_store::red::RedSummary)>,
+    when: &str,
+) {
+    for (minutes, want) in cases {
+        let got = e.red(minutes.clone(), services).await.unwrap().expect("the engine keeps pre-aggregates");
+        assert!(got == want, "{when}, minutes {minutes:?}: {} calls, recount {}", got.calls(), want.calls());
+    }
+}
+
+/// `count` spans over several minutes from `base` (ns): three services, operations and kinds,
+/// every seventh failing, durations from 1 ms to about 2 s. Trace ids from `first` on.
+fn red_spans(first: u32, count: u32, base: u64) -> Vec<Span> {
+    (0..count)
+        .map(|n| {
+            let start = base + n as u64 * 397_000_000 + 123_456;
+            let duration = 1_000_000 + (n as u64 * 7_919_000) % 2_000_000_000;
+            let mut b = B::new(1, 1)
+                .service(["api", "cart", "db"][n as usize % 3])
+                .name(["GET /a", "GET /b", "SELECT"][(n as usize / 3) % 3])
+                .kind([SpanKind::Server, SpanKind::Client, SpanKind::Internal][(n as usize / 9) % 3])
+                .times(start, start + duration);
+            if n % 7 == 0 {
+                b = b.error("boom");
+            }
+            let mut s = b.build();
+            let mut id = [0u8; 16];
+            id[0] = 0x3e;
+            id[12..].copy_from_slice(&(first + n).to_be_bytes());
+            s.trace_id = skein_model::TraceId::from_bytes(id).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// The RED pre-aggregates the engine answers agree exactly with a recount of the spans it holds:
+/// from the head, from blocks, after a compaction merged blocks, after a reopen (head replayed
+/// from the WAL) and after retention dropped old blocks.
+#[tokio::test]
+async fn red_pre_aggregates_agree_with_a_recount_through_flush_compaction_reopen_and_retention() {
+    use skein_store::red::{RED_CELL_NANOS, RedSummary};
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let base = skein_store::testdata::BASE_TIME;
+    let old = red_spans(0, 600, base);
+    let recent = red_spans(10_000, 300, now - 3_600_000_000_000);
+    let services: Vec<String> = vec!["api".into(), "cart".into()];
+    let recount = |spans: &[Span], minutes: &std::ops::Range<u64>| {
+        let mut all = RedSummary::default();
+        spans.iter().for_each(|s| all.add(s));
+        let mut picked = RedSummary::default();
+        picked.merge_where(&all, minutes, Some(&services));
+        picked
+    };
+    let old_minutes = base / RED_CELL_NANOS..(base + 600 * 397_000_000) / RED_CELL_NANOS + 1;
+    // Part of the window only: cells outside it are left out.
+    let some_minutes = old_minutes.start + 1..old_minutes.start + 3;
+    let recent_minutes = (now - 3_600_000_000_000) / RED_CELL_NANOS..now / RED_CELL_NANOS + 1;
+    // Each window, and what a recount of `old` and `recent` spans gives for it.
+    let cases = |old_spans: &[Span], recent_spans: &[Span]| {
+        vec![
+            (old_minutes.clone(), recount(old_spans, &old_minutes)),
+            (some_minutes.clone(), recount(old_spans, &some_minutes)),
+            (recent_minutes.clone(), recount(recent_spans, &recent_minutes)),
+        ]
+    };
+    let (e, _) = Engine::open(EngineConfig { compact_min_blocks: 2, ..config(dir.path()) }).unwrap();
+    e.write(old[..200].to_vec()).await.unwrap();
+    check_red(&e, &services, cases(&old[..200], &[]), "in the head").await;
+    e.flush().await.unwrap();
+    e.write(old[200..400].to_vec()).await.unwrap();
+    check_red(&e, &services, cases(&old[..400], &[]), "a block and the head").await;
+    e.flush().await.unwrap();
+    e.write(old[400..].to_vec()).await.unwrap();
+    e.flush().await.unwrap();
+    assert!(e.compact().await.unwrap());
+    assert_eq!(e.block_count(), 1);
+    check_red(&e, &services, cases(&old, &[]), "compacted").await;
+    assert!(old.iter().map(|s| s.start_time_unix_nano / RED_CELL_NANOS).collect::<BTreeSet<_>>().len() > 3);
+    e.write(recent.clone()).await.unwrap();
+    e.close().await;
+    // Reopened twice: the recent spans are only in the WAL, replayed into the head.
+    let e = open(dir.path());
+    let more = red_spans(20_000, 50, now - 1_800_000_000_000);
+    e.write(more.clone()).await.unwrap();
+    e.close().await;
+    let e = open(dir.path());
+    let recent_all: Vec<Span> = recent.iter().chain(&more).cloned().collect();
+    check_red(&e, &services, cases(&old, &recent_all), "reopened").await;
+    e.flush().await.unwrap();
+    e.close().await;
+    // A retention of one day drops the block of 2024, and its cells with it.
+    let (e, _) =
+        Engine::open(EngineConfig { retention: Duration::from_secs(86_400), ..config(dir.path()) }).unwrap();
+    e.enforce_retention().unwrap();
+    assert!(e.trace(old[0].trace_id).await.unwrap().is_none());
+    let got = e.red(old_minutes.clone(), &services).await.unwrap().unwrap();
+    assert!(got.is_empty(), "retention dropped the old cells: {} calls left", got.calls());
+    assert_eq!(
+        e.red(recent_minutes.clone(), &services).await.unwrap().unwrap(),
+        recount(&recent_all, &recent_minutes)
+    );
 }
 
 #[tokio::test]

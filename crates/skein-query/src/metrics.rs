@@ -6,10 +6,13 @@
 //!
 //! Each point is what Jaeger computes from span metrics with PromQL: at every step from
 //! `endTs - lookback` to `endTs`, the calls per second, the share of them with status Error and
-//! the latency quantile over the `ratePer` before it. Skein computes them from the stored spans
-//! themselves, read once through `SpanStore::scan`: no collector, no Prometheus. Latencies come
-//! from a mergeable log-bucket sketch whose quantiles are within 1 % of the exact ones
-//! ([`Sketch`]).
+//! the latency quantile over the `ratePer` before it. Skein computes them from the spans it
+//! stores: no collector, no Prometheus. When step, `ratePer` and `lookback` are whole minutes
+//! (the Monitor tab's) and the store keeps RED pre-aggregates (`SpanStore::red`: the embedded
+//! engine, per head and per block), they answer, on a grid of whole minutes (`endTs` rounded
+//! down; the minute in progress is left out); otherwise the window's spans are read once
+//! through `SpanStore::scan`. Latencies come from a mergeable log-bucket sketch whose quantiles
+//! are within 1 % of the exact ones ([`Sketch`]).
 
 use std::collections::BTreeMap;
 
@@ -22,72 +25,7 @@ use skein_model::{SpanKind, TimeRange};
 use crate::SharedStore;
 use crate::v1::V1Error;
 
-/// Relative accuracy of [`Sketch`] quantiles.
-pub const SKETCH_ACCURACY: f64 = 0.01;
-
-/// A latency sketch: counts in logarithmic buckets, each `(1 + α) / (1 - α)` times wider than
-/// the one before, so that any quantile is returned within a relative error α
-/// ([`SKETCH_ACCURACY`]) of a value of the data (DDSketch's rule). Sketches merge by adding
-/// counts, so per-step sketches make any window's quantile.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Sketch {
-    /// Bucket index → count; bucket `i` holds values in `(γ^(i-1), γ^i]`.
-    buckets: BTreeMap<i32, u64>,
-    /// Values of 0 (or below 1 ns).
-    zeros: u64,
-    count: u64,
-}
-
-fn gamma() -> f64 {
-    (1.0 + SKETCH_ACCURACY) / (1.0 - SKETCH_ACCURACY)
-}
-
-impl Sketch {
-    pub fn add(&mut self, value: f64) {
-        self.count += 1;
-        if value < 1.0 {
-            self.zeros += 1;
-            return;
-        }
-        let i = (value.ln() / gamma().ln()).ceil() as i32;
-        *self.buckets.entry(i).or_default() += 1;
-    }
-
-    pub fn merge(&mut self, other: &Sketch) {
-        self.count += other.count;
-        self.zeros += other.zeros;
-        for (i, n) in &other.buckets {
-            *self.buckets.entry(*i).or_default() += n;
-        }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// The `q`-quantile (0 ≤ q ≤ 1) of the added values by the nearest-rank rule (the value
-    /// of rank `⌈q·n⌉`, 1-based, at least 1), within [`SKETCH_ACCURACY`] of it; `None` when
-    /// there are none.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1) - 1;
-        if rank < self.zeros {
-            return Some(0.0);
-        }
-        let mut seen = self.zeros;
-        let g = gamma();
-        for (i, n) in &self.buckets {
-            seen += n;
-            if seen > rank {
-                // The bucket's midpoint in relative terms: at most α from any of its values.
-                return Some(2.0 * g.powi(*i) / (g + 1.0));
-            }
-        }
-        None
-    }
-}
+pub use skein_store::red::{SKETCH_ACCURACY, Sketch};
 
 /// Which metric a request asks for.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -222,68 +160,154 @@ struct Steps {
     latencies: Vec<Sketch>,
 }
 
-/// The metric over `spans` (any iterator of the stored spans, e.g. a scan's).
+impl Steps {
+    fn new(steps: usize) -> Steps {
+        Steps { calls: vec![0; steps], errors: vec![0; steps], latencies: vec![Sketch::default(); steps] }
+    }
+}
+
+/// Where the points of a query lie: `points` points from `first_point`, one per step, each
+/// looking back over the `window` steps before it; step `k` starts at `origin + k·step`.
+struct Grid {
+    points: usize,
+    window: usize,
+    first_point: u64,
+    origin: u64,
+    steps: usize,
+}
+
+impl Grid {
+    fn of(query: &MetricsQuery) -> Grid {
+        let window = query.rate_per_nanos.div_ceil(query.step_nanos) as usize;
+        let points = (query.lookback_nanos / query.step_nanos) as usize + 1;
+        let first_point = query.end_nanos.saturating_sub(query.lookback_nanos);
+        let origin = first_point.saturating_sub(window as u64 * query.step_nanos);
+        Grid { points, window, first_point, origin, steps: points + window }
+    }
+}
+
+type Series = BTreeMap<(String, String), Steps>;
+
+/// The metric over `spans` (any iterator of the stored spans, e.g. a scan's). Step `k` holds
+/// the spans that start in `(origin + k·step, origin + (k + 1)·step]`, as a range vector does.
 pub fn compute<'a>(
     measure: Measure,
     query: &MetricsQuery,
     spans: impl IntoIterator<Item = &'a skein_store::ScanSpan>,
 ) -> MetricFamily {
-    let window = query.rate_per_nanos.div_ceil(query.step_nanos) as usize;
-    let points = (query.lookback_nanos / query.step_nanos) as usize + 1;
-    let first_point = query.end_nanos.saturating_sub(query.lookback_nanos);
-    // Step `k` covers (origin + k·step, origin + (k + 1)·step].
-    let origin = first_point.saturating_sub(window as u64 * query.step_nanos);
-    let steps = points + window;
-    let mut series: BTreeMap<(String, String), Steps> = BTreeMap::new();
+    let grid = Grid::of(query);
+    let mut series = Series::new();
     for s in spans {
         if !query.span_kinds.contains(&s.kind) || !query.services.iter().any(|n| n == s.service_name()) {
             continue;
         }
         let t = s.start_time_unix_nano;
-        if t <= origin || t > query.end_nanos {
+        if t <= grid.origin || t > query.end_nanos {
             continue;
         }
-        let k = ((t - origin - 1) / query.step_nanos) as usize;
-        if k >= steps {
+        let k = ((t - grid.origin - 1) / query.step_nanos) as usize;
+        if k >= grid.steps {
             continue;
         }
         let operation = if query.group_by_operation { s.name.to_string() } else { String::new() };
-        let e = series.entry((s.service_name().to_owned(), operation)).or_insert_with(|| Steps {
-            calls: vec![0; steps],
-            errors: vec![0; steps],
-            latencies: vec![Sketch::default(); steps],
-        });
+        let e =
+            series.entry((s.service_name().to_owned(), operation)).or_insert_with(|| Steps::new(grid.steps));
         e.calls[k] += 1;
         e.errors[k] += u64::from(s.error);
         if let Measure::Latencies(_) = measure {
             e.latencies[k].add(s.end_time_unix_nano.saturating_sub(t) as f64);
         }
     }
+    family(measure, query, &grid, series)
+}
+
+/// Whether [`compute_from_red`] can answer `query`: its step, rate window and lookback are
+/// whole minutes, the resolution of the pre-aggregates.
+pub fn red_answers(query: &MetricsQuery) -> bool {
+    let minute = skein_store::red::RED_CELL_NANOS;
+    query.step_nanos.is_multiple_of(minute)
+        && query.rate_per_nanos.is_multiple_of(minute)
+        && query.lookback_nanos.is_multiple_of(minute)
+}
+
+/// `query` moved onto the pre-aggregates' grid: its end rounded down to a whole minute (the
+/// minute in progress is left out), and the minutes (span start / 60 s) its points read.
+pub fn red_window(query: &MetricsQuery) -> (MetricsQuery, std::ops::Range<u64>) {
+    let minute = skein_store::red::RED_CELL_NANOS;
+    let aligned = MetricsQuery { end_nanos: query.end_nanos / minute * minute, ..query.clone() };
+    let grid = Grid::of(&aligned);
+    (aligned, grid.origin / minute..(grid.origin + grid.steps as u64 * query.step_nanos) / minute)
+}
+
+/// The metric from pre-aggregated minutes, for a query on their grid ([`red_window`]). Step
+/// `k` holds the spans that start in `[origin + k·step, origin + (k + 1)·step)`: whole minutes.
+pub fn compute_from_red(
+    measure: Measure,
+    query: &MetricsQuery,
+    red: &skein_store::red::RedSummary,
+) -> MetricFamily {
+    let grid = Grid::of(query);
+    let minute = skein_store::red::RED_CELL_NANOS;
+    let mut series = Series::new();
+    for (service, ops) in &red.series {
+        if !query.services.iter().any(|n| n == service) {
+            continue;
+        }
+        for ((name, kind), cells) in ops {
+            if !query.span_kinds.contains(kind) {
+                continue;
+            }
+            let operation = if query.group_by_operation { name.to_string() } else { String::new() };
+            let first = grid.origin / minute;
+            for (m, cell) in cells.range(first..first + (grid.steps as u64 * query.step_nanos) / minute) {
+                let k = ((m * minute - grid.origin) / query.step_nanos) as usize;
+                let e = series
+                    .entry((service.clone(), operation.clone()))
+                    .or_insert_with(|| Steps::new(grid.steps));
+                e.calls[k] += cell.calls;
+                e.errors[k] += cell.errors;
+                if let Measure::Latencies(_) = measure {
+                    e.latencies[k].merge(&cell.latency);
+                }
+            }
+        }
+    }
+    family(measure, query, &grid, series)
+}
+
+/// The points of every series: at `first_point + p·step`, the figure over the `window` steps
+/// before it (latency sketches kept as a sliding sum: one step in, one step out per point).
+fn family(measure: Measure, query: &MetricsQuery, grid: &Grid, series: Series) -> MetricFamily {
     let rate_secs = query.rate_per_nanos as f64 / 1e9;
     let metrics = series
         .into_iter()
         .map(|((service, operation), st)| {
-            let mut metric_points = Vec::with_capacity(points);
-            for p in 0..points {
+            let mut metric_points = Vec::with_capacity(grid.points);
+            let mut window = Sketch::default();
+            if let Measure::Latencies(_) = measure {
+                st.latencies[..grid.window].iter().for_each(|sk| window.merge(sk));
+            }
+            for p in 0..grid.points {
                 // The point at first_point + p·step = origin + (window + p)·step looks back over
                 // the `window` steps before it: p .. p + window.
-                let range = p..(p + window);
+                let range = p..(p + grid.window);
                 let calls: u64 = st.calls[range.clone()].iter().sum();
                 let value = match measure {
                     Measure::Calls => Some(calls as f64 / rate_secs),
                     Measure::Errors => (calls > 0)
                         .then(|| st.errors[range.clone()].iter().sum::<u64>() as f64 / calls as f64),
                     Measure::Latencies(q) => {
-                        let mut merged = Sketch::default();
-                        for sk in &st.latencies[range.clone()] {
-                            merged.merge(sk);
-                        }
                         // Milliseconds, as Jaeger's span metrics histograms are.
-                        merged.quantile(q).map(|ns| ns / 1e6)
+                        let v = window.quantile(q).map(|ns| ns / 1e6);
+                        if p + 1 < grid.points {
+                            window.merge(&st.latencies[p + grid.window]);
+                            window.subtract(&st.latencies[p]);
+                        }
+                        v
                     }
                 };
                 if let Some(v) = value {
-                    let at = first_point + p as u64 * query.step_nanos;
+                    let at = grid.first_point + p as u64 * query.step_nanos;
                     metric_points.push(MetricPoint {
                         gauge_value: GaugeValue { double_value: v },
                         timestamp: rfc3339(at),
@@ -340,12 +364,20 @@ async fn answer(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let query = parse_metrics_query(&pairs, now_ms).map_err(|e| V1Error::new(StatusCode::BAD_REQUEST, e))?;
+    let status = |e: skein_store::StoreError| V1Error::new(crate::store_error_status(&e), e.to_string());
+    // Steps of whole minutes: the store's pre-aggregates answer, when it keeps them.
+    if red_answers(&query) {
+        let (aligned, minutes) = red_window(&query);
+        if let Some(red) = store.red(minutes, &query.services).await.map_err(status)? {
+            let family = tokio::task::spawn_blocking(move || compute_from_red(measure, &aligned, &red))
+                .await
+                .map_err(|e| V1Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            return Ok(Json(family));
+        }
+    }
     let start = query.end_nanos.saturating_sub(query.lookback_nanos).saturating_sub(query.rate_per_nanos);
     let range = TimeRange::new(start, query.end_nanos.saturating_add(1));
-    let scan = store
-        .scan(range, METRICS_MAX_SPANS, |_| false)
-        .await
-        .map_err(|e| V1Error::new(crate::store_error_status(&e), e.to_string()))?;
+    let scan = store.scan(range, METRICS_MAX_SPANS, |_| false).await.map_err(status)?;
     // Figures over part of the window would be wrong without saying so: refuse instead.
     if scan.truncated {
         return Err(V1Error::new(
@@ -411,46 +443,6 @@ pub(crate) async fn min_step() -> Json<crate::jaeger::Response<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic stream of log-normal-like latencies (ns), from 1 µs to about 10 s.
-    fn latencies(n: usize) -> Vec<f64> {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
-                let v = ((x.rotate_left(17) >> 11) as f64) / (1u64 << 53) as f64;
-                // Sum of two uniforms in log space: a bell of magnitudes around 1 ms.
-                10f64.powf(3.0 + 3.5 * (u + v))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn sketch_quantiles_are_within_the_documented_error_of_exact_ones() {
-        let values = latencies(1_000_000);
-        let mut halves = (Sketch::default(), Sketch::default());
-        for (i, v) in values.iter().enumerate() {
-            if i % 2 == 0 { halves.0.add(*v) } else { halves.1.add(*v) }
-        }
-        let mut sketch = halves.0.clone();
-        sketch.merge(&halves.1);
-        assert_eq!(sketch.count(), 1_000_000);
-        let mut sorted = values.clone();
-        sorted.sort_by(f64::total_cmp);
-        for q in [0.0, 0.5, 0.75, 0.95, 0.99, 0.999, 1.0] {
-            let exact = sorted[((q * sorted.len() as f64).ceil() as usize).max(1) - 1];
-            let got = sketch.quantile(q).unwrap();
-            let error = (got - exact).abs() / exact;
-            assert!(error <= SKETCH_ACCURACY, "q{q}: sketch {got}, exact {exact}, error {error}");
-        }
-        assert_eq!(Sketch::default().quantile(0.5), None);
-        let mut zeros = Sketch::default();
-        zeros.add(0.0);
-        assert_eq!(zeros.quantile(0.99), Some(0.0));
-    }
 
     fn span(
         service: &str,
@@ -521,5 +513,68 @@ mod tests {
         }
         let client = MetricsQuery { span_kinds: vec![SpanKind::Client], ..query(false) };
         assert_eq!(values(&compute(Measure::Errors, &client, &spans)), [[1.0]]);
+    }
+
+    /// Pre-aggregated minutes give the same figures as counting the spans, on the minute grid.
+    #[test]
+    fn pre_aggregates_answer_like_a_recount() {
+        use skein_store::testdata::{BASE_TIME, SpanBuilder as B};
+        let minute = skein_store::red::RED_CELL_NANOS;
+        let mut red = skein_store::red::RedSummary::default();
+        let mut spans = Vec::new();
+        for n in 0..3_000u64 {
+            // Never on a minute's first nanosecond, where the two step rules differ.
+            let start = BASE_TIME + n * 137_000_000 + 1_000;
+            let mut b = B::new(1, 1)
+                .service(if n % 5 == 0 { "cart" } else { "api" })
+                .name(if n % 3 == 0 { "GET /b" } else { "GET /a" })
+                .kind(if n % 11 == 0 { SpanKind::Client } else { SpanKind::Server })
+                .times(start, start + 1_000_000 + (n * 7_919_000) % 900_000_000);
+            if n % 13 == 0 {
+                b = b.error("boom");
+            }
+            let span = b.build();
+            red.add(&span);
+            spans.push(skein_store::ScanSpan::of(&span, |_| false));
+        }
+        for group in [false, true] {
+            let query = MetricsQuery {
+                services: vec!["api".into(), "cart".into()],
+                group_by_operation: group,
+                span_kinds: vec![SpanKind::Server],
+                end_nanos: BASE_TIME + 6 * minute + 12_345,
+                lookback_nanos: 4 * minute,
+                step_nanos: minute,
+                rate_per_nanos: 2 * minute,
+            };
+            assert!(red_answers(&query));
+            let (aligned, minutes) = red_window(&query);
+            assert_eq!(aligned.end_nanos, BASE_TIME + 6 * minute);
+            let mut picked = skein_store::red::RedSummary::default();
+            picked.merge_where(&red, &minutes, Some(&query.services));
+            for measure in [Measure::Calls, Measure::Errors, Measure::Latencies(0.95)] {
+                let recount = compute(measure, &aligned, &spans);
+                assert!(!recount.metrics.is_empty() && recount.metrics[0].metric_points.len() == 5);
+                assert_eq!(
+                    compute_from_red(measure, &aligned, &picked),
+                    recount,
+                    "{measure:?}, grouped: {group}"
+                );
+            }
+        }
+        let seconds = MetricsQuery {
+            step_nanos: 15 * 1_000_000_000,
+            ..red_window(&MetricsQuery {
+                services: vec![],
+                group_by_operation: false,
+                span_kinds: vec![],
+                end_nanos: 0,
+                lookback_nanos: minute,
+                step_nanos: minute,
+                rate_per_nanos: minute,
+            })
+            .0
+        };
+        assert!(!red_answers(&seconds), "steps shorter than a minute are counted from the spans");
     }
 }

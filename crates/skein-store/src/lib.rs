@@ -13,6 +13,7 @@ pub mod codec;
 pub mod conformance;
 mod matcher;
 mod memory;
+pub mod red;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testdata;
 
@@ -330,6 +331,18 @@ pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
             scan.traces.insert(id, trace.iter().map(|s| ScanSpan::of(s, attributes)).collect());
         }
         Ok(scan)
+    }
+
+    /// RED pre-aggregates ([`red::RedSummary`]) of `services` for the minutes in `minutes`
+    /// (span start / 60 s), or `None` when the store does not keep them for all of that range:
+    /// the caller then counts from a [`SpanStore::scan`]. The default keeps none.
+    async fn red(
+        &self,
+        minutes: std::ops::Range<u64>,
+        services: &[String],
+    ) -> Result<Option<red::RedSummary>, StoreError> {
+        let _ = (minutes, services);
+        Ok(None)
     }
 
     /// Moves buffered data to its long-term form (the engine writes its head into a block).
