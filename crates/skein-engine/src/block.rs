@@ -288,14 +288,20 @@ impl IndexReader<'_> {
 
 /// Writes traces (each a group of spans of one trace) into a new block file at `path`
 /// (atomically). `wal_segment_end` is recorded so recovery knows which WAL records the block
-/// already holds.
+/// already holds. `red`, when given, is the RED pre-aggregates of exactly these spans (the
+/// head's): they are written as they are instead of being counted again.
 pub(crate) fn write_block<'a>(
     fs: &dyn Fs,
     path: &Path,
     traces: impl IntoIterator<Item = Vec<&'a Span>>,
     wal_segment_end: u64,
+    red: Option<&RedSummary>,
 ) -> Result<Block, BlockError> {
     let mut writer = BlockWriter::default();
+    if let Some(red) = red {
+        writer.red = red.clone();
+        writer.red_given = true;
+    }
     writer.add_traces(traces.into_iter().map(|spans| spans.into_iter().map(Cow::Borrowed).collect()));
     writer.finish(fs, path, wal_segment_end, &[])
 }
@@ -328,6 +334,8 @@ pub(crate) struct BlockWriter<'a> {
     red: RedSummary,
     /// …unless a compaction copied chunks of a block that has none (before format 4).
     red_incomplete: bool,
+    /// The pre-aggregates were given whole: spans added are not counted again.
+    red_given: bool,
 }
 
 impl<'a> BlockWriter<'a> {
@@ -373,14 +381,16 @@ impl<'a> BlockWriter<'a> {
             self.last_resource = Some((resource, sid));
             self.pending_services.push(sid);
             named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
-            self.red.add_parts(
-                &self.services[sid as usize].0,
-                &s.name,
-                s.kind,
-                s.start_time_unix_nano,
-                s.duration_nanos(),
-                s.status.code == skein_model::StatusCode::Error,
-            );
+            if !self.red_given {
+                self.red.add_parts(
+                    &self.services[sid as usize].0,
+                    &s.name,
+                    s.kind,
+                    s.start_time_unix_nano,
+                    s.duration_nanos(),
+                    s.status.code == skein_model::StatusCode::Error,
+                );
+            }
             self.span_count += 1;
             self.pending_bytes += 64 + s.name.len() + s.attributes.len() * 24;
             if self.trace_index.last() != Some(&(s.trace_id, chunk)) {
@@ -840,6 +850,17 @@ impl Block {
     /// The block's RED pre-aggregates, crc checked; `None` when it has none (written before
     /// format 4, or compacted from such blocks).
     pub(crate) fn read_red(&self, fs: &dyn Fs) -> Result<Option<RedSummary>, BlockError> {
+        let Some(raw) = self.read_red_bytes(fs)? else { return Ok(None) };
+        RedSummary::decode(&raw).map(Some).map_err(|e| self.corrupt(format!("RED pre-aggregates: {e}")))
+    }
+
+    pub(crate) fn corrupt(&self, reason: String) -> BlockError {
+        BlockError::Corrupt { path: self.path.clone(), reason }
+    }
+
+    /// The block's RED pre-aggregates as [`RedSummary::encode`] wrote them, crc checked and
+    /// decompressed; `None` when it has none.
+    pub(crate) fn read_red_bytes(&self, fs: &dyn Fs) -> Result<Option<Vec<u8>>, BlockError> {
         let Some((offset, len, crc)) = self.red else { return Ok(None) };
         let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
         let bytes = fs
@@ -850,7 +871,7 @@ impl Block {
         }
         let raw = zstd::stream::decode_all(&bytes[..])
             .map_err(|e| corrupt(format!("RED pre-aggregates do not decompress: {e}")))?;
-        RedSummary::decode(&raw).map(Some).map_err(|e| corrupt(format!("RED pre-aggregates: {e}")))
+        Ok(Some(raw))
     }
 
     /// The block's sequence number, from its file name (`{seq:020}.blk`).

@@ -438,7 +438,9 @@ impl Shared {
                     let traces = head.head.traces.values().map(|spans| {
                         spans.iter().filter(|s| s.start_time_unix_nano >= cutoff).collect::<Vec<_>>()
                     });
-                    block::write_block(&*fs, &path, traces, wal_end)
+                    // Every span kept: the head's pre-aggregates are the block's.
+                    let red = (kept as u64 == head.head.spans).then_some(&head.head.red);
+                    block::write_block(&*fs, &path, traces, wal_end, red)
                 })
                 .await
                 .map_err(|e| StoreError::Internal(format!("block writer panicked: {e}")))?;
@@ -919,6 +921,7 @@ impl SpanStore for Engine {
         &self,
         minutes: std::ops::Range<u64>,
         services: &[String],
+        latency: bool,
     ) -> Result<Option<RedSummary>, StoreError> {
         let shared = Arc::clone(&self.shared);
         let services = services.to_vec();
@@ -940,8 +943,10 @@ impl SpanStore for Engine {
                 if !b.services.iter().any(|(name, _)| services.contains(name)) {
                     continue;
                 }
-                match b.read_red(&*shared.config.fs).map_err(block_error)? {
-                    Some(red) => out.merge_where(&red, &minutes, Some(&services)),
+                match b.read_red_bytes(&*shared.config.fs).map_err(block_error)? {
+                    Some(raw) => out
+                        .decode_where(&raw, &minutes, Some(&services), latency)
+                        .map_err(|e| block_error(b.corrupt(format!("RED pre-aggregates: {e}"))))?,
                     None => return Ok(None),
                 }
             }

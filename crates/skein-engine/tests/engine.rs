@@ -289,7 +289,7 @@ async fn reads_the_checked_in_fixture_of_every_format_version() {
         }
         let services: Vec<String> =
             want.iter().map(|s| s.service_name().to_owned()).collect::<BTreeSet<_>>().into_iter().collect();
-        let red = e.red(0..u64::MAX, &services).await.unwrap();
+        let red = e.red(0..u64::MAX, &services, true).await.unwrap();
         assert_eq!(red.is_some(), version >= 4, "v{version}: RED pre-aggregates from format 4 on");
         if let Some(red) = red {
             assert_eq!(red.calls(), want.len() as u64, "v{version}");
@@ -454,7 +454,8 @@ async fn check_red(
     when: &str,
 ) {
     for (minutes, want) in cases {
-        let got = e.red(minutes.clone(), services).await.unwrap().expect("the engine keeps pre-aggregates");
+        let got =
+            e.red(minutes.clone(), services, true).await.unwrap().expect("the engine keeps pre-aggregates");
         assert!(got == want, "{when}, minutes {minutes:?}: {} calls, recount {}", got.calls(), want.calls());
     }
 }
@@ -545,10 +546,10 @@ async fn red_pre_aggregates_agree_with_a_recount_through_flush_compaction_reopen
         Engine::open(EngineConfig { retention: Duration::from_secs(86_400), ..config(dir.path()) }).unwrap();
     e.enforce_retention().unwrap();
     assert!(e.trace(old[0].trace_id).await.unwrap().is_none());
-    let got = e.red(old_minutes.clone(), &services).await.unwrap().unwrap();
+    let got = e.red(old_minutes.clone(), &services, true).await.unwrap().unwrap();
     assert!(got.is_empty(), "retention dropped the old cells: {} calls left", got.calls());
     assert_eq!(
-        e.red(recent_minutes.clone(), &services).await.unwrap().unwrap(),
+        e.red(recent_minutes.clone(), &services, true).await.unwrap().unwrap(),
         recount(&recent_all, &recent_minutes)
     );
 }

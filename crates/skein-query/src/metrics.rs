@@ -253,8 +253,10 @@ pub fn compute_from_red(
         if !query.services.iter().any(|n| n == service) {
             continue;
         }
-        for ((name, kind), cells) in ops {
-            if !query.span_kinds.contains(kind) {
+        let series_of_ops =
+            ops.iter().flat_map(|(name, kinds)| kinds.iter().enumerate().map(move |(k, c)| (name, k, c)));
+        for (name, k, cells) in series_of_ops {
+            if cells.is_empty() || !query.span_kinds.contains(&SpanKind::ALL[k]) {
                 continue;
             }
             let operation = if query.group_by_operation { name.to_string() } else { String::new() };
@@ -368,7 +370,8 @@ async fn answer(
     // Steps of whole minutes: the store's pre-aggregates answer, when it keeps them.
     if red_answers(&query) {
         let (aligned, minutes) = red_window(&query);
-        if let Some(red) = store.red(minutes, &query.services).await.map_err(status)? {
+        let latency = matches!(measure, Measure::Latencies(_));
+        if let Some(red) = store.red(minutes, &query.services, latency).await.map_err(status)? {
             let family = tokio::task::spawn_blocking(move || compute_from_red(measure, &aligned, &red))
                 .await
                 .map_err(|e| V1Error::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;

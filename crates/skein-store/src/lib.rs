@@ -334,14 +334,16 @@ pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
     }
 
     /// RED pre-aggregates ([`red::RedSummary`]) of `services` for the minutes in `minutes`
-    /// (span start / 60 s), or `None` when the store does not keep them for all of that range:
-    /// the caller then counts from a [`SpanStore::scan`]. The default keeps none.
+    /// (span start / 60 s), with latency sketches when `latency` (empty ones otherwise), or
+    /// `None` when the store does not keep them for all of that range: the caller then counts
+    /// from a [`SpanStore::scan`]. The default keeps none.
     async fn red(
         &self,
         minutes: std::ops::Range<u64>,
         services: &[String],
+        latency: bool,
     ) -> Result<Option<red::RedSummary>, StoreError> {
-        let _ = (minutes, services);
+        let _ = (minutes, services, latency);
         Ok(None)
     }
 

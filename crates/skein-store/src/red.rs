@@ -185,10 +185,14 @@ impl RedCell {
 /// Cells of one series (a service's operation and span kind), by minute (span start / 60 s).
 pub type RedCells = BTreeMap<u64, RedCell>;
 
-/// The pre-aggregates of a set of spans: service → (operation, kind) → minute → cell.
+/// The series of one operation, by span kind code (0 unspecified … 5 consumer).
+pub type RedKinds = [RedCells; SpanKind::ALL.len()];
+
+/// The pre-aggregates of a set of spans: service → operation → kind → minute → cell. (Nested
+/// by string so that counting a span looks its series up without allocating.)
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RedSummary {
-    pub series: HashMap<String, HashMap<(Str, SpanKind), RedCells>>,
+    pub series: HashMap<String, HashMap<Str, RedKinds>>,
 }
 
 impl RedSummary {
@@ -217,11 +221,11 @@ impl RedSummary {
             Some(ops) => ops,
             None => self.series.entry(service.to_owned()).or_default(),
         };
-        let cells = match ops.get_mut(&(name.clone(), kind)) {
-            Some(cells) => cells,
-            None => ops.entry((name.clone(), kind)).or_default(),
+        let kinds = match ops.get_mut(name.as_str()) {
+            Some(kinds) => kinds,
+            None => ops.entry(name.clone()).or_default(),
         };
-        let cell = cells.entry(start / RED_CELL_NANOS).or_default();
+        let cell = kinds[kind.code() as usize].entry(start / RED_CELL_NANOS).or_default();
         cell.calls += 1;
         cell.errors += u64::from(error);
         cell.latency.add(duration as f64);
@@ -238,14 +242,18 @@ impl RedSummary {
             if services.is_some_and(|wanted| !wanted.iter().any(|s| s == service)) {
                 continue;
             }
-            for (op, cells) in ops {
-                let mut picked = cells.range(minutes.clone()).peekable();
-                if picked.peek().is_none() {
-                    continue;
-                }
-                let mine = self.series.entry(service.clone()).or_default().entry(op.clone()).or_default();
-                for (minute, cell) in picked {
-                    mine.entry(*minute).or_default().merge(cell);
+            for (op, kinds) in ops {
+                for (k, cells) in kinds.iter().enumerate() {
+                    let mut picked = cells.range(minutes.clone()).peekable();
+                    if picked.peek().is_none() {
+                        continue;
+                    }
+                    let mine =
+                        &mut self.series.entry(service.clone()).or_default().entry(op.clone()).or_default()
+                            [k];
+                    for (minute, cell) in picked {
+                        mine.entry(*minute).or_default().merge(cell);
+                    }
                 }
             }
         }
@@ -257,11 +265,19 @@ impl RedSummary {
 
     /// Spans counted.
     pub fn calls(&self) -> u64 {
-        self.series.values().flat_map(|ops| ops.values()).flat_map(|c| c.values()).map(|c| c.calls).sum()
+        self.series
+            .values()
+            .flat_map(|ops| ops.values())
+            .flatten()
+            .flat_map(|cells| cells.values())
+            .map(|c| c.calls)
+            .sum()
     }
 
-    /// The encoding blocks store (`docs/format/block.md`): version 1, then the series sorted
-    /// by (service, operation, kind), each with its cells by minute.
+    /// The encoding blocks store (`docs/format/block.md`): version 1, then the services sorted
+    /// by name, each with its length in bytes (a reader skips the services it does not want)
+    /// and its series sorted by (operation, kind), each with its cells by minute; every sketch
+    /// has its length too (a reader of counts alone skips it).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.u8(1);
@@ -270,64 +286,122 @@ impl RedSummary {
         w.varint(services.len() as u64);
         for service in services {
             let ops = &self.series[service];
-            w.str(service);
-            let mut keys: Vec<&(Str, SpanKind)> = ops.keys().collect();
-            keys.sort_by_key(|(name, kind)| (name.as_str(), kind.code()));
-            w.varint(keys.len() as u64);
-            for key in keys {
-                let cells = &ops[key];
-                w.str(&key.0);
-                w.u8(key.1.code());
-                w.varint(cells.len() as u64);
+            let mut body = Writer::default();
+            let mut keys: Vec<(&Str, u8, &RedCells)> = ops
+                .iter()
+                .flat_map(|(name, kinds)| {
+                    kinds
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| !c.is_empty())
+                        .map(move |(k, c)| (name, k as u8, c))
+                })
+                .collect();
+            keys.sort_by_key(|(name, kind, _)| (name.as_str(), *kind));
+            body.varint(keys.len() as u64);
+            for (name, kind, cells) in keys {
+                body.str(name);
+                body.u8(kind);
+                body.varint(cells.len() as u64);
                 let mut last = 0;
+                let mut sketch = Writer::default();
                 for (minute, cell) in cells {
-                    w.varint(minute - last);
+                    body.varint(minute - last);
                     last = *minute;
-                    w.varint(cell.calls);
-                    w.varint(cell.errors);
-                    cell.latency.encode(&mut w);
+                    body.varint(cell.calls);
+                    body.varint(cell.errors);
+                    sketch.buf.clear();
+                    cell.latency.encode(&mut sketch);
+                    body.bytes(&sketch.buf);
                 }
             }
+            w.str(service);
+            w.bytes(&body.buf);
         }
         w.buf
     }
 
     pub fn decode(buf: &[u8]) -> Result<RedSummary, DecodeError> {
+        let mut out = RedSummary::default();
+        out.decode_where(buf, &(0..u64::MAX), None, true)?;
+        Ok(out)
+    }
+
+    /// Adds the cells of an encoded summary for minutes in `minutes` and, when given, these
+    /// services only, without building the rest: other services are stepped over by their
+    /// length, and with `latency` false so are the sketches (the cells then have empty ones).
+    pub fn decode_where(
+        &mut self,
+        buf: &[u8],
+        minutes: &Range<u64>,
+        services: Option<&[String]>,
+        latency: bool,
+    ) -> Result<(), DecodeError> {
         let mut r = Reader::new(buf);
         let version = r.u8()?;
         if version != 1 {
             return err(format!("unknown RED summary version {version}"));
         }
-        let mut series = HashMap::new();
         for _ in 0..r.count()? {
-            let service = r.text()?.to_owned();
-            let mut ops = HashMap::new();
+            let service = r.text()?;
+            let body = r.slice()?;
+            if services.is_some_and(|wanted| !wanted.iter().any(|s| s == service)) {
+                continue;
+            }
+            let mut r = Reader::new(body);
             for _ in 0..r.count()? {
                 let name = r.str()?;
                 let kind = *SpanKind::ALL
                     .get(r.u8()? as usize)
                     .ok_or_else(|| DecodeError("bad span kind in a RED summary".into()))?;
-                let mut cells = BTreeMap::new();
+                let mut picked: Vec<(u64, RedCell)> = Vec::new();
                 let mut minute = 0u64;
                 for _ in 0..r.count()? {
                     minute = minute
                         .checked_add(r.varint()?)
                         .ok_or_else(|| DecodeError("RED minute overflow".into()))?;
                     let (calls, errors) = (r.varint()?, r.varint()?);
-                    let latency = Sketch::decode(&mut r)?;
-                    if errors > calls || latency.count != calls {
-                        return err("a RED cell whose counts disagree");
+                    let sketch = r.slice()?;
+                    if errors > calls {
+                        return err("a RED cell with more errors than calls");
                     }
-                    cells.insert(minute, RedCell { calls, errors, latency });
+                    if !minutes.contains(&minute) {
+                        continue;
+                    }
+                    let latency = if latency {
+                        let mut sr = Reader::new(sketch);
+                        let latency = Sketch::decode(&mut sr)?;
+                        if latency.count != calls || !sr.is_empty() {
+                            return err("a RED cell whose sketch does not hold its calls");
+                        }
+                        latency
+                    } else {
+                        Sketch::default()
+                    };
+                    picked.push((minute, RedCell { calls, errors, latency }));
                 }
-                ops.insert((name, kind), cells);
+                if picked.is_empty() {
+                    continue;
+                }
+                let cells = &mut self.series.entry(service.to_owned()).or_default().entry(name).or_default()
+                    [kind.code() as usize];
+                for (minute, cell) in picked {
+                    match cells.entry(minute) {
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert(cell);
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().merge(&cell),
+                    }
+                }
             }
-            series.insert(service, ops);
+            if !r.is_empty() {
+                return err("trailing bytes in a RED summary's service");
+            }
         }
         if !r.is_empty() {
             return err("trailing bytes after a RED summary");
         }
-        Ok(RedSummary { series })
+        Ok(())
     }
 }
 
@@ -410,7 +484,8 @@ mod tests {
         }
         s.add(&B::new(1, 2).service("api").name("GET /a").kind(SpanKind::Client).build());
         assert_eq!(s.calls(), 101);
-        let api = &s.series["api"][&("GET /a".into(), SpanKind::Internal)];
+        let internal = SpanKind::Internal.code() as usize;
+        let api = &s.series["api"]["GET /a"][internal];
         // Span `i` starts i seconds after the base time: 100 seconds span two or three minutes.
         assert!(api.len() >= 2);
         assert_eq!(api.values().map(|c| c.calls).sum::<u64>(), 75);
@@ -426,12 +501,23 @@ mod tests {
             b[i / 8] ^= 1 << (i % 8);
             let _ = RedSummary::decode(&b);
         }
+        // Counts alone, of one service: the sketches are stepped over.
+        let mut counts = RedSummary::default();
+        counts.decode_where(&bytes, &(0..u64::MAX), Some(&["cart".to_owned()]), false).unwrap();
+        assert_eq!(counts.series.keys().collect::<Vec<_>>(), ["cart"]);
+        let cart = &s.series["cart"]["GET /a"][internal];
+        let got = &counts.series["cart"]["GET /a"][internal];
+        assert!(got.values().all(|c| c.latency.count() == 0));
+        assert_eq!(
+            got.values().map(|c| (c.calls, c.errors)).collect::<Vec<_>>(),
+            cart.values().map(|c| (c.calls, c.errors)).collect::<Vec<_>>()
+        );
         let mut picked = RedSummary::default();
         let first = *api.keys().next().unwrap();
         picked.merge_where(&s, &(first..first + 1), Some(&["api".to_owned()]));
         assert_eq!(picked.series.len(), 1);
         let expected: u64 =
-            s.series["api"].values().filter_map(|cells| cells.get(&first)).map(|c| c.calls).sum();
+            s.series["api"].values().flatten().filter_map(|cells| cells.get(&first)).map(|c| c.calls).sum();
         assert_eq!(picked.calls(), expected);
     }
 }
