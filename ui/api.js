@@ -37,6 +37,7 @@ export const api = {
   traceView: (id, opts) => getJSON(`/api/v1/traces/${encodeURIComponent(id)}/view`, opts),
   doctor: (query) => getJSON(`/api/v1/doctor?${query}`),
   diagnosis: (id, opts) => getJSON(`/api/v1/traces/${encodeURIComponent(id)}/diagnosis`, opts),
+  serviceMap: (endTs, lookbackMs) => getJSON(`/api/v1/service-map?endTs=${endTs}&lookback=${lookbackMs}`),
   dependencies: (endTs, lookbackMs) =>
     getJSON(`/api/dependencies?endTs=${endTs}&lookback=${lookbackMs}`).then((b) => b.data ?? []),
   /** Jaeger's metrics API: `kind` is calls, errors or latencies; `query` its parameters. */

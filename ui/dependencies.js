@@ -1,9 +1,30 @@
-// The service map: the dependency graph of `/api/dependencies` for a chosen time window, drawn
-// as layers from callers to callees, with call counts on the edges and as a table.
+// The service map: `/api/v1/service-map` for a chosen time window — the services, and the
+// databases, caches and uninstrumented peers they call — drawn as layers from callers to
+// callees, each edge labelled with its calls per second, error share and p95 latency, and the
+// same figures as a table.
 
 import { api } from "./api.js";
 import { h, link, replace, svg } from "./dom.js";
-import { plural, serviceColors } from "./format.js";
+import { fmtDuration, plural, serviceColors } from "./format.js";
+
+const NODE_KINDS = { database: "database", cache: "cache", peer: "peer" };
+
+/** Calls per second, short: 0.021/s, 3.4/s, 120/s. */
+export function fmtRate(perSecond) {
+  if (perSecond === 0) return "0/s";
+  const digits = perSecond >= 100 ? 0 : perSecond >= 10 ? 1 : Math.max(1, 1 - Math.floor(Math.log10(perSecond)));
+  return `${perSecond.toFixed(Math.min(digits, 4))}/s`;
+}
+
+/** An error share as a percentage: 0%, 0.4%, 23.1%. */
+export function fmtShare(rate) {
+  return rate === 0 ? "0%" : `${(rate * 100).toFixed(1)}%`;
+}
+
+/** The text on an edge: calls/s · error % · p95. */
+export function edgeLabel(e) {
+  return `${fmtRate(e.callsPerSecond)} · ${fmtShare(e.errorRate)} · p95 ${fmtDuration(e.p95Ms * 1000)}`;
+}
 
 const WINDOWS = [
   ["15m", "Last 15 minutes", 15 * 60e3],
@@ -26,15 +47,18 @@ export function renderDependencies(main, params, navigate) {
   replace(main, h("div", { class: "deps-page pad" }, h("div", { class: "deps-head" }, h("h1", null, "Service map"), select), body));
   let live = true;
   api
-    .dependencies(Date.now(), chosen[2])
-    .then((links) => {
+    .serviceMap(Date.now(), chosen[2])
+    .then((map) => {
       if (!live) return;
+      const links = map.edges.map((e) => ({ ...e, parent: e.from, child: e.to, callCount: e.calls }));
       if (!links.length) {
-        replace(body, h("p", { class: "empty muted" }, "No calls between services in this window. Calls appear when a span's parent belongs to another service."));
+        replace(body, h("p", { class: "empty muted" }, "No calls between services in this window. Calls appear when a span's parent belongs to another service, or a client span names the database or peer it calls."));
         return;
       }
-      const colors = serviceColors(links.flatMap((l) => [l.parent, l.child]));
-      replace(body, graph(links, colors), callTable(links, colors));
+      const kinds = new Map(map.nodes.map((n) => [n.id, n.kind]));
+      const colors = serviceColors(map.nodes.filter((n) => n.kind === "service").map((n) => n.id));
+      const note = map.truncated ? h("p", { class: "muted", role: "status" }, "This window holds more spans than one map reads: the figures cover part of it.") : null;
+      replace(body, note, graph(links, colors, kinds), callTable(links, colors, kinds));
     })
     .catch((e) => live && replace(body, h("p", { class: "error-text", role: "alert" }, `Cannot load dependencies: ${e.message}`)));
   return () => (live = false);
@@ -89,11 +113,11 @@ export function layout(links) {
   return { layers, layer, pos };
 }
 
-function graph(links, colors) {
+function graph(links, colors, kinds) {
   const { layers, layer, pos } = layout(links);
   const NW = 170;
   const NH = 40;
-  const GX = 110;
+  const GX = 190;
   const GY = 34;
   const rows = Math.max(...layers.map((l) => l.length));
   const W = layers.length * (NW + GX) - GX + 40;
@@ -136,21 +160,35 @@ function graph(links, colors) {
       ly = dip - 6;
     }
     const w = 1.2 + 3 * Math.sqrt(l.callCount / maxCalls);
+    const title = `${l.parent} → ${l.child}: ${plural(l.calls, "call")}, ${plural(l.errors, "error")}, p50 ${fmtDuration(l.p50Ms * 1000)}, p95 ${fmtDuration(l.p95Ms * 1000)}, p99 ${fmtDuration(l.p99Ms * 1000)}`;
     return svg(
       "g",
-      { class: "edge", dataset: { parent: l.parent, child: l.child } },
-      svg("path", { d, "stroke-width": w, "marker-end": "url(#arrow)" }, svg("title", null, `${l.parent} → ${l.child}: ${plural(l.callCount, "call")}`)),
-      svg("text", { x: lx, y: ly, "text-anchor": "middle", class: "edge-label" }, String(l.callCount)),
+      { class: `edge${l.errors ? " failing" : ""}`, dataset: { parent: l.parent, child: l.child } },
+      svg("path", { d, "stroke-width": w, "marker-end": "url(#arrow)" }, svg("title", null, title)),
+      svg("text", { x: lx, y: ly, "text-anchor": "middle", class: "edge-label" }, edgeLabel(l)),
     );
   });
   const nodes = [...layer.keys()].map((n) => {
     const p = at(n);
+    const kind = kinds.get(n) ?? "service";
+    const label = n.length > 22 ? `${n.slice(0, 21)}…` : n;
+    if (kind !== "service") {
+      // A database, cache or peer: no spans of its own to search; drawn dashed, with its kind.
+      return svg(
+        "g",
+        { class: `node peer-node ${kind}`, dataset: { service: n, kind } },
+        svg("rect", { x: p.x, y: p.y, width: NW, height: NH, rx: kind === "peer" ? 6 : 14 }),
+        svg("text", { x: p.x + NW / 2, y: p.y + NH / 2 - 2, "text-anchor": "middle" }, label),
+        svg("text", { x: p.x + NW / 2, y: p.y + NH / 2 + 12, "text-anchor": "middle", class: "node-kind" }, NODE_KINDS[kind] ?? kind),
+        svg("title", null, `${n} (${kind})`),
+      );
+    }
     return svg(
       "a",
-      { href: `/search?service=${encodeURIComponent(n)}&lookback=1h`, "data-link": true, class: "node", dataset: { service: n } },
+      { href: `/search?service=${encodeURIComponent(n)}&lookback=1h`, "data-link": true, class: "node", dataset: { service: n, kind } },
       svg("rect", { x: p.x, y: p.y, width: NW, height: NH, rx: 6, style: { stroke: colors.get(n) } }),
       svg("rect", { x: p.x, y: p.y, width: 6, height: NH, rx: 2, style: { fill: colors.get(n) } }),
-      svg("text", { x: p.x + NW / 2 + 3, y: p.y + NH / 2 + 5, "text-anchor": "middle" }, n.length > 22 ? `${n.slice(0, 21)}…` : n),
+      svg("text", { x: p.x + NW / 2 + 3, y: p.y + NH / 2 + 5, "text-anchor": "middle" }, label),
       svg("title", null, n),
     );
   });
@@ -163,13 +201,38 @@ function graph(links, colors) {
   );
 }
 
-function callTable(links, colors) {
-  const sorted = links.slice().sort((a, b) => b.callCount - a.callCount || (a.parent < b.parent ? -1 : 1));
-  const svc = (n) => link(`/search?service=${encodeURIComponent(n)}&lookback=1h`, null, h("span", { class: "swatch", style: { background: colors.get(n) } }), n);
+function callTable(links, colors, kinds) {
+  const sorted = links.slice().sort((a, b) => b.callCount - a.callCount || (a.parent < b.parent ? -1 : 1) || (a.child < b.child ? -1 : 1));
+  const node = (n) =>
+    (kinds.get(n) ?? "service") === "service"
+      ? link(`/search?service=${encodeURIComponent(n)}&lookback=1h`, null, h("span", { class: "swatch", style: { background: colors.get(n) } }), n)
+      : h("span", null, n, " ", h("span", { class: "muted" }, `(${kinds.get(n)})`));
+  const num = (cls, text) => h("td", { class: `num ${cls}` }, text);
   return h(
     "table",
     { class: "calls" },
-    h("thead", null, h("tr", null, h("th", null, "Caller"), h("th", null, "Callee"), h("th", { class: "num" }, "Calls"))),
-    h("tbody", null, sorted.map((l) => h("tr", { dataset: { parent: l.parent, child: l.child } }, h("td", null, svc(l.parent)), h("td", null, svc(l.child)), h("td", { class: "num" }, l.callCount.toLocaleString("en-US"))))),
+    h(
+      "thead",
+      null,
+      h("tr", null, h("th", null, "Caller"), h("th", null, "Callee"), h("th", { class: "num" }, "Calls"), h("th", { class: "num" }, "Calls/s"), h("th", { class: "num" }, "Errors"), h("th", { class: "num" }, "p50"), h("th", { class: "num" }, "p95"), h("th", { class: "num" }, "p99")),
+    ),
+    h(
+      "tbody",
+      null,
+      sorted.map((l) =>
+        h(
+          "tr",
+          { dataset: { parent: l.parent, child: l.child } },
+          h("td", null, node(l.parent)),
+          h("td", null, node(l.child)),
+          num("calls", l.callCount.toLocaleString("en-US")),
+          num("rate", fmtRate(l.callsPerSecond)),
+          num("errors", fmtShare(l.errorRate)),
+          num("p50", fmtDuration(l.p50Ms * 1000)),
+          num("p95", fmtDuration(l.p95Ms * 1000)),
+          num("p99", fmtDuration(l.p99Ms * 1000)),
+        ),
+      ),
+    ),
   );
 }

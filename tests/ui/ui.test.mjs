@@ -274,14 +274,33 @@ test("safety: names and attributes that look like HTML are shown as text and run
   assert.equal(await page.locator("#app img, #app script, #app b").count(), 0, "no element was made from data");
 });
 
-test("service map: calls between services with their counts, for a chosen window", async () => {
+test("service map: services, databases, caches and peers, edges labelled with calls/s, errors and p95", async () => {
   await page.goto(`${base}/dependencies`);
   await page.locator(".service-map").waitFor();
-  for (const s of ["frontend", "checkout", "cart"]) assert.equal(await page.locator(`.node[data-service="${s}"]`).count(), 1, s);
-  const count = (p, c) => page.locator(`.calls tr[data-parent="${p}"][data-child="${c}"] td.num`).textContent();
-  assert.equal(await count("frontend", "checkout"), "13");
-  assert.equal(await count("checkout", "cart"), "12", "the split request's cart call is not a parent/child pair");
-  assert.equal(await page.locator('.edge[data-parent="frontend"][data-child="checkout"] .edge-label').textContent(), "13");
+  for (const s of ["frontend", "checkout", "cart"]) assert.equal(await page.locator(`.node[data-service="${s}"][data-kind="service"]`).count(), 1, s);
+  // checkout's SQLite queries and cart's Redis calls, whose servers send no spans, are nodes of their own.
+  assert.equal(await page.locator('.node[data-service="sqlite"][data-kind="database"]').count(), 1);
+  assert.equal(await page.locator('.node[data-service="redis 127.0.0.1:6379"][data-kind="cache"]').count(), 1);
+  // The split request's call to cart has no server span in its trace: an uninstrumented peer, as far as the map can tell.
+  assert.equal(await page.locator('.node[data-service="127.0.0.1:8081"][data-kind="peer"]').count(), 1);
+  const cell = (p, c, col) => page.locator(`.calls tr[data-parent="${p}"][data-child="${c}"] td.${col}`).textContent();
+  assert.equal(await cell("frontend", "checkout", "calls"), "13");
+  assert.equal(await cell("frontend", "checkout", "errors"), "23.1%", "3 of the 13 requests failed");
+  assert.equal(await cell("checkout", "cart", "calls"), "12", "the split request's cart call is not a parent/child pair");
+  assert.equal(await cell("checkout", "sqlite", "calls"), "13");
+  assert.equal(await cell("checkout", "sqlite", "errors"), "0%");
+  // Two of the 13 queries are slow (450 ms), the others take 12 ms: p95 is a slow one (quantiles
+  // are within 1 % of the exact ones).
+  const ms = async (col) => {
+    const text = await cell("checkout", "sqlite", col);
+    assert.match(text, /^[\d.]+ms$/, text);
+    return parseFloat(text);
+  };
+  assert.ok(Math.abs((await ms("p50")) - 12) <= 0.2, await cell("checkout", "sqlite", "p50"));
+  assert.ok(Math.abs((await ms("p95")) - 450) <= 5, await cell("checkout", "sqlite", "p95"));
+  const label = await page.locator('.edge[data-parent="frontend"][data-child="checkout"] .edge-label').textContent();
+  assert.match(label, /^0\.0036\/s · 23\.1% · p95 \d/, label);
+  assert.equal(await page.locator('.edge.failing[data-parent="frontend"][data-child="checkout"]').count(), 1);
   await screenshot("service-map");
   await page.selectOption(".deps-head select", "15m");
   await page.waitForURL(`${base}/dependencies?lookback=15m`);

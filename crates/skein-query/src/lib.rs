@@ -15,6 +15,7 @@ pub mod analysis;
 pub mod doctor;
 pub mod duration;
 pub mod jaeger;
+pub mod map;
 pub mod metrics;
 pub mod params;
 mod skein_api;
@@ -59,6 +60,7 @@ pub fn router_with_activity(store: SharedStore, activity: doctor::report::Ingest
         .route("/api/v1/traces/{trace_id}/view", get(skein_api::trace_view))
         .route("/api/v1/traces/{trace_id}/diagnosis", get(skein_api::trace_diagnosis))
         .route("/api/v1/doctor", get(skein_api::doctor_report))
+        .route("/api/v1/service-map", get(map::handler))
         .layer(axum::Extension(activity))
         .route("/api/v3/services", get(v3::services))
         .route("/api/v3/operations", get(v3::operations))

@@ -10,7 +10,7 @@
 //! stores: no collector, no Prometheus. When step, `ratePer` and `lookback` are whole minutes
 //! (the Monitor tab's) and the store keeps RED pre-aggregates (`SpanStore::red`: the embedded
 //! engine, per head and per block), they answer, on a grid of whole minutes (`endTs` rounded
-//! down; the minute in progress is left out); otherwise the window's spans are read once
+//! up, so the last point holds the minute in progress); otherwise the window's spans are read once
 //! through `SpanStore::scan`. Latencies come from a mergeable log-bucket sketch whose quantiles
 //! are within 1 % of the exact ones ([`Sketch`]).
 
@@ -230,11 +230,13 @@ pub fn red_answers(query: &MetricsQuery) -> bool {
         && query.lookback_nanos.is_multiple_of(minute)
 }
 
-/// `query` moved onto the pre-aggregates' grid: its end rounded down to a whole minute (the
-/// minute in progress is left out), and the minutes (span start / 60 s) its points read.
+/// `query` moved onto the pre-aggregates' grid: its end rounded up to a whole minute (so the
+/// last point holds the minute in progress, up to now), and the minutes (span start / 60 s)
+/// its points read.
 pub fn red_window(query: &MetricsQuery) -> (MetricsQuery, std::ops::Range<u64>) {
     let minute = skein_store::red::RED_CELL_NANOS;
-    let aligned = MetricsQuery { end_nanos: query.end_nanos / minute * minute, ..query.clone() };
+    let aligned =
+        MetricsQuery { end_nanos: query.end_nanos.div_ceil(minute).saturating_mul(minute), ..query.clone() };
     let grid = Grid::of(&aligned);
     (aligned, grid.origin / minute..(grid.origin + grid.steps as u64 * query.step_nanos) / minute)
 }
@@ -552,7 +554,7 @@ mod tests {
             };
             assert!(red_answers(&query));
             let (aligned, minutes) = red_window(&query);
-            assert_eq!(aligned.end_nanos, BASE_TIME + 6 * minute);
+            assert_eq!(aligned.end_nanos, BASE_TIME + 7 * minute);
             let mut picked = skein_store::red::RedSummary::default();
             picked.merge_where(&red, &minutes, Some(&query.services));
             for measure in [Measure::Calls, Measure::Errors, Measure::Latencies(0.95)] {
