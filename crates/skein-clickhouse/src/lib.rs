@@ -20,4 +20,5 @@ pub mod sql;
 mod store;
 
 pub use client::{ChError, Client};
+pub use schema::SCHEMA_VERSION;
 pub use store::{ClickhouseConfig, ClickhouseStore, OpenError};

@@ -5,11 +5,12 @@ use crate::client::{ChError, Client};
 use crate::codec::Reader;
 use crate::sql::quote;
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes and reads. Version 2 added `red`.
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// The tables, in the order a batch is inserted (lookups before the spans that need them).
-pub const TABLES: [&str; 5] = ["resources", "operations", "spans", "search", "tags"];
+/// The tables, in the order a batch is inserted (lookups before the spans that need them, the
+/// pre-aggregates last).
+pub const TABLES: [&str; 6] = ["resources", "operations", "spans", "search", "tags", "red"];
 
 /// Rows per primary-index mark of `spans`: a trace read decompresses about this many
 /// payloads per day partition (ClickHouse's default of 8,192 would be eight times more).
@@ -118,6 +119,18 @@ impl Layout {
                 ),
                 "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, timestamp)".to_owned(),
                 "reinterpretAsUInt64(trace_id)",
+            ),
+            (
+                "red",
+                format!(
+                    "service {}, name {}, kind UInt8, minute DateTime, calls UInt64, errors UInt64, zeros UInt64, \
+                     latencyMap Nested(bucket Int32, count UInt64)",
+                    lc("String"),
+                    lc("String")
+                ),
+                "SummingMergeTree() PARTITION BY toDate(minute) ORDER BY (service, name, kind, minute)"
+                    .to_owned(),
+                "rand()",
             ),
         ];
         let mut out = Vec::new();
@@ -248,7 +261,7 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 10);
+        assert_eq!(ddl.len(), 12);
         assert!(ddl[5].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use skein_model::{AttrValue, Resource, Span, SpanId, SpanKind, TimeRange, TraceId};
+use skein_store::red::{RedCell, RedSummary, Sketch};
 use skein_store::{
     DependencyLink, Operation, SpanMatcher, SpanStore, StoreError, StoreStats, TraceQuery,
     count_dependencies, dependency_links, synthetic_tags_of,
@@ -129,6 +130,8 @@ struct Shared {
     written_resources: Mutex<HashSet<(u64, u32, usize)>>,
     written_operations: Mutex<HashSet<(String, String, u8, u32)>>,
     spans_written: AtomicU64,
+    /// Unix seconds from which `red` holds every span (0: always).
+    red_since: u32,
 }
 
 /// Spans in ClickHouse, behind a local durable buffer. See the crate documentation.
@@ -190,9 +193,10 @@ impl ClickhouseStore {
             None => Topology::single(entry.clone()),
         };
         let layout = Layout { database: config.database.clone(), cluster: config.cluster.clone() };
+        let mut red_since = 0;
         for shard in &topology.shards {
             for replica in &shard.replicas {
-                migrate(replica, &layout).await.map_err(|e| match e {
+                let since = migrate(replica, &layout).await.map_err(|e| match e {
                     MigrateError::ClickHouse(ch) => match ch {
                         ChError::Unreachable { .. } if config.cluster.is_some() => OpenError::Cluster(format!(
                             "{ch}; every shard's HTTP interface must be reachable at its host from system.clusters and the port of --clickhouse-url"
@@ -201,6 +205,7 @@ impl ClickhouseStore {
                     },
                     MigrateError::Schema(s) => OpenError::Schema(s),
                 })?;
+                red_since = red_since.max(since);
             }
         }
         let wal_config = WalConfig {
@@ -248,6 +253,7 @@ impl ClickhouseStore {
             written_resources: Mutex::new(HashSet::new()),
             written_operations: Mutex::new(HashSet::new()),
             spans_written: AtomicU64::new(0),
+            red_since,
         });
         let flusher = tokio::spawn(flush_loop(Arc::clone(&shared)));
         let retention = tokio::spawn(retention_loop(Arc::clone(&shared)));
@@ -283,7 +289,10 @@ impl From<ChError> for MigrateError {
 }
 
 /// Brings one server's schema to [`SCHEMA_VERSION`]; refuses a newer one.
-async fn migrate(server: &Client, layout: &Layout) -> Result<(), MigrateError> {
+/// Creates or migrates the schema on one server. Returns when (unix seconds) the server's RED
+/// pre-aggregates begin: 0 for a database created with them, else when the migration that
+/// added them ran (spans stored before have none).
+async fn migrate(server: &Client, layout: &Layout) -> Result<u32, MigrateError> {
     let version = String::from_utf8_lossy(&server.query("SELECT version()", &[]).await?).trim().to_owned();
     let features = Features::from_version(&version).map_err(MigrateError::Schema)?;
     let db = &layout.database;
@@ -321,7 +330,23 @@ async fn migrate(server: &Client, layout: &Layout) -> Result<(), MigrateError> {
             .await?;
         tracing::info!(server = %server.url(), clickhouse = %version, from = current, to = SCHEMA_VERSION, "clickhouse schema migrated");
     }
-    Ok(())
+    // Rows written by schema version 1 (before `red`) exist when version 1 was applied; the
+    // pre-aggregates then start when version 2 was.
+    let raw = server
+        .query(
+            &format!(
+                "SELECT toUInt32(countIf(version = 1)), toUInt32(minIf(applied_at, version >= 2)) FROM {db}.schema_migrations FORMAT RowBinary"
+            ),
+            &[],
+        )
+        .await?;
+    let word =
+        |i: usize| raw.get(i * 4..i * 4 + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    Ok(match (word(0), word(1)) {
+        (Some(0), _) => 0,
+        (_, Some(since)) => since,
+        _ => u32::MAX,
+    })
 }
 
 /// The rows of one insert, one `RowBinary` body per table.
@@ -332,6 +357,7 @@ struct Rows {
     spans: Writer,
     search: Writer,
     tags: Writer,
+    red: Writer,
     new_resources: Vec<(u64, u32, usize)>,
     new_operations: Vec<(String, String, u8, u32)>,
 }
@@ -378,6 +404,7 @@ impl Shared {
         let written_res = self.written_resources.lock();
         let written_ops = self.written_operations.lock();
         let mut payload = Vec::new();
+        let mut red = RedSummary::default();
         for span in spans {
             let tid = span.trace_id.as_bytes();
             let key = trace_key(tid);
@@ -466,7 +493,9 @@ impl Shared {
             for (k, v) in synthetic_tags_of(span) {
                 tag(k, Cow::Borrowed(v));
             }
+            red.add(span);
         }
+        write_red_rows(&red, &mut rows.red);
         rows
     }
 
@@ -481,9 +510,16 @@ impl Shared {
             "trace_id, span_id, timestamp, start_ns, resource_id, payload",
             "service, name, kind, timestamp, start_ns, duration_ns, error, trace_id, span_id, parent_span_id",
             "key, value, service, timestamp, trace_id",
+            "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
         ];
-        let bodies =
-            [rows.resources.buf, rows.operations.buf, rows.spans.buf, rows.search.buf, rows.tags.buf];
+        let bodies = [
+            rows.resources.buf,
+            rows.operations.buf,
+            rows.spans.buf,
+            rows.search.buf,
+            rows.tags.buf,
+            rows.red.buf,
+        ];
         for ((table, cols), body) in TABLES.iter().zip(columns).zip(bodies) {
             if body.is_empty() {
                 continue;
@@ -809,6 +845,74 @@ fn remember<T: std::hash::Hash + Eq>(set: &Mutex<HashSet<T>>, items: Vec<T>) {
     s.extend(items);
 }
 
+/// The `red` rows of a batch's pre-aggregates, in `RowBinary`: one per service, operation,
+/// kind and minute (ClickHouse's SummingMergeTree adds up the rows of several batches).
+fn write_red_rows(red: &RedSummary, w: &mut Writer) {
+    for (service, ops) in &red.series {
+        for (name, kinds) in ops {
+            for (k, cells) in kinds.iter().enumerate() {
+                for (minute, cell) in cells {
+                    w.str(service);
+                    w.str(name);
+                    w.u8(k as u8);
+                    w.buf.extend_from_slice(
+                        &(minute.saturating_mul(60).min(u32::MAX as u64) as u32).to_le_bytes(),
+                    );
+                    w.buf.extend_from_slice(&cell.calls.to_le_bytes());
+                    w.buf.extend_from_slice(&cell.errors.to_le_bytes());
+                    w.buf.extend_from_slice(&cell.latency.zeros().to_le_bytes());
+                    let buckets: Vec<(i32, u64)> = cell.latency.buckets().collect();
+                    w.varint(buckets.len() as u64);
+                    for (i, _) in &buckets {
+                        w.buf.extend_from_slice(&i.to_le_bytes());
+                    }
+                    w.varint(buckets.len() as u64);
+                    for (_, n) in &buckets {
+                        w.buf.extend_from_slice(&n.to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the answer of the `red` query of [`SpanStore::red`] into `out`.
+fn read_red_rows(rows: &[u8], latency: bool, out: &mut RedSummary) -> Result<(), codec::DecodeError> {
+    let mut r = Reader::new(rows);
+    let u64_of =
+        |r: &mut Reader<'_>| -> Result<u64, codec::DecodeError> { Ok(u64::from_le_bytes(r.array()?)) };
+    while !r.is_empty() {
+        let service = r.text()?.to_owned();
+        let name = r.str()?;
+        let kind = r.u8()? as usize;
+        if kind >= SpanKind::ALL.len() {
+            return Err(codec::DecodeError("bad span kind in red".into()));
+        }
+        let minute = u64::from(u32::from_le_bytes(r.array()?)) / 60;
+        let (calls, errors, zeros) = (u64_of(&mut r)?, u64_of(&mut r)?, u64_of(&mut r)?);
+        let latency = if latency {
+            let n = r.count()?;
+            let mut indexes = Vec::with_capacity(n);
+            for _ in 0..n {
+                indexes.push(i32::from_le_bytes(r.array()?));
+            }
+            if r.count()? != n {
+                return Err(codec::DecodeError("red bucket arrays of different lengths".into()));
+            }
+            let mut buckets = Vec::with_capacity(n);
+            for i in indexes {
+                buckets.push((i, u64_of(&mut r)?));
+            }
+            Sketch::from_parts(zeros, buckets)
+        } else {
+            Sketch::default()
+        };
+        let cells = &mut out.series.entry(service).or_default().entry(name).or_default()[kind];
+        cells.entry(minute).or_default().merge(&RedCell { calls, errors, latency });
+    }
+    Ok(())
+}
+
 fn corrupt(e: codec::DecodeError) -> StoreError {
     StoreError::Internal(e.to_string())
 }
@@ -1079,6 +1183,49 @@ impl SpanStore for ClickhouseStore {
             count_dependencies(spans.iter(), range, &mut counts);
         }
         Ok(dependency_links(counts))
+    }
+
+    /// From the `red` table (summed by ClickHouse) and the spans still in this node's buffer;
+    /// `None` for minutes before the pre-aggregates began (a database migrated from schema
+    /// version 1).
+    async fn red(
+        &self,
+        minutes: std::ops::Range<u64>,
+        services: &[String],
+        latency: bool,
+    ) -> Result<Option<RedSummary>, StoreError> {
+        let s = &self.shared;
+        if minutes.start.saturating_mul(60) < u64::from(s.red_since) {
+            return Ok(None);
+        }
+        let mut out = RedSummary::default();
+        if services.is_empty() || minutes.is_empty() {
+            return Ok(Some(out));
+        }
+        let list = services.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", ");
+        let at = |m: u64| m.saturating_mul(60).min(u32::MAX as u64);
+        let sketch = if latency { ", sumMap(latencyMap.bucket, latencyMap.count)" } else { "" };
+        let sql = format!(
+            "SELECT service, name, kind, toUInt32(minute), sum(calls), sum(errors), sum(zeros){sketch} FROM {} \
+             WHERE service IN ({list}) AND minute >= toDateTime({}) AND minute < toDateTime({}) \
+             GROUP BY service, name, kind, minute FORMAT RowBinary",
+            s.layout.table("red"),
+            at(minutes.start),
+            at(minutes.end),
+        );
+        let rows = s.query(&sql).await?;
+        read_red_rows(&rows, latency, &mut out).map_err(corrupt)?;
+        // Spans acknowledged here but not inserted yet. (A batch being inserted right now may
+        // count twice for the moment between its insert and its leaving the buffer.)
+        let mut buffered = RedSummary::default();
+        {
+            let p = s.pending.read();
+            for span in p.batches.iter().flat_map(|b| b.spans.iter()) {
+                buffered.add(span);
+            }
+        }
+        out.merge_where(&buffered, &minutes, Some(services));
+        Ok(Some(out))
     }
 
     fn stats(&self) -> StoreStats {

@@ -309,7 +309,9 @@ async fn a_newer_schema_is_refused_naming_both_versions() {
     let e = ClickhouseStore::open(c).await.unwrap_err();
     let msg = e.to_string();
     assert!(
-        matches!(e, OpenError::Schema(_)) && msg.contains("version 7") && msg.contains("version 1"),
+        matches!(e, OpenError::Schema(_))
+            && msg.contains("version 7")
+            && msg.contains(&format!("version {}", skein_clickhouse::SCHEMA_VERSION)),
         "{msg}"
     );
 }
@@ -407,4 +409,112 @@ async fn a_buffer_directory_in_use_is_refused() {
     assert!(matches!(e, OpenError::Locked(_)) && e.to_string().contains("--data-dir"), "{e}");
     drop(first);
     open(c).await;
+}
+
+/// `count` spans over several minutes: two services, three operations, server and client,
+/// every seventh failing, durations from 1 ms to 2 s. Trace ids from `first` on.
+fn red_spans(first: u32, count: u32) -> Vec<Span> {
+    (0..count)
+        .map(|n| {
+            let start = skein_store::testdata::BASE_TIME + n as u64 * 397_000_000 + 123_456;
+            let duration = 1_000_000 + (n as u64 * 7_919_000) % 2_000_000_000;
+            let mut b = B::new(1, 1)
+                .service(["api", "cart"][n as usize % 2])
+                .name(["GET /a", "GET /b", "SELECT"][(n as usize / 2) % 3])
+                .kind([SpanKind::Server, SpanKind::Client][(n as usize / 6) % 2])
+                .times(start, start + duration);
+            if n % 7 == 0 {
+                b = b.error("boom");
+            }
+            let mut s = b.build();
+            let mut id = [0u8; 16];
+            id[0] = 0x3e;
+            id[12..].copy_from_slice(&(first + n).to_be_bytes());
+            s.trace_id = TraceId::from_bytes(id).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// The RED pre-aggregates of the `red` table (summed by ClickHouse over the inserts of several
+/// batches, on every shard) plus this node's buffer equal a recount of the spans.
+async fn red_agrees_with_a_recount(url: &str, cluster: Option<&str>) {
+    use skein_store::red::{RED_CELL_NANOS, RedSummary};
+    let store = open(buffer_only(config(url, cluster))).await;
+    let spans = red_spans(0, 900);
+    let services = vec!["api".to_owned(), "cart".to_owned()];
+    let first = skein_store::testdata::BASE_TIME / RED_CELL_NANOS;
+    let minutes = first..first + 8;
+    let recount = |spans: &[Span], minutes: &std::ops::Range<u64>| {
+        let mut all = RedSummary::default();
+        spans.iter().for_each(|s| all.add(s));
+        let mut picked = RedSummary::default();
+        picked.merge_where(&all, minutes, Some(&services));
+        picked
+    };
+    // Three batches delivered, one still in the buffer.
+    for part in spans[..600].chunks(200) {
+        store.write(part.to_vec()).await.unwrap();
+        store.flush_now().await.unwrap();
+    }
+    store.write(spans[600..].to_vec()).await.unwrap();
+    assert_eq!(store.buffered_spans(), 300);
+    let got = store.red(minutes.clone(), &services, true).await.unwrap().expect("a new database keeps them");
+    assert!(
+        got == recount(&spans, &minutes),
+        "{} calls, recount {}",
+        got.calls(),
+        recount(&spans, &minutes).calls()
+    );
+    let part = first + 2..first + 4;
+    assert!(store.red(part.clone(), &services, true).await.unwrap().unwrap() == recount(&spans, &part));
+    // Counts alone: the same calls and errors, no sketches.
+    let counts = store.red(minutes.clone(), &["cart".to_owned()], false).await.unwrap().unwrap();
+    assert_eq!(counts.series.keys().collect::<Vec<_>>(), ["cart"]);
+    assert_eq!(counts.calls(), 450);
+    store.flush_now().await.unwrap();
+    assert!(store.red(minutes.clone(), &services, true).await.unwrap().unwrap() == recount(&spans, &minutes));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_pre_aggregates_agree_with_a_recount() {
+    let Some(url) = single() else { return };
+    red_agrees_with_a_recount(&url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_pre_aggregates_on_two_shards() {
+    let Some((url, name)) = cluster() else { return };
+    red_agrees_with_a_recount(&url, Some(&name)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_pre_aggregates_on_current_clickhouse() {
+    let Some(url) = modern() else { return };
+    red_agrees_with_a_recount(&url, None).await;
+}
+
+/// A database made by schema version 1 holds spans without pre-aggregates: after the
+/// migration, minutes before it are counted from spans (`None`), later ones from `red`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_migrated_from_version_1_has_pre_aggregates_from_the_migration_on() {
+    let Some(url) = single() else { return };
+    let c = config(&url, None);
+    let client = Client::new(&url, None, None).unwrap();
+    for sql in [
+        format!("CREATE DATABASE {}", c.database),
+        format!(
+            "CREATE TABLE {}.schema_migrations (version UInt32, applied_at DateTime, by String) ENGINE = TinyLog",
+            c.database
+        ),
+        format!("INSERT INTO {}.schema_migrations VALUES (1, now() - 86400, 'skein 0.0.0')", c.database),
+    ] {
+        client.query(&sql, &[]).await.unwrap();
+    }
+    let store = open(c).await;
+    let now_minute =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 60;
+    let services = ["api".to_owned()];
+    assert!(store.red(now_minute - 120..now_minute + 1, &services, true).await.unwrap().is_none());
+    assert!(store.red(now_minute + 2..now_minute + 3, &services, true).await.unwrap().is_some());
 }

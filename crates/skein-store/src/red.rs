@@ -106,6 +106,30 @@ impl Sketch {
         self.count
     }
 
+    /// Values under 1 ns.
+    pub fn zeros(&self) -> u64 {
+        self.zeros
+    }
+
+    /// The buckets that hold values: (index, count), index ascending. Bucket `i` holds values
+    /// in `(γ^(i-1), γ^i]`.
+    pub fn buckets(&self) -> impl Iterator<Item = (i32, u64)> + '_ {
+        self.counts.iter().enumerate().filter(|(_, n)| **n > 0).map(|(k, n)| (self.first + k as i32, *n))
+    }
+
+    /// The sketch with these counts (as [`Sketch::zeros`] and [`Sketch::buckets`] give them;
+    /// buckets may repeat and come in any order).
+    pub fn from_parts(zeros: u64, buckets: impl IntoIterator<Item = (i32, u64)>) -> Sketch {
+        let mut s = Sketch::default();
+        s.add_zeros(zeros);
+        for (i, n) in buckets {
+            if n > 0 {
+                s.add_bucket(i, n);
+            }
+        }
+        s
+    }
+
     /// The `q`-quantile (0 ≤ q ≤ 1) of the added values by the nearest-rank rule (the value
     /// of rank `⌈q·n⌉`, 1-based, at least 1), within [`SKETCH_ACCURACY`] of it; `None` when
     /// there are none.
@@ -450,6 +474,9 @@ mod tests {
         let mut zeros = Sketch::default();
         zeros.add(0.0);
         assert_eq!(zeros.quantile(0.99), Some(0.0));
+        let rebuilt =
+            Sketch::from_parts(sketch.zeros(), sketch.buckets().collect::<Vec<_>>().into_iter().rev());
+        assert_eq!(rebuilt, sketch, "a sketch is rebuilt from its buckets");
         // Taking a merged part out again leaves the other part.
         sketch.subtract(&halves.1);
         assert_eq!(sketch.count(), halves.0.count());
