@@ -1,5 +1,6 @@
 // The Monitor page: a service's request rate, error rate and latency (p50/p95/p99) over time,
-// and its operations, from Jaeger's metrics API, which Skein computes from the stored spans.
+// and its operations, from Jaeger's metrics API, which Skein answers from its RED pre-aggregates
+// (whole-minute steps) or the stored spans.
 
 import { api } from "./api.js";
 import { h, link, replace, svg } from "./dom.js";
@@ -18,9 +19,12 @@ function fmtRate(v) {
   return v === 0 ? "0" : v.toPrecision(2);
 }
 
-/** About 60 points per plot, each over the step before it. */
+/**
+ * Up to 60 points per plot, each over the step before it, in whole minutes: the server answers
+ * those from its RED pre-aggregates instead of reading every span of the window.
+ */
 function stepFor(windowMs) {
-  return Math.max(1000, Math.round(windowMs / 60 / 1000) * 1000);
+  return Math.max(60e3, Math.round(windowMs / 60 / 60e3) * 60e3);
 }
 
 const COLUMNS = [
