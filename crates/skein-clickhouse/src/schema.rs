@@ -5,12 +5,14 @@ use crate::client::{ChError, Client};
 use crate::codec::Reader;
 use crate::sql::quote;
 
-/// The schema version this build writes and reads. Version 2 added `red`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// The schema version this build writes and reads. Version 2 added `red`; version 3 indexes
+/// resource attributes once per resource (`resource_tags`, and `resource_id` in `search`)
+/// instead of once per trace in `tags`.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The tables, in the order a batch is inserted (lookups before the spans that need them, the
 /// pre-aggregates last).
-pub const TABLES: [&str; 6] = ["resources", "operations", "spans", "search", "tags", "red"];
+pub const TABLES: [&str; 7] = ["resources", "resource_tags", "operations", "spans", "search", "tags", "red"];
 
 /// Rows per primary-index mark of `spans`: a trace read decompresses about this many
 /// payloads per day partition (ClickHouse's default of 8,192 would be eight times more).
@@ -80,6 +82,15 @@ impl Layout {
                 "shard_key",
             ),
             (
+                "resource_tags",
+                format!(
+                    "key {}, value String{plain_zstd}, id UInt64, shard_key UInt64, timestamp DateTime",
+                    lc("String")
+                ),
+                "ReplacingMergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, id)".to_owned(),
+                "shard_key",
+            ),
+            (
                 "operations",
                 format!("service {}, name {}, kind UInt8, date Date", lc("String"), lc("String")),
                 "ReplacingMergeTree() PARTITION BY date ORDER BY (service, name, kind)".to_owned(),
@@ -102,7 +113,8 @@ impl Layout {
                 format!(
                     "service {}, name {}, kind UInt8, timestamp DateTime{delta}, start_ns UInt64{delta}, \
                      duration_ns UInt64{plain_zstd}, error UInt8, trace_id FixedString(16){plain_zstd}, \
-                     span_id FixedString(8){plain_zstd}, parent_span_id FixedString(8){plain_zstd}",
+                     span_id FixedString(8){plain_zstd}, parent_span_id FixedString(8){plain_zstd}, \
+                     resource_id UInt64{plain_zstd}",
                     lc("String"),
                     lc("String")
                 ),
@@ -146,6 +158,22 @@ impl Layout {
                     quote(&format!("{name}_local")),
                 ));
             }
+        }
+        out
+    }
+
+    /// Statements that bring tables made by an older schema version up to this one, given the
+    /// columns `search` already has on the server: `resource_id` (version 3) on the local table
+    /// and, when sharded, the Distributed one (rows written before hold 0, which no resource
+    /// has).
+    pub fn upgrade_statements(&self, f: &Features, search_columns: &[String]) -> Vec<String> {
+        if search_columns.is_empty() || search_columns.iter().any(|c| c == "resource_id") {
+            return Vec::new();
+        }
+        let column = format!("resource_id UInt64{}", f.codec("ZSTD(1)"));
+        let mut out = vec![format!("ALTER TABLE {} ADD COLUMN {column}", self.local("search"))];
+        if self.cluster.is_some() {
+            out.push(format!("ALTER TABLE {} ADD COLUMN resource_id UInt64", self.table("search")));
         }
         out
     }
@@ -261,8 +289,8 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 12);
-        assert!(ddl[5].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
+        assert_eq!(ddl.len(), 14);
+        assert!(ddl[7].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
     }
 
     #[test]

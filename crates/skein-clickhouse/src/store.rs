@@ -319,6 +319,26 @@ async fn migrate(server: &Client, layout: &Layout) -> Result<u32, MigrateError> 
         for statement in layout.create_statements(&features) {
             server.query(&statement, &[]).await?;
         }
+        let local = layout.local("search");
+        let table = local.rsplit('.').next().expect("db.table");
+        let raw = server
+            .query(
+                &format!(
+                    "SELECT name FROM system.columns WHERE database = {} AND table = {} FORMAT RowBinary",
+                    quote(db),
+                    quote(table)
+                ),
+                &[],
+            )
+            .await?;
+        let mut r = Reader::new(&raw);
+        let mut columns = Vec::new();
+        while !r.is_empty() {
+            columns.push(r.text().map_err(|e| MigrateError::Schema(e.to_string()))?.to_owned());
+        }
+        for statement in layout.upgrade_statements(&features, &columns) {
+            server.query(&statement, &[]).await?;
+        }
         server
             .query(
                 &format!(
@@ -353,6 +373,7 @@ async fn migrate(server: &Client, layout: &Layout) -> Result<u32, MigrateError> 
 #[derive(Default)]
 struct Rows {
     resources: Writer,
+    resource_tags: Writer,
     operations: Writer,
     spans: Writer,
     search: Writer,
@@ -423,6 +444,20 @@ impl Shared {
                 w.buf.extend_from_slice(&ts.to_le_bytes());
                 w.bytes(res_bytes);
                 rows.new_resources.push(res_key);
+                // The resource's attributes are indexed once per resource, day and shard (not
+                // once per trace): a search finds its spans by `search.resource_id`.
+                let w = &mut rows.resource_tags;
+                for kv in &span.resource.attributes {
+                    let text = match &kv.value {
+                        AttrValue::Str(s) => Cow::Borrowed(s.as_str()),
+                        other => Cow::Owned(other.to_search_string()),
+                    };
+                    w.str(&kv.key);
+                    w.str(indexed_value(&text));
+                    w.buf.extend_from_slice(&res_id.to_le_bytes());
+                    w.buf.extend_from_slice(&key.to_le_bytes());
+                    w.buf.extend_from_slice(&ts.to_le_bytes());
+                }
             }
             let service = span.service_name();
             if batch_ops.insert((service, &span.name, span.kind.code(), day)) {
@@ -458,6 +493,7 @@ impl Shared {
             w.buf.extend_from_slice(tid);
             w.buf.extend_from_slice(span.span_id.as_bytes());
             w.buf.extend_from_slice(span.parent_span_id.map(|p| *p.as_bytes()).unwrap_or([0; 8]).as_slice());
+            w.buf.extend_from_slice(&res_id.to_le_bytes());
 
             let mut tag = |k: &'a str, v: Cow<'a, str>| {
                 let v = match v {
@@ -481,7 +517,7 @@ impl Shared {
                 AttrValue::Str(s) => Cow::Borrowed(s.as_str()),
                 other => Cow::Owned(other.to_search_string()),
             };
-            for kv in span.attributes.iter().chain(&span.resource.attributes) {
+            for kv in &span.attributes {
                 tag(&kv.key, text(&kv.value));
             }
             for e in &span.events {
@@ -490,7 +526,8 @@ impl Shared {
                     tag(&kv.key, text(&kv.value));
                 }
             }
-            for (k, v) in synthetic_tags_of(span) {
+            // `span.kind` is the `kind` column of `search`.
+            for (k, v) in synthetic_tags_of(span).filter(|(k, _)| *k != "span.kind") {
                 tag(k, Cow::Borrowed(v));
             }
             red.add(span);
@@ -506,14 +543,16 @@ impl Shared {
     async fn insert(&self, rows: Rows) -> Result<(), ChError> {
         let columns = [
             "id, shard_key, timestamp, payload",
+            "key, value, id, shard_key, timestamp",
             "service, name, kind, date",
             "trace_id, span_id, timestamp, start_ns, resource_id, payload",
-            "service, name, kind, timestamp, start_ns, duration_ns, error, trace_id, span_id, parent_span_id",
+            "service, name, kind, timestamp, start_ns, duration_ns, error, trace_id, span_id, parent_span_id, resource_id",
             "key, value, service, timestamp, trace_id",
             "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
         ];
         let bodies = [
             rows.resources.buf,
+            rows.resource_tags.buf,
             rows.operations.buf,
             rows.spans.buf,
             rows.search.buf,
@@ -726,51 +765,53 @@ impl Shared {
         let from = secs(q.time.start_unix_nano);
         let to = secs(q.time.end_unix_nano.saturating_sub(1));
         let time = format!("timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to})");
-        let sql = if let Some(((k0, v0), rest)) = q.tags.split_first() {
-            let tag = |k: &str, v: &str| {
+        // Spans in `search` that may match: in the window, of the service and operation, in the
+        // duration bounds, and for every tag, in a trace whose `tags` rows hold it (span and
+        // event attributes, synthetic tags; and, for spans stored by schema version 1 or 2,
+        // resource attributes), or of a resource whose `resource_tags` hold it, or, for
+        // `span.kind`, of that kind. Skein then keeps the traces one span of which matches
+        // exactly (`SpanMatcher`).
+        let mut cond = format!(
+            "{time} AND start_ns >= {} AND start_ns < {}",
+            q.time.start_unix_nano, q.time.end_unix_nano
+        );
+        let service = q.service.as_ref().map(|s| format!(" AND service = {}", quote(s))).unwrap_or_default();
+        cond.push_str(&service);
+        if let Some(o) = &q.operation {
+            cond.push_str(&format!(" AND name = {}", quote(o)));
+        }
+        if let Some(d) = q.min_duration_nanos {
+            cond.push_str(&format!(" AND duration_ns >= {d}"));
+        }
+        if let Some(d) = q.max_duration_nanos {
+            cond.push_str(&format!(" AND duration_ns <= {d}"));
+        }
+        for (k, v) in &q.tags {
+            let values = tuple(indexed_candidates(v).iter().map(|c| quote(c)));
+            let mut alternatives = vec![
                 format!(
-                    "key = {} AND value IN {}",
-                    quote(k),
-                    tuple(indexed_candidates(v).iter().map(|c| quote(c)))
-                )
-            };
-            let mut cond = format!("{} AND {time}", tag(k0, v0));
-            if let Some(s) = &q.service {
-                cond.push_str(&format!(" AND service = {}", quote(s)));
-            }
-            for (k, v) in rest {
-                cond.push_str(&format!(
-                    " AND trace_id IN (SELECT trace_id FROM {} WHERE {} AND {time})",
+                    "trace_id IN (SELECT trace_id FROM {} WHERE key = {} AND value IN {values} AND {time}{service})",
                     self.layout.table("tags"),
-                    tag(k, v)
-                ));
+                    quote(k)
+                ),
+                format!(
+                    "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {values})",
+                    self.layout.table("resource_tags"),
+                    quote(k)
+                ),
+            ];
+            if k == "span.kind"
+                && let Some(kind) =
+                    SpanKind::ALL.iter().find(|kind| kind.as_str() == v && **kind != SpanKind::Unspecified)
+            {
+                alternatives.push(format!("kind = {}", kind.code()));
             }
-            format!(
-                "SELECT trace_id, toUInt64(max(timestamp)) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
-                self.layout.table("tags")
-            )
-        } else {
-            let mut cond = format!(
-                "{time} AND start_ns >= {} AND start_ns < {}",
-                q.time.start_unix_nano, q.time.end_unix_nano
-            );
-            if let Some(s) = &q.service {
-                cond.push_str(&format!(" AND service = {}", quote(s)));
-            }
-            if let Some(o) = &q.operation {
-                cond.push_str(&format!(" AND name = {}", quote(o)));
-            }
-            if let Some(d) = q.min_duration_nanos {
-                cond.push_str(&format!(" AND duration_ns >= {d}"));
-            }
-            if let Some(d) = q.max_duration_nanos {
-                cond.push_str(&format!(" AND duration_ns <= {d}"));
-            }
-            format!(
-                "SELECT trace_id, max(start_ns) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
-                self.layout.table("search")
-            )
-        };
+            cond.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+        }
+        let sql = format!(
+            "SELECT trace_id, max(start_ns) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+            self.layout.table("search")
+        );
         let rows = self.query(&sql).await?;
         let mut r = Reader::new(&rows);
         let mut out = Vec::new();

@@ -518,3 +518,80 @@ async fn a_database_migrated_from_version_1_has_pre_aggregates_from_the_migratio
     assert!(store.red(now_minute - 120..now_minute + 1, &services, true).await.unwrap().is_none());
     assert!(store.red(now_minute + 2..now_minute + 3, &services, true).await.unwrap().is_some());
 }
+
+/// A database made by schema version 2 (its `search` without `resource_id`) is brought up to
+/// date at start, on one server and on every shard of a cluster, and spans written afterwards
+/// are found by their resource attributes, which version 3 indexes once per resource.
+async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
+    let c = config(url, cluster);
+    drop(open(c.clone()).await);
+    let servers: Vec<String> = match cluster {
+        None => vec![url.to_owned()],
+        Some(_) => {
+            let client = Client::new(url, None, None).unwrap();
+            let port = url.rsplit(':').next().unwrap().to_owned();
+            let raw = client
+                .query(
+                    &format!(
+                        "SELECT DISTINCT host_address FROM system.clusters WHERE cluster = '{}'",
+                        cluster.unwrap()
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            String::from_utf8(raw).unwrap().lines().map(|h| format!("http://{h}:{port}")).collect()
+        }
+    };
+    for server in &servers {
+        let client = Client::new(server, None, None).unwrap();
+        let local = if cluster.is_some() { "search_local" } else { "search" };
+        let mut statements = vec![format!("ALTER TABLE {}.{local} DROP COLUMN resource_id", c.database)];
+        if cluster.is_some() {
+            statements.push(format!("ALTER TABLE {}.search DROP COLUMN resource_id", c.database));
+        }
+        statements.push(format!("DROP TABLE {}.schema_migrations", c.database));
+        statements.push(format!(
+            "CREATE TABLE {}.schema_migrations (version UInt32, applied_at DateTime, by String) ENGINE = TinyLog",
+            c.database
+        ));
+        statements
+            .push(format!("INSERT INTO {}.schema_migrations VALUES (2, now(), 'skein 0.0.0')", c.database));
+        for sql in statements {
+            client.query(&sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+    let store = Delivered(open(c.clone()).await);
+    let mut span = B::new(9, 1).service("upgraded").build();
+    let mut resource = (*span.resource).clone();
+    resource.attributes.push(KeyValue::new("k8s.pod.name", AttrValue::Str("pod-7".into())));
+    span.resource = std::sync::Arc::new(resource);
+    store.write(vec![span]).await.unwrap();
+    let q = |pod: &str| TraceQuery {
+        service: Some("upgraded".into()),
+        tags: vec![("k8s.pod.name".into(), pod.into())],
+        ..TraceQuery::default()
+    };
+    assert_eq!(store.find_traces(&q("pod-7")).await.unwrap().len(), 1);
+    assert!(store.find_traces(&q("pod-8")).await.unwrap().is_empty());
+    for server in &servers {
+        let local = if cluster.is_some() { "search_local" } else { "search" };
+        let sql = format!(
+            "SELECT count() FROM system.columns WHERE database = '{}' AND table = '{local}' AND name = 'resource_id'",
+            c.database
+        );
+        assert_eq!(count_on(server, &sql).await, 1, "{server}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_database_is_upgraded() {
+    let Some(url) = single() else { return };
+    upgrade_from_version_2(&url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_cluster_is_upgraded_on_every_shard() {
+    let Some((url, name)) = cluster() else { return };
+    upgrade_from_version_2(&url, Some(&name)).await;
+}
