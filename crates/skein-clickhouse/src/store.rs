@@ -765,53 +765,103 @@ impl Shared {
         let from = secs(q.time.start_unix_nano);
         let to = secs(q.time.end_unix_nano.saturating_sub(1));
         let time = format!("timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to})");
-        // Spans in `search` that may match: in the window, of the service and operation, in the
-        // duration bounds, and for every tag, in a trace whose `tags` rows hold it (span and
-        // event attributes, synthetic tags; and, for spans stored by schema version 1 or 2,
-        // resource attributes), or of a resource whose `resource_tags` hold it, or, for
-        // `span.kind`, of that kind. Skein then keeps the traces one span of which matches
-        // exactly (`SpanMatcher`).
-        let mut cond = format!(
-            "{time} AND start_ns >= {} AND start_ns < {}",
-            q.time.start_unix_nano, q.time.end_unix_nano
-        );
         let service = q.service.as_ref().map(|s| format!(" AND service = {}", quote(s))).unwrap_or_default();
-        cond.push_str(&service);
-        if let Some(o) = &q.operation {
-            cond.push_str(&format!(" AND name = {}", quote(o)));
-        }
-        if let Some(d) = q.min_duration_nanos {
-            cond.push_str(&format!(" AND duration_ns >= {d}"));
-        }
-        if let Some(d) = q.max_duration_nanos {
-            cond.push_str(&format!(" AND duration_ns <= {d}"));
-        }
-        for (k, v) in &q.tags {
-            let values = tuple(indexed_candidates(v).iter().map(|c| quote(c)));
-            let mut alternatives = vec![
-                format!(
-                    "trace_id IN (SELECT trace_id FROM {} WHERE key = {} AND value IN {values} AND {time}{service})",
-                    self.layout.table("tags"),
-                    quote(k)
-                ),
-                format!(
-                    "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {values})",
-                    self.layout.table("resource_tags"),
-                    quote(k)
-                ),
-            ];
-            if k == "span.kind"
-                && let Some(kind) =
+        let values = |v: &str| tuple(indexed_candidates(v).iter().map(|c| quote(c)));
+        let kind_of = |k: &str, v: &str| {
+            (k == "span.kind")
+                .then(|| {
                     SpanKind::ALL.iter().find(|kind| kind.as_str() == v && **kind != SpanKind::Unspecified)
-            {
-                alternatives.push(format!("kind = {}", kind.code()));
+                })
+                .flatten()
+        };
+        // Which tags some resource has (one small lookup in `resource_tags`).
+        let mut on_resources: HashSet<usize> = HashSet::new();
+        if !q.tags.is_empty() {
+            let any = q
+                .tags
+                .iter()
+                .map(|(k, v)| format!("(key = {} AND value IN {})", quote(k), values(v)))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let rows = self
+                .query(&format!(
+                    "SELECT DISTINCT key, value FROM {} WHERE {any} FORMAT RowBinary",
+                    self.layout.table("resource_tags")
+                ))
+                .await?;
+            let mut r = Reader::new(&rows);
+            while !r.is_empty() {
+                let (key, value) = (r.text().map_err(corrupt)?, r.text().map_err(corrupt)?);
+                for (i, (k, v)) in q.tags.iter().enumerate() {
+                    if k == key && indexed_candidates(v).iter().any(|c| c == value) {
+                        on_resources.insert(i);
+                    }
+                }
             }
-            cond.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
         }
-        let sql = format!(
-            "SELECT trace_id, max(start_ns) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
-            self.layout.table("search")
-        );
+        let tags_only = on_resources.is_empty() && q.tags.iter().all(|(k, v)| kind_of(k, v).is_none());
+        let sql = if let (true, Some(((k0, v0), rest))) = (tags_only, q.tags.split_first()) {
+            // Every tag is a span or event attribute (or a synthetic tag kept in `tags`): read
+            // the key range of the first in `tags`, and intersect with the others'.
+            let mut cond = format!("key = {} AND value IN {} AND {time}{service}", quote(k0), values(v0));
+            for (k, v) in rest {
+                cond.push_str(&format!(
+                    " AND trace_id IN (SELECT trace_id FROM {} WHERE key = {} AND value IN {} AND {time})",
+                    self.layout.table("tags"),
+                    quote(k),
+                    values(v)
+                ));
+            }
+            format!(
+                "SELECT trace_id, toUInt64(max(timestamp)) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+                self.layout.table("tags")
+            )
+        } else {
+            // Spans in `search` that may match: in the window, of the service and operation, in
+            // the duration bounds, and for every tag, in a trace whose `tags` rows hold it (span
+            // and event attributes, synthetic tags; and, for spans stored by schema version 1
+            // or 2, resource attributes), or of a resource that has it, or, for `span.kind`, of
+            // that kind.
+            let mut cond = format!(
+                "{time} AND start_ns >= {} AND start_ns < {}{service}",
+                q.time.start_unix_nano, q.time.end_unix_nano
+            );
+            if let Some(o) = &q.operation {
+                cond.push_str(&format!(" AND name = {}", quote(o)));
+            }
+            if let Some(d) = q.min_duration_nanos {
+                cond.push_str(&format!(" AND duration_ns >= {d}"));
+            }
+            if let Some(d) = q.max_duration_nanos {
+                cond.push_str(&format!(" AND duration_ns <= {d}"));
+            }
+            for (i, (k, v)) in q.tags.iter().enumerate() {
+                let mut alternatives = vec![format!(
+                    "trace_id IN (SELECT trace_id FROM {} WHERE key = {} AND value IN {} AND {time}{service})",
+                    self.layout.table("tags"),
+                    quote(k),
+                    values(v)
+                )];
+                if on_resources.contains(&i) {
+                    alternatives.push(format!(
+                        "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {})",
+                        self.layout.table("resource_tags"),
+                        quote(k),
+                        values(v)
+                    ));
+                }
+                if let Some(kind) = kind_of(k, v) {
+                    alternatives.push(format!("kind = {}", kind.code()));
+                }
+                cond.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+            }
+            format!(
+                "SELECT trace_id, max(start_ns) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+                self.layout.table("search")
+            )
+        };
+        // Either way Skein then keeps the traces one span of which matches exactly
+        // (`SpanMatcher`).
         let rows = self.query(&sql).await?;
         let mut r = Reader::new(&rows);
         let mut out = Vec::new();
