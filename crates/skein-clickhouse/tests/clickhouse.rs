@@ -411,46 +411,17 @@ async fn a_buffer_directory_in_use_is_refused() {
     open(c).await;
 }
 
-/// `count` spans over several minutes: two services, three operations, server and client,
-/// every seventh failing, durations from 1 ms to 2 s. Trace ids from `first` on.
-fn red_spans(first: u32, count: u32) -> Vec<Span> {
-    (0..count)
-        .map(|n| {
-            let start = skein_store::testdata::BASE_TIME + n as u64 * 397_000_000 + 123_456;
-            let duration = 1_000_000 + (n as u64 * 7_919_000) % 2_000_000_000;
-            let mut b = B::new(1, 1)
-                .service(["api", "cart"][n as usize % 2])
-                .name(["GET /a", "GET /b", "SELECT"][(n as usize / 2) % 3])
-                .kind([SpanKind::Server, SpanKind::Client][(n as usize / 6) % 2])
-                .times(start, start + duration);
-            if n % 7 == 0 {
-                b = b.error("boom");
-            }
-            let mut s = b.build();
-            let mut id = [0u8; 16];
-            id[0] = 0x3e;
-            id[12..].copy_from_slice(&(first + n).to_be_bytes());
-            s.trace_id = TraceId::from_bytes(id).unwrap();
-            s
-        })
-        .collect()
-}
-
 /// The RED pre-aggregates of the `red` table (summed by ClickHouse over the inserts of several
 /// batches, on every shard) plus this node's buffer equal a recount of the spans.
 async fn red_agrees_with_a_recount(url: &str, cluster: Option<&str>) {
-    use skein_store::red::{RED_CELL_NANOS, RedSummary};
+    use skein_store::red::RED_CELL_NANOS;
     let store = open(buffer_only(config(url, cluster))).await;
-    let spans = red_spans(0, 900);
+    let spans = skein_store::testdata::spans_over_minutes(0, 900, skein_store::testdata::BASE_TIME);
     let services = vec!["api".to_owned(), "cart".to_owned()];
     let first = skein_store::testdata::BASE_TIME / RED_CELL_NANOS;
     let minutes = first..first + 8;
     let recount = |spans: &[Span], minutes: &std::ops::Range<u64>| {
-        let mut all = RedSummary::default();
-        spans.iter().for_each(|s| all.add(s));
-        let mut picked = RedSummary::default();
-        picked.merge_where(&all, minutes, Some(&services));
-        picked
+        skein_store::testdata::red_recount(spans, minutes, &services)
     };
     // Three batches delivered, one still in the buffer.
     for part in spans[..600].chunks(200) {
@@ -471,7 +442,16 @@ async fn red_agrees_with_a_recount(url: &str, cluster: Option<&str>) {
     // Counts alone: the same calls and errors, no sketches.
     let counts = store.red(minutes.clone(), &["cart".to_owned()], false).await.unwrap().unwrap();
     assert_eq!(counts.series.keys().collect::<Vec<_>>(), ["cart"]);
-    assert_eq!(counts.calls(), 450);
+    assert_eq!(
+        counts.calls(),
+        recount(&spans, &minutes).series["cart"]
+            .values()
+            .flatten()
+            .flat_map(|c| c.values())
+            .map(|c| c.calls)
+            .sum::<u64>()
+    );
+    assert_eq!(counts.calls(), 300);
     store.flush_now().await.unwrap();
     assert!(store.red(minutes.clone(), &services, true).await.unwrap().unwrap() == recount(&spans, &minutes));
 }

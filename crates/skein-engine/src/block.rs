@@ -862,15 +862,9 @@ impl Block {
     /// decompressed; `None` when it has none.
     pub(crate) fn read_red_bytes(&self, fs: &dyn Fs) -> Result<Option<Vec<u8>>, BlockError> {
         let Some((offset, len, crc)) = self.red else { return Ok(None) };
-        let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
-        let bytes = fs
-            .read_range(&self.path, offset, len as usize)
-            .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
-        if crc32fast::hash(&bytes) != crc {
-            return Err(corrupt("RED pre-aggregates crc mismatch".into()));
-        }
+        let bytes = self.read_checked(fs, offset, len, crc, || "RED pre-aggregates".into())?;
         let raw = zstd::stream::decode_all(&bytes[..])
-            .map_err(|e| corrupt(format!("RED pre-aggregates do not decompress: {e}")))?;
+            .map_err(|e| self.corrupt(format!("RED pre-aggregates do not decompress: {e}")))?;
         Ok(Some(raw))
     }
 
@@ -971,14 +965,26 @@ impl Block {
         if c.bloom_len == 0 {
             return Ok(Vec::new());
         }
+        self.read_checked(fs, c.offset + c.len as u64, c.bloom_len, c.bloom_crc, || {
+            format!("chunk {i} bloom filter")
+        })
+    }
+
+    /// `len` bytes at `offset` of the block file, whose crc32 must be `crc` (`what` names them
+    /// in the error).
+    fn read_checked(
+        &self,
+        fs: &dyn Fs,
+        offset: u64,
+        len: u32,
+        crc: u32,
+        what: impl Fn() -> String,
+    ) -> Result<Vec<u8>, BlockError> {
         let bytes = fs
-            .read_range(&self.path, c.offset + c.len as u64, c.bloom_len as usize)
+            .read_range(&self.path, offset, len as usize)
             .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
-        if crc32fast::hash(&bytes) != c.bloom_crc {
-            return Err(BlockError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("chunk {i} bloom filter crc mismatch"),
-            });
+        if crc32fast::hash(&bytes) != crc {
+            return Err(self.corrupt(format!("{} crc mismatch", what())));
         }
         Ok(bytes)
     }
@@ -1003,16 +1009,7 @@ impl Block {
     /// The compressed bytes of chunk `i`, crc checked.
     fn read_chunk_bytes(&self, fs: &dyn Fs, i: usize) -> Result<Vec<u8>, BlockError> {
         let c = &self.chunks[i];
-        let bytes = fs
-            .read_range(&self.path, c.offset, c.len as usize)
-            .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
-        if crc32fast::hash(&bytes) != c.crc {
-            return Err(BlockError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("chunk {i} crc mismatch"),
-            });
-        }
-        Ok(bytes)
+        self.read_checked(fs, c.offset, c.len, c.crc, || format!("chunk {i}"))
     }
 
     /// Reads and decodes chunk `i`, checking its crc.

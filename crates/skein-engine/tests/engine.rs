@@ -460,49 +460,20 @@ async fn check_red(
     }
 }
 
-/// `count` spans over several minutes from `base` (ns): three services, operations and kinds,
-/// every seventh failing, durations from 1 ms to about 2 s. Trace ids from `first` on.
-fn red_spans(first: u32, count: u32, base: u64) -> Vec<Span> {
-    (0..count)
-        .map(|n| {
-            let start = base + n as u64 * 397_000_000 + 123_456;
-            let duration = 1_000_000 + (n as u64 * 7_919_000) % 2_000_000_000;
-            let mut b = B::new(1, 1)
-                .service(["api", "cart", "db"][n as usize % 3])
-                .name(["GET /a", "GET /b", "SELECT"][(n as usize / 3) % 3])
-                .kind([SpanKind::Server, SpanKind::Client, SpanKind::Internal][(n as usize / 9) % 3])
-                .times(start, start + duration);
-            if n % 7 == 0 {
-                b = b.error("boom");
-            }
-            let mut s = b.build();
-            let mut id = [0u8; 16];
-            id[0] = 0x3e;
-            id[12..].copy_from_slice(&(first + n).to_be_bytes());
-            s.trace_id = skein_model::TraceId::from_bytes(id).unwrap();
-            s
-        })
-        .collect()
-}
-
 /// The RED pre-aggregates the engine answers agree exactly with a recount of the spans it holds:
 /// from the head, from blocks, after a compaction merged blocks, after a reopen (head replayed
 /// from the WAL) and after retention dropped old blocks.
 #[tokio::test]
 async fn red_pre_aggregates_agree_with_a_recount_through_flush_compaction_reopen_and_retention() {
-    use skein_store::red::{RED_CELL_NANOS, RedSummary};
+    use skein_store::red::RED_CELL_NANOS;
     let dir = tempfile::tempdir().unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let base = skein_store::testdata::BASE_TIME;
-    let old = red_spans(0, 600, base);
-    let recent = red_spans(10_000, 300, now - 3_600_000_000_000);
+    let old = skein_store::testdata::spans_over_minutes(0, 600, base);
+    let recent = skein_store::testdata::spans_over_minutes(10_000, 300, now - 3_600_000_000_000);
     let services: Vec<String> = vec!["api".into(), "cart".into()];
     let recount = |spans: &[Span], minutes: &std::ops::Range<u64>| {
-        let mut all = RedSummary::default();
-        spans.iter().for_each(|s| all.add(s));
-        let mut picked = RedSummary::default();
-        picked.merge_where(&all, minutes, Some(&services));
-        picked
+        skein_store::testdata::red_recount(spans, minutes, &services)
     };
     let old_minutes = base / RED_CELL_NANOS..(base + 600 * 397_000_000) / RED_CELL_NANOS + 1;
     // Part of the window only: cells outside it are left out.
@@ -533,7 +504,7 @@ async fn red_pre_aggregates_agree_with_a_recount_through_flush_compaction_reopen
     e.close().await;
     // Reopened twice: the recent spans are only in the WAL, replayed into the head.
     let e = open(dir.path());
-    let more = red_spans(20_000, 50, now - 1_800_000_000_000);
+    let more = skein_store::testdata::spans_over_minutes(20_000, 50, now - 1_800_000_000_000);
     e.write(more.clone()).await.unwrap();
     e.close().await;
     let e = open(dir.path());

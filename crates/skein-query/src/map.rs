@@ -18,7 +18,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::Serialize;
-use skein_model::{AttrValue, SpanKind, TimeRange};
+use skein_model::{AttrValue, SpanKind};
 use skein_store::ScanSpan;
 use skein_store::red::Sketch;
 
@@ -169,29 +169,8 @@ pub(crate) async fn handler(
     State(store): State<SharedStore>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<ServiceMap>, V1Error> {
-    let get =
-        |name: &str| pairs.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
-    let millis = |name: &str, default: u64| -> Result<u64, V1Error> {
-        match get(name) {
-            None => Ok(default),
-            Some(v) => v.parse::<u64>().map_err(|_| {
-                V1Error::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("malformed '{name}' parameter {v:?}: expected milliseconds"),
-                )
-            }),
-        }
-    };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let end = millis("endTs", now_ms)?;
-    let lookback = millis("lookback", 3_600_000)?.max(1);
-    let range = TimeRange::new(
-        end.saturating_sub(lookback).saturating_mul(1_000_000),
-        end.saturating_add(1).saturating_mul(1_000_000),
-    );
+    let (range, lookback) = crate::v1::window_millis(&pairs, 3_600_000)?;
+    let lookback = lookback.max(1);
     let scan = store
         .scan(range, MAP_MAX_SPANS, |k| PEER_KEYS.contains(&k))
         .await

@@ -134,10 +134,13 @@ pub(crate) struct DependencyJson {
 }
 
 /// `GET /api/dependencies?endTs=<ms>&lookback=<ms>`, both in milliseconds as in Jaeger.
-pub(crate) async fn dependencies(
-    State(store): State<SharedStore>,
-    Query(pairs): Pairs,
-) -> V1Result<Vec<DependencyJson>> {
+/// The window of `endTs` (unix ms, default now) and `lookback` (ms, default
+/// `default_lookback_ms`) as Jaeger's dependencies API reads them: the span start range (the
+/// end included) and the lookback in milliseconds.
+pub(crate) fn window_millis(
+    pairs: &[(String, String)],
+    default_lookback_ms: u64,
+) -> Result<(TimeRange, u64), V1Error> {
     let get = |name: &str| pairs.iter().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str());
     let millis = |name: &str, default: u64| -> Result<u64, V1Error> {
         match get(name) {
@@ -155,11 +158,19 @@ pub(crate) async fn dependencies(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let end = millis("endTs", now_ms)?;
-    let lookback = millis("lookback", 24 * 3600 * 1000)?;
+    let lookback = millis("lookback", default_lookback_ms)?;
     let range = TimeRange::new(
         end.saturating_sub(lookback).saturating_mul(1_000_000),
         end.saturating_add(1).saturating_mul(1_000_000),
     );
+    Ok((range, lookback))
+}
+
+pub(crate) async fn dependencies(
+    State(store): State<SharedStore>,
+    Query(pairs): Pairs,
+) -> V1Result<Vec<DependencyJson>> {
+    let (range, _) = window_millis(&pairs, 24 * 3600 * 1000)?;
     let links = store.dependencies(range).await?;
     ok(links
         .into_iter()

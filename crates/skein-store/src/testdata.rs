@@ -185,3 +185,44 @@ pub fn rich_batch() -> Vec<Span> {
         SpanBuilder::new(2, 1).service("b").build(),
     ]
 }
+
+/// `count` one-span traces over several minutes from `base` (ns), one every 397 ms: services
+/// `api`, `cart` and `db` in turn, operations `GET /a`, `GET /b` and `SELECT`, SERVER, CLIENT
+/// and INTERNAL spans, every seventh failing, durations from 1 ms to about 2 s. Trace ids are
+/// numbered from `first`. For the RED pre-aggregates' tests.
+pub fn spans_over_minutes(first: u32, count: u32, base: u64) -> Vec<Span> {
+    (0..count)
+        .map(|n| {
+            let start = base + n as u64 * 397_000_000 + 123_456;
+            let duration = 1_000_000 + (n as u64 * 7_919_000) % 2_000_000_000;
+            let mut b = SpanBuilder::new(1, 1)
+                .service(["api", "cart", "db"][n as usize % 3])
+                .name(["GET /a", "GET /b", "SELECT"][(n as usize / 3) % 3])
+                .kind([SpanKind::Server, SpanKind::Client, SpanKind::Internal][(n as usize / 9) % 3])
+                .times(start, start + duration);
+            if n % 7 == 0 {
+                b = b.error("boom");
+            }
+            let mut s = b.build();
+            let mut id = [0u8; 16];
+            id[0] = 0x3e;
+            id[12..].copy_from_slice(&(first + n).to_be_bytes());
+            s.trace_id = TraceId::from_bytes(id).expect("non-zero");
+            s
+        })
+        .collect()
+}
+
+/// The RED pre-aggregates of `spans` counted afresh, for `minutes` and `services`: what a
+/// store's `red` must answer.
+pub fn red_recount(
+    spans: &[Span],
+    minutes: &std::ops::Range<u64>,
+    services: &[String],
+) -> crate::red::RedSummary {
+    let mut all = crate::red::RedSummary::default();
+    spans.iter().for_each(|s| all.add(s));
+    let mut picked = crate::red::RedSummary::default();
+    picked.merge_where(&all, minutes, Some(services));
+    picked
+}
