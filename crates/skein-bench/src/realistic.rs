@@ -310,6 +310,15 @@ impl<R: Rng> TraceGen<'_, R> {
         )
     }
 
+    /// The cart's items, read from Redis.
+    fn get_cart(&mut self, caller: (usize, usize), at: u64, items: i64) -> u64 {
+        let attrs =
+            vec![kv("app.user.id", s(self.request.user.as_str())), kv("app.cart.items.count", int(items))];
+        self.grpc(caller, CART, "oteldemo.CartService/GetCart", at, attrs, |g, server, at| {
+            g.redis(server, at, "HGET")
+        })
+    }
+
     fn convert(&mut self, from: usize, parent: usize, at: u64) -> u64 {
         let units = self.rng.random_range(1..2_000);
         let to = self.request.currency;
@@ -399,18 +408,7 @@ impl<R: Rng> TraceGen<'_, R> {
             }
             55..70 => {
                 let items = self.rng.random_range(1..4);
-                let attrs = vec![
-                    kv("app.user.id", s(self.request.user.as_str())),
-                    kv("app.cart.items.count", int(items)),
-                ];
-                t = self.grpc(
-                    (FRONTEND, root),
-                    CART,
-                    "oteldemo.CartService/GetCart",
-                    t,
-                    attrs,
-                    |g, server, at| g.redis(server, at, "HGET"),
-                );
+                t = self.get_cart((FRONTEND, root), t, items);
                 for _ in 0..items {
                     t = self.convert(FRONTEND, root, t);
                 }
@@ -456,18 +454,7 @@ impl<R: Rng> TraceGen<'_, R> {
             at,
             attrs,
             |g, server, at| {
-                let attrs = vec![
-                    kv("app.user.id", s(g.request.user.as_str())),
-                    kv("app.cart.items.count", int(items)),
-                ];
-                let mut t = g.grpc(
-                    (CHECKOUT, server),
-                    CART,
-                    "oteldemo.CartService/GetCart",
-                    at,
-                    attrs,
-                    |g, server, at| g.redis(server, at, "HGET"),
-                );
+                let mut t = g.get_cart((CHECKOUT, server), at, items);
                 let attrs =
                     vec![kv("app.order.id", s(order.as_str())), kv("app.order.items.count", int(items))];
                 let prepare = g.start(
