@@ -58,6 +58,9 @@ pub struct BenchConfig {
     pub load_cpus: Option<Vec<usize>>,
     /// Send through a rotel collector (this `rotel-agent` binary) with its default batching.
     pub via_collector: Option<PathBuf>,
+    /// After the run, send the same load to rotel (this `rotel-agent` binary) with its
+    /// blackhole exporter and report its spans per CPU-second beside the server's.
+    pub compare_rotel: Option<PathBuf>,
     /// A bearer token for OTLP and the query API (a Skein with token files).
     pub token: Option<String>,
     /// The CA (PEM) that signed a TLS Skein's certificate.
@@ -106,6 +109,9 @@ pub struct Report {
     pub collector_cpu_seconds: Option<f64>,
     /// Spans the server received through the collector (all of them, when nothing was lost).
     pub collector_spans_delivered: Option<u64>,
+    /// With `compare_rotel`: the same load into rotel's blackhole exporter.
+    pub rotel_spans_per_sec: Option<f64>,
+    pub rotel_spans_per_core_sec: Option<f64>,
 }
 
 impl Report {
@@ -134,6 +140,8 @@ impl Report {
             "collector_spans_per_sec": self.collector_spans_per_sec.map(round),
             "collector_cpu_seconds": self.collector_cpu_seconds.map(round),
             "collector_spans_delivered": self.collector_spans_delivered,
+            "rotel_spans_per_sec": self.rotel_spans_per_sec.map(round),
+            "rotel_spans_per_core_sec": self.rotel_spans_per_core_sec.map(round),
         })
     }
 
@@ -163,7 +171,7 @@ impl Report {
              disk per span      {}\n\
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
              search (attribute) p50 {:.2} ms, p99 {:.2} ms\n\
-             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}{}",
+             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}{}{}",
             self.spans_accepted,
             self.spans_sent,
             self.requests_failed,
@@ -190,6 +198,11 @@ impl Report {
                 self.collector_spans_delivered.unwrap_or(0),
                 self.spans_accepted,
                 self.collector_cpu_seconds.unwrap_or(0.0)
+            )),
+            self.rotel_spans_per_core_sec.map_or(String::new(), |per_core| format!(
+                "\nrotel blackhole    {:.0} spans/s, {per_core:.0} spans per core-second (the server stores {:.2}x that per core-second)",
+                self.rotel_spans_per_sec.unwrap_or(0.0),
+                self.spans_per_core_sec.unwrap_or(0.0) / per_core.max(0.001)
             )),
             pinned,
         )
@@ -552,6 +565,131 @@ async fn spans_received(query: &str, client: &reqwest::Client) -> anyhow::Result
 }
 
 /// Runs the benchmark; prints progress to stderr.
+/// What one exporter task sent: latencies (ms), spans sent, spans accepted, failed requests,
+/// and some of the traces it sent.
+type Sent = (Vec<f64>, u64, u64, u64, Vec<traffic::Sent>);
+
+/// Sends `config.spans` spans (or for `config.duration`) with `config.concurrency` exporters,
+/// `config.spans_per_request` per request.
+fn send_load(
+    sender: &Arc<traffic::Sender>,
+    config: &BenchConfig,
+    started: Instant,
+    bar: &indicatif::ProgressBar,
+) -> Vec<tokio::task::JoinHandle<Sent>> {
+    let next = Arc::new(AtomicU64::new(0));
+    let stop_at = config.duration.map(|d| started + d);
+    let mut tasks = Vec::new();
+    for _ in 0..config.concurrency.max(1) {
+        let sender = Arc::clone(sender);
+        let next = Arc::clone(&next);
+        let bar = bar.clone();
+        let per = config.spans_per_request as u64;
+        let total = config.spans;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut sent, mut accepted, mut failed) = (0u64, 0u64, 0u64);
+            let mut ids = Vec::new();
+            loop {
+                let first = next.fetch_add(per, Ordering::Relaxed);
+                if first >= total || stop_at.is_some_and(|t| Instant::now() >= t) {
+                    break;
+                }
+                let n = per.min(total - first) as usize;
+                let (request, trace_ids) = sender.shape.request(n);
+                let t = Instant::now();
+                // Like an OTLP exporter, retry a refused request (throttling while a store's
+                // buffer is full) with a growing delay, a bounded number of times.
+                let mut ok = sender.send(request.clone()).await;
+                let mut attempt = 0u32;
+                while !ok && attempt < 40 {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt.min(8)))).await;
+                    ok = sender.send(request.clone()).await;
+                }
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                sent += n as u64;
+                if ok {
+                    accepted += n as u64;
+                    if ids.len() < 10_000 {
+                        ids.extend(trace_ids.into_iter().take(4));
+                    }
+                } else {
+                    failed += 1;
+                }
+                bar.inc(n as u64);
+            }
+            (latencies, sent, accepted, failed, ids)
+        }));
+    }
+    tasks
+}
+
+/// The same load sent to rotel (`agent`, a `rotel-agent` binary) with its blackhole exporter:
+/// a collector that receives and drops, the floor of what receiving OTLP costs. Returns its
+/// spans/s and spans per CPU-second (rotel pinned to `cpus` when given).
+async fn rotel_blackhole(
+    config: &BenchConfig,
+    agent: &Path,
+    cpus: Option<&[usize]>,
+) -> anyhow::Result<(f64, f64)> {
+    let free =
+        || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+    let (grpc, http) = (free()?, free()?);
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(agent)
+        .arg("start")
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--exporter", "blackhole"])
+        .arg("--pid-file")
+        .arg(dir.path().join("rotel.pid"))
+        .arg("--log-file")
+        .arg(dir.path().join("rotel.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting rotel {}", agent.display()))?;
+    let result = async {
+        if let Some(cpus) = cpus {
+            pin_process(child.id(), cpus)?;
+        }
+        let port = if config.protocol == Protocol::Grpc { grpc } else { http };
+        let waited = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if waited.elapsed() > Duration::from_secs(20) {
+                bail!("rotel {} did not listen on port {port} within 20 s", agent.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let sender = Arc::new(
+            traffic::Sender::new(
+                config.protocol,
+                &format!("http://127.0.0.1:{port}"),
+                config.shape.clone(),
+                None,
+                None,
+            )
+            .await?,
+        );
+        let cpu_before = process_cpu_seconds(child.id()).unwrap_or(0.0);
+        let started = Instant::now();
+        let mut accepted = 0;
+        for t in send_load(&sender, config, started, &indicatif::ProgressBar::hidden()) {
+            accepted += t.await?.2;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        // What rotel still had to process when the last request was answered.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cpu = process_cpu_seconds(child.id()).unwrap_or(0.0) - cpu_before;
+        Ok((accepted as f64 / seconds.max(0.001), accepted as f64 / cpu.max(0.001)))
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
 pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     if config.target.is_some() && config.server_cpus.is_some() {
         bail!("--server-cpus pins the server the bench starts; with --target, pin your server yourself");
@@ -626,52 +764,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let cpu_before = server.as_ref().and_then(Server::cpu_seconds);
     let ch_cpu_before = clickhouse_cpu_seconds();
     let started = Instant::now();
-    let next = Arc::new(AtomicU64::new(0));
     let peak_rss = Arc::new(AtomicU64::new(0));
-    let stop_at = config.duration.map(|d| started + d);
-    let mut tasks = Vec::new();
-    for _ in 0..config.concurrency.max(1) {
-        let sender = Arc::clone(&sender);
-        let next = Arc::clone(&next);
-        let bar = bar.clone();
-        let per = config.spans_per_request as u64;
-        let total = config.spans;
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let (mut sent, mut accepted, mut failed) = (0u64, 0u64, 0u64);
-            let mut ids = Vec::new();
-            loop {
-                let first = next.fetch_add(per, Ordering::Relaxed);
-                if first >= total || stop_at.is_some_and(|t| Instant::now() >= t) {
-                    break;
-                }
-                let n = per.min(total - first) as usize;
-                let (request, trace_ids) = sender.shape.request(n);
-                let t = Instant::now();
-                // Like an OTLP exporter, retry a refused request (throttling while a store's
-                // buffer is full) with a growing delay, a bounded number of times.
-                let mut ok = sender.send(request.clone()).await;
-                let mut attempt = 0u32;
-                while !ok && attempt < 40 {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt.min(8)))).await;
-                    ok = sender.send(request.clone()).await;
-                }
-                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                sent += n as u64;
-                if ok {
-                    accepted += n as u64;
-                    if ids.len() < 10_000 {
-                        ids.extend(trace_ids.into_iter().take(4));
-                    }
-                } else {
-                    failed += 1;
-                }
-                bar.inc(n as u64);
-            }
-            (latencies, sent, accepted, failed, ids)
-        }));
-    }
+    let tasks = send_load(&sender, &config, started, &bar);
     let sampler = server.as_ref().map(|s| s.child.id()).map(|pid| {
         let peak = Arc::clone(&peak_rss);
         tokio::spawn(async move {
@@ -824,6 +918,12 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         && ch.own_database
     {
         ch.drop_database().await?;
+    }
+    if let Some(agent) = &config.compare_rotel {
+        // The server is stopped: rotel gets the same CPUs to itself.
+        let (rate, per_core) = rotel_blackhole(&config, agent, config.server_cpus.as_deref()).await?;
+        report.rotel_spans_per_sec = Some(rate);
+        report.rotel_spans_per_core_sec = Some(per_core);
     }
     Ok(report)
 }

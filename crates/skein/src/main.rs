@@ -117,6 +117,11 @@ struct BenchArgs {
     /// load and the server, and reports spans/s until the server has every span.
     #[arg(long, value_name = "ROTEL_AGENT")]
     via_collector: Option<std::path::PathBuf>,
+    /// After the run, send the same load to rotel with its blackhole exporter (it receives and
+    /// drops) and print its spans per CPU-second beside the server's: the path of a
+    /// rotel-agent binary. With --server-cpus, rotel is pinned to the same CPUs.
+    #[arg(long, value_name = "ROTEL_AGENT")]
+    compare_rotel: Option<std::path::PathBuf>,
     /// A file whose first token (one per line, `#` comments) is sent as `Authorization: Bearer`
     /// with OTLP and queries, for a Skein with --ingest-token-file/--query-token-file.
     #[arg(long, env = "SKEIN_TOKEN_FILE")]
@@ -343,6 +348,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         server_cpus: args.server_cpus,
         load_cpus: args.load_cpus,
         via_collector: args.via_collector,
+        compare_rotel: args.compare_rotel,
         token: args.token_file.as_deref().map(skein_bench::read_token_file).transpose()?,
         ca_cert: args.ca_cert,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),

@@ -75,13 +75,7 @@ fn bench_pins_server_and_load_when_asked() {
 /// the report says how many spans went through and at what rate.
 #[test]
 fn bench_via_a_collector_reports_that_path() {
-    let Some(python) = support::python() else { return };
-    let out = Command::new(&python)
-        .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "rotel is installed in the test virtualenv (scripts/test)");
-    let agent = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let Some(agent) = rotel_agent() else { return };
     for protocol in ["grpc", "http"] {
         let out = Command::new(env!("CARGO_BIN_EXE_skein"))
             .args([
@@ -105,4 +99,32 @@ fn bench_via_a_collector_reports_that_path() {
         assert!(report["collector_spans_per_sec"].as_f64().unwrap() > 0.0, "{report}");
         assert!(stdout.contains("delivered through rotel"), "{stdout}");
     }
+}
+
+/// The `rotel-agent` binary of the test virtualenv's rotel package.
+fn rotel_agent() -> Option<String> {
+    let python = support::python()?;
+    let out = Command::new(&python)
+        .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "rotel is installed in the test virtualenv (scripts/test)");
+    Some(String::from_utf8(out.stdout).unwrap().trim().to_owned())
+}
+
+/// `--compare-rotel` sends the same load to rotel's blackhole exporter after the run and
+/// reports its spans per CPU-second beside the server's.
+#[test]
+fn bench_compares_with_rotel_blackhole() {
+    let Some(agent) = rotel_agent() else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_skein"))
+        .args(["bench", "--spans", "20000", "--queries", "5", "--compare-rotel", &agent])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(report["rotel_spans_per_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["rotel_spans_per_core_sec"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(stdout.contains("rotel blackhole"), "{stdout}");
 }
