@@ -227,62 +227,34 @@ pub struct Block {
     red: Option<(u64, u32, u32)>,
 }
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
+/// Reads the index with the one codec of the crate ([`codec::Reader`]), its errors as text.
 struct IndexReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+    r: codec::Reader<'a>,
 }
 
-impl IndexReader<'_> {
-    fn fail<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("index truncated or invalid at byte {} ({what})", self.pos))
+impl<'a> IndexReader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        IndexReader { r: codec::Reader::new(buf) }
     }
 
     fn varint(&mut self) -> Result<u64, String> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let Some(&b) = self.buf.get(self.pos) else { return self.fail("varint") };
-            self.pos += 1;
-            v |= ((b & 0x7f) as u64) << shift;
-            if b < 0x80 {
-                return Ok(v);
-            }
-        }
-        self.fail("varint too long")
+        self.r.varint().map_err(|e| format!("index: {e}"))
     }
 
-    fn bytes(&mut self, n: usize) -> Result<&[u8], String> {
-        if self.buf.len() - self.pos < n {
-            return self.fail("bytes");
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+        self.r.take(n).map_err(|e| format!("index: {e}"))
     }
 
     fn str(&mut self) -> Result<String, String> {
-        let n = self.varint()? as usize;
-        String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| "index string is not UTF-8".to_owned())
+        self.r.text().map(str::to_owned).map_err(|e| format!("index: {e}"))
     }
 
     fn count(&mut self) -> Result<usize, String> {
-        let n = self.varint()? as usize;
-        if n > self.buf.len() - self.pos {
-            return self.fail("count");
-        }
-        Ok(n)
+        self.r.count().map_err(|e| format!("index: {e}"))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.r.is_empty()
     }
 }
 
@@ -557,21 +529,21 @@ impl<'a> BlockWriter<'a> {
         };
         file.extend_from_slice(&red);
 
-        let mut index = Vec::new();
-        varint(&mut index, time.start_unix_nano);
-        varint(&mut index, time.end_unix_nano);
-        varint(&mut index, self.span_count);
+        let mut index = codec::Writer::default();
+        index.varint(time.start_unix_nano);
+        index.varint(time.end_unix_nano);
+        index.varint(self.span_count);
         // The trace index is sorted by id: its distinct ids are the block's traces.
         let trace_count = 1 + trace_index.windows(2).filter(|w| w[0].0 != w[1].0).count();
-        varint(&mut index, if trace_index.is_empty() { 0 } else { trace_count as u64 });
-        varint(&mut index, wal_segment_end);
-        varint(&mut index, replaces.len() as u64);
+        index.varint(if trace_index.is_empty() { 0 } else { trace_count as u64 });
+        index.varint(wal_segment_end);
+        index.varint(replaces.len() as u64);
         for r in replaces {
-            varint(&mut index, *r);
+            index.varint(*r);
         }
-        varint(&mut index, self.services.len() as u64);
+        index.varint(self.services.len() as u64);
         for (name, ops) in &self.services {
-            put_str(&mut index, name);
+            index.str(name);
             let mut ops: Vec<(&str, u8, u64)> = ops
                 .iter()
                 .flat_map(|(op, counts)| {
@@ -583,60 +555,60 @@ impl<'a> BlockWriter<'a> {
                 })
                 .collect();
             ops.sort_unstable();
-            varint(&mut index, ops.len() as u64);
+            index.varint(ops.len() as u64);
             for (op, kind, n) in ops {
-                put_str(&mut index, op);
-                index.push(kind);
-                varint(&mut index, n);
+                index.str(op);
+                index.u8(kind);
+                index.varint(n);
             }
         }
-        varint(&mut index, self.chunks.len() as u64);
+        index.varint(self.chunks.len() as u64);
         for (c, postings) in self.chunks.iter().zip(&self.all_postings) {
-            varint(&mut index, c.offset);
-            varint(&mut index, c.len as u64);
-            index.extend_from_slice(&c.crc.to_le_bytes());
-            varint(&mut index, c.time.start_unix_nano);
-            varint(&mut index, c.time.end_unix_nano);
-            varint(&mut index, c.durations.0);
-            varint(&mut index, c.durations.1);
-            varint(&mut index, c.services.len() as u64);
+            index.varint(c.offset);
+            index.varint(c.len as u64);
+            index.buf.extend_from_slice(&c.crc.to_le_bytes());
+            index.varint(c.time.start_unix_nano);
+            index.varint(c.time.end_unix_nano);
+            index.varint(c.durations.0);
+            index.varint(c.durations.1);
+            index.varint(c.services.len() as u64);
             for s in &c.services {
-                varint(&mut index, *s as u64);
+                index.varint(*s as u64);
             }
-            varint(&mut index, postings.len() as u64);
+            index.varint(postings.len() as u64);
             for (service, keys) in postings {
-                varint(&mut index, *service as u64);
-                varint(&mut index, keys.len() as u64);
+                index.varint(*service as u64);
+                index.varint(keys.len() as u64);
                 for (key, values) in keys {
-                    put_str(&mut index, key);
+                    index.str(key);
                     match values {
-                        KeyValues::Unindexed => index.push(0),
+                        KeyValues::Unindexed => index.u8(0),
                         KeyValues::Listed(values) => {
-                            index.push(1);
-                            varint(&mut index, values.len() as u64);
+                            index.u8(1);
+                            index.varint(values.len() as u64);
                             for v in values {
-                                put_str(&mut index, v);
+                                index.str(v);
                             }
                         }
-                        KeyValues::Hashed => index.push(2),
+                        KeyValues::Hashed => index.u8(2),
                     }
                 }
             }
-            varint(&mut index, c.bloom_len as u64);
+            index.varint(c.bloom_len as u64);
             if c.bloom_len > 0 {
-                index.extend_from_slice(&c.bloom_crc.to_le_bytes());
+                index.buf.extend_from_slice(&c.bloom_crc.to_le_bytes());
             }
         }
-        varint(&mut index, trace_index.len() as u64);
+        index.varint(trace_index.len() as u64);
         for (id, chunk) in &trace_index {
-            index.extend_from_slice(id.as_bytes());
-            varint(&mut index, *chunk as u64);
+            index.buf.extend_from_slice(id.as_bytes());
+            index.varint(*chunk as u64);
         }
-        varint(&mut index, red.len() as u64);
+        index.varint(red.len() as u64);
         if !red.is_empty() {
-            index.extend_from_slice(&crc32fast::hash(&red).to_le_bytes());
+            index.buf.extend_from_slice(&crc32fast::hash(&red).to_le_bytes());
         }
-        let index = zstd::bulk::compress(&index, ZSTD_LEVEL).expect("zstd compresses any input");
+        let index = zstd::bulk::compress(&index.buf, ZSTD_LEVEL).expect("zstd compresses any input");
         let index_offset = file.len() as u64;
         file.extend_from_slice(&index);
         let mut footer = Vec::with_capacity(FOOTER_LEN);
@@ -698,7 +670,7 @@ impl Block {
         index_offset: u64,
         version: u32,
     ) -> Result<Block, String> {
-        let mut r = IndexReader { buf: raw, pos: 0 };
+        let mut r = IndexReader::new(raw);
         let time = TimeRange::new(r.varint()?, r.varint()?);
         let span_count = r.varint()?;
         let trace_count = r.varint()?;
@@ -827,7 +799,7 @@ impl Block {
             },
             _ => None,
         };
-        if r.pos != raw.len() {
+        if !r.is_empty() {
             return Err("trailing bytes after the index".into());
         }
         strings.shrink_to_fit();
