@@ -1,0 +1,124 @@
+//! A chunk's postings (per service, the tag keys its spans carry and their values, or a Bloom
+//! filter of them when there are many) as the writer gathers them.
+
+use super::*;
+
+/// A posting value while a chunk's postings are gathered: a string by its slot in the chunk's
+/// string table, or an integer (written as decimal text in the index).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ValueId {
+    Text(u32),
+    Int(i64),
+}
+
+/// Postings while a chunk is gathered, by integers: (service, key slot) → its distinct values,
+/// or `None` once a value is not matched by text. Turned into [`Postings`] (and the chunk's
+/// Bloom filter) once per chunk.
+pub(crate) type BuildingPostings = FxHashMap<(u32, u32), Option<FxHashSet<ValueId>>>;
+
+pub(crate) fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, value: Option<ValueId>) {
+    let entry = p.entry((service, key)).or_insert_with(|| Some(FxHashSet::default()));
+    let Some(values) = entry else { return };
+    match value {
+        Some(v) => {
+            values.insert(v);
+        }
+        None => *entry = None,
+    }
+}
+
+/// The posting value of an attribute value: strings and booleans as text, integers as numbers,
+/// anything else is not matched by text.
+pub(crate) fn posting_value<'a>(strings: &mut ChunkStrings<'a>, v: &'a AttrValue) -> Option<ValueId> {
+    match v {
+        AttrValue::Str(s) => Some(ValueId::Text(strings.slot(s))),
+        AttrValue::Int(i) => Some(ValueId::Int(*i)),
+        AttrValue::Bool(b) => Some(ValueId::Text(strings.slot(if *b { "true" } else { "false" }))),
+        _ => None,
+    }
+}
+
+/// The postings of a chunk: per service, every tag a search can match on (span, resource and
+/// event attributes, event names, and the synthetic tags), and the chunk's Bloom filter of the
+/// values of keys with too many to list (empty when there are none). `encoded` is the chunk as
+/// the encoder wrote it: the span attributes' strings come from its string table by slot, so
+/// they are not hashed again. `service_names` is the block's service table.
+pub(crate) fn chunk_postings<'a>(
+    spans: &[&'a Span],
+    services: &[u32],
+    encoded: &mut columnar::EncodedChunk<'a>,
+    service_names: &[&str],
+) -> (Vec<(u32, Postings)>, Vec<u8>) {
+    let mut p: BuildingPostings = FxHashMap::default();
+    // Each resource (shared by the spans of a request) is listed once per service.
+    let mut resources_seen: FxHashSet<(u32, *const skein_model::Resource)> = FxHashSet::default();
+    let mut synthetic_seen: FxHashSet<(u32, u8, u8, usize)> = FxHashSet::default();
+    let strings = &mut encoded.strings;
+    let mut attr_slots = encoded.attr_slots.iter().copied();
+    for &i in &encoded.order {
+        let (s, service) = (spans[i as usize], services[i as usize]);
+        for kv in &s.attributes {
+            let key = attr_slots.next().expect("a slot per key");
+            let value = match &kv.value {
+                AttrValue::Str(_) => Some(ValueId::Text(attr_slots.next().expect("a slot per string value"))),
+                other => posting_value(strings, other),
+            };
+            add_posting(&mut p, service, key, value);
+        }
+        if resources_seen.insert((service, Arc::as_ptr(&s.resource))) {
+            for kv in &s.resource.attributes {
+                let key = strings.slot(&kv.key);
+                add_posting(&mut p, service, key, posting_value(strings, &kv.value));
+            }
+        }
+        for e in &s.events {
+            let (key, name) = (strings.slot("event"), strings.slot(&e.name));
+            add_posting(&mut p, service, key, Some(ValueId::Text(name)));
+            for kv in &e.attributes {
+                let key = strings.slot(&kv.key);
+                add_posting(&mut p, service, key, posting_value(strings, &kv.value));
+            }
+        }
+        // The synthetic tags follow from kind, status and scope: most spans repeat those of
+        // an earlier one.
+        let scope = Arc::as_ptr(&s.scope) as usize;
+        if s.status.message.is_empty()
+            && !synthetic_seen.insert((service, s.kind.code(), s.status.code.code(), scope))
+        {
+            continue;
+        }
+        for (k, v) in skein_store::synthetic_tags_of(s) {
+            let (key, value) = (strings.slot(k), strings.slot(v));
+            add_posting(&mut p, service, key, Some(ValueId::Text(value)));
+        }
+    }
+    let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
+    let mut hashes = Vec::new();
+    let mut digits = itoa::Buffer::new();
+    for ((service, key), values) in p {
+        let key = strings.text(key);
+        let values = match values {
+            None => KeyValues::Unindexed,
+            Some(values) if values.len() <= MAX_POSTING_VALUES => KeyValues::Listed(
+                values
+                    .into_iter()
+                    .map(|v| match v {
+                        ValueId::Text(slot) => strings.text(slot).to_owned(),
+                        ValueId::Int(i) => digits.format(i).to_owned(),
+                    })
+                    .collect(),
+            ),
+            Some(values) => {
+                let service = service_names[service as usize];
+                hashes.extend(values.into_iter().map(|v| match v {
+                    ValueId::Text(slot) => bloom::item_hash(service, key, strings.text(slot)),
+                    ValueId::Int(i) => bloom::item_hash(service, key, digits.format(i)),
+                }));
+                KeyValues::Hashed
+            }
+        };
+        by_service.entry(service).or_default().insert(key.to_owned(), values);
+    }
+    let filter = if hashes.is_empty() { Vec::new() } else { bloom::build(&hashes) };
+    (by_service.into_iter().collect(), filter)
+}

@@ -1,0 +1,421 @@
+//! Opening a block (footer, index) and reading its chunks, Bloom filters and RED cells.
+
+use super::*;
+
+/// Reads the index with the one codec of the crate ([`codec::Reader`]), its errors as text.
+pub(crate) struct IndexReader<'a> {
+    r: codec::Reader<'a>,
+}
+
+impl<'a> IndexReader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        IndexReader { r: codec::Reader::new(buf) }
+    }
+
+    pub(crate) fn varint(&mut self) -> Result<u64, String> {
+        self.r.varint().map_err(|e| format!("index: {e}"))
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
+        self.r.take(n).map_err(|e| format!("index: {e}"))
+    }
+
+    pub(crate) fn str(&mut self) -> Result<String, String> {
+        self.r.text().map(str::to_owned).map_err(|e| format!("index: {e}"))
+    }
+
+    pub(crate) fn count(&mut self) -> Result<usize, String> {
+        self.r.count().map_err(|e| format!("index: {e}"))
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.r.is_empty()
+    }
+}
+
+impl Block {
+    /// Opens a block: checks the footer and the index, and keeps the index in memory.
+    pub fn open(fs: &dyn Fs, path: &Path) -> Result<Block, BlockError> {
+        let io = |source| BlockError::Io { path: path.to_owned(), source };
+        let corrupt = |reason: String| BlockError::Corrupt { path: path.to_owned(), reason };
+        let len = fs.len(path).map_err(io)?;
+        if len < FOOTER_LEN as u64 {
+            return Err(corrupt(format!("{len} bytes is shorter than the footer")));
+        }
+        let footer = fs.read_range(path, len - FOOTER_LEN as u64, FOOTER_LEN).map_err(io)?;
+        if footer[20..28] != BLOCK_MAGIC {
+            return Err(corrupt("bad magic: not a skein block".into()));
+        }
+        if crc32fast::hash(&footer[..28]) != u32::from_le_bytes(footer[28..32].try_into().expect("4 bytes")) {
+            return Err(corrupt("footer crc mismatch".into()));
+        }
+        let version = u32::from_le_bytes(footer[16..20].try_into().expect("4 bytes"));
+        if !(1..=BLOCK_VERSION).contains(&version) {
+            return Err(corrupt(format!(
+                "unsupported block format version {version} (this build reads {BLOCK_VERSION})"
+            )));
+        }
+        let index_offset = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
+        let index_len = u32::from_le_bytes(footer[8..12].try_into().expect("4 bytes")) as u64;
+        let index_crc = u32::from_le_bytes(footer[12..16].try_into().expect("4 bytes"));
+        if index_offset + index_len + FOOTER_LEN as u64 != len {
+            return Err(corrupt("index position does not match the file size".into()));
+        }
+        let compressed = fs.read_range(path, index_offset, index_len as usize).map_err(io)?;
+        if crc32fast::hash(&compressed) != index_crc {
+            return Err(corrupt("index crc mismatch".into()));
+        }
+        let raw = zstd::stream::decode_all(&compressed[..])
+            .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
+        Self::parse_index(path, &raw, len, index_offset, version).map_err(corrupt)
+    }
+
+    pub(crate) fn parse_index(
+        path: &Path,
+        raw: &[u8],
+        bytes: u64,
+        index_offset: u64,
+        version: u32,
+    ) -> Result<Block, String> {
+        let mut r = IndexReader::new(raw);
+        let time = TimeRange::new(r.varint()?, r.varint()?);
+        let span_count = r.varint()?;
+        let trace_count = r.varint()?;
+        let wal_segment_end = r.varint()?;
+        let replaces = if version >= 3 {
+            let n = r.count()?;
+            (0..n).map(|_| r.varint()).collect::<Result<Vec<u64>, String>>()?
+        } else {
+            Vec::new()
+        };
+        let n = r.count()?;
+        let mut services = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = r.str()?;
+            let n_ops = r.count()?;
+            let mut ops = BTreeMap::new();
+            for _ in 0..n_ops {
+                let op = r.str()?;
+                let kind = *SpanKind::ALL.get(r.bytes(1)?[0] as usize).ok_or("bad span kind in index")?;
+                ops.insert((op, kind), r.varint()?);
+            }
+            services.push((name, ops));
+        }
+        let mut strings: HashMap<Box<str>, u32> = HashMap::new();
+        let mut intern = |s: String| -> u32 {
+            let next = strings.len() as u32;
+            *strings.entry(s.into_boxed_str()).or_insert(next)
+        };
+        let n = r.count()?;
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let offset = r.varint()?;
+            let len = r.varint()? as u32;
+            let crc = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
+            let time = TimeRange::new(r.varint()?, r.varint()?);
+            let durations = if version >= 2 { (r.varint()?, r.varint()?) } else { (0, u64::MAX) };
+            let ns = r.count()?;
+            let mut svc = Vec::with_capacity(ns);
+            for _ in 0..ns {
+                let s = r.varint()? as u32;
+                if s as usize >= services.len() {
+                    return Err("chunk names an unknown service".into());
+                }
+                svc.push(s);
+            }
+            let postings = if version >= 2 {
+                let n = r.count()?;
+                let mut postings = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let service = r.varint()? as u32;
+                    if service as usize >= services.len() {
+                        return Err("postings name an unknown service".into());
+                    }
+                    let nk = r.count()?;
+                    let mut keys = Vec::with_capacity(nk);
+                    for _ in 0..nk {
+                        let key = intern(r.str()?);
+                        let values = match r.bytes(1)?[0] {
+                            0 => KeyValues::Unindexed,
+                            1 => {
+                                let nv = r.count()?;
+                                let mut values = Vec::with_capacity(nv);
+                                for _ in 0..nv {
+                                    values.push(intern(r.str()?));
+                                }
+                                values.sort_unstable();
+                                KeyValues::Listed(values.into_boxed_slice())
+                            }
+                            2 if version >= 4 => KeyValues::Hashed,
+                            f => return Err(format!("bad postings flag {f}")),
+                        };
+                        keys.push((key, values));
+                    }
+                    keys.sort_unstable_by_key(|(k, _)| *k);
+                    postings.push((service, keys.into_boxed_slice()));
+                }
+                Some(postings)
+            } else {
+                None
+            };
+            let (bloom_len, bloom_crc) = if version >= 4 {
+                match r.varint()? {
+                    0 => (0, 0),
+                    n => (
+                        u32::try_from(n).map_err(|_| "bloom filter too long")?,
+                        u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes")),
+                    ),
+                }
+            } else {
+                (0, 0)
+            };
+            if offset + len as u64 + bloom_len as u64 > bytes {
+                return Err("a chunk lies outside the file".into());
+            }
+            chunks.push(ChunkMeta {
+                offset,
+                len,
+                crc,
+                time,
+                durations,
+                services: svc,
+                postings,
+                bloom_len,
+                bloom_crc,
+            });
+        }
+        let n = r.count()?;
+        let mut traces = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = TraceId::from_slice(r.bytes(16)?).map_err(|e| format!("bad trace id in index: {e}"))?;
+            let chunk = r.varint()? as u32;
+            if chunk as usize >= chunks.len() {
+                return Err("trace index names an unknown chunk".into());
+            }
+            traces.push((id, chunk));
+        }
+        let red = match version {
+            4.. => match r.varint()? {
+                0 => None,
+                n => {
+                    let len = u32::try_from(n).map_err(|_| "RED pre-aggregates too long")?;
+                    let crc = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
+                    let offset = index_offset.checked_sub(n).ok_or("RED pre-aggregates outside the file")?;
+                    Some((offset, len, crc))
+                }
+            },
+            _ => None,
+        };
+        if !r.is_empty() {
+            return Err("trailing bytes after the index".into());
+        }
+        strings.shrink_to_fit();
+        Ok(Block {
+            path: path.to_owned(),
+            time,
+            span_count,
+            trace_count,
+            wal_segment_end,
+            replaces,
+            bytes,
+            chunks,
+            services,
+            traces,
+            strings,
+            red,
+        })
+    }
+
+    /// The block's RED pre-aggregates, crc checked; `None` when it has none (written before
+    /// format 4, or compacted from such blocks).
+    pub(crate) fn read_red(&self, fs: &dyn Fs) -> Result<Option<RedSummary>, BlockError> {
+        let Some(raw) = self.read_red_bytes(fs)? else { return Ok(None) };
+        RedSummary::decode(&raw).map(Some).map_err(|e| self.corrupt(format!("RED pre-aggregates: {e}")))
+    }
+
+    pub(crate) fn corrupt(&self, reason: String) -> BlockError {
+        BlockError::Corrupt { path: self.path.clone(), reason }
+    }
+
+    /// The block's RED pre-aggregates as [`RedSummary::encode`] wrote them, crc checked and
+    /// decompressed; `None` when it has none.
+    pub(crate) fn read_red_bytes(&self, fs: &dyn Fs) -> Result<Option<Vec<u8>>, BlockError> {
+        let Some((offset, len, crc)) = self.red else { return Ok(None) };
+        let bytes = self.read_checked(fs, offset, len, crc, || "RED pre-aggregates".into())?;
+        let raw = zstd::stream::decode_all(&bytes[..])
+            .map_err(|e| self.corrupt(format!("RED pre-aggregates do not decompress: {e}")))?;
+        Ok(Some(raw))
+    }
+
+    /// The block's sequence number, from its file name (`{seq:020}.blk`).
+    pub(crate) fn seq(&self) -> Option<u64> {
+        self.path.file_stem()?.to_str()?.parse().ok()
+    }
+
+    /// The chunks holding spans of `id` (answered from the in-memory index; empty: "not here").
+    pub fn chunks_of(&self, id: TraceId) -> impl Iterator<Item = usize> + '_ {
+        let first = self.traces.partition_point(|(t, _)| *t < id);
+        self.traces[first..].iter().take_while(move |(t, _)| *t == id).map(|(_, c)| *c as usize)
+    }
+
+    /// Whether the block holds spans of `id`.
+    pub fn has_trace(&self, id: TraceId) -> bool {
+        self.chunks_of(id).next().is_some()
+    }
+
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub(crate) fn chunk_meta(&self, i: usize) -> &ChunkMeta {
+        &self.chunks[i]
+    }
+
+    /// Whether chunk `i` holds spans of `service`.
+    pub(crate) fn chunk_has_service(&self, i: usize, service: &str) -> bool {
+        self.chunks[i].services.iter().any(|s| self.services[*s as usize].0 == service)
+    }
+
+    /// Whether chunk `i` may hold a span whose duration lies in `[min, max]` (nanoseconds).
+    pub(crate) fn chunk_may_hold_duration(&self, i: usize, min: Option<u64>, max: Option<u64>) -> bool {
+        let (shortest, longest) = self.chunks[i].durations;
+        min.is_none_or(|min| longest >= min) && max.is_none_or(|max| shortest <= max)
+    }
+
+    /// Whether chunk `i` may hold a span of `service` (any, when `None`) carrying every tag:
+    /// answered from the chunk's postings and, for keys with many values, its Bloom filter
+    /// (read from disk only then), without reading the chunk. Version 1 blocks have no
+    /// postings and always answer yes.
+    pub(crate) fn chunk_may_match(
+        &self,
+        fs: &dyn Fs,
+        i: usize,
+        service: Option<&str>,
+        tags: &[(String, String)],
+    ) -> bool {
+        let Some(postings) = &self.chunks[i].postings else {
+            return service.is_none_or(|s| self.chunk_has_service(i, s));
+        };
+        // Each tag: its key as an interned id and as text, and the texts its value may be
+        // stored as (as given, and an integer's canonical form), with their interned ids.
+        let mut wanted = Vec::with_capacity(tags.len());
+        for (k, want) in tags {
+            let Some(&key) = self.strings.get(k.as_str()) else { return false };
+            let mut texts = vec![want.clone()];
+            if let Ok(i) = want.parse::<i64>()
+                && i.to_string() != *want
+            {
+                texts.push(i.to_string());
+            }
+            let ids: Vec<u32> = texts.iter().filter_map(|t| self.strings.get(t.as_str()).copied()).collect();
+            wanted.push((key, k.as_str(), texts, ids));
+        }
+        // The filter is read at most once, when a key needs it; unreadable, it answers "maybe".
+        let mut filter: Option<Option<Vec<u8>>> = None;
+        postings.iter().any(|(sid, keys)| {
+            let name = self.services[*sid as usize].0.as_str();
+            service.is_none_or(|s| name == s)
+                && wanted.iter().all(|(key, key_text, texts, ids)| {
+                    match keys.binary_search_by_key(key, |(k, _)| *k) {
+                        Err(_) => false,
+                        Ok(at) => match &keys[at].1 {
+                            KeyValues::Unindexed => true,
+                            KeyValues::Listed(values) => {
+                                ids.iter().any(|id| values.binary_search(id).is_ok())
+                            }
+                            KeyValues::Hashed => {
+                                let filter = filter.get_or_insert_with(|| self.read_bloom(fs, i).ok());
+                                match filter {
+                                    Some(f) if !f.is_empty() => texts
+                                        .iter()
+                                        .any(|t| bloom::may_contain(f, bloom::item_hash(name, key_text, t))),
+                                    _ => true,
+                                }
+                            }
+                        },
+                    }
+                })
+        })
+    }
+
+    /// The Bloom filter of chunk `i` (empty when it has none), crc checked.
+    pub(crate) fn read_bloom(&self, fs: &dyn Fs, i: usize) -> Result<Vec<u8>, BlockError> {
+        let c = &self.chunks[i];
+        if c.bloom_len == 0 {
+            return Ok(Vec::new());
+        }
+        self.read_checked(fs, c.offset + c.len as u64, c.bloom_len, c.bloom_crc, || {
+            format!("chunk {i} bloom filter")
+        })
+    }
+
+    /// `len` bytes at `offset` of the block file, whose crc32 must be `crc` (`what` names them
+    /// in the error).
+    pub(crate) fn read_checked(
+        &self,
+        fs: &dyn Fs,
+        offset: u64,
+        len: u32,
+        crc: u32,
+        what: impl Fn() -> String,
+    ) -> Result<Vec<u8>, BlockError> {
+        let bytes = fs
+            .read_range(&self.path, offset, len as usize)
+            .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
+        if crc32fast::hash(&bytes) != crc {
+            return Err(self.corrupt(format!("{} crc mismatch", what())));
+        }
+        Ok(bytes)
+    }
+
+    /// The block as a source whose chunks compaction copies without decoding them, when every
+    /// chunk has postings (format 2 and later).
+    pub(crate) fn copy_source(&self) -> Option<CopySource<'_>> {
+        if self.chunks.iter().any(|c| c.postings.is_none()) {
+            return None;
+        }
+        let mut strings = vec![""; self.strings.len()];
+        for (s, id) in &self.strings {
+            strings[*id as usize] = s;
+        }
+        let mut traces = vec![Vec::new(); self.chunks.len()];
+        for (id, chunk) in &self.traces {
+            traces[*chunk as usize].push(*id);
+        }
+        Some(CopySource { block: self, strings, traces })
+    }
+
+    /// The compressed bytes of chunk `i`, crc checked.
+    pub(crate) fn read_chunk_bytes(&self, fs: &dyn Fs, i: usize) -> Result<Vec<u8>, BlockError> {
+        let c = &self.chunks[i];
+        self.read_checked(fs, c.offset, c.len, c.crc, || format!("chunk {i}"))
+    }
+
+    /// Reads and decodes chunk `i`, checking its crc.
+    pub(crate) fn read_chunk(&self, fs: &dyn Fs, i: usize) -> Result<Vec<Span>, BlockError> {
+        self.read_chunk_projected(fs, i, None)
+    }
+
+    /// [`Block::read_chunk`], with only the span attributes `keep` accepts and no events when
+    /// `keep` is given (see [`columnar::decode_chunk_projected`]).
+    pub(crate) fn read_chunk_projected(
+        &self,
+        fs: &dyn Fs,
+        i: usize,
+        keep: Option<skein_store::KeepAttribute>,
+    ) -> Result<Vec<Span>, BlockError> {
+        let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
+        let bytes = self.read_chunk_bytes(fs, i)?;
+        let raw = zstd::stream::decode_all(&bytes[..])
+            .map_err(|e| corrupt(format!("chunk {i} does not decompress: {e}")))?;
+        // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
+        let decoded = match (raw.first(), keep) {
+            (Some(&columnar::COLUMNAR_VERSION), None) => columnar::decode_chunk(&raw),
+            (Some(&columnar::COLUMNAR_VERSION), Some(keep)) => columnar::decode_chunk_projected(&raw, keep),
+            (_, None) => codec::decode_spans(&raw),
+            // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
+            (_, Some(_)) => codec::decode_spans(&raw),
+        };
+        decoded.map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
+    }
+}

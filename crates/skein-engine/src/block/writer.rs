@@ -1,0 +1,371 @@
+//! Writing a block: chunks gathered, encoded and compressed, then the index and the footer.
+
+use super::*;
+
+/// Writes traces (each a group of spans of one trace) into a new block file at `path`
+/// (atomically). `wal_segment_end` is recorded so recovery knows which WAL records the block
+/// already holds. `red`, when given, is the RED pre-aggregates of exactly these spans (the
+/// head's): they are written as they are instead of being counted again.
+pub(crate) fn write_block<'a>(
+    fs: &dyn Fs,
+    path: &Path,
+    traces: impl IntoIterator<Item = Vec<&'a Span>>,
+    wal_segment_end: u64,
+    red: Option<&RedSummary>,
+) -> Result<Block, BlockError> {
+    let mut writer = BlockWriter::default();
+    if let Some(red) = red {
+        writer.red = red.clone();
+        writer.red_given = true;
+    }
+    writer.add_traces(traces.into_iter().map(|spans| spans.into_iter().map(Cow::Borrowed).collect()));
+    writer.finish(fs, path, wal_segment_end, &[])
+}
+
+/// Builds a block chunk by chunk: spans go in (whole traces, or parts of traces: a trace may
+/// then span several chunks), compressed chunks accumulate, and [`BlockWriter::finish`] writes
+/// the index and footer. Memory: the compressed chunks plus one chunk being gathered.
+#[derive(Default)]
+pub(crate) struct BlockWriter<'a> {
+    service_ids: FxHashMap<String, u32>,
+    /// Per service (by id): its name, and span counts per operation name and kind code.
+    services: Vec<(String, FxHashMap<String, [u64; SpanKind::ALL.len()]>)>,
+    file: Vec<u8>,
+    chunks: Vec<ChunkMeta>,
+    all_postings: Vec<Vec<(u32, Postings)>>,
+    trace_index: Vec<(TraceId, u32)>,
+    span_count: u64,
+    /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
+    pending: Vec<Cow<'a, Span>>,
+    /// The service id of each pending span.
+    pending_services: Vec<u32>,
+    /// The resource (by address) and service id of the last span added: the spans of one
+    /// request share their resource. Valid while that span is pending (which keeps the
+    /// resource, and so its address, alive); cleared when a chunk is cut.
+    last_resource: Option<(usize, u32)>,
+    pending_bytes: usize,
+    /// One compression context for all the block's chunks.
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// RED pre-aggregates of every span in the block…
+    red: RedSummary,
+    /// …unless a compaction copied chunks of a block that has none (before format 4).
+    red_incomplete: bool,
+    /// The pre-aggregates were given whole: spans added are not counted again.
+    red_given: bool,
+}
+
+impl<'a> BlockWriter<'a> {
+    /// The id of `service` in this block's service table (added when new).
+    pub(crate) fn service_id(&mut self, service: &str) -> u32 {
+        match self.service_ids.get(service) {
+            Some(&sid) => sid,
+            None => {
+                self.services.push((service.to_owned(), FxHashMap::default()));
+                let sid = (self.services.len() - 1) as u32;
+                self.service_ids.insert(service.to_owned(), sid);
+                sid
+            }
+        }
+    }
+
+    /// Adds traces (each a group of spans of one trace), oldest first, so chunks have narrow
+    /// time ranges.
+    pub(crate) fn add_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
+        let mut traces: Vec<(u64, TraceId, Vec<Cow<'a, Span>>)> = traces
+            .into_iter()
+            .filter(|spans| !spans.is_empty())
+            .map(|spans| {
+                let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+                (start, spans[0].trace_id, spans)
+            })
+            .collect();
+        traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
+        for (_, _, spans) in traces {
+            self.add(spans);
+        }
+    }
+
+    /// Adds spans (of one trace, or of several whole traces); cuts a chunk when enough is gathered.
+    pub(crate) fn add(&mut self, spans: Vec<Cow<'a, Span>>) {
+        let chunk = self.chunks.len() as u32;
+        for s in &spans {
+            let resource = Arc::as_ptr(&s.resource) as usize;
+            let sid = match self.last_resource {
+                Some((r, sid)) if r == resource => sid,
+                _ => self.service_id(s.service_name()),
+            };
+            self.last_resource = Some((resource, sid));
+            self.pending_services.push(sid);
+            named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
+            if !self.red_given {
+                self.red.add_parts(
+                    &self.services[sid as usize].0,
+                    &s.name,
+                    s.kind,
+                    s.start_time_unix_nano,
+                    s.duration_nanos(),
+                    s.status.code == skein_model::StatusCode::Error,
+                );
+            }
+            self.span_count += 1;
+            self.pending_bytes += 64 + s.name.len() + s.attributes.len() * 24;
+            if self.trace_index.last() != Some(&(s.trace_id, chunk)) {
+                self.trace_index.push((s.trace_id, chunk));
+            }
+        }
+        // The spans belong to the chunk being gathered, whose index is `chunks.len()`.
+        self.pending.extend(spans);
+        if self.pending_bytes >= CHUNK_TARGET {
+            self.cut();
+        }
+    }
+
+    /// Takes over the operation counts and the span count of `source`, whose chunks are then
+    /// all copied with [`BlockWriter::copy_chunk`].
+    pub(crate) fn take_counts(&mut self, source: &Block) {
+        for (service, ops) in &source.services {
+            let sid = self.service_id(service) as usize;
+            for ((op, kind), n) in ops {
+                named!(&mut self.services[sid].1, op)[kind.code() as usize] += n;
+            }
+        }
+        self.span_count += source.span_count;
+    }
+
+    /// Takes over the RED pre-aggregates of `source`, whose chunks are all copied; a source
+    /// without them (written before format 4) leaves the new block without them too.
+    pub(crate) fn take_red(&mut self, fs: &dyn Fs, source: &Block) -> Result<(), BlockError> {
+        match source.read_red(fs)? {
+            Some(red) => self.red.merge(&red),
+            None => self.red_incomplete = true,
+        }
+        Ok(())
+    }
+
+    /// Copies chunk `i` of `source` into this block as it is (still compressed, crc checked):
+    /// its bytes, time and duration ranges, services and postings, and its traces' entries in
+    /// the trace index. Nothing is decoded. The source's counts come with
+    /// [`BlockWriter::take_counts`].
+    pub(crate) fn copy_chunk(
+        &mut self,
+        fs: &dyn Fs,
+        from: &CopySource<'_>,
+        i: usize,
+    ) -> Result<(), BlockError> {
+        let (source, strings) = (from.block, &from.strings);
+        self.cut(); // spans gathered so far keep their chunk index
+        let bytes = source.read_chunk_bytes(fs, i)?;
+        let meta = &source.chunks[i];
+        let postings =
+            meta.postings.as_ref().expect("copy sources are blocks whose chunks all have postings");
+        let services: BTreeSet<u32> =
+            meta.services.iter().map(|s| self.service_id(&source.services[*s as usize].0)).collect();
+        let mut chunk_postings: Vec<(u32, Postings)> = postings
+            .iter()
+            .map(|(sid, keys)| {
+                let keys = keys
+                    .iter()
+                    .map(|(k, values)| {
+                        let values = match values {
+                            KeyValues::Listed(v) => {
+                                KeyValues::Listed(v.iter().map(|v| strings[*v as usize].to_owned()).collect())
+                            }
+                            KeyValues::Hashed => KeyValues::Hashed,
+                            KeyValues::Unindexed => KeyValues::Unindexed,
+                        };
+                        (strings[*k as usize].to_owned(), values)
+                    })
+                    .collect();
+                (self.service_id(&source.services[*sid as usize].0), keys)
+            })
+            .collect();
+        chunk_postings.sort_unstable_by_key(|(service, _)| *service);
+        // Service ids differ between the blocks, names do not: the filter's items stay valid.
+        let filter = source.read_bloom(fs, i)?;
+        let chunk = self.chunks.len() as u32;
+        self.trace_index.extend(from.traces[i].iter().map(|id| (*id, chunk)));
+        self.chunks.push(ChunkMeta {
+            offset: self.file.len() as u64,
+            len: bytes.len() as u32,
+            crc: meta.crc,
+            time: meta.time,
+            durations: meta.durations,
+            services: services.into_iter().collect(),
+            postings: None,
+            bloom_len: filter.len() as u32,
+            bloom_crc: crc32fast::hash(&filter),
+        });
+        self.all_postings.push(chunk_postings);
+        self.file.extend_from_slice(&bytes);
+        self.file.extend_from_slice(&filter);
+        Ok(())
+    }
+
+    pub(crate) fn cut(&mut self) {
+        self.pending_bytes = 0;
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let services = std::mem::take(&mut self.pending_services);
+        self.last_resource = None;
+        let refs: Vec<&Span> = pending.iter().map(|s| s.as_ref()).collect();
+        let mut encoded = columnar::encode_chunk_detailed(&refs);
+        let raw = std::mem::take(&mut encoded.bytes);
+        let zstd = match &mut self.zstd {
+            Some(z) => z,
+            None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 3 is valid")),
+        };
+        let compressed = zstd.compress(&raw).expect("zstd compresses any input");
+        let chunk_services: BTreeSet<u32> = services.iter().copied().collect();
+        let mut t = TimeRange::new(u64::MAX, 0);
+        let mut durations = (u64::MAX, 0);
+        for s in &refs {
+            t.start_unix_nano = t.start_unix_nano.min(s.start_time_unix_nano);
+            t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
+            durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
+        }
+        let names: Vec<&str> = self.services.iter().map(|(name, _)| name.as_str()).collect();
+        let (postings, filter) = chunk_postings(&refs, &services, &mut encoded, &names);
+        self.chunks.push(ChunkMeta {
+            offset: self.file.len() as u64,
+            len: compressed.len() as u32,
+            crc: crc32fast::hash(&compressed),
+            time: t,
+            durations,
+            services: chunk_services.into_iter().collect(),
+            postings: None,
+            bloom_len: filter.len() as u32,
+            bloom_crc: crc32fast::hash(&filter),
+        });
+        self.all_postings.push(postings);
+        self.file.extend_from_slice(&compressed);
+        self.file.extend_from_slice(&filter);
+    }
+
+    /// Writes the block (atomically) and opens it. `replaces` names the blocks (by sequence
+    /// number) whose spans this one holds, for compaction.
+    pub(crate) fn finish(
+        mut self,
+        fs: &dyn Fs,
+        path: &Path,
+        wal_segment_end: u64,
+        replaces: &[u64],
+    ) -> Result<Block, BlockError> {
+        self.cut();
+        // Every span is in a chunk now: the block's times are those of its chunks.
+        let time = self
+            .chunks
+            .iter()
+            .map(|c| c.time)
+            .reduce(|a, b| {
+                TimeRange::new(a.start_unix_nano.min(b.start_unix_nano), a.end_unix_nano.max(b.end_unix_nano))
+            })
+            .unwrap_or(TimeRange::new(0, 0));
+        let mut trace_index = std::mem::take(&mut self.trace_index);
+        trace_index.sort_unstable();
+        trace_index.dedup();
+        let mut file = std::mem::take(&mut self.file);
+        let red = if self.red_incomplete || self.red.is_empty() {
+            Vec::new()
+        } else {
+            zstd::bulk::compress(&self.red.encode(), ZSTD_LEVEL).expect("zstd compresses any input")
+        };
+        file.extend_from_slice(&red);
+
+        let mut index = codec::Writer::default();
+        index.varint(time.start_unix_nano);
+        index.varint(time.end_unix_nano);
+        index.varint(self.span_count);
+        // The trace index is sorted by id: its distinct ids are the block's traces.
+        let trace_count = 1 + trace_index.windows(2).filter(|w| w[0].0 != w[1].0).count();
+        index.varint(if trace_index.is_empty() { 0 } else { trace_count as u64 });
+        index.varint(wal_segment_end);
+        index.varint(replaces.len() as u64);
+        for r in replaces {
+            index.varint(*r);
+        }
+        index.varint(self.services.len() as u64);
+        for (name, ops) in &self.services {
+            index.str(name);
+            let mut ops: Vec<(&str, u8, u64)> = ops
+                .iter()
+                .flat_map(|(op, counts)| {
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(k, n)| (op.as_str(), k as u8, *n))
+                })
+                .collect();
+            ops.sort_unstable();
+            index.varint(ops.len() as u64);
+            for (op, kind, n) in ops {
+                index.str(op);
+                index.u8(kind);
+                index.varint(n);
+            }
+        }
+        index.varint(self.chunks.len() as u64);
+        for (c, postings) in self.chunks.iter().zip(&self.all_postings) {
+            index.varint(c.offset);
+            index.varint(c.len as u64);
+            index.buf.extend_from_slice(&c.crc.to_le_bytes());
+            index.varint(c.time.start_unix_nano);
+            index.varint(c.time.end_unix_nano);
+            index.varint(c.durations.0);
+            index.varint(c.durations.1);
+            index.varint(c.services.len() as u64);
+            for s in &c.services {
+                index.varint(*s as u64);
+            }
+            index.varint(postings.len() as u64);
+            for (service, keys) in postings {
+                index.varint(*service as u64);
+                index.varint(keys.len() as u64);
+                for (key, values) in keys {
+                    index.str(key);
+                    match values {
+                        KeyValues::Unindexed => index.u8(0),
+                        KeyValues::Listed(values) => {
+                            index.u8(1);
+                            index.varint(values.len() as u64);
+                            for v in values {
+                                index.str(v);
+                            }
+                        }
+                        KeyValues::Hashed => index.u8(2),
+                    }
+                }
+            }
+            index.varint(c.bloom_len as u64);
+            if c.bloom_len > 0 {
+                index.buf.extend_from_slice(&c.bloom_crc.to_le_bytes());
+            }
+        }
+        index.varint(trace_index.len() as u64);
+        for (id, chunk) in &trace_index {
+            index.buf.extend_from_slice(id.as_bytes());
+            index.varint(*chunk as u64);
+        }
+        index.varint(red.len() as u64);
+        if !red.is_empty() {
+            index.buf.extend_from_slice(&crc32fast::hash(&red).to_le_bytes());
+        }
+        let index = zstd::bulk::compress(&index.buf, ZSTD_LEVEL).expect("zstd compresses any input");
+        let index_offset = file.len() as u64;
+        file.extend_from_slice(&index);
+        let mut footer = Vec::with_capacity(FOOTER_LEN);
+        footer.extend_from_slice(&index_offset.to_le_bytes());
+        footer.extend_from_slice(&(index.len() as u32).to_le_bytes());
+        footer.extend_from_slice(&crc32fast::hash(&index).to_le_bytes());
+        footer.extend_from_slice(&BLOCK_VERSION.to_le_bytes());
+        footer.extend_from_slice(&BLOCK_MAGIC);
+        let footer_crc = crc32fast::hash(&footer);
+        footer.extend_from_slice(&footer_crc.to_le_bytes());
+        debug_assert_eq!(footer.len(), FOOTER_LEN);
+        file.extend_from_slice(&footer);
+        fs.write_atomic(path, &file).map_err(|source| BlockError::Io { path: path.to_owned(), source })?;
+        Block::open(fs, path)
+    }
+}
