@@ -7,12 +7,14 @@ use crate::sql::quote;
 
 /// The schema version this build writes and reads. Version 2 added `red`; version 3 indexes
 /// resource attributes once per resource (`resource_tags`, and `resource_id` in `search`)
-/// instead of once per trace in `tags`.
-pub const SCHEMA_VERSION: u32 = 3;
+/// instead of once per trace in `tags`; version 4 writes the tag index into `trace_tags`, with
+/// 8-byte trace keys instead of 16-byte trace ids (`tags` keeps the rows of older versions).
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The tables, in the order a batch is inserted (lookups before the spans that need them, the
-/// pre-aggregates last).
-pub const TABLES: [&str; 7] = ["resources", "resource_tags", "operations", "spans", "search", "tags", "red"];
+/// pre-aggregates last). `tags` is no longer written, only read and dropped by retention.
+pub const TABLES: [&str; 8] =
+    ["resources", "resource_tags", "operations", "spans", "search", "trace_tags", "red", "tags"];
 
 /// Rows per primary-index mark of `spans`: a trace read decompresses about this many
 /// payloads per day partition (ClickHouse's default of 8,192 would be eight times more).
@@ -131,6 +133,16 @@ impl Layout {
                 ),
                 "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, timestamp)".to_owned(),
                 "reinterpretAsUInt64(trace_id)",
+            ),
+            (
+                "trace_tags",
+                format!(
+                    "key {}, value String{plain_zstd}, service {}, timestamp DateTime{delta}, trace_key UInt64{plain_zstd}",
+                    lc("String"),
+                    lc("String")
+                ),
+                "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, timestamp)".to_owned(),
+                "trace_key",
             ),
             (
                 "red",
@@ -289,7 +301,7 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 14);
+        assert_eq!(ddl.len(), 16);
         assert!(ddl[7].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
     }
 

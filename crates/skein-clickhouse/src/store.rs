@@ -509,7 +509,7 @@ impl Shared {
                     w.str(&v);
                     w.str(service);
                     w.buf.extend_from_slice(&ts.to_le_bytes());
-                    w.buf.extend_from_slice(tid);
+                    w.buf.extend_from_slice(&key.to_le_bytes());
                     seen_tags.insert((span.trace_id, service, k, v));
                 }
             };
@@ -547,7 +547,7 @@ impl Shared {
             "service, name, kind, date",
             "trace_id, span_id, timestamp, start_ns, resource_id, payload",
             "service, name, kind, timestamp, start_ns, duration_ns, error, trace_id, span_id, parent_span_id, resource_id",
-            "key, value, service, timestamp, trace_id",
+            "key, value, service, timestamp, trace_key",
             "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
         ];
         let bodies = [
@@ -757,6 +757,102 @@ impl Shared {
         }
     }
 
+    /// Candidates when every tag is a span or event attribute (or a synthetic tag other than
+    /// `span.kind`): the key range of the first tag in the tag index, intersected with the
+    /// others'. The index is `trace_tags` (8-byte trace keys, schema version 4) and, for rows
+    /// written before, `tags` (trace ids): both are asked, and the keys found in `trace_tags`
+    /// are turned into trace ids by a primary-key range read of `spans`.
+    async fn candidates_from_tags(
+        &self,
+        q: &TraceQuery,
+        limit: usize,
+        time: &str,
+        service: &str,
+    ) -> Result<Vec<TraceId>, StoreError> {
+        let Some(((k0, v0), rest)) = q.tags.split_first() else { return Ok(Vec::new()) };
+        let cond = |k: &str, v: &str| {
+            format!(
+                "key = {} AND value IN {} AND {time}",
+                quote(k),
+                tuple(indexed_candidates(v).iter().map(|c| quote(c)))
+            )
+        };
+        let (trace_tags, tags) = (self.layout.table("trace_tags"), self.layout.table("tags"));
+        // Every further tag, in either index, for rows whose trace key is `key`.
+        let also = |key: &str| {
+            rest.iter()
+                .map(|(k, v)| {
+                    let c = cond(k, v);
+                    format!(
+                        " AND ({key} IN (SELECT trace_key FROM {trace_tags} WHERE {c}) \
+                         OR {key} IN (SELECT reinterpretAsUInt64(trace_id) FROM {tags} WHERE {c}))"
+                    )
+                })
+                .collect::<String>()
+        };
+        let first = cond(k0, v0);
+        let by_key = self
+            .query(&format!(
+                "SELECT trace_key, toUInt64(max(timestamp)) AS t FROM {trace_tags} WHERE {first}{service}{} \
+                 GROUP BY trace_key ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+                also("trace_key")
+            ))
+            .await?;
+        let by_id = self
+            .query(&format!(
+                "SELECT trace_id, toUInt64(max(timestamp)) AS t FROM {tags} WHERE {first}{service}{} \
+                 GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+                also("reinterpretAsUInt64(trace_id)")
+            ))
+            .await?;
+        let mut found: Vec<(u64, TraceId)> = Vec::new();
+        let mut r = Reader::new(&by_id);
+        while !r.is_empty() {
+            let id = codec::trace_id(&mut r).map_err(corrupt)?;
+            found.push((u64::from_le_bytes(r.array().map_err(corrupt)?), id));
+        }
+        let mut keys: HashMap<u64, u64> = HashMap::new();
+        let mut r = Reader::new(&by_key);
+        while !r.is_empty() {
+            let key = u64::from_le_bytes(r.array().map_err(corrupt)?);
+            keys.insert(key, u64::from_le_bytes(r.array().map_err(corrupt)?));
+        }
+        // A trace key is the first 8 bytes of its ids (little-endian): one id range each.
+        let keys: Vec<(u64, u64)> = keys.into_iter().collect();
+        for chunk in keys.chunks(200) {
+            let ranges = chunk
+                .iter()
+                .map(|(key, _)| {
+                    let mut lo = [0u8; 16];
+                    lo[..8].copy_from_slice(&key.to_le_bytes());
+                    let mut hi = [0xffu8; 16];
+                    hi[..8].copy_from_slice(&key.to_le_bytes());
+                    format!("(trace_id >= {} AND trace_id <= {})", unhex(&lo), unhex(&hi))
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let rows = self
+                .query(&format!(
+                    "SELECT DISTINCT trace_id FROM {} WHERE {ranges} FORMAT RowBinary",
+                    self.layout.table("spans")
+                ))
+                .await?;
+            let times: HashMap<u64, u64> = chunk.iter().copied().collect();
+            let mut r = Reader::new(&rows);
+            while !r.is_empty() {
+                let id = codec::trace_id(&mut r).map_err(corrupt)?;
+                if let Some(t) = times.get(&trace_key(id.as_bytes())) {
+                    found.push((*t, id));
+                }
+            }
+        }
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        let mut seen = HashSet::new();
+        found.retain(|(_, id)| seen.insert(*id));
+        found.truncate(limit);
+        Ok(found.into_iter().map(|(_, id)| id).collect())
+    }
+
     /// Trace ids whose rows may hold a match, newest first, at most `limit`.
     async fn candidates(&self, q: &TraceQuery, limit: usize) -> Result<Vec<TraceId>, StoreError> {
         if q.time.is_empty() {
@@ -800,23 +896,10 @@ impl Shared {
             }
         }
         let tags_only = on_resources.is_empty() && q.tags.iter().all(|(k, v)| kind_of(k, v).is_none());
-        let sql = if let (true, Some(((k0, v0), rest))) = (tags_only, q.tags.split_first()) {
-            // Every tag is a span or event attribute (or a synthetic tag kept in `tags`): read
-            // the key range of the first in `tags`, and intersect with the others'.
-            let mut cond = format!("key = {} AND value IN {} AND {time}{service}", quote(k0), values(v0));
-            for (k, v) in rest {
-                cond.push_str(&format!(
-                    " AND trace_id IN (SELECT trace_id FROM {} WHERE key = {} AND value IN {} AND {time})",
-                    self.layout.table("tags"),
-                    quote(k),
-                    values(v)
-                ));
-            }
-            format!(
-                "SELECT trace_id, toUInt64(max(timestamp)) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
-                self.layout.table("tags")
-            )
-        } else {
+        if tags_only && !q.tags.is_empty() {
+            return self.candidates_from_tags(q, limit, &time, &service).await;
+        }
+        let sql = {
             // Spans in `search` that may match: in the window, of the service and operation, in
             // the duration bounds, and for every tag, in a trace whose `tags` rows hold it (span
             // and event attributes, synthetic tags; and, for spans stored by schema version 1
@@ -836,12 +919,14 @@ impl Shared {
                 cond.push_str(&format!(" AND duration_ns <= {d}"));
             }
             for (i, (k, v)) in q.tags.iter().enumerate() {
-                let mut alternatives = vec![format!(
-                    "trace_id IN (SELECT trace_id FROM {} WHERE key = {} AND value IN {} AND {time}{service})",
-                    self.layout.table("tags"),
-                    quote(k),
-                    values(v)
-                )];
+                let c = format!("key = {} AND value IN {} AND {time}{service}", quote(k), values(v));
+                let mut alternatives = vec![
+                    format!(
+                        "reinterpretAsUInt64(trace_id) IN (SELECT trace_key FROM {} WHERE {c})",
+                        self.layout.table("trace_tags")
+                    ),
+                    format!("trace_id IN (SELECT trace_id FROM {} WHERE {c})", self.layout.table("tags")),
+                ];
                 if on_resources.contains(&i) {
                     alternatives.push(format!(
                         "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {})",
@@ -860,8 +945,7 @@ impl Shared {
                 self.layout.table("search")
             )
         };
-        // Either way Skein then keeps the traces one span of which matches exactly
-        // (`SpanMatcher`).
+        // Skein then keeps the traces one span of which matches exactly (`SpanMatcher`).
         let rows = self.query(&sql).await?;
         let mut r = Reader::new(&rows);
         let mut out = Vec::new();

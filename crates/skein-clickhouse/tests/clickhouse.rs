@@ -500,8 +500,9 @@ async fn a_database_migrated_from_version_1_has_pre_aggregates_from_the_migratio
 }
 
 /// A database made by schema version 2 (its `search` without `resource_id`) is brought up to
-/// date at start, on one server and on every shard of a cluster, and spans written afterwards
-/// are found by their resource attributes, which version 3 indexes once per resource.
+/// date at start, on one server and on every shard of a cluster; spans written afterwards are
+/// found by their resource attributes, which version 3 indexes once per resource, and spans
+/// that only the older `tags` index holds are found too.
 async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     let c = config(url, cluster);
     drop(open(c.clone()).await);
@@ -554,6 +555,37 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     };
     assert_eq!(store.find_traces(&q("pod-7")).await.unwrap().len(), 1);
     assert!(store.find_traces(&q("pod-8")).await.unwrap().is_empty());
+    // A span whose tags only an older version indexed (in `tags`, by trace id) is found too.
+    let old = B::new(10, 1).service("upgraded").attr("legacy.key", AttrValue::Str("old".into())).build();
+    store.write(vec![old.clone()]).await.unwrap();
+    let local = |t: &str| {
+        if cluster.is_some() { format!("{}.{t}_local", c.database) } else { format!("{}.{t}", c.database) }
+    };
+    for server in &servers {
+        Client::new(server, None, None)
+            .unwrap()
+            .query(&format!("TRUNCATE TABLE {}", local("trace_tags")), &[])
+            .await
+            .unwrap();
+    }
+    let legacy = TraceQuery { tags: vec![("legacy.key".into(), "old".into())], ..q("pod-7") };
+    assert!(store.find_traces(&legacy).await.unwrap().is_empty(), "no index row, no candidate");
+    let hex: String = old.trace_id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    Client::new(url, None, None)
+        .unwrap()
+        .query(
+            &format!(
+                "INSERT INTO {}.tags VALUES ('legacy.key', 'old', 'upgraded', toDateTime({}), unhex('{hex}'))",
+                c.database,
+                old.start_time_unix_nano / 1_000_000_000
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let found = store.find_traces(&legacy).await.unwrap();
+    assert_eq!(found.len(), 1, "rows of the older index are searched");
+    assert_eq!(found[0][0].trace_id, old.trace_id);
     for server in &servers {
         let local = if cluster.is_some() { "search_local" } else { "search" };
         let sql = format!(
