@@ -497,7 +497,22 @@ struct Collector {
 }
 
 impl Collector {
+    /// rotel forwarding to the server at `server_otlp`.
     fn start(agent: &Path, protocol: Protocol, server_otlp: &str) -> anyhow::Result<Collector> {
+        let p = if protocol == Protocol::Grpc { "grpc" } else { "http" };
+        Self::spawn(
+            agent,
+            protocol,
+            &["--exporter", "otlp", "--otlp-exporter-endpoint", server_otlp, "--otlp-exporter-protocol", p],
+        )
+    }
+
+    /// rotel with its blackhole exporter: it receives and drops.
+    fn blackhole(agent: &Path, protocol: Protocol) -> anyhow::Result<Collector> {
+        Self::spawn(agent, protocol, &["--exporter", "blackhole"])
+    }
+
+    fn spawn(agent: &Path, protocol: Protocol, exporter: &[&str]) -> anyhow::Result<Collector> {
         let free = || -> anyhow::Result<u16> {
             Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
         };
@@ -507,8 +522,7 @@ impl Collector {
             .arg("start")
             .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
             .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .args(["--exporter", "otlp", "--otlp-exporter-endpoint", server_otlp])
-            .args(["--otlp-exporter-protocol", if protocol == Protocol::Grpc { "grpc" } else { "http" }])
+            .args(exporter)
             .arg("--pid-file")
             .arg(dir.path().join("rotel.pid"))
             .arg("--log-file")
@@ -633,61 +647,24 @@ async fn rotel_blackhole(
     agent: &Path,
     cpus: Option<&[usize]>,
 ) -> anyhow::Result<(f64, f64)> {
-    let free =
-        || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
-    let (grpc, http) = (free()?, free()?);
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(agent)
-        .arg("start")
-        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-        .args(["--exporter", "blackhole"])
-        .arg("--pid-file")
-        .arg(dir.path().join("rotel.pid"))
-        .arg("--log-file")
-        .arg(dir.path().join("rotel.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("starting rotel {}", agent.display()))?;
-    let result = async {
-        if let Some(cpus) = cpus {
-            pin_process(child.id(), cpus)?;
-        }
-        let port = if config.protocol == Protocol::Grpc { grpc } else { http };
-        let waited = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if waited.elapsed() > Duration::from_secs(20) {
-                bail!("rotel {} did not listen on port {port} within 20 s", agent.display());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let sender = Arc::new(
-            traffic::Sender::new(
-                config.protocol,
-                &format!("http://127.0.0.1:{port}"),
-                config.shape.clone(),
-                None,
-                None,
-            )
-            .await?,
-        );
-        let cpu_before = process_cpu_seconds(child.id()).unwrap_or(0.0);
-        let started = Instant::now();
-        let mut accepted = 0;
-        for t in send_load(&sender, config, started, &indicatif::ProgressBar::hidden()) {
-            accepted += t.await?.2;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        // What rotel still had to process when the last request was answered.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let cpu = process_cpu_seconds(child.id()).unwrap_or(0.0) - cpu_before;
-        Ok((accepted as f64 / seconds.max(0.001), accepted as f64 / cpu.max(0.001)))
+    let rotel = Collector::blackhole(agent, config.protocol)?;
+    if let Some(cpus) = cpus {
+        pin_process(rotel.child.id(), cpus)?;
     }
-    .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    let sender = Arc::new(
+        traffic::Sender::new(config.protocol, &rotel.endpoint, config.shape.clone(), None, None).await?,
+    );
+    let cpu_before = rotel.cpu_seconds().unwrap_or(0.0);
+    let started = Instant::now();
+    let mut accepted = 0;
+    for t in send_load(&sender, config, started, &indicatif::ProgressBar::hidden()) {
+        accepted += t.await?.2;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // What rotel still had to process when the last request was answered.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = rotel.cpu_seconds().unwrap_or(0.0) - cpu_before;
+    Ok((accepted as f64 / seconds.max(0.001), accepted as f64 / cpu.max(0.001)))
 }
 
 pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
