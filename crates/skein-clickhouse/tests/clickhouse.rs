@@ -579,7 +579,8 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
                 c.database,
                 old.start_time_unix_nano / 1_000_000_000
             ),
-            &[],
+            // On a cluster: on its shard before the insert returns.
+            &[("insert_distributed_sync", "1")],
         )
         .await
         .unwrap();
