@@ -369,13 +369,6 @@ async fn migrate(server: &Client, layout: &Layout) -> Result<u32, MigrateError> 
     })
 }
 
-/// Traces that may match a search: by id, and by trace key (the index of schema version 4).
-#[derive(Debug, Default)]
-struct Candidates {
-    ids: Vec<TraceId>,
-    keys: Vec<u64>,
-}
-
 /// The rows of one insert, one `RowBinary` body per table.
 #[derive(Default)]
 struct Rows {
@@ -735,37 +728,18 @@ impl Shared {
 
     /// Whole traces from ClickHouse (through the Distributed table) and the buffer.
     async fn fetch_traces(&self, ids: &[TraceId]) -> Result<HashMap<TraceId, Vec<Span>>, StoreError> {
-        self.fetch(&Candidates { ids: ids.to_vec(), keys: Vec::new() }).await
-    }
-
-    /// The whole traces of `c`: its trace ids, and every trace whose key is one of its keys (a
-    /// key is the first 8 bytes of its ids, little-endian: one range of the primary key).
-    async fn fetch(&self, c: &Candidates) -> Result<HashMap<TraceId, Vec<Span>>, StoreError> {
         let mut out = HashMap::new();
-        let range = |key: &u64| {
-            let (mut lo, mut hi) = ([0u8; 16], [0xffu8; 16]);
-            lo[..8].copy_from_slice(&key.to_le_bytes());
-            hi[..8].copy_from_slice(&key.to_le_bytes());
-            format!("(trace_id >= {} AND trace_id <= {})", unhex(&lo), unhex(&hi))
-        };
-        let mut conditions: Vec<String> = c
-            .ids
-            .chunks(500)
-            .map(|chunk| format!("trace_id IN {}", tuple(chunk.iter().map(|t| unhex(t.as_bytes())))))
-            .collect();
-        conditions
-            .extend(c.keys.chunks(200).map(|chunk| chunk.iter().map(range).collect::<Vec<_>>().join(" OR ")));
-        for cond in conditions {
+        for chunk in ids.chunks(500) {
+            let list = tuple(chunk.iter().map(|t| unhex(t.as_bytes())));
             let sql = format!(
-                "SELECT trace_id, resource_id, payload FROM {} WHERE {cond} FORMAT RowBinary",
+                "SELECT trace_id, resource_id, payload FROM {} WHERE trace_id IN {list} FORMAT RowBinary",
                 self.layout.table("spans")
             );
             let rows = self.query(&sql).await?;
             out.extend(self.decode_span_rows(&rows, None).await?);
         }
-        let wanted: HashSet<TraceId> = c.ids.iter().copied().collect();
-        let keys: HashSet<u64> = c.keys.iter().copied().collect();
-        self.add_pending(&mut out, |t| wanted.contains(t) || keys.contains(&trace_key(t.as_bytes())));
+        let wanted: HashSet<TraceId> = ids.iter().copied().collect();
+        self.add_pending(&mut out, |t| wanted.contains(t));
         for spans in out.values_mut() {
             dedup(spans);
         }
@@ -786,16 +760,16 @@ impl Shared {
     /// Candidates when every tag is a span or event attribute (or a synthetic tag other than
     /// `span.kind`): the key range of the first tag in the tag index, intersected with the
     /// others'. The index is `trace_tags` (8-byte trace keys, schema version 4) and, for rows
-    /// written before, `tags` (trace ids): both are asked; the traces of the keys found in
-    /// `trace_tags` are read by primary-key ranges of `spans` ([`Shared::fetch`]).
+    /// written before, `tags` (trace ids): both are asked, and the keys found in `trace_tags`
+    /// are turned into trace ids by a primary-key range read of `spans`.
     async fn candidates_from_tags(
         &self,
         q: &TraceQuery,
         limit: usize,
         time: &str,
         service: &str,
-    ) -> Result<Candidates, StoreError> {
-        let Some(((k0, v0), rest)) = q.tags.split_first() else { return Ok(Candidates::default()) };
+    ) -> Result<Vec<TraceId>, StoreError> {
+        let Some(((k0, v0), rest)) = q.tags.split_first() else { return Ok(Vec::new()) };
         let cond = |k: &str, v: &str| {
             format!(
                 "key = {} AND value IN {} AND {time}",
@@ -831,24 +805,58 @@ impl Shared {
                 also("reinterpretAsUInt64(trace_id)")
             ))
             .await?;
-        let mut out = Candidates::default();
+        let mut found: Vec<(u64, TraceId)> = Vec::new();
         let mut r = Reader::new(&by_id);
         while !r.is_empty() {
-            out.ids.push(codec::trace_id(&mut r).map_err(corrupt)?);
-            r.array::<8>().map_err(corrupt)?;
+            let id = codec::trace_id(&mut r).map_err(corrupt)?;
+            found.push((u64::from_le_bytes(r.array().map_err(corrupt)?), id));
         }
+        let mut keys: HashMap<u64, u64> = HashMap::new();
         let mut r = Reader::new(&by_key);
         while !r.is_empty() {
-            out.keys.push(u64::from_le_bytes(r.array().map_err(corrupt)?));
-            r.array::<8>().map_err(corrupt)?;
+            let key = u64::from_le_bytes(r.array().map_err(corrupt)?);
+            keys.insert(key, u64::from_le_bytes(r.array().map_err(corrupt)?));
         }
-        Ok(out)
+        // A trace key is the first 8 bytes of its ids (little-endian): one id range each.
+        let keys: Vec<(u64, u64)> = keys.into_iter().collect();
+        for chunk in keys.chunks(200) {
+            let ranges = chunk
+                .iter()
+                .map(|(key, _)| {
+                    let mut lo = [0u8; 16];
+                    lo[..8].copy_from_slice(&key.to_le_bytes());
+                    let mut hi = [0xffu8; 16];
+                    hi[..8].copy_from_slice(&key.to_le_bytes());
+                    format!("(trace_id >= {} AND trace_id <= {})", unhex(&lo), unhex(&hi))
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let rows = self
+                .query(&format!(
+                    "SELECT DISTINCT trace_id FROM {} WHERE {ranges} FORMAT RowBinary",
+                    self.layout.table("spans")
+                ))
+                .await?;
+            let times: HashMap<u64, u64> = chunk.iter().copied().collect();
+            let mut r = Reader::new(&rows);
+            while !r.is_empty() {
+                let id = codec::trace_id(&mut r).map_err(corrupt)?;
+                if let Some(t) = times.get(&trace_key(id.as_bytes())) {
+                    found.push((*t, id));
+                }
+            }
+        }
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        let mut seen = HashSet::new();
+        found.retain(|(_, id)| seen.insert(*id));
+        found.truncate(limit);
+        Ok(found.into_iter().map(|(_, id)| id).collect())
     }
 
     /// Trace ids whose rows may hold a match, newest first, at most `limit`.
-    async fn candidates(&self, q: &TraceQuery, limit: usize) -> Result<Candidates, StoreError> {
+    async fn candidates(&self, q: &TraceQuery, limit: usize) -> Result<Vec<TraceId>, StoreError> {
         if q.time.is_empty() {
-            return Ok(Candidates::default());
+            return Ok(Vec::new());
         }
         let from = secs(q.time.start_unix_nano);
         let to = secs(q.time.end_unix_nano.saturating_sub(1));
@@ -940,9 +948,9 @@ impl Shared {
         // Skein then keeps the traces one span of which matches exactly (`SpanMatcher`).
         let rows = self.query(&sql).await?;
         let mut r = Reader::new(&rows);
-        let mut out = Candidates::default();
+        let mut out = Vec::new();
         while !r.is_empty() {
-            out.ids.push(codec::trace_id(&mut r).map_err(corrupt)?);
+            out.push(codec::trace_id(&mut r).map_err(corrupt)?);
             r.array::<8>().map_err(corrupt)?;
         }
         Ok(out)
@@ -1235,12 +1243,12 @@ impl SpanStore for ClickhouseStore {
             ids
         };
         loop {
-            let mut c = s.candidates(q, want).await?;
-            let exhausted = c.ids.len().max(c.keys.len()) < want;
-            c.ids.extend(buffered.iter().copied());
-            c.ids.sort_unstable();
-            c.ids.dedup();
-            let traces = s.fetch(&c).await?;
+            let mut ids = s.candidates(q, want).await?;
+            let exhausted = ids.len() < want;
+            ids.extend(buffered.iter().copied());
+            ids.sort_unstable();
+            ids.dedup();
+            let traces = s.fetch_traces(&ids).await?;
             let mut found: Vec<(u64, Vec<Span>)> = traces
                 .into_values()
                 .filter(|spans| spans.iter().any(|sp| matcher.matches(sp)))
