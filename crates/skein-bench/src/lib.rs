@@ -581,7 +581,7 @@ async fn spans_received(query: &str, client: &reqwest::Client) -> anyhow::Result
 /// Runs the benchmark; prints progress to stderr.
 /// What one exporter task sent: latencies (ms), spans sent, spans accepted, failed requests,
 /// and some of the traces it sent.
-type Sent = (Vec<f64>, u64, u64, u64, Vec<traffic::Sent>);
+type ExporterTotals = (Vec<f64>, u64, u64, u64, Vec<traffic::Sent>);
 
 /// Sends `config.spans` spans (or for `config.duration`) with `config.concurrency` exporters,
 /// `config.spans_per_request` per request.
@@ -590,7 +590,7 @@ fn send_load(
     config: &BenchConfig,
     started: Instant,
     bar: &indicatif::ProgressBar,
-) -> Vec<tokio::task::JoinHandle<Sent>> {
+) -> Vec<tokio::task::JoinHandle<ExporterTotals>> {
     let next = Arc::new(AtomicU64::new(0));
     let stop_at = config.duration.map(|d| started + d);
     let mut tasks = Vec::new();

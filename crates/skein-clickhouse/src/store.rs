@@ -383,6 +383,11 @@ struct Rows {
     new_operations: Vec<(String, String, u8, u32)>,
 }
 
+/// The SQL tuple of the texts `want` is looked up as in the tag indexes ([`indexed_candidates`]).
+fn indexed_values_sql(want: &str) -> String {
+    tuple(indexed_candidates(want).iter().map(|c| quote(c)))
+}
+
 /// An attribute value as the `tags` index holds it: its search text, cut to
 /// [`INDEXED_VALUE_BYTES`] on a character boundary.
 fn indexed_value(text: &str) -> &str {
@@ -771,11 +776,7 @@ impl Shared {
     ) -> Result<Vec<TraceId>, StoreError> {
         let Some(((k0, v0), rest)) = q.tags.split_first() else { return Ok(Vec::new()) };
         let cond = |k: &str, v: &str| {
-            format!(
-                "key = {} AND value IN {} AND {time}",
-                quote(k),
-                tuple(indexed_candidates(v).iter().map(|c| quote(c)))
-            )
+            format!("key = {} AND value IN {} AND {time}", quote(k), indexed_values_sql(v))
         };
         let (trace_tags, tags) = (self.layout.table("trace_tags"), self.layout.table("tags"));
         // Every further tag, in either index, for rows whose trace key is `key`.
@@ -862,7 +863,6 @@ impl Shared {
         let to = secs(q.time.end_unix_nano.saturating_sub(1));
         let time = format!("timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to})");
         let service = q.service.as_ref().map(|s| format!(" AND service = {}", quote(s))).unwrap_or_default();
-        let values = |v: &str| tuple(indexed_candidates(v).iter().map(|c| quote(c)));
         let kind_of = |k: &str, v: &str| {
             (k == "span.kind")
                 .then(|| {
@@ -876,7 +876,7 @@ impl Shared {
             let any = q
                 .tags
                 .iter()
-                .map(|(k, v)| format!("(key = {} AND value IN {})", quote(k), values(v)))
+                .map(|(k, v)| format!("(key = {} AND value IN {})", quote(k), indexed_values_sql(v)))
                 .collect::<Vec<_>>()
                 .join(" OR ");
             let rows = self
@@ -919,7 +919,8 @@ impl Shared {
                 cond.push_str(&format!(" AND duration_ns <= {d}"));
             }
             for (i, (k, v)) in q.tags.iter().enumerate() {
-                let c = format!("key = {} AND value IN {} AND {time}{service}", quote(k), values(v));
+                let c =
+                    format!("key = {} AND value IN {} AND {time}{service}", quote(k), indexed_values_sql(v));
                 let mut alternatives = vec![
                     format!(
                         "reinterpretAsUInt64(trace_id) IN (SELECT trace_key FROM {} WHERE {c})",
@@ -932,7 +933,7 @@ impl Shared {
                         "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {})",
                         self.layout.table("resource_tags"),
                         quote(k),
-                        values(v)
+                        indexed_values_sql(v)
                     ));
                 }
                 if let Some(kind) = kind_of(k, v) {
@@ -1412,14 +1413,14 @@ impl SpanStore for ClickhouseStore {
         read_red_rows(&rows, latency, &mut out).map_err(corrupt)?;
         // Spans acknowledged here but not inserted yet. (A batch being inserted right now may
         // count twice for the moment between its insert and its leaving the buffer.)
-        let mut buffered = RedSummary::default();
-        {
-            let p = s.pending.read();
-            for span in p.batches.iter().flat_map(|b| b.spans.iter()) {
-                buffered.add(span);
+        let p = s.pending.read();
+        for span in p.batches.iter().flat_map(|b| b.spans.iter()) {
+            if minutes.contains(&(span.start_time_unix_nano / skein_store::red::RED_CELL_NANOS))
+                && services.iter().any(|n| n == span.service_name())
+            {
+                out.add(span);
             }
         }
-        out.merge_where(&buffered, &minutes, Some(services));
         Ok(Some(out))
     }
 

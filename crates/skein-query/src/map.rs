@@ -103,15 +103,11 @@ pub fn service_map(
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     let mut edges: BTreeMap<(String, String), EdgeStats> = BTreeMap::new();
     for spans in traces.values() {
+        // By id: a span delivered twice counts once.
         let by_id: HashMap<skein_model::SpanId, &ScanSpan> = spans.iter().map(|s| (s.span_id, s)).collect();
         // CLIENT spans with a child in another service: their calls are service edges.
         let mut answered: std::collections::HashSet<skein_model::SpanId> = Default::default();
-        let mut seen: std::collections::HashSet<skein_model::SpanId> = Default::default();
-        for s in spans {
-            // A span delivered twice counts once.
-            if !seen.insert(s.span_id) {
-                continue;
-            }
+        for &s in by_id.values() {
             let service = s.service_name();
             nodes.entry(service.to_owned()).or_insert_with(|| Node {
                 id: service.to_owned(),
@@ -130,11 +126,7 @@ pub fn service_map(
             e.errors += u64::from(s.error || (caller_side && parent.error));
             e.latency.add(timed.end_time_unix_nano.saturating_sub(timed.start_time_unix_nano) as f64);
         }
-        let mut counted: std::collections::HashSet<skein_model::SpanId> = Default::default();
-        for s in spans.iter().filter(|s| s.kind == SpanKind::Client && !answered.contains(&s.span_id)) {
-            if !counted.insert(s.span_id) {
-                continue;
-            }
+        for &s in by_id.values().filter(|s| s.kind == SpanKind::Client && !answered.contains(&s.span_id)) {
             let Some(peer) = peer_of(s) else { continue };
             let e = edges.entry((s.service_name().to_owned(), peer.id.clone())).or_default();
             e.calls += 1;
