@@ -8,13 +8,16 @@ use crate::sql::quote;
 /// The schema version this build writes and reads. Version 2 added `red`; version 3 indexes
 /// resource attributes once per resource (`resource_tags`, and `resource_id` in `search`)
 /// instead of once per trace in `tags`; version 4 writes the tag index into `trace_tags`, with
-/// 8-byte trace keys instead of 16-byte trace ids (`tags` keeps the rows of older versions).
-pub const SCHEMA_VERSION: u32 = 4;
+/// 8-byte trace keys instead of 16-byte trace ids; version 5 writes it into `tag_index`, with
+/// 4-byte trace keys, and indexes a span's instrumentation scope once per resource in
+/// `resource_tags` (`trace_tags` and `tags` keep the rows of older versions).
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// The tables, in the order a batch is inserted (lookups before the spans that need them, the
-/// pre-aggregates last). `tags` is no longer written, only read and dropped by retention.
-pub const TABLES: [&str; 8] =
-    ["resources", "resource_tags", "operations", "spans", "search", "trace_tags", "red", "tags"];
+/// pre-aggregates last). `trace_tags` and `tags` are no longer written, only read and dropped
+/// by retention.
+pub const TABLES: [&str; 9] =
+    ["resources", "resource_tags", "operations", "spans", "search", "tag_index", "red", "trace_tags", "tags"];
 
 /// Rows per primary-index mark of `spans`: a trace read decompresses about this many
 /// payloads per day partition (ClickHouse's default of 8,192 would be eight times more).
@@ -145,6 +148,20 @@ impl Layout {
                 "trace_key",
             ),
             (
+                // `slot` is the trace's sharding slot (its 8-byte key modulo the cluster's total
+                // weight, computed by Skein): the 4-byte key alone cannot say which shard holds
+                // the trace. Within one server it is one value, which compresses to nothing.
+                "tag_index",
+                format!(
+                    "key {}, value String{plain_zstd}, service {}, timestamp DateTime{delta}, \
+                     trace_key UInt32{plain_zstd}, slot UInt16",
+                    lc("String"),
+                    lc("String")
+                ),
+                "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, timestamp)".to_owned(),
+                "slot",
+            ),
+            (
                 "red",
                 format!(
                     "service {}, name {}, kind UInt8, minute DateTime, calls UInt64, errors UInt64, zeros UInt64, \
@@ -244,12 +261,24 @@ impl Topology {
         if slots.is_empty() {
             return Err(TopologyError::Bad(format!("every shard of cluster {cluster} has weight 0")));
         }
+        if slots.len() > usize::from(u16::MAX) + 1 {
+            return Err(TopologyError::Bad(format!(
+                "the shard weights of cluster {cluster} add up to {}; Skein supports at most 65,536",
+                slots.len()
+            )));
+        }
         Ok(Topology { shards, slots })
     }
 
     /// The shard holding rows with this sharding key.
     pub fn shard_of(&self, key: u64) -> usize {
-        self.slots[(key % self.slots.len() as u64) as usize]
+        self.slots[self.slot_of(key) as usize]
+    }
+
+    /// The slot of a sharding key: the key modulo the total weight. A Distributed table whose
+    /// sharding expression is the slot puts a row on the same shard as the key would.
+    pub fn slot_of(&self, key: u64) -> u16 {
+        (key % self.slots.len() as u64) as u16
     }
 
     pub fn is_sharded(&self) -> bool {
@@ -261,6 +290,13 @@ impl Topology {
 /// Distributed tables compute with `reinterpretAsUInt64(trace_id)`.
 pub fn trace_key(trace_id: &[u8; 16]) -> u64 {
     u64::from_le_bytes(trace_id[..8].try_into().expect("8 bytes"))
+}
+
+/// The key of a trace in `tag_index`: its first four bytes read little-endian, what
+/// `reinterpretAsUInt32(trace_id)` and `toUInt32(trace_key)` compute. Several traces may share
+/// one; a search turns keys into the ids of every trace that has them and checks each.
+pub fn short_trace_key(trace_id: &[u8; 16]) -> u32 {
+    u32::from_le_bytes(trace_id[..4].try_into().expect("4 bytes"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +337,7 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 16);
+        assert_eq!(ddl.len(), 18);
         assert!(ddl[7].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
     }
 
@@ -310,5 +346,20 @@ mod tests {
         // SELECT reinterpretAsUInt64(unhex('0102030405060708090a0b0c0d0e0f10')) = 578437695752307201
         let id: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
         assert_eq!(trace_key(&id), 578437695752307201);
+        // SELECT reinterpretAsUInt32(unhex('0102…')) = toUInt32(578437695752307201) = 67305985
+        assert_eq!(short_trace_key(&id), 67305985);
+        assert_eq!(short_trace_key(&id), trace_key(&id) as u32);
+    }
+
+    #[test]
+    fn a_slot_goes_to_the_shard_of_its_key() {
+        let shard = |number, weight| Shard { number, weight, replicas: Vec::new() };
+        let t = Topology { shards: vec![shard(1, 2), shard(2, 1)], slots: vec![0, 0, 1] };
+        for key in [0u64, 1, 2, 3, 4, 5, u64::MAX, u64::MAX - 1] {
+            let slot = t.slot_of(key);
+            assert!(slot < 3);
+            // ClickHouse computes `slot % total weight`, which is the slot itself.
+            assert_eq!(t.slots[(u64::from(slot) % 3) as usize], t.shard_of(key));
+        }
     }
 }

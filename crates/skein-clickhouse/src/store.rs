@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 
 use crate::client::{ChError, Client};
 use crate::codec::{self, Reader, Writer};
-use crate::schema::{Features, Layout, SCHEMA_VERSION, TABLES, Topology, trace_key};
+use crate::schema::{Features, Layout, SCHEMA_VERSION, TABLES, Topology, short_trace_key, trace_key};
 use crate::sql::{identifier, quote, tuple, unhex};
 
 /// Bytes of an attribute value kept in the `tags` index; longer values are indexed by this
@@ -129,6 +129,8 @@ struct Shared {
     resources: Mutex<HashMap<u64, Arc<Resource>>>,
     written_resources: Mutex<HashSet<(u64, u32, usize)>>,
     written_operations: Mutex<HashSet<(String, String, u8, u32)>>,
+    /// (resource id, scope name, scope version, day, shard) whose scope is in `resource_tags`.
+    written_scopes: Mutex<HashSet<ScopeKey>>,
     spans_written: AtomicU64,
     /// Unix seconds from which `red` holds every span (0: always).
     red_since: u32,
@@ -252,6 +254,7 @@ impl ClickhouseStore {
             resources: Mutex::new(HashMap::new()),
             written_resources: Mutex::new(HashSet::new()),
             written_operations: Mutex::new(HashSet::new()),
+            written_scopes: Mutex::new(HashSet::new()),
             spans_written: AtomicU64::new(0),
             red_since,
         });
@@ -381,7 +384,11 @@ struct Rows {
     red: Writer,
     new_resources: Vec<(u64, u32, usize)>,
     new_operations: Vec<(String, String, u8, u32)>,
+    new_scopes: Vec<ScopeKey>,
 }
+
+/// A resource's instrumentation scope on one day and shard.
+type ScopeKey = (u64, String, String, u32, usize);
 
 /// The SQL tuple of the texts `want` is looked up as in the tag indexes ([`indexed_candidates`]).
 fn indexed_values_sql(want: &str) -> String {
@@ -429,11 +436,14 @@ impl Shared {
         let mut batch_ops: HashSet<(&'a str, &'a str, u8, u32)> = HashSet::new();
         let written_res = self.written_resources.lock();
         let written_ops = self.written_operations.lock();
+        let written_scopes = self.written_scopes.lock();
+        let mut batch_scopes: HashSet<(u64, &'a str, &'a str, u32, usize)> = HashSet::new();
         let mut payload = Vec::new();
         let mut red = RedSummary::default();
         for span in spans {
             let tid = span.trace_id.as_bytes();
             let key = trace_key(tid);
+            let (short_key, slot) = (short_trace_key(tid), self.topology.slot_of(key));
             let ts = secs(span.start_time_unix_nano);
             let day = ts / 86_400;
             let (res_id, res_bytes) = encoded.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
@@ -462,6 +472,28 @@ impl Shared {
                     w.buf.extend_from_slice(&res_id.to_le_bytes());
                     w.buf.extend_from_slice(&key.to_le_bytes());
                     w.buf.extend_from_slice(&ts.to_le_bytes());
+                }
+            }
+            // The span's instrumentation scope is indexed once per resource (and day and shard)
+            // too: a search for `otel.scope.name` finds the spans of the resources that have
+            // it, and the exact check keeps those of the scope.
+            let (scope, shard) = (&span.scope, self.topology.shard_of(key));
+            if (!scope.name.is_empty() || !scope.version.is_empty())
+                && batch_scopes.insert((res_id, &scope.name, &scope.version, day, shard))
+            {
+                let scope_key = (res_id, scope.name.to_string(), scope.version.to_string(), day, shard);
+                if !written_scopes.contains(&scope_key) {
+                    let w = &mut rows.resource_tags;
+                    for (k, v) in [("otel.scope.name", &scope.name), ("otel.scope.version", &scope.version)] {
+                        if !v.is_empty() {
+                            w.str(k);
+                            w.str(indexed_value(v));
+                            w.buf.extend_from_slice(&res_id.to_le_bytes());
+                            w.buf.extend_from_slice(&key.to_le_bytes());
+                            w.buf.extend_from_slice(&ts.to_le_bytes());
+                        }
+                    }
+                    rows.new_scopes.push(scope_key);
                 }
             }
             let service = span.service_name();
@@ -514,7 +546,8 @@ impl Shared {
                     w.str(&v);
                     w.str(service);
                     w.buf.extend_from_slice(&ts.to_le_bytes());
-                    w.buf.extend_from_slice(&key.to_le_bytes());
+                    w.buf.extend_from_slice(&short_key.to_le_bytes());
+                    w.buf.extend_from_slice(&slot.to_le_bytes());
                     seen_tags.insert((span.trace_id, service, k, v));
                 }
             };
@@ -531,8 +564,10 @@ impl Shared {
                     tag(&kv.key, text(&kv.value));
                 }
             }
-            // `span.kind` is the `kind` column of `search`.
-            for (k, v) in synthetic_tags_of(span).filter(|(k, _)| *k != "span.kind") {
+            // `span.kind` is the `kind` column of `search`; the scope is in `resource_tags`.
+            for (k, v) in synthetic_tags_of(span)
+                .filter(|(k, _)| !matches!(*k, "span.kind" | "otel.scope.name" | "otel.scope.version"))
+            {
                 tag(k, Cow::Borrowed(v));
             }
             red.add(span);
@@ -552,7 +587,7 @@ impl Shared {
             "service, name, kind, date",
             "trace_id, span_id, timestamp, start_ns, resource_id, payload",
             "service, name, kind, timestamp, start_ns, duration_ns, error, trace_id, span_id, parent_span_id, resource_id",
-            "key, value, service, timestamp, trace_key",
+            "key, value, service, timestamp, trace_key, slot",
             "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
         ];
         let bodies = [
@@ -573,6 +608,7 @@ impl Shared {
         }
         remember(&self.written_resources, rows.new_resources);
         remember(&self.written_operations, rows.new_operations);
+        remember(&self.written_scopes, rows.new_scopes);
         Ok(())
     }
 
@@ -763,10 +799,11 @@ impl Shared {
     }
 
     /// Candidates when every tag is a span or event attribute (or a synthetic tag other than
-    /// `span.kind`): the key range of the first tag in the tag index, intersected with the
-    /// others'. The index is `trace_tags` (8-byte trace keys, schema version 4) and, for rows
-    /// written before, `tags` (trace ids): both are asked, and the keys found in `trace_tags`
-    /// are turned into trace ids by a primary-key range read of `spans`.
+    /// `span.kind` and the scope's): the key range of the first tag in the tag index,
+    /// intersected with the others'. The index is `tag_index` (4-byte trace keys, schema
+    /// version 5) and, for rows written before, `trace_tags` (8-byte keys, version 4) and
+    /// `tags` (trace ids): all are asked, and the keys found are turned into the ids of the
+    /// traces that have them by a primary-key range read of `spans`.
     async fn candidates_from_tags(
         &self,
         q: &TraceQuery,
@@ -778,56 +815,51 @@ impl Shared {
         let cond = |k: &str, v: &str| {
             format!("key = {} AND value IN {} AND {time}", quote(k), indexed_values_sql(v))
         };
-        let (trace_tags, tags) = (self.layout.table("trace_tags"), self.layout.table("tags"));
-        // Every further tag, in either index, for rows whose trace key is `key`.
+        // Every further tag, in any of the indexes, for rows whose 4-byte trace key is `key`.
         let also = |key: &str| {
             rest.iter()
-                .map(|(k, v)| {
-                    let c = cond(k, v);
-                    format!(
-                        " AND ({key} IN (SELECT trace_key FROM {trace_tags} WHERE {c}) \
-                         OR {key} IN (SELECT reinterpretAsUInt64(trace_id) FROM {tags} WHERE {c}))"
-                    )
-                })
+                .map(|(k, v)| format!(" AND {}", self.in_tag_index(key, &cond(k, v))))
                 .collect::<String>()
         };
         let first = cond(k0, v0);
-        let by_key = self
-            .query(&format!(
-                "SELECT trace_key, toUInt64(max(timestamp)) AS t FROM {trace_tags} WHERE {first}{service}{} \
-                 GROUP BY trace_key ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
-                also("trace_key")
-            ))
-            .await?;
-        let by_id = self
-            .query(&format!(
-                "SELECT trace_id, toUInt64(max(timestamp)) AS t FROM {tags} WHERE {first}{service}{} \
-                 GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
-                also("reinterpretAsUInt64(trace_id)")
-            ))
-            .await?;
+        let [tag_index, trace_tags, tags] = ["tag_index", "trace_tags", "tags"].map(|t| self.layout.table(t));
+        let newest = |key: &str, table: &str, short: &str| {
+            format!(
+                "SELECT {key}, toUInt64(max(timestamp)) AS t FROM {table} WHERE {first}{service}{} \
+                 GROUP BY {key} ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+                also(short)
+            )
+        };
+        let by_short = self.query(&newest("trace_key", &tag_index, "trace_key")).await?;
+        let by_key = self.query(&newest("trace_key", &trace_tags, "toUInt32(trace_key)")).await?;
+        let by_id = self.query(&newest("trace_id", &tags, "reinterpretAsUInt32(trace_id)")).await?;
         let mut found: Vec<(u64, TraceId)> = Vec::new();
         let mut r = Reader::new(&by_id);
         while !r.is_empty() {
             let id = codec::trace_id(&mut r).map_err(corrupt)?;
             found.push((u64::from_le_bytes(r.array().map_err(corrupt)?), id));
         }
-        let mut keys: HashMap<u64, u64> = HashMap::new();
+        // A key is the first 4 or 8 bytes of its traces' ids (little-endian): one id range.
+        let mut prefixes: HashMap<(usize, u64), u64> = HashMap::new();
+        let mut r = Reader::new(&by_short);
+        while !r.is_empty() {
+            let key = u32::from_le_bytes(r.array().map_err(corrupt)?);
+            prefixes.insert((4, u64::from(key)), u64::from_le_bytes(r.array().map_err(corrupt)?));
+        }
         let mut r = Reader::new(&by_key);
         while !r.is_empty() {
             let key = u64::from_le_bytes(r.array().map_err(corrupt)?);
-            keys.insert(key, u64::from_le_bytes(r.array().map_err(corrupt)?));
+            prefixes.insert((8, key), u64::from_le_bytes(r.array().map_err(corrupt)?));
         }
-        // A trace key is the first 8 bytes of its ids (little-endian): one id range each.
-        let keys: Vec<(u64, u64)> = keys.into_iter().collect();
-        for chunk in keys.chunks(200) {
+        let prefixes: Vec<((usize, u64), u64)> = prefixes.into_iter().collect();
+        for chunk in prefixes.chunks(200) {
             let ranges = chunk
                 .iter()
-                .map(|(key, _)| {
+                .map(|((len, key), _)| {
                     let mut lo = [0u8; 16];
-                    lo[..8].copy_from_slice(&key.to_le_bytes());
+                    lo[..*len].copy_from_slice(&key.to_le_bytes()[..*len]);
                     let mut hi = [0xffu8; 16];
-                    hi[..8].copy_from_slice(&key.to_le_bytes());
+                    hi[..*len].copy_from_slice(&key.to_le_bytes()[..*len]);
                     format!("(trace_id >= {} AND trace_id <= {})", unhex(&lo), unhex(&hi))
                 })
                 .collect::<Vec<_>>()
@@ -838,11 +870,12 @@ impl Shared {
                     self.layout.table("spans")
                 ))
                 .await?;
-            let times: HashMap<u64, u64> = chunk.iter().copied().collect();
+            let times: HashMap<(usize, u64), u64> = chunk.iter().copied().collect();
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
                 let id = codec::trace_id(&mut r).map_err(corrupt)?;
-                if let Some(t) = times.get(&trace_key(id.as_bytes())) {
+                let short = (4, u64::from(short_trace_key(id.as_bytes())));
+                if let Some(t) = times.get(&short).or_else(|| times.get(&(8, trace_key(id.as_bytes())))) {
                     found.push((*t, id));
                 }
             }
@@ -852,6 +885,20 @@ impl Shared {
         found.retain(|(_, id)| seen.insert(*id));
         found.truncate(limit);
         Ok(found.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// SQL that holds when a trace whose 4-byte key is `key` (an expression) has rows that
+    /// satisfy `cond` in any of the tag indexes (`tag_index`, and `trace_tags` and `tags` for
+    /// rows of older schema versions).
+    fn in_tag_index(&self, key: &str, cond: &str) -> String {
+        format!(
+            "({key} IN (SELECT trace_key FROM {} WHERE {cond}) \
+             OR {key} IN (SELECT toUInt32(trace_key) FROM {} WHERE {cond}) \
+             OR {key} IN (SELECT reinterpretAsUInt32(trace_id) FROM {} WHERE {cond}))",
+            self.layout.table("tag_index"),
+            self.layout.table("trace_tags"),
+            self.layout.table("tags"),
+        )
     }
 
     /// Trace ids whose rows may hold a match, newest first, at most `limit`.
@@ -921,13 +968,7 @@ impl Shared {
             for (i, (k, v)) in q.tags.iter().enumerate() {
                 let c =
                     format!("key = {} AND value IN {} AND {time}{service}", quote(k), indexed_values_sql(v));
-                let mut alternatives = vec![
-                    format!(
-                        "reinterpretAsUInt64(trace_id) IN (SELECT trace_key FROM {} WHERE {c})",
-                        self.layout.table("trace_tags")
-                    ),
-                    format!("trace_id IN (SELECT trace_id FROM {} WHERE {c})", self.layout.table("tags")),
-                ];
+                let mut alternatives = vec![self.in_tag_index("reinterpretAsUInt32(trace_id)", &c)];
                 if on_resources.contains(&i) {
                     alternatives.push(format!(
                         "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {})",

@@ -564,7 +564,7 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     for server in &servers {
         Client::new(server, None, None)
             .unwrap()
-            .query(&format!("TRUNCATE TABLE {}", local("trace_tags")), &[])
+            .query(&format!("TRUNCATE TABLE {}", local("tag_index")), &[])
             .await
             .unwrap();
     }
@@ -587,6 +587,54 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     let found = store.find_traces(&legacy).await.unwrap();
     assert_eq!(found.len(), 1, "rows of the older index are searched");
     assert_eq!(found[0][0].trace_id, old.trace_id);
+    // And one that schema version 4 indexed (in `trace_tags`, by an 8-byte trace key), alone
+    // and together with a tag of the current index.
+    let v4 = B::new(11, 1)
+        .service("upgraded")
+        .attr("legacy.key", AttrValue::Str("v4".into()))
+        .attr("new.key", AttrValue::Str("now".into()))
+        .build();
+    store.write(vec![v4.clone()]).await.unwrap();
+    for server in &servers {
+        Client::new(server, None, None)
+            .unwrap()
+            .query(&format!("TRUNCATE TABLE {}", local("tag_index")), &[])
+            .await
+            .unwrap();
+    }
+    // A second span of the trace puts `new.key` (only) into the current index.
+    let mut second = B::new(11, 2).service("upgraded").attr("new.key", AttrValue::Str("now".into())).build();
+    second.trace_id = v4.trace_id;
+    store.write(vec![second]).await.unwrap();
+    let v4_key = u64::from_le_bytes(v4.trace_id.as_bytes()[..8].try_into().unwrap());
+    Client::new(url, None, None)
+        .unwrap()
+        .query(
+            &format!(
+                "INSERT INTO {}.trace_tags VALUES ('legacy.key', 'v4', 'upgraded', toDateTime({}), {v4_key})",
+                c.database,
+                v4.start_time_unix_nano / 1_000_000_000
+            ),
+            &[("insert_distributed_sync", "1")],
+        )
+        .await
+        .unwrap();
+    let v4_query = |tags: &[(&str, &str)]| TraceQuery {
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..q("pod-7")
+    };
+    for tags in [
+        &[("legacy.key", "v4")][..],
+        &[("legacy.key", "v4"), ("new.key", "now")],
+        &[("new.key", "now"), ("legacy.key", "v4")],
+    ] {
+        let found = store.find_traces(&v4_query(tags)).await.unwrap();
+        assert_eq!(found.len(), 1, "{tags:?}");
+        assert_eq!(found[0][0].trace_id, v4.trace_id);
+    }
+    assert!(
+        store.find_traces(&v4_query(&[("legacy.key", "v4"), ("new.key", "then")])).await.unwrap().is_empty()
+    );
     for server in &servers {
         let local = if cluster.is_some() { "search_local" } else { "search" };
         let sql = format!(
