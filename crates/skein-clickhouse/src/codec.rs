@@ -1,9 +1,9 @@
 //! The encodings of the ClickHouse store (specified in `docs/clickhouse.md`), written with the
 //! primitives every backend shares ([`skein_store::codec`]):
 //!
-//! - [`encode_payload`] / [`decode_payload`]: everything of a span but its trace id and its
-//!   resource, for the `payload` column of the `spans` table (the trace id is a column of its
-//!   own; the resource is stored once in `resources`, referenced by [`resource_id`]).
+//! - [`encode_payload`] / [`decode_payload`]: everything of a span but its ids, start time and
+//!   resource, for the `payload` column of the `spans` table (those are columns of their own;
+//!   the resource is stored once in `resources`, referenced by [`resource_id`]).
 //! - [`encode_resource`] / [`decode_resource`]: a resource, for the `resources` table.
 //!
 //! The local buffer's records are span batches in the embedded engine's WAL encoding
@@ -15,8 +15,13 @@ use skein_model::{Resource, Span, SpanId, TraceId};
 use skein_store::codec::err;
 pub use skein_store::codec::{DecodeError, Reader, Writer};
 
-/// First byte of every payload and resource encoding.
+/// First byte of every resource encoding.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// First byte of the payloads this build writes. Version 1 held the span id and the start
+/// time in full; version 2 leaves the id out and writes the start as its distance from the
+/// `start_ns` column (0), as both are columns of the row already.
+pub const PAYLOAD_VERSION: u8 = 2;
 
 fn version(r: &mut Reader<'_>, what: &str) -> Result<(), DecodeError> {
     match r.u8()? {
@@ -30,28 +35,55 @@ pub fn trace_id(r: &mut Reader<'_>) -> Result<TraceId, DecodeError> {
     TraceId::from_bytes(r.array()?).or_else(|e| err(format!("trace id: {e}")))
 }
 
-/// Writes a span but its trace id and resource: its span id, its scope, then the fields the
-/// embedded engine's records hold for every span ([`Writer::span_body`]).
+/// Writes a span but what the other columns of its row hold (trace id, span id, start time,
+/// resource): its scope, then the fields the embedded engine's records hold for every span
+/// ([`Writer::span_body`]).
 pub fn encode_payload(span: &Span, out: &mut Vec<u8>) {
     let mut w = Writer { buf: std::mem::take(out) };
-    w.u8(FORMAT_VERSION);
-    w.buf.extend_from_slice(span.span_id.as_bytes());
+    w.u8(PAYLOAD_VERSION);
     w.scope(&span.scope);
-    w.span_body(span);
+    w.span_body(span, span.start_time_unix_nano);
     *out = w.buf;
 }
 
-/// Reads what [`encode_payload`] wrote, with the trace id and resource given.
-pub fn decode_payload(bytes: &[u8], trace_id: TraceId, resource: Arc<Resource>) -> Result<Span, DecodeError> {
+/// The columns of a `spans` row besides its payload.
+#[derive(Clone, Copy, Debug)]
+pub struct RowIds {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub start_ns: u64,
+}
+
+/// Reads what [`encode_payload`] wrote (or version 1 of it), with the row's other columns.
+pub fn decode_payload(bytes: &[u8], row: RowIds, resource: Arc<Resource>) -> Result<Span, DecodeError> {
     let mut r = Reader::new(bytes);
-    version(&mut r, "span payload")?;
-    let span_id = SpanId::from_bytes(r.array()?).or_else(|e| err(format!("span id: {e}")))?;
+    let (span_id, base) = match r.u8()? {
+        1 => (SpanId::from_bytes(r.array()?).or_else(|e| err(format!("span id: {e}")))?, 0),
+        PAYLOAD_VERSION => (row.span_id, row.start_ns),
+        v => {
+            return err(format!(
+                "span payload has format version {v}; this build reads 1 and {PAYLOAD_VERSION}"
+            ));
+        }
+    };
     let scope = Arc::new(r.scope()?);
-    let span = r.span_body(trace_id, span_id, resource, scope)?;
+    let span = r.span_body(row.trace_id, span_id, resource, scope, base)?;
     if !r.is_empty() {
         return err("bytes after the end of a span payload");
     }
     Ok(span)
+}
+
+/// Writes a payload of version 1 (the span id and start time in full), for tests that read
+/// rows written by older versions.
+#[cfg(test)]
+fn encode_payload_v1(span: &Span, out: &mut Vec<u8>) {
+    let mut w = Writer { buf: std::mem::take(out) };
+    w.u8(1);
+    w.buf.extend_from_slice(span.span_id.as_bytes());
+    w.scope(&span.scope);
+    w.span_body(span, 0);
+    *out = w.buf;
 }
 
 /// Writes a resource.
@@ -89,13 +121,34 @@ mod tests {
     use super::*;
     use skein_store::testdata::rich_batch;
 
+    fn row(s: &Span) -> RowIds {
+        RowIds { trace_id: s.trace_id, span_id: s.span_id, start_ns: s.start_time_unix_nano }
+    }
+
     #[test]
     fn payload_and_resource_round_trip_every_field() {
         for s in rich_batch() {
             let mut p = Vec::new();
             encode_payload(&s, &mut p);
             let res = decode_resource(&encode_resource(&s.resource)).unwrap();
-            assert_eq!(decode_payload(&p, s.trace_id, Arc::new(res)).unwrap(), s);
+            assert_eq!(decode_payload(&p, row(&s), Arc::new(res)).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn version_1_payloads_are_read_with_their_own_span_id_and_start() {
+        for s in rich_batch() {
+            let (mut v1, mut v2) = (Vec::new(), Vec::new());
+            encode_payload_v1(&s, &mut v1);
+            encode_payload(&s, &mut v2);
+            assert!(v2.len() + 8 < v1.len(), "version 2 leaves out the span id and most of the start");
+            // Version 1 rows held the same ids in their columns; the payload's are used.
+            let other = RowIds { span_id: SpanId::from_bytes([9; 8]).unwrap(), start_ns: 7, ..row(&s) };
+            assert_eq!(decode_payload(&v1, other, Arc::clone(&s.resource)).unwrap(), s);
+            assert_eq!(decode_payload(&v2, row(&s), Arc::clone(&s.resource)).unwrap(), s);
+            let mut v3 = v2.clone();
+            v3[0] = 3;
+            assert!(decode_payload(&v3, row(&s), Arc::clone(&s.resource)).is_err());
         }
     }
 
@@ -107,7 +160,7 @@ mod tests {
             let r = encode_resource(&s.resource);
             for n in 0..p.len() {
                 assert!(
-                    decode_payload(&p[..n], s.trace_id, Arc::clone(&s.resource)).is_err(),
+                    decode_payload(&p[..n], row(&s), Arc::clone(&s.resource)).is_err(),
                     "payload cut at {n}"
                 );
             }
@@ -118,7 +171,7 @@ mod tests {
                 for bit in 0..8 {
                     let mut b = p.clone();
                     b[i] ^= 1 << bit;
-                    let _ = decode_payload(&b, s.trace_id, Arc::clone(&s.resource));
+                    let _ = decode_payload(&b, row(&s), Arc::clone(&s.resource));
                 }
             }
         }

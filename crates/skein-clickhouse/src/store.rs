@@ -750,19 +750,24 @@ impl Shared {
         let mut ids = HashSet::new();
         let mut r = Reader::new(rows);
         while !r.is_empty() {
-            let tid = codec::trace_id(&mut r).map_err(corrupt)?;
+            let trace_id = codec::trace_id(&mut r).map_err(corrupt)?;
+            let span_id = SpanId::from_bytes(r.array().map_err(corrupt)?)
+                .map_err(|e| corrupt(codec::DecodeError(format!("span id: {e}"))))?;
+            let start_ns = u64::from_le_bytes(r.array().map_err(corrupt)?);
             let res = u64::from_le_bytes(r.array().map_err(corrupt)?);
             let payload = r.slice().map_err(corrupt)?;
             ids.insert(res);
-            raw.push((tid, res, payload));
+            raw.push((codec::RowIds { trace_id, span_id, start_ns }, res, payload));
         }
         let resources = self.resources(ids, shard).await?;
         let mut out: HashMap<TraceId, Vec<Span>> = HashMap::new();
-        for (tid, res, payload) in raw {
+        for (row, res, payload) in raw {
             let resource = resources.get(&res).cloned().ok_or_else(|| {
                 StoreError::Internal(format!("resource {res:016x} of a span is missing in ClickHouse"))
             })?;
-            out.entry(tid).or_default().push(codec::decode_payload(payload, tid, resource).map_err(corrupt)?);
+            out.entry(row.trace_id)
+                .or_default()
+                .push(codec::decode_payload(payload, row, resource).map_err(corrupt)?);
         }
         Ok(out)
     }
@@ -773,7 +778,7 @@ impl Shared {
         for chunk in ids.chunks(500) {
             let list = tuple(chunk.iter().map(|t| unhex(t.as_bytes())));
             let sql = format!(
-                "SELECT trace_id, resource_id, payload FROM {} WHERE trace_id IN {list} FORMAT RowBinary",
+                "SELECT trace_id, span_id, start_ns, resource_id, payload FROM {} WHERE trace_id IN {list} FORMAT RowBinary",
                 self.layout.table("spans")
             );
             let rows = self.query(&sql).await?;
@@ -1245,7 +1250,7 @@ impl SpanStore for ClickhouseStore {
         let s = &self.shared;
         let shard = s.topology.shard_of(trace_key(id.as_bytes()));
         let sql = format!(
-            "SELECT trace_id, resource_id, payload FROM {} WHERE trace_id = {} FORMAT RowBinary",
+            "SELECT trace_id, span_id, start_ns, resource_id, payload FROM {} WHERE trace_id = {} FORMAT RowBinary",
             s.layout.local("spans"),
             unhex(id.as_bytes())
         );

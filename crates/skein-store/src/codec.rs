@@ -73,9 +73,10 @@ impl Writer {
     }
 
     /// A span's fields after its trace and span id, except its resource and scope: parent,
-    /// trace state, flags, name, kind, times (end as a delta), attributes, events, links,
-    /// status. [`Reader::span_body`] reads them back.
-    pub fn span_body(&mut self, s: &Span) {
+    /// trace state, flags, name, kind, times (start as its distance from `start_base`, which
+    /// the reader must be given again; end as a delta), attributes, events, links, status.
+    /// [`Reader::span_body`] reads them back.
+    pub fn span_body(&mut self, s: &Span, start_base: u64) {
         match s.parent_span_id {
             Some(p) => {
                 self.u8(1);
@@ -87,7 +88,7 @@ impl Writer {
         self.varint(s.flags as u64);
         self.str(&s.name);
         self.u8(s.kind.code());
-        self.varint(s.start_time_unix_nano);
+        self.varint(s.start_time_unix_nano.wrapping_sub(start_base));
         self.varint(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano));
         self.attrs(&s.attributes);
         self.varint(s.dropped_attributes_count as u64);
@@ -276,6 +277,7 @@ impl<'a> Reader<'a> {
         span_id: SpanId,
         resource: Arc<Resource>,
         scope: Arc<InstrumentationScope>,
+        start_base: u64,
     ) -> Result<Span, DecodeError> {
         let parent_span_id = match self.u8()? {
             0 => None,
@@ -287,7 +289,7 @@ impl<'a> Reader<'a> {
         let name = self.str()?;
         let k = self.u8()?;
         let kind = SpanKind::from_code(k).ok_or_else(|| DecodeError(format!("bad span kind {k}")))?;
-        let start = self.varint()?;
+        let start = self.varint()?.wrapping_add(start_base);
         let end = start.wrapping_add(self.varint()?);
         let attributes = self.attrs(0)?;
         let dropped_attributes_count = u32_of(self.varint()?, "dropped count")?;
@@ -439,7 +441,7 @@ pub fn encode_spans(spans: &[Span]) -> Vec<u8> {
         w.varint(c as u64);
         w.buf.extend_from_slice(s.trace_id.as_bytes());
         w.buf.extend_from_slice(s.span_id.as_bytes());
-        w.span_body(s);
+        w.span_body(s, 0);
     }
     w.buf
 }
@@ -473,7 +475,7 @@ pub fn decode_spans(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
         let scope = scopes.get(r.varint()? as usize).ok_or(DecodeError("scope index out of range".into()))?;
         let trace_id = TraceId::from_bytes(r.array()?).map_err(|e| DecodeError(format!("trace id: {e}")))?;
         let span_id = SpanId::from_bytes(r.array()?).map_err(|e| DecodeError(format!("span id: {e}")))?;
-        spans.push(r.span_body(trace_id, span_id, Arc::clone(resource), Arc::clone(scope))?);
+        spans.push(r.span_body(trace_id, span_id, Arc::clone(resource), Arc::clone(scope), 0)?);
     }
     if r.pos != buf.len() {
         return err(format!("{} trailing bytes", buf.len() - r.pos));
