@@ -157,7 +157,7 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
     };
     for t in 1..=40u8 {
         for s in 1..=3u8 {
-            let span = B::new(t, s).service("svc").build();
+            let span = B::new(t, s).service("svc").attr("trace.no", AttrValue::Int(t.into())).build();
             spans.push(Span { trace_id: id(t), ..span });
         }
     }
@@ -173,12 +173,30 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
         )
         .await;
         assert_eq!(split, 0, "every trace on {u} has all 3 of its spans there");
+        // The tag index's rows (4-byte keys, placed by their slot) are on their trace's shard.
+        let tags = count_on(u, &format!("SELECT count() FROM {db}.tag_index_local")).await;
+        assert!(tags >= n / 3, "{u} indexes its traces' tags ({tags} rows for {n} spans)");
+        let elsewhere = count_on(
+            u,
+            &format!(
+                "SELECT count() FROM {db}.tag_index_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.spans_local)"
+            ),
+        )
+        .await;
+        assert_eq!(elsewhere, 0, "no tag row on {u} belongs to a trace of the other shard");
         total += n;
     }
     assert_eq!(total, 120);
     for t in 1..=40u8 {
         let got = store.trace(id(t)).await.unwrap();
         assert_eq!(got.map(|s| s.len()), Some(3), "trace {t} read from the shard Skein computes for it");
+        let q = TraceQuery {
+            service: Some("svc".into()),
+            tags: vec![("trace.no".into(), t.to_string())],
+            ..TraceQuery::default()
+        };
+        let found = store.find_traces(&q).await.unwrap();
+        assert_eq!(found.iter().map(|t| t[0].trace_id).collect::<Vec<_>>(), [id(t)], "search for trace {t}");
     }
 }
 
