@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::{FxHashMap, FxHashSet};
 use skein_model::{AttrValue, Resource, Span, SpanId, SpanKind, TimeRange, TraceId};
 use skein_store::red::{RedCell, RedSummary, Sketch};
 use skein_store::{
@@ -430,14 +431,14 @@ fn indexed_candidates(want: &str) -> Vec<String> {
 impl Shared {
     fn build_rows<'a>(&self, spans: impl Iterator<Item = &'a Span>) -> Rows {
         let mut rows = Rows::default();
-        let mut encoded: HashMap<*const Resource, (u64, Vec<u8>)> = HashMap::new();
+        let mut encoded: FxHashMap<*const Resource, (u64, Vec<u8>)> = FxHashMap::default();
         // Distinct (trace, service, key, indexed value) of this insert, borrowed from the spans.
-        let mut seen_tags: HashSet<(TraceId, &'a str, &'a str, Cow<'a, str>)> = HashSet::new();
-        let mut batch_ops: HashSet<(&'a str, &'a str, u8, u32)> = HashSet::new();
+        let mut seen_tags: FxHashSet<(TraceId, &'a str, &'a str, Cow<'a, str>)> = FxHashSet::default();
+        let mut batch_ops: FxHashSet<(&'a str, &'a str, u8, u32)> = FxHashSet::default();
         let written_res = self.written_resources.lock();
         let written_ops = self.written_operations.lock();
         let written_scopes = self.written_scopes.lock();
-        let mut batch_scopes: HashSet<(u64, &'a str, &'a str, u32, usize)> = HashSet::new();
+        let mut batch_scopes: FxHashSet<(u64, &'a str, &'a str, u32, usize)> = FxHashSet::default();
         let mut payload = Vec::new();
         let mut red = RedSummary::default();
         for span in spans {
