@@ -684,6 +684,12 @@ impl Shared {
     /// [`Self::query`] with more settings.
     async fn query_with(&self, sql: &str, settings: &[(&str, &str)]) -> Result<Vec<u8>, StoreError> {
         let mut settings = settings.to_vec();
+        // Lists of ids and key ranges make long statements: allow the statement's size (some
+        // servers parse only a few kilobytes by default).
+        let size = (sql.len() + 4096).to_string();
+        if sql.len() > 4096 {
+            settings.push(("max_query_size", &size));
+        }
         if self.layout.cluster.is_some() {
             // Subqueries run on each shard against its local tables: exact, as a trace's
             // rows are all on one shard.
@@ -1403,9 +1409,7 @@ impl SpanStore for ClickhouseStore {
                  GROUP BY parent_service, service FORMAT RowBinary",
                 range.start_unix_nano, range.end_unix_nano
             );
-            // The list of buffered traces can be long: allow the statement's size.
-            let size = (sql.len() + 4096).to_string();
-            let rows = s.query_with(&sql, &[("max_query_size", &size)]).await?;
+            let rows = s.query(&sql).await?;
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
                 let parent = r.text().map_err(corrupt)?.to_owned();
