@@ -83,6 +83,9 @@ pub struct Report {
     pub seconds: f64,
     pub spans_per_sec: f64,
     pub spans_per_core_sec: Option<f64>,
+    /// Serial work of the server during the load (from its `skein_storage_serial_seconds`),
+    /// by part, in seconds; empty when the store does not measure it.
+    pub serial_seconds: Vec<(String, f64)>,
     pub export_p50_ms: f64,
     pub export_p99_ms: f64,
     pub rss_mib: Option<f64>,
@@ -115,6 +118,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// The server's serial work as a share of its CPU time during the load.
+    pub fn serial_share(&self) -> Option<f64> {
+        if self.serial_seconds.is_empty() {
+            return None;
+        }
+        let cpu = self.spans_accepted as f64 / self.spans_per_core_sec?;
+        Some((self.serial_seconds.iter().map(|(_, s)| s).sum::<f64>() / cpu.max(1e-9)).min(1.0))
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "spans_sent": self.spans_sent,
@@ -123,6 +135,9 @@ impl Report {
             "seconds": round(self.seconds),
             "spans_per_sec": round(self.spans_per_sec),
             "spans_per_core_sec": self.spans_per_core_sec.map(round),
+            "serial_share": self.serial_share().map(|s| (s * 1e4).round() / 1e4),
+            "implied_speedup_16_cores": self.serial_share().map(|s| round(amdahl(s, 16.0))),
+            "implied_speedup_64_cores": self.serial_share().map(|s| round(amdahl(s, 64.0))),
             "server_cpus": self.server_cpus,
             "load_cpus": self.load_cpus,
             "export_p50_ms": round(self.export_p50_ms),
@@ -171,7 +186,7 @@ impl Report {
              disk per span      {}\n\
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
              search (attribute) p50 {:.2} ms, p99 {:.2} ms\n\
-             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}{}{}",
+             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}{}{}{}",
             self.spans_accepted,
             self.spans_sent,
             self.requests_failed,
@@ -188,6 +203,14 @@ impl Report {
             self.search_p99_ms,
             self.search_rare_p50_ms,
             self.search_rare_p99_ms,
+            self.serial_share().map_or(String::new(), |share| format!(
+                "\nserial work        {:.2} µs per span, {:.1} % of server CPU ({}): implied speed-up {:.1}x on 16 cores, {:.1}x on 64",
+                self.serial_seconds.iter().map(|(_, s)| s).sum::<f64>() * 1e6 / self.spans_accepted.max(1) as f64,
+                share * 100.0,
+                self.serial_seconds.iter().map(|(p, s)| format!("{p} {s:.2} s")).collect::<Vec<_>>().join(", "),
+                amdahl(share, 16.0),
+                amdahl(share, 64.0),
+            )),
             self.clickhouse_cpu_seconds.map_or(String::new(), |cpu| format!(
                 "\nclickhouse         {:.0} spans/s into ClickHouse, {cpu:.1} s of its CPU ({:.0} spans per ClickHouse core-second)",
                 self.clickhouse_spans_per_sec.unwrap_or(0.0),
@@ -240,6 +263,25 @@ pub fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
 
 fn round(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+/// Amdahl's law: the speed-up on `cores` of work whose `serial` share runs on one core.
+pub fn amdahl(serial: f64, cores: f64) -> f64 {
+    1.0 / (serial + (1.0 - serial) / cores)
+}
+
+/// The server's serial work so far, by part, from its `/metrics`
+/// (`skein_storage_serial_seconds_total{part="…"}`); empty when it reports none.
+async fn serial_seconds(query: &str, client: &reqwest::Client) -> Vec<(String, f64)> {
+    let Ok(response) = client.get(format!("{query}/metrics")).send().await else { return Vec::new() };
+    let Ok(text) = response.text().await else { return Vec::new() };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("skein_storage_serial_seconds_total{part=\""))
+        .filter_map(|l| {
+            let (part, rest) = l.split_once('"')?;
+            Some((part.to_owned(), rest.rsplit_once(' ')?.1.parse::<f64>().ok()?))
+        })
+        .collect()
 }
 
 fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
@@ -738,6 +780,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let serial_before = serial_seconds(&query, &client).await;
     let cpu_before = server.as_ref().and_then(Server::cpu_seconds);
     let ch_cpu_before = clickhouse_cpu_seconds();
     let started = Instant::now();
@@ -785,6 +828,14 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         let cpu = (after - before).max(0.01);
         report.spans_per_core_sec = Some(report.spans_accepted as f64 / cpu);
     }
+    let serial_after = serial_seconds(&query, &client).await;
+    report.serial_seconds = serial_after
+        .into_iter()
+        .map(|(part, after)| {
+            let before = serial_before.iter().find(|(p, _)| *p == part).map_or(0.0, |(_, s)| *s);
+            (part, (after - before).max(0.0))
+        })
+        .collect();
 
     if let Some(s) = &server {
         let peak_kb = peak_rss.load(Ordering::Relaxed).max(s.rss_mib().map_or(0, |m| (m * 1024.0) as u64));
@@ -1002,6 +1053,28 @@ mod tests {
         );
         assert_eq!(parse_listening("error: cannot listen"), None);
         assert_eq!(parse_listening("listening http=x"), None);
+    }
+
+    #[test]
+    fn serial_share_and_implied_speed_ups() {
+        // No serial work: linear; all serial: none.
+        assert_eq!(amdahl(0.0, 16.0), 16.0);
+        assert_eq!(amdahl(1.0, 64.0), 1.0);
+        // 12x on 16 cores needs at most 2.2 % serial work.
+        assert!(amdahl(0.022, 16.0) >= 12.0 && amdahl(0.023, 16.0) < 12.0);
+        let report = Report {
+            spans_accepted: 1_000_000,
+            spans_per_core_sec: Some(200_000.0), // 5 s of server CPU
+            serial_seconds: vec![("head_lock".into(), 0.5), ("wal_writer".into(), 0.5)],
+            ..Report::default()
+        };
+        assert!((report.serial_share().unwrap() - 0.2).abs() < 1e-9);
+        assert!(
+            report.summary().contains("serial work        1.00 µs per span, 20.0 % of server CPU"),
+            "{}",
+            report.summary()
+        );
+        assert_eq!(Report::default().serial_share(), None, "a store that does not measure it");
     }
 
     #[test]

@@ -36,9 +36,12 @@ impl Shared {
         let fs = Arc::clone(&self.config.fs);
         let inputs = sources.clone();
         let started = Instant::now();
-        let merged = tokio::task::spawn_blocking(move || merge_blocks(&*fs, &inputs, &path))
-            .await
-            .map_err(|e| StoreError::Internal(format!("compaction panicked: {e}")))??;
+        let (merged, serial) =
+            tokio::task::spawn_blocking(move || block::serially(|| merge_blocks(&*fs, &inputs, &path)))
+                .await
+                .map_err(|e| StoreError::Internal(format!("compaction panicked: {e}")))?;
+        self.serial_compaction.fetch_add(serial.as_nanos() as u64, Ordering::Relaxed);
+        let merged = merged?;
         let in_bytes: u64 = sources.iter().map(|b| b.bytes).sum();
         tracing::info!(
             block = %merged.path.display(), blocks = sources.len(), spans = merged.span_count,

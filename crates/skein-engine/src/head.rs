@@ -16,15 +16,41 @@ pub(crate) struct Head {
 }
 
 impl Head {
-    pub(crate) fn insert(&mut self, spans: Vec<Span>, bytes: usize) {
+    /// Adds a batch of spans and what [`Tally::of`] counted of them. Runs under the engine's
+    /// exclusive lock: the tally is counted before, so this only merges and moves.
+    pub(crate) fn insert(&mut self, spans: Vec<Span>, bytes: usize, tally: Tally) {
         self.created.get_or_insert_with(Instant::now);
         self.bytes += bytes;
+        for (service, ops) in tally.operations {
+            let mine = named!(&mut self.operations, &service);
+            for (op, kinds) in ops {
+                *named!(&mut *mine, &op) |= kinds;
+            }
+        }
+        self.red.merge(&tally.red);
+        self.spans += spans.len() as u64;
         for s in spans {
-            *named!(named!(&mut self.operations, s.service_name()), &s.name) |= 1 << s.kind.code();
-            self.red.add(&s);
-            self.spans += 1;
             self.traces.entry(s.trace_id).or_default().push(s);
         }
+    }
+}
+
+/// What a batch adds to a head besides its spans (operations with their kinds, RED
+/// pre-aggregates), counted before the head's lock is taken so that writers do it in parallel.
+#[derive(Default)]
+pub(crate) struct Tally {
+    operations: FxHashMap<String, FxHashMap<String, u8>>,
+    red: RedSummary,
+}
+
+impl Tally {
+    pub(crate) fn of(spans: &[Span]) -> Tally {
+        let mut t = Tally::default();
+        for s in spans {
+            *named!(named!(&mut t.operations, s.service_name()), &s.name) |= 1 << s.kind.code();
+            t.red.add(s);
+        }
+        t
     }
 }
 

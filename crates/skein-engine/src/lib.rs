@@ -57,7 +57,7 @@ mod write;
 pub use skein_store::codec;
 pub mod columnar;
 
-use head::{Frozen, Head};
+use head::{Frozen, Head, Tally};
 use read::dedup;
 use write::background;
 
@@ -153,6 +153,12 @@ struct Shared {
     traces_evicted: AtomicU64,
     /// Block chunks read and decoded by queries (searches, traces) since open.
     chunks_read: AtomicU64,
+    /// Serial work since open, in nanoseconds: under the head's exclusive lock, and on the
+    /// one thread that writes blocks and the one that compacts them (outside their parallel
+    /// chunk encoding). With the WAL writer's, it bounds how ingest scales with cores.
+    serial_head: AtomicU64,
+    serial_blocks: AtomicU64,
+    serial_compaction: AtomicU64,
     /// Wakes the background task when the head is full.
     flush_wanted: Arc<tokio::sync::Notify>,
     /// Wakes writers waiting for memory when a block has been written.
@@ -253,7 +259,8 @@ impl Engine {
             }
             match codec::decode_spans(&record) {
                 Ok(spans) => {
-                    head.insert(spans, record.len());
+                    let tally = Tally::of(&spans);
+                    head.insert(spans, record.len(), tally);
                     report.wal_records_replayed += 1;
                 }
                 Err(e) => {
@@ -273,6 +280,9 @@ impl Engine {
             spans_evicted: AtomicU64::new(0),
             traces_evicted: AtomicU64::new(0),
             chunks_read: AtomicU64::new(0),
+            serial_head: AtomicU64::new(0),
+            serial_blocks: AtomicU64::new(0),
+            serial_compaction: AtomicU64::new(0),
             flush_wanted: Arc::new(tokio::sync::Notify::new()),
             flushed: tokio::sync::Notify::new(),
             _lock: lock,
@@ -342,12 +352,17 @@ impl SpanStore for Engine {
         self.shared.wait_for_memory().await?;
         let record = codec::encode_spans(&spans);
         let len = record.len();
+        let tally = Tally::of(&spans);
         let full = {
             let _gate = self.shared.gate.read().await;
             self.shared.wal.append(record).await.map_err(store_error)?;
             let mut st = self.shared.state.write();
-            st.head.insert(spans, len);
-            st.head.bytes >= self.shared.config.head_max_bytes
+            let locked = Instant::now();
+            st.head.insert(spans, len, tally);
+            let full = st.head.bytes >= self.shared.config.head_max_bytes;
+            drop(st);
+            self.shared.serial_head.fetch_add(locked.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            full
         };
         if full {
             self.shared.flush_wanted.notify_one();
@@ -607,6 +622,12 @@ impl SpanStore for Engine {
             traces_stored: traces,
             spans_evicted: self.shared.spans_evicted.load(Ordering::Relaxed),
             traces_evicted: self.shared.traces_evicted.load(Ordering::Relaxed),
+            serial_nanos: vec![
+                ("head_lock", self.shared.serial_head.load(Ordering::Relaxed)),
+                ("wal_writer", self.shared.wal.busy_nanos()),
+                ("block_writer", self.shared.serial_blocks.load(Ordering::Relaxed)),
+                ("compaction", self.shared.serial_compaction.load(Ordering::Relaxed)),
+            ],
         }
     }
 }

@@ -83,16 +83,17 @@ impl Shared {
             } else {
                 // Encoded straight from the frozen head (readers share it meanwhile): no copies.
                 let head = Arc::clone(&frozen);
-                let written = tokio::task::spawn_blocking(move || {
+                let (written, serial) = tokio::task::spawn_blocking(move || {
                     let traces = head.head.traces.values().map(|spans| {
                         spans.iter().filter(|s| s.start_time_unix_nano >= cutoff).collect::<Vec<_>>()
                     });
                     // Every span kept: the head's pre-aggregates are the block's.
                     let red = (kept as u64 == head.head.spans).then_some(&head.head.red);
-                    block::write_block(&*fs, &path, traces, wal_end, red)
+                    block::serially(|| block::write_block(&*fs, &path, traces, wal_end, red))
                 })
                 .await
                 .map_err(|e| StoreError::Internal(format!("block writer panicked: {e}")))?;
+                self.serial_blocks.fetch_add(serial.as_nanos() as u64, Ordering::Relaxed);
                 Some(written.map_err(block_error)?)
             };
             {

@@ -861,3 +861,79 @@ async fn a_compaction_stopped_after_writing_its_block_is_finished_on_open() {
         assert_eq!(e.trace(B::trace_id(n)).await.unwrap().unwrap().len(), 2);
     }
 }
+
+/// The serial work the engine reports (for the bench's scaling figures) grows with what it
+/// does: writes count time under the head's lock and on the WAL writer, a block write and a
+/// compaction count their one thread's time; every part is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_work_is_counted_by_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(EngineConfig { compact_min_blocks: 2, ..config(dir.path()) }).unwrap();
+    let parts = |e: &Engine| e.stats().serial_nanos.into_iter().collect::<std::collections::BTreeMap<_, _>>();
+    let start = parts(&e);
+    assert_eq!(
+        start.keys().copied().collect::<Vec<_>>(),
+        ["block_writer", "compaction", "head_lock", "wal_writer"],
+        "every part is reported"
+    );
+    for b in 0..2u8 {
+        let spans: Vec<Span> = (1..=200u8).map(|i| B::new(i, b + 1).build()).collect();
+        e.write(spans).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    let written = parts(&e);
+    for part in ["head_lock", "wal_writer", "block_writer"] {
+        assert!(written[part] > start[part], "{part}: {start:?} -> {written:?}");
+    }
+    assert!(e.compact().await.unwrap());
+    assert!(parts(&e)["compaction"] > written["compaction"]);
+}
+
+/// A head large enough for many chunks (encoded on several threads at once) reads back
+/// exactly, in a block and after a compaction, and every trace is found by id and by tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_chunks_encoded_in_parallel_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, _) = Engine::open(EngineConfig { compact_min_blocks: 2, ..config(dir.path()) }).unwrap();
+    // About 550 bytes per span as the writer estimates them: 6,000 spans make about six
+    // chunks per block, more than the queue of two per core holds.
+    let span = |t: u32, i: u8| {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&t.to_be_bytes());
+        id[15] = 1;
+        let mut b = B::new(1, i)
+            .service(if t.is_multiple_of(3) { "a" } else { "b" })
+            .attr("trace.no", AttrValue::Int(t.into()));
+        for k in 0..20 {
+            b = b.attr(&format!("k{k}"), AttrValue::Int(i64::from(t) * 20 + k));
+        }
+        Span { trace_id: skein_model::TraceId::from_bytes(id).unwrap(), ..b.build() }
+    };
+    let mut all = Vec::new();
+    for half in 0..2u32 {
+        let spans: Vec<Span> =
+            (half * 3000..(half + 1) * 3000).flat_map(|t| [span(t, 1), span(t, 2)]).collect();
+        all.extend(spans.clone());
+        e.write(spans).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    let check = |e: Engine, when: &'static str| {
+        let all = all.clone();
+        async move {
+            for t in [0u32, 1, 1499, 2999, 3000, 4321, 5999] {
+                let want: Vec<&Span> =
+                    all.iter().filter(|s| s.trace_id.as_bytes()[..4] == t.to_be_bytes()).collect();
+                let mut got = e.trace(want[0].trace_id).await.unwrap().expect(when);
+                got.sort_by_key(|s| s.span_id);
+                assert_eq!(got.iter().collect::<Vec<_>>(), want, "{when}: trace {t}");
+                let q =
+                    TraceQuery { tags: vec![("trace.no".into(), t.to_string())], ..TraceQuery::default() };
+                assert_eq!(e.find_traces(&q).await.unwrap().len(), 1, "{when}: search {t}");
+            }
+            e
+        }
+    };
+    let e = check(e, "in blocks").await;
+    assert!(e.compact().await.unwrap());
+    check(e, "compacted").await;
+}

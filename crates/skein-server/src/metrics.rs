@@ -220,6 +220,18 @@ impl Collector for StoreCollector {
             None,
             gauge.metric_type(),
         )?)?;
+        if !stats.serial_nanos.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "skein_storage_serial_seconds",
+                "Serial work of ingest since start, by part: under the head's exclusive lock, on the WAL writer thread, and on the block writer's and compaction's one thread outside their parallel chunk encoding",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (part, nanos) in &stats.serial_nanos {
+                let counter = ConstCounter::new(*nanos as f64 / 1e9);
+                counter.encode(family.encode_family(&[("part", *part)])?)?;
+            }
+        }
         Ok(())
     }
 }

@@ -211,6 +211,9 @@ async fn http_bad_input_is_refused_with_a_message_and_harms_nothing() {
 
     let m = server.get_text("/metrics").await;
     assert_eq!(metric(&m, "skein_spans_received_total{protocol=\"http\"}"), 4.0);
+    // The embedded store reports its serial work (the bench's scaling figures read it).
+    assert!(metric(&m, "skein_storage_serial_seconds_total{part=\"head_lock\"}") > 0.0, "{m}");
+    assert!(metric(&m, "skein_storage_serial_seconds_total{part=\"wal_writer\"}") > 0.0, "{m}");
     assert_eq!(metric(&m, "skein_spans_refused_total{protocol=\"http\",reason=\"invalid\"}"), 3.0);
     assert_eq!(metric(&m, "skein_http_requests_total{endpoint=\"/v1/traces\",status=\"413\"}"), 2.0);
     assert_eq!(metric(&m, "skein_http_requests_total{endpoint=\"/v1/traces\",status=\"415\"}"), 2.0);

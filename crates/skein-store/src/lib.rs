@@ -260,6 +260,10 @@ pub struct StoreStats {
     pub blocks: u64,
     /// Blocks small enough to be merged by a compaction that has not run yet.
     pub blocks_awaiting_compaction: u64,
+    /// Nanoseconds of serial work since start, by part (work under an exclusive lock, or done
+    /// by one thread for every span): what bounds how ingest scales with cores. Empty for
+    /// stores that do not measure it.
+    pub serial_nanos: Vec<(&'static str, u64)>,
 }
 
 /// A place to keep spans and find them again. Every backend passes [`conformance`].

@@ -3,7 +3,9 @@
 //! keep them as spans are written (the embedded engine per head and per block), so rate, error
 //! and latency series over a day read a few thousand small cells instead of every span.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::ops::Range;
 
 use skein_model::{Span, SpanKind, Str};
@@ -216,7 +218,7 @@ pub type RedKinds = [RedCells; SpanKind::ALL.len()];
 /// by string so that counting a span looks its series up without allocating.)
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RedSummary {
-    pub series: HashMap<String, HashMap<Str, RedKinds>>,
+    pub series: FxHashMap<String, FxHashMap<Str, RedKinds>>,
 }
 
 impl RedSummary {

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -133,6 +134,22 @@ fn segment_header(id: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
 }
 
 /// Appends the frame of `payload` to `out`.
+/// CPU nanoseconds the calling thread has run (Linux: `/proc/thread-self/schedstat`); `None`
+/// where that is not available.
+pub fn thread_cpu_nanos() -> Option<u64> {
+    schedstat_run_nanos("/proc/thread-self/schedstat")
+}
+
+fn schedstat_run_nanos(path: &str) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.split_whitespace().next()?.parse().ok()
+}
+
+/// The calling thread's Linux thread id.
+fn current_tid() -> Option<u64> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -207,6 +224,11 @@ enum Command {
 pub struct Wal {
     tx: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
+    /// Nanoseconds the writer thread spent framing and writing appends (not waiting, not in
+    /// fsync): the WAL's share of work that runs on one thread.
+    busy: Arc<AtomicU64>,
+    /// The writer thread's Linux thread id (0 until known, or elsewhere).
+    tid: Arc<AtomicU64>,
 }
 
 struct Writer {
@@ -220,6 +242,7 @@ struct Writer {
     dirty: bool,
     last_sync: Instant,
     poisoned: Option<String>,
+    busy: Arc<AtomicU64>,
 }
 
 impl Wal {
@@ -283,13 +306,33 @@ impl Wal {
             dirty: false,
             last_sync: Instant::now(),
             poisoned: None,
+            busy: Arc::new(AtomicU64::new(0)),
         };
+        let busy = Arc::clone(&writer.busy);
+        let tid = Arc::new(AtomicU64::new(0));
+        let writer_tid = Arc::clone(&tid);
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("skein-wal".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                writer_tid.store(current_tid().unwrap_or(0), Ordering::Relaxed);
+                writer.run(rx)
+            })
             .map_err(|e| WalError::Io { path: PathBuf::new(), message: e.to_string(), kind: e.kind() })?;
-        Ok((Wal { tx: Some(tx), thread: Some(thread) }, recovery))
+        Ok((Wal { tx: Some(tx), thread: Some(thread), busy, tid }, recovery))
+    }
+
+    /// CPU nanoseconds of the writer thread (Linux: its scheduler run time; elsewhere the
+    /// time spent framing and writing appended records): work that one thread does for every
+    /// append.
+    pub fn busy_nanos(&self) -> u64 {
+        let tid = self.tid.load(Ordering::Relaxed);
+        if tid != 0
+            && let Some(ns) = schedstat_run_nanos(&format!("/proc/self/task/{tid}/schedstat"))
+        {
+            return ns;
+        }
+        self.busy.load(Ordering::Relaxed)
     }
 
     fn send(&self, cmd: Command) -> Result<(), WalError> {
@@ -515,6 +558,7 @@ impl Writer {
         {
             return fail_all(group, e);
         }
+        let started = Instant::now();
         let mut buf = Vec::with_capacity(total as usize);
         let mut positions = Vec::with_capacity(group.len());
         for (data, _) in &group {
@@ -539,6 +583,7 @@ impl Writer {
         }
         self.len += total;
         self.dirty = true;
+        self.busy.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let must_sync = match self.config.fsync {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,

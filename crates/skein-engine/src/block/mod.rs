@@ -21,7 +21,7 @@ mod reader;
 mod writer;
 
 use postings::chunk_postings;
-pub(crate) use writer::{BlockWriter, write_block};
+pub(crate) use writer::{BlockWriter, serially, write_block};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";

@@ -2,6 +2,26 @@
 
 use super::*;
 
+thread_local! {
+    /// Wall time this thread has spent waiting for parallel chunk encoders.
+    static PARALLEL: std::cell::Cell<std::time::Duration> = const { std::cell::Cell::new(std::time::Duration::ZERO) };
+}
+
+/// Runs `work` (a block write or a compaction, on the calling thread) and returns its result
+/// with the time it ran serially: the calling thread's CPU time (its chunks are encoded by
+/// other threads meanwhile), or where that is not known, its wall time less the time its
+/// chunks were encoded on every core.
+pub(crate) fn serially<T>(work: impl FnOnce() -> T) -> (T, std::time::Duration) {
+    let (started, parallel_before) = (std::time::Instant::now(), PARALLEL.get());
+    let cpu_before = skein_wal::thread_cpu_nanos();
+    let out = work();
+    if let (Some(before), Some(after)) = (cpu_before, skein_wal::thread_cpu_nanos()) {
+        return (out, std::time::Duration::from_nanos(after.saturating_sub(before)));
+    }
+    let parallel = PARALLEL.get().saturating_sub(parallel_before);
+    (out, started.elapsed().saturating_sub(parallel))
+}
+
 /// Writes traces (each a group of spans of one trace) into a new block file at `path`
 /// (atomically). `wal_segment_end` is recorded so recovery knows which WAL records the block
 /// already holds. `red`, when given, is the RED pre-aggregates of exactly these spans (the
@@ -24,7 +44,8 @@ pub(crate) fn write_block<'a>(
 
 /// Builds a block chunk by chunk: spans go in (whole traces, or parts of traces: a trace may
 /// then span several chunks), compressed chunks accumulate, and [`BlockWriter::finish`] writes
-/// the index and footer. Memory: the compressed chunks plus one chunk being gathered.
+/// the index and footer. Memory: the compressed chunks, the chunk being gathered and up to two
+/// per core queued for encoding.
 #[derive(Default)]
 pub(crate) struct BlockWriter<'a> {
     service_ids: FxHashMap<String, u32>,
@@ -44,8 +65,9 @@ pub(crate) struct BlockWriter<'a> {
     /// resource, and so its address, alive); cleared when a chunk is cut.
     last_resource: Option<(usize, u32)>,
     pending_bytes: usize,
-    /// One compression context for all the block's chunks.
-    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// Chunks cut but not encoded yet: they are encoded together, on every core
+    /// ([`BlockWriter::encode_queued`]), and appended in order.
+    queued: Vec<Queued<'a>>,
     /// RED pre-aggregates of every span in the block…
     red: RedSummary,
     /// …unless a compaction copied chunks of a block that has none (before format 4).
@@ -87,7 +109,7 @@ impl<'a> BlockWriter<'a> {
 
     /// Adds spans (of one trace, or of several whole traces); cuts a chunk when enough is gathered.
     pub(crate) fn add(&mut self, spans: Vec<Cow<'a, Span>>) {
-        let chunk = self.chunks.len() as u32;
+        let chunk = (self.chunks.len() + self.queued.len()) as u32;
         for s in &spans {
             let resource = Arc::as_ptr(&s.resource) as usize;
             let sid = match self.last_resource {
@@ -113,7 +135,7 @@ impl<'a> BlockWriter<'a> {
                 self.trace_index.push((s.trace_id, chunk));
             }
         }
-        // The spans belong to the chunk being gathered, whose index is `chunks.len()`.
+        // The spans belong to the chunk being gathered, after the encoded and queued ones.
         self.pending.extend(spans);
         if self.pending_bytes >= CHUNK_TARGET {
             self.cut();
@@ -154,6 +176,7 @@ impl<'a> BlockWriter<'a> {
     ) -> Result<(), BlockError> {
         let (source, strings) = (from.block, &from.strings);
         self.cut(); // spans gathered so far keep their chunk index
+        self.encode_queued();
         let bytes = source.read_chunk_bytes(fs, i)?;
         let meta = &source.chunks[i];
         let postings =
@@ -201,46 +224,68 @@ impl<'a> BlockWriter<'a> {
         Ok(())
     }
 
+    /// Ends the chunk being gathered: it is queued, and the queue is encoded once it holds a
+    /// chunk for every core (so memory stays bounded when compaction feeds decoded spans).
     pub(crate) fn cut(&mut self) {
         self.pending_bytes = 0;
         if self.pending.is_empty() {
             return;
         }
-        let pending = std::mem::take(&mut self.pending);
-        let services = std::mem::take(&mut self.pending_services);
         self.last_resource = None;
-        let refs: Vec<&Span> = pending.iter().map(|s| s.as_ref()).collect();
-        let mut encoded = columnar::encode_chunk_detailed(&refs);
-        let raw = std::mem::take(&mut encoded.bytes);
-        let zstd = match &mut self.zstd {
-            Some(z) => z,
-            None => self.zstd.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 3 is valid")),
-        };
-        let compressed = zstd.compress(&raw).expect("zstd compresses any input");
-        let chunk_services: BTreeSet<u32> = services.iter().copied().collect();
-        let mut t = TimeRange::new(u64::MAX, 0);
-        let mut durations = (u64::MAX, 0);
-        for s in &refs {
-            t.start_unix_nano = t.start_unix_nano.min(s.start_time_unix_nano);
-            t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
-            durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
+        self.queued.push(Queued {
+            spans: std::mem::take(&mut self.pending),
+            services: std::mem::take(&mut self.pending_services),
+        });
+        if self.queued.len() >= 2 * encoders() {
+            self.encode_queued();
+        }
+    }
+
+    /// Encodes the queued chunks, on up to one thread per core (chunks are independent:
+    /// columns, postings, Bloom filter and zstd each), then appends them in their order.
+    pub(crate) fn encode_queued(&mut self) {
+        let queued = std::mem::take(&mut self.queued);
+        if queued.is_empty() {
+            return;
         }
         let names: Vec<&str> = self.services.iter().map(|(name, _)| name.as_str()).collect();
-        let (postings, filter) = chunk_postings(&refs, &services, &mut encoded, &names);
-        self.chunks.push(ChunkMeta {
-            offset: self.file.len() as u64,
-            len: compressed.len() as u32,
-            crc: crc32fast::hash(&compressed),
-            time: t,
-            durations,
-            services: chunk_services.into_iter().collect(),
-            postings: None,
-            bloom_len: filter.len() as u32,
-            bloom_crc: crc32fast::hash(&filter),
-        });
-        self.all_postings.push(postings);
-        self.file.extend_from_slice(&compressed);
-        self.file.extend_from_slice(&filter);
+        let workers = encoders().min(queued.len());
+        let encoded: Vec<Encoded> = if workers <= 1 {
+            let mut zstd = compressor();
+            queued.iter().map(|q| encode_chunk(q, &names, &mut zstd)).collect()
+        } else {
+            let started = std::time::Instant::now();
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let mut parts: Vec<(usize, Encoded)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut zstd = compressor();
+                            let mut mine = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(q) = queued.get(i) else { break };
+                                mine.push((i, encode_chunk(q, &names, &mut zstd)));
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().expect("a chunk encoder panicked")).collect()
+            });
+            PARALLEL.set(PARALLEL.get() + started.elapsed());
+            parts.sort_unstable_by_key(|(i, _)| *i);
+            parts.into_iter().map(|(_, e)| e).collect()
+        };
+        drop(names);
+        for e in encoded {
+            let mut meta = e.meta;
+            meta.offset = self.file.len() as u64;
+            self.chunks.push(meta);
+            self.all_postings.push(e.postings);
+            self.file.extend_from_slice(&e.compressed);
+            self.file.extend_from_slice(&e.filter);
+        }
     }
 
     /// Writes the block (atomically) and opens it. `replaces` names the blocks (by sequence
@@ -253,6 +298,7 @@ impl<'a> BlockWriter<'a> {
         replaces: &[u64],
     ) -> Result<Block, BlockError> {
         self.cut();
+        self.encode_queued();
         // Every span is in a chunk now: the block's times are those of its chunks.
         let time = self
             .chunks
@@ -367,5 +413,64 @@ impl<'a> BlockWriter<'a> {
         file.extend_from_slice(&footer);
         fs.write_atomic(path, &file).map_err(|source| BlockError::Io { path: path.to_owned(), source })?;
         Block::open(fs, path)
+    }
+}
+
+/// A chunk cut from the spans gathered, waiting to be encoded.
+struct Queued<'a> {
+    spans: Vec<Cow<'a, Span>>,
+    /// The service id of each span.
+    services: Vec<u32>,
+}
+
+/// A chunk encoded: its metadata (offset still to be set), bytes, filter and postings.
+struct Encoded {
+    meta: ChunkMeta,
+    compressed: Vec<u8>,
+    filter: Vec<u8>,
+    postings: Vec<(u32, Postings)>,
+}
+
+/// Threads that encode a block's chunks: one per core.
+fn encoders() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn compressor() -> zstd::bulk::Compressor<'static> {
+    zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 3 is valid")
+}
+
+/// Encodes one chunk: its columns (zstd-compressed), its postings and Bloom filter, and its
+/// time and duration ranges. `names` is the block's service table (at least every service of
+/// the chunk).
+fn encode_chunk(q: &Queued<'_>, names: &[&str], zstd: &mut zstd::bulk::Compressor<'static>) -> Encoded {
+    let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
+    let mut encoded = columnar::encode_chunk_detailed(&refs);
+    let raw = std::mem::take(&mut encoded.bytes);
+    let compressed = zstd.compress(&raw).expect("zstd compresses any input");
+    let chunk_services: BTreeSet<u32> = q.services.iter().copied().collect();
+    let mut t = TimeRange::new(u64::MAX, 0);
+    let mut durations = (u64::MAX, 0);
+    for s in &refs {
+        t.start_unix_nano = t.start_unix_nano.min(s.start_time_unix_nano);
+        t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
+        durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
+    }
+    let (postings, filter) = chunk_postings(&refs, &q.services, &mut encoded, names);
+    Encoded {
+        meta: ChunkMeta {
+            offset: 0,
+            len: compressed.len() as u32,
+            crc: crc32fast::hash(&compressed),
+            time: t,
+            durations,
+            services: chunk_services.into_iter().collect(),
+            postings: None,
+            bloom_len: filter.len() as u32,
+            bloom_crc: crc32fast::hash(&filter),
+        },
+        compressed,
+        filter,
+        postings,
     }
 }
