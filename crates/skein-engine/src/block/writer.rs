@@ -3,8 +3,10 @@
 use super::*;
 
 thread_local! {
-    /// Wall time this thread has spent waiting for parallel chunk encoders.
-    static PARALLEL: std::cell::Cell<std::time::Duration> = const { std::cell::Cell::new(std::time::Duration::ZERO) };
+    /// Time this thread has spent in chunk encoding, which is parallel work (on every core,
+    /// or inline when there is one): its own CPU time there and the wall time.
+    static PARALLEL: std::cell::Cell<(u64, std::time::Duration)> =
+        const { std::cell::Cell::new((0, std::time::Duration::ZERO)) };
 }
 
 /// Runs `work` (a block write or a compaction, on the calling thread) and returns its result
@@ -12,14 +14,15 @@ thread_local! {
 /// other threads meanwhile), or where that is not known, its wall time less the time its
 /// chunks were encoded on every core.
 pub(crate) fn serially<T>(work: impl FnOnce() -> T) -> (T, std::time::Duration) {
-    let (started, parallel_before) = (std::time::Instant::now(), PARALLEL.get());
+    let (started, (cpu_in_before, wall_in_before)) = (std::time::Instant::now(), PARALLEL.get());
     let cpu_before = skein_wal::thread_cpu_nanos();
     let out = work();
+    let (cpu_in, wall_in) = PARALLEL.get();
     if let (Some(before), Some(after)) = (cpu_before, skein_wal::thread_cpu_nanos()) {
-        return (out, std::time::Duration::from_nanos(after.saturating_sub(before)));
+        let serial = after.saturating_sub(before).saturating_sub(cpu_in - cpu_in_before);
+        return (out, std::time::Duration::from_nanos(serial));
     }
-    let parallel = PARALLEL.get().saturating_sub(parallel_before);
-    (out, started.elapsed().saturating_sub(parallel))
+    (out, started.elapsed().saturating_sub(wall_in - wall_in_before))
 }
 
 /// Writes traces (each a group of spans of one trace) into a new block file at `path`
@@ -249,12 +252,12 @@ impl<'a> BlockWriter<'a> {
             return;
         }
         let names: Vec<&str> = self.services.iter().map(|(name, _)| name.as_str()).collect();
+        let (started, cpu_before) = (std::time::Instant::now(), skein_wal::thread_cpu_nanos());
         let workers = encoders().min(queued.len());
         let encoded: Vec<Encoded> = if workers <= 1 {
             let mut zstd = compressor();
             queued.iter().map(|q| encode_chunk(q, &names, &mut zstd)).collect()
         } else {
-            let started = std::time::Instant::now();
             let next = std::sync::atomic::AtomicUsize::new(0);
             let mut parts: Vec<(usize, Encoded)> = std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..workers)
@@ -273,11 +276,16 @@ impl<'a> BlockWriter<'a> {
                     .collect();
                 handles.into_iter().flat_map(|h| h.join().expect("a chunk encoder panicked")).collect()
             });
-            PARALLEL.set(PARALLEL.get() + started.elapsed());
             parts.sort_unstable_by_key(|(i, _)| *i);
             parts.into_iter().map(|(_, e)| e).collect()
         };
         drop(names);
+        let cpu = match (cpu_before, skein_wal::thread_cpu_nanos()) {
+            (Some(before), Some(after)) => after.saturating_sub(before),
+            _ => 0,
+        };
+        let (cpu_in, wall_in) = PARALLEL.get();
+        PARALLEL.set((cpu_in + cpu, wall_in + started.elapsed()));
         for e in encoded {
             let mut meta = e.meta;
             meta.offset = self.file.len() as u64;
