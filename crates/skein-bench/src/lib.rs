@@ -514,6 +514,23 @@ impl ClickhouseTarget {
         .await
     }
 
+    /// Waits (up to 5 minutes) until no server merges parts of the database, as the engine's
+    /// bench waits for compaction: queries are then timed on the stored data, not against the
+    /// merges that follow a bulk load on the same cores. Returns how long it waited.
+    async fn wait_for_merges(&self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let sql = format!(
+            "SELECT toString(count()) FROM system.merges WHERE database = {}",
+            skein_clickhouse::sql::quote(&self.database)
+        );
+        let mut quiet = 0;
+        while quiet < 2 && t.elapsed() < Duration::from_secs(300) {
+            quiet = if self.sum_over_shards(&sql).await? == 0 { quiet + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(t.elapsed())
+    }
+
     /// Rows in the `spans` table(s).
     async fn spans_stored(&self) -> anyhow::Result<u64> {
         self.sum_over_shards(&format!(
@@ -885,6 +902,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         );
         report.clickhouse_spans_per_sec = Some(report.spans_accepted as f64 / all);
         report.clickhouse_cpu_seconds = Some(clickhouse_cpu_seconds() - ch_cpu_before);
+        let waited = ch.wait_for_merges().await?;
+        eprintln!("clickhouse merges done {:.1}s after the last insert", waited.as_secs_f64());
     }
     let query = if let Some(s) = server.take() {
         wait_for_compaction(&s.http, &client).await;

@@ -835,34 +835,44 @@ impl Shared {
         };
         let first = cond(k0, v0);
         let [tag_index, trace_tags, tags] = ["tag_index", "trace_tags", "tags"].map(|t| self.layout.table(t));
-        let newest = |key: &str, table: &str, short: &str| {
+        // The three indexes in one statement (one round trip, which on a cluster costs more
+        // than an empty lookup): the newest `limit` of each, as (key length, key, id, time).
+        let none = "toFixedString(unhex('00000000000000000000000000000000'), 16)";
+        let newest = |len: u8, key: &str, id: &str, group: &str, table: &str, short: &str| {
             format!(
-                "SELECT {key}, toUInt64(max(timestamp)) AS t FROM {table} WHERE {first}{service}{} \
-                 GROUP BY {key} ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
+                "SELECT * FROM (SELECT toUInt8({len}) AS len, {key} AS k, {id} AS id, toUInt64(max(timestamp)) AS t \
+                 FROM {table} WHERE {first}{service}{} GROUP BY {group} ORDER BY t DESC LIMIT {limit})",
                 also(short)
             )
         };
-        let by_short = self.query(&newest("trace_key", &tag_index, "trace_key")).await?;
-        let by_key = self.query(&newest("trace_key", &trace_tags, "toUInt32(trace_key)")).await?;
-        let by_id = self.query(&newest("trace_id", &tags, "reinterpretAsUInt32(trace_id)")).await?;
+        let sql = [
+            newest(4, "toUInt64(trace_key)", none, "trace_key", &tag_index, "trace_key"),
+            newest(8, "trace_key", none, "trace_key", &trace_tags, "toUInt32(trace_key)"),
+            newest(16, "toUInt64(0)", "trace_id", "trace_id", &tags, "reinterpretAsUInt32(trace_id)"),
+        ]
+        .join(" UNION ALL ");
+        let rows = self.query(&format!("{sql} FORMAT RowBinary")).await?;
         let mut found: Vec<(u64, TraceId)> = Vec::new();
-        let mut r = Reader::new(&by_id);
+        let mut prefixes: HashMap<(usize, u64), u64> = HashMap::new();
+        let mut r = Reader::new(&rows);
         while !r.is_empty() {
-            let id = codec::trace_id(&mut r).map_err(corrupt)?;
-            found.push((u64::from_le_bytes(r.array().map_err(corrupt)?), id));
+            let len = r.u8().map_err(corrupt)?;
+            let key = u64::from_le_bytes(r.array().map_err(corrupt)?);
+            let id: [u8; 16] = r.array().map_err(corrupt)?;
+            let t = u64::from_le_bytes(r.array().map_err(corrupt)?);
+            match len {
+                16 => found.push((
+                    t,
+                    TraceId::from_bytes(id)
+                        .map_err(|e| corrupt(codec::DecodeError(format!("trace id: {e}"))))?,
+                )),
+                4 | 8 => {
+                    prefixes.insert((usize::from(len), key), t);
+                }
+                other => return Err(corrupt(codec::DecodeError(format!("unexpected key length {other}")))),
+            }
         }
         // A key is the first 4 or 8 bytes of its traces' ids (little-endian): one id range.
-        let mut prefixes: HashMap<(usize, u64), u64> = HashMap::new();
-        let mut r = Reader::new(&by_short);
-        while !r.is_empty() {
-            let key = u32::from_le_bytes(r.array().map_err(corrupt)?);
-            prefixes.insert((4, u64::from(key)), u64::from_le_bytes(r.array().map_err(corrupt)?));
-        }
-        let mut r = Reader::new(&by_key);
-        while !r.is_empty() {
-            let key = u64::from_le_bytes(r.array().map_err(corrupt)?);
-            prefixes.insert((8, key), u64::from_le_bytes(r.array().map_err(corrupt)?));
-        }
         let prefixes: Vec<((usize, u64), u64)> = prefixes.into_iter().collect();
         for chunk in prefixes.chunks(200) {
             let ranges = chunk
@@ -1282,7 +1292,10 @@ impl SpanStore for ClickhouseStore {
         let s = &self.shared;
         let matcher = SpanMatcher::new(q);
         let limit = q.limit.max(1);
-        let mut want = limit * 2 + 10;
+        // With at most one tag, a candidate has a span that matches (its service's row holds
+        // the tag, or its `search` row the service, operation and duration): a few spare ones
+        // cover the rare miss. Several tags may sit on different spans: ask for more.
+        let mut want = if q.tags.len() <= 1 { limit + 5 } else { limit * 2 + 10 };
         let buffered: Vec<TraceId> = {
             let p = s.pending.read();
             let mut ids: Vec<TraceId> = p
