@@ -71,6 +71,9 @@ pub(crate) struct BlockWriter<'a> {
     /// Chunks cut but not encoded yet: they are encoded together, on every core
     /// ([`BlockWriter::encode_queued`]), and appended in order.
     queued: Vec<Queued<'a>>,
+    /// One zstd context per encoding thread, kept for the whole block (making one costs
+    /// about as much as compressing a chunk).
+    compressors: Vec<zstd::bulk::Compressor<'static>>,
     /// RED pre-aggregates of every span in the block…
     red: RedSummary,
     /// …unless a compaction copied chunks of a block that has none (before format 4).
@@ -254,21 +257,26 @@ impl<'a> BlockWriter<'a> {
         let names: Vec<&str> = self.services.iter().map(|(name, _)| name.as_str()).collect();
         let (started, cpu_before) = (std::time::Instant::now(), skein_wal::thread_cpu_nanos());
         let workers = encoders().min(queued.len());
+        while self.compressors.len() < workers.max(1) {
+            self.compressors.push(compressor());
+        }
+        let compressors = &mut self.compressors[..workers.max(1)];
         let encoded: Vec<Encoded> = if workers <= 1 {
-            let mut zstd = compressor();
-            queued.iter().map(|q| encode_chunk(q, &names, &mut zstd)).collect()
+            let zstd = &mut compressors[0];
+            queued.iter().map(|q| encode_chunk(q, &names, zstd)).collect()
         } else {
             let next = std::sync::atomic::AtomicUsize::new(0);
+            let (next, queued, names) = (&next, &queued, &names);
             let mut parts: Vec<(usize, Encoded)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        scope.spawn(|| {
-                            let mut zstd = compressor();
+                let handles: Vec<_> = compressors
+                    .iter_mut()
+                    .map(|zstd| {
+                        scope.spawn(move || {
                             let mut mine = Vec::new();
                             loop {
                                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let Some(q) = queued.get(i) else { break };
-                                mine.push((i, encode_chunk(q, &names, &mut zstd)));
+                                mine.push((i, encode_chunk(q, names, zstd)));
                             }
                             mine
                         })
