@@ -388,6 +388,24 @@ struct Rows {
     new_scopes: Vec<ScopeKey>,
 }
 
+/// The text a search compares an attribute value with (borrowed when it is a string).
+fn search_text(v: &AttrValue) -> Cow<'_, str> {
+    match v {
+        AttrValue::Str(s) => Cow::Borrowed(s.as_str()),
+        other => Cow::Owned(other.to_search_string()),
+    }
+}
+
+/// Writes one `resource_tags` row: `key` = `value` (indexed as [`indexed_value`]) for the
+/// resource `id`, on the shard of `shard_key`, on the day of `timestamp`.
+fn resource_tag(w: &mut Writer, key: &str, value: &str, id: u64, shard_key: u64, timestamp: u32) {
+    w.str(key);
+    w.str(indexed_value(value));
+    w.buf.extend_from_slice(&id.to_le_bytes());
+    w.buf.extend_from_slice(&shard_key.to_le_bytes());
+    w.buf.extend_from_slice(&timestamp.to_le_bytes());
+}
+
 /// A resource's instrumentation scope on one day and shard.
 type ScopeKey = (u64, String, String, u32, usize);
 
@@ -444,7 +462,8 @@ impl Shared {
         for span in spans {
             let tid = span.trace_id.as_bytes();
             let key = trace_key(tid);
-            let (short_key, slot) = (short_trace_key(tid), self.topology.slot_of(key));
+            let (short_key, slot, shard) =
+                (short_trace_key(tid), self.topology.slot_of(key), self.topology.shard_of(key));
             let ts = secs(span.start_time_unix_nano);
             let day = ts / 86_400;
             let (res_id, res_bytes) = encoded.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
@@ -452,7 +471,7 @@ impl Shared {
                 (codec::resource_id(&bytes), bytes)
             });
             let res_id = *res_id;
-            let res_key = (res_id, day, self.topology.shard_of(key));
+            let res_key = (res_id, day, shard);
             if !written_res.contains(&res_key) && !rows.new_resources.contains(&res_key) {
                 let w = &mut rows.resources;
                 w.buf.extend_from_slice(&res_id.to_le_bytes());
@@ -462,36 +481,22 @@ impl Shared {
                 rows.new_resources.push(res_key);
                 // The resource's attributes are indexed once per resource, day and shard (not
                 // once per trace): a search finds its spans by `search.resource_id`.
-                let w = &mut rows.resource_tags;
                 for kv in &span.resource.attributes {
-                    let text = match &kv.value {
-                        AttrValue::Str(s) => Cow::Borrowed(s.as_str()),
-                        other => Cow::Owned(other.to_search_string()),
-                    };
-                    w.str(&kv.key);
-                    w.str(indexed_value(&text));
-                    w.buf.extend_from_slice(&res_id.to_le_bytes());
-                    w.buf.extend_from_slice(&key.to_le_bytes());
-                    w.buf.extend_from_slice(&ts.to_le_bytes());
+                    resource_tag(&mut rows.resource_tags, &kv.key, &search_text(&kv.value), res_id, key, ts);
                 }
             }
             // The span's instrumentation scope is indexed once per resource (and day and shard)
             // too: a search for `otel.scope.name` finds the spans of the resources that have
             // it, and the exact check keeps those of the scope.
-            let (scope, shard) = (&span.scope, self.topology.shard_of(key));
+            let scope = &span.scope;
             if (!scope.name.is_empty() || !scope.version.is_empty())
                 && batch_scopes.insert((res_id, &scope.name, &scope.version, day, shard))
             {
                 let scope_key = (res_id, scope.name.to_string(), scope.version.to_string(), day, shard);
                 if !written_scopes.contains(&scope_key) {
-                    let w = &mut rows.resource_tags;
                     for (k, v) in [("otel.scope.name", &scope.name), ("otel.scope.version", &scope.version)] {
                         if !v.is_empty() {
-                            w.str(k);
-                            w.str(indexed_value(v));
-                            w.buf.extend_from_slice(&res_id.to_le_bytes());
-                            w.buf.extend_from_slice(&key.to_le_bytes());
-                            w.buf.extend_from_slice(&ts.to_le_bytes());
+                            resource_tag(&mut rows.resource_tags, k, v, res_id, key, ts);
                         }
                     }
                     rows.new_scopes.push(scope_key);
@@ -552,17 +557,13 @@ impl Shared {
                     seen_tags.insert((span.trace_id, service, k, v));
                 }
             };
-            let text = |v: &'a AttrValue| match v {
-                AttrValue::Str(s) => Cow::Borrowed(s.as_str()),
-                other => Cow::Owned(other.to_search_string()),
-            };
             for kv in &span.attributes {
-                tag(&kv.key, text(&kv.value));
+                tag(&kv.key, search_text(&kv.value));
             }
             for e in &span.events {
                 tag("event", Cow::Borrowed(&e.name));
                 for kv in &e.attributes {
-                    tag(&kv.key, text(&kv.value));
+                    tag(&kv.key, search_text(&kv.value));
                 }
             }
             // `span.kind` is the `kind` column of `search`; the scope is in `resource_tags`.
@@ -873,11 +874,11 @@ impl Shared {
             }
         }
         // A key is the first 4 or 8 bytes of its traces' ids (little-endian): one id range.
-        let prefixes: Vec<((usize, u64), u64)> = prefixes.into_iter().collect();
-        for chunk in prefixes.chunks(200) {
+        let keys: Vec<(usize, u64)> = prefixes.keys().copied().collect();
+        for chunk in keys.chunks(200) {
             let ranges = chunk
                 .iter()
-                .map(|((len, key), _)| {
+                .map(|(len, key)| {
                     let mut lo = [0u8; 16];
                     lo[..*len].copy_from_slice(&key.to_le_bytes()[..*len]);
                     let mut hi = [0xffu8; 16];
@@ -892,12 +893,12 @@ impl Shared {
                     self.layout.table("spans")
                 ))
                 .await?;
-            let times: HashMap<(usize, u64), u64> = chunk.iter().copied().collect();
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
                 let id = codec::trace_id(&mut r).map_err(corrupt)?;
                 let short = (4, u64::from(short_trace_key(id.as_bytes())));
-                if let Some(t) = times.get(&short).or_else(|| times.get(&(8, trace_key(id.as_bytes())))) {
+                if let Some(t) = prefixes.get(&short).or_else(|| prefixes.get(&(8, trace_key(id.as_bytes()))))
+                {
                     found.push((*t, id));
                 }
             }

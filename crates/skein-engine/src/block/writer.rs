@@ -74,6 +74,9 @@ pub(crate) struct BlockWriter<'a> {
     /// One zstd context per encoding thread, kept for the whole block (making one costs
     /// about as much as compressing a chunk).
     compressors: Vec<zstd::bulk::Compressor<'static>>,
+    /// Threads that encode chunks (one per core the process may use), asked once per block:
+    /// the standard library reads the process's affinity and cgroup limits to answer.
+    encoders: Option<usize>,
     /// RED pre-aggregates of every span in the block…
     red: RedSummary,
     /// …unless a compaction copied chunks of a block that has none (before format 4).
@@ -230,6 +233,10 @@ impl<'a> BlockWriter<'a> {
         Ok(())
     }
 
+    fn encoders(&mut self) -> usize {
+        *self.encoders.get_or_insert_with(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     /// Ends the chunk being gathered: it is queued, and the queue is encoded once it holds a
     /// chunk for every core (so memory stays bounded when compaction feeds decoded spans).
     pub(crate) fn cut(&mut self) {
@@ -242,7 +249,7 @@ impl<'a> BlockWriter<'a> {
             spans: std::mem::take(&mut self.pending),
             services: std::mem::take(&mut self.pending_services),
         });
-        if self.queued.len() >= 2 * encoders() {
+        if self.queued.len() >= 2 * self.encoders() {
             self.encode_queued();
         }
     }
@@ -254,9 +261,9 @@ impl<'a> BlockWriter<'a> {
         if queued.is_empty() {
             return;
         }
+        let workers = self.encoders().min(queued.len());
         let names: Vec<&str> = self.services.iter().map(|(name, _)| name.as_str()).collect();
         let (started, cpu_before) = (std::time::Instant::now(), skein_wal::thread_cpu_nanos());
-        let workers = encoders().min(queued.len());
         while self.compressors.len() < workers.max(1) {
             self.compressors.push(compressor());
         }
@@ -445,11 +452,6 @@ struct Encoded {
     compressed: Vec<u8>,
     filter: Vec<u8>,
     postings: Vec<(u32, Postings)>,
-}
-
-/// Threads that encode a block's chunks: one per core.
-fn encoders() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn compressor() -> zstd::bulk::Compressor<'static> {
