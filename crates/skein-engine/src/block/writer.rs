@@ -274,23 +274,23 @@ impl<'a> BlockWriter<'a> {
         } else {
             let next = std::sync::atomic::AtomicUsize::new(0);
             let (next, queued, names) = (&next, &queued, &names);
-            let mut parts: Vec<(usize, Encoded)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = compressors
-                    .iter_mut()
-                    .map(|zstd| {
-                        scope.spawn(move || {
-                            let mut mine = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let Some(q) = queued.get(i) else { break };
-                                mine.push((i, encode_chunk(q, names, zstd)));
-                            }
-                            mine
-                        })
-                    })
-                    .collect();
-                handles.into_iter().flat_map(|h| h.join().expect("a chunk encoder panicked")).collect()
+            // On rayon's long-lived threads: threads made per batch would start with cold
+            // allocator heaps, which cost more than the encoding gains on a small machine.
+            let parts = std::sync::Mutex::new(Vec::with_capacity(queued.len()));
+            rayon::scope(|scope| {
+                for zstd in compressors.iter_mut() {
+                    let parts = &parts;
+                    scope.spawn(move |_| {
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(q) = queued.get(i) else { break };
+                            let e = encode_chunk(q, names, zstd);
+                            parts.lock().expect("no encoder panics holding it").push((i, e));
+                        }
+                    });
+                }
             });
+            let mut parts = parts.into_inner().expect("no encoder panics holding it");
             parts.sort_unstable_by_key(|(i, _)| *i);
             parts.into_iter().map(|(_, e)| e).collect()
         };
