@@ -20,8 +20,9 @@ pub const FORMAT_VERSION: u8 = 1;
 
 /// First byte of the payloads this build writes. Version 1 held the span id and the start
 /// time in full; version 2 leaves the id out and writes the start as its distance from the
-/// `start_ns` column (0), as both are columns of the row already.
-pub const PAYLOAD_VERSION: u8 = 2;
+/// `start_ns` column (0), as both are columns of the row already; version 3 also leaves out
+/// the parent span id, which is the `parent_span_id` column (schema version 6).
+pub const PAYLOAD_VERSION: u8 = 3;
 
 fn version(r: &mut Reader<'_>, what: &str) -> Result<(), DecodeError> {
     match r.u8()? {
@@ -35,39 +36,47 @@ pub fn trace_id(r: &mut Reader<'_>) -> Result<TraceId, DecodeError> {
     TraceId::from_bytes(r.array()?).or_else(|e| err(format!("trace id: {e}")))
 }
 
-/// Writes a span but what the other columns of its row hold (trace id, span id, start time,
-/// resource): its scope, then the fields the embedded engine's records hold for every span
-/// ([`Writer::span_body`]).
+/// Writes a span but what the other columns of its row hold (trace id, span id, parent span
+/// id, start time, resource): its scope, then the fields the embedded engine's records hold for
+/// every span after the parent ([`Writer::span_body_after_parent`]).
 pub fn encode_payload(span: &Span, out: &mut Vec<u8>) {
     let mut w = Writer { buf: std::mem::take(out) };
     w.u8(PAYLOAD_VERSION);
     w.scope(&span.scope);
-    w.span_body(span, span.start_time_unix_nano);
+    w.span_body_after_parent(span, span.start_time_unix_nano);
     *out = w.buf;
 }
 
-/// The columns of a `spans` row besides its payload.
+/// The columns of a `spans` row besides its payload. `parent_span_id` is `None` for a root
+/// and for rows written before schema version 6 (their payloads hold the parent).
 #[derive(Clone, Copy, Debug)]
 pub struct RowIds {
     pub trace_id: TraceId,
     pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
     pub start_ns: u64,
 }
 
-/// Reads what [`encode_payload`] wrote (or version 1 of it), with the row's other columns.
+/// Reads what [`encode_payload`] wrote (or versions 1 and 2 of it), with the row's other
+/// columns.
 pub fn decode_payload(bytes: &[u8], row: RowIds, resource: Arc<Resource>) -> Result<Span, DecodeError> {
     let mut r = Reader::new(bytes);
-    let (span_id, base) = match r.u8()? {
+    let version = r.u8()?;
+    let (span_id, base) = match version {
         1 => (SpanId::from_bytes(r.array()?).or_else(|e| err(format!("span id: {e}")))?, 0),
-        PAYLOAD_VERSION => (row.span_id, row.start_ns),
+        2 | PAYLOAD_VERSION => (row.span_id, row.start_ns),
         v => {
             return err(format!(
-                "span payload has format version {v}; this build reads 1 and {PAYLOAD_VERSION}"
+                "span payload has format version {v}; this build reads 1 to {PAYLOAD_VERSION}"
             ));
         }
     };
     let scope = Arc::new(r.scope()?);
-    let span = r.span_body(row.trace_id, span_id, resource, scope, base)?;
+    let span = if version == PAYLOAD_VERSION {
+        r.span_body_after_parent(row.trace_id, span_id, row.parent_span_id, resource, scope, base)?
+    } else {
+        r.span_body(row.trace_id, span_id, resource, scope, base)?
+    };
     if !r.is_empty() {
         return err("bytes after the end of a span payload");
     }
@@ -83,6 +92,17 @@ fn encode_payload_v1(span: &Span, out: &mut Vec<u8>) {
     w.buf.extend_from_slice(span.span_id.as_bytes());
     w.scope(&span.scope);
     w.span_body(span, 0);
+    *out = w.buf;
+}
+
+/// Writes a payload of version 2 (the parent in the payload), for tests that read rows written
+/// by schema versions before 6.
+#[cfg(test)]
+fn encode_payload_v2(span: &Span, out: &mut Vec<u8>) {
+    let mut w = Writer { buf: std::mem::take(out) };
+    w.u8(2);
+    w.scope(&span.scope);
+    w.span_body(span, span.start_time_unix_nano);
     *out = w.buf;
 }
 
@@ -122,7 +142,12 @@ mod tests {
     use skein_store::testdata::rich_batch;
 
     fn row(s: &Span) -> RowIds {
-        RowIds { trace_id: s.trace_id, span_id: s.span_id, start_ns: s.start_time_unix_nano }
+        RowIds {
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            parent_span_id: s.parent_span_id,
+            start_ns: s.start_time_unix_nano,
+        }
     }
 
     #[test]
@@ -136,20 +161,33 @@ mod tests {
     }
 
     #[test]
-    fn version_1_payloads_are_read_with_their_own_span_id_and_start() {
+    fn older_payloads_are_read_with_their_own_ids_and_start() {
+        let mut with_parent = 0;
         for s in rich_batch() {
-            let (mut v1, mut v2) = (Vec::new(), Vec::new());
+            let (mut v1, mut v2, mut v3) = (Vec::new(), Vec::new(), Vec::new());
             encode_payload_v1(&s, &mut v1);
-            encode_payload(&s, &mut v2);
+            encode_payload_v2(&s, &mut v2);
+            encode_payload(&s, &mut v3);
             assert!(v2.len() + 8 < v1.len(), "version 2 leaves out the span id and most of the start");
-            // Version 1 rows held the same ids in their columns; the payload's are used.
-            let other = RowIds { span_id: SpanId::from_bytes([9; 8]).unwrap(), start_ns: 7, ..row(&s) };
+            // Version 3 leaves out the parent (its flag byte, and the id when there is one).
+            if s.parent_span_id.is_some() {
+                with_parent += 1;
+                assert_eq!(v3.len() + 9, v2.len());
+            } else {
+                assert_eq!(v3.len() + 1, v2.len());
+            }
+            // Rows before schema version 6 hold no parent in their column (read as none),
+            // and version 1 rows held the same ids in their columns: the payload's are used.
+            let old = RowIds { parent_span_id: None, ..row(&s) };
+            let other = RowIds { span_id: SpanId::from_bytes([9; 8]).unwrap(), start_ns: 7, ..old };
             assert_eq!(decode_payload(&v1, other, Arc::clone(&s.resource)).unwrap(), s);
-            assert_eq!(decode_payload(&v2, row(&s), Arc::clone(&s.resource)).unwrap(), s);
-            let mut v3 = v2.clone();
-            v3[0] = 3;
-            assert!(decode_payload(&v3, row(&s), Arc::clone(&s.resource)).is_err());
+            assert_eq!(decode_payload(&v2, old, Arc::clone(&s.resource)).unwrap(), s);
+            assert_eq!(decode_payload(&v3, row(&s), Arc::clone(&s.resource)).unwrap(), s);
+            let mut v4 = v3.clone();
+            v4[0] = 4;
+            assert!(decode_payload(&v4, row(&s), Arc::clone(&s.resource)).is_err());
         }
+        assert!(with_parent > 0, "the batch has child spans");
     }
 
     #[test]

@@ -10,14 +10,27 @@ use crate::sql::quote;
 /// instead of once per trace in `tags`; version 4 writes the tag index into `trace_tags`, with
 /// 8-byte trace keys instead of 16-byte trace ids; version 5 writes it into `tag_index`, with
 /// 4-byte trace keys, and indexes a span's instrumentation scope once per resource in
-/// `resource_tags` (`trace_tags` and `tags` keep the rows of older versions).
-pub const SCHEMA_VERSION: u32 = 5;
+/// `resource_tags` (`trace_tags` and `tags` keep the rows of older versions); version 6 keeps a
+/// span's parent in `spans.parent_span_id` (dependencies join `spans` with itself) and writes
+/// the search rows into `span_index`, with 4-byte trace keys and no span ids, instead of
+/// `search` (which keeps the rows of older versions).
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// The tables, in the order a batch is inserted (lookups before the spans that need them, the
-/// pre-aggregates last). `trace_tags` and `tags` are no longer written, only read and dropped
-/// by retention.
-pub const TABLES: [&str; 9] =
-    ["resources", "resource_tags", "operations", "spans", "search", "tag_index", "red", "trace_tags", "tags"];
+/// pre-aggregates last). `search`, `trace_tags` and `tags` are no longer written, only read and
+/// dropped by retention.
+pub const TABLES: [&str; 10] = [
+    "resources",
+    "resource_tags",
+    "operations",
+    "spans",
+    "span_index",
+    "tag_index",
+    "red",
+    "search",
+    "trace_tags",
+    "tags",
+];
 
 /// Rows per primary-index mark of `spans`: a trace read decompresses about this many
 /// payloads per day partition (ClickHouse's default of 8,192 would be eight times more).
@@ -105,7 +118,8 @@ impl Layout {
                 "spans",
                 format!(
                     "trace_id FixedString(16){plain_zstd}, span_id FixedString(8){plain_zstd}, timestamp DateTime{delta}, \
-                     start_ns UInt64{delta}, resource_id UInt64{plain_zstd}, payload String{zstd}"
+                     start_ns UInt64{delta}, resource_id UInt64{plain_zstd}, payload String{zstd}, \
+                     parent_span_id FixedString(8){plain_zstd}"
                 ),
                 format!(
                     "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (trace_id, span_id) \
@@ -125,6 +139,20 @@ impl Layout {
                 ),
                 "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (service, name, timestamp)".to_owned(),
                 "reinterpretAsUInt64(trace_id)",
+            ),
+            (
+                // A span's row for searches by service, operation, time and duration, with the
+                // trace's 4-byte key and sharding slot (as in `tag_index`) instead of ids.
+                "span_index",
+                format!(
+                    "service {}, name {}, kind UInt8, timestamp DateTime{delta}, start_ns UInt64{delta}, \
+                     duration_ns UInt64{plain_zstd}, error UInt8, resource_id UInt64{plain_zstd}, \
+                     trace_key UInt32{plain_zstd}, slot UInt16",
+                    lc("String"),
+                    lc("String")
+                ),
+                "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (service, name, timestamp)".to_owned(),
+                "slot",
             ),
             (
                 "tags",
@@ -192,17 +220,27 @@ impl Layout {
     }
 
     /// Statements that bring tables made by an older schema version up to this one, given the
-    /// columns `search` already has on the server: `resource_id` (version 3) on the local table
-    /// and, when sharded, the Distributed one (rows written before hold 0, which no resource
-    /// has).
-    pub fn upgrade_statements(&self, f: &Features, search_columns: &[String]) -> Vec<String> {
-        if search_columns.is_empty() || search_columns.iter().any(|c| c == "resource_id") {
-            return Vec::new();
-        }
-        let column = format!("resource_id UInt64{}", f.codec("ZSTD(1)"));
-        let mut out = vec![format!("ALTER TABLE {} ADD COLUMN {column}", self.local("search"))];
-        if self.cluster.is_some() {
-            out.push(format!("ALTER TABLE {} ADD COLUMN resource_id UInt64", self.table("search")));
+    /// columns each local table already has on the server (`columns(table)`): `search.resource_id`
+    /// (version 3; rows written before hold 0, which no resource has) and
+    /// `spans.parent_span_id` (version 6; rows written before hold zeros and keep their parent
+    /// in their payload), on the local table and, when sharded, the Distributed one.
+    pub fn upgrade_statements(&self, f: &Features, columns: impl Fn(&str) -> Vec<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (table, column, ty) in
+            [("search", "resource_id", "UInt64"), ("spans", "parent_span_id", "FixedString(8)")]
+        {
+            let have = columns(table);
+            if have.is_empty() || have.iter().any(|c| c == column) {
+                continue;
+            }
+            out.push(format!(
+                "ALTER TABLE {} ADD COLUMN {column} {ty}{}",
+                self.local(table),
+                f.codec("ZSTD(1)")
+            ));
+            if self.cluster.is_some() {
+                out.push(format!("ALTER TABLE {} ADD COLUMN {column} {ty}", self.table(table)));
+            }
         }
         out
     }
@@ -337,7 +375,7 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 18);
+        assert_eq!(ddl.len(), 20);
         assert!(ddl[7].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
     }
 

@@ -323,24 +323,30 @@ async fn migrate(server: &Client, layout: &Layout) -> Result<u32, MigrateError> 
         for statement in layout.create_statements(&features) {
             server.query(&statement, &[]).await?;
         }
-        let local = layout.local("search");
-        let table = local.rsplit('.').next().expect("db.table");
+        // The columns of every table of the database on this server, to add those of later
+        // versions to tables made by earlier ones.
         let raw = server
             .query(
                 &format!(
-                    "SELECT name FROM system.columns WHERE database = {} AND table = {} FORMAT RowBinary",
-                    quote(db),
-                    quote(table)
+                    "SELECT table, name FROM system.columns WHERE database = {} FORMAT RowBinary",
+                    quote(db)
                 ),
                 &[],
             )
             .await?;
         let mut r = Reader::new(&raw);
-        let mut columns = Vec::new();
+        let mut columns: HashMap<String, Vec<String>> = HashMap::new();
         while !r.is_empty() {
-            columns.push(r.text().map_err(|e| MigrateError::Schema(e.to_string()))?.to_owned());
+            let bad = |e: codec::DecodeError| MigrateError::Schema(e.to_string());
+            let table = r.text().map_err(bad)?.to_owned();
+            columns.entry(table).or_default().push(r.text().map_err(bad)?.to_owned());
         }
-        for statement in layout.upgrade_statements(&features, &columns) {
+        let columns = |table: &str| {
+            let local = layout.local(table);
+            let name = local.rsplit('.').next().expect("db.table");
+            columns.get(name).cloned().unwrap_or_default()
+        };
+        for statement in layout.upgrade_statements(&features, columns) {
             server.query(&statement, &[]).await?;
         }
         server
@@ -380,7 +386,7 @@ struct Rows {
     resource_tags: Writer,
     operations: Writer,
     spans: Writer,
-    search: Writer,
+    span_index: Writer,
     tags: Writer,
     red: Writer,
     new_resources: Vec<(u64, u32, usize)>,
@@ -524,8 +530,9 @@ impl Shared {
             payload.clear();
             codec::encode_payload(span, &mut payload);
             w.bytes(&payload);
+            w.buf.extend_from_slice(span.parent_span_id.map(|p| *p.as_bytes()).unwrap_or([0; 8]).as_slice());
 
-            let w = &mut rows.search;
+            let w = &mut rows.span_index;
             w.str(service);
             w.str(&span.name);
             w.u8(span.kind.code());
@@ -533,10 +540,9 @@ impl Shared {
             w.buf.extend_from_slice(&span.start_time_unix_nano.to_le_bytes());
             w.buf.extend_from_slice(&span.duration_nanos().to_le_bytes());
             w.u8((span.status.code == skein_model::StatusCode::Error) as u8);
-            w.buf.extend_from_slice(tid);
-            w.buf.extend_from_slice(span.span_id.as_bytes());
-            w.buf.extend_from_slice(span.parent_span_id.map(|p| *p.as_bytes()).unwrap_or([0; 8]).as_slice());
             w.buf.extend_from_slice(&res_id.to_le_bytes());
+            w.buf.extend_from_slice(&short_key.to_le_bytes());
+            w.buf.extend_from_slice(&slot.to_le_bytes());
 
             let mut tag = |k: &'a str, v: Cow<'a, str>| {
                 let v = match v {
@@ -587,8 +593,8 @@ impl Shared {
             "id, shard_key, timestamp, payload",
             "key, value, id, shard_key, timestamp",
             "service, name, kind, date",
-            "trace_id, span_id, timestamp, start_ns, resource_id, payload",
-            "service, name, kind, timestamp, start_ns, duration_ns, error, trace_id, span_id, parent_span_id, resource_id",
+            "trace_id, span_id, timestamp, start_ns, resource_id, payload, parent_span_id",
+            "service, name, kind, timestamp, start_ns, duration_ns, error, resource_id, trace_key, slot",
             "key, value, service, timestamp, trace_key, slot",
             "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
         ];
@@ -597,7 +603,7 @@ impl Shared {
             rows.resource_tags.buf,
             rows.operations.buf,
             rows.spans.buf,
-            rows.search.buf,
+            rows.span_index.buf,
             rows.tags.buf,
             rows.red.buf,
         ];
@@ -748,7 +754,8 @@ impl Shared {
         Ok(out)
     }
 
-    /// Decodes `trace_id, resource_id, payload` rows into spans grouped by trace.
+    /// Decodes `trace_id, span_id, parent_span_id, start_ns, resource_id, payload` rows into
+    /// spans grouped by trace.
     async fn decode_span_rows(
         &self,
         rows: &[u8],
@@ -761,11 +768,14 @@ impl Shared {
             let trace_id = codec::trace_id(&mut r).map_err(corrupt)?;
             let span_id = SpanId::from_bytes(r.array().map_err(corrupt)?)
                 .map_err(|e| corrupt(codec::DecodeError(format!("span id: {e}"))))?;
+            // Zeros: a root, or a row written before schema version 6 (its payload holds it).
+            let parent: [u8; 8] = r.array().map_err(corrupt)?;
+            let parent_span_id = SpanId::from_bytes(parent).ok();
             let start_ns = u64::from_le_bytes(r.array().map_err(corrupt)?);
             let res = u64::from_le_bytes(r.array().map_err(corrupt)?);
             let payload = r.slice().map_err(corrupt)?;
             ids.insert(res);
-            raw.push((codec::RowIds { trace_id, span_id, start_ns }, res, payload));
+            raw.push((codec::RowIds { trace_id, span_id, parent_span_id, start_ns }, res, payload));
         }
         let resources = self.resources(ids, shard).await?;
         let mut out: HashMap<TraceId, Vec<Span>> = HashMap::new();
@@ -786,7 +796,7 @@ impl Shared {
         for chunk in ids.chunks(500) {
             let list = tuple(chunk.iter().map(|t| unhex(t.as_bytes())));
             let sql = format!(
-                "SELECT trace_id, span_id, start_ns, resource_id, payload FROM {} WHERE trace_id IN {list} FORMAT RowBinary",
+                "SELECT trace_id, span_id, parent_span_id, start_ns, resource_id, payload FROM {} WHERE trace_id IN {list} FORMAT RowBinary",
                 self.layout.table("spans")
             );
             let rows = self.query(&sql).await?;
@@ -852,6 +862,14 @@ impl Shared {
             newest(16, "toUInt64(0)", "trace_id", "trace_id", &tags, "reinterpretAsUInt32(trace_id)"),
         ]
         .join(" UNION ALL ");
+        self.newest_traces(&sql, limit).await
+    }
+
+    /// Runs `sql`, whose rows are `(key length, key, trace id, time)`: a trace id (length 16)
+    /// or the 4- or 8-byte key of traces (the first bytes of their ids, little-endian), and
+    /// returns the ids of the newest `limit` traces; a key stands for every trace that has it
+    /// (read from `spans` by primary-key ranges), at the key's time.
+    async fn newest_traces(&self, sql: &str, limit: usize) -> Result<Vec<TraceId>, StoreError> {
         let rows = self.query(&format!("{sql} FORMAT RowBinary")).await?;
         let mut found: Vec<(u64, TraceId)> = Vec::new();
         let mut prefixes: HashMap<(usize, u64), u64> = HashMap::new();
@@ -970,11 +988,11 @@ impl Shared {
             return self.candidates_from_tags(q, limit, &time, &service).await;
         }
         let sql = {
-            // Spans in `search` that may match: in the window, of the service and operation, in
-            // the duration bounds, and for every tag, in a trace whose `tags` rows hold it (span
-            // and event attributes, synthetic tags; and, for spans stored by schema version 1
-            // or 2, resource attributes), or of a resource that has it, or, for `span.kind`, of
-            // that kind.
+            // Spans in `span_index` (and `search`) that may match: in the window, of the service
+            // and operation, in the duration bounds, and for every tag, in a trace whose tag
+            // index rows hold it (span and event attributes, synthetic tags; and, for spans
+            // stored by schema version 1 or 2, resource attributes), or of a resource that has
+            // it, or, for `span.kind`, of that kind.
             let mut cond = format!(
                 "{time} AND start_ns >= {} AND start_ns < {}{service}",
                 q.time.start_unix_nano, q.time.end_unix_nano
@@ -988,12 +1006,14 @@ impl Shared {
             if let Some(d) = q.max_duration_nanos {
                 cond.push_str(&format!(" AND duration_ns <= {d}"));
             }
+            // Per tag, its condition in the tag indexes and the other ways a row may have it.
+            let mut per_tag: Vec<(String, Vec<String>)> = Vec::new();
             for (i, (k, v)) in q.tags.iter().enumerate() {
                 let c =
                     format!("key = {} AND value IN {} AND {time}{service}", quote(k), indexed_values_sql(v));
-                let mut alternatives = vec![self.in_tag_index("reinterpretAsUInt32(trace_id)", &c)];
+                let mut others = Vec::new();
                 if on_resources.contains(&i) {
-                    alternatives.push(format!(
+                    others.push(format!(
                         "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {})",
                         self.layout.table("resource_tags"),
                         quote(k),
@@ -1001,24 +1021,34 @@ impl Shared {
                     ));
                 }
                 if let Some(kind) = kind_of(k, v) {
-                    alternatives.push(format!("kind = {}", kind.code()));
+                    others.push(format!("kind = {}", kind.code()));
                 }
-                cond.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+                per_tag.push((c, others));
             }
-            format!(
-                "SELECT trace_id, max(start_ns) AS t FROM {} WHERE {cond} GROUP BY trace_id ORDER BY t DESC LIMIT {limit} FORMAT RowBinary",
-                self.layout.table("search")
-            )
+            // `span_index` (schema version 6) by 4-byte trace key, and `search` (the rows of
+            // older versions) by trace id, in one statement.
+            let none = "toFixedString(unhex('00000000000000000000000000000000'), 16)";
+            let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
+                let mut cond = cond.clone();
+                for (c, others) in &per_tag {
+                    let mut alternatives = vec![self.in_tag_index(short, c)];
+                    alternatives.extend(others.iter().cloned());
+                    cond.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+                }
+                format!(
+                    "SELECT * FROM (SELECT toUInt8({len}) AS len, {k} AS k, {id} AS id, max(start_ns) AS t FROM {} \
+                     WHERE {cond} GROUP BY {key} ORDER BY t DESC LIMIT {limit})",
+                    self.layout.table(table)
+                )
+            };
+            [
+                newest("span_index", "trace_key", "trace_key", 4, "toUInt64(trace_key)", none),
+                newest("search", "trace_id", "reinterpretAsUInt32(trace_id)", 16, "toUInt64(0)", "trace_id"),
+            ]
+            .join(" UNION ALL ")
         };
         // Skein then keeps the traces one span of which matches exactly (`SpanMatcher`).
-        let rows = self.query(&sql).await?;
-        let mut r = Reader::new(&rows);
-        let mut out = Vec::new();
-        while !r.is_empty() {
-            out.push(codec::trace_id(&mut r).map_err(corrupt)?);
-            r.array::<8>().map_err(corrupt)?;
-        }
-        Ok(out)
+        self.newest_traces(&sql, limit).await
     }
 
     async fn apply_retention(&self) -> Result<usize, ChError> {
@@ -1268,7 +1298,7 @@ impl SpanStore for ClickhouseStore {
         let s = &self.shared;
         let shard = s.topology.shard_of(trace_key(id.as_bytes()));
         let sql = format!(
-            "SELECT trace_id, span_id, start_ns, resource_id, payload FROM {} WHERE trace_id = {} FORMAT RowBinary",
+            "SELECT trace_id, span_id, parent_span_id, start_ns, resource_id, payload FROM {} WHERE trace_id = {} FORMAT RowBinary",
             s.layout.local("spans"),
             unhex(id.as_bytes())
         );
@@ -1408,20 +1438,55 @@ impl SpanStore for ClickhouseStore {
             let to = secs(range.end_unix_nano.saturating_sub(1));
             // Parents are looked for up to an hour around the range.
             let (pf, pt) = (from.saturating_sub(3600), to.saturating_add(3600));
-            let search = s.layout.table("search");
             let not_buffered = if buffered.is_empty() {
                 String::new()
             } else {
                 format!(" AND trace_id NOT IN {}", tuple(buffered.iter().map(|t| unhex(t.as_bytes()))))
             };
+            let window = format!(
+                "timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to}) AND start_ns >= {} AND start_ns < {}{not_buffered}",
+                range.start_unix_nano, range.end_unix_nano
+            );
+            let parents = format!("timestamp >= toDateTime({pf}) AND timestamp <= toDateTime({pt})");
+            // Schema version 6: `spans` joined with itself by the parent column, counted per
+            // pair of resources (a handful), whose services Skein looks up.
+            let spans = s.layout.table("spans");
+            let sql = format!(
+                "SELECT parent_resource, resource_id, toUInt64(uniqExact(trace_id, span_id)) FROM {spans} \
+                 ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, resource_id AS parent_resource FROM {spans} \
+                 WHERE {parents}) AS parents USING (trace_id, parent_span_id) \
+                 WHERE {window} AND parent_resource != resource_id \
+                 GROUP BY parent_resource, resource_id FORMAT RowBinary"
+            );
+            let rows = s.query(&sql).await?;
+            let mut pairs = Vec::new();
+            let mut r = Reader::new(&rows);
+            while !r.is_empty() {
+                let parent = u64::from_le_bytes(r.array().map_err(corrupt)?);
+                let child = u64::from_le_bytes(r.array().map_err(corrupt)?);
+                pairs.push((parent, child, u64::from_le_bytes(r.array().map_err(corrupt)?)));
+            }
+            let resources = s.resources(pairs.iter().flat_map(|p| [p.0, p.1]).collect(), None).await?;
+            for (parent, child, n) in pairs {
+                let service = |id: u64| {
+                    resources.get(&id).map(|r| r.service_name().to_owned()).ok_or_else(|| {
+                        StoreError::Internal(format!("resource {id:016x} of a span is missing in ClickHouse"))
+                    })
+                };
+                let (parent, child) = (service(parent)?, service(child)?);
+                if parent != child {
+                    *counts.entry((parent, child)).or_default() += n;
+                }
+            }
+            // Rows of schema versions before 6: `search` joined with itself (its rows hold
+            // the services and both ids).
+            let search = s.layout.table("search");
             let sql = format!(
                 "SELECT parent_service, service, toUInt64(uniqExact(trace_id, span_id)) FROM {search} \
                  ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, service AS parent_service FROM {search} \
-                 WHERE timestamp >= toDateTime({pf}) AND timestamp <= toDateTime({pt})) AS parents USING (trace_id, parent_span_id) \
-                 WHERE timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to}) \
-                 AND start_ns >= {} AND start_ns < {} AND parent_service != service{not_buffered} \
-                 GROUP BY parent_service, service FORMAT RowBinary",
-                range.start_unix_nano, range.end_unix_nano
+                 WHERE {parents}) AS parents USING (trace_id, parent_span_id) \
+                 WHERE {window} AND parent_service != service \
+                 GROUP BY parent_service, service FORMAT RowBinary"
             );
             let rows = s.query(&sql).await?;
             let mut r = Reader::new(&rows);

@@ -184,9 +184,23 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
         )
         .await;
         assert_eq!(elsewhere, 0, "no tag row on {u} belongs to a trace of the other shard");
+        // So are the span index's rows (4-byte keys, placed by their slot): one per span.
+        let indexed = count_on(u, &format!("SELECT count() FROM {db}.span_index_local")).await;
+        assert_eq!(indexed, n, "{u} has a span_index row per span it holds");
+        let elsewhere = count_on(
+            u,
+            &format!(
+                "SELECT count() FROM {db}.span_index_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.spans_local)"
+            ),
+        )
+        .await;
+        assert_eq!(elsewhere, 0, "no span_index row on {u} belongs to a trace of the other shard");
         total += n;
     }
     assert_eq!(total, 120);
+    // Searches by service alone read `span_index` through the cluster.
+    let all = TraceQuery { service: Some("svc".into()), limit: 100, ..TraceQuery::default() };
+    assert_eq!(store.find_traces(&all).await.unwrap().len(), 40);
     for t in 1..=40u8 {
         let got = store.trace(id(t)).await.unwrap();
         assert_eq!(got.map(|s| s.len()), Some(3), "trace {t} read from the shard Skein computes for it");
@@ -584,9 +598,14 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     for server in &servers {
         let client = Client::new(server, None, None).unwrap();
         let local = if cluster.is_some() { "search_local" } else { "search" };
-        let mut statements = vec![format!("ALTER TABLE {}.{local} DROP COLUMN resource_id", c.database)];
+        let spans_local = if cluster.is_some() { "spans_local" } else { "spans" };
+        let mut statements = vec![
+            format!("ALTER TABLE {}.{local} DROP COLUMN resource_id", c.database),
+            format!("ALTER TABLE {}.{spans_local} DROP COLUMN parent_span_id", c.database),
+        ];
         if cluster.is_some() {
             statements.push(format!("ALTER TABLE {}.search DROP COLUMN resource_id", c.database));
+            statements.push(format!("ALTER TABLE {}.spans DROP COLUMN parent_span_id", c.database));
         }
         statements.push(format!("DROP TABLE {}.schema_migrations", c.database));
         statements.push(format!(
@@ -693,13 +712,74 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
         store.find_traces(&v4_query(&[("legacy.key", "v4"), ("new.key", "then")])).await.unwrap().is_empty()
     );
     for server in &servers {
-        let local = if cluster.is_some() { "search_local" } else { "search" };
-        let sql = format!(
-            "SELECT count() FROM system.columns WHERE database = '{}' AND table = '{local}' AND name = 'resource_id'",
-            c.database
-        );
-        assert_eq!(count_on(server, &sql).await, 1, "{server}");
+        for (table, column) in [("search", "resource_id"), ("spans", "parent_span_id")] {
+            let local = if cluster.is_some() { format!("{table}_local") } else { table.to_owned() };
+            let sql = format!(
+                "SELECT count() FROM system.columns WHERE database = '{}' AND table = '{local}' AND name = '{column}'",
+                c.database
+            );
+            assert_eq!(count_on(server, &sql).await, 1, "{server}: {local}.{column}");
+        }
     }
+    // Spans that versions before 6 put in `search` (by trace id, with both span ids) are
+    // found there, and their calls counted, next to those of version 6 (`span_index`, and
+    // `spans.parent_span_id` for the calls).
+    let (caller, callee) = (
+        B::new(12, 1).service("v5-caller").build(),
+        B::new(12, 2).service("v5-callee").name("v5-op").parent(1).build(),
+    );
+    store.write(vec![caller.clone(), callee.clone()]).await.unwrap();
+    for server in &servers {
+        Client::new(server, None, None)
+            .unwrap()
+            .query(&format!("TRUNCATE TABLE {}", local("span_index")), &[])
+            .await
+            .unwrap();
+    }
+    let by_operation = TraceQuery {
+        service: Some("v5-callee".into()),
+        operation: Some("v5-op".into()),
+        ..TraceQuery::default()
+    };
+    assert!(store.find_traces(&by_operation).await.unwrap().is_empty(), "no index row, no candidate");
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let rows = [&caller, &callee]
+        .iter()
+        .map(|sp| {
+            format!(
+                "('{}', '{}', 2, toDateTime({}), {}, 1000, 0, unhex('{}'), unhex('{}'), unhex('{}'), 0)",
+                sp.service_name(),
+                sp.name,
+                sp.start_time_unix_nano / 1_000_000_000,
+                sp.start_time_unix_nano,
+                hex(sp.trace_id.as_bytes()),
+                hex(sp.span_id.as_bytes()),
+                hex(&sp.parent_span_id.map(|p| *p.as_bytes()).unwrap_or([0; 8])),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Client::new(url, None, None)
+        .unwrap()
+        .query(
+            &format!(
+                "INSERT INTO {}.search (service, name, kind, timestamp, start_ns, duration_ns, error, trace_id, span_id, parent_span_id, resource_id) VALUES {rows}",
+                c.database
+            ),
+            &[("insert_distributed_sync", "1")],
+        )
+        .await
+        .unwrap();
+    let found = store.find_traces(&by_operation).await.unwrap();
+    assert_eq!(found.len(), 1, "rows of `search` are searched");
+    assert_eq!(found[0].len(), 2);
+    assert_eq!(found[0][0].trace_id, caller.trace_id);
+    // The call is in both: version 6's parent column and the `search` rows (in a real
+    // database a span is in one of them only, so each call counts once).
+    let links = store.dependencies(TimeRange::ALL).await.unwrap();
+    let calls =
+        links.iter().find(|l| l.parent == "v5-caller" && l.child == "v5-callee").map(|l| l.call_count);
+    assert_eq!(calls, Some(2), "{links:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

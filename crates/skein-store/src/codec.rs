@@ -84,6 +84,12 @@ impl Writer {
             }
             None => self.u8(0),
         }
+        self.span_body_after_parent(s, start_base);
+    }
+
+    /// [`Self::span_body`] without the parent, for encodings that keep the parent elsewhere
+    /// ([`Reader::span_body_after_parent`] reads it back, given the parent).
+    pub fn span_body_after_parent(&mut self, s: &Span, start_base: u64) {
         self.str(&s.trace_state);
         self.varint(s.flags as u64);
         self.str(&s.name);
@@ -284,6 +290,20 @@ impl<'a> Reader<'a> {
             1 => Some(SpanId::from_bytes(self.array()?).map_err(|e| DecodeError(format!("parent id: {e}")))?),
             t => return err(format!("bad parent flag {t}")),
         };
+        self.span_body_after_parent(trace_id, span_id, parent_span_id, resource, scope, start_base)
+    }
+
+    /// What [`Writer::span_body_after_parent`] wrote, made into a span with the ids, parent,
+    /// resource and scope given.
+    pub fn span_body_after_parent(
+        &mut self,
+        trace_id: TraceId,
+        span_id: SpanId,
+        parent_span_id: Option<SpanId>,
+        resource: Arc<Resource>,
+        scope: Arc<InstrumentationScope>,
+        start_base: u64,
+    ) -> Result<Span, DecodeError> {
         let trace_state = self.str()?;
         let flags = u32_of(self.varint()?, "flags")?;
         let name = self.str()?;
