@@ -13,19 +13,22 @@ use crate::sql::quote;
 /// `resource_tags` (`trace_tags` and `tags` keep the rows of older versions); version 6 keeps a
 /// span's parent in `spans.parent_span_id` (dependencies join `spans` with itself) and writes
 /// the search rows into `span_index`, with 4-byte trace keys and no span ids, instead of
-/// `search` (which keeps the rows of older versions).
+/// `search` (which keeps the rows of older versions), and indexes an attribute value that (almost)
+/// every span of an operation in a batch has once per batch in `operation_tags` instead of once
+/// per trace in `tag_index`.
 pub const SCHEMA_VERSION: u32 = 6;
 
 /// The tables, in the order a batch is inserted (lookups before the spans that need them, the
 /// pre-aggregates last). `search`, `trace_tags` and `tags` are no longer written, only read and
 /// dropped by retention.
-pub const TABLES: [&str; 10] = [
+pub const TABLES: [&str; 11] = [
     "resources",
     "resource_tags",
     "operations",
     "spans",
     "span_index",
     "tag_index",
+    "operation_tags",
     "red",
     "search",
     "trace_tags",
@@ -188,6 +191,20 @@ impl Layout {
                 ),
                 "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, timestamp)".to_owned(),
                 "slot",
+            ),
+            (
+                // A value (almost) every span of an operation had in one batch: one row per
+                // batch, with the time the batch's spans of the operation span.
+                "operation_tags",
+                format!(
+                    "key {}, value String{plain_zstd}, service {}, name {}, timestamp DateTime, last DateTime",
+                    lc("String"),
+                    lc("String"),
+                    lc("String")
+                ),
+                "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, service, name, timestamp)"
+                    .to_owned(),
+                "rand()",
             ),
             (
                 "red",
@@ -375,7 +392,7 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 20);
+        assert_eq!(ddl.len(), 22);
         assert!(ddl[7].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
     }
 

@@ -388,6 +388,7 @@ struct Rows {
     spans: Writer,
     span_index: Writer,
     tags: Writer,
+    operation_tags: Writer,
     red: Writer,
     new_resources: Vec<(u64, u32, usize)>,
     new_operations: Vec<(String, String, u8, u32)>,
@@ -410,6 +411,37 @@ fn resource_tag(w: &mut Writer, key: &str, value: &str, id: u64, shard_key: u64,
     w.buf.extend_from_slice(&id.to_le_bytes());
     w.buf.extend_from_slice(&shard_key.to_le_bytes());
     w.buf.extend_from_slice(&timestamp.to_le_bytes());
+}
+
+/// The `timestamp` (seconds) condition of a time range.
+fn seconds_in(range: TimeRange) -> String {
+    format!(
+        "timestamp >= toDateTime({}) AND timestamp <= toDateTime({})",
+        secs(range.start_unix_nano),
+        secs(range.end_unix_nano.saturating_sub(1))
+    )
+}
+
+/// Nested slices of `window`, newest first, each eight times the one before, the last the
+/// whole window. Each ends at the window's end; the first begins a 1024th of the window (at
+/// least a second) before `newest` (unix seconds: where the newest data is) or the window's
+/// end, whichever is earlier. Any `newest` gives the same search results (every slice ends at
+/// the window's end, and a slice that holds enough traces holds the newest ones); a good one
+/// lets the first slice hold enough.
+fn newest_slices(window: TimeRange, newest: u64) -> Vec<TimeRange> {
+    let mut out = Vec::new();
+    if window.is_empty() {
+        return vec![window];
+    }
+    let anchor = window.end_unix_nano.min(newest.saturating_mul(1_000_000_000)).max(window.start_unix_nano);
+    let len = window.end_unix_nano - window.start_unix_nano;
+    let mut width = (len / 1024).max(1_000_000_000);
+    while anchor.saturating_sub(width) > window.start_unix_nano {
+        out.push(TimeRange { start_unix_nano: anchor - width, end_unix_nano: window.end_unix_nano });
+        width = width.saturating_mul(8);
+    }
+    out.push(window);
+    out
 }
 
 /// A resource's instrumentation scope on one day and shard.
@@ -452,9 +484,59 @@ fn indexed_candidates(want: &str) -> Vec<String> {
     out
 }
 
+/// The share of an operation's spans in a batch (in tenths) that must have one value of a key
+/// for it to be indexed once for the operation instead of once per trace.
+const OPERATION_LEVEL_TENTHS: u32 = 9;
+
+/// Span attributes that (almost) every span of an operation in the batch has with one value
+/// (`OPERATION_LEVEL_TENTHS`, and at least two spans): ports, peers, methods, routes, RPC and
+/// database systems. Each is written once into `operation_tags` (with the time the batch's
+/// spans of the operation cover) and returned, so that no `tag_index` row is written for it;
+/// a search for it reads the operation's `span_index` rows of that time, and the exact check
+/// drops the few spans without it. Values shared by fewer spans stay in `tag_index`.
+fn operation_tags<'a>(
+    spans: &[&'a Span],
+    w: &mut Writer,
+) -> FxHashSet<(&'a str, &'a str, &'a str, Cow<'a, str>)> {
+    // Per operation: spans, first and last second.
+    let mut ops: FxHashMap<(&'a str, &'a str), (u32, u32, u32)> = FxHashMap::default();
+    let mut values: FxHashMap<(&'a str, &'a str, &'a str, Cow<'a, str>), u32> = FxHashMap::default();
+    for span in spans {
+        let key = (span.service_name(), span.name.as_str());
+        let ts = secs(span.start_time_unix_nano);
+        let op = ops.entry(key).or_insert((0, ts, ts));
+        op.0 += 1;
+        op.1 = op.1.min(ts);
+        op.2 = op.2.max(ts);
+        for kv in &span.attributes {
+            let v = match search_text(&kv.value) {
+                Cow::Borrowed(b) => Cow::Borrowed(indexed_value(b)),
+                Cow::Owned(o) => Cow::Owned(indexed_value(&o).to_owned()),
+            };
+            *values.entry((key.0, key.1, kv.key.as_str(), v)).or_default() += 1;
+        }
+    }
+    let mut out = FxHashSet::default();
+    for (value, n) in values {
+        let (count, first, last) = ops[&(value.0, value.1)];
+        if n >= 2 && n * 10 >= count * OPERATION_LEVEL_TENTHS {
+            w.str(value.2);
+            w.str(&value.3);
+            w.str(value.0);
+            w.str(value.1);
+            w.buf.extend_from_slice(&first.to_le_bytes());
+            w.buf.extend_from_slice(&last.to_le_bytes());
+            out.insert(value);
+        }
+    }
+    out
+}
+
 impl Shared {
     fn build_rows<'a>(&self, spans: impl Iterator<Item = &'a Span>) -> Rows {
+        let spans: Vec<&'a Span> = spans.collect();
         let mut rows = Rows::default();
+        let operation_level = operation_tags(&spans, &mut rows.operation_tags);
         let mut encoded: FxHashMap<*const Resource, (u64, Vec<u8>)> = FxHashMap::default();
         // Distinct (trace, service, key, indexed value) of this insert, borrowed from the spans.
         let mut seen_tags: FxHashSet<(TraceId, &'a str, &'a str, Cow<'a, str>)> = FxHashSet::default();
@@ -564,7 +646,11 @@ impl Shared {
                 }
             };
             for kv in &span.attributes {
-                tag(&kv.key, search_text(&kv.value));
+                let v = search_text(&kv.value);
+                let key = (service, span.name.as_str(), kv.key.as_str(), Cow::Borrowed(indexed_value(&v)));
+                if operation_level.is_empty() || !operation_level.contains(&key) {
+                    tag(&kv.key, v);
+                }
             }
             for e in &span.events {
                 tag("event", Cow::Borrowed(&e.name));
@@ -596,6 +682,7 @@ impl Shared {
             "trace_id, span_id, timestamp, start_ns, resource_id, payload, parent_span_id",
             "service, name, kind, timestamp, start_ns, duration_ns, error, resource_id, trace_key, slot",
             "key, value, service, timestamp, trace_key, slot",
+            "key, value, service, name, timestamp, last",
             "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
         ];
         let bodies = [
@@ -605,6 +692,7 @@ impl Shared {
             rows.spans.buf,
             rows.span_index.buf,
             rows.tags.buf,
+            rows.operation_tags.buf,
             rows.red.buf,
         ];
         for ((table, cols), body) in TABLES.iter().zip(columns).zip(bodies) {
@@ -832,6 +920,7 @@ impl Shared {
         q: &TraceQuery,
         limit: usize,
         time: &str,
+        slice: &str,
         service: &str,
     ) -> Result<Vec<TraceId>, StoreError> {
         let Some(((k0, v0), rest)) = q.tags.split_first() else { return Ok(Vec::new()) };
@@ -844,7 +933,9 @@ impl Shared {
                 .map(|(k, v)| format!(" AND {}", self.in_tag_index(key, &cond(k, v))))
                 .collect::<String>()
         };
-        let first = cond(k0, v0);
+        // The first tag's rows in the slice; the others' anywhere in the window (a trace's row of
+        // a tag holds the time of its first span with it).
+        let first = format!("key = {} AND value IN {} AND {slice}", quote(k0), indexed_values_sql(v0));
         let [tag_index, trace_tags, tags] = ["tag_index", "trace_tags", "tags"].map(|t| self.layout.table(t));
         // The three indexes in one statement (one round trip, which on a cluster costs more
         // than an empty lookup): the newest `limit` of each, as (key length, key, id, time).
@@ -983,19 +1074,129 @@ impl Shared {
                 }
             }
         }
-        let tags_only = on_resources.is_empty() && q.tags.iter().all(|(k, v)| kind_of(k, v).is_none());
-        if tags_only && !q.tags.is_empty() {
-            return self.candidates_from_tags(q, limit, &time, &service).await;
+        // Which tags some operation has in the window (`operation_tags`: a few rows per
+        // batch), with the seconds its spans with them cover.
+        let mut on_operations: HashMap<usize, Vec<String>> = HashMap::new();
+        if !q.tags.is_empty() {
+            let any = q
+                .tags
+                .iter()
+                .map(|(k, v)| format!("(key = {} AND value IN {})", quote(k), indexed_values_sql(v)))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let rows = self
+                .query(&format!(
+                    "SELECT key, value, service, name, toUInt32(min(timestamp)), toUInt32(max(last)) FROM {} \
+                     WHERE ({any}) AND timestamp <= toDateTime({to}) AND last >= toDateTime({from}){service} \
+                     GROUP BY key, value, service, name FORMAT RowBinary",
+                    self.layout.table("operation_tags")
+                ))
+                .await?;
+            let mut r = Reader::new(&rows);
+            while !r.is_empty() {
+                let (key, value) = (r.text().map_err(corrupt)?, r.text().map_err(corrupt)?);
+                let (op_service, name) = (r.text().map_err(corrupt)?, r.text().map_err(corrupt)?);
+                let first = u32::from_le_bytes(r.array().map_err(corrupt)?);
+                let last = u32::from_le_bytes(r.array().map_err(corrupt)?);
+                let rows_of_operation = format!(
+                    "(service = {} AND name = {} AND timestamp >= toDateTime({first}) AND timestamp <= toDateTime({last}))",
+                    quote(op_service),
+                    quote(name)
+                );
+                for (i, (k, v)) in q.tags.iter().enumerate() {
+                    if k == key && indexed_candidates(v).iter().any(|c| c == value) {
+                        on_operations.entry(i).or_default().push(rows_of_operation.clone());
+                    }
+                }
+            }
         }
-        let sql = {
-            // Spans in `span_index` (and `search`) that may match: in the window, of the service
+        let tags_only = on_resources.is_empty()
+            && on_operations.is_empty()
+            && q.tags.iter().all(|(k, v)| kind_of(k, v).is_none());
+        // Per tag, its condition in the tag indexes and the other ways a row may have it.
+        let mut per_tag: Vec<(String, Vec<String>)> = Vec::new();
+        for (i, (k, v)) in q.tags.iter().enumerate() {
+            let c = format!("key = {} AND value IN {} AND {time}{service}", quote(k), indexed_values_sql(v));
+            let mut others = Vec::new();
+            if on_resources.contains(&i) {
+                others.push(format!(
+                    "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {})",
+                    self.layout.table("resource_tags"),
+                    quote(k),
+                    indexed_values_sql(v)
+                ));
+            }
+            if let Some(kind) = kind_of(k, v) {
+                others.push(format!("kind = {}", kind.code()));
+            }
+            others.extend(on_operations.remove(&i).unwrap_or_default());
+            per_tag.push((c, others));
+        }
+        // Newest first, a slice of the window at a time: most searches find enough traces in
+        // the newest slice and read only its rows (ClickHouse reads every row of the range it
+        // is given before it sorts); the last slice is the whole window.
+        let slices = if q.time.end_unix_nano.saturating_sub(q.time.start_unix_nano) > 60_000_000_000 {
+            newest_slices(q.time, self.newest_second(q.service.as_deref()).await?.unwrap_or_else(now_secs))
+        } else {
+            vec![q.time]
+        };
+        for (n, slice) in slices.iter().enumerate() {
+            let ids = if tags_only && !q.tags.is_empty() {
+                self.candidates_from_tags(q, limit, &time, &seconds_in(*slice), &service).await?
+            } else {
+                let sql = self.span_index_sql(q, *slice, limit, &service, &per_tag);
+                self.newest_traces(&sql, limit).await?
+            };
+            if ids.len() >= limit || n + 1 == slices.len() {
+                return Ok(ids);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// The newest second with spans (of `service`, when given) in ClickHouse: the newest
+    /// minute of the RED pre-aggregates (a few rows per minute), then the newest `span_index`
+    /// row from that minute on (a primary-key range of each operation). Where a search's
+    /// newest slice begins.
+    async fn newest_second(&self, service: Option<&str>) -> Result<Option<u64>, StoreError> {
+        let filter = service.map(|s| format!("service = {} AND ", quote(s))).unwrap_or_default();
+        let rows = self
+            .query(&format!(
+                "SELECT toUInt32(max(timestamp)), count() FROM {} WHERE {filter}timestamp >= \
+                 (SELECT max(minute) FROM {} WHERE {filter}1) FORMAT RowBinary",
+                self.layout.table("span_index"),
+                self.layout.table("red"),
+            ))
+            .await?;
+        let mut r = Reader::new(&rows);
+        let second = u32::from_le_bytes(r.array().map_err(corrupt)?);
+        let count = u64::from_le_bytes(r.array().map_err(corrupt)?);
+        Ok((count > 0).then_some(u64::from(second) + 1))
+    }
+
+    /// The statement that reads the newest `limit` traces with spans in `slice` that may match
+    /// from `span_index` (schema version 6) by 4-byte trace key, and from `search` (the rows of
+    /// older versions) by trace id; `per_tag` holds each tag's condition in the tag indexes and
+    /// the other ways a row may have it.
+    fn span_index_sql(
+        &self,
+        q: &TraceQuery,
+        slice: TimeRange,
+        limit: usize,
+        service: &str,
+        per_tag: &[(String, Vec<String>)],
+    ) -> String {
+        {
+            // Spans in `span_index` (and `search`) that may match: in the slice, of the service
             // and operation, in the duration bounds, and for every tag, in a trace whose tag
             // index rows hold it (span and event attributes, synthetic tags; and, for spans
             // stored by schema version 1 or 2, resource attributes), or of a resource that has
-            // it, or, for `span.kind`, of that kind.
+            // it, or of an operation that has it then, or, for `span.kind`, of that kind.
             let mut cond = format!(
-                "{time} AND start_ns >= {} AND start_ns < {}{service}",
-                q.time.start_unix_nano, q.time.end_unix_nano
+                "{} AND start_ns >= {} AND start_ns < {}{service}",
+                seconds_in(slice),
+                slice.start_unix_nano,
+                slice.end_unix_nano
             );
             if let Some(o) = &q.operation {
                 cond.push_str(&format!(" AND name = {}", quote(o)));
@@ -1006,31 +1207,12 @@ impl Shared {
             if let Some(d) = q.max_duration_nanos {
                 cond.push_str(&format!(" AND duration_ns <= {d}"));
             }
-            // Per tag, its condition in the tag indexes and the other ways a row may have it.
-            let mut per_tag: Vec<(String, Vec<String>)> = Vec::new();
-            for (i, (k, v)) in q.tags.iter().enumerate() {
-                let c =
-                    format!("key = {} AND value IN {} AND {time}{service}", quote(k), indexed_values_sql(v));
-                let mut others = Vec::new();
-                if on_resources.contains(&i) {
-                    others.push(format!(
-                        "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {})",
-                        self.layout.table("resource_tags"),
-                        quote(k),
-                        indexed_values_sql(v)
-                    ));
-                }
-                if let Some(kind) = kind_of(k, v) {
-                    others.push(format!("kind = {}", kind.code()));
-                }
-                per_tag.push((c, others));
-            }
             // `span_index` (schema version 6) by 4-byte trace key, and `search` (the rows of
             // older versions) by trace id, in one statement.
             let none = "toFixedString(unhex('00000000000000000000000000000000'), 16)";
             let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
                 let mut cond = cond.clone();
-                for (c, others) in &per_tag {
+                for (c, others) in per_tag {
                     let mut alternatives = vec![self.in_tag_index(short, c)];
                     alternatives.extend(others.iter().cloned());
                     cond.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
@@ -1046,9 +1228,7 @@ impl Shared {
                 newest("search", "trace_id", "reinterpretAsUInt32(trace_id)", 16, "toUInt64(0)", "trace_id"),
             ]
             .join(" UNION ALL ")
-        };
-        // Skein then keeps the traces one span of which matches exactly (`SpanMatcher`).
-        self.newest_traces(&sql, limit).await
+        }
     }
 
     async fn apply_retention(&self) -> Result<usize, ChError> {
@@ -1576,6 +1756,34 @@ impl SpanStore for ClickhouseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slices_grow_from_the_newest_end_to_the_whole_window() {
+        let s = 1_000_000_000u64;
+        let now = 1_800_000_000u64;
+        let starts = |slices: &[TimeRange]| slices.iter().map(|r| r.start_unix_nano / s).collect::<Vec<_>>();
+        // Two hours ending now, with data up to now: 7.03 s, 56.25 s, 450 s, 3600 s, then the window.
+        let window = TimeRange { start_unix_nano: (now - 7200) * s, end_unix_nano: now * s };
+        let slices = newest_slices(window, now);
+        assert_eq!(starts(&slices), [now - 8, now - 57, now - 450, now - 3600, now - 7200]);
+        assert!(slices.iter().all(|r| r.end_unix_nano == window.end_unix_nano));
+        assert_eq!(*slices.last().unwrap(), window);
+        // The newest data ten minutes ago: the slices begin before it.
+        let slices = newest_slices(window, now - 600);
+        assert_eq!(starts(&slices), [now - 608, now - 657, now - 1050, now - 4200, now - 7200]);
+        assert!(slices.iter().all(|r| r.end_unix_nano == window.end_unix_nano));
+        // Newest data after the window's end, or before its start: from the end, or one slice.
+        assert_eq!(newest_slices(window, now + 9999), newest_slices(window, now));
+        assert_eq!(newest_slices(window, 5), [window]);
+        // A window reaching far into the future.
+        let open = TimeRange { start_unix_nano: 0, end_unix_nano: u64::MAX };
+        let slices = newest_slices(open, now);
+        assert_eq!(*slices.last().unwrap(), open);
+        assert!(slices[0].start_unix_nano < now * s && slices[0].end_unix_nano == u64::MAX);
+        // Short windows are one slice.
+        let short = TimeRange { start_unix_nano: now * s, end_unix_nano: now * s + s / 2 };
+        assert_eq!(newest_slices(short, now), [short]);
+    }
 
     #[test]
     fn partition_ids_are_days() {

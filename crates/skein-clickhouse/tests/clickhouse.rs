@@ -337,6 +337,96 @@ async fn long_values_and_typed_values_are_found() {
     assert_eq!(ids(store.find_traces(&find("n", "+42")).await.unwrap()), [B::trace_id(2)]);
 }
 
+/// A value that (almost) every span of an operation has in a batch is indexed once for the
+/// operation (`operation_tags`), not once per trace; searches for it, alone and with other
+/// tags, still find exactly the traces that have it, and rarer values stay in `tag_index`.
+async fn operation_level_tags(url: &str, cluster: Option<&str>) {
+    let c = config(url, cluster);
+    let db = c.database.clone();
+    let store = Delivered(open(c).await);
+    // 20 calls of one operation: 19 to port 8080, one to 9090; each with its own user.
+    let spans: Vec<Span> = (1..=20u8)
+        .map(|t| {
+            B::new(t, 1)
+                .service("checkout")
+                .name("GET /cart")
+                .timing_ms(u64::from(t), 5)
+                .attr("server.port", AttrValue::Int(if t == 20 { 9090 } else { 8080 }))
+                .attr("app.user.id", AttrValue::Str(format!("u{t}").into()))
+                .build()
+        })
+        .collect();
+    store.write(spans).await.unwrap();
+    let count = |sql: String| {
+        let url = url.to_owned();
+        async move { count_on(&url, &sql).await }
+    };
+    assert_eq!(
+        count(format!(
+            "SELECT count() FROM {db}.operation_tags WHERE key = 'server.port' AND value = '8080'"
+        ))
+        .await,
+        1,
+        "one row for the operation"
+    );
+    assert_eq!(
+        count(format!("SELECT count() FROM {db}.tag_index WHERE key = 'server.port' AND value = '8080'"))
+            .await,
+        0
+    );
+    assert_eq!(
+        count(format!("SELECT count() FROM {db}.tag_index WHERE key = 'server.port' AND value = '9090'"))
+            .await,
+        1
+    );
+    assert_eq!(count(format!("SELECT count() FROM {db}.tag_index WHERE key = 'app.user.id'")).await, 20);
+    let find = |tags: &[(&str, &str)], limit: usize| TraceQuery {
+        service: Some("checkout".into()),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        limit,
+        ..TraceQuery::default()
+    };
+    let ids = |t: Vec<Vec<Span>>| {
+        let mut ids = t.iter().map(|s| s[0].trace_id).collect::<Vec<_>>();
+        ids.sort();
+        ids
+    };
+    let mut all_8080: Vec<_> = (1..=19u8).map(B::trace_id).collect();
+    all_8080.sort();
+    assert_eq!(ids(store.find_traces(&find(&[("server.port", "8080")], 100)).await.unwrap()), all_8080);
+    assert_eq!(store.find_traces(&find(&[("server.port", "8080")], 5)).await.unwrap().len(), 5);
+    assert_eq!(
+        ids(store.find_traces(&find(&[("server.port", "9090")], 100)).await.unwrap()),
+        [B::trace_id(20)]
+    );
+    let both = |port, user| find(&[("server.port", port), ("app.user.id", user)], 100);
+    assert_eq!(ids(store.find_traces(&both("8080", "u7")).await.unwrap()), [B::trace_id(7)]);
+    assert_eq!(ids(store.find_traces(&both("9090", "u20")).await.unwrap()), [B::trace_id(20)]);
+    assert!(store.find_traces(&both("8080", "u20")).await.unwrap().is_empty());
+    assert!(store.find_traces(&both("9090", "u7")).await.unwrap().is_empty());
+    // Another service's search does not see the operation's value.
+    let other = TraceQuery { service: Some("frontend".into()), ..find(&[("server.port", "8080")], 100) };
+    assert!(store.find_traces(&other).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_a_whole_operation_are_indexed_once() {
+    let Some(url) = single() else { return };
+    operation_level_tags(&url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_a_whole_operation_on_two_shards() {
+    let Some((url, name)) = cluster() else { return };
+    operation_level_tags(&url, Some(&name)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_a_whole_operation_on_current_clickhouse() {
+    let Some(url) = modern() else { return };
+    operation_level_tags(&url, None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_spans_survive_a_restart_and_reach_clickhouse() {
     let Some(url) = single() else { return };
