@@ -428,13 +428,15 @@ impl SpanStore for Engine {
                     {
                         continue;
                     }
-                    if !b.chunk_may_match(&*shared.config.fs, i, q.service.as_deref(), &q.tags)
-                        || !b.chunk_may_hold_duration(i, q.min_duration_nanos, q.max_duration_nanos)
+                    // Cheapest first: a chunk older than the `limit` newest traces found, then
+                    // one whose durations cannot match, then its postings and Bloom filter.
+                    if newest.len() >= q.limit
+                        && newest.peek().is_some_and(|oldest| t.end_unix_nano <= oldest.0)
                     {
                         continue;
                     }
-                    if newest.len() >= q.limit
-                        && newest.peek().is_some_and(|oldest| t.end_unix_nano <= oldest.0)
+                    if !b.chunk_may_hold_duration(i, q.min_duration_nanos, q.max_duration_nanos)
+                        || !b.chunk_may_match(&*shared.config.fs, i, q.service.as_deref(), &q.tags)
                     {
                         continue;
                     }
