@@ -4,8 +4,11 @@
 //! reads only the chunks whose filter says "maybe" instead of every chunk of the service.
 //!
 //! An item is the triple (service, key, value as text), hashed with xxh3-64 (a fixed,
-//! portable hash: the filter is stored). The filter has 10 bits per distinct item and 7 probes
-//! by double hashing, a false-positive rate of about 0.8 %. There are no false negatives.
+//! portable hash: the filter is stored). The filter has 16 bits per distinct item and 11 probes
+//! by double hashing, a false-positive rate of about 0.05 %. There are no false negatives.
+//! (Filters written with 10 bits and 7 probes, 0.8 %, are read the same way: the probes are
+//! stored and the bit count is the length. At 0.8 %, a search for one client address among
+//! 6,400 chunks at 10M spans decoded about 50 chunks that did not hold it, most of its time.)
 //!
 //! Encoding: `probes u8` then the bit array as little-endian `u64` words (bit `i` is bit
 //! `i % 64` of word `i / 64`); its length is the chunk's `bloom_len` in the index.
@@ -13,9 +16,9 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Bits per distinct item.
-const BITS_PER_ITEM: usize = 10;
+const BITS_PER_ITEM: usize = 16;
 /// Hash probes per item.
-const PROBES: u8 = 7;
+const PROBES: u8 = 11;
 
 /// The hash of one (service, key, value) item. The parts are length-prefixed so that no two
 /// different triples hash the same bytes.
@@ -84,7 +87,18 @@ mod tests {
             })
             .count();
         let rate = others as f64 / 20_000.0;
-        assert!(rate < 0.02, "false-positive rate {rate}");
+        assert!(rate < 0.002, "false-positive rate {rate}");
+        // A filter of the earlier parameters (10 bits, 7 probes) is read by its own.
+        let mut old = vec![7u8];
+        let bits = (5_000 * 10usize).div_ceil(64) * 64;
+        let mut words = vec![0u64; bits / 64];
+        for h in &items {
+            for p in positions(*h, 7, bits as u64) {
+                words[(p / 64) as usize] |= 1 << (p % 64);
+            }
+        }
+        old.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+        assert!(items.iter().all(|h| may_contain(&old, *h)), "no false negatives in an older filter");
     }
 
     #[test]

@@ -112,6 +112,11 @@ pub struct Block {
     /// Version 4: where the block's RED pre-aggregates lie (offset, length, crc32 of the
     /// compressed bytes); `None` for older blocks and compactions of them.
     red: Option<(u64, u32, u32)>,
+    /// The chunks' Bloom filters once a search has read them (crc checked), one per chunk:
+    /// a search for a rare value asks every chunk's filter, and reading each from the file
+    /// again (open, read, close) was most of such a search. They take 10 bits per distinct
+    /// high-cardinality value per chunk, in memory only once searched.
+    blooms: Vec<std::sync::OnceLock<std::sync::Arc<[u8]>>>,
 }
 
 /// A block whose chunks are copied into another by [`BlockWriter::copy_chunk`].

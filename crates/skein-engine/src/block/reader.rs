@@ -210,6 +210,7 @@ impl Block {
             return Err("trailing bytes after the index".into());
         }
         strings.shrink_to_fit();
+        let blooms = (0..chunks.len()).map(|_| std::sync::OnceLock::new()).collect();
         Ok(Block {
             path: path.to_owned(),
             time,
@@ -223,6 +224,7 @@ impl Block {
             traces,
             strings,
             red,
+            blooms,
         })
     }
 
@@ -310,8 +312,9 @@ impl Block {
             let ids: Vec<u32> = texts.iter().filter_map(|t| self.strings.get(t.as_str()).copied()).collect();
             wanted.push((key, k.as_str(), texts, ids));
         }
-        // The filter is read at most once, when a key needs it; unreadable, it answers "maybe".
-        let mut filter: Option<Option<Vec<u8>>> = None;
+        // The filter is read at most once, when a key needs it, and kept; unreadable, it
+        // answers "maybe" (and is read again next time).
+        let mut filter: Option<Option<std::sync::Arc<[u8]>>> = None;
         postings.iter().any(|(sid, keys)| {
             let name = self.services[*sid as usize].0.as_str();
             service.is_none_or(|s| name == s)
@@ -324,7 +327,7 @@ impl Block {
                                 ids.iter().any(|id| values.binary_search(id).is_ok())
                             }
                             KeyValues::Hashed => {
-                                let filter = filter.get_or_insert_with(|| self.read_bloom(fs, i).ok());
+                                let filter = filter.get_or_insert_with(|| self.cached_bloom(fs, i));
                                 match filter {
                                     Some(f) if !f.is_empty() => texts
                                         .iter()
@@ -336,6 +339,16 @@ impl Block {
                     }
                 })
         })
+    }
+
+    /// The Bloom filter of chunk `i` from memory, or read (and kept) when it is not there yet;
+    /// `None` when it cannot be read.
+    fn cached_bloom(&self, fs: &dyn Fs, i: usize) -> Option<std::sync::Arc<[u8]>> {
+        if let Some(f) = self.blooms[i].get() {
+            return Some(std::sync::Arc::clone(f));
+        }
+        let read: std::sync::Arc<[u8]> = self.read_bloom(fs, i).ok()?.into();
+        Some(std::sync::Arc::clone(self.blooms[i].get_or_init(|| read)))
     }
 
     /// The Bloom filter of chunk `i` (empty when it has none), crc checked.
