@@ -11,13 +11,14 @@ pub(crate) enum ValueId {
     Int(i64),
 }
 
-/// Postings while a chunk is gathered, by integers: (service, key slot) → its distinct values,
-/// or `None` once a value is not matched by text. Turned into [`Postings`] (and the chunk's
-/// Bloom filter) once per chunk.
-pub(crate) type BuildingPostings = FxHashMap<(u32, u32), Option<FxHashSet<ValueId>>>;
+/// Postings while a chunk is gathered, by integers: (service, key slot) → how many times the
+/// key was added and its distinct values, or `None` once a value is not matched by text.
+/// Turned into [`Postings`] (and the chunk's Bloom filter) once per chunk.
+pub(crate) type BuildingPostings = FxHashMap<(u32, u32), (u32, Option<FxHashSet<ValueId>>)>;
 
 pub(crate) fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, value: Option<ValueId>) {
-    let entry = p.entry((service, key)).or_insert_with(|| Some(FxHashSet::default()));
+    let (count, entry) = p.entry((service, key)).or_insert_with(|| (0, Some(FxHashSet::default())));
+    *count += 1;
     let Some(values) = entry else { return };
     match value {
         Some(v) => {
@@ -25,6 +26,16 @@ pub(crate) fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, valu
         }
         None => *entry = None,
     }
+}
+
+/// Whether a key's `distinct` values, added `count` times, are listed in the postings (few,
+/// and repeating: methods, routes, status codes, peers) rather than hashed into the Bloom
+/// filter. Values that are mostly unique (order, tracking, transaction ids, amounts: one per
+/// request) are hashed even when a chunk has few of them: listed, each would be a string the
+/// block keeps in memory for as long as it exists (about 17 bytes of index per span on the
+/// realistic load), for a search the filter answers as well.
+fn listed(distinct: usize, count: u32) -> bool {
+    distinct <= MAX_POSTING_VALUES && (distinct <= 4 || distinct * 2 <= count as usize)
 }
 
 /// The posting value of an attribute value: strings and booleans as text, integers as numbers,
@@ -95,11 +106,11 @@ pub(crate) fn chunk_postings<'a>(
     let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
     let mut hashes = Vec::new();
     let mut digits = itoa::Buffer::new();
-    for ((service, key), values) in p {
+    for ((service, key), (count, values)) in p {
         let key = strings.text(key);
         let values = match values {
             None => KeyValues::Unindexed,
-            Some(values) if values.len() <= MAX_POSTING_VALUES => KeyValues::Listed(
+            Some(values) if listed(values.len(), count) => KeyValues::Listed(
                 values
                     .into_iter()
                     .map(|v| match v {
@@ -121,4 +132,18 @@ pub(crate) fn chunk_postings<'a>(
     }
     let filter = if hashes.is_empty() { Vec::new() } else { bloom::build(&hashes) };
     (by_service.into_iter().collect(), filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_repeating_values_are_listed_and_unique_ones_hashed() {
+        assert!(listed(3, 3), "up to four values are listed however often they occur");
+        assert!(listed(10, 40), "routes, peers: repeating");
+        assert!(!listed(10, 12), "ids: mostly one per span");
+        assert!(!listed(33, 1000), "more than the postings hold");
+        assert!(listed(32, 64));
+    }
 }
