@@ -64,8 +64,9 @@ pub(crate) struct ChunkMeta {
     /// Indexes into the block's service table.
     services: Vec<u32>,
     /// Version 2: for each service of the chunk, the tag keys its spans carry and, for keys
-    /// with few values, those values; strings are interned in [`Block::strings`].
-    postings: Option<Vec<(u32, CompactPostings)>>,
+    /// with few values, those values: the range of its words in [`Block::postings`] (strings
+    /// interned in [`Block::strings`]).
+    postings: Option<(u32, u32)>,
     /// Version 4: bytes of the chunk's Bloom filter, stored right after the chunk (0: none),
     /// and their crc32.
     bloom_len: u32,
@@ -84,8 +85,56 @@ pub(crate) enum KeyValues<V> {
     Unindexed,
 }
 
-/// Interned postings of one service in one chunk: (key id, value ids), sorted by key id.
-type CompactPostings = Box<[(u32, KeyValues<Box<[u32]>>)]>;
+/// The postings of one chunk in [`Block::postings`]: per service, `service id, words of the
+/// rest of the service's entry, key count`, then per key (sorted by key id) `key id, tag`
+/// (0 unindexed, 1 listed, 2 hashed) and, when listed, `value count, value ids…` (sorted). One
+/// flat array per block: a chunk's postings cost a few words per key instead of an allocation
+/// per key and per service.
+#[derive(Clone, Copy)]
+pub(crate) struct ChunkPostings<'a>(&'a [u32]);
+
+impl<'a> ChunkPostings<'a> {
+    /// Each service's id and its keys.
+    pub(crate) fn services(self) -> impl Iterator<Item = (u32, PostingKeys<'a>)> {
+        let mut rest = self.0;
+        std::iter::from_fn(move || {
+            let (&[service, len], tail) = rest.split_first_chunk::<2>()?;
+            let (entry, tail) = tail.split_at(len as usize);
+            rest = tail;
+            Some((service, PostingKeys(entry)))
+        })
+    }
+}
+
+/// One service's keys in a chunk's postings: `key count`, then the keys.
+#[derive(Clone, Copy)]
+pub(crate) struct PostingKeys<'a>(&'a [u32]);
+
+impl<'a> PostingKeys<'a> {
+    /// Each key's id and what is known of its values.
+    pub(crate) fn iter(self) -> impl Iterator<Item = (u32, KeyValues<&'a [u32]>)> {
+        let mut rest = self.0.get(1..).unwrap_or(&[]);
+        std::iter::from_fn(move || {
+            let (&[key, tag], tail) = rest.split_first_chunk::<2>()?;
+            let (values, tail) = match tag {
+                1 => {
+                    let (&n, tail) = tail.split_first()?;
+                    let (values, tail) = tail.split_at(n as usize);
+                    (KeyValues::Listed(values), tail)
+                }
+                2 => (KeyValues::Hashed, tail),
+                _ => (KeyValues::Unindexed, tail),
+            };
+            rest = tail;
+            Some((key, values))
+        })
+    }
+
+    /// What is known of the values of key `key`, when the service has it.
+    pub(crate) fn get(self, key: u32) -> Option<KeyValues<&'a [u32]>> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
 
 /// Tag key → its values in one chunk for one service.
 pub(crate) type Postings = BTreeMap<String, KeyValues<BTreeSet<String>>>;
@@ -112,6 +161,8 @@ pub struct Block {
     /// Version 4: where the block's RED pre-aggregates lie (offset, length, crc32 of the
     /// compressed bytes); `None` for older blocks and compactions of them.
     red: Option<(u64, u32, u32)>,
+    /// The chunks' postings, one after another (see [`ChunkPostings`]).
+    postings: Vec<u32>,
     /// The chunks' Bloom filters once a search has read them (crc checked), one per chunk:
     /// a search for a rare value asks every chunk's filter, and reading each from the file
     /// again (open, read, close) was most of such a search. They take 10 bits per distinct
@@ -130,3 +181,28 @@ pub(crate) struct CopySource<'b> {
 
 /// A shared, open block.
 pub(crate) type SharedBlock = Arc<Block>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_postings_read_back_from_their_words() {
+        // Service 3: key 1 listed (values 7, 9), key 4 hashed; service 5: key 1 unindexed.
+        let words = [3, 8, 2, 1, 1, 2, 7, 9, 4, 2, 5, 3, 1, 1, 0];
+        type Keys<'a> = Vec<(u32, KeyValues<&'a [u32]>)>;
+        let services: Vec<(u32, Keys)> =
+            ChunkPostings(&words).services().map(|(s, keys)| (s, keys.iter().collect())).collect();
+        assert_eq!(
+            services,
+            [
+                (3, vec![(1, KeyValues::Listed(&[7u32, 9][..])), (4, KeyValues::Hashed)]),
+                (5, vec![(1, KeyValues::Unindexed)]),
+            ]
+        );
+        let (_, keys) = ChunkPostings(&words).services().next().unwrap();
+        assert_eq!(keys.get(4), Some(KeyValues::Hashed));
+        assert_eq!(keys.get(2), None);
+        assert_eq!(ChunkPostings(&[]).services().count(), 0);
+    }
+}

@@ -102,6 +102,7 @@ impl Block {
             services.push((name, ops));
         }
         let mut strings: HashMap<Box<str>, u32> = HashMap::new();
+        let mut postings: Vec<u32> = Vec::new();
         let mut intern = |s: String| -> u32 {
             let next = strings.len() as u32;
             *strings.entry(s.into_boxed_str()).or_insert(next)
@@ -123,9 +124,9 @@ impl Block {
                 }
                 svc.push(s);
             }
-            let postings = if version >= 2 {
+            let chunk_postings = if version >= 2 {
+                let start = postings.len();
                 let n = r.count()?;
-                let mut postings = Vec::with_capacity(n);
                 for _ in 0..n {
                     let service = r.varint()? as u32;
                     if service as usize >= services.len() {
@@ -144,7 +145,7 @@ impl Block {
                                     values.push(intern(r.str()?));
                                 }
                                 values.sort_unstable();
-                                KeyValues::Listed(values.into_boxed_slice())
+                                KeyValues::Listed(values)
                             }
                             2 if version >= 4 => KeyValues::Hashed,
                             f => return Err(format!("bad postings flag {f}")),
@@ -152,9 +153,26 @@ impl Block {
                         keys.push((key, values));
                     }
                     keys.sort_unstable_by_key(|(k, _)| *k);
-                    postings.push((service, keys.into_boxed_slice()));
+                    postings.push(service);
+                    let len_at = postings.len();
+                    postings.push(0);
+                    postings.push(keys.len() as u32);
+                    for (key, values) in keys {
+                        postings.push(key);
+                        match values {
+                            KeyValues::Unindexed => postings.push(0),
+                            KeyValues::Listed(v) => {
+                                postings.push(1);
+                                postings.push(v.len() as u32);
+                                postings.extend(v);
+                            }
+                            KeyValues::Hashed => postings.push(2),
+                        }
+                    }
+                    postings[len_at] = (postings.len() - len_at - 1) as u32;
                 }
-                Some(postings)
+                let end = u32::try_from(postings.len()).map_err(|_| "postings too large")?;
+                Some((start as u32, end))
             } else {
                 None
             };
@@ -179,7 +197,7 @@ impl Block {
                 time,
                 durations,
                 services: svc,
-                postings,
+                postings: chunk_postings,
                 bloom_len,
                 bloom_crc,
             });
@@ -210,6 +228,7 @@ impl Block {
             return Err("trailing bytes after the index".into());
         }
         strings.shrink_to_fit();
+        postings.shrink_to_fit();
         let blooms = (0..chunks.len()).map(|_| std::sync::OnceLock::new()).collect();
         Ok(Block {
             path: path.to_owned(),
@@ -224,6 +243,7 @@ impl Block {
             traces,
             strings,
             red,
+            postings,
             blooms,
         })
     }
@@ -295,7 +315,7 @@ impl Block {
         service: Option<&str>,
         tags: &[(String, String)],
     ) -> bool {
-        let Some(postings) = &self.chunks[i].postings else {
+        let Some(postings) = self.chunk_postings(i) else {
             return service.is_none_or(|s| self.chunk_has_service(i, s));
         };
         // Each tag: its key as an interned id and as text, and the texts its value may be
@@ -315,30 +335,32 @@ impl Block {
         // The filter is read at most once, when a key needs it, and kept; unreadable, it
         // answers "maybe" (and is read again next time).
         let mut filter: Option<Option<std::sync::Arc<[u8]>>> = None;
-        postings.iter().any(|(sid, keys)| {
-            let name = self.services[*sid as usize].0.as_str();
+        postings.services().any(|(sid, keys)| {
+            let name = self.services[sid as usize].0.as_str();
             service.is_none_or(|s| name == s)
-                && wanted.iter().all(|(key, key_text, texts, ids)| {
-                    match keys.binary_search_by_key(key, |(k, _)| *k) {
-                        Err(_) => false,
-                        Ok(at) => match &keys[at].1 {
-                            KeyValues::Unindexed => true,
-                            KeyValues::Listed(values) => {
-                                ids.iter().any(|id| values.binary_search(id).is_ok())
+                && wanted.iter().all(|(key, key_text, texts, ids)| match keys.get(*key) {
+                    None => false,
+                    Some(values) => match values {
+                        KeyValues::Unindexed => true,
+                        KeyValues::Listed(values) => ids.iter().any(|id| values.binary_search(id).is_ok()),
+                        KeyValues::Hashed => {
+                            let filter = filter.get_or_insert_with(|| self.cached_bloom(fs, i));
+                            match filter {
+                                Some(f) if !f.is_empty() => texts
+                                    .iter()
+                                    .any(|t| bloom::may_contain(f, bloom::item_hash(name, key_text, t))),
+                                _ => true,
                             }
-                            KeyValues::Hashed => {
-                                let filter = filter.get_or_insert_with(|| self.cached_bloom(fs, i));
-                                match filter {
-                                    Some(f) if !f.is_empty() => texts
-                                        .iter()
-                                        .any(|t| bloom::may_contain(f, bloom::item_hash(name, key_text, t))),
-                                    _ => true,
-                                }
-                            }
-                        },
-                    }
+                        }
+                    },
                 })
         })
+    }
+
+    /// The postings of chunk `i` (format 2 and later).
+    pub(crate) fn chunk_postings(&self, i: usize) -> Option<ChunkPostings<'_>> {
+        let (start, end) = self.chunks[i].postings?;
+        Some(ChunkPostings(&self.postings[start as usize..end as usize]))
     }
 
     /// The Bloom filter of chunk `i` from memory, or read (and kept) when it is not there yet;

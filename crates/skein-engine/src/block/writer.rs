@@ -189,11 +189,11 @@ impl<'a> BlockWriter<'a> {
         let bytes = source.read_chunk_bytes(fs, i)?;
         let meta = &source.chunks[i];
         let postings =
-            meta.postings.as_ref().expect("copy sources are blocks whose chunks all have postings");
+            source.chunk_postings(i).expect("copy sources are blocks whose chunks all have postings");
         let services: BTreeSet<u32> =
             meta.services.iter().map(|s| self.service_id(&source.services[*s as usize].0)).collect();
         let mut chunk_postings: Vec<(u32, Postings)> = postings
-            .iter()
+            .services()
             .map(|(sid, keys)| {
                 let keys = keys
                     .iter()
@@ -205,10 +205,10 @@ impl<'a> BlockWriter<'a> {
                             KeyValues::Hashed => KeyValues::Hashed,
                             KeyValues::Unindexed => KeyValues::Unindexed,
                         };
-                        (strings[*k as usize].to_owned(), values)
+                        (strings[k as usize].to_owned(), values)
                     })
                     .collect();
-                (self.service_id(&source.services[*sid as usize].0), keys)
+                (self.service_id(&source.services[sid as usize].0), keys)
             })
             .collect();
         chunk_postings.sort_unstable_by_key(|(service, _)| *service);
