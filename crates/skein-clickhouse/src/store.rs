@@ -413,6 +413,19 @@ fn resource_tag(w: &mut Writer, key: &str, value: &str, id: u64, shard_key: u64,
     w.buf.extend_from_slice(&timestamp.to_le_bytes());
 }
 
+/// The calls of a dependencies request: the child spans of `table` in `window` joined with
+/// their parents (by `trace_id` and `parent_span_id`; parents in `parents`), counted once per
+/// child span for each pair of the parent's and the child's `by` column where they differ.
+fn calls_sql(table: &str, by: &str, parents: &str, window: &str) -> String {
+    format!(
+        "SELECT parent_by, {by}, toUInt64(uniqExact(trace_id, span_id)) FROM {table} \
+         ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, {by} AS parent_by FROM {table} \
+         WHERE {parents}) AS parents USING (trace_id, parent_span_id) \
+         WHERE {window} AND parent_by != {by} \
+         GROUP BY parent_by, {by} FORMAT RowBinary"
+    )
+}
+
 /// The `timestamp` (seconds) condition of a time range.
 fn seconds_in(range: TimeRange) -> String {
     format!(
@@ -1657,15 +1670,8 @@ impl SpanStore for ClickhouseStore {
             let parents = format!("timestamp >= toDateTime({pf}) AND timestamp <= toDateTime({pt})");
             // Schema version 6: `spans` joined with itself by the parent column, counted per
             // pair of resources (a handful), whose services Skein looks up.
-            let spans = s.layout.table("spans");
-            let sql = format!(
-                "SELECT parent_resource, resource_id, toUInt64(uniqExact(trace_id, span_id)) FROM {spans} \
-                 ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, resource_id AS parent_resource FROM {spans} \
-                 WHERE {parents}) AS parents USING (trace_id, parent_span_id) \
-                 WHERE {window} AND parent_resource != resource_id \
-                 GROUP BY parent_resource, resource_id FORMAT RowBinary"
-            );
-            let rows = s.query(&sql).await?;
+            let rows =
+                s.query(&calls_sql(&s.layout.table("spans"), "resource_id", &parents, &window)).await?;
             let mut pairs = Vec::new();
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
@@ -1687,15 +1693,7 @@ impl SpanStore for ClickhouseStore {
             }
             // Rows of schema versions before 6: `search` joined with itself (its rows hold
             // the services and both ids).
-            let search = s.layout.table("search");
-            let sql = format!(
-                "SELECT parent_service, service, toUInt64(uniqExact(trace_id, span_id)) FROM {search} \
-                 ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, service AS parent_service FROM {search} \
-                 WHERE {parents}) AS parents USING (trace_id, parent_span_id) \
-                 WHERE {window} AND parent_service != service \
-                 GROUP BY parent_service, service FORMAT RowBinary"
-            );
-            let rows = s.query(&sql).await?;
+            let rows = s.query(&calls_sql(&s.layout.table("search"), "service", &parents, &window)).await?;
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
                 let parent = r.text().map_err(corrupt)?.to_owned();
