@@ -89,6 +89,10 @@ pub struct Report {
     pub export_p50_ms: f64,
     pub export_p99_ms: f64,
     pub rss_mib: Option<f64>,
+    /// The restarted server's RSS once the queries at the stored size are done, and what its
+    /// store says it holds in memory for the data (`skein_storage_memory_bytes`), by part.
+    pub rss_after_queries_mib: Option<f64>,
+    pub store_memory_bytes: Vec<(String, f64)>,
     pub bytes_per_span: Option<f64>,
     pub trace_by_id_p50_ms: f64,
     pub trace_by_id_p99_ms: f64,
@@ -143,6 +147,8 @@ impl Report {
             "export_p50_ms": round(self.export_p50_ms),
             "export_p99_ms": round(self.export_p99_ms),
             "rss_mib": self.rss_mib.map(round),
+            "rss_after_queries_mib": self.rss_after_queries_mib.map(round),
+            "store_memory_mib": self.store_memory_bytes.iter().map(|(p, b)| (p.clone(), serde_json::json!(round(b / 1048576.0)))).collect::<serde_json::Map<String, serde_json::Value>>(),
             "bytes_per_span": self.bytes_per_span.map(round),
             "trace_by_id_p50_ms": round(self.trace_by_id_p50_ms),
             "trace_by_id_p99_ms": round(self.trace_by_id_p99_ms),
@@ -186,7 +192,7 @@ impl Report {
              disk per span      {}\n\
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
              search (attribute) p50 {:.2} ms, p99 {:.2} ms\n\
-             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}{}{}{}",
+             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}{}{}{}{}",
             self.spans_accepted,
             self.spans_sent,
             self.requests_failed,
@@ -203,6 +209,18 @@ impl Report {
             self.search_p99_ms,
             self.search_rare_p50_ms,
             self.search_rare_p99_ms,
+            self.rss_after_queries_mib.map_or(String::new(), |rss| format!(
+                "\nafter the queries RSS {rss:.1} MiB; the store holds {}",
+                if self.store_memory_bytes.is_empty() {
+                    "no memory figures".to_owned()
+                } else {
+                    self.store_memory_bytes
+                        .iter()
+                        .map(|(p, b)| format!("{p} {:.1} MiB", b / 1048576.0))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )),
             self.serial_share().map_or(String::new(), |share| format!(
                 "\nserial work        {:.2} µs per span, {:.1} % of server CPU ({}): implied speed-up {:.1}x on 16 cores, {:.1}x on 64",
                 self.serial_seconds.iter().map(|(_, s)| s).sum::<f64>() * 1e6 / self.spans_accepted.max(1) as f64,
@@ -273,10 +291,17 @@ pub fn amdahl(serial: f64, cores: f64) -> f64 {
 /// The server's serial work so far, by part, from its `/metrics`
 /// (`skein_storage_serial_seconds_total{part="…"}`); empty when it reports none.
 async fn serial_seconds(query: &str, client: &reqwest::Client) -> Vec<(String, f64)> {
+    metric_by_part(query, client, "skein_storage_serial_seconds_total").await
+}
+
+/// The values of the server's metric `name` by its `part` label, from its `/metrics`; empty
+/// when it reports none.
+async fn metric_by_part(query: &str, client: &reqwest::Client, name: &str) -> Vec<(String, f64)> {
     let Ok(response) = client.get(format!("{query}/metrics")).send().await else { return Vec::new() };
     let Ok(text) = response.text().await else { return Vec::new() };
+    let prefix = format!("{name}{{part=\"");
     text.lines()
-        .filter_map(|l| l.strip_prefix("skein_storage_serial_seconds_total{part=\""))
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
         .filter_map(|l| {
             let (part, rest) = l.split_once('"')?;
             Some((part.to_owned(), rest.rsplit_once(' ')?.1.parse::<f64>().ok()?))
@@ -960,6 +985,10 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     report.search_p99_ms = percentile(&search, 0.99);
     report.search_rare_p50_ms = percentile(&rare, 0.5);
     report.search_rare_p99_ms = percentile(&rare, 0.99);
+    if let Some(s) = &server {
+        report.rss_after_queries_mib = s.rss_mib();
+        report.store_memory_bytes = metric_by_part(&query, &client, "skein_storage_memory_bytes").await;
+    }
     drop(server);
     if let Some(ch) = &clickhouse
         && ch.own_database

@@ -613,6 +613,14 @@ impl SpanStore for Engine {
             traces += b.trace_count;
         }
         let small = st.blocks.iter().filter(|b| self.shared.awaits_compaction(b)).count();
+        let mut memory = block::MemoryBytes::default();
+        for b in &st.blocks {
+            let m = b.memory_bytes();
+            memory.traces += m.traces;
+            memory.postings += m.postings;
+            memory.chunks += m.chunks;
+            memory.blooms += m.blooms;
+        }
         StoreStats {
             blocks: st.blocks.len() as u64,
             blocks_awaiting_compaction: if small >= self.shared.config.compact_min_blocks.max(2) {
@@ -629,6 +637,12 @@ impl SpanStore for Engine {
                 ("wal_writer", self.shared.wal.busy_nanos()),
                 ("block_writer", self.shared.serial_blocks.load(Ordering::Relaxed)),
                 ("compaction", self.shared.serial_compaction.load(Ordering::Relaxed)),
+            ],
+            memory_bytes: vec![
+                ("trace_index", memory.traces),
+                ("postings", memory.postings),
+                ("chunks", memory.chunks),
+                ("blooms", memory.blooms),
             ],
         }
     }

@@ -232,6 +232,18 @@ impl Collector for StoreCollector {
                 counter.encode(family.encode_family(&[("part", *part)])?)?;
             }
         }
+        if !stats.memory_bytes.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "skein_storage_memory_bytes",
+                "Bytes of memory the store holds for the data it has stored, by part: the blocks' trace-id index, their postings (with interned strings), chunk and service tables, and the Bloom filters searches have kept",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (part, bytes) in &stats.memory_bytes {
+                let gauge = ConstGauge::new(*bytes as i64);
+                gauge.encode(family.encode_family(&[("part", *part)])?)?;
+            }
+        }
         Ok(())
     }
 }

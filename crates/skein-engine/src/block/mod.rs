@@ -170,6 +170,19 @@ pub struct Block {
     blooms: Vec<std::sync::OnceLock<std::sync::Arc<[u8]>>>,
 }
 
+/// Memory an open block holds, by part (see [`Block::memory_bytes`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MemoryBytes {
+    /// The trace-id index: one entry per trace and chunk.
+    pub(crate) traces: u64,
+    /// The chunks' postings and their interned strings.
+    pub(crate) postings: u64,
+    /// Chunk metadata and the service and operation tables.
+    pub(crate) chunks: u64,
+    /// Bloom filters kept once a search read them.
+    pub(crate) blooms: u64,
+}
+
 /// A block whose chunks are copied into another by [`BlockWriter::copy_chunk`].
 pub(crate) struct CopySource<'b> {
     block: &'b Block,

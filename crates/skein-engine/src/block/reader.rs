@@ -285,6 +285,27 @@ impl Block {
         self.chunks_of(id).next().is_some()
     }
 
+    /// Bytes of memory the open block holds (its index and the Bloom filters searches have
+    /// kept), estimated from the lengths of its tables: what `skein_storage_index_bytes`
+    /// adds up.
+    pub(crate) fn memory_bytes(&self) -> MemoryBytes {
+        let strings: usize = self.strings.keys().map(|s| s.len() + 16 + 4 + 8).sum();
+        let chunks = self.chunks.capacity() * std::mem::size_of::<ChunkMeta>()
+            + self.chunks.iter().map(|c| c.services.capacity() * 4).sum::<usize>()
+            + self.blooms.capacity() * std::mem::size_of::<std::sync::OnceLock<Arc<[u8]>>>();
+        let services: usize = self
+            .services
+            .iter()
+            .map(|(name, ops)| name.len() + 24 + ops.keys().map(|(op, _)| op.len() + 24 + 8 + 8 + 32).sum::<usize>())
+            .sum();
+        MemoryBytes {
+            traces: (self.traces.capacity() * std::mem::size_of::<(TraceId, u32)>()) as u64,
+            postings: (self.postings.capacity() * 4 + strings) as u64,
+            chunks: (chunks + services) as u64,
+            blooms: self.blooms.iter().filter_map(|b| b.get()).map(|b| b.len() as u64 + 16).sum(),
+        }
+    }
+
     pub(crate) fn chunk_count(&self) -> usize {
         self.chunks.len()
     }
