@@ -107,7 +107,7 @@ pub(crate) fn merge_blocks(
     let copied: Vec<Option<block::CopySource<'_>>> = sources
         .iter()
         .map(|b| {
-            let source = b.copy_source();
+            let source = b.copy_source(fs).map_err(block_error)?;
             if source.is_some() {
                 writer.take_counts(b);
                 writer.take_red(fs, b).map_err(block_error)?;

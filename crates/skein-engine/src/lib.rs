@@ -422,6 +422,7 @@ impl SpanStore for Engine {
                 {
                     continue;
                 }
+                let matcher = b.matcher(q.service.as_deref(), &q.tags);
                 for i in (0..b.chunk_count()).rev() {
                     let t = b.chunk_meta(i).time;
                     if t.end_unix_nano <= q.time.start_unix_nano || t.start_unix_nano >= q.time.end_unix_nano
@@ -436,7 +437,7 @@ impl SpanStore for Engine {
                         continue;
                     }
                     if !b.chunk_may_hold_duration(i, q.min_duration_nanos, q.max_duration_nanos)
-                        || !b.chunk_may_match(&*shared.config.fs, i, q.service.as_deref(), &q.tags)
+                        || !matcher.may_match(&*shared.config.fs, i)
                     {
                         continue;
                     }

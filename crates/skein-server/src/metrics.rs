@@ -235,7 +235,7 @@ impl Collector for StoreCollector {
         if !stats.memory_bytes.is_empty() {
             let mut family = encoder.encode_descriptor(
                 "skein_storage_memory_bytes",
-                "Bytes of memory the store holds for the data it has stored, by part: the blocks' trace-id index, their postings (with interned strings), chunk and service tables, and the Bloom filters searches have kept",
+                "Bytes of memory the store holds for the data it has stored, by part: the blocks' trace-id index, their postings, chunk and service tables, and the Bloom filters searches have kept",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;

@@ -36,6 +36,16 @@ impl<'a> IndexReader<'a> {
 impl Block {
     /// Opens a block: checks the footer and the index, and keeps the index in memory.
     pub fn open(fs: &dyn Fs, path: &Path) -> Result<Block, BlockError> {
+        Self::open_with(fs, path, None)
+    }
+
+    /// [`Block::open`], and each chunk's postings as the file holds them into `postings` when
+    /// given (per chunk, per service id: what compaction copies with the chunk).
+    fn open_with(
+        fs: &dyn Fs,
+        path: &Path,
+        postings: Option<&mut Vec<Vec<(u32, Postings)>>>,
+    ) -> Result<Block, BlockError> {
         let io = |source| BlockError::Io { path: path.to_owned(), source };
         let corrupt = |reason: String| BlockError::Corrupt { path: path.to_owned(), reason };
         let len = fs.len(path).map_err(io)?;
@@ -67,7 +77,7 @@ impl Block {
         }
         let raw = zstd::stream::decode_all(&compressed[..])
             .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
-        Self::parse_index(path, &raw, len, index_offset, version).map_err(corrupt)
+        Self::parse_index(path, &raw, len, index_offset, version, postings).map_err(corrupt)
     }
 
     pub(crate) fn parse_index(
@@ -76,6 +86,7 @@ impl Block {
         bytes: u64,
         index_offset: u64,
         version: u32,
+        mut per_chunk: Option<&mut Vec<Vec<(u32, Postings)>>>,
     ) -> Result<Block, String> {
         let mut r = IndexReader::new(raw);
         let time = TimeRange::new(r.varint()?, r.varint()?);
@@ -101,14 +112,10 @@ impl Block {
             }
             services.push((name, ops));
         }
-        let mut strings: HashMap<Box<str>, u32> = HashMap::new();
-        let mut postings: Vec<u32> = Vec::new();
-        let mut intern = |s: String| -> u32 {
-            let next = strings.len() as u32;
-            *strings.entry(s.into_boxed_str()).or_insert(next)
-        };
+        let mut postings = (version >= 2).then(PostingIndexBuilder::default);
         let n = r.count()?;
         let mut chunks = Vec::with_capacity(n);
+        let mut values: Vec<String> = Vec::new();
         for _ in 0..n {
             let offset = r.varint()?;
             let len = r.varint()? as u32;
@@ -124,58 +131,51 @@ impl Block {
                 }
                 svc.push(s);
             }
-            let chunk_postings = if version >= 2 {
-                let start = postings.len();
+            if let Some(postings) = &mut postings {
+                postings.next_chunk();
+                let mut copy = per_chunk.as_ref().map(|_| Vec::new());
                 let n = r.count()?;
                 for _ in 0..n {
                     let service = r.varint()? as u32;
                     if service as usize >= services.len() {
                         return Err("postings name an unknown service".into());
                     }
+                    let mut keys = copy.as_ref().map(|_| Postings::new());
                     let nk = r.count()?;
-                    let mut keys = Vec::with_capacity(nk);
                     for _ in 0..nk {
-                        let key = intern(r.str()?);
-                        let values = match r.bytes(1)?[0] {
-                            0 => KeyValues::Unindexed,
+                        let key = r.str()?;
+                        let kept = match r.bytes(1)?[0] {
+                            0 => {
+                                postings.add(service, &key, KeyValues::Unindexed);
+                                KeyValues::Unindexed
+                            }
                             1 => {
                                 let nv = r.count()?;
-                                let mut values = Vec::with_capacity(nv);
+                                values.clear();
                                 for _ in 0..nv {
-                                    values.push(intern(r.str()?));
+                                    values.push(r.str()?);
                                 }
-                                values.sort_unstable();
-                                KeyValues::Listed(values)
+                                postings.add(service, &key, KeyValues::Listed(&values));
+                                KeyValues::Listed(values.iter().cloned().collect())
                             }
-                            2 if version >= 4 => KeyValues::Hashed,
+                            2 if version >= 4 => {
+                                postings.add(service, &key, KeyValues::Hashed);
+                                KeyValues::Hashed
+                            }
                             f => return Err(format!("bad postings flag {f}")),
                         };
-                        keys.push((key, values));
-                    }
-                    keys.sort_unstable_by_key(|(k, _)| *k);
-                    postings.push(service);
-                    let len_at = postings.len();
-                    postings.push(0);
-                    postings.push(keys.len() as u32);
-                    for (key, values) in keys {
-                        postings.push(key);
-                        match values {
-                            KeyValues::Unindexed => postings.push(0),
-                            KeyValues::Listed(v) => {
-                                postings.push(1);
-                                postings.push(v.len() as u32);
-                                postings.extend(v);
-                            }
-                            KeyValues::Hashed => postings.push(2),
+                        if let Some(keys) = &mut keys {
+                            keys.insert(key, kept);
                         }
                     }
-                    postings[len_at] = (postings.len() - len_at - 1) as u32;
+                    if let (Some(copy), Some(keys)) = (&mut copy, keys) {
+                        copy.push((service, keys));
+                    }
                 }
-                let end = u32::try_from(postings.len()).map_err(|_| "postings too large")?;
-                Some((start as u32, end))
-            } else {
-                None
-            };
+                if let (Some(out), Some(copy)) = (&mut per_chunk, copy) {
+                    out.push(copy);
+                }
+            }
             let (bloom_len, bloom_crc) = if version >= 4 {
                 match r.varint()? {
                     0 => (0, 0),
@@ -190,17 +190,7 @@ impl Block {
             if offset + len as u64 + bloom_len as u64 > bytes {
                 return Err("a chunk lies outside the file".into());
             }
-            chunks.push(ChunkMeta {
-                offset,
-                len,
-                crc,
-                time,
-                durations,
-                services: svc,
-                postings: chunk_postings,
-                bloom_len,
-                bloom_crc,
-            });
+            chunks.push(ChunkMeta { offset, len, crc, time, durations, services: svc, bloom_len, bloom_crc });
         }
         let n = r.count()?;
         let mut traces = Vec::with_capacity(n);
@@ -227,8 +217,7 @@ impl Block {
         if !r.is_empty() {
             return Err("trailing bytes after the index".into());
         }
-        strings.shrink_to_fit();
-        postings.shrink_to_fit();
+        let postings = postings.map(PostingIndexBuilder::finish);
         let blooms = (0..chunks.len()).map(|_| std::sync::OnceLock::new()).collect();
         Ok(Block {
             path: path.to_owned(),
@@ -241,7 +230,6 @@ impl Block {
             chunks,
             services,
             traces,
-            strings,
             red,
             postings,
             blooms,
@@ -286,21 +274,22 @@ impl Block {
     }
 
     /// Bytes of memory the open block holds (its index and the Bloom filters searches have
-    /// kept), estimated from the lengths of its tables: what `skein_storage_index_bytes`
+    /// kept), estimated from the lengths of its tables: what `skein_storage_memory_bytes`
     /// adds up.
     pub(crate) fn memory_bytes(&self) -> MemoryBytes {
-        let strings: usize = self.strings.keys().map(|s| s.len() + 16 + 4 + 8).sum();
         let chunks = self.chunks.capacity() * std::mem::size_of::<ChunkMeta>()
             + self.chunks.iter().map(|c| c.services.capacity() * 4).sum::<usize>()
             + self.blooms.capacity() * std::mem::size_of::<std::sync::OnceLock<Arc<[u8]>>>();
         let services: usize = self
             .services
             .iter()
-            .map(|(name, ops)| name.len() + 24 + ops.keys().map(|(op, _)| op.len() + 24 + 8 + 8 + 32).sum::<usize>())
+            .map(|(name, ops)| {
+                name.len() + 24 + ops.keys().map(|(op, _)| op.len() + 24 + 8 + 8 + 32).sum::<usize>()
+            })
             .sum();
         MemoryBytes {
             traces: (self.traces.capacity() * std::mem::size_of::<(TraceId, u32)>()) as u64,
-            postings: (self.postings.capacity() * 4 + strings) as u64,
+            postings: self.postings.as_ref().map_or(0, PostingIndex::memory_bytes) as u64,
             chunks: (chunks + services) as u64,
             blooms: self.blooms.iter().filter_map(|b| b.get()).map(|b| b.len() as u64 + 16).sum(),
         }
@@ -325,68 +314,52 @@ impl Block {
         min.is_none_or(|min| longest >= min) && max.is_none_or(|max| shortest <= max)
     }
 
-    /// Whether chunk `i` may hold a span of `service` (any, when `None`) carrying every tag:
-    /// answered from the chunk's postings and, for keys with many values, its Bloom filter
-    /// (read from disk only then), without reading the chunk. Version 1 blocks have no
-    /// postings and always answer yes.
-    pub(crate) fn chunk_may_match(
-        &self,
-        fs: &dyn Fs,
-        i: usize,
+    /// What a search for spans of `service` (any, when `None`) carrying every one of `tags`
+    /// may find in each chunk (see [`ChunkMatcher::may_match`]): the chunks' postings are
+    /// asked once for the whole block.
+    pub(crate) fn matcher<'b>(
+        &'b self,
         service: Option<&str>,
-        tags: &[(String, String)],
-    ) -> bool {
-        let Some(postings) = self.chunk_postings(i) else {
-            return service.is_none_or(|s| self.chunk_has_service(i, s));
+        tags: &'b [(String, String)],
+    ) -> ChunkMatcher<'b> {
+        let Some(postings) = &self.postings else {
+            return ChunkMatcher { block: self, plan: Plan::ServiceOnly(service.map(str::to_owned)) };
         };
-        // Each tag: its key as an interned id and as text, and the texts its value may be
-        // stored as (as given, and an integer's canonical form), with their interned ids.
+        let nothing = ChunkMatcher { block: self, plan: Plan::Nothing };
+        let services: Vec<u32> = match service {
+            Some(name) => match self.services.iter().position(|(s, _)| s == name) {
+                Some(sid) => vec![sid as u32],
+                None => return nothing,
+            },
+            None => (0..self.services.len() as u32).collect(),
+        };
+        // Each tag: its key, and the texts its value may be stored as (as given, and an
+        // integer's canonical form).
         let mut wanted = Vec::with_capacity(tags.len());
         for (k, want) in tags {
-            let Some(&key) = self.strings.get(k.as_str()) else { return false };
             let mut texts = vec![want.clone()];
             if let Ok(i) = want.parse::<i64>()
                 && i.to_string() != *want
             {
                 texts.push(i.to_string());
             }
-            let ids: Vec<u32> = texts.iter().filter_map(|t| self.strings.get(t.as_str()).copied()).collect();
-            wanted.push((key, k.as_str(), texts, ids));
+            wanted.push((k.as_str(), texts));
         }
-        // The filter is read at most once, when a key needs it, and kept; unreadable, it
-        // answers "maybe" (and is read again next time).
-        let mut filter: Option<Option<std::sync::Arc<[u8]>>> = None;
-        postings.services().any(|(sid, keys)| {
-            let name = self.services[sid as usize].0.as_str();
-            service.is_none_or(|s| name == s)
-                && wanted.iter().all(|(key, key_text, texts, ids)| match keys.get(*key) {
-                    None => false,
-                    Some(values) => match values {
-                        KeyValues::Unindexed => true,
-                        KeyValues::Listed(values) => ids.iter().any(|id| values.binary_search(id).is_ok()),
-                        KeyValues::Hashed => {
-                            let filter = filter.get_or_insert_with(|| self.cached_bloom(fs, i));
-                            match filter {
-                                Some(f) if !f.is_empty() => texts
-                                    .iter()
-                                    .any(|t| bloom::may_contain(f, bloom::item_hash(name, key_text, t))),
-                                _ => true,
-                            }
-                        }
-                    },
-                })
-        })
-    }
-
-    /// The postings of chunk `i` (format 2 and later).
-    pub(crate) fn chunk_postings(&self, i: usize) -> Option<ChunkPostings<'_>> {
-        let (start, end) = self.chunks[i].postings?;
-        Some(ChunkPostings(&self.postings[start as usize..end as usize]))
+        let per_service = services
+            .into_iter()
+            .map(|sid| {
+                let per_tag =
+                    wanted.iter().map(|(key, texts)| postings.tag_chunks(sid, key, texts)).collect();
+                (sid, per_tag)
+            })
+            .collect();
+        let tags = wanted;
+        ChunkMatcher { block: self, plan: Plan::Postings { services: per_service, tags } }
     }
 
     /// The Bloom filter of chunk `i` from memory, or read (and kept) when it is not there yet;
     /// `None` when it cannot be read.
-    fn cached_bloom(&self, fs: &dyn Fs, i: usize) -> Option<std::sync::Arc<[u8]>> {
+    pub(crate) fn cached_bloom(&self, fs: &dyn Fs, i: usize) -> Option<std::sync::Arc<[u8]>> {
         if let Some(f) = self.blooms[i].get() {
             return Some(std::sync::Arc::clone(f));
         }
@@ -425,20 +398,22 @@ impl Block {
     }
 
     /// The block as a source whose chunks compaction copies without decoding them, when every
-    /// chunk has postings (format 2 and later).
-    pub(crate) fn copy_source(&self) -> Option<CopySource<'_>> {
-        if self.chunks.iter().any(|c| c.postings.is_none()) {
-            return None;
+    /// chunk has postings (format 2 and later): the postings, which the open block holds only
+    /// as hashes, are read from its index again.
+    pub(crate) fn copy_source(&self, fs: &dyn Fs) -> Result<Option<CopySource<'_>>, BlockError> {
+        if self.postings.is_none() {
+            return Ok(None);
         }
-        let mut strings = vec![""; self.strings.len()];
-        for (s, id) in &self.strings {
-            strings[*id as usize] = s;
+        let mut postings = Vec::with_capacity(self.chunks.len());
+        Self::open_with(fs, &self.path, Some(&mut postings))?;
+        if postings.len() != self.chunks.len() {
+            return Err(self.corrupt("the index changed under an open block".into()));
         }
         let mut traces = vec![Vec::new(); self.chunks.len()];
         for (id, chunk) in &self.traces {
             traces[*chunk as usize].push(*id);
         }
-        Some(CopySource { block: self, strings, traces })
+        Ok(Some(CopySource { block: self, traces, postings }))
     }
 
     /// The compressed bytes of chunk `i`, crc checked.
@@ -473,5 +448,60 @@ impl Block {
             (_, Some(_)) => codec::decode_spans(&raw),
         };
         decoded.map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
+    }
+}
+
+/// A search's question to one block (see [`Block::matcher`]).
+pub(crate) struct ChunkMatcher<'b> {
+    block: &'b Block,
+    plan: Plan<'b>,
+}
+
+enum Plan<'b> {
+    /// A block without postings (format 1): chunks with spans of the service (any, when `None`).
+    ServiceOnly(Option<String>),
+    /// The block lacks the service or a tag's key: no chunk matches.
+    Nothing,
+    /// Per service that may match, per tag: the chunks where the service's postings say "has
+    /// it" and those where its Bloom filter must be asked (one bit per chunk); per tag, its key
+    /// and the texts its value may be stored as.
+    Postings { services: Vec<(u32, Vec<TagChunks>)>, tags: Vec<(&'b str, Vec<String>)> },
+}
+
+/// For one service and tag: the chunks that have it by their postings, and those whose Bloom
+/// filter must be asked (one bit per chunk).
+type TagChunks = (Vec<u64>, Vec<u64>);
+
+impl ChunkMatcher<'_> {
+    /// Whether chunk `i` may hold a span of the service carrying every tag: answered from the
+    /// postings and, for keys with many values, the chunk's Bloom filter (read from disk once,
+    /// then kept), without reading the chunk.
+    pub(crate) fn may_match(&self, fs: &dyn Fs, i: usize) -> bool {
+        let b = self.block;
+        match &self.plan {
+            Plan::ServiceOnly(service) => service.as_deref().is_none_or(|s| b.chunk_has_service(i, s)),
+            Plan::Nothing => false,
+            Plan::Postings { services, tags } => {
+                // The filter is read at most once, when a tag needs it; unreadable, it answers
+                // "maybe" (and is read again next time).
+                let mut filter: Option<Option<Arc<[u8]>>> = None;
+                services.iter().any(|(sid, per_tag)| {
+                    let name = b.services[*sid as usize].0.as_str();
+                    b.chunks[i].services.contains(sid)
+                        && per_tag.iter().zip(tags).all(|((sure, hashed), (key, texts))| {
+                            inverted::bit(sure, i)
+                                || (inverted::bit(hashed, i) && {
+                                    let filter = filter.get_or_insert_with(|| b.cached_bloom(fs, i));
+                                    match filter {
+                                        Some(f) if !f.is_empty() => texts
+                                            .iter()
+                                            .any(|t| bloom::may_contain(f, bloom::item_hash(name, key, t))),
+                                        _ => true,
+                                    }
+                                })
+                        })
+                })
+            }
+        }
     }
 }

@@ -183,33 +183,16 @@ impl<'a> BlockWriter<'a> {
         from: &CopySource<'_>,
         i: usize,
     ) -> Result<(), BlockError> {
-        let (source, strings) = (from.block, &from.strings);
+        let source = from.block;
         self.cut(); // spans gathered so far keep their chunk index
         self.encode_queued();
         let bytes = source.read_chunk_bytes(fs, i)?;
         let meta = &source.chunks[i];
-        let postings =
-            source.chunk_postings(i).expect("copy sources are blocks whose chunks all have postings");
         let services: BTreeSet<u32> =
             meta.services.iter().map(|s| self.service_id(&source.services[*s as usize].0)).collect();
-        let mut chunk_postings: Vec<(u32, Postings)> = postings
-            .services()
-            .map(|(sid, keys)| {
-                let keys = keys
-                    .iter()
-                    .map(|(k, values)| {
-                        let values = match values {
-                            KeyValues::Listed(v) => {
-                                KeyValues::Listed(v.iter().map(|v| strings[*v as usize].to_owned()).collect())
-                            }
-                            KeyValues::Hashed => KeyValues::Hashed,
-                            KeyValues::Unindexed => KeyValues::Unindexed,
-                        };
-                        (strings[k as usize].to_owned(), values)
-                    })
-                    .collect();
-                (self.service_id(&source.services[sid as usize].0), keys)
-            })
+        let mut chunk_postings: Vec<(u32, Postings)> = from.postings[i]
+            .iter()
+            .map(|(sid, keys)| (self.service_id(&source.services[*sid as usize].0), keys.clone()))
             .collect();
         chunk_postings.sort_unstable_by_key(|(service, _)| *service);
         // Service ids differ between the blocks, names do not: the filter's items stay valid.
@@ -223,7 +206,6 @@ impl<'a> BlockWriter<'a> {
             time: meta.time,
             durations: meta.durations,
             services: services.into_iter().collect(),
-            postings: None,
             bloom_len: filter.len() as u32,
             bloom_crc: crc32fast::hash(&filter),
         });
@@ -483,7 +465,6 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], zstd: &mut zstd::bulk::Compresso
             time: t,
             durations,
             services: chunk_services.into_iter().collect(),
-            postings: None,
             bloom_len: filter.len() as u32,
             bloom_crc: crc32fast::hash(&filter),
         },

@@ -1,0 +1,209 @@
+//! A block's chunk postings held inverted in memory: for each (service, key) the chunks where
+//! the key's values are unindexed or hashed, and for each (service, key, value) the chunks
+//! that list the value, each found by a hash of what it says (no strings are kept). A value most chunks of a service have (an HTTP method, a route, a host)
+//! costs one bit per chunk instead of one word in every chunk's list, and a search computes the
+//! chunks that may match once per block instead of walking every chunk's postings.
+//!
+//! The file keeps postings per chunk (format 2 and later, `docs/format/block.md`); this is only
+//! how an open block holds them.
+
+use rustc_hash::FxHashMap;
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::KeyValues;
+
+/// What an entry says of a service's key in its chunks.
+#[derive(Clone, Copy)]
+enum Says<'a> {
+    /// The chunks list this value.
+    Value(&'a str),
+    /// The key's values are not indexed there.
+    Unindexed,
+    /// The key's values are in those chunks' Bloom filters.
+    Hashed,
+}
+
+/// An entry's identity: a 64-bit hash of the service (its id in the block), the key and what
+/// the entry says. Nothing but the hash is kept: a value costs no string in memory, and two
+/// entries whose hashes collide only make a search read a chunk it did not need to.
+fn entry_hash(service: u32, key: &str, says: Says<'_>) -> u64 {
+    let mut buf = Vec::with_capacity(16 + key.len());
+    buf.extend_from_slice(&service.to_le_bytes());
+    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(key.as_bytes());
+    match says {
+        Says::Unindexed => buf.push(0),
+        Says::Hashed => buf.push(1),
+        Says::Value(v) => {
+            buf.push(2);
+            buf.extend_from_slice(v.as_bytes());
+        }
+    }
+    xxh3_64(&buf)
+}
+
+/// Set in [`Entry::len`] when the words are a bitmap of every chunk rather than chunk numbers.
+const DENSE: u32 = 1 << 31;
+
+/// One set of chunks: `len` words of [`PostingIndex::words`] from `start`, either chunk
+/// numbers (sorted) or, with [`DENSE`], a bitmap of every chunk of the block.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    hash: u64,
+    start: u32,
+    len: u32,
+}
+
+/// The postings of every chunk of a block, inverted (see the module's documentation).
+#[derive(Debug, Default)]
+pub(crate) struct PostingIndex {
+    /// Sorted by hash.
+    entries: Vec<Entry>,
+    words: Vec<u32>,
+    chunks: u32,
+}
+
+/// Gathers a block's postings chunk by chunk, in chunk order.
+#[derive(Default)]
+pub(crate) struct PostingIndexBuilder {
+    sets: FxHashMap<u64, Vec<u32>>,
+    chunks: u32,
+}
+
+impl PostingIndexBuilder {
+    /// Starts the next chunk; what follows belongs to it.
+    pub(crate) fn next_chunk(&mut self) {
+        self.chunks += 1;
+    }
+
+    /// The current chunk's service `service` has key `key` with these values.
+    pub(crate) fn add(&mut self, service: u32, key: &str, values: KeyValues<&[String]>) {
+        let chunk = self.chunks.checked_sub(1).expect("next_chunk before add");
+        let mut push = |says: Says<'_>| {
+            let set = self.sets.entry(entry_hash(service, key, says)).or_default();
+            if set.last() != Some(&chunk) {
+                set.push(chunk);
+            }
+        };
+        match values {
+            KeyValues::Unindexed => push(Says::Unindexed),
+            KeyValues::Hashed => push(Says::Hashed),
+            KeyValues::Listed(values) => values.iter().for_each(|v| push(Says::Value(v))),
+        }
+    }
+
+    pub(crate) fn finish(self) -> PostingIndex {
+        let dense_words = self.chunks.div_ceil(32) as usize;
+        let mut sets: Vec<(u64, Vec<u32>)> = self.sets.into_iter().collect();
+        sets.sort_unstable_by_key(|(hash, _)| *hash);
+        let mut index =
+            PostingIndex { entries: Vec::with_capacity(sets.len()), words: Vec::new(), chunks: self.chunks };
+        for (hash, chunks) in sets {
+            let start = index.words.len() as u32;
+            let dense = chunks.len() > dense_words;
+            if dense {
+                let mut bits = vec![0u32; dense_words];
+                for c in &chunks {
+                    bits[*c as usize / 32] |= 1 << (c % 32);
+                }
+                index.words.extend(bits);
+            } else {
+                index.words.extend(&chunks);
+            }
+            let len = (index.words.len() as u32 - start) | if dense { DENSE } else { 0 };
+            index.entries.push(Entry { hash, start, len });
+        }
+        index.entries.shrink_to_fit();
+        index.words.shrink_to_fit();
+        index
+    }
+}
+
+impl PostingIndex {
+    /// Bytes of memory it holds.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>() + self.words.capacity() * 4
+    }
+
+    /// Sets the bits of the chunks of the entry `hash` (if there is one) in `bits`.
+    fn add_to(&self, hash: u64, bits: &mut [u64]) {
+        let Ok(at) = self.entries.binary_search_by_key(&hash, |e| e.hash) else { return };
+        let e = self.entries[at];
+        let words = &self.words[e.start as usize..(e.start + (e.len & !DENSE)) as usize];
+        if e.len & DENSE != 0 {
+            for (i, w) in words.iter().enumerate() {
+                bits[i / 2] |= u64::from(*w) << (32 * (i % 2));
+            }
+        } else {
+            for c in words {
+                bits[*c as usize / 64] |= 1 << (c % 64);
+            }
+        }
+    }
+
+    /// For one service and one tag (its key, and the texts its value may be stored as): the
+    /// chunks where the service's spans may have it by postings alone (listed, or not
+    /// indexed), and those where only the chunk's Bloom filter can tell (hashed), one bit per
+    /// chunk.
+    pub(crate) fn tag_chunks(&self, service: u32, key: &str, values: &[String]) -> (Vec<u64>, Vec<u64>) {
+        let n = (self.chunks as usize).div_ceil(64);
+        let (mut sure, mut hashed) = (vec![0u64; n], vec![0u64; n]);
+        self.add_to(entry_hash(service, key, Says::Unindexed), &mut sure);
+        for v in values {
+            self.add_to(entry_hash(service, key, Says::Value(v)), &mut sure);
+        }
+        self.add_to(entry_hash(service, key, Says::Hashed), &mut hashed);
+        (sure, hashed)
+    }
+}
+
+/// Whether bit `i` of a bitmap is set.
+pub(crate) fn bit(bits: &[u64], i: usize) -> bool {
+    bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_chunks_find_what_was_added() {
+        // 100 chunks: service 0 lists value "GET" of key "m" in every chunk (a dense set) and
+        // "PUT" in chunk 5 only (sparse); key "id" is hashed in even chunks and unindexed in
+        // chunk 3; service 1 lists "PUT" in chunk 99.
+        let mut b = PostingIndexBuilder::default();
+        let (get, put) = (vec!["GET".to_owned()], vec!["GET".to_owned(), "PUT".to_owned()]);
+        for c in 0..100 {
+            b.next_chunk();
+            b.add(0, "m", KeyValues::Listed(if c == 5 { &put[..] } else { &get[..] }));
+            if c % 2 == 0 {
+                b.add(0, "id", KeyValues::Hashed);
+            }
+            if c == 3 {
+                b.add(0, "id", KeyValues::Unindexed);
+            }
+            if c == 99 {
+                b.add(1, "m", KeyValues::Listed(&put[1..]));
+            }
+        }
+        let index = b.finish();
+        let ones = |bits: &[u64]| (0..100).filter(|i| bit(bits, *i)).collect::<Vec<usize>>();
+        let tag = |service: u32, key: &str, value: &str| index.tag_chunks(service, key, &[value.to_owned()]);
+        let (sure, hashed) = tag(0, "m", "PUT");
+        assert_eq!((ones(&sure), ones(&hashed)), (vec![5], vec![]));
+        assert_eq!(ones(&tag(0, "m", "GET").0).len(), 100);
+        assert_eq!(ones(&tag(0, "m", "POST").0), Vec::<usize>::new());
+        assert_eq!(ones(&tag(0, "x", "GET").0), Vec::<usize>::new(), "unknown key");
+        let (sure, hashed) = tag(0, "id", "42");
+        assert_eq!(ones(&sure), vec![3]);
+        assert_eq!(ones(&hashed), (0..100).step_by(2).collect::<Vec<_>>());
+        assert_eq!(ones(&tag(1, "m", "PUT").0), vec![99]);
+        assert_eq!(ones(&tag(1, "m", "GET").0), Vec::<usize>::new());
+        assert_eq!(ones(&tag(2, "m", "PUT").0), Vec::<usize>::new(), "unknown service");
+        // Either of a value's texts finds it.
+        let (sure, _) = index.tag_chunks(0, "m", &["POST".to_owned(), "PUT".to_owned()]);
+        assert_eq!(ones(&sure), vec![5]);
+        // A value in every chunk costs a bitmap (4 words for 100 chunks), not 100 words.
+        assert!(index.words.len() < 20, "{} words", index.words.len());
+    }
+}
