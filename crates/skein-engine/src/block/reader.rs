@@ -1,6 +1,7 @@
 //! Opening a block (footer, index) and reading its chunks, Bloom filters and RED cells.
 
 use super::*;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Reads the index with the one codec of the crate ([`codec::Reader`]), its errors as text.
 pub(crate) struct IndexReader<'a> {
@@ -39,13 +40,9 @@ impl Block {
         Self::open_with(fs, path, None)
     }
 
-    /// [`Block::open`], and each chunk's postings as the file holds them into `postings` when
-    /// given (per chunk, per service id: what compaction copies with the chunk).
-    fn open_with(
-        fs: &dyn Fs,
-        path: &Path,
-        postings: Option<&mut Vec<Vec<(u32, Postings)>>>,
-    ) -> Result<Block, BlockError> {
+    /// [`Block::open`], and what compaction copies with each chunk, as the file holds it, into
+    /// `copy` when given: its postings (per service id) and its traces' ids.
+    fn open_with(fs: &dyn Fs, path: &Path, copy: Option<&mut ChunkCopies>) -> Result<Block, BlockError> {
         let io = |source| BlockError::Io { path: path.to_owned(), source };
         let corrupt = |reason: String| BlockError::Corrupt { path: path.to_owned(), reason };
         let len = fs.len(path).map_err(io)?;
@@ -77,7 +74,7 @@ impl Block {
         }
         let raw = zstd::stream::decode_all(&compressed[..])
             .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
-        Self::parse_index(path, &raw, len, index_offset, version, postings).map_err(corrupt)
+        Self::parse_index(path, &raw, len, index_offset, version, copy).map_err(corrupt)
     }
 
     pub(crate) fn parse_index(
@@ -86,7 +83,7 @@ impl Block {
         bytes: u64,
         index_offset: u64,
         version: u32,
-        mut per_chunk: Option<&mut Vec<Vec<(u32, Postings)>>>,
+        mut per_chunk: Option<&mut ChunkCopies>,
     ) -> Result<Block, String> {
         let mut r = IndexReader::new(raw);
         let time = TimeRange::new(r.varint()?, r.varint()?);
@@ -112,6 +109,9 @@ impl Block {
             }
             services.push((name, ops));
         }
+        // Read for compaction (`per_chunk`), the index is kept as the file has it and the open
+        // block's in-memory forms are not built.
+        let build = per_chunk.is_none();
         let mut postings = (version >= 2).then(PostingIndexBuilder::default);
         let n = r.count()?;
         let mut chunks = Vec::with_capacity(n);
@@ -146,7 +146,9 @@ impl Block {
                         let key = r.str()?;
                         let kept = match r.bytes(1)?[0] {
                             0 => {
-                                postings.add(service, &key, KeyValues::Unindexed);
+                                if build {
+                                    postings.add(service, &key, KeyValues::Unindexed);
+                                }
                                 KeyValues::Unindexed
                             }
                             1 => {
@@ -155,11 +157,15 @@ impl Block {
                                 for _ in 0..nv {
                                     values.push(r.str()?);
                                 }
-                                postings.add(service, &key, KeyValues::Listed(&values));
+                                if build {
+                                    postings.add(service, &key, KeyValues::Listed(&values));
+                                }
                                 KeyValues::Listed(values.iter().cloned().collect())
                             }
                             2 if version >= 4 => {
-                                postings.add(service, &key, KeyValues::Hashed);
+                                if build {
+                                    postings.add(service, &key, KeyValues::Hashed);
+                                }
                                 KeyValues::Hashed
                             }
                             f => return Err(format!("bad postings flag {f}")),
@@ -173,7 +179,7 @@ impl Block {
                     }
                 }
                 if let (Some(out), Some(copy)) = (&mut per_chunk, copy) {
-                    out.push(copy);
+                    out.postings.push(copy);
                 }
             }
             let (bloom_len, bloom_crc) = if version >= 4 {
@@ -193,15 +199,29 @@ impl Block {
             chunks.push(ChunkMeta { offset, len, crc, time, durations, services: svc, bloom_len, bloom_crc });
         }
         let n = r.count()?;
-        let mut traces = Vec::with_capacity(n);
+        let (mut trace_keys, mut trace_chunks): (Vec<u64>, Vec<u32>) =
+            (Vec::with_capacity(n), Vec::with_capacity(n));
+        if let Some(out) = &mut per_chunk {
+            out.traces = vec![Vec::new(); chunks.len()];
+        }
         for _ in 0..n {
             let id = TraceId::from_slice(r.bytes(16)?).map_err(|e| format!("bad trace id in index: {e}"))?;
             let chunk = r.varint()? as u32;
             if chunk as usize >= chunks.len() {
                 return Err("trace index names an unknown chunk".into());
             }
-            traces.push((id, chunk));
+            if build {
+                trace_keys.push(trace_key(id));
+                trace_chunks.push(chunk);
+            }
+            if let Some(out) = &mut per_chunk {
+                out.traces[chunk as usize].push(id);
+            }
         }
+        // Sorted by key (the file sorts by id).
+        let mut pairs: Vec<(u64, u32)> = trace_keys.into_iter().zip(trace_chunks).collect();
+        pairs.sort_unstable();
+        let (trace_keys, trace_chunks) = pairs.into_iter().unzip();
         let red = match version {
             4.. => match r.varint()? {
                 0 => None,
@@ -229,7 +249,8 @@ impl Block {
             bytes,
             chunks,
             services,
-            traces,
+            trace_keys,
+            trace_chunks,
             red,
             postings,
             blooms,
@@ -262,13 +283,17 @@ impl Block {
         self.path.file_stem()?.to_str()?.parse().ok()
     }
 
-    /// The chunks holding spans of `id` (answered from the in-memory index; empty: "not here").
+    /// The chunks that may hold spans of `id` (answered from the in-memory index by a 64-bit
+    /// hash of the id: a chunk read for it holds its spans or, in the rare case of another
+    /// trace with the same hash, not; empty: "not here").
     pub fn chunks_of(&self, id: TraceId) -> impl Iterator<Item = usize> + '_ {
-        let first = self.traces.partition_point(|(t, _)| *t < id);
-        self.traces[first..].iter().take_while(move |(t, _)| *t == id).map(|(_, c)| *c as usize)
+        let key = trace_key(id);
+        let first = self.trace_keys.partition_point(|k| *k < key);
+        let n = self.trace_keys[first..].iter().take_while(|k| **k == key).count();
+        self.trace_chunks[first..first + n].iter().map(|c| *c as usize)
     }
 
-    /// Whether the block holds spans of `id`.
+    /// Whether the block may hold spans of `id` (see [`Block::chunks_of`]).
     pub fn has_trace(&self, id: TraceId) -> bool {
         self.chunks_of(id).next().is_some()
     }
@@ -288,7 +313,7 @@ impl Block {
             })
             .sum();
         MemoryBytes {
-            traces: (self.traces.capacity() * std::mem::size_of::<(TraceId, u32)>()) as u64,
+            traces: (self.trace_keys.capacity() * 8 + self.trace_chunks.capacity() * 4) as u64,
             postings: self.postings.as_ref().map_or(0, PostingIndex::memory_bytes) as u64,
             chunks: (chunks + services) as u64,
             blooms: self.blooms.iter().filter_map(|b| b.get()).map(|b| b.len() as u64 + 16).sum(),
@@ -357,14 +382,29 @@ impl Block {
         ChunkMatcher { block: self, plan: Plan::Postings { services: per_service, tags } }
     }
 
-    /// The Bloom filter of chunk `i` from memory, or read (and kept) when it is not there yet;
+    /// The Bloom filter of chunk `i` from memory, or read when it is not there yet, and kept
+    /// while the filters kept by every open block stay within [`KEPT_BLOOMS_MAX`] bytes;
     /// `None` when it cannot be read.
-    pub(crate) fn cached_bloom(&self, fs: &dyn Fs, i: usize) -> Option<std::sync::Arc<[u8]>> {
+    pub(crate) fn cached_bloom(&self, fs: &dyn Fs, i: usize) -> Option<Arc<[u8]>> {
         if let Some(f) = self.blooms[i].get() {
-            return Some(std::sync::Arc::clone(f));
+            return Some(Arc::clone(f));
         }
-        let read: std::sync::Arc<[u8]> = self.read_bloom(fs, i).ok()?.into();
-        Some(std::sync::Arc::clone(self.blooms[i].get_or_init(|| read)))
+        let read: Arc<[u8]> = self.read_bloom(fs, i).ok()?.into();
+        let len = read.len() as u64;
+        let reserved = KEPT_BLOOMS
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |kept| {
+                (kept + len <= KEPT_BLOOMS_MAX).then_some(kept + len)
+            })
+            .is_ok();
+        if !reserved {
+            return Some(read);
+        }
+        let kept = self.blooms[i].get_or_init(|| Arc::clone(&read));
+        if !Arc::ptr_eq(kept, &read) {
+            // Another search kept it first.
+            KEPT_BLOOMS.fetch_sub(len, Ordering::Relaxed);
+        }
+        Some(Arc::clone(kept))
     }
 
     /// The Bloom filter of chunk `i` (empty when it has none), crc checked.
@@ -398,22 +438,18 @@ impl Block {
     }
 
     /// The block as a source whose chunks compaction copies without decoding them, when every
-    /// chunk has postings (format 2 and later): the postings, which the open block holds only
-    /// as hashes, are read from its index again.
+    /// chunk has postings (format 2 and later): the postings and trace ids, which the open
+    /// block holds only as hashes and prefixes, are read from its index again.
     pub(crate) fn copy_source(&self, fs: &dyn Fs) -> Result<Option<CopySource<'_>>, BlockError> {
         if self.postings.is_none() {
             return Ok(None);
         }
-        let mut postings = Vec::with_capacity(self.chunks.len());
-        Self::open_with(fs, &self.path, Some(&mut postings))?;
-        if postings.len() != self.chunks.len() {
+        let mut copy = ChunkCopies::default();
+        Self::open_with(fs, &self.path, Some(&mut copy))?;
+        if copy.postings.len() != self.chunks.len() || copy.traces.len() != self.chunks.len() {
             return Err(self.corrupt("the index changed under an open block".into()));
         }
-        let mut traces = vec![Vec::new(); self.chunks.len()];
-        for (id, chunk) in &self.traces {
-            traces[*chunk as usize].push(*id);
-        }
-        Ok(Some(CopySource { block: self, traces, postings }))
+        Ok(Some(CopySource { block: self, traces: copy.traces, postings: copy.postings }))
     }
 
     /// The compressed bytes of chunk `i`, crc checked.
@@ -503,5 +539,36 @@ impl ChunkMatcher<'_> {
                 })
             }
         }
+    }
+}
+
+/// What compaction copies with each chunk of a block, read from its index: per chunk, its
+/// postings (per service id) and the ids of its traces.
+#[derive(Default)]
+pub(crate) struct ChunkCopies {
+    postings: Vec<Vec<(u32, Postings)>>,
+    traces: Vec<Vec<TraceId>>,
+}
+
+/// The key of a trace id in a block's in-memory trace index: a 64-bit hash of the whole id
+/// (not a part of it: ids with equal halves or a zero half, as 64-bit ids padded to 128 bits
+/// are, would share it).
+fn trace_key(id: TraceId) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+/// Most bytes of Bloom filters all open blocks keep in memory once searches have read them.
+/// Beyond, a search reads the filters it needs from the file each time: a block does not keep
+/// more memory as the data grows (about 2 bytes per span of filters in the realistic load),
+/// at the cost of slower searches for rare values over that much data.
+pub const KEPT_BLOOMS_MAX: u64 = 64 * 1024 * 1024;
+
+/// Bytes of Bloom filters open blocks keep.
+static KEPT_BLOOMS: AtomicU64 = AtomicU64::new(0);
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let kept: u64 = self.blooms.iter().filter_map(|b| b.get()).map(|b| b.len() as u64).sum();
+        KEPT_BLOOMS.fetch_sub(kept, Ordering::Relaxed);
     }
 }
