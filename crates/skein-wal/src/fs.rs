@@ -21,6 +21,11 @@ pub trait Fs: Send + Sync + Debug {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// `len` bytes of `path` from `offset`.
     fn read_range(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Several ranges of `path` (offset, length), in the order given. The default reads them
+    /// one by one; a file system that can opens the file once for all.
+    fn read_ranges(&self, path: &Path, ranges: &[(u64, usize)]) -> io::Result<Vec<Vec<u8>>> {
+        ranges.iter().map(|(offset, len)| self.read_range(path, *offset, *len)).collect()
+    }
     /// The size of `path` in bytes.
     fn len(&self, path: &Path) -> io::Result<u64>;
     /// Writes a whole new file atomically: to `<path>.tmp`, fsync, rename over `path`, fsync
@@ -72,6 +77,19 @@ impl Fs for OsFs {
         let mut buf = vec![0; len];
         file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
+    }
+
+    fn read_ranges(&self, path: &Path, ranges: &[(u64, usize)]) -> io::Result<Vec<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path)?;
+        ranges
+            .iter()
+            .map(|(offset, len)| {
+                let mut buf = vec![0; *len];
+                file.read_exact_at(&mut buf, *offset)?;
+                Ok(buf)
+            })
+            .collect()
     }
 
     fn len(&self, path: &Path) -> io::Result<u64> {

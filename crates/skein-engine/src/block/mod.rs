@@ -101,11 +101,8 @@ pub struct Block {
     chunks: Vec<ChunkMeta>,
     /// service → (operation, kind) → spans.
     pub(crate) services: Vec<(String, OperationCounts)>,
-    /// The trace index (since format v3 a trace may be in several chunks): a 64-bit hash of
-    /// each trace id and the chunk it is in, sorted by hash, then chunk. An entry costs 12
-    /// bytes of memory instead of 20 (a whole id and its chunk).
-    trace_keys: Vec<u64>,
-    trace_chunks: Vec<u32>,
+    /// The trace index (since format v3 a trace may be in several chunks), by hash of the id.
+    traces: reader::TraceIndex,
     /// Version 4: where the block's RED pre-aggregates lie (offset, length, crc32 of the
     /// compressed bytes); `None` for older blocks and compactions of them.
     red: Option<(u64, u32, u32)>,
