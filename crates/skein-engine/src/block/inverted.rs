@@ -57,9 +57,14 @@ struct Entry {
 /// The postings of every chunk of a block, inverted (see the module's documentation).
 #[derive(Debug, Default)]
 pub(crate) struct PostingIndex {
-    /// Sorted by hash.
+    /// Sorted by hash: what two chunks or more have.
     entries: Vec<Entry>,
     words: Vec<u32>,
+    /// What one chunk alone has (most listed values: a session or user id listed in the one
+    /// chunk with its few spans): the low 32 bits of its hash and the chunk, sorted, 8 bytes
+    /// instead of an entry's 20. A 32-bit collision only adds a chunk to read.
+    single_keys: Vec<u32>,
+    single_chunks: Vec<u32>,
     chunks: u32,
 }
 
@@ -96,9 +101,13 @@ impl PostingIndexBuilder {
         let dense_words = self.chunks.div_ceil(32) as usize;
         let mut sets: Vec<(u64, Vec<u32>)> = self.sets.into_iter().collect();
         sets.sort_unstable_by_key(|(hash, _)| *hash);
-        let mut index =
-            PostingIndex { entries: Vec::with_capacity(sets.len()), words: Vec::new(), chunks: self.chunks };
+        let mut index = PostingIndex { chunks: self.chunks, ..PostingIndex::default() };
+        let mut singles: Vec<(u32, u32)> = Vec::new();
         for (hash, chunks) in sets {
+            if let [chunk] = chunks[..] {
+                singles.push((hash as u32, chunk));
+                continue;
+            }
             let start = index.words.len() as u32;
             let dense = chunks.len() > dense_words;
             if dense {
@@ -115,6 +124,8 @@ impl PostingIndexBuilder {
         }
         index.entries.shrink_to_fit();
         index.words.shrink_to_fit();
+        singles.sort_unstable();
+        (index.single_keys, index.single_chunks) = singles.into_iter().unzip();
         index
     }
 }
@@ -122,11 +133,21 @@ impl PostingIndexBuilder {
 impl PostingIndex {
     /// Bytes of memory it holds.
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>() + self.words.capacity() * 4
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + (self.words.capacity() + self.single_keys.capacity() + self.single_chunks.capacity()) * 4
     }
 
     /// Sets the bits of the chunks of the entry `hash` (if there is one) in `bits`.
     fn add_to(&self, hash: u64, bits: &mut [u64]) {
+        let key = hash as u32;
+        let first = self.single_keys.partition_point(|k| *k < key);
+        for at in first..self.single_keys.len() {
+            if self.single_keys[at] != key {
+                break;
+            }
+            let c = self.single_chunks[at];
+            bits[c as usize / 64] |= 1 << (c % 64);
+        }
         let Ok(at) = self.entries.binary_search_by_key(&hash, |e| e.hash) else { return };
         let e = self.entries[at];
         let words = &self.words[e.start as usize..(e.start + (e.len & !DENSE)) as usize];
@@ -203,7 +224,13 @@ mod tests {
         // Either of a value's texts finds it.
         let (sure, _) = index.tag_chunks(0, "m", &["POST".to_owned(), "PUT".to_owned()]);
         assert_eq!(ones(&sure), vec![5]);
-        // A value in every chunk costs a bitmap (4 words for 100 chunks), not 100 words.
+        // A value in every chunk costs a bitmap (4 words for 100 chunks), not 100 words; a
+        // value in one chunk costs no entry.
         assert!(index.words.len() < 20, "{} words", index.words.len());
+        assert_eq!(
+            index.single_keys.len(),
+            3,
+            "PUT in chunk 5 (service 0) and 99 (service 1), id unindexed in chunk 3"
+        );
     }
 }
