@@ -101,6 +101,10 @@ pub struct Report {
     /// Search for one `client.address` value (about 65,000 distinct ones).
     pub search_rare_p50_ms: f64,
     pub search_rare_p99_ms: f64,
+    /// The service list (`/api/services`) and one service's operations
+    /// (`/api/services/{service}/operations`, each service in turn).
+    pub services_p99_ms: f64,
+    pub operations_p99_ms: f64,
     /// With `--storage clickhouse`: CPU seconds of the local `clickhouse-server` processes
     /// from the start of the load until every acknowledged span is inserted.
     pub clickhouse_cpu_seconds: Option<f64>,
@@ -156,6 +160,8 @@ impl Report {
             "search_p99_ms": round(self.search_p99_ms),
             "search_rare_p50_ms": round(self.search_rare_p50_ms),
             "search_rare_p99_ms": round(self.search_rare_p99_ms),
+            "services_p99_ms": round(self.services_p99_ms),
+            "operations_p99_ms": round(self.operations_p99_ms),
             "clickhouse_cpu_seconds": self.clickhouse_cpu_seconds.map(round),
             "clickhouse_spans_per_sec": self.clickhouse_spans_per_sec.map(round),
             "collector_spans_per_sec": self.collector_spans_per_sec.map(round),
@@ -192,7 +198,8 @@ impl Report {
              disk per span      {}\n\
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
              search (attribute) p50 {:.2} ms, p99 {:.2} ms\n\
-             search (client.address) p50 {:.2} ms, p99 {:.2} ms{}{}{}{}{}{}",
+             search (client.address) p50 {:.2} ms, p99 {:.2} ms\n\
+             services list      p99 {:.2} ms, operations p99 {:.2} ms{}{}{}{}{}{}",
             self.spans_accepted,
             self.spans_sent,
             self.requests_failed,
@@ -209,6 +216,8 @@ impl Report {
             self.search_p99_ms,
             self.search_rare_p50_ms,
             self.search_rare_p99_ms,
+            self.services_p99_ms,
+            self.operations_p99_ms,
             self.rss_after_queries_mib.map_or(String::new(), |rss| format!(
                 "\nafter the queries RSS {rss:.1} MiB; the store holds {}",
                 if self.store_memory_bytes.is_empty() {
@@ -978,6 +987,16 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         format!("{query}/api/traces?service=frontend&tags=%7B%22client.address%22%3A%22{address}%22%7D&lookback=2h&limit=20")
     }))
     .await?;
+    let service_list =
+        timed_gets(&client, (0..config.queries).map(|_| format!("{query}/api/services"))).await?;
+    let operations = timed_gets(
+        &client,
+        (0..config.queries)
+            .map(|i| format!("{query}/api/services/{}/operations", services[i % services.len()])),
+    )
+    .await?;
+    report.services_p99_ms = percentile(&service_list, 0.99);
+    report.operations_p99_ms = percentile(&operations, 0.99);
     by_id.sort_by(|a, b| a.total_cmp(b));
     report.trace_by_id_p50_ms = percentile(&by_id, 0.5);
     report.trace_by_id_p99_ms = percentile(&by_id, 0.99);
