@@ -5,8 +5,9 @@
 //! `target` set it only sends and queries (the server-side figures are then absent).
 //!
 //! Phases: load (spans/s, export latency, server CPU and peak RSS) → graceful stop (the
-//! engine writes its head into blocks) → bytes on disk per span → restart → trace-by-id and
-//! search-by-attribute latency at the stored size. The last line printed is one JSON object.
+//! engine writes its head into blocks) → bytes on disk per span → restart → trace-by-id,
+//! search-by-attribute, service-list and operations latency at the stored size, then the RSS
+//! and what the store says it holds in memory. The last line printed is one JSON object.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
