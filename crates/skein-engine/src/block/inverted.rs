@@ -1,8 +1,9 @@
 //! A block's chunk postings held inverted in memory: for each (service, key) the chunks where
 //! the key's values are unindexed or hashed, and for each (service, key, value) the chunks
-//! that list the value, each found by a hash of what it says (no strings are kept). A value most chunks of a service have (an HTTP method, a route, a host)
-//! costs one bit per chunk instead of one word in every chunk's list, and a search computes the
-//! chunks that may match once per block instead of walking every chunk's postings.
+//! that list the value, each found by a hash of what it says (no strings are kept). A value
+//! most chunks of a service have (an HTTP method, a route, a host) costs one bit per chunk
+//! instead of one word in every chunk's list, and a search computes the chunks that may match
+//! once per block instead of walking every chunk's postings.
 //!
 //! The file keeps postings per chunk (format 2 and later, `docs/format/block.md`); this is only
 //! how an open block holds them.
@@ -145,8 +146,7 @@ impl PostingIndex {
             if self.single_keys[at] != key {
                 break;
             }
-            let c = self.single_chunks[at];
-            bits[c as usize / 64] |= 1 << (c % 64);
+            set_bit(bits, self.single_chunks[at]);
         }
         let Ok(at) = self.entries.binary_search_by_key(&hash, |e| e.hash) else { return };
         let e = self.entries[at];
@@ -157,7 +157,7 @@ impl PostingIndex {
             }
         } else {
             for c in words {
-                bits[*c as usize / 64] |= 1 << (c % 64);
+                set_bit(bits, *c);
             }
         }
     }
@@ -176,6 +176,11 @@ impl PostingIndex {
         self.add_to(entry_hash(service, key, Says::Hashed), &mut hashed);
         (sure, hashed)
     }
+}
+
+/// Sets bit `c` of a bitmap.
+fn set_bit(bits: &mut [u64], c: u32) {
+    bits[c as usize / 64] |= 1 << (c % 64);
 }
 
 /// Whether bit `i` of a bitmap is set.

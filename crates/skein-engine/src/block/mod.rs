@@ -111,8 +111,9 @@ pub struct Block {
     postings: Option<PostingIndex>,
     /// The chunks' Bloom filters once a search has read them (crc checked), one per chunk:
     /// a search for a rare value asks every chunk's filter, and reading each from the file
-    /// again (open, read, close) was most of such a search. They take 10 bits per distinct
-    /// high-cardinality value per chunk, in memory only once searched.
+    /// again (open, read, close) was most of such a search. They take 16 bits per distinct
+    /// high-cardinality value per chunk, in memory only once searched and while all open
+    /// blocks keep at most [`reader::KEPT_BLOOMS_MAX`] bytes of them.
     blooms: Vec<std::sync::OnceLock<std::sync::Arc<[u8]>>>,
 }
 

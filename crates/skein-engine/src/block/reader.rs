@@ -144,34 +144,32 @@ impl Block {
                     let nk = r.count()?;
                     for _ in 0..nk {
                         let key = r.str()?;
-                        let kept = match r.bytes(1)?[0] {
-                            0 => {
-                                if build {
-                                    postings.add(service, &key, KeyValues::Unindexed);
-                                }
-                                KeyValues::Unindexed
-                            }
+                        let flag = r.bytes(1)?[0];
+                        values.clear();
+                        let found = match flag {
+                            0 => KeyValues::Unindexed,
                             1 => {
                                 let nv = r.count()?;
-                                values.clear();
                                 for _ in 0..nv {
                                     values.push(r.str()?);
                                 }
-                                if build {
-                                    postings.add(service, &key, KeyValues::Listed(&values));
-                                }
-                                KeyValues::Listed(values.iter().cloned().collect())
+                                KeyValues::Listed(&values[..])
                             }
-                            2 if version >= 4 => {
-                                if build {
-                                    postings.add(service, &key, KeyValues::Hashed);
-                                }
-                                KeyValues::Hashed
-                            }
+                            2 if version >= 4 => KeyValues::Hashed,
                             f => return Err(format!("bad postings flag {f}")),
                         };
-                        if let Some(keys) = &mut keys {
-                            keys.insert(key, kept);
+                        // Read for compaction, the postings are kept as the file has them;
+                        // otherwise they go into the open block's inverted postings.
+                        match &mut keys {
+                            Some(keys) => {
+                                let kept = match found {
+                                    KeyValues::Listed(v) => KeyValues::Listed(v.iter().cloned().collect()),
+                                    KeyValues::Hashed => KeyValues::Hashed,
+                                    KeyValues::Unindexed => KeyValues::Unindexed,
+                                };
+                                keys.insert(key, kept);
+                            }
+                            None => postings.add(service, &key, found),
                         }
                     }
                     if let (Some(copy), Some(keys)) = (&mut copy, keys) {
@@ -277,7 +275,7 @@ impl Block {
         self.path.file_stem()?.to_str()?.parse().ok()
     }
 
-    /// The chunks that may hold spans of `id` (answered from the in-memory index by a 64-bit
+    /// The chunks that may hold spans of `id` (answered from the in-memory index by a 32-bit
     /// hash of the id: a chunk read for it holds its spans or, in the rare case of another
     /// trace with the same hash, not; empty: "not here").
     pub fn chunks_of(&self, id: TraceId) -> impl Iterator<Item = usize> + '_ {
@@ -343,13 +341,9 @@ impl Block {
         tags: &'b [(String, String)],
     ) -> ChunkMatcher<'b> {
         let Some(postings) = &self.postings else {
-            return ChunkMatcher {
-                block: self,
-                plan: Plan::ServiceOnly(service.map(str::to_owned)),
-                fetched: Default::default(),
-            };
+            return ChunkMatcher::new(self, Plan::ServiceOnly(service.map(str::to_owned)));
         };
-        let nothing = ChunkMatcher { block: self, plan: Plan::Nothing, fetched: Default::default() };
+        let nothing = ChunkMatcher::new(self, Plan::Nothing);
         let services: Vec<u32> = match service {
             Some(name) => match self.services.iter().position(|(s, _)| s == name) {
                 Some(sid) => vec![sid as u32],
@@ -378,11 +372,7 @@ impl Block {
             })
             .collect();
         let tags = wanted;
-        ChunkMatcher {
-            block: self,
-            plan: Plan::Postings { services: per_service, tags },
-            fetched: Default::default(),
-        }
+        ChunkMatcher::new(self, Plan::Postings { services: per_service, tags })
     }
 
     /// Keeps `read`, the Bloom filter of chunk `i`, while the filters kept by every open block
@@ -456,7 +446,7 @@ impl Block {
 
     /// The block as a source whose chunks compaction copies without decoding them, when every
     /// chunk has postings (format 2 and later): the postings and trace ids, which the open
-    /// block holds only as hashes and prefixes, are read from its index again.
+    /// block holds only as hashes, are read from its index again.
     pub(crate) fn copy_source(&self, fs: &dyn Fs) -> Result<Option<CopySource<'_>>, BlockError> {
         if self.postings.is_none() {
             return Ok(None);
@@ -532,7 +522,11 @@ enum Plan<'b> {
 /// filter must be asked (one bit per chunk).
 type TagChunks = (Vec<u64>, Vec<u64>);
 
-impl ChunkMatcher<'_> {
+impl<'b> ChunkMatcher<'b> {
+    fn new(block: &'b Block, plan: Plan<'b>) -> Self {
+        ChunkMatcher { block, plan, fetched: Default::default() }
+    }
+
     /// The Bloom filter of chunk `i`: kept by the block, read ahead, or read now together with
     /// those of the next older chunks whose filters a search for these services may ask.
     fn bloom(&self, fs: &dyn Fs, i: usize, services: &[(u32, Vec<TagChunks>)]) -> Option<Arc<[u8]>> {
@@ -661,7 +655,7 @@ impl TraceIndex {
 /// ask with one open of the file): a block does not keep more memory as the data grows (about
 /// 2 bytes per span of filters in the realistic load), at the cost of slower searches for rare
 /// values over that much data.
-pub const KEPT_BLOOMS_MAX: u64 = 64 * 1024 * 1024;
+pub(crate) const KEPT_BLOOMS_MAX: u64 = 64 * 1024 * 1024;
 
 /// Bytes of Bloom filters open blocks keep.
 static KEPT_BLOOMS: AtomicU64 = AtomicU64::new(0);
