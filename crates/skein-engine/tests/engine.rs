@@ -757,8 +757,15 @@ async fn compaction_merges_blocks_of_every_format_version() {
     assert_eq!(
         e.find_traces(&order).await.unwrap().len(),
         1,
-        "the v4 chunk's Bloom filter survives the copy"
+        "the v4 and v5 chunks' Bloom filters survive the copy"
     );
+    // Both chunks with `order.id` values keep filters that rule out a value that is nowhere
+    // (the v4 filter after its chunk, the v5 one in the merged block's Bloom section): the
+    // search reads no chunk.
+    let before = e.chunks_read();
+    let absent = TraceQuery { tags: vec![("order.id".into(), "order-99".into())], ..error_tag.clone() };
+    assert!(e.find_traces(&absent).await.unwrap().is_empty());
+    assert_eq!(e.chunks_read() - before, 0, "the filters ruled every chunk out");
     assert_eq!(sorted(e.trace(B::trace_id(3)).await.unwrap().unwrap()), sorted(fixture_bloom_spans()));
 
     // The v3 fixture's chunk (everything before its index) appears verbatim in the merged block.

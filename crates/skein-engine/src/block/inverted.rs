@@ -179,7 +179,7 @@ impl PostingIndex {
 }
 
 /// Sets bit `c` of a bitmap.
-fn set_bit(bits: &mut [u64], c: u32) {
+pub(crate) fn set_bit(bits: &mut [u64], c: u32) {
     bits[c as usize / 64] |= 1 << (c % 64);
 }
 

@@ -27,8 +27,8 @@ pub(crate) use writer::{BlockWriter, serially, write_block};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
-/// Version of the block format written by this code (version 1 is still read).
-pub const BLOCK_VERSION: u32 = 4;
+/// Version of the block format written by this code (versions 1 to 4 are still read).
+pub const BLOCK_VERSION: u32 = 5;
 /// Most distinct values a chunk's postings list for one (service, key); beyond, the values go
 /// into the chunk's Bloom filter (format 4; "many" before).
 const MAX_POSTING_VALUES: usize = 32;
@@ -69,6 +69,35 @@ pub(crate) struct ChunkMeta {
     /// and their crc32.
     bloom_len: u32,
     bloom_crc: u32,
+    /// Version 5: lines of the chunk's blocked Bloom filter, in the block's Bloom section
+    /// (0: none), the probes it was written with, and the chunk's place among the chunks of
+    /// its group (those with the same lines and probes).
+    bloom_lines: u32,
+    bloom_probes: u8,
+    bloom_slot: u32,
+}
+
+/// Format 5: the chunks whose blocked Bloom filters have the same line count and probes, and
+/// where their lines lie: `lines` regions one after the other, region `j` the crc32 of the
+/// rest and then line `j` of every member chunk, in chunk order.
+#[derive(Debug, Clone)]
+pub(crate) struct BloomGroup {
+    lines: u32,
+    probes: u8,
+    offset: u64,
+    members: Vec<u32>,
+}
+
+impl BloomGroup {
+    /// Bytes of one region: its crc and one line per member.
+    fn region_len(&self) -> usize {
+        4 + self.members.len() * bloom::LINE_BYTES
+    }
+
+    /// Bytes of the group in the file.
+    fn len(&self) -> u64 {
+        self.lines as u64 * self.region_len() as u64
+    }
 }
 
 /// What a chunk's postings know of the values of one tag key of one service.
@@ -115,6 +144,9 @@ pub struct Block {
     /// high-cardinality value per chunk, in memory only once searched and while all open
     /// blocks keep at most [`reader::KEPT_BLOOMS_MAX`] bytes of them.
     blooms: Vec<std::sync::OnceLock<std::sync::Arc<[u8]>>>,
+    /// Format 5: the block's blocked Bloom filters by group; nothing of them is kept in
+    /// memory, a search reads one region of each group per value it asks.
+    bloom_groups: Vec<BloomGroup>,
 }
 
 /// Memory an open block holds, by part (see [`Block::memory_bytes`]).
@@ -137,6 +169,8 @@ pub(crate) struct CopySource<'b> {
     traces: Vec<Vec<TraceId>>,
     /// The postings of each chunk, per service (the source's ids).
     postings: Vec<Vec<(u32, Postings)>>,
+    /// The blocked Bloom filter of each chunk (format 5; empty when it has none).
+    blocked: Vec<Vec<u8>>,
 }
 
 /// A shared, open block.

@@ -130,7 +130,7 @@ pub(crate) fn chunk_postings<'a>(
         };
         by_service.entry(service).or_default().insert(key.to_owned(), values);
     }
-    let filter = if hashes.is_empty() { Vec::new() } else { bloom::build(&hashes) };
+    let filter = if hashes.is_empty() { Vec::new() } else { bloom::build_blocked(&hashes) };
     (by_service.into_iter().collect(), filter)
 }
 

@@ -191,10 +191,30 @@ impl Block {
             } else {
                 (0, 0)
             };
+            let (bloom_lines, bloom_probes) = if version >= 5 {
+                match r.varint()? {
+                    0 => (0, 0),
+                    n => (u32::try_from(n).map_err(|_| "bloom filter too long")?, r.bytes(1)?[0]),
+                }
+            } else {
+                (0, 0)
+            };
             if offset + len as u64 + bloom_len as u64 > bytes {
                 return Err("a chunk lies outside the file".into());
             }
-            chunks.push(ChunkMeta { offset, len, crc, time, durations, services: svc, bloom_len, bloom_crc });
+            chunks.push(ChunkMeta {
+                offset,
+                len,
+                crc,
+                time,
+                durations,
+                services: svc,
+                bloom_len,
+                bloom_crc,
+                bloom_lines,
+                bloom_probes,
+                bloom_slot: 0,
+            });
         }
         let n = r.count()?;
         let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(if build { n } else { 0 });
@@ -227,6 +247,13 @@ impl Block {
             },
             _ => None,
         };
+        let bloom_groups = if version >= 5 {
+            let at = r.varint()?;
+            let end = red.map_or(index_offset, |(offset, _, _)| offset);
+            bloom_groups(&mut chunks, at, end)?
+        } else {
+            Vec::new()
+        };
         if !r.is_empty() {
             return Err("trailing bytes after the index".into());
         }
@@ -246,6 +273,7 @@ impl Block {
             red,
             postings,
             blooms,
+            bloom_groups,
         })
     }
 
@@ -297,7 +325,12 @@ impl Block {
     pub(crate) fn memory_bytes(&self) -> MemoryBytes {
         let chunks = self.chunks.capacity() * std::mem::size_of::<ChunkMeta>()
             + self.chunks.iter().map(|c| c.services.capacity() * 4).sum::<usize>()
-            + self.blooms.capacity() * std::mem::size_of::<std::sync::OnceLock<Arc<[u8]>>>();
+            + self.blooms.capacity() * std::mem::size_of::<std::sync::OnceLock<Arc<[u8]>>>()
+            + self
+                .bloom_groups
+                .iter()
+                .map(|g| std::mem::size_of::<BloomGroup>() + g.members.capacity() * 4)
+                .sum::<usize>();
         let services: usize = self
             .services
             .iter()
@@ -338,7 +371,7 @@ impl Block {
     pub(crate) fn matcher<'b>(
         &'b self,
         service: Option<&str>,
-        tags: &'b [(String, String)],
+        tags: &[(String, String)],
     ) -> ChunkMatcher<'b> {
         let Some(postings) = &self.postings else {
             return ChunkMatcher::new(self, Plan::ServiceOnly(service.map(str::to_owned)));
@@ -366,13 +399,53 @@ impl Block {
         let per_service = services
             .into_iter()
             .map(|sid| {
-                let per_tag =
-                    wanted.iter().map(|(key, texts)| postings.tag_chunks(sid, key, texts)).collect();
+                let name = self.services[sid as usize].0.as_str();
+                let per_tag = wanted
+                    .iter()
+                    .map(|(key, texts)| {
+                        let (sure, hashed) = postings.tag_chunks(sid, key, texts);
+                        let items = texts.iter().map(|t| bloom::item_hash(name, key, t)).collect();
+                        TagChunks { sure, hashed, items }
+                    })
+                    .collect();
                 (sid, per_tag)
             })
             .collect();
-        let tags = wanted;
-        ChunkMatcher::new(self, Plan::Postings { services: per_service, tags })
+        ChunkMatcher::new(self, Plan::Postings { services: per_service })
+    }
+
+    /// The chunks among `asked` (one bit per chunk) whose blocked Bloom filters (format 5) may
+    /// hold the item `hash`: one region of each group that has such a chunk, read with one
+    /// open of the file. A region that cannot be read or fails its crc answers "maybe" for
+    /// its chunks: it can cost chunk reads, never a missed span.
+    fn blocked_may_hold(&self, fs: &dyn Fs, hash: u64, asked: &[u64]) -> Vec<u64> {
+        let mut maybe = vec![0u64; self.chunks.len().div_ceil(64)];
+        let groups: Vec<&BloomGroup> = self
+            .bloom_groups
+            .iter()
+            .filter(|g| g.members.iter().any(|c| inverted::bit(asked, *c as usize)))
+            .collect();
+        let ranges: Vec<(u64, usize)> = groups
+            .iter()
+            .map(|g| {
+                let line = bloom::line_of(hash, g.lines) as u64;
+                (g.offset + line * g.region_len() as u64, g.region_len())
+            })
+            .collect();
+        let read = fs.read_ranges(&self.path, &ranges).ok();
+        for (n, g) in groups.iter().enumerate() {
+            let region = read.as_ref().and_then(|r| r.get(n)).filter(|r| {
+                r.len() == g.region_len()
+                    && crc32fast::hash(&r[4..]) == u32::from_le_bytes(r[..4].try_into().expect("4 bytes"))
+            });
+            for (slot, &c) in g.members.iter().enumerate() {
+                let line = region.map(|r| &r[4 + slot * bloom::LINE_BYTES..][..bloom::LINE_BYTES]);
+                if line.is_none_or(|line| bloom::line_may_contain(line, hash, g.probes)) {
+                    inverted::set_bit(&mut maybe, c);
+                }
+            }
+        }
+        maybe
     }
 
     /// Keeps `read`, the Bloom filter of chunk `i`, while the filters kept by every open block
@@ -456,7 +529,24 @@ impl Block {
         if copy.postings.len() != self.chunks.len() || copy.traces.len() != self.chunks.len() {
             return Err(self.corrupt("the index changed under an open block".into()));
         }
-        Ok(Some(CopySource { block: self, traces: copy.traces, postings: copy.postings }))
+        let mut blocked = vec![Vec::new(); self.chunks.len()];
+        for g in &self.bloom_groups {
+            let bytes = fs
+                .read_range(&self.path, g.offset, g.len() as usize)
+                .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
+            for (j, region) in bytes.chunks_exact(g.region_len()).enumerate() {
+                if crc32fast::hash(&region[4..])
+                    != u32::from_le_bytes(region[..4].try_into().expect("4 bytes"))
+                {
+                    return Err(self.corrupt(format!("bloom region {j} of {} lines crc mismatch", g.lines)));
+                }
+                for (slot, &c) in g.members.iter().enumerate() {
+                    let filter: &mut Vec<u8> = &mut blocked[c as usize];
+                    filter.extend_from_slice(&region[4 + slot * bloom::LINE_BYTES..][..bloom::LINE_BYTES]);
+                }
+            }
+        }
+        Ok(Some(CopySource { block: self, traces: copy.traces, postings: copy.postings, blocked }))
     }
 
     /// The compressed bytes of chunk `i`, crc checked.
@@ -497,38 +587,45 @@ impl Block {
 /// A search's question to one block (see [`Block::matcher`]).
 pub(crate) struct ChunkMatcher<'b> {
     block: &'b Block,
-    plan: Plan<'b>,
+    plan: Plan,
     /// Bloom filters read ahead for chunks a search will ask next (when the block may not
     /// keep them): reading them together costs one open of the file instead of one each.
     fetched: std::cell::RefCell<FxHashMap<usize, Arc<[u8]>>>,
+    /// Per item hash, the chunks whose blocked filters (format 5) may hold it, once asked.
+    blocked: std::cell::RefCell<FxHashMap<u64, Vec<u64>>>,
 }
 
 /// Bloom filters read together when a search needs one that is not in memory: the next
 /// chunks it will ask (searches go from the newest chunk to the oldest).
 const BLOOMS_READ_AHEAD: usize = 64;
 
-enum Plan<'b> {
+enum Plan {
     /// A block without postings (format 1): chunks with spans of the service (any, when `None`).
     ServiceOnly(Option<String>),
     /// The block lacks the service or a tag's key: no chunk matches.
     Nothing,
-    /// Per service that may match, per tag: the chunks where the service's postings say "has
-    /// it" and those where its Bloom filter must be asked (one bit per chunk); per tag, its key
-    /// and the texts its value may be stored as.
-    Postings { services: Vec<(u32, Vec<TagChunks>)>, tags: Vec<(&'b str, Vec<String>)> },
+    /// Per service that may match, per tag: what the postings say of each chunk, and the
+    /// Bloom filter items of the tag's value.
+    Postings { services: Vec<(u32, Vec<TagChunks>)> },
 }
 
 /// For one service and tag: the chunks that have it by their postings, and those whose Bloom
-/// filter must be asked (one bit per chunk).
-type TagChunks = (Vec<u64>, Vec<u64>);
+/// filter must be asked (one bit per chunk), and the items (service, key, text) a filter is
+/// asked for (the value as given and, for an integer, its canonical text).
+struct TagChunks {
+    sure: Vec<u64>,
+    hashed: Vec<u64>,
+    items: Vec<u64>,
+}
 
 impl<'b> ChunkMatcher<'b> {
-    fn new(block: &'b Block, plan: Plan<'b>) -> Self {
-        ChunkMatcher { block, plan, fetched: Default::default() }
+    fn new(block: &'b Block, plan: Plan) -> Self {
+        ChunkMatcher { block, plan, fetched: Default::default(), blocked: Default::default() }
     }
 
-    /// The Bloom filter of chunk `i`: kept by the block, read ahead, or read now together with
-    /// those of the next older chunks whose filters a search for these services may ask.
+    /// The Bloom filter of chunk `i` (format 4): kept by the block, read ahead, or read now
+    /// together with those of the next older chunks whose filters a search for these
+    /// services may ask.
     fn bloom(&self, fs: &dyn Fs, i: usize, services: &[(u32, Vec<TagChunks>)]) -> Option<Arc<[u8]>> {
         let b = self.block;
         if let Some(f) = b.blooms[i].get() {
@@ -543,9 +640,7 @@ impl<'b> ChunkMatcher<'b> {
         let asked = |j: usize| {
             b.chunks[j].bloom_len > 0
                 && b.blooms[j].get().is_none()
-                && services
-                    .iter()
-                    .any(|(_, per_tag)| per_tag.iter().any(|(_, hashed)| inverted::bit(hashed, j)))
+                && services.iter().any(|(_, per_tag)| per_tag.iter().any(|t| inverted::bit(&t.hashed, j)))
         };
         let wanted: Vec<usize> = std::iter::once(i)
             .chain((0..i).rev().filter(|j| asked(*j)).take(BLOOMS_READ_AHEAD - 1))
@@ -556,30 +651,42 @@ impl<'b> ChunkMatcher<'b> {
         mine
     }
 
+    /// Whether chunk `i`'s blocked filter may hold `item` (asked of every chunk in `asked` at
+    /// once, the first time).
+    fn blocked_may_hold(&self, fs: &dyn Fs, i: usize, item: u64, asked: &[u64]) -> bool {
+        let mut blocked = self.blocked.borrow_mut();
+        let maybe = blocked.entry(item).or_insert_with(|| self.block.blocked_may_hold(fs, item, asked));
+        inverted::bit(maybe, i)
+    }
+
     /// Whether chunk `i` may hold a span of the service carrying every tag: answered from the
-    /// postings and, for keys with many values, the chunk's Bloom filter (read from disk once,
-    /// then kept), without reading the chunk.
+    /// postings and, for keys with many values, the chunk's Bloom filter, without reading the
+    /// chunk.
     pub(crate) fn may_match(&self, fs: &dyn Fs, i: usize) -> bool {
         let b = self.block;
         match &self.plan {
             Plan::ServiceOnly(service) => service.as_deref().is_none_or(|s| b.chunk_has_service(i, s)),
             Plan::Nothing => false,
-            Plan::Postings { services, tags } => {
-                // The filter is read at most once, when a tag needs it; unreadable, it answers
-                // "maybe" (and is read again next time).
+            Plan::Postings { services } => {
+                // A format 4 filter is read at most once, when a tag needs it; unreadable, it
+                // answers "maybe" (and is read again next time).
                 let mut filter: Option<Option<Arc<[u8]>>> = None;
                 services.iter().any(|(sid, per_tag)| {
-                    let name = b.services[*sid as usize].0.as_str();
                     b.chunks[i].services.contains(sid)
-                        && per_tag.iter().zip(tags).all(|((sure, hashed), (key, texts))| {
-                            inverted::bit(sure, i)
-                                || (inverted::bit(hashed, i) && {
-                                    let filter = filter.get_or_insert_with(|| self.bloom(fs, i, services));
-                                    match filter {
-                                        Some(f) if !f.is_empty() => texts
-                                            .iter()
-                                            .any(|t| bloom::may_contain(f, bloom::item_hash(name, key, t))),
-                                        _ => true,
+                        && per_tag.iter().all(|t| {
+                            inverted::bit(&t.sure, i)
+                                || (inverted::bit(&t.hashed, i) && {
+                                    if b.chunks[i].bloom_lines > 0 {
+                                        t.items.iter().any(|h| self.blocked_may_hold(fs, i, *h, &t.hashed))
+                                    } else {
+                                        let filter =
+                                            filter.get_or_insert_with(|| self.bloom(fs, i, services));
+                                        match filter {
+                                            Some(f) if !f.is_empty() => {
+                                                t.items.iter().any(|h| bloom::may_contain(f, *h))
+                                            }
+                                            _ => true,
+                                        }
                                     }
                                 })
                         })
@@ -595,6 +702,31 @@ impl<'b> ChunkMatcher<'b> {
 pub(crate) struct ChunkCopies {
     postings: Vec<Vec<(u32, Postings)>>,
     traces: Vec<Vec<TraceId>>,
+}
+
+/// The groups of a format 5 block's Bloom section, which starts at `at` and must end by
+/// `end`: the chunks with blocked filters grouped by (lines, probes), in that order, each
+/// group's members in chunk order (their slots are set in `chunks`).
+fn bloom_groups(chunks: &mut [ChunkMeta], at: u64, end: u64) -> Result<Vec<BloomGroup>, String> {
+    let mut by_shape: BTreeMap<(u32, u8), Vec<u32>> = BTreeMap::new();
+    for (i, c) in chunks.iter_mut().enumerate() {
+        if c.bloom_lines > 0 {
+            let members = by_shape.entry((c.bloom_lines, c.bloom_probes)).or_default();
+            c.bloom_slot = members.len() as u32;
+            members.push(i as u32);
+        }
+    }
+    let mut offset = at;
+    let mut groups = Vec::with_capacity(by_shape.len());
+    for ((lines, probes), members) in by_shape {
+        let group = BloomGroup { lines, probes, offset, members };
+        offset = offset.checked_add(group.len()).ok_or("bloom section too long")?;
+        groups.push(group);
+    }
+    if offset > end {
+        return Err("the bloom section lies outside the file".into());
+    }
+    Ok(groups)
 }
 
 /// The key of a trace id in a block's in-memory trace index: a 32-bit hash of the whole id
@@ -670,6 +802,81 @@ impl Drop for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skein_store::testdata::SpanBuilder;
+    use skein_wal::fs::OsFs;
+
+    /// Format 5's Bloom section: every chunk of a block is asked about a value with one read
+    /// per group, only chunks that hold the value (or a false positive) answer "maybe", and
+    /// a damaged region answers "maybe" for its chunks instead of hiding spans; compaction
+    /// takes each chunk's lines out of the groups as they were.
+    #[test]
+    fn blocked_filters_are_asked_per_group_and_a_damaged_region_answers_maybe() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = |n: u32| format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+        let spans: Vec<Span> = (0..12_000u32)
+            .map(|n| {
+                let mut s = SpanBuilder::new(1, (n % 3) as u8 + 1)
+                    .service(if n % 2 == 0 { "frontend" } else { "cart" })
+                    .attr("client.address", AttrValue::Str(address(n).into()))
+                    .attr("padding", AttrValue::Str(format!("{n:0>300}").into()))
+                    .build();
+                let mut id = [0u8; 16];
+                id[0] = 0x5a;
+                id[12..].copy_from_slice(&(n / 3).to_be_bytes());
+                s.trace_id = TraceId::from_bytes(id).unwrap();
+                s.start_time_unix_nano += n as u64;
+                s
+            })
+            .collect();
+        let path = dir.path().join("1.blk");
+        let block = write_block(&OsFs, &path, spans.iter().map(|s| vec![s]), 0, None).unwrap();
+        assert!(block.chunk_count() >= 3, "{} chunks", block.chunk_count());
+        assert!(!block.bloom_groups.is_empty());
+        let tags = |v: &str| vec![("client.address".to_owned(), v.to_owned())];
+        let maybe = |block: &Block, service: Option<&str>, v: &str| -> Vec<usize> {
+            let tags = tags(v);
+            let m = block.matcher(service, &tags);
+            (0..block.chunk_count()).filter(|i| m.may_match(&OsFs, *i)).collect()
+        };
+        let holding = |v: &str| -> Vec<usize> {
+            (0..block.chunk_count())
+                .filter(|i| {
+                    block.read_chunk(&OsFs, *i).unwrap().iter().any(|s| {
+                        s.attributes
+                            .iter()
+                            .any(|kv| kv.key == "client.address" && kv.value == AttrValue::Str(v.into()))
+                    })
+                })
+                .collect()
+        };
+        for n in [0u32, 1, 5_999, 11_998] {
+            let want = holding(&address(n));
+            assert_eq!(want.len(), 1);
+            assert_eq!(maybe(&block, None, &address(n)), want, "{n}");
+            let service = if n % 2 == 0 { "frontend" } else { "cart" };
+            assert_eq!(maybe(&block, Some(service), &address(n)), want, "{n}");
+        }
+        assert!(maybe(&block, None, "192.168.1.1").is_empty(), "a value that is nowhere");
+
+        // Compaction's copy of the chunks' filters equals what the groups hold.
+        let copy = block.copy_source(&OsFs).unwrap().unwrap();
+        for (i, c) in block.chunks.iter().enumerate() {
+            assert_eq!(copy.blocked[i].len(), c.bloom_lines as usize * bloom::LINE_BYTES);
+        }
+
+        // Damage one byte of every region of the first group: its chunks answer "maybe".
+        let mut file = std::fs::read(&path).unwrap();
+        let g = &block.bloom_groups[0];
+        for j in 0..g.lines as u64 {
+            file[(g.offset + j * g.region_len() as u64) as usize + 4] ^= 0x40;
+        }
+        std::fs::write(&path, &file).unwrap();
+        let damaged = Block::open(&OsFs, &path).unwrap();
+        let got = maybe(&damaged, None, "192.168.1.1");
+        let members: Vec<usize> = g.members.iter().map(|c| *c as usize).collect();
+        assert_eq!(got, members, "the damaged group's chunks, and only them");
+        assert!(damaged.copy_source(&OsFs).is_err(), "compaction refuses a damaged filter");
+    }
 
     #[test]
     fn trace_index_finds_every_chunk_of_a_trace_narrow_and_wide() {

@@ -57,6 +57,9 @@ pub(crate) struct BlockWriter<'a> {
     file: Vec<u8>,
     chunks: Vec<ChunkMeta>,
     all_postings: Vec<Vec<(u32, Postings)>>,
+    /// The blocked Bloom filter of each chunk (empty when it has none), written in the
+    /// block's Bloom section by [`BlockWriter::finish`].
+    blocked: Vec<Vec<u8>>,
     trace_index: Vec<(TraceId, u32)>,
     span_count: u64,
     /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
@@ -196,7 +199,9 @@ impl<'a> BlockWriter<'a> {
             .collect();
         chunk_postings.sort_unstable_by_key(|(service, _)| *service);
         // Service ids differ between the blocks, names do not: the filter's items stay valid.
+        // A format 4 filter stays after its chunk; a blocked one goes to the Bloom section.
         let filter = source.read_bloom(fs, i)?;
+        let blocked = from.blocked[i].clone();
         let chunk = self.chunks.len() as u32;
         self.trace_index.extend(from.traces[i].iter().map(|id| (*id, chunk)));
         self.chunks.push(ChunkMeta {
@@ -208,7 +213,11 @@ impl<'a> BlockWriter<'a> {
             services: services.into_iter().collect(),
             bloom_len: filter.len() as u32,
             bloom_crc: crc32fast::hash(&filter),
+            bloom_lines: (blocked.len() / bloom::LINE_BYTES) as u32,
+            bloom_probes: if blocked.is_empty() { 0 } else { meta.bloom_probes },
+            bloom_slot: 0,
         });
+        self.blocked.push(blocked);
         self.all_postings.push(chunk_postings);
         self.file.extend_from_slice(&bytes);
         self.file.extend_from_slice(&filter);
@@ -289,7 +298,7 @@ impl<'a> BlockWriter<'a> {
             self.chunks.push(meta);
             self.all_postings.push(e.postings);
             self.file.extend_from_slice(&e.compressed);
-            self.file.extend_from_slice(&e.filter);
+            self.blocked.push(e.filter);
         }
     }
 
@@ -317,6 +326,26 @@ impl<'a> BlockWriter<'a> {
         trace_index.sort_unstable();
         trace_index.dedup();
         let mut file = std::mem::take(&mut self.file);
+        // The Bloom section: the blocked filters grouped by (lines, probes), each group line
+        // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
+        let bloom_offset = file.len() as u64;
+        let mut groups: BTreeMap<(u32, u8), Vec<usize>> = BTreeMap::new();
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.bloom_lines > 0 {
+                groups.entry((c.bloom_lines, c.bloom_probes)).or_default().push(i);
+            }
+        }
+        for ((lines, _), members) in groups {
+            for j in 0..lines as usize {
+                let at = file.len();
+                file.extend_from_slice(&[0; 4]);
+                for &c in &members {
+                    file.extend_from_slice(&self.blocked[c][j * bloom::LINE_BYTES..][..bloom::LINE_BYTES]);
+                }
+                let crc = crc32fast::hash(&file[at + 4..]);
+                file[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+            }
+        }
         let red = if self.red_incomplete || self.red.is_empty() {
             Vec::new()
         } else {
@@ -393,6 +422,10 @@ impl<'a> BlockWriter<'a> {
             if c.bloom_len > 0 {
                 index.buf.extend_from_slice(&c.bloom_crc.to_le_bytes());
             }
+            index.varint(c.bloom_lines as u64);
+            if c.bloom_lines > 0 {
+                index.u8(c.bloom_probes);
+            }
         }
         index.varint(trace_index.len() as u64);
         for (id, chunk) in &trace_index {
@@ -403,6 +436,7 @@ impl<'a> BlockWriter<'a> {
         if !red.is_empty() {
             index.buf.extend_from_slice(&crc32fast::hash(&red).to_le_bytes());
         }
+        index.varint(bloom_offset);
         let index = zstd::bulk::compress(&index.buf, ZSTD_LEVEL).expect("zstd compresses any input");
         let index_offset = file.len() as u64;
         file.extend_from_slice(&index);
@@ -428,7 +462,8 @@ struct Queued<'a> {
     services: Vec<u32>,
 }
 
-/// A chunk encoded: its metadata (offset still to be set), bytes, filter and postings.
+/// A chunk encoded: its metadata (offset still to be set), bytes, blocked Bloom filter (empty
+/// when it has none) and postings.
 struct Encoded {
     meta: ChunkMeta,
     compressed: Vec<u8>,
@@ -465,8 +500,11 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], zstd: &mut zstd::bulk::Compresso
             time: t,
             durations,
             services: chunk_services.into_iter().collect(),
-            bloom_len: filter.len() as u32,
-            bloom_crc: crc32fast::hash(&filter),
+            bloom_len: 0,
+            bloom_crc: 0,
+            bloom_lines: (filter.len() / bloom::LINE_BYTES) as u32,
+            bloom_probes: if filter.is_empty() { 0 } else { bloom::BLOCKED_PROBES },
+            bloom_slot: 0,
         },
         compressed,
         filter,
