@@ -87,6 +87,9 @@ pub struct Report {
     /// Serial work of the server during the load (from its `skein_storage_serial_seconds`),
     /// by part, in seconds; empty when the store does not measure it.
     pub serial_seconds: Vec<(String, f64)>,
+    /// Background work of the server during the load that runs as concurrent tasks (block
+    /// writes, compactions; from its `skein_storage_background_seconds`), by part, in seconds.
+    pub background_seconds: Vec<(String, f64)>,
     pub export_p50_ms: f64,
     pub export_p99_ms: f64,
     pub rss_mib: Option<f64>,
@@ -145,6 +148,7 @@ impl Report {
             "spans_per_sec": round(self.spans_per_sec),
             "spans_per_core_sec": self.spans_per_core_sec.map(round),
             "serial_share": self.serial_share().map(|s| (s * 1e4).round() / 1e4),
+            "background_seconds": self.background_seconds.iter().map(|(p, s)| (p.clone(), round(*s))).collect::<std::collections::BTreeMap<_, _>>(),
             "implied_speedup_16_cores": self.serial_share().map(|s| round(amdahl(s, 16.0))),
             "implied_speedup_64_cores": self.serial_share().map(|s| round(amdahl(s, 64.0))),
             "server_cpus": self.server_cpus,
@@ -200,7 +204,7 @@ impl Report {
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
              search (attribute) p50 {:.2} ms, p99 {:.2} ms\n\
              search (client.address) p50 {:.2} ms, p99 {:.2} ms\n\
-             services list      p99 {:.2} ms, operations p99 {:.2} ms{}{}{}{}{}{}",
+             services list      p99 {:.2} ms, operations p99 {:.2} ms{}{}{}{}{}{}{}",
             self.spans_accepted,
             self.spans_sent,
             self.requests_failed,
@@ -239,6 +243,14 @@ impl Report {
                 amdahl(share, 16.0),
                 amdahl(share, 64.0),
             )),
+            if self.background_seconds.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\nbackground work    {} (concurrent tasks, outside chunk encoding; not serial)",
+                    self.background_seconds.iter().map(|(p, s)| format!("{p} {s:.2} s")).collect::<Vec<_>>().join(", ")
+                )
+            },
             self.clickhouse_cpu_seconds.map_or(String::new(), |cpu| format!(
                 "\nclickhouse         {:.0} spans/s into ClickHouse, {cpu:.1} s of its CPU ({:.0} spans per ClickHouse core-second)",
                 self.clickhouse_spans_per_sec.unwrap_or(0.0),
@@ -833,6 +845,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         indicatif::ProgressBar::hidden()
     };
     let serial_before = serial_seconds(&query, &client).await;
+    let background_before = metric_by_part(&query, &client, "skein_storage_background_seconds_total").await;
     let cpu_before = server.as_ref().and_then(Server::cpu_seconds);
     let ch_cpu_before = clickhouse_cpu_seconds();
     let started = Instant::now();
@@ -880,14 +893,20 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         let cpu = (after - before).max(0.01);
         report.spans_per_core_sec = Some(report.spans_accepted as f64 / cpu);
     }
-    let serial_after = serial_seconds(&query, &client).await;
-    report.serial_seconds = serial_after
-        .into_iter()
-        .map(|(part, after)| {
-            let before = serial_before.iter().find(|(p, _)| *p == part).map_or(0.0, |(_, s)| *s);
-            (part, (after - before).max(0.0))
-        })
-        .collect();
+    let since = |before: &[(String, f64)], after: Vec<(String, f64)>| -> Vec<(String, f64)> {
+        after
+            .into_iter()
+            .map(|(part, after)| {
+                let before = before.iter().find(|(p, _)| *p == part).map_or(0.0, |(_, s)| *s);
+                (part, (after - before).max(0.0))
+            })
+            .collect()
+    };
+    report.serial_seconds = since(&serial_before, serial_seconds(&query, &client).await);
+    report.background_seconds = since(
+        &background_before,
+        metric_by_part(&query, &client, "skein_storage_background_seconds_total").await,
+    );
 
     if let Some(s) = &server {
         let peak_kb = peak_rss.load(Ordering::Relaxed).max(s.rss_mib().map_or(0, |m| (m * 1024.0) as u64));

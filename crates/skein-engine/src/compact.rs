@@ -2,45 +2,67 @@
 
 use super::*;
 
+/// A run of blocks claimed by one compaction, and the sequence number of the block it writes.
+pub(crate) struct Claimed {
+    sources: Vec<SharedBlock>,
+    seq: u64,
+}
+
 impl Shared {
-    /// Merges the oldest run of small blocks into one (format v3), streaming chunk by chunk
-    /// (copied compressed; see [`merge_blocks`]): memory holds one source chunk and the
-    /// output's compressed chunks (at most
-    /// `compact_target_bytes`). The new block is written atomically and lists the blocks it
-    /// replaces, which are retired (and deleted once no reader holds them); a crash after the
-    /// write is finished on open. Returns whether it merged anything.
-    pub(crate) async fn compact_locked(
-        &self,
-        _one_at_a_time: tokio::sync::MutexGuard<'_, ()>,
-    ) -> Result<bool, StoreError> {
+    /// Claims the oldest run of small blocks no running compaction merges (at most
+    /// `compact_target_bytes` together, at least `compact_min_blocks` of them) for one
+    /// compaction, or `None` when there is no such run. Compactions of different runs run at
+    /// once (up to `compaction_jobs` in the background).
+    pub(crate) fn claim_compaction(&self) -> Option<Claimed> {
         let target = self.config.compact_target_bytes;
-        let (sources, seq) = {
-            let mut st = self.state.write();
-            let mut run: Vec<SharedBlock> = Vec::new();
-            let mut total = 0u64;
-            for b in st.blocks.iter().filter(|b| self.awaits_compaction(b)) {
-                if total + b.bytes > target && run.len() >= 2 {
-                    break;
-                }
-                total += b.bytes;
-                run.push(Arc::clone(b));
+        let mut st = self.state.write();
+        let mut run: Vec<SharedBlock> = Vec::new();
+        let mut total = 0u64;
+        for b in st.blocks.iter().filter(|b| self.awaits_compaction(b)) {
+            if b.seq().is_some_and(|s| st.compacting.contains(&s)) {
+                continue;
             }
-            if run.len() < self.config.compact_min_blocks.max(2) {
-                return Ok(false);
+            if total + b.bytes > target && run.len() >= 2 {
+                break;
             }
-            let seq = st.next_block;
-            st.next_block += 1;
-            (run, seq)
-        };
+            total += b.bytes;
+            run.push(Arc::clone(b));
+        }
+        if run.len() < self.config.compact_min_blocks.max(2) {
+            return None;
+        }
+        st.compacting.extend(run.iter().filter_map(|b| b.seq()));
+        let seq = st.next_block;
+        st.next_block += 1;
+        Some(Claimed { sources: run, seq })
+    }
+
+    /// Merges a claimed run of blocks into one, streaming chunk by chunk (copied compressed;
+    /// see [`merge_blocks`]): memory holds one source chunk and the output's compressed chunks
+    /// (at most `compact_target_bytes`). The new block is written atomically and lists the
+    /// blocks it replaces, which are retired (and deleted once no reader holds them); a crash
+    /// after the write is finished on open. Returns whether it merged anything; the run is
+    /// released either way.
+    pub(crate) async fn compact_claimed(&self, claimed: Claimed) -> Result<bool, StoreError> {
+        let Claimed { sources, seq } = claimed;
+        let merged = self.merge_claimed(&sources, seq).await;
+        let mut st = self.state.write();
+        for s in sources.iter().filter_map(|b| b.seq()) {
+            st.compacting.remove(&s);
+        }
+        merged
+    }
+
+    async fn merge_claimed(&self, sources: &[SharedBlock], seq: u64) -> Result<bool, StoreError> {
         let path = self.config.dir.join("blocks").join(format!("{seq:020}.blk"));
         let fs = Arc::clone(&self.config.fs);
-        let inputs = sources.clone();
+        let inputs = sources.to_vec();
         let started = Instant::now();
-        let (merged, serial) =
+        let (merged, cpu) =
             tokio::task::spawn_blocking(move || block::serially(|| merge_blocks(&*fs, &inputs, &path)))
                 .await
                 .map_err(|e| StoreError::Internal(format!("compaction panicked: {e}")))?;
-        self.serial_compaction.fetch_add(serial.as_nanos() as u64, Ordering::Relaxed);
+        self.compaction_nanos.fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
         let merged = merged?;
         let in_bytes: u64 = sources.iter().map(|b| b.bytes).sum();
         tracing::info!(
@@ -61,7 +83,7 @@ impl Shared {
             st.blocks.push(Arc::new(merged));
             st.blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
         }
-        self.retired.lock().extend(sources);
+        self.retired.lock().extend(sources.iter().cloned());
         Ok(true)
     }
 
@@ -127,7 +149,61 @@ pub(crate) fn merge_blocks(
         }
         writer.add_traces(traces.into_values());
     }
-    let wal_end = sources.iter().map(|b| b.wal_segment_end).max().unwrap_or(0);
+    // Exactly the sources' WAL ranges: a head between two sources may still be unwritten.
+    let wal_ranges: Vec<(u64, u64)> = sources.iter().flat_map(|b| b.wal_ranges.iter().copied()).collect();
     let replaces: Vec<u64> = sources.iter().filter_map(|b| b.seq()).collect();
-    writer.finish(fs, path, wal_end, &replaces).map_err(block_error)
+    writer.finish(fs, path, &wal_ranges, &replaces).map_err(block_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_store::SpanStore;
+    use skein_store::testdata::SpanBuilder;
+
+    /// Two compactions claim disjoint runs of blocks, run at once, and lose nothing; a third
+    /// finds nothing left to claim while they run.
+    #[tokio::test]
+    async fn compactions_of_disjoint_runs_run_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            retention: Duration::from_secs(100 * 365 * 24 * 3600),
+            compact_min_blocks: 2,
+            ..EngineConfig::new(dir.path())
+        };
+        let (e, _) = Engine::open(config.clone()).unwrap();
+        for n in 1..=4u8 {
+            e.write((1..=20).map(|i| SpanBuilder::new(n, i).service("svc").build()).collect()).await.unwrap();
+            e.flush().await.unwrap();
+        }
+        let largest = e.shared.state.read().blocks.iter().map(|b| b.bytes).max().unwrap();
+        e.close().await;
+        // Runs of two blocks: a third does not fit the target.
+        let config = EngineConfig { compact_target_bytes: largest * 5 / 2, ..config };
+        let (e, _) = Engine::open(config).unwrap();
+        let stored = e.stats().spans_stored;
+        let shared = &e.shared;
+        let first = shared.claim_compaction().expect("a run of two blocks");
+        let second = shared.claim_compaction().expect("another run of two");
+        let seqs = |c: &Claimed| c.sources.iter().filter_map(|b| b.seq()).collect::<BTreeSet<u64>>();
+        assert_eq!((seqs(&first).len(), seqs(&second).len()), (2, 2));
+        assert!(seqs(&first).is_disjoint(&seqs(&second)), "each run is claimed once");
+        assert!(shared.claim_compaction().is_none(), "every small block is claimed");
+        let ranges = |c: &Claimed| {
+            block::join_ranges(c.sources.iter().flat_map(|b| b.wal_ranges.iter().copied()).collect())
+        };
+        let want: BTreeSet<Vec<(u64, u64)>> = [ranges(&first), ranges(&second)].into();
+        let (a, b) = tokio::join!(shared.compact_claimed(first), shared.compact_claimed(second));
+        assert_eq!((a.unwrap(), b.unwrap()), (true, true));
+        assert!(shared.state.read().compacting.is_empty(), "the runs are released");
+        assert_eq!(e.block_count(), 2);
+        let got: BTreeSet<Vec<(u64, u64)>> =
+            e.shared.state.read().blocks.iter().map(|b| b.wal_ranges.clone()).collect();
+        assert_eq!(got, want, "a merged block names exactly its sources' WAL segments");
+        assert_eq!(e.stats().spans_stored, stored);
+        for n in 1..=4u8 {
+            assert_eq!(e.trace(SpanBuilder::trace_id(n)).await.unwrap().unwrap().len(), 20);
+        }
+        e.close().await;
+    }
 }

@@ -54,9 +54,15 @@ impl Tally {
     }
 }
 
+/// A head cut off from ingest, being written to a block. Several are written at once, each by
+/// its own task.
 #[derive(Debug)]
 pub(crate) struct Frozen {
     pub(crate) head: Head,
-    /// WAL segments below this id hold only this head's records (and older ones).
-    pub(crate) wal_segment_end: u64,
+    /// The WAL segments `[start, end)` that hold this head's records (and no other head's).
+    pub(crate) wal_segments: (u64, u64),
+    /// A task is writing it to a block.
+    pub(crate) writing: std::sync::atomic::AtomicBool,
+    /// Why its last write failed (it is tried again at the next flush).
+    pub(crate) failed: parking_lot::Mutex<Option<String>>,
 }

@@ -83,6 +83,10 @@ pub struct EngineConfig {
     /// Compacted blocks are not merged again.
     pub compact_target_bytes: u64,
     pub compact_min_blocks: usize,
+    /// Compactions that may run at once, each on its own run of blocks (default: a quarter of
+    /// the cores, at least 2): compaction keeps up with ingest on any number of cores instead
+    /// of being one thread's work.
+    pub compaction_jobs: usize,
     pub fs: Arc<dyn Fs>,
 }
 
@@ -97,6 +101,7 @@ impl EngineConfig {
             overload_wait: Duration::from_secs(2),
             compact_target_bytes: 64 * 1024 * 1024,
             compact_min_blocks: 8,
+            compaction_jobs: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4).max(2),
             fs: Arc::new(OsFs),
         }
     }
@@ -135,6 +140,11 @@ struct State {
     /// Sorted by start time.
     blocks: Vec<SharedBlock>,
     next_block: u64,
+    /// Blocks (by sequence number) a running compaction merges: no other takes them.
+    compacting: BTreeSet<u64>,
+    /// The first WAL segment with records of the head (0 after open: the head then holds
+    /// every record no block has, whatever its segment).
+    head_wal_start: u64,
 }
 
 #[derive(Debug)]
@@ -145,7 +155,6 @@ struct Shared {
     /// exclusively, so a WAL rotation splits the records exactly between two heads.
     gate: tokio::sync::RwLock<()>,
     flush_lock: tokio::sync::Mutex<()>,
-    compact_lock: tokio::sync::Mutex<()>,
     state: RwLock<State>,
     /// Blocks replaced by a compaction, deleted from disk once no reader holds them.
     retired: parking_lot::Mutex<Vec<SharedBlock>>,
@@ -153,12 +162,13 @@ struct Shared {
     traces_evicted: AtomicU64,
     /// Block chunks read and decoded by queries (searches, traces) since open.
     chunks_read: AtomicU64,
-    /// Serial work since open, in nanoseconds: under the head's exclusive lock, and on the
-    /// one thread that writes blocks and the one that compacts them (outside their parallel
-    /// chunk encoding). With the WAL writer's, it bounds how ingest scales with cores.
+    /// Serial work since open, in nanoseconds: under the head's exclusive lock. With the WAL
+    /// writer's, it bounds how ingest scales with cores.
     serial_head: AtomicU64,
-    serial_blocks: AtomicU64,
-    serial_compaction: AtomicU64,
+    /// CPU time of block writes and of compactions (outside their chunk encoding, which runs
+    /// on every core): background work that runs as concurrent tasks, so not serial.
+    block_writer_nanos: AtomicU64,
+    compaction_nanos: AtomicU64,
     /// Wakes the background task when the head is full.
     flush_wanted: Arc<tokio::sync::Notify>,
     /// Wakes writers waiting for memory when a block has been written.
@@ -243,7 +253,11 @@ impl Engine {
         }
         blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
         report.blocks = blocks.len();
-        let wal_floor = blocks.iter().map(|b| b.wal_segment_end).max().unwrap_or(0);
+        // WAL segments whose records are in a block. Since format 5, blocks are written at once
+        // and a newer head's block may be on disk while an older one's is not: only the
+        // segments a block names are skipped (before, one range from 0 per block).
+        let covered = block::join_ranges(blocks.iter().flat_map(|b| b.wal_ranges.iter().copied()).collect());
+        let in_a_block = |segment: u64| covered.iter().any(|(start, end)| (*start..*end).contains(&segment));
 
         let wal_config = WalConfig {
             dir: config.dir.join("wal"),
@@ -254,7 +268,7 @@ impl Engine {
         report.wal_truncations = recovery.truncations;
         let mut head = Head::default();
         for (pos, record) in recovery.records {
-            if pos.segment < wal_floor {
+            if in_a_block(pos.segment) {
                 continue; // already in a block
             }
             match codec::decode_spans(&record) {
@@ -274,15 +288,21 @@ impl Engine {
             wal,
             gate: tokio::sync::RwLock::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
-            compact_lock: tokio::sync::Mutex::new(()),
-            state: RwLock::new(State { head, frozen: Vec::new(), blocks, next_block }),
+            state: RwLock::new(State {
+                head,
+                frozen: Vec::new(),
+                blocks,
+                next_block,
+                compacting: BTreeSet::new(),
+                head_wal_start: 0,
+            }),
             retired: parking_lot::Mutex::new(Vec::new()),
             spans_evicted: AtomicU64::new(0),
             traces_evicted: AtomicU64::new(0),
             chunks_read: AtomicU64::new(0),
             serial_head: AtomicU64::new(0),
-            serial_blocks: AtomicU64::new(0),
-            serial_compaction: AtomicU64::new(0),
+            block_writer_nanos: AtomicU64::new(0),
+            compaction_nanos: AtomicU64::new(0),
             flush_wanted: Arc::new(tokio::sync::Notify::new()),
             flushed: tokio::sync::Notify::new(),
             _lock: lock,
@@ -302,8 +322,8 @@ impl Engine {
     /// Runs one compaction now if enough small blocks are waiting; returns whether it merged
     /// anything. Normally the engine does this by itself.
     pub async fn compact(&self) -> Result<bool, StoreError> {
-        let guard = self.shared.compact_lock.lock().await;
-        let merged = self.shared.compact_locked(guard).await?;
+        let Some(run) = self.shared.claim_compaction() else { return Ok(false) };
+        let merged = self.shared.compact_claimed(run).await?;
         self.shared.delete_retired();
         Ok(merged)
     }
@@ -320,6 +340,12 @@ impl Engine {
         if let Some(b) = self.background.take() {
             b.abort();
             let _ = b.await;
+        }
+        // A head's block write that is finishing holds the engine until it has put the block
+        // in place: let it (a write that has just begun still holds it only weakly).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Arc::strong_count(&self.shared) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -636,8 +662,10 @@ impl SpanStore for Engine {
             serial_nanos: vec![
                 ("head_lock", self.shared.serial_head.load(Ordering::Relaxed)),
                 ("wal_writer", self.shared.wal.busy_nanos()),
-                ("block_writer", self.shared.serial_blocks.load(Ordering::Relaxed)),
-                ("compaction", self.shared.serial_compaction.load(Ordering::Relaxed)),
+            ],
+            background_nanos: vec![
+                ("block_writer", self.shared.block_writer_nanos.load(Ordering::Relaxed)),
+                ("compaction", self.shared.compaction_nanos.load(Ordering::Relaxed)),
             ],
             memory_bytes: vec![
                 ("trace_index", memory.traces),

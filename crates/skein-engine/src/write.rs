@@ -3,14 +3,88 @@
 
 use super::*;
 
-/// Cuts full or old heads into blocks and enforces retention. Holds the engine only weakly
-/// while idle, so dropping the engine ends it.
+/// Writes a frozen head to block `seq`, then puts the block in the engine's view in its place
+/// and deletes the WAL segments no unwritten head needs; on failure, leaves the head frozen
+/// (still read by queries, written again at the next flush). Holds the engine only weakly:
+/// dropped meanwhile, the block stays on disk and is found, with its WAL range, at the next
+/// open.
+async fn write_frozen(shared: Weak<Shared>, frozen: Arc<Frozen>, seq: u64) {
+    let Some((fs, path, cutoff)) = shared.upgrade().map(|s| {
+        let cutoff = now_nanos().saturating_sub(s.config.retention.as_nanos() as u64);
+        (Arc::clone(&s.config.fs), s.config.dir.join("blocks").join(format!("{seq:020}.blk")), cutoff)
+    }) else {
+        return;
+    };
+    let kept = frozen.head.traces.values().flatten().filter(|s| s.start_time_unix_nano >= cutoff).count();
+    let head = Arc::clone(&frozen);
+    let written = if kept == 0 {
+        Ok(None)
+    } else {
+        // Encoded straight from the frozen head (readers share it meanwhile): no copies.
+        tokio::task::spawn_blocking(move || {
+            let traces =
+                head.head.traces.values().map(|spans| {
+                    spans.iter().filter(|s| s.start_time_unix_nano >= cutoff).collect::<Vec<_>>()
+                });
+            // Every span kept: the head's pre-aggregates are the block's.
+            let red = (kept as u64 == head.head.spans).then_some(&head.head.red);
+            let ranges = [head.wal_segments];
+            block::serially(|| block::write_block(&*fs, &path, traces, &ranges, red))
+        })
+        .await
+        .map_err(|e| format!("block writer panicked: {e}"))
+        .and_then(|(written, cpu)| written.map(|b| Some((b, cpu))).map_err(|e| e.to_string()))
+    };
+    let Some(shared) = shared.upgrade() else { return };
+    let block = match written {
+        Ok(block) => block,
+        Err(e) => {
+            tracing::error!(error = %e, "cutting the head into a block failed; will retry");
+            *frozen.failed.lock() = Some(e);
+            frozen.writing.store(false, Ordering::Release);
+            shared.flushed.notify_waiters();
+            return;
+        }
+    };
+    shared.spans_evicted.fetch_add(frozen.head.spans - kept as u64, Ordering::Relaxed);
+    let wal_needed_from = {
+        let mut st = shared.state.write();
+        st.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
+        if let Some((b, cpu)) = block {
+            shared.block_writer_nanos.fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
+            tracing::info!(block = %b.path.display(), spans = b.span_count, traces = b.trace_count, bytes = b.bytes, "block written");
+            st.blocks.push(Arc::new(b));
+            st.blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
+        }
+        // Segments below the first of the oldest head not in a block yet hold only records
+        // that are in blocks.
+        st.frozen.iter().map(|f| f.wal_segments.0).chain([st.head_wal_start]).min().unwrap_or(0)
+    };
+    if let Err(e) = shared.wal.remove_segments_before(wal_needed_from).await {
+        tracing::warn!(error = %e, "deleting WAL segments already in blocks failed; will retry");
+    }
+    shared.flushed.notify_waiters();
+}
+
+/// Cuts full or old heads into blocks, enforces retention and starts compactions (up to
+/// `compaction_jobs` at once, each its own task, so that cutting heads never waits for one).
+/// Holds the engine only weakly while idle, so dropping the engine ends it (and the
+/// compactions it started: their tasks are aborted with it).
 pub(crate) async fn background(shared: Weak<Shared>, flush_wanted: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut compactions: tokio::task::JoinSet<Result<bool, StoreError>> = tokio::task::JoinSet::new();
     loop {
         let wanted = tokio::select! {
             _ = tick.tick() => false,
             () = flush_wanted.notified() => true,
+            Some(done) = compactions.join_next(), if !compactions.is_empty() => {
+                match done {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "compaction failed; the blocks stay as they are"),
+                    Err(e) => tracing::error!(error = %e, "compaction task failed; the blocks stay as they are"),
+                }
+                false
+            }
         };
         let Some(shared) = shared.upgrade() else { return };
         let due = wanted || {
@@ -18,97 +92,98 @@ pub(crate) async fn background(shared: Weak<Shared>, flush_wanted: Arc<tokio::sy
             st.head.created.is_some_and(|c| c.elapsed() >= shared.config.head_max_age)
                 || !st.frozen.is_empty()
         };
-        if due && let Err(e) = shared.try_flush().await {
+        if due && let Err(e) = shared.start_flush().await {
             tracing::error!(error = %e, "cutting the head into a block failed; will retry");
         }
         if let Err(e) = shared.enforce_retention() {
             tracing::error!(error = %e, "retention failed; will retry");
         }
-        if let Ok(guard) = shared.compact_lock.try_lock() {
-            match shared.compact_locked(guard).await {
-                Ok(true) => shared.flush_wanted.notify_one(), // look again soon: more may be waiting
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "compaction failed; the blocks stay as they are"),
-            }
+        while compactions.len() < shared.config.compaction_jobs.max(1) {
+            let Some(run) = shared.claim_compaction() else { break };
+            let shared = Arc::clone(&shared);
+            compactions.spawn(async move { shared.compact_claimed(run).await });
         }
         shared.delete_retired();
     }
 }
 
 impl Shared {
-    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
-        let guard = self.flush_lock.lock().await;
-        self.flush_locked(guard).await
+    /// Cuts the head into a block (if it holds anything) and waits until it and every head cut
+    /// before it are written.
+    pub(crate) async fn flush(self: &Arc<Self>) -> Result<(), StoreError> {
+        let pending = {
+            let _one_at_a_time = self.flush_lock.lock().await;
+            self.freeze_and_write().await?
+        };
+        self.wait_written(&pending).await
     }
 
-    /// Flushes unless a flush is already running (which does the same work).
-    pub(crate) async fn try_flush(&self) -> Result<(), StoreError> {
+    /// Cuts the head into a block and starts writing it, without waiting for the write, unless
+    /// a flush is already cutting (which does the same).
+    pub(crate) async fn start_flush(self: &Arc<Self>) -> Result<(), StoreError> {
         match self.flush_lock.try_lock() {
-            Ok(guard) => self.flush_locked(guard).await,
+            Ok(_one_at_a_time) => self.freeze_and_write().await.map(drop),
             Err(_) => Ok(()),
         }
     }
 
-    pub(crate) async fn flush_locked(
-        &self,
-        _one_at_a_time: tokio::sync::MutexGuard<'_, ()>,
-    ) -> Result<(), StoreError> {
+    /// Freezes the head (when it holds spans; the WAL is rotated so that its records are
+    /// exactly the segments from the head's first to the new one) and starts a task for every
+    /// frozen head that none writes yet: heads are written to blocks at once, each on its own
+    /// task (with its chunks encoded on every core). Returns the frozen heads.
+    async fn freeze_and_write(self: &Arc<Self>) -> Result<Vec<Arc<Frozen>>, StoreError> {
         {
             let _gate = self.gate.write().await;
             if self.state.read().head.spans > 0 {
                 let segment = self.wal.rotate().await.map_err(store_error)?;
                 let mut st = self.state.write();
                 let head = std::mem::take(&mut st.head);
-                st.frozen.push(Arc::new(Frozen { head, wal_segment_end: segment }));
+                let start = std::mem::replace(&mut st.head_wal_start, segment);
+                st.frozen.push(Arc::new(Frozen {
+                    head,
+                    wal_segments: (start, segment),
+                    writing: std::sync::atomic::AtomicBool::new(false),
+                    failed: parking_lot::Mutex::new(None),
+                }));
             }
         }
+        let mut st = self.state.write();
+        for frozen in &st.frozen.clone() {
+            if frozen.writing.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            *frozen.failed.lock() = None;
+            let seq = st.next_block;
+            st.next_block += 1;
+            tokio::spawn(write_frozen(Arc::downgrade(self), Arc::clone(frozen), seq));
+        }
+        Ok(st.frozen.clone())
+    }
+
+    /// Waits until every head of `pending` is written to a block; fails when the write of one
+    /// failed (it is tried again at the next flush).
+    async fn wait_written(&self, pending: &[Arc<Frozen>]) -> Result<(), StoreError> {
         loop {
-            let (frozen, seq) = {
-                let mut st = self.state.write();
-                let Some(f) = st.frozen.first().cloned() else { break };
-                let seq = st.next_block;
-                st.next_block += 1;
-                (f, seq)
-            };
-            let cutoff = now_nanos().saturating_sub(self.config.retention.as_nanos() as u64);
-            let kept =
-                frozen.head.traces.values().flatten().filter(|s| s.start_time_unix_nano >= cutoff).count();
-            let dropped = frozen.head.spans - kept as u64;
-            self.spans_evicted.fetch_add(dropped, Ordering::Relaxed);
-            let path = self.config.dir.join("blocks").join(format!("{seq:020}.blk"));
-            let fs = Arc::clone(&self.config.fs);
-            let wal_end = frozen.wal_segment_end;
-            let block = if kept == 0 {
-                None
-            } else {
-                // Encoded straight from the frozen head (readers share it meanwhile): no copies.
-                let head = Arc::clone(&frozen);
-                let (written, serial) = tokio::task::spawn_blocking(move || {
-                    let traces = head.head.traces.values().map(|spans| {
-                        spans.iter().filter(|s| s.start_time_unix_nano >= cutoff).collect::<Vec<_>>()
-                    });
-                    // Every span kept: the head's pre-aggregates are the block's.
-                    let red = (kept as u64 == head.head.spans).then_some(&head.head.red);
-                    block::serially(|| block::write_block(&*fs, &path, traces, wal_end, red))
-                })
-                .await
-                .map_err(|e| StoreError::Internal(format!("block writer panicked: {e}")))?;
-                self.serial_blocks.fetch_add(serial.as_nanos() as u64, Ordering::Relaxed);
-                Some(written.map_err(block_error)?)
-            };
+            let written = self.flushed.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
             {
-                let mut st = self.state.write();
-                st.frozen.retain(|f| !Arc::ptr_eq(f, &frozen));
-                if let Some(b) = block {
-                    tracing::info!(block = %b.path.display(), spans = b.span_count, traces = b.trace_count, bytes = b.bytes, "block written");
-                    st.blocks.push(Arc::new(b));
-                    st.blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
+                let st = self.state.read();
+                let mut left =
+                    pending.iter().filter(|f| st.frozen.iter().any(|g| Arc::ptr_eq(f, g))).peekable();
+                if left.peek().is_none() {
+                    return Ok(());
+                }
+                for f in left {
+                    if !f.writing.load(Ordering::Acquire)
+                        && let Some(e) = f.failed.lock().clone()
+                    {
+                        return Err(StoreError::Internal(e));
+                    }
                 }
             }
-            self.flushed.notify_waiters();
-            self.wal.remove_segments_before(wal_end).await.map_err(store_error)?;
+            written.await;
         }
-        Ok(())
     }
 
     /// Bytes of spans held in memory: the head and the heads being written to blocks.
@@ -157,5 +232,79 @@ impl Shared {
                 .map_err(|e| StoreError::Internal(format!("deleting {}: {e}", b.path.display())))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_store::testdata::SpanBuilder;
+
+    /// Heads are written to blocks at once, so a newer head's block may be on disk while an
+    /// older head's spans are only in the WAL: recovery replays every segment no block names
+    /// (skipping all segments below the newest block's end would lose them).
+    #[tokio::test]
+    async fn a_newer_heads_block_does_not_hide_an_older_heads_wal_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            retention: Duration::from_secs(100 * 365 * 24 * 3600),
+            wal_fsync: skein_wal::FsyncPolicy::Always,
+            ..EngineConfig::new(dir.path())
+        };
+        let (e, _) = Engine::open(config.clone()).unwrap();
+        let older: Vec<Span> = (1..=3).map(|i| SpanBuilder::new(1, i).service("svc").build()).collect();
+        e.write(older.clone()).await.unwrap();
+        // The older head's records are in segments below `next`; the newer head's block
+        // (written first, before a crash) names the segment after them.
+        let next = e.shared.wal.rotate().await.unwrap();
+        drop(e);
+        let newer: Vec<Span> = (1..=2).map(|i| SpanBuilder::new(2, i).service("svc").build()).collect();
+        let path = dir.path().join("blocks").join(format!("{:020}.blk", 7));
+        let block =
+            block::write_block(&*config.fs, &path, [newer.iter().collect()], &[(next, next + 1)], None)
+                .unwrap();
+        assert_eq!(block.wal_ranges, vec![(next, next + 1)]);
+
+        let (e, report) = Engine::open(config).unwrap();
+        assert_eq!((report.blocks, report.wal_records_replayed), (1, 1), "{report:?}");
+        assert_eq!(
+            e.trace(SpanBuilder::trace_id(1)).await.unwrap().unwrap().len(),
+            3,
+            "the older head's spans"
+        );
+        assert_eq!(e.trace(SpanBuilder::trace_id(2)).await.unwrap().unwrap().len(), 2, "the newer block's");
+        e.close().await;
+    }
+
+    /// Several heads cut while earlier ones are still being written are written at once and
+    /// all arrive; `flush` waits for every head cut before it, and the WAL keeps only what
+    /// is not in a block.
+    #[tokio::test]
+    async fn heads_cut_one_after_another_are_all_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            retention: Duration::from_secs(100 * 365 * 24 * 3600),
+            ..EngineConfig::new(dir.path())
+        };
+        let (e, _) = Engine::open(config.clone()).unwrap();
+        for n in 1..=6u8 {
+            e.write((1..=5).map(|i| SpanBuilder::new(n, i).service("svc").build()).collect()).await.unwrap();
+            e.shared.start_flush().await.unwrap();
+        }
+        e.flush().await.unwrap();
+        {
+            let st = e.shared.state.read();
+            assert!(st.frozen.is_empty() && st.head.spans == 0);
+            assert_eq!(st.blocks.iter().map(|b| b.span_count).sum::<u64>(), 30);
+            let ranges = block::join_ranges(st.blocks.iter().flat_map(|b| b.wal_ranges.clone()).collect());
+            assert_eq!(ranges.len(), 1, "the blocks' WAL ranges leave no gap: {ranges:?}");
+        }
+        e.close().await;
+        let (e, report) = Engine::open(config).unwrap();
+        assert_eq!(report.wal_records_replayed, 0, "every record is in a block");
+        for n in 1..=6u8 {
+            assert_eq!(e.trace(SpanBuilder::trace_id(n)).await.unwrap().unwrap().len(), 5);
+        }
+        e.close().await;
     }
 }

@@ -223,11 +223,23 @@ impl Collector for StoreCollector {
         if !stats.serial_nanos.is_empty() {
             let mut family = encoder.encode_descriptor(
                 "skein_storage_serial_seconds",
-                "Serial work of ingest since start, by part: under the head's exclusive lock, on the WAL writer thread, and on the block writer's and compaction's one thread outside their parallel chunk encoding",
+                "Serial work of ingest since start, by part: under the head's exclusive lock and on the WAL writer thread",
                 None,
                 prometheus_client::metrics::MetricType::Counter,
             )?;
             for (part, nanos) in &stats.serial_nanos {
+                let counter = ConstCounter::new(*nanos as f64 / 1e9);
+                counter.encode(family.encode_family(&[("part", *part)])?)?;
+            }
+        }
+        if !stats.background_nanos.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "skein_storage_background_seconds",
+                "CPU time of background work since start, by part: block writes and compactions, outside their chunk encoding; each runs as concurrent tasks, so it is not serial",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (part, nanos) in &stats.background_nanos {
                 let counter = ConstCounter::new(*nanos as f64 / 1e9);
                 counter.encode(family.encode_family(&[("part", *part)])?)?;
             }

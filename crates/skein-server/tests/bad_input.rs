@@ -214,6 +214,12 @@ async fn http_bad_input_is_refused_with_a_message_and_harms_nothing() {
     // The embedded store reports its serial work (the bench's scaling figures read it).
     assert!(metric(&m, "skein_storage_serial_seconds_total{part=\"head_lock\"}") > 0.0, "{m}");
     assert!(metric(&m, "skein_storage_serial_seconds_total{part=\"wal_writer\"}") > 0.0, "{m}");
+    // Block writes and compactions run as concurrent tasks: background work, not serial.
+    assert!(!m.contains("skein_storage_serial_seconds_total{part=\"block_writer\"}"), "{m}");
+    for part in ["block_writer", "compaction"] {
+        let series = format!("skein_storage_background_seconds_total{{part=\"{part}\"}} ");
+        assert!(m.lines().any(|l| l.starts_with(&series)), "{m}");
+    }
     assert_eq!(metric(&m, "skein_spans_refused_total{protocol=\"http\",reason=\"invalid\"}"), 3.0);
     assert_eq!(metric(&m, "skein_http_requests_total{endpoint=\"/v1/traces\",status=\"413\"}"), 2.0);
     assert_eq!(metric(&m, "skein_http_requests_total{endpoint=\"/v1/traces\",status=\"415\"}"), 2.0);

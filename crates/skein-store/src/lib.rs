@@ -264,6 +264,10 @@ pub struct StoreStats {
     /// by one thread for every span): what bounds how ingest scales with cores. Empty for
     /// stores that do not measure it.
     pub serial_nanos: Vec<(&'static str, u64)>,
+    /// Nanoseconds of CPU time of background work since start, by part (for the embedded
+    /// engine: block writes and compactions, outside their chunk encoding): work that runs as
+    /// concurrent tasks, so not serial. Empty for stores that do not measure it.
+    pub background_nanos: Vec<(&'static str, u64)>,
     /// Bytes of memory the store holds for what it has stored, by part (for the embedded
     /// engine: its blocks' trace-id index, postings, chunk tables and kept Bloom filters):
     /// what grows with the data. Empty for stores that do not measure it.

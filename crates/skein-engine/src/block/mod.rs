@@ -122,8 +122,10 @@ pub struct Block {
     pub(crate) time: TimeRange,
     pub(crate) span_count: u64,
     pub(crate) trace_count: u64,
-    /// WAL segments below this id hold only records stored in this (or an older) block.
-    pub(crate) wal_segment_end: u64,
+    /// The WAL segments whose records this block holds, as `[start, end)` ranges, sorted and
+    /// apart (format 5; one range from 0 to the block's `wal_segment_end` before: blocks were
+    /// written one at a time, in order). Recovery replays only segments no block covers.
+    pub(crate) wal_ranges: Vec<(u64, u64)>,
     /// Blocks (by sequence number) whose spans a compaction moved into this one (format v3).
     pub(crate) replaces: Vec<u64>,
     pub(crate) bytes: u64,
@@ -171,6 +173,20 @@ pub(crate) struct CopySource<'b> {
     postings: Vec<Vec<(u32, Postings)>>,
     /// The blocked Bloom filter of each chunk (format 5; empty when it has none).
     blocked: Vec<Vec<u8>>,
+}
+
+/// `ranges` of WAL segments sorted, with overlapping and adjacent ones joined.
+pub(crate) fn join_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.retain(|(start, end)| start < end);
+    ranges.sort_unstable();
+    let mut joined: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match joined.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => joined.push((start, end)),
+        }
+    }
+    joined
 }
 
 /// A shared, open block.

@@ -96,6 +96,17 @@ impl Block {
         } else {
             Vec::new()
         };
+        let wal_ranges = if version >= 5 {
+            let n = r.count()?;
+            let ranges =
+                (0..n).map(|_| Ok((r.varint()?, r.varint()?))).collect::<Result<Vec<_>, String>>()?;
+            if ranges.iter().any(|(start, end)| start >= end || *end > wal_segment_end) {
+                return Err("a WAL range is empty or ends after the block's WAL end".into());
+            }
+            ranges
+        } else {
+            vec![(0, wal_segment_end)]
+        };
         let n = r.count()?;
         let mut services = Vec::with_capacity(n);
         for _ in 0..n {
@@ -264,7 +275,7 @@ impl Block {
             time,
             span_count,
             trace_count,
-            wal_segment_end,
+            wal_ranges: join_ranges(wal_ranges),
             replaces,
             bytes,
             chunks,
@@ -829,7 +840,7 @@ mod tests {
             })
             .collect();
         let path = dir.path().join("1.blk");
-        let block = write_block(&OsFs, &path, spans.iter().map(|s| vec![s]), 0, None).unwrap();
+        let block = write_block(&OsFs, &path, spans.iter().map(|s| vec![s]), &[], None).unwrap();
         assert!(block.chunk_count() >= 3, "{} chunks", block.chunk_count());
         assert!(!block.bloom_groups.is_empty());
         let tags = |v: &str| vec![("client.address".to_owned(), v.to_owned())];

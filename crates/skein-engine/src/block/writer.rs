@@ -26,14 +26,14 @@ pub(crate) fn serially<T>(work: impl FnOnce() -> T) -> (T, std::time::Duration) 
 }
 
 /// Writes traces (each a group of spans of one trace) into a new block file at `path`
-/// (atomically). `wal_segment_end` is recorded so recovery knows which WAL records the block
-/// already holds. `red`, when given, is the RED pre-aggregates of exactly these spans (the
+/// (atomically). `wal_ranges` (the WAL segments whose records these spans are) is recorded so
+/// recovery knows which WAL records the block already holds. `red`, when given, is the RED pre-aggregates of exactly these spans (the
 /// head's): they are written as they are instead of being counted again.
 pub(crate) fn write_block<'a>(
     fs: &dyn Fs,
     path: &Path,
     traces: impl IntoIterator<Item = Vec<&'a Span>>,
-    wal_segment_end: u64,
+    wal_ranges: &[(u64, u64)],
     red: Option<&RedSummary>,
 ) -> Result<Block, BlockError> {
     let mut writer = BlockWriter::default();
@@ -42,7 +42,7 @@ pub(crate) fn write_block<'a>(
         writer.red_given = true;
     }
     writer.add_traces(traces.into_iter().map(|spans| spans.into_iter().map(Cow::Borrowed).collect()));
-    writer.finish(fs, path, wal_segment_end, &[])
+    writer.finish(fs, path, wal_ranges, &[])
 }
 
 /// Builds a block chunk by chunk: spans go in (whole traces, or parts of traces: a trace may
@@ -302,15 +302,18 @@ impl<'a> BlockWriter<'a> {
         }
     }
 
-    /// Writes the block (atomically) and opens it. `replaces` names the blocks (by sequence
-    /// number) whose spans this one holds, for compaction.
+    /// Writes the block (atomically) and opens it. `wal_ranges` are the WAL segments whose
+    /// records it holds; `replaces` names the blocks (by sequence number) whose spans this one
+    /// holds, for compaction.
     pub(crate) fn finish(
         mut self,
         fs: &dyn Fs,
         path: &Path,
-        wal_segment_end: u64,
+        wal_ranges: &[(u64, u64)],
         replaces: &[u64],
     ) -> Result<Block, BlockError> {
+        let wal_ranges = join_ranges(wal_ranges.to_vec());
+        let wal_segment_end = wal_ranges.last().map_or(0, |(_, end)| *end);
         self.cut();
         self.encode_queued();
         // Every span is in a chunk now: the block's times are those of its chunks.
@@ -364,6 +367,11 @@ impl<'a> BlockWriter<'a> {
         index.varint(replaces.len() as u64);
         for r in replaces {
             index.varint(*r);
+        }
+        index.varint(wal_ranges.len() as u64);
+        for (start, end) in &wal_ranges {
+            index.varint(*start);
+            index.varint(*end);
         }
         index.varint(self.services.len() as u64);
         for (name, ops) in &self.services {
