@@ -196,6 +196,39 @@ fn store_error(e: WalError) -> StoreError {
     }
 }
 
+/// The first bytes of a zstd frame: a WAL record that starts with them is a compressed batch.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+thread_local! {
+    /// Each request thread's zstd context for WAL records (made once, not per record).
+    static WAL_ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The WAL record of a batch and the bytes of its encoding (what the head counts): the batch
+/// encoded (`docs/format/spans.md`) and compressed with zstd at level 1 on the writing thread,
+/// so the WAL's one writer thread copies, checksums, writes and syncs about a fifth of the
+/// bytes (on the realistic load), and the disk takes a fifth of the WAL traffic.
+fn wal_record(spans: &[Span]) -> (Vec<u8>, usize) {
+    let raw = codec::encode_spans(spans);
+    let compressed = WAL_ZSTD.with(|z| {
+        let mut z = z.borrow_mut();
+        let z = z.get_or_insert_with(|| zstd::bulk::Compressor::new(1).expect("zstd level 1 is valid"));
+        z.compress(&raw).expect("zstd compresses any input")
+    });
+    (compressed, raw.len())
+}
+
+/// The batch of a WAL record (compressed, or as written before 2026-12-06: the encoding
+/// itself, whose first byte is its version, 1) and the bytes of its encoding.
+fn read_wal_record(record: &[u8]) -> Result<(Vec<Span>, usize), String> {
+    if record.starts_with(&ZSTD_MAGIC) {
+        let raw = zstd::stream::decode_all(record).map_err(|e| format!("does not decompress: {e}"))?;
+        return codec::decode_spans(&raw).map(|spans| (spans, raw.len())).map_err(|e| e.to_string());
+    }
+    codec::decode_spans(record).map(|spans| (spans, record.len())).map_err(|e| e.to_string())
+}
+
 fn block_error(e: block::BlockError) -> StoreError {
     StoreError::Internal(e.to_string())
 }
@@ -271,10 +304,10 @@ impl Engine {
             if in_a_block(pos.segment) {
                 continue; // already in a block
             }
-            match codec::decode_spans(&record) {
-                Ok(spans) => {
+            match read_wal_record(&record) {
+                Ok((spans, len)) => {
                     let tally = Tally::of(&spans);
-                    head.insert(spans, record.len(), tally);
+                    head.insert(spans, len, tally);
                     report.wal_records_replayed += 1;
                 }
                 Err(e) => {
@@ -376,8 +409,7 @@ impl SpanStore for Engine {
             return Ok(());
         }
         self.shared.wait_for_memory().await?;
-        let record = codec::encode_spans(&spans);
-        let len = record.len();
+        let (record, len) = wal_record(&spans);
         let tally = Tally::of(&spans);
         let full = {
             let _gate = self.shared.gate.read().await;

@@ -276,6 +276,41 @@ mod tests {
         e.close().await;
     }
 
+    /// WAL records are compressed batches; records written before (the batch's encoding as
+    /// it is) are replayed too, and a record that is neither is reported, not replayed.
+    #[tokio::test]
+    async fn wal_records_compressed_and_plain_are_replayed() {
+        let spans = |n: u8| (1..=4).map(|i| SpanBuilder::new(n, i).service("svc").build()).collect::<Vec<_>>();
+        let (record, len) = wal_record(&spans(1));
+        assert!(record.starts_with(&ZSTD_MAGIC));
+        assert_eq!(len, codec::encode_spans(&spans(1)).len());
+        assert_eq!(read_wal_record(&record).unwrap(), (spans(1), len));
+        let plain = codec::encode_spans(&spans(2));
+        assert_eq!(read_wal_record(&plain).unwrap(), (spans(2), plain.len()));
+        let mut damaged = record.clone();
+        damaged.truncate(record.len() - 3);
+        assert!(read_wal_record(&damaged).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            retention: Duration::from_secs(100 * 365 * 24 * 3600),
+            wal_fsync: skein_wal::FsyncPolicy::Always,
+            ..EngineConfig::new(dir.path())
+        };
+        let (e, _) = Engine::open(config.clone()).unwrap();
+        e.write(spans(1)).await.unwrap();
+        // A record as an older build wrote it, and one that decodes to nothing.
+        e.shared.wal.append(plain).await.unwrap();
+        e.shared.wal.append(damaged).await.unwrap();
+        e.close().await;
+        let (e, report) = Engine::open(config).unwrap();
+        assert_eq!((report.wal_records_replayed, report.undecodable_wal_records), (2, 1));
+        for n in [1, 2] {
+            assert_eq!(e.trace(SpanBuilder::trace_id(n)).await.unwrap().unwrap().len(), 4);
+        }
+        e.close().await;
+    }
+
     /// Several heads cut while earlier ones are still being written are written at once and
     /// all arrive; `flush` waits for every head cut before it, and the WAL keeps only what
     /// is not in a block.
