@@ -5,7 +5,7 @@ use super::*;
 
 #[derive(Debug, Default)]
 pub(crate) struct Head {
-    pub(crate) traces: FxHashMap<TraceId, Vec<Span>>,
+    pub(crate) traces: FxHashMap<TraceId, HeadTrace>,
     pub(crate) bytes: usize,
     pub(crate) spans: u64,
     pub(crate) created: Option<Instant>,
@@ -15,10 +15,29 @@ pub(crate) struct Head {
     pub(crate) red: RedSummary,
 }
 
+/// The spans of one trace in a head, as the batches brought them: a batch's spans of the trace
+/// are moved in at once, as one part, so the head's lock is held per trace of a batch, not per
+/// span.
+#[derive(Debug, Default)]
+pub(crate) struct HeadTrace {
+    parts: Vec<Vec<Span>>,
+}
+
+impl HeadTrace {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Span> + Clone {
+        self.parts.iter().flatten()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.parts.iter().map(Vec::len).sum()
+    }
+}
+
 impl Head {
-    /// Adds a batch of spans and what [`Tally::of`] counted of them. Runs under the engine's
-    /// exclusive lock: the tally is counted before, so this only merges and moves.
-    pub(crate) fn insert(&mut self, spans: Vec<Span>, bytes: usize, tally: Tally) {
+    /// Adds a batch of spans, grouped by trace and counted by [`Tally::of`]. Runs under the
+    /// engine's exclusive lock: the tally is counted and the spans grouped before, so this only
+    /// merges and moves each trace's part in.
+    pub(crate) fn insert(&mut self, bytes: usize, tally: Tally) {
         self.created.get_or_insert_with(Instant::now);
         self.bytes += bytes;
         for (service, ops) in tally.operations {
@@ -28,28 +47,36 @@ impl Head {
             }
         }
         self.red.merge(&tally.red);
-        self.spans += spans.len() as u64;
-        for s in spans {
-            self.traces.entry(s.trace_id).or_default().push(s);
+        self.spans += tally.spans;
+        for (id, spans) in tally.traces {
+            self.traces.entry(id).or_default().parts.push(spans);
         }
     }
 }
 
-/// What a batch adds to a head besides its spans (operations with their kinds, RED
-/// pre-aggregates), counted before the head's lock is taken so that writers do it in parallel.
+/// A batch ready for a head: its spans grouped by trace, and what it adds to a head besides
+/// its spans (operations with their kinds, RED pre-aggregates), made before the head's lock is
+/// taken so that writers do it in parallel.
 #[derive(Default)]
 pub(crate) struct Tally {
+    traces: Vec<(TraceId, Vec<Span>)>,
+    spans: u64,
     operations: FxHashMap<String, FxHashMap<String, u8>>,
     red: RedSummary,
 }
 
 impl Tally {
-    pub(crate) fn of(spans: &[Span]) -> Tally {
-        let mut t = Tally::default();
-        for s in spans {
+    pub(crate) fn of(spans: Vec<Span>) -> Tally {
+        let mut t = Tally { spans: spans.len() as u64, ..Tally::default() };
+        for s in &spans {
             *named!(named!(&mut t.operations, s.service_name()), &s.name) |= 1 << s.kind.code();
             t.red.add(s);
         }
+        let mut by_trace: FxHashMap<TraceId, Vec<Span>> = FxHashMap::default();
+        for s in spans {
+            by_trace.entry(s.trace_id).or_default().push(s);
+        }
+        t.traces = by_trace.into_iter().collect();
         t
     }
 }

@@ -87,6 +87,9 @@ pub struct EngineConfig {
     /// the cores, at least 2): compaction keeps up with ingest on any number of cores instead
     /// of being one thread's work.
     pub compaction_jobs: usize,
+    /// WAL writer threads, each appending to segments of its own (default: a quarter of the
+    /// cores, at least 2): with one, every acknowledged byte goes through one thread.
+    pub wal_writers: usize,
     pub fs: Arc<dyn Fs>,
 }
 
@@ -102,6 +105,7 @@ impl EngineConfig {
             compact_target_bytes: 64 * 1024 * 1024,
             compact_min_blocks: 8,
             compaction_jobs: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4).max(2),
+            wal_writers: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4).max(2),
             fs: Arc::new(OsFs),
         }
     }
@@ -296,6 +300,7 @@ impl Engine {
             dir: config.dir.join("wal"),
             segment_bytes: 64 * 1024 * 1024,
             fsync: config.wal_fsync,
+            writers: config.wal_writers.max(1),
         };
         let (wal, recovery) = Wal::open(wal_config, Arc::clone(&fs))?;
         report.wal_truncations = recovery.truncations;
@@ -306,8 +311,7 @@ impl Engine {
             }
             match read_wal_record(&record) {
                 Ok((spans, len)) => {
-                    let tally = Tally::of(&spans);
-                    head.insert(spans, len, tally);
+                    head.insert(len, Tally::of(spans));
                     report.wal_records_replayed += 1;
                 }
                 Err(e) => {
@@ -410,13 +414,13 @@ impl SpanStore for Engine {
         }
         self.shared.wait_for_memory().await?;
         let (record, len) = wal_record(&spans);
-        let tally = Tally::of(&spans);
+        let tally = Tally::of(spans);
         let full = {
             let _gate = self.shared.gate.read().await;
             self.shared.wal.append(record).await.map_err(store_error)?;
             let mut st = self.shared.state.write();
             let locked = Instant::now();
-            st.head.insert(spans, len, tally);
+            st.head.insert(len, tally);
             let full = st.head.bytes >= self.shared.config.head_max_bytes;
             drop(st);
             self.shared.serial_head.fetch_add(locked.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -442,10 +446,19 @@ impl SpanStore for Engine {
             // before the oldest of them cannot change the answer and is not read.
             type Newest = std::collections::BinaryHeap<std::cmp::Reverse<u64>>;
             let mut newest = Newest::new();
-            let consider = |candidates: &mut HashMap<TraceId, u64>, newest: &mut Newest, spans: &[Span]| {
-                if spans.iter().any(|s| matcher.matches(s)) {
-                    let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-                    match candidates.entry(spans[0].trace_id) {
+            // A trace's spans found in one place (a head, a chunk), when one of them matches.
+            let consider = |candidates: &mut HashMap<TraceId, u64>,
+                            newest: &mut Newest,
+                            id: TraceId,
+                            spans: &mut dyn Iterator<Item = &Span>| {
+                let mut start = u64::MAX;
+                let mut matched = false;
+                for s in spans {
+                    start = start.min(s.start_time_unix_nano);
+                    matched = matched || matcher.matches(s);
+                }
+                if matched {
+                    match candidates.entry(id) {
                         // Each trace counts once towards the `limit` newest, even when its spans
                         // are in several chunks (head and blocks, or a compacted block).
                         std::collections::hash_map::Entry::Vacant(v) => {
@@ -464,12 +477,9 @@ impl SpanStore for Engine {
             };
             {
                 let st = shared.state.read();
-                for t in st.head.traces.values() {
-                    consider(&mut candidates, &mut newest, t);
-                }
-                for f in &st.frozen {
-                    for t in f.head.traces.values() {
-                        consider(&mut candidates, &mut newest, t);
+                for head in std::iter::once(&st.head).chain(st.frozen.iter().map(|f| &f.head)) {
+                    for (id, t) in &head.traces {
+                        consider(&mut candidates, &mut newest, *id, &mut t.iter());
                     }
                 }
             }
@@ -504,8 +514,8 @@ impl SpanStore for Engine {
                     for s in spans {
                         by_trace.entry(s.trace_id).or_default().push(s);
                     }
-                    for t in by_trace.values() {
-                        consider(&mut candidates, &mut newest, t);
+                    for (id, t) in &by_trace {
+                        consider(&mut candidates, &mut newest, *id, &mut t.iter());
                     }
                 }
             }
@@ -672,6 +682,18 @@ impl SpanStore for Engine {
             traces += b.trace_count;
         }
         let small = st.blocks.iter().filter(|b| self.shared.awaits_compaction(b)).count();
+        // One WAL writer thread is serial work; several share the appends, so it is not.
+        let wal = self.shared.wal.busy_nanos();
+        let mut serial_nanos = vec![("head_lock", self.shared.serial_head.load(Ordering::Relaxed))];
+        let mut background_nanos = vec![
+            ("block_writer", self.shared.block_writer_nanos.load(Ordering::Relaxed)),
+            ("compaction", self.shared.compaction_nanos.load(Ordering::Relaxed)),
+        ];
+        if self.shared.wal.writers() > 1 {
+            background_nanos.push(("wal_writers", wal));
+        } else {
+            serial_nanos.push(("wal_writer", wal));
+        }
         let mut memory = block::MemoryBytes::default();
         for b in &st.blocks {
             let m = b.memory_bytes();
@@ -691,14 +713,8 @@ impl SpanStore for Engine {
             traces_stored: traces,
             spans_evicted: self.shared.spans_evicted.load(Ordering::Relaxed),
             traces_evicted: self.shared.traces_evicted.load(Ordering::Relaxed),
-            serial_nanos: vec![
-                ("head_lock", self.shared.serial_head.load(Ordering::Relaxed)),
-                ("wal_writer", self.shared.wal.busy_nanos()),
-            ],
-            background_nanos: vec![
-                ("block_writer", self.shared.block_writer_nanos.load(Ordering::Relaxed)),
-                ("compaction", self.shared.compaction_nanos.load(Ordering::Relaxed)),
-            ],
+            serial_nanos,
+            background_nanos,
             memory_bytes: vec![
                 ("trace_index", memory.traces),
                 ("postings", memory.postings),

@@ -23,15 +23,16 @@ impl Shared {
         {
             let st = self.state.read();
             let heads = std::iter::once(&st.head).chain(st.frozen.iter().map(|f| &f.head));
-            for trace in heads.flat_map(|h| h.traces.values()) {
+            for (id, trace) in heads.flat_map(|h| h.traces.iter()) {
                 if trace.iter().any(|s| range.contains(s.start_time_unix_nano)) {
-                    if scan.spans + trace.len() > max_spans {
+                    let len = trace.len();
+                    if scan.spans + len > max_spans {
                         scan.truncated = true;
                         break;
                     }
-                    scan.spans += trace.len();
+                    scan.spans += len;
                     let projected = trace.iter().map(|s| skein_store::ScanSpan::of(s, attributes));
-                    scan.traces.entry(trace[0].trace_id).or_default().extend(projected);
+                    scan.traces.entry(*id).or_default().extend(projected);
                 }
             }
         }

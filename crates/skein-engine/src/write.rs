@@ -15,7 +15,13 @@ async fn write_frozen(shared: Weak<Shared>, frozen: Arc<Frozen>, seq: u64) {
     }) else {
         return;
     };
-    let kept = frozen.head.traces.values().flatten().filter(|s| s.start_time_unix_nano >= cutoff).count();
+    let kept = frozen
+        .head
+        .traces
+        .values()
+        .flat_map(|t| t.iter())
+        .filter(|s| s.start_time_unix_nano >= cutoff)
+        .count();
     let head = Arc::clone(&frozen);
     let written = if kept == 0 {
         Ok(None)
@@ -280,7 +286,8 @@ mod tests {
     /// it is) are replayed too, and a record that is neither is reported, not replayed.
     #[tokio::test]
     async fn wal_records_compressed_and_plain_are_replayed() {
-        let spans = |n: u8| (1..=4).map(|i| SpanBuilder::new(n, i).service("svc").build()).collect::<Vec<_>>();
+        let spans =
+            |n: u8| (1..=4).map(|i| SpanBuilder::new(n, i).service("svc").build()).collect::<Vec<_>>();
         let (record, len) = wal_record(&spans(1));
         assert!(record.starts_with(&ZSTD_MAGIC));
         assert_eq!(len, codec::encode_spans(&spans(1)).len());

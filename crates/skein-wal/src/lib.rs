@@ -53,6 +53,9 @@ pub struct WalConfig {
     /// A segment is closed and a new one started once it would grow past this size.
     pub segment_bytes: u64,
     pub fsync: FsyncPolicy,
+    /// Writer threads, each appending to segments of its own (at least 1): appends are spread
+    /// over them, so the WAL's copying, checksums, writes and syncs run on as many cores.
+    pub writers: usize,
 }
 
 impl WalConfig {
@@ -61,6 +64,7 @@ impl WalConfig {
             dir: dir.into(),
             segment_bytes: 64 * 1024 * 1024,
             fsync: FsyncPolicy::Interval(Duration::from_millis(100)),
+            writers: 1,
         }
     }
 }
@@ -114,7 +118,8 @@ pub struct Truncation {
 /// What [`Wal::open`] found.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Every intact record, in append order.
+    /// Every intact record, by segment and offset: in append order for one writer (with
+    /// several, records of different writers are in the order of their segments).
     pub records: Vec<(Position, Vec<u8>)>,
     pub truncations: Vec<Truncation>,
 }
@@ -219,13 +224,22 @@ enum Command {
     Rotate { reply: tokio::sync::oneshot::Sender<Result<u64, WalError>> },
 }
 
-/// The write-ahead log. Appends from any thread or task; one writer thread does the I/O.
+/// The write-ahead log. Appends from any thread or task; writer threads (one by default, see
+/// [`WalConfig::writers`]) do the I/O, each into segments of its own. Segment ids are unique
+/// across writers and grow with time.
 #[derive(Debug)]
 pub struct Wal {
+    writers: Vec<WriterHandle>,
+    /// The writer the next append goes to (round robin).
+    next: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Debug)]
+struct WriterHandle {
     tx: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
     /// Nanoseconds the writer thread spent framing and writing appends (not waiting, not in
-    /// fsync): the WAL's share of work that runs on one thread.
+    /// fsync).
     busy: Arc<AtomicU64>,
     /// The writer thread's Linux thread id (0 until known, or elsewhere).
     tid: Arc<AtomicU64>,
@@ -243,6 +257,11 @@ struct Writer {
     last_sync: Instant,
     poisoned: Option<String>,
     busy: Arc<AtomicU64>,
+    /// The id the next new segment of any writer takes.
+    next_segment: Arc<AtomicU64>,
+    /// The segments this writer wrote (or, for the first writer, found on open), the current
+    /// one included: the ones it deletes.
+    own: std::collections::BTreeSet<u64>,
 }
 
 impl Wal {
@@ -259,6 +278,7 @@ impl Wal {
         ids.sort_unstable();
         let mut recovery = Recovery::default();
         let mut last_good: Option<(u64, u64)> = None;
+        let mut kept = std::collections::BTreeSet::new();
         for &id in &ids {
             let path = segment_path(&dir, id);
             let bytes = fs.read(&path).map_err(|e| WalError::io(&path, e))?;
@@ -281,115 +301,168 @@ impl Wal {
                 }
                 fs.truncate(&path, good_len).map_err(|e| WalError::io(&path, e))?;
             }
+            kept.insert(id);
             last_good = Some((id, good_len));
         }
-        let (segment, len, file) = match last_good {
-            Some((id, len)) => {
-                let path = segment_path(&dir, id);
-                let file = fs.open_append(&path).map_err(|e| WalError::io(&path, e))?;
-                (id, len, file)
-            }
-            None => {
-                let id = ids.last().map_or(1, |last| last + 1);
-                let (file, len) = create_segment(&*fs, &dir, id)?;
-                (id, len, file)
-            }
-        };
-        let writer = Writer {
-            fs,
-            path: segment_path(&dir, segment),
-            dir,
-            config,
-            segment,
-            file,
-            len,
-            dirty: false,
-            last_sync: Instant::now(),
-            poisoned: None,
-            busy: Arc::new(AtomicU64::new(0)),
-        };
-        let busy = Arc::clone(&writer.busy);
-        let tid = Arc::new(AtomicU64::new(0));
-        let writer_tid = Arc::clone(&tid);
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("skein-wal".into())
-            .spawn(move || {
-                writer_tid.store(current_tid().unwrap_or(0), Ordering::Relaxed);
-                writer.run(rx)
-            })
-            .map_err(|e| WalError::Io { path: PathBuf::new(), message: e.to_string(), kind: e.kind() })?;
-        Ok((Wal { tx: Some(tx), thread: Some(thread), busy, tid }, recovery))
-    }
-
-    /// CPU nanoseconds of the writer thread (Linux: its scheduler run time; elsewhere the
-    /// time spent framing and writing appended records): work that one thread does for every
-    /// append.
-    pub fn busy_nanos(&self) -> u64 {
-        let tid = self.tid.load(Ordering::Relaxed);
-        if tid != 0
-            && let Some(ns) = schedstat_run_nanos(&format!("/proc/self/task/{tid}/schedstat"))
-        {
-            return ns;
+        let next_segment = Arc::new(AtomicU64::new(ids.last().map_or(1, |last| last + 1)));
+        let mut writers = Vec::with_capacity(config.writers.max(1));
+        for n in 0..config.writers.max(1) {
+            // The first writer goes on appending to the newest intact segment.
+            let (segment, len, file, own) = match last_good.filter(|_| n == 0) {
+                Some((id, len)) => {
+                    let path = segment_path(&dir, id);
+                    let file = fs.open_append(&path).map_err(|e| WalError::io(&path, e))?;
+                    (id, len, file, std::mem::take(&mut kept))
+                }
+                None => {
+                    let id = next_segment.fetch_add(1, Ordering::Relaxed);
+                    let (file, len) = create_segment(&*fs, &dir, id)?;
+                    let mut own = std::mem::take(&mut kept);
+                    own.insert(id);
+                    (id, len, file, own)
+                }
+            };
+            let writer = Writer {
+                fs: Arc::clone(&fs),
+                path: segment_path(&dir, segment),
+                dir: dir.clone(),
+                config: config.clone(),
+                segment,
+                file,
+                len,
+                dirty: false,
+                last_sync: Instant::now(),
+                poisoned: None,
+                busy: Arc::new(AtomicU64::new(0)),
+                next_segment: Arc::clone(&next_segment),
+                own,
+            };
+            let busy = Arc::clone(&writer.busy);
+            let tid = Arc::new(AtomicU64::new(0));
+            let writer_tid = Arc::clone(&tid);
+            let (tx, rx) = mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name("skein-wal".into())
+                .spawn(move || {
+                    writer_tid.store(current_tid().unwrap_or(0), Ordering::Relaxed);
+                    writer.run(rx)
+                })
+                .map_err(|e| WalError::Io { path: PathBuf::new(), message: e.to_string(), kind: e.kind() })?;
+            writers.push(WriterHandle { tx: Some(tx), thread: Some(thread), busy, tid });
         }
-        self.busy.load(Ordering::Relaxed)
+        Ok((Wal { writers, next: Default::default() }, recovery))
     }
 
-    fn send(&self, cmd: Command) -> Result<(), WalError> {
-        self.tx.as_ref().ok_or(WalError::Closed)?.send(cmd).map_err(|_| WalError::Closed)
+    /// Writer threads.
+    pub fn writers(&self) -> usize {
+        self.writers.len()
+    }
+
+    /// CPU nanoseconds of the writer threads together (Linux: their scheduler run time;
+    /// elsewhere the time spent framing and writing appended records).
+    pub fn busy_nanos(&self) -> u64 {
+        self.writers
+            .iter()
+            .map(|w| {
+                let tid = w.tid.load(Ordering::Relaxed);
+                if tid != 0
+                    && let Some(ns) = schedstat_run_nanos(&format!("/proc/self/task/{tid}/schedstat"))
+                {
+                    return ns;
+                }
+                w.busy.load(Ordering::Relaxed)
+            })
+            .sum()
+    }
+
+    fn send_to(&self, writer: usize, cmd: Command) -> Result<(), WalError> {
+        let tx = self.writers[writer].tx.as_ref().ok_or(WalError::Closed)?;
+        tx.send(cmd).map_err(|_| WalError::Closed)
+    }
+
+    /// Sends an append to the next writer.
+    fn send_append(&self, data: Vec<u8>) -> Result<Reply<Position>, WalError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let writer = self.next.fetch_add(1, Ordering::Relaxed) % self.writers.len();
+        self.send_to(writer, Command::Append { data, reply })?;
+        Ok(rx)
+    }
+
+    /// Sends a command to every writer.
+    fn send_all<T>(
+        &self,
+        cmd: impl Fn(tokio::sync::oneshot::Sender<Result<T, WalError>>) -> Command,
+    ) -> Result<Vec<Reply<T>>, WalError> {
+        (0..self.writers.len())
+            .map(|n| {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                self.send_to(n, cmd(reply))?;
+                Ok(rx)
+            })
+            .collect()
     }
 
     /// Appends one record; resolves once it is written (and fsynced, as the policy says).
     pub async fn append(&self, data: Vec<u8>) -> Result<Position, WalError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Command::Append { data, reply })?;
-        rx.await.map_err(|_| WalError::Closed)?
+        self.send_append(data)?.await.map_err(|_| WalError::Closed)?
     }
 
     /// [`Wal::append`] for synchronous code (not from inside an async task).
     pub fn append_blocking(&self, data: Vec<u8>) -> Result<Position, WalError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Command::Append { data, reply })?;
-        rx.blocking_recv().map_err(|_| WalError::Closed)?
+        self.send_append(data)?.blocking_recv().map_err(|_| WalError::Closed)?
     }
 
     /// fsyncs everything written so far.
     pub fn sync_blocking(&self) -> Result<(), WalError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Command::Sync { reply })?;
-        rx.blocking_recv().map_err(|_| WalError::Closed)?
+        for rx in self.send_all(|reply| Command::Sync { reply })? {
+            rx.blocking_recv().map_err(|_| WalError::Closed)??;
+        }
+        Ok(())
     }
 
-    /// Closes the current segment and starts a new one; returns the new segment's id. Every
-    /// record appended before this call is in a lower segment, every later one in this or a
-    /// higher segment.
+    /// Closes the current segments and starts new ones; returns the lowest new segment id.
+    /// Every record appended before this call is in a lower segment, every later one in this
+    /// or a higher segment.
     pub async fn rotate(&self) -> Result<u64, WalError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Command::Rotate { reply })?;
-        rx.await.map_err(|_| WalError::Closed)?
+        let mut lowest = u64::MAX;
+        for rx in self.send_all(|reply| Command::Rotate { reply })? {
+            lowest = lowest.min(rx.await.map_err(|_| WalError::Closed)??);
+        }
+        Ok(lowest)
     }
 
     /// [`Wal::remove_segments_before_blocking`] for async code.
     pub async fn remove_segments_before(&self, segment: u64) -> Result<usize, WalError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Command::RemoveBefore { segment, reply })?;
-        rx.await.map_err(|_| WalError::Closed)?
+        let mut removed = 0;
+        for rx in self.send_all(|reply| Command::RemoveBefore { segment, reply })? {
+            removed += rx.await.map_err(|_| WalError::Closed)??;
+        }
+        Ok(removed)
     }
 
     /// Deletes every closed segment older than `segment` (their records are stored elsewhere
-    /// now). Returns how many were deleted. The current segment is never deleted.
+    /// now). Returns how many were deleted. A writer's current segment is never deleted.
     pub fn remove_segments_before_blocking(&self, segment: u64) -> Result<usize, WalError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Command::RemoveBefore { segment, reply })?;
-        rx.blocking_recv().map_err(|_| WalError::Closed)?
+        let mut removed = 0;
+        for rx in self.send_all(|reply| Command::RemoveBefore { segment, reply })? {
+            removed += rx.blocking_recv().map_err(|_| WalError::Closed)??;
+        }
+        Ok(removed)
     }
 }
 
+/// The answer to a command sent to a writer.
+type Reply<T> = tokio::sync::oneshot::Receiver<Result<T, WalError>>;
+
 impl Drop for Wal {
     fn drop(&mut self) {
-        drop(self.tx.take()); // the writer syncs and exits when the channel closes
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        for w in &mut self.writers {
+            drop(w.tx.take()); // the writer syncs and exits when the channel closes
+        }
+        for w in &mut self.writers {
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -492,20 +565,15 @@ impl Writer {
 
     fn remove_before(&mut self, segment: u64) -> Result<usize, WalError> {
         let mut removed = 0;
-        let entries = self.fs.list(&self.dir).map_err(|e| WalError::io(&self.dir, e))?;
-        for path in entries {
-            let Some(id) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if id < segment && id < self.segment {
-                self.fs.remove(&path).map_err(|e| WalError::io(&path, e))?;
-                removed += 1;
+        let old: Vec<u64> = self.own.range(..segment.min(self.segment)).copied().collect();
+        for id in old {
+            let path = segment_path(&self.dir, id);
+            match self.fs.remove(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(WalError::io(&path, e)),
             }
+            self.own.remove(&id);
         }
         if removed > 0 {
             self.fs.sync_dir(&self.dir).map_err(|e| WalError::io(&self.dir, e))?;
@@ -515,8 +583,9 @@ impl Writer {
 
     fn rotate(&mut self) -> Result<(), WalError> {
         self.sync()?;
-        let id = self.segment + 1;
+        let id = self.next_segment.fetch_add(1, Ordering::Relaxed);
         let (file, len) = create_segment(&*self.fs, &self.dir, id)?;
+        self.own.insert(id);
         self.segment = id;
         self.path = segment_path(&self.dir, id);
         self.file = file;
