@@ -38,8 +38,8 @@ impl Shared {
     }
 
     /// Merges a claimed run of blocks into one, streaming chunk by chunk (copied compressed;
-    /// see [`merge_blocks`]): memory holds one source chunk and the output's compressed chunks
-    /// (at most `compact_target_bytes`). The new block is written atomically and lists the
+    /// see [`merge_blocks`]), to a temporary file: memory holds one source chunk, the Bloom
+    /// filters and the index. The new block appears atomically and lists the
     /// blocks it replaces, which are retired (and deleted once no reader holds them); a crash
     /// after the write is finished on open. Returns whether it merged anything; the run is
     /// released either way.
@@ -118,6 +118,15 @@ pub(crate) fn merge_blocks(
     sources: &[SharedBlock],
     path: &std::path::Path,
 ) -> Result<Block, StoreError> {
+    let merged = merge_into(fs, sources, path);
+    if merged.is_err() {
+        // A compaction stopped half-way leaves no partial file behind (open would delete it).
+        let _ = fs.remove(&path.with_extension("tmp"));
+    }
+    merged
+}
+
+fn merge_into(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) -> Result<Block, StoreError> {
     let mut chunks: Vec<(u64, usize, usize)> = Vec::new();
     for (b, block) in sources.iter().enumerate() {
         for i in 0..block.chunk_count() {
@@ -125,7 +134,9 @@ pub(crate) fn merge_blocks(
         }
     }
     chunks.sort_unstable();
-    let mut writer = block::BlockWriter::default();
+    // Streamed to its file as chunks are copied: a merged block is up to 64 MiB, and several
+    // compactions run at once.
+    let mut writer = block::BlockWriter::streaming(fs, path).map_err(block_error)?;
     let copied: Vec<Option<block::CopySource<'_>>> = sources
         .iter()
         .map(|b| {

@@ -553,6 +553,44 @@ async fn disk_full_refuses_ingest_keeps_what_is_stored_and_recovers() {
     assert_eq!(e.trace(B::trace_id(2)).await.unwrap().unwrap().len(), 2);
 }
 
+/// A compaction streams its block to a temporary file: when the disk fills up half-way it
+/// fails, leaves no file behind and changes nothing; once there is room, it succeeds.
+#[tokio::test]
+async fn a_compaction_that_runs_out_of_disk_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = FaultyFs::default();
+    let (e, _) = Engine::open(EngineConfig {
+        fs: Arc::new(disk.clone()),
+        compact_min_blocks: 2,
+        ..config(dir.path())
+    })
+    .unwrap();
+    for n in 1..=3u8 {
+        e.write(trace(n, 3)).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    let files = block_files(dir.path());
+    assert_eq!(files.len(), 3);
+    disk.short_write_then_enospc(100);
+    assert!(e.compact().await.is_err(), "the disk filled up");
+    assert_eq!(block_files(dir.path()), files, "the blocks are as they were");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    for n in 1..=3u8 {
+        assert_eq!(e.trace(B::trace_id(n)).await.unwrap().unwrap().len(), 3);
+    }
+    assert!(e.compact().await.unwrap(), "with room, the compaction runs");
+    assert_eq!(e.block_count(), 1);
+    for n in 1..=3u8 {
+        assert_eq!(sorted(e.trace(B::trace_id(n)).await.unwrap().unwrap()), sorted(trace(n, 3)));
+    }
+    e.close().await;
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Write(Vec<(u8, u8)>),

@@ -54,7 +54,13 @@ pub(crate) struct BlockWriter<'a> {
     service_ids: FxHashMap<String, u32>,
     /// Per service (by id): its name, and span counts per operation name and kind code.
     services: Vec<(String, FxHashMap<String, [u64; SpanKind::ALL.len()]>)>,
+    /// The block's bytes so far, when it is written whole at the end ([`write_atomic`]).
     file: Vec<u8>,
+    /// Where the bytes go instead, when the block is streamed to its file as it grows
+    /// ([`BlockWriter::streaming`]: compaction, whose output is up to 64 MiB).
+    streamed: Option<Streamed>,
+    /// Bytes of the block so far (in `file` or already in the streamed file).
+    written: u64,
     chunks: Vec<ChunkMeta>,
     all_postings: Vec<Vec<(u32, Postings)>>,
     /// The blocked Bloom filter of each chunk (empty when it has none), written in the
@@ -88,7 +94,54 @@ pub(crate) struct BlockWriter<'a> {
     red_given: bool,
 }
 
+/// A block file being written as it grows: `<path>.tmp`, renamed over the block's path once
+/// complete (and fsynced), so readers never see a partial block.
+struct Streamed {
+    file: Box<dyn skein_wal::fs::AppendFile>,
+    tmp: PathBuf,
+    /// The first write that failed: the block is not finished.
+    error: Option<std::io::Error>,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed").field("tmp", &self.tmp).field("error", &self.error).finish()
+    }
+}
+
 impl<'a> BlockWriter<'a> {
+    /// A writer that streams the block to its file as chunks are added, instead of holding
+    /// the whole block in memory until [`BlockWriter::finish`] (which still makes it appear
+    /// atomically): memory then holds the chunk being gathered and the index.
+    pub(crate) fn streaming(fs: &dyn Fs, path: &Path) -> Result<BlockWriter<'a>, BlockError> {
+        let tmp = path.with_extension("tmp");
+        let io = |source| BlockError::Io { path: tmp.clone(), source };
+        match fs.remove(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let file = fs.open_append(&tmp).map_err(io)?;
+        Ok(BlockWriter { streamed: Some(Streamed { file, tmp, error: None }), ..BlockWriter::default() })
+    }
+
+    /// Appends `bytes` to the block; returns where they start.
+    fn append_bytes(&mut self, bytes: &[u8]) -> u64 {
+        let at = self.written;
+        self.written += bytes.len() as u64;
+        match &mut self.streamed {
+            Some(s) => {
+                if s.error.is_none()
+                    && let Err(e) = s.file.write_all(bytes)
+                {
+                    s.error = Some(e);
+                }
+            }
+            None => self.file.extend_from_slice(bytes),
+        }
+        at
+    }
+
     /// The id of `service` in this block's service table (added when new).
     pub(crate) fn service_id(&mut self, service: &str) -> u32 {
         match self.service_ids.get(service) {
@@ -204,8 +257,10 @@ impl<'a> BlockWriter<'a> {
         let blocked = from.blocked[i].clone();
         let chunk = self.chunks.len() as u32;
         self.trace_index.extend(from.traces[i].iter().map(|id| (*id, chunk)));
+        let offset = self.append_bytes(&bytes);
+        self.append_bytes(&filter);
         self.chunks.push(ChunkMeta {
-            offset: self.file.len() as u64,
+            offset,
             len: bytes.len() as u32,
             crc: meta.crc,
             time: meta.time,
@@ -219,8 +274,6 @@ impl<'a> BlockWriter<'a> {
         });
         self.blocked.push(blocked);
         self.all_postings.push(chunk_postings);
-        self.file.extend_from_slice(&bytes);
-        self.file.extend_from_slice(&filter);
         Ok(())
     }
 
@@ -294,10 +347,9 @@ impl<'a> BlockWriter<'a> {
         PARALLEL.set((cpu_in + cpu, wall_in + started.elapsed()));
         for e in encoded {
             let mut meta = e.meta;
-            meta.offset = self.file.len() as u64;
+            meta.offset = self.append_bytes(&e.compressed);
             self.chunks.push(meta);
             self.all_postings.push(e.postings);
-            self.file.extend_from_slice(&e.compressed);
             self.blocked.push(e.filter);
         }
     }
@@ -328,10 +380,14 @@ impl<'a> BlockWriter<'a> {
         let mut trace_index = std::mem::take(&mut self.trace_index);
         trace_index.sort_unstable();
         trace_index.dedup();
+        // What follows the chunks is gathered here: after the bytes so far when the block is
+        // written whole, or alone when they are already streamed to the file.
         let mut file = std::mem::take(&mut self.file);
+        let (written, gathered) = (self.written, file.len() as u64);
+        let at = |file: &Vec<u8>| written + (file.len() as u64 - gathered);
         // The Bloom section: the blocked filters grouped by (lines, probes), each group line
         // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
-        let bloom_offset = file.len() as u64;
+        let bloom_offset = at(&file);
         let mut groups: BTreeMap<(u32, u8), Vec<usize>> = BTreeMap::new();
         for (i, c) in self.chunks.iter().enumerate() {
             if c.bloom_lines > 0 {
@@ -446,7 +502,7 @@ impl<'a> BlockWriter<'a> {
         }
         index.varint(bloom_offset);
         let index = zstd::bulk::compress(&index.buf, ZSTD_LEVEL).expect("zstd compresses any input");
-        let index_offset = file.len() as u64;
+        let index_offset = at(&file);
         file.extend_from_slice(&index);
         let mut footer = Vec::with_capacity(FOOTER_LEN);
         footer.extend_from_slice(&index_offset.to_le_bytes());
@@ -458,7 +514,26 @@ impl<'a> BlockWriter<'a> {
         footer.extend_from_slice(&footer_crc.to_le_bytes());
         debug_assert_eq!(footer.len(), FOOTER_LEN);
         file.extend_from_slice(&footer);
-        fs.write_atomic(path, &file).map_err(|source| BlockError::Io { path: path.to_owned(), source })?;
+        match self.streamed.take() {
+            None => fs
+                .write_atomic(path, &file)
+                .map_err(|source| BlockError::Io { path: path.to_owned(), source })?,
+            Some(mut s) => {
+                let done = match s.error.take() {
+                    Some(e) => Err(e),
+                    None => s
+                        .file
+                        .write_all(&file)
+                        .and_then(|()| s.file.sync_data())
+                        .and_then(|()| fs.rename(&s.tmp, path))
+                        .and_then(|()| path.parent().map_or(Ok(()), |dir| fs.sync_dir(dir))),
+                };
+                if let Err(source) = done {
+                    let _ = fs.remove(&s.tmp);
+                    return Err(BlockError::Io { path: s.tmp.clone(), source });
+                }
+            }
+        }
         Block::open(fs, path)
     }
 }
