@@ -72,9 +72,17 @@ impl Tally {
             *named!(named!(&mut t.operations, s.service_name()), &s.name) |= 1 << s.kind.code();
             t.red.add(s);
         }
-        let mut by_trace: FxHashMap<TraceId, Vec<Span>> = FxHashMap::default();
+        // Each trace's part is allocated at its exact size (counted first): a head holds its
+        // spans for as long as it lives, and parts grown by doubling would hold up to twice
+        // the memory.
+        let mut counts: FxHashMap<TraceId, usize> = FxHashMap::default();
+        for s in &spans {
+            *counts.entry(s.trace_id).or_default() += 1;
+        }
+        let mut by_trace: FxHashMap<TraceId, Vec<Span>> =
+            counts.into_iter().map(|(id, n)| (id, Vec::with_capacity(n))).collect();
         for s in spans {
-            by_trace.entry(s.trace_id).or_default().push(s);
+            by_trace.get_mut(&s.trace_id).expect("every trace was counted").push(s);
         }
         t.traces = by_trace.into_iter().collect();
         t

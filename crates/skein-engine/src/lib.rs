@@ -84,8 +84,9 @@ pub struct EngineConfig {
     pub compact_target_bytes: u64,
     pub compact_min_blocks: usize,
     /// Compactions that may run at once, each on its own run of blocks (default: a quarter of
-    /// the cores, at least 2): compaction keeps up with ingest on any number of cores instead
-    /// of being one thread's work.
+    /// the cores, at least 1): compaction keeps up with ingest on any number of cores instead
+    /// of being one thread's work. Each holds its sources' postings and trace ids and the new
+    /// block's index in memory, so small machines run one.
     pub compaction_jobs: usize,
     /// WAL writer threads, each appending to segments of its own (default: a quarter of the
     /// cores, at least 2): with one, every acknowledged byte goes through one thread.
@@ -104,7 +105,7 @@ impl EngineConfig {
             overload_wait: Duration::from_secs(2),
             compact_target_bytes: 64 * 1024 * 1024,
             compact_min_blocks: 8,
-            compaction_jobs: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4).max(2),
+            compaction_jobs: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4),
             wal_writers: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4).max(2),
             fs: Arc::new(OsFs),
         }
