@@ -177,11 +177,7 @@ mod tests {
     #[tokio::test]
     async fn compactions_of_disjoint_runs_run_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            retention: Duration::from_secs(100 * 365 * 24 * 3600),
-            compact_min_blocks: 2,
-            ..EngineConfig::new(dir.path())
-        };
+        let config = EngineConfig { compact_min_blocks: 2, ..crate::test_config(dir.path()) };
         let (e, _) = Engine::open(config.clone()).unwrap();
         for n in 1..=4u8 {
             e.write((1..=20).map(|i| SpanBuilder::new(n, i).service("svc").build()).collect()).await.unwrap();

@@ -112,6 +112,17 @@ impl EngineConfig {
     }
 }
 
+/// The configuration the crate's unit tests open engines with: test spans are from 2024, so
+/// retention is a century, and every append is fsynced.
+#[cfg(test)]
+pub(crate) fn test_config(dir: &std::path::Path) -> EngineConfig {
+    EngineConfig {
+        retention: Duration::from_secs(100 * 365 * 24 * 3600),
+        wal_fsync: FsyncPolicy::Always,
+        ..EngineConfig::new(dir)
+    }
+}
+
 /// Why the engine could not open.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -252,11 +252,7 @@ mod tests {
     #[tokio::test]
     async fn a_newer_heads_block_does_not_hide_an_older_heads_wal_records() {
         let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            retention: Duration::from_secs(100 * 365 * 24 * 3600),
-            wal_fsync: skein_wal::FsyncPolicy::Always,
-            ..EngineConfig::new(dir.path())
-        };
+        let config = crate::test_config(dir.path());
         let (e, _) = Engine::open(config.clone()).unwrap();
         let older: Vec<Span> = (1..=3).map(|i| SpanBuilder::new(1, i).service("svc").build()).collect();
         e.write(older.clone()).await.unwrap();
@@ -299,11 +295,7 @@ mod tests {
         assert!(read_wal_record(&damaged).is_err());
 
         let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            retention: Duration::from_secs(100 * 365 * 24 * 3600),
-            wal_fsync: skein_wal::FsyncPolicy::Always,
-            ..EngineConfig::new(dir.path())
-        };
+        let config = crate::test_config(dir.path());
         let (e, _) = Engine::open(config.clone()).unwrap();
         e.write(spans(1)).await.unwrap();
         // A record as an older build wrote it, and one that decodes to nothing.
@@ -324,10 +316,7 @@ mod tests {
     #[tokio::test]
     async fn heads_cut_one_after_another_are_all_written() {
         let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            retention: Duration::from_secs(100 * 365 * 24 * 3600),
-            ..EngineConfig::new(dir.path())
-        };
+        let config = crate::test_config(dir.path());
         let (e, _) = Engine::open(config.clone()).unwrap();
         for n in 1..=6u8 {
             e.write((1..=5).map(|i| SpanBuilder::new(n, i).service("svc").build()).collect()).await.unwrap();
