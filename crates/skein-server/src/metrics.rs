@@ -220,30 +220,18 @@ impl Collector for StoreCollector {
             None,
             gauge.metric_type(),
         )?)?;
-        if !stats.serial_nanos.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                "skein_storage_serial_seconds",
-                "Serial work of ingest since start, by part: under the head's exclusive lock and on the WAL writer thread",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for (part, nanos) in &stats.serial_nanos {
-                let counter = ConstCounter::new(*nanos as f64 / 1e9);
-                counter.encode(family.encode_family(&[("part", *part)])?)?;
-            }
-        }
-        if !stats.background_nanos.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                "skein_storage_background_seconds",
-                "CPU time of background work since start, by part: block writes and compactions, outside their chunk encoding; each runs as concurrent tasks, so it is not serial",
-                None,
-                prometheus_client::metrics::MetricType::Counter,
-            )?;
-            for (part, nanos) in &stats.background_nanos {
-                let counter = ConstCounter::new(*nanos as f64 / 1e9);
-                counter.encode(family.encode_family(&[("part", *part)])?)?;
-            }
-        }
+        seconds_by_part(
+            &mut encoder,
+            "skein_storage_serial_seconds",
+            "Serial work of ingest since start, by part: under the head's exclusive lock, and on the WAL writer thread when there is one",
+            &stats.serial_nanos,
+        )?;
+        seconds_by_part(
+            &mut encoder,
+            "skein_storage_background_seconds",
+            "CPU time of background work since start, by part: block writes and compactions outside their chunk encoding, and the WAL's writer threads when there are several; each runs as concurrent tasks or threads, so it is not serial",
+            &stats.background_nanos,
+        )?;
         if !stats.memory_bytes.is_empty() {
             let mut family = encoder.encode_descriptor(
                 "skein_storage_memory_bytes",
@@ -258,6 +246,26 @@ impl Collector for StoreCollector {
         }
         Ok(())
     }
+}
+
+/// A counter family `name` of seconds by `part`, from nanoseconds; nothing when `parts` is
+/// empty (a store that does not measure them).
+fn seconds_by_part(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    parts: &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let mut family =
+        encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+    for (part, nanos) in parts {
+        let counter = ConstCounter::new(*nanos as f64 / 1e9);
+        counter.encode(family.encode_family(&[("part", *part)])?)?;
+    }
+    Ok(())
 }
 
 impl Metrics {

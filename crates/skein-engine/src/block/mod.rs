@@ -98,6 +98,55 @@ impl BloomGroup {
     fn len(&self) -> u64 {
         self.lines as u64 * self.region_len() as u64
     }
+
+    /// Region `j` as the file holds it, from each member's filter (`filters` by chunk): its
+    /// crc32 and line `j` of every member.
+    fn region(&self, j: usize, filters: &[Vec<u8>]) -> Vec<u8> {
+        let mut region = vec![0; 4];
+        for &c in &self.members {
+            region.extend_from_slice(&filters[c as usize][j * bloom::LINE_BYTES..][..bloom::LINE_BYTES]);
+        }
+        let crc = crc32fast::hash(&region[4..]);
+        region[..4].copy_from_slice(&crc.to_le_bytes());
+        region
+    }
+
+    /// The members' lines of a region read from the file, when it has the right length and
+    /// its crc matches.
+    fn checked_lines<'r>(&self, region: &'r [u8]) -> Option<&'r [u8]> {
+        let (crc, lines) = region.split_at_checked(4)?;
+        (region.len() == self.region_len() && crc32fast::hash(lines).to_le_bytes() == crc).then_some(lines)
+    }
+
+    /// The line of the member at `slot` among a region's lines.
+    fn line(lines: &[u8], slot: usize) -> &[u8] {
+        &lines[slot * bloom::LINE_BYTES..][..bloom::LINE_BYTES]
+    }
+}
+
+/// The groups of a format 5 block's Bloom section, which starts at `at` and must end by
+/// `end`: the chunks with blocked filters grouped by (lines, probes), in that order, each
+/// group's members in chunk order (their slots are set in `chunks`).
+fn bloom_groups(chunks: &mut [ChunkMeta], at: u64, end: u64) -> Result<Vec<BloomGroup>, String> {
+    let mut by_shape: BTreeMap<(u32, u8), Vec<u32>> = BTreeMap::new();
+    for (i, c) in chunks.iter_mut().enumerate() {
+        if c.bloom_lines > 0 {
+            let members = by_shape.entry((c.bloom_lines, c.bloom_probes)).or_default();
+            c.bloom_slot = members.len() as u32;
+            members.push(i as u32);
+        }
+    }
+    let mut offset = at;
+    let mut groups = Vec::with_capacity(by_shape.len());
+    for ((lines, probes), members) in by_shape {
+        let group = BloomGroup { lines, probes, offset, members };
+        offset = offset.checked_add(group.len()).ok_or("bloom section too long")?;
+        groups.push(group);
+    }
+    if offset > end {
+        return Err("the bloom section lies outside the file".into());
+    }
+    Ok(groups)
 }
 
 /// What a chunk's postings know of the values of one tag key of one service.

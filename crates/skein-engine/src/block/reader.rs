@@ -445,12 +445,9 @@ impl Block {
             .collect();
         let read = fs.read_ranges(&self.path, &ranges).ok();
         for (n, g) in groups.iter().enumerate() {
-            let region = read.as_ref().and_then(|r| r.get(n)).filter(|r| {
-                r.len() == g.region_len()
-                    && crc32fast::hash(&r[4..]) == u32::from_le_bytes(r[..4].try_into().expect("4 bytes"))
-            });
+            let region = read.as_ref().and_then(|r| r.get(n)).and_then(|r| g.checked_lines(r));
             for (slot, &c) in g.members.iter().enumerate() {
-                let line = region.map(|r| &r[4 + slot * bloom::LINE_BYTES..][..bloom::LINE_BYTES]);
+                let line = region.map(|lines| BloomGroup::line(lines, slot));
                 if line.is_none_or(|line| bloom::line_may_contain(line, hash, g.probes)) {
                     inverted::set_bit(&mut maybe, c);
                 }
@@ -546,14 +543,11 @@ impl Block {
                 .read_range(&self.path, g.offset, g.len() as usize)
                 .map_err(|source| BlockError::Io { path: self.path.clone(), source })?;
             for (j, region) in bytes.chunks_exact(g.region_len()).enumerate() {
-                if crc32fast::hash(&region[4..])
-                    != u32::from_le_bytes(region[..4].try_into().expect("4 bytes"))
-                {
+                let Some(lines) = g.checked_lines(region) else {
                     return Err(self.corrupt(format!("bloom region {j} of {} lines crc mismatch", g.lines)));
-                }
+                };
                 for (slot, &c) in g.members.iter().enumerate() {
-                    let filter: &mut Vec<u8> = &mut blocked[c as usize];
-                    filter.extend_from_slice(&region[4 + slot * bloom::LINE_BYTES..][..bloom::LINE_BYTES]);
+                    blocked[c as usize].extend_from_slice(BloomGroup::line(lines, slot));
                 }
             }
         }
@@ -713,31 +707,6 @@ impl<'b> ChunkMatcher<'b> {
 pub(crate) struct ChunkCopies {
     postings: Vec<Vec<(u32, Postings)>>,
     traces: Vec<Vec<TraceId>>,
-}
-
-/// The groups of a format 5 block's Bloom section, which starts at `at` and must end by
-/// `end`: the chunks with blocked filters grouped by (lines, probes), in that order, each
-/// group's members in chunk order (their slots are set in `chunks`).
-fn bloom_groups(chunks: &mut [ChunkMeta], at: u64, end: u64) -> Result<Vec<BloomGroup>, String> {
-    let mut by_shape: BTreeMap<(u32, u8), Vec<u32>> = BTreeMap::new();
-    for (i, c) in chunks.iter_mut().enumerate() {
-        if c.bloom_lines > 0 {
-            let members = by_shape.entry((c.bloom_lines, c.bloom_probes)).or_default();
-            c.bloom_slot = members.len() as u32;
-            members.push(i as u32);
-        }
-    }
-    let mut offset = at;
-    let mut groups = Vec::with_capacity(by_shape.len());
-    for ((lines, probes), members) in by_shape {
-        let group = BloomGroup { lines, probes, offset, members };
-        offset = offset.checked_add(group.len()).ok_or("bloom section too long")?;
-        groups.push(group);
-    }
-    if offset > end {
-        return Err("the bloom section lies outside the file".into());
-    }
-    Ok(groups)
 }
 
 /// The key of a trace id in a block's in-memory trace index: a 32-bit hash of the whole id

@@ -27,8 +27,9 @@ pub(crate) fn serially<T>(work: impl FnOnce() -> T) -> (T, std::time::Duration) 
 
 /// Writes traces (each a group of spans of one trace) into a new block file at `path`
 /// (atomically). `wal_ranges` (the WAL segments whose records these spans are) is recorded so
-/// recovery knows which WAL records the block already holds. `red`, when given, is the RED pre-aggregates of exactly these spans (the
-/// head's): they are written as they are instead of being counted again.
+/// recovery knows which WAL records the block already holds. `red`, when given, is the RED
+/// pre-aggregates of exactly these spans (the head's): they are written as they are instead of
+/// being counted again.
 pub(crate) fn write_block<'a>(
     fs: &dyn Fs,
     path: &Path,
@@ -388,21 +389,11 @@ impl<'a> BlockWriter<'a> {
         // The Bloom section: the blocked filters grouped by (lines, probes), each group line
         // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
         let bloom_offset = at(&file);
-        let mut groups: BTreeMap<(u32, u8), Vec<usize>> = BTreeMap::new();
-        for (i, c) in self.chunks.iter().enumerate() {
-            if c.bloom_lines > 0 {
-                groups.entry((c.bloom_lines, c.bloom_probes)).or_default().push(i);
-            }
-        }
-        for ((lines, _), members) in groups {
-            for j in 0..lines as usize {
-                let at = file.len();
-                file.extend_from_slice(&[0; 4]);
-                for &c in &members {
-                    file.extend_from_slice(&self.blocked[c][j * bloom::LINE_BYTES..][..bloom::LINE_BYTES]);
-                }
-                let crc = crc32fast::hash(&file[at + 4..]);
-                file[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+        let groups =
+            bloom_groups(&mut self.chunks, bloom_offset, u64::MAX).expect("a Bloom section fits the file");
+        for g in &groups {
+            for j in 0..g.lines as usize {
+                file.extend_from_slice(&g.region(j, &self.blocked));
             }
         }
         let red = if self.red_incomplete || self.red.is_empty() {
