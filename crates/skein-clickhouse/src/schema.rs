@@ -15,8 +15,11 @@ use crate::sql::quote;
 /// the search rows into `span_index`, with 4-byte trace keys and no span ids, instead of
 /// `search` (which keeps the rows of older versions), and indexes an attribute value that (almost)
 /// every span of an operation in a batch has once per batch in `operation_tags` instead of once
-/// per trace in `tag_index`.
-pub const SCHEMA_VERSION: u32 = 6;
+/// per trace in `tag_index`; version 7 writes `span_index.start_ns` rounded down to the
+/// millisecond and `span_index.duration_ns` to the microsecond, each insert's rows sorted by
+/// start within the table's key (the same table: older rows hold exact values, and searches
+/// compare with bounds rounded the same way).
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// The tables, in the order a batch is inserted (lookups before the spans that need them, the
 /// pre-aggregates last). `search`, `trace_tags` and `tags` are no longer written, only read and

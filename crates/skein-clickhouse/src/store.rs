@@ -395,6 +395,50 @@ struct Rows {
     new_scopes: Vec<ScopeKey>,
 }
 
+/// A span's start as `span_index` holds it (schema version 7): rounded down to the millisecond.
+/// Searches compare it with bounds rounded the same way (a span whose start is at or after a
+/// bound has an index start at or after the bound's) and check every candidate exactly.
+fn index_start(nanos: u64) -> u64 {
+    nanos / 1_000_000 * 1_000_000
+}
+
+/// A span's duration as `span_index` holds it (schema version 7): rounded down to the
+/// microsecond; compared like [`index_start`].
+fn index_duration(nanos: u64) -> u64 {
+    nanos / 1_000 * 1_000
+}
+
+/// A row of `span_index`, kept until the insert's rows are sorted.
+struct SpanIndexRow<'a> {
+    service: &'a str,
+    name: &'a str,
+    timestamp: u32,
+    start: u64,
+    kind: u8,
+    duration: u64,
+    error: bool,
+    resource_id: u64,
+    trace_key: u32,
+    slot: u16,
+}
+
+impl SpanIndexRow<'_> {
+    /// Columns `service, name, kind, timestamp, start_ns, duration_ns, error, resource_id,
+    /// trace_key, slot`.
+    fn write(&self, w: &mut Writer) {
+        w.str(self.service);
+        w.str(self.name);
+        w.u8(self.kind);
+        w.buf.extend_from_slice(&self.timestamp.to_le_bytes());
+        w.buf.extend_from_slice(&self.start.to_le_bytes());
+        w.buf.extend_from_slice(&self.duration.to_le_bytes());
+        w.u8(self.error as u8);
+        w.buf.extend_from_slice(&self.resource_id.to_le_bytes());
+        w.buf.extend_from_slice(&self.trace_key.to_le_bytes());
+        w.buf.extend_from_slice(&self.slot.to_le_bytes());
+    }
+}
+
 /// The text a search compares an attribute value with (borrowed when it is a string).
 fn search_text(v: &AttrValue) -> Cow<'_, str> {
     match v {
@@ -582,6 +626,7 @@ impl Shared {
         let mut batch_scopes: FxHashSet<(u64, &'a str, &'a str, u32, usize)> = FxHashSet::default();
         let mut payload = Vec::new();
         let mut red = RedSummary::default();
+        let mut span_index: Vec<SpanIndexRow<'a>> = Vec::with_capacity(spans.len());
         for span in spans {
             let tid = span.trace_id.as_bytes();
             let key = trace_key(tid);
@@ -649,17 +694,18 @@ impl Shared {
             w.bytes(&payload);
             w.buf.extend_from_slice(span.parent_span_id.map(|p| *p.as_bytes()).unwrap_or([0; 8]).as_slice());
 
-            let w = &mut rows.span_index;
-            w.str(service);
-            w.str(&span.name);
-            w.u8(span.kind.code());
-            w.buf.extend_from_slice(&ts.to_le_bytes());
-            w.buf.extend_from_slice(&span.start_time_unix_nano.to_le_bytes());
-            w.buf.extend_from_slice(&span.duration_nanos().to_le_bytes());
-            w.u8((span.status.code == skein_model::StatusCode::Error) as u8);
-            w.buf.extend_from_slice(&res_id.to_le_bytes());
-            w.buf.extend_from_slice(&short_key.to_le_bytes());
-            w.buf.extend_from_slice(&slot.to_le_bytes());
+            span_index.push(SpanIndexRow {
+                service,
+                name: &span.name,
+                timestamp: ts,
+                start: index_start(span.start_time_unix_nano),
+                kind: span.kind.code(),
+                duration: index_duration(span.duration_nanos()),
+                error: span.status.code == skein_model::StatusCode::Error,
+                resource_id: res_id,
+                trace_key: short_key,
+                slot,
+            });
 
             let mut tag = |k: &'a str, v: Cow<'a, str>| {
                 let v = match v {
@@ -702,6 +748,17 @@ impl Shared {
             red.add(span);
         }
         write_red_rows(&red, &mut rows.red);
+        // `span_index` rows in the order of the table's key and then of their start: ClickHouse
+        // sorts a part by the key only and keeps the insert's order within it, so an
+        // operation's starts of one second lie in order and compress to about a byte (parts
+        // merged later interleave whole runs). Sorting `tag_index` rows the same way gained a
+        // third of a byte per span for a tenth more CPU per span in Skein: they are not.
+        span_index.sort_unstable_by(|a, b| {
+            (a.service, a.name, a.timestamp, a.start).cmp(&(b.service, b.name, b.timestamp, b.start))
+        });
+        for row in &span_index {
+            row.write(&mut rows.span_index);
+        }
         rows
     }
 
@@ -1232,17 +1289,20 @@ impl Shared {
             // index rows hold it (span and event attributes, synthetic tags; and, for spans
             // stored by schema version 1 or 2, resource attributes), or of a resource that has
             // it, or of an operation that has it then, or, for `span.kind`, of that kind.
+            // Starts and durations from schema version 7 on are rounded down (`index_start`,
+            // `index_duration`): lower bounds are rounded the same way (older rows, exact, pass
+            // too), upper bounds hold as they are; candidates are checked exactly.
             let mut cond = format!(
                 "{} AND start_ns >= {} AND start_ns < {}{service}",
                 seconds_in(slice),
-                slice.start_unix_nano,
+                index_start(slice.start_unix_nano),
                 slice.end_unix_nano
             );
             if let Some(o) = &q.operation {
                 cond.push_str(&format!(" AND name = {}", quote(o)));
             }
             if let Some(d) = q.min_duration_nanos {
-                cond.push_str(&format!(" AND duration_ns >= {d}"));
+                cond.push_str(&format!(" AND duration_ns >= {}", index_duration(d)));
             }
             if let Some(d) = q.max_duration_nanos {
                 cond.push_str(&format!(" AND duration_ns <= {d}"));

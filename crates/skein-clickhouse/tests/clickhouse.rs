@@ -337,6 +337,54 @@ async fn long_values_and_typed_values_are_found() {
     assert_eq!(ids(store.find_traces(&find("n", "+42")).await.unwrap()), [B::trace_id(2)]);
 }
 
+/// `span_index` holds starts rounded down to the millisecond and durations to the microsecond
+/// (schema version 7): time and duration bounds that fall between two spans' exact values, in
+/// the same millisecond and microsecond, still tell them apart.
+async fn bounds_below_the_index_rounding(url: &str) {
+    let store = Delivered(open(config(url, None)).await);
+    let second = B::new(1, 1).build().start_time_unix_nano / 1_000_000_000 * 1_000_000_000;
+    let t0 = second + 500_000_000;
+    let (a, b) = (t0 + 300_000, t0 + 700_000);
+    store
+        .write(vec![
+            B::new(1, 1).service("svc").times(a, a + 2_000_400).build(),
+            B::new(2, 1).service("svc").times(b, b + 2_000_600).build(),
+        ])
+        .await
+        .unwrap();
+    let ids = async |start: u64, min: Option<u64>, max: Option<u64>| {
+        let q = TraceQuery {
+            service: Some("svc".into()),
+            time: TimeRange { start_unix_nano: start, end_unix_nano: t0 + 10_000_000 },
+            min_duration_nanos: min,
+            max_duration_nanos: max,
+            ..TraceQuery::default()
+        };
+        let found = store.find_traces(&q).await.unwrap();
+        found.iter().map(|t| t[0].trace_id).collect::<Vec<_>>()
+    };
+    let (one, two) = (B::trace_id(1), B::trace_id(2));
+    assert_eq!(ids(t0, None, None).await, [two, one], "newest first");
+    assert_eq!(ids(t0 + 500_000, None, None).await, [two], "a window starting between them");
+    assert_eq!(ids(b + 1, None, None).await, [], "a window starting just after the newer");
+    assert_eq!(ids(t0, Some(2_000_500), None).await, [two], "a minimum between the durations");
+    assert_eq!(ids(t0, None, Some(2_000_500)).await, [one], "a maximum between the durations");
+    assert_eq!(ids(t0, Some(2_000_600), Some(2_000_600)).await, [two], "exact bounds");
+    assert_eq!(ids(t0, Some(2_000_601), None).await, [], "a minimum above both");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_and_duration_bounds_finer_than_the_index() {
+    let Some(url) = single() else { return };
+    bounds_below_the_index_rounding(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_and_duration_bounds_on_current_clickhouse() {
+    let Some(url) = modern() else { return };
+    bounds_below_the_index_rounding(&url).await;
+}
+
 /// A value that (almost) every span of an operation has in a batch is indexed once for the
 /// operation (`operation_tags`), not once per trace; searches for it, alone and with other
 /// tags, still find exactly the traces that have it, and rarer values stay in `tag_index`.
@@ -464,14 +512,21 @@ async fn a_newer_schema_is_refused_naming_both_versions() {
     drop(open(c.clone()).await);
     let client = Client::new(&url, None, None).unwrap();
     client
-        .query(&format!("INSERT INTO {}.schema_migrations VALUES (7, now(), 'future')", c.database), &[])
+        .query(
+            &format!(
+                "INSERT INTO {}.schema_migrations VALUES ({}, now(), 'future')",
+                c.database,
+                skein_clickhouse::SCHEMA_VERSION + 1
+            ),
+            &[],
+        )
         .await
         .unwrap();
     let e = ClickhouseStore::open(c).await.unwrap_err();
     let msg = e.to_string();
     assert!(
         matches!(e, OpenError::Schema(_))
-            && msg.contains("version 7")
+            && msg.contains(&format!("version {}", skein_clickhouse::SCHEMA_VERSION + 1))
             && msg.contains(&format!("version {}", skein_clickhouse::SCHEMA_VERSION)),
         "{msg}"
     );
