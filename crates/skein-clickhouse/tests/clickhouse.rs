@@ -385,6 +385,56 @@ async fn time_and_duration_bounds_on_current_clickhouse() {
     bounds_below_the_index_rounding(&url).await;
 }
 
+/// A database made by schema version 6 on a server with codecs: the migration to version 7
+/// gives `spans.payload` its codec and the table its compression blocks, and the spans stored
+/// before and after read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_6_table_on_current_clickhouse_gets_the_new_payload_codec() {
+    let Some(url) = modern() else { return };
+    let c = config(&url, None);
+    let db = c.database.clone();
+    let client = Client::new(&url, None, None).unwrap();
+    let text =
+        async |sql: String| String::from_utf8_lossy(&client.query(&sql, &[]).await.unwrap()).into_owned();
+    // What version 6 created for `spans` on such a server.
+    text(format!("CREATE DATABASE {db}")).await;
+    text(format!(
+        "CREATE TABLE {db}.spans (trace_id FixedString(16) CODEC(ZSTD(1)), span_id FixedString(8) CODEC(ZSTD(1)), \
+         timestamp DateTime CODEC(Delta, ZSTD(1)), start_ns UInt64 CODEC(Delta, ZSTD(1)), resource_id UInt64 CODEC(ZSTD(1)), \
+         payload String CODEC(ZSTD(3)), parent_span_id FixedString(8) CODEC(ZSTD(1))) ENGINE = MergeTree() \
+         PARTITION BY toDate(timestamp) ORDER BY (trace_id, span_id) SETTINGS index_granularity = 1024"
+    ))
+    .await;
+    let store = Delivered(open(c.clone()).await);
+    store.write(vec![B::new(1, 1).attr("k", AttrValue::Str("before".into())).build()]).await.unwrap();
+    drop(store);
+    // Back to version 6, as if that store had been a version 6 node, then opened by this one.
+    text(format!("ALTER TABLE {db}.spans MODIFY COLUMN payload String CODEC(ZSTD(3))")).await;
+    text(format!("ALTER TABLE {db}.spans RESET SETTING min_compress_block_size")).await;
+    text(format!("DROP TABLE {db}.schema_migrations")).await;
+    text(format!(
+        "CREATE TABLE {db}.schema_migrations (version UInt32, applied_at DateTime, by String) ENGINE = TinyLog"
+    ))
+    .await;
+    text(format!("INSERT INTO {db}.schema_migrations VALUES (6, now(), 'version 6')")).await;
+    let codec = format!(
+        "SELECT compression_codec FROM system.columns WHERE database = '{db}' AND table = 'spans' AND name = 'payload'"
+    );
+    let create =
+        format!("SELECT create_table_query FROM system.tables WHERE database = '{db}' AND name = 'spans'");
+    assert!(text(codec.clone()).await.contains("ZSTD(3)"));
+    assert!(!text(create.clone()).await.contains("min_compress_block_size"));
+
+    let store = Delivered(open(c).await);
+    assert!(text(codec).await.contains("ZSTD(6)"));
+    assert!(text(create).await.contains("min_compress_block_size = 1048576"));
+    store.write(vec![B::new(2, 1).attr("k", AttrValue::Str("after".into())).build()]).await.unwrap();
+    for (n, v) in [(1, "before"), (2, "after")] {
+        let spans = store.trace(B::trace_id(n)).await.unwrap().expect("stored");
+        assert_eq!(spans[0].attributes[0].value, AttrValue::Str(v.into()));
+    }
+}
+
 /// A value that (almost) every span of an operation has in a batch is indexed once for the
 /// operation (`operation_tags`), not once per trace; searches for it, alone and with other
 /// tags, still find exactly the traces that have it, and rarer values stay in `tag_index`.
