@@ -16,7 +16,7 @@ use crate::sql::quote;
 /// `search` (which keeps the rows of older versions), and indexes an attribute value that (almost)
 /// every span of an operation in a batch has once per batch in `operation_tags` instead of once
 /// per trace in `tag_index`; version 7 writes `span_index.start_ns` rounded down to the
-/// millisecond and `span_index.duration_ns` to the microsecond, each insert's rows sorted by
+/// millisecond and `span_index.duration_ns` to its six leading binary digits, each insert's rows sorted by
 /// start within the table's key (the same table: older rows hold exact values, and searches
 /// compare with bounds rounded the same way).
 pub const SCHEMA_VERSION: u32 = 7;
