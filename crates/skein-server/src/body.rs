@@ -194,9 +194,15 @@ pub(crate) struct BodyLimits {
     pub max_ratio: usize,
 }
 
-/// Reads a whole HTTP body of at most `limits.max_bytes`, reserving its bytes as they arrive.
+/// The most a body's buffer is sized to by an announced length before its bytes arrive; a
+/// larger body grows the buffer as it arrives.
+const PREALLOCATE: usize = 1 << 20;
+
+/// Reads a whole HTTP body of at most `limits.max_bytes`, reserving its bytes as they arrive;
+/// a body in one frame is returned as it is.
 pub(crate) async fn collect<B>(
     body: B,
+    framing: Framing,
     limits: BodyLimits,
     reservation: &mut Reservation,
 ) -> Result<Bytes, BodyError>
@@ -205,7 +211,13 @@ where
     B::Error: std::fmt::Display,
 {
     let mut body = std::pin::pin!(body);
-    let mut out = bytes::BytesMut::new();
+    // Room for the whole body at once when its length is announced (`Content-Length`, or a
+    // gRPC message's prefix below), instead of growing the buffer by copies; at most
+    // `PREALLOCATE` before the bytes arrive (a length is only what the client claims).
+    let announced =
+        |len: u64| usize::try_from(len).unwrap_or(usize::MAX).min(limits.max_bytes).min(PREALLOCATE);
+    let mut out = bytes::BytesMut::with_capacity(announced(body.size_hint().lower()));
+    let mut sized = false;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
@@ -213,10 +225,27 @@ where
                 return Err(BodyError::TooLarge { limit: limits.max_bytes, after: String::new() });
             }
             reservation.grow(data.len()).await?;
+            if out.is_empty() && body.is_end_stream() {
+                return Ok(data); // the whole body in one frame: no copy
+            }
             out.extend_from_slice(&data);
+            if framing == Framing::Grpc && !sized && out.len() >= 5 {
+                sized = true;
+                let message = u32::from_be_bytes([out[1], out[2], out[3], out[4]]);
+                out.reserve(announced(u64::from(message) + 5).saturating_sub(out.len()));
+            }
         }
     }
     Ok(out.freeze())
+}
+
+/// How a body announces its length besides `Content-Length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Only by `Content-Length` (OTLP/HTTP).
+    Plain,
+    /// A gRPC message: a flag byte and the message's length first.
+    Grpc,
 }
 
 /// Decompresses `raw` under `limits`, reserving the output as it is produced.
@@ -441,5 +470,71 @@ mod tests {
         drop(first);
         second.grow(2 << 20).await.unwrap();
         assert_eq!(budget.in_use(), 2 << 20);
+    }
+
+    /// A body of the given frames.
+    struct Frames(std::collections::VecDeque<Bytes>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|f| Ok(http_body::Frame::data(f))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn framed(frames: Vec<Bytes>) -> Frames {
+        Frames(frames.into())
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_however_they_are_framed() {
+        let budget = Budget::new(64 << 20);
+        let data = Bytes::from(payload(3 << 20));
+        // One frame: handed on as it is, not copied.
+        let mut r = budget.reservation();
+        let one =
+            collect(http_body_util::Full::new(data.clone()), Framing::Plain, LIMITS, &mut r).await.unwrap();
+        assert_eq!((one.as_ptr(), one.len()), (data.as_ptr(), data.len()));
+        assert_eq!(budget.in_use(), data.len());
+        drop(r);
+        // A gRPC message split anywhere, even inside its prefix, and a plain body in pieces.
+        let mut message = vec![0u8];
+        message.extend_from_slice(&((data.len() as u32).to_be_bytes()));
+        message.extend_from_slice(&data);
+        let message = Bytes::from(message);
+        for (framing, body) in [(Framing::Grpc, &message), (Framing::Plain, &data)] {
+            for cuts in [vec![3, 4, 16_384], vec![5, 1 << 20], vec![1, 2, 3, 4, 5, 6]] {
+                let mut frames = Vec::new();
+                let mut at = 0;
+                for cut in cuts.into_iter().chain([body.len()]) {
+                    frames.push(body.slice(at..cut));
+                    at = cut;
+                }
+                let mut r = budget.reservation();
+                let read = collect(framed(frames), framing, LIMITS, &mut r).await.unwrap();
+                assert_eq!(read, body, "{framing:?}");
+            }
+        }
+        // A prefix that claims more than the limit allows is refused once the bytes exceed it.
+        let mut lying = vec![0u8];
+        lying.extend_from_slice(&u32::MAX.to_be_bytes());
+        lying.extend_from_slice(&payload(1 << 20));
+        let lying = Bytes::from(lying);
+        let small = BodyLimits { max_bytes: 512 << 10, ..LIMITS };
+        let mut r = budget.reservation();
+        let frames = vec![lying.slice(..5), lying.slice(5..)];
+        assert!(matches!(
+            collect(framed(frames), Framing::Grpc, small, &mut r).await,
+            Err(BodyError::TooLarge { .. })
+        ));
     }
 }

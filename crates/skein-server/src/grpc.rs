@@ -5,17 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use skein_otlp::proto::collector::ExportTraceServiceResponse;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Request, Response, Status};
+use tonic::Status;
+use tonic::server::NamedService;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::{Auth, Role};
-use crate::body::{self, BodyError, BodyLimits, Budget, Coding, Reservation};
+use crate::body::{self, BodyError, BodyLimits, Budget, Coding, Framing, Reservation};
 use crate::ingest::{Ingest, IngestError};
 
 /// The gRPC `TraceService`.
@@ -79,7 +78,7 @@ where
         }
         let this = self.clone();
         Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
+            let (parts, body) = request.into_parts();
             let mut reservation = this.budget.reservation();
             let message = match read_message(&parts.headers, body, this.limits, &mut reservation).await {
                 Ok(message) => message,
@@ -96,18 +95,85 @@ where
                     return Ok(response);
                 }
             };
-            // Hand tonic the decompressed message as an uncompressed one.
-            parts.headers.remove("grpc-encoding");
-            let mut framed = BytesMut::with_capacity(PREFIX + message.len());
-            framed.put_u8(0);
-            framed.put_u32(message.len() as u32);
-            framed.extend_from_slice(&message);
+            let answer = export(&this.ingest, &message).await;
             drop(message);
-            let request = http::Request::from_parts(parts, http_body_util::Full::new(framed.freeze()));
-            let mut grpc = Grpc::new(ExportCodec).apply_max_message_size_config(Some(usize::MAX), None);
-            let export = Export { ingest: this.ingest.clone(), _reservation: reservation };
-            Ok(grpc.unary(export, request).await)
+            drop(reservation);
+            Ok(match answer {
+                Ok(response) => ok_response(&parts.headers, &response),
+                Err(status) => status.into_http(),
+            })
         })
+    }
+}
+
+/// Stores one request message's spans; the OTLP response, or the status to answer.
+async fn export(ingest: &Ingest, message: &Bytes) -> Result<ExportTraceServiceResponse, Status> {
+    let answer = match ingest.export_protobuf(message, "grpc").await {
+        Ok(response) => Ok(response),
+        Err(e @ IngestError::Malformed(_)) => {
+            ingest.metrics().request_refused("grpc", "malformed");
+            Err(Status::invalid_argument(e.to_string()))
+        }
+        Err(e @ IngestError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
+        Err(IngestError::Store(e)) => {
+            Err(retryable(Code::from_i32(e.grpc_code()), e.to_string(), e.retry_after_secs()))
+        }
+    };
+    let status = match &answer {
+        Ok(_) => 200,
+        Err(s) => grpc_to_http(s.code()),
+    };
+    ingest.metrics().request(ENDPOINT, status);
+    answer
+}
+
+/// A successful unary answer: the response message, uncompressed, then the trailers with
+/// `grpc-status: 0`. Written here rather than by tonic's unary server, which takes the request
+/// as a framed body and would copy the message twice more.
+fn ok_response(
+    request: &http::HeaderMap,
+    response: &ExportTraceServiceResponse,
+) -> http::Response<tonic::body::Body> {
+    let mut framed = BytesMut::with_capacity(PREFIX + response.encoded_len());
+    framed.put_u8(0);
+    framed.put_u32(response.encoded_len() as u32);
+    response.encode(&mut framed).expect("the buffer has room for the message");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut answer = http::Response::new(tonic::body::Body::new(Unary {
+        message: Some(framed.freeze()),
+        trailers: Some(trailers),
+    }));
+    let content_type = match request.get(http::header::CONTENT_TYPE) {
+        Some(t) if t.as_bytes().starts_with(b"application/grpc") => t.clone(),
+        _ => http::HeaderValue::from_static("application/grpc"),
+    };
+    answer.headers_mut().insert(http::header::CONTENT_TYPE, content_type);
+    answer
+}
+
+/// The body of a unary answer: one data frame, then the trailers.
+struct Unary {
+    message: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl http_body::Body for Unary {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(message) = self.message.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(message))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(http_body::Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.message.is_none() && self.trailers.is_none()
     }
 }
 
@@ -124,7 +190,7 @@ where
     B::Error: std::fmt::Display,
 {
     let framed_limits = BodyLimits { max_bytes: limits.max_bytes.saturating_add(PREFIX), ..limits };
-    let raw = body::collect(body, framed_limits, reservation).await.map_err(body_status)?;
+    let raw = body::collect(body, Framing::Grpc, framed_limits, reservation).await.map_err(body_status)?;
     let malformed = |message: String| (Status::invalid_argument(message), "malformed");
     if raw.len() < PREFIX {
         return Err(malformed(format!("truncated gRPC message: {} bytes", raw.len())));
@@ -193,80 +259,6 @@ fn retryable(code: Code, message: String, retry_after_secs: Option<u32>) -> Stat
     }
 }
 
-/// One `Export` call: the request message's bytes in, the OTLP response out.
-struct Export {
-    ingest: Ingest,
-    /// The request's share of the in-flight budget, released when the call is answered.
-    _reservation: Reservation,
-}
-
-impl UnaryService<Bytes> for Export {
-    type Response = ExportTraceServiceResponse;
-    type Future = BoxFuture<Result<Response<ExportTraceServiceResponse>, Status>>;
-
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let ingest = self.ingest.clone();
-        Box::pin(async move {
-            let result = ingest.export_protobuf(request.get_ref(), "grpc").await;
-            let answer = match result {
-                Ok(response) => Ok(Response::new(response)),
-                Err(e @ IngestError::Malformed(_)) => {
-                    ingest.metrics().request_refused("grpc", "malformed");
-                    Err(Status::invalid_argument(e.to_string()))
-                }
-                Err(e @ IngestError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
-                Err(IngestError::Store(e)) => {
-                    Err(retryable(Code::from_i32(e.grpc_code()), e.to_string(), e.retry_after_secs()))
-                }
-            };
-            let status = match &answer {
-                Ok(_) => 200,
-                Err(s) => grpc_to_http(s.code()),
-            };
-            ingest.metrics().request(ENDPOINT, status);
-            answer
-        })
-    }
-}
-
-/// Requests arrive as the message's bytes (split off tonic's buffer, not copied); responses
-/// are encoded with prost.
-#[derive(Clone, Copy, Debug, Default)]
-struct ExportCodec;
-
-impl Codec for ExportCodec {
-    type Encode = ExportTraceServiceResponse;
-    type Decode = Bytes;
-    type Encoder = ExportCodec;
-    type Decoder = ExportCodec;
-
-    fn encoder(&mut self) -> ExportCodec {
-        ExportCodec
-    }
-
-    fn decoder(&mut self) -> ExportCodec {
-        ExportCodec
-    }
-}
-
-impl Encoder for ExportCodec {
-    type Item = ExportTraceServiceResponse;
-    type Error = Status;
-
-    fn encode(&mut self, item: ExportTraceServiceResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(buf).map_err(|e| Status::internal(format!("encoding the response: {e}")))
-    }
-}
-
-impl Decoder for ExportCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(buf.copy_to_bytes(buf.remaining())))
-    }
-}
-
 /// The HTTP status that corresponds to a gRPC code, for the request counter.
 fn grpc_to_http(code: tonic::Code) -> u16 {
     match code {
@@ -276,5 +268,40 @@ fn grpc_to_http(code: tonic::Code) -> u16 {
         tonic::Code::Unavailable => 503,
         tonic::Code::Unimplemented => 501,
         _ => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use skein_otlp::proto::collector::ExportTracePartialSuccess;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_successful_answer_is_the_framed_message_then_status_ok() {
+        let response = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 2,
+                error_message: "two spans had no trace id".into(),
+            }),
+        };
+        let mut request = http::HeaderMap::new();
+        request.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc+proto"));
+        let answer = ok_response(&request, &response);
+        assert_eq!(answer.status(), http::StatusCode::OK);
+        assert_eq!(answer.headers()[http::header::CONTENT_TYPE], "application/grpc+proto");
+        let body = answer.into_body().collect().await.unwrap();
+        assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
+        let bytes = body.to_bytes();
+        assert_eq!(bytes[0], 0, "not compressed");
+        assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize, bytes.len() - 5);
+        assert_eq!(ExportTraceServiceResponse::decode(&bytes[5..]).unwrap(), response);
+
+        let plain = ok_response(&http::HeaderMap::new(), &ExportTraceServiceResponse::default());
+        assert_eq!(plain.headers()[http::header::CONTENT_TYPE], "application/grpc");
+        let body = plain.into_body().collect().await.unwrap();
+        assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(&body.to_bytes()[..], &[0, 0, 0, 0, 0]);
     }
 }

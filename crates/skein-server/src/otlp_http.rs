@@ -175,7 +175,7 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
     // Held until the answer is written: the body's bytes count against the in-flight budget.
     let mut reservation = rx.budget.reservation();
     let read = async {
-        let raw = body::collect(body, rx.limits, &mut reservation).await?;
+        let raw = body::collect(body, body::Framing::Plain, rx.limits, &mut reservation).await?;
         body::decompress(coding, raw, rx.limits, &mut reservation).await
     };
     let body: Bytes = read.await.map_err(|e| body_failure(&rx.ingest, encoding, e))?;

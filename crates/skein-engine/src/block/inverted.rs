@@ -28,7 +28,8 @@ enum Says<'a> {
 /// the entry says. Nothing but the hash is kept: a value costs no string in memory, and two
 /// entries whose hashes collide only make a search read a chunk it did not need to.
 fn entry_hash(service: u32, key: &str, says: Says<'_>) -> u64 {
-    let mut buf = Vec::with_capacity(16 + key.len());
+    let value = if let Says::Value(v) = says { v.len() } else { 0 };
+    let mut buf = Vec::with_capacity(9 + key.len() + value);
     buf.extend_from_slice(&service.to_le_bytes());
     buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
     buf.extend_from_slice(key.as_bytes());
