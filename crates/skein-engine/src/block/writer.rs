@@ -290,9 +290,12 @@ impl<'a> BlockWriter<'a> {
             return;
         }
         self.last_resource = None;
+        // The next chunk starts with room for as many spans as this one (chunks are cut at
+        // about the same size): its spans are moved in, not grown into by copies.
+        let room = self.pending.len();
         self.queued.push(Queued {
-            spans: std::mem::take(&mut self.pending),
-            services: std::mem::take(&mut self.pending_services),
+            spans: std::mem::replace(&mut self.pending, Vec::with_capacity(room)),
+            services: std::mem::replace(&mut self.pending_services, Vec::with_capacity(room)),
         });
         if self.queued.len() >= 2 * self.encoders() {
             self.encode_queued();

@@ -167,6 +167,8 @@ proptest! {
     #[test]
     fn same_result_as_prost_and_to_model(request in request(), limits in limits()) {
         let body = request.encode_to_vec();
+        let spans: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        prop_assert_eq!(direct::count_spans(&body), spans, "the count that sizes the decoded spans");
         assert_same(decode_protobuf_to_model(&body, &limits), general(&body, &limits));
         // When the direct decoder answers by itself, it found no span to reject.
         if let Ok(spans) = direct::decode(&body, &limits) {
