@@ -118,15 +118,6 @@ pub(crate) fn merge_blocks(
     sources: &[SharedBlock],
     path: &std::path::Path,
 ) -> Result<Block, StoreError> {
-    let merged = merge_into(fs, sources, path);
-    if merged.is_err() {
-        // A compaction stopped half-way leaves no partial file behind (open would delete it).
-        let _ = fs.remove(&path.with_extension("tmp"));
-    }
-    merged
-}
-
-fn merge_into(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) -> Result<Block, StoreError> {
     let mut chunks: Vec<(u64, usize, usize)> = Vec::new();
     for (b, block) in sources.iter().enumerate() {
         for i in 0..block.chunk_count() {
@@ -135,7 +126,7 @@ fn merge_into(fs: &dyn Fs, sources: &[SharedBlock], path: &std::path::Path) -> R
     }
     chunks.sort_unstable();
     // Streamed to its file as chunks are copied: a merged block is up to 64 MiB, and several
-    // compactions run at once.
+    // compactions run at once. A compaction stopped half-way leaves no partial file behind.
     let mut writer = block::BlockWriter::streaming(fs, path).map_err(block_error)?;
     let copied: Vec<Option<block::CopySource<'_>>> = sources
         .iter()

@@ -59,7 +59,7 @@ pub(crate) struct BlockWriter<'a> {
     file: Vec<u8>,
     /// Where the bytes go instead, when the block is streamed to its file as it grows
     /// ([`BlockWriter::streaming`]: compaction, whose output is up to 64 MiB).
-    streamed: Option<Streamed>,
+    streamed: Option<Streamed<'a>>,
     /// Bytes of the block so far (in `file` or already in the streamed file).
     written: u64,
     chunks: Vec<ChunkMeta>,
@@ -96,15 +96,27 @@ pub(crate) struct BlockWriter<'a> {
 }
 
 /// A block file being written as it grows: `<path>.tmp`, renamed over the block's path once
-/// complete (and fsynced), so readers never see a partial block.
-struct Streamed {
+/// complete (and fsynced), so readers never see a partial block; removed when the block is
+/// not finished (a failed write, a failed read of what it copies, a panic).
+struct Streamed<'a> {
+    fs: &'a dyn Fs,
     file: Box<dyn skein_wal::fs::AppendFile>,
     tmp: PathBuf,
     /// The first write that failed: the block is not finished.
     error: Option<std::io::Error>,
+    /// Renamed to the block's path: nothing to remove.
+    renamed: bool,
 }
 
-impl std::fmt::Debug for Streamed {
+impl Drop for Streamed<'_> {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = self.fs.remove(&self.tmp);
+        }
+    }
+}
+
+impl std::fmt::Debug for Streamed<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Streamed").field("tmp", &self.tmp).field("error", &self.error).finish()
     }
@@ -114,7 +126,7 @@ impl<'a> BlockWriter<'a> {
     /// A writer that streams the block to its file as chunks are added, instead of holding
     /// the whole block in memory until [`BlockWriter::finish`] (which still makes it appear
     /// atomically): memory then holds the chunk being gathered and the index.
-    pub(crate) fn streaming(fs: &dyn Fs, path: &Path) -> Result<BlockWriter<'a>, BlockError> {
+    pub(crate) fn streaming(fs: &'a dyn Fs, path: &Path) -> Result<BlockWriter<'a>, BlockError> {
         let tmp = path.with_extension("tmp");
         let io = |source| BlockError::Io { path: tmp.clone(), source };
         match fs.remove(&tmp) {
@@ -123,7 +135,8 @@ impl<'a> BlockWriter<'a> {
             Err(e) => return Err(io(e)),
         }
         let file = fs.open_append(&tmp).map_err(io)?;
-        Ok(BlockWriter { streamed: Some(Streamed { file, tmp, error: None }), ..BlockWriter::default() })
+        let streamed = Streamed { fs, file, tmp, error: None, renamed: false };
+        Ok(BlockWriter { streamed: Some(streamed), ..BlockWriter::default() })
     }
 
     /// Appends `bytes` to the block; returns where they start.
@@ -523,9 +536,9 @@ impl<'a> BlockWriter<'a> {
                         .and_then(|()| path.parent().map_or(Ok(()), |dir| fs.sync_dir(dir))),
                 };
                 if let Err(source) = done {
-                    let _ = fs.remove(&s.tmp);
                     return Err(BlockError::Io { path: s.tmp.clone(), source });
                 }
+                s.renamed = true;
             }
         }
         Block::open(fs, path)
