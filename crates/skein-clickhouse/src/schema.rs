@@ -18,25 +18,34 @@ use crate::sql::quote;
 /// per trace in `tag_index`; version 7 writes `span_index.start_ns` rounded down to the
 /// millisecond and `span_index.duration_ns` to its six leading binary digits, each insert's rows sorted by
 /// start within the table's key (the same table: older rows hold exact values, and searches
-/// compare with bounds rounded the same way).
-pub const SCHEMA_VERSION: u32 = 7;
+/// compare with bounds rounded the same way); version 8 writes the tag index into `tag_refs`:
+/// one row per (key, value, service, second) of an insert with the insert's small numbers
+/// (`idx`) of the traces that have it, which `trace_refs` turns into 4-byte trace keys
+/// (`tag_index` keeps the rows of version 5 to 7).
+pub const SCHEMA_VERSION: u32 = 8;
 
-/// The tables, in the order a batch is inserted (lookups before the spans that need them, the
-/// pre-aggregates last). `search`, `trace_tags` and `tags` are no longer written, only read and
-/// dropped by retention.
-pub const TABLES: [&str; 11] = [
+/// The tables, in the order a batch is inserted (lookups before the spans and references that
+/// need them, the pre-aggregates last). `search`, `tag_index`, `trace_tags` and `tags` are no
+/// longer written, only read and dropped by retention.
+pub const TABLES: [&str; 13] = [
     "resources",
     "resource_tags",
     "operations",
     "spans",
     "span_index",
-    "tag_index",
+    "trace_refs",
+    "tag_refs",
     "operation_tags",
     "red",
+    "tag_index",
     "search",
     "trace_tags",
     "tags",
 ];
+
+/// Rows per primary-index mark of `trace_refs`: a search reads one mark per reference it
+/// looks up (the default of 8,192 would read eight times more rows).
+const TRACE_REFS_INDEX_GRANULARITY: u32 = 1024;
 
 /// Rows per primary-index mark of `spans`: a trace read decompresses about this many
 /// payloads per day partition (ClickHouse's default of 8,192 would be eight times more).
@@ -211,6 +220,35 @@ impl Layout {
                 format!(
                     "key {}, value String{plain_zstd}, service {}, timestamp DateTime{delta}, \
                      trace_key UInt32{plain_zstd}, slot UInt16",
+                    lc("String"),
+                    lc("String")
+                ),
+                "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (key, value, timestamp)".to_owned(),
+                "slot",
+            ),
+            (
+                // The traces of an insert by number: `idx` is the number an insert gave a trace
+                // (see `tag_refs`), one row per second the trace's spans in the insert start
+                // in, with the trace's 4-byte key and slot.
+                "trace_refs",
+                format!(
+                    "timestamp DateTime{delta}, idx UInt32{delta}, trace_key UInt32{plain_zstd}, slot UInt16"
+                ),
+                format!(
+                    "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (timestamp, idx) \
+                     SETTINGS index_granularity = {TRACE_REFS_INDEX_GRANULARITY}"
+                ),
+                "slot",
+            ),
+            (
+                // The tag index (schema version 8): per distinct (key, value, service, second,
+                // slot) of an insert, the sorted numbers of the insert's traces that have it.
+                // A value many traces share is one row per second instead of one per trace, and
+                // a number takes about a byte and a half where a 4-byte trace key took four.
+                "tag_refs",
+                format!(
+                    "key {}, value String{plain_zstd}, service {}, timestamp DateTime{delta}, \
+                     idxs Array(UInt32){delta}, slot UInt16",
                     lc("String"),
                     lc("String")
                 ),
@@ -435,7 +473,9 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 22);
+        assert_eq!(ddl.len(), 26);
+        assert!(ddl.iter().any(|d| d.contains("skein.tag_refs AS skein.tag_refs_local ENGINE = Distributed('c\\'1', 'skein', 'tag_refs_local', slot)")));
+        assert!(ddl.iter().any(|d| d.contains("skein.trace_refs AS skein.trace_refs_local ENGINE = Distributed('c\\'1', 'skein', 'trace_refs_local', slot)")));
         assert!(ddl[7].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
     }
 

@@ -135,6 +135,43 @@ struct Shared {
     spans_written: AtomicU64,
     /// Unix seconds from which `red` holds every span (0: always).
     red_since: u32,
+    /// The numbers this node gives the traces of a second (`trace_refs.idx`).
+    refs: Mutex<RefNumbers>,
+}
+
+/// The numbers a node gives the traces whose spans start in a second (`trace_refs`: a trace
+/// is `(second, idx)` in `tag_refs`): counted from 0 per second, so that they are small, above
+/// a random byte of the process, so that two nodes (or this node before a restart) rarely give
+/// one number in one second. When they do, a search gets both traces as candidates and the
+/// exact check drops the wrong one: nothing is missed.
+#[derive(Debug)]
+struct RefNumbers {
+    process: u32,
+    /// Next number per second, for the seconds of the last two days seen.
+    next: HashMap<u32, u32>,
+}
+
+impl RefNumbers {
+    const COUNTER_BITS: u32 = 24;
+    const KEEP_SECONDS: u32 = 2 * 86_400;
+
+    fn new() -> RefNumbers {
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new().hash_one(SystemTime::now());
+        RefNumbers { process: (random as u32) & 0xff, next: HashMap::new() }
+    }
+
+    /// The next number of `second`.
+    fn take(&mut self, second: u32) -> u32 {
+        if self.next.len() > 4 * Self::KEEP_SECONDS as usize {
+            let newest = self.next.keys().copied().max().unwrap_or(0);
+            self.next.retain(|s, _| s.saturating_add(Self::KEEP_SECONDS) >= newest);
+        }
+        let next = self.next.entry(second).or_insert(0);
+        let counter = *next;
+        *next = next.wrapping_add(1);
+        self.process << Self::COUNTER_BITS | (counter & ((1 << Self::COUNTER_BITS) - 1))
+    }
 }
 
 /// Spans in ClickHouse, behind a local durable buffer. See the crate documentation.
@@ -258,6 +295,7 @@ impl ClickhouseStore {
             written_scopes: Mutex::new(HashSet::new()),
             spans_written: AtomicU64::new(0),
             red_since,
+            refs: Mutex::new(RefNumbers::new()),
         });
         let flusher = tokio::spawn(flush_loop(Arc::clone(&shared)));
         let retention = tokio::spawn(retention_loop(Arc::clone(&shared)));
@@ -387,7 +425,8 @@ struct Rows {
     operations: Writer,
     spans: Writer,
     span_index: Writer,
-    tags: Writer,
+    trace_refs: Writer,
+    tag_refs: Writer,
     operation_tags: Writer,
     red: Writer,
     new_resources: Vec<(u64, u32, usize)>,
@@ -410,6 +449,9 @@ fn index_duration(nanos: u64) -> u64 {
     let low = (u64::BITS - nanos.leading_zeros()).saturating_sub(DIGITS);
     nanos >> low << low
 }
+
+/// A `tag_refs` row of an insert: service, key, indexed value, second and slot.
+type TagRef<'a> = (&'a str, &'a str, Cow<'a, str>, u32, u16);
 
 /// A row of `span_index`, kept until the insert's rows are sorted.
 struct SpanIndexRow<'a> {
@@ -622,6 +664,11 @@ impl Shared {
         let mut encoded: FxHashMap<*const Resource, (u64, Vec<u8>)> = FxHashMap::default();
         // Distinct (trace, service, key, indexed value) of this insert, borrowed from the spans.
         let mut seen_tags: FxHashSet<(TraceId, &'a str, &'a str, Cow<'a, str>)> = FxHashSet::default();
+        // The number of each (trace, second its spans start in) of the insert (`trace_refs`).
+        let mut numbers: FxHashMap<(TraceId, u32), (u32, u32, u16)> = FxHashMap::default();
+        let mut refs = self.refs.lock();
+        // `tag_refs` rows: (service, key, indexed value, second, slot) -> the traces' numbers.
+        let mut tag_refs: FxHashMap<TagRef<'a>, Vec<u32>> = FxHashMap::default();
         let mut batch_ops: FxHashSet<(&'a str, &'a str, u8, u32)> = FxHashSet::default();
         let written_res = self.written_resources.lock();
         let written_ops = self.written_operations.lock();
@@ -637,6 +684,8 @@ impl Shared {
                 (short_trace_key(tid), self.topology.slot_of(key), self.topology.shard_of(key));
             let ts = secs(span.start_time_unix_nano);
             let day = ts / 86_400;
+            let (idx, ..) =
+                *numbers.entry((span.trace_id, ts)).or_insert_with(|| (refs.take(ts), short_key, slot));
             let (res_id, res_bytes) = encoded.entry(Arc::as_ptr(&span.resource)).or_insert_with(|| {
                 let bytes = codec::encode_resource(&span.resource);
                 (codec::resource_id(&bytes), bytes)
@@ -719,13 +768,7 @@ impl Shared {
                     }
                 };
                 if !seen_tags.contains(&(span.trace_id, service, k, Cow::Borrowed(v.as_ref()))) {
-                    let w = &mut rows.tags;
-                    w.str(k);
-                    w.str(&v);
-                    w.str(service);
-                    w.buf.extend_from_slice(&ts.to_le_bytes());
-                    w.buf.extend_from_slice(&short_key.to_le_bytes());
-                    w.buf.extend_from_slice(&slot.to_le_bytes());
+                    tag_refs.entry((service, k, v.clone(), ts, slot)).or_default().push(idx);
                     seen_tags.insert((span.trace_id, service, k, v));
                 }
             };
@@ -762,6 +805,32 @@ impl Shared {
         for row in &span_index {
             row.write(&mut rows.span_index);
         }
+        drop(refs);
+        for ((_, ts), (idx, short_key, slot)) in numbers {
+            let w = &mut rows.trace_refs;
+            w.buf.extend_from_slice(&ts.to_le_bytes());
+            w.buf.extend_from_slice(&idx.to_le_bytes());
+            w.buf.extend_from_slice(&short_key.to_le_bytes());
+            w.buf.extend_from_slice(&slot.to_le_bytes());
+        }
+        for ((service, key, value, ts, slot), mut idxs) in tag_refs {
+            // Sorted and written as steps (the first, then each one's distance from the one
+            // before; read back with `arrayCumSum`): a value many traces share takes a few
+            // bits per trace, as most steps are small numbers.
+            idxs.sort_unstable();
+            let w = &mut rows.tag_refs;
+            w.str(key);
+            w.str(&value);
+            w.str(service);
+            w.buf.extend_from_slice(&ts.to_le_bytes());
+            w.varint(idxs.len() as u64);
+            let mut last = 0;
+            for idx in idxs {
+                w.buf.extend_from_slice(&(idx - last).to_le_bytes());
+                last = idx;
+            }
+            w.buf.extend_from_slice(&slot.to_le_bytes());
+        }
         rows
     }
 
@@ -770,27 +839,25 @@ impl Shared {
     }
 
     async fn insert(&self, rows: Rows) -> Result<(), ChError> {
-        let columns = [
-            "id, shard_key, timestamp, payload",
-            "key, value, id, shard_key, timestamp",
-            "service, name, kind, date",
-            "trace_id, span_id, timestamp, start_ns, resource_id, payload, parent_span_id",
-            "service, name, kind, timestamp, start_ns, duration_ns, error, resource_id, trace_key, slot",
-            "key, value, service, timestamp, trace_key, slot",
-            "key, value, service, name, timestamp, last",
-            "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
+        // In the order of `TABLES` (the tables written; the older ones after them are only read).
+        let written = [
+            ("id, shard_key, timestamp, payload", rows.resources.buf),
+            ("key, value, id, shard_key, timestamp", rows.resource_tags.buf),
+            ("service, name, kind, date", rows.operations.buf),
+            ("trace_id, span_id, timestamp, start_ns, resource_id, payload, parent_span_id", rows.spans.buf),
+            (
+                "service, name, kind, timestamp, start_ns, duration_ns, error, resource_id, trace_key, slot",
+                rows.span_index.buf,
+            ),
+            ("timestamp, idx, trace_key, slot", rows.trace_refs.buf),
+            ("key, value, service, timestamp, idxs, slot", rows.tag_refs.buf),
+            ("key, value, service, name, timestamp, last", rows.operation_tags.buf),
+            (
+                "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
+                rows.red.buf,
+            ),
         ];
-        let bodies = [
-            rows.resources.buf,
-            rows.resource_tags.buf,
-            rows.operations.buf,
-            rows.spans.buf,
-            rows.span_index.buf,
-            rows.tags.buf,
-            rows.operation_tags.buf,
-            rows.red.buf,
-        ];
-        for ((table, cols), body) in TABLES.iter().zip(columns).zip(bodies) {
+        for (table, (cols, body)) in TABLES.iter().zip(written) {
             if body.is_empty() {
                 continue;
             }
@@ -1009,10 +1076,11 @@ impl Shared {
 
     /// Candidates when every tag is a span or event attribute (or a synthetic tag other than
     /// `span.kind` and the scope's): the key range of the first tag in the tag index,
-    /// intersected with the others'. The index is `tag_index` (4-byte trace keys, schema
-    /// version 5) and, for rows written before, `trace_tags` (8-byte keys, version 4) and
-    /// `tags` (trace ids): all are asked, and the keys found are turned into the ids of the
-    /// traces that have them by a primary-key range read of `spans`.
+    /// intersected with the others'. The index is `tag_refs` (trace numbers of an insert,
+    /// turned into 4-byte trace keys by `trace_refs`; schema version 8) and, for rows written
+    /// before, `tag_index` (4-byte trace keys, versions 5 to 7), `trace_tags` (8-byte keys,
+    /// version 4) and `tags` (trace ids): all are asked, and the keys found are turned into the
+    /// ids of the traces that have them by a primary-key range read of `spans`.
     async fn candidates_from_tags(
         &self,
         q: &TraceQuery,
@@ -1031,7 +1099,8 @@ impl Shared {
                 .collect::<String>()
         };
         let first = cond(k0, v0);
-        let [tag_index, trace_tags, tags] = ["tag_index", "trace_tags", "tags"].map(|t| self.layout.table(t));
+        let [tag_index, trace_tags, tags, trace_refs] =
+            ["tag_index", "trace_tags", "tags", "trace_refs"].map(|t| self.layout.table(t));
         // The three indexes in one statement (one round trip, which on a cluster costs more
         // than an empty lookup): the newest `limit` of each, as (key length, key, id, time).
         let none = "toFixedString(unhex('00000000000000000000000000000000'), 16)";
@@ -1042,8 +1111,20 @@ impl Shared {
                 also(short)
             )
         };
+        // `tag_refs`' numbers of the traces with the first tag, as `trace_refs` rows (a
+        // primary-key lookup by second and number) and so as 4-byte keys.
+        let refs = format!(
+            "{time} AND (timestamp, idx) IN (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) FROM {} WHERE {first}{service})",
+            self.layout.table("tag_refs")
+        );
         let sql = [
             newest(4, "toUInt64(trace_key)", none, "trace_key", &tag_index, "trace_key"),
+            format!(
+                "SELECT * FROM (SELECT toUInt8(4) AS len, toUInt64(trace_key) AS k, {none} AS id, \
+                 toUInt64(max(timestamp)) AS t FROM {trace_refs} WHERE {refs}{} GROUP BY trace_key \
+                 ORDER BY t DESC LIMIT {limit})",
+                also("trace_key")
+            ),
             newest(8, "trace_key", none, "trace_key", &trace_tags, "toUInt32(trace_key)"),
             newest(16, "toUInt64(0)", "trace_id", "trace_id", &tags, "reinterpretAsUInt32(trace_id)"),
         ]
@@ -1123,13 +1204,17 @@ impl Shared {
     }
 
     /// SQL that holds when a trace whose 4-byte key is `key` (an expression) has rows that
-    /// satisfy `cond` in any of the tag indexes (`tag_index`, and `trace_tags` and `tags` for
-    /// rows of older schema versions).
+    /// satisfy `cond` in any of the tag indexes (`tag_refs` through `trace_refs`, and
+    /// `tag_index`, `trace_tags` and `tags` for rows of older schema versions).
     fn in_tag_index(&self, key: &str, cond: &str) -> String {
         format!(
-            "({key} IN (SELECT trace_key FROM {} WHERE {cond}) \
+            "({key} IN (SELECT trace_key FROM {} WHERE (timestamp, idx) IN \
+             (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) FROM {} WHERE {cond})) \
+             OR {key} IN (SELECT trace_key FROM {} WHERE {cond}) \
              OR {key} IN (SELECT toUInt32(trace_key) FROM {} WHERE {cond}) \
              OR {key} IN (SELECT reinterpretAsUInt32(trace_id) FROM {} WHERE {cond}))",
+            self.layout.table("trace_refs"),
+            self.layout.table("tag_refs"),
             self.layout.table("tag_index"),
             self.layout.table("trace_tags"),
             self.layout.table("tags"),

@@ -173,17 +173,28 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
         )
         .await;
         assert_eq!(split, 0, "every trace on {u} has all 3 of its spans there");
-        // The tag index's rows (4-byte keys, placed by their slot) are on their trace's shard.
-        let tags = count_on(u, &format!("SELECT count() FROM {db}.tag_index_local")).await;
-        assert!(tags >= n / 3, "{u} indexes its traces' tags ({tags} rows for {n} spans)");
+        // The tag index's rows (trace numbers, placed by their slot) are on their trace's
+        // shard, and so are the rows that turn the numbers into 4-byte trace keys.
+        let tags = count_on(u, &format!("SELECT count() FROM {db}.tag_refs_local ARRAY JOIN idxs")).await;
+        assert!(tags >= n / 3, "{u} indexes its traces' tags ({tags} references for {n} spans)");
+        let refs = count_on(u, &format!("SELECT count() FROM {db}.trace_refs_local")).await;
+        assert!(refs >= n / 3, "{u} numbers its traces ({refs} rows for {n} spans)");
         let elsewhere = count_on(
             u,
             &format!(
-                "SELECT count() FROM {db}.tag_index_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.spans_local)"
+                "SELECT count() FROM {db}.trace_refs_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.spans_local)"
             ),
         )
         .await;
-        assert_eq!(elsewhere, 0, "no tag row on {u} belongs to a trace of the other shard");
+        assert_eq!(elsewhere, 0, "no trace_refs row on {u} belongs to a trace of the other shard");
+        let dangling = count_on(
+            u,
+            &format!(
+                "SELECT count() FROM {db}.tag_refs_local ARRAY JOIN arrayMap(x -> toUInt32(x), arrayCumSum(idxs)) AS idx WHERE (timestamp, idx) NOT IN (SELECT timestamp, idx FROM {db}.trace_refs_local)"
+            ),
+        )
+        .await;
+        assert_eq!(dangling, 0, "every tag reference on {u} names a trace of that shard");
         // So are the span index's rows (4-byte keys, placed by their slot): one per span.
         let indexed = count_on(u, &format!("SELECT count() FROM {db}.span_index_local")).await;
         assert_eq!(indexed, n, "{u} has a span_index row per span it holds");
@@ -437,7 +448,7 @@ async fn a_version_6_table_on_current_clickhouse_gets_the_new_payload_codec() {
 
 /// A value that (almost) every span of an operation has in a batch is indexed once for the
 /// operation (`operation_tags`), not once per trace; searches for it, alone and with other
-/// tags, still find exactly the traces that have it, and rarer values stay in `tag_index`.
+/// tags, still find exactly the traces that have it, and rarer values stay in the tag index.
 async fn operation_level_tags(url: &str, cluster: Option<&str>) {
     let c = config(url, cluster);
     let db = c.database.clone();
@@ -468,16 +479,23 @@ async fn operation_level_tags(url: &str, cluster: Option<&str>) {
         "one row for the operation"
     );
     assert_eq!(
-        count(format!("SELECT count() FROM {db}.tag_index WHERE key = 'server.port' AND value = '8080'"))
-            .await,
+        count(format!(
+            "SELECT count() FROM {db}.tag_refs ARRAY JOIN idxs WHERE key = 'server.port' AND value = '8080'"
+        ))
+        .await,
         0
     );
     assert_eq!(
-        count(format!("SELECT count() FROM {db}.tag_index WHERE key = 'server.port' AND value = '9090'"))
-            .await,
+        count(format!(
+            "SELECT count() FROM {db}.tag_refs ARRAY JOIN idxs WHERE key = 'server.port' AND value = '9090'"
+        ))
+        .await,
         1
     );
-    assert_eq!(count(format!("SELECT count() FROM {db}.tag_index WHERE key = 'app.user.id'")).await, 20);
+    assert_eq!(
+        count(format!("SELECT count() FROM {db}.tag_refs ARRAY JOIN idxs WHERE key = 'app.user.id'")).await,
+        20
+    );
     let find = |tags: &[(&str, &str)], limit: usize| TraceQuery {
         service: Some("checkout".into()),
         tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -835,7 +853,7 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     for server in &servers {
         Client::new(server, None, None)
             .unwrap()
-            .query(&format!("TRUNCATE TABLE {}", local("tag_index")), &[])
+            .query(&format!("TRUNCATE TABLE {}", local("tag_refs")), &[])
             .await
             .unwrap();
     }
@@ -869,7 +887,7 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     for server in &servers {
         Client::new(server, None, None)
             .unwrap()
-            .query(&format!("TRUNCATE TABLE {}", local("tag_index")), &[])
+            .query(&format!("TRUNCATE TABLE {}", local("tag_refs")), &[])
             .await
             .unwrap();
     }
@@ -905,6 +923,59 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     }
     assert!(
         store.find_traces(&v4_query(&[("legacy.key", "v4"), ("new.key", "then")])).await.unwrap().is_empty()
+    );
+    // And one that schema versions 5 to 7 indexed (in `tag_index`, by a 4-byte trace key and
+    // the trace's slot), alone and together with a tag of the current index (`tag_refs`).
+    let v7 = B::new(13, 1)
+        .service("upgraded")
+        .attr("legacy.key", AttrValue::Str("v7".into()))
+        .attr("new.key", AttrValue::Str("v8".into()))
+        .build();
+    store.write(vec![v7.clone()]).await.unwrap();
+    let v7_key = u32::from_le_bytes(v7.trace_id.as_bytes()[..4].try_into().unwrap());
+    let v7_tags = count_on(
+        url,
+        &format!("SELECT count() FROM {}.tag_refs WHERE key = 'legacy.key' AND value = 'v7'", c.database),
+    )
+    .await;
+    assert_eq!(v7_tags, 1, "written into the current index");
+    for server in &servers {
+        Client::new(server, None, None)
+            .unwrap()
+            .query(&format!("TRUNCATE TABLE {}", local("tag_refs")), &[])
+            .await
+            .unwrap();
+    }
+    // A second span of the trace puts `new.key` (only) into the current index.
+    let mut second = B::new(13, 2).service("upgraded").attr("new.key", AttrValue::Str("v8".into())).build();
+    second.trace_id = v7.trace_id;
+    store.write(vec![second]).await.unwrap();
+    assert!(store.find_traces(&v4_query(&[("legacy.key", "v7")])).await.unwrap().is_empty(), "no index row");
+    assert!(store.find_traces(&v4_query(&[("legacy.key", "v7")])).await.unwrap().is_empty());
+    Client::new(url, None, None)
+        .unwrap()
+        .query(
+            &format!(
+                "INSERT INTO {db}.tag_index SELECT 'legacy.key', 'v7', 'upgraded', toDateTime({}), trace_key, slot \
+                 FROM {db}.trace_refs WHERE trace_key = {v7_key} LIMIT 1",
+                v7.start_time_unix_nano / 1_000_000_000,
+                db = c.database,
+            ),
+            &[("insert_distributed_sync", "1")],
+        )
+        .await
+        .unwrap();
+    for tags in [
+        &[("legacy.key", "v7")][..],
+        &[("legacy.key", "v7"), ("new.key", "v8")],
+        &[("new.key", "v8"), ("legacy.key", "v7")],
+    ] {
+        let found = store.find_traces(&v4_query(tags)).await.unwrap();
+        assert_eq!(found.len(), 1, "{tags:?}");
+        assert_eq!(found[0][0].trace_id, v7.trace_id);
+    }
+    assert!(
+        store.find_traces(&v4_query(&[("legacy.key", "v7"), ("new.key", "v7")])).await.unwrap().is_empty()
     );
     for server in &servers {
         for (table, column) in [("search", "resource_id"), ("spans", "parent_span_id")] {
