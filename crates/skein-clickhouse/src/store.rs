@@ -1095,7 +1095,7 @@ impl Shared {
         // Every further tag, in any of the indexes, for rows whose 4-byte trace key is `key`.
         let also = |key: &str| {
             rest.iter()
-                .map(|(k, v)| format!(" AND {}", self.in_tag_index(key, &cond(k, v))))
+                .map(|(k, v)| format!(" AND {}", self.in_tag_index(key, &cond(k, v), time)))
                 .collect::<String>()
         };
         let first = cond(k0, v0);
@@ -1111,35 +1111,53 @@ impl Shared {
                 also(short)
             )
         };
-        // `tag_refs`' numbers of the traces with the first tag, as `trace_refs` rows (a
-        // primary-key lookup by second and number) and so as 4-byte keys.
-        let refs = format!(
-            "{time} AND (timestamp, idx) IN (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) FROM {} WHERE {first}{service})",
-            self.layout.table("tag_refs")
-        );
-        let sql = [
-            newest(4, "toUInt64(trace_key)", none, "trace_key", &tag_index, "trace_key"),
-            format!(
-                "SELECT * FROM (SELECT toUInt8(4) AS len, toUInt64(trace_key) AS k, {none} AS id, \
-                 toUInt64(max(timestamp)) AS t FROM {trace_refs} WHERE {refs}{} GROUP BY trace_key \
-                 ORDER BY t DESC LIMIT {limit})",
-                also("trace_key")
-            ),
-            newest(8, "trace_key", none, "trace_key", &trace_tags, "toUInt32(trace_key)"),
-            newest(16, "toUInt64(0)", "trace_id", "trace_id", &tags, "reinterpretAsUInt32(trace_id)"),
-        ]
-        .join(" UNION ALL ");
-        self.newest_traces(&sql, limit).await
+        let tag_refs = self.layout.table("tag_refs");
+        // `tag_refs`' numbers of the traces with the first tag, newest first, at most `cap` of
+        // them, as `trace_refs` rows (a primary-key lookup per second and number) and so as
+        // 4-byte keys. Each number costs a lookup, so a value that many traces have looks up
+        // only the newest numbers: enough for `limit` traces, unless the other tags drop
+        // them, when the next round looks up sixteen times as many (all of them at last).
+        let mut cap = (limit * 4).max(256);
+        loop {
+            let refs = format!(
+                "{time} AND (timestamp, idx) IN (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) AS idx \
+                 FROM {tag_refs} WHERE {first}{service} ORDER BY timestamp DESC LIMIT {cap})"
+            );
+            let sql = [
+                newest(4, "toUInt64(trace_key)", none, "trace_key", &tag_index, "trace_key"),
+                format!(
+                    "SELECT * FROM (SELECT toUInt8(4) AS len, toUInt64(trace_key) AS k, {none} AS id, \
+                     toUInt64(max(timestamp)) AS t FROM {trace_refs} WHERE {refs}{} GROUP BY trace_key \
+                     ORDER BY t DESC LIMIT {limit})",
+                    also("trace_key")
+                ),
+                // How many numbers the first tag has (to know whether `cap` left some out).
+                format!(
+                    "SELECT toUInt8(0) AS len, toUInt64(count()) AS k, {none} AS id, toUInt64(0) AS t \
+                     FROM {tag_refs} ARRAY JOIN idxs WHERE {first}{service}"
+                ),
+                newest(8, "trace_key", none, "trace_key", &trace_tags, "toUInt32(trace_key)"),
+                newest(16, "toUInt64(0)", "trace_id", "trace_id", &tags, "reinterpretAsUInt32(trace_id)"),
+            ]
+            .join(" UNION ALL ");
+            let (ids, numbers) = self.newest_traces(&sql, limit).await?;
+            if ids.len() >= limit || numbers <= cap as u64 {
+                return Ok(ids);
+            }
+            cap = (cap as u64).saturating_mul(16).min(numbers) as usize;
+        }
     }
 
     /// Runs `sql`, whose rows are `(key length, key, trace id, time)`: a trace id (length 16)
     /// or the 4- or 8-byte key of traces (the first bytes of their ids, little-endian), and
     /// returns the ids of the newest `limit` traces; a key stands for every trace that has it
-    /// (read from `spans` by primary-key ranges), at the key's time.
-    async fn newest_traces(&self, sql: &str, limit: usize) -> Result<Vec<TraceId>, StoreError> {
+    /// (read from `spans` by primary-key ranges), at the key's time. A row of length 0 holds a
+    /// count in its key (added up and returned with the ids).
+    async fn newest_traces(&self, sql: &str, limit: usize) -> Result<(Vec<TraceId>, u64), StoreError> {
         let rows = self.query(&format!("{sql} FORMAT RowBinary")).await?;
         let mut found: Vec<(u64, TraceId)> = Vec::new();
         let mut prefixes: HashMap<(usize, u64), u64> = HashMap::new();
+        let mut count = 0;
         let mut r = Reader::new(&rows);
         while !r.is_empty() {
             let len = r.u8().map_err(corrupt)?;
@@ -1155,6 +1173,7 @@ impl Shared {
                 4 | 8 => {
                     prefixes.insert((usize::from(len), key), t);
                 }
+                0 => count += key,
                 other => return Err(corrupt(codec::DecodeError(format!("unexpected key length {other}")))),
             }
         }
@@ -1200,15 +1219,17 @@ impl Shared {
         let mut seen = HashSet::new();
         found.retain(|(_, id)| seen.insert(*id));
         found.truncate(limit);
-        Ok(found.into_iter().map(|(_, id)| id).collect())
+        Ok((found.into_iter().map(|(_, id)| id).collect(), count))
     }
 
     /// SQL that holds when a trace whose 4-byte key is `key` (an expression) has rows that
     /// satisfy `cond` in any of the tag indexes (`tag_refs` through `trace_refs`, and
     /// `tag_index`, `trace_tags` and `tags` for rows of older schema versions).
-    fn in_tag_index(&self, key: &str, cond: &str) -> String {
+    /// `time` is the window's condition on `timestamp` (which `trace_refs` has too: its rows
+    /// are the seconds the tag rows name).
+    fn in_tag_index(&self, key: &str, cond: &str, time: &str) -> String {
         format!(
-            "({key} IN (SELECT trace_key FROM {} WHERE (timestamp, idx) IN \
+            "({key} IN (SELECT trace_key FROM {} WHERE {time} AND (timestamp, idx) IN \
              (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) FROM {} WHERE {cond})) \
              OR {key} IN (SELECT trace_key FROM {} WHERE {cond}) \
              OR {key} IN (SELECT toUInt32(trace_key) FROM {} WHERE {cond}) \
@@ -1330,8 +1351,8 @@ impl Shared {
         };
         loop {
             let (slice, whole) = slices.current();
-            let sql = self.span_index_sql(q, slice, limit, &service, &per_tag);
-            let ids = self.newest_traces(&sql, limit).await?;
+            let sql = self.span_index_sql(q, slice, limit, &service, &time, &per_tag);
+            let (ids, _) = self.newest_traces(&sql, limit).await?;
             if ids.len() >= limit || whole {
                 return Ok(ids);
             }
@@ -1369,6 +1390,7 @@ impl Shared {
         slice: TimeRange,
         limit: usize,
         service: &str,
+        time: &str,
         per_tag: &[(String, Vec<String>)],
     ) -> String {
         {
@@ -1401,7 +1423,7 @@ impl Shared {
             let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
                 let mut cond = cond.clone();
                 for (c, others) in per_tag {
-                    let mut alternatives = vec![self.in_tag_index(short, c)];
+                    let mut alternatives = vec![self.in_tag_index(short, c, time)];
                     alternatives.extend(others.iter().cloned());
                     cond.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
                 }

@@ -264,6 +264,64 @@ async fn searches_with_hundreds_of_candidates_on_current_clickhouse() {
     many_candidates(&url).await;
 }
 
+/// A value hundreds of traces have (but not the operation as a whole): a search looks up only
+/// the newest of its trace numbers first, and more when the other tags drop those, so that it
+/// still finds exactly the newest traces that match, and a match among the oldest.
+async fn common_values(url: &str, cluster: Option<&str>) {
+    let store = Delivered(open(config(url, cluster)).await);
+    let id = |t: u32| {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&t.wrapping_mul(2_654_435_761).to_le_bytes());
+        id[15] = 2;
+        TraceId::from_bytes(id).unwrap()
+    };
+    let mut spans = Vec::new();
+    for t in 0..600u32 {
+        // 500 of 600 (83 %, below the operation-level share), one trace per second (the
+        // candidates of one second are taken in no particular order).
+        let mut b = B::new(1, 1)
+            .service("capped")
+            .timing_ms(u64::from(t) * 1000, 1)
+            .attr("common", AttrValue::Str(if t < 500 { "c" } else { "d" }.into()));
+        if t == 0 {
+            b = b.attr("rare", AttrValue::Str("r".into()));
+        }
+        spans.push(Span { trace_id: id(t), ..b.build() });
+    }
+    store.write(spans).await.unwrap();
+    let q = |tags: &[(&str, &str)], limit: usize| TraceQuery {
+        service: Some("capped".into()),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        limit,
+        ..TraceQuery::default()
+    };
+    let ids = |found: Vec<Vec<Span>>| found.iter().map(|t| t[0].trace_id).collect::<Vec<_>>();
+    let newest = ids(store.find_traces(&q(&[("common", "c")], 20)).await.unwrap());
+    assert_eq!(newest, (480..500).rev().map(id).collect::<Vec<_>>(), "the newest 20 with the value");
+    let oldest = ids(store.find_traces(&q(&[("common", "c"), ("rare", "r")], 20)).await.unwrap());
+    assert_eq!(oldest, [id(0)], "the one match, behind 499 newer traces with the first tag");
+    assert_eq!(store.find_traces(&q(&[("common", "c")], 1000)).await.unwrap().len(), 500);
+    assert!(store.find_traces(&q(&[("common", "d"), ("rare", "r")], 20)).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_values_are_searched_newest_first() {
+    let Some(url) = single() else { return };
+    common_values(&url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_values_on_two_shards() {
+    let Some((url, cluster)) = cluster() else { return };
+    common_values(&url, Some(&cluster)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn common_values_on_current_clickhouse() {
+    let Some(url) = modern() else { return };
+    common_values(&url, None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_keys_and_values_are_stored_and_found_as_they_are() {
     let Some(url) = single() else { return };
