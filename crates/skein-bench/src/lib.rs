@@ -578,10 +578,10 @@ impl ClickhouseTarget {
         Ok(t.elapsed())
     }
 
-    /// Rows in the `spans` table(s).
+    /// Spans in ClickHouse: rows of the `span_index` table(s), one per span.
     async fn spans_stored(&self) -> anyhow::Result<u64> {
         self.sum_over_shards(&format!(
-            "SELECT toString(sum(rows)) FROM system.parts WHERE database = {} AND active AND table IN ('spans', 'spans_local')",
+            "SELECT toString(sum(rows)) FROM system.parts WHERE database = {} AND active AND table IN ('span_index', 'span_index_local')",
             skein_clickhouse::sql::quote(&self.database)
         ))
         .await

@@ -21,27 +21,39 @@ use crate::sql::quote;
 /// compare with bounds rounded the same way); version 8 writes the tag index into `tag_refs`:
 /// one row per (key, value, service, second) of an insert with the insert's small numbers
 /// (`idx`) of the traces that have it, which `trace_refs` turns into 4-byte trace keys
-/// (`tag_index` keeps the rows of version 5 to 7).
+/// (`tag_index` keeps the rows of version 5 to 7), and writes spans into `traces`, one row per
+/// trace and insert, a parent in the row named by its place (`spans` keeps the rows of
+/// versions 1 to 7).
 pub const SCHEMA_VERSION: u32 = 8;
 
 /// The tables, in the order a batch is inserted (lookups before the spans and references that
-/// need them, the pre-aggregates last). `search`, `tag_index`, `trace_tags` and `tags` are no
-/// longer written, only read and dropped by retention.
-pub const TABLES: [&str; 13] = [
+/// need them, the pre-aggregates last). `spans`, `tag_index`, `search`, `trace_tags` and `tags`
+/// are no longer written, only read and dropped by retention.
+pub const TABLES: [&str; 14] = [
     "resources",
     "resource_tags",
     "operations",
-    "spans",
+    "traces",
     "span_index",
     "trace_refs",
     "tag_refs",
     "operation_tags",
     "red",
+    "spans",
     "tag_index",
     "search",
     "trace_tags",
     "tags",
 ];
+
+/// Rows per primary-index mark of `traces`: a row is a trace's spans of one insert (about a
+/// dozen on real traffic), so a trace read decompresses about as many spans per part as the
+/// 1,024 rows of `spans` held.
+const TRACES_INDEX_GRANULARITY: u32 = 128;
+
+/// The most spans of one trace in one `traces` row (a parent is named by its place in the
+/// row, a `UInt16`; a trace with more spans in an insert takes several rows).
+pub const MAX_ROW_SPANS: usize = 4096;
 
 /// Rows per primary-index mark of `trace_refs`: a search reads one mark per reference it
 /// looks up (the default of 8,192 would read eight times more rows).
@@ -156,6 +168,31 @@ impl Layout {
                 format!(
                     "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (trace_id, span_id) \
                      SETTINGS index_granularity = {SPANS_INDEX_GRANULARITY}{}",
+                    if f.table_compress_blocks() {
+                        format!(", min_compress_block_size = {SPANS_COMPRESS_BLOCK}")
+                    } else {
+                        String::new()
+                    }
+                ),
+                "reinterpretAsUInt64(trace_id)",
+            ),
+            (
+                // A trace's spans of one insert (schema version 8): the ids, starts (from
+                // `trace_start`), resources and payloads of its spans as arrays, and each
+                // span's parent as its place in the row (1-based; 0: none, or a parent outside
+                // the row, whose id is then in `parent_ids`, zeros elsewhere). `timestamp` is
+                // the first second of the row's spans and `seconds` how many more they cover.
+                "traces",
+                format!(
+                    "trace_id FixedString(16){plain_zstd}, timestamp DateTime{delta}, seconds UInt32, \
+                     trace_start UInt64{delta}, span_ids Array(FixedString(8)){plain_zstd}, \
+                     parents Array(UInt16){plain_zstd}, parent_ids Array(FixedString(8)){plain_zstd}, \
+                     starts Array(UInt64){plain_zstd}, resource_ids Array(UInt64){plain_zstd}, \
+                     payloads Array(String){payload_zstd}"
+                ),
+                format!(
+                    "MergeTree() PARTITION BY toDate(timestamp) ORDER BY trace_id \
+                     SETTINGS index_granularity = {TRACES_INDEX_GRANULARITY}{}",
                     if f.table_compress_blocks() {
                         format!(", min_compress_block_size = {SPANS_COMPRESS_BLOCK}")
                     } else {
@@ -473,10 +510,11 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 26);
+        assert_eq!(ddl.len(), 28);
         assert!(ddl.iter().any(|d| d.contains("skein.tag_refs AS skein.tag_refs_local ENGINE = Distributed('c\\'1', 'skein', 'tag_refs_local', slot)")));
         assert!(ddl.iter().any(|d| d.contains("skein.trace_refs AS skein.trace_refs_local ENGINE = Distributed('c\\'1', 'skein', 'trace_refs_local', slot)")));
         assert!(ddl[7].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
+        assert!(ddl.iter().any(|d| d.contains("skein.traces AS skein.traces_local ENGINE = Distributed('c\\'1', 'skein', 'traces_local', reinterpretAsUInt64(trace_id))")));
     }
 
     #[test]

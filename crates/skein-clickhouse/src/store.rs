@@ -21,7 +21,9 @@ use tokio::sync::Notify;
 
 use crate::client::{ChError, Client};
 use crate::codec::{self, Reader, Writer};
-use crate::schema::{Features, Layout, SCHEMA_VERSION, TABLES, Topology, short_trace_key, trace_key};
+use crate::schema::{
+    Features, Layout, MAX_ROW_SPANS, SCHEMA_VERSION, TABLES, Topology, short_trace_key, trace_key,
+};
 use crate::sql::{identifier, quote, tuple, unhex};
 
 /// Bytes of an attribute value kept in the `tags` index; longer values are indexed by this
@@ -423,7 +425,7 @@ struct Rows {
     resources: Writer,
     resource_tags: Writer,
     operations: Writer,
-    spans: Writer,
+    traces: Writer,
     span_index: Writer,
     trace_refs: Writer,
     tag_refs: Writer,
@@ -481,6 +483,51 @@ impl SpanIndexRow<'_> {
         w.buf.extend_from_slice(&self.resource_id.to_le_bytes());
         w.buf.extend_from_slice(&self.trace_key.to_le_bytes());
         w.buf.extend_from_slice(&self.slot.to_le_bytes());
+    }
+}
+
+/// Writes one `traces` row: `spans` (of one trace, by start, with their resource ids). A span's
+/// parent is its place in the row (1-based) when it is in the row, else 0 with the parent's id
+/// in `parent_ids` (zeros for a root): the 8 random bytes of a parent id in every row took
+/// about 6 bytes per span, a place takes under one. Reads turn places back into ids
+/// (`span_ids[p]`), so what is read is what was written, even for repeated span ids.
+fn write_trace_row(w: &mut Writer, trace_id: &TraceId, spans: &[(&Span, u64)], payload: &mut Vec<u8>) {
+    let first = spans.iter().map(|(s, _)| s.start_time_unix_nano).min().unwrap_or(0);
+    let last = spans.iter().map(|(s, _)| s.start_time_unix_nano).max().unwrap_or(0);
+    let place: FxHashMap<SpanId, u16> =
+        spans.iter().enumerate().map(|(i, (s, _))| (s.span_id, i as u16 + 1)).collect();
+    let n = spans.len() as u64;
+    w.buf.extend_from_slice(trace_id.as_bytes());
+    w.buf.extend_from_slice(&secs(first).to_le_bytes());
+    w.buf.extend_from_slice(&(secs(last) - secs(first)).to_le_bytes());
+    w.buf.extend_from_slice(&first.to_le_bytes());
+    w.varint(n);
+    for (s, _) in spans {
+        w.buf.extend_from_slice(s.span_id.as_bytes());
+    }
+    w.varint(n);
+    for (s, _) in spans {
+        let p = s.parent_span_id.and_then(|p| place.get(&p).copied()).unwrap_or(0);
+        w.buf.extend_from_slice(&p.to_le_bytes());
+    }
+    w.varint(n);
+    for (s, _) in spans {
+        let outside = s.parent_span_id.filter(|p| !place.contains_key(p));
+        w.buf.extend_from_slice(&outside.map(|p| *p.as_bytes()).unwrap_or([0; 8]));
+    }
+    w.varint(n);
+    for (s, _) in spans {
+        w.buf.extend_from_slice(&(s.start_time_unix_nano - first).to_le_bytes());
+    }
+    w.varint(n);
+    for (_, res) in spans {
+        w.buf.extend_from_slice(&res.to_le_bytes());
+    }
+    w.varint(n);
+    for (s, _) in spans {
+        payload.clear();
+        codec::encode_payload(s, payload);
+        w.bytes(payload);
     }
 }
 
@@ -675,6 +722,8 @@ impl Shared {
         let written_scopes = self.written_scopes.lock();
         let mut batch_scopes: FxHashSet<(u64, &'a str, &'a str, u32, usize)> = FxHashSet::default();
         let mut payload = Vec::new();
+        // The insert's spans of each trace, with their resource ids (`traces` rows).
+        let mut by_trace: FxHashMap<TraceId, Vec<(&'a Span, u64)>> = FxHashMap::default();
         let mut red = RedSummary::default();
         let mut span_index: Vec<SpanIndexRow<'a>> = Vec::with_capacity(spans.len());
         for span in spans {
@@ -735,16 +784,7 @@ impl Shared {
                 }
             }
 
-            let w = &mut rows.spans;
-            w.buf.extend_from_slice(tid);
-            w.buf.extend_from_slice(span.span_id.as_bytes());
-            w.buf.extend_from_slice(&ts.to_le_bytes());
-            w.buf.extend_from_slice(&span.start_time_unix_nano.to_le_bytes());
-            w.buf.extend_from_slice(&res_id.to_le_bytes());
-            payload.clear();
-            codec::encode_payload(span, &mut payload);
-            w.bytes(&payload);
-            w.buf.extend_from_slice(span.parent_span_id.map(|p| *p.as_bytes()).unwrap_or([0; 8]).as_slice());
+            by_trace.entry(span.trace_id).or_default().push((span, res_id));
 
             span_index.push(SpanIndexRow {
                 service,
@@ -806,6 +846,13 @@ impl Shared {
             row.write(&mut rows.span_index);
         }
         drop(refs);
+        for (trace_id, mut spans) in by_trace {
+            // By start: the starts then grow within the row, and a parent mostly comes first.
+            spans.sort_by_key(|(span, _)| span.start_time_unix_nano);
+            for row in spans.chunks(MAX_ROW_SPANS) {
+                write_trace_row(&mut rows.traces, &trace_id, row, &mut payload);
+            }
+        }
         for ((_, ts), (idx, short_key, slot)) in numbers {
             let w = &mut rows.trace_refs;
             w.buf.extend_from_slice(&ts.to_le_bytes());
@@ -844,7 +891,10 @@ impl Shared {
             ("id, shard_key, timestamp, payload", rows.resources.buf),
             ("key, value, id, shard_key, timestamp", rows.resource_tags.buf),
             ("service, name, kind, date", rows.operations.buf),
-            ("trace_id, span_id, timestamp, start_ns, resource_id, payload, parent_span_id", rows.spans.buf),
+            (
+                "trace_id, timestamp, seconds, trace_start, span_ids, parents, parent_ids, starts, resource_ids, payloads",
+                rows.traces.buf,
+            ),
             (
                 "service, name, kind, timestamp, start_ns, duration_ns, error, resource_id, trace_key, slot",
                 rows.span_index.buf,
@@ -1040,6 +1090,49 @@ impl Shared {
         Ok(out)
     }
 
+    /// A subquery of span rows `trace_id, span_id, parent_span_id, start_ns, resource_id` (and
+    /// `payload` when `payload`) from `traces` (schema version 8: its arrays joined, places
+    /// turned back into parent ids, starts added to the row's) and `spans` (the rows of older
+    /// versions), on this server's local tables when `local`. `prewhere` is a condition on
+    /// `trace_id` checked first; `seconds` keeps the spans that start in those seconds (both
+    /// ends included); `and` is a condition on the output columns.
+    fn span_rows(
+        &self,
+        local: bool,
+        payload: bool,
+        prewhere: &str,
+        seconds: Option<(u32, u32)>,
+        and: &str,
+    ) -> String {
+        let table = |t: &str| if local { self.layout.local(t) } else { self.layout.table(t) };
+        let prewhere = if prewhere.is_empty() { String::new() } else { format!(" PREWHERE {prewhere}") };
+        let (payload_col, payload_join) =
+            if payload { (", payload", ", payloads AS payload") } else { ("", "") };
+        let (in_spans, in_rows, starts) = match seconds {
+            Some((from, to)) => (
+                format!("timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to})"),
+                format!("timestamp <= toDateTime({to}) AND timestamp + seconds >= toDateTime({from})"),
+                format!(
+                    "start_ns >= {} AND start_ns < {}",
+                    u64::from(from) * 1_000_000_000,
+                    (u64::from(to) + 1) * 1_000_000_000
+                ),
+            ),
+            None => ("1".to_owned(), "1".to_owned(), "1".to_owned()),
+        };
+        format!(
+            "(SELECT trace_id, span_id, parent_span_id, start_ns, resource_id{payload_col} FROM \
+             (SELECT trace_id, span_id, if(p = 0, outside, span_ids[p]) AS parent_span_id, \
+             trace_start + st AS start_ns, resource_id{payload_col} FROM {} ARRAY JOIN span_ids AS span_id, \
+             parents AS p, parent_ids AS outside, starts AS st, resource_ids AS resource_id{payload_join}\
+             {prewhere} WHERE {in_rows}) WHERE {starts}{and} \
+             UNION ALL SELECT trace_id, span_id, parent_span_id, start_ns, resource_id{payload_col} FROM {}\
+             {prewhere} WHERE {in_spans}{and})",
+            table("traces"),
+            table("spans"),
+        )
+    }
+
     /// Whole traces from ClickHouse (through the Distributed table) and the buffer.
     async fn fetch_traces(&self, ids: &[TraceId]) -> Result<HashMap<TraceId, Vec<Span>>, StoreError> {
         let mut out = HashMap::new();
@@ -1049,8 +1142,8 @@ impl Shared {
             // the payloads read only where an id is (every part's index selects granules of its
             // own: at 10M spans in 8 parts a WHERE read 42 MB for 25 traces, a PREWHERE 1.9 MB).
             let sql = format!(
-                "SELECT trace_id, span_id, parent_span_id, start_ns, resource_id, payload FROM {} PREWHERE trace_id IN {list} FORMAT RowBinary",
-                self.layout.table("spans")
+                "SELECT * FROM {} FORMAT RowBinary",
+                self.span_rows(false, true, &format!("trace_id IN {list}"), None, "")
             );
             let rows = self.query(&sql).await?;
             out.extend(self.decode_span_rows(&rows, None).await?);
@@ -1198,12 +1291,15 @@ impl Shared {
             // first (PREWHERE) against a set, drop most of their rows cheaply (a 2-shard
             // cluster at 10M spans: 46 -> 34 ms for 25 keys).
             let first_bytes = tuple(chunk.iter().map(|(_, key)| (*key as u32).to_string()));
-            let rows = self
-                .query(&format!(
+            let ids_of = |table: &str| {
+                format!(
                     "SELECT DISTINCT trace_id FROM {} PREWHERE reinterpretAsUInt32(trace_id) IN {first_bytes} \
-                     WHERE {ranges} FORMAT RowBinary",
-                    self.layout.table("spans")
-                ))
+                     WHERE {ranges}",
+                    self.layout.table(table)
+                )
+            };
+            let rows = self
+                .query(&format!("{} UNION ALL {} FORMAT RowBinary", ids_of("traces"), ids_of("spans")))
                 .await?;
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
@@ -1688,9 +1784,8 @@ impl SpanStore for ClickhouseStore {
         let s = &self.shared;
         let shard = s.topology.shard_of(trace_key(id.as_bytes()));
         let sql = format!(
-            "SELECT trace_id, span_id, parent_span_id, start_ns, resource_id, payload FROM {} PREWHERE trace_id = {} FORMAT RowBinary",
-            s.layout.local("spans"),
-            unhex(id.as_bytes())
+            "SELECT * FROM {} FORMAT RowBinary",
+            s.span_rows(true, true, &format!("trace_id = {}", unhex(id.as_bytes())), None, "")
         );
         let mut found = match s.query_shard(shard, &sql).await {
             Ok(rows) => s.decode_span_rows(&rows, Some(shard)).await?,
@@ -1838,10 +1933,28 @@ impl SpanStore for ClickhouseStore {
                 range.start_unix_nano, range.end_unix_nano
             );
             let parents = format!("timestamp >= toDateTime({pf}) AND timestamp <= toDateTime({pt})");
-            // Schema version 6: `spans` joined with itself by the parent column, counted per
-            // pair of resources (a handful), whose services Skein looks up.
-            let rows =
-                s.query(&calls_sql(&s.layout.table("spans"), "resource_id", &parents, &window)).await?;
+            // Schema versions 6 to 8: the span rows of `traces` and `spans` joined with
+            // themselves by the parent column, counted per pair of resources (a handful), whose
+            // services Skein looks up.
+            let children = s.span_rows(
+                false,
+                false,
+                "",
+                Some((from, to)),
+                &format!(
+                    " AND start_ns >= {} AND start_ns < {}{not_buffered}",
+                    range.start_unix_nano, range.end_unix_nano
+                ),
+            );
+            let rows = s
+                .query(&format!(
+                    "SELECT parent_by, resource_id, toUInt64(uniqExact(trace_id, span_id)) FROM {children} AS children \
+                     ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, resource_id AS parent_by FROM {}) \
+                     AS parents USING (trace_id, parent_span_id) WHERE parent_by != resource_id \
+                     GROUP BY parent_by, resource_id FORMAT RowBinary",
+                    s.span_rows(false, false, "", Some((pf, pt)), "")
+                ))
+                .await?;
             let mut pairs = Vec::new();
             let mut r = Reader::new(&rows);
             while !r.is_empty() {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
 use skein_clickhouse::{ClickhouseConfig, ClickhouseStore, Client, OpenError};
-use skein_model::{AttrValue, KeyValue, Span, SpanKind, TimeRange, TraceId};
-use skein_store::testdata::SpanBuilder as B;
+use skein_model::{AttrValue, KeyValue, Span, SpanId, SpanKind, TimeRange, TraceId};
+use skein_store::testdata::{BASE_TIME, SpanBuilder as B};
 use skein_store::{DependencyLink, Operation, SpanStore, StoreError, StoreStats, TraceQuery, conformance};
 
 /// The server's URL, or `None` (with a note) when the tests run outside `scripts/test`;
@@ -165,11 +165,13 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
     let shard_urls = [url.clone(), url.replace("127.0.0.2", "127.0.0.3")];
     let mut total = 0;
     for u in &shard_urls {
-        let n = count_on(u, &format!("SELECT count() FROM {db}.spans_local")).await;
+        let n = count_on(u, &format!("SELECT sum(length(span_ids)) FROM {db}.traces_local")).await;
         assert!(n > 0, "shard {u} holds some of the 40 traces");
         let split = count_on(
             u,
-            &format!("SELECT count() FROM (SELECT trace_id, count() AS c FROM {db}.spans_local GROUP BY trace_id HAVING c != 3)"),
+            &format!(
+                "SELECT count() FROM (SELECT trace_id, sum(length(span_ids)) AS c FROM {db}.traces_local GROUP BY trace_id HAVING c != 3)"
+            ),
         )
         .await;
         assert_eq!(split, 0, "every trace on {u} has all 3 of its spans there");
@@ -182,7 +184,7 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
         let elsewhere = count_on(
             u,
             &format!(
-                "SELECT count() FROM {db}.trace_refs_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.spans_local)"
+                "SELECT count() FROM {db}.trace_refs_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.traces_local)"
             ),
         )
         .await;
@@ -201,7 +203,7 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
         let elsewhere = count_on(
             u,
             &format!(
-                "SELECT count() FROM {db}.span_index_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.spans_local)"
+                "SELECT count() FROM {db}.span_index_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.traces_local)"
             ),
         )
         .await;
@@ -262,6 +264,79 @@ async fn searches_with_hundreds_of_candidates() {
 async fn searches_with_hundreds_of_candidates_on_current_clickhouse() {
     let Some(url) = modern() else { return };
     many_candidates(&url).await;
+}
+
+/// `traces` holds a trace's spans of an insert in one row, a parent named by its place in the
+/// row: parents in the row, in an earlier insert, absent (roots), repeated span ids and a trace
+/// of more spans than one row takes (parents across rows) all read back as written, and calls
+/// are counted across rows and inserts.
+async fn trace_rows(url: &str, cluster: Option<&str>) {
+    let c = config(url, cluster);
+    let db = c.database.clone();
+    let store = Delivered(open(c).await);
+    let trace = B::trace_id(77);
+    let span = |i: u32| {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&(i + 1).to_le_bytes());
+        SpanId::from_bytes(b).unwrap()
+    };
+    // First insert: the root (span 0) of service "front".
+    let root = B::new(77, 1).service("front").ids(trace, span(0), None).build();
+    store.write(vec![root.clone()]).await.unwrap();
+    // Second insert: 5,000 spans of service "back" (more than one row holds), span i's parent
+    // is span i / 2 (span 1's is the root of the first insert), starts in reverse order of
+    // their number; and span 5,000 twice with different parents (a repeated id).
+    let mut second: Vec<Span> = (1..5000u32)
+        .map(|i| {
+            let mut s = B::new(77, 2).service("back").ids(trace, span(i), Some(span(i / 2))).build();
+            s.start_time_unix_nano = root.start_time_unix_nano + u64::from(10_000 - i) * 1_000;
+            s.end_time_unix_nano = s.start_time_unix_nano + 500;
+            s
+        })
+        .collect();
+    for parent in [3, 4] {
+        second.push(B::new(77, 3).service("back").ids(trace, span(5000), Some(span(parent))).build());
+    }
+    store.write(second.clone()).await.unwrap();
+    let rows = count_on(url, &format!("SELECT count() FROM {db}.traces")).await;
+    assert!(rows >= 3, "two inserts, the second in two rows at least ({rows} rows)");
+    let mut got = store.trace(trace).await.unwrap().expect("stored");
+    let mut want: Vec<Span> = std::iter::once(root).chain(second).collect();
+    let key = |s: &Span| (s.span_id, s.parent_span_id, s.start_time_unix_nano);
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    // Reads drop repeated (trace, span id) pairs: one of the two spans 5,000 comes back.
+    let repeated: Vec<&Span> = got.iter().filter(|s| s.span_id == span(5000)).collect();
+    assert_eq!(repeated.len(), 1);
+    assert!([Some(span(3)), Some(span(4))].contains(&repeated[0].parent_span_id));
+    want.retain(|s| s.span_id != span(5000) || s.parent_span_id == repeated[0].parent_span_id);
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w, "span {:?}", g.span_id);
+    }
+    let range = TimeRange { start_unix_nano: BASE_TIME, end_unix_nano: BASE_TIME + 86_400_000_000_000 };
+    let deps = store.dependencies(range).await.unwrap();
+    let front_back: u64 =
+        deps.iter().filter(|d| d.parent == "front" && d.child == "back").map(|d| d.call_count).sum();
+    assert_eq!(front_back, 1, "the one call from the first insert's root: {deps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_rows_name_parents_by_place() {
+    let Some(url) = single() else { return };
+    trace_rows(&url, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_rows_on_two_shards() {
+    let Some((url, cluster)) = cluster() else { return };
+    trace_rows(&url, Some(&cluster)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_rows_on_current_clickhouse() {
+    let Some(url) = modern() else { return };
+    trace_rows(&url, None).await;
 }
 
 /// A value hundreds of traces have (but not the operation as a whole): a search looks up only
