@@ -486,51 +486,6 @@ impl SpanIndexRow<'_> {
     }
 }
 
-/// Writes one `traces` row: `spans` (of one trace, by start, with their resource ids). A span's
-/// parent is its place in the row (1-based) when it is in the row, else 0 with the parent's id
-/// in `parent_ids` (zeros for a root): the 8 random bytes of a parent id in every row took
-/// about 6 bytes per span, a place takes under one. Reads turn places back into ids
-/// (`span_ids[p]`), so what is read is what was written, even for repeated span ids.
-fn write_trace_row(w: &mut Writer, trace_id: &TraceId, spans: &[(&Span, u64)], payload: &mut Vec<u8>) {
-    let first = spans.iter().map(|(s, _)| s.start_time_unix_nano).min().unwrap_or(0);
-    let last = spans.iter().map(|(s, _)| s.start_time_unix_nano).max().unwrap_or(0);
-    let place: FxHashMap<SpanId, u16> =
-        spans.iter().enumerate().map(|(i, (s, _))| (s.span_id, i as u16 + 1)).collect();
-    let n = spans.len() as u64;
-    w.buf.extend_from_slice(trace_id.as_bytes());
-    w.buf.extend_from_slice(&secs(first).to_le_bytes());
-    w.buf.extend_from_slice(&(secs(last) - secs(first)).to_le_bytes());
-    w.buf.extend_from_slice(&first.to_le_bytes());
-    w.varint(n);
-    for (s, _) in spans {
-        w.buf.extend_from_slice(s.span_id.as_bytes());
-    }
-    w.varint(n);
-    for (s, _) in spans {
-        let p = s.parent_span_id.and_then(|p| place.get(&p).copied()).unwrap_or(0);
-        w.buf.extend_from_slice(&p.to_le_bytes());
-    }
-    w.varint(n);
-    for (s, _) in spans {
-        let outside = s.parent_span_id.filter(|p| !place.contains_key(p));
-        w.buf.extend_from_slice(&outside.map(|p| *p.as_bytes()).unwrap_or([0; 8]));
-    }
-    w.varint(n);
-    for (s, _) in spans {
-        w.buf.extend_from_slice(&(s.start_time_unix_nano - first).to_le_bytes());
-    }
-    w.varint(n);
-    for (_, res) in spans {
-        w.buf.extend_from_slice(&res.to_le_bytes());
-    }
-    w.varint(n);
-    for (s, _) in spans {
-        payload.clear();
-        codec::encode_payload(s, payload);
-        w.bytes(payload);
-    }
-}
-
 /// The text a search compares an attribute value with (borrowed when it is a string).
 fn search_text(v: &AttrValue) -> Cow<'_, str> {
     match v {
@@ -850,7 +805,7 @@ impl Shared {
             // By start: the starts then grow within the row, and a parent mostly comes first.
             spans.sort_by_key(|(span, _)| span.start_time_unix_nano);
             for row in spans.chunks(MAX_ROW_SPANS) {
-                write_trace_row(&mut rows.traces, &trace_id, row, &mut payload);
+                codec::encode_trace_row(&mut rows.traces, &trace_id, row, &mut payload);
             }
         }
         for ((_, ts), (idx, short_key, slot)) in numbers {
@@ -1054,29 +1009,18 @@ impl Shared {
         Ok(out)
     }
 
-    /// Decodes `trace_id, span_id, parent_span_id, start_ns, resource_id, payload` rows into
-    /// spans grouped by trace.
+    /// Decodes rows of [`Self::trace_rows`] into spans grouped by trace.
     async fn decode_span_rows(
         &self,
         rows: &[u8],
         shard: Option<usize>,
     ) -> Result<HashMap<TraceId, Vec<Span>>, StoreError> {
         let mut raw = Vec::new();
-        let mut ids = HashSet::new();
         let mut r = Reader::new(rows);
         while !r.is_empty() {
-            let trace_id = codec::trace_id(&mut r).map_err(corrupt)?;
-            let span_id = SpanId::from_bytes(r.array().map_err(corrupt)?)
-                .map_err(|e| corrupt(codec::DecodeError(format!("span id: {e}"))))?;
-            // Zeros: a root, or a row written before schema version 6 (its payload holds it).
-            let parent: [u8; 8] = r.array().map_err(corrupt)?;
-            let parent_span_id = SpanId::from_bytes(parent).ok();
-            let start_ns = u64::from_le_bytes(r.array().map_err(corrupt)?);
-            let res = u64::from_le_bytes(r.array().map_err(corrupt)?);
-            let payload = r.slice().map_err(corrupt)?;
-            ids.insert(res);
-            raw.push((codec::RowIds { trace_id, span_id, parent_span_id, start_ns }, res, payload));
+            codec::decode_trace_row(&mut r, &mut raw).map_err(corrupt)?;
         }
+        let ids: HashSet<u64> = raw.iter().map(|(_, res, _)| *res).collect();
         let resources = self.resources(ids, shard).await?;
         let mut out: HashMap<TraceId, Vec<Span>> = HashMap::new();
         for (row, res, payload) in raw {
@@ -1090,46 +1034,49 @@ impl Shared {
         Ok(out)
     }
 
-    /// A subquery of span rows `trace_id, span_id, parent_span_id, start_ns, resource_id` (and
-    /// `payload` when `payload`) from `traces` (schema version 8: its arrays joined, places
-    /// turned back into parent ids, starts added to the row's) and `spans` (the rows of older
-    /// versions), on this server's local tables when `local`. `prewhere` is a condition on
-    /// `trace_id` checked first; `seconds` keeps the spans that start in those seconds (both
-    /// ends included); `and` is a condition on the output columns.
-    fn span_rows(
-        &self,
-        local: bool,
-        payload: bool,
-        prewhere: &str,
-        seconds: Option<(u32, u32)>,
-        and: &str,
-    ) -> String {
+    /// The statement that reads the traces whose ids satisfy `ids` (a condition on `trace_id`,
+    /// checked first) as rows of `traces` (schema version 8), and the `spans` rows of older
+    /// versions grouped by trace into the same shape: `trace_id, trace_start, span_ids,
+    /// parents, parent_ids, starts, resource_ids, payloads` ([`codec::decode_trace_row`]).
+    /// Skein turns the arrays into spans itself: ClickHouse flattening them (`ARRAY JOIN`)
+    /// took about twice as long per trace. On this server's local tables when `local`.
+    fn trace_rows(&self, local: bool, ids: &str) -> String {
         let table = |t: &str| if local { self.layout.local(t) } else { self.layout.table(t) };
-        let prewhere = if prewhere.is_empty() { String::new() } else { format!(" PREWHERE {prewhere}") };
-        let (payload_col, payload_join) =
-            if payload { (", payload", ", payloads AS payload") } else { ("", "") };
-        let (in_spans, in_rows, starts) = match seconds {
-            Some((from, to)) => (
-                format!("timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to})"),
-                format!("timestamp <= toDateTime({to}) AND timestamp + seconds >= toDateTime({from})"),
-                format!(
-                    "start_ns >= {} AND start_ns < {}",
-                    u64::from(from) * 1_000_000_000,
-                    (u64::from(to) + 1) * 1_000_000_000
-                ),
-            ),
-            None => ("1".to_owned(), "1".to_owned(), "1".to_owned()),
-        };
         format!(
-            "(SELECT trace_id, span_id, parent_span_id, start_ns, resource_id{payload_col} FROM \
-             (SELECT trace_id, span_id, if(p = 0, outside, span_ids[p]) AS parent_span_id, \
-             trace_start + st AS start_ns, resource_id{payload_col} FROM {} ARRAY JOIN span_ids AS span_id, \
-             parents AS p, parent_ids AS outside, starts AS st, resource_ids AS resource_id{payload_join}\
-             {prewhere} WHERE {in_rows}) WHERE {starts}{and} \
-             UNION ALL SELECT trace_id, span_id, parent_span_id, start_ns, resource_id{payload_col} FROM {}\
-             {prewhere} WHERE {in_spans}{and})",
+            "SELECT trace_id, trace_start, span_ids, parents, parent_ids, starts, resource_ids, payloads \
+             FROM {} PREWHERE {ids} UNION ALL SELECT trace_id, toUInt64(0), groupArray(span_id), \
+             groupArray(toUInt16(0)), groupArray(parent_span_id), groupArray(start_ns), \
+             groupArray(resource_id), groupArray(payload) FROM {} PREWHERE {ids} GROUP BY trace_id \
+             FORMAT RowBinary",
             table("traces"),
             table("spans"),
+        )
+    }
+
+    /// A subquery of span rows `trace_id, span_id, parent_span_id, start_ns, resource_id` from
+    /// `traces` (schema version 8: its arrays joined, places turned back into parent ids,
+    /// starts added to the row's) and `spans` (the rows of older versions), for dependencies.
+    /// `seconds` keeps the spans that start in those seconds (both ends included); `and` is a
+    /// condition on the output columns.
+    fn span_rows(&self, seconds: (u32, u32), and: &str) -> String {
+        let (from, to) = seconds;
+        let in_spans = format!("timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to})");
+        let in_rows = format!("timestamp <= toDateTime({to}) AND timestamp + seconds >= toDateTime({from})");
+        let starts = format!(
+            "start_ns >= {} AND start_ns < {}",
+            u64::from(from) * 1_000_000_000,
+            (u64::from(to) + 1) * 1_000_000_000
+        );
+        format!(
+            "(SELECT trace_id, span_id, parent_span_id, start_ns, resource_id FROM \
+             (SELECT trace_id, span_id, if(p = 0, outside, span_ids[p]) AS parent_span_id, \
+             trace_start + st AS start_ns, resource_id FROM {} ARRAY JOIN span_ids AS span_id, \
+             parents AS p, parent_ids AS outside, starts AS st, resource_ids AS resource_id \
+             WHERE {in_rows}) WHERE {starts}{and} \
+             UNION ALL SELECT trace_id, span_id, parent_span_id, start_ns, resource_id FROM {} \
+             WHERE {in_spans}{and})",
+            self.layout.table("traces"),
+            self.layout.table("spans"),
         )
     }
 
@@ -1141,10 +1088,7 @@ impl Shared {
             // PREWHERE: the granules the primary key selects are checked by `trace_id` first, and
             // the payloads read only where an id is (every part's index selects granules of its
             // own: at 10M spans in 8 parts a WHERE read 42 MB for 25 traces, a PREWHERE 1.9 MB).
-            let sql = format!(
-                "SELECT * FROM {} FORMAT RowBinary",
-                self.span_rows(false, true, &format!("trace_id IN {list}"), None, "")
-            );
+            let sql = self.trace_rows(false, &format!("trace_id IN {list}"));
             let rows = self.query(&sql).await?;
             out.extend(self.decode_span_rows(&rows, None).await?);
         }
@@ -1783,10 +1727,7 @@ impl SpanStore for ClickhouseStore {
     async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError> {
         let s = &self.shared;
         let shard = s.topology.shard_of(trace_key(id.as_bytes()));
-        let sql = format!(
-            "SELECT * FROM {} FORMAT RowBinary",
-            s.span_rows(true, true, &format!("trace_id = {}", unhex(id.as_bytes())), None, "")
-        );
+        let sql = s.trace_rows(true, &format!("trace_id = {}", unhex(id.as_bytes())));
         let mut found = match s.query_shard(shard, &sql).await {
             Ok(rows) => s.decode_span_rows(&rows, Some(shard)).await?,
             // The shard is down: what this node still buffers of the trace is better than
@@ -1937,10 +1878,7 @@ impl SpanStore for ClickhouseStore {
             // themselves by the parent column, counted per pair of resources (a handful), whose
             // services Skein looks up.
             let children = s.span_rows(
-                false,
-                false,
-                "",
-                Some((from, to)),
+                (from, to),
                 &format!(
                     " AND start_ns >= {} AND start_ns < {}{not_buffered}",
                     range.start_unix_nano, range.end_unix_nano
@@ -1952,7 +1890,7 @@ impl SpanStore for ClickhouseStore {
                      ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, resource_id AS parent_by FROM {}) \
                      AS parents USING (trace_id, parent_span_id) WHERE parent_by != resource_id \
                      GROUP BY parent_by, resource_id FORMAT RowBinary",
-                    s.span_rows(false, false, "", Some((pf, pt)), "")
+                    s.span_rows((pf, pt), "")
                 ))
                 .await?;
             let mut pairs = Vec::new();
