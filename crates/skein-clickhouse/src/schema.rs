@@ -341,8 +341,15 @@ impl Layout {
     /// (version 3; rows written before hold 0, which no resource has) and
     /// `spans.parent_span_id` (version 6; rows written before hold zeros and keep their parent
     /// in their payload), on the local table and, when sharded, the Distributed one; and, on
-    /// servers with codecs, `spans.payload`'s codec and compression blocks (version 7).
-    pub fn upgrade_statements(&self, f: &Features, columns: impl Fn(&str) -> Vec<String>) -> Vec<String> {
+    /// servers with codecs, `spans.payload`'s codec and compression blocks (version 7), when
+    /// the database was at version 1 to 6 (`from`; 0 for a database created now, whose tables
+    /// have them), so that they run once and not at every later migration.
+    pub fn upgrade_statements(
+        &self,
+        f: &Features,
+        from: u32,
+        columns: impl Fn(&str) -> Vec<String>,
+    ) -> Vec<String> {
         let mut out = Vec::new();
         for (table, column, ty) in
             [("search", "resource_id", "UInt64"), ("spans", "parent_span_id", "FixedString(8)")]
@@ -362,7 +369,7 @@ impl Layout {
         }
         // Version 7: `spans` made by an older version on a server with codecs gets version 7's
         // payload codec and compression blocks (both apply to the parts written from then on).
-        if f.modern && !columns("spans").is_empty() {
+        if f.modern && (1..7).contains(&from) && !columns("spans").is_empty() {
             let spans = self.local("spans");
             out.push(format!("ALTER TABLE {spans} MODIFY COLUMN payload String CODEC({PAYLOAD_CODEC})"));
             if f.table_compress_blocks() {
@@ -504,6 +511,28 @@ mod tests {
         let v20 = layout.create_statements(&Features::from_version("20.3.1").unwrap()).join("\n");
         assert!(v20.contains("CODEC(ZSTD(6))") && !v20.contains("min_compress_block_size"), "{v20}");
         assert!(!old.contains("min_compress_block_size"), "{old}");
+    }
+
+    #[test]
+    fn the_payload_codec_is_changed_once_when_migrating_from_before_version_7() {
+        let layout = Layout { database: "skein".into(), cluster: None };
+        let modern = Features::from_version("26.9.2.1").unwrap();
+        let has = |t: &str| -> Vec<String> {
+            match t {
+                "spans" => vec!["trace_id".into(), "payload".into(), "parent_span_id".into()],
+                "search" => vec!["resource_id".into()],
+                _ => Vec::new(),
+            }
+        };
+        let modify = |from: u32| {
+            layout.upgrade_statements(&modern, from, has).iter().filter(|s| s.contains("MODIFY")).count()
+        };
+        assert_eq!(modify(6), 2, "codec and compression blocks, from version 6");
+        assert_eq!(modify(1), 2);
+        assert_eq!(modify(0), 0, "a database created now has them");
+        assert_eq!(modify(7), 0, "applied when it went to version 7");
+        let old = Features::from_version("18.16.1").unwrap();
+        assert!(layout.upgrade_statements(&old, 6, has).is_empty(), "no codecs on 18.16");
     }
 
     #[test]

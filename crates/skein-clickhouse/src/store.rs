@@ -386,7 +386,7 @@ async fn migrate(server: &Client, layout: &Layout) -> Result<u32, MigrateError> 
             let name = local.rsplit('.').next().expect("db.table");
             columns.get(name).cloned().unwrap_or_default()
         };
-        for statement in layout.upgrade_statements(&features, columns) {
+        for statement in layout.upgrade_statements(&features, current, columns) {
             server.query(&statement, &[]).await?;
         }
         server
