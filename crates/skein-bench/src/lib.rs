@@ -9,6 +9,7 @@
 //! search-by-attribute, service-list and operations latency at the stored size, then the RSS
 //! and what the store says it holds in memory. The last line printed is one JSON object.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -109,8 +110,9 @@ pub struct Report {
     /// (`/api/services/{service}/operations`, each service in turn).
     pub services_p99_ms: f64,
     pub operations_p99_ms: f64,
-    /// With `--storage clickhouse`: CPU seconds of the local `clickhouse-server` processes
-    /// from the start of the load until every acknowledged span is inserted.
+    /// With `--storage clickhouse`: CPU seconds of the local processes that serve its port
+    /// (the servers of the cluster, or chdb's) from the start of the load until every
+    /// acknowledged span is inserted; none when ClickHouse is not local.
     pub clickhouse_cpu_seconds: Option<f64>,
     /// With `--storage clickhouse`: spans per second from the first send until ClickHouse
     /// has every acknowledged one.
@@ -484,18 +486,55 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// CPU seconds (user + system) of every local `clickhouse-server` process.
-fn clickhouse_cpu_seconds() -> f64 {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return 0.0 };
-    let mut total = 0.0;
-    for p in procs.filter_map(Result::ok) {
-        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
-        if !stat.rsplit_once(')').is_some_and(|(head, _)| head.contains("(clickhouse-serv")) {
+/// CPU seconds (user + system) of the local processes that listen on TCP `port`: the
+/// ClickHouse servers of the target (a cluster's shards, on loopback addresses of their own,
+/// share the entry server's port; for chdb, the process that serves it). `None` when no local
+/// process listens there (a remote ClickHouse): then no figure is better than one of the
+/// wrong processes.
+fn clickhouse_cpu_seconds(port: u16) -> Option<f64> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            inodes.extend(listening_inodes(&text, port));
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    let mut total = None;
+    for p in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        let listens = fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| {
+                let target = target.to_string_lossy();
+                target
+                    .strip_prefix("socket:[")
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .is_some_and(|inode| inodes.contains(&inode))
+            })
+        });
+        if !listens {
             continue;
         }
-        total += stat_cpu_seconds(&stat).unwrap_or(0.0);
+        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
+        *total.get_or_insert(0.0) += stat_cpu_seconds(&stat).unwrap_or(0.0);
     }
     total
+}
+
+/// The inodes of the sockets listening on `port` in a `/proc/net/tcp` (or `tcp6`) table.
+fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            (local_port == port && *f.get(3)? == LISTEN).then(|| f.get(9)?.parse().ok())?
+        })
+        .collect()
 }
 
 /// `--storage clickhouse` among the server's arguments: the ClickHouse it uses.
@@ -847,7 +886,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     let serial_before = serial_seconds(&query, &client).await;
     let background_before = metric_by_part(&query, &client, "skein_storage_background_seconds_total").await;
     let cpu_before = server.as_ref().and_then(Server::cpu_seconds);
-    let ch_cpu_before = clickhouse_cpu_seconds();
+    let ch_port = clickhouse
+        .as_ref()
+        .and_then(|c| reqwest::Url::parse(&c.url).ok())
+        .and_then(|u| u.port_or_known_default());
+    let ch_cpu_before = ch_port.and_then(clickhouse_cpu_seconds);
     let started = Instant::now();
     let peak_rss = Arc::new(AtomicU64::new(0));
     let tasks = send_load(&sender, &config, started, &bar);
@@ -955,7 +998,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             report.spans_accepted as f64 / all
         );
         report.clickhouse_spans_per_sec = Some(report.spans_accepted as f64 / all);
-        report.clickhouse_cpu_seconds = Some(clickhouse_cpu_seconds() - ch_cpu_before);
+        report.clickhouse_cpu_seconds =
+            ch_port.and_then(clickhouse_cpu_seconds).zip(ch_cpu_before).map(|(after, before)| after - before);
         let waited = ch.wait_for_merges().await?;
         eprintln!("clickhouse merges done {:.1}s after the last insert", waited.as_secs_f64());
     }
@@ -1124,6 +1168,21 @@ pub(crate) async fn send_http(client: &reqwest::Client, url: &str, req: ExportTr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_sockets_listening_on_a_port() {
+        // /proc/net/tcp: a listener on 127.0.0.1:8123 (0x1FBB), one on 127.0.0.2:8123, a
+        // connection to 8123 (state 01) and a listener on another port.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1FBB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0 100 0 0 10 0
+   1: 0200007F:1FBB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2222 1 0 100 0 0 10 0
+   2: 0100007F:9C40 0100007F:1FBB 01 00000000:00000000 00:00000000 00000000     0        0 3333 1 0 20 4 30 10 -1
+   3: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0 100 0 0 10 0
+";
+        assert_eq!(listening_inodes(table, 8123), [1111, 2222]);
+        assert_eq!(listening_inodes(table, 8080), [4444]);
+        assert!(listening_inodes(table, 9000).is_empty());
+    }
 
     #[test]
     fn parses_the_listening_line() {
