@@ -41,6 +41,36 @@ fn cluster() -> Option<(String, String)> {
     Some((env("SKEIN_TEST_CLICKHOUSE_CLUSTER_URL")?, env("SKEIN_TEST_CLICKHOUSE_CLUSTER")?))
 }
 
+/// One test per server for a body shared by them: `single` (18.16, one server), `cluster`
+/// (18.16, two shards) and `modern` (26.9 through chdb); each returns at once where its server
+/// is not configured (CI configures all three).
+macro_rules! server_tests {
+    ($body:ident { $($kind:ident: $name:ident),+ $(,)? }) => {
+        $(server_tests!(@one $kind, $body, $name);)+
+    };
+    (@one single, $body:ident, $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(url) = single() else { return };
+            $body(&url, None).await;
+        }
+    };
+    (@one cluster, $body:ident, $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some((url, cluster)) = cluster() else { return };
+            $body(&url, Some(&cluster)).await;
+        }
+    };
+    (@one modern, $body:ident, $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(url) = modern() else { return };
+            $body(&url, None).await;
+        }
+    };
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A configuration with a database of its own and a fresh buffer directory.
@@ -229,8 +259,8 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
 
 /// A search whose candidates are hundreds of traces turns hundreds of trace keys into ids in
 /// one statement: longer than some servers parse by default (26.9 stops at a few kilobytes).
-async fn many_candidates(url: &str) {
-    let store = Delivered(open(config(url, None)).await);
+async fn many_candidates(url: &str, cluster: Option<&str>) {
+    let store = Delivered(open(config(url, cluster)).await);
     let mut spans = Vec::new();
     for t in 0..300u32 {
         let mut id = [0u8; 16];
@@ -254,17 +284,10 @@ async fn many_candidates(url: &str) {
     assert_eq!(store.find_traces(&q(&[("shared", "yes"), ("odd", "true")])).await.unwrap().len(), 150);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn searches_with_hundreds_of_candidates() {
-    let Some(url) = single() else { return };
-    many_candidates(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn searches_with_hundreds_of_candidates_on_current_clickhouse() {
-    let Some(url) = modern() else { return };
-    many_candidates(&url).await;
-}
+server_tests!(many_candidates {
+    single: searches_with_hundreds_of_candidates,
+    modern: searches_with_hundreds_of_candidates_on_current_clickhouse,
+});
 
 /// `traces` holds a trace's spans of an insert in one row, a parent named by its place in the
 /// row: parents in the row, in an earlier insert, absent (roots), repeated span ids and a trace
@@ -321,23 +344,11 @@ async fn trace_rows(url: &str, cluster: Option<&str>) {
     assert_eq!(front_back, 1, "the one call from the first insert's root: {deps:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_rows_name_parents_by_place() {
-    let Some(url) = single() else { return };
-    trace_rows(&url, None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_rows_on_two_shards() {
-    let Some((url, cluster)) = cluster() else { return };
-    trace_rows(&url, Some(&cluster)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_rows_on_current_clickhouse() {
-    let Some(url) = modern() else { return };
-    trace_rows(&url, None).await;
-}
+server_tests!(trace_rows {
+    single: trace_rows_name_parents_by_place,
+    cluster: trace_rows_on_two_shards,
+    modern: trace_rows_on_current_clickhouse,
+});
 
 /// A value hundreds of traces have (but not the operation as a whole): a search looks up only
 /// the newest of its trace numbers first, and more when the other tags drop those, so that it
@@ -379,38 +390,19 @@ async fn common_values(url: &str, cluster: Option<&str>) {
     assert!(store.find_traces(&q(&[("common", "d"), ("rare", "r")], 20)).await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn common_values_are_searched_newest_first() {
-    let Some(url) = single() else { return };
-    common_values(&url, None).await;
-}
+server_tests!(common_values {
+    single: common_values_are_searched_newest_first,
+    cluster: common_values_on_two_shards,
+    modern: common_values_on_current_clickhouse,
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn common_values_on_two_shards() {
-    let Some((url, cluster)) = cluster() else { return };
-    common_values(&url, Some(&cluster)).await;
-}
+server_tests!(hostile_names {
+    single: hostile_names_keys_and_values_are_stored_and_found_as_they_are,
+    modern: hostile_names_on_current_clickhouse,
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn common_values_on_current_clickhouse() {
-    let Some(url) = modern() else { return };
-    common_values(&url, None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_names_keys_and_values_are_stored_and_found_as_they_are() {
-    let Some(url) = single() else { return };
-    hostile_names(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_names_on_current_clickhouse() {
-    let Some(url) = modern() else { return };
-    hostile_names(&url).await;
-}
-
-async fn hostile_names(url: &str) {
-    let store = Delivered(open(config(url, None)).await);
+async fn hostile_names(url: &str, cluster: Option<&str>) {
+    let store = Delivered(open(config(url, cluster)).await);
     let evil = ["'); DROP TABLE spans; --", "back\\slash'", "new\nline\ttab", "nul\0byte", "ünï☃ \u{7f}"];
     for (i, text) in evil.iter().enumerate() {
         let n = i as u8 + 1;
@@ -484,8 +476,8 @@ async fn long_values_and_typed_values_are_found() {
 /// `span_index` holds starts rounded down to the millisecond and durations to the microsecond
 /// (schema version 7): time and duration bounds that fall between two spans' exact values, in
 /// the same millisecond and microsecond, still tell them apart.
-async fn bounds_below_the_index_rounding(url: &str) {
-    let store = Delivered(open(config(url, None)).await);
+async fn bounds_below_the_index_rounding(url: &str, cluster: Option<&str>) {
+    let store = Delivered(open(config(url, cluster)).await);
     let second = B::new(1, 1).build().start_time_unix_nano / 1_000_000_000 * 1_000_000_000;
     let t0 = second + 500_000_000;
     let (a, b) = (t0 + 300_000, t0 + 700_000);
@@ -517,17 +509,10 @@ async fn bounds_below_the_index_rounding(url: &str) {
     assert_eq!(ids(t0, Some(2_000_601), None).await, [], "a minimum above both");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn time_and_duration_bounds_finer_than_the_index() {
-    let Some(url) = single() else { return };
-    bounds_below_the_index_rounding(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn time_and_duration_bounds_on_current_clickhouse() {
-    let Some(url) = modern() else { return };
-    bounds_below_the_index_rounding(&url).await;
-}
+server_tests!(bounds_below_the_index_rounding {
+    single: time_and_duration_bounds_finer_than_the_index,
+    modern: time_and_duration_bounds_on_current_clickhouse,
+});
 
 /// A database made by schema version 6 on a server with codecs: the migration to version 7
 /// gives `spans.payload` its codec and the table its compression blocks, and the spans stored
@@ -658,23 +643,11 @@ async fn operation_level_tags(url: &str, cluster: Option<&str>) {
     assert!(store.find_traces(&other).await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_of_a_whole_operation_are_indexed_once() {
-    let Some(url) = single() else { return };
-    operation_level_tags(&url, None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_of_a_whole_operation_on_two_shards() {
-    let Some((url, name)) = cluster() else { return };
-    operation_level_tags(&url, Some(&name)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_of_a_whole_operation_on_current_clickhouse() {
-    let Some(url) = modern() else { return };
-    operation_level_tags(&url, None).await;
-}
+server_tests!(operation_level_tags {
+    single: values_of_a_whole_operation_are_indexed_once,
+    cluster: values_of_a_whole_operation_on_two_shards,
+    modern: values_of_a_whole_operation_on_current_clickhouse,
+});
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_spans_survive_a_restart_and_reach_clickhouse() {
@@ -758,20 +731,13 @@ async fn start_errors_say_what_to_do() {
     assert!(ClickhouseStore::open(bad).await.unwrap_err().to_string().contains("database name"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_drops_old_day_partitions_only() {
-    let Some(url) = single() else { return };
-    retention(&url).await;
-}
+server_tests!(retention {
+    single: retention_drops_old_day_partitions_only,
+    modern: retention_on_current_clickhouse,
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_on_current_clickhouse() {
-    let Some(url) = modern() else { return };
-    retention(&url).await;
-}
-
-async fn retention(url: &str) {
-    let mut c = config(url, None);
+async fn retention(url: &str, cluster: Option<&str>) {
+    let mut c = config(url, cluster);
     c.retention = std::time::Duration::from_secs(2 * 86_400);
     let store = Delivered(open(c.clone()).await);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
@@ -873,23 +839,11 @@ async fn red_agrees_with_a_recount(url: &str, cluster: Option<&str>) {
     assert!(store.red(minutes.clone(), &services, true).await.unwrap().unwrap() == recount(&spans, &minutes));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn red_pre_aggregates_agree_with_a_recount() {
-    let Some(url) = single() else { return };
-    red_agrees_with_a_recount(&url, None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn red_pre_aggregates_on_two_shards() {
-    let Some((url, name)) = cluster() else { return };
-    red_agrees_with_a_recount(&url, Some(&name)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn red_pre_aggregates_on_current_clickhouse() {
-    let Some(url) = modern() else { return };
-    red_agrees_with_a_recount(&url, None).await;
-}
+server_tests!(red_agrees_with_a_recount {
+    single: red_pre_aggregates_agree_with_a_recount,
+    cluster: red_pre_aggregates_on_two_shards,
+    modern: red_pre_aggregates_on_current_clickhouse,
+});
 
 /// A database made by schema version 1 holds spans without pre-aggregates: after the
 /// migration, minutes before it are counted from spans (`None`), later ones from `red`.
@@ -983,13 +937,17 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     let local = |t: &str| {
         if cluster.is_some() { format!("{}.{t}_local", c.database) } else { format!("{}.{t}", c.database) }
     };
-    for server in &servers {
-        Client::new(server, None, None)
-            .unwrap()
-            .query(&format!("TRUNCATE TABLE {}", local("tag_refs")), &[])
-            .await
-            .unwrap();
-    }
+    // Empties the current tag index on every server.
+    let truncate_tag_refs = async || {
+        for server in &servers {
+            Client::new(server, None, None)
+                .unwrap()
+                .query(&format!("TRUNCATE TABLE {}", local("tag_refs")), &[])
+                .await
+                .unwrap();
+        }
+    };
+    truncate_tag_refs().await;
     let legacy = TraceQuery { tags: vec![("legacy.key".into(), "old".into())], ..q("pod-7") };
     assert!(store.find_traces(&legacy).await.unwrap().is_empty(), "no index row, no candidate");
     let hex: String = old.trace_id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
@@ -1017,17 +975,16 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
         .attr("new.key", AttrValue::Str("now".into()))
         .build();
     store.write(vec![v4.clone()]).await.unwrap();
-    for server in &servers {
-        Client::new(server, None, None)
-            .unwrap()
-            .query(&format!("TRUNCATE TABLE {}", local("tag_refs")), &[])
-            .await
-            .unwrap();
-    }
-    // A second span of the trace puts `new.key` (only) into the current index.
-    let mut second = B::new(11, 2).service("upgraded").attr("new.key", AttrValue::Str("now".into())).build();
-    second.trace_id = v4.trace_id;
-    store.write(vec![second]).await.unwrap();
+    // Empties the current tag index, then puts `new.key` = `value` (only) of trace `trace`
+    // into it by a second span of the trace.
+    let only_new_key_indexed = async |n: u8, trace: TraceId, value: &str| {
+        truncate_tag_refs().await;
+        let mut second =
+            B::new(n, 2).service("upgraded").attr("new.key", AttrValue::Str(value.into())).build();
+        second.trace_id = trace;
+        store.write(vec![second]).await.unwrap();
+    };
+    only_new_key_indexed(11, v4.trace_id, "now").await;
     let v4_key = u64::from_le_bytes(v4.trace_id.as_bytes()[..8].try_into().unwrap());
     Client::new(url, None, None)
         .unwrap()
@@ -1045,15 +1002,19 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
         tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ..q("pod-7")
     };
-    for tags in [
-        &[("legacy.key", "v4")][..],
-        &[("legacy.key", "v4"), ("new.key", "now")],
-        &[("new.key", "now"), ("legacy.key", "v4")],
-    ] {
-        let found = store.find_traces(&v4_query(tags)).await.unwrap();
-        assert_eq!(found.len(), 1, "{tags:?}");
-        assert_eq!(found[0][0].trace_id, v4.trace_id);
-    }
+    // `legacy.key` = `legacy` finds `trace`, alone and with `new.key` = `new` in either order.
+    let found_alone_and_with_new_key = async |legacy: &str, new: &str, trace: TraceId| {
+        for tags in [
+            &[("legacy.key", legacy)][..],
+            &[("legacy.key", legacy), ("new.key", new)],
+            &[("new.key", new), ("legacy.key", legacy)],
+        ] {
+            let found = store.find_traces(&v4_query(tags)).await.unwrap();
+            assert_eq!(found.len(), 1, "{tags:?}");
+            assert_eq!(found[0][0].trace_id, trace);
+        }
+    };
+    found_alone_and_with_new_key("v4", "now", v4.trace_id).await;
     assert!(
         store.find_traces(&v4_query(&[("legacy.key", "v4"), ("new.key", "then")])).await.unwrap().is_empty()
     );
@@ -1072,19 +1033,8 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     )
     .await;
     assert_eq!(v7_tags, 1, "written into the current index");
-    for server in &servers {
-        Client::new(server, None, None)
-            .unwrap()
-            .query(&format!("TRUNCATE TABLE {}", local("tag_refs")), &[])
-            .await
-            .unwrap();
-    }
-    // A second span of the trace puts `new.key` (only) into the current index.
-    let mut second = B::new(13, 2).service("upgraded").attr("new.key", AttrValue::Str("v8".into())).build();
-    second.trace_id = v7.trace_id;
-    store.write(vec![second]).await.unwrap();
+    only_new_key_indexed(13, v7.trace_id, "v8").await;
     assert!(store.find_traces(&v4_query(&[("legacy.key", "v7")])).await.unwrap().is_empty(), "no index row");
-    assert!(store.find_traces(&v4_query(&[("legacy.key", "v7")])).await.unwrap().is_empty());
     Client::new(url, None, None)
         .unwrap()
         .query(
@@ -1098,15 +1048,7 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
         )
         .await
         .unwrap();
-    for tags in [
-        &[("legacy.key", "v7")][..],
-        &[("legacy.key", "v7"), ("new.key", "v8")],
-        &[("new.key", "v8"), ("legacy.key", "v7")],
-    ] {
-        let found = store.find_traces(&v4_query(tags)).await.unwrap();
-        assert_eq!(found.len(), 1, "{tags:?}");
-        assert_eq!(found[0][0].trace_id, v7.trace_id);
-    }
+    found_alone_and_with_new_key("v7", "v8", v7.trace_id).await;
     assert!(
         store.find_traces(&v4_query(&[("legacy.key", "v7"), ("new.key", "v7")])).await.unwrap().is_empty()
     );
@@ -1181,14 +1123,7 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     assert_eq!(calls, Some(2), "{links:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_2_database_is_upgraded() {
-    let Some(url) = single() else { return };
-    upgrade_from_version_2(&url, None).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_2_cluster_is_upgraded_on_every_shard() {
-    let Some((url, name)) = cluster() else { return };
-    upgrade_from_version_2(&url, Some(&name)).await;
-}
+server_tests!(upgrade_from_version_2 {
+    single: a_version_2_database_is_upgraded,
+    cluster: a_version_2_cluster_is_upgraded_on_every_shard,
+});
