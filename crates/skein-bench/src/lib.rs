@@ -503,6 +503,7 @@ fn clickhouse_cpu_seconds(port: u16) -> Option<f64> {
     }
     let mut total = None;
     for p in std::fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
         let listens = fds.filter_map(Result::ok).any(|fd| {
             std::fs::read_link(fd.path()).is_ok_and(|target| {
@@ -514,11 +515,9 @@ fn clickhouse_cpu_seconds(port: u16) -> Option<f64> {
                     .is_some_and(|inode| inodes.contains(&inode))
             })
         });
-        if !listens {
-            continue;
+        if listens && let Some(cpu) = process_cpu_seconds(pid) {
+            *total.get_or_insert(0.0) += cpu;
         }
-        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else { continue };
-        *total.get_or_insert(0.0) += stat_cpu_seconds(&stat).unwrap_or(0.0);
     }
     total
 }

@@ -85,6 +85,12 @@ pub fn decode_payload(bytes: &[u8], row: RowIds, resource: Arc<Resource>) -> Res
     Ok(span)
 }
 
+/// The second of a time in nanoseconds, as a `DateTime` column holds it (the last second a
+/// `DateTime` holds for times beyond it).
+pub fn secs(nanos: u64) -> u32 {
+    (nanos / 1_000_000_000).min(u64::from(u32::MAX)) as u32
+}
+
 /// Writes one `traces` row (schema version 8): `trace_id, timestamp, seconds, trace_start,
 /// span_ids, parents, parent_ids, starts, resource_ids, payloads` for `spans` (of one trace, in
 /// the order they are to be stored, with their resource ids). A span's parent is its place in
@@ -95,7 +101,6 @@ pub fn decode_payload(bytes: &[u8], row: RowIds, resource: Arc<Resource>) -> Res
 pub fn encode_trace_row(w: &mut Writer, trace_id: &TraceId, spans: &[(&Span, u64)], payload: &mut Vec<u8>) {
     let first = spans.iter().map(|(s, _)| s.start_time_unix_nano).min().unwrap_or(0);
     let last = spans.iter().map(|(s, _)| s.start_time_unix_nano).max().unwrap_or(0);
-    let secs = |nanos: u64| (nanos / 1_000_000_000).min(u64::from(u32::MAX)) as u32;
     // A span's place (1-based; the last span with the id when it repeats): a scan in small
     // rows (real traces have a few dozen spans per insert), a map in large ones.
     let map: Option<FxHashMap<SpanId, u16>> = (spans.len() > 32)

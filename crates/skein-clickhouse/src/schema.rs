@@ -136,6 +136,12 @@ impl Layout {
         let payload_zstd = f.codec(PAYLOAD_CODEC);
         let delta = f.codec("Delta, ZSTD(1)");
         let plain_zstd = f.codec("ZSTD(1)");
+        // The table setting of `spans` and `traces` where the server takes it (21.1 on).
+        let compress_blocks = if f.table_compress_blocks() {
+            format!(", min_compress_block_size = {SPANS_COMPRESS_BLOCK}")
+        } else {
+            String::new()
+        };
         let tables = [
             (
                 "resources",
@@ -168,11 +174,7 @@ impl Layout {
                 format!(
                     "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (trace_id, span_id) \
                      SETTINGS index_granularity = {SPANS_INDEX_GRANULARITY}{}",
-                    if f.table_compress_blocks() {
-                        format!(", min_compress_block_size = {SPANS_COMPRESS_BLOCK}")
-                    } else {
-                        String::new()
-                    }
+                    compress_blocks
                 ),
                 "reinterpretAsUInt64(trace_id)",
             ),
@@ -193,11 +195,7 @@ impl Layout {
                 format!(
                     "MergeTree() PARTITION BY toDate(timestamp) ORDER BY trace_id \
                      SETTINGS index_granularity = {TRACES_INDEX_GRANULARITY}{}",
-                    if f.table_compress_blocks() {
-                        format!(", min_compress_block_size = {SPANS_COMPRESS_BLOCK}")
-                    } else {
-                        String::new()
-                    }
+                    compress_blocks
                 ),
                 "reinterpretAsUInt64(trace_id)",
             ),

@@ -20,7 +20,7 @@ use skein_wal::{FsyncPolicy, Wal, WalConfig};
 use tokio::sync::Notify;
 
 use crate::client::{ChError, Client};
-use crate::codec::{self, Reader, Writer};
+use crate::codec::{self, Reader, Writer, secs};
 use crate::schema::{
     Features, Layout, MAX_ROW_SPANS, SCHEMA_VERSION, TABLES, Topology, short_trace_key, trace_key,
 };
@@ -196,10 +196,6 @@ impl Drop for ClickhouseStore {
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn secs(nanos: u64) -> u32 {
-    (nanos / 1_000_000_000).min(u32::MAX as u64) as u32
 }
 
 impl ClickhouseStore {
@@ -504,14 +500,15 @@ fn resource_tag(w: &mut Writer, key: &str, value: &str, id: u64, shard_key: u64,
     w.buf.extend_from_slice(&timestamp.to_le_bytes());
 }
 
-/// The calls of a dependencies request: the child spans of `table` in `window` joined with
-/// their parents (by `trace_id` and `parent_span_id`; parents in `parents`), counted once per
-/// child span for each pair of the parent's and the child's `by` column where they differ.
-fn calls_sql(table: &str, by: &str, parents: &str, window: &str) -> String {
+/// The calls of a dependencies request: the child spans of `children` (what follows `FROM`)
+/// that satisfy `window`, joined with their parents in `parents` (what follows `FROM` in the
+/// join's subquery) by `trace_id` and `parent_span_id`, counted once per child span for each
+/// pair of the parent's and the child's `by` column where they differ.
+fn calls_sql(children: &str, parents: &str, by: &str, window: &str) -> String {
     format!(
-        "SELECT parent_by, {by}, toUInt64(uniqExact(trace_id, span_id)) FROM {table} \
-         ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, {by} AS parent_by FROM {table} \
-         WHERE {parents}) AS parents USING (trace_id, parent_span_id) \
+        "SELECT parent_by, {by}, toUInt64(uniqExact(trace_id, span_id)) FROM {children} \
+         ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, {by} AS parent_by FROM {parents}) \
+         AS parents USING (trace_id, parent_span_id) \
          WHERE {window} AND parent_by != {by} \
          GROUP BY parent_by, {by} FORMAT RowBinary"
     )
@@ -1056,17 +1053,13 @@ impl Shared {
     /// A subquery of span rows `trace_id, span_id, parent_span_id, start_ns, resource_id` from
     /// `traces` (schema version 8: its arrays joined, places turned back into parent ids,
     /// starts added to the row's) and `spans` (the rows of older versions), for dependencies.
-    /// `seconds` keeps the spans that start in those seconds (both ends included); `and` is a
-    /// condition on the output columns.
-    fn span_rows(&self, seconds: (u32, u32), and: &str) -> String {
-        let (from, to) = seconds;
+    /// Keeps the spans that start in `starts` (not empty; rows and parts by their seconds
+    /// first) and satisfy `and` (a condition on the output columns, from ` AND`).
+    fn span_rows(&self, starts: std::ops::Range<u64>, and: &str) -> String {
+        let (from, to) = (secs(starts.start), secs(starts.end - 1));
         let in_spans = format!("timestamp >= toDateTime({from}) AND timestamp <= toDateTime({to})");
         let in_rows = format!("timestamp <= toDateTime({to}) AND timestamp + seconds >= toDateTime({from})");
-        let starts = format!(
-            "start_ns >= {} AND start_ns < {}",
-            u64::from(from) * 1_000_000_000,
-            (u64::from(to) + 1) * 1_000_000_000
-        );
+        let starts = format!("start_ns >= {} AND start_ns < {}", starts.start, starts.end);
         format!(
             "(SELECT trace_id, span_id, parent_span_id, start_ns, resource_id FROM \
              (SELECT trace_id, span_id, if(p = 0, outside, span_ids[p]) AS parent_span_id, \
@@ -1074,7 +1067,7 @@ impl Shared {
              parents AS p, parent_ids AS outside, starts AS st, resource_ids AS resource_id \
              WHERE {in_rows}) WHERE {starts}{and} \
              UNION ALL SELECT trace_id, span_id, parent_span_id, start_ns, resource_id FROM {} \
-             WHERE {in_spans}{and})",
+             WHERE {in_spans} AND {starts}{and})",
             self.layout.table("traces"),
             self.layout.table("spans"),
         )
@@ -1155,11 +1148,22 @@ impl Shared {
         // only the newest numbers: enough for `limit` traces, unless the other tags drop
         // them, when the next round looks up sixteen times as many (all of them at last).
         let mut cap = (limit * 4).max(256);
+        let mut total = None;
         loop {
-            let refs = format!(
-                "{time} AND (timestamp, idx) IN (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) AS idx \
-                 FROM {tag_refs} WHERE {first}{service} ORDER BY timestamp DESC LIMIT {cap})"
+            let refs = self.numbered(
+                time,
+                &format!("{first}{service}"),
+                &format!(" ORDER BY timestamp DESC LIMIT {cap}"),
             );
+            // How many numbers the first tag has (to know whether `cap` left some out): asked
+            // in the first round only.
+            let count = match total {
+                None => format!(
+                    " UNION ALL SELECT toUInt8(0) AS len, toUInt64(count()) AS k, {none} AS id, toUInt64(0) AS t \
+                     FROM {tag_refs} ARRAY JOIN idxs WHERE {first}{service}"
+                ),
+                Some(_) => String::new(),
+            };
             let sql = [
                 newest(4, "toUInt64(trace_key)", none, "trace_key", &tag_index, "trace_key"),
                 format!(
@@ -1168,16 +1172,13 @@ impl Shared {
                      ORDER BY t DESC LIMIT {limit})",
                     also("trace_key")
                 ),
-                // How many numbers the first tag has (to know whether `cap` left some out).
-                format!(
-                    "SELECT toUInt8(0) AS len, toUInt64(count()) AS k, {none} AS id, toUInt64(0) AS t \
-                     FROM {tag_refs} ARRAY JOIN idxs WHERE {first}{service}"
-                ),
                 newest(8, "trace_key", none, "trace_key", &trace_tags, "toUInt32(trace_key)"),
                 newest(16, "toUInt64(0)", "trace_id", "trace_id", &tags, "reinterpretAsUInt32(trace_id)"),
             ]
-            .join(" UNION ALL ");
-            let (ids, numbers) = self.newest_traces(&sql, limit).await?;
+            .join(" UNION ALL ")
+                + &count;
+            let (ids, counted) = self.newest_traces(&sql, limit).await?;
+            let numbers = *total.get_or_insert(counted);
             if ids.len() >= limit || numbers <= cap as u64 {
                 return Ok(ids);
             }
@@ -1262,6 +1263,18 @@ impl Shared {
         Ok((found.into_iter().map(|(_, id)| id).collect(), count))
     }
 
+    /// The condition on `trace_refs` rows (in the window `time`) that the `tag_refs` rows
+    /// satisfying `cond` name: their (second, number) pairs, the numbers turned back from steps
+    /// (`arrayCumSum`). `tail` follows that subquery's `WHERE` (an `ORDER BY … LIMIT`, or
+    /// nothing).
+    fn numbered(&self, time: &str, cond: &str, tail: &str) -> String {
+        format!(
+            "{time} AND (timestamp, idx) IN (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) AS idx \
+             FROM {} WHERE {cond}{tail})",
+            self.layout.table("tag_refs")
+        )
+    }
+
     /// SQL that holds when a trace whose 4-byte key is `key` (an expression) has rows that
     /// satisfy `cond` in any of the tag indexes (`tag_refs` through `trace_refs`, and
     /// `tag_index`, `trace_tags` and `tags` for rows of older schema versions).
@@ -1269,13 +1282,12 @@ impl Shared {
     /// are the seconds the tag rows name).
     fn in_tag_index(&self, key: &str, cond: &str, time: &str) -> String {
         format!(
-            "({key} IN (SELECT trace_key FROM {} WHERE {time} AND (timestamp, idx) IN \
-             (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) FROM {} WHERE {cond})) \
+            "({key} IN (SELECT trace_key FROM {} WHERE {}) \
              OR {key} IN (SELECT trace_key FROM {} WHERE {cond}) \
              OR {key} IN (SELECT toUInt32(trace_key) FROM {} WHERE {cond}) \
              OR {key} IN (SELECT reinterpretAsUInt32(trace_id) FROM {} WHERE {cond}))",
             self.layout.table("trace_refs"),
-            self.layout.table("tag_refs"),
+            self.numbered(time, cond, ""),
             self.layout.table("tag_index"),
             self.layout.table("trace_tags"),
             self.layout.table("tags"),
@@ -1877,21 +1889,11 @@ impl SpanStore for ClickhouseStore {
             // Schema versions 6 to 8: the span rows of `traces` and `spans` joined with
             // themselves by the parent column, counted per pair of resources (a handful), whose
             // services Skein looks up.
-            let children = s.span_rows(
-                (from, to),
-                &format!(
-                    " AND start_ns >= {} AND start_ns < {}{not_buffered}",
-                    range.start_unix_nano, range.end_unix_nano
-                ),
-            );
+            let children = s.span_rows(range.start_unix_nano..range.end_unix_nano, &not_buffered);
+            let parent_rows =
+                s.span_rows(u64::from(pf) * 1_000_000_000..(u64::from(pt) + 1) * 1_000_000_000, "");
             let rows = s
-                .query(&format!(
-                    "SELECT parent_by, resource_id, toUInt64(uniqExact(trace_id, span_id)) FROM {children} AS children \
-                     ANY INNER JOIN (SELECT trace_id, span_id AS parent_span_id, resource_id AS parent_by FROM {}) \
-                     AS parents USING (trace_id, parent_span_id) WHERE parent_by != resource_id \
-                     GROUP BY parent_by, resource_id FORMAT RowBinary",
-                    s.span_rows((pf, pt), "")
-                ))
+                .query(&calls_sql(&format!("{children} AS children"), &parent_rows, "resource_id", "1"))
                 .await?;
             let mut pairs = Vec::new();
             let mut r = Reader::new(&rows);
@@ -1914,7 +1916,10 @@ impl SpanStore for ClickhouseStore {
             }
             // Rows of schema versions before 6: `search` joined with itself (its rows hold
             // the services and both ids).
-            let rows = s.query(&calls_sql(&s.layout.table("search"), "service", &parents, &window)).await?;
+            let search = s.layout.table("search");
+            let rows = s
+                .query(&calls_sql(&search, &format!("{search} WHERE {parents}"), "service", &window))
+                .await?;
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
                 let parent = r.text().map_err(corrupt)?.to_owned();
