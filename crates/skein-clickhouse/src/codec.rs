@@ -246,8 +246,13 @@ pub fn decode_resource(bytes: &[u8]) -> Result<Resource, DecodeError> {
 /// The id of a resource's encoding: the same on every node and in every process (FNV-1a, 64
 /// bits), so nodes that see the same service share one row of `resources`.
 pub fn resource_id(encoded: &[u8]) -> u64 {
+    fnv1a(encoded)
+}
+
+/// FNV-1a, 64 bits: the same in every process and build.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in encoded {
+    for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }

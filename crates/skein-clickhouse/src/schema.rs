@@ -23,28 +23,42 @@ use crate::sql::quote;
 /// (`idx`) of the traces that have it, which `trace_refs` turns into 4-byte trace keys
 /// (`tag_index` keeps the rows of version 5 to 7), and writes spans into `traces`, one row per
 /// trace and insert, a parent in the row named by its place (`spans` keeps the rows of
-/// versions 1 to 7).
-pub const SCHEMA_VERSION: u32 = 8;
+/// versions 1 to 7); version 9 writes the search rows into `span_refs`, one row per (service,
+/// operation, kind, second) of an insert with the numbers of its spans' traces and their
+/// starts, durations and resources as arrays (`span_index` keeps the rows of versions 6 to 8),
+/// writes `tag_refs`' numbers as a first number and `UInt16` steps (`first`, `steps`; `idxs`
+/// holds those of version 8) and its values longer than 16 bytes as a 4-byte hash.
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// The tables, in the order a batch is inserted (lookups before the spans and references that
-/// need them, the pre-aggregates last). `spans`, `tag_index`, `search`, `trace_tags` and `tags`
-/// are no longer written, only read and dropped by retention.
-pub const TABLES: [&str; 14] = [
+/// need them, the pre-aggregates last). `span_index`, `spans`, `tag_index`, `search`,
+/// `trace_tags` and `tags` are no longer written, only read and dropped by retention.
+pub const TABLES: [&str; 15] = [
     "resources",
     "resource_tags",
     "operations",
     "traces",
-    "span_index",
+    "span_refs",
     "trace_refs",
     "tag_refs",
     "operation_tags",
     "red",
+    "span_index",
     "spans",
     "tag_index",
     "search",
     "trace_tags",
     "tags",
 ];
+
+/// The `tag_refs` row's trace numbers (SQL): `idxs` as steps (schema version 8), or from
+/// version 9 on, the first number and the following steps as `UInt16`s (the store writes them).
+pub const TAG_NUMBERS: &str = "arrayMap(x -> toUInt32(x), arrayCumSum(if(empty(idxs), \
+     arrayConcat([toUInt32(first_high) * 65536 + first], arrayMap(x -> toUInt32(x), steps)), idxs)))";
+
+/// The `span_refs` row's trace numbers (SQL), one per element of its arrays.
+pub const SPAN_NUMBERS: &str = "arrayMap(x -> toUInt32(x), \
+     arrayCumSum(arrayConcat([toUInt32(first_high) * 65536 + first], arrayMap(x -> toUInt32(x), steps))))";
 
 /// Rows per primary-index mark of `traces`: a row is a trace's spans of one insert (about a
 /// dozen on real traffic), so a trace read decompresses about as many spans per part as the
@@ -227,6 +241,24 @@ impl Layout {
                 "slot",
             ),
             (
+                // The search rows of schema version 9: per (service, operation, kind, second,
+                // slot) of an insert, its spans as arrays in the order of their traces' numbers
+                // (`trace_refs.idx`; the first as in `tag_refs`, then `UInt16` steps): the millisecond of each
+                // span's start within the second, its duration (`index_duration`) and resource.
+                // An operation's spans of a second take one row, and a trace number a few bits
+                // where a 4-byte trace key took almost four bytes.
+                "span_refs",
+                format!(
+                    "service {}, name {}, kind UInt8, timestamp DateTime{delta}, first UInt16{plain_zstd}, \
+                     first_high UInt16{plain_zstd}, steps Array(UInt16){plain_zstd}, starts Array(UInt16){plain_zstd}, \
+                     durations Array(UInt64){plain_zstd}, resource_ids Array(UInt64){plain_zstd}, slot UInt16",
+                    lc("String"),
+                    lc("String")
+                ),
+                "MergeTree() PARTITION BY toDate(timestamp) ORDER BY (service, name, timestamp)".to_owned(),
+                "slot",
+            ),
+            (
                 "tags",
                 format!(
                     "key {}, value String{plain_zstd}, service {}, timestamp DateTime{delta}, \
@@ -280,10 +312,15 @@ impl Layout {
                 // slot) of an insert, the sorted numbers of the insert's traces that have it.
                 // A value many traces share is one row per second instead of one per trace, and
                 // a number takes about a byte and a half where a 4-byte trace key took four.
+                // Version 8 wrote the numbers into `idxs` as `UInt32` steps; version 9 writes
+                // the first into `first` and `first_high` (its low and high 16 bits) and the
+                // steps into `steps` as `UInt16`s (`idxs` empty), and a value longer than 16
+                // bytes as 0xFF and 4 bytes of its hash.
                 "tag_refs",
                 format!(
                     "key {}, value String{plain_zstd}, service {}, timestamp DateTime{delta}, \
-                     idxs Array(UInt32){delta}, slot UInt16",
+                     idxs Array(UInt32){delta}, slot UInt16, first UInt16{plain_zstd}, first_high UInt16{plain_zstd}, \
+                     steps Array(UInt16){plain_zstd}",
                     lc("String"),
                     lc("String")
                 ),
@@ -349,9 +386,13 @@ impl Layout {
         columns: impl Fn(&str) -> Vec<String>,
     ) -> Vec<String> {
         let mut out = Vec::new();
-        for (table, column, ty) in
-            [("search", "resource_id", "UInt64"), ("spans", "parent_span_id", "FixedString(8)")]
-        {
+        for (table, column, ty) in [
+            ("search", "resource_id", "UInt64"),
+            ("spans", "parent_span_id", "FixedString(8)"),
+            ("tag_refs", "first", "UInt16"),
+            ("tag_refs", "first_high", "UInt16"),
+            ("tag_refs", "steps", "Array(UInt16)"),
+        ] {
             let have = columns(table);
             if have.is_empty() || have.iter().any(|c| c == column) {
                 continue;
@@ -537,9 +578,10 @@ mod tests {
     fn sharded_layout_makes_local_and_distributed_tables() {
         let layout = Layout { database: "skein".into(), cluster: Some("c'1".into()) };
         let ddl = layout.create_statements(&Features::from_version("18.16.1").unwrap());
-        assert_eq!(ddl.len(), 28);
+        assert_eq!(ddl.len(), 30);
         assert!(ddl.iter().any(|d| d.contains("skein.tag_refs AS skein.tag_refs_local ENGINE = Distributed('c\\'1', 'skein', 'tag_refs_local', slot)")));
         assert!(ddl.iter().any(|d| d.contains("skein.trace_refs AS skein.trace_refs_local ENGINE = Distributed('c\\'1', 'skein', 'trace_refs_local', slot)")));
+        assert!(ddl.iter().any(|d| d.contains("skein.span_refs AS skein.span_refs_local ENGINE = Distributed('c\\'1', 'skein', 'span_refs_local', slot)")));
         assert!(ddl[7].contains("skein.spans AS skein.spans_local ENGINE = Distributed('c\\'1', 'skein', 'spans_local', reinterpretAsUInt64(trace_id))"), "{}", ddl[5]);
         assert!(ddl.iter().any(|d| d.contains("skein.traces AS skein.traces_local ENGINE = Distributed('c\\'1', 'skein', 'traces_local', reinterpretAsUInt64(trace_id))")));
     }

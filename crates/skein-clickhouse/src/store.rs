@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use crate::client::{ChError, Client};
 use crate::codec::{self, Reader, Writer, secs};
 use crate::schema::{
-    Features, Layout, MAX_ROW_SPANS, SCHEMA_VERSION, TABLES, Topology, short_trace_key, trace_key,
+    Features, Layout, MAX_ROW_SPANS, SCHEMA_VERSION, SPAN_NUMBERS, TABLES, TAG_NUMBERS, Topology,
+    short_trace_key, trace_key,
 };
 use crate::sql::{identifier, quote, tuple, unhex};
 
@@ -422,7 +423,7 @@ struct Rows {
     resource_tags: Writer,
     operations: Writer,
     traces: Writer,
-    span_index: Writer,
+    span_refs: Writer,
     trace_refs: Writer,
     tag_refs: Writer,
     operation_tags: Writer,
@@ -448,39 +449,15 @@ fn index_duration(nanos: u64) -> u64 {
     nanos >> low << low
 }
 
-/// A `tag_refs` row of an insert: service, key, indexed value, second and slot.
-type TagRef<'a> = (&'a str, &'a str, Cow<'a, str>, u32, u16);
+/// A `tag_refs` row of an insert: service, key, value ([`tag_refs_value`]), second and slot.
+type TagRef<'a> = (&'a str, &'a str, Cow<'a, [u8]>, u32, u16);
 
-/// A row of `span_index`, kept until the insert's rows are sorted.
-struct SpanIndexRow<'a> {
-    service: &'a str,
-    name: &'a str,
-    timestamp: u32,
-    start: u64,
-    kind: u8,
-    duration: u64,
-    error: bool,
-    resource_id: u64,
-    trace_key: u32,
-    slot: u16,
-}
+/// A `span_refs` row of an insert: service, operation, kind, second and slot.
+type SpanRef<'a> = (&'a str, &'a str, u8, u32, u16);
 
-impl SpanIndexRow<'_> {
-    /// Columns `service, name, kind, timestamp, start_ns, duration_ns, error, resource_id,
-    /// trace_key, slot`.
-    fn write(&self, w: &mut Writer) {
-        w.str(self.service);
-        w.str(self.name);
-        w.u8(self.kind);
-        w.buf.extend_from_slice(&self.timestamp.to_le_bytes());
-        w.buf.extend_from_slice(&self.start.to_le_bytes());
-        w.buf.extend_from_slice(&self.duration.to_le_bytes());
-        w.u8(self.error as u8);
-        w.buf.extend_from_slice(&self.resource_id.to_le_bytes());
-        w.buf.extend_from_slice(&self.trace_key.to_le_bytes());
-        w.buf.extend_from_slice(&self.slot.to_le_bytes());
-    }
-}
+/// A span in its `span_refs` row: its trace's number, its start's millisecond within the
+/// row's second, its duration ([`index_duration`]) and its resource id.
+type SpanRefElement = (u32, u16, u64, u64);
 
 /// The text a search compares an attribute value with (borrowed when it is a string).
 fn search_text(v: &AttrValue) -> Cow<'_, str> {
@@ -570,9 +547,80 @@ fn next_slice_width(width: u64, found: usize, wanted: usize) -> u64 {
 /// A resource's instrumentation scope on one day and shard.
 type ScopeKey = (u64, String, String, u32, usize);
 
-/// The SQL tuple of the texts `want` is looked up as in the tag indexes ([`indexed_candidates`]).
+/// The SQL tuple of the values `want` is looked up as in the tag indexes: the texts of
+/// [`indexed_candidates`], and the [`hashed_value`] of each long one (`tag_refs` from schema
+/// version 9).
 fn indexed_values_sql(want: &str) -> String {
-    tuple(indexed_candidates(want).iter().map(|c| quote(c)))
+    let hashed = canonical_texts(want)
+        .into_iter()
+        .filter(|t| t.len() > HASHED_VALUE_BYTES)
+        .map(|t| unhex(&hashed_value(&t)));
+    tuple(indexed_candidates(want).iter().map(|c| quote(c)).chain(hashed))
+}
+
+/// Values longer than this are written into `tag_refs` as their [`hashed_value`] (schema
+/// version 9); shorter ones as they are.
+const HASHED_VALUE_BYTES: usize = 16;
+
+/// A long value as `tag_refs` holds it from schema version 9 on: the byte 0xFF, which no UTF-8
+/// text holds (so no value written as it is can be taken for a hash), then 4 bytes of a hash
+/// of the whole value. 36-character session and order ids took about 16 bytes per row, their
+/// hashes about 4 (the `value` column: 4.15 -> 1.87 bytes per span at 1M spans of the
+/// realistic load). Values that share a hash make false candidates, which the exact check
+/// drops; a value is never missed.
+fn hashed_value(text: &str) -> [u8; 5] {
+    // FNV-1a (stable across nodes and builds), then a mixer so that the low 32 bits depend on
+    // every byte.
+    let mut h = codec::fnv1a(text.as_bytes());
+    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    let mut out = [0xff; 5];
+    out[1..].copy_from_slice(&(h as u32).to_le_bytes());
+    out
+}
+
+/// A value (a search text) as `tag_refs` holds it: itself, or its hash when it is long.
+fn tag_refs_value(text: Cow<'_, str>) -> Cow<'_, [u8]> {
+    if text.len() > HASHED_VALUE_BYTES {
+        return Cow::Owned(hashed_value(&text).to_vec());
+    }
+    match text {
+        Cow::Borrowed(b) => Cow::Borrowed(b.as_bytes()),
+        Cow::Owned(o) => Cow::Owned(o.into_bytes()),
+    }
+}
+
+/// Splits sorted numbers into runs whose steps fit a `UInt16`: each run is one row of
+/// `tag_refs` or `span_refs` ([`write_numbers`]). Only a node that numbers more than 65,535
+/// traces in a second (or a value of traces far apart in one) needs more than one.
+fn number_runs(sorted: &[u32]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..sorted.len() {
+        if sorted[i] - sorted[i - 1] > u32::from(u16::MAX) {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    if !sorted.is_empty() {
+        runs.push(start..sorted.len());
+    }
+    runs
+}
+
+/// Writes the columns `first, first_high, steps` of a run of sorted numbers
+/// ([`number_runs`]): the first number's low and high 16 bits (the high ones are the node's
+/// random byte and almost always zeros: they compress to nothing), then each number's
+/// distance from the one before. Most steps are small; all as `UInt16`s instead of the
+/// `UInt32`s of version 8, `tag_refs`' numbers take 3.2 instead of 4.1 bytes per span (1M
+/// spans of the realistic load).
+fn write_numbers(w: &mut Writer, run: &[u32]) {
+    w.buf.extend_from_slice(&(run[0] as u16).to_le_bytes());
+    w.buf.extend_from_slice(&((run[0] >> 16) as u16).to_le_bytes());
+    w.varint(run.len() as u64 - 1);
+    for pair in run.windows(2) {
+        w.buf.extend_from_slice(&((pair[1] - pair[0]) as u16).to_le_bytes());
+    }
 }
 
 /// An attribute value as the `tags` index holds it: its search text, cut to
@@ -592,7 +640,15 @@ fn indexed_value(text: &str) -> &str {
 /// integer, float or boolean it parses as (a query for `500` finds an `Int(500)`, stored as
 /// `500`; `1.50` finds a `Double(1.5)`, stored as `1.5`).
 fn indexed_candidates(want: &str) -> Vec<String> {
-    let mut out = vec![indexed_value(want).to_owned()];
+    let mut out: Vec<String> = canonical_texts(want).iter().map(|t| indexed_value(t).to_owned()).collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A query value and the canonical texts of the integer, float or boolean it parses as.
+fn canonical_texts(want: &str) -> Vec<String> {
+    let mut out = vec![want.to_owned()];
     if let Ok(i) = want.parse::<i64>() {
         out.push(i.to_string());
     }
@@ -602,8 +658,6 @@ fn indexed_candidates(want: &str) -> Vec<String> {
     if let Ok(b) = want.parse::<bool>() {
         out.push(b.to_string());
     }
-    out.sort();
-    out.dedup();
     out
 }
 
@@ -662,7 +716,7 @@ impl Shared {
         let operation_level = operation_tags(&spans, &mut rows.operation_tags);
         let mut encoded: FxHashMap<*const Resource, (u64, Vec<u8>)> = FxHashMap::default();
         // Distinct (trace, service, key, indexed value) of this insert, borrowed from the spans.
-        let mut seen_tags: FxHashSet<(TraceId, &'a str, &'a str, Cow<'a, str>)> = FxHashSet::default();
+        let mut seen_tags: FxHashSet<(TraceId, &'a str, &'a str, Cow<'a, [u8]>)> = FxHashSet::default();
         // The number of each (trace, second its spans start in) of the insert (`trace_refs`).
         let mut numbers: FxHashMap<(TraceId, u32), (u32, u32, u16)> = FxHashMap::default();
         let mut refs = self.refs.lock();
@@ -677,7 +731,7 @@ impl Shared {
         // The insert's spans of each trace, with their resource ids (`traces` rows).
         let mut by_trace: FxHashMap<TraceId, Vec<(&'a Span, u64)>> = FxHashMap::default();
         let mut red = RedSummary::default();
-        let mut span_index: Vec<SpanIndexRow<'a>> = Vec::with_capacity(spans.len());
+        let mut span_refs: FxHashMap<SpanRef<'a>, Vec<SpanRefElement>> = FxHashMap::default();
         for span in spans {
             let tid = span.trace_id.as_bytes();
             let key = trace_key(tid);
@@ -738,27 +792,16 @@ impl Shared {
 
             by_trace.entry(span.trace_id).or_default().push((span, res_id));
 
-            span_index.push(SpanIndexRow {
-                service,
-                name: &span.name,
-                timestamp: ts,
-                start: index_start(span.start_time_unix_nano),
-                kind: span.kind.code(),
-                duration: index_duration(span.duration_nanos()),
-                error: span.status.code == skein_model::StatusCode::Error,
-                resource_id: res_id,
-                trace_key: short_key,
-                slot,
-            });
+            let millisecond = (span.start_time_unix_nano / 1_000_000 % 1_000) as u16;
+            span_refs.entry((service, &span.name, span.kind.code(), ts, slot)).or_default().push((
+                idx,
+                millisecond,
+                index_duration(span.duration_nanos()),
+                res_id,
+            ));
 
             let mut tag = |k: &'a str, v: Cow<'a, str>| {
-                let v = match v {
-                    Cow::Borrowed(b) => Cow::Borrowed(indexed_value(b)),
-                    Cow::Owned(mut o) => {
-                        o.truncate(indexed_value(&o).len());
-                        Cow::Owned(o)
-                    }
-                };
+                let v = tag_refs_value(v);
                 if !seen_tags.contains(&(span.trace_id, service, k, Cow::Borrowed(v.as_ref()))) {
                     tag_refs.entry((service, k, v.clone(), ts, slot)).or_default().push(idx);
                     seen_tags.insert((span.trace_id, service, k, v));
@@ -786,18 +829,36 @@ impl Shared {
             red.add(span);
         }
         write_red_rows(&red, &mut rows.red);
-        // `span_index` rows in the order of the table's key and then of their start: ClickHouse
-        // sorts a part by the key only and keeps the insert's order within it, so an
-        // operation's starts of one second lie in order and compress to about a byte (parts
-        // merged later interleave whole runs). Sorting `tag_index` rows the same way gained a
-        // third of a byte per span for a tenth more CPU per span in Skein: they are not.
-        span_index.sort_unstable_by(|a, b| {
-            (a.service, a.name, a.timestamp, a.start).cmp(&(b.service, b.name, b.timestamp, b.start))
-        });
-        for row in &span_index {
-            row.write(&mut rows.span_index);
-        }
         drop(refs);
+        let mut numbers_of_row = Vec::new();
+        for ((service, name, kind, ts, slot), mut elements) in span_refs {
+            // By number (the steps are small), then by start.
+            elements.sort_unstable();
+            numbers_of_row.clear();
+            numbers_of_row.extend(elements.iter().map(|e| e.0));
+            for run in number_runs(&numbers_of_row) {
+                let w = &mut rows.span_refs;
+                w.str(service);
+                w.str(name);
+                w.u8(kind);
+                w.buf.extend_from_slice(&ts.to_le_bytes());
+                write_numbers(w, &numbers_of_row[run.clone()]);
+                let elements = &elements[run];
+                w.varint(elements.len() as u64);
+                for e in elements {
+                    w.buf.extend_from_slice(&e.1.to_le_bytes());
+                }
+                w.varint(elements.len() as u64);
+                for e in elements {
+                    w.buf.extend_from_slice(&e.2.to_le_bytes());
+                }
+                w.varint(elements.len() as u64);
+                for e in elements {
+                    w.buf.extend_from_slice(&e.3.to_le_bytes());
+                }
+                w.buf.extend_from_slice(&slot.to_le_bytes());
+            }
+        }
         for (trace_id, mut spans) in by_trace {
             // By start: the starts then grow within the row, and a parent mostly comes first.
             spans.sort_by_key(|(span, _)| span.start_time_unix_nano);
@@ -813,22 +874,20 @@ impl Shared {
             w.buf.extend_from_slice(&slot.to_le_bytes());
         }
         for ((service, key, value, ts, slot), mut idxs) in tag_refs {
-            // Sorted and written as steps (the first, then each one's distance from the one
-            // before; read back with `arrayCumSum`): a value many traces share takes a few
-            // bits per trace, as most steps are small numbers.
+            // Sorted and written as steps ([`write_numbers`]; read back with `arrayCumSum`): a
+            // value many traces share takes a few bits per trace, as most steps are small.
             idxs.sort_unstable();
-            let w = &mut rows.tag_refs;
-            w.str(key);
-            w.str(&value);
-            w.str(service);
-            w.buf.extend_from_slice(&ts.to_le_bytes());
-            w.varint(idxs.len() as u64);
-            let mut last = 0;
-            for idx in idxs {
-                w.buf.extend_from_slice(&(idx - last).to_le_bytes());
-                last = idx;
+            for run in number_runs(&idxs) {
+                let w = &mut rows.tag_refs;
+                w.str(key);
+                w.bytes(&value);
+                w.str(service);
+                w.buf.extend_from_slice(&ts.to_le_bytes());
+                // `idxs` (version 8) is empty.
+                w.varint(0);
+                write_numbers(w, &idxs[run]);
+                w.buf.extend_from_slice(&slot.to_le_bytes());
             }
-            w.buf.extend_from_slice(&slot.to_le_bytes());
         }
         rows
     }
@@ -848,11 +907,11 @@ impl Shared {
                 rows.traces.buf,
             ),
             (
-                "service, name, kind, timestamp, start_ns, duration_ns, error, resource_id, trace_key, slot",
-                rows.span_index.buf,
+                "service, name, kind, timestamp, first, first_high, steps, starts, durations, resource_ids, slot",
+                rows.span_refs.buf,
             ),
             ("timestamp, idx, trace_key, slot", rows.trace_refs.buf),
-            ("key, value, service, timestamp, idxs, slot", rows.tag_refs.buf),
+            ("key, value, service, timestamp, idxs, first, first_high, steps, slot", rows.tag_refs.buf),
             ("key, value, service, name, timestamp, last", rows.operation_tags.buf),
             (
                 "service, name, kind, minute, calls, errors, zeros, latencyMap.bucket, latencyMap.count",
@@ -1160,7 +1219,7 @@ impl Shared {
             let count = match total {
                 None => format!(
                     " UNION ALL SELECT toUInt8(0) AS len, toUInt64(count()) AS k, {none} AS id, toUInt64(0) AS t \
-                     FROM {tag_refs} ARRAY JOIN idxs WHERE {first}{service}"
+                     FROM {tag_refs} ARRAY JOIN {TAG_NUMBERS} AS n WHERE {first}{service}"
                 ),
                 Some(_) => String::new(),
             };
@@ -1265,11 +1324,11 @@ impl Shared {
 
     /// The condition on `trace_refs` rows (in the window `time`) that the `tag_refs` rows
     /// satisfying `cond` name: their (second, number) pairs, the numbers turned back from steps
-    /// (`arrayCumSum`). `tail` follows that subquery's `WHERE` (an `ORDER BY … LIMIT`, or
+    /// ([`TAG_NUMBERS`]). `tail` follows that subquery's `WHERE` (an `ORDER BY … LIMIT`, or
     /// nothing).
     fn numbered(&self, time: &str, cond: &str, tail: &str) -> String {
         format!(
-            "{time} AND (timestamp, idx) IN (SELECT timestamp, toUInt32(arrayJoin(arrayCumSum(idxs))) AS idx \
+            "{time} AND (timestamp, idx) IN (SELECT timestamp, arrayJoin({TAG_NUMBERS}) AS idx \
              FROM {} WHERE {cond}{tail})",
             self.layout.table("tag_refs")
         )
@@ -1418,12 +1477,19 @@ impl Shared {
     /// newest slice begins.
     async fn newest_second(&self, service: Option<&str>) -> Result<Option<u64>, StoreError> {
         let filter = service.map(|s| format!("service = {} AND ", quote(s))).unwrap_or_default();
+        let red = self.layout.table("red");
+        let newest = |table: &str| {
+            format!(
+                "SELECT max(timestamp) AS m, count() AS c FROM {} WHERE {filter}timestamp >= \
+                 (SELECT max(minute) FROM {red} WHERE {filter}1)",
+                self.layout.table(table)
+            )
+        };
         let rows = self
             .query(&format!(
-                "SELECT toUInt32(max(timestamp)), count() FROM {} WHERE {filter}timestamp >= \
-                 (SELECT max(minute) FROM {} WHERE {filter}1) FORMAT RowBinary",
-                self.layout.table("span_index"),
-                self.layout.table("red"),
+                "SELECT toUInt32(max(m)), sum(c) FROM ({} UNION ALL {}) WHERE c > 0 FORMAT RowBinary",
+                newest("span_refs"),
+                newest("span_index")
             ))
             .await?;
         let mut r = Reader::new(&rows);
@@ -1433,9 +1499,10 @@ impl Shared {
     }
 
     /// The statement that reads the newest `limit` traces with spans in `slice` that may match
-    /// from `span_index` (schema version 6) by 4-byte trace key, and from `search` (the rows of
-    /// older versions) by trace id; `per_tag` holds each tag's condition in the tag indexes and
-    /// the other ways a row may have it.
+    /// from `span_refs` (schema version 9) by trace number, turned into 4-byte trace keys by
+    /// `trace_refs`, from `span_index` (versions 6 to 8) by 4-byte trace key, and from `search`
+    /// (the rows of older versions) by trace id; `per_tag` holds each tag's condition in the tag
+    /// indexes and the other ways a row may have it.
     fn span_index_sql(
         &self,
         q: &TraceQuery,
@@ -1469,23 +1536,45 @@ impl Shared {
             if let Some(d) = q.max_duration_nanos {
                 cond.push_str(&format!(" AND duration_ns <= {d}"));
             }
-            // `span_index` (schema version 6) by 4-byte trace key, and `search` (the rows of
-            // older versions) by trace id, in one statement.
-            let none = "toFixedString(unhex('00000000000000000000000000000000'), 16)";
-            let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
-                let mut cond = cond.clone();
+            // Every tag, for a row whose trace's 4-byte key is `short`.
+            let tags = |short: &str| {
+                let mut out = String::new();
                 for (c, others) in per_tag {
                     let mut alternatives = vec![self.in_tag_index(short, c, time)];
                     alternatives.extend(others.iter().cloned());
-                    cond.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
+                    out.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
                 }
+                out
+            };
+            // `span_refs` by trace number (a span of the row per element of its arrays, its
+            // start from the row's second and its millisecond), each number turned into the
+            // trace's 4-byte key by the `trace_refs` rows of the slice (all of them: two nodes
+            // may have given one number in one second); `span_index` by 4-byte trace key, and
+            // `search` by trace id, in one statement.
+            let none = "toFixedString(unhex('00000000000000000000000000000000'), 16)";
+            let span_refs = format!(
+                "SELECT * FROM (SELECT toUInt8(4) AS len, toUInt64(trace_key) AS k, {none} AS id, max(start_ns) AS t FROM \
+                 (SELECT service, name, kind, timestamp, idx, resource_id, duration_ns, \
+                 toUInt64(timestamp) * 1000000000 + toUInt64(millisecond) * 1000000 AS start_ns FROM {} \
+                 ARRAY JOIN {SPAN_NUMBERS} AS idx, starts AS millisecond, durations AS duration_ns, \
+                 resource_ids AS resource_id WHERE {cond}) AS spans \
+                 ALL INNER JOIN (SELECT timestamp, idx, trace_key FROM {} WHERE {}) AS refs USING (timestamp, idx) \
+                 WHERE 1{} GROUP BY trace_key ORDER BY t DESC LIMIT {limit})",
+                self.layout.table("span_refs"),
+                self.layout.table("trace_refs"),
+                seconds_in(slice),
+                tags("trace_key"),
+            );
+            let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
                 format!(
                     "SELECT * FROM (SELECT toUInt8({len}) AS len, {k} AS k, {id} AS id, max(start_ns) AS t FROM {} \
-                     WHERE {cond} GROUP BY {key} ORDER BY t DESC LIMIT {limit})",
-                    self.layout.table(table)
+                     WHERE {cond}{} GROUP BY {key} ORDER BY t DESC LIMIT {limit})",
+                    self.layout.table(table),
+                    tags(short),
                 )
             };
             [
+                span_refs,
                 newest("span_index", "trace_key", "trace_key", 4, "toUInt64(trace_key)", none),
                 newest("search", "trace_id", "reinterpretAsUInt32(trace_id)", 16, "toUInt64(0)", "trace_id"),
             ]
@@ -2100,5 +2189,51 @@ mod tests {
         assert_eq!(indexed_candidates("1.50"), ["1.5", "1.50"]);
         assert_eq!(indexed_candidates("web-1"), ["web-1"]);
         assert_eq!(indexed_candidates("true"), ["true"]);
+    }
+
+    #[test]
+    fn long_values_are_hashed_in_tag_refs_and_looked_up_both_ways() {
+        let session = "0f8fad5b-d9cb-469f-a165-70867728950e";
+        let hashed = tag_refs_value(Cow::Borrowed(session));
+        assert_eq!(hashed.len(), 5);
+        assert_eq!(hashed[0], 0xff, "never the first byte of a UTF-8 text");
+        // The same on every node and in every build: a change here is a format change.
+        assert_eq!(*hashed, hashed_value(session));
+        assert_eq!(hashed_value("abc"), [0xff, 0xab, 0x0d, 0xf3, 0x1d]);
+        assert_ne!(hashed_value(session), hashed_value("0f8fad5b-d9cb-469f-a165-70867728950f"));
+        let exactly = "a".repeat(HASHED_VALUE_BYTES);
+        assert_eq!(
+            *tag_refs_value(Cow::Borrowed(&exactly)),
+            *exactly.as_bytes(),
+            "16 bytes kept as they are"
+        );
+        // A query looks up the hash (version 9) and the text (version 8 rows).
+        let sql = indexed_values_sql(session);
+        assert!(sql.contains(&quote(session)) && sql.contains(&unhex(&hashed_value(session))), "{sql}");
+        assert_eq!(indexed_values_sql("short"), "('short')");
+        // A float's canonical text can be long: hashed too.
+        assert!(
+            indexed_values_sql("0.30000000000000004").contains(&unhex(&hashed_value("0.30000000000000004")))
+        );
+    }
+
+    #[test]
+    fn numbers_are_split_where_a_step_does_not_fit_16_bits() {
+        assert_eq!(number_runs(&[]), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(number_runs(&[7]), vec![std::ops::Range { start: 0, end: 1 }]);
+        let max = u32::from(u16::MAX);
+        assert_eq!(number_runs(&[0, max, max + 1, 2 * max + 2, 2 * max + 2]), [0..3, 3..5]);
+        let numbers = [5 << 24 | 70_000, 5 << 24 | 70_003, 5 << 24 | 70_003, 5 << 24 | 135_000];
+        let mut w = Writer::default();
+        write_numbers(&mut w, &numbers);
+        // first (low 16 bits), first_high, then the steps: length and UInt16s.
+        let mut r = Reader::new(&w.buf);
+        let first = u32::from(u16::from_le_bytes(r.array().unwrap()));
+        let high = u32::from(u16::from_le_bytes(r.array().unwrap()));
+        assert_eq!(high << 16 | first, numbers[0]);
+        assert_eq!(r.varint().unwrap(), 3);
+        let steps: Vec<u16> = (0..3).map(|_| u16::from_le_bytes(r.array().unwrap())).collect();
+        assert_eq!(steps, [3, 0, 64_997]);
+        assert!(r.is_empty());
     }
 }

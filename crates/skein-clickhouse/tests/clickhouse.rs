@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use async_trait::async_trait;
+use skein_clickhouse::schema::{SPAN_NUMBERS, TAG_NUMBERS};
 use skein_clickhouse::{ClickhouseConfig, ClickhouseStore, Client, OpenError};
 use skein_model::{AttrValue, KeyValue, Span, SpanId, SpanKind, TimeRange, TraceId};
 use skein_store::testdata::{BASE_TIME, SpanBuilder as B};
@@ -207,7 +208,9 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
         assert_eq!(split, 0, "every trace on {u} has all 3 of its spans there");
         // The tag index's rows (trace numbers, placed by their slot) are on their trace's
         // shard, and so are the rows that turn the numbers into 4-byte trace keys.
-        let tags = count_on(u, &format!("SELECT count() FROM {db}.tag_refs_local ARRAY JOIN idxs")).await;
+        let tags =
+            count_on(u, &format!("SELECT count() FROM {db}.tag_refs_local ARRAY JOIN {TAG_NUMBERS} AS n"))
+                .await;
         assert!(tags >= n / 3, "{u} indexes its traces' tags ({tags} references for {n} spans)");
         let refs = count_on(u, &format!("SELECT count() FROM {db}.trace_refs_local")).await;
         assert!(refs >= n / 3, "{u} numbers its traces ({refs} rows for {n} spans)");
@@ -222,26 +225,28 @@ async fn a_trace_lives_on_one_shard_and_both_shards_are_used() {
         let dangling = count_on(
             u,
             &format!(
-                "SELECT count() FROM {db}.tag_refs_local ARRAY JOIN arrayMap(x -> toUInt32(x), arrayCumSum(idxs)) AS idx WHERE (timestamp, idx) NOT IN (SELECT timestamp, idx FROM {db}.trace_refs_local)"
+                "SELECT count() FROM {db}.tag_refs_local ARRAY JOIN {TAG_NUMBERS} AS idx WHERE (timestamp, idx) NOT IN (SELECT timestamp, idx FROM {db}.trace_refs_local)"
             ),
         )
         .await;
         assert_eq!(dangling, 0, "every tag reference on {u} names a trace of that shard");
-        // So are the span index's rows (4-byte keys, placed by their slot): one per span.
-        let indexed = count_on(u, &format!("SELECT count() FROM {db}.span_index_local")).await;
-        assert_eq!(indexed, n, "{u} has a span_index row per span it holds");
-        let elsewhere = count_on(
+        // So are the span index's rows (trace numbers, placed by their slot): one element per
+        // span, each a number of a trace of that shard.
+        let indexed =
+            count_on(u, &format!("SELECT count() FROM {db}.span_refs_local ARRAY JOIN starts")).await;
+        assert_eq!(indexed, n, "{u} has a span_refs element per span it holds");
+        let dangling = count_on(
             u,
             &format!(
-                "SELECT count() FROM {db}.span_index_local WHERE trace_key NOT IN (SELECT reinterpretAsUInt32(trace_id) FROM {db}.traces_local)"
+                "SELECT count() FROM {db}.span_refs_local ARRAY JOIN {SPAN_NUMBERS} AS idx WHERE (timestamp, idx) NOT IN (SELECT timestamp, idx FROM {db}.trace_refs_local)"
             ),
         )
         .await;
-        assert_eq!(elsewhere, 0, "no span_index row on {u} belongs to a trace of the other shard");
+        assert_eq!(dangling, 0, "every span reference on {u} names a trace of that shard");
         total += n;
     }
     assert_eq!(total, 120);
-    // Searches by service alone read `span_index` through the cluster.
+    // Searches by service alone read `span_refs` through the cluster.
     let all = TraceQuery { service: Some("svc".into()), limit: 100, ..TraceQuery::default() };
     assert_eq!(store.find_traces(&all).await.unwrap().len(), 40);
     for t in 1..=40u8 {
@@ -564,6 +569,66 @@ async fn a_version_6_table_on_current_clickhouse_gets_the_new_payload_codec() {
     }
 }
 
+/// A `tag_refs` table made by schema version 8 (numbers only in `idxs`) gets version 9's
+/// number columns at migration, and its rows are searched with those written after.
+async fn tag_refs_of_version_8(url: &str, cluster: Option<&str>) {
+    let c = config(url, cluster);
+    let db = c.database.clone();
+    let client = Client::new(url, None, None).unwrap();
+    let run = async |sql: String| {
+        client.query(&sql, &[]).await.unwrap();
+    };
+    let store = Delivered(open(c.clone()).await);
+    let before = B::new(1, 1).service("svc").attr("k", AttrValue::Str("before".into())).build();
+    store.write(vec![before.clone()]).await.unwrap();
+    drop(store);
+    // Back to version 8: its columns, its row for `before` (numbers in `idxs`), its version.
+    run(format!("TRUNCATE TABLE {db}.tag_refs")).await;
+    for column in ["first", "first_high", "steps"] {
+        run(format!("ALTER TABLE {db}.tag_refs DROP COLUMN {column}")).await;
+    }
+    let key = u32::from_le_bytes(before.trace_id.as_bytes()[..4].try_into().unwrap());
+    run(format!(
+        "INSERT INTO {db}.tag_refs SELECT 'k', 'before', 'svc', timestamp, [idx], slot FROM {db}.trace_refs \
+         WHERE trace_key = {key} LIMIT 1"
+    ))
+    .await;
+    run(format!("DROP TABLE {db}.schema_migrations")).await;
+    run(format!(
+        "CREATE TABLE {db}.schema_migrations (version UInt32, applied_at DateTime, by String) ENGINE = TinyLog"
+    ))
+    .await;
+    run(format!("INSERT INTO {db}.schema_migrations VALUES (8, now(), 'version 8')")).await;
+
+    let store = Delivered(open(c).await);
+    let columns = count_on(
+        url,
+        &format!(
+            "SELECT count() FROM system.columns WHERE database = '{db}' AND table = 'tag_refs' \
+             AND name IN ('first', 'first_high', 'steps')"
+        ),
+    )
+    .await;
+    assert_eq!(columns, 3, "version 9's columns added");
+    let after = B::new(2, 1).service("svc").attr("k", AttrValue::Str("after".into())).build();
+    store.write(vec![after.clone()]).await.unwrap();
+    for (value, trace) in [("before", before.trace_id), ("after", after.trace_id)] {
+        let q = TraceQuery {
+            service: Some("svc".into()),
+            tags: vec![("k".into(), value.into())],
+            ..TraceQuery::default()
+        };
+        let found = store.find_traces(&q).await.unwrap();
+        assert_eq!(found.len(), 1, "{value}");
+        assert_eq!(found[0][0].trace_id, trace);
+    }
+}
+
+server_tests!(tag_refs_of_version_8 {
+    single: a_version_8_tag_index_is_upgraded,
+    modern: a_version_8_tag_index_is_upgraded_on_current_clickhouse,
+});
+
 /// A value that (almost) every span of an operation has in a batch is indexed once for the
 /// operation (`operation_tags`), not once per trace; searches for it, alone and with other
 /// tags, still find exactly the traces that have it, and rarer values stay in the tag index.
@@ -598,20 +663,23 @@ async fn operation_level_tags(url: &str, cluster: Option<&str>) {
     );
     assert_eq!(
         count(format!(
-            "SELECT count() FROM {db}.tag_refs ARRAY JOIN idxs WHERE key = 'server.port' AND value = '8080'"
+            "SELECT count() FROM {db}.tag_refs ARRAY JOIN {TAG_NUMBERS} AS n WHERE key = 'server.port' AND value = '8080'"
         ))
         .await,
         0
     );
     assert_eq!(
         count(format!(
-            "SELECT count() FROM {db}.tag_refs ARRAY JOIN idxs WHERE key = 'server.port' AND value = '9090'"
+            "SELECT count() FROM {db}.tag_refs ARRAY JOIN {TAG_NUMBERS} AS n WHERE key = 'server.port' AND value = '9090'"
         ))
         .await,
         1
     );
     assert_eq!(
-        count(format!("SELECT count() FROM {db}.tag_refs ARRAY JOIN idxs WHERE key = 'app.user.id'")).await,
+        count(format!(
+            "SELECT count() FROM {db}.tag_refs ARRAY JOIN {TAG_NUMBERS} AS n WHERE key = 'app.user.id'"
+        ))
+        .await,
         20
     );
     let find = |tags: &[(&str, &str)], limit: usize| TraceQuery {
@@ -1052,6 +1120,43 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
     assert!(
         store.find_traces(&v4_query(&[("legacy.key", "v7"), ("new.key", "v7")])).await.unwrap().is_empty()
     );
+    // And one that schema version 8 indexed (in `tag_refs`, the numbers in `idxs` and a long
+    // value as it is; version 9 writes the long value's hash), alone and together with a tag
+    // that version 9 indexed.
+    let long = "0f8fad5b-d9cb-469f-a165-70867728950e";
+    let v8 = B::new(14, 1)
+        .service("upgraded")
+        .attr("legacy.key", AttrValue::Str(long.into()))
+        .attr("new.key", AttrValue::Str("v9".into()))
+        .build();
+    store.write(vec![v8.clone()]).await.unwrap();
+    let hashed = count_on(
+        url,
+        &format!(
+            "SELECT count() FROM {}.tag_refs WHERE key = 'legacy.key' AND length(value) = 5 AND startsWith(value, unhex('ff'))",
+            c.database
+        ),
+    )
+    .await;
+    assert_eq!(hashed, 1, "version 9 writes a long value as its hash");
+    found_alone_and_with_new_key(long, "v9", v8.trace_id).await;
+    only_new_key_indexed(14, v8.trace_id, "v9").await;
+    assert!(store.find_traces(&v4_query(&[("legacy.key", long)])).await.unwrap().is_empty(), "no index row");
+    let v8_key = u32::from_le_bytes(v8.trace_id.as_bytes()[..4].try_into().unwrap());
+    Client::new(url, None, None)
+        .unwrap()
+        .query(
+            &format!(
+                "INSERT INTO {db}.tag_refs (key, value, service, timestamp, idxs, slot) \
+                 SELECT 'legacy.key', '{long}', 'upgraded', timestamp, [idx], slot \
+                 FROM {db}.trace_refs WHERE trace_key = {v8_key} LIMIT 1",
+                db = c.database,
+            ),
+            &[("insert_distributed_sync", "1")],
+        )
+        .await
+        .unwrap();
+    found_alone_and_with_new_key(long, "v9", v8.trace_id).await;
     for server in &servers {
         for (table, column) in [("search", "resource_id"), ("spans", "parent_span_id")] {
             let local = if cluster.is_some() { format!("{table}_local") } else { table.to_owned() };
@@ -1062,26 +1167,52 @@ async fn upgrade_from_version_2(url: &str, cluster: Option<&str>) {
             assert_eq!(count_on(server, &sql).await, 1, "{server}: {local}.{column}");
         }
     }
-    // Spans that versions before 6 put in `search` (by trace id, with both span ids) are
-    // found there, and their calls counted, next to those of version 6 (`span_index`, and
+    // Spans that versions 6 to 8 put in `span_index` (by 4-byte trace key and slot) are found
+    // there; and spans that versions before 6 put in `search` (by trace id, with both span
+    // ids) are found there, and their calls counted, next to those of version 6 (and
     // `spans.parent_span_id` for the calls).
     let (caller, callee) = (
         B::new(12, 1).service("v5-caller").build(),
         B::new(12, 2).service("v5-callee").name("v5-op").parent(1).build(),
     );
     store.write(vec![caller.clone(), callee.clone()]).await.unwrap();
-    for server in &servers {
-        Client::new(server, None, None)
-            .unwrap()
-            .query(&format!("TRUNCATE TABLE {}", local("span_index")), &[])
-            .await
-            .unwrap();
-    }
+    let truncate = async |table: &str| {
+        for server in &servers {
+            Client::new(server, None, None)
+                .unwrap()
+                .query(&format!("TRUNCATE TABLE {}", local(table)), &[])
+                .await
+                .unwrap();
+        }
+    };
     let by_operation = TraceQuery {
         service: Some("v5-callee".into()),
         operation: Some("v5-op".into()),
         ..TraceQuery::default()
     };
+    let found = store.find_traces(&by_operation).await.unwrap();
+    assert_eq!(found.len(), 1, "found by `span_refs`");
+    assert_eq!(found[0][0].trace_id, caller.trace_id);
+    truncate("span_refs").await;
+    assert!(store.find_traces(&by_operation).await.unwrap().is_empty(), "no index row, no candidate");
+    let v8_key = u32::from_le_bytes(callee.trace_id.as_bytes()[..4].try_into().unwrap());
+    Client::new(url, None, None)
+        .unwrap()
+        .query(
+            &format!(
+                "INSERT INTO {db}.span_index SELECT 'v5-callee', 'v5-op', 2, timestamp, {}, 1000, 0, 0, trace_key, slot \
+                 FROM {db}.trace_refs WHERE trace_key = {v8_key} LIMIT 1",
+                callee.start_time_unix_nano,
+                db = c.database,
+            ),
+            &[("insert_distributed_sync", "1")],
+        )
+        .await
+        .unwrap();
+    let found = store.find_traces(&by_operation).await.unwrap();
+    assert_eq!(found.len(), 1, "rows of `span_index` are searched");
+    assert_eq!(found[0][0].trace_id, caller.trace_id);
+    truncate("span_index").await;
     assert!(store.find_traces(&by_operation).await.unwrap().is_empty(), "no index row, no candidate");
     let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let rows = [&caller, &callee]
