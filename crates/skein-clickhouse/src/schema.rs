@@ -243,15 +243,19 @@ impl Layout {
             (
                 // The search rows of schema version 9: per (service, operation, kind, second,
                 // slot) of an insert, its spans as arrays in the order of their traces' numbers
-                // (`trace_refs.idx`; the first as in `tag_refs`, then `UInt16` steps): the millisecond of each
-                // span's start within the second, its duration (`index_duration`) and resource.
-                // An operation's spans of a second take one row, and a trace number a few bits
-                // where a 4-byte trace key took almost four bytes.
+                // (`trace_refs.idx`; the first as in `tag_refs`, then `UInt16` steps): the
+                // millisecond of each span's start within the second, its duration
+                // (`index_duration`) and its resource (its place in `resources`, the row's
+                // resources). An operation's spans of a second take one row, and a trace number
+                // a few bits where a 4-byte trace key took almost four bytes. `longest`,
+                // `shortest` and `resources` let a search skip a row without flattening it.
                 "span_refs",
                 format!(
                     "service {}, name {}, kind UInt8, timestamp DateTime{delta}, first UInt16{plain_zstd}, \
                      first_high UInt16{plain_zstd}, steps Array(UInt16){plain_zstd}, starts Array(UInt16){plain_zstd}, \
-                     durations Array(UInt64){plain_zstd}, resource_ids Array(UInt64){plain_zstd}, slot UInt16",
+                     durations Array(UInt64){plain_zstd}, resources Array(UInt64){plain_zstd}, \
+                     resource_places Array(UInt16){plain_zstd}, longest UInt64{plain_zstd}, shortest UInt64{plain_zstd}, \
+                     slot UInt16",
                     lc("String"),
                     lc("String")
                 ),

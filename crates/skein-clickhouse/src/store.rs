@@ -452,11 +452,17 @@ fn index_duration(nanos: u64) -> u64 {
 /// A `tag_refs` row of an insert: service, key, value ([`tag_refs_value`]), second and slot.
 type TagRef<'a> = (&'a str, &'a str, Cow<'a, [u8]>, u32, u16);
 
+/// A tag of a search: its condition in the tag indexes (`None` when they hold no row with it
+/// in the window), and the other ways a span may have it: SQL on a span's columns, and the
+/// same on a `span_refs` row's (true when one of its spans may have it).
+type PerTag = (Option<String>, Vec<String>, Vec<String>);
+
 /// A `span_refs` row of an insert: service, operation, kind, second and slot.
 type SpanRef<'a> = (&'a str, &'a str, u8, u32, u16);
 
 /// A span in its `span_refs` row: its trace's number, its start's millisecond within the
-/// row's second, its duration ([`index_duration`]) and its resource id.
+/// row's second, its duration ([`index_duration`]) and its resource id (written as its place
+/// among the row's `resources`).
 type SpanRefElement = (u32, u16, u64, u64);
 
 /// The text a search compares an attribute value with (borrowed when it is a string).
@@ -830,7 +836,7 @@ impl Shared {
         }
         write_red_rows(&red, &mut rows.red);
         drop(refs);
-        let mut numbers_of_row = Vec::new();
+        let (mut numbers_of_row, mut resources_of_row) = (Vec::new(), Vec::new());
         for ((service, name, kind, ts, slot), mut elements) in span_refs {
             // By number (the steps are small), then by start.
             elements.sort_unstable();
@@ -852,10 +858,24 @@ impl Shared {
                 for e in elements {
                     w.buf.extend_from_slice(&e.2.to_le_bytes());
                 }
+                // The row's resources once, and each span's as its place among them.
+                resources_of_row.clear();
+                resources_of_row.extend(elements.iter().map(|e| e.3));
+                resources_of_row.sort_unstable();
+                resources_of_row.dedup();
+                w.varint(resources_of_row.len() as u64);
+                for id in &resources_of_row {
+                    w.buf.extend_from_slice(&id.to_le_bytes());
+                }
                 w.varint(elements.len() as u64);
                 for e in elements {
-                    w.buf.extend_from_slice(&e.3.to_le_bytes());
+                    let place = resources_of_row.binary_search(&e.3).expect("a resource of the row") + 1;
+                    w.buf.extend_from_slice(&(place as u16).to_le_bytes());
                 }
+                let longest = elements.iter().map(|e| e.2).max().expect("a run is not empty");
+                let shortest = elements.iter().map(|e| e.2).min().expect("a run is not empty");
+                w.buf.extend_from_slice(&longest.to_le_bytes());
+                w.buf.extend_from_slice(&shortest.to_le_bytes());
                 w.buf.extend_from_slice(&slot.to_le_bytes());
             }
         }
@@ -907,7 +927,7 @@ impl Shared {
                 rows.traces.buf,
             ),
             (
-                "service, name, kind, timestamp, first, first_high, steps, starts, durations, resource_ids, slot",
+                "service, name, kind, timestamp, first, first_high, steps, starts, durations, resources, resource_places, longest, shortest, slot",
                 rows.span_refs.buf,
             ),
             ("timestamp, idx, trace_key, slot", rows.trace_refs.buf),
@@ -1370,7 +1390,9 @@ impl Shared {
                 .flatten()
         };
         // Which tags some resource has (one small lookup in `resource_tags`).
-        let mut on_resources: HashSet<usize> = HashSet::new();
+        // Which tags some resource has (one small lookup in `resource_tags`), with the ids of
+        // those resources.
+        let mut on_resources: HashMap<usize, std::collections::BTreeSet<u64>> = HashMap::new();
         let mut lookups = None;
         if !q.tags.is_empty() {
             let any = q
@@ -1381,7 +1403,7 @@ impl Shared {
                 .join(" OR ");
             // Both lookups at once (on a cluster each is a round trip to every shard).
             let on_resources_sql = format!(
-                "SELECT DISTINCT key, value FROM {} WHERE {any} FORMAT RowBinary",
+                "SELECT DISTINCT key, value, id FROM {} WHERE {any} FORMAT RowBinary",
                 self.layout.table("resource_tags")
             );
             let on_operations_sql = format!(
@@ -1396,9 +1418,10 @@ impl Shared {
             let mut r = Reader::new(&rows);
             while !r.is_empty() {
                 let (key, value) = (r.text().map_err(corrupt)?, r.text().map_err(corrupt)?);
+                let id = u64::from_le_bytes(r.array().map_err(corrupt)?);
                 for (i, (k, v)) in q.tags.iter().enumerate() {
                     if k == key && indexed_candidates(v).iter().any(|c| c == value) {
-                        on_resources.insert(i);
+                        on_resources.entry(i).or_default().insert(id);
                     }
                 }
             }
@@ -1428,30 +1451,41 @@ impl Shared {
         let tags_only = on_resources.is_empty()
             && on_operations.is_empty()
             && q.tags.iter().all(|(k, v)| kind_of(k, v).is_none());
-        // Per tag, its condition in the tag indexes and the other ways a row may have it.
-        let mut per_tag: Vec<(String, Vec<String>)> = Vec::new();
+        // Per tag, its condition in the tag indexes and the other ways a span may have it (on
+        // a span's columns, and on a `span_refs` row's).
+        let mut per_tag: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
         for (i, (k, v)) in q.tags.iter().enumerate() {
             let c = format!("key = {} AND value IN {} AND {time}{service}", quote(k), indexed_values_sql(v));
-            let mut others = Vec::new();
-            if on_resources.contains(&i) {
-                others.push(format!(
-                    "resource_id IN (SELECT id FROM {} WHERE key = {} AND value IN {})",
-                    self.layout.table("resource_tags"),
-                    quote(k),
-                    indexed_values_sql(v)
-                ));
+            let (mut span, mut row) = (Vec::new(), Vec::new());
+            if let Some(ids) = on_resources.get(&i) {
+                let ids = ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
+                span.push(format!("resource_id IN ({ids})"));
+                row.push(format!("hasAny(resources, [{ids}])"));
             }
             if let Some(kind) = kind_of(k, v) {
-                others.push(format!("kind = {}", kind.code()));
+                span.push(format!("kind = {}", kind.code()));
+                row.push(format!("kind = {}", kind.code()));
             }
-            others.extend(on_operations.remove(&i).unwrap_or_default());
-            per_tag.push((c, others));
+            let operations = on_operations.remove(&i).unwrap_or_default();
+            span.extend(operations.iter().cloned());
+            row.extend(operations);
+            per_tag.push((c, span, row));
         }
         if tags_only && !q.tags.is_empty() {
             // The tag index's key range of the first tag: values that many traces have are
             // mostly operation-level (above), so the range is short.
             return self.candidates_from_tags(q, limit, &time, &service).await;
         }
+        // Which tags the tag indexes hold in the window at all (a key range each, at most one
+        // row read): a tag they do not hold is checked by what a span has only, before the
+        // spans' trace numbers are turned into keys (a resource attribute of another service
+        // would otherwise turn every span of the window into a key first).
+        let indexed = self.tags_in_index(&per_tag).await?;
+        let per_tag: Vec<PerTag> = per_tag
+            .into_iter()
+            .enumerate()
+            .map(|(i, (c, span, row))| (indexed.contains(&i).then_some(c), span, row))
+            .collect();
         // Newest first, a slice of the window at a time: most searches find enough traces in
         // the newest slice and read only its rows (ClickHouse reads every row of the range it
         // is given before it sorts); the last slice is the whole window.
@@ -1498,11 +1532,48 @@ impl Shared {
         Ok((count > 0).then_some(u64::from(second) + 1))
     }
 
+    /// The tags (by their place in `per_tag`) that some row of the tag indexes (`tag_refs`,
+    /// `tag_index`, `trace_tags`, `tags`) holds under its condition (the first element).
+    async fn tags_in_index(
+        &self,
+        per_tag: &[(String, Vec<String>, Vec<String>)],
+    ) -> Result<HashSet<usize>, StoreError> {
+        if per_tag.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let sql = per_tag
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (c, ..))| {
+                ["tag_refs", "tag_index", "trace_tags", "tags"].map(|t| {
+                    // (The place is added outside the subquery: a constant column read through a
+                    // `Distributed` table of 18.16 is refused.)
+                    format!(
+                        "SELECT toUInt8({i}) AS i, count() AS n FROM (SELECT key FROM {} WHERE {c} LIMIT 1)",
+                        self.layout.table(t)
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let rows = self.query(&format!("{sql} FORMAT RowBinary")).await?;
+        let mut r = Reader::new(&rows);
+        let mut found = HashSet::new();
+        while !r.is_empty() {
+            let i = r.u8().map_err(corrupt)?;
+            if u64::from_le_bytes(r.array().map_err(corrupt)?) > 0 {
+                found.insert(usize::from(i));
+            }
+        }
+        Ok(found)
+    }
+
     /// The statement that reads the newest `limit` traces with spans in `slice` that may match
     /// from `span_refs` (schema version 9) by trace number, turned into 4-byte trace keys by
     /// `trace_refs`, from `span_index` (versions 6 to 8) by 4-byte trace key, and from `search`
     /// (the rows of older versions) by trace id; `per_tag` holds each tag's condition in the tag
-    /// indexes and the other ways a row may have it.
+    /// indexes (`None` when they have no row with it in the window) and the other ways a span
+    /// may have it.
     fn span_index_sql(
         &self,
         q: &TraceQuery,
@@ -1510,76 +1581,102 @@ impl Shared {
         limit: usize,
         service: &str,
         time: &str,
-        per_tag: &[(String, Vec<String>)],
+        per_tag: &[PerTag],
     ) -> String {
-        {
-            // Spans in `span_index` (and `search`) that may match: in the slice, of the service
-            // and operation, in the duration bounds, and for every tag, in a trace whose tag
-            // index rows hold it (span and event attributes, synthetic tags; and, for spans
-            // stored by schema version 1 or 2, resource attributes), or of a resource that has
-            // it, or of an operation that has it then, or, for `span.kind`, of that kind.
-            // Starts and durations from schema version 7 on are rounded down (`index_start`,
-            // `index_duration`): lower bounds are rounded the same way (older rows, exact, pass
-            // too), upper bounds hold as they are; candidates are checked exactly.
-            let mut cond = format!(
-                "{} AND start_ns >= {} AND start_ns < {}{service}",
-                seconds_in(slice),
-                index_start(slice.start_unix_nano),
-                slice.end_unix_nano
-            );
-            if let Some(o) = &q.operation {
-                cond.push_str(&format!(" AND name = {}", quote(o)));
-            }
-            if let Some(d) = q.min_duration_nanos {
-                cond.push_str(&format!(" AND duration_ns >= {}", index_duration(d)));
-            }
-            if let Some(d) = q.max_duration_nanos {
-                cond.push_str(&format!(" AND duration_ns <= {d}"));
-            }
-            // Every tag, for a row whose trace's 4-byte key is `short`.
-            let tags = |short: &str| {
-                let mut out = String::new();
-                for (c, others) in per_tag {
-                    let mut alternatives = vec![self.in_tag_index(short, c, time)];
-                    alternatives.extend(others.iter().cloned());
-                    out.push_str(&format!(" AND ({})", alternatives.join(" OR ")));
-                }
-                out
-            };
-            // `span_refs` by trace number (a span of the row per element of its arrays, its
-            // start from the row's second and its millisecond), each number turned into the
-            // trace's 4-byte key by the `trace_refs` rows of the slice (all of them: two nodes
-            // may have given one number in one second); `span_index` by 4-byte trace key, and
-            // `search` by trace id, in one statement.
-            let none = "toFixedString(unhex('00000000000000000000000000000000'), 16)";
-            let span_refs = format!(
-                "SELECT * FROM (SELECT toUInt8(4) AS len, toUInt64(trace_key) AS k, {none} AS id, max(start_ns) AS t FROM \
-                 (SELECT service, name, kind, timestamp, idx, resource_id, duration_ns, \
-                 toUInt64(timestamp) * 1000000000 + toUInt64(millisecond) * 1000000 AS start_ns FROM {} \
-                 ARRAY JOIN {SPAN_NUMBERS} AS idx, starts AS millisecond, durations AS duration_ns, \
-                 resource_ids AS resource_id WHERE {cond}) AS spans \
-                 ALL INNER JOIN (SELECT timestamp, idx, trace_key FROM {} WHERE {}) AS refs USING (timestamp, idx) \
-                 WHERE 1{} GROUP BY trace_key ORDER BY t DESC LIMIT {limit})",
-                self.layout.table("span_refs"),
-                self.layout.table("trace_refs"),
-                seconds_in(slice),
-                tags("trace_key"),
-            );
-            let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
-                format!(
-                    "SELECT * FROM (SELECT toUInt8({len}) AS len, {k} AS k, {id} AS id, max(start_ns) AS t FROM {} \
-                     WHERE {cond}{} GROUP BY {key} ORDER BY t DESC LIMIT {limit})",
-                    self.layout.table(table),
-                    tags(short),
-                )
-            };
-            [
-                span_refs,
-                newest("span_index", "trace_key", "trace_key", 4, "toUInt64(trace_key)", none),
-                newest("search", "trace_id", "reinterpretAsUInt32(trace_id)", 16, "toUInt64(0)", "trace_id"),
-            ]
-            .join(" UNION ALL ")
+        // Spans that may match: in the slice, of the service and operation, in the duration
+        // bounds, and for every tag, in a trace whose tag index rows hold it (span and event
+        // attributes, synthetic tags; and, for spans stored by schema version 1 or 2, resource
+        // attributes), or of a resource that has it, or of an operation that has it then, or,
+        // for `span.kind`, of that kind. Starts and durations from schema version 7 on are
+        // rounded down (`index_start`, `index_duration`): lower bounds are rounded the same way
+        // (older rows, exact, pass too), upper bounds hold as they are; candidates are checked
+        // exactly.
+        let mut rows = format!("{}{service}", seconds_in(slice));
+        let mut cond = format!(
+            "{} AND start_ns >= {} AND start_ns < {}{service}",
+            seconds_in(slice),
+            index_start(slice.start_unix_nano),
+            slice.end_unix_nano
+        );
+        if let Some(o) = &q.operation {
+            rows.push_str(&format!(" AND name = {}", quote(o)));
+            cond.push_str(&format!(" AND name = {}", quote(o)));
         }
+        if let Some(d) = q.min_duration_nanos {
+            rows.push_str(&format!(" AND longest >= {}", index_duration(d)));
+            cond.push_str(&format!(" AND duration_ns >= {}", index_duration(d)));
+        }
+        if let Some(d) = q.max_duration_nanos {
+            rows.push_str(&format!(" AND shortest <= {d}"));
+            cond.push_str(&format!(" AND duration_ns <= {d}"));
+        }
+        // A tag that the tag indexes hold in the window is checked by trace (for a row whose
+        // trace's 4-byte key is `short`); one they do not hold, only by what a span has, which
+        // filters the spans of `span_refs` before their numbers are turned into keys.
+        let by_span = |alternatives: &[String]| match alternatives {
+            [] => " AND 0".to_owned(),
+            some => format!(" AND ({})", some.join(" OR ")),
+        };
+        let tags = |short: Option<&str>| {
+            let mut out = String::new();
+            for (c, others, _) in per_tag {
+                match (c, short) {
+                    (Some(c), Some(short)) => {
+                        let mut alternatives = vec![self.in_tag_index(short, c, time)];
+                        alternatives.extend(others.iter().cloned());
+                        out.push_str(&by_span(&alternatives));
+                    }
+                    (None, _) => out.push_str(&by_span(others)),
+                    (Some(_), None) => {}
+                }
+            }
+            out
+        };
+        // The same for a `span_refs` row, before its spans are flattened.
+        for (c, _, row) in per_tag {
+            if c.is_none() {
+                rows.push_str(&by_span(row));
+            }
+        }
+        // `span_refs` by trace number: a span of the row per element of its arrays (rows
+        // without a span in the duration bounds, `longest` and `shortest`, or of a resource
+        // a tag needs, `resources`, skipped before they are flattened), its start
+        // from the row's second and its millisecond; each (second, number) turned into the
+        // trace's 4-byte key by the slice's `trace_refs` rows of those numbers (all of them:
+        // two nodes may have given one number in one second). Then `span_index` by 4-byte
+        // trace key, and `search` by trace id, in one statement.
+        let none = "toFixedString(unhex('00000000000000000000000000000000'), 16)";
+        let spans = format!(
+            "(SELECT service, name, kind, timestamp, idx, resources[place] AS resource_id, duration_ns, \
+             toUInt64(timestamp) * 1000000000 + toUInt64(millisecond) * 1000000 AS start_ns FROM {} \
+             ARRAY JOIN {SPAN_NUMBERS} AS idx, starts AS millisecond, durations AS duration_ns, \
+             resource_places AS place PREWHERE {rows} WHERE {cond}{})",
+            self.layout.table("span_refs"),
+            tags(None),
+        );
+        let span_refs = format!(
+            "SELECT * FROM (SELECT toUInt8(4) AS len, toUInt64(trace_key) AS k, {none} AS id, max(start_ns) AS t \
+             FROM {spans} AS spans ALL INNER JOIN (SELECT timestamp, idx, trace_key FROM {} WHERE {} \
+             AND (timestamp, idx) IN (SELECT timestamp, idx FROM {spans})) AS refs USING (timestamp, idx) \
+             WHERE 1{} GROUP BY trace_key ORDER BY t DESC LIMIT {limit})",
+            self.layout.table("trace_refs"),
+            seconds_in(slice),
+            tags(Some("trace_key")),
+        );
+        let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
+            format!(
+                "SELECT * FROM (SELECT toUInt8({len}) AS len, {k} AS k, {id} AS id, max(start_ns) AS t FROM {} \
+                 WHERE {cond}{} GROUP BY {key} ORDER BY t DESC LIMIT {limit})",
+                self.layout.table(table),
+                tags(Some(short)),
+            )
+        };
+        [
+            span_refs,
+            newest("span_index", "trace_key", "trace_key", 4, "toUInt64(trace_key)", none),
+            newest("search", "trace_id", "reinterpretAsUInt32(trace_id)", 16, "toUInt64(0)", "trace_id"),
+        ]
+        .join(" UNION ALL ")
     }
 
     async fn apply_retention(&self) -> Result<usize, ChError> {
