@@ -569,6 +569,80 @@ async fn a_version_6_table_on_current_clickhouse_gets_the_new_payload_codec() {
     }
 }
 
+/// Conditions on what a span has (its resource, kind, duration) filter `span_refs` rows before
+/// their spans' trace numbers are turned into keys, alone and with a tag of the tag index: the
+/// searches find exactly the traces that have them, and nothing when no span of the service
+/// does (a resource attribute of another service).
+async fn span_level_conditions(url: &str, cluster: Option<&str>) {
+    let store = Delivered(open(config(url, cluster)).await);
+    let pod = |p: &str| AttrValue::Str(p.into());
+    let mut spans = Vec::new();
+    for t in 1..=30u8 {
+        let (frontend, backend) = if t % 2 == 0 { ("front-a", "back-a") } else { ("front-b", "back-b") };
+        spans.push(
+            B::new(t, 1)
+                .service("frontend")
+                .resource_attr("k8s.pod.name", pod(frontend))
+                .name("GET /")
+                .kind(SpanKind::Server)
+                .timing_ms(u64::from(t) * 10, u64::from(t))
+                .attr("user", AttrValue::Str(format!("u{}", t % 3).into()))
+                .build(),
+        );
+        spans.push(
+            B::new(t, 2)
+                .service("backend")
+                .resource_attr("k8s.pod.name", pod(backend))
+                .name("work")
+                .kind(SpanKind::Internal)
+                .parent(1)
+                .timing_ms(u64::from(t) * 10 + 1, 1)
+                .build(),
+        );
+    }
+    store.write(spans).await.unwrap();
+    let find = async |service: &str, tags: &[(&str, &str)], min_ms: Option<u64>| {
+        let q = TraceQuery {
+            service: Some(service.into()),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            min_duration_nanos: min_ms.map(|ms| ms * 1_000_000),
+            limit: 100,
+            ..TraceQuery::default()
+        };
+        let mut found: Vec<u8> = store
+            .find_traces(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| (1..=30u8).find(|n| B::trace_id(*n) == t[0].trace_id).unwrap())
+            .collect();
+        found.sort();
+        found
+    };
+    let even: Vec<u8> = (1..=30).filter(|t| t % 2 == 0).collect();
+    assert_eq!(find("frontend", &[("k8s.pod.name", "front-a")], None).await, even);
+    assert_eq!(
+        find("frontend", &[("k8s.pod.name", "back-a")], None).await,
+        [0u8; 0],
+        "another service's pod"
+    );
+    assert_eq!(find("frontend", &[("k8s.pod.name", "nowhere")], None).await, [0u8; 0]);
+    assert_eq!(find("frontend", &[("span.kind", "internal")], None).await, [0u8; 0]);
+    assert_eq!(find("backend", &[("span.kind", "internal")], None).await, (1..=30).collect::<Vec<u8>>());
+    assert_eq!(find("frontend", &[("k8s.pod.name", "front-a")], Some(21)).await, [22u8, 24, 26, 28, 30]);
+    assert_eq!(find("frontend", &[], Some(31)).await, [0u8; 0], "longer than every span");
+    // With a tag of the tag index (checked by trace after the join).
+    let with_user: Vec<u8> = even.iter().copied().filter(|t| t % 3 == 1).collect();
+    assert_eq!(find("frontend", &[("k8s.pod.name", "front-a"), ("user", "u1")], None).await, with_user);
+    assert_eq!(find("frontend", &[("user", "u1"), ("k8s.pod.name", "back-a")], None).await, [0u8; 0]);
+}
+
+server_tests!(span_level_conditions {
+    single: span_level_conditions_filter_span_refs_rows,
+    cluster: span_level_conditions_on_two_shards,
+    modern: span_level_conditions_on_current_clickhouse,
+});
+
 /// A `tag_refs` table made by schema version 8 (numbers only in `idxs`) gets version 9's
 /// number columns at migration, and its rows are searched with those written after.
 async fn tag_refs_of_version_8(url: &str, cluster: Option<&str>) {
