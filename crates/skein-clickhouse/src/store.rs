@@ -1657,10 +1657,11 @@ impl Shared {
         let span_refs = format!(
             "SELECT * FROM (SELECT toUInt8(4) AS len, toUInt64(trace_key) AS k, {none} AS id, max(start_ns) AS t \
              FROM {spans} AS spans ALL INNER JOIN (SELECT timestamp, idx, trace_key FROM {} WHERE {} \
-             AND (timestamp, idx) IN (SELECT timestamp, idx FROM {spans})) AS refs USING (timestamp, idx) \
+             AND timestamp IN (SELECT timestamp FROM {} PREWHERE {rows})) AS refs USING (timestamp, idx) \
              WHERE 1{} GROUP BY trace_key ORDER BY t DESC LIMIT {limit})",
             self.layout.table("trace_refs"),
             seconds_in(slice),
+            self.layout.table("span_refs"),
             tags(Some("trace_key")),
         );
         let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
