@@ -648,42 +648,67 @@ server_tests!(span_level_conditions {
 async fn tag_refs_of_version_8(url: &str, cluster: Option<&str>) {
     let c = config(url, cluster);
     let db = c.database.clone();
-    let client = Client::new(url, None, None).unwrap();
-    let run = async |sql: String| {
-        client.query(&sql, &[]).await.unwrap();
+    // Every server (the test cluster's two shards answer on the same port), and the name of
+    // the table that holds rows on one server.
+    let servers = match cluster {
+        None => vec![url.to_owned()],
+        Some(_) => vec![url.to_owned(), url.replace("127.0.0.2", "127.0.0.3")],
+    };
+    let local = if cluster.is_some() { "tag_refs_local" } else { "tag_refs" };
+    let run = async |server: &str, sql: String| {
+        Client::new(server, None, None)
+            .unwrap()
+            .query(&sql, &[("insert_distributed_sync", "1")])
+            .await
+            .unwrap();
     };
     let store = Delivered(open(c.clone()).await);
     let before = B::new(1, 1).service("svc").attr("k", AttrValue::Str("before".into())).build();
     store.write(vec![before.clone()]).await.unwrap();
     drop(store);
-    // Back to version 8: its columns, its row for `before` (numbers in `idxs`), its version.
-    run(format!("TRUNCATE TABLE {db}.tag_refs")).await;
-    for column in ["first", "first_high", "steps"] {
-        run(format!("ALTER TABLE {db}.tag_refs DROP COLUMN {column}")).await;
+    // Back to version 8 on every server: its columns, its version; and its row for `before`
+    // (numbers in `idxs`).
+    for server in &servers {
+        run(server, format!("TRUNCATE TABLE {db}.{local}")).await;
+        for column in ["first", "first_high", "steps"] {
+            run(server, format!("ALTER TABLE {db}.{local} DROP COLUMN {column}")).await;
+            if cluster.is_some() {
+                run(server, format!("ALTER TABLE {db}.tag_refs DROP COLUMN {column}")).await;
+            }
+        }
+        run(server, format!("DROP TABLE {db}.schema_migrations")).await;
+        run(
+            server,
+            format!(
+                "CREATE TABLE {db}.schema_migrations (version UInt32, applied_at DateTime, by String) ENGINE = TinyLog"
+            ),
+        )
+        .await;
+        run(server, format!("INSERT INTO {db}.schema_migrations VALUES (8, now(), 'version 8')")).await;
     }
     let key = u32::from_le_bytes(before.trace_id.as_bytes()[..4].try_into().unwrap());
-    run(format!(
-        "INSERT INTO {db}.tag_refs SELECT 'k', 'before', 'svc', timestamp, [idx], slot FROM {db}.trace_refs \
-         WHERE trace_key = {key} LIMIT 1"
-    ))
-    .await;
-    run(format!("DROP TABLE {db}.schema_migrations")).await;
-    run(format!(
-        "CREATE TABLE {db}.schema_migrations (version UInt32, applied_at DateTime, by String) ENGINE = TinyLog"
-    ))
-    .await;
-    run(format!("INSERT INTO {db}.schema_migrations VALUES (8, now(), 'version 8')")).await;
-
-    let store = Delivered(open(c).await);
-    let columns = count_on(
+    run(
         url,
-        &format!(
-            "SELECT count() FROM system.columns WHERE database = '{db}' AND table = 'tag_refs' \
-             AND name IN ('first', 'first_high', 'steps')"
+        format!(
+            "INSERT INTO {db}.tag_refs SELECT 'k', 'before', 'svc', timestamp, [idx], slot FROM {db}.trace_refs \
+             WHERE trace_key = {key} LIMIT 1"
         ),
     )
     .await;
-    assert_eq!(columns, 3, "version 9's columns added");
+
+    let store = Delivered(open(c).await);
+    for server in &servers {
+        let columns = count_on(
+            server,
+            &format!(
+                "SELECT count() FROM system.columns WHERE database = '{db}' AND table IN ('tag_refs', '{local}') \
+                 AND name IN ('first', 'first_high', 'steps')"
+            ),
+        )
+        .await;
+        let tables = if cluster.is_some() { 2 } else { 1 };
+        assert_eq!(columns, 3 * tables, "{server}: version 9's columns added");
+    }
     let after = B::new(2, 1).service("svc").attr("k", AttrValue::Str("after".into())).build();
     store.write(vec![after.clone()]).await.unwrap();
     for (value, trace) in [("before", before.trace_id), ("after", after.trace_id)] {
@@ -700,6 +725,7 @@ async fn tag_refs_of_version_8(url: &str, cluster: Option<&str>) {
 
 server_tests!(tag_refs_of_version_8 {
     single: a_version_8_tag_index_is_upgraded,
+    cluster: a_version_8_tag_index_is_upgraded_on_every_shard,
     modern: a_version_8_tag_index_is_upgraded_on_current_clickhouse,
 });
 
