@@ -497,6 +497,52 @@ fn calls_sql(children: &str, parents: &str, by: &str, window: &str) -> String {
     )
 }
 
+/// The conditions of the span path of a search in `slice`: on a `span_refs` row (`PREWHERE`:
+/// a row that may hold a matching span) and on a span (of `span_refs` flattened, or a row of
+/// `span_index` and `search`): in the slice, of the service and operation, in the duration
+/// bounds, and for every tag that the tag indexes do not hold in the window, of a resource
+/// that has it, of an operation that has it then, or, for `span.kind`, of that kind (tags
+/// they hold are checked by trace, [`Shared::span_index_sql`]). Starts and durations from
+/// schema version 7 on are rounded down (`index_start`, `index_duration`): lower bounds are
+/// rounded the same way (older rows, exact, pass too), upper bounds hold as they are;
+/// candidates are checked exactly.
+fn span_filters(q: &TraceQuery, slice: TimeRange, service: &str, per_tag: &[PerTag]) -> (String, String) {
+    let mut rows = format!("{}{service}", seconds_in(slice));
+    let mut cond = format!(
+        "{} AND start_ns >= {} AND start_ns < {}{service}",
+        seconds_in(slice),
+        index_start(slice.start_unix_nano),
+        slice.end_unix_nano
+    );
+    if let Some(o) = &q.operation {
+        rows.push_str(&format!(" AND name = {}", quote(o)));
+        cond.push_str(&format!(" AND name = {}", quote(o)));
+    }
+    if let Some(d) = q.min_duration_nanos {
+        rows.push_str(&format!(" AND longest >= {}", index_duration(d)));
+        cond.push_str(&format!(" AND duration_ns >= {}", index_duration(d)));
+    }
+    if let Some(d) = q.max_duration_nanos {
+        rows.push_str(&format!(" AND shortest <= {d}"));
+        cond.push_str(&format!(" AND duration_ns <= {d}"));
+    }
+    for (c, span, row) in per_tag {
+        if c.is_none() {
+            cond.push_str(&any_of(span));
+            rows.push_str(&any_of(row));
+        }
+    }
+    (rows, cond)
+}
+
+/// ` AND (a OR b …)` of SQL conditions; ` AND 0` of none.
+fn any_of(alternatives: &[String]) -> String {
+    match alternatives {
+        [] => " AND 0".to_owned(),
+        some => format!(" AND ({})", some.join(" OR ")),
+    }
+}
+
 /// The `timestamp` (seconds) condition of a time range.
 fn seconds_in(range: TimeRange) -> String {
     format!(
@@ -1494,11 +1540,15 @@ impl Shared {
         } else {
             Slices::new(q.time, 0)
         };
+        let mut first = true;
         loop {
             let (slice, whole) = slices.current();
             let sql = self.span_index_sql(q, slice, limit, &service, &time, &per_tag);
             let (ids, _) = self.newest_traces(&sql, limit).await?;
             if ids.len() >= limit || whole {
+                return Ok(ids);
+            }
+            if ids.is_empty() && std::mem::take(&mut first) && !self.may_match(q, &service, &per_tag).await? {
                 return Ok(ids);
             }
             slices.widen(ids.len(), limit);
@@ -1583,61 +1633,20 @@ impl Shared {
         time: &str,
         per_tag: &[PerTag],
     ) -> String {
-        // Spans that may match: in the slice, of the service and operation, in the duration
-        // bounds, and for every tag, in a trace whose tag index rows hold it (span and event
-        // attributes, synthetic tags; and, for spans stored by schema version 1 or 2, resource
-        // attributes), or of a resource that has it, or of an operation that has it then, or,
-        // for `span.kind`, of that kind. Starts and durations from schema version 7 on are
-        // rounded down (`index_start`, `index_duration`): lower bounds are rounded the same way
-        // (older rows, exact, pass too), upper bounds hold as they are; candidates are checked
-        // exactly.
-        let mut rows = format!("{}{service}", seconds_in(slice));
-        let mut cond = format!(
-            "{} AND start_ns >= {} AND start_ns < {}{service}",
-            seconds_in(slice),
-            index_start(slice.start_unix_nano),
-            slice.end_unix_nano
-        );
-        if let Some(o) = &q.operation {
-            rows.push_str(&format!(" AND name = {}", quote(o)));
-            cond.push_str(&format!(" AND name = {}", quote(o)));
-        }
-        if let Some(d) = q.min_duration_nanos {
-            rows.push_str(&format!(" AND longest >= {}", index_duration(d)));
-            cond.push_str(&format!(" AND duration_ns >= {}", index_duration(d)));
-        }
-        if let Some(d) = q.max_duration_nanos {
-            rows.push_str(&format!(" AND shortest <= {d}"));
-            cond.push_str(&format!(" AND duration_ns <= {d}"));
-        }
+        let (rows, cond) = span_filters(q, slice, service, per_tag);
         // A tag that the tag indexes hold in the window is checked by trace (for a row whose
-        // trace's 4-byte key is `short`); one they do not hold, only by what a span has, which
-        // filters the spans of `span_refs` before their numbers are turned into keys.
-        let by_span = |alternatives: &[String]| match alternatives {
-            [] => " AND 0".to_owned(),
-            some => format!(" AND ({})", some.join(" OR ")),
-        };
-        let tags = |short: Option<&str>| {
+        // trace's 4-byte key is `short`); one they do not hold is in `cond` and `rows` already.
+        let tags = |short: &str| {
             let mut out = String::new();
             for (c, others, _) in per_tag {
-                match (c, short) {
-                    (Some(c), Some(short)) => {
-                        let mut alternatives = vec![self.in_tag_index(short, c, time)];
-                        alternatives.extend(others.iter().cloned());
-                        out.push_str(&by_span(&alternatives));
-                    }
-                    (None, _) => out.push_str(&by_span(others)),
-                    (Some(_), None) => {}
+                if let Some(c) = c {
+                    let mut alternatives = vec![self.in_tag_index(short, c, time)];
+                    alternatives.extend(others.iter().cloned());
+                    out.push_str(&any_of(&alternatives));
                 }
             }
             out
         };
-        // The same for a `span_refs` row, before its spans are flattened.
-        for (c, _, row) in per_tag {
-            if c.is_none() {
-                rows.push_str(&by_span(row));
-            }
-        }
         // `span_refs` by trace number: a span of the row per element of its arrays (rows
         // without a span in the duration bounds, `longest` and `shortest`, or of a resource
         // a tag needs, `resources`, skipped before they are flattened), its start
@@ -1650,9 +1659,8 @@ impl Shared {
             "(SELECT service, name, kind, timestamp, idx, resources[place] AS resource_id, duration_ns, \
              toUInt64(timestamp) * 1000000000 + toUInt64(millisecond) * 1000000 AS start_ns FROM {} \
              ARRAY JOIN {SPAN_NUMBERS} AS idx, starts AS millisecond, durations AS duration_ns, \
-             resource_places AS place PREWHERE {rows} WHERE {cond}{})",
+             resource_places AS place PREWHERE {rows} WHERE {cond})",
             self.layout.table("span_refs"),
-            tags(None),
         );
         let span_refs = format!(
             "SELECT * FROM (SELECT toUInt8(4) AS len, toUInt64(trace_key) AS k, {none} AS id, max(start_ns) AS t \
@@ -1662,14 +1670,14 @@ impl Shared {
             self.layout.table("trace_refs"),
             seconds_in(slice),
             self.layout.table("span_refs"),
-            tags(Some("trace_key")),
+            tags("trace_key"),
         );
         let newest = |table: &str, key: &str, short: &str, len: u8, k: &str, id: &str| {
             format!(
                 "SELECT * FROM (SELECT toUInt8({len}) AS len, {k} AS k, {id} AS id, max(start_ns) AS t FROM {} \
                  WHERE {cond}{} GROUP BY {key} ORDER BY t DESC LIMIT {limit})",
                 self.layout.table(table),
-                tags(Some(short)),
+                tags(short),
             )
         };
         [
@@ -1678,6 +1686,25 @@ impl Shared {
             newest("search", "trace_id", "reinterpretAsUInt32(trace_id)", 16, "toUInt64(0)", "trace_id"),
         ]
         .join(" UNION ALL ")
+    }
+
+    /// Whether any row of the window may hold a match of the span path: a `span_refs` row that
+    /// passes the row filters, or a row of `span_index` or `search` that satisfies the
+    /// conditions on spans (tags the tag indexes hold are left out: a superset). One read of
+    /// those columns, asked after the first slice found nothing, so that a search that matches
+    /// nothing ends there instead of reading every wider slice.
+    async fn may_match(&self, q: &TraceQuery, service: &str, per_tag: &[PerTag]) -> Result<bool, StoreError> {
+        let (rows, cond) = span_filters(q, q.time, service, per_tag);
+        let sql = format!(
+            "SELECT count() FROM (SELECT * FROM (SELECT timestamp FROM {} PREWHERE {rows} LIMIT 1) \
+             UNION ALL SELECT * FROM (SELECT timestamp FROM {} WHERE {cond} LIMIT 1) \
+             UNION ALL SELECT * FROM (SELECT timestamp FROM {} WHERE {cond} LIMIT 1)) FORMAT RowBinary",
+            self.layout.table("span_refs"),
+            self.layout.table("span_index"),
+            self.layout.table("search"),
+        );
+        let rows = self.query(&sql).await?;
+        Ok(u64::from_le_bytes(Reader::new(&rows).array().map_err(corrupt)?) > 0)
     }
 
     async fn apply_retention(&self) -> Result<usize, ChError> {

@@ -635,6 +635,32 @@ async fn span_level_conditions(url: &str, cluster: Option<&str>) {
     let with_user: Vec<u8> = even.iter().copied().filter(|t| t % 3 == 1).collect();
     assert_eq!(find("frontend", &[("k8s.pod.name", "front-a"), ("user", "u1")], None).await, with_user);
     assert_eq!(find("frontend", &[("user", "u1"), ("k8s.pod.name", "back-a")], None).await, [0u8; 0]);
+    // Matches older than the newest second, in a window of an hour: the first slice (that
+    // second) has none of them, and the search goes on to wider slices.
+    let late = B::new(31, 1)
+        .service("frontend")
+        .resource_attr("k8s.pod.name", pod("front-c"))
+        .timing_ms(120_000, 1)
+        .build();
+    store.write(vec![late.clone()]).await.unwrap();
+    let window = TimeRange {
+        start_unix_nano: late.start_time_unix_nano - 3_000_000_000_000,
+        end_unix_nano: late.start_time_unix_nano + 1_000_000_000,
+    };
+    for (tags, min_ms) in [(vec![("k8s.pod.name", "front-a")], None), (vec![], Some(21))] {
+        let q = TraceQuery {
+            service: Some("frontend".into()),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            min_duration_nanos: min_ms.map(|ms: u64| ms * 1_000_000),
+            time: window,
+            limit: 100,
+            ..TraceQuery::default()
+        };
+        let found = store.find_traces(&q).await.unwrap();
+        let expected = if min_ms.is_some() { 10 } else { even.len() };
+        assert_eq!(found.len(), expected, "{tags:?} {min_ms:?}");
+        assert!(found.iter().all(|t| t[0].trace_id != late.trace_id));
+    }
 }
 
 server_tests!(span_level_conditions {
