@@ -433,14 +433,16 @@ struct Rows {
     new_scopes: Vec<ScopeKey>,
 }
 
-/// A span's start as `span_index` holds it (schema version 7): rounded down to the millisecond.
+/// A span's start as the search index holds it (`span_index` from schema version 7; `span_refs`
+/// as its millisecond within the row's second): rounded down to the millisecond.
 /// Searches compare it with bounds rounded the same way (a span whose start is at or after a
 /// bound has an index start at or after the bound's) and check every candidate exactly.
 fn index_start(nanos: u64) -> u64 {
     nanos / 1_000_000 * 1_000_000
 }
 
-/// A span's duration as `span_index` holds it (schema version 7): rounded down to its six
+/// A span's duration as the search index holds it (`span_index` from schema version 7,
+/// `span_refs`): rounded down to its six
 /// leading binary digits (at most 1/32 below it; a few thousand distinct values, which compress
 /// to under two bytes where microseconds took 2.5); compared like [`index_start`].
 fn index_duration(nanos: u64) -> u64 {
@@ -720,9 +722,9 @@ const OPERATION_LEVEL_TENTHS: u32 = 9;
 /// Span attributes that (almost) every span of an operation in the batch has with one value
 /// (`OPERATION_LEVEL_TENTHS`, and at least two spans): ports, peers, methods, routes, RPC and
 /// database systems. Each is written once into `operation_tags` (with the time the batch's
-/// spans of the operation cover) and returned, so that no `tag_index` row is written for it;
-/// a search for it reads the operation's `span_index` rows of that time, and the exact check
-/// drops the few spans without it. Values shared by fewer spans stay in `tag_index`.
+/// spans of the operation cover) and returned, so that no `tag_refs` row is written for it;
+/// a search for it reads the operation's `span_refs` rows of that time, and the exact check
+/// drops the few spans without it. Values shared by fewer spans stay in `tag_refs`.
 fn operation_tags<'a>(
     spans: &[&'a Span],
     w: &mut Writer,
@@ -1556,8 +1558,8 @@ impl Shared {
     }
 
     /// The newest second with spans (of `service`, when given) in ClickHouse: the newest
-    /// minute of the RED pre-aggregates (a few rows per minute), then the newest `span_index`
-    /// row from that minute on (a primary-key range of each operation). Where a search's
+    /// minute of the RED pre-aggregates (a few rows per minute), then the newest `span_refs`
+    /// (or older `span_index`) row from that minute on (a primary-key range of each operation). Where a search's
     /// newest slice begins.
     async fn newest_second(&self, service: Option<&str>) -> Result<Option<u64>, StoreError> {
         let filter = service.map(|s| format!("service = {} AND ", quote(s))).unwrap_or_default();
