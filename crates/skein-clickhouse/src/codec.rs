@@ -91,6 +91,14 @@ pub fn secs(nanos: u64) -> u32 {
     (nanos / 1_000_000_000).min(u64::from(u32::MAX)) as u32
 }
 
+/// Writes a `RowBinary` array: its length, then each of `items` by `each`.
+pub fn array<I: ExactSizeIterator>(w: &mut Writer, items: I, mut each: impl FnMut(&mut Writer, I::Item)) {
+    w.varint(items.len() as u64);
+    for item in items {
+        each(w, item);
+    }
+}
+
 /// Writes one `traces` row (schema version 8): `trace_id, timestamp, seconds, trace_start,
 /// span_ids, parents, parent_ids, starts, resource_ids, payloads` for `spans` (of one trace, in
 /// the order they are to be stored, with their resource ids). A span's parent is its place in
@@ -109,39 +117,28 @@ pub fn encode_trace_row(w: &mut Writer, trace_id: &TraceId, spans: &[(&Span, u64
         Some(map) => map.get(id).copied(),
         None => spans.iter().rposition(|(s, _)| s.span_id == *id).map(|i| i as u16 + 1),
     };
-    let n = spans.len() as u64;
     w.buf.extend_from_slice(trace_id.as_bytes());
     w.buf.extend_from_slice(&secs(first).to_le_bytes());
     w.buf.extend_from_slice(&(secs(last) - secs(first)).to_le_bytes());
     w.buf.extend_from_slice(&first.to_le_bytes());
-    w.varint(n);
-    for (s, _) in spans {
-        w.buf.extend_from_slice(s.span_id.as_bytes());
-    }
-    w.varint(n);
-    for (s, _) in spans {
+    array(w, spans.iter(), |w, (s, _)| w.buf.extend_from_slice(s.span_id.as_bytes()));
+    array(w, spans.iter(), |w, (s, _)| {
         let p = s.parent_span_id.and_then(|p| place(&p)).unwrap_or(0);
         w.buf.extend_from_slice(&p.to_le_bytes());
-    }
-    w.varint(n);
-    for (s, _) in spans {
+    });
+    array(w, spans.iter(), |w, (s, _)| {
         let outside = s.parent_span_id.filter(|p| place(p).is_none());
         w.buf.extend_from_slice(&outside.map(|p| *p.as_bytes()).unwrap_or([0; 8]));
-    }
-    w.varint(n);
-    for (s, _) in spans {
-        w.buf.extend_from_slice(&(s.start_time_unix_nano - first).to_le_bytes());
-    }
-    w.varint(n);
-    for (_, res) in spans {
-        w.buf.extend_from_slice(&res.to_le_bytes());
-    }
-    w.varint(n);
-    for (s, _) in spans {
+    });
+    array(w, spans.iter(), |w, (s, _)| {
+        w.buf.extend_from_slice(&(s.start_time_unix_nano - first).to_le_bytes())
+    });
+    array(w, spans.iter(), |w, (_, res)| w.buf.extend_from_slice(&res.to_le_bytes()));
+    array(w, spans.iter(), |w, (s, _)| {
         payload.clear();
         encode_payload(s, payload);
         w.bytes(payload);
-    }
+    });
 }
 
 /// A span of a row read back: its ids and start, its resource id and its payload.

@@ -671,10 +671,9 @@ fn number_runs(sorted: &[u32]) -> Vec<std::ops::Range<usize>> {
 fn write_numbers(w: &mut Writer, run: &[u32]) {
     w.buf.extend_from_slice(&(run[0] as u16).to_le_bytes());
     w.buf.extend_from_slice(&((run[0] >> 16) as u16).to_le_bytes());
-    w.varint(run.len() as u64 - 1);
-    for pair in run.windows(2) {
-        w.buf.extend_from_slice(&((pair[1] - pair[0]) as u16).to_le_bytes());
-    }
+    codec::array(w, run.windows(2), |w, pair| {
+        w.buf.extend_from_slice(&((pair[1] - pair[0]) as u16).to_le_bytes())
+    });
 }
 
 /// An attribute value as the `tags` index holds it: its search text, cut to
@@ -898,28 +897,18 @@ impl Shared {
                 w.buf.extend_from_slice(&ts.to_le_bytes());
                 write_numbers(w, &numbers_of_row[run.clone()]);
                 let elements = &elements[run];
-                w.varint(elements.len() as u64);
-                for e in elements {
-                    w.buf.extend_from_slice(&e.1.to_le_bytes());
-                }
-                w.varint(elements.len() as u64);
-                for e in elements {
-                    w.buf.extend_from_slice(&e.2.to_le_bytes());
-                }
+                codec::array(w, elements.iter(), |w, e| w.buf.extend_from_slice(&e.1.to_le_bytes()));
+                codec::array(w, elements.iter(), |w, e| w.buf.extend_from_slice(&e.2.to_le_bytes()));
                 // The row's resources once, and each span's as its place among them.
                 resources_of_row.clear();
                 resources_of_row.extend(elements.iter().map(|e| e.3));
                 resources_of_row.sort_unstable();
                 resources_of_row.dedup();
-                w.varint(resources_of_row.len() as u64);
-                for id in &resources_of_row {
-                    w.buf.extend_from_slice(&id.to_le_bytes());
-                }
-                w.varint(elements.len() as u64);
-                for e in elements {
+                codec::array(w, resources_of_row.iter(), |w, id| w.buf.extend_from_slice(&id.to_le_bytes()));
+                codec::array(w, elements.iter(), |w, e| {
                     let place = resources_of_row.binary_search(&e.3).expect("a resource of the row") + 1;
                     w.buf.extend_from_slice(&(place as u16).to_le_bytes());
-                }
+                });
                 let longest = elements.iter().map(|e| e.2).max().expect("a run is not empty");
                 let shortest = elements.iter().map(|e| e.2).min().expect("a run is not empty");
                 w.buf.extend_from_slice(&longest.to_le_bytes());
