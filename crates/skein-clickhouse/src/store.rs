@@ -644,14 +644,15 @@ fn tag_refs_value(text: Cow<'_, str>) -> Cow<'_, [u8]> {
     }
 }
 
-/// Splits sorted numbers into runs whose steps fit a `UInt16`: each run is one row of
-/// `tag_refs` or `span_refs` ([`write_numbers`]). Only a node that numbers more than 65,535
-/// traces in a second (or a value of traces far apart in one) needs more than one.
+/// Splits sorted numbers into runs whose steps fit a `UInt16`, of at most 65,535 numbers (so
+/// that a `span_refs` row's places among its resources fit a `UInt16` too): each run is one
+/// row of `tag_refs` or `span_refs` ([`write_numbers`]). Only a node that numbers more than
+/// 65,535 traces in a second (or a value of traces far apart in one) needs more than one.
 fn number_runs(sorted: &[u32]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut start = 0;
     for i in 1..sorted.len() {
-        if sorted[i] - sorted[i - 1] > u32::from(u16::MAX) {
+        if sorted[i] - sorted[i - 1] > u32::from(u16::MAX) || i - start == usize::from(u16::MAX) {
             runs.push(start..i);
             start = i;
         }
@@ -899,7 +900,8 @@ impl Shared {
                 let elements = &elements[run];
                 codec::array(w, elements.iter(), |w, e| w.buf.extend_from_slice(&e.1.to_le_bytes()));
                 codec::array(w, elements.iter(), |w, e| w.buf.extend_from_slice(&e.2.to_le_bytes()));
-                // The row's resources once, and each span's as its place among them.
+                // The row's resources once, and each span's as its place among them (at most
+                // 65,535: a run has no more spans).
                 resources_of_row.clear();
                 resources_of_row.extend(elements.iter().map(|e| e.3));
                 resources_of_row.sort_unstable();
@@ -2339,6 +2341,10 @@ mod tests {
         assert_eq!(number_runs(&[7]), vec![std::ops::Range { start: 0, end: 1 }]);
         let max = u32::from(u16::MAX);
         assert_eq!(number_runs(&[0, max, max + 1, 2 * max + 2, 2 * max + 2]), [0..3, 3..5]);
+        // And at most 65,535 numbers a run, however close.
+        let many = vec![9; 2 * usize::from(u16::MAX) + 1];
+        let long = usize::from(u16::MAX);
+        assert_eq!(number_runs(&many), [0..long, long..2 * long, 2 * long..2 * long + 1]);
         let numbers = [5 << 24 | 70_000, 5 << 24 | 70_003, 5 << 24 | 70_003, 5 << 24 | 135_000];
         let mut w = Writer::default();
         write_numbers(&mut w, &numbers);
