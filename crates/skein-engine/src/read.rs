@@ -130,11 +130,17 @@ impl Engine {
         }
         let (_, blocks) = shared.snapshot();
         let wanted: std::collections::HashSet<TraceId> = ids.iter().copied().collect();
+        let ids = ids.to_vec();
         let from_blocks = tokio::task::spawn_blocking(move || {
             let mut out: HashMap<TraceId, Vec<Span>> = HashMap::new();
             for b in blocks.iter() {
-                let chunks: BTreeSet<usize> =
-                    wanted.iter().filter(|id| b.has_trace(**id)).flat_map(|id| b.chunks_of(*id)).collect();
+                let chunks = match b.chunks_of(&*shared.config.fs, &ids) {
+                    Ok(chunks) => chunks,
+                    Err(e) => {
+                        tracing::error!(error = %e, "trace index unreadable; block skipped");
+                        continue;
+                    }
+                };
                 for chunk in chunks {
                     for span in shared.read_chunk(b, chunk).into_iter().flatten() {
                         if wanted.contains(&span.trace_id) {

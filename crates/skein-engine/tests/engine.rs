@@ -1008,3 +1008,37 @@ async fn many_chunks_encoded_in_parallel_read_back_exactly() {
     assert!(e.compact().await.unwrap());
     check(e, "compacted").await;
 }
+
+/// Format 6: a block's trace index stays on disk, and the open block keeps the first id of each
+/// page of 128 entries, not an entry per trace; every trace is still found, and an absent one
+/// is not.
+#[tokio::test]
+async fn the_trace_index_stays_on_disk_and_finds_every_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    let id = |n: u32| {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_be_bytes());
+        b[12..].copy_from_slice(&(n + 1).to_be_bytes());
+        skein_model::TraceId::from_bytes(b).unwrap()
+    };
+    let spans: Vec<Span> = (0..20_000u32)
+        .map(|n| {
+            let span_id = skein_model::SpanId::from_bytes((n as u64 + 1).to_be_bytes()).unwrap();
+            B::new(1, 1).service("many").ids(id(n), span_id, None).build()
+        })
+        .collect();
+    e.write(spans).await.unwrap();
+    e.flush().await.unwrap();
+    assert_eq!(e.block_count(), 1);
+    let stats = e.stats();
+    let index = stats.memory_bytes.iter().find(|(part, _)| *part == "trace_index").unwrap().1;
+    assert!(index <= 20_000 / 128 * 16 + 64, "{index} bytes of trace index in memory for 20,000 traces");
+    for n in (0..20_000).step_by(997).chain([19_999]) {
+        let got = e.trace(id(n)).await.unwrap().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].trace_id, id(n));
+    }
+    assert!(e.trace(id(20_001)).await.unwrap().is_none());
+    e.close().await;
+}

@@ -19,16 +19,18 @@ use skein_store::red::RedSummary;
 mod inverted;
 mod postings;
 mod reader;
+mod traces;
 mod writer;
 
 use inverted::{PostingIndex, PostingIndexBuilder};
 use postings::chunk_postings;
+use traces::TraceIndex;
 pub(crate) use writer::{BlockWriter, serially, write_block};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
-/// Version of the block format written by this code (versions 1 to 4 are still read).
-pub const BLOCK_VERSION: u32 = 5;
+/// Version of the block format written by this code (versions 1 to 5 are still read).
+pub const BLOCK_VERSION: u32 = 6;
 /// Most distinct values a chunk's postings list for one (service, key); beyond, the values go
 /// into the chunk's Bloom filter (format 4; "many" before).
 const MAX_POSTING_VALUES: usize = 32;
@@ -181,8 +183,9 @@ pub struct Block {
     chunks: Vec<ChunkMeta>,
     /// service → (operation, kind) → spans.
     pub(crate) services: Vec<(String, OperationCounts)>,
-    /// The trace index (since format v3 a trace may be in several chunks), by hash of the id.
-    traces: reader::TraceIndex,
+    /// The trace index (since format v3 a trace may be in several chunks): on disk with the
+    /// first id of each page in memory (format 6), or a hash per entry in memory.
+    traces: TraceIndex,
     /// Version 4: where the block's RED pre-aggregates lie (offset, length, crc32 of the
     /// compressed bytes); `None` for older blocks and compactions of them.
     red: Option<(u64, u32, u32)>,

@@ -227,25 +227,44 @@ impl Block {
                 bloom_slot: 0,
             });
         }
-        let n = r.count()?;
-        let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(if build { n } else { 0 });
-        if let Some(out) = &mut per_chunk {
-            out.traces = vec![Vec::new(); chunks.len()];
-        }
-        for _ in 0..n {
-            let id = TraceId::from_slice(r.bytes(16)?).map_err(|e| format!("bad trace id in index: {e}"))?;
-            let chunk = r.varint()? as u32;
-            if chunk as usize >= chunks.len() {
-                return Err("trace index names an unknown chunk".into());
-            }
-            if build {
-                pairs.push((trace_key(id), chunk));
-            }
+        // Formats before 6 list every (trace, chunk) entry here; format 6 says where its trace
+        // section lies and the first id of each page (checked once the section's end is known).
+        let mut paged = None;
+        let mut traces = None;
+        if version >= 6 {
+            let entries = r.varint()?;
+            let offset = r.varint()?;
+            let per_page = u32::try_from(r.varint()?).map_err(|_| "trace section pages too long")?;
+            let pages = r.count()?;
+            let firsts = (0..pages)
+                .map(|_| TraceId::from_slice(r.bytes(16)?).map_err(|e| format!("bad trace id in index: {e}")))
+                .collect::<Result<Vec<_>, String>>()?;
+            paged = Some((entries, offset, per_page, firsts));
             if let Some(out) = &mut per_chunk {
-                out.traces[chunk as usize].push(id);
+                out.traces = vec![Vec::new(); chunks.len()];
             }
+        } else {
+            let n = r.count()?;
+            let mut pairs: Vec<(u32, u32)> = Vec::with_capacity(if build { n } else { 0 });
+            if let Some(out) = &mut per_chunk {
+                out.traces = vec![Vec::new(); chunks.len()];
+            }
+            for _ in 0..n {
+                let id =
+                    TraceId::from_slice(r.bytes(16)?).map_err(|e| format!("bad trace id in index: {e}"))?;
+                let chunk = r.varint()? as u32;
+                if chunk as usize >= chunks.len() {
+                    return Err("trace index names an unknown chunk".into());
+                }
+                if build {
+                    pairs.push((traces::trace_key(id), chunk));
+                }
+                if let Some(out) = &mut per_chunk {
+                    out.traces[chunk as usize].push(id);
+                }
+            }
+            traces = Some(TraceIndex::Hashed(traces::Hashed::new(pairs, chunks.len())));
         }
-        let traces = TraceIndex::new(pairs, chunks.len());
         let red = match version {
             4.. => match r.varint()? {
                 0 => None,
@@ -258,9 +277,22 @@ impl Block {
             },
             _ => None,
         };
+        // What lies before the RED pre-aggregates (or the index): the trace section (format 6),
+        // and before it the Bloom section (format 5).
+        let end = red.map_or(index_offset, |(offset, _, _)| offset);
+        let traces = match (traces, paged) {
+            (Some(traces), _) => traces,
+            (None, Some((entries, offset, per_page, firsts))) => {
+                TraceIndex::Paged(traces::Paged::new(offset, entries, per_page, firsts, chunks.len(), end)?)
+            }
+            (None, None) => unreachable!("every version reads one form of trace index"),
+        };
         let bloom_groups = if version >= 5 {
             let at = r.varint()?;
-            let end = red.map_or(index_offset, |(offset, _, _)| offset);
+            let end = match &traces {
+                TraceIndex::Paged(p) => p.offset(),
+                TraceIndex::Hashed(_) => end,
+            };
             bloom_groups(&mut chunks, at, end)?
         } else {
             Vec::new()
@@ -314,20 +346,11 @@ impl Block {
         self.path.file_stem()?.to_str()?.parse().ok()
     }
 
-    /// The chunks that may hold spans of `id` (answered from the in-memory index by a 32-bit
-    /// hash of the id: a chunk read for it holds its spans or, in the rare case of another
-    /// trace with the same hash, not; empty: "not here").
-    pub fn chunks_of(&self, id: TraceId) -> impl Iterator<Item = usize> + '_ {
-        let key = trace_key(id);
-        let t = &self.traces;
-        let first = t.keys.partition_point(|k| *k < key);
-        let n = t.keys[first..].iter().take_while(|k| **k == key).count();
-        (first..first + n).map(|i| t.chunk(i))
-    }
-
-    /// Whether the block may hold spans of `id` (see [`Block::chunks_of`]).
-    pub fn has_trace(&self, id: TraceId) -> bool {
-        self.chunks_of(id).next().is_some()
+    /// The chunks that may hold spans of any of `ids` (see [`TraceIndex::chunks_of`]: exact
+    /// for format 6, read from the block's trace section; by a 32-bit hash of the id before,
+    /// so a chunk read for it may, rarely, hold only another trace's spans).
+    pub fn chunks_of(&self, fs: &dyn Fs, ids: &[TraceId]) -> Result<BTreeSet<usize>, BlockError> {
+        self.traces.chunks_of(fs, &self.path, ids).map_err(|e| self.corrupt(e))
     }
 
     /// Bytes of memory the open block holds (its index and the Bloom filters searches have
@@ -534,6 +557,9 @@ impl Block {
         }
         let mut copy = ChunkCopies::default();
         Self::open_with(fs, &self.path, Some(&mut copy))?;
+        if let TraceIndex::Paged(p) = &self.traces {
+            p.read_all(fs, &self.path, &mut copy.traces).map_err(|e| self.corrupt(e))?;
+        }
         if copy.postings.len() != self.chunks.len() || copy.traces.len() != self.chunks.len() {
             return Err(self.corrupt("the index changed under an open block".into()));
         }
@@ -709,59 +735,6 @@ pub(crate) struct ChunkCopies {
     traces: Vec<Vec<TraceId>>,
 }
 
-/// The key of a trace id in a block's in-memory trace index: a 32-bit hash of the whole id
-/// (not a part of it: ids with equal halves or a zero half, as 64-bit ids padded to 128 bits
-/// are, would share it).
-fn trace_key(id: TraceId) -> u32 {
-    xxhash_rust::xxh3::xxh3_64(id.as_bytes()) as u32
-}
-
-/// A block's trace index in memory: for each trace and chunk it is in, a 32-bit hash of the
-/// trace id and the chunk number (16 bits when the block has at most 65,536 chunks), sorted.
-/// 6 bytes an entry instead of the 20 of an id and a chunk: at 100M spans, about 50 MiB
-/// instead of 160. Two traces whose hashes collide share their entries' chunks: a block of
-/// 140,000 traces answers "maybe here" for an absent trace about once in 30,000 lookups, and
-/// the chunk read for it is filtered by id.
-#[derive(Debug)]
-pub(crate) struct TraceIndex {
-    keys: Vec<u32>,
-    chunks: TraceChunks,
-}
-
-#[derive(Debug)]
-enum TraceChunks {
-    Narrow(Vec<u16>),
-    Wide(Vec<u32>),
-}
-
-impl TraceIndex {
-    fn new(mut pairs: Vec<(u32, u32)>, chunks: usize) -> TraceIndex {
-        pairs.sort_unstable();
-        let keys = pairs.iter().map(|(k, _)| *k).collect();
-        let chunks = if chunks <= 1 << 16 {
-            TraceChunks::Narrow(pairs.iter().map(|(_, c)| *c as u16).collect())
-        } else {
-            TraceChunks::Wide(pairs.iter().map(|(_, c)| *c).collect())
-        };
-        TraceIndex { keys, chunks }
-    }
-
-    fn chunk(&self, i: usize) -> usize {
-        match &self.chunks {
-            TraceChunks::Narrow(c) => c[i] as usize,
-            TraceChunks::Wide(c) => c[i] as usize,
-        }
-    }
-
-    fn memory_bytes(&self) -> usize {
-        self.keys.capacity() * 4
-            + match &self.chunks {
-                TraceChunks::Narrow(c) => c.capacity() * 2,
-                TraceChunks::Wide(c) => c.capacity() * 4,
-            }
-    }
-}
-
 /// Most bytes of Bloom filters all open blocks keep in memory once searches have read them.
 /// Beyond, a search reads the filters it needs from the file each time (the next ones it will
 /// ask with one open of the file): a block does not keep more memory as the data grows (about
@@ -856,34 +829,5 @@ mod tests {
         let members: Vec<usize> = g.members.iter().map(|c| *c as usize).collect();
         assert_eq!(got, members, "the damaged group's chunks, and only them");
         assert!(damaged.copy_source(&OsFs).is_err(), "compaction refuses a damaged filter");
-    }
-
-    #[test]
-    fn trace_index_finds_every_chunk_of_a_trace_narrow_and_wide() {
-        let id = |n: u64| {
-            let mut b = [0u8; 16];
-            b[8..].copy_from_slice(&(n + 1).to_be_bytes());
-            TraceId::from_bytes(b).unwrap()
-        };
-        for chunk_count in [10usize, 70_000] {
-            let far = chunk_count as u32 - 1;
-            let pairs: Vec<(u32, u32)> = (0..1000u64)
-                .flat_map(|n| [(trace_key(id(n)), (n % 7) as u32), (trace_key(id(n)), far)])
-                .collect();
-            let index = TraceIndex::new(pairs, chunk_count);
-            assert_eq!(matches!(index.chunks, TraceChunks::Narrow(_)), chunk_count <= 1 << 16);
-            for n in [0u64, 1, 500, 999] {
-                let key = trace_key(id(n));
-                let first = index.keys.partition_point(|k| *k < key);
-                let found: Vec<usize> = (first..)
-                    .take_while(|i| index.keys.get(*i) == Some(&key))
-                    .map(|i| index.chunk(i))
-                    .collect();
-                assert_eq!(found, vec![(n % 7) as usize, far as usize], "{chunk_count} chunks, trace {n}");
-            }
-        }
-        // Ids that differ only in their upper half (or are 64-bit ids padded with zeros) get
-        // different keys.
-        assert_ne!(trace_key(id(1)), trace_key(id(2)));
     }
 }

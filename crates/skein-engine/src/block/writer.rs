@@ -412,6 +412,10 @@ impl<'a> BlockWriter<'a> {
                 file.extend_from_slice(&g.region(j, &self.blocked));
             }
         }
+        // The trace section: the (trace id, chunk) entries in pages; the index holds where.
+        let trace_offset = at(&file);
+        let trace_section = traces::TraceSection::write(&trace_index, self.chunks.len());
+        file.extend_from_slice(&trace_section.bytes);
         let red = if self.red_incomplete || self.red.is_empty() {
             Vec::new()
         } else {
@@ -499,9 +503,11 @@ impl<'a> BlockWriter<'a> {
             }
         }
         index.varint(trace_index.len() as u64);
-        for (id, chunk) in &trace_index {
+        index.varint(trace_offset);
+        index.varint(traces::PAGE_ENTRIES as u64);
+        index.varint(trace_section.firsts.len() as u64);
+        for id in &trace_section.firsts {
             index.buf.extend_from_slice(id.as_bytes());
-            index.varint(*chunk as u64);
         }
         index.varint(red.len() as u64);
         if !red.is_empty() {

@@ -1,0 +1,445 @@
+//! A block's trace-id index: which chunks hold the spans of each trace. Written by
+//! [`TraceSection::write`], held by an open block as a [`TraceIndex`], asked by
+//! [`TraceIndex::chunks_of`]. Specified in `docs/format/block.md` ("Trace section").
+//!
+//! Format 6 keeps the index on disk, in pages of sorted `(trace id, chunk)` entries each with
+//! its crc32; the open block holds only the first id of every page, so its memory does not
+//! grow with the traces it stores (0.125 bytes an entry instead of 6). Formats 3 to 5 list the
+//! entries in the block's compressed index, and the open block keeps a 32-bit hash of each.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use skein_model::TraceId;
+use skein_wal::fs::Fs;
+
+/// Entries in a page of the trace section (the last page may hold fewer). One page is what a
+/// lookup reads: 128 entries of 18 bytes, about 2.3 KiB.
+pub(crate) const PAGE_ENTRIES: u32 = 128;
+
+/// Chunk numbers are 2 bytes in the trace section up to this many chunks, 4 beyond.
+const NARROW_CHUNKS: usize = 1 << 16;
+
+/// Why an index could not answer.
+pub(crate) type IndexError = String;
+
+/// A block's trace index as an open block holds it.
+#[derive(Debug)]
+pub(crate) enum TraceIndex {
+    /// Formats 3 to 5 (and 1 and 2): every entry as a hash, in memory.
+    Hashed(Hashed),
+    /// Format 6: the entries on disk, the first id of each page in memory.
+    Paged(Paged),
+}
+
+impl TraceIndex {
+    /// The chunks that may hold spans of any of `ids`: read from the block's file at `path`
+    /// for format 6 (one read, of the pages the ids may be in), from memory before. Format 6
+    /// answers exactly; the hashed index may name a chunk of another trace with the same hash
+    /// (the caller filters the spans it reads by id).
+    pub(crate) fn chunks_of(
+        &self,
+        fs: &dyn Fs,
+        path: &Path,
+        ids: &[TraceId],
+    ) -> Result<BTreeSet<usize>, IndexError> {
+        match self {
+            TraceIndex::Hashed(h) => Ok(ids.iter().flat_map(|id| h.chunks_of(*id)).collect()),
+            TraceIndex::Paged(p) => p.chunks_of(fs, path, ids),
+        }
+    }
+
+    /// Bytes of memory the index holds.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        match self {
+            TraceIndex::Hashed(h) => h.memory_bytes(),
+            TraceIndex::Paged(p) => p.firsts.capacity() * 16,
+        }
+    }
+}
+
+/// The key of a trace id in a hashed trace index: a 32-bit hash of the whole id (not a part of
+/// it: ids with equal halves or a zero half, as 64-bit ids padded to 128 bits are, would share
+/// it).
+pub(crate) fn trace_key(id: TraceId) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes()) as u32
+}
+
+/// A trace index in memory (formats 1 to 5): for each trace and chunk it is in, a 32-bit hash
+/// of the trace id and the chunk number (16 bits when the block has at most 65,536 chunks),
+/// sorted. 6 bytes an entry instead of the 20 of an id and a chunk. Two traces whose hashes
+/// collide share their entries' chunks: a block of 140,000 traces answers "maybe here" for an
+/// absent trace about once in 30,000 lookups, and the chunk read for it is filtered by id.
+#[derive(Debug)]
+pub(crate) struct Hashed {
+    keys: Vec<u32>,
+    chunks: HashedChunks,
+}
+
+#[derive(Debug)]
+enum HashedChunks {
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+impl Hashed {
+    pub(crate) fn new(mut pairs: Vec<(u32, u32)>, chunks: usize) -> Hashed {
+        pairs.sort_unstable();
+        let keys = pairs.iter().map(|(k, _)| *k).collect();
+        let chunks = if chunks <= NARROW_CHUNKS {
+            HashedChunks::Narrow(pairs.iter().map(|(_, c)| *c as u16).collect())
+        } else {
+            HashedChunks::Wide(pairs.iter().map(|(_, c)| *c).collect())
+        };
+        Hashed { keys, chunks }
+    }
+
+    fn chunk(&self, i: usize) -> usize {
+        match &self.chunks {
+            HashedChunks::Narrow(c) => c[i] as usize,
+            HashedChunks::Wide(c) => c[i] as usize,
+        }
+    }
+
+    fn chunks_of(&self, id: TraceId) -> impl Iterator<Item = usize> + '_ {
+        let key = trace_key(id);
+        let first = self.keys.partition_point(|k| *k < key);
+        let n = self.keys[first..].iter().take_while(|k| **k == key).count();
+        (first..first + n).map(|i| self.chunk(i))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.keys.capacity() * 4
+            + match &self.chunks {
+                HashedChunks::Narrow(c) => c.capacity() * 2,
+                HashedChunks::Wide(c) => c.capacity() * 4,
+            }
+    }
+}
+
+/// A format 6 trace index: where its section lies and the first id of each page.
+#[derive(Debug)]
+pub(crate) struct Paged {
+    offset: u64,
+    entries: u64,
+    per_page: u32,
+    /// Chunk numbers are 4 bytes (the block has more than 65,536 chunks), else 2.
+    wide: bool,
+    firsts: Vec<TraceId>,
+}
+
+/// The trace section of a block being written, and what its index says of it.
+pub(crate) struct TraceSection {
+    /// The pages, one after the other.
+    pub(crate) bytes: Vec<u8>,
+    /// The first id of each page.
+    pub(crate) firsts: Vec<TraceId>,
+}
+
+fn entry_len(wide: bool) -> usize {
+    16 + if wide { 4 } else { 2 }
+}
+
+impl TraceSection {
+    /// The section of `entries`, sorted by (id, chunk) and without repeats, for a block of
+    /// `chunks` chunks.
+    pub(crate) fn write(entries: &[(TraceId, u32)], chunks: usize) -> TraceSection {
+        debug_assert!(entries.windows(2).all(|w| w[0] < w[1]), "entries sorted and apart");
+        let wide = chunks > NARROW_CHUNKS;
+        let mut bytes = Vec::with_capacity(entries.len() * entry_len(wide) + entries.len() / 32 + 4);
+        let mut firsts = Vec::with_capacity(entries.len().div_ceil(PAGE_ENTRIES as usize));
+        for page in entries.chunks(PAGE_ENTRIES as usize) {
+            firsts.push(page[0].0);
+            let start = bytes.len();
+            for (id, chunk) in page {
+                bytes.extend_from_slice(id.as_bytes());
+                if wide {
+                    bytes.extend_from_slice(&chunk.to_le_bytes());
+                } else {
+                    bytes.extend_from_slice(&(*chunk as u16).to_le_bytes());
+                }
+            }
+            let crc = crc32fast::hash(&bytes[start..]);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+        }
+        TraceSection { bytes, firsts }
+    }
+}
+
+impl Paged {
+    /// The index of a section at `offset` with `entries` entries in pages of `per_page`, the
+    /// first ids `firsts`, in a block of `chunks` chunks whose section must end by `end`.
+    pub(crate) fn new(
+        offset: u64,
+        entries: u64,
+        per_page: u32,
+        mut firsts: Vec<TraceId>,
+        chunks: usize,
+        end: u64,
+    ) -> Result<Paged, IndexError> {
+        firsts.shrink_to_fit();
+        if per_page == 0 {
+            return Err("trace section pages of 0 entries".into());
+        }
+        if firsts.len() as u64 != entries.div_ceil(per_page as u64) {
+            return Err("trace section page count does not match its entries".into());
+        }
+        if firsts.windows(2).any(|w| w[0] > w[1]) {
+            return Err("trace section pages out of order".into());
+        }
+        let p = Paged { offset, entries, per_page, wide: chunks > NARROW_CHUNKS, firsts };
+        if offset.checked_add(p.len()).is_none_or(|e| e > end) {
+            return Err("the trace section lies outside the file".into());
+        }
+        Ok(p)
+    }
+
+    /// Where the section starts.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes of the section.
+    fn len(&self) -> u64 {
+        self.entries * entry_len(self.wide) as u64 + self.firsts.len() as u64 * 4
+    }
+
+    /// Where page `p` lies and how many entries it holds.
+    fn page(&self, p: usize) -> (u64, usize, usize) {
+        let full = self.per_page as u64 * entry_len(self.wide) as u64 + 4;
+        let n = (self.entries - p as u64 * self.per_page as u64).min(self.per_page as u64) as usize;
+        (self.offset + p as u64 * full, n * entry_len(self.wide) + 4, n)
+    }
+
+    /// The entries of page `p` as read from the file: crc checked, and its first id the one
+    /// the index names.
+    fn entries_of<'r>(
+        &self,
+        p: usize,
+        bytes: &'r [u8],
+    ) -> Result<impl Iterator<Item = (&'r [u8], u32)> + 'r, IndexError> {
+        let (_, len, _) = self.page(p);
+        let (body, crc) = bytes.split_at_checked(len.saturating_sub(4)).ok_or("short trace page")?;
+        if bytes.len() != len || crc32fast::hash(body).to_le_bytes() != crc {
+            return Err(format!("trace section page {p} crc mismatch"));
+        }
+        if body.get(..16) != Some(self.firsts[p].as_bytes().as_slice()) {
+            return Err(format!("trace section page {p} does not start with the id the index names"));
+        }
+        let wide = self.wide;
+        Ok(body.chunks_exact(entry_len(wide)).map(move |e| {
+            let chunk = if wide {
+                u32::from_le_bytes(e[16..20].try_into().expect("4 bytes"))
+            } else {
+                u16::from_le_bytes(e[16..18].try_into().expect("2 bytes")) as u32
+            };
+            (&e[..16], chunk)
+        }))
+    }
+
+    /// The pages an entry of `id` may be in: from the last page starting before it to the last
+    /// starting with it.
+    fn pages_of(&self, id: TraceId) -> std::ops::Range<usize> {
+        let before = self.firsts.partition_point(|f| *f < id);
+        let through = self.firsts.partition_point(|f| *f <= id);
+        before.saturating_sub(1)..through
+    }
+
+    fn chunks_of(&self, fs: &dyn Fs, path: &Path, ids: &[TraceId]) -> Result<BTreeSet<usize>, IndexError> {
+        let pages: BTreeSet<usize> = ids.iter().flat_map(|id| self.pages_of(*id)).collect();
+        if pages.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let ranges: Vec<(u64, usize)> = pages
+            .iter()
+            .map(|p| {
+                let (at, len, _) = self.page(*p);
+                (at, len)
+            })
+            .collect();
+        let read = fs.read_ranges(path, &ranges).map_err(|e| format!("trace section: {e}"))?;
+        let mut found = BTreeSet::new();
+        for (p, bytes) in pages.iter().zip(&read) {
+            for (id, chunk) in self.entries_of(*p, bytes)? {
+                if ids.iter().any(|want| want.as_bytes().as_slice() == id) {
+                    found.insert(chunk as usize);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every entry, for compaction: the ids of each chunk's traces, in `per_chunk` (one list
+    /// per chunk of the block). Checks every page, and that the entries are sorted and name
+    /// chunks of the block.
+    pub(crate) fn read_all(
+        &self,
+        fs: &dyn Fs,
+        path: &Path,
+        per_chunk: &mut [Vec<TraceId>],
+    ) -> Result<(), IndexError> {
+        let bytes = fs
+            .read_range(path, self.offset, self.len() as usize)
+            .map_err(|e| format!("trace section: {e}"))?;
+        let mut last: Option<(TraceId, u32)> = None;
+        for p in 0..self.firsts.len() {
+            let (at, len, _) = self.page(p);
+            let from = (at - self.offset) as usize;
+            for (id, chunk) in self.entries_of(p, &bytes[from..from + len])? {
+                let id =
+                    TraceId::from_slice(id).map_err(|e| format!("bad trace id in trace section: {e}"))?;
+                if last.is_some_and(|l| l >= (id, chunk)) {
+                    return Err("trace section entries out of order".into());
+                }
+                last = Some((id, chunk));
+                per_chunk.get_mut(chunk as usize).ok_or("trace section names an unknown chunk")?.push(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_wal::fs::OsFs;
+
+    fn id(n: u64) -> TraceId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        b[8..].copy_from_slice(&(n + 1).to_be_bytes());
+        TraceId::from_bytes(b).unwrap()
+    }
+
+    #[test]
+    fn hashed_index_finds_every_chunk_of_a_trace_narrow_and_wide() {
+        for chunk_count in [10usize, 70_000] {
+            let far = chunk_count as u32 - 1;
+            let pairs: Vec<(u32, u32)> = (0..1000u64)
+                .flat_map(|n| [(trace_key(id(n)), (n % 7) as u32), (trace_key(id(n)), far)])
+                .collect();
+            let index = Hashed::new(pairs, chunk_count);
+            assert_eq!(matches!(index.chunks, HashedChunks::Narrow(_)), chunk_count <= NARROW_CHUNKS);
+            for n in [0u64, 1, 500, 999] {
+                let found: Vec<usize> = index.chunks_of(id(n)).collect();
+                assert_eq!(found, vec![(n % 7) as usize, far as usize], "{chunk_count} chunks, trace {n}");
+            }
+        }
+        // Ids that differ only in their upper half (or are 64-bit ids padded with zeros) get
+        // different keys.
+        let padded = |n: u8| TraceId::from_bytes([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, n]).unwrap();
+        assert_ne!(trace_key(padded(1)), trace_key(padded(2)));
+    }
+
+    /// Writes a section of `entries` into a file (after `lead` bytes of something else) and
+    /// opens it as a format 6 index.
+    fn paged(
+        dir: &Path,
+        entries: &[(TraceId, u32)],
+        chunks: usize,
+        lead: usize,
+    ) -> (Paged, std::path::PathBuf) {
+        let section = TraceSection::write(entries, chunks);
+        let path = dir.join("section");
+        let mut file = vec![7u8; lead];
+        file.extend_from_slice(&section.bytes);
+        std::fs::write(&path, &file).unwrap();
+        let p = Paged::new(
+            lead as u64,
+            entries.len() as u64,
+            PAGE_ENTRIES,
+            section.firsts,
+            chunks,
+            file.len() as u64,
+        )
+        .unwrap();
+        (p, path)
+    }
+
+    /// Every trace's chunks are found, exactly (no other trace's), for traces whose entries
+    /// cross a page boundary, and for ids before, between and after every stored one; compaction
+    /// reads every entry back.
+    #[test]
+    fn paged_index_finds_exactly_the_chunks_of_a_trace_narrow_and_wide() {
+        let dir = tempfile::tempdir().unwrap();
+        for chunk_count in [400usize, 70_000] {
+            let far = chunk_count as u32 - 1;
+            // Trace n is in chunks n % 7 and, for every third trace, the last chunk too; some
+            // traces are in many chunks, so their entries cross pages.
+            let mut entries: Vec<(TraceId, u32)> = (0..1000u64)
+                .flat_map(|n| {
+                    let many = if n % 97 == 0 { 0..300u32 } else { 0..0 };
+                    [(id(n), (n % 7) as u32)]
+                        .into_iter()
+                        .chain((n % 3 == 0).then_some((id(n), far)))
+                        .chain(many.map(move |c| (id(n), 7 + c)))
+                })
+                .collect();
+            entries.sort_unstable();
+            entries.dedup();
+            let (index, path) = paged(dir.path(), &entries, chunk_count, 100);
+            assert_eq!(index.wide, chunk_count > NARROW_CHUNKS);
+            assert!(index.firsts.len() > 10);
+            let fs = OsFs;
+            for n in 0..1000u64 {
+                let want: BTreeSet<usize> =
+                    entries.iter().filter(|(i, _)| *i == id(n)).map(|(_, c)| *c as usize).collect();
+                assert_eq!(
+                    index.chunks_of(&fs, &path, &[id(n)]).unwrap(),
+                    want,
+                    "{chunk_count} chunks, trace {n}"
+                );
+            }
+            let both: BTreeSet<usize> = entries
+                .iter()
+                .filter(|(i, _)| *i == id(1) || *i == id(97))
+                .map(|(_, c)| *c as usize)
+                .collect();
+            assert_eq!(index.chunks_of(&fs, &path, &[id(1), id(97)]).unwrap(), both);
+            for absent in [TraceId::from_bytes([0; 16]).unwrap_or(id(5000)), id(5000), id(5001)] {
+                assert!(index.chunks_of(&fs, &path, &[absent]).unwrap().is_empty());
+            }
+            let mut per_chunk = vec![Vec::new(); chunk_count];
+            index.read_all(&fs, &path, &mut per_chunk).unwrap();
+            let mut back: Vec<(TraceId, u32)> = per_chunk
+                .iter()
+                .enumerate()
+                .flat_map(|(c, ids)| ids.iter().map(move |i| (*i, c as u32)))
+                .collect();
+            back.sort_unstable();
+            assert_eq!(back, entries);
+        }
+    }
+
+    /// A damaged page is an error (never "not here", which would hide a trace), and an index
+    /// whose pages do not fit the file or its entries is refused when the block is opened.
+    #[test]
+    fn damaged_pages_and_impossible_sections_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<(TraceId, u32)> = {
+            let mut e: Vec<_> = (0..1000u64).map(|n| (id(n), (n % 5) as u32)).collect();
+            e.sort_unstable();
+            e
+        };
+        let (index, path) = paged(dir.path(), &entries, 5, 0);
+        let fs = OsFs;
+        let target = entries[300].0;
+        let mut bytes = std::fs::read(&path).unwrap();
+        let (at, _, _) = index.page(index.pages_of(target).start);
+        bytes[at as usize + 40] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = index.chunks_of(&fs, &path, &[target]).unwrap_err();
+        assert!(err.contains("crc mismatch"), "{err}");
+        assert!(index.read_all(&fs, &path, &mut vec![Vec::new(); 5]).is_err());
+        let section = TraceSection::write(&entries, 5);
+        let len = section.bytes.len() as u64;
+        let firsts = || section.firsts.clone();
+        assert!(Paged::new(0, 1000, PAGE_ENTRIES, firsts(), 5, len).is_ok());
+        assert!(Paged::new(1, 1000, PAGE_ENTRIES, firsts(), 5, len).is_err(), "past the end");
+        assert!(Paged::new(0, 2000, PAGE_ENTRIES, firsts(), 5, u64::MAX).is_err(), "page count");
+        assert!(Paged::new(0, 1000, 0, firsts(), 5, len).is_err());
+        let mut reversed = firsts();
+        reversed.reverse();
+        assert!(Paged::new(0, 1000, PAGE_ENTRIES, reversed, 5, len).is_err(), "order");
+    }
+}
