@@ -78,9 +78,9 @@ pub struct EngineConfig {
     /// three times `head_max_bytes`, a write waits this long for a block to be written, then is
     /// refused as overloaded (the receivers answer with the OTLP throttling status).
     pub overload_wait: Duration,
-    /// Compaction merges blocks written from the head (never compacted yet) into blocks of up to
-    /// this many bytes (on disk), oldest first, once `compact_min_blocks` of them are waiting.
-    /// Compacted blocks are not merged again.
+    /// Compaction merges blocks of alike sizes into blocks of up to this many bytes (on disk),
+    /// oldest first, once `compact_min_blocks` of them are waiting (or fewer, at least two, that
+    /// fill this many bytes); blocks of half this size or more are not merged again.
     pub compact_target_bytes: u64,
     pub compact_min_blocks: usize,
     /// Compactions that may run at once, each on its own run of blocks (default: a quarter of
@@ -368,8 +368,9 @@ impl Engine {
         self.shared.flush().await
     }
 
-    /// Runs one compaction now if enough small blocks are waiting; returns whether it merged
-    /// anything. Normally the engine does this by itself.
+    /// Runs one compaction now if a run of blocks is waiting (see
+    /// [`EngineConfig::compact_target_bytes`]); returns whether it merged anything. Normally
+    /// the engine does this by itself.
     pub async fn compact(&self) -> Result<bool, StoreError> {
         let Some(run) = self.shared.claim_compaction() else { return Ok(false) };
         let merged = self.shared.compact_claimed(run).await?;
@@ -693,7 +694,7 @@ impl SpanStore for Engine {
             spans += b.span_count;
             traces += b.trace_count;
         }
-        let small = st.blocks.iter().filter(|b| self.shared.awaits_compaction(b)).count();
+        let awaiting = self.shared.blocks_awaiting_compaction(&st);
         // One WAL writer thread is serial work; several share the appends, so it is not.
         let wal = self.shared.wal.busy_nanos();
         let mut serial_nanos = vec![("head_lock", self.shared.serial_head.load(Ordering::Relaxed))];
@@ -716,11 +717,7 @@ impl SpanStore for Engine {
         }
         StoreStats {
             blocks: st.blocks.len() as u64,
-            blocks_awaiting_compaction: if small >= self.shared.config.compact_min_blocks.max(2) {
-                small as u64
-            } else {
-                0
-            },
+            blocks_awaiting_compaction: awaiting as u64,
             spans_stored: spans,
             traces_stored: traces,
             spans_evicted: self.shared.spans_evicted.load(Ordering::Relaxed),
