@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use divan::Bencher;
 use skein_engine::codec::{decode_spans, encode_spans};
-use skein_engine::columnar::{decode_chunk, encode_chunk};
+use skein_engine::columnar::{decode_chunk, decode_chunk_traces, encode_chunk};
 use skein_model::{AttrValue, Span, SpanKind};
 use skein_store::testdata::SpanBuilder;
 
@@ -78,4 +78,15 @@ fn chunk_decompress_and_decode_1000_spans(b: Bencher) {
         compressed.len() as f64 / 1000.0
     );
     b.bench(|| decode_chunk(&zstd::stream::decode_all(&compressed[..]).unwrap()).unwrap());
+}
+
+/// A read by id: one trace (10 spans) of the chunk's 100 built, the others stepped over.
+#[divan::bench]
+fn chunk_decompress_and_decode_one_trace_of_100(b: Bencher) {
+    let compressed = zstd::bulk::compress(&encode_chunk(&SPANS), 3).unwrap();
+    let wanted = SPANS[500].trace_id;
+    b.bench(|| {
+        let raw = zstd::stream::decode_all(&compressed[..]).unwrap();
+        decode_chunk_traces(&raw, &|id| *id == wanted).unwrap()
+    });
 }

@@ -414,7 +414,10 @@ pub(crate) fn encode_chunk_detailed<'a>(spans: &[&'a Span]) -> EncodedChunk<'a> 
 
 struct Dec<'a> {
     cols: Vec<Reader<'a>>,
-    strings: Vec<skein_model::Str>,
+    /// The dictionary's strings as the chunk holds them…
+    texts: Vec<&'a str>,
+    /// …and each made once, when first used (a decode of a few traces uses few of them).
+    strings: Vec<std::cell::OnceCell<skein_model::Str>>,
 }
 
 impl<'a> Dec<'a> {
@@ -422,12 +425,79 @@ impl<'a> Dec<'a> {
         &mut self.cols[c as usize]
     }
 
+    /// Dictionary string `i`.
+    fn dictionary(&self, i: u64) -> Result<&skein_model::Str, DecodeError> {
+        let text = self
+            .texts
+            .get(i as usize)
+            .ok_or_else(|| DecodeError(format!("string index {i} out of range")))?;
+        Ok(self.strings[i as usize].get_or_init(|| skein_model::attribute_key(text)))
+    }
+
     fn string(&mut self, c: Col) -> Result<skein_model::Str, DecodeError> {
         let i = self.col(c).varint()?;
-        self.strings
-            .get(i as usize)
-            .cloned()
-            .ok_or_else(|| DecodeError(format!("string index {i} out of range")))
+        self.dictionary(i).cloned()
+    }
+
+    /// Steps over a dictionary string's index, checking it.
+    fn skip_string(&mut self, c: Col) -> Result<(), DecodeError> {
+        let i = self.col(c).varint()?;
+        if i as usize >= self.texts.len() {
+            return err(format!("string index {i} out of range"));
+        }
+        Ok(())
+    }
+
+    /// Steps over attributes (as `Enc::attrs` writes them), building nothing.
+    fn skip_attrs(&mut self, keys: Col, values: Col) -> Result<(), DecodeError> {
+        let n = self.col(keys).count()?;
+        for _ in 0..n {
+            self.skip_string(keys)?;
+            self.skip_value(values)?;
+        }
+        Ok(())
+    }
+
+    /// Steps over one span of a trace of `count` spans in every column, building nothing
+    /// (for a decode that keeps only some traces).
+    fn skip_span(&mut self, count: usize) -> Result<(), DecodeError> {
+        self.col(Col::SpanIds).take(8)?;
+        match self.col(Col::Parents).varint()? {
+            k if k == count as u64 + 1 => {
+                self.col(Col::ForeignParents).take(8)?;
+            }
+            k if k > count as u64 + 1 => {
+                return err(format!("parent position {k} in a trace of {count} spans"));
+            }
+            _ => {}
+        }
+        self.col(Col::Starts).varint()?;
+        self.col(Col::Durations).varint()?;
+        self.skip_string(Col::Names)?;
+        self.col(Col::KindStatus).u8()?;
+        self.col(Col::Origins).varint()?;
+        self.col(Col::Origins).varint()?;
+        self.col(Col::Flags).varint()?;
+        self.skip_attrs(Col::AttrKeys, Col::AttrValues)?;
+        self.skip_string(Col::Rest)?;
+        self.skip_string(Col::Rest)?;
+        for _ in 0..3 {
+            self.col(Col::Rest).varint()?;
+        }
+        for _ in 0..self.col(Col::Rest).count()? {
+            self.col(Col::Rest).varint()?;
+            self.skip_string(Col::Rest)?;
+            self.skip_attrs(Col::Rest, Col::Rest)?;
+            self.col(Col::Rest).varint()?;
+        }
+        for _ in 0..self.col(Col::Rest).count()? {
+            self.col(Col::Rest).take(24)?;
+            self.skip_string(Col::Rest)?;
+            self.skip_attrs(Col::Rest, Col::Rest)?;
+            self.col(Col::Rest).varint()?;
+            self.col(Col::Rest).varint()?;
+        }
+        Ok(())
     }
 
     fn attrs(&mut self, keys: Col, values: Col) -> Result<Vec<KeyValue>, DecodeError> {
@@ -447,9 +517,8 @@ impl<'a> Dec<'a> {
         let n = self.col(Col::AttrKeys).count()?;
         let mut out = Vec::new();
         for _ in 0..n {
-            let i = self.col(Col::AttrKeys).varint()? as usize;
-            let key =
-                self.strings.get(i).ok_or_else(|| DecodeError(format!("string index {i} out of range")))?;
+            let i = self.col(Col::AttrKeys).varint()?;
+            let key = self.dictionary(i)?;
             if keep(key) {
                 let key = key.clone();
                 out.push(KeyValue { key, value: self.value(Col::AttrValues)? });
@@ -467,7 +536,7 @@ impl<'a> Dec<'a> {
             Some(&1) => {
                 r.pos += 1;
                 let i = r.varint()?;
-                if i as usize >= self.strings.len() {
+                if i as usize >= self.texts.len() {
                     return err(format!("string index {i} out of range"));
                 }
             }
@@ -500,7 +569,14 @@ impl<'a> Dec<'a> {
 
 /// Decodes what [`encode_chunk`] wrote.
 pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
-    decode(buf, None)
+    decode(buf, None, None)
+}
+
+/// Decodes the spans of the traces `wanted` accepts from what [`encode_chunk`] wrote: the
+/// other traces' spans are stepped over (still checked) without being built, and only the
+/// strings the kept spans use are made. A read by id wants a few traces of a chunk's hundreds.
+pub fn decode_chunk_traces(buf: &[u8], wanted: &dyn Fn(&TraceId) -> bool) -> Result<Vec<Span>, DecodeError> {
+    decode(buf, None, Some(wanted))
 }
 
 /// Decodes what [`encode_chunk`] wrote, keeping only the span attributes whose key `keep`
@@ -510,10 +586,14 @@ pub fn decode_chunk_projected(
     buf: &[u8],
     keep: skein_store::KeepAttribute,
 ) -> Result<Vec<Span>, DecodeError> {
-    decode(buf, Some(keep))
+    decode(buf, Some(keep), None)
 }
 
-fn decode(buf: &[u8], keep: Option<skein_store::KeepAttribute>) -> Result<Vec<Span>, DecodeError> {
+fn decode(
+    buf: &[u8],
+    keep: Option<skein_store::KeepAttribute>,
+    wanted: Option<&dyn Fn(&TraceId) -> bool>,
+) -> Result<Vec<Span>, DecodeError> {
     let mut r = Reader { buf, pos: 0 };
     let version = r.u8()?;
     if version != COLUMNAR_VERSION {
@@ -529,13 +609,14 @@ fn decode(buf: &[u8], keep: Option<skein_store::KeepAttribute>) -> Result<Vec<Sp
     if r.pos != buf.len() {
         return err(format!("{} trailing bytes", buf.len() - r.pos));
     }
-    let mut d = Dec { cols, strings: Vec::new() };
+    let mut d = Dec { cols, texts: Vec::new(), strings: Vec::new() };
     let n = d.col(Col::Strings).count()?;
-    let mut strings = Vec::with_capacity(n);
+    let mut texts = Vec::with_capacity(n);
     for _ in 0..n {
-        strings.push(d.col(Col::Strings).key()?);
+        texts.push(d.col(Col::Strings).text()?);
     }
-    d.strings = strings;
+    d.strings = vec![std::cell::OnceCell::new(); n];
+    d.texts = texts;
 
     let n = d.col(Col::Tables).count()?;
     let mut resources = Vec::with_capacity(n);
@@ -568,16 +649,24 @@ fn decode(buf: &[u8], keep: Option<skein_store::KeepAttribute>) -> Result<Vec<Sp
     if n_spans > d.cols[Col::SpanIds as usize].buf.len() / 8 {
         return err(format!("{n_spans} spans but ids for fewer"));
     }
-    let mut spans = Vec::with_capacity(n_spans);
+    let mut spans = Vec::with_capacity(if wanted.is_some() { 0 } else { n_spans });
+    let mut skipped = 0usize;
     let mut start = 0u64;
     for _ in 0..n_traces {
         let trace_id = TraceId::from_bytes(d.col(Col::TraceIds).array()?)
             .map_err(|e| DecodeError(format!("trace id: {e}")))?;
         let count = d.col(Col::TraceSpans).varint()? as usize;
-        if count > n_spans - spans.len() {
+        if count > n_spans - spans.len() - skipped {
             return err(format!("trace with {count} spans, more than are left"));
         }
         start = start.wrapping_add(unzigzag(d.col(Col::TraceStarts).varint()?) as u64);
+        if wanted.is_some_and(|wanted| !wanted(&trace_id)) {
+            for _ in 0..count {
+                d.skip_span(count)?;
+            }
+            skipped += count;
+            continue;
+        }
         let first = spans.len();
         let mut parents = Vec::with_capacity(count);
         for _ in 0..count {
@@ -677,8 +766,8 @@ fn decode(buf: &[u8], keep: Option<skein_store::KeepAttribute>) -> Result<Vec<Sp
             };
         }
     }
-    if spans.len() != n_spans {
-        return err(format!("{} spans decoded, {n_spans} announced", spans.len()));
+    if spans.len() + skipped != n_spans {
+        return err(format!("{} spans decoded, {n_spans} announced", spans.len() + skipped));
     }
     for (i, c) in d.cols.iter().enumerate() {
         if c.pos != c.buf.len() {
@@ -770,6 +859,38 @@ mod tests {
         assert_eq!(decoded.len(), spans.len());
     }
 
+    /// A decode of some traces builds exactly their spans, as the whole decode does, stepping
+    /// over every other trace's (with events, links, foreign parents, unique values and
+    /// resource-table strings in both); wanting none gives nothing, wanting all gives all.
+    #[test]
+    fn decoding_some_traces_gives_exactly_theirs() {
+        let mut spans = rich();
+        for t in 3..=9u8 {
+            for i in 1..=5u8 {
+                let b = SpanBuilder::new(t, i)
+                    .service(["a", "b"][i as usize % 2])
+                    .attr("user.id", AttrValue::Str(format!("u-{t}-{i}").into()))
+                    .attr("n", AttrValue::Int(i as i64))
+                    .event("retry", 3, vec![KeyValue::string("why", format!("w-{t}"))])
+                    .link(t - 1, 1);
+                spans.push(if i > 1 { b.parent(i - 1) } else { b.parent(77) }.build());
+            }
+        }
+        let bytes = encode_chunk(&spans);
+        let all = sorted(decode_chunk(&bytes).unwrap());
+        let ids: Vec<TraceId> =
+            all.iter().map(|s| s.trace_id).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        assert!(ids.len() >= 8);
+        for pick in [vec![ids[0]], vec![ids[3], ids[ids.len() - 1]], ids[1..].to_vec()] {
+            let got = sorted(decode_chunk_traces(&bytes, &|id| pick.contains(id)).unwrap());
+            let want: Vec<Span> = all.iter().filter(|s| pick.contains(&s.trace_id)).cloned().collect();
+            assert!(!want.is_empty());
+            assert_eq!(got, want);
+        }
+        assert!(decode_chunk_traces(&bytes, &|_| false).unwrap().is_empty());
+        assert_eq!(sorted(decode_chunk_traces(&bytes, &|_| true).unwrap()), all);
+    }
+
     #[test]
     fn is_smaller_than_the_row_encoding() {
         let mut spans = Vec::new();
@@ -804,6 +925,7 @@ mod tests {
                 bytes[pos] = val;
             }
             let _ = decode_chunk(&bytes);
+            let _ = decode_chunk_traces(&bytes, &|id| id.as_bytes()[15] % 2 == 0);
         }
     }
 }

@@ -142,10 +142,14 @@ impl Engine {
                     }
                 };
                 for chunk in chunks {
-                    for span in shared.read_chunk(b, chunk).into_iter().flatten() {
-                        if wanted.contains(&span.trace_id) {
-                            out.entry(span.trace_id).or_default().push(span);
+                    shared.chunks_read.fetch_add(1, Ordering::Relaxed);
+                    match b.read_chunk_traces(&*shared.config.fs, chunk, &|id| wanted.contains(id)) {
+                        Ok(spans) => {
+                            for span in spans {
+                                out.entry(span.trace_id).or_default().push(span);
+                            }
                         }
+                        Err(e) => tracing::error!(error = %e, "chunk unreadable; skipped"),
                     }
                 }
             }

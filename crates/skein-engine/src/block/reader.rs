@@ -591,6 +591,29 @@ impl Block {
         self.read_chunk_projected(fs, i, None)
     }
 
+    /// The spans of chunk `i` whose trace `wanted` accepts (crc checked): a columnar chunk
+    /// builds only those (see [`columnar::decode_chunk_traces`]), a row-encoded one is
+    /// decoded whole and filtered.
+    pub(crate) fn read_chunk_traces(
+        &self,
+        fs: &dyn Fs,
+        i: usize,
+        wanted: &dyn Fn(&TraceId) -> bool,
+    ) -> Result<Vec<Span>, BlockError> {
+        let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
+        let bytes = self.read_chunk_bytes(fs, i)?;
+        let raw = zstd::stream::decode_all(&bytes[..])
+            .map_err(|e| corrupt(format!("chunk {i} does not decompress: {e}")))?;
+        let decoded = match raw.first() {
+            Some(&columnar::COLUMNAR_VERSION) => columnar::decode_chunk_traces(&raw, wanted),
+            _ => codec::decode_spans(&raw).map(|mut spans| {
+                spans.retain(|s| wanted(&s.trace_id));
+                spans
+            }),
+        };
+        decoded.map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
+    }
+
     /// [`Block::read_chunk`], with only the span attributes `keep` accepts and no events when
     /// `keep` is given (see [`columnar::decode_chunk_projected`]).
     pub(crate) fn read_chunk_projected(
