@@ -117,20 +117,49 @@ pub(crate) fn line_of(hash: u64, lines: u32) -> u32 {
     (((hash >> 32) * lines as u64) >> 32) as u32
 }
 
-/// The bit positions of `hash` in its line: probe `i` is the top 9 bits of the low 32 bits of
-/// the hash times salt `i` (independent of the line's choice, which takes the high bits).
-fn line_positions(hash: u64, probes: u8) -> impl Iterator<Item = u32> {
-    SALTS[..probes as usize].iter().map(move |salt| (hash as u32).wrapping_mul(*salt) >> 23)
+/// The probes byte of a filter whose bit positions are seeded by its chunk (format 6): the
+/// probe count is the low 7 bits.
+pub(crate) const SEEDED: u8 = 0x80;
+
+/// The 32 bits of `hash` that choose its bit positions in its line: the low 32 bits (format 5),
+/// or, seeded (format 6), those bits mixed with the chunk's seed, so that two items sharing
+/// bits in one chunk's line do not share them in another chunk's. Unseeded, the values found in
+/// every chunk (the pod addresses among client addresses, users who come back) set the same
+/// bits in every chunk with the same line count, and a value those bits cover is a false
+/// positive in most such chunks at once: at 100M spans some client-address searches read 190
+/// chunks that did not hold the value, where about 10 is the mean.
+fn probe_bits(hash: u64, seed: Option<u32>) -> u32 {
+    match seed {
+        None => hash as u32,
+        Some(seed) => {
+            // murmur3's 64-bit finalizer over the hash's low half and the seed.
+            let mut x = (hash & 0xffff_ffff) | (seed as u64) << 32;
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            x ^= x >> 33;
+            x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+            x ^= x >> 33;
+            x as u32
+        }
+    }
 }
 
-/// A blocked filter over item hashes (format 5): [`lines_for`] lines of [`LINE_BYTES`] bytes,
+/// The bit positions of `hash` in its line: probe `i` is the top 9 bits of [`probe_bits`]
+/// times salt `i` (independent of the line's choice, which takes the high bits).
+fn line_positions(hash: u64, probes: u8, seed: Option<u32>) -> impl Iterator<Item = u32> {
+    let bits = probe_bits(hash, seed);
+    SALTS[..probes as usize].iter().map(move |salt| bits.wrapping_mul(*salt) >> 23)
+}
+
+/// A blocked filter over item hashes: [`lines_for`] lines of [`LINE_BYTES`] bytes,
 /// [`BLOCKED_PROBES`] probes per item; bit `p` of a line is bit `p % 8` of its byte `p / 8`.
-pub(crate) fn build_blocked(hashes: &[u64]) -> Vec<u8> {
+/// Format 6 writers give the chunk's `seed` (its crc32); format 5 wrote unseeded filters.
+pub(crate) fn build_blocked(hashes: &[u64], seed: Option<u32>) -> Vec<u8> {
     let lines = lines_for(hashes.len());
     let mut out = vec![0u8; lines as usize * LINE_BYTES];
     for &h in hashes {
         let line = &mut out[line_of(h, lines) as usize * LINE_BYTES..][..LINE_BYTES];
-        for p in line_positions(h, BLOCKED_PROBES) {
+        for p in line_positions(h, BLOCKED_PROBES, seed) {
             line[(p / 8) as usize] |= 1 << (p % 8);
         }
     }
@@ -138,13 +167,17 @@ pub(crate) fn build_blocked(hashes: &[u64]) -> Vec<u8> {
 }
 
 /// Whether `line`, the line [`line_of`] chose for `hash` in a blocked filter written with
-/// `probes` probes, may hold it (`false`: certainly not). A line of the wrong length answers
-/// "maybe".
-pub(crate) fn line_may_contain(line: &[u8], hash: u64, probes: u8) -> bool {
-    if line.len() != LINE_BYTES || probes == 0 || probes as usize > SALTS.len() {
+/// the probes byte `probes` (the count, with [`SEEDED`] when the filter is seeded with `seed`),
+/// may hold it (`false`: certainly not). A line of the wrong length answers "maybe".
+pub(crate) fn line_may_contain(line: &[u8], hash: u64, probes: u8, seed: u32) -> bool {
+    let (count, seed) = match probes & SEEDED {
+        0 => (probes, None),
+        _ => (probes & !SEEDED, Some(seed)),
+    };
+    if line.len() != LINE_BYTES || count == 0 || count as usize > SALTS.len() {
         return true;
     }
-    line_positions(hash, probes).all(|p| line[(p / 8) as usize] & (1 << (p % 8)) != 0)
+    line_positions(hash, count, seed).all(|p| line[(p / 8) as usize] & (1 << (p % 8)) != 0)
 }
 
 #[cfg(test)]
@@ -153,9 +186,61 @@ mod tests {
 
     /// A blocked filter asked the way a search asks it: the item's line, then its bits.
     fn blocked_contains(filter: &[u8], hash: u64) -> bool {
+        seeded_contains(filter, hash, None)
+    }
+
+    fn seeded_contains(filter: &[u8], hash: u64, seed: Option<u32>) -> bool {
         let lines = (filter.len() / LINE_BYTES) as u32;
         let line = line_of(hash, lines) as usize;
-        line_may_contain(&filter[line * LINE_BYTES..][..LINE_BYTES], hash, BLOCKED_PROBES)
+        let probes = BLOCKED_PROBES | if seed.is_some() { SEEDED } else { 0 };
+        line_may_contain(&filter[line * LINE_BYTES..][..LINE_BYTES], hash, probes, seed.unwrap_or(0))
+    }
+
+    /// Chunks that share most of their values (as a service's chunks do: its pods' addresses,
+    /// returning users) and have the same line count: unseeded, the false positives of one
+    /// value come together in many chunks at once; seeded by chunk, they are about as many
+    /// in all but spread, like independent filters'.
+    #[test]
+    fn seeded_filters_spread_the_false_positives_of_shared_values() {
+        let chunks = 400u32;
+        let filters = |seeded: bool| -> Vec<(Vec<u8>, Option<u32>)> {
+            (0..chunks)
+                .map(|c| {
+                    let items: Vec<u64> = (0..400)
+                        .map(|i| item_hash("frontend", "client.address", &format!("10.0.0.{i}")))
+                        .chain(
+                            (0..200).map(|i| item_hash("frontend", "client.address", &format!("c{c}-{i}"))),
+                        )
+                        .collect();
+                    let seed = seeded.then_some(c.wrapping_mul(0x9e37_79b9));
+                    (build_blocked(&items, seed), seed)
+                })
+                .collect()
+        };
+        // Per absent value, the chunks whose filter lets it through.
+        let false_positives = |filters: &[(Vec<u8>, Option<u32>)]| -> Vec<usize> {
+            (0..3_000)
+                .map(|v| {
+                    let h = item_hash("frontend", "client.address", &format!("203.0.113.{v}"));
+                    filters.iter().filter(|(f, seed)| seeded_contains(f, h, *seed)).count()
+                })
+                .collect()
+        };
+        let plain = false_positives(&filters(false));
+        let seeded = false_positives(&filters(true));
+        let (plain_max, seeded_max) = (*plain.iter().max().unwrap(), *seeded.iter().max().unwrap());
+        let (plain_sum, seeded_sum) = (plain.iter().sum::<usize>(), seeded.iter().sum::<usize>());
+        // Seeded filters hold every item of their chunk.
+        for (f, seed) in filters(true).iter().take(3) {
+            assert!((0..400).all(|i| seeded_contains(
+                f,
+                item_hash("frontend", "client.address", &format!("10.0.0.{i}")),
+                *seed
+            )));
+        }
+        assert!(plain_max >= 40, "unseeded: one value passes {plain_max} of {chunks} filters");
+        assert!(seeded_max <= 8, "seeded: at most {seeded_max} (mean {})", seeded_sum as f64 / 3_000.0);
+        assert!(seeded_sum <= plain_sum * 2 + 100, "about as many in all: {seeded_sum} against {plain_sum}");
     }
 
     #[test]
@@ -163,7 +248,7 @@ mod tests {
         for n in [1usize, 7, 100, 1_000, 5_000, 12_345] {
             let items: Vec<u64> =
                 (0..n).map(|i| item_hash("frontend", "client.address", &format!("10.1.{i}"))).collect();
-            let filter = build_blocked(&items);
+            let filter = build_blocked(&items, None);
             let lines = lines_for(n);
             assert_eq!(filter.len(), lines as usize * LINE_BYTES);
             let bits = lines as usize * LINE_BITS as usize;

@@ -497,6 +497,8 @@ impl SpanStore for Engine {
                 }
             }
             let (_, blocks) = shared.snapshot();
+            let started = std::time::Instant::now();
+            let (mut asked, mut read) = (0usize, 0usize);
             for b in blocks.iter().rev() {
                 if b.time.end_unix_nano <= q.time.start_unix_nano
                     || b.time.start_unix_nano >= q.time.end_unix_nano
@@ -504,6 +506,7 @@ impl SpanStore for Engine {
                     continue;
                 }
                 let matcher = b.matcher(q.service.as_deref(), &q.tags);
+                asked += 1;
                 for i in (0..b.chunk_count()).rev() {
                     let t = b.chunk_meta(i).time;
                     if t.end_unix_nano <= q.time.start_unix_nano || t.start_unix_nano >= q.time.end_unix_nano
@@ -522,6 +525,7 @@ impl SpanStore for Engine {
                     {
                         continue;
                     }
+                    read += 1;
                     let Some(spans) = shared.read_chunk(b, i) else { continue };
                     let mut by_trace: HashMap<TraceId, Vec<Span>> = HashMap::new();
                     for s in spans {
@@ -532,6 +536,13 @@ impl SpanStore for Engine {
                     }
                 }
             }
+            tracing::debug!(
+                blocks = asked,
+                chunks_read = read,
+                candidates = candidates.len(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "search over blocks"
+            );
             let mut ids: Vec<(u64, TraceId)> =
                 candidates.into_iter().map(|(id, start)| (start, id)).collect();
             ids.sort_by(|a, b| b.cmp(a));

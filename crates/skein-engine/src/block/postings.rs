@@ -53,12 +53,14 @@ pub(crate) fn posting_value<'a>(strings: &mut ChunkStrings<'a>, v: &'a AttrValue
 /// event attributes, event names, and the synthetic tags), and the chunk's Bloom filter of the
 /// values of keys with too many to list (empty when there are none). `encoded` is the chunk as
 /// the encoder wrote it: the span attributes' strings come from its string table by slot, so
-/// they are not hashed again. `service_names` is the block's service table.
+/// they are not hashed again. `service_names` is the block's service table. The filter is
+/// seeded with `seed` (the chunk's crc32: see [`bloom::build_blocked`]).
 pub(crate) fn chunk_postings<'a>(
     spans: &[&'a Span],
     services: &[u32],
     encoded: &mut columnar::EncodedChunk<'a>,
     service_names: &[&str],
+    seed: u32,
 ) -> (Vec<(u32, Postings)>, Vec<u8>) {
     let mut p: BuildingPostings = FxHashMap::default();
     // Each resource (shared by the spans of a request) is listed once per service.
@@ -130,7 +132,7 @@ pub(crate) fn chunk_postings<'a>(
         };
         by_service.entry(service).or_default().insert(key.to_owned(), values);
     }
-    let filter = if hashes.is_empty() { Vec::new() } else { bloom::build_blocked(&hashes) };
+    let filter = if hashes.is_empty() { Vec::new() } else { bloom::build_blocked(&hashes, Some(seed)) };
     (by_service.into_iter().collect(), filter)
 }
 

@@ -205,7 +205,13 @@ impl Block {
             let (bloom_lines, bloom_probes) = if version >= 5 {
                 match r.varint()? {
                     0 => (0, 0),
-                    n => (u32::try_from(n).map_err(|_| "bloom filter too long")?, r.bytes(1)?[0]),
+                    n => {
+                        let probes = r.bytes(1)?[0];
+                        if version < 6 && probes & bloom::SEEDED != 0 {
+                            return Err("a seeded Bloom filter in a block older than format 6".into());
+                        }
+                        (u32::try_from(n).map_err(|_| "bloom filter too long")?, probes)
+                    }
                 }
             } else {
                 (0, 0)
@@ -471,7 +477,9 @@ impl Block {
             let region = read.as_ref().and_then(|r| r.get(n)).and_then(|r| g.checked_lines(r));
             for (slot, &c) in g.members.iter().enumerate() {
                 let line = region.map(|lines| BloomGroup::line(lines, slot));
-                if line.is_none_or(|line| bloom::line_may_contain(line, hash, g.probes)) {
+                if line.is_none_or(|line| {
+                    bloom::line_may_contain(line, hash, g.probes, self.chunks[c as usize].crc)
+                }) {
                     inverted::set_bit(&mut maybe, c);
                 }
             }

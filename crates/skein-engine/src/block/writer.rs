@@ -587,19 +587,20 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], zstd: &mut zstd::bulk::Compresso
         t.end_unix_nano = t.end_unix_nano.max(s.start_time_unix_nano.saturating_add(1));
         durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
     }
-    let (postings, filter) = chunk_postings(&refs, &q.services, &mut encoded, names);
+    let crc = crc32fast::hash(&compressed);
+    let (postings, filter) = chunk_postings(&refs, &q.services, &mut encoded, names, crc);
     Encoded {
         meta: ChunkMeta {
             offset: 0,
             len: compressed.len() as u32,
-            crc: crc32fast::hash(&compressed),
+            crc,
             time: t,
             durations,
             services: chunk_services.into_iter().collect(),
             bloom_len: 0,
             bloom_crc: 0,
             bloom_lines: (filter.len() / bloom::LINE_BYTES) as u32,
-            bloom_probes: if filter.is_empty() { 0 } else { bloom::BLOCKED_PROBES },
+            bloom_probes: if filter.is_empty() { 0 } else { bloom::BLOCKED_PROBES | bloom::SEEDED },
             bloom_slot: 0,
         },
         compressed,
