@@ -27,8 +27,8 @@ use rustc_hash::FxHashMap;
 use skein_model::{Span, SpanKind, TimeRange, TraceId};
 use skein_store::red::RedSummary;
 use skein_store::{
-    DependencyLink, Operation, SpanMatcher, SpanStore, StoreError, StoreStats, TraceQuery,
-    count_dependencies, dependency_links,
+    DependencyLink, Operation, SpanStore, StoreError, StoreStats, TraceQuery, count_dependencies,
+    dependency_links,
 };
 use skein_wal::fs::{Fs, OsFs};
 use skein_wal::{FsyncPolicy, Wal, WalConfig, WalError};
@@ -53,6 +53,7 @@ mod bloom;
 mod compact;
 mod head;
 mod read;
+mod search;
 mod write;
 pub use skein_store::codec;
 pub mod columnar;
@@ -452,105 +453,9 @@ impl SpanStore for Engine {
     async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<Vec<Span>>, StoreError> {
         let shared = Arc::clone(&self.shared);
         let q = query.clone();
-        let ids = tokio::task::spawn_blocking(move || {
-            let matcher = SpanMatcher::new(&q);
-            let mut candidates: HashMap<TraceId, u64> = HashMap::new();
-            // Starts of the newest `limit` candidates: once full, a chunk whose spans all start
-            // before the oldest of them cannot change the answer and is not read.
-            type Newest = std::collections::BinaryHeap<std::cmp::Reverse<u64>>;
-            let mut newest = Newest::new();
-            // A trace's spans found in one place (a head, a chunk), when one of them matches.
-            let consider = |candidates: &mut HashMap<TraceId, u64>,
-                            newest: &mut Newest,
-                            id: TraceId,
-                            spans: &mut dyn Iterator<Item = &Span>| {
-                let mut start = u64::MAX;
-                let mut matched = false;
-                for s in spans {
-                    start = start.min(s.start_time_unix_nano);
-                    matched = matched || matcher.matches(s);
-                }
-                if matched {
-                    match candidates.entry(id) {
-                        // Each trace counts once towards the `limit` newest, even when its spans
-                        // are in several chunks (head and blocks, or a compacted block).
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            v.insert(start);
-                            newest.push(std::cmp::Reverse(start));
-                            if newest.len() > q.limit {
-                                newest.pop();
-                            }
-                        }
-                        std::collections::hash_map::Entry::Occupied(mut o) => {
-                            let e = o.get_mut();
-                            *e = (*e).min(start);
-                        }
-                    }
-                }
-            };
-            {
-                let st = shared.state.read();
-                for head in std::iter::once(&st.head).chain(st.frozen.iter().map(|f| &f.head)) {
-                    for (id, t) in &head.traces {
-                        consider(&mut candidates, &mut newest, *id, &mut t.iter());
-                    }
-                }
-            }
-            let (_, blocks) = shared.snapshot();
-            let started = std::time::Instant::now();
-            let (mut asked, mut read) = (0usize, 0usize);
-            for b in blocks.iter().rev() {
-                if b.time.end_unix_nano <= q.time.start_unix_nano
-                    || b.time.start_unix_nano >= q.time.end_unix_nano
-                {
-                    continue;
-                }
-                let matcher = b.matcher(q.service.as_deref(), &q.tags);
-                asked += 1;
-                for i in (0..b.chunk_count()).rev() {
-                    let t = b.chunk_meta(i).time;
-                    if t.end_unix_nano <= q.time.start_unix_nano || t.start_unix_nano >= q.time.end_unix_nano
-                    {
-                        continue;
-                    }
-                    // Cheapest first: a chunk older than the `limit` newest traces found, then
-                    // one whose durations cannot match, then its postings and Bloom filter.
-                    if newest.len() >= q.limit
-                        && newest.peek().is_some_and(|oldest| t.end_unix_nano <= oldest.0)
-                    {
-                        continue;
-                    }
-                    if !b.chunk_may_hold_duration(i, q.min_duration_nanos, q.max_duration_nanos)
-                        || !matcher.may_match(&*shared.config.fs, i)
-                    {
-                        continue;
-                    }
-                    read += 1;
-                    let Some(spans) = shared.read_chunk(b, i) else { continue };
-                    let mut by_trace: HashMap<TraceId, Vec<Span>> = HashMap::new();
-                    for s in spans {
-                        by_trace.entry(s.trace_id).or_default().push(s);
-                    }
-                    for (id, t) in &by_trace {
-                        consider(&mut candidates, &mut newest, *id, &mut t.iter());
-                    }
-                }
-            }
-            tracing::debug!(
-                blocks = asked,
-                chunks_read = read,
-                candidates = candidates.len(),
-                ms = started.elapsed().as_secs_f64() * 1000.0,
-                "search over blocks"
-            );
-            let mut ids: Vec<(u64, TraceId)> =
-                candidates.into_iter().map(|(id, start)| (start, id)).collect();
-            ids.sort_by(|a, b| b.cmp(a));
-            ids.truncate(q.limit);
-            ids
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let ids = tokio::task::spawn_blocking(move || shared.search(&q))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let ids: Vec<TraceId> = ids.into_iter().map(|(_, id)| id).collect();
         let mut found = self.traces(&ids).await?;
         Ok(ids.iter().filter_map(|id| found.remove(id)).collect())

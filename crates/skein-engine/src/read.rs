@@ -132,6 +132,8 @@ impl Engine {
         let wanted: std::collections::HashSet<TraceId> = ids.iter().copied().collect();
         let ids = ids.to_vec();
         let from_blocks = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let (mut blocks_with, mut chunks_read) = (0usize, 0usize);
             let mut out: HashMap<TraceId, Vec<Span>> = HashMap::new();
             for b in blocks.iter() {
                 let chunks = match b.chunks_of(&*shared.config.fs, &ids) {
@@ -141,6 +143,8 @@ impl Engine {
                         continue;
                     }
                 };
+                blocks_with += usize::from(!chunks.is_empty());
+                chunks_read += chunks.len();
                 for chunk in chunks {
                     shared.chunks_read.fetch_add(1, Ordering::Relaxed);
                     match b.read_chunk_traces(&*shared.config.fs, chunk, &|id| wanted.contains(id)) {
@@ -153,6 +157,14 @@ impl Engine {
                     }
                 }
             }
+            tracing::debug!(
+                traces = ids.len(),
+                blocks = blocks.len(),
+                blocks_with,
+                chunks_read,
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "traces read from blocks"
+            );
             out
         })
         .await

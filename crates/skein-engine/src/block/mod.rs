@@ -221,8 +221,9 @@ pub(crate) struct CopySource<'b> {
     block: &'b Block,
     /// The traces of each chunk.
     traces: Vec<Vec<TraceId>>,
-    /// The postings of each chunk, per service (the source's ids).
-    postings: Vec<Vec<(u32, Postings)>>,
+    /// The postings of each chunk, per service (the source's ids): the service's keys and
+    /// values as the index encodes them.
+    postings: Vec<Vec<(u32, Vec<u8>)>>,
     /// The blocked Bloom filter of each chunk (format 5; empty when it has none).
     blocked: Vec<Vec<u8>>,
 }

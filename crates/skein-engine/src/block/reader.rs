@@ -32,6 +32,11 @@ impl<'a> IndexReader<'a> {
     pub(crate) fn is_empty(&self) -> bool {
         self.r.is_empty()
     }
+
+    /// How many bytes have been read.
+    pub(crate) fn position(&self) -> usize {
+        self.r.pos
+    }
 }
 
 impl Block {
@@ -151,7 +156,11 @@ impl Block {
                     if service as usize >= services.len() {
                         return Err("postings name an unknown service".into());
                     }
-                    let mut keys = copy.as_ref().map(|_| Postings::new());
+                    // Read for compaction, a service's postings are kept as the file has
+                    // them, as bytes (its keys and values, after the service id, which the
+                    // merged block numbers anew); otherwise they go into the open block's
+                    // inverted postings.
+                    let start = r.position();
                     let nk = r.count()?;
                     for _ in 0..nk {
                         let key = r.str()?;
@@ -169,22 +178,12 @@ impl Block {
                             2 if version >= 4 => KeyValues::Hashed,
                             f => return Err(format!("bad postings flag {f}")),
                         };
-                        // Read for compaction, the postings are kept as the file has them;
-                        // otherwise they go into the open block's inverted postings.
-                        match &mut keys {
-                            Some(keys) => {
-                                let kept = match found {
-                                    KeyValues::Listed(v) => KeyValues::Listed(v.iter().cloned().collect()),
-                                    KeyValues::Hashed => KeyValues::Hashed,
-                                    KeyValues::Unindexed => KeyValues::Unindexed,
-                                };
-                                keys.insert(key, kept);
-                            }
-                            None => postings.add(service, &key, found),
+                        if copy.is_none() {
+                            postings.add(service, &key, found);
                         }
                     }
-                    if let (Some(copy), Some(keys)) = (&mut copy, keys) {
-                        copy.push((service, keys));
+                    if let Some(copy) = &mut copy {
+                        copy.push((service, raw[start..r.position()].to_vec()));
                     }
                 }
                 if let (Some(out), Some(copy)) = (&mut per_chunk, copy) {
@@ -759,10 +758,11 @@ impl<'b> ChunkMatcher<'b> {
 }
 
 /// What compaction copies with each chunk of a block, read from its index: per chunk, its
-/// postings (per service id) and the ids of its traces.
+/// postings (per service id, the keys and values as the index encodes them) and the ids of
+/// its traces.
 #[derive(Default)]
 pub(crate) struct ChunkCopies {
-    postings: Vec<Vec<(u32, Postings)>>,
+    postings: Vec<Vec<(u32, Vec<u8>)>>,
     traces: Vec<Vec<TraceId>>,
 }
 

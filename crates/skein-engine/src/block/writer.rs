@@ -1,6 +1,10 @@
 //! Writing a block: chunks gathered, encoded and compressed, then the index and the footer.
 
 use super::*;
+use std::io::Write as _;
+
+/// Bytes of the index gathered before they go to its compressor.
+const INDEX_PIECE: usize = 256 * 1024;
 
 thread_local! {
     /// Time this thread has spent in chunk encoding, which is parallel work (on every core,
@@ -63,7 +67,9 @@ pub(crate) struct BlockWriter<'a> {
     /// Bytes of the block so far (in `file` or already in the streamed file).
     written: u64,
     chunks: Vec<ChunkMeta>,
-    all_postings: Vec<Vec<(u32, Postings)>>,
+    /// The postings of each chunk, encoded as the index holds them: a merged block's
+    /// postings take a few bytes per key and value, not a map of owned strings.
+    all_postings: Vec<Vec<u8>>,
     /// The blocked Bloom filter of each chunk (empty when it has none), written in the
     /// block's Bloom section by [`BlockWriter::finish`].
     blocked: Vec<Vec<u8>>,
@@ -260,11 +266,17 @@ impl<'a> BlockWriter<'a> {
         let meta = &source.chunks[i];
         let services: BTreeSet<u32> =
             meta.services.iter().map(|s| self.service_id(&source.services[*s as usize].0)).collect();
-        let mut chunk_postings: Vec<(u32, Postings)> = from.postings[i]
+        let mut chunk_postings: Vec<(u32, &[u8])> = from.postings[i]
             .iter()
-            .map(|(sid, keys)| (self.service_id(&source.services[*sid as usize].0), keys.clone()))
+            .map(|(sid, keys)| (self.service_id(&source.services[*sid as usize].0), &keys[..]))
             .collect();
         chunk_postings.sort_unstable_by_key(|(service, _)| *service);
+        let mut encoded = codec::Writer::default();
+        encoded.varint(chunk_postings.len() as u64);
+        for (service, keys) in chunk_postings {
+            encoded.varint(service as u64);
+            encoded.buf.extend_from_slice(keys);
+        }
         // Service ids differ between the blocks, names do not: the filter's items stay valid.
         // A format 4 filter stays after its chunk; a blocked one goes to the Bloom section.
         let filter = source.read_bloom(fs, i)?;
@@ -287,7 +299,7 @@ impl<'a> BlockWriter<'a> {
             bloom_slot: 0,
         });
         self.blocked.push(blocked);
-        self.all_postings.push(chunk_postings);
+        self.all_postings.push(encoded.buf);
         Ok(())
     }
 
@@ -366,7 +378,7 @@ impl<'a> BlockWriter<'a> {
             let mut meta = e.meta;
             meta.offset = self.append_bytes(&e.compressed);
             self.chunks.push(meta);
-            self.all_postings.push(e.postings);
+            self.all_postings.push(encode_postings(&e.postings));
             self.blocked.push(e.filter);
         }
     }
@@ -462,7 +474,16 @@ impl<'a> BlockWriter<'a> {
             }
         }
         index.varint(self.chunks.len() as u64);
-        for (c, postings) in self.chunks.iter().zip(&self.all_postings) {
+        // The index is compressed as it is written, and each chunk's postings freed once in it:
+        // a merged block's postings and index are tens of MiB uncompressed.
+        let mut zstd =
+            zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd level 3 is valid");
+        let all_postings = std::mem::take(&mut self.all_postings);
+        for (c, postings) in self.chunks.iter().zip(all_postings) {
+            if index.buf.len() >= INDEX_PIECE {
+                zstd.write_all(&index.buf).expect("writing to memory");
+                index.buf.clear();
+            }
             index.varint(c.offset);
             index.varint(c.len as u64);
             index.buf.extend_from_slice(&c.crc.to_le_bytes());
@@ -474,25 +495,7 @@ impl<'a> BlockWriter<'a> {
             for s in &c.services {
                 index.varint(*s as u64);
             }
-            index.varint(postings.len() as u64);
-            for (service, keys) in postings {
-                index.varint(*service as u64);
-                index.varint(keys.len() as u64);
-                for (key, values) in keys {
-                    index.str(key);
-                    match values {
-                        KeyValues::Unindexed => index.u8(0),
-                        KeyValues::Listed(values) => {
-                            index.u8(1);
-                            index.varint(values.len() as u64);
-                            for v in values {
-                                index.str(v);
-                            }
-                        }
-                        KeyValues::Hashed => index.u8(2),
-                    }
-                }
-            }
+            index.buf.extend_from_slice(&postings);
             index.varint(c.bloom_len as u64);
             if c.bloom_len > 0 {
                 index.buf.extend_from_slice(&c.bloom_crc.to_le_bytes());
@@ -514,7 +517,9 @@ impl<'a> BlockWriter<'a> {
             index.buf.extend_from_slice(&crc32fast::hash(&red).to_le_bytes());
         }
         index.varint(bloom_offset);
-        let index = zstd::bulk::compress(&index.buf, ZSTD_LEVEL).expect("zstd compresses any input");
+        zstd.write_all(&index.buf).expect("writing to memory");
+        drop(index);
+        let index = zstd.finish().expect("writing to memory");
         let index_offset = at(&file);
         file.extend_from_slice(&index);
         let mut footer = Vec::with_capacity(FOOTER_LEN);
@@ -547,6 +552,9 @@ impl<'a> BlockWriter<'a> {
                 s.renamed = true;
             }
         }
+        // What the writer holds is freed before the block is opened (its index read again).
+        drop((file, trace_index, trace_section));
+        drop(self);
         Block::open(fs, path)
     }
 }
@@ -607,4 +615,29 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], zstd: &mut zstd::bulk::Compresso
         filter,
         postings,
     }
+}
+
+/// A chunk's postings as the index encodes them: per service, its keys and their values.
+fn encode_postings(postings: &[(u32, Postings)]) -> Vec<u8> {
+    let mut index = codec::Writer::default();
+    index.varint(postings.len() as u64);
+    for (service, keys) in postings {
+        index.varint(*service as u64);
+        index.varint(keys.len() as u64);
+        for (key, values) in keys {
+            index.str(key);
+            match values {
+                KeyValues::Unindexed => index.u8(0),
+                KeyValues::Listed(values) => {
+                    index.u8(1);
+                    index.varint(values.len() as u64);
+                    for v in values {
+                        index.str(v);
+                    }
+                }
+                KeyValues::Hashed => index.u8(2),
+            }
+        }
+    }
+    index.buf
 }
