@@ -84,7 +84,7 @@ impl PostingIndexBuilder {
     }
 
     /// The current chunk's service `service` has key `key` with these values.
-    pub(crate) fn add(&mut self, service: u32, key: &str, values: KeyValues<&[String]>) {
+    pub(crate) fn add(&mut self, service: u32, key: &str, values: KeyValues<&[&str]>) {
         let chunk = self.chunks.checked_sub(1).expect("next_chunk before add");
         let mut push = |says: Says<'_>| {
             let set = self.sets.entry(entry_hash(service, key, says)).or_default();
@@ -199,7 +199,7 @@ mod tests {
         // "PUT" in chunk 5 only (sparse); key "id" is hashed in even chunks and unindexed in
         // chunk 3; service 1 lists "PUT" in chunk 99.
         let mut b = PostingIndexBuilder::default();
-        let (get, put) = (vec!["GET".to_owned()], vec!["GET".to_owned(), "PUT".to_owned()]);
+        let (get, put) = (vec!["GET"], vec!["GET", "PUT"]);
         for c in 0..100 {
             b.next_chunk();
             b.add(0, "m", KeyValues::Listed(if c == 5 { &put[..] } else { &get[..] }));

@@ -22,7 +22,12 @@ impl<'a> IndexReader<'a> {
     }
 
     pub(crate) fn str(&mut self) -> Result<String, String> {
-        self.r.text().map(str::to_owned).map_err(|e| format!("index: {e}"))
+        self.text().map(str::to_owned)
+    }
+
+    /// A string of the index, borrowed.
+    pub(crate) fn text(&mut self) -> Result<&'a str, String> {
+        self.r.text().map_err(|e| format!("index: {e}"))
     }
 
     pub(crate) fn count(&mut self) -> Result<usize, String> {
@@ -131,7 +136,7 @@ impl Block {
         let mut postings = (version >= 2).then(PostingIndexBuilder::default);
         let n = r.count()?;
         let mut chunks = Vec::with_capacity(n);
-        let mut values: Vec<String> = Vec::new();
+        let mut values: Vec<&str> = Vec::new();
         for _ in 0..n {
             let offset = r.varint()?;
             let len = r.varint()? as u32;
@@ -163,7 +168,22 @@ impl Block {
                     let start = r.position();
                     let nk = r.count()?;
                     for _ in 0..nk {
-                        let key = r.str()?;
+                        if copy.is_some() {
+                            // Checked and stepped over: compaction copies the bytes.
+                            r.text()?;
+                            match r.bytes(1)?[0] {
+                                0 => {}
+                                1 => {
+                                    for _ in 0..r.count()? {
+                                        r.text()?;
+                                    }
+                                }
+                                2 if version >= 4 => {}
+                                f => return Err(format!("bad postings flag {f}")),
+                            }
+                            continue;
+                        }
+                        let key = r.text()?;
                         let flag = r.bytes(1)?[0];
                         values.clear();
                         let found = match flag {
@@ -171,16 +191,14 @@ impl Block {
                             1 => {
                                 let nv = r.count()?;
                                 for _ in 0..nv {
-                                    values.push(r.str()?);
+                                    values.push(r.text()?);
                                 }
                                 KeyValues::Listed(&values[..])
                             }
                             2 if version >= 4 => KeyValues::Hashed,
                             f => return Err(format!("bad postings flag {f}")),
                         };
-                        if copy.is_none() {
-                            postings.add(service, &key, found);
-                        }
+                        postings.add(service, key, found);
                     }
                     if let Some(copy) = &mut copy {
                         copy.push((service, raw[start..r.position()].to_vec()));
