@@ -106,6 +106,11 @@ pub struct Report {
     /// Search for one `client.address` value (about 65,000 distinct ones).
     pub search_rare_p50_ms: f64,
     pub search_rare_p99_ms: f64,
+    /// Search for a `client.address` value that no span has: every chunk whose postings do not
+    /// rule the service and key out is asked (its Bloom filter, and the chunk when that says
+    /// "maybe").
+    pub search_absent_p50_ms: f64,
+    pub search_absent_p99_ms: f64,
     /// The service list (`/api/services`) and one service's operations
     /// (`/api/services/{service}/operations`, each service in turn).
     pub services_p99_ms: f64,
@@ -167,6 +172,8 @@ impl Report {
             "search_p99_ms": round(self.search_p99_ms),
             "search_rare_p50_ms": round(self.search_rare_p50_ms),
             "search_rare_p99_ms": round(self.search_rare_p99_ms),
+            "search_absent_p50_ms": round(self.search_absent_p50_ms),
+            "search_absent_p99_ms": round(self.search_absent_p99_ms),
             "services_p99_ms": round(self.services_p99_ms),
             "operations_p99_ms": round(self.operations_p99_ms),
             "clickhouse_cpu_seconds": self.clickhouse_cpu_seconds.map(round),
@@ -206,6 +213,7 @@ impl Report {
              trace by id        p50 {:.2} ms, p99 {:.2} ms\n\
              search (attribute) p50 {:.2} ms, p99 {:.2} ms\n\
              search (client.address) p50 {:.2} ms, p99 {:.2} ms\n\
+             search (absent value) p50 {:.2} ms, p99 {:.2} ms\n\
              services list      p99 {:.2} ms, operations p99 {:.2} ms{}{}{}{}{}{}{}",
             self.spans_accepted,
             self.spans_sent,
@@ -223,6 +231,8 @@ impl Report {
             self.search_p99_ms,
             self.search_rare_p50_ms,
             self.search_rare_p99_ms,
+            self.search_absent_p50_ms,
+            self.search_absent_p99_ms,
             self.services_p99_ms,
             self.operations_p99_ms,
             self.rss_after_queries_mib.map_or(String::new(), |rss| format!(
@@ -1048,6 +1058,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
         format!("{query}/api/traces?service=frontend&tags=%7B%22client.address%22%3A%22{address}%22%7D&lookback=2h&limit=20")
     }))
     .await?;
+    // A client address no request has (the load's are dotted numbers): nothing matches.
+    let absent = timed_gets(&client, (0..config.queries).map(|i| {
+        format!("{query}/api/traces?service=frontend&tags=%7B%22client.address%22%3A%22absent-{i}%22%7D&lookback=2h&limit=20")
+    }))
+    .await?;
     let service_list =
         timed_gets(&client, (0..config.queries).map(|_| format!("{query}/api/services"))).await?;
     let operations = timed_gets(
@@ -1065,6 +1080,8 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     report.search_p99_ms = percentile(&search, 0.99);
     report.search_rare_p50_ms = percentile(&rare, 0.5);
     report.search_rare_p99_ms = percentile(&rare, 0.99);
+    report.search_absent_p50_ms = percentile(&absent, 0.5);
+    report.search_absent_p99_ms = percentile(&absent, 0.99);
     if let Some(s) = &server {
         report.rss_after_queries_mib = s.rss_mib();
         report.store_memory_bytes = metric_by_part(&query, &client, "skein_storage_memory_bytes").await;
