@@ -1021,6 +1021,9 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
             report.bytes_per_span = Some(bytes as f64 / report.spans_accepted as f64);
         }
         let s = start()?;
+        // The head written on the way out may complete a run of blocks to merge: queries are
+        // timed at rest, once that compaction is done too.
+        wait_for_compaction(&s.http, &client).await;
         let q = s.http.clone();
         server = Some(s);
         q
