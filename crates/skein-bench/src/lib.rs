@@ -990,7 +990,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     drop(collector);
 
     // Disk: let compaction catch up, stop gracefully (head → blocks), measure, restart on the
-    // same data.
+    // same data, and let compaction catch up again before the queries.
     if let Some(ch) = &clickhouse {
         // Every acknowledged span leaves the nodes' buffers for ClickHouse: time that too.
         let t = Instant::now();
