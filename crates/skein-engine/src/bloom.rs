@@ -155,7 +155,13 @@ fn line_positions(hash: u64, probes: u8, seed: Option<u32>) -> impl Iterator<Ite
 /// [`BLOCKED_PROBES`] probes per item; bit `p` of a line is bit `p % 8` of its byte `p / 8`.
 /// Format 6 writers give the chunk's `seed` (its crc32); format 5 wrote unseeded filters.
 pub(crate) fn build_blocked(hashes: &[u64], seed: Option<u32>) -> Vec<u8> {
-    let lines = lines_for(hashes.len());
+    build_blocked_lines(hashes, lines_for(hashes.len()), seed)
+}
+
+/// A blocked filter of `lines` lines over item hashes (as [`build_blocked`], whose line count
+/// suits tag values; a block's trace filter takes fewer bits per item).
+pub(crate) fn build_blocked_lines(hashes: &[u64], lines: u32, seed: Option<u32>) -> Vec<u8> {
+    let lines = lines.max(1);
     let mut out = vec![0u8; lines as usize * LINE_BYTES];
     for &h in hashes {
         let line = &mut out[line_of(h, lines) as usize * LINE_BYTES..][..LINE_BYTES];

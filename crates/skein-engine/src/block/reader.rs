@@ -262,7 +262,11 @@ impl Block {
             let firsts = (0..pages)
                 .map(|_| TraceId::from_slice(r.bytes(16)?).map_err(|e| format!("bad trace id in index: {e}")))
                 .collect::<Result<Vec<_>, String>>()?;
-            paged = Some((entries, offset, per_page, firsts));
+            let lines = r.count()?;
+            let probes = if lines > 0 { r.bytes(1)?[0] } else { 0 };
+            let filter =
+                r.bytes(lines.checked_mul(bloom::LINE_BYTES).ok_or("trace filter too long")?)?.to_vec();
+            paged = Some((entries, offset, per_page, firsts, (probes, filter)));
             if let Some(out) = &mut per_chunk {
                 out.traces = vec![Vec::new(); chunks.len()];
             }
@@ -305,9 +309,9 @@ impl Block {
         let end = red.map_or(index_offset, |(offset, _, _)| offset);
         let traces = match (traces, paged) {
             (Some(traces), _) => traces,
-            (None, Some((entries, offset, per_page, firsts))) => {
-                TraceIndex::Paged(traces::Paged::new(offset, entries, per_page, firsts, chunks.len(), end)?)
-            }
+            (None, Some((entries, offset, per_page, firsts, filter))) => TraceIndex::Paged(
+                traces::Paged::new(offset, entries, per_page, firsts, filter, chunks.len(), end)?,
+            ),
             (None, None) => unreachable!("every version reads one form of trace index"),
         };
         let bloom_groups = if version >= 5 {

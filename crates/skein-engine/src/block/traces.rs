@@ -13,9 +13,15 @@ use std::path::Path;
 use skein_model::TraceId;
 use skein_wal::fs::Fs;
 
+use crate::bloom;
+
 /// Entries in a page of the trace section (the last page may hold fewer). One page is what a
 /// lookup reads: 128 entries of 18 bytes, about 2.3 KiB.
 pub(crate) const PAGE_ENTRIES: u32 = 128;
+
+/// Bits per trace of a format 6 block's trace filter: with 8 probes in 64-byte lines, about
+/// 2.5 % of the blocks that do not hold a trace say "maybe" (and cost a page read).
+const FILTER_BITS_PER_TRACE: usize = 8;
 
 /// Chunk numbers are 2 bytes in the trace section up to this many chunks, 4 beyond.
 const NARROW_CHUNKS: usize = 1 << 16;
@@ -53,7 +59,7 @@ impl TraceIndex {
     pub(crate) fn memory_bytes(&self) -> usize {
         match self {
             TraceIndex::Hashed(h) => h.memory_bytes(),
-            TraceIndex::Paged(p) => p.firsts.capacity() * 16,
+            TraceIndex::Paged(p) => p.firsts.capacity() * 16 + p.filter.lines.capacity(),
         }
     }
 }
@@ -117,7 +123,8 @@ impl Hashed {
     }
 }
 
-/// A format 6 trace index: where its section lies and the first id of each page.
+/// A format 6 trace index: where its section lies, the first id of each page, and a blocked
+/// Bloom filter of the block's trace ids.
 #[derive(Debug)]
 pub(crate) struct Paged {
     offset: u64,
@@ -126,6 +133,48 @@ pub(crate) struct Paged {
     /// Chunk numbers are 4 bytes (the block has more than 65,536 chunks), else 2.
     wide: bool,
     firsts: Vec<TraceId>,
+    filter: TraceFilter,
+}
+
+/// A blocked Bloom filter of a block's trace ids (see [`bloom::build_blocked`]), kept in
+/// memory: a read by id asks every block, and most do not hold the trace; without it each
+/// would cost a page read, from the disk once the page cache has let the page go.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TraceFilter {
+    probes: u8,
+    lines: Vec<u8>,
+}
+
+impl TraceFilter {
+    /// The filter of the distinct ids among `entries` (sorted by id).
+    fn of(entries: &[(TraceId, u32)]) -> TraceFilter {
+        let mut hashes: Vec<u64> = entries.iter().map(|(id, _)| trace_hash(*id)).collect();
+        hashes.dedup();
+        let lines = (hashes.len() * FILTER_BITS_PER_TRACE).div_ceil(bloom::LINE_BYTES * 8) as u32;
+        TraceFilter { probes: bloom::BLOCKED_PROBES, lines: bloom::build_blocked_lines(&hashes, lines, None) }
+    }
+
+    /// Whether the block may hold `id` (`false`: certainly not). An empty filter (a block
+    /// without traces) holds nothing; a filter of the wrong shape answers "maybe".
+    fn may_hold(&self, id: TraceId) -> bool {
+        let count = (self.lines.len() / bloom::LINE_BYTES) as u32;
+        if count == 0 {
+            return false;
+        }
+        let h = trace_hash(id);
+        let line = bloom::line_of(h, count) as usize;
+        bloom::line_may_contain(
+            &self.lines[line * bloom::LINE_BYTES..][..bloom::LINE_BYTES],
+            h,
+            self.probes,
+            0,
+        )
+    }
+}
+
+/// The hash of a trace id in a block's trace filter (as [`trace_key`], all 64 bits).
+fn trace_hash(id: TraceId) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
 /// The trace section of a block being written, and what its index says of it.
@@ -134,6 +183,9 @@ pub(crate) struct TraceSection {
     pub(crate) bytes: Vec<u8>,
     /// The first id of each page.
     pub(crate) firsts: Vec<TraceId>,
+    /// The filter's probes and lines, which the index holds.
+    pub(crate) filter_probes: u8,
+    pub(crate) filter: Vec<u8>,
 }
 
 fn entry_len(wide: bool) -> usize {
@@ -162,22 +214,28 @@ impl TraceSection {
             let crc = crc32fast::hash(&bytes[start..]);
             bytes.extend_from_slice(&crc.to_le_bytes());
         }
-        TraceSection { bytes, firsts }
+        let filter = TraceFilter::of(entries);
+        TraceSection { bytes, firsts, filter_probes: filter.probes, filter: filter.lines }
     }
 }
 
 impl Paged {
     /// The index of a section at `offset` with `entries` entries in pages of `per_page`, the
-    /// first ids `firsts`, in a block of `chunks` chunks whose section must end by `end`.
+    /// first ids `firsts`, the trace filter `(probes, lines)`, in a block of `chunks` chunks
+    /// whose section must end by `end`.
     pub(crate) fn new(
         offset: u64,
         entries: u64,
         per_page: u32,
         mut firsts: Vec<TraceId>,
+        (probes, lines): (u8, Vec<u8>),
         chunks: usize,
         end: u64,
     ) -> Result<Paged, IndexError> {
         firsts.shrink_to_fit();
+        if lines.len() % bloom::LINE_BYTES != 0 || (entries > 0 && lines.is_empty()) {
+            return Err("the trace filter is not whole lines".into());
+        }
         if per_page == 0 {
             return Err("trace section pages of 0 entries".into());
         }
@@ -187,7 +245,8 @@ impl Paged {
         if firsts.windows(2).any(|w| w[0] > w[1]) {
             return Err("trace section pages out of order".into());
         }
-        let p = Paged { offset, entries, per_page, wide: chunks > NARROW_CHUNKS, firsts };
+        let filter = TraceFilter { probes, lines };
+        let p = Paged { offset, entries, per_page, wide: chunks > NARROW_CHUNKS, firsts, filter };
         if offset.checked_add(p.len()).is_none_or(|e| e > end) {
             return Err("the trace section lies outside the file".into());
         }
@@ -246,7 +305,8 @@ impl Paged {
     }
 
     fn chunks_of(&self, fs: &dyn Fs, path: &Path, ids: &[TraceId]) -> Result<BTreeSet<usize>, IndexError> {
-        let pages: BTreeSet<usize> = ids.iter().flat_map(|id| self.pages_of(*id)).collect();
+        let pages: BTreeSet<usize> =
+            ids.iter().filter(|id| self.filter.may_hold(**id)).flat_map(|id| self.pages_of(*id)).collect();
         if pages.is_empty() {
             return Ok(BTreeSet::new());
         }
@@ -349,6 +409,7 @@ mod tests {
             entries.len() as u64,
             PAGE_ENTRIES,
             section.firsts,
+            (section.filter_probes, section.filter),
             chunks,
             file.len() as u64,
         )
@@ -411,6 +472,25 @@ mod tests {
         }
     }
 
+    /// The trace filter lets every stored trace through and few others: an id it rules out
+    /// costs no read (asked of a file that does not exist, it answers without an error).
+    #[test]
+    fn the_trace_filter_spares_most_reads_for_absent_traces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries: Vec<(TraceId, u32)> = (0..20_000u64).map(|n| (id(n), (n % 9) as u32)).collect();
+        entries.sort_unstable();
+        let (index, path) = paged(dir.path(), &entries, 9, 0);
+        let fs = OsFs;
+        for n in (0..20_000).step_by(101) {
+            assert_eq!(index.chunks_of(&fs, &path, &[id(n)]).unwrap().len(), 1, "trace {n}");
+        }
+        let nowhere = dir.path().join("nowhere");
+        let read =
+            (1_000_000..1_010_000u64).filter(|n| index.chunks_of(&fs, &nowhere, &[id(*n)]).is_err()).count();
+        assert!(read < 500, "{read} of 10,000 absent traces needed a page read");
+        assert!(index.filter.lines.len() <= 20_000 + 64, "{} bytes of filter", index.filter.lines.len());
+    }
+
     /// A damaged page is an error (never "not here", which would hide a trace), and an index
     /// whose pages do not fit the file or its entries is refused when the block is opened.
     #[test]
@@ -434,12 +514,14 @@ mod tests {
         let section = TraceSection::write(&entries, 5);
         let len = section.bytes.len() as u64;
         let firsts = || section.firsts.clone();
-        assert!(Paged::new(0, 1000, PAGE_ENTRIES, firsts(), 5, len).is_ok());
-        assert!(Paged::new(1, 1000, PAGE_ENTRIES, firsts(), 5, len).is_err(), "past the end");
-        assert!(Paged::new(0, 2000, PAGE_ENTRIES, firsts(), 5, u64::MAX).is_err(), "page count");
-        assert!(Paged::new(0, 1000, 0, firsts(), 5, len).is_err());
+        let filter = || (section.filter_probes, section.filter.clone());
+        assert!(Paged::new(0, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_ok());
+        assert!(Paged::new(1, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_err(), "past the end");
+        assert!(Paged::new(0, 2000, PAGE_ENTRIES, firsts(), filter(), 5, u64::MAX).is_err(), "page count");
+        assert!(Paged::new(0, 1000, 0, firsts(), filter(), 5, len).is_err());
+        assert!(Paged::new(0, 1000, PAGE_ENTRIES, firsts(), (8, vec![0; 10]), 5, len).is_err(), "filter");
         let mut reversed = firsts();
         reversed.reverse();
-        assert!(Paged::new(0, 1000, PAGE_ENTRIES, reversed, 5, len).is_err(), "order");
+        assert!(Paged::new(0, 1000, PAGE_ENTRIES, reversed, filter(), 5, len).is_err(), "order");
     }
 }

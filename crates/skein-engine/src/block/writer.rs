@@ -512,6 +512,11 @@ impl<'a> BlockWriter<'a> {
         for id in &trace_section.firsts {
             index.buf.extend_from_slice(id.as_bytes());
         }
+        index.varint((trace_section.filter.len() / bloom::LINE_BYTES) as u64);
+        if !trace_section.filter.is_empty() {
+            index.u8(trace_section.filter_probes);
+            index.buf.extend_from_slice(&trace_section.filter);
+        }
         index.varint(red.len() as u64);
         if !red.is_empty() {
             index.buf.extend_from_slice(&crc32fast::hash(&red).to_le_bytes());
