@@ -98,8 +98,24 @@ impl Shared {
     }
 
     pub(crate) fn read_chunk(&self, block: &Block, i: usize) -> Option<Vec<Span>> {
+        self.counted(block.read_chunk(&*self.config.fs, i))
+    }
+
+    /// The spans of chunk `i` of `block` whose traces are among `wanted` (see
+    /// [`Block::read_chunk_traces`]).
+    pub(crate) fn read_chunk_traces(
+        &self,
+        block: &Block,
+        i: usize,
+        wanted: &std::collections::HashSet<TraceId>,
+    ) -> Option<Vec<Span>> {
+        self.counted(block.read_chunk_traces(&*self.config.fs, i, &|id| wanted.contains(id)))
+    }
+
+    /// A chunk read, counted; logged and skipped when it failed.
+    fn counted(&self, read: Result<Vec<Span>, block::BlockError>) -> Option<Vec<Span>> {
         self.chunks_read.fetch_add(1, Ordering::Relaxed);
-        match block.read_chunk(&*self.config.fs, i) {
+        match read {
             Ok(spans) => Some(spans),
             Err(e) => {
                 tracing::error!(error = %e, "chunk unreadable; skipped");
@@ -146,14 +162,8 @@ impl Engine {
                 blocks_with += usize::from(!chunks.is_empty());
                 chunks_read += chunks.len();
                 for chunk in chunks {
-                    shared.chunks_read.fetch_add(1, Ordering::Relaxed);
-                    match b.read_chunk_traces(&*shared.config.fs, chunk, &|id| wanted.contains(id)) {
-                        Ok(spans) => {
-                            for span in spans {
-                                out.entry(span.trace_id).or_default().push(span);
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "chunk unreadable; skipped"),
+                    for span in shared.read_chunk_traces(b, chunk, &wanted).into_iter().flatten() {
+                        out.entry(span.trace_id).or_default().push(span);
                     }
                 }
             }

@@ -629,18 +629,13 @@ impl Block {
         i: usize,
         wanted: &dyn Fn(&TraceId) -> bool,
     ) -> Result<Vec<Span>, BlockError> {
-        let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
-        let bytes = self.read_chunk_bytes(fs, i)?;
-        let raw = zstd::stream::decode_all(&bytes[..])
-            .map_err(|e| corrupt(format!("chunk {i} does not decompress: {e}")))?;
-        let decoded = match raw.first() {
-            Some(&columnar::COLUMNAR_VERSION) => columnar::decode_chunk_traces(&raw, wanted),
-            _ => codec::decode_spans(&raw).map(|mut spans| {
+        self.decode_chunk(fs, i, |raw| match raw.first() {
+            Some(&columnar::COLUMNAR_VERSION) => columnar::decode_chunk_traces(raw, wanted),
+            _ => codec::decode_spans(raw).map(|mut spans| {
                 spans.retain(|s| wanted(&s.trace_id));
                 spans
             }),
-        };
-        decoded.map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
+        })
     }
 
     /// [`Block::read_chunk`], with only the span attributes `keep` accepts and no events when
@@ -651,19 +646,28 @@ impl Block {
         i: usize,
         keep: Option<skein_store::KeepAttribute>,
     ) -> Result<Vec<Span>, BlockError> {
-        let corrupt = |reason: String| BlockError::Corrupt { path: self.path.clone(), reason };
+        // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
+        self.decode_chunk(fs, i, |raw| match (raw.first(), keep) {
+            (Some(&columnar::COLUMNAR_VERSION), None) => columnar::decode_chunk(raw),
+            (Some(&columnar::COLUMNAR_VERSION), Some(keep)) => columnar::decode_chunk_projected(raw, keep),
+            (_, None) => codec::decode_spans(raw),
+            // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
+            (_, Some(_)) => codec::decode_spans(raw),
+        })
+    }
+
+    /// Chunk `i` read (crc checked), decompressed and given to `decode`; a failure of either
+    /// step is the block's corruption.
+    fn decode_chunk(
+        &self,
+        fs: &dyn Fs,
+        i: usize,
+        decode: impl FnOnce(&[u8]) -> Result<Vec<Span>, DecodeError>,
+    ) -> Result<Vec<Span>, BlockError> {
         let bytes = self.read_chunk_bytes(fs, i)?;
         let raw = zstd::stream::decode_all(&bytes[..])
-            .map_err(|e| corrupt(format!("chunk {i} does not decompress: {e}")))?;
-        // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
-        let decoded = match (raw.first(), keep) {
-            (Some(&columnar::COLUMNAR_VERSION), None) => columnar::decode_chunk(&raw),
-            (Some(&columnar::COLUMNAR_VERSION), Some(keep)) => columnar::decode_chunk_projected(&raw, keep),
-            (_, None) => codec::decode_spans(&raw),
-            // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
-            (_, Some(_)) => codec::decode_spans(&raw),
-        };
-        decoded.map_err(|e: DecodeError| corrupt(format!("chunk {i}: {e}")))
+            .map_err(|e| self.corrupt(format!("chunk {i} does not decompress: {e}")))?;
+        decode(&raw).map_err(|e| self.corrupt(format!("chunk {i}: {e}")))
     }
 }
 
