@@ -278,33 +278,43 @@ mod tests {
         e.close().await;
     }
 
-    /// WAL records are compressed batches; records written before (the batch's encoding as
-    /// it is) are replayed too, and a record that is neither is reported, not replayed.
+    /// WAL records are LZ4-compressed batches; records written before (zstd frames, and before
+    /// those the batch's encoding as it is) are replayed too, and a record that is none of them,
+    /// or whose LZ4 header claims more than its block can hold, is reported, not replayed.
     #[tokio::test]
-    async fn wal_records_compressed_and_plain_are_replayed() {
+    async fn wal_records_lz4_zstd_and_plain_are_replayed() {
         let spans =
             |n: u8| (1..=4).map(|i| SpanBuilder::new(n, i).service("svc").build()).collect::<Vec<_>>();
         let (record, len) = wal_record(&spans(1));
-        assert!(record.starts_with(&ZSTD_MAGIC));
+        assert!(record.starts_with(&LZ4_MAGIC));
         assert_eq!(len, codec::encode_spans(&spans(1)).len());
         assert_eq!(read_wal_record(&record).unwrap(), (spans(1), len));
         let plain = codec::encode_spans(&spans(2));
         assert_eq!(read_wal_record(&plain).unwrap(), (spans(2), plain.len()));
+        let zstd = zstd::bulk::compress(&codec::encode_spans(&spans(3)), 1).unwrap();
+        assert!(zstd.starts_with(&ZSTD_MAGIC));
+        assert_eq!(read_wal_record(&zstd).unwrap().0, spans(3));
         let mut damaged = record.clone();
         damaged.truncate(record.len() - 3);
         assert!(read_wal_record(&damaged).is_err());
+        let mut huge = record.clone();
+        huge[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = read_wal_record(&huge).unwrap_err();
+        assert!(err.contains("claims"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let config = crate::test_config(dir.path());
         let (e, _) = Engine::open(config.clone()).unwrap();
         e.write(spans(1)).await.unwrap();
-        // A record as an older build wrote it, and one that decodes to nothing.
+        // Records as older builds wrote them, and two that decode to nothing.
         e.shared.wal.append(plain).await.unwrap();
+        e.shared.wal.append(zstd).await.unwrap();
         e.shared.wal.append(damaged).await.unwrap();
+        e.shared.wal.append(huge).await.unwrap();
         e.close().await;
         let (e, report) = Engine::open(config).unwrap();
-        assert_eq!((report.wal_records_replayed, report.undecodable_wal_records), (2, 1));
-        for n in [1, 2] {
+        assert_eq!((report.wal_records_replayed, report.undecodable_wal_records), (3, 2));
+        for n in [1, 2, 3] {
             assert_eq!(e.trace(SpanBuilder::trace_id(n)).await.unwrap().unwrap().len(), 4);
         }
         e.close().await;
