@@ -14,6 +14,7 @@
 //! with [`Fallback`], and the caller decodes the request the general way, which words
 //! every rejection. So both ways always give the same result; a property test checks it.
 
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use prost::encoding::{self as pe, DecodeContext, WireType};
@@ -50,6 +51,7 @@ pub(crate) fn decode(body: &[u8], limits: &Limits) -> Res<Vec<Span>> {
         attrs: Vec::new(),
         spans: Vec::with_capacity(count_spans(body)),
         span_bodies: Vec::new(),
+        keys: FxHashMap::default(),
     };
     each_field(body, |tag, wire_type, buf| match tag {
         1 => d.resource_spans(delimited(wire_type, buf)?),
@@ -88,6 +90,9 @@ struct Decoder<'a, 'l> {
     spans: Vec<Span>,
     /// The encoded spans of the scope being decoded (reused between scopes).
     span_bodies: Vec<&'a [u8]>,
+    /// Attribute keys met so far in this request, by their bytes: a request repeats a handful
+    /// of keys in every span, so each is checked as UTF-8 and made into a `Str` once.
+    keys: FxHashMap<&'a [u8], Str>,
 }
 
 impl<'a> Decoder<'a, '_> {
@@ -274,10 +279,10 @@ impl<'a> Decoder<'a, '_> {
 
     /// A `KeyValue` whose value sits at nesting `depth` (1 for an attribute's own value).
     fn key_value(&mut self, buf: &'a [u8], depth: usize) -> Res<KeyValue> {
-        let mut key = "";
+        let mut key: &[u8] = b"";
         let (mut value, mut has_value) = (AttrValue::Empty, false);
         each_field(buf, |tag, wire_type, buf| match tag {
-            1 => set(&mut key, text(wire_type, buf)),
+            1 => set(&mut key, delimited(wire_type, buf)),
             // A second value merges into the first in protobuf: left to prost.
             2 if has_value => Err(Fallback),
             2 => {
@@ -291,7 +296,15 @@ impl<'a> Decoder<'a, '_> {
         if key.len() > self.limits.max_attribute_value_bytes || depth > self.max_depth {
             return Err(Fallback);
         }
-        Ok(KeyValue { key: skein_model::attribute_key(key), value })
+        let key = match self.keys.get(key) {
+            Some(k) => k.clone(),
+            None => {
+                let k = skein_model::attribute_key(std::str::from_utf8(key).map_err(|_| Fallback)?);
+                self.keys.insert(key, k.clone());
+                k
+            }
+        };
+        Ok(KeyValue { key, value })
     }
 
     /// Decodes an `AnyValue` into `out`, which is empty (and stays so for an unset value).
