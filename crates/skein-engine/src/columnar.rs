@@ -589,6 +589,100 @@ pub fn decode_chunk_projected(
     decode(buf, Some(keep), None)
 }
 
+/// The first byte of a chunk stored packed (block format 7): each column compressed on its
+/// own. Chunks of earlier formats are one zstd frame of the whole encoding, whose first byte
+/// is 0x28, so the two are told apart by this byte alone.
+pub const PACKED: u8 = 0xC7;
+
+/// A column's bytes as they are (too small or too random for zstd to shrink)…
+const COLUMN_STORED: u8 = 0;
+/// …or as a zstd frame.
+const COLUMN_ZSTD: u8 = 1;
+
+/// The largest column an unpacked chunk may claim: far more than any chunk the writer cuts
+/// (about 512 KiB), so a larger claim is damage, refused before anything is allocated.
+const MAX_COLUMN_BYTES: u64 = 256 << 20;
+
+/// A columnar chunk (as [`encode_chunk`] writes it) stored packed: the header as it is, then
+/// each column compressed by `zstd` on its own, or stored when that is not smaller. Columns
+/// differ (random ids, small deltas, text), and one frame for all of them mixes their
+/// statistics: on the realistic load, packed chunks take about 6 % fewer bytes than one frame
+/// of the whole chunk. See `docs/format/block.md`, "Packed chunks".
+pub(crate) fn pack(
+    encoded: &[u8],
+    zstd: &mut zstd::bulk::Compressor<'static>,
+) -> Result<Vec<u8>, DecodeError> {
+    let mut r = Reader { buf: encoded, pos: 0 };
+    let version = r.u8()?;
+    let (n_traces, n_spans) = (r.varint()?, r.varint()?);
+    let mut out = Writer { buf: Vec::with_capacity(encoded.len() / 3) };
+    out.u8(PACKED);
+    out.u8(version);
+    out.varint(n_traces);
+    out.varint(n_spans);
+    let mut columns = Vec::new();
+    while !r.is_empty() {
+        columns.push(r.slice()?);
+    }
+    out.varint(columns.len() as u64);
+    for column in columns {
+        out.varint(column.len() as u64);
+        let compressed = zstd.compress(column).map_err(|e| DecodeError(format!("zstd: {e}")))?;
+        if compressed.len() < column.len() {
+            out.u8(COLUMN_ZSTD);
+            out.bytes(&compressed);
+        } else {
+            out.u8(COLUMN_STORED);
+            out.bytes(column);
+        }
+    }
+    Ok(out.buf)
+}
+
+/// The columnar encoding of a packed chunk (see [`pack`]), for [`decode_chunk`] and its kin.
+pub fn unpack(packed: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let mut r = Reader { buf: packed, pos: 0 };
+    if r.u8()? != PACKED {
+        return err("not a packed chunk");
+    }
+    let version = r.u8()?;
+    let (n_traces, n_spans) = (r.varint()?, r.varint()?);
+    let n_columns = r.count()?;
+    let mut out = Writer { buf: Vec::with_capacity(packed.len() * 4) };
+    let mut zstd = zstd::bulk::Decompressor::new().map_err(|e| DecodeError(format!("zstd: {e}")))?;
+    out.u8(version);
+    out.varint(n_traces);
+    out.varint(n_spans);
+    for c in 0..n_columns {
+        let raw_len = r.varint()?;
+        if raw_len > MAX_COLUMN_BYTES {
+            return err(format!("column {c} claims {raw_len} bytes"));
+        }
+        let mode = r.u8()?;
+        let stored = r.slice()?;
+        out.varint(raw_len);
+        match mode {
+            COLUMN_STORED if stored.len() as u64 == raw_len => out.buf.extend_from_slice(stored),
+            COLUMN_STORED => return err(format!("column {c} holds {} bytes, not {raw_len}", stored.len())),
+            COLUMN_ZSTD => {
+                let start = out.buf.len();
+                out.buf.resize(start + raw_len as usize, 0);
+                let n = zstd
+                    .decompress_to_buffer(stored, &mut out.buf[start..])
+                    .map_err(|e| DecodeError(format!("column {c} does not decompress: {e}")))?;
+                if n as u64 != raw_len {
+                    return err(format!("column {c} decompresses to {n} bytes, not {raw_len}"));
+                }
+            }
+            other => return err(format!("column {c} has an unknown mode {other}")),
+        }
+    }
+    if !r.is_empty() {
+        return err("trailing bytes after the last column");
+    }
+    Ok(out.buf)
+}
+
 fn decode(
     buf: &[u8],
     keep: Option<skein_store::KeepAttribute>,
@@ -912,10 +1006,127 @@ mod tests {
         assert!(col < row, "columnar {col} bytes, row {row} bytes");
     }
 
+    /// Many spans as real ones look to a compressor: random span ids, start offsets and
+    /// durations, and a random session id per trace, beside repeating names and methods.
+    fn many() -> Vec<Span> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut spans = rich();
+        for t in 1..=60u8 {
+            let session = format!("{:016x}", next());
+            for i in 1..=12u8 {
+                let b = SpanBuilder::new(t, i)
+                    .service(["frontend", "checkout", "cart"][i as usize % 3])
+                    .name(format!("op-{}", i % 5))
+                    .attr("http.request.method", AttrValue::Str("GET".into()))
+                    .attr("session.id", AttrValue::Str(session.clone().into()))
+                    .attr("http.response.status_code", AttrValue::Int(200));
+                let mut s = if i > 1 { b.parent(i - 1) } else { b }.build();
+                s.span_id = SpanId::from_bytes(next().to_le_bytes()).unwrap();
+                s.start_time_unix_nano += next() % 50_000_000;
+                s.end_time_unix_nano = s.start_time_unix_nano + next() % 20_000_000;
+                spans.push(s);
+            }
+        }
+        spans
+    }
+
+    /// A packed chunk's parts: the bytes before the columns, and each column's claimed
+    /// length, mode and stored bytes.
+    type Parts = (Vec<u8>, Vec<(u64, u8, Vec<u8>)>);
+
+    fn parts(packed: &[u8]) -> Parts {
+        let mut r = Reader { buf: packed, pos: 2 };
+        let _ = (r.varint().unwrap(), r.varint().unwrap());
+        let head = packed[..r.pos].to_vec();
+        let n = r.count().unwrap();
+        let columns =
+            (0..n).map(|_| (r.varint().unwrap(), r.u8().unwrap(), r.slice().unwrap().to_vec())).collect();
+        (head, columns)
+    }
+
+    fn join((head, columns): &Parts) -> Vec<u8> {
+        let mut w = Writer { buf: head.clone() };
+        w.varint(columns.len() as u64);
+        for (len, mode, stored) in columns {
+            w.varint(*len);
+            w.u8(*mode);
+            w.bytes(stored);
+        }
+        w.buf
+    }
+
+    /// A packed chunk unpacks to the very bytes that were packed, with columns in both forms,
+    /// and on spans with random ids and times it is smaller than one zstd frame of the whole
+    /// encoding.
+    #[test]
+    fn packed_chunks_unpack_to_the_encoding() {
+        let mut zstd = zstd::bulk::Compressor::new(3).unwrap();
+        for spans in [rich(), many()] {
+            let encoded = encode_chunk(&spans);
+            let packed = pack(&encoded, &mut zstd).unwrap();
+            assert_eq!(packed[0], PACKED);
+            assert_eq!(unpack(&packed).unwrap(), encoded);
+            assert_eq!(sorted(decode_chunk(&unpack(&packed).unwrap()).unwrap()), sorted(spans));
+            assert_eq!(join(&parts(&packed)), packed);
+        }
+        let encoded = encode_chunk(&many());
+        let packed = pack(&encoded, &mut zstd).unwrap();
+        let modes: Vec<u8> = parts(&packed).1.iter().map(|c| c.1).collect();
+        assert_eq!(modes.len(), COLUMNS);
+        assert!(modes.contains(&COLUMN_ZSTD) && modes.contains(&COLUMN_STORED), "{modes:?}");
+        let whole = zstd::bulk::compress(&encoded, 3).unwrap();
+        assert!(packed.len() < whole.len(), "packed {} bytes, one frame {}", packed.len(), whole.len());
+    }
+
+    /// Damage to a packed chunk is an error that says what, never a panic or a wrong chunk.
+    #[test]
+    fn damaged_packed_chunks_are_errors() {
+        let mut zstd = zstd::bulk::Compressor::new(3).unwrap();
+        let packed = pack(&encode_chunk(&many()), &mut zstd).unwrap();
+        for cut in [1, 5, packed.len() / 2, packed.len() - 1] {
+            assert!(unpack(&packed[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = packed.clone();
+        trailing.push(0);
+        assert!(unpack(&trailing).unwrap_err().0.contains("trailing"));
+        let p = parts(&packed);
+        let zstd_column = p.1.iter().position(|c| c.1 == COLUMN_ZSTD).unwrap();
+        let stored_column = p.1.iter().position(|c| c.1 == COLUMN_STORED).unwrap();
+        let damaged = |f: &dyn Fn(&mut Parts)| {
+            let mut p = p.clone();
+            f(&mut p);
+            match unpack(&join(&p)) {
+                Ok(_) => panic!("damage unpacked"),
+                Err(e) => e.0,
+            }
+        };
+        let e = damaged(&|p| p.1[0].0 = MAX_COLUMN_BYTES + 1);
+        assert!(e.contains("claims"), "{e}");
+        let e = damaged(&|p| p.1[zstd_column].0 += 1);
+        assert!(e.contains("decompresses to"), "{e}");
+        let e = damaged(&|p| p.1[zstd_column].0 -= 1);
+        assert!(e.contains("does not decompress"), "{e}");
+        let e = damaged(&|p| p.1[stored_column].0 += 1);
+        assert!(e.contains("holds"), "{e}");
+        let e = damaged(&|p| p.1[3].1 = 9);
+        assert!(e.contains("mode"), "{e}");
+        // A flipped bit inside a frame may still decompress (zstd frames are written without
+        // their own checksum): the chunk's crc32, checked before unpacking, catches it.
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_chunk(&bytes);
+            let mut packed = bytes.clone();
+            packed.insert(0, PACKED);
+            let _ = unpack(&packed);
         }
 
         #[test]
@@ -926,6 +1137,13 @@ mod tests {
             }
             let _ = decode_chunk(&bytes);
             let _ = decode_chunk_traces(&bytes, &|id| id.as_bytes()[15] % 2 == 0);
+            let mut packed = pack(&encode_chunk(&rich()), &mut zstd::bulk::Compressor::new(3).unwrap()).unwrap();
+            if pos < packed.len() {
+                packed[pos] = val;
+            }
+            if let Ok(raw) = unpack(&packed) {
+                let _ = decode_chunk(&raw);
+            }
         }
     }
 }

@@ -321,6 +321,60 @@ async fn reads_the_checked_in_fixture_of_every_format_version() {
     }
 }
 
+/// Compaction copies chunks as they are: a format 6 block's (one zstd frame each) and a new
+/// block's (packed column by column, format 7) end up side by side in one block, and every
+/// span of both reads back, by id and by search, also after a reopen.
+#[tokio::test]
+async fn compaction_merges_zstd_and_packed_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("blocks")).unwrap();
+    for f in block_files(&Path::new(FIXTURES).join("v6")) {
+        std::fs::copy(&f, dir.path().join("blocks").join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg = EngineConfig { compact_min_blocks: 2, ..config(dir.path()) };
+    let (e, _) = Engine::open(cfg.clone()).unwrap();
+    let fresh: Vec<Span> = (1..=30u8)
+        .map(|i| {
+            B::new(9, i)
+                .service("fresh")
+                .attr("order.id", AttrValue::Str(format!("fresh-{i}").into()))
+                .build()
+        })
+        .collect();
+    e.write(fresh.clone()).await.unwrap();
+    e.flush().await.unwrap();
+    let packed =
+        block_files(dir.path()).into_iter().map(|f| std::fs::read(f).unwrap()[0]).collect::<BTreeSet<u8>>();
+    assert_eq!(
+        packed,
+        BTreeSet::from([0x28, 0xC7]),
+        "a zstd chunk first in the old block, a packed one in the new"
+    );
+    assert!(e.compact().await.unwrap());
+    assert_eq!(block_files(dir.path()).len(), 1, "merged into one block");
+    let mut e = e;
+    for round in ["compacted", "reopened"] {
+        let mut want = fixture_spans_of(6);
+        want.extend(fresh.clone());
+        let ids: BTreeSet<_> = want.iter().map(|s| s.trace_id).collect();
+        for id in ids {
+            let got = sorted(e.trace(id).await.unwrap().unwrap());
+            let expected = sorted(want.iter().filter(|s| s.trace_id == id).cloned().collect());
+            assert_eq!(got, expected, "{round}");
+        }
+        for (service, value) in [("fixture", "order-17"), ("fresh", "fresh-12")] {
+            let q = TraceQuery {
+                service: Some(service.into()),
+                tags: vec![("order.id".into(), value.into())],
+                ..TraceQuery::default()
+            };
+            assert_eq!(e.find_traces(&q).await.unwrap().len(), 1, "{round}: {value}");
+        }
+        e.close().await;
+        e = Engine::open(cfg.clone()).unwrap().0;
+    }
+}
+
 /// Searches skip chunks whose postings rule the tags out, and still find what matches.
 #[tokio::test]
 async fn postings_prune_chunks_without_losing_matches() {

@@ -29,8 +29,8 @@ pub(crate) use writer::{BlockWriter, serially, write_block};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
-/// Version of the block format written by this code (versions 1 to 5 are still read).
-pub const BLOCK_VERSION: u32 = 6;
+/// Version of the block format written by this code (versions 1 to 6 are still read).
+pub const BLOCK_VERSION: u32 = 7;
 /// Most distinct values a chunk's postings list for one (service, key); beyond, the values go
 /// into the chunk's Bloom filter (format 4; "many" before).
 const MAX_POSTING_VALUES: usize = 32;

@@ -665,8 +665,14 @@ impl Block {
         decode: impl FnOnce(&[u8]) -> Result<Vec<Span>, DecodeError>,
     ) -> Result<Vec<Span>, BlockError> {
         let bytes = self.read_chunk_bytes(fs, i)?;
-        let raw = zstd::stream::decode_all(&bytes[..])
-            .map_err(|e| self.corrupt(format!("chunk {i} does not decompress: {e}")))?;
+        // Packed by column (format 7), or one zstd frame (the chunks of older formats, which
+        // compaction copies into new blocks as they are).
+        let raw = if bytes.first() == Some(&columnar::PACKED) {
+            columnar::unpack(&bytes).map_err(|e| self.corrupt(format!("chunk {i} does not unpack: {e}")))?
+        } else {
+            zstd::stream::decode_all(&bytes[..])
+                .map_err(|e| self.corrupt(format!("chunk {i} does not decompress: {e}")))?
+        };
         decode(&raw).map_err(|e| self.corrupt(format!("chunk {i}: {e}")))
     }
 }

@@ -584,14 +584,14 @@ fn compressor() -> zstd::bulk::Compressor<'static> {
     zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 3 is valid")
 }
 
-/// Encodes one chunk: its columns (zstd-compressed), its postings and Bloom filter, and its
+/// Encodes one chunk: its columns (packed: each zstd-compressed on its own), its postings and Bloom filter, and its
 /// time and duration ranges. `names` is the block's service table (at least every service of
 /// the chunk).
 fn encode_chunk(q: &Queued<'_>, names: &[&str], zstd: &mut zstd::bulk::Compressor<'static>) -> Encoded {
     let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
     let mut encoded = columnar::encode_chunk_detailed(&refs);
     let raw = std::mem::take(&mut encoded.bytes);
-    let compressed = zstd.compress(&raw).expect("zstd compresses any input");
+    let compressed = columnar::pack(&raw, zstd).expect("the chunk was just encoded");
     let chunk_services: BTreeSet<u32> = q.services.iter().copied().collect();
     let mut t = TimeRange::new(u64::MAX, 0);
     let mut durations = (u64::MAX, 0);
