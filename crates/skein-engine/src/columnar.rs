@@ -15,7 +15,16 @@ use skein_model::{
 use crate::codec::{DecodeError, Origins, Reader, Writer, err, u32_of};
 
 /// First byte of a columnar chunk (row-encoded batches start with 1).
-pub const COLUMNAR_VERSION: u8 = 2;
+pub const COLUMNAR_VERSION: u8 = 3;
+
+/// The columnar version before span attribute values were grouped by key (still read).
+const COLUMNAR_VERSION_2: u8 = 2;
+
+/// Whether a decompressed chunk (by its first byte) is columnar rather than a row batch (whose
+/// first byte is its version, 1).
+pub fn is_columnar(first: Option<&u8>) -> bool {
+    matches!(first, Some(&COLUMNAR_VERSION_2 | &COLUMNAR_VERSION))
+}
 
 /// The columns, in the order they are written.
 #[derive(Clone, Copy)]
@@ -142,6 +151,12 @@ struct Enc<'a> {
     strings: ChunkStrings<'a>,
     /// The dictionary: strings in the order of their first use.
     dictionary: Vec<&'a str>,
+    /// Span attribute values grouped by key (version 3), in the order keys are first met: the
+    /// key's slot, its values and its unique strings. A key's values are alike (methods, status
+    /// codes, addresses) where the values of neighbouring attributes are not.
+    by_key: Vec<(u32, Writer, Writer)>,
+    /// Per string slot, its group in `by_key` (`NO_INDEX`: not a span attribute key).
+    group_of: Vec<u32>,
 }
 
 impl<'a> Enc<'a> {
@@ -199,20 +214,37 @@ impl<'a> Enc<'a> {
         for kv in attrs {
             let key = slots.next().expect("a slot per key");
             self.put_slot(Col::AttrKeys, key);
+            let group = self.group(key);
             match &kv.value {
                 AttrValue::Str(s) => {
                     let slot = slots.next().expect("a slot per string value");
                     if self.strings.entries[slot as usize].value_uses == 1 {
-                        self.col(Col::AttrValues).u8(TAG_UNIQUE);
-                        self.col(Col::Uniques).str(s);
+                        let (_, values, uniques) = &mut self.by_key[group];
+                        values.u8(TAG_UNIQUE);
+                        uniques.str(s);
                     } else {
-                        self.put_dictionary_value(Col::AttrValues, slot);
+                        let i = self.index(slot);
+                        let values = &mut self.by_key[group].1;
+                        values.u8(1);
+                        values.varint(i);
                     }
                 }
                 // Scalars and nested values as the row codec writes them (the same tags).
-                other => self.col(Col::AttrValues).value(other),
+                other => self.by_key[group].1.value(other),
             }
         }
+    }
+
+    /// The group (in `by_key`) of span attribute key `slot`, made when new.
+    fn group(&mut self, slot: u32) -> usize {
+        if self.group_of.len() <= slot as usize {
+            self.group_of.resize(slot as usize + 1, NO_INDEX);
+        }
+        if self.group_of[slot as usize] == NO_INDEX {
+            self.group_of[slot as usize] = self.by_key.len() as u32;
+            self.by_key.push((slot, Writer::default(), Writer::default()));
+        }
+        self.group_of[slot as usize] as usize
     }
 
     /// A string value from the dictionary (tag 1).
@@ -278,6 +310,8 @@ pub(crate) fn encode_chunk_detailed<'a>(spans: &[&'a Span]) -> EncodedChunk<'a> 
         cols: (0..COLUMNS).map(|_| Writer::default()).collect(),
         strings: ChunkStrings::default(),
         dictionary: Vec::new(),
+        by_key: Vec::new(),
+        group_of: Vec::new(),
     };
     let mut name_slots: Vec<u32> = Vec::with_capacity(grouped.len());
     let mut attr_slots: Vec<u32> = Vec::with_capacity(grouped.len() * 16);
@@ -394,6 +428,17 @@ pub(crate) fn encode_chunk_detailed<'a>(spans: &[&'a Span]) -> EncodedChunk<'a> 
         e.put_string(Col::Tables, &c.schema_url);
     }
 
+    // Span attribute values by key: the groups, each with its key; their unique strings in the
+    // same order.
+    let by_key = std::mem::take(&mut e.by_key);
+    e.col(Col::AttrValues).varint(by_key.len() as u64);
+    for (slot, values, uniques) in by_key {
+        let key = e.index(slot);
+        e.col(Col::AttrValues).varint(key);
+        e.col(Col::AttrValues).bytes(&values.buf);
+        e.col(Col::Uniques).bytes(&uniques.buf);
+    }
+
     let dictionary = std::mem::take(&mut e.dictionary);
     let w = e.col(Col::Strings);
     w.varint(dictionary.len() as u64);
@@ -418,9 +463,106 @@ struct Dec<'a> {
     texts: Vec<&'a str>,
     /// …and each made once, when first used (a decode of a few traces uses few of them).
     strings: Vec<std::cell::OnceCell<skein_model::Str>>,
+    /// Version 3: span attribute values and unique strings by key (dictionary index); `None`
+    /// for version 2, whose columns hold them in span order.
+    groups: Option<Vec<Option<(Reader<'a>, Reader<'a>)>>>,
 }
 
 impl<'a> Dec<'a> {
+    /// Splits a version 3 chunk's `AttrValues` and `Uniques` columns into the groups of their
+    /// keys (after the dictionary was read).
+    fn read_groups(&mut self) -> Result<(), DecodeError> {
+        let mut groups: Vec<Option<(Reader<'a>, Reader<'a>)>> = Vec::new();
+        let n = self.col(Col::AttrValues).count()?;
+        for _ in 0..n {
+            let key = self.col(Col::AttrValues).varint()?;
+            if key as usize >= self.texts.len() {
+                return err(format!("attribute values of key {key}, out of range"));
+            }
+            let values = Reader { buf: self.col(Col::AttrValues).slice()?, pos: 0 };
+            let uniques = Reader { buf: self.col(Col::Uniques).slice()?, pos: 0 };
+            if groups.len() <= key as usize {
+                groups.resize_with(key as usize + 1, || None);
+            }
+            if groups[key as usize].replace((values, uniques)).is_some() {
+                return err(format!("two groups of attribute values for key {key}"));
+            }
+        }
+        self.groups = Some(groups);
+        Ok(())
+    }
+
+    /// Where the values of span attribute key `key` (a dictionary index) are: its group's
+    /// readers in version 3, the `AttrValues` and `Uniques` columns in version 2.
+    #[inline]
+    fn values_of(&mut self, key: u64) -> Result<(&mut Reader<'a>, &mut Reader<'a>), DecodeError> {
+        match &mut self.groups {
+            None => {
+                let [v, u] = self
+                    .cols
+                    .get_disjoint_mut([Col::AttrValues as usize, Col::Uniques as usize])
+                    .expect("two columns");
+                Ok((v, u))
+            }
+            Some(groups) => match groups.get_mut(key as usize) {
+                Some(Some((v, u))) => Ok((v, u)),
+                _ => err(format!("no attribute values for key {key}")),
+            },
+        }
+    }
+
+    /// The value of a span attribute with key `key`.
+    fn span_value(&mut self, key: u64) -> Result<AttrValue, DecodeError> {
+        let (values, uniques) = self.values_of(key)?;
+        match values.buf.get(values.pos) {
+            Some(&1) => {
+                values.pos += 1;
+                let i = values.varint()?;
+                Ok(AttrValue::Str(self.dictionary(i)?.clone()))
+            }
+            Some(&TAG_UNIQUE) => {
+                values.pos += 1;
+                Ok(AttrValue::Str(uniques.str()?))
+            }
+            _ => values.value(0),
+        }
+    }
+
+    /// Steps over the value of a span attribute with key `key`, checking it.
+    fn skip_span_value(&mut self, key: u64) -> Result<(), DecodeError> {
+        let n_texts = self.texts.len();
+        let (values, uniques) = self.values_of(key)?;
+        match values.buf.get(values.pos) {
+            Some(&1) => {
+                values.pos += 1;
+                let i = values.varint()?;
+                if i as usize >= n_texts {
+                    return err(format!("string index {i} out of range"));
+                }
+            }
+            Some(&TAG_UNIQUE) => {
+                values.pos += 1;
+                uniques.text()?;
+            }
+            _ => {
+                values.value(0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every group was read to its end.
+    fn groups_consumed(&self) -> Result<(), DecodeError> {
+        for (key, g) in self.groups.iter().flatten().enumerate() {
+            if let Some((values, uniques)) = g
+                && (values.pos != values.buf.len() || uniques.pos != uniques.buf.len())
+            {
+                return err(format!("attribute values of key {key}: bytes left over"));
+            }
+        }
+        Ok(())
+    }
+
     fn col(&mut self, c: Col) -> &mut Reader<'a> {
         &mut self.cols[c as usize]
     }
@@ -478,7 +620,7 @@ impl<'a> Dec<'a> {
         self.col(Col::Origins).varint()?;
         self.col(Col::Origins).varint()?;
         self.col(Col::Flags).varint()?;
-        self.skip_attrs(Col::AttrKeys, Col::AttrValues)?;
+        self.skip_span_attrs()?;
         self.skip_string(Col::Rest)?;
         self.skip_string(Col::Rest)?;
         for _ in 0..3 {
@@ -513,20 +655,33 @@ impl<'a> Dec<'a> {
     /// A span's attributes, only those whose key `keep` accepts (all without `keep`); the
     /// others are stepped over without being built.
     fn span_attrs(&mut self, keep: Option<skein_store::KeepAttribute>) -> Result<Vec<KeyValue>, DecodeError> {
-        let Some(keep) = keep else { return self.attrs(Col::AttrKeys, Col::AttrValues) };
         let n = self.col(Col::AttrKeys).count()?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(if keep.is_some() { 0 } else { n });
         for _ in 0..n {
             let i = self.col(Col::AttrKeys).varint()?;
             let key = self.dictionary(i)?;
-            if keep(key) {
+            if keep.is_none_or(|keep| keep(key)) {
                 let key = key.clone();
-                out.push(KeyValue { key, value: self.value(Col::AttrValues)? });
+                let value = self.span_value(i)?;
+                out.push(KeyValue { key, value });
             } else {
-                self.skip_value(Col::AttrValues)?;
+                self.skip_span_value(i)?;
             }
         }
         Ok(out)
+    }
+
+    /// Steps over a span's attributes, building nothing.
+    fn skip_span_attrs(&mut self) -> Result<(), DecodeError> {
+        let n = self.col(Col::AttrKeys).count()?;
+        for _ in 0..n {
+            let i = self.col(Col::AttrKeys).varint()?;
+            if i as usize >= self.texts.len() {
+                return err(format!("string index {i} out of range"));
+            }
+            self.skip_span_value(i)?;
+        }
+        Ok(())
     }
 
     /// Steps over one value of [`Dec::value`]'s encoding, allocating nothing for strings.
@@ -690,7 +845,7 @@ fn decode(
 ) -> Result<Vec<Span>, DecodeError> {
     let mut r = Reader { buf, pos: 0 };
     let version = r.u8()?;
-    if version != COLUMNAR_VERSION {
+    if version != COLUMNAR_VERSION && version != COLUMNAR_VERSION_2 {
         return err(format!("unsupported columnar chunk version {version}"));
     }
     let n_traces = r.count()?;
@@ -703,7 +858,7 @@ fn decode(
     if r.pos != buf.len() {
         return err(format!("{} trailing bytes", buf.len() - r.pos));
     }
-    let mut d = Dec { cols, texts: Vec::new(), strings: Vec::new() };
+    let mut d = Dec { cols, texts: Vec::new(), strings: Vec::new(), groups: None };
     let n = d.col(Col::Strings).count()?;
     let mut texts = Vec::with_capacity(n);
     for _ in 0..n {
@@ -711,6 +866,9 @@ fn decode(
     }
     d.strings = vec![std::cell::OnceCell::new(); n];
     d.texts = texts;
+    if version == COLUMNAR_VERSION {
+        d.read_groups()?;
+    }
 
     let n = d.col(Col::Tables).count()?;
     let mut resources = Vec::with_capacity(n);
@@ -868,6 +1026,7 @@ fn decode(
             return err(format!("column {i}: {} bytes left over", c.buf.len() - c.pos));
         }
     }
+    d.groups_consumed()?;
     Ok(spans)
 }
 
@@ -1004,6 +1163,115 @@ mod tests {
         let row = zstd::bulk::compress(&crate::codec::encode_spans(&spans), 3).unwrap().len();
         let col = zstd::bulk::compress(&encode_chunk(&spans), 3).unwrap().len();
         assert!(col < row, "columnar {col} bytes, row {row} bytes");
+    }
+
+    /// Spans whose attributes come in different orders and subsets, with values of every kind
+    /// (strings used once and repeated, numbers, arrays): grouped by key (version 3) they come
+    /// back in their own order, whole, projected and by trace.
+    #[test]
+    fn attribute_values_grouped_by_key_keep_each_spans_order() {
+        let mut spans = Vec::new();
+        for t in 1..=6u8 {
+            for i in 1..=8u8 {
+                let mut b = SpanBuilder::new(t, i);
+                let keys: Vec<&str> = match i % 3 {
+                    0 => vec!["http.route", "client.address", "n"],
+                    1 => vec!["n", "http.route"],
+                    _ => vec!["client.address", "list", "http.route", "flag"],
+                };
+                for k in keys {
+                    let v = match k {
+                        "http.route" => AttrValue::Str(format!("/r/{}", i % 2).into()),
+                        "client.address" => AttrValue::Str(format!("10.0.{t}.{i}").into()),
+                        "n" => AttrValue::Int(i as i64 * 7 - 20),
+                        "list" => AttrValue::Array(vec![AttrValue::Str("x".into()), AttrValue::Double(0.5)]),
+                        _ => AttrValue::Bool(i % 2 == 0),
+                    };
+                    b = b.attr(k, v);
+                }
+                spans.push(if i > 1 { b.parent(i - 1) } else { b }.build());
+            }
+        }
+        let bytes = encode_chunk(&spans);
+        assert_eq!(bytes[0], COLUMNAR_VERSION);
+        assert_eq!(sorted(decode_chunk(&bytes).unwrap()), sorted(spans.clone()));
+        let projected = decode_chunk_projected(&bytes, |k| k == "client.address").unwrap();
+        for (got, want) in sorted(projected).iter().zip(sorted(spans.clone())) {
+            let kept: Vec<_> =
+                want.attributes.iter().filter(|kv| &*kv.key == "client.address").cloned().collect();
+            assert_eq!(got.attributes, kept);
+        }
+        let third = spans[20].trace_id;
+        let want: Vec<Span> = spans.iter().filter(|s| s.trace_id == third).cloned().collect();
+        assert_eq!(sorted(decode_chunk_traces(&bytes, &|id| *id == third).unwrap()), sorted(want));
+    }
+
+    /// A columnar chunk's columns (after the header) and the header, to damage one and join.
+    fn columns(raw: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut r = Reader { buf: raw, pos: 1 };
+        let _ = (r.varint().unwrap(), r.varint().unwrap());
+        let head = raw[..r.pos].to_vec();
+        (head, (0..COLUMNS).map(|_| r.slice().unwrap().to_vec()).collect())
+    }
+
+    fn join_columns(head: &[u8], cols: &[Vec<u8>]) -> Vec<u8> {
+        let mut w = Writer { buf: head.to_vec() };
+        for c in cols {
+            w.bytes(c);
+        }
+        w.buf
+    }
+
+    /// The groups of attribute values: a key out of range, a key grouped twice, a group with
+    /// bytes left over or one missing are errors.
+    #[test]
+    fn damaged_attribute_groups_are_errors() {
+        let spans: Vec<Span> = (1..=4u8)
+            .map(|i| {
+                SpanBuilder::new(1, i)
+                    .attr("a", AttrValue::Int(i as i64))
+                    .attr("b", AttrValue::Int(1))
+                    .build()
+            })
+            .collect();
+        let raw = encode_chunk(&spans);
+        let (head, cols) = columns(&raw);
+        // The groups as written: 2 groups, (key, values) each, values of 4 ints (tag, zz).
+        let groups = |g: &[(u64, Vec<u8>)]| {
+            let mut w = Writer::default();
+            w.varint(g.len() as u64);
+            for (key, values) in g {
+                w.varint(*key);
+                w.bytes(values);
+            }
+            w.buf
+        };
+        let mut r = Reader { buf: &cols[Col::AttrValues as usize], pos: 0 };
+        let n = r.count().unwrap();
+        let original: Vec<(u64, Vec<u8>)> =
+            (0..n).map(|_| (r.varint().unwrap(), r.slice().unwrap().to_vec())).collect();
+        assert_eq!(original.len(), 2);
+        let with = |g: Vec<(u64, Vec<u8>)>, uniques: usize| {
+            let mut cols = cols.clone();
+            cols[Col::AttrValues as usize] = groups(&g);
+            let mut u = Writer::default();
+            for _ in 0..uniques {
+                u.bytes(&[]);
+            }
+            cols[Col::Uniques as usize] = u.buf;
+            decode_chunk(&join_columns(&head, &cols))
+        };
+        assert_eq!(sorted(with(original.clone(), 2).unwrap()), sorted(spans.clone()), "rebuilt as written");
+        let e = with(vec![original[0].clone(), (9999, original[1].1.clone())], 2).unwrap_err().0;
+        assert!(e.contains("out of range"), "{e}");
+        let e = with(vec![original[0].clone(), (original[0].0, original[1].1.clone())], 2).unwrap_err().0;
+        assert!(e.contains("two groups"), "{e}");
+        let mut longer = original.clone();
+        longer[1].1.extend_from_slice(&[3, 2]);
+        let e = with(longer, 2).unwrap_err().0;
+        assert!(e.contains("left over"), "{e}");
+        let e = with(vec![original[0].clone()], 1).unwrap_err().0;
+        assert!(e.contains("no attribute values"), "{e}");
     }
 
     /// Many spans as real ones look to a compressor: random span ids, start offsets and

@@ -630,7 +630,7 @@ impl Block {
         wanted: &dyn Fn(&TraceId) -> bool,
     ) -> Result<Vec<Span>, BlockError> {
         self.decode_chunk(fs, i, |raw| match raw.first() {
-            Some(&columnar::COLUMNAR_VERSION) => columnar::decode_chunk_traces(raw, wanted),
+            first if columnar::is_columnar(first) => columnar::decode_chunk_traces(raw, wanted),
             _ => codec::decode_spans(raw).map(|mut spans| {
                 spans.retain(|s| wanted(&s.trace_id));
                 spans
@@ -648,8 +648,10 @@ impl Block {
     ) -> Result<Vec<Span>, BlockError> {
         // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
         self.decode_chunk(fs, i, |raw| match (raw.first(), keep) {
-            (Some(&columnar::COLUMNAR_VERSION), None) => columnar::decode_chunk(raw),
-            (Some(&columnar::COLUMNAR_VERSION), Some(keep)) => columnar::decode_chunk_projected(raw, keep),
+            (first, None) if columnar::is_columnar(first) => columnar::decode_chunk(raw),
+            (first, Some(keep)) if columnar::is_columnar(first) => {
+                columnar::decode_chunk_projected(raw, keep)
+            }
             (_, None) => codec::decode_spans(raw),
             // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
             (_, Some(_)) => codec::decode_spans(raw),
