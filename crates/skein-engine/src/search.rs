@@ -121,7 +121,7 @@ impl Shared {
             if outside(b.time) {
                 continue;
             }
-            let chunks = b.matcher(q.service.as_deref(), &q.tags);
+            let chunks = b.matcher(&matcher);
             asked += 1;
             for i in (0..b.chunk_count()).rev() {
                 let t = b.chunk_meta(i).time;

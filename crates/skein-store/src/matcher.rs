@@ -103,6 +103,34 @@ impl<'q> SpanMatcher<'q> {
         SpanMatcher { query, tags }
     }
 
+    /// The service a span must belong to, if any.
+    pub fn service(&self) -> Option<&'q str> {
+        self.query.service.as_deref()
+    }
+
+    /// The query's tag conditions as an index of tag values sees them (the embedded engine's
+    /// postings and Bloom filters, which keep strings as they are, integers in decimal and
+    /// booleans as `true`/`false`): per condition its key and every text that a value the
+    /// condition accepts is indexed under — the wanted text, and for an integer its canonical
+    /// form (`007` finds `7`). A condition also accepts values no such index holds (doubles,
+    /// bytes, arrays): a chunk that has such a value for the key must not be ruled out by it.
+    /// Derived here, beside [`SpanMatcher::matches`], so that pruning and matching cannot
+    /// disagree.
+    pub fn indexed_tags(&self) -> Vec<(&'q str, Vec<String>)> {
+        self.tags
+            .iter()
+            .map(|t| {
+                let mut texts = vec![t.want.to_owned()];
+                if let Some(i) = t.int
+                    && i.to_string() != t.want
+                {
+                    texts.push(i.to_string());
+                }
+                (t.key, texts)
+            })
+            .collect()
+    }
+
     pub fn matches(&self, span: &Span) -> bool {
         let q = self.query;
         if q.service.as_deref().is_some_and(|service| span.service_name() != service) {

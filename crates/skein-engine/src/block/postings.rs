@@ -138,7 +138,62 @@ pub(crate) fn chunk_postings<'a>(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use skein_store::testdata::SpanBuilder;
+    use skein_store::{SpanMatcher, TraceQuery};
+
     use super::*;
+
+    /// The text a span attribute value is indexed under (as [`chunk_postings`] writes it).
+    fn indexed_text(v: &AttrValue) -> Option<String> {
+        let mut strings = ChunkStrings::default();
+        posting_value(&mut strings, v).map(|id| match id {
+            ValueId::Text(slot) => strings.text(slot).to_owned(),
+            ValueId::Int(i) => i.to_string(),
+        })
+    }
+
+    /// Whether a search for `k=want` matches a span with the attribute `k=v`, and whether the
+    /// index's pruning (the texts `SpanMatcher::indexed_tags` gives) would find that span.
+    fn matched_and_found(v: &AttrValue, want: &str) -> (bool, bool) {
+        let span = SpanBuilder::new(1, 1).attr("k", v.clone()).build();
+        let q = TraceQuery { tags: vec![("k".into(), want.into())], ..TraceQuery::default() };
+        let m = SpanMatcher::new(&q);
+        let found = match indexed_text(v) {
+            Some(text) => m.indexed_tags()[0].1.contains(&text),
+            // Not indexed by text: the key is unindexed in the chunk, which is never ruled out.
+            None => true,
+        };
+        (m.matches(&span), found)
+    }
+
+    #[test]
+    fn integers_are_found_under_their_canonical_text() {
+        assert_eq!(matched_and_found(&AttrValue::Int(7), "007"), (true, true));
+        assert_eq!(matched_and_found(&AttrValue::Int(7), "+7"), (true, true));
+        assert_eq!(matched_and_found(&AttrValue::Str("007".into()), "007"), (true, true));
+        assert_eq!(matched_and_found(&AttrValue::Bool(true), "true"), (true, true));
+        assert_eq!(matched_and_found(&AttrValue::Double(1.5), "1.5"), (true, true));
+        assert!(!matched_and_found(&AttrValue::Str("7".into()), "007").0);
+    }
+
+    proptest! {
+        /// Pruning never loses a match: whatever value `SpanMatcher` accepts is indexed under
+        /// one of the texts it gives the index.
+        #[test]
+        fn what_the_matcher_accepts_the_index_finds(
+            v in prop_oneof![
+                prop::sample::select(vec!["7", "007", "+7", "-0", "0", "true", "x", ""]).prop_map(|s| AttrValue::Str(s.into())),
+                (-10i64..10).prop_map(AttrValue::Int),
+                any::<bool>().prop_map(AttrValue::Bool),
+                (-4i32..4).prop_map(|d| AttrValue::Double(d as f64 / 2.0)),
+            ],
+            want in prop::sample::select(vec!["7", "007", "+7", "-7", "0", "-0", "00", "true", "false", "1.5", "-1", "x", ""]),
+        ) {
+            let (matched, found) = matched_and_found(&v, want);
+            prop_assert!(!matched || found, "{v:?} matches {want:?} but the index would rule it out");
+        }
+    }
 
     #[test]
     fn few_repeating_values_are_listed_and_unique_ones_hashed() {

@@ -426,14 +426,11 @@ impl Block {
         min.is_none_or(|min| longest >= min) && max.is_none_or(|max| shortest <= max)
     }
 
-    /// What a search for spans of `service` (any, when `None`) carrying every one of `tags`
-    /// may find in each chunk (see [`ChunkMatcher::may_match`]): the chunks' postings are
-    /// asked once for the whole block.
-    pub(crate) fn matcher<'b>(
-        &'b self,
-        service: Option<&str>,
-        tags: &[(String, String)],
-    ) -> ChunkMatcher<'b> {
+    /// What a search for the spans `m` accepts may find in each chunk (see
+    /// [`ChunkMatcher::may_match`]): its service and its tags as the index holds them
+    /// ([`SpanMatcher::indexed_tags`]); the chunks' postings are asked once for the whole block.
+    pub(crate) fn matcher<'b>(&'b self, m: &skein_store::SpanMatcher<'_>) -> ChunkMatcher<'b> {
+        let service = m.service();
         let Some(postings) = &self.postings else {
             return ChunkMatcher::new(self, Plan::ServiceOnly(service.map(str::to_owned)));
         };
@@ -445,18 +442,7 @@ impl Block {
             },
             None => (0..self.services.len() as u32).collect(),
         };
-        // Each tag: its key, and the texts its value may be stored as (as given, and an
-        // integer's canonical form).
-        let mut wanted = Vec::with_capacity(tags.len());
-        for (k, want) in tags {
-            let mut texts = vec![want.clone()];
-            if let Ok(i) = want.parse::<i64>()
-                && i.to_string() != *want
-            {
-                texts.push(i.to_string());
-            }
-            wanted.push((k.as_str(), texts));
-        }
+        let wanted = m.indexed_tags();
         let per_service = services
             .into_iter()
             .map(|sid| {
@@ -850,10 +836,13 @@ mod tests {
         let block = write_block(&OsFs, &path, spans.iter().map(|s| vec![s]), &[], None).unwrap();
         assert!(block.chunk_count() >= 3, "{} chunks", block.chunk_count());
         assert!(!block.bloom_groups.is_empty());
-        let tags = |v: &str| vec![("client.address".to_owned(), v.to_owned())];
         let maybe = |block: &Block, service: Option<&str>, v: &str| -> Vec<usize> {
-            let tags = tags(v);
-            let m = block.matcher(service, &tags);
+            let q = skein_store::TraceQuery {
+                service: service.map(str::to_owned),
+                tags: vec![("client.address".to_owned(), v.to_owned())],
+                ..Default::default()
+            };
+            let m = block.matcher(&skein_store::SpanMatcher::new(&q));
             (0..block.chunk_count()).filter(|i| m.may_match(&OsFs, *i)).collect()
         };
         let holding = |v: &str| -> Vec<usize> {
