@@ -177,6 +177,73 @@ mod tests {
         assert!(!matched_and_found(&AttrValue::Str("7".into()), "007").0);
     }
 
+    /// Per service and key: the times added, and the values as text (`None`: one was not text).
+    type Added = (u32, Option<BTreeSet<String>>);
+
+    /// A chunk's postings of span attributes are what adding every attribute one by one gives:
+    /// per service and key, the values listed when few and repeating, hashed when many,
+    /// unindexed once one is not text — with keys in varying orders, services alternating,
+    /// values repeating and changing, and a key that has a double among its integers.
+    #[test]
+    fn span_attribute_postings_are_the_values_added_one_by_one() {
+        let mut spans = Vec::new();
+        for t in 1..=5u8 {
+            for i in 1..=12u8 {
+                let mut b = SpanBuilder::new(t, i).service(["a", "b"][(i as usize / 3) % 2]);
+                let session = AttrValue::Str(format!("s-{t}").into());
+                let route = AttrValue::Str(format!("/r/{}", i % 3).into());
+                let n =
+                    if t == 3 && i == 5 { AttrValue::Double(0.5) } else { AttrValue::Int((i % 4) as i64) };
+                let attrs = match i % 3 {
+                    0 => vec![("session", session), ("route", route), ("n", n)],
+                    1 => vec![("route", route), ("session", session)],
+                    _ => vec![
+                        ("n", n),
+                        ("session", session),
+                        ("id", AttrValue::Str(format!("{t}-{i}").into())),
+                    ],
+                };
+                for (k, v) in attrs {
+                    b = b.attr(k, v);
+                }
+                spans.push(b.build());
+            }
+        }
+        let refs: Vec<&Span> = spans.iter().collect();
+        let services: Vec<u32> = spans.iter().map(|s| u32::from(s.service_name() == "b")).collect();
+        let mut encoded = columnar::encode_chunk_detailed(&refs);
+        let (got, _) = chunk_postings(&refs, &services, &mut encoded, &["a", "b"], 1);
+        // One by one: per (service, key), the times added and the values as text.
+        let mut want: BTreeMap<(u32, String), Added> = BTreeMap::new();
+        for (s, service) in spans.iter().zip(&services) {
+            for kv in &s.attributes {
+                let e = want.entry((*service, kv.key.to_string())).or_insert((0, Some(BTreeSet::new())));
+                e.0 += 1;
+                match (&mut e.1, indexed_text(&kv.value)) {
+                    (Some(values), Some(text)) => {
+                        values.insert(text);
+                    }
+                    (values, _) => *values = None,
+                }
+            }
+        }
+        let mut checked = 0;
+        for ((service, key), (count, values)) in want {
+            let got = got.iter().find(|(s, _)| *s == service).and_then(|(_, p)| p.get(&key)).unwrap();
+            let expected = match values {
+                None => KeyValues::Unindexed,
+                Some(v) if listed(v.len(), count) => KeyValues::Listed(v),
+                Some(_) => KeyValues::Hashed,
+            };
+            assert_eq!(got, &expected, "service {service} key {key}");
+            checked += 1;
+        }
+        assert_eq!(checked, 8, "four keys in each of two services");
+        assert!(got.iter().any(|(_, p)| p.get("n") == Some(&KeyValues::Unindexed)));
+        assert!(got.iter().any(|(_, p)| p.get("id") == Some(&KeyValues::Hashed)));
+        assert!(got.iter().any(|(_, p)| matches!(p.get("route"), Some(KeyValues::Listed(_)))));
+    }
+
     proptest! {
         /// Pruning never loses a match: whatever value `SpanMatcher` accepts is indexed under
         /// one of the texts it gives the index.
