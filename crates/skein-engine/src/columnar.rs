@@ -207,8 +207,9 @@ impl<'a> Enc<'a> {
     }
 
     /// Span attributes whose strings were given slots beforehand (`slots`, in order: each key,
-    /// then the value when it is a string). A string value used once in the chunk goes to
-    /// `Uniques`.
+    /// then the value when it is a string): the keys to `AttrKeys`, each value to its key's
+    /// group (a string value used once in the chunk to the group's unique strings), which
+    /// `AttrValues` and `Uniques` receive once the chunk is complete.
     fn span_attrs(&mut self, attrs: &'a [KeyValue], slots: &mut impl Iterator<Item = u32>) {
         self.col(Col::AttrKeys).varint(attrs.len() as u64);
         for kv in attrs {

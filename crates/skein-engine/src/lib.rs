@@ -214,7 +214,7 @@ fn store_error(e: WalError) -> StoreError {
 }
 
 /// The first bytes of a zstd frame: a WAL record that starts with them is a compressed batch
-/// (written from 2026-12-06 until LZ4 records replaced them).
+/// (as the builds before LZ4 records wrote them).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// The first bytes of an LZ4 WAL record: then the encoding's length (u32, little-endian) and
@@ -244,7 +244,7 @@ fn wal_record(spans: &[Span]) -> (Vec<u8>, usize) {
     (record, raw.len())
 }
 
-/// The batch of a WAL record (LZ4; zstd as written from 2026-12-06; or as written before: the
+/// The batch of a WAL record (LZ4; zstd, as the builds before wrote it; or, before those, the
 /// encoding itself, whose first byte is its version, 1) and the bytes of its encoding.
 fn read_wal_record(record: &[u8]) -> Result<(Vec<Span>, usize), String> {
     if let Some(rest) = record.strip_prefix(&LZ4_MAGIC) {
