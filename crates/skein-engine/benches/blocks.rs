@@ -1,4 +1,4 @@
-//! Encode/decode cost of WAL records (the row codec) and of block chunks (columnar + zstd)
+//! Encode/decode cost of WAL records (the row codec) and of block chunks (columnar, packed)
 //! (figures, no assertions).
 //!
 //! Run: `cargo bench -p skein-engine --bench blocks`
@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use divan::Bencher;
 use skein_engine::codec::{decode_spans, encode_spans};
-use skein_engine::columnar::{decode_chunk, decode_chunk_traces, encode_chunk};
+use skein_engine::columnar::{decode_chunk, decode_chunk_traces, encode_chunk, pack, unpack};
 use skein_model::{AttrValue, Span, SpanKind};
 use skein_store::testdata::SpanBuilder;
 
@@ -55,38 +55,41 @@ fn wal_decode_1000_spans(b: Bencher) {
     b.bench(|| decode_spans(&bytes).unwrap());
 }
 
-/// Block chunks: the columnar encoding, then zstd (level 3, as the block writer does).
+/// Block chunks: the columnar encoding, then packed (each column zstd level 3, as the block
+/// writer does).
 #[divan::bench]
 fn chunk_encode_1000_spans(b: Bencher) {
     b.bench(|| encode_chunk(&SPANS));
 }
 
-#[divan::bench]
-fn chunk_compress_1000_spans(b: Bencher) {
-    let bytes = encode_chunk(&SPANS);
-    b.bench(|| zstd::bulk::compress(&bytes, 3).unwrap());
+fn packed() -> Vec<u8> {
+    pack(&encode_chunk(&SPANS), &mut zstd::bulk::Compressor::new(3).unwrap()).unwrap()
 }
 
 #[divan::bench]
-fn chunk_decompress_and_decode_1000_spans(b: Bencher) {
+fn chunk_pack_1000_spans(b: Bencher) {
+    let bytes = encode_chunk(&SPANS);
+    let mut zstd = zstd::bulk::Compressor::new(3).unwrap();
+    b.bench_local(|| pack(&bytes, &mut zstd).unwrap());
+}
+
+#[divan::bench]
+fn chunk_unpack_and_decode_1000_spans(b: Bencher) {
     let encoded = encode_chunk(&SPANS);
-    let compressed = zstd::bulk::compress(&encoded, 3).unwrap();
+    let packed = packed();
     println!(
-        "chunk of 1000 spans: {} bytes encoded, {} compressed ({:.1} bytes/span)",
+        "chunk of 1000 spans: {} bytes encoded, {} packed ({:.1} bytes/span)",
         encoded.len(),
-        compressed.len(),
-        compressed.len() as f64 / 1000.0
+        packed.len(),
+        packed.len() as f64 / 1000.0
     );
-    b.bench(|| decode_chunk(&zstd::stream::decode_all(&compressed[..]).unwrap()).unwrap());
+    b.bench(|| decode_chunk(&unpack(&packed).unwrap()).unwrap());
 }
 
 /// A read by id: one trace (10 spans) of the chunk's 100 built, the others stepped over.
 #[divan::bench]
-fn chunk_decompress_and_decode_one_trace_of_100(b: Bencher) {
-    let compressed = zstd::bulk::compress(&encode_chunk(&SPANS), 3).unwrap();
+fn chunk_unpack_and_decode_one_trace_of_100(b: Bencher) {
+    let packed = packed();
     let wanted = SPANS[500].trace_id;
-    b.bench(|| {
-        let raw = zstd::stream::decode_all(&compressed[..]).unwrap();
-        decode_chunk_traces(&raw, &|id| *id == wanted).unwrap()
-    });
+    b.bench(|| decode_chunk_traces(&unpack(&packed).unwrap(), &|id| *id == wanted).unwrap());
 }

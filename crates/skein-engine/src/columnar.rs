@@ -764,10 +764,7 @@ const MAX_COLUMN_BYTES: u64 = 256 << 20;
 /// differ (random ids, small deltas, text), and one frame for all of them mixes their
 /// statistics: on the realistic load, packed chunks take about 6 % fewer bytes than one frame
 /// of the whole chunk. See `docs/format/block.md`, "Packed chunks".
-pub(crate) fn pack(
-    encoded: &[u8],
-    zstd: &mut zstd::bulk::Compressor<'static>,
-) -> Result<Vec<u8>, DecodeError> {
+pub fn pack(encoded: &[u8], zstd: &mut zstd::bulk::Compressor<'static>) -> Result<Vec<u8>, DecodeError> {
     let mut r = Reader { buf: encoded, pos: 0 };
     let version = r.u8()?;
     let (n_traces, n_spans) = (r.varint()?, r.varint()?);
