@@ -266,7 +266,7 @@ impl Block {
             let probes = if lines > 0 { r.bytes(1)?[0] } else { 0 };
             let filter =
                 r.bytes(lines.checked_mul(bloom::LINE_BYTES).ok_or("trace filter too long")?)?.to_vec();
-            paged = Some((entries, offset, per_page, firsts, (probes, filter)));
+            paged = Some((entries, offset, per_page, firsts, traces::TraceFilter { probes, lines: filter }));
             if let Some(out) = &mut per_chunk {
                 out.traces = vec![Vec::new(); chunks.len()];
             }

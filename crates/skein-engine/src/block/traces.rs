@@ -141,8 +141,8 @@ pub(crate) struct Paged {
 /// would cost a page read, from the disk once the page cache has let the page go.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TraceFilter {
-    probes: u8,
-    lines: Vec<u8>,
+    pub(crate) probes: u8,
+    pub(crate) lines: Vec<u8>,
 }
 
 impl TraceFilter {
@@ -183,9 +183,8 @@ pub(crate) struct TraceSection {
     pub(crate) bytes: Vec<u8>,
     /// The first id of each page.
     pub(crate) firsts: Vec<TraceId>,
-    /// The filter's probes and lines, which the index holds.
-    pub(crate) filter_probes: u8,
-    pub(crate) filter: Vec<u8>,
+    /// The trace filter, which the index holds.
+    pub(crate) filter: TraceFilter,
 }
 
 fn entry_len(wide: bool) -> usize {
@@ -214,26 +213,25 @@ impl TraceSection {
             let crc = crc32fast::hash(&bytes[start..]);
             bytes.extend_from_slice(&crc.to_le_bytes());
         }
-        let filter = TraceFilter::of(entries);
-        TraceSection { bytes, firsts, filter_probes: filter.probes, filter: filter.lines }
+        TraceSection { bytes, firsts, filter: TraceFilter::of(entries) }
     }
 }
 
 impl Paged {
     /// The index of a section at `offset` with `entries` entries in pages of `per_page`, the
-    /// first ids `firsts`, the trace filter `(probes, lines)`, in a block of `chunks` chunks
+    /// first ids `firsts`, the trace filter `filter`, in a block of `chunks` chunks
     /// whose section must end by `end`.
     pub(crate) fn new(
         offset: u64,
         entries: u64,
         per_page: u32,
         mut firsts: Vec<TraceId>,
-        (probes, lines): (u8, Vec<u8>),
+        filter: TraceFilter,
         chunks: usize,
         end: u64,
     ) -> Result<Paged, IndexError> {
         firsts.shrink_to_fit();
-        if lines.len() % bloom::LINE_BYTES != 0 || (entries > 0 && lines.is_empty()) {
+        if !filter.lines.len().is_multiple_of(bloom::LINE_BYTES) || (entries > 0 && filter.lines.is_empty()) {
             return Err("the trace filter is not whole lines".into());
         }
         if per_page == 0 {
@@ -245,7 +243,6 @@ impl Paged {
         if firsts.windows(2).any(|w| w[0] > w[1]) {
             return Err("trace section pages out of order".into());
         }
-        let filter = TraceFilter { probes, lines };
         let p = Paged { offset, entries, per_page, wide: chunks > NARROW_CHUNKS, firsts, filter };
         if offset.checked_add(p.len()).is_none_or(|e| e > end) {
             return Err("the trace section lies outside the file".into());
@@ -409,7 +406,7 @@ mod tests {
             entries.len() as u64,
             PAGE_ENTRIES,
             section.firsts,
-            (section.filter_probes, section.filter),
+            section.filter,
             chunks,
             file.len() as u64,
         )
@@ -514,12 +511,24 @@ mod tests {
         let section = TraceSection::write(&entries, 5);
         let len = section.bytes.len() as u64;
         let firsts = || section.firsts.clone();
-        let filter = || (section.filter_probes, section.filter.clone());
+        let filter = || section.filter.clone();
         assert!(Paged::new(0, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_ok());
         assert!(Paged::new(1, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_err(), "past the end");
         assert!(Paged::new(0, 2000, PAGE_ENTRIES, firsts(), filter(), 5, u64::MAX).is_err(), "page count");
         assert!(Paged::new(0, 1000, 0, firsts(), filter(), 5, len).is_err());
-        assert!(Paged::new(0, 1000, PAGE_ENTRIES, firsts(), (8, vec![0; 10]), 5, len).is_err(), "filter");
+        assert!(
+            Paged::new(
+                0,
+                1000,
+                PAGE_ENTRIES,
+                firsts(),
+                TraceFilter { probes: 8, lines: vec![0; 10] },
+                5,
+                len
+            )
+            .is_err(),
+            "filter"
+        );
         let mut reversed = firsts();
         reversed.reverse();
         assert!(Paged::new(0, 1000, PAGE_ENTRIES, reversed, filter(), 5, len).is_err(), "order");

@@ -512,10 +512,11 @@ impl<'a> BlockWriter<'a> {
         for id in &trace_section.firsts {
             index.buf.extend_from_slice(id.as_bytes());
         }
-        index.varint((trace_section.filter.len() / bloom::LINE_BYTES) as u64);
-        if !trace_section.filter.is_empty() {
-            index.u8(trace_section.filter_probes);
-            index.buf.extend_from_slice(&trace_section.filter);
+        let filter = &trace_section.filter;
+        index.varint((filter.lines.len() / bloom::LINE_BYTES) as u64);
+        if !filter.lines.is_empty() {
+            index.u8(filter.probes);
+            index.buf.extend_from_slice(&filter.lines);
         }
         index.varint(red.len() as u64);
         if !red.is_empty() {
@@ -584,9 +585,9 @@ fn compressor() -> zstd::bulk::Compressor<'static> {
     zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 3 is valid")
 }
 
-/// Encodes one chunk: its columns (packed: each zstd-compressed on its own), its postings and Bloom filter, and its
-/// time and duration ranges. `names` is the block's service table (at least every service of
-/// the chunk).
+/// Encodes one chunk: its columns (packed: each zstd-compressed on its own), its postings and
+/// Bloom filter, and its time and duration ranges. `names` is the block's service table (at
+/// least every service of the chunk).
 fn encode_chunk(q: &Queued<'_>, names: &[&str], zstd: &mut zstd::bulk::Compressor<'static>) -> Encoded {
     let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
     let mut encoded = columnar::encode_chunk_detailed(&refs);
