@@ -73,6 +73,8 @@ const COLUMNS: usize = 18;
 
 /// Value tag of a string that is in `Uniques` (tag 1: a dictionary string).
 const TAG_UNIQUE: u8 = 8;
+/// The codec's tag of an integer value (zigzag varint).
+const TAG_INT: u8 = 3;
 
 /// A string of the chunk: how often it occurs as a span attribute value, and its dictionary
 /// index once it has one.
@@ -542,8 +544,13 @@ impl<'a> Dec<'a> {
                 }
             }
             Some(&TAG_UNIQUE) => {
+                // Only stepped over: the text is checked when a span that holds it is built.
                 values.pos += 1;
-                uniques.text()?;
+                uniques.slice()?;
+            }
+            Some(&TAG_INT) => {
+                values.pos += 1;
+                values.varint()?;
             }
             _ => {
                 values.value(0)?;

@@ -189,18 +189,43 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
+        match self.buf.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                Ok(b)
+            }
+            None => self.take(1).map(|b| b[0]),
+        }
     }
 
+    /// An unsigned LEB128 varint. Most are one byte (counts, indexes, small deltas): that case
+    /// is inlined into the caller, the longer ones take [`Reader::varint_long`].
+    #[inline]
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(b as u64)
+            }
+            _ => self.varint_long(),
+        }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Result<u64, DecodeError> {
+        let rest = &self.buf[self.pos.min(self.buf.len())..];
         let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            v |= ((b & 0x7f) as u64) << shift;
+        for (i, &b) in rest.iter().take(10).enumerate() {
+            v |= ((b & 0x7f) as u64) << (7 * i);
             if b < 0x80 {
+                self.pos += i + 1;
                 return Ok(v);
             }
+        }
+        if rest.len() < 10 {
+            return err(format!("varint at offset {} runs past the end", self.pos));
         }
         err("varint longer than 10 bytes")
     }
@@ -532,7 +557,44 @@ mod tests {
         );
     }
 
+    /// The one-byte fast path and the longer path read what the writer wrote, one after the
+    /// other; a varint cut short or longer than 10 bytes is an error.
+    #[test]
+    fn varints_of_every_length_round_trip_and_bad_ones_are_errors() {
+        let values: Vec<u64> =
+            (0..64).flat_map(|b| [(1u64 << b) - 1, 1u64 << b, (1u64 << b) + 1]).chain([u64::MAX]).collect();
+        let mut w = Writer::default();
+        for v in &values {
+            w.varint(*v);
+        }
+        let mut r = Reader::new(&w.buf);
+        for v in &values {
+            assert_eq!(r.varint().unwrap(), *v);
+        }
+        assert!(r.is_empty());
+        assert!(r.varint().is_err(), "nothing left");
+        for cut in [&[0x80u8][..], &[0xff, 0xff], &[0x80; 9]] {
+            assert!(Reader::new(cut).varint().is_err(), "{cut:?} is cut short");
+        }
+        assert_eq!(Reader::new(&[0x80; 11]).varint().unwrap_err().0, "varint longer than 10 bytes");
+        let mut r = Reader::new(&[0x05, 0x85, 0x01]);
+        assert_eq!((r.varint().unwrap(), r.varint().unwrap(), r.pos), (5, 133, 3));
+    }
+
     proptest! {
+        #[test]
+        fn varints_round_trip(values in proptest::collection::vec(any::<u64>(), 0..64)) {
+            let mut w = Writer::default();
+            for v in &values {
+                w.varint(*v);
+            }
+            let mut r = Reader::new(&w.buf);
+            for v in &values {
+                prop_assert_eq!(r.varint().unwrap(), *v);
+            }
+            prop_assert!(r.is_empty());
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_spans(&bytes);
