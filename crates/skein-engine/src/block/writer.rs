@@ -215,7 +215,7 @@ impl<'a> BlockWriter<'a> {
                 );
             }
             self.span_count += 1;
-            self.pending_bytes += 64 + s.name.len() + s.attributes.len() * 24;
+            self.pending_bytes += super::pending_bytes(s);
             if self.trace_index.last() != Some(&(s.trace_id, chunk)) {
                 self.trace_index.push((s.trace_id, chunk));
             }
