@@ -16,8 +16,8 @@ use super::KeyValues;
 /// What an entry says of a service's key in its chunks.
 #[derive(Clone, Copy)]
 enum Says<'a> {
-    /// The chunks list this value.
-    Value(&'a str),
+    /// The chunks list this value (its text's bytes).
+    Value(&'a [u8]),
     /// The key's values are not indexed there.
     Unindexed,
     /// The key's values are in those chunks' Bloom filters.
@@ -26,22 +26,30 @@ enum Says<'a> {
 
 /// An entry's identity: a 64-bit hash of the service (its id in the block), the key and what
 /// the entry says. Nothing but the hash is kept: a value costs no string in memory, and two
-/// entries whose hashes collide only make a search read a chunk it did not need to.
-fn entry_hash(service: u32, key: &str, says: Says<'_>) -> u64 {
-    let value = if let Says::Value(v) = says { v.len() } else { 0 };
-    let mut buf = Vec::with_capacity(9 + key.len() + value);
-    buf.extend_from_slice(&service.to_le_bytes());
-    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    buf.extend_from_slice(key.as_bytes());
-    match says {
-        Says::Unindexed => buf.push(0),
-        Says::Hashed => buf.push(1),
-        Says::Value(v) => {
-            buf.push(2);
-            buf.extend_from_slice(v.as_bytes());
-        }
-    }
-    xxh3_64(&buf)
+/// entries whose hashes collide only make a search read a chunk it did not need to. Keys and
+/// values are hashed as bytes: an open block hashes every posting of its index, so they are
+/// not checked as UTF-8 (a query's text hashes to the same bytes).
+fn entry_hash(service: u32, key: &[u8], says: Says<'_>) -> u64 {
+    let value = if let Says::Value(v) = says { v } else { &[] };
+    let len = 9 + key.len() + value.len();
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let buf = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap[..]
+    };
+    buf[..4].copy_from_slice(&service.to_le_bytes());
+    buf[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    buf[8..8 + key.len()].copy_from_slice(key);
+    buf[8 + key.len()] = match says {
+        Says::Unindexed => 0,
+        Says::Hashed => 1,
+        Says::Value(_) => 2,
+    };
+    buf[9 + key.len()..].copy_from_slice(value);
+    xxh3_64(buf)
 }
 
 /// Set in [`Entry::len`] when the words are a bitmap of every chunk rather than chunk numbers.
@@ -84,7 +92,7 @@ impl PostingIndexBuilder {
     }
 
     /// The current chunk's service `service` has key `key` with these values.
-    pub(crate) fn add(&mut self, service: u32, key: &str, values: KeyValues<&[&str]>) {
+    pub(crate) fn add(&mut self, service: u32, key: &[u8], values: KeyValues<&[&[u8]]>) {
         let chunk = self.chunks.checked_sub(1).expect("next_chunk before add");
         let mut push = |says: Says<'_>| {
             let set = self.sets.entry(entry_hash(service, key, says)).or_default();
@@ -170,9 +178,10 @@ impl PostingIndex {
     pub(crate) fn tag_chunks(&self, service: u32, key: &str, values: &[String]) -> (Vec<u64>, Vec<u64>) {
         let n = (self.chunks as usize).div_ceil(64);
         let (mut sure, mut hashed) = (vec![0u64; n], vec![0u64; n]);
+        let key = key.as_bytes();
         self.add_to(entry_hash(service, key, Says::Unindexed), &mut sure);
         for v in values {
-            self.add_to(entry_hash(service, key, Says::Value(v)), &mut sure);
+            self.add_to(entry_hash(service, key, Says::Value(v.as_bytes())), &mut sure);
         }
         self.add_to(entry_hash(service, key, Says::Hashed), &mut hashed);
         (sure, hashed)
@@ -199,18 +208,21 @@ mod tests {
         // "PUT" in chunk 5 only (sparse); key "id" is hashed in even chunks and unindexed in
         // chunk 3; service 1 lists "PUT" in chunk 99.
         let mut b = PostingIndexBuilder::default();
-        let (get, put) = (vec!["GET"], vec!["GET", "PUT"]);
+        let long = "q".repeat(300);
+        let (get, put) = (vec![&b"GET"[..]], vec![&b"GET"[..], b"PUT"]);
         for c in 0..100 {
             b.next_chunk();
-            b.add(0, "m", KeyValues::Listed(if c == 5 { &put[..] } else { &get[..] }));
+            b.add(0, b"m", KeyValues::Listed(if c == 5 { &put[..] } else { &get[..] }));
             if c % 2 == 0 {
-                b.add(0, "id", KeyValues::Hashed);
+                b.add(0, b"id", KeyValues::Hashed);
             }
             if c == 3 {
-                b.add(0, "id", KeyValues::Unindexed);
+                b.add(0, b"id", KeyValues::Unindexed);
             }
             if c == 99 {
-                b.add(1, "m", KeyValues::Listed(&put[1..]));
+                b.add(1, b"m", KeyValues::Listed(&put[1..]));
+                // Longer than the hash's stack buffer.
+                b.add(1, long.as_bytes(), KeyValues::Listed(&[long.as_bytes()]));
             }
         }
         let index = b.finish();
@@ -227,6 +239,8 @@ mod tests {
         assert_eq!(ones(&tag(1, "m", "PUT").0), vec![99]);
         assert_eq!(ones(&tag(1, "m", "GET").0), Vec::<usize>::new());
         assert_eq!(ones(&tag(2, "m", "PUT").0), Vec::<usize>::new(), "unknown service");
+        assert_eq!(ones(&tag(1, &long, &long).0), vec![99], "a long key and value");
+        assert_eq!(ones(&tag(1, &long, &long[1..]).0), Vec::<usize>::new());
         // Either of a value's texts finds it.
         let (sure, _) = index.tag_chunks(0, "m", &["POST".to_owned(), "PUT".to_owned()]);
         assert_eq!(ones(&sure), vec![5]);
@@ -235,8 +249,8 @@ mod tests {
         assert!(index.words.len() < 20, "{} words", index.words.len());
         assert_eq!(
             index.single_keys.len(),
-            3,
-            "PUT in chunk 5 (service 0) and 99 (service 1), id unindexed in chunk 3"
+            4,
+            "PUT in chunk 5 (service 0) and 99 (service 1), id unindexed in chunk 3, the long value"
         );
     }
 }

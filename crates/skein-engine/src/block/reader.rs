@@ -25,6 +25,12 @@ impl<'a> IndexReader<'a> {
         self.text().map(str::to_owned)
     }
 
+    /// A length-prefixed string of the index as bytes, its UTF-8 not checked: for posting keys
+    /// and values, which are only hashed (the index's crc guards them against damage).
+    pub(crate) fn text_bytes(&mut self) -> Result<&'a [u8], String> {
+        self.r.slice().map_err(|e| format!("index: {e}"))
+    }
+
     /// A string of the index, borrowed.
     pub(crate) fn text(&mut self) -> Result<&'a str, String> {
         self.r.text().map_err(|e| format!("index: {e}"))
@@ -136,7 +142,7 @@ impl Block {
         let mut postings = (version >= 2).then(PostingIndexBuilder::default);
         let n = r.count()?;
         let mut chunks = Vec::with_capacity(n);
-        let mut values: Vec<&str> = Vec::new();
+        let mut values: Vec<&[u8]> = Vec::new();
         for _ in 0..n {
             let offset = r.varint()?;
             let len = r.varint()? as u32;
@@ -170,12 +176,12 @@ impl Block {
                     for _ in 0..nk {
                         if copy.is_some() {
                             // Checked and stepped over: compaction copies the bytes.
-                            r.text()?;
+                            r.text_bytes()?;
                             match r.bytes(1)?[0] {
                                 0 => {}
                                 1 => {
                                     for _ in 0..r.count()? {
-                                        r.text()?;
+                                        r.text_bytes()?;
                                     }
                                 }
                                 2 if version >= 4 => {}
@@ -183,7 +189,7 @@ impl Block {
                             }
                             continue;
                         }
-                        let key = r.text()?;
+                        let key = r.text_bytes()?;
                         let flag = r.bytes(1)?[0];
                         values.clear();
                         let found = match flag {
@@ -191,7 +197,7 @@ impl Block {
                             1 => {
                                 let nv = r.count()?;
                                 for _ in 0..nv {
-                                    values.push(r.text()?);
+                                    values.push(r.text_bytes()?);
                                 }
                                 KeyValues::Listed(&values[..])
                             }
