@@ -763,7 +763,7 @@ const COLUMN_STORED: u8 = 0;
 const COLUMN_ZSTD: u8 = 1;
 
 /// The largest column an unpacked chunk may claim: far more than any chunk the writer cuts
-/// (about 512 KiB), so a larger claim is damage, refused before anything is allocated.
+/// (about 640 KiB of spans), so a larger claim is damage, refused before anything is allocated.
 const MAX_COLUMN_BYTES: u64 = 256 << 20;
 
 /// A columnar chunk (as [`encode_chunk`] writes it) stored packed: the header as it is, then

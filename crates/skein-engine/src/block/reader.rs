@@ -815,6 +815,34 @@ mod tests {
     use skein_store::testdata::SpanBuilder;
     use skein_wal::fs::OsFs;
 
+    /// A block written whole shares its spans out evenly among as few chunks as the target
+    /// allows: 1.3 targets of spans make two chunks of about 0.65, not one and a remnant.
+    #[test]
+    fn a_block_written_whole_has_chunks_of_even_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spans = Vec::new();
+        let mut total = 0;
+        while total < CHUNK_TARGET * 13 / 10 {
+            let n = spans.len() as u32;
+            let mut s = SpanBuilder::new((n / 4 % 250) as u8 + 1, (n % 4) as u8 + 1)
+                .attr("session.id", AttrValue::Str(format!("s-{n:08}").into()))
+                .build();
+            let mut id = [0x7e; 16];
+            id[..4].copy_from_slice(&(n / 4).to_be_bytes());
+            s.trace_id = TraceId::from_bytes(id).unwrap();
+            s.start_time_unix_nano += n as u64;
+            total += pending_bytes(&s);
+            spans.push(s);
+        }
+        let traces: Vec<Vec<&Span>> = spans.chunks(4).map(|t| t.iter().collect()).collect();
+        let block = write_block(&OsFs, &dir.path().join("1.blk"), traces, &[], None).unwrap();
+        let sizes: Vec<usize> =
+            (0..block.chunk_count()).map(|i| block.read_chunk(&OsFs, i).unwrap().len()).collect();
+        assert_eq!(sizes.len(), 2, "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), spans.len());
+        assert!(sizes[0].abs_diff(sizes[1]) <= 8, "{sizes:?}");
+    }
+
     /// Format 5's Bloom section: every chunk of a block is asked about a value with one read
     /// per group, only chunks that hold the value (or a false positive) answer "maybe", and
     /// a damaged region answers "maybe" for its chunks instead of hiding spans; compaction

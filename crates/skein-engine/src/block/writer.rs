@@ -46,8 +46,23 @@ pub(crate) fn write_block<'a>(
         writer.red = red.clone();
         writer.red_given = true;
     }
-    writer.add_traces(traces.into_iter().map(|spans| spans.into_iter().map(Cow::Borrowed).collect()));
+    writer.add_all_traces(traces.into_iter().map(|spans| spans.into_iter().map(Cow::Borrowed).collect()));
     writer.finish(fs, path, wal_ranges, &[])
+}
+
+/// Traces (groups of spans of one trace), empty ones left out, oldest first (by their first
+/// span's start, then id).
+fn by_start<'a>(traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) -> Vec<Vec<Cow<'a, Span>>> {
+    let mut traces: Vec<(u64, TraceId, Vec<Cow<'a, Span>>)> = traces
+        .into_iter()
+        .filter(|spans| !spans.is_empty())
+        .map(|spans| {
+            let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+            (start, spans[0].trace_id, spans)
+        })
+        .collect();
+    traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
+    traces.into_iter().map(|(_, _, spans)| spans).collect()
 }
 
 /// Builds a block chunk by chunk: spans go in (whole traces, or parts of traces: a trace may
@@ -84,6 +99,10 @@ pub(crate) struct BlockWriter<'a> {
     /// resource, and so its address, alive); cleared when a chunk is cut.
     last_resource: Option<(usize, u32)>,
     pending_bytes: usize,
+    /// The chunk being gathered is cut at this many pending bytes: [`CHUNK_TARGET`], or less
+    /// when [`BlockWriter::add_traces`] knows every span to come and shares them out evenly
+    /// (a head of 1.3 times the target makes two chunks of 0.65, not one and a remnant).
+    chunk_target: Option<usize>,
     /// Chunks cut but not encoded yet: they are encoded together, on every core
     /// ([`BlockWriter::encode_queued`]), and appended in order.
     queued: Vec<Queued<'a>>,
@@ -178,16 +197,18 @@ impl<'a> BlockWriter<'a> {
     /// Adds traces (each a group of spans of one trace), oldest first, so chunks have narrow
     /// time ranges.
     pub(crate) fn add_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
-        let mut traces: Vec<(u64, TraceId, Vec<Cow<'a, Span>>)> = traces
-            .into_iter()
-            .filter(|spans| !spans.is_empty())
-            .map(|spans| {
-                let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-                (start, spans[0].trace_id, spans)
-            })
-            .collect();
-        traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
-        for (_, _, spans) in traces {
+        for spans in by_start(traces) {
+            self.add(spans);
+        }
+    }
+
+    /// [`BlockWriter::add_traces`] for every span the block will hold: they are shared out
+    /// evenly among as few chunks as [`CHUNK_TARGET`] allows.
+    pub(crate) fn add_all_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
+        let traces = by_start(traces);
+        let total: usize = traces.iter().flatten().map(|s| super::pending_bytes(s)).sum();
+        self.chunk_target = Some(total.div_ceil(total.div_ceil(CHUNK_TARGET).max(1)));
+        for spans in traces {
             self.add(spans);
         }
     }
@@ -222,7 +243,7 @@ impl<'a> BlockWriter<'a> {
         }
         // The spans belong to the chunk being gathered, after the encoded and queued ones.
         self.pending.extend(spans);
-        if self.pending_bytes >= CHUNK_TARGET {
+        if self.pending_bytes >= self.chunk_target.unwrap_or(CHUNK_TARGET) {
             self.cut();
         }
     }
