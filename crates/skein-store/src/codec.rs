@@ -29,11 +29,24 @@ pub struct Writer {
 }
 
 impl Writer {
+    #[inline]
     pub fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
 
-    pub fn varint(&mut self, mut v: u64) {
+    /// An unsigned LEB128 varint; one byte (most counts, indexes and small deltas) is written
+    /// inline in the caller.
+    #[inline]
+    pub fn varint(&mut self, v: u64) {
+        if v < 0x80 {
+            self.buf.push(v as u8);
+        } else {
+            self.varint_long(v);
+        }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.buf.push((v as u8) | 0x80);
             v >>= 7;
@@ -41,11 +54,13 @@ impl Writer {
         self.buf.push(v as u8);
     }
 
+    #[inline]
     pub fn bytes(&mut self, b: &[u8]) {
         self.varint(b.len() as u64);
         self.buf.extend_from_slice(b);
     }
 
+    #[inline]
     pub fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
@@ -425,12 +440,27 @@ pub struct Origins<'a> {
     pub scopes: Vec<&'a Arc<InstrumentationScope>>,
     resource_ix: rustc_hash::FxHashMap<*const Resource, usize>,
     scope_ix: rustc_hash::FxHashMap<*const InstrumentationScope, usize>,
+    /// The last span's resource and scope (by address) and their indexes: the spans of one
+    /// request share both, so most spans are answered without a lookup.
+    last: Option<(*const Resource, *const InstrumentationScope, (usize, usize))>,
 }
 
 impl<'a> Origins<'a> {
     /// The indexes of `s`'s resource and scope, adding them when new.
     pub fn of(&mut self, s: &'a Span) -> (usize, usize) {
-        let Origins { resources, scopes, resource_ix, scope_ix } = self;
+        let (resource, scope) = (Arc::as_ptr(&s.resource), Arc::as_ptr(&s.scope));
+        if let Some((r, c, found)) = self.last
+            && (r, c) == (resource, scope)
+        {
+            return found;
+        }
+        let found = self.lookup(s);
+        self.last = Some((resource, scope, found));
+        found
+    }
+
+    fn lookup(&mut self, s: &'a Span) -> (usize, usize) {
+        let Origins { resources, scopes, resource_ix, scope_ix, .. } = self;
         let r = *resource_ix.entry(Arc::as_ptr(&s.resource)).or_insert_with(|| {
             resources.iter().position(|r| ***r == *s.resource).unwrap_or_else(|| {
                 resources.push(&s.resource);
@@ -555,6 +585,28 @@ mod tests {
             decode_spans(&bad).unwrap_err().to_string(),
             "corrupt span batch: unsupported batch version 9"
         );
+    }
+
+    /// The spans of one request share a resource and scope (answered from the last span's),
+    /// others are looked up: every span gets the index of its own.
+    #[test]
+    fn origins_number_each_resource_and_scope_once() {
+        let base = rich().remove(0);
+        let other_resource = Arc::new(Resource { schema_url: "other".into(), ..(*base.resource).clone() });
+        let other_scope = Arc::new(InstrumentationScope { name: "other".into(), ..(*base.scope).clone() });
+        let with = |r: &Arc<Resource>, c: &Arc<InstrumentationScope>| Span {
+            resource: Arc::clone(r),
+            scope: Arc::clone(c),
+            ..base.clone()
+        };
+        let (a, b) = (&base.resource, &other_resource);
+        let (s1, s2) = (&base.scope, &other_scope);
+        let spans = [with(a, s1), with(a, s1), with(b, s1), with(a, s2), with(a, s1), with(b, s2)];
+        let mut origins = Origins::default();
+        let got: Vec<(usize, usize)> = spans.iter().map(|s| origins.of(s)).collect();
+        assert_eq!(got, [(0, 0), (0, 0), (1, 0), (0, 1), (0, 0), (1, 1)]);
+        let back = decode_spans(&encode_spans(&spans)).unwrap();
+        assert_eq!(back, spans);
     }
 
     /// The one-byte fast path and the longer path read what the writer wrote, one after the
