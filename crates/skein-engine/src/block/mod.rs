@@ -24,6 +24,7 @@ mod writer;
 
 use inverted::{PostingIndex, PostingIndexBuilder};
 use postings::chunk_postings;
+pub(crate) use reader::ChunkMatcher;
 use traces::TraceIndex;
 pub(crate) use writer::{BlockWriter, serially, write_block};
 
