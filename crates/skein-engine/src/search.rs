@@ -68,46 +68,6 @@ fn matching<'s, T: Iterator<Item = &'s Span> + Clone>(
         .collect()
 }
 
-/// Blocks whose Bloom filters a search reads at once, each on a thread of [`READ_AHEAD`]:
-/// the filter regions of the next blocks are read while none has answered yet, instead of
-/// one block after the other.
-const READ_AHEAD_BLOCKS: usize = 8;
-
-/// Threads that read blocks' Bloom filters ahead of a search (waiting on the disk, not
-/// computing: more of them than cores).
-static READ_AHEAD: std::sync::LazyLock<Option<rayon::ThreadPool>> = std::sync::LazyLock::new(|| {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(READ_AHEAD_BLOCKS)
-        .thread_name(|i| format!("skein-filters-{i}"))
-        .build()
-        .ok()
-});
-
-/// The matchers of `blocks` for `matcher`, in order, with the Bloom filters they will ask read
-/// at once (on [`READ_AHEAD`]'s threads) when more than one block has some to read.
-fn matchers<'b>(
-    fs: &dyn Fs,
-    blocks: &[&'b Block],
-    matcher: &SpanMatcher<'_>,
-) -> Vec<block::ChunkMatcher<'b>> {
-    let matchers: Vec<block::ChunkMatcher<'b>> = blocks.iter().map(|b| b.matcher(matcher)).collect();
-    match &*READ_AHEAD {
-        Some(pool) if matchers.iter().filter(|m| m.reads_filters()).count() > 1 => pool.install(|| {
-            matchers
-                .into_par_iter()
-                .map(|m| {
-                    if m.reads_filters() {
-                        m.read_filters(fs);
-                    }
-                    m
-                })
-                .collect()
-        }),
-        // A failed pool (no threads to spare) leaves the filters to be read as they are asked.
-        _ => matchers,
-    }
-}
-
 impl Shared {
     /// The newest `q.limit` traces with a span that matches `q`, newest first, with their
     /// starts. Chunks are asked newest first; those not ruled out are gathered a batch of one
@@ -157,31 +117,27 @@ impl Shared {
                 }
             }
         };
-        let fs = &*self.config.fs;
-        let in_window: Vec<&Block> = blocks.iter().rev().filter(|b| !outside(b.time)).map(|b| &**b).collect();
-        for window in in_window.chunks(READ_AHEAD_BLOCKS) {
-            // A block whose spans all start before the `limit` newest found cannot change the
-            // answer: its filters are not read.
-            let window: Vec<&Block> =
-                window.iter().copied().filter(|b| !found.too_old(b.time.end_unix_nano)).collect();
-            for (&b, chunks) in window.iter().zip(matchers(fs, &window, &matcher)) {
-                asked += 1;
-                for i in (0..b.chunk_count()).rev() {
-                    let t = b.chunk_meta(i).time;
-                    // Cheapest first: a chunk outside the window or older than the `limit`
-                    // newest traces found, then one whose durations cannot match, then its
-                    // postings and Bloom filter.
-                    if outside(t)
-                        || found.too_old(t.end_unix_nano)
-                        || !b.chunk_may_hold_duration(i, q.min_duration_nanos, q.max_duration_nanos)
-                        || !chunks.may_match(fs, i)
-                    {
-                        continue;
-                    }
-                    pending.push((b, i));
-                    if pending.len() >= batch {
-                        take(&mut pending, &mut found);
-                    }
+        for b in blocks.iter().rev() {
+            if outside(b.time) {
+                continue;
+            }
+            let chunks = b.matcher(&matcher);
+            asked += 1;
+            for i in (0..b.chunk_count()).rev() {
+                let t = b.chunk_meta(i).time;
+                // Cheapest first: a chunk outside the window or older than the `limit` newest
+                // traces found, then one whose durations cannot match, then its postings and
+                // Bloom filter.
+                if outside(t)
+                    || found.too_old(t.end_unix_nano)
+                    || !b.chunk_may_hold_duration(i, q.min_duration_nanos, q.max_duration_nanos)
+                    || !chunks.may_match(&*self.config.fs, i)
+                {
+                    continue;
+                }
+                pending.push((&**b, i));
+                if pending.len() >= batch {
+                    take(&mut pending, &mut found);
                 }
             }
         }

@@ -24,7 +24,6 @@ mod writer;
 
 use inverted::{PostingIndex, PostingIndexBuilder};
 use postings::chunk_postings;
-pub(crate) use reader::ChunkMatcher;
 use traces::TraceIndex;
 pub(crate) use writer::{BlockWriter, serially, write_block};
 

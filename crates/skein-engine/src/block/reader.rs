@@ -746,41 +746,6 @@ impl<'b> ChunkMatcher<'b> {
         inverted::bit(maybe, i)
     }
 
-    /// Whether answering [`ChunkMatcher::may_match`] will read blocked Bloom filters (format 5)
-    /// from the file: some tag's key is hashed in a chunk of a block that has them.
-    pub(crate) fn reads_filters(&self) -> bool {
-        match &self.plan {
-            Plan::Postings { services } => {
-                !self.block.bloom_groups.is_empty()
-                    && services
-                        .iter()
-                        .flat_map(|(_, per_tag)| per_tag)
-                        .any(|t| t.hashed.iter().any(|w| *w != 0))
-            }
-            _ => false,
-        }
-    }
-
-    /// Reads now what [`ChunkMatcher::may_match`] would read of the blocked Bloom filters
-    /// (format 5) as it is asked, the same regions with the same answers: a search reads the
-    /// filters of its next blocks at once, on threads of their own, instead of one block after
-    /// the other (each a disk read once the page cache no longer holds the block).
-    pub(crate) fn read_filters(&self, fs: &dyn Fs) {
-        let Plan::Postings { services } = &self.plan else { return };
-        let mut blocked = self.blocked.borrow_mut();
-        for t in services.iter().flat_map(|(_, per_tag)| per_tag) {
-            let asked = |c: &u32| {
-                inverted::bit(&t.hashed, *c as usize) && self.block.chunks[*c as usize].bloom_lines > 0
-            };
-            if !self.block.bloom_groups.iter().any(|g| g.members.iter().any(asked)) {
-                continue;
-            }
-            for h in &t.items {
-                blocked.entry(*h).or_insert_with(|| self.block.blocked_may_hold(fs, *h, &t.hashed));
-            }
-        }
-    }
-
     /// Whether chunk `i` may hold a span of the service carrying every tag: answered from the
     /// postings and, for keys with many values, the chunk's Bloom filter, without reading the
     /// chunk.
@@ -933,23 +898,6 @@ mod tests {
             assert_eq!(maybe(&block, Some(service), &address(n)), want, "{n}");
         }
         assert!(maybe(&block, None, "192.168.1.1").is_empty(), "a value that is nowhere");
-
-        // Read ahead (as a search does for its next blocks), the filters answer the same
-        // without the file; a matcher with nothing hashed to ask reads nothing.
-        let want = holding(&address(5_999));
-        let q = skein_store::TraceQuery {
-            tags: vec![("client.address".to_owned(), address(5_999))],
-            ..Default::default()
-        };
-        let m = block.matcher(&skein_store::SpanMatcher::new(&q));
-        assert!(m.reads_filters());
-        m.read_filters(&OsFs);
-        let moved = path.with_extension("moved");
-        std::fs::rename(&path, &moved).unwrap();
-        assert_eq!((0..block.chunk_count()).filter(|i| m.may_match(&OsFs, *i)).collect::<Vec<_>>(), want);
-        std::fs::rename(&moved, &path).unwrap();
-        let q = skein_store::TraceQuery { service: Some("nowhere".into()), ..q };
-        assert!(!block.matcher(&skein_store::SpanMatcher::new(&q)).reads_filters());
 
         // Compaction's copy of the chunks' filters equals what the groups hold.
         let copy = block.copy_source(&OsFs).unwrap().unwrap();
