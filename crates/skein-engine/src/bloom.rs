@@ -50,8 +50,19 @@ const SALTS: [u32; BLOCKED_PROBES as usize] =
 /// The hash of one (service, key, value) item. The parts are length-prefixed so that no two
 /// different triples hash the same bytes.
 pub(crate) fn item_hash(service: &str, key: &str, value: &str) -> u64 {
-    let len = service.len() + key.len() + value.len() + 12;
-    // Most items fit on the stack: a chunk hashes one per distinct value.
+    hash_filled(service.len() + key.len() + value.len() + 12, |buf| {
+        let mut at = 0;
+        for part in [service, key, value] {
+            buf[at..at + 4].copy_from_slice(&(part.len() as u32).to_le_bytes());
+            buf[at + 4..at + 4 + part.len()].copy_from_slice(part.as_bytes());
+            at += 4 + part.len();
+        }
+    })
+}
+
+/// xxh3-64 of the `len` bytes `fill` writes, in a buffer on the stack when they fit: hashes are
+/// taken per distinct value of a chunk and per posting of an opened block, most of them short.
+pub(crate) fn hash_filled(len: usize, fill: impl FnOnce(&mut [u8])) -> u64 {
     let mut stack = [0u8; 256];
     let mut heap = Vec::new();
     let buf = if len <= stack.len() {
@@ -60,12 +71,7 @@ pub(crate) fn item_hash(service: &str, key: &str, value: &str) -> u64 {
         heap.resize(len, 0);
         &mut heap[..]
     };
-    let mut at = 0;
-    for part in [service, key, value] {
-        buf[at..at + 4].copy_from_slice(&(part.len() as u32).to_le_bytes());
-        buf[at + 4..at + 4 + part.len()].copy_from_slice(part.as_bytes());
-        at += 4 + part.len();
-    }
+    fill(buf);
     xxh3_64(buf)
 }
 

@@ -609,22 +609,28 @@ mod tests {
         assert_eq!(back, spans);
     }
 
+    /// `values` written as varints one after the other, then read back until nothing is left.
+    fn varints_back(values: &[u64]) -> Vec<u64> {
+        let mut w = Writer::default();
+        for v in values {
+            w.varint(*v);
+        }
+        let mut r = Reader::new(&w.buf);
+        let mut back = Vec::new();
+        while !r.is_empty() {
+            back.push(r.varint().unwrap());
+        }
+        back
+    }
+
     /// The one-byte fast path and the longer path read what the writer wrote, one after the
     /// other; a varint cut short or longer than 10 bytes is an error.
     #[test]
     fn varints_of_every_length_round_trip_and_bad_ones_are_errors() {
         let values: Vec<u64> =
             (0..64).flat_map(|b| [(1u64 << b) - 1, 1u64 << b, (1u64 << b) + 1]).chain([u64::MAX]).collect();
-        let mut w = Writer::default();
-        for v in &values {
-            w.varint(*v);
-        }
-        let mut r = Reader::new(&w.buf);
-        for v in &values {
-            assert_eq!(r.varint().unwrap(), *v);
-        }
-        assert!(r.is_empty());
-        assert!(r.varint().is_err(), "nothing left");
+        assert_eq!(varints_back(&values), values);
+        assert!(Reader::new(&[]).varint().is_err(), "nothing left");
         for cut in [&[0x80u8][..], &[0xff, 0xff], &[0x80; 9]] {
             assert!(Reader::new(cut).varint().is_err(), "{cut:?} is cut short");
         }
@@ -636,15 +642,7 @@ mod tests {
     proptest! {
         #[test]
         fn varints_round_trip(values in proptest::collection::vec(any::<u64>(), 0..64)) {
-            let mut w = Writer::default();
-            for v in &values {
-                w.varint(*v);
-            }
-            let mut r = Reader::new(&w.buf);
-            for v in &values {
-                prop_assert_eq!(r.varint().unwrap(), *v);
-            }
-            prop_assert!(r.is_empty());
+            prop_assert_eq!(varints_back(&values), values);
         }
 
         #[test]

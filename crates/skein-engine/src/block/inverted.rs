@@ -9,7 +9,6 @@
 //! how an open block holds them.
 
 use rustc_hash::FxHashMap;
-use xxhash_rust::xxh3::xxh3_64;
 
 use super::KeyValues;
 
@@ -31,25 +30,17 @@ enum Says<'a> {
 /// not checked as UTF-8 (a query's text hashes to the same bytes).
 fn entry_hash(service: u32, key: &[u8], says: Says<'_>) -> u64 {
     let value = if let Says::Value(v) = says { v } else { &[] };
-    let len = 9 + key.len() + value.len();
-    let mut stack = [0u8; 256];
-    let mut heap = Vec::new();
-    let buf = if len <= stack.len() {
-        &mut stack[..len]
-    } else {
-        heap.resize(len, 0);
-        &mut heap[..]
-    };
-    buf[..4].copy_from_slice(&service.to_le_bytes());
-    buf[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
-    buf[8..8 + key.len()].copy_from_slice(key);
-    buf[8 + key.len()] = match says {
-        Says::Unindexed => 0,
-        Says::Hashed => 1,
-        Says::Value(_) => 2,
-    };
-    buf[9 + key.len()..].copy_from_slice(value);
-    xxh3_64(buf)
+    crate::bloom::hash_filled(9 + key.len() + value.len(), |buf| {
+        buf[..4].copy_from_slice(&service.to_le_bytes());
+        buf[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        buf[8..8 + key.len()].copy_from_slice(key);
+        buf[8 + key.len()] = match says {
+            Says::Unindexed => 0,
+            Says::Hashed => 1,
+            Says::Value(_) => 2,
+        };
+        buf[9 + key.len()..].copy_from_slice(value);
+    })
 }
 
 /// Set in [`Entry::len`] when the words are a bitmap of every chunk rather than chunk numbers.
