@@ -100,7 +100,7 @@ pub(crate) struct BlockWriter<'a> {
     last_resource: Option<(usize, u32)>,
     pending_bytes: usize,
     /// The chunk being gathered is cut at this many pending bytes: [`CHUNK_TARGET`], or less
-    /// when [`BlockWriter::add_traces`] knows every span to come and shares them out evenly
+    /// when [`BlockWriter::add_all_traces`] knows every span to come and shares them out evenly
     /// (a head of 1.3 times the target makes two chunks of 0.65, not one and a remnant).
     chunk_target: Option<usize>,
     /// Chunks cut but not encoded yet: they are encoded together, on every core
