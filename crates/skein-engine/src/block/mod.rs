@@ -29,8 +29,8 @@ pub(crate) use writer::{BlockWriter, serially, write_block};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
-/// Version of the block format written by this code (versions 1 to 6 are still read).
-pub const BLOCK_VERSION: u32 = 7;
+/// Version of the block format written by this code (versions 1 to 7 are still read).
+pub const BLOCK_VERSION: u32 = 8;
 /// Most distinct values a chunk's postings list for one (service, key); beyond, the values go
 /// into the chunk's Bloom filter (format 4; "many" before).
 const MAX_POSTING_VALUES: usize = 32;
@@ -244,8 +244,8 @@ pub(crate) struct MemoryBytes {
 /// A block whose chunks are copied into another by [`BlockWriter::copy_chunk`].
 pub(crate) struct CopySource<'b> {
     block: &'b Block,
-    /// The traces of each chunk.
-    traces: Vec<Vec<TraceId>>,
+    /// The traces of each chunk, by [`traces::trace_hash`].
+    traces: Vec<Vec<u64>>,
     /// The postings of each chunk, per service (the source's ids): the service's keys and
     /// values as the index encodes them.
     postings: Vec<Vec<(u32, Vec<u8>)>>,

@@ -265,14 +265,22 @@ impl Block {
             let offset = r.varint()?;
             let per_page = u32::try_from(r.varint()?).map_err(|_| "trace section pages too long")?;
             let pages = r.count()?;
+            let form = traces::KeyForm::of_version(version);
             let firsts = (0..pages)
-                .map(|_| TraceId::from_slice(r.bytes(16)?).map_err(|e| format!("bad trace id in index: {e}")))
+                .map(|_| Ok(form.read(r.bytes(form.len())?)))
                 .collect::<Result<Vec<_>, String>>()?;
             let lines = r.count()?;
             let probes = if lines > 0 { r.bytes(1)?[0] } else { 0 };
             let filter =
                 r.bytes(lines.checked_mul(bloom::LINE_BYTES).ok_or("trace filter too long")?)?.to_vec();
-            paged = Some((entries, offset, per_page, firsts, traces::TraceFilter { probes, lines: filter }));
+            paged = Some((
+                form,
+                entries,
+                offset,
+                per_page,
+                firsts,
+                traces::TraceFilter { probes, lines: filter },
+            ));
             if let Some(out) = &mut per_chunk {
                 out.traces = vec![Vec::new(); chunks.len()];
             }
@@ -293,7 +301,7 @@ impl Block {
                     pairs.push((traces::trace_key(id), chunk));
                 }
                 if let Some(out) = &mut per_chunk {
-                    out.traces[chunk as usize].push(id);
+                    out.traces[chunk as usize].push(traces::trace_hash(id));
                 }
             }
             traces = Some(TraceIndex::Hashed(traces::Hashed::new(pairs, chunks.len())));
@@ -315,8 +323,8 @@ impl Block {
         let end = red.map_or(index_offset, |(offset, _, _)| offset);
         let traces = match (traces, paged) {
             (Some(traces), _) => traces,
-            (None, Some((entries, offset, per_page, firsts, filter))) => TraceIndex::Paged(
-                traces::Paged::new(offset, entries, per_page, firsts, filter, chunks.len(), end)?,
+            (None, Some((form, entries, offset, per_page, firsts, filter))) => TraceIndex::Paged(
+                traces::Paged::new(form, offset, entries, per_page, firsts, filter, chunks.len(), end)?,
             ),
             (None, None) => unreachable!("every version reads one form of trace index"),
         };
@@ -784,12 +792,12 @@ impl<'b> ChunkMatcher<'b> {
 }
 
 /// What compaction copies with each chunk of a block, read from its index: per chunk, its
-/// postings (per service id, the keys and values as the index encodes them) and the ids of
-/// its traces.
+/// postings (per service id, the keys and values as the index encodes them) and the
+/// [`traces::trace_hash`]es of its traces.
 #[derive(Default)]
 pub(crate) struct ChunkCopies {
     postings: Vec<Vec<(u32, Vec<u8>)>>,
-    traces: Vec<Vec<TraceId>>,
+    traces: Vec<Vec<u64>>,
 }
 
 /// Most bytes of Bloom filters all open blocks keep in memory once searches have read them.

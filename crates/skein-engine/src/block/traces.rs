@@ -3,9 +3,13 @@
 //! [`TraceIndex::chunks_of`]. Specified in `docs/format/block.md` ("Trace section").
 //!
 //! Format 6 keeps the index on disk, in pages of sorted `(trace id, chunk)` entries each with
-//! its crc32; the open block holds only the first id of every page, so its memory does not
-//! grow with the traces it stores (0.125 bytes an entry instead of 6). Formats 3 to 5 list the
-//! entries in the block's compressed index, and the open block keeps a 32-bit hash of each.
+//! its crc32; the open block holds only the first key of every page, so its memory does not
+//! grow with the traces it stores (0.125 bytes an entry instead of 6). Format 8 sorts and
+//! finds the entries by a 64-bit hash of the trace id instead of the id ([`KeyForm::Hash`]):
+//! 10 bytes an entry instead of 18 (about 0.4 bytes per span of the realistic load), and a
+//! read still returns only the trace's spans, as the spans of the chunks it reads are
+//! filtered by id. Formats 3 to 5 list the entries in the block's compressed index, and the
+//! open block keeps a 32-bit hash of each.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -123,16 +127,17 @@ impl Hashed {
     }
 }
 
-/// A format 6 trace index: where its section lies, the first id of each page, and a blocked
+/// A format 6 trace index: where its section lies, the first key of each page, and a blocked
 /// Bloom filter of the block's trace ids.
 #[derive(Debug)]
 pub(crate) struct Paged {
     offset: u64,
     entries: u64,
     per_page: u32,
+    form: KeyForm,
     /// Chunk numbers are 4 bytes (the block has more than 65,536 chunks), else 2.
     wide: bool,
-    firsts: Vec<TraceId>,
+    firsts: Vec<u128>,
     filter: TraceFilter,
 }
 
@@ -146,9 +151,9 @@ pub(crate) struct TraceFilter {
 }
 
 impl TraceFilter {
-    /// The filter of the distinct ids among `entries` (sorted by id).
-    fn of(entries: &[(TraceId, u32)]) -> TraceFilter {
-        let mut hashes: Vec<u64> = entries.iter().map(|(id, _)| trace_hash(*id)).collect();
+    /// The filter of the traces whose [`trace_hash`]es are `hashes`.
+    fn of(mut hashes: Vec<u64>) -> TraceFilter {
+        hashes.sort_unstable();
         hashes.dedup();
         let lines = (hashes.len() * FILTER_BITS_PER_TRACE).div_ceil(bloom::LINE_BYTES * 8) as u32;
         TraceFilter { probes: bloom::BLOCKED_PROBES, lines: bloom::build_blocked_lines(&hashes, lines, None) }
@@ -172,38 +177,98 @@ impl TraceFilter {
     }
 }
 
-/// The hash of a trace id in a block's trace filter (as [`trace_key`], all 64 bits).
-fn trace_hash(id: TraceId) -> u64 {
+/// The hash of a trace id: a format 8 trace section's key, and what a block's trace filter
+/// holds (as [`trace_key`], all 64 bits). Compaction carries traces from block to block by it.
+pub(crate) fn trace_hash(id: TraceId) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+/// What a trace section's entries are sorted and found by. Either form is held as a `u128`
+/// whose order is the entries' order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyForm {
+    /// Formats 6 and 7: the trace id, 16 bytes (as a big-endian number, the ids' order).
+    Id,
+    /// Format 8 on: [`trace_hash`] of the id, 8 bytes little-endian.
+    Hash,
+}
+
+impl KeyForm {
+    /// The form a block of format `version` (6 or later) writes.
+    pub(crate) fn of_version(version: u32) -> KeyForm {
+        if version >= 8 { KeyForm::Hash } else { KeyForm::Id }
+    }
+
+    /// Bytes of a key.
+    pub(crate) fn len(self) -> usize {
+        match self {
+            KeyForm::Id => 16,
+            KeyForm::Hash => 8,
+        }
+    }
+
+    /// The key of trace `id`.
+    fn key(self, id: TraceId) -> u128 {
+        match self {
+            KeyForm::Id => u128::from_be_bytes(*id.as_bytes()),
+            KeyForm::Hash => trace_hash(id) as u128,
+        }
+    }
+
+    /// The key stored in `bytes` (at least [`KeyForm::len`] of them).
+    pub(crate) fn read(self, bytes: &[u8]) -> u128 {
+        match self {
+            KeyForm::Id => u128::from_be_bytes(bytes[..16].try_into().expect("16 bytes")),
+            KeyForm::Hash => u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as u128,
+        }
+    }
+
+    /// Appends `key` as the section stores it.
+    fn put(self, key: u128, out: &mut Vec<u8>) {
+        match self {
+            KeyForm::Id => out.extend_from_slice(&key.to_be_bytes()),
+            KeyForm::Hash => out.extend_from_slice(&(key as u64).to_le_bytes()),
+        }
+    }
+
+    /// The [`trace_hash`] of the trace whose key is `key`.
+    fn hash(self, key: u128) -> u64 {
+        match self {
+            KeyForm::Id => xxhash_rust::xxh3::xxh3_64(&key.to_be_bytes()),
+            KeyForm::Hash => key as u64,
+        }
+    }
 }
 
 /// The trace section of a block being written, and what its index says of it.
 pub(crate) struct TraceSection {
     /// The pages, one after the other.
     pub(crate) bytes: Vec<u8>,
-    /// The first id of each page.
-    pub(crate) firsts: Vec<TraceId>,
+    /// The first key of each page.
+    pub(crate) firsts: Vec<u128>,
     /// The trace filter, which the index holds.
     pub(crate) filter: TraceFilter,
 }
 
-fn entry_len(wide: bool) -> usize {
-    16 + if wide { 4 } else { 2 }
+fn entry_len(form: KeyForm, wide: bool) -> usize {
+    form.len() + if wide { 4 } else { 2 }
 }
 
 impl TraceSection {
-    /// The section of `entries`, sorted by (id, chunk) and without repeats, for a block of
-    /// `chunks` chunks.
-    pub(crate) fn write(entries: &[(TraceId, u32)], chunks: usize) -> TraceSection {
+    /// The section of `entries` (keys of `form`, and chunks), sorted by (key, chunk) and
+    /// without repeats, for a block of `chunks` chunks. `hashes` are the traces'
+    /// [`trace_hash`]es, for the trace filter (the keys themselves in the hash form).
+    pub(crate) fn write(form: KeyForm, entries: &[(u128, u32)], chunks: usize) -> TraceSection {
         debug_assert!(entries.windows(2).all(|w| w[0] < w[1]), "entries sorted and apart");
         let wide = chunks > NARROW_CHUNKS;
-        let mut bytes = Vec::with_capacity(entries.len() * entry_len(wide) + entries.len() / 32 + 4);
+        let len = entry_len(form, wide);
+        let mut bytes = Vec::with_capacity(entries.len() * len + entries.len() / 32 + 4);
         let mut firsts = Vec::with_capacity(entries.len().div_ceil(PAGE_ENTRIES as usize));
         for page in entries.chunks(PAGE_ENTRIES as usize) {
             firsts.push(page[0].0);
             let start = bytes.len();
-            for (id, chunk) in page {
-                bytes.extend_from_slice(id.as_bytes());
+            for (key, chunk) in page {
+                form.put(*key, &mut bytes);
                 if wide {
                     bytes.extend_from_slice(&chunk.to_le_bytes());
                 } else {
@@ -213,19 +278,22 @@ impl TraceSection {
             let crc = crc32fast::hash(&bytes[start..]);
             bytes.extend_from_slice(&crc.to_le_bytes());
         }
-        TraceSection { bytes, firsts, filter: TraceFilter::of(entries) }
+        let hashes = entries.iter().map(|(key, _)| form.hash(*key)).collect();
+        TraceSection { bytes, firsts, filter: TraceFilter::of(hashes) }
     }
 }
 
 impl Paged {
-    /// The index of a section at `offset` with `entries` entries in pages of `per_page`, the
-    /// first ids `firsts`, the trace filter `filter`, in a block of `chunks` chunks
-    /// whose section must end by `end`.
+    /// The index of a section at `offset` with `entries` entries (keys of `form`) in pages
+    /// of `per_page`, the first keys `firsts`, the trace filter `filter`, in a block of
+    /// `chunks` chunks whose section must end by `end`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        form: KeyForm,
         offset: u64,
         entries: u64,
         per_page: u32,
-        mut firsts: Vec<TraceId>,
+        mut firsts: Vec<u128>,
         filter: TraceFilter,
         chunks: usize,
         end: u64,
@@ -243,7 +311,7 @@ impl Paged {
         if firsts.windows(2).any(|w| w[0] > w[1]) {
             return Err("trace section pages out of order".into());
         }
-        let p = Paged { offset, entries, per_page, wide: chunks > NARROW_CHUNKS, firsts, filter };
+        let p = Paged { offset, entries, per_page, form, wide: chunks > NARROW_CHUNKS, firsts, filter };
         if offset.checked_add(p.len()).is_none_or(|e| e > end) {
             return Err("the trace section lies outside the file".into());
         }
@@ -257,53 +325,59 @@ impl Paged {
 
     /// Bytes of the section.
     fn len(&self) -> u64 {
-        self.entries * entry_len(self.wide) as u64 + self.firsts.len() as u64 * 4
+        self.entries * self.entry_len() as u64 + self.firsts.len() as u64 * 4
+    }
+
+    fn entry_len(&self) -> usize {
+        entry_len(self.form, self.wide)
     }
 
     /// Where page `p` lies and how many entries it holds.
     fn page(&self, p: usize) -> (u64, usize, usize) {
-        let full = self.per_page as u64 * entry_len(self.wide) as u64 + 4;
+        let full = self.per_page as u64 * self.entry_len() as u64 + 4;
         let n = (self.entries - p as u64 * self.per_page as u64).min(self.per_page as u64) as usize;
-        (self.offset + p as u64 * full, n * entry_len(self.wide) + 4, n)
+        (self.offset + p as u64 * full, n * self.entry_len() + 4, n)
     }
 
-    /// The entries of page `p` as read from the file: crc checked, and its first id the one
+    /// The entries of page `p` as read from the file: crc checked, and its first key the one
     /// the index names.
     fn entries_of<'r>(
         &self,
         p: usize,
         bytes: &'r [u8],
-    ) -> Result<impl Iterator<Item = (&'r [u8], u32)> + 'r, IndexError> {
+    ) -> Result<impl Iterator<Item = (u128, u32)> + 'r, IndexError> {
         let (_, len, _) = self.page(p);
         let (body, crc) = bytes.split_at_checked(len.saturating_sub(4)).ok_or("short trace page")?;
         if bytes.len() != len || crc32fast::hash(body).to_le_bytes() != crc {
             return Err(format!("trace section page {p} crc mismatch"));
         }
-        if body.get(..16) != Some(self.firsts[p].as_bytes().as_slice()) {
-            return Err(format!("trace section page {p} does not start with the id the index names"));
+        let (form, wide) = (self.form, self.wide);
+        if body.len() < form.len() || form.read(body) != self.firsts[p] {
+            return Err(format!("trace section page {p} does not start with the key the index names"));
         }
-        let wide = self.wide;
-        Ok(body.chunks_exact(entry_len(wide)).map(move |e| {
+        let k = form.len();
+        Ok(body.chunks_exact(self.entry_len()).map(move |e| {
             let chunk = if wide {
-                u32::from_le_bytes(e[16..20].try_into().expect("4 bytes"))
+                u32::from_le_bytes(e[k..k + 4].try_into().expect("4 bytes"))
             } else {
-                u16::from_le_bytes(e[16..18].try_into().expect("2 bytes")) as u32
+                u16::from_le_bytes(e[k..k + 2].try_into().expect("2 bytes")) as u32
             };
-            (&e[..16], chunk)
+            (form.read(e), chunk)
         }))
     }
 
-    /// The pages an entry of `id` may be in: from the last page starting before it to the last
-    /// starting with it.
-    fn pages_of(&self, id: TraceId) -> std::ops::Range<usize> {
-        let before = self.firsts.partition_point(|f| *f < id);
-        let through = self.firsts.partition_point(|f| *f <= id);
+    /// The pages an entry of key `key` may be in: from the last page starting before it to the
+    /// last starting with it.
+    fn pages_of(&self, key: u128) -> std::ops::Range<usize> {
+        let before = self.firsts.partition_point(|f| *f < key);
+        let through = self.firsts.partition_point(|f| *f <= key);
         before.saturating_sub(1)..through
     }
 
     fn chunks_of(&self, fs: &dyn Fs, path: &Path, ids: &[TraceId]) -> Result<BTreeSet<usize>, IndexError> {
-        let pages: BTreeSet<usize> =
-            ids.iter().filter(|id| self.filter.may_hold(**id)).flat_map(|id| self.pages_of(*id)).collect();
+        let keys: Vec<u128> =
+            ids.iter().filter(|id| self.filter.may_hold(**id)).map(|id| self.form.key(*id)).collect();
+        let pages: BTreeSet<usize> = keys.iter().flat_map(|k| self.pages_of(*k)).collect();
         if pages.is_empty() {
             return Ok(BTreeSet::new());
         }
@@ -317,8 +391,8 @@ impl Paged {
         let read = fs.read_ranges(path, &ranges).map_err(|e| format!("trace section: {e}"))?;
         let mut found = BTreeSet::new();
         for (p, bytes) in pages.iter().zip(&read) {
-            for (id, chunk) in self.entries_of(*p, bytes)? {
-                if ids.iter().any(|want| want.as_bytes().as_slice() == id) {
+            for (key, chunk) in self.entries_of(*p, bytes)? {
+                if keys.contains(&key) {
                     found.insert(chunk as usize);
                 }
             }
@@ -326,30 +400,31 @@ impl Paged {
         Ok(found)
     }
 
-    /// Every entry, for compaction: the ids of each chunk's traces, in `per_chunk` (one list
-    /// per chunk of the block). Checks every page, and that the entries are sorted and name
-    /// chunks of the block.
+    /// Every entry, for compaction: the [`trace_hash`]es of each chunk's traces, in
+    /// `per_chunk` (one list per chunk of the block). Checks every page, and that the entries
+    /// are sorted and name chunks of the block.
     pub(crate) fn read_all(
         &self,
         fs: &dyn Fs,
         path: &Path,
-        per_chunk: &mut [Vec<TraceId>],
+        per_chunk: &mut [Vec<u64>],
     ) -> Result<(), IndexError> {
         let bytes = fs
             .read_range(path, self.offset, self.len() as usize)
             .map_err(|e| format!("trace section: {e}"))?;
-        let mut last: Option<(TraceId, u32)> = None;
+        let mut last: Option<(u128, u32)> = None;
         for p in 0..self.firsts.len() {
             let (at, len, _) = self.page(p);
             let from = (at - self.offset) as usize;
-            for (id, chunk) in self.entries_of(p, &bytes[from..from + len])? {
-                let id =
-                    TraceId::from_slice(id).map_err(|e| format!("bad trace id in trace section: {e}"))?;
-                if last.is_some_and(|l| l >= (id, chunk)) {
+            for (key, chunk) in self.entries_of(p, &bytes[from..from + len])? {
+                if last.is_some_and(|l| l >= (key, chunk)) {
                     return Err("trace section entries out of order".into());
                 }
-                last = Some((id, chunk));
-                per_chunk.get_mut(chunk as usize).ok_or("trace section names an unknown chunk")?.push(id);
+                last = Some((key, chunk));
+                per_chunk
+                    .get_mut(chunk as usize)
+                    .ok_or("trace section names an unknown chunk")?
+                    .push(self.form.hash(key));
             }
         }
         Ok(())
@@ -388,20 +463,29 @@ mod tests {
         assert_ne!(trace_key(padded(1)), trace_key(padded(2)));
     }
 
-    /// Writes a section of `entries` into a file (after `lead` bytes of something else) and
-    /// opens it as a format 6 index.
+    /// The section's entries of `entries` (ids and chunks) with keys of `form`, in order.
+    fn keyed(form: KeyForm, entries: &[(TraceId, u32)]) -> Vec<(u128, u32)> {
+        let mut keyed: Vec<(u128, u32)> = entries.iter().map(|(id, c)| (form.key(*id), *c)).collect();
+        keyed.sort_unstable();
+        keyed
+    }
+
+    /// Writes a section of `entries` with keys of `form` into a file (after `lead` bytes of
+    /// something else) and opens it as a paged index.
     fn paged(
         dir: &Path,
+        form: KeyForm,
         entries: &[(TraceId, u32)],
         chunks: usize,
         lead: usize,
     ) -> (Paged, std::path::PathBuf) {
-        let section = TraceSection::write(entries, chunks);
-        let path = dir.join("section");
+        let section = TraceSection::write(form, &keyed(form, entries), chunks);
+        let path = dir.join(format!("section-{form:?}"));
         let mut file = vec![7u8; lead];
         file.extend_from_slice(&section.bytes);
         std::fs::write(&path, &file).unwrap();
         let p = Paged::new(
+            form,
             lead as u64,
             entries.len() as u64,
             PAGE_ENTRIES,
@@ -416,11 +500,14 @@ mod tests {
 
     /// Every trace's chunks are found, exactly (no other trace's), for traces whose entries
     /// cross a page boundary, and for ids before, between and after every stored one; compaction
-    /// reads every entry back.
+    /// reads every entry back (as the traces' hashes). Both key forms: ids (formats 6 and 7)
+    /// and hashes (format 8), and the hash form's entries are 8 bytes shorter.
     #[test]
     fn paged_index_finds_exactly_the_chunks_of_a_trace_narrow_and_wide() {
         let dir = tempfile::tempdir().unwrap();
-        for chunk_count in [400usize, 70_000] {
+        for (form, chunk_count) in
+            [(KeyForm::Id, 400usize), (KeyForm::Id, 70_000), (KeyForm::Hash, 400), (KeyForm::Hash, 70_000)]
+        {
             let far = chunk_count as u32 - 1;
             // Trace n is in chunks n % 7 and, for every third trace, the last chunk too; some
             // traces are in many chunks, so their entries cross pages.
@@ -435,8 +522,11 @@ mod tests {
                 .collect();
             entries.sort_unstable();
             entries.dedup();
-            let (index, path) = paged(dir.path(), &entries, chunk_count, 100);
+            let (index, path) = paged(dir.path(), form, &entries, chunk_count, 100);
             assert_eq!(index.wide, chunk_count > NARROW_CHUNKS);
+            let entry = if form == KeyForm::Hash { 8 } else { 16 } + if index.wide { 4 } else { 2 };
+            assert_eq!(index.len(), entries.len() as u64 * entry + index.firsts.len() as u64 * 4);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), 100 + index.len());
             assert!(index.firsts.len() > 10);
             let fs = OsFs;
             for n in 0..1000u64 {
@@ -445,7 +535,7 @@ mod tests {
                 assert_eq!(
                     index.chunks_of(&fs, &path, &[id(n)]).unwrap(),
                     want,
-                    "{chunk_count} chunks, trace {n}"
+                    "{form:?}, {chunk_count} chunks, trace {n}"
                 );
             }
             let both: BTreeSet<usize> = entries
@@ -459,13 +549,15 @@ mod tests {
             }
             let mut per_chunk = vec![Vec::new(); chunk_count];
             index.read_all(&fs, &path, &mut per_chunk).unwrap();
-            let mut back: Vec<(TraceId, u32)> = per_chunk
+            let mut back: Vec<(u64, u32)> = per_chunk
                 .iter()
                 .enumerate()
-                .flat_map(|(c, ids)| ids.iter().map(move |i| (*i, c as u32)))
+                .flat_map(|(c, hashes)| hashes.iter().map(move |h| (*h, c as u32)))
                 .collect();
             back.sort_unstable();
-            assert_eq!(back, entries);
+            let mut want: Vec<(u64, u32)> = entries.iter().map(|(id, c)| (trace_hash(*id), *c)).collect();
+            want.sort_unstable();
+            assert_eq!(back, want);
         }
     }
 
@@ -476,7 +568,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut entries: Vec<(TraceId, u32)> = (0..20_000u64).map(|n| (id(n), (n % 9) as u32)).collect();
         entries.sort_unstable();
-        let (index, path) = paged(dir.path(), &entries, 9, 0);
+        let (index, path) = paged(dir.path(), KeyForm::Hash, &entries, 9, 0);
         let fs = OsFs;
         for n in (0..20_000).step_by(101) {
             assert_eq!(index.chunks_of(&fs, &path, &[id(n)]).unwrap().len(), 1, "trace {n}");
@@ -498,26 +590,33 @@ mod tests {
             e.sort_unstable();
             e
         };
-        let (index, path) = paged(dir.path(), &entries, 5, 0);
+        let (index, path) = paged(dir.path(), KeyForm::Hash, &entries, 5, 0);
         let fs = OsFs;
         let target = entries[300].0;
         let mut bytes = std::fs::read(&path).unwrap();
-        let (at, _, _) = index.page(index.pages_of(target).start);
+        let (at, _, _) = index.page(index.pages_of(KeyForm::Hash.key(target)).start);
         bytes[at as usize + 40] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let err = index.chunks_of(&fs, &path, &[target]).unwrap_err();
         assert!(err.contains("crc mismatch"), "{err}");
         assert!(index.read_all(&fs, &path, &mut vec![Vec::new(); 5]).is_err());
-        let section = TraceSection::write(&entries, 5);
+        let section = TraceSection::write(KeyForm::Hash, &keyed(KeyForm::Hash, &entries), 5);
         let len = section.bytes.len() as u64;
         let firsts = || section.firsts.clone();
         let filter = || section.filter.clone();
-        assert!(Paged::new(0, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_ok());
-        assert!(Paged::new(1, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_err(), "past the end");
-        assert!(Paged::new(0, 2000, PAGE_ENTRIES, firsts(), filter(), 5, u64::MAX).is_err(), "page count");
-        assert!(Paged::new(0, 1000, 0, firsts(), filter(), 5, len).is_err());
+        assert!(Paged::new(KeyForm::Hash, 0, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_ok());
+        assert!(
+            Paged::new(KeyForm::Hash, 1, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_err(),
+            "past the end"
+        );
+        assert!(
+            Paged::new(KeyForm::Hash, 0, 2000, PAGE_ENTRIES, firsts(), filter(), 5, u64::MAX).is_err(),
+            "page count"
+        );
+        assert!(Paged::new(KeyForm::Hash, 0, 1000, 0, firsts(), filter(), 5, len).is_err());
         assert!(
             Paged::new(
+                KeyForm::Hash,
                 0,
                 1000,
                 PAGE_ENTRIES,
@@ -531,6 +630,9 @@ mod tests {
         );
         let mut reversed = firsts();
         reversed.reverse();
-        assert!(Paged::new(0, 1000, PAGE_ENTRIES, reversed, filter(), 5, len).is_err(), "order");
+        assert!(
+            Paged::new(KeyForm::Hash, 0, 1000, PAGE_ENTRIES, reversed, filter(), 5, len).is_err(),
+            "order"
+        );
     }
 }

@@ -88,7 +88,10 @@ pub(crate) struct BlockWriter<'a> {
     /// The blocked Bloom filter of each chunk (empty when it has none), written in the
     /// block's Bloom section by [`BlockWriter::finish`].
     blocked: Vec<Vec<u8>>,
-    trace_index: Vec<(TraceId, u32)>,
+    /// (trace hash, chunk) per trace and chunk it is in: the trace section's entries.
+    trace_index: Vec<(u64, u32)>,
+    /// The trace and chunk of the last entry added for a span (a trace's spans come together).
+    last_entry: Option<(TraceId, u32)>,
     span_count: u64,
     /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
     pending: Vec<Cow<'a, Span>>,
@@ -237,8 +240,9 @@ impl<'a> BlockWriter<'a> {
             }
             self.span_count += 1;
             self.pending_bytes += super::pending_bytes(s);
-            if self.trace_index.last() != Some(&(s.trace_id, chunk)) {
-                self.trace_index.push((s.trace_id, chunk));
+            if self.last_entry != Some((s.trace_id, chunk)) {
+                self.last_entry = Some((s.trace_id, chunk));
+                self.trace_index.push((traces::trace_hash(s.trace_id), chunk));
             }
         }
         // The spans belong to the chunk being gathered, after the encoded and queued ones.
@@ -447,7 +451,9 @@ impl<'a> BlockWriter<'a> {
         }
         // The trace section: the (trace id, chunk) entries in pages; the index holds where.
         let trace_offset = at(&file);
-        let trace_section = traces::TraceSection::write(&trace_index, self.chunks.len());
+        let entries: Vec<(u128, u32)> = trace_index.iter().map(|&(hash, c)| (hash as u128, c)).collect();
+        let trace_section = traces::TraceSection::write(traces::KeyForm::Hash, &entries, self.chunks.len());
+        drop(entries);
         file.extend_from_slice(&trace_section.bytes);
         let red = if self.red_incomplete || self.red.is_empty() {
             Vec::new()
@@ -460,7 +466,8 @@ impl<'a> BlockWriter<'a> {
         index.varint(time.start_unix_nano);
         index.varint(time.end_unix_nano);
         index.varint(self.span_count);
-        // The trace index is sorted by id: its distinct ids are the block's traces.
+        // The trace index is sorted by hash: its distinct hashes are the block's traces (two
+        // traces of a block with equal 64-bit hashes would count as one).
         let trace_count = 1 + trace_index.windows(2).filter(|w| w[0].0 != w[1].0).count();
         index.varint(if trace_index.is_empty() { 0 } else { trace_count as u64 });
         index.varint(wal_segment_end);
@@ -530,8 +537,8 @@ impl<'a> BlockWriter<'a> {
         index.varint(trace_offset);
         index.varint(traces::PAGE_ENTRIES as u64);
         index.varint(trace_section.firsts.len() as u64);
-        for id in &trace_section.firsts {
-            index.buf.extend_from_slice(id.as_bytes());
+        for key in &trace_section.firsts {
+            index.buf.extend_from_slice(&(*key as u64).to_le_bytes());
         }
         let filter = &trace_section.filter;
         index.varint((filter.lines.len() / bloom::LINE_BYTES) as u64);
