@@ -766,34 +766,70 @@ const COLUMN_ZSTD: u8 = 1;
 /// (about 640 KiB of spans), so a larger claim is damage, refused before anything is allocated.
 const MAX_COLUMN_BYTES: u64 = 256 << 20;
 
-/// The zstd level each column is packed at (by [`Col`] order; a reader needs no level). Measured
-/// on 1,500-span chunks of the realistic load, bytes per span and ns per span of compression at
-/// levels 1 / 3 / 5: the attribute keys 0.80 / 0.76 / 0.44 (13 / 13 / 29 ns), the attribute
-/// values 5.37 / 5.10 / 4.75 (40 / 47 / 119 ns), and names, kinds, origins, parents and the rest
-/// 0.03 to 0.04 each fewer at 5 than at 3 for a few ns; the dictionary (4.95), ids, starts and
-/// durations (near their entropy) are as small at level 1 as at 3, for less time. These levels
-/// take 0.8 bytes per span fewer than level 3 throughout, for about 100 ns per span more
-/// (about 1.5 % of the server's CPU per span).
+/// The zstd level each column is packed at (by [`Col`] order; a reader needs no level).
+/// Measured on 1,500-span chunks of the realistic load, bytes per span and ns per span of
+/// compression at levels 1 / 3 / 5: the attribute keys 0.80 / 0.76 / 0.44 (13 / 13 / 29 ns);
+/// the dictionary (4.95), ids, starts and durations (near their entropy) are as small at level
+/// 1 as at 3, for less time (the dictionary 25 instead of 40 ns). Other columns shrink a little
+/// at level 5 for much more time (the attribute values 5.10 → 4.75 bytes for 47 → 119 ns: under
+/// callgrind, level 5 for them and five small columns cost 4 % of the server's instructions):
+/// they stay at 3. Chunks take 0.3 bytes per span fewer than at level 3 throughout, for no
+/// more CPU.
 const COLUMN_LEVELS: [i32; COLUMNS] = {
-    let mut levels = [1; COLUMNS];
-    levels[Col::Tables as usize] = 3;
-    levels[Col::Parents as usize] = 5;
-    levels[Col::Names as usize] = 5;
-    levels[Col::KindStatus as usize] = 5;
-    levels[Col::Origins as usize] = 4;
+    let mut levels = [3; COLUMNS];
+    levels[Col::Strings as usize] = 1;
+    levels[Col::TraceIds as usize] = 1;
+    levels[Col::TraceSpans as usize] = 1;
+    levels[Col::TraceStarts as usize] = 1;
+    levels[Col::SpanIds as usize] = 1;
+    levels[Col::ForeignParents as usize] = 1;
+    levels[Col::Starts as usize] = 1;
+    levels[Col::Durations as usize] = 1;
+    levels[Col::Flags as usize] = 1;
     levels[Col::AttrKeys as usize] = 5;
-    levels[Col::AttrValues as usize] = 5;
-    levels[Col::Rest as usize] = 5;
-    levels[Col::Uniques as usize] = 3;
     levels
 };
 
+/// The zstd contexts that pack chunks: one per level of [`COLUMN_LEVELS`], so that no context
+/// changes its level between frames (a context whose parameters change clears its tables
+/// again, a memset of up to a MiB per column). Reuse one for many chunks: a new context
+/// allocates and clears its tables at its first frames.
+pub struct Packer {
+    /// (level, its context), by level.
+    contexts: Vec<(i32, zstd::bulk::Compressor<'static>)>,
+}
+
+impl Packer {
+    pub fn new() -> Packer {
+        let mut levels = COLUMN_LEVELS.to_vec();
+        levels.sort_unstable();
+        levels.dedup();
+        let contexts = levels
+            .into_iter()
+            .map(|l| (l, zstd::bulk::Compressor::new(l).expect("the column levels are valid zstd levels")))
+            .collect();
+        Packer { contexts }
+    }
+
+    /// The context of `level` (one of [`COLUMN_LEVELS`]; another gets the nearest below).
+    fn context(&mut self, level: i32) -> &mut zstd::bulk::Compressor<'static> {
+        let at = self.contexts.partition_point(|(l, _)| *l <= level).saturating_sub(1);
+        &mut self.contexts[at].1
+    }
+}
+
+impl Default for Packer {
+    fn default() -> Self {
+        Packer::new()
+    }
+}
+
 /// A columnar chunk (as [`encode_chunk`] writes it) stored packed: the header as it is, then
-/// each column compressed by `zstd` on its own (at its level in [`COLUMN_LEVELS`]), or stored
+/// each column compressed by zstd on its own (at its level in [`COLUMN_LEVELS`]), or stored
 /// when that is not smaller. Columns differ (random ids, small deltas, text), and one frame for
 /// all of them mixes their statistics: on the realistic load, packed chunks take about 6 %
 /// fewer bytes than one frame of the whole chunk. See `docs/format/block.md`, "Packed chunks".
-pub fn pack(encoded: &[u8], zstd: &mut zstd::bulk::Compressor<'static>) -> Result<Vec<u8>, DecodeError> {
+pub fn pack(encoded: &[u8], packer: &mut Packer) -> Result<Vec<u8>, DecodeError> {
     let mut r = Reader { buf: encoded, pos: 0 };
     let version = r.u8()?;
     let (n_traces, n_spans) = (r.varint()?, r.varint()?);
@@ -809,9 +845,7 @@ pub fn pack(encoded: &[u8], zstd: &mut zstd::bulk::Compressor<'static>) -> Resul
     out.varint(columns.len() as u64);
     for (i, column) in columns.into_iter().enumerate() {
         out.varint(column.len() as u64);
-        let level = COLUMN_LEVELS.get(i).copied().unwrap_or(3);
-        zstd.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level))
-            .map_err(|e| DecodeError(format!("zstd: {e}")))?;
+        let zstd = packer.context(COLUMN_LEVELS.get(i).copied().unwrap_or(3));
         let compressed = zstd.compress(column).map_err(|e| DecodeError(format!("zstd: {e}")))?;
         if compressed.len() < column.len() {
             out.u8(COLUMN_ZSTD);
@@ -1364,17 +1398,17 @@ mod tests {
     /// encoding.
     #[test]
     fn packed_chunks_unpack_to_the_encoding() {
-        let mut zstd = zstd::bulk::Compressor::new(3).unwrap();
+        let mut packer = Packer::new();
         for spans in [rich(), many()] {
             let encoded = encode_chunk(&spans);
-            let packed = pack(&encoded, &mut zstd).unwrap();
+            let packed = pack(&encoded, &mut packer).unwrap();
             assert_eq!(packed[0], PACKED);
             assert_eq!(unpack(&packed).unwrap(), encoded);
             assert_eq!(sorted(decode_chunk(&unpack(&packed).unwrap()).unwrap()), sorted(spans));
             assert_eq!(join(&parts(&packed)), packed);
         }
         let encoded = encode_chunk(&many());
-        let packed = pack(&encoded, &mut zstd).unwrap();
+        let packed = pack(&encoded, &mut packer).unwrap();
         let modes: Vec<u8> = parts(&packed).1.iter().map(|c| c.1).collect();
         assert_eq!(modes.len(), COLUMNS);
         assert!(modes.contains(&COLUMN_ZSTD) && modes.contains(&COLUMN_STORED), "{modes:?}");
@@ -1385,8 +1419,7 @@ mod tests {
     /// Damage to a packed chunk is an error that says what, never a panic or a wrong chunk.
     #[test]
     fn damaged_packed_chunks_are_errors() {
-        let mut zstd = zstd::bulk::Compressor::new(3).unwrap();
-        let packed = pack(&encode_chunk(&many()), &mut zstd).unwrap();
+        let packed = pack(&encode_chunk(&many()), &mut Packer::new()).unwrap();
         for cut in [1, 5, packed.len() / 2, packed.len() - 1] {
             assert!(unpack(&packed[..cut]).is_err(), "cut at {cut}");
         }
@@ -1435,7 +1468,7 @@ mod tests {
             }
             let _ = decode_chunk(&bytes);
             let _ = decode_chunk_traces(&bytes, &|id| id.as_bytes()[15] % 2 == 0);
-            let mut packed = pack(&encode_chunk(&rich()), &mut zstd::bulk::Compressor::new(3).unwrap()).unwrap();
+            let mut packed = pack(&encode_chunk(&rich()), &mut Packer::new()).unwrap();
             if pos < packed.len() {
                 packed[pos] = val;
             }
