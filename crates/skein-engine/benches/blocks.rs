@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use divan::Bencher;
 use skein_engine::codec::{decode_spans, encode_spans};
-use skein_engine::columnar::{decode_chunk, decode_chunk_traces, encode_chunk, pack, unpack};
+use skein_engine::columnar::{Packer, decode_chunk, decode_chunk_traces, encode_chunk, pack, unpack};
 use skein_model::{AttrValue, Span, SpanKind};
 use skein_store::testdata::SpanBuilder;
 
@@ -63,14 +63,14 @@ fn chunk_encode_1000_spans(b: Bencher) {
 }
 
 fn packed() -> Vec<u8> {
-    pack(&encode_chunk(&SPANS), &mut zstd::bulk::Compressor::new(3).unwrap()).unwrap()
+    pack(&encode_chunk(&SPANS), &mut Packer::new()).unwrap()
 }
 
 #[divan::bench]
 fn chunk_pack_1000_spans(b: Bencher) {
     let bytes = encode_chunk(&SPANS);
-    let mut zstd = zstd::bulk::Compressor::new(3).unwrap();
-    b.bench_local(|| pack(&bytes, &mut zstd).unwrap());
+    let mut packer = Packer::new();
+    b.bench_local(|| pack(&bytes, &mut packer).unwrap());
 }
 
 #[divan::bench]

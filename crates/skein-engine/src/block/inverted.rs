@@ -62,11 +62,42 @@ pub(crate) struct PostingIndex {
     entries: Vec<Entry>,
     words: Vec<u32>,
     /// What one chunk alone has (most listed values: a session or user id listed in the one
-    /// chunk with its few spans): the low 32 bits of its hash and the chunk, sorted, 8 bytes
-    /// instead of an entry's 20. A 32-bit collision only adds a chunk to read.
+    /// chunk with its few spans): the low 32 bits of its hash and the chunk, sorted, 6 bytes
+    /// (8 in a block of more than 65,536 chunks) instead of an entry's 20. A 32-bit collision
+    /// only adds a chunk to read.
     single_keys: Vec<u32>,
-    single_chunks: Vec<u32>,
+    single_chunks: SingleChunks,
     chunks: u32,
+}
+
+/// The chunk of each single (see [`PostingIndex::single_keys`]): 16 bits when the block has at
+/// most 65,536 chunks (every block the engine writes: 64 MiB hold about 1,200), 32 beyond.
+#[derive(Debug)]
+enum SingleChunks {
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+impl Default for SingleChunks {
+    fn default() -> Self {
+        SingleChunks::Narrow(Vec::new())
+    }
+}
+
+impl SingleChunks {
+    fn get(&self, at: usize) -> u32 {
+        match self {
+            SingleChunks::Narrow(c) => c[at] as u32,
+            SingleChunks::Wide(c) => c[at],
+        }
+    }
+
+    fn memory_bytes(&self) -> usize {
+        match self {
+            SingleChunks::Narrow(c) => c.capacity() * 2,
+            SingleChunks::Wide(c) => c.capacity() * 4,
+        }
+    }
 }
 
 /// Gathers a block's postings chunk by chunk, in chunk order.
@@ -126,7 +157,12 @@ impl PostingIndexBuilder {
         index.entries.shrink_to_fit();
         index.words.shrink_to_fit();
         singles.sort_unstable();
-        (index.single_keys, index.single_chunks) = singles.into_iter().unzip();
+        index.single_keys = singles.iter().map(|(key, _)| *key).collect();
+        index.single_chunks = if self.chunks as usize <= 1 << 16 {
+            SingleChunks::Narrow(singles.iter().map(|(_, c)| *c as u16).collect())
+        } else {
+            SingleChunks::Wide(singles.iter().map(|(_, c)| *c).collect())
+        };
         index
     }
 }
@@ -135,7 +171,8 @@ impl PostingIndex {
     /// Bytes of memory it holds.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>()
-            + (self.words.capacity() + self.single_keys.capacity() + self.single_chunks.capacity()) * 4
+            + (self.words.capacity() + self.single_keys.capacity()) * 4
+            + self.single_chunks.memory_bytes()
     }
 
     /// Sets the bits of the chunks of the entry `hash` (if there is one) in `bits`.
@@ -146,7 +183,7 @@ impl PostingIndex {
             if self.single_keys[at] != key {
                 break;
             }
-            set_bit(bits, self.single_chunks[at]);
+            set_bit(bits, self.single_chunks.get(at));
         }
         let Ok(at) = self.entries.binary_search_by_key(&hash, |e| e.hash) else { return };
         let e = self.entries[at];
@@ -243,5 +280,34 @@ mod tests {
             4,
             "PUT in chunk 5 (service 0) and 99 (service 1), id unindexed in chunk 3, the long value"
         );
+    }
+
+    /// A value in one chunk is found by its chunk number however many chunks the block has:
+    /// 16 bits of it up to 65,536 chunks, 32 beyond.
+    #[test]
+    fn single_chunk_values_are_found_in_narrow_and_wide_blocks() {
+        for chunks in [10u32, 1 << 16, (1 << 16) + 5] {
+            let mut b = PostingIndexBuilder::default();
+            let (early, late) = (vec![&b"early"[..]], vec![&b"late"[..]]);
+            for c in 0..chunks {
+                b.next_chunk();
+                if c == 3 {
+                    b.add(0, b"k", KeyValues::Listed(&early[..]));
+                }
+                if c == chunks - 1 {
+                    b.add(0, b"k", KeyValues::Listed(&late[..]));
+                }
+            }
+            let index = b.finish();
+            assert_eq!(matches!(index.single_chunks, SingleChunks::Narrow(_)), chunks <= 1 << 16);
+            assert_eq!(index.single_keys.len(), 2);
+            let ones = |v: &str| {
+                let (sure, _) = index.tag_chunks(0, "k", &[v.to_owned()]);
+                (0..chunks as usize).filter(|i| bit(&sure, *i)).collect::<Vec<usize>>()
+            };
+            assert_eq!(ones("early"), vec![3], "{chunks} chunks");
+            assert_eq!(ones("late"), vec![chunks as usize - 1], "{chunks} chunks");
+            assert!(ones("never").is_empty());
+        }
     }
 }

@@ -91,7 +91,7 @@ pub(crate) struct ChunkMeta {
     /// Shortest and longest span duration in the chunk (version 2; `(0, u64::MAX)` for v1).
     pub(crate) durations: (u64, u64),
     /// Indexes into the block's service table.
-    services: Vec<u32>,
+    services: ChunkServices,
     /// Version 4: bytes of the chunk's Bloom filter, stored right after the chunk (0: none),
     /// and their crc32.
     bloom_len: u32,
@@ -102,6 +102,56 @@ pub(crate) struct ChunkMeta {
     bloom_lines: u32,
     bloom_probes: u8,
     bloom_slot: u32,
+}
+
+/// The services of a chunk, as indexes into its block's service table: a bitmap when they are
+/// all below 64 (no allocation: an open block keeps one per chunk, about 70,000 at 100M spans),
+/// else a sorted list. Either way a set: the order the file lists them in is not kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChunkServices {
+    Mask(u64),
+    List(Box<[u32]>),
+}
+
+impl ChunkServices {
+    pub(crate) fn new(ids: impl IntoIterator<Item = u32>) -> ChunkServices {
+        let mut ids: Vec<u32> = ids.into_iter().collect();
+        if ids.iter().all(|s| *s < 64) {
+            return ChunkServices::Mask(ids.iter().fold(0, |mask, s| mask | 1 << s));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ChunkServices::List(ids.into_boxed_slice())
+    }
+
+    pub(crate) fn contains(&self, service: u32) -> bool {
+        match self {
+            ChunkServices::Mask(mask) => service < 64 && mask & 1 << service != 0,
+            ChunkServices::List(ids) => ids.binary_search(&service).is_ok(),
+        }
+    }
+
+    /// The services, in ascending order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let mask = if let ChunkServices::Mask(m) = self { *m } else { 0 };
+        let list: &[u32] = if let ChunkServices::List(ids) = self { ids } else { &[] };
+        (0..64u32).filter(move |s| mask & 1 << s != 0).chain(list.iter().copied())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            ChunkServices::Mask(mask) => mask.count_ones() as usize,
+            ChunkServices::List(ids) => ids.len(),
+        }
+    }
+
+    /// Bytes it holds beyond its own size.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            ChunkServices::Mask(_) => 0,
+            ChunkServices::List(ids) => ids.len() * 4,
+        }
+    }
 }
 
 /// Format 5: the chunks whose blocked Bloom filters have the same line count and probes, and
@@ -269,3 +319,26 @@ pub(crate) fn join_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 
 /// A shared, open block.
 pub(crate) type SharedBlock = Arc<Block>;
+
+#[cfg(test)]
+mod chunk_services_tests {
+    use super::ChunkServices;
+
+    /// A chunk's services are a set, held as a bitmap below 64 and as a list beyond, and
+    /// either answers the same.
+    #[test]
+    fn chunk_services_hold_the_same_set_as_mask_or_list() {
+        for ids in [vec![], vec![0], vec![5, 1, 63, 5], vec![2, 64, 700, 2], vec![1000]] {
+            let s = ChunkServices::new(ids.clone());
+            let mut want = ids.clone();
+            want.sort_unstable();
+            want.dedup();
+            assert_eq!(matches!(s, ChunkServices::Mask(_)), want.iter().all(|i| *i < 64), "{ids:?}");
+            assert_eq!(s.iter().collect::<Vec<u32>>(), want, "{ids:?}");
+            assert_eq!(s.len(), want.len());
+            for probe in [0, 1, 2, 5, 63, 64, 700, 1000, 1001] {
+                assert_eq!(s.contains(probe), want.contains(&probe), "{ids:?} {probe}");
+            }
+        }
+    }
+}

@@ -248,7 +248,7 @@ impl Block {
                 crc,
                 time,
                 durations,
-                services: svc,
+                services: ChunkServices::new(svc),
                 bloom_len,
                 bloom_crc,
                 bloom_lines,
@@ -342,7 +342,12 @@ impl Block {
             return Err("trailing bytes after the index".into());
         }
         let postings = postings.map(PostingIndexBuilder::finish);
-        let blooms = (0..chunks.len()).map(|_| std::sync::OnceLock::new()).collect();
+        // Format 4 filters only: most blocks have none, and then no slot per chunk either.
+        let blooms = if chunks.iter().any(|c| c.bloom_len > 0) {
+            (0..chunks.len()).map(|_| std::sync::OnceLock::new()).collect()
+        } else {
+            Vec::new()
+        };
         Ok(Block {
             path: path.to_owned(),
             time,
@@ -399,7 +404,7 @@ impl Block {
     /// adds up.
     pub(crate) fn memory_bytes(&self) -> MemoryBytes {
         let chunks = self.chunks.capacity() * std::mem::size_of::<ChunkMeta>()
-            + self.chunks.iter().map(|c| c.services.capacity() * 4).sum::<usize>()
+            + self.chunks.iter().map(|c| c.services.heap_bytes()).sum::<usize>()
             + self.blooms.capacity() * std::mem::size_of::<std::sync::OnceLock<Arc<[u8]>>>()
             + self
                 .bloom_groups
@@ -431,7 +436,7 @@ impl Block {
 
     /// Whether chunk `i` holds spans of `service`.
     pub(crate) fn chunk_has_service(&self, i: usize, service: &str) -> bool {
-        self.chunks[i].services.iter().any(|s| self.services[*s as usize].0 == service)
+        self.chunks[i].services.iter().any(|s| self.services[s as usize].0 == service)
     }
 
     /// Whether chunk `i` may hold a span whose duration lies in `[min, max]` (nanoseconds).
@@ -520,7 +525,11 @@ impl Block {
         if !reserved {
             return read;
         }
-        let kept = self.blooms[i].get_or_init(|| Arc::clone(&read));
+        let Some(slot) = self.blooms.get(i) else {
+            KEPT_BLOOMS.fetch_sub(len, Ordering::Relaxed);
+            return read;
+        };
+        let kept = slot.get_or_init(|| Arc::clone(&read));
         if !Arc::ptr_eq(kept, &read) {
             // Another search kept it first.
             KEPT_BLOOMS.fetch_sub(len, Ordering::Relaxed);
@@ -723,7 +732,7 @@ impl<'b> ChunkMatcher<'b> {
     /// services may ask.
     fn bloom(&self, fs: &dyn Fs, i: usize, services: &[(u32, Vec<TagChunks>)]) -> Option<Arc<[u8]>> {
         let b = self.block;
-        if let Some(f) = b.blooms[i].get() {
+        if let Some(f) = b.blooms.get(i).and_then(|kept| kept.get()) {
             return Some(Arc::clone(f));
         }
         if let Some(f) = self.fetched.borrow_mut().remove(&i) {
@@ -734,7 +743,7 @@ impl<'b> ChunkMatcher<'b> {
         }
         let asked = |j: usize| {
             b.chunks[j].bloom_len > 0
-                && b.blooms[j].get().is_none()
+                && b.blooms.get(j).is_some_and(|kept| kept.get().is_none())
                 && services.iter().any(|(_, per_tag)| per_tag.iter().any(|t| inverted::bit(&t.hashed, j)))
         };
         let wanted: Vec<usize> = std::iter::once(i)
@@ -767,7 +776,7 @@ impl<'b> ChunkMatcher<'b> {
                 // answers "maybe" (and is read again next time).
                 let mut filter: Option<Option<Arc<[u8]>>> = None;
                 services.iter().any(|(sid, per_tag)| {
-                    b.chunks[i].services.contains(sid)
+                    b.chunks[i].services.contains(*sid)
                         && per_tag.iter().all(|t| {
                             inverted::bit(&t.sure, i)
                                 || (inverted::bit(&t.hashed, i) && {

@@ -287,7 +287,7 @@ impl<'a> BlockWriter<'a> {
         let bytes = source.read_chunk_bytes(fs, i)?;
         let meta = &source.chunks[i];
         let services: BTreeSet<u32> =
-            meta.services.iter().map(|s| self.service_id(&source.services[*s as usize].0)).collect();
+            meta.services.iter().map(|s| self.service_id(&source.services[s as usize].0)).collect();
         let mut chunk_postings: Vec<(u32, &[u8])> = from.postings[i]
             .iter()
             .map(|(sid, keys)| (self.service_id(&source.services[*sid as usize].0), &keys[..]))
@@ -313,7 +313,7 @@ impl<'a> BlockWriter<'a> {
             crc: meta.crc,
             time: meta.time,
             durations: meta.durations,
-            services: services.into_iter().collect(),
+            services: ChunkServices::new(services),
             bloom_len: filter.len() as u32,
             bloom_crc: crc32fast::hash(&filter),
             bloom_lines: (blocked.len() / bloom::LINE_BYTES) as u32,
@@ -515,8 +515,8 @@ impl<'a> BlockWriter<'a> {
             index.varint(c.durations.0);
             index.varint(c.durations.1);
             index.varint(c.services.len() as u64);
-            for s in &c.services {
-                index.varint(*s as u64);
+            for s in c.services.iter() {
+                index.varint(s as u64);
             }
             index.buf.extend_from_slice(&postings);
             index.varint(c.bloom_len as u64);
@@ -653,7 +653,7 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], packer: &mut columnar::Packer) -
             crc,
             time: t,
             durations,
-            services: chunk_services.into_iter().collect(),
+            services: ChunkServices::new(chunk_services),
             bloom_len: 0,
             bloom_crc: 0,
             bloom_lines: (filter.len() / bloom::LINE_BYTES) as u32,
