@@ -207,7 +207,13 @@ impl<'a> BlockWriter<'a> {
     pub(crate) fn add_all_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
         let traces = by_start(traces);
         let total: usize = traces.iter().flatten().map(|s| super::pending_bytes(s)).sum();
-        self.chunk_target = Some(total.div_ceil(total.div_ceil(CHUNK_TARGET).max(1)));
+        let chunks = total.div_ceil(CHUNK_TARGET).max(1);
+        self.chunk_target = Some(total.div_ceil(chunks));
+        // The first chunk starts with room for its share of the spans (the next ones take the
+        // room of the one before): no copies of a growing list of spans.
+        let share = traces.iter().map(Vec::len).sum::<usize>().div_ceil(chunks) + 64;
+        self.pending.reserve(share);
+        self.pending_services.reserve(share);
         for spans in traces {
             self.add(spans);
         }
