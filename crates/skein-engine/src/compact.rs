@@ -177,7 +177,7 @@ pub(crate) fn merge_blocks(
     // Streamed to its file as chunks are copied: a merged block is up to 64 MiB, and several
     // compactions run at once. A compaction stopped half-way leaves no partial file behind.
     let mut writer = block::BlockWriter::streaming(fs, path).map_err(block_error)?;
-    let copied: Vec<Option<block::CopySource<'_>>> = sources
+    let mut copied: Vec<Option<block::CopySource<'_>>> = sources
         .iter()
         .map(|b| {
             let source = b.copy_source(fs).map_err(block_error)?;
@@ -190,7 +190,7 @@ pub(crate) fn merge_blocks(
         .collect::<Result<_, StoreError>>()?;
     for (_, b, i) in chunks {
         // A chunk that cannot be read stops the compaction: its block stays as it is.
-        if let Some(source) = &copied[b] {
+        if let Some(source) = &mut copied[b] {
             writer.copy_chunk(fs, source, i).map_err(block_error)?;
             continue;
         }

@@ -280,11 +280,13 @@ impl<'a> BlockWriter<'a> {
     /// Copies chunk `i` of `source` into this block as it is (still compressed, crc checked):
     /// its bytes, time and duration ranges, services and postings, and its traces' entries in
     /// the trace index. Nothing is decoded. The source's counts come with
-    /// [`BlockWriter::take_counts`].
+    /// [`BlockWriter::take_counts`]. What `from` holds of the chunk (postings, traces, Bloom
+    /// lines) is moved out or freed: a merge holds each chunk's once, not its sources' and the
+    /// new block's copies side by side.
     pub(crate) fn copy_chunk(
         &mut self,
         fs: &dyn Fs,
-        from: &CopySource<'_>,
+        from: &mut CopySource<'_>,
         i: usize,
     ) -> Result<(), BlockError> {
         let source = from.block;
@@ -294,7 +296,8 @@ impl<'a> BlockWriter<'a> {
         let meta = &source.chunks[i];
         let services: BTreeSet<u32> =
             meta.services.iter().map(|s| self.service_id(&source.services[s as usize].0)).collect();
-        let mut chunk_postings: Vec<(u32, &[u8])> = from.postings[i]
+        let postings = std::mem::take(&mut from.postings[i]);
+        let mut chunk_postings: Vec<(u32, &[u8])> = postings
             .iter()
             .map(|(sid, keys)| (self.service_id(&source.services[*sid as usize].0), &keys[..]))
             .collect();
@@ -308,9 +311,10 @@ impl<'a> BlockWriter<'a> {
         // Service ids differ between the blocks, names do not: the filter's items stay valid.
         // A format 4 filter stays after its chunk; a blocked one goes to the Bloom section.
         let filter = source.read_bloom(fs, i)?;
-        let blocked = from.blocked[i].clone();
+        drop(postings);
+        let blocked = std::mem::take(&mut from.blocked[i]);
         let chunk = self.chunks.len() as u32;
-        self.trace_index.extend(from.traces[i].iter().map(|id| (*id, chunk)));
+        self.trace_index.extend(std::mem::take(&mut from.traces[i]).into_iter().map(|id| (id, chunk)));
         let offset = self.append_bytes(&bytes);
         self.append_bytes(&filter);
         self.chunks.push(ChunkMeta {
@@ -435,21 +439,25 @@ impl<'a> BlockWriter<'a> {
         let mut trace_index = std::mem::take(&mut self.trace_index);
         trace_index.sort_unstable();
         trace_index.dedup();
-        // What follows the chunks is gathered here: after the bytes so far when the block is
-        // written whole, or alone when they are already streamed to the file.
+        // The Bloom section: the blocked filters grouped by (lines, probes), each group line
+        // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
+        // Streamed to the file region by region when the block is (a merge's filters are a
+        // few MiB), then the filters are freed.
+        let bloom_offset = self.written;
+        let groups =
+            bloom_groups(&mut self.chunks, bloom_offset, u64::MAX).expect("a Bloom section fits the file");
+        let blocked = std::mem::take(&mut self.blocked);
+        for g in &groups {
+            for j in 0..g.lines as usize {
+                self.append_bytes(&g.region(j, &blocked));
+            }
+        }
+        drop(blocked);
+        // What follows is gathered here: after the bytes so far when the block is written
+        // whole, or alone when they are already streamed to the file.
         let mut file = std::mem::take(&mut self.file);
         let (written, gathered) = (self.written, file.len() as u64);
         let at = |file: &Vec<u8>| written + (file.len() as u64 - gathered);
-        // The Bloom section: the blocked filters grouped by (lines, probes), each group line
-        // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
-        let bloom_offset = at(&file);
-        let groups =
-            bloom_groups(&mut self.chunks, bloom_offset, u64::MAX).expect("a Bloom section fits the file");
-        for g in &groups {
-            for j in 0..g.lines as usize {
-                file.extend_from_slice(&g.region(j, &self.blocked));
-            }
-        }
         // The trace section: the (trace id, chunk) entries in pages; the index holds where.
         let trace_offset = at(&file);
         let entries: Vec<(u128, u32)> = trace_index.iter().map(|&(hash, c)| (hash as u128, c)).collect();
