@@ -11,82 +11,20 @@ pub(crate) enum ValueId {
     Int(i64),
 }
 
-/// Postings while a chunk is gathered, by integers: an entry per (service, key slot) with the
-/// times the key was added, its distinct values and whether one was not matched by text (then
-/// the key is unindexed in the chunk), and every distinct (entry, value) pair in one set.
+/// Postings while a chunk is gathered, by integers: (service, key slot) → how many times the
+/// key was added and its distinct values, or `None` once a value is not matched by text.
 /// Turned into [`Postings`] (and the chunk's Bloom filter) once per chunk.
-#[derive(Default)]
-pub(crate) struct BuildingPostings {
-    entry_of: FxHashMap<(u32, u32), u32>,
-    entries: Vec<BuildingEntry>,
-    values: FxHashSet<(u32, ValueId)>,
-    /// The (service, key) at each attribute position of the previous span and its entry:
-    /// spans of one service mostly carry the same keys in the same order.
-    memo: Vec<((u32, u32), u32)>,
-}
+pub(crate) type BuildingPostings = FxHashMap<(u32, u32), (u32, Option<FxHashSet<ValueId>>)>;
 
-#[derive(Clone, Copy)]
-struct BuildingEntry {
-    service: u32,
-    key: u32,
-    count: u32,
-    distinct: u32,
-    unindexed: bool,
-}
-
-impl BuildingPostings {
-    fn with_capacity(values: usize) -> Self {
-        BuildingPostings {
-            values: FxHashSet::with_capacity_and_hasher(values, Default::default()),
-            ..BuildingPostings::default()
+pub(crate) fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, value: Option<ValueId>) {
+    let (count, entry) = p.entry((service, key)).or_insert_with(|| (0, Some(FxHashSet::default())));
+    *count += 1;
+    let Some(values) = entry else { return };
+    match value {
+        Some(v) => {
+            values.insert(v);
         }
-    }
-
-    /// The entry of (service, key), made when new.
-    fn entry(&mut self, service: u32, key: u32) -> u32 {
-        let entries = &mut self.entries;
-        *self.entry_of.entry((service, key)).or_insert_with(|| {
-            entries.push(BuildingEntry { service, key, count: 0, distinct: 0, unindexed: false });
-            entries.len() as u32 - 1
-        })
-    }
-
-    /// Service `service` has key `key` with `value` (`None`: not matched by text).
-    fn add(&mut self, service: u32, key: u32, value: Option<ValueId>) {
-        let e = self.entry(service, key);
-        self.add_to(e, value);
-    }
-
-    /// [`BuildingPostings::add`] for the attribute at position `j` of a span.
-    fn add_at(&mut self, j: usize, service: u32, key: u32, value: Option<ValueId>) {
-        let e = match self.memo.get(j) {
-            Some(&(sk, e)) if sk == (service, key) => e,
-            _ => {
-                let e = self.entry(service, key);
-                match self.memo.get_mut(j) {
-                    Some(m) => *m = ((service, key), e),
-                    None => self.memo.push(((service, key), e)),
-                }
-                e
-            }
-        };
-        self.add_to(e, value);
-    }
-
-    fn add_to(&mut self, e: u32, value: Option<ValueId>) {
-        let entry = &mut self.entries[e as usize];
-        entry.count += 1;
-        if entry.unindexed {
-            return;
-        }
-        match value {
-            Some(v) => {
-                if self.values.insert((e, v)) {
-                    entry.distinct += 1;
-                }
-            }
-            None => entry.unindexed = true,
-        }
+        None => *entry = None,
     }
 }
 
@@ -124,7 +62,7 @@ pub(crate) fn chunk_postings<'a>(
     service_names: &[&str],
     seed: u32,
 ) -> (Vec<(u32, Postings)>, Vec<u8>) {
-    let mut p = BuildingPostings::with_capacity(spans.len() * 2);
+    let mut p: BuildingPostings = FxHashMap::default();
     // Each resource (shared by the spans of a request) is listed once per service.
     let mut resources_seen: FxHashSet<(u32, *const skein_model::Resource)> = FxHashSet::default();
     let mut synthetic_seen: FxHashSet<(u32, u8, u8, usize)> = FxHashSet::default();
@@ -132,26 +70,26 @@ pub(crate) fn chunk_postings<'a>(
     let mut attr_slots = encoded.attr_slots.iter().copied();
     for &i in &encoded.order {
         let (s, service) = (spans[i as usize], services[i as usize]);
-        for (j, kv) in s.attributes.iter().enumerate() {
+        for kv in &s.attributes {
             let key = attr_slots.next().expect("a slot per key");
             let value = match &kv.value {
                 AttrValue::Str(_) => Some(ValueId::Text(attr_slots.next().expect("a slot per string value"))),
                 other => posting_value(strings, other),
             };
-            p.add_at(j, service, key, value);
+            add_posting(&mut p, service, key, value);
         }
         if resources_seen.insert((service, Arc::as_ptr(&s.resource))) {
             for kv in &s.resource.attributes {
                 let key = strings.slot(&kv.key);
-                p.add(service, key, posting_value(strings, &kv.value));
+                add_posting(&mut p, service, key, posting_value(strings, &kv.value));
             }
         }
         for e in &s.events {
             let (key, name) = (strings.slot("event"), strings.slot(&e.name));
-            p.add(service, key, Some(ValueId::Text(name)));
+            add_posting(&mut p, service, key, Some(ValueId::Text(name)));
             for kv in &e.attributes {
                 let key = strings.slot(&kv.key);
-                p.add(service, key, posting_value(strings, &kv.value));
+                add_posting(&mut p, service, key, posting_value(strings, &kv.value));
             }
         }
         // The synthetic tags follow from kind, status and scope: most spans repeat those of
@@ -164,33 +102,28 @@ pub(crate) fn chunk_postings<'a>(
         }
         for (k, v) in skein_store::synthetic_tags_of(s) {
             let (key, value) = (strings.slot(k), strings.slot(v));
-            p.add(service, key, Some(ValueId::Text(value)));
+            add_posting(&mut p, service, key, Some(ValueId::Text(value)));
         }
     }
     let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
     let mut hashes = Vec::new();
     let mut digits = itoa::Buffer::new();
-    // Each entry's values side by side: `distinct` of them, in entry order.
-    let mut pairs: Vec<(u32, ValueId)> = p.values.into_iter().collect();
-    pairs.sort_unstable_by_key(|(e, _)| *e);
-    let mut at = 0;
-    for entry in p.entries {
-        let (service, key, count) = (entry.service, strings.text(entry.key), entry.count);
-        let values = pairs[at..at + entry.distinct as usize].iter().map(|(_, v)| *v);
-        at += entry.distinct as usize;
-        let values = match entry.unindexed {
-            true => KeyValues::Unindexed,
-            false if listed(entry.distinct as usize, count) => KeyValues::Listed(
+    for ((service, key), (count, values)) in p {
+        let key = strings.text(key);
+        let values = match values {
+            None => KeyValues::Unindexed,
+            Some(values) if listed(values.len(), count) => KeyValues::Listed(
                 values
+                    .into_iter()
                     .map(|v| match v {
                         ValueId::Text(slot) => strings.text(slot).to_owned(),
                         ValueId::Int(i) => digits.format(i).to_owned(),
                     })
                     .collect(),
             ),
-            false => {
+            Some(values) => {
                 let service = service_names[service as usize];
-                hashes.extend(values.map(|v| match v {
+                hashes.extend(values.into_iter().map(|v| match v {
                     ValueId::Text(slot) => bloom::item_hash(service, key, strings.text(slot)),
                     ValueId::Int(i) => bloom::item_hash(service, key, digits.format(i)),
                 }));
