@@ -791,9 +791,9 @@ const COLUMN_LEVELS: [i32; COLUMNS] = {
 };
 
 /// The zstd contexts that pack chunks: one per level of [`COLUMN_LEVELS`], so that no context
-/// changes its level between frames (a context whose parameters change clears its tables
-/// again, a memset of up to a MiB per column). Reuse one for many chunks: a new context
-/// allocates and clears its tables at its first frames.
+/// changes its level between frames (a context whose parameters change sets its tables up
+/// again). Reuse one for many chunks: a new context allocates and clears its tables at its
+/// first frames.
 pub struct Packer {
     /// (level, its context), by level.
     contexts: Vec<(i32, zstd::bulk::Compressor<'static>)>,

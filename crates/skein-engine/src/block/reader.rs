@@ -392,9 +392,10 @@ impl Block {
         self.path.file_stem()?.to_str()?.parse().ok()
     }
 
-    /// The chunks that may hold spans of any of `ids` (see [`TraceIndex::chunks_of`]: exact
-    /// for format 6, read from the block's trace section; by a 32-bit hash of the id before,
-    /// so a chunk read for it may, rarely, hold only another trace's spans).
+    /// The chunks that may hold spans of any of `ids` (see `TraceIndex::chunks_of`): read from
+    /// the block's trace section from format 6 on, exact for formats 6 and 7; by a 64-bit hash
+    /// of the id from format 8 and a 32-bit one before format 6, so a chunk read for it may,
+    /// rarely, hold only another trace's spans.
     pub fn chunks_of(&self, fs: &dyn Fs, ids: &[TraceId]) -> Result<BTreeSet<usize>, BlockError> {
         self.traces.chunks_of(fs, &self.path, ids).map_err(|e| self.corrupt(e))
     }

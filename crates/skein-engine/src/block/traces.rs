@@ -44,9 +44,10 @@ pub(crate) enum TraceIndex {
 
 impl TraceIndex {
     /// The chunks that may hold spans of any of `ids`: read from the block's file at `path`
-    /// for format 6 (one read, of the pages the ids may be in), from memory before. Format 6
-    /// answers exactly; the hashed index may name a chunk of another trace with the same hash
-    /// (the caller filters the spans it reads by id).
+    /// for format 6 on (one read, of the pages the ids may be in), from memory before. Formats
+    /// 6 and 7 answer exactly; format 8 (by a 64-bit hash of the id) and the 32-bit hashed
+    /// index may name a chunk of another trace with the same hash (the caller filters the
+    /// spans it reads by id).
     pub(crate) fn chunks_of(
         &self,
         fs: &dyn Fs,
@@ -256,19 +257,23 @@ fn entry_len(form: KeyForm, wide: bool) -> usize {
 
 impl TraceSection {
     /// The section of `entries` (keys of `form`, and chunks), sorted by (key, chunk) and
-    /// without repeats, for a block of `chunks` chunks. `hashes` are the traces'
-    /// [`trace_hash`]es, for the trace filter (the keys themselves in the hash form).
-    pub(crate) fn write(form: KeyForm, entries: &[(u128, u32)], chunks: usize) -> TraceSection {
+    /// without repeats, for a block of `chunks` chunks. The trace filter is made from the
+    /// keys' [`trace_hash`]es.
+    pub(crate) fn write<K: Copy + Into<u128> + Ord>(
+        form: KeyForm,
+        entries: &[(K, u32)],
+        chunks: usize,
+    ) -> TraceSection {
         debug_assert!(entries.windows(2).all(|w| w[0] < w[1]), "entries sorted and apart");
         let wide = chunks > NARROW_CHUNKS;
         let len = entry_len(form, wide);
         let mut bytes = Vec::with_capacity(entries.len() * len + entries.len() / 32 + 4);
         let mut firsts = Vec::with_capacity(entries.len().div_ceil(PAGE_ENTRIES as usize));
         for page in entries.chunks(PAGE_ENTRIES as usize) {
-            firsts.push(page[0].0);
+            firsts.push(page[0].0.into());
             let start = bytes.len();
             for (key, chunk) in page {
-                form.put(*key, &mut bytes);
+                form.put((*key).into(), &mut bytes);
                 if wide {
                     bytes.extend_from_slice(&chunk.to_le_bytes());
                 } else {
@@ -278,7 +283,7 @@ impl TraceSection {
             let crc = crc32fast::hash(&bytes[start..]);
             bytes.extend_from_slice(&crc.to_le_bytes());
         }
-        let hashes = entries.iter().map(|(key, _)| form.hash(*key)).collect();
+        let hashes = entries.iter().map(|(key, _)| form.hash((*key).into())).collect();
         TraceSection { bytes, firsts, filter: TraceFilter::of(hashes) }
     }
 }

@@ -460,9 +460,8 @@ impl<'a> BlockWriter<'a> {
         let at = |file: &Vec<u8>| written + (file.len() as u64 - gathered);
         // The trace section: the (trace id, chunk) entries in pages; the index holds where.
         let trace_offset = at(&file);
-        let entries: Vec<(u128, u32)> = trace_index.iter().map(|&(hash, c)| (hash as u128, c)).collect();
-        let trace_section = traces::TraceSection::write(traces::KeyForm::Hash, &entries, self.chunks.len());
-        drop(entries);
+        let trace_section =
+            traces::TraceSection::write(traces::KeyForm::Hash, &trace_index, self.chunks.len());
         file.extend_from_slice(&trace_section.bytes);
         let red = if self.red_incomplete || self.red.is_empty() {
             Vec::new()
@@ -620,13 +619,12 @@ struct Encoded {
 
 /// The chunk packers (zstd contexts, one per column level) not in use, kept from block to
 /// block: a new context allocates and clears its tables at its first frames, and a head's
-/// block has only a few chunks (under callgrind, packers made per block cleared about 250k
-/// instructions of tables per chunk and column level). At most [`PACKERS_KEPT`] are kept.
+/// block has only a few chunks. At most [`packers_kept`] are kept.
 static PACKERS: std::sync::Mutex<Vec<columnar::Packer>> = std::sync::Mutex::new(Vec::new());
 
 /// Packers kept while unused: one per core (a block encodes on every core; blocks written at
-/// the same time make more, dropped when done). Each holds up to a few MiB of zstd tables,
-/// sized to the columns it has packed (about 1.5 MiB for chunks of 640 KiB).
+/// the same time make more, dropped when done). Each holds zstd tables sized to the largest
+/// columns it has packed: about 1 MiB for realistic chunks of 640 KiB.
 fn packers_kept() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
