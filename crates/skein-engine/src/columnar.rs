@@ -790,7 +790,7 @@ const COLUMN_LEVELS: [i32; COLUMNS] = {
     levels
 };
 
-/// The zstd contexts that pack chunks: one per level of [`COLUMN_LEVELS`], so that no context
+/// The zstd contexts that pack chunks: one per level of `COLUMN_LEVELS`, so that no context
 /// changes its level between frames (a context whose parameters change sets its tables up
 /// again). Reuse one for many chunks: a new context allocates and clears its tables at its
 /// first frames.
@@ -825,7 +825,7 @@ impl Default for Packer {
 }
 
 /// A columnar chunk (as [`encode_chunk`] writes it) stored packed: the header as it is, then
-/// each column compressed by zstd on its own (at its level in [`COLUMN_LEVELS`]), or stored
+/// each column compressed by zstd on its own (at its level in `COLUMN_LEVELS`), or stored
 /// when that is not smaller. Columns differ (random ids, small deltas, text), and one frame for
 /// all of them mixes their statistics: on the realistic load, packed chunks take about 6 %
 /// fewer bytes than one frame of the whole chunk. See `docs/format/block.md`, "Packed chunks".
