@@ -68,9 +68,27 @@ pub(crate) struct Tally {
 impl Tally {
     pub(crate) fn of(spans: Vec<Span>) -> Tally {
         let mut t = Tally { spans: spans.len() as u64, ..Tally::default() };
+        // A span's service is found among its resource's attributes: once per resource (the
+        // spans of a request share theirs), not twice per span.
+        let mut last: Option<(*const skein_model::Resource, &str)> = None;
         for s in &spans {
-            *named!(named!(&mut t.operations, s.service_name()), &s.name) |= 1 << s.kind.code();
-            t.red.add(s);
+            let service = match last {
+                Some((r, service)) if r == Arc::as_ptr(&s.resource) => service,
+                _ => {
+                    let service = s.service_name();
+                    last = Some((Arc::as_ptr(&s.resource), service));
+                    service
+                }
+            };
+            *named!(named!(&mut t.operations, service), &s.name) |= 1 << s.kind.code();
+            t.red.add_parts(
+                service,
+                &s.name,
+                s.kind,
+                s.start_time_unix_nano,
+                s.duration_nanos(),
+                s.status.code == skein_model::StatusCode::Error,
+            );
         }
         // Each trace's part is allocated at its exact size (counted first): a head holds its
         // spans for as long as it lives, and parts grown by doubling would hold up to twice
