@@ -10,7 +10,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::KeyValues;
+use super::{ChunkNumbers, KeyValues};
 
 /// What an entry says of a service's key in its chunks.
 #[derive(Clone, Copy)]
@@ -66,38 +66,8 @@ pub(crate) struct PostingIndex {
     /// (8 in a block of more than 65,536 chunks) instead of an entry's 20. A 32-bit collision
     /// only adds a chunk to read.
     single_keys: Vec<u32>,
-    single_chunks: SingleChunks,
+    single_chunks: ChunkNumbers,
     chunks: u32,
-}
-
-/// The chunk of each single (see [`PostingIndex::single_keys`]): 16 bits when the block has at
-/// most 65,536 chunks (every block the engine writes: 64 MiB hold about 1,200), 32 beyond.
-#[derive(Debug)]
-enum SingleChunks {
-    Narrow(Vec<u16>),
-    Wide(Vec<u32>),
-}
-
-impl Default for SingleChunks {
-    fn default() -> Self {
-        SingleChunks::Narrow(Vec::new())
-    }
-}
-
-impl SingleChunks {
-    fn get(&self, at: usize) -> u32 {
-        match self {
-            SingleChunks::Narrow(c) => c[at] as u32,
-            SingleChunks::Wide(c) => c[at],
-        }
-    }
-
-    fn memory_bytes(&self) -> usize {
-        match self {
-            SingleChunks::Narrow(c) => c.capacity() * 2,
-            SingleChunks::Wide(c) => c.capacity() * 4,
-        }
-    }
 }
 
 /// Gathers a block's postings chunk by chunk, in chunk order.
@@ -158,11 +128,7 @@ impl PostingIndexBuilder {
         index.words.shrink_to_fit();
         singles.sort_unstable();
         index.single_keys = singles.iter().map(|(key, _)| *key).collect();
-        index.single_chunks = if self.chunks as usize <= 1 << 16 {
-            SingleChunks::Narrow(singles.iter().map(|(_, c)| *c as u16).collect())
-        } else {
-            SingleChunks::Wide(singles.iter().map(|(_, c)| *c).collect())
-        };
+        index.single_chunks = ChunkNumbers::new(self.chunks as usize, singles.iter().map(|(_, c)| *c));
         index
     }
 }
@@ -299,7 +265,7 @@ mod tests {
                 }
             }
             let index = b.finish();
-            assert_eq!(matches!(index.single_chunks, SingleChunks::Narrow(_)), chunks <= 1 << 16);
+            assert_eq!(matches!(index.single_chunks, ChunkNumbers::Narrow(_)), chunks <= 1 << 16);
             assert_eq!(index.single_keys.len(), 2);
             let ones = |v: &str| {
                 let (sure, _) = index.tag_chunks(0, "k", &[v.to_owned()]);

@@ -104,6 +104,50 @@ pub(crate) struct ChunkMeta {
     bloom_slot: u32,
 }
 
+/// Chunk numbers an open block holds in memory (a hashed trace index's, the postings' values
+/// of one chunk): 16 bits each when the block has at most [`NARROW_CHUNKS`] chunks (every
+/// block the engine writes: 64 MiB hold about 1,200), 32 beyond.
+#[derive(Debug)]
+pub(crate) enum ChunkNumbers {
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+/// Chunk numbers fit in 16 bits up to this many chunks in a block (in memory, and in a trace
+/// section's entries), 32 beyond.
+pub(crate) const NARROW_CHUNKS: usize = 1 << 16;
+
+impl Default for ChunkNumbers {
+    fn default() -> Self {
+        ChunkNumbers::Narrow(Vec::new())
+    }
+}
+
+impl ChunkNumbers {
+    /// `numbers`, chunks of a block of `chunks` chunks.
+    pub(crate) fn new(chunks: usize, numbers: impl Iterator<Item = u32>) -> ChunkNumbers {
+        if chunks <= NARROW_CHUNKS {
+            ChunkNumbers::Narrow(numbers.map(|c| c as u16).collect())
+        } else {
+            ChunkNumbers::Wide(numbers.collect())
+        }
+    }
+
+    pub(crate) fn get(&self, at: usize) -> u32 {
+        match self {
+            ChunkNumbers::Narrow(c) => c[at] as u32,
+            ChunkNumbers::Wide(c) => c[at],
+        }
+    }
+
+    pub(crate) fn memory_bytes(&self) -> usize {
+        match self {
+            ChunkNumbers::Narrow(c) => c.capacity() * 2,
+            ChunkNumbers::Wide(c) => c.capacity() * 4,
+        }
+    }
+}
+
 /// The services of a chunk, as indexes into its block's service table: a bitmap when they are
 /// all below 64 (no allocation: an open block keeps one per chunk, about 70,000 at 100M spans),
 /// else a sorted list. Either way a set: the order the file lists them in is not kept.

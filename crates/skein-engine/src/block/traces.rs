@@ -17,6 +17,7 @@ use std::path::Path;
 use skein_model::TraceId;
 use skein_wal::fs::Fs;
 
+use super::{ChunkNumbers, NARROW_CHUNKS};
 use crate::bloom;
 
 /// Entries in a page of the trace section (the last page may hold fewer). One page is what a
@@ -26,9 +27,6 @@ pub(crate) const PAGE_ENTRIES: u32 = 128;
 /// Bits per trace of a format 6 block's trace filter: with 8 probes in 64-byte lines, about
 /// 2.5 % of the blocks that do not hold a trace say "maybe" (and cost a page read).
 const FILTER_BITS_PER_TRACE: usize = 8;
-
-/// Chunk numbers are 2 bytes in the trace section up to this many chunks, 4 beyond.
-const NARROW_CHUNKS: usize = 1 << 16;
 
 /// Why an index could not answer.
 pub(crate) type IndexError = String;
@@ -84,47 +82,26 @@ pub(crate) fn trace_key(id: TraceId) -> u32 {
 #[derive(Debug)]
 pub(crate) struct Hashed {
     keys: Vec<u32>,
-    chunks: HashedChunks,
-}
-
-#[derive(Debug)]
-enum HashedChunks {
-    Narrow(Vec<u16>),
-    Wide(Vec<u32>),
+    chunks: ChunkNumbers,
 }
 
 impl Hashed {
     pub(crate) fn new(mut pairs: Vec<(u32, u32)>, chunks: usize) -> Hashed {
         pairs.sort_unstable();
         let keys = pairs.iter().map(|(k, _)| *k).collect();
-        let chunks = if chunks <= NARROW_CHUNKS {
-            HashedChunks::Narrow(pairs.iter().map(|(_, c)| *c as u16).collect())
-        } else {
-            HashedChunks::Wide(pairs.iter().map(|(_, c)| *c).collect())
-        };
+        let chunks = ChunkNumbers::new(chunks, pairs.iter().map(|(_, c)| *c));
         Hashed { keys, chunks }
-    }
-
-    fn chunk(&self, i: usize) -> usize {
-        match &self.chunks {
-            HashedChunks::Narrow(c) => c[i] as usize,
-            HashedChunks::Wide(c) => c[i] as usize,
-        }
     }
 
     fn chunks_of(&self, id: TraceId) -> impl Iterator<Item = usize> + '_ {
         let key = trace_key(id);
         let first = self.keys.partition_point(|k| *k < key);
         let n = self.keys[first..].iter().take_while(|k| **k == key).count();
-        (first..first + n).map(|i| self.chunk(i))
+        (first..first + n).map(|i| self.chunks.get(i) as usize)
     }
 
     fn memory_bytes(&self) -> usize {
-        self.keys.capacity() * 4
-            + match &self.chunks {
-                HashedChunks::Narrow(c) => c.capacity() * 2,
-                HashedChunks::Wide(c) => c.capacity() * 4,
-            }
+        self.keys.capacity() * 4 + self.chunks.memory_bytes()
     }
 }
 
@@ -456,7 +433,7 @@ mod tests {
                 .flat_map(|n| [(trace_key(id(n)), (n % 7) as u32), (trace_key(id(n)), far)])
                 .collect();
             let index = Hashed::new(pairs, chunk_count);
-            assert_eq!(matches!(index.chunks, HashedChunks::Narrow(_)), chunk_count <= NARROW_CHUNKS);
+            assert_eq!(matches!(index.chunks, ChunkNumbers::Narrow(_)), chunk_count <= NARROW_CHUNKS);
             for n in [0u64, 1, 500, 999] {
                 let found: Vec<usize> = index.chunks_of(id(n)).collect();
                 assert_eq!(found, vec![(n % 7) as usize, far as usize], "{chunk_count} chunks, trace {n}");
