@@ -81,14 +81,7 @@ impl Tally {
                 }
             };
             *named!(named!(&mut t.operations, service), &s.name) |= 1 << s.kind.code();
-            t.red.add_parts(
-                service,
-                &s.name,
-                s.kind,
-                s.start_time_unix_nano,
-                s.duration_nanos(),
-                s.status.code == skein_model::StatusCode::Error,
-            );
+            t.red.add_of(service, s);
         }
         // Each trace's part is allocated at its exact size (counted first): a head holds its
         // spans for as long as it lives, and parts grown by doubling would hold up to twice

@@ -224,8 +224,14 @@ pub struct RedSummary {
 impl RedSummary {
     /// Counts `span`.
     pub fn add(&mut self, span: &Span) {
+        self.add_of(span.service_name(), span);
+    }
+
+    /// Counts `span` under `service`, its service name when the caller has found it already
+    /// (once for the spans of one resource: it is looked up among the resource's attributes).
+    pub fn add_of(&mut self, service: &str, span: &Span) {
         self.add_parts(
-            span.service_name(),
+            service,
             &span.name,
             span.kind,
             span.start_time_unix_nano,

@@ -232,14 +232,7 @@ impl<'a> BlockWriter<'a> {
             self.pending_services.push(sid);
             named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
             if !self.red_given {
-                self.red.add_parts(
-                    &self.services[sid as usize].0,
-                    &s.name,
-                    s.kind,
-                    s.start_time_unix_nano,
-                    s.duration_nanos(),
-                    s.status.code == skein_model::StatusCode::Error,
-                );
+                self.red.add_of(&self.services[sid as usize].0, s);
             }
             self.span_count += 1;
             self.pending_bytes += super::pending_bytes(s);
