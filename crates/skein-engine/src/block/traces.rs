@@ -137,14 +137,14 @@ impl TraceFilter {
         TraceFilter { probes: bloom::BLOCKED_PROBES, lines: bloom::build_blocked_lines(&hashes, lines, None) }
     }
 
-    /// Whether the block may hold `id` (`false`: certainly not). An empty filter (a block
-    /// without traces) holds nothing; a filter of the wrong shape answers "maybe".
-    fn may_hold(&self, id: TraceId) -> bool {
+    /// Whether the block may hold the trace whose [`trace_hash`] is `h` (`false`: certainly
+    /// not). An empty filter (a block without traces) holds nothing; a filter of the wrong
+    /// shape answers "maybe".
+    fn may_hold(&self, h: u64) -> bool {
         let count = (self.lines.len() / bloom::LINE_BYTES) as u32;
         if count == 0 {
             return false;
         }
-        let h = trace_hash(id);
         let line = bloom::line_of(h, count) as usize;
         bloom::line_may_contain(
             &self.lines[line * bloom::LINE_BYTES..][..bloom::LINE_BYTES],
@@ -185,11 +185,11 @@ impl KeyForm {
         }
     }
 
-    /// The key of trace `id`.
-    fn key(self, id: TraceId) -> u128 {
+    /// The key of trace `id`, whose [`trace_hash`] is `hash`.
+    fn key(self, id: TraceId, hash: u64) -> u128 {
         match self {
             KeyForm::Id => u128::from_be_bytes(*id.as_bytes()),
-            KeyForm::Hash => trace_hash(id) as u128,
+            KeyForm::Hash => hash as u128,
         }
     }
 
@@ -357,8 +357,13 @@ impl Paged {
     }
 
     fn chunks_of(&self, fs: &dyn Fs, path: &Path, ids: &[TraceId]) -> Result<BTreeSet<usize>, IndexError> {
-        let keys: Vec<u128> =
-            ids.iter().filter(|id| self.filter.may_hold(**id)).map(|id| self.form.key(*id)).collect();
+        // Each id is hashed once, for the filter and (format 8) the section's key.
+        let keys: Vec<u128> = ids
+            .iter()
+            .map(|id| (*id, trace_hash(*id)))
+            .filter(|(_, h)| self.filter.may_hold(*h))
+            .map(|(id, h)| self.form.key(id, h))
+            .collect();
         let pages: BTreeSet<usize> = keys.iter().flat_map(|k| self.pages_of(*k)).collect();
         if pages.is_empty() {
             return Ok(BTreeSet::new());
@@ -447,7 +452,8 @@ mod tests {
 
     /// The section's entries of `entries` (ids and chunks) with keys of `form`, in order.
     fn keyed(form: KeyForm, entries: &[(TraceId, u32)]) -> Vec<(u128, u32)> {
-        let mut keyed: Vec<(u128, u32)> = entries.iter().map(|(id, c)| (form.key(*id), *c)).collect();
+        let mut keyed: Vec<(u128, u32)> =
+            entries.iter().map(|(id, c)| (form.key(*id, trace_hash(*id)), *c)).collect();
         keyed.sort_unstable();
         keyed
     }
@@ -576,7 +582,7 @@ mod tests {
         let fs = OsFs;
         let target = entries[300].0;
         let mut bytes = std::fs::read(&path).unwrap();
-        let (at, _, _) = index.page(index.pages_of(KeyForm::Hash.key(target)).start);
+        let (at, _, _) = index.page(index.pages_of(KeyForm::Hash.key(target, trace_hash(target))).start);
         bytes[at as usize + 40] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         let err = index.chunks_of(&fs, &path, &[target]).unwrap_err();
