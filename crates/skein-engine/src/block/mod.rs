@@ -17,6 +17,7 @@ use crate::columnar::{self, ChunkStrings};
 use skein_store::red::RedSummary;
 
 mod inverted;
+mod origins;
 mod postings;
 mod reader;
 mod traces;
@@ -29,8 +30,8 @@ pub(crate) use writer::{BlockWriter, serially, write_block};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
-/// Version of the block format written by this code (versions 1 to 7 are still read).
-pub const BLOCK_VERSION: u32 = 8;
+/// Version of the block format written by this code (versions 1 to 8 are still read).
+pub const BLOCK_VERSION: u32 = 9;
 /// Most distinct values a chunk's postings list for one (service, key); beyond, the values go
 /// into the chunk's Bloom filter (format 4; "many" before).
 const MAX_POSTING_VALUES: usize = 32;
@@ -102,6 +103,9 @@ pub(crate) struct ChunkMeta {
     bloom_lines: u32,
     bloom_probes: u8,
     bloom_slot: u32,
+    /// Format 9: the set of the block's origins the chunk numbers ([`origins::OWN_ORIGINS`]:
+    /// the chunk holds its resources and scopes itself).
+    origins: u32,
 }
 
 /// Chunk numbers an open block holds in memory (a hashed trace index's, the postings' values
@@ -320,6 +324,9 @@ pub struct Block {
     /// Format 5: the block's blocked Bloom filters by group; nothing of them is kept in
     /// memory, a search reads one region of each group per value it asks.
     bloom_groups: Vec<BloomGroup>,
+    /// Format 9: the sets of resources and scopes its chunks number (each distinct resource
+    /// and scope held once, shared by the sets): a few per block.
+    origins: Vec<columnar::ChunkOrigins>,
 }
 
 /// Memory an open block holds, by part (see [`Block::memory_bytes`]).

@@ -211,7 +211,7 @@ mod tests {
         }
         let refs: Vec<&Span> = spans.iter().collect();
         let services: Vec<u32> = spans.iter().map(|s| u32::from(s.service_name() == "b")).collect();
-        let mut encoded = columnar::encode_chunk_detailed(&refs);
+        let mut encoded = columnar::encode_chunk_detailed(&refs, None);
         let (got, _) = chunk_postings(&refs, &services, &mut encoded, &["a", "b"], 1);
         // One by one: per (service, key), the times added and the values as text.
         let mut want: BTreeMap<(u32, String), Added> = BTreeMap::new();

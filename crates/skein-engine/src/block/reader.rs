@@ -48,6 +48,16 @@ impl<'a> IndexReader<'a> {
     pub(crate) fn position(&self) -> usize {
         self.r.pos
     }
+
+    /// A reader of the crate's codec from here on, for what the index holds in that codec's
+    /// forms (resources, scopes); [`IndexReader::advance_to`] then skips what it read.
+    pub(crate) fn codec(&self) -> codec::Reader<'a> {
+        codec::Reader { buf: self.r.buf, pos: self.r.pos }
+    }
+
+    pub(crate) fn advance_to(&mut self, pos: usize) {
+        self.r.pos = pos;
+    }
 }
 
 impl Block {
@@ -158,6 +168,18 @@ impl Block {
                 }
                 svc.push(s);
             }
+            // Format 9: the chunk's set of the block's origins, plus one (0: its own).
+            let origins = if version >= 9 {
+                match r.varint()? {
+                    0 => origins::OWN_ORIGINS,
+                    n => u32::try_from(n - 1)
+                        .ok()
+                        .filter(|n| *n != origins::OWN_ORIGINS)
+                        .ok_or("bad origin set")?,
+                }
+            } else {
+                origins::OWN_ORIGINS
+            };
             if let Some(postings) = &mut postings {
                 postings.next_chunk();
                 let mut copy = per_chunk.as_ref().map(|_| Vec::new());
@@ -254,6 +276,7 @@ impl Block {
                 bloom_lines,
                 bloom_probes,
                 bloom_slot: 0,
+                origins,
             });
         }
         // Formats before 6 list every (trace, chunk) entry here; format 6 says where its trace
@@ -338,6 +361,11 @@ impl Block {
         } else {
             Vec::new()
         };
+        let origin_sets = if version >= 9 { origins::read(&mut r)? } else { Vec::new() };
+        if chunks.iter().any(|c| c.origins != origins::OWN_ORIGINS && c.origins as usize >= origin_sets.len())
+        {
+            return Err("a chunk names an origin set the index does not hold".into());
+        }
         if !r.is_empty() {
             return Err("trailing bytes after the index".into());
         }
@@ -363,6 +391,7 @@ impl Block {
             postings,
             blooms,
             bloom_groups,
+            origins: origin_sets,
         })
     }
 
@@ -405,6 +434,7 @@ impl Block {
     /// adds up.
     pub(crate) fn memory_bytes(&self) -> MemoryBytes {
         let chunks = self.chunks.capacity() * std::mem::size_of::<ChunkMeta>()
+            + origins::memory_bytes(&self.origins)
             + self.chunks.iter().map(|c| c.services.heap_bytes()).sum::<usize>()
             + self.blooms.capacity() * std::mem::size_of::<std::sync::OnceLock<Arc<[u8]>>>()
             + self
@@ -619,6 +649,11 @@ impl Block {
         Ok(Some(CopySource { block: self, traces: copy.traces, postings: copy.postings, blocked }))
     }
 
+    /// The set of the block's origins chunk `i` numbers (`None`: it holds its own).
+    fn origins_of(&self, i: usize) -> Option<&columnar::ChunkOrigins> {
+        self.origins.get(self.chunks[i].origins as usize)
+    }
+
     /// The compressed bytes of chunk `i`, crc checked.
     pub(crate) fn read_chunk_bytes(&self, fs: &dyn Fs, i: usize) -> Result<Vec<u8>, BlockError> {
         let c = &self.chunks[i];
@@ -639,8 +674,9 @@ impl Block {
         i: usize,
         wanted: &dyn Fn(&TraceId) -> bool,
     ) -> Result<Vec<Span>, BlockError> {
+        let origins = self.origins_of(i);
         self.decode_chunk(fs, i, |raw| match raw.first() {
-            first if columnar::is_columnar(first) => columnar::decode_chunk_traces(raw, wanted),
+            first if columnar::is_columnar(first) => columnar::decode_chunk_traces_in(raw, wanted, origins),
             _ => codec::decode_spans(raw).map(|mut spans| {
                 spans.retain(|s| wanted(&s.trace_id));
                 spans
@@ -657,10 +693,11 @@ impl Block {
         keep: Option<skein_store::KeepAttribute>,
     ) -> Result<Vec<Span>, BlockError> {
         // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
+        let origins = self.origins_of(i);
         self.decode_chunk(fs, i, |raw| match (raw.first(), keep) {
-            (first, None) if columnar::is_columnar(first) => columnar::decode_chunk(raw),
+            (first, None) if columnar::is_columnar(first) => columnar::decode_chunk_in(raw, origins),
             (first, Some(keep)) if columnar::is_columnar(first) => {
-                columnar::decode_chunk_projected(raw, keep)
+                columnar::decode_chunk_projected_in(raw, keep, origins)
             }
             (_, None) => codec::decode_spans(raw),
             // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
@@ -859,6 +896,110 @@ mod tests {
         assert_eq!(sizes.len(), 2, "{sizes:?}");
         assert_eq!(sizes.iter().sum::<usize>(), spans.len());
         assert!(sizes[0].abs_diff(sizes[1]) <= 8, "{sizes:?}");
+    }
+
+    /// Spans of `pods` (one resource each, every span with its own `Arc` of equal value) in
+    /// traces of three, padded so that they make several chunks.
+    fn pod_spans(pods: &[&str], n: u32, first_trace: u32) -> Vec<Span> {
+        (0..n)
+            .map(|i| {
+                let pod = pods[i as usize % pods.len()];
+                let mut s = SpanBuilder::new(1, (i % 3) as u8 + 1)
+                    .service(if pod.starts_with("cart") { "cart" } else { "frontend" })
+                    .resource_attr("k8s.pod.name", AttrValue::Str(pod.into()))
+                    .scope(
+                        if i % 2 == 0 { "io.opentelemetry.http" } else { "io.opentelemetry.grpc" },
+                        "1.2.0",
+                    )
+                    .attr("padding", AttrValue::Str(format!("{i:0>400}").into()))
+                    .build();
+                let mut id = [0x3c; 16];
+                id[12..].copy_from_slice(&(first_trace + i / 3).to_be_bytes());
+                s.trace_id = TraceId::from_bytes(id).unwrap();
+                s.start_time_unix_nano += i as u64;
+                s
+            })
+            .collect()
+    }
+
+    fn write_traces(path: &Path, spans: &[Span]) -> Block {
+        let mut traces: BTreeMap<TraceId, Vec<&Span>> = BTreeMap::new();
+        for s in spans {
+            traces.entry(s.trace_id).or_default().push(s);
+        }
+        write_block(&OsFs, path, traces.into_values(), &[], None).unwrap()
+    }
+
+    fn all_spans(block: &Block) -> Vec<Span> {
+        let mut spans: Vec<Span> =
+            (0..block.chunk_count()).flat_map(|i| block.read_chunk(&OsFs, i).unwrap()).collect();
+        spans.sort_by_key(|s| (s.trace_id, s.span_id));
+        spans
+    }
+
+    fn sorted(mut spans: Vec<Span>) -> Vec<Span> {
+        spans.sort_by_key(|s| (s.trace_id, s.span_id));
+        spans
+    }
+
+    /// Distinct resources (by address) over all of a block's origin sets.
+    fn distinct_resources(block: &Block) -> usize {
+        block
+            .origins
+            .iter()
+            .flat_map(|set| set.resources.iter().map(|r| Arc::as_ptr(r) as usize))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// Format 9: a block holds each distinct resource and scope once (equal ones from different
+    /// requests are one), its chunks number them, and every span reads back with its own.
+    /// A merge keeps each source's set, translated into its own distinct resources, and one
+    /// set for equal ones.
+    #[test]
+    fn resources_and_scopes_are_held_once_per_block_and_their_sets_survive_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let a_spans = pod_spans(&["frontend-7d9f-x2x", "frontend-7d9f-k8q", "cart-5c4b-9zt"], 9_000, 0);
+        let a = write_traces(&dir.path().join("1.blk"), &a_spans);
+        assert!(a.chunk_count() >= 3, "{} chunks", a.chunk_count());
+        assert_eq!(a.origins.len(), 1);
+        assert_eq!((a.origins[0].resources.len(), a.origins[0].scopes.len()), (3, 2));
+        for i in 0..a.chunk_count() {
+            assert_eq!(a.chunks[i].origins, 0);
+            let raw = columnar::unpack(&a.read_chunk_bytes(&OsFs, i).unwrap()).unwrap();
+            assert_eq!(raw[0], columnar::COLUMNAR_VERSION_SHARED_ORIGINS, "chunk {i}");
+            assert!(columnar::decode_chunk(&raw).is_err(), "a chunk is not read without its block's origins");
+        }
+        assert_eq!(all_spans(&a), sorted(a_spans.clone()));
+
+        // Another block with one of the same pods and a new one: two sets, four resources.
+        let b_spans = pod_spans(&["cart-5c4b-9zt", "cart-5c4b-77w"], 3_000, 10_000);
+        let b = write_traces(&dir.path().join("2.blk"), &b_spans);
+        let merged =
+            crate::compact::merge_blocks(&OsFs, &[Arc::new(a), Arc::new(b)], &dir.path().join("3.blk"))
+                .unwrap();
+        assert_eq!(merged.origins.len(), 2);
+        assert_eq!(distinct_resources(&merged), 4);
+        let mut want = a_spans.clone();
+        want.extend(b_spans.iter().cloned());
+        assert_eq!(all_spans(&merged), sorted(want.clone()));
+        // The merged block opened again reads the same.
+        assert_eq!(all_spans(&Block::open(&OsFs, &dir.path().join("3.blk")).unwrap()), sorted(want.clone()));
+
+        // A block with the same pods as one of the merged block's sets: the merge of the two
+        // keeps that set once.
+        let c_spans = pod_spans(&["cart-5c4b-9zt", "cart-5c4b-77w"], 3_000, 20_000);
+        let c = write_traces(&dir.path().join("4.blk"), &c_spans);
+        let again = crate::compact::merge_blocks(
+            &OsFs,
+            &[Arc::new(Block::open(&OsFs, &dir.path().join("3.blk")).unwrap()), Arc::new(c)],
+            &dir.path().join("5.blk"),
+        )
+        .unwrap();
+        assert_eq!(again.origins.len(), 2, "an equal set is kept once");
+        assert_eq!(distinct_resources(&again), 4);
+        want.extend(c_spans.iter().cloned());
+        assert_eq!(all_spans(&again), sorted(want));
     }
 
     /// Format 5's Bloom section: every chunk of a block is asked about a value with one read

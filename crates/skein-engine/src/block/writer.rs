@@ -97,6 +97,13 @@ pub(crate) struct BlockWriter<'a> {
     pending: Vec<Cow<'a, Span>>,
     /// The service id of each pending span.
     pending_services: Vec<u32>,
+    /// The places of each pending span's resource and scope in the origin set of the chunks
+    /// this writer encodes.
+    pending_origins: Vec<(u32, u32)>,
+    /// The block's resources and scopes, and the sets of them its chunks number (format 9).
+    origins: origins::OriginPool,
+    /// The origin set of the pending spans (the one of the chunks this writer encodes).
+    pending_set: u32,
     /// The resource (by address) and service id of the last span added: the spans of one
     /// request share their resource. Valid while that span is pending (which keeps the
     /// resource, and so its address, alive); cleared when a chunk is cut.
@@ -214,6 +221,7 @@ impl<'a> BlockWriter<'a> {
         let share = traces.iter().map(Vec::len).sum::<usize>().div_ceil(chunks) + 64;
         self.pending.reserve(share);
         self.pending_services.reserve(share);
+        self.pending_origins.reserve(share);
         for spans in traces {
             self.add(spans);
         }
@@ -230,6 +238,9 @@ impl<'a> BlockWriter<'a> {
             };
             self.last_resource = Some((resource, sid));
             self.pending_services.push(sid);
+            let (set, places) = self.origins.of(s);
+            self.pending_set = set;
+            self.pending_origins.push(places);
             named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
             if !self.red_given {
                 self.red.add_of(&self.services[sid as usize].0, s);
@@ -306,6 +317,7 @@ impl<'a> BlockWriter<'a> {
         let filter = source.read_bloom(fs, i)?;
         drop(postings);
         let blocked = std::mem::take(&mut from.blocked[i]);
+        let origins = self.origins.copied(source, meta.origins)?;
         let chunk = self.chunks.len() as u32;
         self.trace_index.extend(std::mem::take(&mut from.traces[i]).into_iter().map(|id| (id, chunk)));
         let offset = self.append_bytes(&bytes);
@@ -322,6 +334,7 @@ impl<'a> BlockWriter<'a> {
             bloom_lines: (blocked.len() / bloom::LINE_BYTES) as u32,
             bloom_probes: if blocked.is_empty() { 0 } else { meta.bloom_probes },
             bloom_slot: 0,
+            origins,
         });
         self.blocked.push(blocked);
         self.all_postings.push(encoded.buf);
@@ -346,6 +359,8 @@ impl<'a> BlockWriter<'a> {
         self.queued.push(Queued {
             spans: std::mem::replace(&mut self.pending, Vec::with_capacity(room)),
             services: std::mem::replace(&mut self.pending_services, Vec::with_capacity(room)),
+            origins: std::mem::replace(&mut self.pending_origins, Vec::with_capacity(room)),
+            set: self.pending_set,
         });
         if self.queued.len() >= 2 * self.encoders() {
             self.encode_queued();
@@ -524,6 +539,7 @@ impl<'a> BlockWriter<'a> {
             for s in c.services.iter() {
                 index.varint(s as u64);
             }
+            index.varint(if c.origins == origins::OWN_ORIGINS { 0 } else { c.origins as u64 + 1 });
             index.buf.extend_from_slice(&postings);
             index.varint(c.bloom_len as u64);
             if c.bloom_len > 0 {
@@ -552,6 +568,7 @@ impl<'a> BlockWriter<'a> {
             index.buf.extend_from_slice(&crc32fast::hash(&red).to_le_bytes());
         }
         index.varint(bloom_offset);
+        self.origins.write(&mut index);
         zstd.write_all(&index.buf).expect("writing to memory");
         drop(index);
         let index = zstd.finish().expect("writing to memory");
@@ -599,6 +616,9 @@ struct Queued<'a> {
     spans: Vec<Cow<'a, Span>>,
     /// The service id of each span.
     services: Vec<u32>,
+    /// The places of each span's resource and scope in origin set `set`.
+    origins: Vec<(u32, u32)>,
+    set: u32,
 }
 
 /// A chunk encoded: its metadata (offset still to be set), bytes, blocked Bloom filter (empty
@@ -638,7 +658,7 @@ fn give_back_packers(packers: Vec<columnar::Packer>) {
 /// least every service of the chunk).
 fn encode_chunk(q: &Queued<'_>, names: &[&str], packer: &mut columnar::Packer) -> Encoded {
     let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
-    let mut encoded = columnar::encode_chunk_detailed(&refs);
+    let mut encoded = columnar::encode_chunk_detailed(&refs, Some(&q.origins));
     let raw = std::mem::take(&mut encoded.bytes);
     let compressed = columnar::pack(&raw, packer).expect("the chunk was just encoded");
     let chunk_services: BTreeSet<u32> = q.services.iter().copied().collect();
@@ -664,6 +684,7 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], packer: &mut columnar::Packer) -
             bloom_lines: (filter.len() / bloom::LINE_BYTES) as u32,
             bloom_probes: if filter.is_empty() { 0 } else { bloom::BLOCKED_PROBES | bloom::SEEDED },
             bloom_slot: 0,
+            origins: q.set,
         },
         compressed,
         filter,
