@@ -158,14 +158,53 @@ impl Shared {
     }
 }
 
+/// Merges of sources this big (in all) or bigger make column dictionaries for the block they
+/// write (block format 9): its chunks' dictionary columns are packed anew with them. Below,
+/// the dictionaries (up to 64 KiB, about 30 compressed) would cost more than they save, and
+/// merges of small blocks are many; most spans end in blocks of 16 to 64 MiB.
+pub(crate) const DICT_MIN_BYTES: u64 = 8 << 20;
+
+/// Chunks the column dictionaries of a merge are made of, taken evenly from its sources.
+const DICT_SAMPLES: usize = 4;
+
+/// Column dictionaries made of up to [`DICT_SAMPLES`] packed chunks of `chunks` (`(start,
+/// source, chunk)`, the merge's order), taken evenly; `None` when they have too little text.
+fn train_dicts(
+    fs: &dyn Fs,
+    sources: &[SharedBlock],
+    chunks: &[(u64, usize, usize)],
+) -> Result<Option<columnar::ColumnDicts>, StoreError> {
+    let step = chunks.len().div_ceil(DICT_SAMPLES).max(1);
+    let mut samples = Vec::with_capacity(DICT_SAMPLES);
+    for &(_, b, i) in chunks.iter().step_by(step) {
+        let bytes = sources[b].read_chunk_bytes(fs, i).map_err(block_error)?;
+        if bytes.first() == Some(&columnar::PACKED) {
+            samples.push((bytes, sources[b].dicts(fs).map_err(block_error)?));
+        }
+    }
+    columnar::ColumnDicts::sample(&samples)
+        .map_err(|e| StoreError::Internal(format!("column dictionaries: {e}")))
+}
+
 /// Merges `sources` into one new block at `path`, chunk by chunk, oldest chunk first. Chunks
 /// of blocks with postings (format 2 and later) are copied as they are, compressed: merging
-/// costs a read and a write of their bytes, and no span is decoded. Chunks of format 1 blocks
-/// are decoded and written anew, which gives them postings.
+/// costs a read and a write of their bytes, and no span is decoded (a merge of at least
+/// [`DICT_MIN_BYTES`] packs their dictionary columns anew with dictionaries it trains). Chunks
+/// of format 1 blocks are decoded and written anew, which gives them postings.
 pub(crate) fn merge_blocks(
     fs: &dyn Fs,
     sources: &[SharedBlock],
     path: &std::path::Path,
+) -> Result<Block, StoreError> {
+    merge_blocks_with(fs, sources, path, DICT_MIN_BYTES)
+}
+
+/// [`merge_blocks`], making column dictionaries when the sources hold `dict_min_bytes` or more.
+pub(crate) fn merge_blocks_with(
+    fs: &dyn Fs,
+    sources: &[SharedBlock],
+    path: &std::path::Path,
+    dict_min_bytes: u64,
 ) -> Result<Block, StoreError> {
     let mut chunks: Vec<(u64, usize, usize)> = Vec::new();
     for (b, block) in sources.iter().enumerate() {
@@ -177,6 +216,11 @@ pub(crate) fn merge_blocks(
     // Streamed to its file as chunks are copied: a merged block is up to 64 MiB, and several
     // compactions run at once. A compaction stopped half-way leaves no partial file behind.
     let mut writer = block::BlockWriter::streaming(fs, path).map_err(block_error)?;
+    if sources.iter().map(|b| b.bytes).sum::<u64>() >= dict_min_bytes
+        && let Some(dicts) = train_dicts(fs, sources, &chunks)?
+    {
+        writer.set_dicts(dicts);
+    }
     let mut copied: Vec<Option<block::CopySource<'_>>> = sources
         .iter()
         .map(|b| {

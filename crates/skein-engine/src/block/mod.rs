@@ -103,6 +103,10 @@ pub(crate) struct ChunkMeta {
     bloom_lines: u32,
     bloom_probes: u8,
     bloom_slot: u32,
+    /// The seed of the chunk's blocked filter (format 6): the crc32 of the chunk as first
+    /// written, which a merge that packs the chunk anew with its dictionaries changes (format
+    /// 9 stores the seed, earlier formats take the crc).
+    bloom_seed: u32,
     /// Format 9: the set of the block's origins the chunk numbers ([`origins::OWN_ORIGINS`]:
     /// the chunk holds its resources and scopes itself).
     origins: u32,
@@ -327,6 +331,11 @@ pub struct Block {
     /// Format 9: the sets of resources and scopes its chunks number (each distinct resource
     /// and scope held once, shared by the sets): a few per block.
     origins: Vec<columnar::ChunkOrigins>,
+    /// Format 9: where the block's column dictionaries lie (offset, length, crc32), when a
+    /// merge trained them…
+    dict_section: Option<(u64, u32, u32)>,
+    /// …and once a read needed them, the dictionaries.
+    dicts: std::sync::OnceLock<Arc<columnar::ColumnDicts>>,
 }
 
 /// Memory an open block holds, by part (see [`Block::memory_bytes`]).

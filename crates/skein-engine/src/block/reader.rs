@@ -247,19 +247,24 @@ impl Block {
             } else {
                 (0, 0)
             };
-            let (bloom_lines, bloom_probes) = if version >= 5 {
+            let (bloom_lines, bloom_probes, bloom_seed) = if version >= 5 {
                 match r.varint()? {
-                    0 => (0, 0),
+                    0 => (0, 0, crc),
                     n => {
                         let probes = r.bytes(1)?[0];
                         if version < 6 && probes & bloom::SEEDED != 0 {
                             return Err("a seeded Bloom filter in a block older than format 6".into());
                         }
-                        (u32::try_from(n).map_err(|_| "bloom filter too long")?, probes)
+                        let seed = if version >= 9 {
+                            u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"))
+                        } else {
+                            crc
+                        };
+                        (u32::try_from(n).map_err(|_| "bloom filter too long")?, probes, seed)
                     }
                 }
             } else {
-                (0, 0)
+                (0, 0, crc)
             };
             if offset + len as u64 + bloom_len as u64 > bytes {
                 return Err("a chunk lies outside the file".into());
@@ -276,6 +281,7 @@ impl Block {
                 bloom_lines,
                 bloom_probes,
                 bloom_slot: 0,
+                bloom_seed,
                 origins,
             });
         }
@@ -362,6 +368,21 @@ impl Block {
             Vec::new()
         };
         let origin_sets = if version >= 9 { origins::read(&mut r)? } else { Vec::new() };
+        let dict_section = match version {
+            9.. => match r.varint()? {
+                0 => None,
+                n => {
+                    let len = u32::try_from(n).map_err(|_| "column dictionaries too long")?;
+                    let offset = r.varint()?;
+                    let crc = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
+                    if offset.checked_add(n).is_none_or(|end| end > index_offset) {
+                        return Err("column dictionaries outside the file".into());
+                    }
+                    Some((offset, len, crc))
+                }
+            },
+            _ => None,
+        };
         if chunks.iter().any(|c| c.origins != origins::OWN_ORIGINS && c.origins as usize >= origin_sets.len())
         {
             return Err("a chunk names an origin set the index does not hold".into());
@@ -392,6 +413,8 @@ impl Block {
             blooms,
             bloom_groups,
             origins: origin_sets,
+            dict_section,
+            dicts: std::sync::OnceLock::new(),
         })
     }
 
@@ -435,6 +458,7 @@ impl Block {
     pub(crate) fn memory_bytes(&self) -> MemoryBytes {
         let chunks = self.chunks.capacity() * std::mem::size_of::<ChunkMeta>()
             + origins::memory_bytes(&self.origins)
+            + self.dicts.get().map_or(0, |d| d.len())
             + self.chunks.iter().map(|c| c.services.heap_bytes()).sum::<usize>()
             + self.blooms.capacity() * std::mem::size_of::<std::sync::OnceLock<Arc<[u8]>>>()
             + self
@@ -535,7 +559,7 @@ impl Block {
             for (slot, &c) in g.members.iter().enumerate() {
                 let line = region.map(|lines| BloomGroup::line(lines, slot));
                 if line.is_none_or(|line| {
-                    bloom::line_may_contain(line, hash, g.probes, self.chunks[c as usize].crc)
+                    bloom::line_may_contain(line, hash, g.probes, self.chunks[c as usize].bloom_seed)
                 }) {
                     inverted::set_bit(&mut maybe, c);
                 }
@@ -649,6 +673,19 @@ impl Block {
         Ok(Some(CopySource { block: self, traces: copy.traces, postings: copy.postings, blocked }))
     }
 
+    /// The block's column dictionaries (format 9; `None` when it has none), read and crc
+    /// checked when first asked, then kept.
+    pub(crate) fn dicts(&self, fs: &dyn Fs) -> Result<Option<Arc<columnar::ColumnDicts>>, BlockError> {
+        let Some((offset, len, crc)) = self.dict_section else { return Ok(None) };
+        if let Some(d) = self.dicts.get() {
+            return Ok(Some(Arc::clone(d)));
+        }
+        let bytes = self.read_checked(fs, offset, len, crc, || "column dictionaries".to_owned())?;
+        let dicts = columnar::ColumnDicts::decode(&bytes)
+            .map_err(|e| self.corrupt(format!("column dictionaries: {e}")))?;
+        Ok(Some(Arc::clone(self.dicts.get_or_init(|| Arc::new(dicts)))))
+    }
+
     /// The set of the block's origins chunk `i` numbers (`None`: it holds its own).
     fn origins_of(&self, i: usize) -> Option<&columnar::ChunkOrigins> {
         self.origins.get(self.chunks[i].origins as usize)
@@ -717,7 +754,8 @@ impl Block {
         // Packed by column (format 7), or one zstd frame (the chunks of older formats, which
         // compaction copies into new blocks as they are).
         let raw = if bytes.first() == Some(&columnar::PACKED) {
-            columnar::unpack(&bytes).map_err(|e| self.corrupt(format!("chunk {i} does not unpack: {e}")))?
+            columnar::unpack_with(&bytes, self.dicts(fs)?.as_deref())
+                .map_err(|e| self.corrupt(format!("chunk {i} does not unpack: {e}")))?
         } else {
             zstd::stream::decode_all(&bytes[..])
                 .map_err(|e| self.corrupt(format!("chunk {i} does not decompress: {e}")))?
@@ -1000,6 +1038,123 @@ mod tests {
         assert_eq!(distinct_resources(&again), 4);
         want.extend(c_spans.iter().cloned());
         assert_eq!(all_spans(&again), sorted(want));
+    }
+
+    /// Format 9's column dictionaries: a big merge packs its chunks' dictionary columns anew
+    /// with dictionaries made of a few of them, which the block holds; every span reads back,
+    /// the Bloom filters (seeded with each chunk's first crc) still find their values, a merge
+    /// of such blocks packs them anew with its own, and a damaged dictionary section makes the
+    /// chunks unreadable (a corrupt block), never different spans.
+    #[test]
+    fn big_merges_pack_chunks_with_column_dictionaries() {
+        let dir = tempfile::tempdir().unwrap();
+        const AGENTS: [&str; 4] = [
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_2) AppleWebKit/605.1.15 (KHTML, like Gecko) Safari/17.2",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+            "python-requests/2.31.0",
+        ];
+        let spans_of = |first: u32, n: u32| -> Vec<Span> {
+            (first..first + n)
+                .map(|i| {
+                    let mut s = SpanBuilder::new(1, (i % 3) as u8 + 1)
+                        .service("frontend")
+                        .attr(
+                            "user_agent.original",
+                            AttrValue::Str(format!("{} (build {})", AGENTS[(i % 4) as usize], i % 7).into()),
+                        )
+                        .attr(
+                            "client.address",
+                            AttrValue::Str(format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255).into()),
+                        )
+                        .attr(
+                            "session.id",
+                            AttrValue::Str(
+                                format!(
+                                    "{:016x}{:016x}",
+                                    u64::from(i / 3).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                                    i / 3
+                                )
+                                .into(),
+                            ),
+                        )
+                        .build();
+                    let mut id = [0x4d; 16];
+                    id[12..].copy_from_slice(&(i / 3).to_be_bytes());
+                    s.trace_id = TraceId::from_bytes(id).unwrap();
+                    s.start_time_unix_nano += i as u64;
+                    s
+                })
+                .collect()
+        };
+        let (a_spans, b_spans) = (spans_of(0, 12_000), spans_of(12_000, 12_000));
+        let a = Arc::new(write_traces(&dir.path().join("1.blk"), &a_spans));
+        let b = Arc::new(write_traces(&dir.path().join("2.blk"), &b_spans));
+        assert!(a.dict_section.is_none(), "a head's block has none");
+        let small =
+            crate::compact::merge_blocks(&OsFs, &[Arc::clone(&a), Arc::clone(&b)], &dir.path().join("3.blk"))
+                .unwrap();
+        assert!(small.dict_section.is_none(), "a small merge makes none");
+        let path = dir.path().join("4.blk");
+        let merged = crate::compact::merge_blocks_with(&OsFs, &[a, b], &path, 0).unwrap();
+        let dicts = merged.dicts(&OsFs).unwrap().expect("dictionaries");
+        assert!(dicts.len() > 4096, "{dicts:?}");
+        let mut want = a_spans.clone();
+        want.extend(b_spans.iter().cloned());
+        assert_eq!(all_spans(&merged), sorted(want.clone()));
+        assert!(
+            merged.bytes < small.bytes,
+            "{} bytes with dictionaries, {} without",
+            merged.bytes,
+            small.bytes
+        );
+        for i in 0..merged.chunk_count() {
+            let e = columnar::unpack(&merged.read_chunk_bytes(&OsFs, i).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("needs a dictionary"), "{e}");
+        }
+        let holding = |block: &Block, v: &str| -> Vec<usize> {
+            let q = skein_store::TraceQuery {
+                tags: vec![("client.address".to_owned(), v.to_owned())],
+                ..Default::default()
+            };
+            let m = block.matcher(&skein_store::SpanMatcher::new(&q));
+            (0..block.chunk_count()).filter(|i| m.may_match(&OsFs, *i)).collect()
+        };
+        for i in [0u32, 7_777, 23_999] {
+            let v = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            let found = holding(&merged, &v);
+            assert_eq!(found.len(), 1, "{v}: {found:?}");
+            assert!(
+                merged
+                    .read_chunk(&OsFs, found[0])
+                    .unwrap()
+                    .iter()
+                    .any(|s| s.attributes.iter().any(|kv| kv.value == AttrValue::Str(v.as_str().into())))
+            );
+        }
+
+        // Merged again (with a block of new spans): packed anew with the new block's own.
+        let c_spans = spans_of(24_000, 6_000);
+        let c = Arc::new(write_traces(&dir.path().join("5.blk"), &c_spans));
+        let again = crate::compact::merge_blocks_with(
+            &OsFs,
+            &[Arc::new(Block::open(&OsFs, &path).unwrap()), c],
+            &dir.path().join("6.blk"),
+            0,
+        )
+        .unwrap();
+        want.extend(c_spans.iter().cloned());
+        assert_eq!(all_spans(&again), sorted(want));
+        assert_eq!(holding(&again, "10.0.30.97").len(), 1);
+
+        // A damaged dictionary section: the block's chunks do not read.
+        let (offset, _, _) = merged.dict_section.unwrap();
+        let mut file = std::fs::read(&path).unwrap();
+        file[offset as usize + 10] ^= 0x55;
+        std::fs::write(&path, &file).unwrap();
+        let damaged = Block::open(&OsFs, &path).unwrap();
+        let e = damaged.read_chunk(&OsFs, 0).unwrap_err();
+        assert!(e.to_string().contains("column dictionaries crc mismatch"), "{e}");
     }
 
     /// Format 5's Bloom section: every chunk of a block is asked about a value with one read

@@ -104,6 +104,11 @@ pub(crate) struct BlockWriter<'a> {
     origins: origins::OriginPool,
     /// The origin set of the pending spans (the one of the chunks this writer encodes).
     pending_set: u32,
+    /// Column dictionaries the chunks this writer copies are packed with anew (a merge that
+    /// writes a big block trains them), written in the block (format 9).
+    dicts: Option<Arc<columnar::ColumnDicts>>,
+    /// The zstd contexts that pack copied chunks anew with `dicts`.
+    repacker: Option<Box<columnar::Repacker>>,
     /// The resource (by address) and service id of the last span added: the spans of one
     /// request share their resource. Valid while that span is pending (which keeps the
     /// resource, and so its address, alive); cleared when a chunk is cut.
@@ -169,6 +174,12 @@ impl<'a> BlockWriter<'a> {
         let file = fs.open_append(&tmp).map_err(io)?;
         let streamed = Streamed { fs, file, tmp, error: None, renamed: false };
         Ok(BlockWriter { streamed: Some(streamed), ..BlockWriter::default() })
+    }
+
+    /// Packs every chunk copied from now on anew with `dicts` (their dictionary columns; see
+    /// [`columnar::repack`]), which the block holds.
+    pub(crate) fn set_dicts(&mut self, dicts: columnar::ColumnDicts) {
+        self.dicts = Some(Arc::new(dicts));
     }
 
     /// Appends `bytes` to the block; returns where they start.
@@ -296,8 +307,18 @@ impl<'a> BlockWriter<'a> {
         let source = from.block;
         self.cut(); // spans gathered so far keep their chunk index
         self.encode_queued();
-        let bytes = source.read_chunk_bytes(fs, i)?;
+        let mut bytes = source.read_chunk_bytes(fs, i)?;
         let meta = &source.chunks[i];
+        let mut crc = meta.crc;
+        if let Some(dicts) = &self.dicts
+            && bytes.first() == Some(&columnar::PACKED)
+        {
+            let repacker = self.repacker.get_or_insert_default();
+            bytes = repacker
+                .repack(&bytes, source.dicts(fs)?.as_deref(), dicts)
+                .map_err(|e| source.corrupt(format!("chunk {i} does not unpack: {e}")))?;
+            crc = crc32fast::hash(&bytes);
+        }
         let services: BTreeSet<u32> =
             meta.services.iter().map(|s| self.service_id(&source.services[s as usize].0)).collect();
         let postings = std::mem::take(&mut from.postings[i]);
@@ -325,7 +346,7 @@ impl<'a> BlockWriter<'a> {
         self.chunks.push(ChunkMeta {
             offset,
             len: bytes.len() as u32,
-            crc: meta.crc,
+            crc,
             time: meta.time,
             durations: meta.durations,
             services: ChunkServices::new(services),
@@ -334,6 +355,7 @@ impl<'a> BlockWriter<'a> {
             bloom_lines: (blocked.len() / bloom::LINE_BYTES) as u32,
             bloom_probes: if blocked.is_empty() { 0 } else { meta.bloom_probes },
             bloom_slot: 0,
+            bloom_seed: meta.bloom_seed,
             origins,
         });
         self.blocked.push(blocked);
@@ -451,6 +473,13 @@ impl<'a> BlockWriter<'a> {
         // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
         // Streamed to the file region by region when the block is (a merge's filters are a
         // few MiB), then the filters are freed.
+        // The column dictionaries, when copied chunks were packed anew with them: after the
+        // chunks, before the Bloom section.
+        let dict_section = self.dicts.clone().map(|dicts| {
+            let bytes = dicts.encode();
+            let offset = self.append_bytes(&bytes);
+            (offset, bytes.len() as u64, crc32fast::hash(&bytes))
+        });
         let bloom_offset = self.written;
         let groups =
             bloom_groups(&mut self.chunks, bloom_offset, u64::MAX).expect("a Bloom section fits the file");
@@ -548,6 +577,7 @@ impl<'a> BlockWriter<'a> {
             index.varint(c.bloom_lines as u64);
             if c.bloom_lines > 0 {
                 index.u8(c.bloom_probes);
+                index.buf.extend_from_slice(&c.bloom_seed.to_le_bytes());
             }
         }
         index.varint(trace_index.len() as u64);
@@ -569,6 +599,14 @@ impl<'a> BlockWriter<'a> {
         }
         index.varint(bloom_offset);
         self.origins.write(&mut index);
+        match dict_section {
+            None => index.varint(0),
+            Some((offset, len, crc)) => {
+                index.varint(len);
+                index.varint(offset);
+                index.buf.extend_from_slice(&crc.to_le_bytes());
+            }
+        }
         zstd.write_all(&index.buf).expect("writing to memory");
         drop(index);
         let index = zstd.finish().expect("writing to memory");
@@ -684,6 +722,7 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], packer: &mut columnar::Packer) -
             bloom_lines: (filter.len() / bloom::LINE_BYTES) as u32,
             bloom_probes: if filter.is_empty() { 0 } else { bloom::BLOCKED_PROBES | bloom::SEEDED },
             bloom_slot: 0,
+            bloom_seed: crc,
             origins: q.set,
         },
         compressed,
