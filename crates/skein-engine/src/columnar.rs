@@ -326,6 +326,17 @@ pub(crate) fn encode_chunk_detailed<'a>(
         positions[next[*o as usize] as usize] = i as u32;
         next[*o as usize] += 1;
     }
+    // Version 4 holds a trace's spans by start (a parent before its children, siblings in the
+    // order they ran), so that a start is written relative to a span written before it.
+    let relative_starts = origins.is_some();
+    if relative_starts {
+        let mut first = 0;
+        for n in &sizes {
+            positions[first..first + *n as usize]
+                .sort_by_key(|&i| (spans[i as usize].start_time_unix_nano, i));
+            first += *n as usize;
+        }
+    }
     let grouped: Vec<&'a Span> = positions.iter().map(|&i| spans[i as usize]).collect();
     // Span attribute string values seen once go inline (`Uniques`), the rest in the dictionary:
     // a first pass counts their uses, and gives every span name and attribute string its slot
@@ -363,6 +374,8 @@ pub(crate) fn encode_chunk_detailed<'a>(
 
     let mut previous_start = 0u64;
     let mut position: FxHashMap<SpanId, usize> = FxHashMap::default();
+    // Per span of the trace (by position), its last child written so far.
+    let mut last_child: Vec<u32> = Vec::new();
     let mut first = 0;
     for (id, &n) in order.iter().zip(&sizes) {
         let trace = &grouped[first..first + n as usize];
@@ -386,19 +399,34 @@ pub(crate) fn encode_chunk_detailed<'a>(
                 trace.iter().position(|s| s.span_id == p).map(|i| i + 1)
             }
         };
-        for (s, &input) in trace.iter().zip(inputs) {
+        if relative_starts {
+            last_child.clear();
+            last_child.resize(trace.len(), NO_INDEX);
+        }
+        for (i, (s, &input)) in trace.iter().zip(inputs).enumerate() {
             e.col(Col::SpanIds).buf.extend_from_slice(s.span_id.as_bytes());
-            match s.parent_span_id {
+            let parent = s.parent_span_id.map(|p| (p, position_of(p)));
+            match parent {
                 None => e.col(Col::Parents).varint(0),
-                Some(p) => match position_of(p) {
-                    Some(k) => e.col(Col::Parents).varint(k as u64),
-                    None => {
-                        e.col(Col::Parents).varint(trace.len() as u64 + 1);
-                        e.col(Col::ForeignParents).buf.extend_from_slice(p.as_bytes());
-                    }
-                },
+                Some((_, Some(k))) => e.col(Col::Parents).varint(k as u64),
+                Some((p, None)) => {
+                    e.col(Col::Parents).varint(trace.len() as u64 + 1);
+                    e.col(Col::ForeignParents).buf.extend_from_slice(p.as_bytes());
+                }
             }
-            e.col(Col::Starts).varint(s.start_time_unix_nano - start);
+            match parent {
+                // Version 4: a span whose parent is written before it starts relative to the
+                // end of its previous sibling, or else its parent's start.
+                Some((_, Some(k))) if relative_starts && k - 1 < i => {
+                    let before = match last_child[k - 1] {
+                        NO_INDEX => trace[k - 1].start_time_unix_nano,
+                        j => trace[j as usize].end_time_unix_nano,
+                    };
+                    last_child[k - 1] = i as u32;
+                    e.col(Col::Starts).varint(zigzag(s.start_time_unix_nano.wrapping_sub(before) as i64));
+                }
+                _ => e.col(Col::Starts).varint(s.start_time_unix_nano - start),
+            }
             e.col(Col::Durations)
                 .varint(zigzag(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64));
             let name = name_slots.next().expect("a slot per span");
@@ -1282,6 +1310,10 @@ fn decode(
     }
     let mut spans = Vec::with_capacity(if wanted.is_some() { 0 } else { n_spans });
     let mut skipped = 0usize;
+    // Version 4: starts relative to a span of the trace written before (see the encoder), and
+    // per span of the trace (by position) its last child read so far.
+    let relative_starts = shared.is_some();
+    let mut last_child: Vec<u32> = Vec::new();
     let mut start = 0u64;
     for _ in 0..n_traces {
         let trace_id = TraceId::from_bytes(d.col(Col::TraceIds).array()?)
@@ -1300,7 +1332,11 @@ fn decode(
         }
         let first = spans.len();
         let mut parents = Vec::with_capacity(count);
-        for _ in 0..count {
+        if relative_starts {
+            last_child.clear();
+            last_child.resize(count, NO_INDEX);
+        }
+        for i in 0..count {
             let span_id = SpanId::from_bytes(d.col(Col::SpanIds).array()?)
                 .map_err(|e| DecodeError(format!("span id: {e}")))?;
             let parent = d.col(Col::Parents).varint()?;
@@ -1313,7 +1349,22 @@ fn decode(
                 }
                 k => return err(format!("parent position {k} in a trace of {count} spans")),
             });
-            let s_start = start.wrapping_add(d.col(Col::Starts).varint()?);
+            let s_start = match parents.last() {
+                Some(Some(Err(k))) if relative_starts && *k < i => {
+                    let before: &Span = match last_child[*k] {
+                        NO_INDEX => &spans[first + *k],
+                        j => &spans[first + j as usize],
+                    };
+                    let before = if last_child[*k] == NO_INDEX {
+                        before.start_time_unix_nano
+                    } else {
+                        before.end_time_unix_nano
+                    };
+                    last_child[*k] = i as u32;
+                    before.wrapping_add(unzigzag(d.col(Col::Starts).varint()?) as u64)
+                }
+                _ => start.wrapping_add(d.col(Col::Starts).varint()?),
+            };
             let end = s_start.wrapping_add(unzigzag(d.col(Col::Durations).varint()?) as u64);
             let name = d.string(Col::Names)?;
             let ks = d.col(Col::KindStatus).u8()?;
@@ -1489,6 +1540,110 @@ mod tests {
             assert_eq!(of(&decoded), of(&spans), "trace {t}");
         }
         assert_eq!(decoded.len(), spans.len());
+    }
+
+    /// Spans encoded as a block writer does since block format 9 (columnar version 4): their
+    /// resources and scopes numbered in a set given beside the chunk.
+    fn encode_shared(spans: &[Span]) -> (Vec<u8>, ChunkOrigins) {
+        let mut set = ChunkOrigins::default();
+        let origins: Vec<(u32, u32)> = spans
+            .iter()
+            .map(|s| {
+                let r = set.resources.iter().position(|r| **r == *s.resource).unwrap_or_else(|| {
+                    set.resources.push(Arc::clone(&s.resource));
+                    set.resources.len() - 1
+                });
+                let c = set.scopes.iter().position(|c| **c == *s.scope).unwrap_or_else(|| {
+                    set.scopes.push(Arc::clone(&s.scope));
+                    set.scopes.len() - 1
+                });
+                (r as u32, c as u32)
+            })
+            .collect();
+        let refs: Vec<&Span> = spans.iter().collect();
+        (encode_chunk_detailed(&refs, Some(&origins)).bytes, set)
+    }
+
+    /// Bytes of column `c` of an encoded chunk.
+    fn column_len(encoded: &[u8], c: usize) -> usize {
+        let mut r = Reader { buf: encoded, pos: 0 };
+        r.u8().unwrap();
+        r.varint().unwrap();
+        r.varint().unwrap();
+        (0..c).for_each(|_| {
+            r.slice().unwrap();
+        });
+        r.slice().unwrap().len()
+    }
+
+    /// Version 4 writes a span's start relative to its previous sibling's end, or its parent's
+    /// start, when that span is written before it (a trace's spans are held by start): every
+    /// shape of trace reads back exactly — children sent before their parents, siblings that
+    /// overlap, ends before starts, a span its own parent, two spans each other's, parents
+    /// outside the chunk, times at the ends of the range, traces big enough for the parent map
+    /// — and sequential calls take fewer bytes than starts from the trace's start.
+    #[test]
+    fn shared_origin_chunks_keep_every_start_written_relative_to_another_span() {
+        let mut spans = rich();
+        let t = |trace: u8, i: u8, parent: Option<u8>, start: u64, end: u64| {
+            let mut b = SpanBuilder::new(trace, i).service(["a", "b", "c"][i as usize % 3]);
+            if let Some(p) = parent {
+                b = b.parent(p);
+            }
+            let mut s = b.build();
+            s.start_time_unix_nano = start;
+            s.end_time_unix_nano = end;
+            s
+        };
+        // Children first (as SDKs export), siblings overlapping and out of order.
+        spans.push(t(10, 3, Some(1), 1_000_500, 1_900_000));
+        spans.push(t(10, 2, Some(1), 1_000_100, 1_400_000));
+        spans.push(t(10, 4, Some(1), 1_300_000, 1_350_000));
+        spans.push(t(10, 5, Some(3), 1_100_000, 1_000_000)); // ends before it starts
+        spans.push(t(10, 1, None, 1_000_000, 2_000_000));
+        // A span its own parent; two spans each other's; a parent outside the chunk.
+        spans.push(t(11, 1, Some(1), 50, 60));
+        spans.push(t(12, 1, Some(2), 70, 80));
+        spans.push(t(12, 2, Some(1), 75, 90));
+        spans.push(t(12, 3, Some(99), 72, 73));
+        // Times at the ends of the range.
+        spans.push(t(13, 1, None, 0, u64::MAX));
+        spans.push(t(13, 2, Some(1), u64::MAX, 0));
+        spans.push(t(13, 3, Some(1), u64::MAX - 1, u64::MAX));
+        spans.push(t(13, 4, Some(2), 1, 2));
+        // A big trace of sequential calls: each starts 700 ns after the one before ends.
+        let mut at = 5_000_000_000u64;
+        spans.push(t(14, 1, None, at, at + 40_000_000_000));
+        for i in 2..=40u8 {
+            at += 700;
+            let end = at + 900_000_000 + i as u64 * 13_577;
+            spans.push(t(14, i, Some(1), at, end));
+            at = end;
+        }
+        let (bytes, set) = encode_shared(&spans);
+        assert_eq!(bytes[0], COLUMNAR_VERSION_SHARED_ORIGINS);
+        assert_eq!(sorted(decode_chunk_in(&bytes, Some(&set)).unwrap()), sorted(spans.clone()));
+        for trace in [10u8, 12, 13, 14] {
+            let id = SpanBuilder::new(trace, 1).build().trace_id;
+            let want: Vec<Span> = spans.iter().filter(|s| s.trace_id == id).cloned().collect();
+            assert_eq!(
+                sorted(decode_chunk_traces_in(&bytes, &|t| *t == id, Some(&set)).unwrap()),
+                sorted(want)
+            );
+        }
+        let sequential: Vec<Span> = spans
+            .iter()
+            .filter(|s| s.trace_id == SpanBuilder::new(14, 1).build().trace_id)
+            .cloned()
+            .collect();
+        let (v4, _) = encode_shared(&sequential);
+        let v3 = encode_chunk(&sequential);
+        let (relative, from_trace_start) =
+            (column_len(&v4, Col::Starts as usize), column_len(&v3, Col::Starts as usize));
+        assert!(
+            relative * 2 < from_trace_start,
+            "starts: {relative} bytes relative, {from_trace_start} from the trace's start"
+        );
     }
 
     /// A decode of some traces builds exactly their spans, as the whole decode does, stepping
@@ -1789,6 +1944,27 @@ mod tests {
             }
             if let Ok(raw) = unpack(&packed) {
                 let _ = decode_chunk(&raw);
+            }
+            // Version 4, its origins beside it; and its columns packed with dictionaries.
+            let mut spans = rich();
+            spans.extend((2..6u8).map(|i| SpanBuilder::new(1, i).parent(i - 1).build()));
+            let (mut bytes, set) = encode_shared(&spans);
+            if pos < bytes.len() {
+                bytes[pos] = val;
+            }
+            let _ = decode_chunk_in(&bytes, Some(&set));
+            let _ = decode_chunk_traces_in(&bytes, &|id| id.as_bytes()[15] % 2 == 0, Some(&set));
+            let (encoded, _) = encode_shared(&spans);
+            let mut packer = Packer::new();
+            let packed = pack(&encoded, &mut packer).unwrap();
+            let dicts = ColumnDicts::from_raw(vec![(Col::Strings as u8, b"service.name frontend cart".repeat(8)), (Col::Uniques as u8, b"u-1 u-2".repeat(8))]);
+            let mut repacked = Repacker::default().repack(&packed, None, &dicts).unwrap();
+            prop_assert_eq!(unpack_with(&repacked, Some(&dicts)).unwrap(), encoded);
+            if pos < repacked.len() {
+                repacked[pos] = val;
+            }
+            if let Ok(raw) = unpack_with(&repacked, Some(&dicts)) {
+                let _ = decode_chunk_in(&raw, Some(&set));
             }
         }
     }
