@@ -15,6 +15,8 @@ pub(crate) const OWN_ORIGINS: u32 = u32::MAX;
 /// ones from different requests), through a hash of their encoding.
 struct Distinct<T> {
     values: Vec<Arc<T>>,
+    /// Each value's encoding, by number: what orders a set canonically.
+    encoded: Vec<Vec<u8>>,
     /// By address, with the `Arc` kept so that the address stays this value's.
     by_address: FxHashMap<usize, (Arc<T>, u32)>,
     /// By the xxh3 of the value's encoding: the numbers of the values with that hash.
@@ -26,6 +28,7 @@ impl<T: PartialEq> Distinct<T> {
     fn new(encode: fn(&mut codec::Writer, &T)) -> Self {
         Distinct {
             values: Vec::new(),
+            encoded: Vec::new(),
             by_address: FxHashMap::default(),
             by_hash: FxHashMap::default(),
             encode,
@@ -44,6 +47,7 @@ impl<T: PartialEq> Distinct<T> {
             Some(&n) => n,
             None => {
                 self.values.push(Arc::clone(value));
+                self.encoded.push(w.buf);
                 same.push(self.values.len() as u32 - 1);
                 self.values.len() as u32 - 1
             }
@@ -96,6 +100,39 @@ impl Default for OriginPool {
 }
 
 impl OriginPool {
+    /// Makes the set of the chunks this writer encodes from every span it will encode: their
+    /// resources and scopes, each ordered by its encoding. Two blocks whose spans have the
+    /// same resources and scopes (heads of one deployment) then have equal sets, which a merge
+    /// keeps once (in the order spans met them, every head's set differed, and a block merged
+    /// from hundreds of heads held hundreds of sets).
+    pub(crate) fn own_set_of<'s>(&mut self, spans: impl Iterator<Item = &'s Span>) {
+        if self.own.is_some() {
+            return;
+        }
+        let (mut resources, mut scopes) = (Vec::new(), Vec::new());
+        let mut last = None;
+        for s in spans {
+            let pair = (Arc::as_ptr(&s.resource) as usize, Arc::as_ptr(&s.scope) as usize);
+            if last == Some(pair) {
+                continue;
+            }
+            last = Some(pair);
+            resources.push(self.resources.number(&s.resource));
+            scopes.push(self.scopes.number(&s.scope));
+        }
+        for (list, distinct) in
+            [(&mut resources, &self.resources.encoded), (&mut scopes, &self.scopes.encoded)]
+        {
+            list.sort_unstable_by(|a, b| distinct[*a as usize].cmp(&distinct[*b as usize]));
+            list.dedup();
+        }
+        self.sets.push((Vec::new(), Vec::new()));
+        let id = self.sets.len() as u32 - 1;
+        let places = |list: &[u32]| list.iter().enumerate().map(|(i, n)| (*n, i as u32)).collect();
+        self.own = Some(OwnSet { id, resources: places(&resources), scopes: places(&scopes) });
+        self.sets[id as usize] = (resources, scopes);
+    }
+
     /// The places of `span`'s resource and scope in the set of the chunks this writer encodes,
     /// and that set's id.
     pub(crate) fn of(&mut self, span: &Span) -> (u32, (u32, u32)) {

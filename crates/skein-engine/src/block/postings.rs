@@ -53,13 +53,12 @@ pub(crate) fn posting_value<'a>(strings: &mut ChunkStrings<'a>, v: &'a AttrValue
 /// event attributes, event names, and the synthetic tags), and the chunk's Bloom filter of the
 /// values of keys with too many to list (empty when there are none). `encoded` is the chunk as
 /// the encoder wrote it: the span attributes' strings come from its string table by slot, so
-/// they are not hashed again. `service_names` is the block's service table. The filter is
-/// seeded with `seed` (the chunk's crc32: see [`bloom::build_blocked`]).
+/// they are not hashed again. The filter's items are (key, value) pairs ([`bloom::UNSERVICED`]),
+/// each once, and it is seeded with `seed` (the chunk's crc32: see [`bloom::build_blocked`]).
 pub(crate) fn chunk_postings<'a>(
     spans: &[&'a Span],
     services: &[u32],
     encoded: &mut columnar::EncodedChunk<'a>,
-    service_names: &[&str],
     seed: u32,
 ) -> (Vec<(u32, Postings)>, Vec<u8>) {
     let mut p: BuildingPostings = FxHashMap::default();
@@ -122,16 +121,18 @@ pub(crate) fn chunk_postings<'a>(
                     .collect(),
             ),
             Some(values) => {
-                let service = service_names[service as usize];
                 hashes.extend(values.into_iter().map(|v| match v {
-                    ValueId::Text(slot) => bloom::item_hash(service, key, strings.text(slot)),
-                    ValueId::Int(i) => bloom::item_hash(service, key, digits.format(i)),
+                    ValueId::Text(slot) => bloom::key_item_hash(key, strings.text(slot)),
+                    ValueId::Int(i) => bloom::key_item_hash(key, digits.format(i)),
                 }));
                 KeyValues::Hashed
             }
         };
         by_service.entry(service).or_default().insert(key.to_owned(), values);
     }
+    // A value several services carry is one item.
+    hashes.sort_unstable();
+    hashes.dedup();
     let filter = if hashes.is_empty() { Vec::new() } else { bloom::build_blocked(&hashes, Some(seed)) };
     (by_service.into_iter().collect(), filter)
 }
@@ -212,7 +213,7 @@ mod tests {
         let refs: Vec<&Span> = spans.iter().collect();
         let services: Vec<u32> = spans.iter().map(|s| u32::from(s.service_name() == "b")).collect();
         let mut encoded = columnar::encode_chunk_detailed(&refs, None);
-        let (got, _) = chunk_postings(&refs, &services, &mut encoded, &["a", "b"], 1);
+        let (got, _) = chunk_postings(&refs, &services, &mut encoded, 1);
         // One by one: per (service, key), the times added and the values as text.
         let mut want: BTreeMap<(u32, String), Added> = BTreeMap::new();
         for (s, service) in spans.iter().zip(&services) {

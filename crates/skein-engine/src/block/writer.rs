@@ -233,6 +233,7 @@ impl<'a> BlockWriter<'a> {
         self.pending.reserve(share);
         self.pending_services.reserve(share);
         self.pending_origins.reserve(share);
+        self.origins.own_set_of(traces.iter().flatten().map(|s| s.as_ref()));
         for spans in traces {
             self.add(spans);
         }
@@ -397,15 +398,14 @@ impl<'a> BlockWriter<'a> {
             return;
         }
         let workers = self.encoders().min(queued.len());
-        let names: Vec<&str> = self.services.iter().map(|(name, _)| name.as_str()).collect();
         let (started, cpu_before) = (std::time::Instant::now(), skein_wal::thread_cpu_nanos());
         let mut packers = take_packers(workers.max(1));
         let encoded: Vec<Encoded> = if workers <= 1 {
             let packer = &mut packers[0];
-            queued.iter().map(|q| encode_chunk(q, &names, packer)).collect()
+            queued.iter().map(|q| encode_chunk(q, packer)).collect()
         } else {
             let next = std::sync::atomic::AtomicUsize::new(0);
-            let (next, queued, names) = (&next, &queued, &names);
+            let (next, queued) = (&next, &queued);
             // On rayon's long-lived threads: threads made per batch would start with cold
             // allocator heaps, which cost more than the encoding gains on a small machine.
             let parts = std::sync::Mutex::new(Vec::with_capacity(queued.len()));
@@ -416,7 +416,7 @@ impl<'a> BlockWriter<'a> {
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(q) = queued.get(i) else { break };
-                            let e = encode_chunk(q, names, packer);
+                            let e = encode_chunk(q, packer);
                             parts.lock().expect("no encoder panics holding it").push((i, e));
                         }
                     });
@@ -426,7 +426,6 @@ impl<'a> BlockWriter<'a> {
             parts.sort_unstable_by_key(|(i, _)| *i);
             parts.into_iter().map(|(_, e)| e).collect()
         };
-        drop(names);
         give_back_packers(packers);
         let cpu = match (cpu_before, skein_wal::thread_cpu_nanos()) {
             (Some(before), Some(after)) => after.saturating_sub(before),
@@ -694,7 +693,7 @@ fn give_back_packers(packers: Vec<columnar::Packer>) {
 /// Encodes one chunk: its columns (packed: each zstd-compressed on its own), its postings and
 /// Bloom filter, and its time and duration ranges. `names` is the block's service table (at
 /// least every service of the chunk).
-fn encode_chunk(q: &Queued<'_>, names: &[&str], packer: &mut columnar::Packer) -> Encoded {
+fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer) -> Encoded {
     let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
     let mut encoded = columnar::encode_chunk_detailed(&refs, Some(&q.origins));
     let raw = std::mem::take(&mut encoded.bytes);
@@ -708,7 +707,7 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], packer: &mut columnar::Packer) -
         durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
     }
     let crc = crc32fast::hash(&compressed);
-    let (postings, filter) = chunk_postings(&refs, &q.services, &mut encoded, names, crc);
+    let (postings, filter) = chunk_postings(&refs, &q.services, &mut encoded, crc);
     Encoded {
         meta: ChunkMeta {
             offset: 0,
@@ -720,7 +719,11 @@ fn encode_chunk(q: &Queued<'_>, names: &[&str], packer: &mut columnar::Packer) -
             bloom_len: 0,
             bloom_crc: 0,
             bloom_lines: (filter.len() / bloom::LINE_BYTES) as u32,
-            bloom_probes: if filter.is_empty() { 0 } else { bloom::BLOCKED_PROBES | bloom::SEEDED },
+            bloom_probes: if filter.is_empty() {
+                0
+            } else {
+                bloom::BLOCKED_PROBES | bloom::SEEDED | bloom::UNSERVICED
+            },
             bloom_slot: 0,
             bloom_seed: crc,
             origins: q.set,
