@@ -110,6 +110,7 @@ impl OriginPool {
             return;
         }
         let (mut resources, mut scopes) = (Vec::new(), Vec::new());
+        let (mut resource_seen, mut scope_seen) = (Vec::new(), Vec::new());
         let mut last = None;
         for s in spans {
             let pair = (Arc::as_ptr(&s.resource) as usize, Arc::as_ptr(&s.scope) as usize);
@@ -117,14 +118,23 @@ impl OriginPool {
                 continue;
             }
             last = Some(pair);
-            resources.push(self.resources.number(&s.resource));
-            scopes.push(self.scopes.number(&s.scope));
+            for (n, seen, list) in [
+                (self.resources.number(&s.resource), &mut resource_seen, &mut resources),
+                (self.scopes.number(&s.scope), &mut scope_seen, &mut scopes),
+            ] {
+                if seen.len() <= n as usize {
+                    seen.resize(n as usize + 1, false);
+                }
+                if !std::mem::replace(&mut seen[n as usize], true) {
+                    list.push(n);
+                }
+            }
         }
+        // Each distinct one once, ordered by its encoding.
         for (list, distinct) in
             [(&mut resources, &self.resources.encoded), (&mut scopes, &self.scopes.encoded)]
         {
             list.sort_unstable_by(|a, b| distinct[*a as usize].cmp(&distinct[*b as usize]));
-            list.dedup();
         }
         self.sets.push((Vec::new(), Vec::new()));
         let id = self.sets.len() as u32 - 1;
