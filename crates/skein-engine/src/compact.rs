@@ -169,7 +169,7 @@ const DICT_SAMPLES: usize = 4;
 
 /// Column dictionaries made of up to [`DICT_SAMPLES`] packed chunks of `chunks` (`(start,
 /// source, chunk)`, the merge's order), taken evenly; `None` when they have too little text.
-fn train_dicts(
+fn make_dicts(
     fs: &dyn Fs,
     sources: &[SharedBlock],
     chunks: &[(u64, usize, usize)],
@@ -189,7 +189,7 @@ fn train_dicts(
 /// Merges `sources` into one new block at `path`, chunk by chunk, oldest chunk first. Chunks
 /// of blocks with postings (format 2 and later) are copied as they are, compressed: merging
 /// costs a read and a write of their bytes, and no span is decoded (a merge of at least
-/// [`DICT_MIN_BYTES`] packs their dictionary columns anew with dictionaries it trains). Chunks
+/// [`DICT_MIN_BYTES`] packs their dictionary columns anew with dictionaries it makes). Chunks
 /// of format 1 blocks are decoded and written anew, which gives them postings.
 pub(crate) fn merge_blocks(
     fs: &dyn Fs,
@@ -217,7 +217,7 @@ pub(crate) fn merge_blocks_with(
     // compactions run at once. A compaction stopped half-way leaves no partial file behind.
     let mut writer = block::BlockWriter::streaming(fs, path).map_err(block_error)?;
     if sources.iter().map(|b| b.bytes).sum::<u64>() >= dict_min_bytes
-        && let Some(dicts) = train_dicts(fs, sources, &chunks)?
+        && let Some(dicts) = make_dicts(fs, sources, &chunks)?
     {
         writer.set_dicts(dicts);
     }

@@ -332,7 +332,7 @@ pub struct Block {
     /// and scope held once, shared by the sets): a few per block.
     origins: Vec<columnar::ChunkOrigins>,
     /// Format 9: where the block's column dictionaries lie (offset, length, crc32), when a
-    /// merge trained them…
+    /// merge made them…
     dict_section: Option<(u64, u32, u32)>,
     /// …and once a read needed them, the dictionaries.
     dicts: std::sync::OnceLock<Arc<columnar::ColumnDicts>>,

@@ -105,7 +105,7 @@ pub(crate) struct BlockWriter<'a> {
     /// The origin set of the pending spans (the one of the chunks this writer encodes).
     pending_set: u32,
     /// Column dictionaries the chunks this writer copies are packed with anew (a merge that
-    /// writes a big block trains them), written in the block (format 9).
+    /// writes a big block makes them), written in the block (format 9).
     dicts: Option<Arc<columnar::ColumnDicts>>,
     /// The zstd contexts that pack copied chunks anew with `dicts`.
     repacker: Option<Box<columnar::Repacker>>,
@@ -177,7 +177,7 @@ impl<'a> BlockWriter<'a> {
     }
 
     /// Packs every chunk copied from now on anew with `dicts` (their dictionary columns; see
-    /// [`columnar::repack`]), which the block holds.
+    /// [`columnar::Repacker::repack`]), which the block holds.
     pub(crate) fn set_dicts(&mut self, dicts: columnar::ColumnDicts) {
         self.dicts = Some(Arc::new(dicts));
     }
