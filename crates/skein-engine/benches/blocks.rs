@@ -91,5 +91,5 @@ fn chunk_unpack_and_decode_1000_spans(b: Bencher) {
 fn chunk_unpack_and_decode_one_trace_of_100(b: Bencher) {
     let packed = packed();
     let wanted = SPANS[500].trace_id;
-    b.bench(|| decode_chunk_traces(&unpack(&packed).unwrap(), &|id| *id == wanted).unwrap());
+    b.bench(|| decode_chunk_traces(&unpack(&packed).unwrap(), &|id| *id == wanted, None).unwrap());
 }

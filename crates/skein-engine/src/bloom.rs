@@ -50,22 +50,20 @@ const SALTS: [u32; BLOCKED_PROBES as usize] =
 /// The hash of one (service, key, value) item. The parts are length-prefixed so that no two
 /// different triples hash the same bytes.
 pub(crate) fn item_hash(service: &str, key: &str, value: &str) -> u64 {
-    hash_filled(service.len() + key.len() + value.len() + 12, |buf| {
-        let mut at = 0;
-        for part in [service, key, value] {
-            buf[at..at + 4].copy_from_slice(&(part.len() as u32).to_le_bytes());
-            buf[at + 4..at + 4 + part.len()].copy_from_slice(part.as_bytes());
-            at += 4 + part.len();
-        }
-    })
+    parts_hash(&[service, key, value])
 }
 
 /// The hash of one (key, value) item of a filter written with [`UNSERVICED`]: the parts are
 /// length-prefixed, as in [`item_hash`], and there are two of them.
 pub(crate) fn key_item_hash(key: &str, value: &str) -> u64 {
-    hash_filled(key.len() + value.len() + 8, |buf| {
+    parts_hash(&[key, value])
+}
+
+/// xxh3-64 of `parts`, each as its length (u32, little-endian) and its bytes.
+fn parts_hash(parts: &[&str]) -> u64 {
+    hash_filled(parts.iter().map(|p| 4 + p.len()).sum(), |buf| {
         let mut at = 0;
-        for part in [key, value] {
+        for part in parts {
             buf[at..at + 4].copy_from_slice(&(part.len() as u32).to_le_bytes());
             buf[at + 4..at + 4 + part.len()].copy_from_slice(part.as_bytes());
             at += 4 + part.len();
@@ -388,6 +386,8 @@ mod tests {
         let long = "v".repeat(1000);
         assert_eq!(item_hash("cart", "url.query", &long), xxh3_64(&bytes(&["cart", "url.query", &long])));
         assert_eq!(item_hash("", "", ""), xxh3_64(&[0; 12]));
+        assert_eq!(key_item_hash("app.user.id", "user-1"), xxh3_64(&bytes(&["app.user.id", "user-1"])));
+        assert_eq!(key_item_hash("url.query", &long), xxh3_64(&bytes(&["url.query", &long])));
     }
 
     #[test]

@@ -796,19 +796,15 @@ pub fn decode_chunk(buf: &[u8]) -> Result<Vec<Span>, DecodeError> {
 
 /// [`decode_chunk`] for a chunk that may number the block's origins: `origins` is its set
 /// of them (a chunk of [`COLUMNAR_VERSION_SHARED_ORIGINS`] without it does not decode).
-pub(crate) fn decode_chunk_in(buf: &[u8], origins: Option<&ChunkOrigins>) -> Result<Vec<Span>, DecodeError> {
+pub fn decode_chunk_in(buf: &[u8], origins: Option<&ChunkOrigins>) -> Result<Vec<Span>, DecodeError> {
     decode(buf, None, None, origins)
 }
 
 /// Decodes the spans of the traces `wanted` accepts from what [`encode_chunk`] wrote: the
 /// other traces' spans are stepped over (still checked) without being built, and only the
 /// strings the kept spans use are made. A read by id wants a few traces of a chunk's hundreds.
-pub fn decode_chunk_traces(buf: &[u8], wanted: &dyn Fn(&TraceId) -> bool) -> Result<Vec<Span>, DecodeError> {
-    decode(buf, None, Some(wanted), None)
-}
-
-/// [`decode_chunk_traces`] with the chunk's set of the block's origins (see [`decode_chunk_in`]).
-pub(crate) fn decode_chunk_traces_in(
+/// `origins` as for [`decode_chunk_in`].
+pub fn decode_chunk_traces(
     buf: &[u8],
     wanted: &dyn Fn(&TraceId) -> bool,
     origins: Option<&ChunkOrigins>,
@@ -818,17 +814,9 @@ pub(crate) fn decode_chunk_traces_in(
 
 /// Decodes what [`encode_chunk`] wrote, keeping only the span attributes whose key `keep`
 /// accepts and no events: for analyses that read every span of a window (the doctor), the
-/// attributes they do not read are stepped over instead of built and dropped.
+/// attributes they do not read are stepped over instead of built and dropped. `origins` as for
+/// [`decode_chunk_in`].
 pub fn decode_chunk_projected(
-    buf: &[u8],
-    keep: skein_store::KeepAttribute,
-) -> Result<Vec<Span>, DecodeError> {
-    decode(buf, Some(keep), None, None)
-}
-
-/// [`decode_chunk_projected`] with the chunk's set of the block's origins (see
-/// [`decode_chunk_in`]).
-pub(crate) fn decode_chunk_projected_in(
     buf: &[u8],
     keep: skein_store::KeepAttribute,
     origins: Option<&ChunkOrigins>,
@@ -1072,49 +1060,39 @@ impl Repacker {
         from: Option<&ColumnDicts>,
         to: &ColumnDicts,
     ) -> Result<Vec<u8>, DecodeError> {
-        repack(packed, from, to, &mut self.packer, &mut self.decompressor)
-    }
-}
-
-fn repack(
-    packed: &[u8],
-    from: Option<&ColumnDicts>,
-    to: &ColumnDicts,
-    packer: &mut Packer,
-    zstd: &mut Option<zstd::zstd_safe::DCtx<'static>>,
-) -> Result<Vec<u8>, DecodeError> {
-    let p = packed_columns(packed)?;
-    let mut out = Writer { buf: Vec::with_capacity(packed.len()) };
-    out.u8(PACKED);
-    out.u8(p.version);
-    out.varint(p.n_traces);
-    out.varint(p.n_spans);
-    out.varint(p.columns.len() as u64);
-    let mut raw = Vec::new();
-    for (c, &(raw_len, mode, stored)) in p.columns.iter().enumerate() {
-        out.varint(raw_len);
-        let dict = to.for_compression(c).filter(|_| DICT_COLUMNS.iter().any(|d| *d as usize == c));
-        let Some(dict) = dict else {
-            out.u8(mode);
-            out.bytes(stored);
-            continue;
-        };
-        raw.clear();
-        unpack_column(c, (raw_len, mode, stored), from, zstd, &mut raw)?;
-        let context = packer.context(COLUMN_LEVELS[c]).context_mut();
-        let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
-        context
-            .compress_using_cdict(&mut compressed, &raw, dict)
-            .map_err(|code| DecodeError(format!("zstd: {}", zstd::zstd_safe::get_error_name(code))))?;
-        if compressed.len() < raw.len() {
-            out.u8(COLUMN_ZSTD_DICT);
-            out.bytes(&compressed);
-        } else {
-            out.u8(COLUMN_STORED);
-            out.bytes(&raw);
+        let p = packed_columns(packed)?;
+        let mut out = Writer { buf: Vec::with_capacity(packed.len()) };
+        out.u8(PACKED);
+        out.u8(p.version);
+        out.varint(p.n_traces);
+        out.varint(p.n_spans);
+        out.varint(p.columns.len() as u64);
+        let mut raw = Vec::new();
+        for (c, &(raw_len, mode, stored)) in p.columns.iter().enumerate() {
+            out.varint(raw_len);
+            let dict = to.for_compression(c).filter(|_| DICT_COLUMNS.iter().any(|d| *d as usize == c));
+            let Some(dict) = dict else {
+                out.u8(mode);
+                out.bytes(stored);
+                continue;
+            };
+            raw.clear();
+            unpack_column(c, (raw_len, mode, stored), from, &mut self.decompressor, &mut raw)?;
+            let context = self.packer.context(COLUMN_LEVELS[c]).context_mut();
+            let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw.len()));
+            context
+                .compress_using_cdict(&mut compressed, &raw, dict)
+                .map_err(|code| DecodeError(format!("zstd: {}", zstd::zstd_safe::get_error_name(code))))?;
+            if compressed.len() < raw.len() {
+                out.u8(COLUMN_ZSTD_DICT);
+                out.bytes(&compressed);
+            } else {
+                out.u8(COLUMN_STORED);
+                out.bytes(&raw);
+            }
         }
+        Ok(out.buf)
     }
-    Ok(out.buf)
 }
 
 /// The largest column an unpacked chunk may claim: far more than any chunk the writer cuts
@@ -1311,7 +1289,7 @@ fn decode(
     if n_spans > d.cols[Col::SpanIds as usize].buf.len() / 8 {
         return err(format!("{n_spans} spans but ids for fewer"));
     }
-    let mut spans = Vec::with_capacity(if wanted.is_some() { 0 } else { n_spans });
+    let mut spans: Vec<Span> = Vec::with_capacity(if wanted.is_some() { 0 } else { n_spans });
     let mut skipped = 0usize;
     // Version 4: starts relative to a span of the trace written before (see the encoder), and
     // per span of the trace (by position) its last child read so far.
@@ -1354,14 +1332,9 @@ fn decode(
             });
             let s_start = match parents.last() {
                 Some(Some(Err(k))) if relative_starts && *k < i => {
-                    let before: &Span = match last_child[*k] {
-                        NO_INDEX => &spans[first + *k],
-                        j => &spans[first + j as usize],
-                    };
-                    let before = if last_child[*k] == NO_INDEX {
-                        before.start_time_unix_nano
-                    } else {
-                        before.end_time_unix_nano
+                    let before = match last_child[*k] {
+                        NO_INDEX => spans[first + *k].start_time_unix_nano,
+                        j => spans[first + j as usize].end_time_unix_nano,
                     };
                     last_child[*k] = i as u32;
                     before.wrapping_add(unzigzag(d.col(Col::Starts).varint()?) as u64)
@@ -1629,10 +1602,7 @@ mod tests {
         for trace in [10u8, 12, 13, 14] {
             let id = SpanBuilder::new(trace, 1).build().trace_id;
             let want: Vec<Span> = spans.iter().filter(|s| s.trace_id == id).cloned().collect();
-            assert_eq!(
-                sorted(decode_chunk_traces_in(&bytes, &|t| *t == id, Some(&set)).unwrap()),
-                sorted(want)
-            );
+            assert_eq!(sorted(decode_chunk_traces(&bytes, &|t| *t == id, Some(&set)).unwrap()), sorted(want));
         }
         let sequential: Vec<Span> = spans
             .iter()
@@ -1672,13 +1642,13 @@ mod tests {
             all.iter().map(|s| s.trace_id).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         assert!(ids.len() >= 8);
         for pick in [vec![ids[0]], vec![ids[3], ids[ids.len() - 1]], ids[1..].to_vec()] {
-            let got = sorted(decode_chunk_traces(&bytes, &|id| pick.contains(id)).unwrap());
+            let got = sorted(decode_chunk_traces(&bytes, &|id| pick.contains(id), None).unwrap());
             let want: Vec<Span> = all.iter().filter(|s| pick.contains(&s.trace_id)).cloned().collect();
             assert!(!want.is_empty());
             assert_eq!(got, want);
         }
-        assert!(decode_chunk_traces(&bytes, &|_| false).unwrap().is_empty());
-        assert_eq!(sorted(decode_chunk_traces(&bytes, &|_| true).unwrap()), all);
+        assert!(decode_chunk_traces(&bytes, &|_| false, None).unwrap().is_empty());
+        assert_eq!(sorted(decode_chunk_traces(&bytes, &|_| true, None).unwrap()), all);
     }
 
     #[test]
@@ -1732,7 +1702,7 @@ mod tests {
         let bytes = encode_chunk(&spans);
         assert_eq!(bytes[0], COLUMNAR_VERSION);
         assert_eq!(sorted(decode_chunk(&bytes).unwrap()), sorted(spans.clone()));
-        let projected = decode_chunk_projected(&bytes, |k| k == "client.address").unwrap();
+        let projected = decode_chunk_projected(&bytes, |k| k == "client.address", None).unwrap();
         for (got, want) in sorted(projected).iter().zip(sorted(spans.clone())) {
             let kept: Vec<_> =
                 want.attributes.iter().filter(|kv| &*kv.key == "client.address").cloned().collect();
@@ -1740,7 +1710,7 @@ mod tests {
         }
         let third = spans[20].trace_id;
         let want: Vec<Span> = spans.iter().filter(|s| s.trace_id == third).cloned().collect();
-        assert_eq!(sorted(decode_chunk_traces(&bytes, &|id| *id == third).unwrap()), sorted(want));
+        assert_eq!(sorted(decode_chunk_traces(&bytes, &|id| *id == third, None).unwrap()), sorted(want));
     }
 
     /// A columnar chunk's columns (after the header) and the header, to damage one and join.
@@ -1940,7 +1910,7 @@ mod tests {
                 bytes[pos] = val;
             }
             let _ = decode_chunk(&bytes);
-            let _ = decode_chunk_traces(&bytes, &|id| id.as_bytes()[15] % 2 == 0);
+            let _ = decode_chunk_traces(&bytes, &|id| id.as_bytes()[15] % 2 == 0, None);
             let mut packed = pack(&encode_chunk(&rich()), &mut Packer::new()).unwrap();
             if pos < packed.len() {
                 packed[pos] = val;
@@ -1956,7 +1926,7 @@ mod tests {
                 bytes[pos] = val;
             }
             let _ = decode_chunk_in(&bytes, Some(&set));
-            let _ = decode_chunk_traces_in(&bytes, &|id| id.as_bytes()[15] % 2 == 0, Some(&set));
+            let _ = decode_chunk_traces(&bytes, &|id| id.as_bytes()[15] % 2 == 0, Some(&set));
             let (encoded, _) = encode_shared(&spans);
             let mut packer = Packer::new();
             let packed = pack(&encoded, &mut packer).unwrap();

@@ -143,9 +143,14 @@ impl OriginPool {
         self.sets[id as usize] = (resources, scopes);
     }
 
-    /// The places of `span`'s resource and scope in the set of the chunks this writer encodes,
-    /// and that set's id.
-    pub(crate) fn of(&mut self, span: &Span) -> (u32, (u32, u32)) {
+    /// The id of the set of the chunks this writer encodes, once a span has a place in it.
+    pub(crate) fn own_set(&self) -> Option<u32> {
+        self.own.as_ref().map(|own| own.id)
+    }
+
+    /// The places of `span`'s resource and scope in the set of the chunks this writer encodes
+    /// ([`OriginPool::own_set`]).
+    pub(crate) fn of(&mut self, span: &Span) -> (u32, u32) {
         let (r, c) = (Arc::as_ptr(&span.resource) as usize, Arc::as_ptr(&span.scope) as usize);
         let own = match &self.own {
             Some(own) => own.id,
@@ -159,7 +164,7 @@ impl OriginPool {
         if let Some((lr, lc, places)) = self.last
             && (lr, lc) == (r, c)
         {
-            return (own, places);
+            return places;
         }
         let (rn, cn) = (self.resources.number(&span.resource), self.scopes.number(&span.scope));
         let OwnSet { resources: rplace, scopes: cplace, .. } = self.own.as_mut().expect("made above");
@@ -172,7 +177,7 @@ impl OriginPool {
         };
         let places = (place(rplace, &mut set.0, rn), place(cplace, &mut set.1, cn));
         self.last = Some((r, c, places));
-        (own, places)
+        places
     }
 
     /// The id here of set `set` of `source` (copied with one of its chunks).
@@ -309,18 +314,16 @@ mod tests {
             .map(|service| SpanBuilder::new(1, 1).service(service).scope("lib", "1.0").build())
             .collect();
         let mut pool = OriginPool::default();
-        let places: Vec<(u32, (u32, u32))> = spans.iter().map(|s| pool.of(s)).collect();
-        assert_eq!(
-            places.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
-            [(0, 0), (1, 0), (0, 0), (2, 0), (1, 0)]
-        );
+        let places: Vec<(u32, u32)> = spans.iter().map(|s| pool.of(s)).collect();
+        assert_eq!(places, [(0, 0), (1, 0), (0, 0), (2, 0), (1, 0)]);
+        assert_eq!(pool.own_set(), Some(0));
         let mut index = codec::Writer::default();
         pool.write(&mut index);
         let mut r = reader::IndexReader::new(&index.buf);
         let sets = read(&mut r).unwrap();
         assert!(r.is_empty());
         assert_eq!(sets.len(), 1);
-        for (s, (_, (ri, ci))) in spans.iter().zip(&places) {
+        for (s, (ri, ci)) in spans.iter().zip(&places) {
             assert_eq!(*sets[0].resources[*ri as usize], *s.resource);
             assert_eq!(*sets[0].scopes[*ci as usize], *s.scope);
         }

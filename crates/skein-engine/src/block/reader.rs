@@ -533,17 +533,16 @@ impl Block {
                 let name = self.services[sid as usize].0.as_str();
                 let per_tag = wanted
                     .iter()
-                    .zip(&key_items)
-                    .map(|((key, texts), key_items)| {
+                    .map(|(key, texts)| {
                         let (sure, hashed) = postings.tag_chunks(sid, key, texts);
                         let items = texts.iter().map(|t| bloom::item_hash(name, key, t)).collect();
-                        TagChunks { sure, hashed, items, key_items: key_items.clone() }
+                        TagChunks { sure, hashed, items }
                     })
                     .collect();
                 (sid, per_tag)
             })
             .collect();
-        ChunkMatcher::new(self, Plan::Postings { services: per_service })
+        ChunkMatcher::new(self, Plan::Postings { services: per_service, key_items })
     }
 
     /// The chunks among `asked` (one bit per chunk) whose blocked Bloom filters (format 5) of
@@ -726,7 +725,7 @@ impl Block {
     ) -> Result<Vec<Span>, BlockError> {
         let origins = self.origins_of(i);
         self.decode_chunk(fs, i, |raw| match raw.first() {
-            first if columnar::is_columnar(first) => columnar::decode_chunk_traces_in(raw, wanted, origins),
+            first if columnar::is_columnar(first) => columnar::decode_chunk_traces(raw, wanted, origins),
             _ => codec::decode_spans(raw).map(|mut spans| {
                 spans.retain(|s| wanted(&s.trace_id));
                 spans
@@ -747,7 +746,7 @@ impl Block {
         self.decode_chunk(fs, i, |raw| match (raw.first(), keep) {
             (first, None) if columnar::is_columnar(first) => columnar::decode_chunk_in(raw, origins),
             (first, Some(keep)) if columnar::is_columnar(first) => {
-                columnar::decode_chunk_projected_in(raw, keep, origins)
+                columnar::decode_chunk_projected(raw, keep, origins)
             }
             (_, None) => codec::decode_spans(raw),
             // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
@@ -798,19 +797,18 @@ enum Plan {
     /// The block lacks the service or a tag's key: no chunk matches.
     Nothing,
     /// Per service that may match, per tag: what the postings say of each chunk, and the
-    /// Bloom filter items of the tag's value.
-    Postings { services: Vec<(u32, Vec<TagChunks>)> },
+    /// Bloom filter items of the tag's value; and per tag, the (key, text) items a filter
+    /// without services (format 9) is asked for, the same for every service.
+    Postings { services: Vec<(u32, Vec<TagChunks>)>, key_items: Vec<Vec<u64>> },
 }
 
 /// For one service and tag: the chunks that have it by their postings, and those whose Bloom
 /// filter must be asked (one bit per chunk), and the items (service, key, text) a filter is
-/// asked for (the value as given and, for an integer, its canonical text), and the (key,
-/// text) items a filter without services is asked for (format 9).
+/// asked for (the value as given and, for an integer, its canonical text).
 struct TagChunks {
     sure: Vec<u64>,
     hashed: Vec<u64>,
     items: Vec<u64>,
-    key_items: Vec<u64>,
 }
 
 impl<'b> ChunkMatcher<'b> {
@@ -865,18 +863,18 @@ impl<'b> ChunkMatcher<'b> {
         match &self.plan {
             Plan::ServiceOnly(service) => service.as_deref().is_none_or(|s| b.chunk_has_service(i, s)),
             Plan::Nothing => false,
-            Plan::Postings { services } => {
+            Plan::Postings { services, key_items } => {
                 // A format 4 filter is read at most once, when a tag needs it; unreadable, it
                 // answers "maybe" (and is read again next time).
                 let mut filter: Option<Option<Arc<[u8]>>> = None;
                 services.iter().any(|(sid, per_tag)| {
                     b.chunks[i].services.contains(*sid)
-                        && per_tag.iter().all(|t| {
+                        && per_tag.iter().zip(key_items).all(|(t, key_items)| {
                             inverted::bit(&t.sure, i)
                                 || (inverted::bit(&t.hashed, i) && {
                                     if b.chunks[i].bloom_lines > 0 {
                                         let unserviced = b.chunks[i].bloom_probes & bloom::UNSERVICED != 0;
-                                        let items = if unserviced { &t.key_items } else { &t.items };
+                                        let items = if unserviced { key_items } else { &t.items };
                                         items
                                             .iter()
                                             .any(|h| self.blocked_may_hold(fs, i, *h, unserviced, &t.hashed))
@@ -991,10 +989,7 @@ mod tests {
     }
 
     fn all_spans(block: &Block) -> Vec<Span> {
-        let mut spans: Vec<Span> =
-            (0..block.chunk_count()).flat_map(|i| block.read_chunk(&OsFs, i).unwrap()).collect();
-        spans.sort_by_key(|s| (s.trace_id, s.span_id));
-        spans
+        sorted((0..block.chunk_count()).flat_map(|i| block.read_chunk(&OsFs, i).unwrap()).collect())
     }
 
     fn sorted(mut spans: Vec<Span>) -> Vec<Span> {

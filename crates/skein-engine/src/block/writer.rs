@@ -102,8 +102,6 @@ pub(crate) struct BlockWriter<'a> {
     pending_origins: Vec<(u32, u32)>,
     /// The block's resources and scopes, and the sets of them its chunks number (format 9).
     origins: origins::OriginPool,
-    /// The origin set of the pending spans (the one of the chunks this writer encodes).
-    pending_set: u32,
     /// Column dictionaries the chunks this writer copies are packed with anew (a merge that
     /// writes a big block makes them), written in the block (format 9).
     dicts: Option<Arc<columnar::ColumnDicts>>,
@@ -250,9 +248,7 @@ impl<'a> BlockWriter<'a> {
             };
             self.last_resource = Some((resource, sid));
             self.pending_services.push(sid);
-            let (set, places) = self.origins.of(s);
-            self.pending_set = set;
-            self.pending_origins.push(places);
+            self.pending_origins.push(self.origins.of(s));
             named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
             if !self.red_given {
                 self.red.add_of(&self.services[sid as usize].0, s);
@@ -383,7 +379,7 @@ impl<'a> BlockWriter<'a> {
             spans: std::mem::replace(&mut self.pending, Vec::with_capacity(room)),
             services: std::mem::replace(&mut self.pending_services, Vec::with_capacity(room)),
             origins: std::mem::replace(&mut self.pending_origins, Vec::with_capacity(room)),
-            set: self.pending_set,
+            set: self.origins.own_set().expect("the pending spans have places in the writer's own set"),
         });
         if self.queued.len() >= 2 * self.encoders() {
             self.encode_queued();
@@ -468,17 +464,16 @@ impl<'a> BlockWriter<'a> {
         let mut trace_index = std::mem::take(&mut self.trace_index);
         trace_index.sort_unstable();
         trace_index.dedup();
+        // The column dictionaries, when copied chunks were packed anew with them: after the
+        // chunks, before the Bloom section.
+        let dict_section = self.dicts.as_ref().map(|dicts| dicts.encode()).map(|bytes| {
+            let offset = self.append_bytes(&bytes);
+            (offset, bytes.len() as u64, crc32fast::hash(&bytes))
+        });
         // The Bloom section: the blocked filters grouped by (lines, probes), each group line
         // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
         // Streamed to the file region by region when the block is (a merge's filters are a
         // few MiB), then the filters are freed.
-        // The column dictionaries, when copied chunks were packed anew with them: after the
-        // chunks, before the Bloom section.
-        let dict_section = self.dicts.clone().map(|dicts| {
-            let bytes = dicts.encode();
-            let offset = self.append_bytes(&bytes);
-            (offset, bytes.len() as u64, crc32fast::hash(&bytes))
-        });
         let bloom_offset = self.written;
         let groups =
             bloom_groups(&mut self.chunks, bloom_offset, u64::MAX).expect("a Bloom section fits the file");
