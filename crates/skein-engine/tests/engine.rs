@@ -238,11 +238,33 @@ fn fixture_bloom_spans() -> Vec<Span> {
         .collect()
 }
 
+/// Spans of one name whose attribute values repeat the last ones of their key and name, of
+/// every kind a repeat is written for (format 10), with big times.
+fn fixture_repeat_spans() -> Vec<Span> {
+    (1..=6u8)
+        .map(|i| {
+            let b = B::new(4, i)
+                .service("fixture")
+                .name(if i % 2 == 0 { "GET /cart" } else { "SELECT cart" })
+                .attr("server.port", AttrValue::Int(8080 + (i as i64 / 5)))
+                .attr("http.route", AttrValue::Str("/api/cart".into()))
+                .attr("cached", AttrValue::Bool(i < 4))
+                .attr("ratio", AttrValue::Double(0.25))
+                .attr("session", AttrValue::Str(format!("s-{}", i / 2).into()))
+                .times(1_700_000_000_000_000_000 + i as u64 * 1_234_567, 1_700_000_000_900_000_000);
+            if i > 1 { b.parent(1) } else { b }.build()
+        })
+        .collect()
+}
+
 /// What the fixture of `version` holds.
 fn fixture_spans_of(version: u32) -> Vec<Span> {
     let mut spans = fixture_spans();
     if version >= 4 {
         spans.extend(fixture_bloom_spans());
+    }
+    if version >= 10 {
+        spans.extend(fixture_repeat_spans());
     }
     spans
 }

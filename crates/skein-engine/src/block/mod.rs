@@ -30,8 +30,8 @@ pub(crate) use writer::{BlockWriter, serially, write_block};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
-/// Version of the block format written by this code (versions 1 to 8 are still read).
-pub const BLOCK_VERSION: u32 = 9;
+/// Version of the block format written by this code (versions 1 to 9 are still read).
+pub const BLOCK_VERSION: u32 = 10;
 /// Most distinct values a chunk's postings list for one (service, key); beyond, the values go
 /// into the chunk's Bloom filter (format 4; "many" before).
 const MAX_POSTING_VALUES: usize = 32;

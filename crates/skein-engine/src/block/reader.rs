@@ -1022,7 +1022,7 @@ mod tests {
         for i in 0..a.chunk_count() {
             assert_eq!(a.chunks[i].origins, 0);
             let raw = columnar::unpack(&a.read_chunk_bytes(&OsFs, i).unwrap()).unwrap();
-            assert_eq!(raw[0], columnar::COLUMNAR_VERSION_SHARED_ORIGINS, "chunk {i}");
+            assert_eq!(raw[0], columnar::COLUMNAR_VERSION_REPEATS, "chunk {i}");
             assert!(columnar::decode_chunk(&raw).is_err(), "a chunk is not read without its block's origins");
         }
         assert_eq!(all_spans(&a), sorted(a_spans.clone()));
