@@ -42,7 +42,11 @@ pub const COLUMNAR_VERSION_SHARED_ORIGINS: u8 = 4;
 ///   skewed high ones (5.35 → 4.77 bytes per span);
 /// - the unique strings follow the dictionary in the `Strings` column (`Uniques` is empty),
 ///   one zstd frame for both: a URL query holds the session id the dictionary holds (with a
-///   column dictionary of a big merge: 5.37 → 5.02).
+///   column dictionary of a big merge: 5.37 → 5.02); and a string there that is a lowercase
+///   UUID or hex id is written as its bytes, in a column of its own (`HexBytes`, see
+///   [`put_text`]): as text, its random digits cost zstd more than 4 bits each (chunks
+///   26.93 → 26.83 bytes per span on the realistic load, whose session ids in URL queries
+///   matched the dictionary's text before).
 pub const COLUMNAR_VERSION_REPEATS: u8 = 5;
 
 /// Whether a decompressed chunk (by its first byte) is columnar rather than a row batch (whose
@@ -123,10 +127,13 @@ enum Col {
     DurationsByte2,
     DurationsByte3,
     DurationsBytesRest,
+    /// Version 5: the bytes of the hex ids among the texts of `Strings` (see [`put_text`]): the
+    /// dictionary's, then per group of `AttrValues` (`len:varint bytes`) its unique strings'.
+    HexBytes,
 }
 
 /// Columns of version 5, the most.
-const COLUMNS: usize = 24;
+const COLUMNS: usize = 25;
 /// Columns of versions 2 to 4.
 const COLUMNS_BEFORE_PLANES: usize = 18;
 
@@ -225,6 +232,8 @@ struct Group {
     key: u32,
     values: Writer,
     uniques: Writer,
+    /// Version 5: the bytes of the hex ids among `uniques`.
+    hex: Writer,
     /// Version 5: per span name (by its ordinal in [`Enc::name_ordinals`]), the last value
     /// written explicitly.
     last: Vec<Fingerprint>,
@@ -247,6 +256,8 @@ struct Enc<'a> {
     names: u32,
     /// Version 5: starts and durations by byte position.
     planes: bool,
+    /// Version 5: texts of `Strings` as [`put_text`] writes them.
+    hex_ids: bool,
 }
 
 impl<'a> Enc<'a> {
@@ -337,9 +348,14 @@ impl<'a> Enc<'a> {
             match &kv.value {
                 AttrValue::Str(s) => {
                     if self.strings.entries[slot as usize].value_uses == 1 {
-                        let Group { values, uniques, .. } = &mut self.by_key[group];
+                        let hex_ids = self.hex_ids;
+                        let Group { values, uniques, hex, .. } = &mut self.by_key[group];
                         values.u8(TAG_UNIQUE);
-                        uniques.str(s);
+                        if hex_ids {
+                            put_text(uniques, hex, s);
+                        } else {
+                            uniques.str(s);
+                        }
                     } else {
                         let i = self.index(slot);
                         let values = &mut self.by_key[group].values;
@@ -377,6 +393,7 @@ impl<'a> Enc<'a> {
                 key: slot,
                 values: Writer::default(),
                 uniques: Writer::default(),
+                hex: Writer::default(),
                 last: Vec::new(),
             });
         }
@@ -411,6 +428,99 @@ impl<'a> Enc<'a> {
         w.u8(1);
         w.varint(i);
     }
+}
+
+/// Version 5: a text of `Strings` (a dictionary string, or a unique string after them): as
+/// `varint(len << 1)` and its bytes; or, when it is a hex id (see [`pack_hex`]), as
+/// `varint(k << 1 | 1)` with its bytes appended to `hex`: k = 0 for a UUID (16 bytes), else
+/// the k bytes of a string of 2k hex digits.
+fn put_text(w: &mut Writer, hex: &mut Writer, s: &str) {
+    match pack_hex(s, &mut hex.buf) {
+        Some(k) => w.varint(k << 1 | 1),
+        None => {
+            w.varint((s.len() as u64) << 1);
+            w.buf.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+/// The value of hex digit `c` (lowercase only).
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Positions of a UUID's dashes (8-4-4-4-12).
+const UUID_DASHES: [usize; 4] = [8, 13, 18, 23];
+
+/// [`put_text`]'s code for `s` when it is a hex id, with its bytes appended to `out`: 0 for a
+/// lowercase UUID; k for an even number 2k ≥ 16 of lowercase hex digits with a letter among
+/// them (digits alone are as short as text: zstd codes ten symbols in about 3.3 bits).
+/// Uppercase and mixed case stay text, so that the bytes give back the very string.
+fn pack_hex(s: &str, out: &mut Vec<u8>) -> Option<u64> {
+    let b = s.as_bytes();
+    let uuid = b.len() == 36 && UUID_DASHES.iter().all(|&i| b[i] == b'-');
+    if !uuid && (b.len() < 16 || !b.len().is_multiple_of(2)) {
+        return None;
+    }
+    let digits =
+        || b.iter().enumerate().filter(move |(i, _)| !uuid || !UUID_DASHES.contains(i)).map(|(_, c)| *c);
+    let mut letter = false;
+    for c in digits() {
+        letter |= hex_digit(c)? >= 10;
+    }
+    if !uuid && !letter {
+        return None;
+    }
+    let mut high = None;
+    for c in digits() {
+        let d = hex_digit(c).expect("checked above");
+        match high.take() {
+            None => high = Some(d),
+            Some(h) => out.push(h << 4 | d),
+        }
+    }
+    Some(if uuid { 0 } else { b.len() as u64 / 2 })
+}
+
+/// What [`put_text`] wrote: the text from `r`, or from its bytes in `hex`.
+fn read_text<'a>(r: &mut Reader<'a>, hex: &mut Reader<'a>) -> Result<std::borrow::Cow<'a, str>, DecodeError> {
+    let code = r.varint()?;
+    if code & 1 == 0 {
+        let n = usize::try_from(code >> 1).map_err(|_| DecodeError("text length out of range".into()))?;
+        let text = std::str::from_utf8(r.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))?;
+        return Ok(std::borrow::Cow::Borrowed(text));
+    }
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let (uuid, n) = match code >> 1 {
+        0 => (true, 16),
+        k => (false, usize::try_from(k).map_err(|_| DecodeError("hex id length out of range".into()))?),
+    };
+    let bytes = hex.take(n)?;
+    let mut text = String::with_capacity(n * 2 + 4);
+    for (i, b) in bytes.iter().enumerate() {
+        if uuid && matches!(i, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        text.push(DIGITS[(b >> 4) as usize] as char);
+        text.push(DIGITS[(b & 15) as usize] as char);
+    }
+    Ok(std::borrow::Cow::Owned(text))
+}
+
+/// Steps over what [`put_text`] wrote (its bytes checked when a span that holds it is built).
+fn skip_text(r: &mut Reader<'_>, hex: &mut Reader<'_>) -> Result<(), DecodeError> {
+    let code = r.varint()?;
+    let n = usize::try_from(code >> 1).map_err(|_| DecodeError("text length out of range".into()))?;
+    match (code & 1, n) {
+        (0, n) => r.take(n)?,
+        (_, 0) => hex.take(16)?,
+        (_, k) => hex.take(k)?,
+    };
+    Ok(())
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -491,6 +601,7 @@ pub(crate) fn encode_chunk_detailed<'a>(
         name_ordinals: Vec::new(),
         names: 0,
         planes: version >= COLUMNAR_VERSION_REPEATS,
+        hex_ids: version >= COLUMNAR_VERSION_REPEATS,
     };
     let mut name_slots: Vec<u32> = Vec::with_capacity(grouped.len());
     let mut attr_slots: Vec<u32> = Vec::with_capacity(grouped.len() * 16);
@@ -638,23 +749,35 @@ pub(crate) fn encode_chunk_detailed<'a>(
     // same order.
     let by_key = std::mem::take(&mut e.by_key);
     e.col(Col::AttrValues).varint(by_key.len() as u64);
-    for Group { key, values, uniques, .. } in by_key {
+    let mut groups_hex = Vec::with_capacity(by_key.len());
+    for Group { key, values, uniques, hex, .. } in by_key {
         let key = e.index(key);
         e.col(Col::AttrValues).varint(key);
         e.col(Col::AttrValues).bytes(&values.buf);
         e.col(Col::Uniques).bytes(&uniques.buf);
+        groups_hex.push(hex.buf);
     }
 
     let dictionary = std::mem::take(&mut e.dictionary);
-    let w = e.col(Col::Strings);
-    w.varint(dictionary.len() as u64);
-    for s in dictionary {
-        w.str(s);
-    }
     if version >= COLUMNAR_VERSION_REPEATS {
-        // The unique strings follow the dictionary, in its zstd frame.
+        // The dictionary with its hex ids as bytes, then the unique strings, in its zstd frame.
+        let [w, hex] =
+            e.cols.get_disjoint_mut([Col::Strings as usize, Col::HexBytes as usize]).expect("two columns");
+        w.varint(dictionary.len() as u64);
+        for s in dictionary {
+            put_text(w, hex, s);
+        }
+        for group in &groups_hex {
+            hex.bytes(group);
+        }
         let uniques = std::mem::take(&mut e.col(Col::Uniques).buf);
         e.col(Col::Strings).buf.extend_from_slice(&uniques);
+    } else {
+        let w = e.col(Col::Strings);
+        w.varint(dictionary.len() as u64);
+        for s in dictionary {
+            w.str(s);
+        }
     }
 
     let mut out =
@@ -670,13 +793,17 @@ pub(crate) fn encode_chunk_detailed<'a>(
 
 struct Dec<'a> {
     cols: Vec<Reader<'a>>,
-    /// The dictionary's strings as the chunk holds them…
-    texts: Vec<&'a str>,
+    /// The dictionary's strings as the chunk holds them (version 5: hex ids made text)…
+    texts: Vec<std::borrow::Cow<'a, str>>,
     /// …and each made once, when first used (a decode of a few traces uses few of them).
     strings: Vec<std::cell::OnceCell<skein_model::Str>>,
     /// Version 3: span attribute values and unique strings by key (dictionary index); `None`
     /// for version 2, whose columns hold them in span order.
-    groups: Option<Vec<Option<(Reader<'a>, Reader<'a>)>>>,
+    groups: Option<Vec<Option<(Reader<'a>, Reader<'a>, Reader<'a>)>>>,
+    /// The hex bytes of version 2's unique strings: none.
+    no_hex: Reader<'a>,
+    /// Version 5: texts as [`put_text`] writes them.
+    hex_ids: bool,
     /// Version 5: values may repeat the last of their key and span name ([`TAG_REPEAT`])…
     repeats: bool,
     /// …per key (dictionary index, as `groups`), per span name (by ordinal), where in the
@@ -695,7 +822,7 @@ impl<'a> Dec<'a> {
     /// Splits a version 3 chunk's `AttrValues` and `Uniques` columns into the groups of their
     /// keys (after the dictionary was read).
     fn read_groups(&mut self) -> Result<(), DecodeError> {
-        let mut groups: Vec<Option<(Reader<'a>, Reader<'a>)>> = Vec::new();
+        let mut groups: Vec<Option<(Reader<'a>, Reader<'a>, Reader<'a>)>> = Vec::new();
         let n = self.col(Col::AttrValues).count()?;
         for _ in 0..n {
             let key = self.col(Col::AttrValues).varint()?;
@@ -704,10 +831,12 @@ impl<'a> Dec<'a> {
             }
             let values = Reader { buf: self.col(Col::AttrValues).slice()?, pos: 0 };
             let uniques = Reader { buf: self.col(Col::Uniques).slice()?, pos: 0 };
+            let hex = if self.hex_ids { self.col(Col::HexBytes).slice()? } else { &[] };
+            let hex = Reader { buf: hex, pos: 0 };
             if groups.len() <= key as usize {
                 groups.resize_with(key as usize + 1, || None);
             }
-            if groups[key as usize].replace((values, uniques)).is_some() {
+            if groups[key as usize].replace((values, uniques, hex)).is_some() {
                 return err(format!("two groups of attribute values for key {key}"));
             }
         }
@@ -716,19 +845,24 @@ impl<'a> Dec<'a> {
     }
 
     /// Where the values of span attribute key `key` (a dictionary index) are: its group's
-    /// readers in version 3, the `AttrValues` and `Uniques` columns in version 2.
+    /// readers in version 3 (values, unique strings, and in version 5 the unique strings' hex
+    /// bytes), the `AttrValues` and `Uniques` columns in version 2.
     #[inline]
-    fn values_of(&mut self, key: u64) -> Result<(&mut Reader<'a>, &mut Reader<'a>), DecodeError> {
+    #[allow(clippy::type_complexity)]
+    fn values_of(
+        &mut self,
+        key: u64,
+    ) -> Result<(&mut Reader<'a>, &mut Reader<'a>, &mut Reader<'a>), DecodeError> {
         match &mut self.groups {
             None => {
                 let [v, u] = self
                     .cols
                     .get_disjoint_mut([Col::AttrValues as usize, Col::Uniques as usize])
                     .expect("two columns");
-                Ok((v, u))
+                Ok((v, u, &mut self.no_hex))
             }
             Some(groups) => match groups.get_mut(key as usize) {
-                Some(Some((v, u))) => Ok((v, u)),
+                Some(Some((v, u, h))) => Ok((v, u, h)),
                 _ => err(format!("no attribute values for key {key}")),
             },
         }
@@ -748,12 +882,17 @@ impl<'a> Dec<'a> {
                 _ => Reader { buf: values, pos: at }.value(0),
             };
         }
-        let (values, uniques) = self.values_of(key)?;
+        let hex_ids = self.hex_ids;
+        let (values, uniques, hex) = self.values_of(key)?;
         match values.buf.get(values.pos) {
             Some(&1) => {
                 values.pos += 1;
                 let i = values.varint()?;
                 Ok(AttrValue::Str(self.dictionary(i)?.clone()))
+            }
+            Some(&TAG_UNIQUE) if hex_ids => {
+                values.pos += 1;
+                Ok(AttrValue::Str(skein_model::Str::from(&*read_text(uniques, hex)?)))
             }
             Some(&TAG_UNIQUE) => {
                 values.pos += 1;
@@ -768,7 +907,7 @@ impl<'a> Dec<'a> {
     /// it is written here (remembered as the last one).
     fn repeated(&mut self, key: u64) -> Result<Option<usize>, DecodeError> {
         let name = self.name as usize;
-        let (values, _) = self.values_of(key)?;
+        let (values, _, _) = self.values_of(key)?;
         let at = values.pos;
         let tag = values.buf.get(at).copied();
         let last = &mut self.last[key as usize];
@@ -835,8 +974,8 @@ impl<'a> Dec<'a> {
         if self.repeats && self.repeated(key)?.is_some() {
             return Ok(());
         }
-        let n_texts = self.texts.len();
-        let (values, uniques) = self.values_of(key)?;
+        let (n_texts, hex_ids) = (self.texts.len(), self.hex_ids);
+        let (values, uniques, hex) = self.values_of(key)?;
         match values.buf.get(values.pos) {
             Some(&1) => {
                 values.pos += 1;
@@ -848,7 +987,11 @@ impl<'a> Dec<'a> {
             Some(&TAG_UNIQUE) => {
                 // Only stepped over: the text is checked when a span that holds it is built.
                 values.pos += 1;
-                uniques.slice()?;
+                if hex_ids {
+                    skip_text(uniques, hex)?;
+                } else {
+                    uniques.slice()?;
+                }
             }
             Some(&TAG_INT) => {
                 values.pos += 1;
@@ -864,8 +1007,10 @@ impl<'a> Dec<'a> {
     /// Whether every group was read to its end.
     fn groups_consumed(&self) -> Result<(), DecodeError> {
         for (key, g) in self.groups.iter().flatten().enumerate() {
-            if let Some((values, uniques)) = g
-                && (values.pos != values.buf.len() || uniques.pos != uniques.buf.len())
+            if let Some((values, uniques, hex)) = g
+                && (values.pos != values.buf.len()
+                    || uniques.pos != uniques.buf.len()
+                    || hex.pos != hex.buf.len())
             {
                 return err(format!("attribute values of key {key}: bytes left over"));
             }
@@ -883,7 +1028,7 @@ impl<'a> Dec<'a> {
             .texts
             .get(i as usize)
             .ok_or_else(|| DecodeError(format!("string index {i} out of range")))?;
-        Ok(self.strings[i as usize].get_or_init(|| skein_model::attribute_key(text)))
+        Ok(self.strings[i as usize].get_or_init(|| skein_model::attribute_key(text.as_ref())))
     }
 
     fn string(&mut self, c: Col) -> Result<skein_model::Str, DecodeError> {
@@ -996,6 +1141,7 @@ impl<'a> Dec<'a> {
 
     /// Steps over one value of [`Dec::value`]'s encoding, allocating nothing for strings.
     fn skip_value(&mut self, c: Col) -> Result<(), DecodeError> {
+        let hex_ids = self.hex_ids;
         let r = self.col(c);
         match r.buf.get(r.pos) {
             Some(&1) => {
@@ -1004,6 +1150,9 @@ impl<'a> Dec<'a> {
                 if i as usize >= self.texts.len() {
                     return err(format!("string index {i} out of range"));
                 }
+            }
+            Some(&TAG_UNIQUE) if hex_ids => {
+                return err("a unique string outside span attributes");
             }
             Some(&TAG_UNIQUE) => {
                 r.pos += 1;
@@ -1017,12 +1166,14 @@ impl<'a> Dec<'a> {
     }
 
     fn value(&mut self, c: Col) -> Result<AttrValue, DecodeError> {
+        let hex_ids = self.hex_ids;
         let r = self.col(c);
         match r.buf.get(r.pos) {
             Some(&1) => {
                 r.pos += 1;
                 Ok(AttrValue::Str(self.string(c)?))
             }
+            Some(&TAG_UNIQUE) if hex_ids => err("a unique string outside span attributes"),
             Some(&TAG_UNIQUE) => {
                 r.pos += 1;
                 Ok(AttrValue::Str(self.col(Col::Uniques).str()?))
@@ -1376,6 +1527,7 @@ const COLUMN_LEVELS: [i32; COLUMNS] = {
     levels[Col::DurationsByte2 as usize] = 1;
     levels[Col::DurationsByte3 as usize] = 1;
     levels[Col::DurationsBytesRest as usize] = 1;
+    levels[Col::HexBytes as usize] = 1;
     levels
 };
 
@@ -1501,6 +1653,8 @@ fn decode(
         texts: Vec::new(),
         strings: Vec::new(),
         groups: None,
+        no_hex: Reader { buf: &[], pos: 0 },
+        hex_ids: latest,
         repeats: latest,
         last: Vec::new(),
         name_ordinals: Vec::new(),
@@ -1511,7 +1665,15 @@ fn decode(
     let n = d.col(Col::Strings).count()?;
     let mut texts = Vec::with_capacity(n);
     for _ in 0..n {
-        texts.push(d.col(Col::Strings).text()?);
+        texts.push(if latest {
+            let [w, hex] = d
+                .cols
+                .get_disjoint_mut([Col::Strings as usize, Col::HexBytes as usize])
+                .expect("two columns");
+            read_text(w, hex)?
+        } else {
+            std::borrow::Cow::Borrowed(d.col(Col::Strings).text()?)
+        });
     }
     d.strings = vec![std::cell::OnceCell::new(); n];
     d.texts = texts;
@@ -2012,8 +2174,11 @@ mod tests {
                     .attr("http.route", AttrValue::Str("/api/cart".into()))
                     .attr("cached", AttrValue::Bool(i < 9))
                     .attr("ratio", AttrValue::Double(if i == 5 { f64::MIN_POSITIVE } else { 0.25 }))
-                    .attr("session", AttrValue::Str(format!("s-{}", i / 4).into()))
-                    .attr("order", AttrValue::Str(format!("order-{trace}-{i}").into()))
+                    .attr(
+                        "session",
+                        AttrValue::Str(format!("{:032x}", 0xfeed_0000_u64 + i as u64 / 4).into()),
+                    )
+                    .attr("order", AttrValue::Str(format!("{trace:08x}-0000-4000-8000-{i:012x}").into()))
                     .attr("raw", AttrValue::Bytes(vec![1, 2]))
                     .attr("list", AttrValue::Array(vec![AttrValue::Int(1)]))
                     .attr("shifty", if i % 4 == 0 { AttrValue::Str("7".into()) } else { AttrValue::Int(7) });
@@ -2058,6 +2223,65 @@ mod tests {
         let values = |encoded: &[u8]| column_len(encoded, Col::AttrValues as usize);
         let (v5, v3) = (values(&bytes), values(&encode_chunk(&spans)));
         assert!(v5 * 4 < v3 * 3, "attribute values: {v5} bytes with repeats, {v3} without");
+    }
+
+    /// Version 5 writes a lowercase UUID or hex id of `Strings` (dictionary or unique) as its
+    /// bytes in `HexBytes`, and reads back the very text; any other text stays text.
+    #[test]
+    fn hex_ids_are_stored_as_bytes_and_read_back_as_the_same_text() {
+        let packs = |s: &str| {
+            let mut out = Vec::new();
+            pack_hex(s, &mut out).map(|k| (k, out.len()))
+        };
+        assert_eq!(packs("5f0c1e6a-0b7d-4c1e-9a55-3e2f1d0c9b8a"), Some((0, 16)));
+        assert_eq!(packs("0123456789abcdef"), Some((8, 8)));
+        assert_eq!(packs("5f0c1e6a0b7d4c1e9a553e2f1d0c9b8a5f0c"), Some((18, 18)));
+        for text in [
+            "5F0C1E6A-0B7D-4C1E-9A55-3E2F1D0C9B8A", // uppercase: the bytes would not say so
+            "5f0c1e6a-0b7d-4c1e-9a55-3e2f1d0c9b8g", // not hex
+            "5f0c1e6a+0b7d-4c1e-9a55-3e2f1d0c9b8a", // not a UUID's dashes
+            "0123456789abcde",                      // odd
+            "0123456789abcd",                       // short
+            "01234567890123456789",                 // digits only
+            "",
+        ] {
+            assert_eq!(packs(text), None, "{text}");
+        }
+        let id = |i: u8| format!("{i:08x}-0b7d-4c1e-9a55-3e2f1d0c9b8a");
+        let spans: Vec<Span> = (1..=6u8)
+            .map(|i| {
+                SpanBuilder::new(1, i)
+                    .name(format!("{:016x}", 0xabc0 + i as u64 % 2))
+                    .attr("order.id", AttrValue::Str(id(i).into()))
+                    .attr("session.id", AttrValue::Str(id(200).into()))
+                    .attr("upper", AttrValue::Str(id(i).to_uppercase().into()))
+                    .attr("container", AttrValue::Str(format!("{:064x}", 0xdead_beef_u64 + i as u64).into()))
+                    .event(
+                        "retry",
+                        5,
+                        vec![KeyValue { key: "id".into(), value: AttrValue::Str(id(9).into()) }],
+                    )
+                    .build()
+            })
+            .collect();
+        let (bytes, set) = encode_shared(&spans);
+        assert_eq!(sorted(decode_chunk_in(&bytes, Some(&set)).unwrap()), sorted(spans.clone()));
+        let (_, cols) = columns(&bytes);
+        let strings = String::from_utf8_lossy(&cols[Col::Strings as usize]).into_owned();
+        assert!(!strings.contains(&id(3)) && !strings.contains(&id(200)), "UUIDs written as text");
+        assert!(strings.contains(&id(3).to_uppercase()), "uppercase stays text");
+        // 6 unique UUIDs, 1 used 6 times, 6 containers of 32 bytes, 2 names, the event's id, and
+        // the length of each of the 4 groups' bytes.
+        assert_eq!(cols[Col::HexBytes as usize].len(), 6 * 16 + 16 + 6 * 32 + 2 * 8 + 16 + (1 + 1 + 1 + 2));
+        let keep: skein_store::KeepAttribute = |k| k == "container";
+        for (got, want) in
+            sorted(decode_chunk_projected(&bytes, keep, Some(&set)).unwrap()).iter().zip(sorted(spans))
+        {
+            assert_eq!(
+                got.attributes,
+                want.attributes.iter().filter(|kv| &*kv.key == "container").cloned().collect::<Vec<_>>()
+            );
+        }
     }
 
     /// A repeat with no value of its key and span name before it is an error, never a value.

@@ -239,7 +239,7 @@ fn fixture_bloom_spans() -> Vec<Span> {
 }
 
 /// Spans of one name whose attribute values repeat the last ones of their key and name, of
-/// every kind a repeat is written for (format 10), with big times.
+/// every kind a repeat is written for (format 10), with big times and UUIDs.
 fn fixture_repeat_spans() -> Vec<Span> {
     (1..=6u8)
         .map(|i| {
@@ -251,6 +251,7 @@ fn fixture_repeat_spans() -> Vec<Span> {
                 .attr("cached", AttrValue::Bool(i < 4))
                 .attr("ratio", AttrValue::Double(0.25))
                 .attr("session", AttrValue::Str(format!("s-{}", i / 2).into()))
+                .attr("request.id", AttrValue::Str(format!("{i:08x}-0b7d-4c1e-9a55-3e2f1d0c9b8a").into()))
                 .times(1_700_000_000_000_000_000 + i as u64 * 1_234_567, 1_700_000_000_900_000_000);
             if i > 1 { b.parent(1) } else { b }.build()
         })
