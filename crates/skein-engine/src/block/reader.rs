@@ -300,8 +300,16 @@ impl Block {
             let per_page = u32::try_from(r.varint()?).map_err(|_| "trace section pages too long")?;
             let pages = r.count()?;
             let form = traces::KeyForm::of_version(version);
+            let mut page_lens = Vec::new();
             let firsts = (0..pages)
-                .map(|_| Ok(form.read(r.bytes(form.len())?)))
+                .map(|_| {
+                    let first = form.read(r.bytes(form.len())?);
+                    if form == traces::KeyForm::Packed {
+                        page_lens
+                            .push(u32::try_from(r.varint()?).map_err(|_| "trace section page too long")?);
+                    }
+                    Ok(first)
+                })
                 .collect::<Result<Vec<_>, String>>()?;
             let lines = r.count()?;
             let probes = if lines > 0 { r.bytes(1)?[0] } else { 0 };
@@ -313,6 +321,7 @@ impl Block {
                 offset,
                 per_page,
                 firsts,
+                page_lens,
                 traces::TraceFilter { probes, lines: filter },
             ));
             if let Some(out) = &mut per_chunk {
@@ -357,9 +366,19 @@ impl Block {
         let end = red.map_or(index_offset, |(offset, _, _)| offset);
         let traces = match (traces, paged) {
             (Some(traces), _) => traces,
-            (None, Some((form, entries, offset, per_page, firsts, filter))) => TraceIndex::Paged(
-                traces::Paged::new(form, offset, entries, per_page, firsts, filter, chunks.len(), end)?,
-            ),
+            (None, Some((form, entries, offset, per_page, firsts, page_lens, filter))) => {
+                TraceIndex::Paged(traces::Paged::new(
+                    form,
+                    offset,
+                    entries,
+                    per_page,
+                    firsts,
+                    &page_lens,
+                    filter,
+                    chunks.len(),
+                    end,
+                )?)
+            }
             (None, None) => unreachable!("every version reads one form of trace index"),
         };
         let bloom_groups = if version >= 5 {

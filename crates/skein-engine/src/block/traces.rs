@@ -62,7 +62,9 @@ impl TraceIndex {
     pub(crate) fn memory_bytes(&self) -> usize {
         match self {
             TraceIndex::Hashed(h) => h.memory_bytes(),
-            TraceIndex::Paged(p) => p.firsts.capacity() * 16 + p.filter.lines.capacity(),
+            TraceIndex::Paged(p) => {
+                p.firsts.capacity() * 16 + p.page_ends.capacity() * 8 + p.filter.lines.capacity()
+            }
         }
     }
 }
@@ -115,7 +117,11 @@ pub(crate) struct Paged {
     form: KeyForm,
     /// Chunk numbers are 4 bytes (the block has more than 65,536 chunks), else 2.
     wide: bool,
+    /// The block's chunk count.
+    chunks: usize,
     firsts: Vec<u128>,
+    /// Format 10: where each page ends (from the section's start; its bytes vary).
+    page_ends: Vec<u64>,
     filter: TraceFilter,
 }
 
@@ -161,27 +167,35 @@ pub(crate) fn trace_hash(id: TraceId) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
-/// What a trace section's entries are sorted and found by. Either form is held as a `u128`
-/// whose order is the entries' order.
+/// What a trace section's entries are sorted and found by, and how its pages hold them. Every
+/// form's key is held as a `u128` whose order is the entries' order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum KeyForm {
     /// Formats 6 and 7: the trace id, 16 bytes (as a big-endian number, the ids' order).
     Id,
-    /// Format 8 on: [`trace_hash`] of the id, 8 bytes little-endian.
+    /// Format 8 and 9: [`trace_hash`] of the id, 8 bytes little-endian.
     Hash,
+    /// Format 10 on: [`trace_hash`] of the id, pages bit-packed ([`pack_page`]): the gaps
+    /// between a page's keys in as many bits as its widest, the chunks in as many as the
+    /// block's last chunk number needs.
+    Packed,
 }
 
 impl KeyForm {
     /// The form a block of format `version` (6 or later) writes.
     pub(crate) fn of_version(version: u32) -> KeyForm {
-        if version >= 8 { KeyForm::Hash } else { KeyForm::Id }
+        match version {
+            10.. => KeyForm::Packed,
+            8 | 9 => KeyForm::Hash,
+            _ => KeyForm::Id,
+        }
     }
 
-    /// Bytes of a key.
+    /// Bytes of a key (in the index; in the pages too before format 10).
     pub(crate) fn len(self) -> usize {
         match self {
             KeyForm::Id => 16,
-            KeyForm::Hash => 8,
+            KeyForm::Hash | KeyForm::Packed => 8,
         }
     }
 
@@ -189,7 +203,7 @@ impl KeyForm {
     fn key(self, id: TraceId, hash: u64) -> u128 {
         match self {
             KeyForm::Id => u128::from_be_bytes(*id.as_bytes()),
-            KeyForm::Hash => hash as u128,
+            KeyForm::Hash | KeyForm::Packed => hash as u128,
         }
     }
 
@@ -197,7 +211,9 @@ impl KeyForm {
     pub(crate) fn read(self, bytes: &[u8]) -> u128 {
         match self {
             KeyForm::Id => u128::from_be_bytes(bytes[..16].try_into().expect("16 bytes")),
-            KeyForm::Hash => u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as u128,
+            KeyForm::Hash | KeyForm::Packed => {
+                u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as u128
+            }
         }
     }
 
@@ -205,7 +221,7 @@ impl KeyForm {
     fn put(self, key: u128, out: &mut Vec<u8>) {
         match self {
             KeyForm::Id => out.extend_from_slice(&key.to_be_bytes()),
-            KeyForm::Hash => out.extend_from_slice(&(key as u64).to_le_bytes()),
+            KeyForm::Hash | KeyForm::Packed => out.extend_from_slice(&(key as u64).to_le_bytes()),
         }
     }
 
@@ -213,9 +229,111 @@ impl KeyForm {
     fn hash(self, key: u128) -> u64 {
         match self {
             KeyForm::Id => xxhash_rust::xxh3::xxh3_64(&key.to_be_bytes()),
-            KeyForm::Hash => key as u64,
+            KeyForm::Hash | KeyForm::Packed => key as u64,
         }
     }
+}
+
+/// Bits of a packed page's chunk numbers in a block of `chunks` chunks (0 for one chunk).
+fn chunk_bits(chunks: usize) -> u32 {
+    usize::BITS - chunks.saturating_sub(1).leading_zeros()
+}
+
+/// Appends numbers of a fixed count of bits to bytes, the first in the lowest bits.
+#[derive(Default)]
+struct BitWriter {
+    acc: u128,
+    bits: u32,
+}
+
+impl BitWriter {
+    fn put(&mut self, v: u64, width: u32, out: &mut Vec<u8>) {
+        if width == 0 {
+            return;
+        }
+        self.acc |= (v as u128) << self.bits;
+        self.bits += width;
+        while self.bits >= 8 {
+            out.push(self.acc as u8);
+            self.acc >>= 8;
+            self.bits -= 8;
+        }
+    }
+
+    fn finish(self, out: &mut Vec<u8>) {
+        if self.bits > 0 {
+            out.push(self.acc as u8);
+        }
+    }
+}
+
+/// Reads what a [`BitWriter`] wrote.
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    acc: u128,
+    bits: u32,
+}
+
+impl BitReader<'_> {
+    fn get(&mut self, width: u32) -> Option<u64> {
+        if width == 0 {
+            return Some(0);
+        }
+        while self.bits < width {
+            self.acc |= (*self.bytes.get(self.at)? as u128) << self.bits;
+            self.at += 1;
+            self.bits += 8;
+        }
+        let v = (self.acc & ((1u128 << width) - 1)) as u64;
+        self.acc >>= width;
+        self.bits -= width;
+        Some(v)
+    }
+}
+
+/// A format 10 page of `entries` (hash keys, sorted) in a block of `chunks` chunks:
+/// `width u8`, then bit-packed (the first number in the lowest bits of the first byte) the gap
+/// from each key but the first to the one before, in `width` bits, then every entry's chunk
+/// number in [`chunk_bits`], to a whole byte. The first key is the index's. Keys are random
+/// 64-bit hashes: a page's gaps take about 64 − log2(entries of the block) + 2 bits, the
+/// chunk numbers 11 bits in a 64 MiB block, against 80 bits an entry in format 9.
+fn pack_page(entries: &[(u64, u32)], chunks: usize, out: &mut Vec<u8>) {
+    let gaps = entries.windows(2).map(|w| w[1].0 - w[0].0);
+    let width = gaps.clone().map(|g| u64::BITS - g.leading_zeros()).max().unwrap_or(0);
+    out.push(width as u8);
+    let mut w = BitWriter::default();
+    for gap in gaps {
+        w.put(gap, width, out);
+    }
+    let bits = chunk_bits(chunks);
+    for (_, chunk) in entries {
+        w.put(*chunk as u64, bits, out);
+    }
+    w.finish(out);
+}
+
+/// The `n` entries of a page [`pack_page`] wrote (`body`, without its crc), whose first key is
+/// `first`; `None` when the body does not hold exactly them.
+fn unpack_page(body: &[u8], first: u64, n: usize, chunks: usize) -> Option<Vec<(u64, u32)>> {
+    let (&width, packed) = body.split_first()?;
+    let bits = chunk_bits(chunks);
+    let width = width as u32;
+    if width > 64 || n == 0 {
+        return None;
+    }
+    let total = (n as u64 - 1) * width as u64 + n as u64 * bits as u64;
+    if packed.len() as u64 != total.div_ceil(8) {
+        return None;
+    }
+    let mut r = BitReader { bytes: packed, at: 0, acc: 0, bits: 0 };
+    let mut keys = Vec::with_capacity(n);
+    keys.push(first);
+    for _ in 1..n {
+        let gap = r.get(width)?;
+        keys.push(keys.last().expect("a first key").checked_add(gap)?);
+    }
+    keys.into_iter().map(|k| Some((k, r.get(bits)? as u32))).collect()
 }
 
 /// The trace section of a block being written, and what its index says of it.
@@ -224,6 +342,8 @@ pub(crate) struct TraceSection {
     pub(crate) bytes: Vec<u8>,
     /// The first key of each page.
     pub(crate) firsts: Vec<u128>,
+    /// Format 10: the bytes of each page (its crc included), which the index holds.
+    pub(crate) page_lens: Vec<u32>,
     /// The trace filter, which the index holds.
     pub(crate) filter: TraceFilter,
 }
@@ -246,29 +366,41 @@ impl TraceSection {
         let len = entry_len(form, wide);
         let mut bytes = Vec::with_capacity(entries.len() * len + entries.len() / 32 + 4);
         let mut firsts = Vec::with_capacity(entries.len().div_ceil(PAGE_ENTRIES as usize));
+        let mut page_lens = Vec::new();
+        let mut hash_keys = Vec::new();
         for page in entries.chunks(PAGE_ENTRIES as usize) {
             firsts.push(page[0].0.into());
             let start = bytes.len();
-            for (key, chunk) in page {
-                form.put((*key).into(), &mut bytes);
-                if wide {
-                    bytes.extend_from_slice(&chunk.to_le_bytes());
-                } else {
-                    bytes.extend_from_slice(&(*chunk as u16).to_le_bytes());
+            if form == KeyForm::Packed {
+                hash_keys.clear();
+                hash_keys.extend(page.iter().map(|(key, chunk)| ((*key).into() as u64, *chunk)));
+                pack_page(&hash_keys, chunks, &mut bytes);
+            } else {
+                for (key, chunk) in page {
+                    form.put((*key).into(), &mut bytes);
+                    if wide {
+                        bytes.extend_from_slice(&chunk.to_le_bytes());
+                    } else {
+                        bytes.extend_from_slice(&(*chunk as u16).to_le_bytes());
+                    }
                 }
             }
             let crc = crc32fast::hash(&bytes[start..]);
             bytes.extend_from_slice(&crc.to_le_bytes());
+            if form == KeyForm::Packed {
+                page_lens.push((bytes.len() - start) as u32);
+            }
         }
         let hashes = entries.iter().map(|(key, _)| form.hash((*key).into())).collect();
-        TraceSection { bytes, firsts, filter: TraceFilter::of(hashes) }
+        TraceSection { bytes, firsts, page_lens, filter: TraceFilter::of(hashes) }
     }
 }
 
 impl Paged {
     /// The index of a section at `offset` with `entries` entries (keys of `form`) in pages
-    /// of `per_page`, the first keys `firsts`, the trace filter `filter`, in a block of
-    /// `chunks` chunks whose section must end by `end`.
+    /// of `per_page`, the first keys `firsts` (and for [`KeyForm::Packed`] each page's bytes,
+    /// `page_lens`), the trace filter `filter`, in a block of `chunks` chunks whose section
+    /// must end by `end`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         form: KeyForm,
@@ -276,6 +408,7 @@ impl Paged {
         entries: u64,
         per_page: u32,
         mut firsts: Vec<u128>,
+        page_lens: &[u32],
         filter: TraceFilter,
         chunks: usize,
         end: u64,
@@ -293,7 +426,29 @@ impl Paged {
         if firsts.windows(2).any(|w| w[0] > w[1]) {
             return Err("trace section pages out of order".into());
         }
-        let p = Paged { offset, entries, per_page, form, wide: chunks > NARROW_CHUNKS, firsts, filter };
+        let mut page_ends: Vec<u64> = Vec::new();
+        if form == KeyForm::Packed {
+            if page_lens.len() != firsts.len() || page_lens.iter().any(|l| *l < 5) {
+                return Err("trace section page lengths do not match its pages".into());
+            }
+            page_ends.reserve_exact(page_lens.len());
+            let mut end = 0u64;
+            for len in page_lens {
+                end += *len as u64;
+                page_ends.push(end);
+            }
+        }
+        let p = Paged {
+            offset,
+            entries,
+            per_page,
+            form,
+            wide: chunks > NARROW_CHUNKS,
+            chunks,
+            firsts,
+            page_ends,
+            filter,
+        };
         if offset.checked_add(p.len()).is_none_or(|e| e > end) {
             return Err("the trace section lies outside the file".into());
         }
@@ -307,17 +462,25 @@ impl Paged {
 
     /// Bytes of the section.
     fn len(&self) -> u64 {
-        self.entries * self.entry_len() as u64 + self.firsts.len() as u64 * 4
+        match self.page_ends.last() {
+            Some(end) => *end,
+            None if self.form == KeyForm::Packed => 0,
+            None => self.entries * self.entry_len() as u64 + self.firsts.len() as u64 * 4,
+        }
     }
 
     fn entry_len(&self) -> usize {
         entry_len(self.form, self.wide)
     }
 
-    /// Where page `p` lies and how many entries it holds.
+    /// Where page `p` lies, its bytes, and how many entries it holds.
     fn page(&self, p: usize) -> (u64, usize, usize) {
-        let full = self.per_page as u64 * self.entry_len() as u64 + 4;
         let n = (self.entries - p as u64 * self.per_page as u64).min(self.per_page as u64) as usize;
+        if self.form == KeyForm::Packed {
+            let start = if p == 0 { 0 } else { self.page_ends[p - 1] };
+            return (self.offset + start, (self.page_ends[p] - start) as usize, n);
+        }
+        let full = self.per_page as u64 * self.entry_len() as u64 + 4;
         (self.offset + p as u64 * full, n * self.entry_len() + 4, n)
     }
 
@@ -327,25 +490,30 @@ impl Paged {
         &self,
         p: usize,
         bytes: &'r [u8],
-    ) -> Result<impl Iterator<Item = (u128, u32)> + 'r, IndexError> {
-        let (_, len, _) = self.page(p);
+    ) -> Result<Box<dyn Iterator<Item = (u128, u32)> + 'r>, IndexError> {
+        let (_, len, n) = self.page(p);
         let (body, crc) = bytes.split_at_checked(len.saturating_sub(4)).ok_or("short trace page")?;
         if bytes.len() != len || crc32fast::hash(body).to_le_bytes() != crc {
             return Err(format!("trace section page {p} crc mismatch"));
+        }
+        if self.form == KeyForm::Packed {
+            let entries = unpack_page(body, self.firsts[p] as u64, n, self.chunks)
+                .ok_or_else(|| format!("trace section page {p} does not hold its {n} entries"))?;
+            return Ok(Box::new(entries.into_iter().map(|(k, c)| (k as u128, c))));
         }
         let (form, wide) = (self.form, self.wide);
         if body.len() < form.len() || form.read(body) != self.firsts[p] {
             return Err(format!("trace section page {p} does not start with the key the index names"));
         }
         let k = form.len();
-        Ok(body.chunks_exact(self.entry_len()).map(move |e| {
+        Ok(Box::new(body.chunks_exact(self.entry_len()).map(move |e| {
             let chunk = if wide {
                 u32::from_le_bytes(e[k..k + 4].try_into().expect("4 bytes"))
             } else {
                 u16::from_le_bytes(e[k..k + 2].try_into().expect("2 bytes")) as u32
             };
             (form.read(e), chunk)
-        }))
+        })))
     }
 
     /// The pages an entry of key `key` may be in: from the last page starting before it to the
@@ -478,6 +646,7 @@ mod tests {
             entries.len() as u64,
             PAGE_ENTRIES,
             section.firsts,
+            &section.page_lens,
             section.filter,
             chunks,
             file.len() as u64,
@@ -488,14 +657,21 @@ mod tests {
 
     /// Every trace's chunks are found, exactly (no other trace's), for traces whose entries
     /// cross a page boundary, and for ids before, between and after every stored one; compaction
-    /// reads every entry back (as the traces' hashes). Both key forms: ids (formats 6 and 7)
-    /// and hashes (format 8), and the hash form's entries are 8 bytes shorter.
+    /// reads every entry back (as the traces' hashes). Every key form: ids (formats 6 and 7),
+    /// hashes (formats 8 and 9), whose entries are 8 bytes shorter, and bit-packed hashes
+    /// (format 10), whose entries are shorter still.
     #[test]
     fn paged_index_finds_exactly_the_chunks_of_a_trace_narrow_and_wide() {
         let dir = tempfile::tempdir().unwrap();
-        for (form, chunk_count) in
-            [(KeyForm::Id, 400usize), (KeyForm::Id, 70_000), (KeyForm::Hash, 400), (KeyForm::Hash, 70_000)]
-        {
+        for (form, chunk_count) in [
+            (KeyForm::Id, 400usize),
+            (KeyForm::Id, 70_000),
+            (KeyForm::Hash, 400),
+            (KeyForm::Hash, 70_000),
+            (KeyForm::Packed, 1),
+            (KeyForm::Packed, 400),
+            (KeyForm::Packed, 70_000),
+        ] {
             let far = chunk_count as u32 - 1;
             // Trace n is in chunks n % 7 and, for every third trace, the last chunk too; some
             // traces are in many chunks, so their entries cross pages.
@@ -510,12 +686,23 @@ mod tests {
                 .collect();
             entries.sort_unstable();
             entries.dedup();
+            if chunk_count == 1 {
+                entries.iter_mut().for_each(|e| e.1 = 0);
+                entries.sort_unstable();
+                entries.dedup();
+            }
             let (index, path) = paged(dir.path(), form, &entries, chunk_count, 100);
             assert_eq!(index.wide, chunk_count > NARROW_CHUNKS);
-            let entry = if form == KeyForm::Hash { 8 } else { 16 } + if index.wide { 4 } else { 2 };
-            assert_eq!(index.len(), entries.len() as u64 * entry + index.firsts.len() as u64 * 4);
+            let fixed = |key: u64| entries.len() as u64 * (key + if index.wide { 4 } else { 2 });
+            let pages = index.firsts.len() as u64 * 4;
+            match form {
+                KeyForm::Id => assert_eq!(index.len(), fixed(16) + pages),
+                KeyForm::Hash => assert_eq!(index.len(), fixed(8) + pages),
+                // A thousand traces: gaps of about 54 bits, the chunk numbers in 0, 9 or 17.
+                KeyForm::Packed => assert!(index.len() < fixed(7) + pages, "{} bytes", index.len()),
+            }
             assert_eq!(std::fs::metadata(&path).unwrap().len(), 100 + index.len());
-            assert!(index.firsts.len() > 10);
+            assert!(index.firsts.len() >= 8);
             let fs = OsFs;
             for n in 0..1000u64 {
                 let want: BTreeSet<usize> =
@@ -578,49 +765,91 @@ mod tests {
             e.sort_unstable();
             e
         };
-        let (index, path) = paged(dir.path(), KeyForm::Hash, &entries, 5, 0);
-        let fs = OsFs;
-        let target = entries[300].0;
-        let mut bytes = std::fs::read(&path).unwrap();
-        let (at, _, _) = index.page(index.pages_of(KeyForm::Hash.key(target, trace_hash(target))).start);
-        bytes[at as usize + 40] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        let err = index.chunks_of(&fs, &path, &[target]).unwrap_err();
-        assert!(err.contains("crc mismatch"), "{err}");
-        assert!(index.read_all(&fs, &path, &mut vec![Vec::new(); 5]).is_err());
-        let section = TraceSection::write(KeyForm::Hash, &keyed(KeyForm::Hash, &entries), 5);
-        let len = section.bytes.len() as u64;
-        let firsts = || section.firsts.clone();
-        let filter = || section.filter.clone();
-        assert!(Paged::new(KeyForm::Hash, 0, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_ok());
-        assert!(
-            Paged::new(KeyForm::Hash, 1, 1000, PAGE_ENTRIES, firsts(), filter(), 5, len).is_err(),
-            "past the end"
-        );
-        assert!(
-            Paged::new(KeyForm::Hash, 0, 2000, PAGE_ENTRIES, firsts(), filter(), 5, u64::MAX).is_err(),
-            "page count"
-        );
-        assert!(Paged::new(KeyForm::Hash, 0, 1000, 0, firsts(), filter(), 5, len).is_err());
-        assert!(
-            Paged::new(
-                KeyForm::Hash,
-                0,
-                1000,
-                PAGE_ENTRIES,
-                firsts(),
-                TraceFilter { probes: 8, lines: vec![0; 10] },
-                5,
-                len
-            )
-            .is_err(),
-            "filter"
-        );
-        let mut reversed = firsts();
-        reversed.reverse();
-        assert!(
-            Paged::new(KeyForm::Hash, 0, 1000, PAGE_ENTRIES, reversed, filter(), 5, len).is_err(),
-            "order"
-        );
+        for form in [KeyForm::Hash, KeyForm::Packed] {
+            let (index, path) = paged(dir.path(), form, &entries, 5, 0);
+            let fs = OsFs;
+            let target = entries[300].0;
+            let mut bytes = std::fs::read(&path).unwrap();
+            let (at, _, _) = index.page(index.pages_of(form.key(target, trace_hash(target))).start);
+            bytes[at as usize + 40] ^= 1;
+            std::fs::write(&path, &bytes).unwrap();
+            let err = index.chunks_of(&fs, &path, &[target]).unwrap_err();
+            assert!(err.contains("crc mismatch"), "{err}");
+            assert!(index.read_all(&fs, &path, &mut vec![Vec::new(); 5]).is_err());
+            let section = TraceSection::write(form, &keyed(form, &entries), 5);
+            let len = section.bytes.len() as u64;
+            let firsts = || section.firsts.clone();
+            let lens = &section.page_lens;
+            let filter = || section.filter.clone();
+            assert!(Paged::new(form, 0, 1000, PAGE_ENTRIES, firsts(), lens, filter(), 5, len).is_ok());
+            assert!(
+                Paged::new(form, 1, 1000, PAGE_ENTRIES, firsts(), lens, filter(), 5, len).is_err(),
+                "past the end"
+            );
+            assert!(
+                Paged::new(form, 0, 2000, PAGE_ENTRIES, firsts(), lens, filter(), 5, u64::MAX).is_err(),
+                "page count"
+            );
+            assert!(Paged::new(form, 0, 1000, 0, firsts(), lens, filter(), 5, len).is_err());
+            assert!(
+                Paged::new(
+                    form,
+                    0,
+                    1000,
+                    PAGE_ENTRIES,
+                    firsts(),
+                    lens,
+                    TraceFilter { probes: 8, lines: vec![0; 10] },
+                    5,
+                    len
+                )
+                .is_err(),
+                "filter"
+            );
+            let mut reversed = firsts();
+            reversed.reverse();
+            assert!(
+                Paged::new(form, 0, 1000, PAGE_ENTRIES, reversed, lens, filter(), 5, len).is_err(),
+                "order"
+            );
+            if form == KeyForm::Packed {
+                assert!(
+                    Paged::new(form, 0, 1000, PAGE_ENTRIES, firsts(), &lens[1..], filter(), 5, len).is_err(),
+                    "a page length short"
+                );
+                // A page that claims more or fewer bytes than its entries take, crc and all
+                // intact, is refused when read.
+                let mut body = section.bytes[..lens[0] as usize - 4].to_vec();
+                body.push(0);
+                assert!(unpack_page(&body, section.firsts[0] as u64, PAGE_ENTRIES as usize, 5).is_none());
+                body.truncate(body.len() - 2);
+                assert!(unpack_page(&body, section.firsts[0] as u64, PAGE_ENTRIES as usize, 5).is_none());
+                let mut wide = section.bytes[..lens[0] as usize - 4].to_vec();
+                wide[0] = 65;
+                assert!(unpack_page(&wide, section.firsts[0] as u64, PAGE_ENTRIES as usize, 5).is_none());
+            }
+        }
+    }
+
+    /// Bit-packed pages give back their entries for every gap width, equal keys (a trace in
+    /// several chunks), keys at the ends of the range, and one entry alone.
+    #[test]
+    fn packed_pages_round_trip() {
+        let cases: Vec<Vec<(u64, u32)>> = vec![
+            vec![(7, 3)],
+            vec![(0, 0), (0, 1), (0, 2)],
+            vec![(0, 0), (u64::MAX, 9)],
+            vec![(1, 0), (2, 9), (1 << 40, 4), ((1 << 40) + 3, 4), (u64::MAX - 1, 0), (u64::MAX, 9)],
+            (0..128u64).map(|i| (i * 0x0123_4567_89ab, (i % 10) as u32)).collect(),
+        ];
+        for entries in cases {
+            let mut out = Vec::new();
+            pack_page(&entries, 10, &mut out);
+            assert_eq!(unpack_page(&out, entries[0].0, entries.len(), 10), Some(entries.clone()));
+        }
+        assert_eq!(chunk_bits(1), 0);
+        assert_eq!(chunk_bits(2), 1);
+        assert_eq!(chunk_bits(1024), 10);
+        assert_eq!(chunk_bits(1025), 11);
     }
 }

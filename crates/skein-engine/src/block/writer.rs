@@ -492,7 +492,7 @@ impl<'a> BlockWriter<'a> {
         // The trace section: the (trace id, chunk) entries in pages; the index holds where.
         let trace_offset = at(&file);
         let trace_section =
-            traces::TraceSection::write(traces::KeyForm::Hash, &trace_index, self.chunks.len());
+            traces::TraceSection::write(traces::KeyForm::Packed, &trace_index, self.chunks.len());
         file.extend_from_slice(&trace_section.bytes);
         let red = if self.red_incomplete || self.red.is_empty() {
             Vec::new()
@@ -578,8 +578,9 @@ impl<'a> BlockWriter<'a> {
         index.varint(trace_offset);
         index.varint(traces::PAGE_ENTRIES as u64);
         index.varint(trace_section.firsts.len() as u64);
-        for key in &trace_section.firsts {
+        for (key, len) in trace_section.firsts.iter().zip(&trace_section.page_lens) {
             index.buf.extend_from_slice(&(*key as u64).to_le_bytes());
+            index.varint(*len as u64);
         }
         let filter = &trace_section.filter;
         index.varint((filter.lines.len() / bloom::LINE_BYTES) as u64);
