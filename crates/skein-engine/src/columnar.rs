@@ -30,7 +30,7 @@ const COLUMNAR_VERSION_2: u8 = 2;
 /// bytes per span).
 pub const COLUMNAR_VERSION_SHARED_ORIGINS: u8 = 4;
 
-/// Version 4 with three changes (block format 10), each measured on 1,500-span chunks of the
+/// Version 4 with these changes (block format 10), each measured on 1,500-span chunks of the
 /// realistic load:
 /// - a span attribute value equal to the value of its key on the last span before it with the
 ///   same name is written as [`TAG_REPEAT`]: a method, port, route or peer is mostly fixed per
@@ -250,14 +250,12 @@ struct Enc<'a> {
     by_key: Vec<Group>,
     /// Per string slot, its group in `by_key` (`NO_INDEX`: not a span attribute key).
     group_of: Vec<u32>,
-    /// Version 5 (`repeats`): per string slot, its ordinal among the span names met so far.
-    repeats: bool,
+    /// Version 5: values that repeat the last of their key and span name as [`TAG_REPEAT`],
+    /// starts and durations by byte position, texts of `Strings` as [`put_text`] writes them.
+    latest: bool,
+    /// Version 5: per string slot, its ordinal among the span names met so far.
     name_ordinals: Vec<u32>,
     names: u32,
-    /// Version 5: starts and durations by byte position.
-    planes: bool,
-    /// Version 5: texts of `Strings` as [`put_text`] writes them.
-    hex_ids: bool,
 }
 
 impl<'a> Enc<'a> {
@@ -314,7 +312,7 @@ impl<'a> Enc<'a> {
     /// key and span name as [`TAG_REPEAT`]), which `AttrValues` and `Uniques` receive once the
     /// chunk is complete.
     fn span_attrs(&mut self, name: u32, attrs: &'a [KeyValue], slots: &mut impl Iterator<Item = u32>) {
-        let name = if self.repeats { self.name_ordinal(name) } else { NO_INDEX };
+        let name = if self.latest { self.name_ordinal(name) } else { NO_INDEX };
         self.col(Col::AttrKeys).varint(attrs.len() as u64);
         for kv in attrs {
             let key = slots.next().expect("a slot per key");
@@ -348,7 +346,7 @@ impl<'a> Enc<'a> {
             match &kv.value {
                 AttrValue::Str(s) => {
                     if self.strings.entries[slot as usize].value_uses == 1 {
-                        let hex_ids = self.hex_ids;
+                        let hex_ids = self.latest;
                         let Group { values, uniques, hex, .. } = &mut self.by_key[group];
                         values.u8(TAG_UNIQUE);
                         if hex_ids {
@@ -404,20 +402,20 @@ impl<'a> Enc<'a> {
     /// position: its first byte to `first`, the second to `bytes[0]`, the third to
     /// `bytes[1]`, the rest to `bytes[2]`.
     fn time(&mut self, first: Col, bytes: [Col; 3], v: u64) {
-        if !self.planes {
+        if !self.latest {
             self.col(first).varint(v);
             return;
         }
-        let mut w = Writer::default();
-        w.varint(v);
-        for (k, &b) in w.buf.iter().enumerate() {
-            let c = match k {
-                0 => first,
-                1 => bytes[0],
-                2 => bytes[1],
-                _ => bytes[2],
-            };
-            self.col(c).u8(b);
+        // The varint's bytes (LEB128), each to the column of its position.
+        let mut v = v;
+        for c in [first, bytes[0], bytes[1]].into_iter().chain(std::iter::repeat(bytes[2])) {
+            let low = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.col(c).u8(low);
+                return;
+            }
+            self.col(c).u8(low | 0x80);
         }
     }
 
@@ -597,11 +595,9 @@ pub(crate) fn encode_chunk_detailed<'a>(
         dictionary: Vec::new(),
         by_key: Vec::new(),
         group_of: Vec::new(),
-        repeats: version >= COLUMNAR_VERSION_REPEATS,
+        latest: version >= COLUMNAR_VERSION_REPEATS,
         name_ordinals: Vec::new(),
         names: 0,
-        planes: version >= COLUMNAR_VERSION_REPEATS,
-        hex_ids: version >= COLUMNAR_VERSION_REPEATS,
     };
     let mut name_slots: Vec<u32> = Vec::with_capacity(grouped.len());
     let mut attr_slots: Vec<u32> = Vec::with_capacity(grouped.len() * 16);
@@ -802,10 +798,10 @@ struct Dec<'a> {
     groups: Option<Vec<Option<(Reader<'a>, Reader<'a>, Reader<'a>)>>>,
     /// The hex bytes of version 2's unique strings: none.
     no_hex: Reader<'a>,
-    /// Version 5: texts as [`put_text`] writes them.
-    hex_ids: bool,
-    /// Version 5: values may repeat the last of their key and span name ([`TAG_REPEAT`])…
-    repeats: bool,
+    /// Version 5: values may repeat the last of their key and span name ([`TAG_REPEAT`]),
+    /// starts and durations are by byte position, texts of `Strings` as [`put_text`] writes
+    /// them…
+    latest: bool,
     /// …per key (dictionary index, as `groups`), per span name (by ordinal), where in the
     /// key's values the last value written explicitly starts (`NO_INDEX`: none yet)…
     last: Vec<Vec<u32>>,
@@ -814,8 +810,6 @@ struct Dec<'a> {
     names: u32,
     /// …and the ordinal of the name of the span being read.
     name: u32,
-    /// Version 5: starts and durations by byte position.
-    planes: bool,
 }
 
 impl<'a> Dec<'a> {
@@ -831,7 +825,7 @@ impl<'a> Dec<'a> {
             }
             let values = Reader { buf: self.col(Col::AttrValues).slice()?, pos: 0 };
             let uniques = Reader { buf: self.col(Col::Uniques).slice()?, pos: 0 };
-            let hex = if self.hex_ids { self.col(Col::HexBytes).slice()? } else { &[] };
+            let hex = if self.latest { self.col(Col::HexBytes).slice()? } else { &[] };
             let hex = Reader { buf: hex, pos: 0 };
             if groups.len() <= key as usize {
                 groups.resize_with(key as usize + 1, || None);
@@ -870,7 +864,7 @@ impl<'a> Dec<'a> {
 
     /// The value of a span attribute with key `key`.
     fn span_value(&mut self, key: u64) -> Result<AttrValue, DecodeError> {
-        if self.repeats
+        if self.latest
             && let Some(at) = self.repeated(key)?
         {
             // The value was read (and checked) where it was written: a dictionary string or
@@ -882,7 +876,7 @@ impl<'a> Dec<'a> {
                 _ => Reader { buf: values, pos: at }.value(0),
             };
         }
-        let hex_ids = self.hex_ids;
+        let hex_ids = self.latest;
         let (values, uniques, hex) = self.values_of(key)?;
         match values.buf.get(values.pos) {
             Some(&1) => {
@@ -935,7 +929,7 @@ impl<'a> Dec<'a> {
         if i as usize >= self.texts.len() {
             return err(format!("string index {i} out of range"));
         }
-        if self.repeats {
+        if self.latest {
             let ordinal = &mut self.name_ordinals[i as usize];
             if *ordinal == NO_INDEX {
                 *ordinal = self.names;
@@ -949,7 +943,7 @@ impl<'a> Dec<'a> {
     /// A start or duration from column `first` (version 5: by byte position, the second byte
     /// from `bytes[0]`, the third from `bytes[1]`, the rest from `bytes[2]`).
     fn time(&mut self, (first, bytes): (Col, [Col; 3])) -> Result<u64, DecodeError> {
-        if !self.planes {
+        if !self.latest {
             return self.col(first).varint();
         }
         let mut v = 0u64;
@@ -971,10 +965,10 @@ impl<'a> Dec<'a> {
 
     /// Steps over the value of a span attribute with key `key`, checking it.
     fn skip_span_value(&mut self, key: u64) -> Result<(), DecodeError> {
-        if self.repeats && self.repeated(key)?.is_some() {
+        if self.latest && self.repeated(key)?.is_some() {
             return Ok(());
         }
-        let (n_texts, hex_ids) = (self.texts.len(), self.hex_ids);
+        let (n_texts, hex_ids) = (self.texts.len(), self.latest);
         let (values, uniques, hex) = self.values_of(key)?;
         match values.buf.get(values.pos) {
             Some(&1) => {
@@ -1141,7 +1135,7 @@ impl<'a> Dec<'a> {
 
     /// Steps over one value of [`Dec::value`]'s encoding, allocating nothing for strings.
     fn skip_value(&mut self, c: Col) -> Result<(), DecodeError> {
-        let hex_ids = self.hex_ids;
+        let hex_ids = self.latest;
         let r = self.col(c);
         match r.buf.get(r.pos) {
             Some(&1) => {
@@ -1166,7 +1160,7 @@ impl<'a> Dec<'a> {
     }
 
     fn value(&mut self, c: Col) -> Result<AttrValue, DecodeError> {
-        let hex_ids = self.hex_ids;
+        let hex_ids = self.latest;
         let r = self.col(c);
         match r.buf.get(r.pos) {
             Some(&1) => {
@@ -1654,13 +1648,11 @@ fn decode(
         strings: Vec::new(),
         groups: None,
         no_hex: Reader { buf: &[], pos: 0 },
-        hex_ids: latest,
-        repeats: latest,
+        latest,
         last: Vec::new(),
         name_ordinals: Vec::new(),
         names: 0,
         name: 0,
-        planes: latest,
     };
     let n = d.col(Col::Strings).count()?;
     let mut texts = Vec::with_capacity(n);
