@@ -33,7 +33,7 @@ pub const COLUMNAR_VERSION_SHARED_ORIGINS: u8 = 4;
 /// Version 4 with these changes (block format 10), each measured on 1,500-span chunks of the
 /// realistic load:
 /// - a span attribute value equal to the value of its key on the last span before it with the
-///   same name is written as [`TAG_REPEAT`]: a method, port, route or peer is mostly fixed per
+///   same name is written as a repeat tag (9): a method, port, route or peer is mostly fixed per
 ///   operation, and zstd shortens a value that recurs less well than one byte that recurs
 ///   (attribute values 5.1 → 4.1 bytes per span);
 /// - starts and durations are varints stored by byte position: the first byte of each in
@@ -44,7 +44,7 @@ pub const COLUMNAR_VERSION_SHARED_ORIGINS: u8 = 4;
 ///   one zstd frame for both: a URL query holds the session id the dictionary holds (with a
 ///   column dictionary of a big merge: 5.37 → 5.02); and a string there that is a lowercase
 ///   UUID or hex id is written as its bytes, in a column of its own (`HexBytes`, see
-///   [`put_text`]): as text, its random digits cost zstd more than 4 bits each (chunks
+///   `put_text`): as text, its random digits cost zstd more than 4 bits each (chunks
 ///   26.93 → 26.83 bytes per span on the realistic load, whose session ids in URL queries
 ///   matched the dictionary's text before).
 pub const COLUMNAR_VERSION_REPEATS: u8 = 5;
