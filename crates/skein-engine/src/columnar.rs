@@ -1678,11 +1678,14 @@ fn decode(
         let uniques = Reader { buf: &strings.buf[strings.pos..], pos: 0 };
         strings.pos = strings.buf.len();
         d.cols[Col::Uniques as usize] = uniques;
-        d.last = vec![Vec::new(); n];
         d.name_ordinals = vec![NO_INDEX; n];
     }
     if version >= COLUMNAR_VERSION {
         d.read_groups()?;
+    }
+    if latest {
+        // One list per key with a group (indexed as the groups are).
+        d.last = vec![Vec::new(); d.groups.as_ref().map_or(0, Vec::len)];
     }
 
     let n = d.col(Col::Tables).count()?;
