@@ -401,7 +401,7 @@ impl<'a> Enc<'a> {
     /// A start or duration `v` into column `first` as a varint, or in version 5 by byte
     /// position: its first byte to `first`, the second to `bytes[0]`, the third to
     /// `bytes[1]`, the rest to `bytes[2]`.
-    fn time(&mut self, first: Col, bytes: [Col; 3], v: u64) {
+    fn time(&mut self, (first, bytes): (Col, [Col; 3]), v: u64) {
         if !self.latest {
             self.col(first).varint(v);
             return;
@@ -464,22 +464,27 @@ fn pack_hex(s: &str, out: &mut Vec<u8>) -> Option<u64> {
     if !uuid && (b.len() < 16 || !b.len().is_multiple_of(2)) {
         return None;
     }
-    let digits =
-        || b.iter().enumerate().filter(move |(i, _)| !uuid || !UUID_DASHES.contains(i)).map(|(_, c)| *c);
-    let mut letter = false;
-    for c in digits() {
-        letter |= hex_digit(c)? >= 10;
-    }
-    if !uuid && !letter {
-        return None;
-    }
-    let mut high = None;
-    for c in digits() {
-        let d = hex_digit(c).expect("checked above");
+    // One pass: the bytes are appended as the digits are checked, and taken back when the
+    // text turns out not to be a hex id.
+    let start = out.len();
+    let (mut letter, mut high) = (false, None);
+    for (i, &c) in b.iter().enumerate() {
+        if uuid && UUID_DASHES.contains(&i) {
+            continue;
+        }
+        let Some(d) = hex_digit(c) else {
+            out.truncate(start);
+            return None;
+        };
+        letter |= d >= 10;
         match high.take() {
             None => high = Some(d),
             Some(h) => out.push(h << 4 | d),
         }
+    }
+    if !uuid && !letter {
+        out.truncate(start);
+        return None;
     }
     Some(if uuid { 0 } else { b.len() as u64 / 2 })
 }
@@ -674,15 +679,11 @@ pub(crate) fn encode_chunk_detailed<'a>(
                         j => trace[j as usize].end_time_unix_nano,
                     };
                     last_child[k - 1] = i as u32;
-                    e.time(STARTS.0, STARTS.1, zigzag(s.start_time_unix_nano.wrapping_sub(before) as i64));
+                    e.time(STARTS, zigzag(s.start_time_unix_nano.wrapping_sub(before) as i64));
                 }
-                _ => e.time(STARTS.0, STARTS.1, s.start_time_unix_nano - start),
+                _ => e.time(STARTS, s.start_time_unix_nano - start),
             }
-            e.time(
-                DURATIONS.0,
-                DURATIONS.1,
-                zigzag(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64),
-            );
+            e.time(DURATIONS, zigzag(s.end_time_unix_nano.wrapping_sub(s.start_time_unix_nano) as i64));
             let name = name_slots.next().expect("a slot per span");
             e.put_slot(Col::Names, name);
             e.col(Col::KindStatus).u8(s.kind.code() | s.status.code.code() << 3);

@@ -152,15 +152,9 @@ impl OriginPool {
     /// ([`OriginPool::own_set`]).
     pub(crate) fn of(&mut self, span: &Span) -> (u32, u32) {
         let (r, c) = (Arc::as_ptr(&span.resource) as usize, Arc::as_ptr(&span.scope) as usize);
-        let own = match &self.own {
-            Some(own) => own.id,
-            None => {
-                self.sets.push((Vec::new(), Vec::new()));
-                let id = self.sets.len() as u32 - 1;
-                self.own = Some(OwnSet { id, resources: FxHashMap::default(), scopes: FxHashMap::default() });
-                id
-            }
-        };
+        // A writer given no spans beforehand starts its set empty and fills it as spans come.
+        self.own_set_of(std::iter::empty());
+        let own = self.own.as_ref().expect("made above").id;
         if let Some((lr, lc, places)) = self.last
             && (lr, lc) == (r, c)
         {

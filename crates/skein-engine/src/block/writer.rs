@@ -104,7 +104,7 @@ pub(crate) struct BlockWriter<'a> {
     origins: origins::OriginPool,
     /// Column dictionaries the chunks this writer copies are packed with anew (a merge that
     /// writes a big block makes them), written in the block (format 9).
-    dicts: Option<Arc<columnar::ColumnDicts>>,
+    dicts: Option<columnar::ColumnDicts>,
     /// The zstd contexts that pack copied chunks anew with `dicts`.
     repacker: Option<Box<columnar::Repacker>>,
     /// The resource (by address) and service id of the last span added: the spans of one
@@ -177,7 +177,7 @@ impl<'a> BlockWriter<'a> {
     /// Packs every chunk copied from now on anew with `dicts` (their dictionary columns; see
     /// [`columnar::Repacker::repack`]), which the block holds.
     pub(crate) fn set_dicts(&mut self, dicts: columnar::ColumnDicts) {
-        self.dicts = Some(Arc::new(dicts));
+        self.dicts = Some(dicts);
     }
 
     /// Appends `bytes` to the block; returns where they start.
@@ -687,8 +687,7 @@ fn give_back_packers(packers: Vec<columnar::Packer>) {
 }
 
 /// Encodes one chunk: its columns (packed: each zstd-compressed on its own), its postings and
-/// Bloom filter, and its time and duration ranges. `names` is the block's service table (at
-/// least every service of the chunk).
+/// Bloom filter, and its time and duration ranges.
 fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer) -> Encoded {
     let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
     let mut encoded = columnar::encode_chunk_detailed(&refs, Some(&q.origins));
