@@ -279,6 +279,9 @@ impl<'a> Decoder<'a, '_> {
 
     /// A `KeyValue` whose value sits at nesting `depth` (1 for an attribute's own value).
     fn key_value(&mut self, buf: &'a [u8], depth: usize) -> Res<KeyValue> {
+        if let Some(kv) = self.plain_key_value(buf, depth)? {
+            return Ok(kv);
+        }
         let mut key: &[u8] = b"";
         let (mut value, mut has_value) = (AttrValue::Empty, false);
         each_field(buf, |tag, wire_type, buf| match tag {
@@ -293,18 +296,60 @@ impl<'a> Decoder<'a, '_> {
             3 => Ok(pe::int32::merge(wire_type, &mut 0, buf, ctx())?),
             _ => skip(tag, wire_type, buf),
         })?;
+        Ok(KeyValue { key: self.key(key, depth)?, value })
+    }
+
+    /// A `KeyValue` in the shape nearly every SDK writes, read without the field loop: the
+    /// key (field 1), then the value (field 2) holding one string, integer, boolean or double,
+    /// every length and tag in one byte. `None` for any other shape, which the loop reads (to
+    /// the same result: a property test compares this decoder with prost's).
+    #[inline]
+    fn plain_key_value(&mut self, buf: &'a [u8], depth: usize) -> Res<Option<KeyValue>> {
+        let [0x0A, key_len @ 0..0x80, rest @ ..] = buf else { return Ok(None) };
+        let Some((key, rest)) = rest.split_at_checked(usize::from(*key_len)) else { return Ok(None) };
+        let [0x12, value_len @ 0..0x80, value @ ..] = rest else { return Ok(None) };
+        if usize::from(*value_len) != value.len() {
+            return Ok(None);
+        }
+        let value = match value {
+            [0x0A, len @ 0..0x80, text @ ..] if usize::from(*len) == text.len() => {
+                let text = std::str::from_utf8(text).map_err(|_| Fallback)?;
+                AttrValue::Str(Str::from(checked(text, self.limits.max_attribute_value_bytes)?))
+            }
+            [0x10, b @ 0..0x80] => AttrValue::Bool(*b != 0),
+            [0x18, int @ ..] => {
+                let mut rest = int;
+                let i = varint(&mut rest)?;
+                if !rest.is_empty() {
+                    return Ok(None);
+                }
+                AttrValue::Int(i as i64)
+            }
+            [0x21, bits @ ..] => match <[u8; 8]>::try_from(bits) {
+                Ok(bits) => AttrValue::Double(f64::from_le_bytes(bits)),
+                Err(_) => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        Ok(Some(KeyValue { key: self.key(key, depth)?, value }))
+    }
+
+    /// An attribute's key, from the keys met so far in this request when it is one of them;
+    /// refused (to the general decoder) when too long or when its value sits deeper than
+    /// allowed.
+    #[inline]
+    fn key(&mut self, key: &'a [u8], depth: usize) -> Res<Str> {
         if key.len() > self.limits.max_attribute_value_bytes || depth > self.max_depth {
             return Err(Fallback);
         }
-        let key = match self.keys.get(key) {
+        Ok(match self.keys.get(key) {
             Some(k) => k.clone(),
             None => {
                 let k = skein_model::attribute_key(std::str::from_utf8(key).map_err(|_| Fallback)?);
                 self.keys.insert(key, k.clone());
                 k
             }
-        };
-        Ok(KeyValue { key, value })
+        })
     }
 
     /// Decodes an `AnyValue` into `out`, which is empty (and stays so for an unset value).
@@ -435,7 +480,7 @@ fn each_field<'a>(
 
 /// A varint. Tags and lengths under 128 (nearly all of them) take one byte; the rest go to
 /// prost's decoder.
-#[inline]
+#[inline(always)]
 fn varint(buf: &mut &[u8]) -> Res<u64> {
     match buf.first() {
         Some(&b) if b < 0x80 => {
@@ -447,7 +492,7 @@ fn varint(buf: &mut &[u8]) -> Res<u64> {
 }
 
 /// A field's key: its tag and wire type, refused where prost's `decode_key` refuses it.
-#[inline]
+#[inline(always)]
 fn key(buf: &mut &[u8]) -> Res<(u32, WireType)> {
     let key = varint(buf)?;
     if key > u64::from(u32::MAX) {

@@ -335,3 +335,68 @@ fn nesting_prost_refuses_is_refused_whatever_the_depth_limit() {
         assert_same(decode_protobuf_to_model(&body, &limits), general);
     }
 }
+
+/// The `KeyValue`s the direct decoder reads without its field loop (key, then one string,
+/// boolean, integer or double, every length in one byte) and their near misses (lengths of
+/// two bytes, integers of many, a boolean of 2, an empty value, the value before the key, a
+/// value with a field after it, a double of 7 bytes, a key or value not UTF-8 or over the
+/// limit) decode as prost decodes them, to the same spans or the same rejection.
+#[test]
+fn key_values_of_every_shape_decode_as_prost_decodes_them() {
+    use prost::encoding::{bytes, message};
+    let long = |n: usize| vec![b'v'; n];
+    let value = |tag: u8, payload: &[u8]| [&[tag][..], payload].concat();
+    let string = |s: &[u8]| {
+        let mut v = Vec::new();
+        bytes::encode(1, &s.to_vec(), &mut v);
+        v
+    };
+    let any_values: Vec<Vec<u8>> = vec![
+        string(b"GET"),
+        string(b""),
+        string(&long(127)),
+        string(&long(128)),
+        string(&long(300)),
+        string(&[0xff, 0xfe]),
+        value(0x10, &[1]),
+        value(0x10, &[0]),
+        value(0x10, &[2]),
+        value(0x10, &[0x81, 0x00]),
+        value(0x18, &[5]),
+        value(0x18, &[0x80, 0x01]),
+        value(0x18, &[0xff; 9].iter().copied().chain([0x01]).collect::<Vec<_>>()),
+        value(0x18, &[0xff; 11]),
+        value(0x21, &1.5f64.to_le_bytes()),
+        value(0x21, &[0; 7]),
+        Vec::new(),
+        [string(b"a"), value(0x18, &[5])].concat(),
+        [string(b"a"), string(b"b")].concat(),
+    ];
+    let keys: Vec<Vec<u8>> = vec![b"http.method".to_vec(), Vec::new(), long(127), long(200), vec![0xc0]];
+    let mut cases = Vec::new();
+    for any in &any_values {
+        for key in &keys {
+            let (mut k, mut v) = (Vec::new(), Vec::new());
+            bytes::encode(1, key, &mut k);
+            bytes::encode(2, any, &mut v);
+            cases.push([k.clone(), v.clone()].concat());
+            cases.push([v.clone(), k.clone()].concat());
+            cases.push([k.clone(), v.clone(), value(0x18, &[1])].concat());
+        }
+    }
+    let base = typical().resource_spans[0].scope_spans[0].spans[0].encode_to_vec();
+    for kv in cases {
+        let mut span = base.clone();
+        bytes::encode(9, &kv, &mut span);
+        let mut scope_spans = Vec::new();
+        bytes::encode(2, &span, &mut scope_spans);
+        let mut resource_spans = Vec::new();
+        bytes::encode(2, &scope_spans, &mut resource_spans);
+        message::encode(1, typical().resource_spans[0].resource.as_ref().unwrap(), &mut resource_spans);
+        let mut body = Vec::new();
+        bytes::encode(1, &resource_spans, &mut body);
+        for limits in [Limits::default(), Limits { max_attribute_value_bytes: 100, ..Limits::default() }] {
+            assert_same(decode_protobuf_to_model(&body, &limits), general(&body, &limits));
+        }
+    }
+}
