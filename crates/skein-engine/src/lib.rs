@@ -221,43 +221,79 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// the encoding as one LZ4 block (`docs/format/wal.md`, "Engine records").
 const LZ4_MAGIC: [u8; 4] = *b"SKL4";
 
+/// The first bytes of a WAL record of an OTLP request: then the request's length (u32,
+/// little-endian) and the request (an OTLP/protobuf `ExportTraceServiceRequest`) as one LZ4
+/// block.
+const REQUEST_MAGIC: [u8; 4] = *b"SKP4";
+
 /// The largest encoding an LZ4 record may claim: LZ4 expands at most 255-fold, so a larger
 /// claim is damage, refused before anything is allocated for it.
 fn lz4_claim_ok(claimed: usize, compressed: usize) -> bool {
     claimed <= compressed.saturating_mul(255).saturating_add(16)
 }
 
-/// The WAL record of a batch and the bytes of its encoding (what the head counts): the batch
-/// encoded (`docs/format/spans.md`) and compressed with LZ4 on the writing thread, so the WAL's
-/// writer threads copy, checksum, write and sync about a fifth of the bytes (on the realistic
-/// load), and the disk takes a fifth of the WAL traffic. LZ4 rather than zstd: zstd at level 1
-/// compresses a third better but took about twice the CPU, on every request.
-fn wal_record(spans: &[Span]) -> (Vec<u8>, usize) {
-    let raw = codec::encode_spans(spans);
+/// `raw` compressed with LZ4 on the writing thread, behind `magic` and its length, so the
+/// WAL's writer threads copy, checksum, write and sync about a fifth of the bytes (on the
+/// realistic load), and the disk takes a fifth of the WAL traffic. LZ4 rather than zstd: zstd
+/// at level 1 compresses a third better but took about twice the CPU, on every request.
+fn lz4_record(magic: [u8; 4], raw: &[u8]) -> Vec<u8> {
     // `compress` writes into room it does not zero first (a zeroed buffer of the maximum
     // output size cost as much as a tenth of the compression); the header is put before it
     // with one copy of the compressed bytes, a fifth of the encoding.
-    let block = lz4_flex::block::compress(&raw);
-    let mut record = Vec::with_capacity(LZ4_MAGIC.len() + 4 + block.len());
-    record.extend_from_slice(&LZ4_MAGIC);
+    let block = lz4_flex::block::compress(raw);
+    let mut record = Vec::with_capacity(magic.len() + 4 + block.len());
+    record.extend_from_slice(&magic);
     record.extend_from_slice(&(raw.len() as u32).to_le_bytes());
     record.extend_from_slice(&block);
-    (record, raw.len())
+    record
 }
 
-/// The batch of a WAL record (LZ4; zstd, as the builds before wrote it; or, before those, the
-/// encoding itself, whose first byte is its version, 1) and the bytes of its encoding.
+/// What [`lz4_record`] compressed, from the record after its magic.
+fn lz4_payload(rest: &[u8]) -> Result<Vec<u8>, String> {
+    let (len, block) = rest.split_first_chunk::<4>().ok_or("a torn LZ4 record header")?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if !lz4_claim_ok(len, block.len()) {
+        return Err(format!("claims {len} bytes from {} compressed", block.len()));
+    }
+    let raw = lz4_flex::block::decompress(block, len).map_err(|e| format!("does not decompress: {e}"))?;
+    if raw.len() != len {
+        return Err(format!("decompresses to {} bytes, not the {len} it claims", raw.len()));
+    }
+    Ok(raw)
+}
+
+/// The WAL record of a batch and the bytes of its encoding (what the head counts): the batch
+/// encoded (`docs/format/spans.md`) in an LZ4 record.
+fn wal_record(spans: &[Span]) -> (Vec<u8>, usize) {
+    let raw = codec::encode_spans(spans);
+    (lz4_record(LZ4_MAGIC, &raw), raw.len())
+}
+
+/// The limits a request record is decoded with on replay: none. Only requests none of whose
+/// spans was rejected are logged as they came, and decoding rejects (never alters) what breaks
+/// a limit, so without limits every span decodes again as it was stored, whatever limits the
+/// server runs with now.
+const NO_LIMITS: skein_otlp::Limits = skein_otlp::Limits {
+    max_attribute_depth: usize::MAX,
+    max_attribute_value_bytes: usize::MAX,
+    max_attributes: usize::MAX,
+};
+
+/// The batch of a WAL record (an OTLP request; LZ4; zstd, as the builds before wrote it; or,
+/// before those, the encoding itself, whose first byte is its version, 1) and the bytes of its
+/// encoding (of the request, for a request record).
 fn read_wal_record(record: &[u8]) -> Result<(Vec<Span>, usize), String> {
+    if let Some(rest) = record.strip_prefix(&REQUEST_MAGIC) {
+        let raw = lz4_payload(rest)?;
+        let batch = skein_otlp::decode_protobuf_to_model(&raw, &NO_LIMITS).map_err(|e| e.to_string())?;
+        if batch.rejected > 0 {
+            // Not written so; the valid spans are kept all the same.
+            tracing::warn!(rejected = batch.rejected, error = %batch.error_message(), "spans of a logged request no longer decode");
+        }
+        return Ok((batch.spans, raw.len()));
+    }
     if let Some(rest) = record.strip_prefix(&LZ4_MAGIC) {
-        let (len, block) = rest.split_first_chunk::<4>().ok_or("a torn LZ4 record header")?;
-        let len = u32::from_le_bytes(*len) as usize;
-        if !lz4_claim_ok(len, block.len()) {
-            return Err(format!("claims {len} bytes from {} compressed", block.len()));
-        }
-        let raw = lz4_flex::block::decompress(block, len).map_err(|e| format!("does not decompress: {e}"))?;
-        if raw.len() != len {
-            return Err(format!("decompresses to {} bytes, not the {len} it claims", raw.len()));
-        }
+        let raw = lz4_payload(rest)?;
         return codec::decode_spans(&raw).map(|spans| (spans, raw.len())).map_err(|e| e.to_string());
     }
     if record.starts_with(&ZSTD_MAGIC) {
@@ -433,22 +469,10 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Some(b) = self.background.take() {
-            b.abort();
-        }
-    }
-}
-
-#[async_trait]
-impl SpanStore for Engine {
-    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
-        if spans.is_empty() {
-            return Ok(());
-        }
-        self.shared.wait_for_memory().await?;
-        let (record, len) = wal_record(&spans);
+impl Engine {
+    /// Appends `record` (the batch `spans`, whose encoding has `len` bytes) to the WAL and
+    /// puts the spans in the head, asking for a cut when the head is full.
+    async fn append(&self, spans: Vec<Span>, record: Vec<u8>, len: usize) -> Result<(), StoreError> {
         let tally = Tally::of(spans);
         let full = {
             let _gate = self.shared.gate.read().await;
@@ -465,6 +489,36 @@ impl SpanStore for Engine {
             self.shared.flush_wanted.notify_one();
         }
         Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(b) = self.background.take() {
+            b.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl SpanStore for Engine {
+    async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        self.shared.wait_for_memory().await?;
+        let (record, len) = wal_record(&spans);
+        self.append(spans, record, len).await
+    }
+
+    /// Logs the request as it came (LZ4-compressed) instead of encoding its spans again.
+    async fn write_request(&self, spans: Vec<Span>, request: &[u8]) -> Result<(), StoreError> {
+        if spans.is_empty() {
+            return Ok(());
+        }
+        self.shared.wait_for_memory().await?;
+        let record = lz4_record(REQUEST_MAGIC, request);
+        self.append(spans, record, request.len()).await
     }
 
     async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError> {

@@ -320,6 +320,48 @@ mod tests {
         e.close().await;
     }
 
+    /// A request none of whose spans was rejected is logged as it came, and replayed to the
+    /// same spans whatever limits the server opens with (decoding only ever rejects); its
+    /// record is refused, not replayed, when damaged.
+    #[tokio::test]
+    async fn requests_are_logged_as_they_came_and_replayed_to_the_same_spans() {
+        use prost::Message;
+        let long = "x".repeat(100_000); // beyond the default limit of 64 KiB per value
+        let spans: Vec<Span> = (1..=4)
+            .map(|i| {
+                SpanBuilder::new(1, i)
+                    .service("svc")
+                    .attr("big", skein_model::AttrValue::Str(long.as_str().into()))
+                    .attr("n", skein_model::AttrValue::Int(i as i64))
+                    .build()
+            })
+            .collect();
+        let request = skein_otlp::to_traces_data(&spans).encode_to_vec();
+        let record = lz4_record(REQUEST_MAGIC, &request);
+        assert_eq!(read_wal_record(&record).unwrap(), (spans.clone(), request.len()));
+        let strict = skein_otlp::decode_protobuf_to_model(&request, &skein_otlp::Limits::default()).unwrap();
+        assert_eq!((strict.spans.len(), strict.rejected), (0, 4), "the default limits refuse them");
+        let mut damaged = record.clone();
+        damaged.truncate(record.len() - 3);
+        assert!(read_wal_record(&damaged).is_err());
+        let mut garbled = request.clone();
+        garbled[0] = 0xff;
+        assert!(read_wal_record(&lz4_record(REQUEST_MAGIC, &garbled)).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::test_config(dir.path());
+        let (e, _) = Engine::open(config.clone()).unwrap();
+        e.write_request(spans.clone(), &request).await.unwrap();
+        e.shared.wal.append(damaged).await.unwrap();
+        e.close().await;
+        let (e, report) = Engine::open(config).unwrap();
+        assert_eq!((report.wal_records_replayed, report.undecodable_wal_records), (1, 1));
+        let mut back = e.trace(SpanBuilder::trace_id(1)).await.unwrap().unwrap();
+        back.sort_by_key(|s| s.span_id);
+        assert_eq!(back, spans);
+        e.close().await;
+    }
+
     /// Several heads cut while earlier ones are still being written are written at once and
     /// all arrive; `flush` waits for every head cut before it, and the WAL keeps only what
     /// is not in a block.

@@ -55,7 +55,7 @@ impl Ingest {
         request: ExportTraceServiceRequest,
         protocol: &'static str,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        self.store(skein_otlp::to_model(request, &self.limits), protocol).await
+        self.store(skein_otlp::to_model(request, &self.limits), None, protocol).await
     }
 
     /// Decodes an OTLP/protobuf request body straight into spans and stores the valid ones;
@@ -67,14 +67,17 @@ impl Ingest {
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         let batch = skein_otlp::decode_protobuf_to_model(body, &self.limits)
             .map_err(|e| IngestError::Malformed(e.to_string()))?;
-        self.store(batch, protocol).await
+        self.store(batch, Some(body), protocol).await
     }
 
-    /// Stores the valid spans of `batch`. Answers success (with partial success when some
-    /// spans were rejected) only once the store has them.
+    /// Stores the valid spans of `batch`, decoded from `request` when that is an
+    /// OTLP/protobuf body (handed to the store with them when every span in it is valid).
+    /// Answers success (with partial success when some spans were rejected) only once the
+    /// store has them.
     async fn store(
         &self,
         batch: ConvertedBatch,
+        request: Option<&[u8]>,
         protocol: &'static str,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         if batch.spans.is_empty() {
@@ -87,7 +90,11 @@ impl Ingest {
         let accepted = batch.spans.len() as u64;
         let (rejected, error_message) = (batch.rejected, batch.error_message());
         let tally = self.metrics.span_metrics.as_ref().map(|m| m.tally(&batch.spans));
-        if let Err(e) = self.store.write(batch.spans).await {
+        let written = match request {
+            Some(request) if rejected == 0 => self.store.write_request(batch.spans, request).await,
+            _ => self.store.write(batch.spans).await,
+        };
+        if let Err(e) = written {
             self.metrics.refused(protocol, e.metric_reason(), accepted);
             self.metrics.refused(protocol, "invalid", rejected);
             return Err(e.into());

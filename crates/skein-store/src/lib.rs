@@ -281,6 +281,15 @@ pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
     /// promises and visible to every read that starts afterwards.
     async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError>;
 
+    /// Stores a batch decoded from `request`, the body of an OTLP/protobuf
+    /// `ExportTraceServiceRequest` (uncompressed) of which `spans` are every span: none was
+    /// rejected. Stores that log what they store may log the request as it came instead of
+    /// encoding the spans again (the embedded engine's WAL does); the default stores `spans`.
+    async fn write_request(&self, spans: Vec<Span>, request: &[u8]) -> Result<(), StoreError> {
+        let _ = request;
+        self.write(spans).await
+    }
+
     /// All spans of one trace, in no particular order; `None` when none are stored.
     async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError>;
 

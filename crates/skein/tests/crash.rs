@@ -1,6 +1,7 @@
 //! kill -9 at any moment loses no acknowledged span: a real `skein serve` on the embedded
-//! engine is SIGKILLed repeatedly while a client sends OTLP batches; after each restart every
-//! batch the server acknowledged is readable through the API.
+//! engine is SIGKILLed repeatedly while a client sends OTLP batches (OTLP/JSON and
+//! OTLP/protobuf in turn: the WAL logs the two differently); after each restart every batch
+//! the server acknowledged is readable through the API.
 
 mod support;
 
@@ -25,10 +26,15 @@ fn start(data: &Path) -> Skein {
     Skein { otlp_http: l.otlp_http, http: l.http, child }
 }
 
-fn batch(round: u32, n: u32) -> (String, String) {
+/// A batch of 5 spans of one new trace: as OTLP/JSON for even `n`, as OTLP/protobuf for odd.
+fn batch(round: u32, n: u32) -> (String, Vec<u8>, &'static str) {
     let trace_id = format!("{round:08x}{n:024x}");
-    let body = support::otlp_json_batch(&trace_id, "crash", n);
-    (trace_id, body)
+    let json = support::otlp_json_batch(&trace_id, "crash", n);
+    if n.is_multiple_of(2) {
+        return (trace_id, json.into_bytes(), "application/json");
+    }
+    let request = skein_otlp::decode_json(json.as_bytes()).unwrap();
+    (trace_id, prost::Message::encode_to_vec(&request), "application/x-protobuf")
 }
 
 #[test]
@@ -49,12 +55,12 @@ fn sigkill_during_ingest_loses_no_acknowledged_span() {
         let deadline = Instant::now() + Duration::from_millis(1500);
         let mut n = 0;
         while Instant::now() < deadline {
-            let (id, body) = batch(round, n);
+            let (id, body, content_type) = batch(round, n);
             n += 1;
             let ok = rt.block_on(async {
                 client
                     .post(format!("{}/v1/traces", skein.otlp_http))
-                    .header("content-type", "application/json")
+                    .header("content-type", content_type)
                     .body(body)
                     .send()
                     .await
