@@ -12,16 +12,21 @@ pub(crate) enum ValueId {
 }
 
 /// Postings while a chunk is gathered, by integers: (service, key slot) → how many times the
-/// key was added and its distinct values, or `None` once a value is not matched by text.
-/// Turned into [`Postings`] (and the chunk's Bloom filter) once per chunk.
-pub(crate) type BuildingPostings = FxHashMap<(u32, u32), (u32, Option<FxHashSet<ValueId>>)>;
+/// key was added, the value added last, and its distinct values, or `None` once a value is
+/// not matched by text. Turned into [`Postings`] (and the chunk's Bloom filter) once per chunk.
+pub(crate) type BuildingPostings = FxHashMap<(u32, u32), (u32, Option<ValueId>, Option<FxHashSet<ValueId>>)>;
 
 pub(crate) fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, value: Option<ValueId>) {
-    let (count, entry) = p.entry((service, key)).or_insert_with(|| (0, Some(FxHashSet::default())));
+    let (count, last, entry) =
+        p.entry((service, key)).or_insert_with(|| (0, None, Some(FxHashSet::default())));
     *count += 1;
     let Some(values) = entry else { return };
     match value {
+        // Most values repeat the key's last one (methods, routes, peers of one operation):
+        // those are in the set already.
+        Some(v) if *last == Some(v) => {}
         Some(v) => {
+            *last = Some(v);
             values.insert(v);
         }
         None => *entry = None,
@@ -107,7 +112,7 @@ pub(crate) fn chunk_postings<'a>(
     let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
     let mut hashes = Vec::new();
     let mut digits = itoa::Buffer::new();
-    for ((service, key), (count, values)) in p {
+    for ((service, key), (count, _, values)) in p {
         let key = strings.text(key);
         let values = match values {
             None => KeyValues::Unindexed,
