@@ -46,6 +46,11 @@ impl Default for ClickhouseSettings {
 /// is 4–5 MB of protobuf; this leaves room for batches of large spans and bigger batch settings.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default `--head-max-bytes`: 2.25 MiB, about 5,300 realistic spans logged as the OTLP
+/// requests they came in (about 443 bytes each; the 2 MiB of the builds that logged every batch
+/// encoded, at about 382 bytes a span, held as many).
+pub const DEFAULT_HEAD_MAX_BYTES: usize = 2304 * 1024;
+
 /// Everything `skein serve` can be told.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -60,7 +65,8 @@ pub struct Config {
     pub memory_max_spans: usize,
     /// When the embedded engine's WAL fsyncs.
     pub wal_fsync: skein_wal::FsyncPolicy,
-    /// The embedded engine cuts its in-memory head into a block at this many encoded bytes.
+    /// The embedded engine cuts its in-memory head into a block at this many bytes of spans as
+    /// its WAL logs them (an OTLP/protobuf request's bytes, or the batch encoded).
     pub head_max_bytes: usize,
     /// Largest OTLP request body, before and after decompression.
     pub max_request_bytes: usize,
@@ -96,7 +102,7 @@ impl Default for Config {
             retention: Duration::from_secs(72 * 3600),
             memory_max_spans: 1_000_000,
             wal_fsync: skein_wal::FsyncPolicy::Interval(Duration::from_millis(100)),
-            head_max_bytes: 2 * 1024 * 1024,
+            head_max_bytes: DEFAULT_HEAD_MAX_BYTES,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_decompression_ratio: 100,
             max_inflight_request_bytes: 4 * DEFAULT_MAX_REQUEST_BYTES,

@@ -17,7 +17,9 @@ mod server;
 pub mod tls;
 mod ui;
 
-pub use config::{ClickhouseSettings, Config, ConfigError, DEFAULT_MAX_REQUEST_BYTES, StorageKind};
+pub use config::{
+    ClickhouseSettings, Config, ConfigError, DEFAULT_HEAD_MAX_BYTES, DEFAULT_MAX_REQUEST_BYTES, StorageKind,
+};
 pub use server::{BoundServer, Reloader, ServerError, bind};
 pub use skein_otlp::Limits;
 pub use skein_wal::FsyncPolicy;

@@ -172,7 +172,7 @@ struct ServeArgs {
     wal_fsync: WalFsync,
     /// The embedded engine writes its in-memory head to a block at this many bytes (small
     /// heads are written while still in the CPU's caches; see docs/ingest.md).
-    #[arg(long, env = "SKEIN_HEAD_MAX_BYTES", default_value_t = 2 * 1024 * 1024)]
+    #[arg(long, env = "SKEIN_HEAD_MAX_BYTES", default_value_t = skein_server::DEFAULT_HEAD_MAX_BYTES)]
     head_max_bytes: usize,
     /// Most spans the memory store keeps; the oldest traces are evicted first.
     #[arg(long, env = "SKEIN_MEMORY_MAX_SPANS", default_value_t = 1_000_000)]
