@@ -467,9 +467,7 @@ impl Engine {
     pub fn chunks_read(&self) -> u64 {
         self.shared.chunks_read.load(Ordering::Relaxed)
     }
-}
 
-impl Engine {
     /// Appends `record` (the batch `spans`, whose encoding has `len` bytes) to the WAL and
     /// puts the spans in the head, asking for a cut when the head is full.
     async fn append(&self, spans: Vec<Span>, record: Vec<u8>, len: usize) -> Result<(), StoreError> {
@@ -515,6 +513,10 @@ impl SpanStore for Engine {
     async fn write_request(&self, spans: Vec<Span>, request: &[u8]) -> Result<(), StoreError> {
         if spans.is_empty() {
             return Ok(());
+        }
+        if u32::try_from(request.len()).is_err() {
+            // A record's length field is 32 bits; the spans encoded take fewer bytes.
+            return self.write(spans).await;
         }
         self.shared.wait_for_memory().await?;
         let record = lz4_record(REQUEST_MAGIC, request);
