@@ -13,6 +13,9 @@ pub(crate) struct Head {
     pub(crate) operations: FxHashMap<String, FxHashMap<String, u8>>,
     /// RED pre-aggregates of the head's spans (a block writes them from its spans again).
     pub(crate) red: RedSummary,
+    /// The earliest start of its spans (`None` while it has none): when retention keeps that
+    /// one, it keeps every span, and the head is written without a look at each.
+    pub(crate) oldest_start: Option<u64>,
 }
 
 /// The spans of one trace in a head, as the batches brought them: a batch's spans of the trace
@@ -48,6 +51,10 @@ impl Head {
         }
         self.red.merge(&tally.red);
         self.spans += tally.spans;
+        if tally.spans > 0 {
+            self.oldest_start =
+                Some(self.oldest_start.map_or(tally.oldest_start, |o| o.min(tally.oldest_start)));
+        }
         for (id, spans) in tally.traces {
             self.traces.entry(id).or_default().parts.push(spans);
         }
@@ -63,11 +70,13 @@ pub(crate) struct Tally {
     spans: u64,
     operations: FxHashMap<String, FxHashMap<String, u8>>,
     red: RedSummary,
+    /// The earliest start of its spans (`u64::MAX` when it has none).
+    oldest_start: u64,
 }
 
 impl Tally {
     pub(crate) fn of(spans: Vec<Span>) -> Tally {
-        let mut t = Tally { spans: spans.len() as u64, ..Tally::default() };
+        let mut t = Tally { spans: spans.len() as u64, oldest_start: u64::MAX, ..Tally::default() };
         // A span's service is found among its resource's attributes: once per resource (the
         // spans of a request share theirs), not twice per span.
         let mut last: Option<(*const skein_model::Resource, &str)> = None;
@@ -81,6 +90,7 @@ impl Tally {
                 }
             };
             *named!(named!(&mut t.operations, service), &s.name) |= 1 << s.kind.code();
+            t.oldest_start = t.oldest_start.min(s.start_time_unix_nano);
             t.red.add_of(service, s);
         }
         // Each trace's part is allocated at its exact size (counted first): a head holds its

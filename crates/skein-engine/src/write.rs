@@ -15,23 +15,29 @@ async fn write_frozen(shared: Weak<Shared>, frozen: Arc<Frozen>, seq: u64) {
     }) else {
         return;
     };
-    let kept = frozen
-        .head
-        .traces
-        .values()
-        .flat_map(|t| t.iter())
-        .filter(|s| s.start_time_unix_nano >= cutoff)
-        .count();
+    // Nearly always retention keeps every span of a head (the oldest one is recent): then no
+    // span is looked at to count them.
+    let keep_all = frozen.head.oldest_start.is_none_or(|oldest| oldest >= cutoff);
+    let kept = if keep_all {
+        frozen.head.spans as usize
+    } else {
+        frozen
+            .head
+            .traces
+            .values()
+            .flat_map(|t| t.iter())
+            .filter(|s| s.start_time_unix_nano >= cutoff)
+            .count()
+    };
     let head = Arc::clone(&frozen);
     let written = if kept == 0 {
         Ok(None)
     } else {
         // Encoded straight from the frozen head (readers share it meanwhile): no copies.
         tokio::task::spawn_blocking(move || {
-            let traces =
-                head.head.traces.values().map(|spans| {
-                    spans.iter().filter(|s| s.start_time_unix_nano >= cutoff).collect::<Vec<_>>()
-                });
+            let traces = head.head.traces.values().map(|spans| {
+                spans.iter().filter(|s| keep_all || s.start_time_unix_nano >= cutoff).collect::<Vec<_>>()
+            });
             // Every span kept: the head's pre-aggregates are the block's.
             let red = (kept as u64 == head.head.spans).then_some(&head.head.red);
             let ranges = [head.wal_segments];
@@ -359,6 +365,35 @@ mod tests {
         let mut back = e.trace(SpanBuilder::trace_id(1)).await.unwrap().unwrap();
         back.sort_by_key(|s| s.span_id);
         assert_eq!(back, spans);
+        e.close().await;
+    }
+
+    /// A head is written without its spans past retention (counted as evicted), and whole
+    /// when its oldest span is within it; the head knows its oldest start either way.
+    #[tokio::test]
+    async fn heads_are_written_without_the_spans_past_retention() {
+        let now = now_nanos();
+        let day = 86_400 * 1_000_000_000u64;
+        let recent = |n: u8, i: u8| SpanBuilder::new(n, i).service("svc").times(now - 1_000, now).build();
+        let old = |n: u8, i: u8| {
+            SpanBuilder::new(n, i).service("svc").times(now - 2 * day, now - 2 * day + 1).build()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            EngineConfig { retention: Duration::from_secs(86_400), ..crate::test_config(dir.path()) };
+        let (e, _) = Engine::open(config).unwrap();
+        e.write(vec![recent(1, 1), old(1, 2), old(2, 1)]).await.unwrap();
+        assert_eq!(e.shared.state.read().head.oldest_start, Some(now - 2 * day));
+        e.flush().await.unwrap();
+        assert_eq!(e.stats().spans_evicted, 2);
+        assert_eq!(e.trace(SpanBuilder::trace_id(1)).await.unwrap().unwrap(), vec![recent(1, 1)]);
+        assert!(e.trace(SpanBuilder::trace_id(2)).await.unwrap().is_none());
+        e.write(vec![recent(3, 1), recent(3, 2)]).await.unwrap();
+        assert_eq!(e.shared.state.read().head.oldest_start, Some(now - 1_000));
+        e.flush().await.unwrap();
+        assert_eq!(e.stats().spans_evicted, 2);
+        assert_eq!(e.trace(SpanBuilder::trace_id(3)).await.unwrap().unwrap().len(), 2);
+        assert_eq!(e.shared.state.read().blocks.iter().map(|b| b.span_count).sum::<u64>(), 3);
         e.close().await;
     }
 
