@@ -216,7 +216,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An unsigned LEB128 varint. Most are one byte (counts, indexes, small deltas): that case
-    /// is inlined into the caller, the longer ones take [`Reader::varint_long`].
+    /// is inlined into the caller, the longer ones take `varint_long`.
     #[inline]
     pub fn varint(&mut self) -> Result<u64, DecodeError> {
         match self.buf.get(self.pos) {

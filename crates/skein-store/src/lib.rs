@@ -1,7 +1,7 @@
 //! Storage for Skein: the [`SpanStore`] trait every backend implements, the query types,
 //! the one definition of "does this span match a search" ([`SpanMatcher`]), an in-memory
 //! backend ([`MemoryStore`]), the binary span encoding backends share ([`codec`]) and the
-//! [`conformance`] suite that every backend must pass.
+//! `conformance` suite (feature `testsuite`) that every backend must pass.
 //!
 //! This crate knows nothing of wire formats (OTLP, Jaeger JSON) or of files.
 
@@ -274,7 +274,7 @@ pub struct StoreStats {
     pub memory_bytes: Vec<(&'static str, u64)>,
 }
 
-/// A place to keep spans and find them again. Every backend passes [`conformance`].
+/// A place to keep spans and find them again. Every backend passes the `conformance` suite.
 #[async_trait]
 pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
     /// Stores a batch. When this returns `Ok`, the spans are as durable as the backend
