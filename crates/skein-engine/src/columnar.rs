@@ -369,15 +369,7 @@ impl<'a> Enc<'a> {
 
     /// The ordinal of span name `slot` among the names met so far, made when new.
     fn name_ordinal(&mut self, slot: u32) -> u32 {
-        if self.name_ordinals.len() <= slot as usize {
-            self.name_ordinals.resize(slot as usize + 1, NO_INDEX);
-        }
-        let ordinal = &mut self.name_ordinals[slot as usize];
-        if *ordinal == NO_INDEX {
-            *ordinal = self.names;
-            self.names += 1;
-        }
-        *ordinal
+        name_ordinal(&mut self.name_ordinals, &mut self.names, slot)
     }
 
     /// The group (in `by_key`) of span attribute key `slot`, made when new.
@@ -426,6 +418,21 @@ impl<'a> Enc<'a> {
         w.u8(1);
         w.varint(i);
     }
+}
+
+/// Version 5: the ordinal of the span name in string `slot` among the names met so far in a
+/// chunk (`ordinals` per string, [`NO_INDEX`] for one not met; `names` met), made when new: the
+/// encoder and the decoder number names alike, in the order spans are written.
+fn name_ordinal(ordinals: &mut Vec<u32>, names: &mut u32, slot: u32) -> u32 {
+    if ordinals.len() <= slot as usize {
+        ordinals.resize(slot as usize + 1, NO_INDEX);
+    }
+    let ordinal = &mut ordinals[slot as usize];
+    if *ordinal == NO_INDEX {
+        *ordinal = *names;
+        *names += 1;
+    }
+    *ordinal
 }
 
 /// Version 5: a text of `Strings` (a dictionary string, or a unique string after them): as
@@ -491,19 +498,15 @@ fn pack_hex(s: &str, out: &mut Vec<u8>) -> Option<u64> {
 
 /// What [`put_text`] wrote: the text from `r`, or from its bytes in `hex`.
 fn read_text<'a>(r: &mut Reader<'a>, hex: &mut Reader<'a>) -> Result<std::borrow::Cow<'a, str>, DecodeError> {
-    let code = r.varint()?;
-    if code & 1 == 0 {
-        let n = usize::try_from(code >> 1).map_err(|_| DecodeError("text length out of range".into()))?;
-        let text = std::str::from_utf8(r.take(n)?).map_err(|_| DecodeError("string is not UTF-8".into()))?;
-        return Ok(std::borrow::Cow::Borrowed(text));
-    }
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let (uuid, n) = match code >> 1 {
-        0 => (true, 16),
-        k => (false, usize::try_from(k).map_err(|_| DecodeError("hex id length out of range".into()))?),
+    let (bytes, uuid) = match text_at(r, hex)? {
+        TextAt::Plain(bytes) => {
+            let text = std::str::from_utf8(bytes).map_err(|_| DecodeError("string is not UTF-8".into()))?;
+            return Ok(std::borrow::Cow::Borrowed(text));
+        }
+        TextAt::Hex { bytes, uuid } => (bytes, uuid),
     };
-    let bytes = hex.take(n)?;
-    let mut text = String::with_capacity(n * 2 + 4);
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2 + 4);
     for (i, b) in bytes.iter().enumerate() {
         if uuid && matches!(i, 4 | 6 | 8 | 10) {
             text.push('-');
@@ -515,15 +518,25 @@ fn read_text<'a>(r: &mut Reader<'a>, hex: &mut Reader<'a>) -> Result<std::borrow
 }
 
 /// Steps over what [`put_text`] wrote (its bytes checked when a span that holds it is built).
-fn skip_text(r: &mut Reader<'_>, hex: &mut Reader<'_>) -> Result<(), DecodeError> {
+fn skip_text<'a>(r: &mut Reader<'a>, hex: &mut Reader<'a>) -> Result<(), DecodeError> {
+    text_at(r, hex).map(drop)
+}
+
+/// Where a text [`put_text`] wrote lies: its bytes in `Strings`, or a hex id's in `HexBytes`.
+enum TextAt<'a> {
+    Plain(&'a [u8]),
+    Hex { bytes: &'a [u8], uuid: bool },
+}
+
+/// Reads a text's code from `r` and takes its bytes from `r` or `hex`.
+fn text_at<'a>(r: &mut Reader<'a>, hex: &mut Reader<'a>) -> Result<TextAt<'a>, DecodeError> {
     let code = r.varint()?;
     let n = usize::try_from(code >> 1).map_err(|_| DecodeError("text length out of range".into()))?;
-    match (code & 1, n) {
-        (0, n) => r.take(n)?,
-        (_, 0) => hex.take(16)?,
-        (_, k) => hex.take(k)?,
-    };
-    Ok(())
+    Ok(match (code & 1, n) {
+        (0, n) => TextAt::Plain(r.take(n)?),
+        (_, 0) => TextAt::Hex { bytes: hex.take(16)?, uuid: true },
+        (_, k) => TextAt::Hex { bytes: hex.take(k)?, uuid: false },
+    })
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -931,12 +944,7 @@ impl<'a> Dec<'a> {
             return err(format!("string index {i} out of range"));
         }
         if self.latest {
-            let ordinal = &mut self.name_ordinals[i as usize];
-            if *ordinal == NO_INDEX {
-                *ordinal = self.names;
-                self.names += 1;
-            }
-            self.name = *ordinal;
+            self.name = name_ordinal(&mut self.name_ordinals, &mut self.names, i as u32);
         }
         Ok(i)
     }

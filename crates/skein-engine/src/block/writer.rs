@@ -491,8 +491,11 @@ impl<'a> BlockWriter<'a> {
         let at = |file: &Vec<u8>| written + (file.len() as u64 - gathered);
         // The trace section: the (trace id, chunk) entries in pages; the index holds where.
         let trace_offset = at(&file);
-        let trace_section =
-            traces::TraceSection::write(traces::KeyForm::Packed, &trace_index, self.chunks.len());
+        let trace_section = traces::TraceSection::write(
+            traces::KeyForm::of_version(BLOCK_VERSION),
+            &trace_index,
+            self.chunks.len(),
+        );
         file.extend_from_slice(&trace_section.bytes);
         let red = if self.red_incomplete || self.red.is_empty() {
             Vec::new()
