@@ -33,6 +33,17 @@ pub enum Protocol {
     Http,
 }
 
+/// How the load's requests are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// As OpenTelemetry SDKs send by default.
+    #[default]
+    None,
+    /// As the OpenTelemetry Collector's OTLP exporters send by default (gzip at its default
+    /// level; `Content-Encoding: gzip`, or `grpc-encoding: gzip`).
+    Gzip,
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -42,6 +53,7 @@ pub struct BenchConfig {
     /// gRPC, `http://host:4318` for HTTP) and its query API.
     pub target: Option<Target>,
     pub protocol: Protocol,
+    pub compression: Compression,
     /// Stop after this many spans…
     pub spans: u64,
     /// …or after this long, whichever comes first.
@@ -804,7 +816,15 @@ async fn rotel_blackhole(
         pin_process(rotel.child.id(), cpus)?;
     }
     let sender = Arc::new(
-        traffic::Sender::new(config.protocol, &rotel.endpoint, config.shape.clone(), None, None).await?,
+        traffic::Sender::new(
+            config.protocol,
+            config.compression,
+            &rotel.endpoint,
+            config.shape.clone(),
+            None,
+            None,
+        )
+        .await?,
     );
     let cpu_before = rotel.cpu_seconds().unwrap_or(0.0);
     let started = Instant::now();
@@ -873,6 +893,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<Report> {
     // Load.
     let sender = traffic::Sender::new(
         config.protocol,
+        config.compression,
         &otlp,
         config.shape.clone(),
         config.token.as_deref(),
@@ -1171,15 +1192,28 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("{} holds no token", path.display()))
 }
 
-pub(crate) async fn send_http(client: &reqwest::Client, url: &str, req: ExportTraceServiceRequest) -> bool {
-    client
-        .post(url)
-        .header("content-type", "application/x-protobuf")
-        .body(req.encode_to_vec())
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false)
+pub(crate) async fn send_http(
+    client: &reqwest::Client,
+    url: &str,
+    req: ExportTraceServiceRequest,
+    compression: Compression,
+) -> bool {
+    let body = req.encode_to_vec();
+    let mut post = client.post(url).header("content-type", "application/x-protobuf");
+    let body = match compression {
+        Compression::None => body,
+        Compression::Gzip => {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::default(),
+            );
+            e.write_all(&body).expect("writing to memory");
+            post = post.header("content-encoding", "gzip");
+            e.finish().expect("writing to memory")
+        }
+    };
+    post.body(body).send().await.map(|r| r.status().is_success()).unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -288,6 +288,7 @@ impl TrafficShape {
 /// Sends requests over the chosen transport.
 pub(crate) struct Sender {
     pub(crate) shape: TrafficShape,
+    compression: crate::Compression,
     transport: Transport,
     grpc_token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
@@ -300,6 +301,7 @@ enum Transport {
 impl Sender {
     pub(crate) async fn new(
         protocol: Protocol,
+        compression: crate::Compression,
         endpoint: &str,
         shape: TrafficShape,
         token: Option<&str>,
@@ -316,7 +318,13 @@ impl Sender {
                     )?;
                 }
                 let channel = endpoint.connect().await?;
-                Transport::Grpc(TraceServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024))
+                let client = TraceServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+                Transport::Grpc(match compression {
+                    crate::Compression::None => client,
+                    crate::Compression::Gzip => {
+                        client.send_compressed(tonic::codec::CompressionEncoding::Gzip)
+                    }
+                })
             }
             Protocol::Http => Transport::Http(
                 crate::authed_client(token, ca_cert)?,
@@ -324,13 +332,13 @@ impl Sender {
             ),
         };
         let grpc_token = token.map(|t| format!("Bearer {t}").parse()).transpose()?;
-        Ok(Sender { shape, transport, grpc_token })
+        Ok(Sender { shape, compression, transport, grpc_token })
     }
 
     pub(crate) async fn send(&self, req: ExportTraceServiceRequest) -> bool {
         match &self.transport {
             Transport::Grpc(c) => crate::send_grpc(&mut c.clone(), req, self.grpc_token.as_ref()).await,
-            Transport::Http(c, url) => crate::send_http(c, url, req).await,
+            Transport::Http(c, url) => crate::send_http(c, url, req, self.compression).await,
         }
     }
 }

@@ -27,8 +27,8 @@ use rustc_hash::FxHashMap;
 use skein_model::{Span, SpanKind, TimeRange, TraceId};
 use skein_store::red::RedSummary;
 use skein_store::{
-    DependencyLink, Operation, SpanStore, StoreError, StoreStats, TraceQuery, count_dependencies,
-    dependency_links,
+    Compressed, DependencyLink, Operation, OtlpRequest, SpanStore, StoreError, StoreStats, TraceQuery,
+    count_dependencies, dependency_links,
 };
 use skein_wal::fs::{Fs, OsFs};
 use skein_wal::{FsyncPolicy, Wal, WalConfig, WalError};
@@ -226,6 +226,14 @@ const LZ4_MAGIC: [u8; 4] = *b"SKL4";
 /// block.
 const REQUEST_MAGIC: [u8; 4] = *b"SKP4";
 
+/// The first bytes of a WAL record of an OTLP request that came gzip-compressed: then the
+/// request's length (u32, little-endian) and the body as it came (gzip members), logged
+/// without compressing anything again.
+const GZIP_REQUEST_MAGIC: [u8; 4] = *b"SKPG";
+
+/// As [`GZIP_REQUEST_MAGIC`], for a request that came zstd-compressed (zstd frames).
+const ZSTD_REQUEST_MAGIC: [u8; 4] = *b"SKPZ";
+
 /// The largest encoding an LZ4 record may claim: LZ4 expands at most 255-fold, so a larger
 /// claim is damage, refused before anything is allocated for it.
 fn lz4_claim_ok(claimed: usize, compressed: usize) -> bool {
@@ -262,6 +270,39 @@ fn lz4_payload(rest: &[u8]) -> Result<Vec<u8>, String> {
     Ok(raw)
 }
 
+/// The WAL record of a request that came compressed: `magic`, the length of the request
+/// (`len`, which `body` decompresses to) and the body as it came. Collectors send gzip by
+/// default: logging their bodies as they are costs a copy of a seventh of the request's bytes
+/// instead of compressing all of them again.
+fn received_record(magic: [u8; 4], len: u32, body: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(magic.len() + 4 + body.len());
+    record.extend_from_slice(&magic);
+    record.extend_from_slice(&len.to_le_bytes());
+    record.extend_from_slice(body);
+    record
+}
+
+/// The request a [`received_record`] holds, decompressed (gzip when `gzip`, else zstd), from
+/// the record after its magic: exactly the length it claims, or refused.
+fn received_payload(rest: &[u8], gzip: bool) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let (len, body) = rest.split_first_chunk::<4>().ok_or("a torn request record header")?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let reader: Box<dyn Read + '_> = if gzip {
+        Box::new(flate2::read::MultiGzDecoder::new(body))
+    } else {
+        Box::new(zstd::stream::read::Decoder::new(body).map_err(|e| format!("does not decompress: {e}"))?)
+    };
+    // Room for the claim only as far as the body could plausibly hold it; a false claim
+    // is found when the bytes run out (or past it, one byte more is read to tell).
+    let mut raw = Vec::with_capacity(len.min(body.len().saturating_mul(64)));
+    reader.take(len as u64 + 1).read_to_end(&mut raw).map_err(|e| format!("does not decompress: {e}"))?;
+    if raw.len() != len {
+        return Err(format!("decompresses to {} bytes or more, not the {len} it claims", raw.len()));
+    }
+    Ok(raw)
+}
+
 /// The WAL record of a batch and the bytes of its encoding (what the head counts): the batch
 /// encoded (`docs/format/spans.md`) in an LZ4 record.
 fn wal_record(spans: &[Span]) -> (Vec<u8>, usize) {
@@ -283,8 +324,16 @@ const NO_LIMITS: skein_otlp::Limits = skein_otlp::Limits {
 /// before those, the encoding itself, whose first byte is its version, 1) and the bytes of its
 /// encoding (of the request, for a request record).
 fn read_wal_record(record: &[u8]) -> Result<(Vec<Span>, usize), String> {
-    if let Some(rest) = record.strip_prefix(&REQUEST_MAGIC) {
-        let raw = lz4_payload(rest)?;
+    let request = if let Some(rest) = record.strip_prefix(&REQUEST_MAGIC) {
+        Some(lz4_payload(rest)?)
+    } else if let Some(rest) = record.strip_prefix(&GZIP_REQUEST_MAGIC) {
+        Some(received_payload(rest, true)?)
+    } else if let Some(rest) = record.strip_prefix(&ZSTD_REQUEST_MAGIC) {
+        Some(received_payload(rest, false)?)
+    } else {
+        None
+    };
+    if let Some(raw) = request {
         let batch = skein_otlp::decode_protobuf_to_model(&raw, &NO_LIMITS).map_err(|e| e.to_string())?;
         if batch.rejected > 0 {
             // Not written so; the valid spans are kept all the same.
@@ -509,18 +558,24 @@ impl SpanStore for Engine {
         self.append(spans, record, len).await
     }
 
-    /// Logs the request as it came (LZ4-compressed) instead of encoding its spans again.
-    async fn write_request(&self, spans: Vec<Span>, request: &[u8]) -> Result<(), StoreError> {
+    /// Logs the request as it came instead of encoding its spans again: its body as it is
+    /// when it came gzip- or zstd-compressed, else LZ4-compressed.
+    async fn write_request(&self, spans: Vec<Span>, request: OtlpRequest<'_>) -> Result<(), StoreError> {
         if spans.is_empty() {
             return Ok(());
         }
-        if u32::try_from(request.len()).is_err() {
+        let Ok(len) = u32::try_from(request.protobuf.len()) else {
             // A record's length field is 32 bits; the spans encoded take fewer bytes.
             return self.write(spans).await;
-        }
+        };
         self.shared.wait_for_memory().await?;
-        let record = lz4_record(REQUEST_MAGIC, request);
-        self.append(spans, record, request.len()).await
+        let fits = |body: &[u8]| u32::try_from(body.len() + 8).is_ok();
+        let record = match request.compressed {
+            Some(Compressed::Gzip(body)) if fits(body) => received_record(GZIP_REQUEST_MAGIC, len, body),
+            Some(Compressed::Zstd(body)) if fits(body) => received_record(ZSTD_REQUEST_MAGIC, len, body),
+            _ => lz4_record(REQUEST_MAGIC, request.protobuf),
+        };
+        self.append(spans, record, request.protobuf.len()).await
     }
 
     async fn trace(&self, id: TraceId) -> Result<Option<Vec<Span>>, StoreError> {

@@ -357,7 +357,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::test_config(dir.path());
         let (e, _) = Engine::open(config.clone()).unwrap();
-        e.write_request(spans.clone(), &request).await.unwrap();
+        e.write_request(spans.clone(), OtlpRequest::plain(&request)).await.unwrap();
         e.shared.wal.append(damaged).await.unwrap();
         e.close().await;
         let (e, report) = Engine::open(config).unwrap();
@@ -365,6 +365,79 @@ mod tests {
         let mut back = e.trace(SpanBuilder::trace_id(1)).await.unwrap().unwrap();
         back.sort_by_key(|s| s.span_id);
         assert_eq!(back, spans);
+        e.close().await;
+    }
+
+    /// A request that came gzip- or zstd-compressed (in several members or frames, as a body
+    /// may) is logged with its body as it came, not compressed again, and replayed to the
+    /// same spans; a record whose body decompresses to more or fewer bytes than it claims, or
+    /// does not decompress, is refused and counted.
+    #[tokio::test]
+    async fn compressed_requests_are_logged_as_they_came() {
+        use prost::Message;
+        use std::io::Write;
+        let spans = |n: u8| -> Vec<Span> {
+            (1..=6)
+                .map(|i| {
+                    SpanBuilder::new(n, i)
+                        .service("svc")
+                        .attr("k", skein_model::AttrValue::Str(format!("value {i}").into()))
+                        .build()
+                })
+                .collect()
+        };
+        let request = |n: u8| skein_otlp::to_traces_data(&spans(n)).encode_to_vec();
+        let gzip = |bytes: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(bytes).unwrap();
+            e.finish().unwrap()
+        };
+        let halves = |bytes: &[u8], each: &dyn Fn(&[u8]) -> Vec<u8>| {
+            let (a, b) = bytes.split_at(bytes.len() / 2);
+            [each(a), each(b)].concat()
+        };
+        let (gzipped, zstded) = (
+            halves(&request(1), &|b| gzip(b)),
+            halves(&request(2), &|b| zstd::bulk::compress(b, 3).unwrap()),
+        );
+        let len = |n: u8| request(n).len() as u32;
+        let record = received_record(GZIP_REQUEST_MAGIC, len(1), &gzipped);
+        assert_eq!(&record[8..], &gzipped[..], "the body as it came");
+        assert_eq!(read_wal_record(&record).unwrap(), (spans(1), request(1).len()));
+        let record = received_record(ZSTD_REQUEST_MAGIC, len(2), &zstded);
+        assert_eq!(read_wal_record(&record).unwrap(), (spans(2), request(2).len()));
+        let short = received_record(GZIP_REQUEST_MAGIC, len(1) - 1, &gzipped);
+        assert!(read_wal_record(&short).unwrap_err().contains("claims"));
+        let long = received_record(ZSTD_REQUEST_MAGIC, len(2) + 1, &zstded);
+        assert!(read_wal_record(&long).unwrap_err().contains("claims"));
+        let mut garbled = gzipped.clone();
+        let middle = garbled.len() / 4;
+        garbled[middle] ^= 0x55;
+        assert!(read_wal_record(&received_record(GZIP_REQUEST_MAGIC, len(1), &garbled)).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::test_config(dir.path());
+        let (e, _) = Engine::open(config.clone()).unwrap();
+        let (r1, r2) = (request(1), request(2));
+        let as_came = |protobuf, body| OtlpRequest { protobuf, compressed: Some(body) };
+        e.write_request(spans(1), as_came(&r1, Compressed::Gzip(&gzipped))).await.unwrap();
+        e.write_request(spans(2), as_came(&r2, Compressed::Zstd(&zstded))).await.unwrap();
+        e.shared.wal.append(short).await.unwrap();
+        let logged: Vec<u8> = std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .flat_map(|f| std::fs::read(f.unwrap().path()).unwrap())
+            .collect();
+        for body in [&gzipped, &zstded] {
+            assert!(logged.windows(body.len()).any(|w| w == &body[..]), "the WAL holds the body as it came");
+        }
+        e.close().await;
+        let (e, report) = Engine::open(config).unwrap();
+        assert_eq!((report.wal_records_replayed, report.undecodable_wal_records), (2, 1));
+        for n in [1, 2] {
+            let mut back = e.trace(SpanBuilder::trace_id(n)).await.unwrap().unwrap();
+            back.sort_by_key(|s| s.span_id);
+            assert_eq!(back, spans(n));
+        }
         e.close().await;
     }
 

@@ -75,6 +75,16 @@ impl Coding {
         })
     }
 
+    /// `body`, compressed in this coding, as a store may log it as it came (gzip and zstd;
+    /// `None` for the others, whose requests the store compresses itself).
+    pub(crate) fn kept(self, body: &[u8]) -> Option<skein_store::Compressed<'_>> {
+        match self {
+            Coding::Gzip => Some(skein_store::Compressed::Gzip(body)),
+            Coding::Zstd => Some(skein_store::Compressed::Zstd(body)),
+            _ => None,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Coding::Identity => "identity",

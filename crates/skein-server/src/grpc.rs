@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use skein_otlp::proto::collector::ExportTraceServiceResponse;
+use skein_store::OtlpRequest;
 use tonic::Code;
 use tonic::Status;
 use tonic::server::NamedService;
@@ -80,22 +81,24 @@ where
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let mut reservation = this.budget.reservation();
-            let message = match read_message(&parts.headers, body, this.limits, &mut reservation).await {
-                Ok(message) => message,
-                Err((status, reason)) => {
-                    this.ingest.metrics().request_refused("grpc", reason);
-                    this.ingest.metrics().request(ENDPOINT, grpc_to_http(status.code()));
-                    let mut response = status.into_http();
-                    if reason == "unsupported_encoding" {
-                        response.headers_mut().insert(
-                            "grpc-accept-encoding",
-                            http::HeaderValue::from_static(Coding::GRPC_NAMES),
-                        );
+            let (message, received) =
+                match read_message(&parts.headers, body, this.limits, &mut reservation).await {
+                    Ok(read) => read,
+                    Err((status, reason)) => {
+                        this.ingest.metrics().request_refused("grpc", reason);
+                        this.ingest.metrics().request(ENDPOINT, grpc_to_http(status.code()));
+                        let mut response = status.into_http();
+                        if reason == "unsupported_encoding" {
+                            response.headers_mut().insert(
+                                "grpc-accept-encoding",
+                                http::HeaderValue::from_static(Coding::GRPC_NAMES),
+                            );
+                        }
+                        return Ok(response);
                     }
-                    return Ok(response);
-                }
-            };
-            let answer = export(&this.ingest, &message).await;
+                };
+            let compressed = received.as_ref().and_then(|(coding, body)| coding.kept(body));
+            let answer = export(&this.ingest, OtlpRequest { protobuf: &message, compressed }).await;
             drop(message);
             drop(reservation);
             Ok(match answer {
@@ -107,8 +110,8 @@ where
 }
 
 /// Stores one request message's spans; the OTLP response, or the status to answer.
-async fn export(ingest: &Ingest, message: &Bytes) -> Result<ExportTraceServiceResponse, Status> {
-    let answer = match ingest.export_protobuf(message, "grpc").await {
+async fn export(ingest: &Ingest, message: OtlpRequest<'_>) -> Result<ExportTraceServiceResponse, Status> {
+    let answer = match ingest.export_received(message, "grpc").await {
         Ok(response) => Ok(response),
         Err(e @ IngestError::Malformed(_)) => {
             ingest.metrics().request_refused("grpc", "malformed");
@@ -177,14 +180,14 @@ impl http_body::Body for Unary {
     }
 }
 
-/// Reads the one message of a unary call and decompresses it; on failure, the status to answer
-/// and the reason to count.
+/// Reads the one message of a unary call and decompresses it, with the message as it came when
+/// it came compressed; on failure, the status to answer and the reason to count.
 async fn read_message<B>(
     headers: &http::HeaderMap,
     body: B,
     limits: BodyLimits,
     reservation: &mut Reservation,
-) -> Result<Bytes, (Status, &'static str)>
+) -> Result<(Bytes, Option<(Coding, Bytes)>), (Status, &'static str)>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -208,7 +211,7 @@ where
         return Err(body_status(BodyError::TooLarge { limit: limits.max_bytes, after: String::new() }));
     }
     if !compressed {
-        return Ok(message);
+        return Ok((message, None));
     }
     let name = headers.get("grpc-encoding").and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_owned();
     if name.is_empty() || name == "identity" {
@@ -225,7 +228,9 @@ where
             "unsupported_encoding",
         ));
     };
-    body::decompress(coding, message, limits, reservation).await.map_err(body_status)
+    let received = message.clone();
+    let message = body::decompress(coding, message, limits, reservation).await.map_err(body_status)?;
+    Ok((message, Some((coding, received))))
 }
 
 /// The status for a body that could not be read: only overload is retryable (with a delay);

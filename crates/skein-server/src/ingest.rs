@@ -6,7 +6,7 @@ use skein_otlp::proto::collector::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use skein_otlp::{ConvertedBatch, Limits};
-use skein_store::{SpanStore, StoreError};
+use skein_store::{OtlpRequest, SpanStore, StoreError};
 
 use crate::metrics::Metrics;
 
@@ -65,9 +65,19 @@ impl Ingest {
         body: &[u8],
         protocol: &'static str,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let batch = skein_otlp::decode_protobuf_to_model(body, &self.limits)
+        self.export_received(OtlpRequest::plain(body), protocol).await
+    }
+
+    /// [`Ingest::export_protobuf`] for a request that may have come compressed: the store
+    /// may log its body as it came.
+    pub async fn export_received(
+        &self,
+        request: OtlpRequest<'_>,
+        protocol: &'static str,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let batch = skein_otlp::decode_protobuf_to_model(request.protobuf, &self.limits)
             .map_err(|e| IngestError::Malformed(e.to_string()))?;
-        self.store(batch, Some(body), protocol).await
+        self.store(batch, Some(request), protocol).await
     }
 
     /// Stores the valid spans of `batch`, decoded from `request` when that is an
@@ -77,7 +87,7 @@ impl Ingest {
     async fn store(
         &self,
         batch: ConvertedBatch,
-        request: Option<&[u8]>,
+        request: Option<OtlpRequest<'_>>,
         protocol: &'static str,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         if batch.spans.is_empty() {

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
-use skein_store::Access;
+use skein_store::{Access, OtlpRequest};
 
 use crate::auth::{Auth, Role};
 use crate::body::{self, BodyError, BodyLimits, Budget, Coding};
@@ -176,11 +176,16 @@ async fn handle(rx: &HttpReceiver, headers: &HeaderMap, body: Body) -> Result<Re
     let mut reservation = rx.budget.reservation();
     let read = async {
         let raw = body::collect(body, body::Framing::Plain, rx.limits, &mut reservation).await?;
-        body::decompress(coding, raw, rx.limits, &mut reservation).await
+        // The body as it came is kept beside its decompressed bytes: the store may log it.
+        let received = raw.clone();
+        Ok((body::decompress(coding, raw, rx.limits, &mut reservation).await?, received))
     };
-    let body: Bytes = read.await.map_err(|e| body_failure(&rx.ingest, encoding, e))?;
+    let (body, received): (Bytes, Bytes) = read.await.map_err(|e| body_failure(&rx.ingest, encoding, e))?;
     let answer = match encoding {
-        Encoding::Protobuf => rx.ingest.export_protobuf(&body, "http").await,
+        Encoding::Protobuf => {
+            let request = OtlpRequest { protobuf: &body, compressed: coding.kept(&received) };
+            rx.ingest.export_received(request, "http").await
+        }
         Encoding::Json => {
             let request = skein_otlp::decode_json(&body).map_err(|e| {
                 rx.ingest.metrics().request_refused("http", "malformed");

@@ -274,6 +274,32 @@ pub struct StoreStats {
     pub memory_bytes: Vec<(&'static str, u64)>,
 }
 
+/// An OTLP/protobuf export request as a receiver got it (see [`SpanStore::write_request`]).
+#[derive(Clone, Copy, Debug)]
+pub struct OtlpRequest<'a> {
+    /// The `ExportTraceServiceRequest`'s protobuf bytes, uncompressed.
+    pub protobuf: &'a [u8],
+    /// The body as it came over the wire, when it came compressed in a coding a store may keep
+    /// as it is: decompressed, it is `protobuf` exactly.
+    pub compressed: Option<Compressed<'a>>,
+}
+
+impl<'a> OtlpRequest<'a> {
+    /// A request that came uncompressed (or whose compressed form is not kept).
+    pub fn plain(protobuf: &'a [u8]) -> Self {
+        OtlpRequest { protobuf, compressed: None }
+    }
+}
+
+/// A request body as it came compressed: the coding and the compressed bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compressed<'a> {
+    /// gzip (RFC 1952; members one after another decompress to their bytes one after another).
+    Gzip(&'a [u8]),
+    /// zstd (RFC 8878; frames one after another, likewise).
+    Zstd(&'a [u8]),
+}
+
 /// A place to keep spans and find them again. Every backend passes the `conformance` suite.
 #[async_trait]
 pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
@@ -281,11 +307,11 @@ pub trait SpanStore: std::fmt::Debug + Send + Sync + 'static {
     /// promises and visible to every read that starts afterwards.
     async fn write(&self, spans: Vec<Span>) -> Result<(), StoreError>;
 
-    /// Stores a batch decoded from `request`, the body of an OTLP/protobuf
-    /// `ExportTraceServiceRequest` (uncompressed) of which `spans` are every span: none was
-    /// rejected. Stores that log what they store may log the request as it came instead of
-    /// encoding the spans again (the embedded engine's WAL does); the default stores `spans`.
-    async fn write_request(&self, spans: Vec<Span>, request: &[u8]) -> Result<(), StoreError> {
+    /// Stores a batch decoded from `request`, an OTLP/protobuf `ExportTraceServiceRequest`
+    /// of which `spans` are every span: none was rejected. Stores that log what they store may
+    /// log the request as it came instead of encoding the spans again (the embedded engine's
+    /// WAL does); the default stores `spans`.
+    async fn write_request(&self, spans: Vec<Span>, request: OtlpRequest<'_>) -> Result<(), StoreError> {
         let _ = request;
         self.write(spans).await
     }

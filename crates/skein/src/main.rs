@@ -65,6 +65,12 @@ enum BenchLoad {
     Checkout,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BenchCompression {
+    None,
+    Gzip,
+}
+
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
     /// Spans to send in total.
@@ -76,6 +82,10 @@ struct BenchArgs {
     /// OTLP transport.
     #[arg(long, value_enum, default_value = "grpc")]
     protocol: BenchProtocol,
+    /// How requests are compressed: none (as SDKs send by default) or gzip (as the
+    /// OpenTelemetry Collector's exporters send by default).
+    #[arg(long, value_enum, default_value = "none")]
+    compression: BenchCompression,
     /// Spans per export request.
     #[arg(long, default_value_t = 500)]
     spans_per_request: usize,
@@ -329,6 +339,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         protocol: match args.protocol {
             BenchProtocol::Grpc => skein_bench::Protocol::Grpc,
             BenchProtocol::Http => skein_bench::Protocol::Http,
+        },
+        compression: match args.compression {
+            BenchCompression::None => skein_bench::Compression::None,
+            BenchCompression::Gzip => skein_bench::Compression::Gzip,
         },
         spans: args.spans,
         duration: args.duration,
