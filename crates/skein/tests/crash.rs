@@ -1,7 +1,7 @@
 //! kill -9 at any moment loses no acknowledged span: a real `skein serve` on the embedded
-//! engine is SIGKILLed repeatedly while a client sends OTLP batches (OTLP/JSON and
-//! OTLP/protobuf in turn: the WAL logs the two differently); after each restart every batch
-//! the server acknowledged is readable through the API.
+//! engine is SIGKILLed repeatedly while a client sends OTLP batches (OTLP/JSON, OTLP/protobuf,
+//! and OTLP/protobuf gzip- and zstd-compressed in turn: the WAL logs each differently); after
+//! each restart every batch the server acknowledged is readable through the API.
 
 mod support;
 
@@ -26,15 +26,27 @@ fn start(data: &Path) -> Skein {
     Skein { otlp_http: l.otlp_http, http: l.http, child }
 }
 
-/// A batch of 5 spans of one new trace: as OTLP/JSON for even `n`, as OTLP/protobuf for odd.
-fn batch(round: u32, n: u32) -> (String, Vec<u8>, &'static str) {
+/// A batch of 5 spans of one new trace, by `n`: as OTLP/JSON, OTLP/protobuf, or OTLP/protobuf
+/// compressed with gzip or zstd; with its content type and content encoding.
+fn batch(round: u32, n: u32) -> (String, Vec<u8>, &'static str, &'static str) {
+    use std::io::Write;
     let trace_id = format!("{round:08x}{n:024x}");
     let json = support::otlp_json_batch(&trace_id, "crash", n);
-    if n.is_multiple_of(2) {
-        return (trace_id, json.into_bytes(), "application/json");
+    if n % 4 == 0 {
+        return (trace_id, json.into_bytes(), "application/json", "identity");
     }
     let request = skein_otlp::decode_json(json.as_bytes()).unwrap();
-    (trace_id, prost::Message::encode_to_vec(&request), "application/x-protobuf")
+    let protobuf = prost::Message::encode_to_vec(&request);
+    let (body, coding) = match n % 4 {
+        1 => (protobuf, "identity"),
+        2 => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&protobuf).unwrap();
+            (e.finish().unwrap(), "gzip")
+        }
+        _ => (zstd::bulk::compress(&protobuf, 3).unwrap(), "zstd"),
+    };
+    (trace_id, body, "application/x-protobuf", coding)
 }
 
 #[test]
@@ -55,12 +67,13 @@ fn sigkill_during_ingest_loses_no_acknowledged_span() {
         let deadline = Instant::now() + Duration::from_millis(1500);
         let mut n = 0;
         while Instant::now() < deadline {
-            let (id, body, content_type) = batch(round, n);
+            let (id, body, content_type, coding) = batch(round, n);
             n += 1;
             let ok = rt.block_on(async {
                 client
                     .post(format!("{}/v1/traces", skein.otlp_http))
                     .header("content-type", content_type)
+                    .header("content-encoding", coding)
                     .body(body)
                     .send()
                     .await
