@@ -32,7 +32,7 @@ fn batch(round: u32, n: u32) -> (String, Vec<u8>, &'static str, &'static str) {
     use std::io::Write;
     let trace_id = format!("{round:08x}{n:024x}");
     let json = support::otlp_json_batch(&trace_id, "crash", n);
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         return (trace_id, json.into_bytes(), "application/json", "identity");
     }
     let request = skein_otlp::decode_json(json.as_bytes()).unwrap();
