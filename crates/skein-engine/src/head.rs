@@ -9,9 +9,9 @@ pub(crate) struct Head {
     pub(crate) bytes: usize,
     pub(crate) spans: u64,
     pub(crate) created: Option<Instant>,
-    /// service → operation name → the span kinds seen with it (bit `1 << kind code`).
-    pub(crate) operations: FxHashMap<String, FxHashMap<String, u8>>,
-    /// RED pre-aggregates of the head's spans (a block writes them from its spans again).
+    /// RED pre-aggregates of the head's spans (a block writes them as they are). They also
+    /// answer which services and operations (with their kinds) the head holds: a series per
+    /// service, operation and kind that has spans.
     pub(crate) red: RedSummary,
     /// The earliest start of its spans (`None` while it has none): when retention keeps that
     /// one, it keeps every span, and the head is written without a look at each.
@@ -43,12 +43,6 @@ impl Head {
     pub(crate) fn insert(&mut self, bytes: usize, tally: Tally) {
         self.created.get_or_insert_with(Instant::now);
         self.bytes += bytes;
-        for (service, ops) in tally.operations {
-            let mine = named!(&mut self.operations, &service);
-            for (op, kinds) in ops {
-                *named!(&mut *mine, &op) |= kinds;
-            }
-        }
         self.red.merge(&tally.red);
         self.spans += tally.spans;
         if tally.spans > 0 {
@@ -62,13 +56,12 @@ impl Head {
 }
 
 /// A batch ready for a head: its spans grouped by trace, and what it adds to a head besides
-/// its spans (operations with their kinds, RED pre-aggregates), made before the head's lock is
-/// taken so that writers do it in parallel.
+/// its spans (RED pre-aggregates, which name its services and operations), made before the
+/// head's lock is taken so that writers do it in parallel.
 #[derive(Default)]
 pub(crate) struct Tally {
     traces: Vec<(TraceId, Vec<Span>)>,
     spans: u64,
-    operations: FxHashMap<String, FxHashMap<String, u8>>,
     red: RedSummary,
     /// The earliest start of its spans (`u64::MAX` when it has none).
     oldest_start: u64,
@@ -89,7 +82,6 @@ impl Tally {
                     service
                 }
             };
-            *named!(named!(&mut t.operations, service), &s.name) |= 1 << s.kind.code();
             t.oldest_start = t.oldest_start.min(s.start_time_unix_nano);
             t.red.add_of(service, s);
         }

@@ -656,9 +656,9 @@ impl SpanStore for Engine {
 
     async fn services(&self) -> Result<Vec<String>, StoreError> {
         let st = self.shared.state.read();
-        let mut names: BTreeSet<String> = st.head.operations.keys().cloned().collect();
+        let mut names: BTreeSet<String> = st.head.red.series.keys().cloned().collect();
         for f in &st.frozen {
-            names.extend(f.head.operations.keys().cloned());
+            names.extend(f.head.red.series.keys().cloned());
         }
         for b in &st.blocks {
             names.extend(b.services.iter().map(|(n, _)| n.clone()));
@@ -670,9 +670,9 @@ impl SpanStore for Engine {
         let st = self.shared.state.read();
         let mut ops: BTreeSet<(String, SpanKind)> = BTreeSet::new();
         for h in std::iter::once(&st.head).chain(st.frozen.iter().map(|f| &f.head)) {
-            for (name, kinds) in h.operations.get(service).into_iter().flatten() {
-                let seen = SpanKind::ALL.into_iter().filter(|k| kinds & (1 << k.code()) != 0);
-                ops.extend(seen.map(|k| (name.clone(), k)));
+            for (name, kinds) in h.red.series.get(service).into_iter().flatten() {
+                let seen = SpanKind::ALL.into_iter().filter(|k| !kinds[k.code() as usize].is_empty());
+                ops.extend(seen.map(|k| (name.to_string(), k)));
             }
         }
         for b in &st.blocks {
