@@ -39,8 +39,8 @@ pub enum Compression {
     /// As OpenTelemetry SDKs send by default.
     #[default]
     None,
-    /// As the OpenTelemetry Collector's OTLP exporters send by default (gzip at its default
-    /// level; `Content-Encoding: gzip`, or `grpc-encoding: gzip`).
+    /// As the OpenTelemetry Collector's OTLP exporters send by default (gzip, here at level 6;
+    /// `Content-Encoding: gzip`, or `grpc-encoding: gzip`).
     Gzip,
 }
 
