@@ -320,7 +320,8 @@ const NO_LIMITS: skein_otlp::Limits = skein_otlp::Limits {
     max_attributes: usize::MAX,
 };
 
-/// The batch of a WAL record (an OTLP request; LZ4; zstd, as the builds before wrote it; or,
+/// The batch of a WAL record (an OTLP request: LZ4-compressed, or its gzip or zstd body as it
+/// came; a batch: LZ4; zstd, as the builds before wrote it; or,
 /// before those, the encoding itself, whose first byte is its version, 1) and the bytes of its
 /// encoding (of the request, for a request record).
 fn read_wal_record(record: &[u8]) -> Result<(Vec<Span>, usize), String> {
@@ -569,6 +570,7 @@ impl SpanStore for Engine {
             return self.write(spans).await;
         };
         self.shared.wait_for_memory().await?;
+        // The record (magic, length, body) is framed by the WAL with a 32-bit length.
         let fits = |body: &[u8]| u32::try_from(body.len() + 8).is_ok();
         let record = match request.compressed {
             Some(Compressed::Gzip(body)) if fits(body) => received_record(GZIP_REQUEST_MAGIC, len, body),
