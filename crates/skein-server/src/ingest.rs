@@ -49,7 +49,8 @@ impl Ingest {
         &self.metrics
     }
 
-    /// Stores the valid spans of a decoded request (OTLP/JSON); see [`Ingest::store`].
+    /// Stores the valid spans of a decoded request (OTLP/JSON). Answers success (partial
+    /// success when some spans were rejected) only once the store has them.
     pub async fn export(
         &self,
         request: ExportTraceServiceRequest,
@@ -58,8 +59,8 @@ impl Ingest {
         self.store(skein_otlp::to_model(request, &self.limits), None, protocol).await
     }
 
-    /// Decodes an OTLP/protobuf request body straight into spans and stores the valid ones;
-    /// see [`Ingest::store`].
+    /// Decodes an OTLP/protobuf request body straight into spans and stores the valid ones,
+    /// answering as [`Ingest::export`] does.
     pub async fn export_protobuf(
         &self,
         body: &[u8],
