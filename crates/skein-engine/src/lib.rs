@@ -248,12 +248,7 @@ fn lz4_record(magic: [u8; 4], raw: &[u8]) -> Vec<u8> {
     // `compress` writes into room it does not zero first (a zeroed buffer of the maximum
     // output size cost as much as a tenth of the compression); the header is put before it
     // with one copy of the compressed bytes, a fifth of the encoding.
-    let block = lz4_flex::block::compress(raw);
-    let mut record = Vec::with_capacity(magic.len() + 4 + block.len());
-    record.extend_from_slice(&magic);
-    record.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    record.extend_from_slice(&block);
-    record
+    framed(magic, raw.len() as u32, &lz4_flex::block::compress(raw))
 }
 
 /// What [`lz4_record`] compressed, from the record after its magic.
@@ -270,20 +265,21 @@ fn lz4_payload(rest: &[u8]) -> Result<Vec<u8>, String> {
     Ok(raw)
 }
 
-/// The WAL record of a request that came compressed: `magic`, the length of the request
-/// (`len`, which `body` decompresses to) and the body as it came. Collectors send gzip by
-/// default: logging their bodies as they are costs a copy of a seventh of the request's bytes
-/// instead of compressing all of them again.
-fn received_record(magic: [u8; 4], len: u32, body: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(magic.len() + 4 + body.len());
+/// A WAL record as every compressed one is laid out: `magic`, the length `payload`
+/// decompresses to (u32, little-endian), and `payload` (an LZ4 block, or the gzip or zstd body
+/// of a request as it came: collectors send gzip by default, and logging their bodies as they
+/// are costs a copy of a seventh of the request's bytes instead of compressing all of them
+/// again).
+fn framed(magic: [u8; 4], len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(magic.len() + 4 + payload.len());
     record.extend_from_slice(&magic);
     record.extend_from_slice(&len.to_le_bytes());
-    record.extend_from_slice(body);
+    record.extend_from_slice(payload);
     record
 }
 
-/// The request a [`received_record`] holds, decompressed (gzip when `gzip`, else zstd), from
-/// the record after its magic: exactly the length it claims, or refused.
+/// The request a [`framed`] gzip or zstd record holds, decompressed (gzip when `gzip`, else
+/// zstd), from the record after its magic: exactly the length it claims, or refused.
 fn received_payload(rest: &[u8], gzip: bool) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let (len, body) = rest.split_first_chunk::<4>().ok_or("a torn request record header")?;
@@ -321,9 +317,9 @@ const NO_LIMITS: skein_otlp::Limits = skein_otlp::Limits {
 };
 
 /// The batch of a WAL record (an OTLP request: LZ4-compressed, or its gzip or zstd body as it
-/// came; a batch: LZ4; zstd, as the builds before wrote it; or,
-/// before those, the encoding itself, whose first byte is its version, 1) and the bytes of its
-/// encoding (of the request, for a request record).
+/// came; a batch: LZ4; zstd, as the builds before wrote it; or, before those, the encoding
+/// itself, whose first byte is its version, 1) and the bytes of its encoding (of the request,
+/// for a request record).
 fn read_wal_record(record: &[u8]) -> Result<(Vec<Span>, usize), String> {
     let request = if let Some(rest) = record.strip_prefix(&REQUEST_MAGIC) {
         Some(lz4_payload(rest)?)
@@ -573,8 +569,8 @@ impl SpanStore for Engine {
         // The record (magic, length, body) is framed by the WAL with a 32-bit length.
         let fits = |body: &[u8]| u32::try_from(body.len() + 8).is_ok();
         let record = match request.compressed {
-            Some(Compressed::Gzip(body)) if fits(body) => received_record(GZIP_REQUEST_MAGIC, len, body),
-            Some(Compressed::Zstd(body)) if fits(body) => received_record(ZSTD_REQUEST_MAGIC, len, body),
+            Some(Compressed::Gzip(body)) if fits(body) => framed(GZIP_REQUEST_MAGIC, len, body),
+            Some(Compressed::Zstd(body)) if fits(body) => framed(ZSTD_REQUEST_MAGIC, len, body),
             _ => lz4_record(REQUEST_MAGIC, request.protobuf),
         };
         self.append(spans, record, request.protobuf.len()).await

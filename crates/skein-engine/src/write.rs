@@ -401,19 +401,19 @@ mod tests {
             halves(&request(2), &|b| zstd::bulk::compress(b, 3).unwrap()),
         );
         let len = |n: u8| request(n).len() as u32;
-        let record = received_record(GZIP_REQUEST_MAGIC, len(1), &gzipped);
+        let record = framed(GZIP_REQUEST_MAGIC, len(1), &gzipped);
         assert_eq!(&record[8..], &gzipped[..], "the body as it came");
         assert_eq!(read_wal_record(&record).unwrap(), (spans(1), request(1).len()));
-        let record = received_record(ZSTD_REQUEST_MAGIC, len(2), &zstded);
+        let record = framed(ZSTD_REQUEST_MAGIC, len(2), &zstded);
         assert_eq!(read_wal_record(&record).unwrap(), (spans(2), request(2).len()));
-        let short = received_record(GZIP_REQUEST_MAGIC, len(1) - 1, &gzipped);
+        let short = framed(GZIP_REQUEST_MAGIC, len(1) - 1, &gzipped);
         assert!(read_wal_record(&short).unwrap_err().contains("claims"));
-        let long = received_record(ZSTD_REQUEST_MAGIC, len(2) + 1, &zstded);
+        let long = framed(ZSTD_REQUEST_MAGIC, len(2) + 1, &zstded);
         assert!(read_wal_record(&long).unwrap_err().contains("claims"));
         let mut garbled = gzipped.clone();
         let middle = garbled.len() / 4;
         garbled[middle] ^= 0x55;
-        assert!(read_wal_record(&received_record(GZIP_REQUEST_MAGIC, len(1), &garbled)).is_err());
+        assert!(read_wal_record(&framed(GZIP_REQUEST_MAGIC, len(1), &garbled)).is_err());
 
         let dir = tempfile::tempdir().unwrap();
         let config = crate::test_config(dir.path());
