@@ -129,7 +129,7 @@ impl Shared {
                 return Ok(false);
             }
             st.blocks.retain(|b| !sources.iter().any(|s| Arc::ptr_eq(s, b)));
-            st.blocks.push(Arc::new(merged));
+            st.blocks.push(Arc::new(merged.keep_in(&self.index_cache)));
             st.blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
         }
         self.retired.lock().extend(sources.iter().cloned());

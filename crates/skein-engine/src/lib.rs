@@ -49,6 +49,7 @@ macro_rules! named {
 }
 
 pub mod block;
+pub use block::DEFAULT_INDEX_MEMORY_BYTES;
 mod bloom;
 mod compact;
 mod head;
@@ -92,6 +93,10 @@ pub struct EngineConfig {
     /// WAL writer threads, each appending to segments of its own (default: a quarter of the
     /// cores, at least 2): with one, every acknowledged byte goes through one thread.
     pub wal_writers: usize,
+    /// Bytes of the blocks' indexes that grow with what they store (postings, trace filters,
+    /// column dictionaries) kept in memory, all blocks together; beyond, a search reads a
+    /// block's postings from its file again, a lookup by id its trace section's page.
+    pub index_memory_bytes: u64,
     pub fs: Arc<dyn Fs>,
 }
 
@@ -108,6 +113,7 @@ impl EngineConfig {
             compact_min_blocks: 8,
             compaction_jobs: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4),
             wal_writers: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4).max(2),
+            index_memory_bytes: block::DEFAULT_INDEX_MEMORY_BYTES,
             fs: Arc::new(OsFs),
         }
     }
@@ -173,6 +179,9 @@ struct Shared {
     gate: tokio::sync::RwLock<()>,
     flush_lock: tokio::sync::Mutex<()>,
     state: RwLock<State>,
+    /// What the open blocks keep of their indexes beyond their own fields, within
+    /// `config.index_memory_bytes`.
+    index_cache: Arc<block::IndexCache>,
     /// Blocks replaced by a compaction, deleted from disk once no reader holds them.
     retired: parking_lot::Mutex<Vec<SharedBlock>>,
     spans_evicted: AtomicU64,
@@ -369,6 +378,7 @@ impl Engine {
         fs.create_dir_all(&block_dir)
             .map_err(|source| OpenError::Blocks { path: block_dir.clone(), source })?;
         let mut report = OpenReport::default();
+        let index_cache = block::IndexCache::new(config.index_memory_bytes);
         let mut blocks = Vec::new();
         let mut next_block = 1;
         let mut entries =
@@ -382,7 +392,7 @@ impl Engine {
             }
             let Some(seq) = name.strip_suffix(".blk").and_then(|n| n.parse::<u64>().ok()) else { continue };
             next_block = next_block.max(seq + 1);
-            match Block::open(&*fs, &path) {
+            match Block::open_in(&*fs, &path, &index_cache) {
                 Ok(b) => blocks.push(Arc::new(b)),
                 Err(e) => {
                     tracing::error!(block = %path.display(), error = %e, "corrupt block set aside; its spans are unreadable");
@@ -441,6 +451,7 @@ impl Engine {
             wal,
             gate: tokio::sync::RwLock::new(()),
             flush_lock: tokio::sync::Mutex::new(()),
+            index_cache,
             state: RwLock::new(State {
                 head,
                 frozen: Vec::new(),
@@ -757,10 +768,14 @@ impl SpanStore for Engine {
         for b in &st.blocks {
             let m = b.memory_bytes();
             memory.traces += m.traces;
-            memory.postings += m.postings;
             memory.chunks += m.chunks;
             memory.blooms += m.blooms;
         }
+        // The parts the cache keeps: postings, trace filters (with the trace index), column
+        // dictionaries (with the chunk tables).
+        let (postings, filters, dicts) = self.shared.index_cache.held();
+        memory.traces += filters;
+        memory.chunks += dicts;
         StoreStats {
             blocks: st.blocks.len() as u64,
             blocks_awaiting_compaction: awaiting as u64,
@@ -772,7 +787,7 @@ impl SpanStore for Engine {
             background_nanos,
             memory_bytes: vec![
                 ("trace_index", memory.traces),
-                ("postings", memory.postings),
+                ("postings", postings),
                 ("chunks", memory.chunks),
                 ("blooms", memory.blooms),
             ],

@@ -121,7 +121,7 @@ impl Shared {
             if outside(b.time) {
                 continue;
             }
-            let chunks = b.matcher(&matcher);
+            let chunks = b.matcher(&*self.config.fs, &matcher);
             asked += 1;
             for i in (0..b.chunk_count()).rev() {
                 let t = b.chunk_meta(i).time;

@@ -65,7 +65,7 @@ async fn write_frozen(shared: Weak<Shared>, frozen: Arc<Frozen>, seq: u64) {
         if let Some((b, cpu)) = block {
             shared.block_writer_nanos.fetch_add(cpu.as_nanos() as u64, Ordering::Relaxed);
             tracing::info!(block = %b.path.display(), spans = b.span_count, traces = b.trace_count, bytes = b.bytes, "block written");
-            st.blocks.push(Arc::new(b));
+            st.blocks.push(Arc::new(b.keep_in(&shared.index_cache)));
             st.blocks.sort_by_key(|b| (b.time.start_unix_nano, b.path.clone()));
         }
         // Segments below the first of the oldest head not in a block yet hold only records

@@ -1124,3 +1124,130 @@ async fn the_trace_index_stays_on_disk_and_finds_every_trace() {
     assert!(e.trace(id(20_001)).await.unwrap().is_none());
     e.close().await;
 }
+
+/// What the blocks keep of their indexes that grows with their spans (postings, trace filters,
+/// column dictionaries) stays within `index_memory_bytes`, however many blocks there are: with
+/// a budget of a third of what they would keep, searches (by listed, Bloom-filtered and absent
+/// values) and lookups by id answer exactly as with every part in memory, the parts let go read
+/// from the blocks' files again — before and after a reopen, and after a compaction.
+#[tokio::test]
+async fn the_blocks_indexes_stay_within_their_memory_budget() {
+    let (blocks, per_block) = (12u32, 2_000u32);
+    let address = |n: u32| format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
+    let trace_id = |n: u32| {
+        let mut id = [0u8; 16];
+        id[0] = 0x7b;
+        id[4..8].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_be_bytes());
+        id[12..].copy_from_slice(&n.to_be_bytes());
+        skein_model::TraceId::from_bytes(id).unwrap()
+    };
+    let span = |n: u32| {
+        let mut s = B::new(1, 1)
+            .service(["frontend", "checkout", "cart"][(n % 3) as usize])
+            .kind(SpanKind::Server)
+            .attr("client.address", AttrValue::Str(address(n).into()))
+            .attr("http.route", AttrValue::Str(format!("/api/{}", n % 7).into()))
+            .attr("app.tier", AttrValue::Int((n % 4) as i64))
+            .build();
+        s.trace_id = trace_id(n);
+        s.start_time_unix_nano += n as u64 * 1_000_000;
+        s.end_time_unix_nano += n as u64 * 1_000_000;
+        s
+    };
+    let part = |e: &Engine, name: &str| -> u64 {
+        e.stats().memory_bytes.iter().find(|(p, _)| *p == name).unwrap().1
+    };
+    let held = |e: &Engine| part(e, "postings");
+    let fill = |budget: u64| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg =
+            EngineConfig { index_memory_bytes: budget, compact_min_blocks: 1_000, ..config(dir.path()) };
+        (dir, cfg)
+    };
+    // Every answer the test asks for, in order.
+    let answers = |e: Engine| async move {
+        let mut out: Vec<String> = Vec::new();
+        let before = e.chunks_read();
+        let q = |service: &str, tags: &[(&str, String)]| TraceQuery {
+            service: Some(service.into()),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            limit: 50,
+            ..TraceQuery::default()
+        };
+        for n in [0u32, 4_321, 11_999, 23_999] {
+            let found = e
+                .find_traces(&q(
+                    ["frontend", "checkout", "cart"][(n % 3) as usize],
+                    &[("client.address", address(n))],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1, "client address of span {n}");
+            out.push(format!("{:?}", found.iter().map(|t| t[0].trace_id).collect::<Vec<_>>()));
+            let got = e.trace(trace_id(n)).await.unwrap().unwrap();
+            assert_eq!(got, vec![span(n)]);
+        }
+        assert!(e.trace(trace_id(per_block * blocks + 5)).await.unwrap().is_none());
+        for (service, route, tier) in [("cart", 3, 1), ("frontend", 0, 3), ("checkout", 6, 0)] {
+            let found = e
+                .find_traces(&q(
+                    service,
+                    &[("http.route", format!("/api/{route}")), ("app.tier", tier.to_string())],
+                ))
+                .await
+                .unwrap();
+            assert!(!found.is_empty(), "{service} {route} {tier}");
+            out.push(format!("{:?}", found.iter().map(|t| t[0].trace_id).collect::<Vec<_>>()));
+        }
+        assert!(
+            e.find_traces(&q("cart", &[("client.address", "192.168.0.1".into())])).await.unwrap().is_empty()
+        );
+        assert!(e.find_traces(&q("cart", &[("http.route", "/nowhere".into())])).await.unwrap().is_empty());
+        // As many chunks read: the postings read again prune as those kept did.
+        out.push(format!("{} chunks read", e.chunks_read() - before));
+        (e, out)
+    };
+
+    let (_all_dir, cfg) = fill(u64::MAX / 4);
+    let (e, _) = Engine::open(cfg).unwrap();
+    for b in 0..blocks {
+        e.write((0..per_block).map(|i| span(b * per_block + i)).collect()).await.unwrap();
+        e.flush().await.unwrap();
+    }
+    assert_eq!(e.block_count(), blocks as usize);
+    let everything = held(&e);
+    let trace_index = part(&e, "trace_index");
+    let (e, want) = answers(e).await;
+    assert_eq!(held(&e), everything, "nothing is let go without a budget");
+    e.close().await;
+
+    let budget = everything / 3;
+    let (dir, cfg) = fill(budget);
+    let (e, _) = Engine::open(cfg.clone()).unwrap();
+    for b in 0..blocks {
+        e.write((0..per_block).map(|i| span(b * per_block + i)).collect()).await.unwrap();
+        e.flush().await.unwrap();
+        assert!(held(&e) <= budget, "{} bytes of postings kept over a budget of {budget}", held(&e));
+    }
+    let (e, got) = answers(e).await;
+    assert_eq!(got, want, "within the budget");
+    assert!(held(&e) <= budget && held(&e) > 0, "{} of {budget}", held(&e));
+    // Trace filters are let go too (the first keys of the trace section's pages stay).
+    assert!(part(&e, "trace_index") < trace_index, "{} of {trace_index}", part(&e, "trace_index"));
+    e.close().await;
+
+    let (e, _) = Engine::open(cfg.clone()).unwrap();
+    assert!(held(&e) <= budget, "reopened: {} of {budget}", held(&e));
+    let (e, got) = answers(e).await;
+    assert_eq!(got, want, "reopened");
+    e.close().await;
+
+    let (e, _) = Engine::open(EngineConfig { compact_min_blocks: 2, ..cfg }).unwrap();
+    while e.compact().await.unwrap() {}
+    assert!(e.block_count() < blocks as usize);
+    assert!(held(&e) <= budget, "compacted: {} of {budget}", held(&e));
+    let (e, got) = answers(e).await;
+    assert_eq!(got, want, "compacted");
+    e.close().await;
+    drop(dir);
+}

@@ -68,6 +68,9 @@ pub struct Config {
     /// The embedded engine cuts its in-memory head into a block at this many bytes of spans as
     /// its WAL logs them (an OTLP/protobuf request's bytes, or the batch encoded).
     pub head_max_bytes: usize,
+    /// Bytes of the embedded engine's block indexes that grow with the data (postings, trace
+    /// filters, column dictionaries) kept in memory; beyond, they are read from disk as needed.
+    pub index_memory_bytes: u64,
     /// Largest OTLP request body, before and after decompression.
     pub max_request_bytes: usize,
     /// Largest decompressed/compressed ratio of a request body (above 1 MiB decompressed).
@@ -103,6 +106,7 @@ impl Default for Config {
             memory_max_spans: 1_000_000,
             wal_fsync: skein_wal::FsyncPolicy::Interval(Duration::from_millis(100)),
             head_max_bytes: DEFAULT_HEAD_MAX_BYTES,
+            index_memory_bytes: skein_engine::DEFAULT_INDEX_MEMORY_BYTES,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_decompression_ratio: 100,
             max_inflight_request_bytes: 4 * DEFAULT_MAX_REQUEST_BYTES,

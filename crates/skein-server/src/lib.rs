@@ -21,5 +21,6 @@ pub use config::{
     ClickhouseSettings, Config, ConfigError, DEFAULT_HEAD_MAX_BYTES, DEFAULT_MAX_REQUEST_BYTES, StorageKind,
 };
 pub use server::{BoundServer, Reloader, ServerError, bind};
+pub use skein_engine::DEFAULT_INDEX_MEMORY_BYTES;
 pub use skein_otlp::Limits;
 pub use skein_wal::FsyncPolicy;

@@ -115,6 +115,7 @@ pub async fn bind(config: Config) -> Result<BoundServer, ServerError> {
 async fn open_engine(config: &Config) -> Result<Arc<dyn SpanStore>, ServerError> {
     let engine_config = skein_engine::EngineConfig {
         head_max_bytes: config.head_max_bytes,
+        index_memory_bytes: config.index_memory_bytes,
         wal_fsync: config.wal_fsync,
         retention: config.retention,
         ..skein_engine::EngineConfig::new(&config.data_dir)

@@ -184,6 +184,11 @@ struct ServeArgs {
     /// heads are written while still in the CPU's caches; see docs/ingest.md).
     #[arg(long, env = "SKEIN_HEAD_MAX_BYTES", default_value_t = skein_server::DEFAULT_HEAD_MAX_BYTES)]
     head_max_bytes: usize,
+    /// Bytes of the embedded engine's block indexes that grow with the data (postings, trace
+    /// filters, column dictionaries) it keeps in memory, all blocks together; beyond, a search
+    /// reads a block's postings from disk again (see docs/format/block.md).
+    #[arg(long, env = "SKEIN_INDEX_MEMORY_BYTES", default_value_t = skein_server::DEFAULT_INDEX_MEMORY_BYTES)]
+    index_memory_bytes: u64,
     /// Most spans the memory store keeps; the oldest traces are evicted first.
     #[arg(long, env = "SKEIN_MEMORY_MAX_SPANS", default_value_t = 1_000_000)]
     memory_max_spans: usize,
@@ -270,6 +275,7 @@ impl ServeArgs {
                 WalFsync::Never => skein_server::FsyncPolicy::Never,
             },
             head_max_bytes: self.head_max_bytes,
+            index_memory_bytes: self.index_memory_bytes,
             max_request_bytes: self.max_request_bytes,
             max_decompression_ratio: self.max_decompression_ratio,
             max_inflight_request_bytes: self.max_inflight_request_bytes,

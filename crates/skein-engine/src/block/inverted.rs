@@ -5,12 +5,14 @@
 //! instead of one word in every chunk's list, and a search computes the chunks that may match
 //! once per block instead of walking every chunk's postings.
 //!
-//! The file keeps postings per chunk (format 2 and later, `docs/format/block.md`); this is only
-//! how an open block holds them.
+//! Blocks of formats 2 to 10 keep postings per chunk in their index, as text; format 11 keeps
+//! them inverted, by these hashes, in a section of their own ([`decode_section`]), read when a
+//! search needs them (`docs/format/block.md`).
 
 use rustc_hash::FxHashMap;
 
 use super::{ChunkNumbers, KeyValues};
+use crate::codec;
 
 /// What an entry says of a service's key in its chunks.
 #[derive(Clone, Copy)]
@@ -23,24 +25,44 @@ enum Says<'a> {
     Hashed,
 }
 
-/// An entry's identity: a 64-bit hash of the service (its id in the block), the key and what
-/// the entry says. Nothing but the hash is kept: a value costs no string in memory, and two
-/// entries whose hashes collide only make a search read a chunk it did not need to. Keys and
-/// values are hashed as bytes: an open block hashes every posting of its index, so they are
-/// not checked as UTF-8 (a query's text hashes to the same bytes).
-fn entry_hash(service: u32, key: &[u8], says: Says<'_>) -> u64 {
+/// An entry's identity: a 64-bit hash of the service (its name), the key and what the entry
+/// says. Nothing but the hash is kept: a value costs no string in memory, and two entries whose
+/// hashes collide only make a search read a chunk it did not need to. Keys and values are
+/// hashed as bytes: they are not checked as UTF-8 (a query's text hashes to the same bytes).
+/// Hashed as `len(service) u32, service, len(key) u32, key, says u8, value` (lengths
+/// little-endian; says: 0 unindexed, 1 hashed, 2 a value): a block's postings section
+/// (format 11) holds these hashes, and compaction carries them from block to block as they are.
+fn entry_hash(service: &[u8], key: &[u8], says: Says<'_>) -> u64 {
     let value = if let Says::Value(v) = says { v } else { &[] };
-    crate::bloom::hash_filled(9 + key.len() + value.len(), |buf| {
-        buf[..4].copy_from_slice(&service.to_le_bytes());
-        buf[4..8].copy_from_slice(&(key.len() as u32).to_le_bytes());
-        buf[8..8 + key.len()].copy_from_slice(key);
-        buf[8 + key.len()] = match says {
+    let (s, k) = (service.len(), key.len());
+    crate::bloom::hash_filled(9 + s + k + value.len(), |buf| {
+        buf[..4].copy_from_slice(&(s as u32).to_le_bytes());
+        buf[4..4 + s].copy_from_slice(service);
+        buf[4 + s..8 + s].copy_from_slice(&(k as u32).to_le_bytes());
+        buf[8 + s..8 + s + k].copy_from_slice(key);
+        buf[8 + s + k] = match says {
             Says::Unindexed => 0,
             Says::Hashed => 1,
             Says::Value(_) => 2,
         };
-        buf[9 + key.len()..].copy_from_slice(value);
+        buf[9 + s + k..].copy_from_slice(value);
     })
+}
+
+/// The entries of what a chunk's postings say of one service's key, each by its hash.
+pub(crate) fn entry_hashes(
+    service: &[u8],
+    key: &[u8],
+    values: KeyValues<&[&[u8]]>,
+    mut out: impl FnMut(u64),
+) {
+    match values {
+        KeyValues::Unindexed => out(entry_hash(service, key, Says::Unindexed)),
+        KeyValues::Hashed => out(entry_hash(service, key, Says::Hashed)),
+        KeyValues::Listed(values) => {
+            values.iter().for_each(|v| out(entry_hash(service, key, Says::Value(v))))
+        }
+    }
 }
 
 /// Set in [`Entry::len`] when the words are a bitmap of every chunk rather than chunk numbers.
@@ -70,7 +92,8 @@ pub(crate) struct PostingIndex {
     chunks: u32,
 }
 
-/// Gathers a block's postings chunk by chunk, in chunk order.
+/// Gathers a block's postings chunk by chunk, in chunk order: entry hash → the chunks that have
+/// it.
 #[derive(Default)]
 pub(crate) struct PostingIndexBuilder {
     sets: FxHashMap<u64, Vec<u32>>,
@@ -83,52 +106,151 @@ impl PostingIndexBuilder {
         self.chunks += 1;
     }
 
-    /// The current chunk's service `service` has key `key` with these values.
-    pub(crate) fn add(&mut self, service: u32, key: &[u8], values: KeyValues<&[&[u8]]>) {
+    /// The current chunk's service `service` (its name) has key `key` with these values.
+    pub(crate) fn add(&mut self, service: &[u8], key: &[u8], values: KeyValues<&[&[u8]]>) {
         let chunk = self.chunks.checked_sub(1).expect("next_chunk before add");
-        let mut push = |says: Says<'_>| {
-            let set = self.sets.entry(entry_hash(service, key, says)).or_default();
-            if set.last() != Some(&chunk) {
-                set.push(chunk);
-            }
-        };
-        match values {
-            KeyValues::Unindexed => push(Says::Unindexed),
-            KeyValues::Hashed => push(Says::Hashed),
-            KeyValues::Listed(values) => values.iter().for_each(|v| push(Says::Value(v))),
+        entry_hashes(service, key, values, |hash| self.add_hash(chunk, hash));
+    }
+
+    /// Chunk `chunk` (the last one, or a new one after it) has the entry `hash`.
+    pub(crate) fn add_hash(&mut self, chunk: u32, hash: u64) {
+        self.chunks = self.chunks.max(chunk + 1);
+        let set = self.sets.entry(hash).or_default();
+        if set.last() != Some(&chunk) {
+            set.push(chunk);
         }
     }
 
-    pub(crate) fn finish(self) -> PostingIndex {
-        let dense_words = self.chunks.div_ceil(32) as usize;
+    /// The block has `chunks` chunks (the last ones may have no postings).
+    pub(crate) fn set_chunks(&mut self, chunks: u32) {
+        self.chunks = self.chunks.max(chunks);
+    }
+
+    /// The sets, sorted by hash.
+    fn sorted(self) -> (u32, Vec<(u64, Vec<u32>)>) {
         let mut sets: Vec<(u64, Vec<u32>)> = self.sets.into_iter().collect();
         sets.sort_unstable_by_key(|(hash, _)| *hash);
-        let mut index = PostingIndex { chunks: self.chunks, ..PostingIndex::default() };
-        let mut singles: Vec<(u32, u32)> = Vec::new();
-        for (hash, chunks) in sets {
-            if let [chunk] = chunks[..] {
-                singles.push((hash as u32, chunk));
-                continue;
-            }
-            let start = index.words.len() as u32;
-            let dense = chunks.len() > dense_words;
-            if dense {
-                let mut bits = vec![0u32; dense_words];
-                for c in &chunks {
-                    bits[*c as usize / 32] |= 1 << (c % 32);
-                }
-                index.words.extend(bits);
-            } else {
-                index.words.extend(&chunks);
-            }
-            let len = (index.words.len() as u32 - start) | if dense { DENSE } else { 0 };
-            index.entries.push(Entry { hash, start, len });
+        (self.chunks, sets)
+    }
+
+    pub(crate) fn finish(self) -> PostingIndex {
+        let (chunks, sets) = self.sorted();
+        let mut a = Assembler::new(chunks);
+        for (hash, set) in &sets {
+            a.push(*hash, set);
         }
+        a.finish()
+    }
+
+    /// The block's postings section (format 11, `docs/format/block.md`), before compression:
+    /// `n_sets:varint`, then per set by ascending hash `hash u64`, `n:varint`, the first chunk
+    /// `:varint` and the gaps to the next ones less one (`:varint` each: a set of every chunk
+    /// is a run of zero bytes).
+    pub(crate) fn encode_section(self) -> Vec<u8> {
+        let (_, sets) = self.sorted();
+        let mut w = codec::Writer::default();
+        w.varint(sets.len() as u64);
+        for (hash, set) in sets {
+            w.buf.extend_from_slice(&hash.to_le_bytes());
+            w.varint(set.len() as u64);
+            let mut last = None;
+            for c in set {
+                w.varint(match last {
+                    None => c as u64,
+                    Some(l) => (c - l - 1) as u64,
+                });
+                last = Some(c);
+            }
+        }
+        w.buf
+    }
+}
+
+/// Reads a postings section (see [`PostingIndexBuilder::encode_section`]) of a block of `chunks`
+/// chunks, giving each set (by ascending hash) to `each`; refuses sets out of order, empty, or
+/// naming a chunk the block does not have.
+pub(crate) fn decode_section(
+    raw: &[u8],
+    chunks: u32,
+    mut each: impl FnMut(u64, &[u32]),
+) -> Result<(), String> {
+    let mut r = codec::Reader::new(raw);
+    let err = |e: codec::DecodeError| format!("postings section: {e}");
+    let n = r.count().map_err(err)?;
+    let mut set = Vec::new();
+    let mut last_hash = None;
+    for _ in 0..n {
+        let hash = u64::from_le_bytes(r.take(8).map_err(err)?.try_into().expect("8 bytes"));
+        if last_hash.is_some_and(|l| l >= hash) {
+            return Err("postings section: sets out of order".into());
+        }
+        last_hash = Some(hash);
+        let len = r.count().map_err(err)?;
+        if len == 0 || len > chunks as usize {
+            return Err("postings section: a set of no chunks or more than the block has".into());
+        }
+        set.clear();
+        let mut next = 0u64;
+        for _ in 0..len {
+            let c = next + r.varint().map_err(err)?;
+            if c >= chunks as u64 {
+                return Err("postings section: a set names a chunk the block does not have".into());
+            }
+            set.push(c as u32);
+            next = c + 1;
+        }
+        each(hash, &set);
+    }
+    if !r.is_empty() {
+        return Err("postings section: trailing bytes".into());
+    }
+    Ok(())
+}
+
+/// Builds a [`PostingIndex`] from its sets, given by ascending hash.
+pub(crate) struct Assembler {
+    index: PostingIndex,
+    singles: Vec<(u32, u32)>,
+    dense_words: usize,
+}
+
+impl Assembler {
+    pub(crate) fn new(chunks: u32) -> Assembler {
+        Assembler {
+            index: PostingIndex { chunks, ..PostingIndex::default() },
+            singles: Vec::new(),
+            dense_words: chunks.div_ceil(32) as usize,
+        }
+    }
+
+    pub(crate) fn push(&mut self, hash: u64, chunks: &[u32]) {
+        if let [chunk] = chunks[..] {
+            self.singles.push((hash as u32, chunk));
+            return;
+        }
+        let index = &mut self.index;
+        let start = index.words.len() as u32;
+        let dense = chunks.len() > self.dense_words;
+        if dense {
+            let mut bits = vec![0u32; self.dense_words];
+            for c in chunks {
+                bits[*c as usize / 32] |= 1 << (c % 32);
+            }
+            index.words.extend(bits);
+        } else {
+            index.words.extend(chunks);
+        }
+        let len = (index.words.len() as u32 - start) | if dense { DENSE } else { 0 };
+        index.entries.push(Entry { hash, start, len });
+    }
+
+    pub(crate) fn finish(self) -> PostingIndex {
+        let Assembler { mut index, mut singles, .. } = self;
         index.entries.shrink_to_fit();
         index.words.shrink_to_fit();
         singles.sort_unstable();
         index.single_keys = singles.iter().map(|(key, _)| *key).collect();
-        index.single_chunks = ChunkNumbers::new(self.chunks as usize, singles.iter().map(|(_, c)| *c));
+        index.single_chunks = ChunkNumbers::new(index.chunks as usize, singles.iter().map(|(_, c)| *c));
         index
     }
 }
@@ -165,14 +287,14 @@ impl PostingIndex {
         }
     }
 
-    /// For one service and one tag (its key, and the texts its value may be stored as): the
-    /// chunks where the service's spans may have it by postings alone (listed, or not
+    /// For one service (its name) and one tag (its key, and the texts its value may be stored
+    /// as): the chunks where the service's spans may have it by postings alone (listed, or not
     /// indexed), and those where only the chunk's Bloom filter can tell (hashed), one bit per
     /// chunk.
-    pub(crate) fn tag_chunks(&self, service: u32, key: &str, values: &[String]) -> (Vec<u64>, Vec<u64>) {
+    pub(crate) fn tag_chunks(&self, service: &str, key: &str, values: &[String]) -> (Vec<u64>, Vec<u64>) {
         let n = (self.chunks as usize).div_ceil(64);
         let (mut sure, mut hashed) = (vec![0u64; n], vec![0u64; n]);
-        let key = key.as_bytes();
+        let (service, key) = (service.as_bytes(), key.as_bytes());
         self.add_to(entry_hash(service, key, Says::Unindexed), &mut sure);
         for v in values {
             self.add_to(entry_hash(service, key, Says::Value(v.as_bytes())), &mut sure);
@@ -206,37 +328,37 @@ mod tests {
         let (get, put) = (vec![&b"GET"[..]], vec![&b"GET"[..], b"PUT"]);
         for c in 0..100 {
             b.next_chunk();
-            b.add(0, b"m", KeyValues::Listed(if c == 5 { &put[..] } else { &get[..] }));
+            b.add(b"s0", b"m", KeyValues::Listed(if c == 5 { &put[..] } else { &get[..] }));
             if c % 2 == 0 {
-                b.add(0, b"id", KeyValues::Hashed);
+                b.add(b"s0", b"id", KeyValues::Hashed);
             }
             if c == 3 {
-                b.add(0, b"id", KeyValues::Unindexed);
+                b.add(b"s0", b"id", KeyValues::Unindexed);
             }
             if c == 99 {
-                b.add(1, b"m", KeyValues::Listed(&put[1..]));
+                b.add(b"s1", b"m", KeyValues::Listed(&put[1..]));
                 // Longer than the hash's stack buffer.
-                b.add(1, long.as_bytes(), KeyValues::Listed(&[long.as_bytes()]));
+                b.add(b"s1", long.as_bytes(), KeyValues::Listed(&[long.as_bytes()]));
             }
         }
         let index = b.finish();
         let ones = |bits: &[u64]| (0..100).filter(|i| bit(bits, *i)).collect::<Vec<usize>>();
-        let tag = |service: u32, key: &str, value: &str| index.tag_chunks(service, key, &[value.to_owned()]);
-        let (sure, hashed) = tag(0, "m", "PUT");
+        let tag = |service: &str, key: &str, value: &str| index.tag_chunks(service, key, &[value.to_owned()]);
+        let (sure, hashed) = tag("s0", "m", "PUT");
         assert_eq!((ones(&sure), ones(&hashed)), (vec![5], vec![]));
-        assert_eq!(ones(&tag(0, "m", "GET").0).len(), 100);
-        assert_eq!(ones(&tag(0, "m", "POST").0), Vec::<usize>::new());
-        assert_eq!(ones(&tag(0, "x", "GET").0), Vec::<usize>::new(), "unknown key");
-        let (sure, hashed) = tag(0, "id", "42");
+        assert_eq!(ones(&tag("s0", "m", "GET").0).len(), 100);
+        assert_eq!(ones(&tag("s0", "m", "POST").0), Vec::<usize>::new());
+        assert_eq!(ones(&tag("s0", "x", "GET").0), Vec::<usize>::new(), "unknown key");
+        let (sure, hashed) = tag("s0", "id", "42");
         assert_eq!(ones(&sure), vec![3]);
         assert_eq!(ones(&hashed), (0..100).step_by(2).collect::<Vec<_>>());
-        assert_eq!(ones(&tag(1, "m", "PUT").0), vec![99]);
-        assert_eq!(ones(&tag(1, "m", "GET").0), Vec::<usize>::new());
-        assert_eq!(ones(&tag(2, "m", "PUT").0), Vec::<usize>::new(), "unknown service");
-        assert_eq!(ones(&tag(1, &long, &long).0), vec![99], "a long key and value");
-        assert_eq!(ones(&tag(1, &long, &long[1..]).0), Vec::<usize>::new());
+        assert_eq!(ones(&tag("s1", "m", "PUT").0), vec![99]);
+        assert_eq!(ones(&tag("s1", "m", "GET").0), Vec::<usize>::new());
+        assert_eq!(ones(&tag("s2", "m", "PUT").0), Vec::<usize>::new(), "unknown service");
+        assert_eq!(ones(&tag("s1", &long, &long).0), vec![99], "a long key and value");
+        assert_eq!(ones(&tag("s1", &long, &long[1..]).0), Vec::<usize>::new());
         // Either of a value's texts finds it.
-        let (sure, _) = index.tag_chunks(0, "m", &["POST".to_owned(), "PUT".to_owned()]);
+        let (sure, _) = index.tag_chunks("s0", "m", &["POST".to_owned(), "PUT".to_owned()]);
         assert_eq!(ones(&sure), vec![5]);
         // A value in every chunk costs a bitmap (4 words for 100 chunks), not 100 words; a
         // value in one chunk costs no entry.
@@ -258,17 +380,17 @@ mod tests {
             for c in 0..chunks {
                 b.next_chunk();
                 if c == 3 {
-                    b.add(0, b"k", KeyValues::Listed(&early[..]));
+                    b.add(b"s0", b"k", KeyValues::Listed(&early[..]));
                 }
                 if c == chunks - 1 {
-                    b.add(0, b"k", KeyValues::Listed(&late[..]));
+                    b.add(b"s0", b"k", KeyValues::Listed(&late[..]));
                 }
             }
             let index = b.finish();
             assert_eq!(matches!(index.single_chunks, ChunkNumbers::Narrow(_)), chunks <= 1 << 16);
             assert_eq!(index.single_keys.len(), 2);
             let ones = |v: &str| {
-                let (sure, _) = index.tag_chunks(0, "k", &[v.to_owned()]);
+                let (sure, _) = index.tag_chunks("s0", "k", &[v.to_owned()]);
                 (0..chunks as usize).filter(|i| bit(&sure, *i)).collect::<Vec<usize>>()
             };
             assert_eq!(ones("early"), vec![3], "{chunks} chunks");

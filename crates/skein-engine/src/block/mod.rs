@@ -17,6 +17,7 @@ use crate::columnar::{self, ChunkStrings};
 use skein_store::red::RedSummary;
 
 mod inverted;
+mod kept;
 mod origins;
 mod postings;
 mod reader;
@@ -24,14 +25,16 @@ mod traces;
 mod writer;
 
 use inverted::{PostingIndex, PostingIndexBuilder};
+pub use kept::{DEFAULT_INDEX_MEMORY_BYTES, IndexCache};
+use kept::{Kept, Part};
 use postings::chunk_postings;
 use traces::TraceIndex;
 pub(crate) use writer::{BlockWriter, serially, write_block};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";
-/// Version of the block format written by this code (versions 1 to 9 are still read).
-pub const BLOCK_VERSION: u32 = 10;
+/// Version of the block format written by this code (versions 1 to 10 are still read).
+pub const BLOCK_VERSION: u32 = 11;
 /// Most distinct values a chunk's postings list for one (service, key); beyond, the values go
 /// into the chunk's Bloom filter (format 4; "many" before).
 const MAX_POSTING_VALUES: usize = 32;
@@ -293,7 +296,9 @@ pub(crate) enum KeyValues<V> {
 /// Tag key → its values in one chunk for one service.
 pub(crate) type Postings = BTreeMap<String, KeyValues<BTreeSet<String>>>;
 
-/// An open block: its index in memory, its spans on disk.
+/// An open block: its index in memory (what grows with its spans — postings, trace filter,
+/// dictionaries — in the [`IndexCache`] it was opened in, while its budget allows), its spans on
+/// disk.
 #[derive(Debug)]
 pub struct Block {
     pub(crate) path: PathBuf,
@@ -316,9 +321,10 @@ pub struct Block {
     /// Version 4: where the block's RED pre-aggregates lie (offset, length, crc32 of the
     /// compressed bytes); `None` for older blocks and compactions of them.
     red: Option<(u64, u32, u32)>,
-    /// Format 2 and later: for each service of each chunk, the tag keys its spans carry and,
-    /// for keys with few values, those values, held inverted; `None` for format 1.
-    postings: Option<PostingIndex>,
+    /// Format 2 and later: the index lists, for each service of each chunk, the tag keys its
+    /// spans carry and, for keys with few values, those values; held inverted
+    /// ([`PostingIndex`]) in `kept` (`false` for format 1).
+    has_postings: bool,
     /// The chunks' Bloom filters once a search has read them (crc checked), one per chunk:
     /// a search for a rare value asks every chunk's filter, and reading each from the file
     /// again (open, read, close) was most of such a search. They take 16 bits per distinct
@@ -332,19 +338,21 @@ pub struct Block {
     /// and scope held once, shared by the sets): a few per block.
     origins: Vec<columnar::ChunkOrigins>,
     /// Format 9: where the block's column dictionaries lie (offset, length, crc32), when a
-    /// merge made them…
+    /// merge made them (kept in `kept` once a read needed them).
     dict_section: Option<(u64, u32, u32)>,
-    /// …and once a read needed them, the dictionaries.
-    dicts: std::sync::OnceLock<Arc<columnar::ColumnDicts>>,
+    /// Format 11: where the block's postings section lies (offset, length, crc32).
+    postings_section: Option<(u64, u32, u32)>,
+    /// Where the block's postings, trace filter and dictionaries are kept, and its number there.
+    kept: Arc<IndexCache>,
+    id: u64,
 }
 
 /// Memory an open block holds, by part (see [`Block::memory_bytes`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct MemoryBytes {
-    /// The trace-id index: one entry per trace and chunk.
+    /// The trace-id index: the first key of each page of the trace section (and, for blocks
+    /// before format 6, one entry per trace and chunk).
     pub(crate) traces: u64,
-    /// The chunks' postings (hashes and chunk sets).
-    pub(crate) postings: u64,
     /// Chunk metadata and the service and operation tables.
     pub(crate) chunks: u64,
     /// Bloom filters kept once a search read them.
@@ -356,9 +364,8 @@ pub(crate) struct CopySource<'b> {
     block: &'b Block,
     /// The traces of each chunk, by [`traces::trace_hash`].
     traces: Vec<Vec<u64>>,
-    /// The postings of each chunk, per service (the source's ids): the service's keys and
-    /// values as the index encodes them.
-    postings: Vec<Vec<(u32, Vec<u8>)>>,
+    /// The postings of each chunk: its entries' hashes.
+    postings: Vec<Vec<u64>>,
     /// The blocked Bloom filter of each chunk (format 5; empty when it has none).
     blocked: Vec<Vec<u8>>,
 }

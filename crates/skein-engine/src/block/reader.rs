@@ -44,11 +44,6 @@ impl<'a> IndexReader<'a> {
         self.r.is_empty()
     }
 
-    /// How many bytes have been read.
-    pub(crate) fn position(&self) -> usize {
-        self.r.pos
-    }
-
     /// A reader of the crate's codec from here on, for what the index holds in that codec's
     /// forms (resources, scopes); [`IndexReader::advance_to`] then skips what it read.
     pub(crate) fn codec(&self) -> codec::Reader<'a> {
@@ -61,14 +56,45 @@ impl<'a> IndexReader<'a> {
 }
 
 impl Block {
-    /// Opens a block: checks the footer and the index, and keeps the index in memory.
+    /// Opens a block: checks the footer and the index, and keeps the index in memory (all of
+    /// it: in a cache of its own without a budget).
     pub fn open(fs: &dyn Fs, path: &Path) -> Result<Block, BlockError> {
-        Self::open_with(fs, path, None)
+        Self::open_in(fs, path, &IndexCache::unbounded())
     }
 
-    /// [`Block::open`], and what compaction copies with each chunk, as the file holds it, into
-    /// `copy` when given: its postings (per service id) and its traces' ids.
-    fn open_with(fs: &dyn Fs, path: &Path, copy: Option<&mut ChunkCopies>) -> Result<Block, BlockError> {
+    /// Opens a block whose postings, trace filter and dictionaries are kept in `cache` (while
+    /// its budget allows).
+    pub fn open_in(fs: &dyn Fs, path: &Path, cache: &Arc<IndexCache>) -> Result<Block, BlockError> {
+        let (block, parts) = Self::open_with(fs, path, None, cache)?;
+        for part in parts {
+            block.kept.keep(block.id, part);
+        }
+        Ok(block)
+    }
+
+    /// The block, now with its parts kept in `cache` (taken out of the one it was opened in).
+    pub(crate) fn keep_in(mut self, cache: &Arc<IndexCache>) -> Block {
+        if Arc::ptr_eq(&self.kept, cache) {
+            return self;
+        }
+        let parts = self.kept.forget(self.id);
+        self.kept = Arc::clone(cache);
+        self.id = cache.block_id();
+        for part in parts {
+            self.kept.keep(self.id, part);
+        }
+        self
+    }
+
+    /// [`Block::open`] (the block's parts given back beside it, not kept yet), and what
+    /// compaction copies with each chunk, as the file holds it, into `copy` when given: its
+    /// postings (per service id) and its traces' ids.
+    fn open_with(
+        fs: &dyn Fs,
+        path: &Path,
+        copy: Option<&mut ChunkCopies>,
+        cache: &Arc<IndexCache>,
+    ) -> Result<(Block, Vec<Kept>), BlockError> {
         let io = |source| BlockError::Io { path: path.to_owned(), source };
         let corrupt = |reason: String| BlockError::Corrupt { path: path.to_owned(), reason };
         let len = fs.len(path).map_err(io)?;
@@ -100,9 +126,34 @@ impl Block {
         }
         let raw = zstd::stream::decode_all(&compressed[..])
             .map_err(|e| corrupt(format!("index does not decompress: {e}")))?;
-        Self::parse_index(path, &raw, len, index_offset, version, copy).map_err(corrupt)
+        let build = copy.is_none();
+        let (block, mut parts) =
+            Self::parse_index(path, &raw, len, index_offset, version, copy, cache).map_err(corrupt)?;
+        if build && block.postings_section.is_some() {
+            parts.push(Kept::Postings(Arc::new(block.read_postings_section(fs)?)));
+        }
+        Ok((block, parts))
     }
 
+    /// The block's postings section (format 11), crc checked, as the chunks' postings held
+    /// inverted.
+    fn read_postings_section(&self, fs: &dyn Fs) -> Result<PostingIndex, BlockError> {
+        let mut a = inverted::Assembler::new(self.chunks.len() as u32);
+        self.each_posting_set(fs, |hash, chunks| a.push(hash, chunks))?;
+        Ok(a.finish())
+    }
+
+    /// Each set of the block's postings section (format 11): an entry's hash and its chunks.
+    fn each_posting_set(&self, fs: &dyn Fs, each: impl FnMut(u64, &[u32])) -> Result<(), BlockError> {
+        let (offset, len, crc) = self.postings_section.expect("a block of format 11");
+        let bytes = self.read_checked(fs, offset, len, crc, || "postings section".to_owned())?;
+        let raw = zstd::stream::decode_all(&bytes[..])
+            .map_err(|e| self.corrupt(format!("postings section does not decompress: {e}")))?;
+        inverted::decode_section(&raw, self.chunks.len() as u32, each).map_err(|e| self.corrupt(e))
+    }
+
+    /// The block whose index (of format `version`) is `raw`, with its parts to keep in `cache`
+    /// (given back beside it).
     pub(crate) fn parse_index(
         path: &Path,
         raw: &[u8],
@@ -110,7 +161,8 @@ impl Block {
         index_offset: u64,
         version: u32,
         mut per_chunk: Option<&mut ChunkCopies>,
-    ) -> Result<Block, String> {
+        cache: &Arc<IndexCache>,
+    ) -> Result<(Block, Vec<Kept>), String> {
         let mut r = IndexReader::new(raw);
         let time = TimeRange::new(r.varint()?, r.varint()?);
         let span_count = r.varint()?;
@@ -149,7 +201,7 @@ impl Block {
         // Read for compaction (`per_chunk`), the index is kept as the file has it and the open
         // block's in-memory forms are not built.
         let build = per_chunk.is_none();
-        let mut postings = (version >= 2).then(PostingIndexBuilder::default);
+        let mut postings = (2..=10).contains(&version).then(PostingIndexBuilder::default);
         let n = r.count()?;
         let mut chunks = Vec::with_capacity(n);
         let mut values: Vec<&[u8]> = Vec::new();
@@ -181,36 +233,20 @@ impl Block {
                 origins::OWN_ORIGINS
             };
             if let Some(postings) = &mut postings {
+                // Formats 2 to 10: the chunk's postings, per service, as text. Read for
+                // compaction (`per_chunk`), they are kept as the chunk's entries' hashes;
+                // otherwise they go into the open block's inverted postings.
                 postings.next_chunk();
                 let mut copy = per_chunk.as_ref().map(|_| Vec::new());
                 let n = r.count()?;
                 for _ in 0..n {
-                    let service = r.varint()? as u32;
-                    if service as usize >= services.len() {
+                    let service = r.varint()? as usize;
+                    let Some((name, _)) = services.get(service) else {
                         return Err("postings name an unknown service".into());
-                    }
-                    // Read for compaction, a service's postings are kept as the file has
-                    // them, as bytes (its keys and values, after the service id, which the
-                    // merged block numbers anew); otherwise they go into the open block's
-                    // inverted postings.
-                    let start = r.position();
+                    };
+                    let name = name.as_bytes();
                     let nk = r.count()?;
                     for _ in 0..nk {
-                        if copy.is_some() {
-                            // Checked and stepped over: compaction copies the bytes.
-                            r.text_bytes()?;
-                            match r.bytes(1)?[0] {
-                                0 => {}
-                                1 => {
-                                    for _ in 0..r.count()? {
-                                        r.text_bytes()?;
-                                    }
-                                }
-                                2 if version >= 4 => {}
-                                f => return Err(format!("bad postings flag {f}")),
-                            }
-                            continue;
-                        }
                         let key = r.text_bytes()?;
                         let flag = r.bytes(1)?[0];
                         values.clear();
@@ -226,10 +262,10 @@ impl Block {
                             2 if version >= 4 => KeyValues::Hashed,
                             f => return Err(format!("bad postings flag {f}")),
                         };
-                        postings.add(service, key, found);
-                    }
-                    if let Some(copy) = &mut copy {
-                        copy.push((service, raw[start..r.position()].to_vec()));
+                        match &mut copy {
+                            Some(copy) => inverted::entry_hashes(name, key, found, |h| copy.push(h)),
+                            None => postings.add(name, key, found),
+                        }
                     }
                 }
                 if let (Some(out), Some(copy)) = (&mut per_chunk, copy) {
@@ -364,10 +400,11 @@ impl Block {
         // What lies before the RED pre-aggregates (or the index): the trace section (format 6),
         // and before it the Bloom section (format 5).
         let end = red.map_or(index_offset, |(offset, _, _)| offset);
+        let mut parts = Vec::new();
         let traces = match (traces, paged) {
             (Some(traces), _) => traces,
             (None, Some((form, entries, offset, per_page, firsts, page_lens, filter))) => {
-                TraceIndex::Paged(traces::Paged::new(
+                let (paged, filter) = traces::Paged::new(
                     form,
                     offset,
                     entries,
@@ -377,7 +414,11 @@ impl Block {
                     filter,
                     chunks.len(),
                     end,
-                )?)
+                )?;
+                if build {
+                    parts.push(Kept::TraceFilter(Arc::new(filter)));
+                }
+                TraceIndex::Paged(paged)
             }
             (None, None) => unreachable!("every version reads one form of trace index"),
         };
@@ -407,6 +448,19 @@ impl Block {
             },
             _ => None,
         };
+        // Format 11: the postings section (after the dictionaries, before the Bloom section).
+        let postings_section = match version {
+            11.. => {
+                let len = u32::try_from(r.varint()?).map_err(|_| "postings section too long")?;
+                let offset = r.varint()?;
+                let crc = u32::from_le_bytes(r.bytes(4)?.try_into().expect("4 bytes"));
+                if offset.checked_add(len as u64).is_none_or(|end| end > index_offset) {
+                    return Err("the postings section lies outside the file".into());
+                }
+                Some((offset, len, crc))
+            }
+            _ => None,
+        };
         if chunks.iter().any(|c| c.origins != origins::OWN_ORIGINS && c.origins as usize >= origin_sets.len())
         {
             return Err("a chunk names an origin set the index does not hold".into());
@@ -414,14 +468,18 @@ impl Block {
         if !r.is_empty() {
             return Err("trailing bytes after the index".into());
         }
-        let postings = postings.map(PostingIndexBuilder::finish);
+        let has_postings = version >= 2;
+        if let Some(mut postings) = postings.filter(|_| build) {
+            postings.set_chunks(chunks.len() as u32);
+            parts.push(Kept::Postings(Arc::new(postings.finish())));
+        }
         // Format 4 filters only: most blocks have none, and then no slot per chunk either.
         let blooms = if chunks.iter().any(|c| c.bloom_len > 0) {
             (0..chunks.len()).map(|_| std::sync::OnceLock::new()).collect()
         } else {
             Vec::new()
         };
-        Ok(Block {
+        let block = Block {
             path: path.to_owned(),
             time,
             span_count,
@@ -433,13 +491,16 @@ impl Block {
             services,
             traces,
             red,
-            postings,
+            has_postings,
             blooms,
             bloom_groups,
             origins: origin_sets,
             dict_section,
-            dicts: std::sync::OnceLock::new(),
-        })
+            postings_section,
+            kept: Arc::clone(cache),
+            id: cache.block_id(),
+        };
+        Ok((block, parts))
     }
 
     /// The block's RED pre-aggregates, crc checked; `None` when it has none (written before
@@ -473,16 +534,41 @@ impl Block {
     /// of the id from format 8 and a 32-bit one before format 6, so a chunk read for it may,
     /// rarely, hold only another trace's spans.
     pub fn chunks_of(&self, fs: &dyn Fs, ids: &[TraceId]) -> Result<BTreeSet<usize>, BlockError> {
-        self.traces.chunks_of(fs, &self.path, ids).map_err(|e| self.corrupt(e))
+        let filter = match self.kept.get(self.id, Part::TraceFilter) {
+            Some(Kept::TraceFilter(f)) => Some(f),
+            _ => None,
+        };
+        self.traces.chunks_of(fs, &self.path, ids, filter.as_deref()).map_err(|e| self.corrupt(e))
     }
 
-    /// Bytes of memory the open block holds (its index and the Bloom filters searches have
-    /// kept), estimated from the lengths of its tables: what `skein_storage_memory_bytes`
-    /// adds up.
+    /// The block's postings (`None` before format 2): kept, or read from its index again.
+    fn postings(&self, fs: &dyn Fs) -> Result<Option<Arc<PostingIndex>>, BlockError> {
+        if !self.has_postings {
+            return Ok(None);
+        }
+        let kept = self.kept.get_or_load(self.id, Part::Postings, || {
+            if self.postings_section.is_some() {
+                return self.read_postings_section(fs).map(|p| Kept::Postings(Arc::new(p)));
+            }
+            // Formats 2 to 10 list them in the index: it is read and parsed again.
+            let (_, parts) = Self::open_with(fs, &self.path, None, &self.kept)?;
+            parts
+                .into_iter()
+                .find(|p| matches!(p, Kept::Postings(_)))
+                .ok_or_else(|| self.corrupt("the index changed under an open block".into()))
+        })?;
+        match kept {
+            Kept::Postings(p) => Ok(Some(p)),
+            _ => unreachable!("the postings part holds postings"),
+        }
+    }
+
+    /// Bytes of memory the open block holds itself (its index but for the parts its
+    /// [`IndexCache`] keeps, and the Bloom filters searches have kept), estimated from the
+    /// lengths of its tables: what `skein_storage_memory_bytes` adds up with the cache's.
     pub(crate) fn memory_bytes(&self) -> MemoryBytes {
         let chunks = self.chunks.capacity() * std::mem::size_of::<ChunkMeta>()
             + origins::memory_bytes(&self.origins)
-            + self.dicts.get().map_or(0, |d| d.len())
             + self.chunks.iter().map(|c| c.services.heap_bytes()).sum::<usize>()
             + self.blooms.capacity() * std::mem::size_of::<std::sync::OnceLock<Arc<[u8]>>>()
             + self
@@ -499,7 +585,6 @@ impl Block {
             .sum();
         MemoryBytes {
             traces: self.traces.memory_bytes() as u64,
-            postings: self.postings.as_ref().map_or(0, PostingIndex::memory_bytes) as u64,
             chunks: (chunks + services) as u64,
             blooms: self.blooms.iter().filter_map(|b| b.get()).map(|b| b.len() as u64 + 16).sum(),
         }
@@ -526,10 +611,16 @@ impl Block {
 
     /// What a search for the spans `m` accepts may find in each chunk (see
     /// [`ChunkMatcher::may_match`]): its service and its tags as the index holds them
-    /// ([`SpanMatcher::indexed_tags`]); the chunks' postings are asked once for the whole block.
-    pub(crate) fn matcher<'b>(&'b self, m: &skein_store::SpanMatcher<'_>) -> ChunkMatcher<'b> {
+    /// ([`SpanMatcher::indexed_tags`]); the chunks' postings are asked once for the whole block
+    /// (read from its index again when its [`IndexCache`] has let them go; should that fail,
+    /// every chunk of the service is read, as for a block without postings).
+    pub(crate) fn matcher<'b>(&'b self, fs: &dyn Fs, m: &skein_store::SpanMatcher<'_>) -> ChunkMatcher<'b> {
         let service = m.service();
-        let Some(postings) = &self.postings else {
+        let postings = self.postings(fs).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "postings could not be read again; the search reads every chunk of the block");
+            None
+        });
+        let Some(postings) = postings else {
             return ChunkMatcher::new(self, Plan::ServiceOnly(service.map(str::to_owned)));
         };
         let nothing = ChunkMatcher::new(self, Plan::Nothing);
@@ -553,7 +644,7 @@ impl Block {
                 let per_tag = wanted
                     .iter()
                     .map(|(key, texts)| {
-                        let (sure, hashed) = postings.tag_chunks(sid, key, texts);
+                        let (sure, hashed) = postings.tag_chunks(name, key, texts);
                         let items = texts.iter().map(|t| bloom::item_hash(name, key, t)).collect();
                         TagChunks { sure, hashed, items }
                     })
@@ -676,11 +767,19 @@ impl Block {
     /// chunk has postings (format 2 and later): the postings and trace ids, which the open
     /// block holds only as hashes, are read from its index again.
     pub(crate) fn copy_source(&self, fs: &dyn Fs) -> Result<Option<CopySource<'_>>, BlockError> {
-        if self.postings.is_none() {
+        if !self.has_postings {
             return Ok(None);
         }
         let mut copy = ChunkCopies::default();
-        Self::open_with(fs, &self.path, Some(&mut copy))?;
+        Self::open_with(fs, &self.path, Some(&mut copy), &self.kept)?;
+        if self.postings_section.is_some() {
+            copy.postings = vec![Vec::new(); self.chunks.len()];
+            self.each_posting_set(fs, |hash, chunks| {
+                for c in chunks {
+                    copy.postings[*c as usize].push(hash);
+                }
+            })?;
+        }
         if let TraceIndex::Paged(p) = &self.traces {
             p.read_all(fs, &self.path, &mut copy.traces).map_err(|e| self.corrupt(e))?;
         }
@@ -705,16 +804,19 @@ impl Block {
     }
 
     /// The block's column dictionaries (format 9; `None` when it has none), read and crc
-    /// checked when first asked, then kept.
+    /// checked when first asked, then kept (in the block's [`IndexCache`]).
     pub(crate) fn dicts(&self, fs: &dyn Fs) -> Result<Option<Arc<columnar::ColumnDicts>>, BlockError> {
         let Some((offset, len, crc)) = self.dict_section else { return Ok(None) };
-        if let Some(d) = self.dicts.get() {
-            return Ok(Some(Arc::clone(d)));
+        let kept = self.kept.get_or_load(self.id, Part::Dicts, || {
+            let bytes = self.read_checked(fs, offset, len, crc, || "column dictionaries".to_owned())?;
+            columnar::ColumnDicts::decode(&bytes)
+                .map(|d| Kept::Dicts(Arc::new(d)))
+                .map_err(|e| self.corrupt(format!("column dictionaries: {e}")))
+        })?;
+        match kept {
+            Kept::Dicts(d) => Ok(Some(d)),
+            _ => unreachable!("the dictionaries part holds dictionaries"),
         }
-        let bytes = self.read_checked(fs, offset, len, crc, || "column dictionaries".to_owned())?;
-        let dicts = columnar::ColumnDicts::decode(&bytes)
-            .map_err(|e| self.corrupt(format!("column dictionaries: {e}")))?;
-        Ok(Some(Arc::clone(self.dicts.get_or_init(|| Arc::new(dicts)))))
     }
 
     /// The set of the block's origins chunk `i` numbers (`None`: it holds its own).
@@ -915,12 +1017,12 @@ impl<'b> ChunkMatcher<'b> {
     }
 }
 
-/// What compaction copies with each chunk of a block, read from its index: per chunk, its
-/// postings (per service id, the keys and values as the index encodes them) and the
+/// What compaction copies with each chunk of a block, read from its index (or, format 11, its
+/// postings section): per chunk, its postings (the hashes of its entries) and the
 /// [`traces::trace_hash`]es of its traces.
 #[derive(Default)]
 pub(crate) struct ChunkCopies {
-    postings: Vec<Vec<(u32, Vec<u8>)>>,
+    postings: Vec<Vec<u64>>,
     traces: Vec<Vec<u64>>,
 }
 
@@ -935,7 +1037,9 @@ pub(crate) const KEPT_BLOOMS_MAX: u64 = 64 * 1024 * 1024;
 static KEPT_BLOOMS: AtomicU64 = AtomicU64::new(0);
 
 impl Drop for Block {
+    /// A block closed (retention, compaction) gives back what it and its cache keep of it.
     fn drop(&mut self) {
+        self.kept.forget(self.id);
         let kept: u64 = self.blooms.iter().filter_map(|b| b.get()).map(|b| b.len() as u64).sum();
         KEPT_BLOOMS.fetch_sub(kept, Ordering::Relaxed);
     }
@@ -1153,7 +1257,7 @@ mod tests {
                 tags: vec![("client.address".to_owned(), v.to_owned())],
                 ..Default::default()
             };
-            let m = block.matcher(&skein_store::SpanMatcher::new(&q));
+            let m = block.matcher(&OsFs, &skein_store::SpanMatcher::new(&q));
             (0..block.chunk_count()).filter(|i| m.may_match(&OsFs, *i)).collect()
         };
         for i in [0u32, 7_777, 23_999] {
@@ -1226,7 +1330,7 @@ mod tests {
                 tags: vec![("client.address".to_owned(), v.to_owned())],
                 ..Default::default()
             };
-            let m = block.matcher(&skein_store::SpanMatcher::new(&q));
+            let m = block.matcher(&OsFs, &skein_store::SpanMatcher::new(&q));
             (0..block.chunk_count()).filter(|i| m.may_match(&OsFs, *i)).collect()
         };
         let holding = |v: &str| -> Vec<usize> {

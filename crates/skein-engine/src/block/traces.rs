@@ -47,15 +47,18 @@ impl TraceIndex {
     /// 6 and 7 answer exactly; format 8 (by a 64-bit hash of the id) and the 32-bit hashed
     /// index may name a chunk of another trace with the same hash (the caller filters the
     /// spans it reads by id).
+    /// A paged index asks `filter`, the block's trace filter, when it is kept in memory, and
+    /// reads the pages the ids may be in without it otherwise.
     pub(crate) fn chunks_of(
         &self,
         fs: &dyn Fs,
         path: &Path,
         ids: &[TraceId],
+        filter: Option<&TraceFilter>,
     ) -> Result<BTreeSet<usize>, IndexError> {
         match self {
             TraceIndex::Hashed(h) => Ok(ids.iter().flat_map(|id| h.chunks_of(*id)).collect()),
-            TraceIndex::Paged(p) => p.chunks_of(fs, path, ids),
+            TraceIndex::Paged(p) => p.chunks_of(fs, path, ids, filter),
         }
     }
 
@@ -63,9 +66,7 @@ impl TraceIndex {
     pub(crate) fn memory_bytes(&self) -> usize {
         match self {
             TraceIndex::Hashed(h) => h.memory_bytes(),
-            TraceIndex::Paged(p) => {
-                p.firsts.capacity() * 16 + p.page_ends.capacity() * 8 + p.filter.lines.capacity()
-            }
+            TraceIndex::Paged(p) => p.firsts.capacity() * 16 + p.page_ends.capacity() * 8,
         }
     }
 }
@@ -123,12 +124,12 @@ pub(crate) struct Paged {
     firsts: Vec<u128>,
     /// Format 10: where each page ends (from the section's start; its bytes vary).
     page_ends: Vec<u64>,
-    filter: TraceFilter,
 }
 
 /// A blocked Bloom filter of a block's trace ids (see [`bloom::build_blocked`]), kept in
-/// memory: a read by id asks every block, and most do not hold the trace; without it each
-/// would cost a page read, from the disk once the page cache has let the page go.
+/// memory while the budget of the blocks' indexes allows it ([`super::IndexCache`]): a read by
+/// id asks every block, and most do not hold the trace; without it each costs a page read,
+/// from the disk once the page cache has let the page go.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TraceFilter {
     pub(crate) probes: u8,
@@ -400,8 +401,8 @@ impl TraceSection {
 impl Paged {
     /// The index of a section at `offset` with `entries` entries (keys of `form`) in pages
     /// of `per_page`, the first keys `firsts` (and for [`KeyForm::Packed`] each page's bytes,
-    /// `page_lens`), the trace filter `filter`, in a block of `chunks` chunks whose section
-    /// must end by `end`.
+    /// `page_lens`), in a block of `chunks` chunks whose section must end by `end`; and
+    /// the trace filter `filter`, checked and given back.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         form: KeyForm,
@@ -413,7 +414,7 @@ impl Paged {
         filter: TraceFilter,
         chunks: usize,
         end: u64,
-    ) -> Result<Paged, IndexError> {
+    ) -> Result<(Paged, TraceFilter), IndexError> {
         firsts.shrink_to_fit();
         if !filter.lines.len().is_multiple_of(bloom::LINE_BYTES) || (entries > 0 && filter.lines.is_empty()) {
             return Err("the trace filter is not whole lines".into());
@@ -448,12 +449,11 @@ impl Paged {
             chunks,
             firsts,
             page_ends,
-            filter,
         };
         if offset.checked_add(p.len()).is_none_or(|e| e > end) {
             return Err("the trace section lies outside the file".into());
         }
-        Ok(p)
+        Ok((p, filter))
     }
 
     /// Where the section starts.
@@ -525,12 +525,18 @@ impl Paged {
         before.saturating_sub(1)..through
     }
 
-    fn chunks_of(&self, fs: &dyn Fs, path: &Path, ids: &[TraceId]) -> Result<BTreeSet<usize>, IndexError> {
+    fn chunks_of(
+        &self,
+        fs: &dyn Fs,
+        path: &Path,
+        ids: &[TraceId],
+        filter: Option<&TraceFilter>,
+    ) -> Result<BTreeSet<usize>, IndexError> {
         // Each id is hashed once, for the filter and (format 8) the section's key.
         let keys: Vec<u128> = ids
             .iter()
             .map(|id| (*id, trace_hash(*id)))
-            .filter(|(_, h)| self.filter.may_hold(*h))
+            .filter(|(_, h)| filter.is_none_or(|f| f.may_hold(*h)))
             .map(|(id, h)| self.form.key(id, h))
             .collect();
         let pages: BTreeSet<usize> = keys.iter().flat_map(|k| self.pages_of(*k)).collect();
@@ -635,7 +641,7 @@ mod tests {
         entries: &[(TraceId, u32)],
         chunks: usize,
         lead: usize,
-    ) -> (Paged, std::path::PathBuf) {
+    ) -> (Paged, TraceFilter, std::path::PathBuf) {
         let section = TraceSection::write(form, &keyed(form, entries), chunks);
         let path = dir.join(format!("section-{form:?}"));
         let mut file = vec![7u8; lead];
@@ -653,7 +659,7 @@ mod tests {
             file.len() as u64,
         )
         .unwrap();
-        (p, path)
+        (p.0, p.1, path)
     }
 
     /// Every trace's chunks are found, exactly (no other trace's), for traces whose entries
@@ -692,7 +698,7 @@ mod tests {
                 entries.sort_unstable();
                 entries.dedup();
             }
-            let (index, path) = paged(dir.path(), form, &entries, chunk_count, 100);
+            let (index, filter, path) = paged(dir.path(), form, &entries, chunk_count, 100);
             assert_eq!(index.wide, chunk_count > NARROW_CHUNKS);
             let fixed = |key: u64| entries.len() as u64 * (key + if index.wide { 4 } else { 2 });
             let pages = index.firsts.len() as u64 * 4;
@@ -705,23 +711,28 @@ mod tests {
             assert_eq!(std::fs::metadata(&path).unwrap().len(), 100 + index.len());
             assert!(index.firsts.len() >= 8);
             let fs = OsFs;
-            for n in 0..1000u64 {
-                let want: BTreeSet<usize> =
-                    entries.iter().filter(|(i, _)| *i == id(n)).map(|(_, c)| *c as usize).collect();
-                assert_eq!(
-                    index.chunks_of(&fs, &path, &[id(n)]).unwrap(),
-                    want,
-                    "{form:?}, {chunk_count} chunks, trace {n}"
-                );
-            }
-            let both: BTreeSet<usize> = entries
-                .iter()
-                .filter(|(i, _)| *i == id(1) || *i == id(97))
-                .map(|(_, c)| *c as usize)
-                .collect();
-            assert_eq!(index.chunks_of(&fs, &path, &[id(1), id(97)]).unwrap(), both);
-            for absent in [TraceId::from_bytes([0; 16]).unwrap_or(id(5000)), id(5000), id(5001)] {
-                assert!(index.chunks_of(&fs, &path, &[absent]).unwrap().is_empty());
+            // The same answers with the trace filter in memory and without it (the cache of the
+            // blocks' indexes let it go): the filter only spares reads.
+            for kept in [Some(&filter), None] {
+                for n in 0..1000u64 {
+                    let want: BTreeSet<usize> =
+                        entries.iter().filter(|(i, _)| *i == id(n)).map(|(_, c)| *c as usize).collect();
+                    assert_eq!(
+                        index.chunks_of(&fs, &path, &[id(n)], kept).unwrap(),
+                        want,
+                        "{form:?}, {chunk_count} chunks, trace {n}, filter {}",
+                        kept.is_some()
+                    );
+                }
+                let both: BTreeSet<usize> = entries
+                    .iter()
+                    .filter(|(i, _)| *i == id(1) || *i == id(97))
+                    .map(|(_, c)| *c as usize)
+                    .collect();
+                assert_eq!(index.chunks_of(&fs, &path, &[id(1), id(97)], kept).unwrap(), both);
+                for absent in [TraceId::from_bytes([0; 16]).unwrap_or(id(5000)), id(5000), id(5001)] {
+                    assert!(index.chunks_of(&fs, &path, &[absent], kept).unwrap().is_empty());
+                }
             }
             let mut per_chunk = vec![Vec::new(); chunk_count];
             index.read_all(&fs, &path, &mut per_chunk).unwrap();
@@ -744,16 +755,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut entries: Vec<(TraceId, u32)> = (0..20_000u64).map(|n| (id(n), (n % 9) as u32)).collect();
         entries.sort_unstable();
-        let (index, path) = paged(dir.path(), KeyForm::Hash, &entries, 9, 0);
+        let (index, filter, path) = paged(dir.path(), KeyForm::Hash, &entries, 9, 0);
         let fs = OsFs;
         for n in (0..20_000).step_by(101) {
-            assert_eq!(index.chunks_of(&fs, &path, &[id(n)]).unwrap().len(), 1, "trace {n}");
+            assert_eq!(index.chunks_of(&fs, &path, &[id(n)], Some(&filter)).unwrap().len(), 1, "trace {n}");
         }
         let nowhere = dir.path().join("nowhere");
-        let read =
-            (1_000_000..1_010_000u64).filter(|n| index.chunks_of(&fs, &nowhere, &[id(*n)]).is_err()).count();
+        let read = (1_000_000..1_010_000u64)
+            .filter(|n| index.chunks_of(&fs, &nowhere, &[id(*n)], Some(&filter)).is_err())
+            .count();
         assert!(read < 500, "{read} of 10,000 absent traces needed a page read");
-        assert!(index.filter.lines.len() <= 20_000 + 64, "{} bytes of filter", index.filter.lines.len());
+        assert!(filter.lines.len() <= 20_000 + 64, "{} bytes of filter", filter.lines.len());
+        // Without the filter every lookup reads its page.
+        assert!(index.chunks_of(&fs, &nowhere, &[id(1_000_000)], None).is_err());
     }
 
     /// A damaged page is an error (never "not here", which would hide a trace), and an index
@@ -767,14 +781,14 @@ mod tests {
             e
         };
         for form in [KeyForm::Hash, KeyForm::Packed] {
-            let (index, path) = paged(dir.path(), form, &entries, 5, 0);
+            let (index, _, path) = paged(dir.path(), form, &entries, 5, 0);
             let fs = OsFs;
             let target = entries[300].0;
             let mut bytes = std::fs::read(&path).unwrap();
             let (at, _, _) = index.page(index.pages_of(form.key(target, trace_hash(target))).start);
             bytes[at as usize + 40] ^= 1;
             std::fs::write(&path, &bytes).unwrap();
-            let err = index.chunks_of(&fs, &path, &[target]).unwrap_err();
+            let err = index.chunks_of(&fs, &path, &[target], None).unwrap_err();
             assert!(err.contains("crc mismatch"), "{err}");
             assert!(index.read_all(&fs, &path, &mut vec![Vec::new(); 5]).is_err());
             let section = TraceSection::write(form, &keyed(form, &entries), 5);

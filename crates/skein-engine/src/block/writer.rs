@@ -82,9 +82,10 @@ pub(crate) struct BlockWriter<'a> {
     /// Bytes of the block so far (in `file` or already in the streamed file).
     written: u64,
     chunks: Vec<ChunkMeta>,
-    /// The postings of each chunk, encoded as the index holds them: a merged block's
-    /// postings take a few bytes per key and value, not a map of owned strings.
-    all_postings: Vec<Vec<u8>>,
+    /// The postings of the chunks, inverted: each entry (a hash of service, key and value) and
+    /// the chunks that have it; a merged block's postings take a few bytes per entry and chunk,
+    /// not a map of owned strings. Written as the block's postings section (format 11).
+    postings: PostingIndexBuilder,
     /// The blocked Bloom filter of each chunk (empty when it has none), written in the
     /// block's Bloom section by [`BlockWriter::finish`].
     blocked: Vec<Vec<u8>>,
@@ -318,25 +319,16 @@ impl<'a> BlockWriter<'a> {
         }
         let services: BTreeSet<u32> =
             meta.services.iter().map(|s| self.service_id(&source.services[s as usize].0)).collect();
-        let postings = std::mem::take(&mut from.postings[i]);
-        let mut chunk_postings: Vec<(u32, &[u8])> = postings
-            .iter()
-            .map(|(sid, keys)| (self.service_id(&source.services[*sid as usize].0), &keys[..]))
-            .collect();
-        chunk_postings.sort_unstable_by_key(|(service, _)| *service);
-        let mut encoded = codec::Writer::default();
-        encoded.varint(chunk_postings.len() as u64);
-        for (service, keys) in chunk_postings {
-            encoded.varint(service as u64);
-            encoded.buf.extend_from_slice(keys);
-        }
-        // Service ids differ between the blocks, names do not: the filter's items stay valid.
-        // A format 4 filter stays after its chunk; a blocked one goes to the Bloom section.
+        // Entries are hashed with the service's name, not its id in a block: they stay valid
+        // in the merged block, as the filter's items do. A format 4 filter stays after its
+        // chunk; a blocked one goes to the Bloom section.
         let filter = source.read_bloom(fs, i)?;
-        drop(postings);
         let blocked = std::mem::take(&mut from.blocked[i]);
         let origins = self.origins.copied(source, meta.origins)?;
         let chunk = self.chunks.len() as u32;
+        for hash in std::mem::take(&mut from.postings[i]) {
+            self.postings.add_hash(chunk, hash);
+        }
         self.trace_index.extend(std::mem::take(&mut from.traces[i]).into_iter().map(|id| (id, chunk)));
         let offset = self.append_bytes(&bytes);
         self.append_bytes(&filter);
@@ -356,7 +348,6 @@ impl<'a> BlockWriter<'a> {
             origins,
         });
         self.blocked.push(blocked);
-        self.all_postings.push(encoded.buf);
         Ok(())
     }
 
@@ -396,9 +387,12 @@ impl<'a> BlockWriter<'a> {
         let workers = self.encoders().min(queued.len());
         let (started, cpu_before) = (std::time::Instant::now(), skein_wal::thread_cpu_nanos());
         let mut packers = take_packers(workers.max(1));
+        // The services' names, by id: postings entries are hashed with them.
+        let names: Vec<&str> = self.services.iter().map(|(name, _)| name.as_str()).collect();
+        let names = &names[..];
         let encoded: Vec<Encoded> = if workers <= 1 {
             let packer = &mut packers[0];
-            queued.iter().map(|q| encode_chunk(q, packer)).collect()
+            queued.iter().map(|q| encode_chunk(q, packer, names)).collect()
         } else {
             let next = std::sync::atomic::AtomicUsize::new(0);
             let (next, queued) = (&next, &queued);
@@ -412,7 +406,7 @@ impl<'a> BlockWriter<'a> {
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(q) = queued.get(i) else { break };
-                            let e = encode_chunk(q, packer);
+                            let e = encode_chunk(q, packer, names);
                             parts.lock().expect("no encoder panics holding it").push((i, e));
                         }
                     });
@@ -432,8 +426,11 @@ impl<'a> BlockWriter<'a> {
         for e in encoded {
             let mut meta = e.meta;
             meta.offset = self.append_bytes(&e.compressed);
+            let chunk = self.chunks.len() as u32;
             self.chunks.push(meta);
-            self.all_postings.push(encode_postings(&e.postings));
+            for hash in e.postings {
+                self.postings.add_hash(chunk, hash);
+            }
             self.blocked.push(e.filter);
         }
     }
@@ -470,6 +467,14 @@ impl<'a> BlockWriter<'a> {
             let offset = self.append_bytes(&bytes);
             (offset, bytes.len() as u64, crc32fast::hash(&bytes))
         });
+        // The postings section (format 11): every chunk's postings, inverted, by hash.
+        let mut postings = std::mem::take(&mut self.postings);
+        postings.set_chunks(self.chunks.len() as u32);
+        let postings =
+            zstd::bulk::compress(&postings.encode_section(), ZSTD_LEVEL).expect("zstd compresses any input");
+        let postings_offset = self.append_bytes(&postings);
+        let postings_section = (postings_offset, postings.len() as u64, crc32fast::hash(&postings));
+        drop(postings);
         // The Bloom section: the blocked filters grouped by (lines, probes), each group line
         // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
         // Streamed to the file region by region when the block is (a merge's filters are a
@@ -544,12 +549,10 @@ impl<'a> BlockWriter<'a> {
             }
         }
         index.varint(self.chunks.len() as u64);
-        // The index is compressed as it is written, and each chunk's postings freed once in it:
-        // a merged block's postings and index are tens of MiB uncompressed.
+        // The index is compressed as it is written: a merged block's has thousands of chunks.
         let mut zstd =
             zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd level 3 is valid");
-        let all_postings = std::mem::take(&mut self.all_postings);
-        for (c, postings) in self.chunks.iter().zip(all_postings) {
+        for c in &self.chunks {
             if index.buf.len() >= INDEX_PIECE {
                 zstd.write_all(&index.buf).expect("writing to memory");
                 index.buf.clear();
@@ -566,7 +569,6 @@ impl<'a> BlockWriter<'a> {
                 index.varint(s as u64);
             }
             index.varint(if c.origins == origins::OWN_ORIGINS { 0 } else { c.origins as u64 + 1 });
-            index.buf.extend_from_slice(&postings);
             index.varint(c.bloom_len as u64);
             if c.bloom_len > 0 {
                 index.buf.extend_from_slice(&c.bloom_crc.to_le_bytes());
@@ -605,6 +607,10 @@ impl<'a> BlockWriter<'a> {
                 index.buf.extend_from_slice(&crc.to_le_bytes());
             }
         }
+        let (offset, len, crc) = postings_section;
+        index.varint(len);
+        index.varint(offset);
+        index.buf.extend_from_slice(&crc.to_le_bytes());
         zstd.write_all(&index.buf).expect("writing to memory");
         drop(index);
         let index = zstd.finish().expect("writing to memory");
@@ -658,12 +664,12 @@ struct Queued<'a> {
 }
 
 /// A chunk encoded: its metadata (offset still to be set), bytes, blocked Bloom filter (empty
-/// when it has none) and postings.
+/// when it has none) and postings (their entries' hashes).
 struct Encoded {
     meta: ChunkMeta,
     compressed: Vec<u8>,
     filter: Vec<u8>,
-    postings: Vec<(u32, Postings)>,
+    postings: Vec<u64>,
 }
 
 /// The chunk packers (zstd contexts, one per column level) not in use, kept from block to
@@ -689,9 +695,9 @@ fn give_back_packers(packers: Vec<columnar::Packer>) {
     kept.extend(packers.into_iter().take(room));
 }
 
-/// Encodes one chunk: its columns (packed: each zstd-compressed on its own), its postings and
-/// Bloom filter, and its time and duration ranges.
-fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer) -> Encoded {
+/// Encodes one chunk: its columns (packed: each zstd-compressed on its own), its postings (by
+/// entry hash, with the services' `names`) and Bloom filter, and its time and duration ranges.
+fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer, names: &[&str]) -> Encoded {
     let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
     let mut encoded = columnar::encode_chunk_detailed(&refs, Some(&q.origins));
     let raw = std::mem::take(&mut encoded.bytes);
@@ -706,6 +712,7 @@ fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer) -> Encoded {
     }
     let crc = crc32fast::hash(&compressed);
     let (postings, filter) = chunk_postings(&refs, &q.services, &mut encoded, crc);
+    let postings = posting_hashes(&postings, names);
     Encoded {
         meta: ChunkMeta {
             offset: 0,
@@ -732,27 +739,25 @@ fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer) -> Encoded {
     }
 }
 
-/// A chunk's postings as the index encodes them: per service, its keys and their values.
-fn encode_postings(postings: &[(u32, Postings)]) -> Vec<u8> {
-    let mut index = codec::Writer::default();
-    index.varint(postings.len() as u64);
+/// The entries (by hash) of a chunk's postings: per service (its name in `names`), its keys and
+/// their values.
+fn posting_hashes(postings: &[(u32, Postings)], names: &[&str]) -> Vec<u64> {
+    let mut hashes = Vec::new();
+    let mut texts: Vec<&[u8]> = Vec::new();
     for (service, keys) in postings {
-        index.varint(*service as u64);
-        index.varint(keys.len() as u64);
+        let name = names[*service as usize].as_bytes();
         for (key, values) in keys {
-            index.str(key);
-            match values {
-                KeyValues::Unindexed => index.u8(0),
+            let values = match values {
+                KeyValues::Unindexed => KeyValues::Unindexed,
+                KeyValues::Hashed => KeyValues::Hashed,
                 KeyValues::Listed(values) => {
-                    index.u8(1);
-                    index.varint(values.len() as u64);
-                    for v in values {
-                        index.str(v);
-                    }
+                    texts.clear();
+                    texts.extend(values.iter().map(|v| v.as_bytes()));
+                    KeyValues::Listed(&texts[..])
                 }
-                KeyValues::Hashed => index.u8(2),
-            }
+            };
+            inverted::entry_hashes(name, key.as_bytes(), values, |h| hashes.push(h));
         }
     }
-    index.buf
+    hashes
 }
