@@ -370,6 +370,63 @@ mod tests {
         );
     }
 
+    /// The postings section (format 11) gives back every set as it was gathered: an index
+    /// assembled from it answers as the builder's own, and a section out of order, naming a
+    /// chunk the block does not have, or cut short is refused.
+    #[test]
+    fn the_postings_section_reads_back_what_was_written() {
+        let build = || {
+            let mut b = PostingIndexBuilder::default();
+            let (get, put) = (vec![&b"GET"[..]], vec![&b"GET"[..], b"PUT"]);
+            for c in 0..300u32 {
+                b.next_chunk();
+                b.add(b"api", b"m", KeyValues::Listed(if c % 7 == 0 { &put[..] } else { &get[..] }));
+                if c % 3 == 0 {
+                    b.add(b"api", b"id", KeyValues::Hashed);
+                }
+                if c == 299 {
+                    b.add(b"db", b"m", KeyValues::Unindexed);
+                }
+            }
+            b.set_chunks(301);
+            b
+        };
+        let section = build().encode_section();
+        let (chunks, want) = build().sorted();
+        assert_eq!(chunks, 301);
+        let mut got: Vec<(u64, Vec<u32>)> = Vec::new();
+        decode_section(&section, 301, |hash, set| got.push((hash, set.to_vec()))).unwrap();
+        assert_eq!(got, want);
+        let mut a = Assembler::new(301);
+        got.iter().for_each(|(hash, set)| a.push(*hash, set));
+        let (read, built) = (a.finish(), build().finish());
+        for (service, key, value) in
+            [("api", "m", "GET"), ("api", "m", "PUT"), ("api", "id", "1"), ("db", "m", "x")]
+        {
+            assert_eq!(
+                read.tag_chunks(service, key, &[value.to_owned()]),
+                built.tag_chunks(service, key, &[value.to_owned()]),
+                "{service} {key} {value}"
+            );
+        }
+        // A set in every chunk is a run of zero gaps.
+        assert!(section.len() < 2_000, "{} bytes", section.len());
+        assert!(decode_section(&section, 299, |_, _| {}).is_err(), "a chunk past the block's");
+        assert!(decode_section(&section[..section.len() - 1], 301, |_, _| {}).is_err(), "cut short");
+        let mut extra = section.clone();
+        extra.push(0);
+        assert!(decode_section(&extra, 301, |_, _| {}).is_err(), "trailing bytes");
+        // Two sets swapped: out of order.
+        let mut w = codec::Writer::default();
+        w.varint(2);
+        for hash in [9u64, 3] {
+            w.buf.extend_from_slice(&hash.to_le_bytes());
+            w.varint(1);
+            w.varint(0);
+        }
+        assert!(decode_section(&w.buf, 1, |_, _| {}).is_err(), "out of order");
+    }
+
     /// A value in one chunk is found by its chunk number however many chunks the block has:
     /// 16 bits of it up to 65,536 chunks, 32 beyond.
     #[test]

@@ -178,3 +178,44 @@ impl IndexCache {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(bytes: usize) -> Kept {
+        Kept::TraceFilter(Arc::new(TraceFilter { probes: 8, lines: vec![0; bytes] }))
+    }
+
+    /// The cache holds at most its budget, gives back what it keeps, loads a part once, and a
+    /// block forgotten takes its parts out.
+    #[test]
+    fn parts_stay_within_the_budget_and_leave_with_their_block() {
+        let cache = IndexCache::new(100_000);
+        let blocks: Vec<u64> = (0..10).map(|_| cache.block_id()).collect();
+        for b in &blocks {
+            cache.keep(*b, filter(30_000));
+            assert!(cache.parts.weight() <= 100_000, "{}", cache.parts.weight());
+        }
+        let kept = blocks.iter().filter(|b| cache.get(**b, Part::TraceFilter).is_some()).count();
+        assert!((1..=3).contains(&kept), "{kept} parts of 30 KB kept in 100 KB");
+        let (_, filters, _) = cache.held();
+        assert_eq!(filters, kept as u64 * (30_000 + 64));
+        let mut loads = 0;
+        for _ in 0..3 {
+            let got = cache.get_or_load(blocks[0], Part::Postings, || {
+                loads += 1;
+                Ok::<_, ()>(Kept::Postings(Arc::new(PostingIndex::default())))
+            });
+            assert!(matches!(got, Ok(Kept::Postings(_))));
+        }
+        assert_eq!(loads, 1, "a kept part is not loaded again");
+        let forgotten = cache.forget(blocks[0]);
+        assert!(forgotten.iter().any(|k| matches!(k, Kept::Postings(_))));
+        assert!(cache.get(blocks[0], Part::Postings).is_none());
+        for b in &blocks {
+            cache.forget(*b);
+        }
+        assert_eq!(cache.parts.weight(), 0);
+    }
+}
