@@ -129,8 +129,15 @@ impl Block {
         let build = copy.is_none();
         let (block, mut parts) =
             Self::parse_index(path, &raw, len, index_offset, version, copy, cache).map_err(corrupt)?;
+        // A damaged postings section does not make the block unreadable: its searches read every
+        // chunk of the service instead, and compaction decodes its chunks (new postings).
         if build && block.postings_section.is_some() {
-            parts.push(Kept::Postings(Arc::new(block.read_postings_section(fs)?)));
+            match block.read_postings_section(fs) {
+                Ok(p) => parts.push(Kept::Postings(Arc::new(p))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "postings unreadable; searches read every chunk of the block")
+                }
+            }
         }
         Ok((block, parts))
     }
@@ -774,11 +781,20 @@ impl Block {
         Self::open_with(fs, &self.path, Some(&mut copy), &self.kept)?;
         if self.postings_section.is_some() {
             copy.postings = vec![Vec::new(); self.chunks.len()];
-            self.each_posting_set(fs, |hash, chunks| {
+            let read = self.each_posting_set(fs, |hash, chunks| {
                 for c in chunks {
                     copy.postings[*c as usize].push(hash);
                 }
-            })?;
+            });
+            match read {
+                Ok(()) => {}
+                // Its chunks are decoded and written anew, with postings made from their spans.
+                Err(e @ BlockError::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "postings unreadable; compaction decodes the block's chunks");
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            }
         }
         if let TraceIndex::Paged(p) = &self.traces {
             p.read_all(fs, &self.path, &mut copy.traces).map_err(|e| self.corrupt(e))?;
@@ -1295,6 +1311,63 @@ mod tests {
         let damaged = Block::open(&OsFs, &path).unwrap();
         let e = damaged.read_chunk(&OsFs, 0).unwrap_err();
         assert!(e.to_string().contains("column dictionaries crc mismatch"), "{e}");
+    }
+
+    /// Format 11's postings section: a search's chunks come from it, also once the cache let
+    /// it go (read again); damaged, the block still opens and a search reads every chunk of the
+    /// service, finding the same spans, and compaction decodes the block's chunks, so the
+    /// merged block has postings again.
+    #[test]
+    fn a_damaged_postings_section_costs_reads_not_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let spans: Vec<Span> = (0..9_000u32)
+            .map(|n| {
+                let mut s = SpanBuilder::new(1, (n % 3) as u8 + 1)
+                    .service(if n % 2 == 0 { "frontend" } else { "cart" })
+                    .attr("tier", AttrValue::Int((n / 1_000) as i64))
+                    .attr("padding", AttrValue::Str(format!("{n:0>300}").into()))
+                    .build();
+                let mut id = [0u8; 16];
+                id[0] = 0x3c;
+                id[12..].copy_from_slice(&(n / 3).to_be_bytes());
+                s.trace_id = TraceId::from_bytes(id).unwrap();
+                s.start_time_unix_nano += n as u64 * 1_000;
+                s
+            })
+            .collect();
+        let path = dir.path().join("1.blk");
+        let block = write_block(&OsFs, &path, spans.iter().map(|s| vec![s]), &[], None).unwrap();
+        let chunks = block.chunk_count();
+        assert!(chunks >= 3, "{chunks} chunks");
+        let asked = |block: &Block| -> Vec<usize> {
+            let q = skein_store::TraceQuery {
+                service: Some("cart".to_owned()),
+                tags: vec![("tier".to_owned(), "4".to_owned())],
+                ..Default::default()
+            };
+            let m = block.matcher(&OsFs, &skein_store::SpanMatcher::new(&q));
+            (0..block.chunk_count()).filter(|i| m.may_match(&OsFs, *i)).collect()
+        };
+        let pruned = asked(&block);
+        assert!(!pruned.is_empty() && pruned.len() < chunks, "{pruned:?} of {chunks}");
+        // Let go by the cache, read again from the section: the same chunks.
+        block.kept.forget(block.id);
+        assert_eq!(asked(&block), pruned);
+        let (offset, _, _) = block.postings_section.unwrap();
+        drop(block);
+        let mut file = std::fs::read(&path).unwrap();
+        file[offset as usize + 3] ^= 0x55;
+        std::fs::write(&path, &file).unwrap();
+        let damaged = Arc::new(Block::open(&OsFs, &path).expect("the block opens"));
+        let every: Vec<usize> = (0..chunks).filter(|i| damaged.chunk_has_service(*i, "cart")).collect();
+        assert_eq!(asked(&damaged), every);
+        assert!(damaged.copy_source(&OsFs).unwrap().is_none(), "compaction decodes its chunks");
+        let merged =
+            crate::compact::merge_blocks(&OsFs, &[Arc::clone(&damaged)], &dir.path().join("2.blk")).unwrap();
+        assert_eq!(all_spans(&merged), all_spans(&damaged));
+        let cart = (0..merged.chunk_count()).filter(|i| merged.chunk_has_service(*i, "cart")).count();
+        let found = asked(&merged).len();
+        assert!(found > 0 && found < cart, "postings made anew: {found} of {cart} chunks asked");
     }
 
     /// Format 5's Bloom section: every chunk of a block is asked about a value with one read
