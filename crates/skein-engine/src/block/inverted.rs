@@ -65,6 +65,14 @@ pub(crate) fn entry_hashes(
     }
 }
 
+/// The order of entries, in memory and in a postings section: by the low 32 bits of the hash,
+/// then the high ones (the hash with its halves swapped). Entries of one chunk are found by
+/// their low 32 bits ([`PostingIndex::single_keys`]), so a section read in this order needs no
+/// sorting.
+fn order(hash: u64) -> u64 {
+    hash.rotate_left(32)
+}
+
 /// Set in [`Entry::len`] when the words are a bitmap of every chunk rather than chunk numbers.
 const DENSE: u32 = 1 << 31;
 
@@ -80,7 +88,7 @@ struct Entry {
 /// The postings of every chunk of a block, inverted (see the module's documentation).
 #[derive(Debug, Default)]
 pub(crate) struct PostingIndex {
-    /// Sorted by hash: what two chunks or more have.
+    /// In [`order`] of their hashes: what two chunks or more have.
     entries: Vec<Entry>,
     words: Vec<u32>,
     /// What one chunk alone has (most listed values: a session or user id listed in the one
@@ -126,10 +134,10 @@ impl PostingIndexBuilder {
         self.chunks = self.chunks.max(chunks);
     }
 
-    /// The sets, sorted by hash.
+    /// The sets, in [`order`] of their hashes.
     fn sorted(self) -> (u32, Vec<(u64, Vec<u32>)>) {
         let mut sets: Vec<(u64, Vec<u32>)> = self.sets.into_iter().collect();
-        sets.sort_unstable_by_key(|(hash, _)| *hash);
+        sets.sort_unstable_by_key(|(hash, _)| order(*hash));
         (self.chunks, sets)
     }
 
@@ -137,22 +145,33 @@ impl PostingIndexBuilder {
         let (chunks, sets) = self.sorted();
         let mut a = Assembler::new(chunks);
         for (hash, set) in &sets {
-            a.push(*hash, set);
+            a.push(*hash, Set::Chunks(set));
         }
         a.finish()
     }
 
     /// The block's postings section (format 11, `docs/format/block.md`), before compression:
-    /// `n_sets:varint`, then per set by ascending hash `hash u64`, `n:varint`, the first chunk
-    /// `:varint` and the gaps to the next ones less one (`:varint` each: a set of every chunk
-    /// is a run of zero bytes).
+    /// `n_sets:varint`, then per set in [`order`] of the hashes `hash u64`, `n:varint`, and its chunks:
+    /// when `n` is more than a bitmap of every chunk has 32-bit words, that bitmap (words
+    /// little-endian, bit `c % 32` of word `c / 32`), as an open block holds it; else the first
+    /// chunk `:varint` and the gaps to the next ones less one (`:varint` each).
     pub(crate) fn encode_section(self) -> Vec<u8> {
-        let (_, sets) = self.sorted();
+        let (chunks, sets) = self.sorted();
+        let dense_words = chunks.div_ceil(32) as usize;
         let mut w = codec::Writer::default();
         w.varint(sets.len() as u64);
+        let mut bits = vec![0u32; dense_words];
         for (hash, set) in sets {
             w.buf.extend_from_slice(&hash.to_le_bytes());
             w.varint(set.len() as u64);
+            if set.len() > dense_words {
+                bits.fill(0);
+                for c in &set {
+                    bits[*c as usize / 32] |= 1 << (c % 32);
+                }
+                bits.iter().for_each(|word| w.buf.extend_from_slice(&word.to_le_bytes()));
+                continue;
+            }
             let mut last = None;
             for c in set {
                 w.varint(match last {
@@ -166,28 +185,68 @@ impl PostingIndexBuilder {
     }
 }
 
+/// A set of chunks as a postings section holds it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Set<'a> {
+    /// Chunk numbers, ascending.
+    Chunks(&'a [u32]),
+    /// A bitmap of every chunk of the block: 32-bit words, little-endian.
+    Bitmap(&'a [u8]),
+}
+
+impl Set<'_> {
+    /// Each chunk of the set, ascending.
+    pub(crate) fn each(self, mut f: impl FnMut(u32)) {
+        match self {
+            Set::Chunks(chunks) => chunks.iter().for_each(|c| f(*c)),
+            Set::Bitmap(bytes) => {
+                for (i, word) in bytes.chunks_exact(4).enumerate() {
+                    let mut word = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+                    while word != 0 {
+                        f(i as u32 * 32 + word.trailing_zeros());
+                        word &= word - 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Reads a postings section (see [`PostingIndexBuilder::encode_section`]) of a block of `chunks`
-/// chunks, giving each set (by ascending hash) to `each`; refuses sets out of order, empty, or
+/// chunks, giving each set (in [`order`] of the hashes) to `each`; refuses sets out of order, empty, or
 /// naming a chunk the block does not have.
 pub(crate) fn decode_section(
     raw: &[u8],
     chunks: u32,
-    mut each: impl FnMut(u64, &[u32]),
+    mut each: impl FnMut(u64, Set<'_>),
 ) -> Result<(), String> {
     let mut r = codec::Reader::new(raw);
     let err = |e: codec::DecodeError| format!("postings section: {e}");
     let n = r.count().map_err(err)?;
+    let dense_words = chunks.div_ceil(32) as usize;
     let mut set = Vec::new();
     let mut last_hash = None;
     for _ in 0..n {
         let hash = u64::from_le_bytes(r.take(8).map_err(err)?.try_into().expect("8 bytes"));
-        if last_hash.is_some_and(|l| l >= hash) {
+        if last_hash.is_some_and(|l| order(l) >= order(hash)) {
             return Err("postings section: sets out of order".into());
         }
         last_hash = Some(hash);
-        let len = r.count().map_err(err)?;
+        let len = usize::try_from(r.varint().map_err(err)?).unwrap_or(usize::MAX);
         if len == 0 || len > chunks as usize {
             return Err("postings section: a set of no chunks or more than the block has".into());
+        }
+        if len > dense_words {
+            let bitmap = r.take(dense_words * 4).map_err(err)?;
+            let words = bitmap.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
+            let ones: usize = words.clone().map(|w| w.count_ones() as usize).sum();
+            // Bits of chunks past the block's last, in its last word.
+            let past_end = words.last().is_some_and(|w| chunks % 32 != 0 && w >> (chunks % 32) != 0);
+            if ones != len || past_end {
+                return Err("postings section: a bitmap does not hold its chunks".into());
+            }
+            each(hash, Set::Bitmap(bitmap));
+            continue;
         }
         set.clear();
         let mut next = 0u64;
@@ -199,7 +258,7 @@ pub(crate) fn decode_section(
             set.push(c as u32);
             next = c + 1;
         }
-        each(hash, &set);
+        each(hash, Set::Chunks(&set));
     }
     if !r.is_empty() {
         return Err("postings section: trailing bytes".into());
@@ -207,7 +266,7 @@ pub(crate) fn decode_section(
     Ok(())
 }
 
-/// Builds a [`PostingIndex`] from its sets, given by ascending hash.
+/// Builds a [`PostingIndex`] from its sets, given in [`order`] of their hashes.
 pub(crate) struct Assembler {
     index: PostingIndex,
     singles: Vec<(u32, u32)>,
@@ -223,7 +282,18 @@ impl Assembler {
         }
     }
 
-    pub(crate) fn push(&mut self, hash: u64, chunks: &[u32]) {
+    pub(crate) fn push(&mut self, hash: u64, set: Set<'_>) {
+        let chunks = match set {
+            Set::Chunks(chunks) => chunks,
+            Set::Bitmap(bytes) => {
+                let index = &mut self.index;
+                let start = index.words.len() as u32;
+                let words = bytes.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
+                index.words.extend(words);
+                index.entries.push(Entry { hash, start, len: (index.words.len() as u32 - start) | DENSE });
+                return;
+            }
+        };
         if let [chunk] = chunks[..] {
             self.singles.push((hash as u32, chunk));
             return;
@@ -248,7 +318,10 @@ impl Assembler {
         let Assembler { mut index, mut singles, .. } = self;
         index.entries.shrink_to_fit();
         index.words.shrink_to_fit();
-        singles.sort_unstable();
+        // Sets come in `order`: their singles by key already.
+        if !singles.is_sorted_by_key(|(key, _)| *key) {
+            singles.sort_unstable();
+        }
         index.single_keys = singles.iter().map(|(key, _)| *key).collect();
         index.single_chunks = ChunkNumbers::new(index.chunks as usize, singles.iter().map(|(_, c)| *c));
         index
@@ -273,7 +346,7 @@ impl PostingIndex {
             }
             set_bit(bits, self.single_chunks.get(at));
         }
-        let Ok(at) = self.entries.binary_search_by_key(&hash, |e| e.hash) else { return };
+        let Ok(at) = self.entries.binary_search_by_key(&order(hash), |e| order(e.hash)) else { return };
         let e = self.entries[at];
         let words = &self.words[e.start as usize..(e.start + (e.len & !DENSE)) as usize];
         if e.len & DENSE != 0 {
@@ -395,10 +468,15 @@ mod tests {
         let (chunks, want) = build().sorted();
         assert_eq!(chunks, 301);
         let mut got: Vec<(u64, Vec<u32>)> = Vec::new();
-        decode_section(&section, 301, |hash, set| got.push((hash, set.to_vec()))).unwrap();
-        assert_eq!(got, want);
         let mut a = Assembler::new(301);
-        got.iter().for_each(|(hash, set)| a.push(*hash, set));
+        decode_section(&section, 301, |hash, set| {
+            let mut chunks = Vec::new();
+            set.each(|c| chunks.push(c));
+            got.push((hash, chunks));
+            a.push(hash, set);
+        })
+        .unwrap();
+        assert_eq!(got, want);
         let (read, built) = (a.finish(), build().finish());
         for (service, key, value) in
             [("api", "m", "GET"), ("api", "m", "PUT"), ("api", "id", "1"), ("db", "m", "x")]
@@ -409,8 +487,8 @@ mod tests {
                 "{service} {key} {value}"
             );
         }
-        // A set in every chunk is a run of zero gaps.
-        assert!(section.len() < 2_000, "{} bytes", section.len());
+        // A set in most chunks is a bitmap.
+        assert!(section.len() < 1_000, "{} bytes", section.len());
         assert!(decode_section(&section, 299, |_, _| {}).is_err(), "a chunk past the block's");
         assert!(decode_section(&section[..section.len() - 1], 301, |_, _| {}).is_err(), "cut short");
         let mut extra = section.clone();

@@ -151,7 +151,11 @@ impl Block {
     }
 
     /// Each set of the block's postings section (format 11): an entry's hash and its chunks.
-    fn each_posting_set(&self, fs: &dyn Fs, each: impl FnMut(u64, &[u32])) -> Result<(), BlockError> {
+    fn each_posting_set(
+        &self,
+        fs: &dyn Fs,
+        each: impl FnMut(u64, inverted::Set<'_>),
+    ) -> Result<(), BlockError> {
         let (offset, len, crc) = self.postings_section.expect("a block of format 11");
         let bytes = self.read_checked(fs, offset, len, crc, || "postings section".to_owned())?;
         let raw = zstd::stream::decode_all(&bytes[..])
@@ -781,11 +785,8 @@ impl Block {
         Self::open_with(fs, &self.path, Some(&mut copy), &self.kept)?;
         if self.postings_section.is_some() {
             copy.postings = vec![Vec::new(); self.chunks.len()];
-            let read = self.each_posting_set(fs, |hash, chunks| {
-                for c in chunks {
-                    copy.postings[*c as usize].push(hash);
-                }
-            });
+            let read =
+                self.each_posting_set(fs, |hash, set| set.each(|c| copy.postings[c as usize].push(hash)));
             match read {
                 Ok(()) => {}
                 // Its chunks are decoded and written anew, with postings made from their spans.
@@ -1444,5 +1445,44 @@ mod tests {
         let members: Vec<usize> = g.members.iter().map(|c| *c as usize).collect();
         assert_eq!(got, members, "the damaged group's chunks, and only them");
         assert!(damaged.copy_source(&OsFs).is_err(), "compaction refuses a damaged filter");
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use skein_wal::fs::OsFs;
+
+    #[test]
+    #[ignore]
+    fn time_postings_sections() {
+        let dir = std::env::var("SKEIN_BLOCKS_DIR").unwrap();
+        let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        paths.sort();
+        let (mut zstd_t, mut parse_t, mut bytes, mut mem) = (0.0, 0.0, 0usize, 0usize);
+        for p in paths {
+            let b = Block::open(&OsFs, &p).unwrap();
+            let (offset, len, crc) = b.postings_section.unwrap();
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                let raw_c = b.read_checked(&OsFs, offset, len, crc, || "x".into()).unwrap();
+                let raw = zstd::stream::decode_all(&raw_c[..]).unwrap();
+                zstd_t += t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                let mut a = inverted::Assembler::new(b.chunks.len() as u32);
+                inverted::decode_section(&raw, b.chunks.len() as u32, |h, c| a.push(h, c)).unwrap();
+                let idx = a.finish();
+                parse_t += t.elapsed().as_secs_f64();
+                bytes += raw.len();
+                mem += idx.memory_bytes();
+            }
+        }
+        eprintln!(
+            "zstd+read {:.1} ms, parse {:.1} ms, raw {} KiB, mem {} KiB",
+            zstd_t * 1000.0 / 5.0,
+            parse_t * 1000.0 / 5.0,
+            bytes / 5 / 1024,
+            mem / 5 / 1024
+        );
     }
 }
