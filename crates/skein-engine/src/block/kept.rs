@@ -5,8 +5,8 @@
 //! A block holds in its own fields only what its size bounds (its chunk table, the first key of
 //! each page of its trace section, its services and origins: some tens of KiB for a 64 MiB
 //! block). A part the cache has let go is read from the block's file again when it is needed
-//! (postings: the index is read, checked and parsed again; dictionaries: their section), or
-//! done without (a trace filter: a lookup by id reads the trace section's page instead of
+//! (postings: from the block's postings section, format 11, or for older blocks by reading and
+//! parsing the index again; dictionaries: their section), or done without (a trace filter: a lookup by id reads the trace section's page instead of
 //! being ruled out in memory). So memory stays within the budget however much is stored, and
 //! a search of blocks whose parts are not kept costs a read of their index.
 //!
