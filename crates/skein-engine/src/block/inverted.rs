@@ -238,10 +238,12 @@ pub(crate) fn decode_section(
         }
         if len > dense_words {
             let bitmap = r.take(dense_words * 4).map_err(err)?;
-            let words = bitmap.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
+            let mut words =
+                bitmap.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
             let ones: usize = words.clone().map(|w| w.count_ones() as usize).sum();
             // Bits of chunks past the block's last, in its last word.
-            let past_end = words.last().is_some_and(|w| chunks % 32 != 0 && w >> (chunks % 32) != 0);
+            let past_end =
+                words.next_back().is_some_and(|w| !chunks.is_multiple_of(32) && w >> (chunks % 32) != 0);
             if ones != len || past_end {
                 return Err("postings section: a bitmap does not hold its chunks".into());
             }
