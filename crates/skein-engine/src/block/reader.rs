@@ -87,8 +87,9 @@ impl Block {
     }
 
     /// [`Block::open`] (the block's parts given back beside it, not kept yet), and what
-    /// compaction copies with each chunk, as the file holds it, into `copy` when given: its
-    /// postings (per service id) and its traces' ids.
+    /// compaction copies with each chunk into `copy` when given: the hashes of its postings'
+    /// entries (formats 2 to 10; [`Block::copy_source`] reads format 11's from the postings
+    /// section) and its traces' ids (before format 6).
     fn open_with(
         fs: &dyn Fs,
         path: &Path,
