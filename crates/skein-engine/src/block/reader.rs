@@ -1315,6 +1315,22 @@ mod tests {
         assert!(e.to_string().contains("column dictionaries crc mismatch"), "{e}");
     }
 
+    /// Span `n` of a block of many chunks: of service `frontend` or `cart` in turn, three to a
+    /// trace, `n` µs apart, with `key` = `value` and 300 bytes of padding.
+    fn padded_span(n: u32, key: &str, value: AttrValue) -> Span {
+        let mut s = SpanBuilder::new(1, (n % 3) as u8 + 1)
+            .service(if n % 2 == 0 { "frontend" } else { "cart" })
+            .attr(key, value)
+            .attr("padding", AttrValue::Str(format!("{n:0>300}").into()))
+            .build();
+        let mut id = [0u8; 16];
+        id[0] = 0x5a;
+        id[12..].copy_from_slice(&(n / 3).to_be_bytes());
+        s.trace_id = TraceId::from_bytes(id).unwrap();
+        s.start_time_unix_nano += n as u64 * 1_000;
+        s
+    }
+
     /// Format 11's postings section: a search's chunks come from it, also once the cache let
     /// it go (read again); damaged, the block still opens and a search reads every chunk of the
     /// service, finding the same spans, and compaction decodes the block's chunks, so the
@@ -1322,21 +1338,8 @@ mod tests {
     #[test]
     fn a_damaged_postings_section_costs_reads_not_spans() {
         let dir = tempfile::tempdir().unwrap();
-        let spans: Vec<Span> = (0..9_000u32)
-            .map(|n| {
-                let mut s = SpanBuilder::new(1, (n % 3) as u8 + 1)
-                    .service(if n % 2 == 0 { "frontend" } else { "cart" })
-                    .attr("tier", AttrValue::Int((n / 1_000) as i64))
-                    .attr("padding", AttrValue::Str(format!("{n:0>300}").into()))
-                    .build();
-                let mut id = [0u8; 16];
-                id[0] = 0x3c;
-                id[12..].copy_from_slice(&(n / 3).to_be_bytes());
-                s.trace_id = TraceId::from_bytes(id).unwrap();
-                s.start_time_unix_nano += n as u64 * 1_000;
-                s
-            })
-            .collect();
+        let spans: Vec<Span> =
+            (0..9_000u32).map(|n| padded_span(n, "tier", AttrValue::Int((n / 1_000) as i64))).collect();
         let path = dir.path().join("1.blk");
         let block = write_block(&OsFs, &path, spans.iter().map(|s| vec![s]), &[], None).unwrap();
         let chunks = block.chunk_count();
@@ -1381,19 +1384,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let address = |n: u32| format!("10.{}.{}.{}", n >> 16, (n >> 8) & 255, n & 255);
         let spans: Vec<Span> = (0..12_000u32)
-            .map(|n| {
-                let mut s = SpanBuilder::new(1, (n % 3) as u8 + 1)
-                    .service(if n % 2 == 0 { "frontend" } else { "cart" })
-                    .attr("client.address", AttrValue::Str(address(n).into()))
-                    .attr("padding", AttrValue::Str(format!("{n:0>300}").into()))
-                    .build();
-                let mut id = [0u8; 16];
-                id[0] = 0x5a;
-                id[12..].copy_from_slice(&(n / 3).to_be_bytes());
-                s.trace_id = TraceId::from_bytes(id).unwrap();
-                s.start_time_unix_nano += n as u64;
-                s
-            })
+            .map(|n| padded_span(n, "client.address", AttrValue::Str(address(n).into())))
             .collect();
         let path = dir.path().join("1.blk");
         let block = write_block(&OsFs, &path, spans.iter().map(|s| vec![s]), &[], None).unwrap();
