@@ -225,6 +225,10 @@ impl CheckoutService {
         } else {
             skein_otel::spawn(confirmation);
         }
+        // Let the task start before the order is answered: first polled after the answer (late,
+        // on a loaded machine), its span would start outside the request's, and nothing would
+        // tell which request it came from — not even `skein doctor`.
+        tokio::task::yield_now().await;
 
         Ok(Response::new(PlaceOrderResponse { order_id, total_cents: total, items: cart.items.len() as u32 }))
     }
