@@ -6,9 +6,10 @@
 //! each page of its trace section, its services and origins: some tens of KiB for a 64 MiB
 //! block). A part the cache has let go is read from the block's file again when it is needed
 //! (postings: from the block's postings section, format 11, or for older blocks by reading and
-//! parsing the index again; dictionaries: their section), or done without (a trace filter: a lookup by id reads the trace section's page instead of
-//! being ruled out in memory). So memory stays within the budget however much is stored, and
-//! a search of blocks whose parts are not kept costs a read of their index.
+//! parsing the index again; dictionaries: their section), or done without (a trace filter: a
+//! lookup by id reads the trace section's page instead of being ruled out in memory). So memory
+//! stays within the budget however much is stored, and a search of blocks whose parts are not
+//! kept costs a read of their postings sections.
 //!
 //! The cache is `quick_cache`'s (CLOCK-Pro-like: a search that sweeps every block does not
 //! push out what is asked again and again), weighed by [`Kept::bytes`].

@@ -1319,7 +1319,7 @@ mod tests {
     /// trace, `n` µs apart, with `key` = `value` and 300 bytes of padding.
     fn padded_span(n: u32, key: &str, value: AttrValue) -> Span {
         let mut s = SpanBuilder::new(1, (n % 3) as u8 + 1)
-            .service(if n % 2 == 0 { "frontend" } else { "cart" })
+            .service(if n.is_multiple_of(2) { "frontend" } else { "cart" })
             .attr(key, value)
             .attr("padding", AttrValue::Str(format!("{n:0>300}").into()))
             .build();
