@@ -166,9 +166,7 @@ impl PostingIndexBuilder {
             w.varint(set.len() as u64);
             if set.len() > dense_words {
                 bits.fill(0);
-                for c in &set {
-                    bits[*c as usize / 32] |= 1 << (c % 32);
-                }
+                set_bits(&mut bits, &set);
                 bits.iter().for_each(|word| w.buf.extend_from_slice(&word.to_le_bytes()));
                 continue;
             }
@@ -194,14 +192,25 @@ pub(crate) enum Set<'a> {
     Bitmap(&'a [u8]),
 }
 
+/// The words of a section's bitmap.
+fn bitmap_words(bytes: &[u8]) -> impl DoubleEndedIterator<Item = u32> + Clone + '_ {
+    bytes.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")))
+}
+
+/// Sets the bits of `chunks` in a bitmap of 32-bit words.
+fn set_bits(bits: &mut [u32], chunks: &[u32]) {
+    for c in chunks {
+        bits[*c as usize / 32] |= 1 << (c % 32);
+    }
+}
+
 impl Set<'_> {
     /// Each chunk of the set, ascending.
     pub(crate) fn each(self, mut f: impl FnMut(u32)) {
         match self {
             Set::Chunks(chunks) => chunks.iter().for_each(|c| f(*c)),
             Set::Bitmap(bytes) => {
-                for (i, word) in bytes.chunks_exact(4).enumerate() {
-                    let mut word = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+                for (i, mut word) in bitmap_words(bytes).enumerate() {
                     while word != 0 {
                         f(i as u32 * 32 + word.trailing_zeros());
                         word &= word - 1;
@@ -238,8 +247,7 @@ pub(crate) fn decode_section(
         }
         if len > dense_words {
             let bitmap = r.take(dense_words * 4).map_err(err)?;
-            let mut words =
-                bitmap.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
+            let mut words = bitmap_words(bitmap);
             let ones: usize = words.clone().map(|w| w.count_ones() as usize).sum();
             // Bits of chunks past the block's last, in its last word.
             let past_end =
@@ -285,35 +293,29 @@ impl Assembler {
     }
 
     pub(crate) fn push(&mut self, hash: u64, set: Set<'_>) {
-        let chunks = match set {
-            Set::Chunks(chunks) => chunks,
-            Set::Bitmap(bytes) => {
-                let index = &mut self.index;
-                let start = index.words.len() as u32;
-                let words = bytes.chunks_exact(4).map(|w| u32::from_le_bytes(w.try_into().expect("4 bytes")));
-                index.words.extend(words);
-                index.entries.push(Entry { hash, start, len: (index.words.len() as u32 - start) | DENSE });
+        let index = &mut self.index;
+        let start = index.words.len();
+        let dense = match set {
+            Set::Chunks(&[chunk]) => {
+                self.singles.push((hash as u32, chunk));
                 return;
             }
-        };
-        if let [chunk] = chunks[..] {
-            self.singles.push((hash as u32, chunk));
-            return;
-        }
-        let index = &mut self.index;
-        let start = index.words.len() as u32;
-        let dense = chunks.len() > self.dense_words;
-        if dense {
-            let mut bits = vec![0u32; self.dense_words];
-            for c in chunks {
-                bits[*c as usize / 32] |= 1 << (c % 32);
+            Set::Chunks(chunks) if chunks.len() > self.dense_words => {
+                index.words.resize(start + self.dense_words, 0);
+                set_bits(&mut index.words[start..], chunks);
+                true
             }
-            index.words.extend(bits);
-        } else {
-            index.words.extend(chunks);
-        }
-        let len = (index.words.len() as u32 - start) | if dense { DENSE } else { 0 };
-        index.entries.push(Entry { hash, start, len });
+            Set::Chunks(chunks) => {
+                index.words.extend(chunks);
+                false
+            }
+            Set::Bitmap(bytes) => {
+                index.words.extend(bitmap_words(bytes));
+                true
+            }
+        };
+        let len = (index.words.len() - start) as u32 | if dense { DENSE } else { 0 };
+        index.entries.push(Entry { hash, start: start as u32, len });
     }
 
     pub(crate) fn finish(self) -> PostingIndex {

@@ -78,14 +78,13 @@ impl quick_cache::Weighter<(u64, Part), (Kept, u64)> for Weigh {
 /// The parts of open blocks' indexes kept in memory, within a budget of bytes.
 pub struct IndexCache {
     parts: quick_cache::sync::Cache<(u64, Part), (Kept, u64), Weigh>,
-    budget: u64,
     next_block: AtomicU64,
 }
 
 impl std::fmt::Debug for IndexCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IndexCache")
-            .field("budget", &self.budget)
+            .field("budget", &self.parts.capacity())
             .field("held", &self.parts.weight())
             .finish()
     }
@@ -109,7 +108,6 @@ impl IndexCache {
                 Default::default(),
                 Default::default(),
             ),
-            budget,
             next_block: AtomicU64::new(0),
         })
     }
@@ -117,11 +115,6 @@ impl IndexCache {
     /// A cache that keeps every part (a block opened on its own, by tools and tests).
     pub fn unbounded() -> Arc<IndexCache> {
         Self::new(u64::MAX / 4)
-    }
-
-    /// The budget, in bytes.
-    pub fn budget(&self) -> u64 {
-        self.budget
     }
 
     /// Bytes the kept parts take, by part: (postings, trace filters, dictionaries).
