@@ -143,44 +143,55 @@ impl PostingIndexBuilder {
 
     pub(crate) fn finish(self) -> PostingIndex {
         let (chunks, sets) = self.sorted();
-        let mut a = Assembler::new(chunks);
-        for (hash, set) in &sets {
-            a.push(*hash, Set::Chunks(set));
-        }
-        a.finish()
+        assemble(chunks, &sets)
     }
 
-    /// The block's postings section (format 11, `docs/format/block.md`), before compression:
-    /// `n_sets:varint`, then per set in [`order`] of the hashes `hash u64`, `n:varint`, and its chunks:
-    /// when `n` is more than a bitmap of every chunk has 32-bit words, that bitmap (words
-    /// little-endian, bit `c % 32` of word `c / 32`), as an open block holds it; else the first
-    /// chunk `:varint` and the gaps to the next ones less one (`:varint` each).
-    pub(crate) fn encode_section(self) -> Vec<u8> {
+    /// The postings as an open block holds them, and as the block's postings section holds
+    /// them (before compression): the block just written needs not read them back.
+    pub(crate) fn finish_with_section(self) -> (PostingIndex, Vec<u8>) {
         let (chunks, sets) = self.sorted();
-        let dense_words = chunks.div_ceil(32) as usize;
-        let mut w = codec::Writer::default();
-        w.varint(sets.len() as u64);
-        let mut bits = vec![0u32; dense_words];
-        for (hash, set) in sets {
-            w.buf.extend_from_slice(&hash.to_le_bytes());
-            w.varint(set.len() as u64);
-            if set.len() > dense_words {
-                bits.fill(0);
-                set_bits(&mut bits, &set);
-                bits.iter().for_each(|word| w.buf.extend_from_slice(&word.to_le_bytes()));
-                continue;
-            }
-            let mut last = None;
-            for c in set {
-                w.varint(match last {
-                    None => c as u64,
-                    Some(l) => (c - l - 1) as u64,
-                });
-                last = Some(c);
-            }
-        }
-        w.buf
+        (assemble(chunks, &sets), encode_section(chunks, &sets))
     }
+}
+
+/// The index of `sets`, given in [`order`] of their hashes, of a block of `chunks` chunks.
+fn assemble(chunks: u32, sets: &[(u64, Vec<u32>)]) -> PostingIndex {
+    let mut a = Assembler::new(chunks);
+    for (hash, set) in sets {
+        a.push(*hash, Set::Chunks(set));
+    }
+    a.finish()
+}
+
+/// The block's postings section (format 11, `docs/format/block.md`), before compression, of
+/// `sets` in [`order`] of their hashes: `n_sets:varint`, then per set `hash u64`, `n:varint`,
+/// and its chunks: when `n` is more than a bitmap of every chunk has 32-bit words, that bitmap
+/// (words little-endian, bit `c % 32` of word `c / 32`), as an open block holds it; else the
+/// first chunk `:varint` and the gaps to the next ones less one (`:varint` each).
+fn encode_section(chunks: u32, sets: &[(u64, Vec<u32>)]) -> Vec<u8> {
+    let dense_words = chunks.div_ceil(32) as usize;
+    let mut w = codec::Writer::default();
+    w.varint(sets.len() as u64);
+    let mut bits = vec![0u32; dense_words];
+    for (hash, set) in sets {
+        w.buf.extend_from_slice(&hash.to_le_bytes());
+        w.varint(set.len() as u64);
+        if set.len() > dense_words {
+            bits.fill(0);
+            set_bits(&mut bits, set);
+            bits.iter().for_each(|word| w.buf.extend_from_slice(&word.to_le_bytes()));
+            continue;
+        }
+        let mut last = None;
+        for &c in set {
+            w.varint(match last {
+                None => c as u64,
+                Some(l) => (c - l - 1) as u64,
+            });
+            last = Some(c);
+        }
+    }
+    w.buf
 }
 
 /// A set of chunks as a postings section holds it.
@@ -221,7 +232,7 @@ impl Set<'_> {
     }
 }
 
-/// Reads a postings section (see [`PostingIndexBuilder::encode_section`]) of a block of `chunks`
+/// Reads a postings section (see [`encode_section`]) of a block of `chunks`
 /// chunks, giving each set (in [`order`] of the hashes) to `each`; refuses sets out of order, empty, or
 /// naming a chunk the block does not have.
 pub(crate) fn decode_section(
@@ -468,7 +479,7 @@ mod tests {
             b.set_chunks(301);
             b
         };
-        let section = build().encode_section();
+        let (_, section) = build().finish_with_section();
         let (chunks, want) = build().sorted();
         assert_eq!(chunks, 301);
         let mut got: Vec<(u64, Vec<u32>)> = Vec::new();

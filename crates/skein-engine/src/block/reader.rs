@@ -65,11 +65,25 @@ impl Block {
     /// Opens a block whose postings, trace filter and dictionaries are kept in `cache` (while
     /// its budget allows).
     pub fn open_in(fs: &dyn Fs, path: &Path, cache: &Arc<IndexCache>) -> Result<Block, BlockError> {
-        let (block, parts) = Self::open_with(fs, path, None, cache)?;
+        Self::open_with(fs, path, None, cache, None).map(Self::keeping)
+    }
+
+    /// [`Block::open`] for the block a writer just wrote, with the `postings` it built (not
+    /// read back from the postings section).
+    pub(crate) fn open_written(
+        fs: &dyn Fs,
+        path: &Path,
+        postings: PostingIndex,
+    ) -> Result<Block, BlockError> {
+        Self::open_with(fs, path, None, &IndexCache::unbounded(), Some(postings)).map(Self::keeping)
+    }
+
+    /// The block opened, its parts kept in its cache.
+    fn keeping((block, parts): (Block, Vec<Kept>)) -> Block {
         for part in parts {
             block.kept.keep(block.id, part);
         }
-        Ok(block)
+        block
     }
 
     /// The block, now with its parts kept in `cache` (taken out of the one it was opened in).
@@ -95,6 +109,7 @@ impl Block {
         path: &Path,
         copy: Option<&mut ChunkCopies>,
         cache: &Arc<IndexCache>,
+        built: Option<PostingIndex>,
     ) -> Result<(Block, Vec<Kept>), BlockError> {
         let io = |source| BlockError::Io { path: path.to_owned(), source };
         let corrupt = |reason: String| BlockError::Corrupt { path: path.to_owned(), reason };
@@ -133,7 +148,7 @@ impl Block {
         // A damaged postings section does not make the block unreadable: its searches read every
         // chunk of the service instead, and compaction decodes its chunks (new postings).
         if build && block.postings_section.is_some() {
-            match block.read_postings_section(fs) {
+            match built.map_or_else(|| block.read_postings_section(fs), Ok) {
                 Ok(p) => parts.push(Kept::Postings(Arc::new(p))),
                 Err(e) => {
                     tracing::warn!(error = %e, "postings unreadable; searches read every chunk of the block")
@@ -563,7 +578,7 @@ impl Block {
                 return self.read_postings_section(fs).map(|p| Kept::Postings(Arc::new(p)));
             }
             // Formats 2 to 10 list them in the index: it is read and parsed again.
-            let (_, parts) = Self::open_with(fs, &self.path, None, &self.kept)?;
+            let (_, parts) = Self::open_with(fs, &self.path, None, &self.kept, None)?;
             parts
                 .into_iter()
                 .find(|p| matches!(p, Kept::Postings(_)))
@@ -783,7 +798,7 @@ impl Block {
             return Ok(None);
         }
         let mut copy = ChunkCopies::default();
-        Self::open_with(fs, &self.path, Some(&mut copy), &self.kept)?;
+        Self::open_with(fs, &self.path, Some(&mut copy), &self.kept, None)?;
         if self.postings_section.is_some() {
             copy.postings = vec![Vec::new(); self.chunks.len()];
             let read =

@@ -468,13 +468,14 @@ impl<'a> BlockWriter<'a> {
             (offset, bytes.len() as u64, crc32fast::hash(&bytes))
         });
         // The postings section (format 11): every chunk's postings, inverted, by hash.
+        // The open block's form of them is kept for it, not read back.
         let mut postings = std::mem::take(&mut self.postings);
         postings.set_chunks(self.chunks.len() as u32);
-        let postings =
-            zstd::bulk::compress(&postings.encode_section(), ZSTD_LEVEL).expect("zstd compresses any input");
-        let postings_offset = self.append_bytes(&postings);
-        let postings_section = (postings_offset, postings.len() as u64, crc32fast::hash(&postings));
-        drop(postings);
+        let (postings, section) = postings.finish_with_section();
+        let section = zstd::bulk::compress(&section, ZSTD_LEVEL).expect("zstd compresses any input");
+        let postings_offset = self.append_bytes(&section);
+        let postings_section = (postings_offset, section.len() as u64, crc32fast::hash(&section));
+        drop(section);
         // The Bloom section: the blocked filters grouped by (lines, probes), each group line
         // by line (see `BloomGroup`); the reader finds the groups from the chunks' metadata.
         // Streamed to the file region by region when the block is (a merge's filters are a
@@ -646,10 +647,11 @@ impl<'a> BlockWriter<'a> {
                 s.renamed = true;
             }
         }
-        // What the writer holds is freed before the block is opened (its index read again).
+        // What the writer holds is freed before the block is opened (its index read again; its
+        // postings as built).
         drop((file, trace_index, trace_section));
         drop(self);
-        Block::open(fs, path)
+        Block::open_written(fs, path, postings)
     }
 }
 
