@@ -213,11 +213,6 @@ impl<'a> Memo<'a> {
 /// An encoded chunk, with what the encoder learnt on the way.
 pub(crate) struct EncodedChunk<'a> {
     pub(crate) bytes: Vec<u8>,
-    /// The input position of each span, in the order the chunk holds them (grouped by trace).
-    pub(crate) order: Vec<u32>,
-    /// In that order, per span attribute: the slot of its key, then of its value when the value
-    /// is a string.
-    pub(crate) attr_slots: Vec<u32>,
     pub(crate) strings: ChunkStrings<'a>,
 }
 
@@ -551,16 +546,43 @@ fn unzigzag(z: u64) -> i64 {
 /// their first span), with their resources and scopes.
 pub fn encode_chunk<S: std::borrow::Borrow<Span>>(spans: &[S]) -> Vec<u8> {
     let spans: Vec<&Span> = spans.iter().map(|s| s.borrow()).collect();
-    encode_chunk_detailed(&spans, None).bytes
+    encode_chunk_detailed(&spans, None, &mut ()).bytes
 }
 
-/// [`encode_chunk`], also answering the order the chunk holds the spans in and their strings.
-/// With `origins` (per span, the indexes of its resource and scope in the chunk's set of the
+/// Told of every span as the chunk encoder first meets it (in the order the chunk holds
+/// them), then of each of its attributes with the slots the encoder gave their strings: what
+/// else is gathered from a chunk's spans (its postings) is gathered in the same pass, while
+/// each span is in the cache, instead of by walking them all again.
+pub(crate) trait ChunkVisitor<'a> {
+    /// Span `span`, at `input` in the spans encoded.
+    fn span(&mut self, strings: &mut ChunkStrings<'a>, input: u32, span: &'a Span);
+
+    /// An attribute of the span: `key` is the slot of its key, `value_slot` that of its value
+    /// when it is a string.
+    fn attribute(
+        &mut self,
+        strings: &mut ChunkStrings<'a>,
+        key: u32,
+        value: &'a AttrValue,
+        value_slot: Option<u32>,
+    );
+}
+
+/// Visits nothing.
+impl<'a> ChunkVisitor<'a> for () {
+    fn span(&mut self, _: &mut ChunkStrings<'a>, _: u32, _: &'a Span) {}
+
+    fn attribute(&mut self, _: &mut ChunkStrings<'a>, _: u32, _: &'a AttrValue, _: Option<u32>) {}
+}
+
+/// [`encode_chunk`], also answering the chunk's strings, and telling `visit` of each span and
+/// its attributes as they are met. With `origins` (per span, the indexes of its resource and scope in the chunk's set of the
 /// block's origins), the chunk is of [`COLUMNAR_VERSION_SHARED_ORIGINS`]: it holds those
 /// indexes instead of the resources and scopes.
 pub(crate) fn encode_chunk_detailed<'a>(
     spans: &[&'a Span],
     origins: Option<&[(u32, u32)]>,
+    visit: &mut impl ChunkVisitor<'a>,
 ) -> EncodedChunk<'a> {
     // Group by trace, keeping the order of first appearance (a stable counting sort: no
     // allocation per trace).
@@ -623,15 +645,22 @@ pub(crate) fn encode_chunk_detailed<'a>(
     // request many of the same values: a string equal to the one at its position in the
     // previous span takes that slot without hashing.
     let (mut keys_before, mut values_before) = (Memo::default(), Memo::default());
-    for s in &grouped {
+    for (s, &input) in grouped.iter().zip(&positions) {
+        visit.span(&mut e.strings, input, s);
         name_slots.push(e.slot(&s.name));
         for (j, kv) in s.attributes.iter().enumerate() {
-            attr_slots.push(keys_before.slot(j, &kv.key, &mut e.strings));
-            if let AttrValue::Str(v) = &kv.value {
-                let slot = values_before.slot(j, v, &mut e.strings);
-                e.strings.entries[slot as usize].value_uses += 1;
-                attr_slots.push(slot);
-            }
+            let key = keys_before.slot(j, &kv.key, &mut e.strings);
+            attr_slots.push(key);
+            let value_slot = match &kv.value {
+                AttrValue::Str(v) => {
+                    let slot = values_before.slot(j, v, &mut e.strings);
+                    e.strings.entries[slot as usize].value_uses += 1;
+                    attr_slots.push(slot);
+                    Some(slot)
+                }
+                _ => None,
+            };
+            visit.attribute(&mut e.strings, key, &kv.value, value_slot);
         }
     }
     let mut name_slots = name_slots.into_iter();
@@ -798,7 +827,7 @@ pub(crate) fn encode_chunk_detailed<'a>(
     for c in &e.cols {
         out.bytes(&c.buf);
     }
-    EncodedChunk { bytes: out.buf, order: positions, attr_slots, strings: e.strings }
+    EncodedChunk { bytes: out.buf, strings: e.strings }
 }
 
 struct Dec<'a> {
@@ -1984,7 +2013,7 @@ mod tests {
             })
             .collect();
         let refs: Vec<&Span> = spans.iter().collect();
-        (encode_chunk_detailed(&refs, Some(&origins)).bytes, set)
+        (encode_chunk_detailed(&refs, Some(&origins), &mut ()).bytes, set)
     }
 
     /// Bytes of column `c` of an encoded chunk.

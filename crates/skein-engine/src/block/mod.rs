@@ -27,7 +27,7 @@ mod writer;
 use inverted::{PostingIndex, PostingIndexBuilder};
 pub use kept::{DEFAULT_INDEX_MEMORY_BYTES, IndexCache};
 use kept::{Kept, Part};
-use postings::chunk_postings;
+use postings::{Gathering, KeyPostings};
 use traces::TraceIndex;
 pub(crate) use writer::{BlockWriter, serially, write_block};
 
@@ -292,9 +292,6 @@ pub(crate) enum KeyValues<V> {
     /// before format 4: a search must read the chunk.
     Unindexed,
 }
-
-/// Tag key → its values in one chunk for one service.
-pub(crate) type Postings = BTreeMap<String, KeyValues<BTreeSet<String>>>;
 
 /// An open block: its index in memory (what grows with its spans — postings, trace filter,
 /// dictionaries — in the [`IndexCache`] it was opened in, while its budget allows), its spans on

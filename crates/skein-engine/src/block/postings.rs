@@ -2,35 +2,208 @@
 //! filter of them when there are many) as the writer gathers them.
 
 use super::*;
+use crate::columnar::ChunkVisitor;
 
 /// A posting value while a chunk's postings are gathered: a string by its slot in the chunk's
 /// string table, or an integer (written as decimal text in the index).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum ValueId {
     Text(u32),
     Int(i64),
 }
 
-/// Postings while a chunk is gathered, by integers: (service, key slot) → how many times the
-/// key was added, the value added last, and its distinct values, or `None` once a value is
-/// not matched by text. Turned into [`Postings`] (and the chunk's Bloom filter) once per chunk.
-pub(crate) type BuildingPostings = FxHashMap<(u32, u32), (u32, Option<ValueId>, Option<FxHashSet<ValueId>>)>;
+/// One service's key while a chunk's postings are gathered.
+struct KeyState {
+    service: u32,
+    /// The key's slot.
+    key: u32,
+    /// How many times the key was added.
+    count: u32,
+    /// The value added last.
+    last: Option<ValueId>,
+    /// Every value added that differs from the one added before it (sorted and deduplicated
+    /// once the chunk is gathered), or `None` once a value is not matched by text.
+    values: Option<Vec<ValueId>>,
+}
 
-pub(crate) fn add_posting(p: &mut BuildingPostings, service: u32, key: u32, value: Option<ValueId>) {
-    let (count, last, entry) =
-        p.entry((service, key)).or_insert_with(|| (0, None, Some(FxHashSet::default())));
-    *count += 1;
-    let Some(values) = entry else { return };
-    match value {
-        // Most values repeat the key's last one (methods, routes, peers of one operation):
-        // those are in the set already.
-        Some(v) if *last == Some(v) => {}
-        Some(v) => {
-            *last = Some(v);
-            values.insert(v);
+/// A chunk's postings while they are gathered, by integers: per (service, key slot), its
+/// [`KeyState`]. Gathered as the chunk encoder meets each span and attribute (it is the
+/// encoder's [`ChunkVisitor`]), then [`finish`](Self::finish)ed into [`KeyPostings`] and the
+/// chunk's Bloom filter. Values are pushed, not put in a set: most repeat the key's last one
+/// (methods, routes, peers of one operation) and are not pushed at all, and the rest are
+/// sorted once.
+pub(crate) struct Gathering<'s> {
+    /// Each span's service, by its place among the spans encoded.
+    services: &'s [u32],
+    /// Each span's resource and scope by their places in the chunk's set of origins (equal
+    /// ones have one place), by its place among the spans encoded; empty when the chunk has
+    /// none (its spans' resources and scopes are then told apart by address).
+    origins: &'s [(u32, u32)],
+    /// The service of the span being visited.
+    service: u32,
+    keys: Vec<KeyState>,
+    /// By key slot: the states of the key, with their services (a key is carried by a few
+    /// services; most slots are values, and have none).
+    by_key: Vec<Vec<(u32, u32)>>,
+    /// Each resource is listed once per service. Resources are told apart by their place in
+    /// the chunk's origins, not their address: every request brings its own copy, and the
+    /// spans of a chunk come from many requests.
+    resources_seen: FxHashSet<(u32, usize)>,
+    last_resource: Option<(u32, usize)>,
+    /// The synthetic tags follow from kind, status and scope: most spans repeat those of an
+    /// earlier one.
+    synthetic_seen: FxHashSet<(u32, u8, u8, usize)>,
+}
+
+impl<'s> Gathering<'s> {
+    pub(crate) fn new(services: &'s [u32], origins: &'s [(u32, u32)]) -> Self {
+        Gathering {
+            services,
+            origins,
+            service: 0,
+            keys: Vec::new(),
+            by_key: Vec::new(),
+            resources_seen: FxHashSet::default(),
+            last_resource: None,
+            synthetic_seen: FxHashSet::default(),
         }
-        None => *entry = None,
     }
+
+    /// The state of `service`'s `key`, made when new.
+    fn state(&mut self, service: u32, key: u32) -> u32 {
+        if self.by_key.len() <= key as usize {
+            self.by_key.resize_with(key as usize + 1, Vec::new);
+        }
+        let states = &mut self.by_key[key as usize];
+        if let Some(&(_, state)) = states.iter().find(|(s, _)| *s == service) {
+            return state;
+        }
+        let state = self.keys.len() as u32;
+        self.keys.push(KeyState { service, key, count: 0, last: None, values: Some(Vec::new()) });
+        states.push((service, state));
+        state
+    }
+
+    fn add_to(&mut self, state: u32, value: Option<ValueId>) {
+        let k = &mut self.keys[state as usize];
+        k.count += 1;
+        let Some(values) = &mut k.values else { return };
+        match value {
+            Some(v) if k.last == Some(v) => {}
+            Some(v) => {
+                k.last = Some(v);
+                values.push(v);
+            }
+            None => k.values = None,
+        }
+    }
+
+    fn add(&mut self, key: u32, value: Option<ValueId>) {
+        let state = self.state(self.service, key);
+        self.add_to(state, value);
+    }
+
+    /// The postings of the chunk: per service and key, every tag a search can match on (span,
+    /// resource and event attributes, event names, and the synthetic tags), and the chunk's
+    /// Bloom filter of the values of keys with too many to list (empty when there are none).
+    /// `strings` are the chunk's, as the encoder left them. The filter's items are (key,
+    /// value) pairs ([`bloom::UNSERVICED`]), each once, and it is seeded with `seed` (the
+    /// chunk's crc32: see [`bloom::build_blocked`]).
+    pub(crate) fn finish<'a>(self, strings: &ChunkStrings<'a>, seed: u32) -> (Vec<KeyPostings<'a>>, Vec<u8>) {
+        let text = |v: ValueId| match v {
+            ValueId::Text(slot) => Cow::Borrowed(strings.text(slot)),
+            ValueId::Int(i) => Cow::Owned(itoa::Buffer::new().format(i).to_owned()),
+        };
+        let mut hashes = Vec::new();
+        let mut postings = Vec::with_capacity(self.keys.len());
+        for k in self.keys {
+            let key = strings.text(k.key);
+            let values = match k.values {
+                None => KeyValues::Unindexed,
+                Some(mut values) => {
+                    values.sort_unstable();
+                    values.dedup();
+                    if listed(values.len(), k.count) {
+                        KeyValues::Listed(values.into_iter().map(text).collect())
+                    } else {
+                        let mut digits = itoa::Buffer::new();
+                        hashes.extend(values.into_iter().map(|v| match v {
+                            ValueId::Text(slot) => bloom::key_item_hash(key, strings.text(slot)),
+                            ValueId::Int(i) => bloom::key_item_hash(key, digits.format(i)),
+                        }));
+                        KeyValues::Hashed
+                    }
+                }
+            };
+            postings.push(KeyPostings { service: k.service, key, values });
+        }
+        // A value several services carry is one item.
+        hashes.sort_unstable();
+        hashes.dedup();
+        let filter = if hashes.is_empty() { Vec::new() } else { bloom::build_blocked(&hashes, Some(seed)) };
+        (postings, filter)
+    }
+}
+
+impl<'a> ChunkVisitor<'a> for Gathering<'_> {
+    /// A span's resource attributes (when its resource is new to its service in the chunk),
+    /// its events, and its synthetic tags (when new).
+    fn span(&mut self, strings: &mut ChunkStrings<'a>, input: u32, s: &'a Span) {
+        self.service = self.services[input as usize];
+        let service = self.service;
+        let (resource, scope) = match self.origins.get(input as usize) {
+            Some(&(r, c)) => (r as usize, c as usize),
+            None => (Arc::as_ptr(&s.resource) as usize, Arc::as_ptr(&s.scope) as usize),
+        };
+        let resource = (service, resource);
+        if self.last_resource != Some(resource) && self.resources_seen.insert(resource) {
+            for kv in &s.resource.attributes {
+                let key = strings.slot(&kv.key);
+                self.add(key, posting_value(strings, &kv.value));
+            }
+        }
+        self.last_resource = Some(resource);
+        for e in &s.events {
+            let (key, name) = (strings.slot("event"), strings.slot(&e.name));
+            self.add(key, Some(ValueId::Text(name)));
+            for kv in &e.attributes {
+                let key = strings.slot(&kv.key);
+                self.add(key, posting_value(strings, &kv.value));
+            }
+        }
+        if s.status.message.is_empty()
+            && !self.synthetic_seen.insert((service, s.kind.code(), s.status.code.code(), scope))
+        {
+            return;
+        }
+        for (k, v) in skein_store::synthetic_tags_of(s) {
+            let (key, value) = (strings.slot(k), strings.slot(v));
+            self.add(key, Some(ValueId::Text(value)));
+        }
+    }
+
+    fn attribute(
+        &mut self,
+        strings: &mut ChunkStrings<'a>,
+        key: u32,
+        value: &'a AttrValue,
+        value_slot: Option<u32>,
+    ) {
+        let value = match value_slot {
+            Some(slot) => Some(ValueId::Text(slot)),
+            None => posting_value(strings, value),
+        };
+        let state = self.state(self.service, key);
+        self.add_to(state, value);
+    }
+}
+
+/// What a chunk's postings say of one service's key: its values (listed, as text), or that
+/// they are in the chunk's Bloom filter, or not indexed.
+pub(crate) struct KeyPostings<'a> {
+    pub(crate) service: u32,
+    pub(crate) key: &'a str,
+    pub(crate) values: KeyValues<Vec<Cow<'a, str>>>,
 }
 
 /// Whether a key's `distinct` values, added `count` times, are listed in the postings (few,
@@ -52,94 +225,6 @@ pub(crate) fn posting_value<'a>(strings: &mut ChunkStrings<'a>, v: &'a AttrValue
         AttrValue::Bool(b) => Some(ValueId::Text(strings.slot(if *b { "true" } else { "false" }))),
         _ => None,
     }
-}
-
-/// The postings of a chunk: per service, every tag a search can match on (span, resource and
-/// event attributes, event names, and the synthetic tags), and the chunk's Bloom filter of the
-/// values of keys with too many to list (empty when there are none). `encoded` is the chunk as
-/// the encoder wrote it: the span attributes' strings come from its string table by slot, so
-/// they are not hashed again. The filter's items are (key, value) pairs ([`bloom::UNSERVICED`]),
-/// each once, and it is seeded with `seed` (the chunk's crc32: see [`bloom::build_blocked`]).
-pub(crate) fn chunk_postings<'a>(
-    spans: &[&'a Span],
-    services: &[u32],
-    encoded: &mut columnar::EncodedChunk<'a>,
-    seed: u32,
-) -> (Vec<(u32, Postings)>, Vec<u8>) {
-    let mut p: BuildingPostings = FxHashMap::default();
-    // Each resource (shared by the spans of a request) is listed once per service.
-    let mut resources_seen: FxHashSet<(u32, *const skein_model::Resource)> = FxHashSet::default();
-    let mut synthetic_seen: FxHashSet<(u32, u8, u8, usize)> = FxHashSet::default();
-    let strings = &mut encoded.strings;
-    let mut attr_slots = encoded.attr_slots.iter().copied();
-    for &i in &encoded.order {
-        let (s, service) = (spans[i as usize], services[i as usize]);
-        for kv in &s.attributes {
-            let key = attr_slots.next().expect("a slot per key");
-            let value = match &kv.value {
-                AttrValue::Str(_) => Some(ValueId::Text(attr_slots.next().expect("a slot per string value"))),
-                other => posting_value(strings, other),
-            };
-            add_posting(&mut p, service, key, value);
-        }
-        if resources_seen.insert((service, Arc::as_ptr(&s.resource))) {
-            for kv in &s.resource.attributes {
-                let key = strings.slot(&kv.key);
-                add_posting(&mut p, service, key, posting_value(strings, &kv.value));
-            }
-        }
-        for e in &s.events {
-            let (key, name) = (strings.slot("event"), strings.slot(&e.name));
-            add_posting(&mut p, service, key, Some(ValueId::Text(name)));
-            for kv in &e.attributes {
-                let key = strings.slot(&kv.key);
-                add_posting(&mut p, service, key, posting_value(strings, &kv.value));
-            }
-        }
-        // The synthetic tags follow from kind, status and scope: most spans repeat those of
-        // an earlier one.
-        let scope = Arc::as_ptr(&s.scope) as usize;
-        if s.status.message.is_empty()
-            && !synthetic_seen.insert((service, s.kind.code(), s.status.code.code(), scope))
-        {
-            continue;
-        }
-        for (k, v) in skein_store::synthetic_tags_of(s) {
-            let (key, value) = (strings.slot(k), strings.slot(v));
-            add_posting(&mut p, service, key, Some(ValueId::Text(value)));
-        }
-    }
-    let mut by_service: BTreeMap<u32, Postings> = BTreeMap::new();
-    let mut hashes = Vec::new();
-    let mut digits = itoa::Buffer::new();
-    for ((service, key), (count, _, values)) in p {
-        let key = strings.text(key);
-        let values = match values {
-            None => KeyValues::Unindexed,
-            Some(values) if listed(values.len(), count) => KeyValues::Listed(
-                values
-                    .into_iter()
-                    .map(|v| match v {
-                        ValueId::Text(slot) => strings.text(slot).to_owned(),
-                        ValueId::Int(i) => digits.format(i).to_owned(),
-                    })
-                    .collect(),
-            ),
-            Some(values) => {
-                hashes.extend(values.into_iter().map(|v| match v {
-                    ValueId::Text(slot) => bloom::key_item_hash(key, strings.text(slot)),
-                    ValueId::Int(i) => bloom::key_item_hash(key, digits.format(i)),
-                }));
-                KeyValues::Hashed
-            }
-        };
-        by_service.entry(service).or_default().insert(key.to_owned(), values);
-    }
-    // A value several services carry is one item.
-    hashes.sort_unstable();
-    hashes.dedup();
-    let filter = if hashes.is_empty() { Vec::new() } else { bloom::build_blocked(&hashes, Some(seed)) };
-    (by_service.into_iter().collect(), filter)
 }
 
 #[cfg(test)]
@@ -217,8 +302,9 @@ mod tests {
         }
         let refs: Vec<&Span> = spans.iter().collect();
         let services: Vec<u32> = spans.iter().map(|s| u32::from(s.service_name() == "b")).collect();
-        let mut encoded = columnar::encode_chunk_detailed(&refs, None);
-        let (got, _) = chunk_postings(&refs, &services, &mut encoded, 1);
+        let mut gathering = Gathering::new(&services, &[]);
+        let encoded = columnar::encode_chunk_detailed(&refs, None, &mut gathering);
+        let (got, _) = gathering.finish(&encoded.strings, 1);
         // One by one: per (service, key), the times added and the values as text.
         let mut want: BTreeMap<(u32, String), Added> = BTreeMap::new();
         for (s, service) in spans.iter().zip(&services) {
@@ -235,19 +321,66 @@ mod tests {
         }
         let mut checked = 0;
         for ((service, key), (count, values)) in want {
-            let got = got.iter().find(|(s, _)| *s == service).and_then(|(_, p)| p.get(&key)).unwrap();
+            let got = &got.iter().find(|p| p.service == service && p.key == key).unwrap().values;
+            let got = match got {
+                KeyValues::Listed(v) => KeyValues::Listed(v.iter().map(|v| v.to_string()).collect()),
+                KeyValues::Hashed => KeyValues::Hashed,
+                KeyValues::Unindexed => KeyValues::Unindexed,
+            };
             let expected = match values {
                 None => KeyValues::Unindexed,
                 Some(v) if listed(v.len(), count) => KeyValues::Listed(v),
                 Some(_) => KeyValues::Hashed,
             };
-            assert_eq!(got, &expected, "service {service} key {key}");
+            assert_eq!(got, expected, "service {service} key {key}");
             checked += 1;
         }
         assert_eq!(checked, 8, "four keys in each of two services");
-        assert!(got.iter().any(|(_, p)| p.get("n") == Some(&KeyValues::Unindexed)));
-        assert!(got.iter().any(|(_, p)| p.get("id") == Some(&KeyValues::Hashed)));
-        assert!(got.iter().any(|(_, p)| matches!(p.get("route"), Some(KeyValues::Listed(_)))));
+        let said = |key: &str| got.iter().filter(|p| p.key == key).map(|p| &p.values).collect::<Vec<_>>();
+        assert!(said("n").iter().any(|v| matches!(v, KeyValues::Unindexed)));
+        assert!(said("id").iter().any(|v| matches!(v, KeyValues::Hashed)));
+        assert!(said("route").iter().any(|v| matches!(v, KeyValues::Listed(_))));
+    }
+
+    /// A chunk's postings do not depend on how its spans came in requests: a resource a
+    /// service sent in many requests (each with its own copy) counts once, as when all its
+    /// spans share one copy. Ten pods, each value once per resource: too many to list.
+    #[test]
+    fn resources_count_once_however_many_requests_brought_them() {
+        let postings = |shared: bool| {
+            let pods: Vec<Arc<skein_model::Resource>> = (0..10)
+                .map(|p| {
+                    SpanBuilder::new(1, 1)
+                        .resource_attr("k8s.pod.name", AttrValue::Str(format!("pod-{p}").into()))
+                        .build()
+                        .resource
+                })
+                .collect();
+            let mut spans = Vec::new();
+            let mut origins = Vec::new();
+            for i in 0..60u8 {
+                let pod = i as usize % 10;
+                let mut s = SpanBuilder::new(i / 6 + 1, i + 1).build();
+                s.resource = if shared { Arc::clone(&pods[pod]) } else { Arc::new((*pods[pod]).clone()) };
+                spans.push(s);
+                origins.push((pod as u32, 0));
+            }
+            let refs: Vec<&Span> = spans.iter().collect();
+            let services = vec![0; spans.len()];
+            let mut gathering = Gathering::new(&services, &origins);
+            let encoded = columnar::encode_chunk_detailed(&refs, None, &mut gathering);
+            let (got, _) = gathering.finish(&encoded.strings, 1);
+            let pod = got.iter().find(|p| p.key == "k8s.pod.name").map(|p| match &p.values {
+                KeyValues::Listed(v) => {
+                    KeyValues::Listed(v.iter().map(|v| v.to_string()).collect::<Vec<_>>())
+                }
+                KeyValues::Hashed => KeyValues::Hashed,
+                KeyValues::Unindexed => KeyValues::Unindexed,
+            });
+            (pod, got.len())
+        };
+        assert_eq!(postings(true), postings(false));
+        assert_eq!(postings(false).0, Some(KeyValues::Hashed));
     }
 
     proptest! {

@@ -701,7 +701,8 @@ fn give_back_packers(packers: Vec<columnar::Packer>) {
 /// entry hash, with the services' `names`) and Bloom filter, and its time and duration ranges.
 fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer, names: &[&str]) -> Encoded {
     let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
-    let mut encoded = columnar::encode_chunk_detailed(&refs, Some(&q.origins));
+    let mut postings = Gathering::new(&q.services, &q.origins);
+    let mut encoded = columnar::encode_chunk_detailed(&refs, Some(&q.origins), &mut postings);
     let raw = std::mem::take(&mut encoded.bytes);
     let compressed = columnar::pack(&raw, packer).expect("the chunk was just encoded");
     let chunk_services: BTreeSet<u32> = q.services.iter().copied().collect();
@@ -713,7 +714,7 @@ fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer, names: &[&str]) -
         durations = (durations.0.min(s.duration_nanos()), durations.1.max(s.duration_nanos()));
     }
     let crc = crc32fast::hash(&compressed);
-    let (postings, filter) = chunk_postings(&refs, &q.services, &mut encoded, crc);
+    let (postings, filter) = postings.finish(&encoded.strings, crc);
     let postings = posting_hashes(&postings, names);
     Encoded {
         meta: ChunkMeta {
@@ -741,25 +742,24 @@ fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer, names: &[&str]) -
     }
 }
 
-/// The entries (by hash) of a chunk's postings: per service (its name in `names`), its keys and
-/// their values.
-fn posting_hashes(postings: &[(u32, Postings)], names: &[&str]) -> Vec<u64> {
+/// The entries (by hash) of a chunk's postings, each key's under its service's name in
+/// `names`.
+fn posting_hashes(postings: &[KeyPostings<'_>], names: &[&str]) -> Vec<u64> {
     let mut hashes = Vec::new();
     let mut texts: Vec<&[u8]> = Vec::new();
-    for (service, keys) in postings {
-        let name = names[*service as usize].as_bytes();
-        for (key, values) in keys {
-            let values = match values {
-                KeyValues::Unindexed => KeyValues::Unindexed,
-                KeyValues::Hashed => KeyValues::Hashed,
-                KeyValues::Listed(values) => {
-                    texts.clear();
-                    texts.extend(values.iter().map(|v| v.as_bytes()));
-                    KeyValues::Listed(&texts[..])
-                }
-            };
-            inverted::entry_hashes(name, key.as_bytes(), values, |h| hashes.push(h));
-        }
+    for p in postings {
+        let values = match &p.values {
+            KeyValues::Unindexed => KeyValues::Unindexed,
+            KeyValues::Hashed => KeyValues::Hashed,
+            KeyValues::Listed(values) => {
+                texts.clear();
+                texts.extend(values.iter().map(|v| v.as_bytes()));
+                KeyValues::Listed(&texts[..])
+            }
+        };
+        inverted::entry_hashes(names[p.service as usize].as_bytes(), p.key.as_bytes(), values, |h| {
+            hashes.push(h)
+        });
     }
     hashes
 }

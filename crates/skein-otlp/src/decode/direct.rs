@@ -52,6 +52,9 @@ pub(crate) fn decode(body: &[u8], limits: &Limits) -> Res<Vec<Span>> {
         spans: Vec::with_capacity(count_spans(body)),
         span_bodies: Vec::new(),
         keys: FxHashMap::default(),
+        memo: Vec::new(),
+        values: Vec::new(),
+        at: 0,
     };
     each_field(body, |tag, wire_type, buf| match tag {
         1 => d.resource_spans(delimited(wire_type, buf)?),
@@ -93,6 +96,15 @@ struct Decoder<'a, 'l> {
     /// Attribute keys met so far in this request, by their bytes: a request repeats a handful
     /// of keys in every span, so each is checked as UTF-8 and made into a `Str` once.
     keys: FxHashMap<&'a [u8], Str>,
+    /// The keys of the span before, in the order they came: spans of one operation carry
+    /// theirs in one order, so most keys are found by comparing with the key at the same
+    /// place there, without hashing.
+    memo: Vec<(&'a [u8], Str)>,
+    /// The same for string values: methods, routes, peers, statuses repeat the value at their
+    /// place in the span before, and are then neither checked as UTF-8 again nor copied.
+    values: Vec<(&'a [u8], Str)>,
+    /// How many keys of the span being decoded came before.
+    at: usize,
 }
 
 impl<'a> Decoder<'a, '_> {
@@ -163,6 +175,7 @@ impl<'a> Decoder<'a, '_> {
         scope: &Arc<InstrumentationScope>,
     ) -> Res<Span> {
         let start = self.attrs.len();
+        self.at = 0;
         let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
         let (mut trace_state, mut name) = ("", "");
         let (mut kind, mut start_time, mut end_time, mut flags) = (0i32, 0u64, 0u64, 0u32);
@@ -313,8 +326,7 @@ impl<'a> Decoder<'a, '_> {
         }
         let value = match value {
             [0x0A, len @ 0..0x80, text @ ..] if usize::from(*len) == text.len() => {
-                let text = std::str::from_utf8(text).map_err(|_| Fallback)?;
-                AttrValue::Str(Str::from(checked(text, self.limits.max_attribute_value_bytes)?))
+                AttrValue::Str(self.text_value(text)?)
             }
             [0x10, b @ 0..0x80] => AttrValue::Bool(*b != 0),
             [0x18, int @ ..] => {
@@ -334,6 +346,24 @@ impl<'a> Decoder<'a, '_> {
         Ok(Some(KeyValue { key: self.key(key, depth)?, value }))
     }
 
+    /// A string value (short: its length fits in one byte) of the attribute at the span's
+    /// current place.
+    #[inline]
+    fn text_value(&mut self, bytes: &'a [u8]) -> Res<Str> {
+        if let Some((before, v)) = self.values.get(self.at)
+            && *before == bytes
+        {
+            return Ok(v.clone());
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| Fallback)?;
+        let v = Str::from(checked(text, self.limits.max_attribute_value_bytes)?);
+        if self.values.len() <= self.at {
+            self.values.resize(self.at + 1, (&[], Str::default()));
+        }
+        self.values[self.at] = (bytes, v.clone());
+        Ok(v)
+    }
+
     /// An attribute's key, from the keys met so far in this request when it is one of them;
     /// refused (to the general decoder) when too long or when its value sits deeper than
     /// allowed.
@@ -342,14 +372,26 @@ impl<'a> Decoder<'a, '_> {
         if key.len() > self.limits.max_attribute_value_bytes || depth > self.max_depth {
             return Err(Fallback);
         }
-        Ok(match self.keys.get(key) {
+        let at = self.at;
+        self.at += 1;
+        if let Some((before, k)) = self.memo.get(at)
+            && *before == key
+        {
+            return Ok(k.clone());
+        }
+        let k = match self.keys.get(key) {
             Some(k) => k.clone(),
             None => {
                 let k = skein_model::attribute_key(std::str::from_utf8(key).map_err(|_| Fallback)?);
                 self.keys.insert(key, k.clone());
                 k
             }
-        })
+        };
+        if self.memo.len() <= at {
+            self.memo.resize(at + 1, (&[], Str::default()));
+        }
+        self.memo[at] = (key, k.clone());
+        Ok(k)
     }
 
     /// Decodes an `AnyValue` into `out`, which is empty (and stays so for an unset value).
