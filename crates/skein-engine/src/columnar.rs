@@ -641,13 +641,25 @@ pub(crate) fn encode_chunk_detailed<'a>(
     };
     let mut name_slots: Vec<u32> = Vec::with_capacity(grouped.len());
     let mut attr_slots: Vec<u32> = Vec::with_capacity(grouped.len() * 16);
-    // Spans of one service mostly carry the same keys in the same order, and spans of one
-    // request many of the same values: a string equal to the one at its position in the
-    // previous span takes that slot without hashing.
-    let (mut keys_before, mut values_before) = (Memo::default(), Memo::default());
+    // Spans of one operation mostly carry the same keys in the same order, and many of the
+    // same values: a string equal to the one at its position in the last span of the same
+    // name takes that slot without hashing. (The spans before in the chunk's order are of the
+    // trace's other operations, mostly.)
+    let mut memos: Vec<(Memo, Memo)> = Vec::new();
+    // By the slot of a span name, its memos' place in `memos`.
+    let mut memo_of: Vec<u32> = Vec::new();
     for (s, &input) in grouped.iter().zip(&positions) {
         visit.span(&mut e.strings, input, s);
-        name_slots.push(e.slot(&s.name));
+        let name = e.slot(&s.name);
+        name_slots.push(name);
+        if memo_of.len() <= name as usize {
+            memo_of.resize(name as usize + 1, NO_INDEX);
+        }
+        if memo_of[name as usize] == NO_INDEX {
+            memo_of[name as usize] = memos.len() as u32;
+            memos.push((Memo::default(), Memo::default()));
+        }
+        let (keys_before, values_before) = &mut memos[memo_of[name as usize] as usize];
         for (j, kv) in s.attributes.iter().enumerate() {
             let key = keys_before.slot(j, &kv.key, &mut e.strings);
             attr_slots.push(key);
