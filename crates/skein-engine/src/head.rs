@@ -24,9 +24,23 @@ pub(crate) struct Head {
 #[derive(Debug, Default)]
 pub(crate) struct HeadTrace {
     parts: Vec<Vec<Span>>,
+    /// The earliest start of its spans, and what they add to the chunks they are written into
+    /// ([`crate::block::pending_bytes`], summed): measured as the spans come, while they are
+    /// in the cache, so that cutting the head into a block does not walk them for it.
+    start: u64,
+    bytes: usize,
 }
 
 impl HeadTrace {
+    /// Its spans, measured, to be written to a block.
+    pub(crate) fn measured(&self) -> block::Measured<'_> {
+        block::Measured {
+            spans: self.iter().map(std::borrow::Cow::Borrowed).collect(),
+            start: self.start,
+            bytes: self.bytes,
+        }
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Span> + Clone {
         self.parts.iter().flatten()
     }
@@ -49,8 +63,14 @@ impl Head {
             self.oldest_start =
                 Some(self.oldest_start.map_or(tally.oldest_start, |o| o.min(tally.oldest_start)));
         }
-        for (id, spans) in tally.traces {
-            self.traces.entry(id).or_default().parts.push(spans);
+        for (id, part) in tally.traces {
+            let t = self
+                .traces
+                .entry(id)
+                .or_insert_with(|| HeadTrace { start: u64::MAX, ..HeadTrace::default() });
+            t.parts.push(part.spans);
+            t.start = t.start.min(part.start);
+            t.bytes += part.bytes;
         }
     }
 }
@@ -60,7 +80,7 @@ impl Head {
 /// head's lock is taken so that writers do it in parallel.
 #[derive(Default)]
 pub(crate) struct Tally {
-    traces: Vec<(TraceId, Vec<Span>)>,
+    traces: Vec<(TraceId, Part)>,
     spans: u64,
     red: RedSummary,
     /// The earliest start of its spans (`u64::MAX` when it has none).
@@ -92,14 +112,27 @@ impl Tally {
         for s in &spans {
             *counts.entry(s.trace_id).or_default() += 1;
         }
-        let mut by_trace: FxHashMap<TraceId, Vec<Span>> =
-            counts.into_iter().map(|(id, n)| (id, Vec::with_capacity(n))).collect();
+        let mut by_trace: FxHashMap<TraceId, Part> = counts
+            .into_iter()
+            .map(|(id, n)| (id, Part { spans: Vec::with_capacity(n), start: u64::MAX, bytes: 0 }))
+            .collect();
         for s in spans {
-            by_trace.get_mut(&s.trace_id).expect("every trace was counted").push(s);
+            let part = by_trace.get_mut(&s.trace_id).expect("every trace was counted");
+            part.start = part.start.min(s.start_time_unix_nano);
+            part.bytes += block::pending_bytes(&s);
+            part.spans.push(s);
         }
         t.traces = by_trace.into_iter().collect();
         t
     }
+}
+
+/// A batch's spans of one trace, with their earliest start and what they add to the chunks they
+/// are written into ([`crate::block::pending_bytes`], summed).
+struct Part {
+    spans: Vec<Span>,
+    start: u64,
+    bytes: usize,
 }
 
 /// A head cut off from ingest, being written to a block. Several are written at once, each by

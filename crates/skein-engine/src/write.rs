@@ -35,13 +35,22 @@ async fn write_frozen(shared: Weak<Shared>, frozen: Arc<Frozen>, seq: u64) {
     } else {
         // Encoded straight from the frozen head (readers share it meanwhile): no copies.
         tokio::task::spawn_blocking(move || {
-            let traces = head.head.traces.values().map(|spans| {
-                spans.iter().filter(|s| keep_all || s.start_time_unix_nano >= cutoff).collect::<Vec<_>>()
+            let traces = head.head.traces.values().map(|t| {
+                if keep_all {
+                    t.measured()
+                } else {
+                    block::Measured::of(
+                        t.iter()
+                            .filter(|s| s.start_time_unix_nano >= cutoff)
+                            .map(std::borrow::Cow::Borrowed)
+                            .collect(),
+                    )
+                }
             });
             // Every span kept: the head's pre-aggregates are the block's.
             let red = (kept as u64 == head.head.spans).then_some(&head.head.red);
             let ranges = [head.wal_segments];
-            block::serially(|| block::write_block(&*fs, &path, traces, &ranges, red))
+            block::serially(|| block::write_measured(&*fs, &path, traces, &ranges, red))
         })
         .await
         .map_err(|e| format!("block writer panicked: {e}"))

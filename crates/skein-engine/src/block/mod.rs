@@ -29,7 +29,9 @@ pub use kept::{DEFAULT_INDEX_MEMORY_BYTES, IndexCache};
 use kept::{Kept, Part};
 use postings::{Gathering, KeyPostings};
 use traces::TraceIndex;
-pub(crate) use writer::{BlockWriter, serially, write_block};
+#[cfg(test)]
+pub(crate) use writer::write_block;
+pub(crate) use writer::{BlockWriter, Measured, serially, write_measured};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";

@@ -29,15 +29,29 @@ pub(crate) fn serially<T>(work: impl FnOnce() -> T) -> (T, std::time::Duration) 
     (out, started.elapsed().saturating_sub(wall_in - wall_in_before))
 }
 
-/// Writes traces (each a group of spans of one trace) into a new block file at `path`
-/// (atomically). `wal_ranges` (the WAL segments whose records these spans are) is recorded so
-/// recovery knows which WAL records the block already holds. `red`, when given, is the RED
-/// pre-aggregates of exactly these spans (the head's): they are written as they are instead of
-/// being counted again.
+/// [`write_measured`] for traces given as groups of spans, measured here.
+#[cfg(test)]
 pub(crate) fn write_block<'a>(
     fs: &dyn Fs,
     path: &Path,
     traces: impl IntoIterator<Item = Vec<&'a Span>>,
+    wal_ranges: &[(u64, u64)],
+    red: Option<&RedSummary>,
+) -> Result<Block, BlockError> {
+    let traces = traces.into_iter().map(|spans| Measured::of(spans.into_iter().map(Cow::Borrowed).collect()));
+    write_measured(fs, path, traces, wal_ranges, red)
+}
+
+/// Writes traces (each the spans of one trace, measured beforehand: a head measures each as
+/// its spans come, while they are in the cache, so that writing it walks them fewer times)
+/// into a new block file at `path` (atomically). `wal_ranges` (the WAL segments whose records
+/// these spans are) is recorded so recovery knows which WAL records the block already holds.
+/// `red`, when given, is the RED pre-aggregates of exactly these spans (the head's): they are
+/// written as they are instead of being counted again.
+pub(crate) fn write_measured<'a>(
+    fs: &dyn Fs,
+    path: &Path,
+    traces: impl IntoIterator<Item = Measured<'a>>,
     wal_ranges: &[(u64, u64)],
     red: Option<&RedSummary>,
 ) -> Result<Block, BlockError> {
@@ -46,23 +60,31 @@ pub(crate) fn write_block<'a>(
         writer.red = red.clone();
         writer.red_given = true;
     }
-    writer.add_all_traces(traces.into_iter().map(|spans| spans.into_iter().map(Cow::Borrowed).collect()));
+    writer.add_all_traces(traces);
     writer.finish(fs, path, wal_ranges, &[])
 }
 
-/// Traces (groups of spans of one trace), empty ones left out, oldest first (by their first
-/// span's start, then id).
-fn by_start<'a>(traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) -> Vec<Vec<Cow<'a, Span>>> {
-    let mut traces: Vec<(u64, TraceId, Vec<Cow<'a, Span>>)> = traces
-        .into_iter()
-        .filter(|spans| !spans.is_empty())
-        .map(|spans| {
-            let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-            (start, spans[0].trace_id, spans)
-        })
-        .collect();
-    traces.sort_unstable_by_key(|(start, id, _)| (*start, *id));
-    traces.into_iter().map(|(_, _, spans)| spans).collect()
+/// The spans of one trace to write, with their earliest start and what they add to the chunks
+/// they go into ([`super::pending_bytes`], summed).
+pub(crate) struct Measured<'a> {
+    pub(crate) spans: Vec<Cow<'a, Span>>,
+    pub(crate) start: u64,
+    pub(crate) bytes: usize,
+}
+
+impl<'a> Measured<'a> {
+    pub(crate) fn of(spans: Vec<Cow<'a, Span>>) -> Self {
+        let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
+        let bytes = spans.iter().map(|s| super::pending_bytes(s)).sum();
+        Measured { spans, start, bytes }
+    }
+}
+
+/// Traces, empty ones left out, oldest first (by their earliest start, then id).
+fn by_start<'a>(traces: impl IntoIterator<Item = Measured<'a>>) -> Vec<Measured<'a>> {
+    let mut traces: Vec<Measured<'a>> = traces.into_iter().filter(|t| !t.spans.is_empty()).collect();
+    traces.sort_unstable_by_key(|t| (t.start, t.spans[0].trace_id));
+    traces
 }
 
 /// Builds a block chunk by chunk: spans go in (whole traces, or parts of traces: a trace may
@@ -214,32 +236,33 @@ impl<'a> BlockWriter<'a> {
     /// Adds traces (each a group of spans of one trace), oldest first, so chunks have narrow
     /// time ranges.
     pub(crate) fn add_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
-        for spans in by_start(traces) {
-            self.add(spans);
+        for t in by_start(traces.into_iter().map(Measured::of)) {
+            self.add(t.spans, t.bytes);
         }
     }
 
     /// [`BlockWriter::add_traces`] for every span the block will hold: they are shared out
     /// evenly among as few chunks as [`CHUNK_TARGET`] allows.
-    pub(crate) fn add_all_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
+    pub(crate) fn add_all_traces(&mut self, traces: impl IntoIterator<Item = Measured<'a>>) {
         let traces = by_start(traces);
-        let total: usize = traces.iter().flatten().map(|s| super::pending_bytes(s)).sum();
+        let total: usize = traces.iter().map(|t| t.bytes).sum();
         let chunks = total.div_ceil(CHUNK_TARGET).max(1);
         self.chunk_target = Some(total.div_ceil(chunks));
         // The first chunk starts with room for its share of the spans (the next ones take the
         // room of the one before): no copies of a growing list of spans.
-        let share = traces.iter().map(Vec::len).sum::<usize>().div_ceil(chunks) + 64;
+        let share = traces.iter().map(|t| t.spans.len()).sum::<usize>().div_ceil(chunks) + 64;
         self.pending.reserve(share);
         self.pending_services.reserve(share);
         self.pending_origins.reserve(share);
-        self.origins.own_set_of(traces.iter().flatten().map(|s| s.as_ref()));
-        for spans in traces {
-            self.add(spans);
+        self.origins.own_set_of(traces.iter().flat_map(|t| &t.spans).map(|s| s.as_ref()));
+        for t in traces {
+            self.add(t.spans, t.bytes);
         }
     }
 
-    /// Adds spans (of one trace, or of several whole traces); cuts a chunk when enough is gathered.
-    pub(crate) fn add(&mut self, spans: Vec<Cow<'a, Span>>) {
+    /// Adds spans (of one trace, or of several whole traces) that add `bytes` to the chunk
+    /// being gathered ([`super::pending_bytes`], summed); cuts a chunk when enough is gathered.
+    fn add(&mut self, spans: Vec<Cow<'a, Span>>, bytes: usize) {
         let chunk = (self.chunks.len() + self.queued.len()) as u32;
         for s in &spans {
             let resource = Arc::as_ptr(&s.resource) as usize;
@@ -255,12 +278,12 @@ impl<'a> BlockWriter<'a> {
                 self.red.add_of(&self.services[sid as usize].0, s);
             }
             self.span_count += 1;
-            self.pending_bytes += super::pending_bytes(s);
             if self.last_entry != Some((s.trace_id, chunk)) {
                 self.last_entry = Some((s.trace_id, chunk));
                 self.trace_index.push((traces::trace_hash(s.trace_id), chunk));
             }
         }
+        self.pending_bytes += bytes;
         // The spans belong to the chunk being gathered, after the encoded and queued ones.
         self.pending.extend(spans);
         if self.pending_bytes >= self.chunk_target.unwrap_or(CHUNK_TARGET) {
