@@ -16,6 +16,9 @@ pub(crate) struct Head {
     /// The earliest start of its spans (`None` while it has none): when retention keeps that
     /// one, it keeps every span, and the head is written without a look at each.
     pub(crate) oldest_start: Option<u64>,
+    /// The resource and scope of its spans, each pair (by address) once or more: what a block
+    /// of them numbers, found without walking the spans.
+    pub(crate) origins: Vec<block::Origin>,
 }
 
 /// The spans of one trace in a head, as the batches brought them: a batch's spans of the trace
@@ -63,6 +66,7 @@ impl Head {
             self.oldest_start =
                 Some(self.oldest_start.map_or(tally.oldest_start, |o| o.min(tally.oldest_start)));
         }
+        self.origins.extend(tally.origins);
         for (id, part) in tally.traces {
             let t = self
                 .traces
@@ -81,6 +85,8 @@ impl Head {
 #[derive(Default)]
 pub(crate) struct Tally {
     traces: Vec<(TraceId, Part)>,
+    /// The resource and scope of its spans, each pair (by address) once.
+    origins: Vec<block::Origin>,
     spans: u64,
     red: RedSummary,
     /// The earliest start of its spans (`u64::MAX` when it has none).
@@ -93,7 +99,14 @@ impl Tally {
         // A span's service is found among its resource's attributes: once per resource (the
         // spans of a request share theirs), not twice per span.
         let mut last: Option<(*const skein_model::Resource, &str)> = None;
+        let mut last_origin = None;
+        let mut origins_seen: rustc_hash::FxHashSet<(usize, usize)> = Default::default();
         for s in &spans {
+            let origin = (Arc::as_ptr(&s.resource) as usize, Arc::as_ptr(&s.scope) as usize);
+            if last_origin != Some(origin) && origins_seen.insert(origin) {
+                t.origins.push((Arc::clone(&s.resource), Arc::clone(&s.scope)));
+            }
+            last_origin = Some(origin);
             let service = match last {
                 Some((r, service)) if r == Arc::as_ptr(&s.resource) => service,
                 _ => {

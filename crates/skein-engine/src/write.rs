@@ -50,7 +50,8 @@ async fn write_frozen(shared: Weak<Shared>, frozen: Arc<Frozen>, seq: u64) {
             // Every span kept: the head's pre-aggregates are the block's.
             let red = (kept as u64 == head.head.spans).then_some(&head.head.red);
             let ranges = [head.wal_segments];
-            block::serially(|| block::write_measured(&*fs, &path, traces, &ranges, red))
+            let origins = keep_all.then_some(&head.head.origins[..]);
+            block::serially(|| block::write_measured(&*fs, &path, traces, origins, &ranges, red))
         })
         .await
         .map_err(|e| format!("block writer panicked: {e}"))

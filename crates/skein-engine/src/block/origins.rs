@@ -100,27 +100,30 @@ impl Default for OriginPool {
 }
 
 impl OriginPool {
-    /// Makes the set of the chunks this writer encodes from every span it will encode: their
-    /// resources and scopes, each ordered by its encoding. Two blocks whose spans have the
+    /// Makes the set of the chunks this writer encodes from the resources and scopes of every
+    /// span it will encode (each pair once or more), each ordered by its encoding. Two blocks whose spans have the
     /// same resources and scopes (heads of one deployment) then have equal sets, which a merge
     /// keeps once (in the order spans met them, every head's set differed, and a block merged
     /// from hundreds of heads held hundreds of sets).
-    pub(crate) fn own_set_of<'s>(&mut self, spans: impl Iterator<Item = &'s Span>) {
+    pub(crate) fn own_set_of<'s>(
+        &mut self,
+        origins: impl Iterator<Item = (&'s Arc<Resource>, &'s Arc<InstrumentationScope>)>,
+    ) {
         if self.own.is_some() {
             return;
         }
         let (mut resources, mut scopes) = (Vec::new(), Vec::new());
         let (mut resource_seen, mut scope_seen) = (Vec::new(), Vec::new());
         let mut last = None;
-        for s in spans {
-            let pair = (Arc::as_ptr(&s.resource) as usize, Arc::as_ptr(&s.scope) as usize);
+        for (resource, scope) in origins {
+            let pair = (Arc::as_ptr(resource) as usize, Arc::as_ptr(scope) as usize);
             if last == Some(pair) {
                 continue;
             }
             last = Some(pair);
             for (n, seen, list) in [
-                (self.resources.number(&s.resource), &mut resource_seen, &mut resources),
-                (self.scopes.number(&s.scope), &mut scope_seen, &mut scopes),
+                (self.resources.number(resource), &mut resource_seen, &mut resources),
+                (self.scopes.number(scope), &mut scope_seen, &mut scopes),
             ] {
                 if seen.len() <= n as usize {
                     seen.resize(n as usize + 1, false);

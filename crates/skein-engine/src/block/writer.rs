@@ -39,7 +39,7 @@ pub(crate) fn write_block<'a>(
     red: Option<&RedSummary>,
 ) -> Result<Block, BlockError> {
     let traces = traces.into_iter().map(|spans| Measured::of(spans.into_iter().map(Cow::Borrowed).collect()));
-    write_measured(fs, path, traces, wal_ranges, red)
+    write_measured(fs, path, traces, None, wal_ranges, red)
 }
 
 /// Writes traces (each the spans of one trace, measured beforehand: a head measures each as
@@ -47,11 +47,14 @@ pub(crate) fn write_block<'a>(
 /// into a new block file at `path` (atomically). `wal_ranges` (the WAL segments whose records
 /// these spans are) is recorded so recovery knows which WAL records the block already holds.
 /// `red`, when given, is the RED pre-aggregates of exactly these spans (the head's): they are
-/// written as they are instead of being counted again.
+/// written as they are instead of being counted again. `origins`, when given, are the
+/// resources and scopes of every span (the head's, each pair once or more): the writer numbers
+/// them without looking at every span for them.
 pub(crate) fn write_measured<'a>(
     fs: &dyn Fs,
     path: &Path,
     traces: impl IntoIterator<Item = Measured<'a>>,
+    origins: Option<&[Origin]>,
     wal_ranges: &[(u64, u64)],
     red: Option<&RedSummary>,
 ) -> Result<Block, BlockError> {
@@ -60,9 +63,12 @@ pub(crate) fn write_measured<'a>(
         writer.red = red.clone();
         writer.red_given = true;
     }
-    writer.add_all_traces(traces);
+    writer.add_all_traces(traces, origins);
     writer.finish(fs, path, wal_ranges, &[])
 }
+
+/// A span's resource and scope.
+pub(crate) type Origin = (Arc<skein_model::Resource>, Arc<skein_model::InstrumentationScope>);
 
 /// The spans of one trace to write, with their earliest start and what they add to the chunks
 /// they go into ([`super::pending_bytes`], summed).
@@ -130,10 +136,11 @@ pub(crate) struct BlockWriter<'a> {
     dicts: Option<columnar::ColumnDicts>,
     /// The zstd contexts that pack copied chunks anew with `dicts`.
     repacker: Option<Box<columnar::Repacker>>,
-    /// The resource (by address) and service id of the last span added: the spans of one
-    /// request share their resource. Valid while that span is pending (which keeps the
-    /// resource, and so its address, alive); cleared when a chunk is cut.
-    last_resource: Option<(usize, u32)>,
+    /// By a resource's place in the origin set of the chunks this writer encodes, its service
+    /// id (`u32::MAX` while unknown): a span's service is found without looking among its
+    /// resource's attributes (spans added in a trace's order change resource at nearly every
+    /// span).
+    service_of_place: Vec<u32>,
     pending_bytes: usize,
     /// The chunk being gathered is cut at this many pending bytes: [`CHUNK_TARGET`], or less
     /// when [`BlockWriter::add_all_traces`] knows every span to come and shares them out evenly
@@ -243,7 +250,13 @@ impl<'a> BlockWriter<'a> {
 
     /// [`BlockWriter::add_traces`] for every span the block will hold: they are shared out
     /// evenly among as few chunks as [`CHUNK_TARGET`] allows.
-    pub(crate) fn add_all_traces(&mut self, traces: impl IntoIterator<Item = Measured<'a>>) {
+    /// `origins`, when given, are the resources and scopes of every span (each pair once or
+    /// more; found from the spans when not given).
+    pub(crate) fn add_all_traces(
+        &mut self,
+        traces: impl IntoIterator<Item = Measured<'a>>,
+        origins: Option<&[Origin]>,
+    ) {
         let traces = by_start(traces);
         let total: usize = traces.iter().map(|t| t.bytes).sum();
         let chunks = total.div_ceil(CHUNK_TARGET).max(1);
@@ -254,7 +267,12 @@ impl<'a> BlockWriter<'a> {
         self.pending.reserve(share);
         self.pending_services.reserve(share);
         self.pending_origins.reserve(share);
-        self.origins.own_set_of(traces.iter().flat_map(|t| &t.spans).map(|s| s.as_ref()));
+        match origins {
+            Some(origins) => self.origins.own_set_of(origins.iter().map(|(r, c)| (r, c))),
+            None => {
+                self.origins.own_set_of(traces.iter().flat_map(|t| &t.spans).map(|s| (&s.resource, &s.scope)))
+            }
+        }
         for t in traces {
             self.add(t.spans, t.bytes);
         }
@@ -265,14 +283,21 @@ impl<'a> BlockWriter<'a> {
     fn add(&mut self, spans: Vec<Cow<'a, Span>>, bytes: usize) {
         let chunk = (self.chunks.len() + self.queued.len()) as u32;
         for s in &spans {
-            let resource = Arc::as_ptr(&s.resource) as usize;
-            let sid = match self.last_resource {
-                Some((r, sid)) if r == resource => sid,
-                _ => self.service_id(s.service_name()),
+            let origin = self.origins.of(s);
+            let place = origin.0 as usize;
+            let sid = match self.service_of_place.get(place) {
+                Some(&sid) if sid != u32::MAX => sid,
+                _ => {
+                    let sid = self.service_id(s.service_name());
+                    if self.service_of_place.len() <= place {
+                        self.service_of_place.resize(place + 1, u32::MAX);
+                    }
+                    self.service_of_place[place] = sid;
+                    sid
+                }
             };
-            self.last_resource = Some((resource, sid));
             self.pending_services.push(sid);
-            self.pending_origins.push(self.origins.of(s));
+            self.pending_origins.push(origin);
             named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
             if !self.red_given {
                 self.red.add_of(&self.services[sid as usize].0, s);
@@ -385,7 +410,6 @@ impl<'a> BlockWriter<'a> {
         if self.pending.is_empty() {
             return;
         }
-        self.last_resource = None;
         // The next chunk starts with room for as many spans as this one (chunks are cut at
         // about the same size): its spans are moved in, not grown into by copies.
         let room = self.pending.len();
