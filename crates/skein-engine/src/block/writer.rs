@@ -156,7 +156,8 @@ pub(crate) struct BlockWriter<'a> {
     red: RedSummary,
     /// …unless a compaction copied chunks of a block that has none (before format 4).
     red_incomplete: bool,
-    /// The pre-aggregates were given whole: spans added are not counted again.
+    /// The pre-aggregates were given whole: spans added are not counted again, in them or in
+    /// the operation counts (which are taken from them when the block is finished).
     red_given: bool,
 }
 
@@ -298,8 +299,10 @@ impl<'a> BlockWriter<'a> {
             };
             self.pending_services.push(sid);
             self.pending_origins.push(origin);
-            named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
+            // Given pre-aggregates count the operations (at the end): a span is not looked up
+            // by its name here.
             if !self.red_given {
+                named!(&mut self.services[sid as usize].1, &s.name)[s.kind.code() as usize] += 1;
                 self.red.add_of(&self.services[sid as usize].0, s);
             }
             self.span_count += 1;
@@ -314,6 +317,22 @@ impl<'a> BlockWriter<'a> {
         if self.pending_bytes >= self.chunk_target.unwrap_or(CHUNK_TARGET) {
             self.cut();
         }
+    }
+
+    /// The operation counts (per service, operation and kind) of the given pre-aggregates,
+    /// which count exactly the spans added: their calls.
+    fn count_operations_of_red(&mut self) {
+        let red = std::mem::take(&mut self.red);
+        for (service, ops) in &red.series {
+            let sid = self.service_id(service) as usize;
+            for (op, kinds) in ops {
+                let counts = named!(&mut self.services[sid].1, op);
+                for (k, cells) in kinds.iter().enumerate() {
+                    counts[k] += cells.values().map(|c| c.calls).sum::<u64>();
+                }
+            }
+        }
+        self.red = red;
     }
 
     /// Takes over the operation counts and the span count of `source`, whose chunks are then
@@ -496,6 +515,9 @@ impl<'a> BlockWriter<'a> {
         let wal_segment_end = wal_ranges.last().map_or(0, |(_, end)| *end);
         self.cut();
         self.encode_queued();
+        if self.red_given {
+            self.count_operations_of_red();
+        }
         // Every span is in a chunk now: the block's times are those of its chunks.
         let time = self
             .chunks
