@@ -160,3 +160,51 @@ pub(crate) struct Frozen {
     /// Why its last write failed (it is tried again at the next flush).
     pub(crate) failed: parking_lot::Mutex<Option<String>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use skein_model::AttrValue;
+    use skein_store::testdata::SpanBuilder;
+
+    use super::*;
+
+    /// A head measures each trace as batches bring its spans — its earliest start, and what
+    /// its spans add to a chunk — so that cutting it into a block shares traces out among
+    /// chunks without walking the spans: the measures are those of the spans, however many
+    /// batches brought them; and the head's origins name every span's resource and scope.
+    #[test]
+    fn a_head_measures_its_traces_as_batches_bring_them() {
+        let span = |t: u8, i: u8, start: u64, value: &str| {
+            SpanBuilder::new(t, i)
+                .times(start, start + 10)
+                .attr("k", AttrValue::Str(value.into()))
+                .service(["a", "b"][i as usize % 2])
+                .build()
+        };
+        let batches = [
+            vec![span(1, 1, 500, "x"), span(2, 1, 900, "a longer value than the others")],
+            vec![span(1, 2, 300, "yy"), span(3, 1, 700, "")],
+            vec![span(1, 3, 800, "zzz"), span(2, 2, 950, "w")],
+        ];
+        let mut head = Head::default();
+        for batch in &batches {
+            head.insert(0, Tally::of(batch.clone()));
+        }
+        assert_eq!(head.traces.len(), 3);
+        for (id, t) in &head.traces {
+            let spans: Vec<&Span> = batches.iter().flatten().filter(|s| s.trace_id == *id).collect();
+            let m = t.measured();
+            assert_eq!(m.spans.len(), spans.len());
+            assert_eq!(m.start, spans.iter().map(|s| s.start_time_unix_nano).min().unwrap());
+            assert_eq!(m.bytes, spans.iter().map(|s| block::pending_bytes(s)).sum::<usize>());
+            assert!(m.bytes > 0);
+        }
+        let named = |r: &skein_model::Resource| {
+            r.attributes.iter().find(|kv| kv.key == "service.name").map(|kv| kv.value.to_string())
+        };
+        let mut services: Vec<_> = head.origins.iter().filter_map(|(r, _)| named(r)).collect();
+        services.sort();
+        services.dedup();
+        assert_eq!(services, ["a", "b"]);
+    }
+}
