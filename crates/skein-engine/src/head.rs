@@ -27,21 +27,15 @@ pub(crate) struct Head {
 #[derive(Debug, Default)]
 pub(crate) struct HeadTrace {
     parts: Vec<Vec<Span>>,
-    /// The earliest start of its spans, and what they add to the chunks they are written into
-    /// ([`crate::block::pending_bytes`], summed): measured as the spans come, while they are
-    /// in the cache, so that cutting the head into a block does not walk them for it.
-    start: u64,
-    bytes: usize,
+    /// Measured as the spans come, while they are in the cache, so that cutting the head into
+    /// a block does not walk them for it.
+    extent: block::Extent,
 }
 
 impl HeadTrace {
     /// Its spans, measured, to be written to a block.
     pub(crate) fn measured(&self) -> block::Measured<'_> {
-        block::Measured {
-            spans: self.iter().map(std::borrow::Cow::Borrowed).collect(),
-            start: self.start,
-            bytes: self.bytes,
-        }
+        block::Measured { spans: self.iter().map(std::borrow::Cow::Borrowed).collect(), extent: self.extent }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Span> + Clone {
@@ -68,13 +62,9 @@ impl Head {
         }
         self.origins.extend(tally.origins);
         for (id, part) in tally.traces {
-            let t = self
-                .traces
-                .entry(id)
-                .or_insert_with(|| HeadTrace { start: u64::MAX, ..HeadTrace::default() });
+            let t = self.traces.entry(id).or_default();
             t.parts.push(part.spans);
-            t.start = t.start.min(part.start);
-            t.bytes += part.bytes;
+            t.extent.merge(part.extent);
         }
     }
 }
@@ -127,12 +117,11 @@ impl Tally {
         }
         let mut by_trace: FxHashMap<TraceId, Part> = counts
             .into_iter()
-            .map(|(id, n)| (id, Part { spans: Vec::with_capacity(n), start: u64::MAX, bytes: 0 }))
+            .map(|(id, n)| (id, Part { spans: Vec::with_capacity(n), extent: block::Extent::default() }))
             .collect();
         for s in spans {
             let part = by_trace.get_mut(&s.trace_id).expect("every trace was counted");
-            part.start = part.start.min(s.start_time_unix_nano);
-            part.bytes += block::pending_bytes(&s);
+            part.extent.add(&s);
             part.spans.push(s);
         }
         t.traces = by_trace.into_iter().collect();
@@ -140,12 +129,10 @@ impl Tally {
     }
 }
 
-/// A batch's spans of one trace, with their earliest start and what they add to the chunks they
-/// are written into ([`crate::block::pending_bytes`], summed).
+/// A batch's spans of one trace, with their [`block::Extent`].
 struct Part {
     spans: Vec<Span>,
-    start: u64,
-    bytes: usize,
+    extent: block::Extent,
 }
 
 /// A head cut off from ingest, being written to a block. Several are written at once, each by
@@ -195,9 +182,9 @@ mod tests {
             let spans: Vec<&Span> = batches.iter().flatten().filter(|s| s.trace_id == *id).collect();
             let m = t.measured();
             assert_eq!(m.spans.len(), spans.len());
-            assert_eq!(m.start, spans.iter().map(|s| s.start_time_unix_nano).min().unwrap());
-            assert_eq!(m.bytes, spans.iter().map(|s| block::pending_bytes(s)).sum::<usize>());
-            assert!(m.bytes > 0);
+            assert_eq!(m.extent.start, spans.iter().map(|s| s.start_time_unix_nano).min().unwrap());
+            assert_eq!(m.extent.bytes, spans.iter().map(|s| block::pending_bytes(s)).sum::<usize>());
+            assert!(m.extent.bytes > 0);
         }
         let named = |r: &skein_model::Resource| {
             r.attributes.iter().find(|kv| kv.key == "service.name").map(|kv| kv.value.to_string())

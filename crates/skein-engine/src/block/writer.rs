@@ -70,26 +70,50 @@ pub(crate) fn write_measured<'a>(
 /// A span's resource and scope.
 pub(crate) type Origin = (Arc<skein_model::Resource>, Arc<skein_model::InstrumentationScope>);
 
-/// The spans of one trace to write, with their earliest start and what they add to the chunks
+/// Of some spans: their earliest start (`u64::MAX` for none) and what they add to the chunks
 /// they go into ([`super::pending_bytes`], summed).
-pub(crate) struct Measured<'a> {
-    pub(crate) spans: Vec<Cow<'a, Span>>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Extent {
     pub(crate) start: u64,
     pub(crate) bytes: usize,
 }
 
+impl Default for Extent {
+    fn default() -> Self {
+        Extent { start: u64::MAX, bytes: 0 }
+    }
+}
+
+impl Extent {
+    pub(crate) fn add(&mut self, s: &Span) {
+        self.start = self.start.min(s.start_time_unix_nano);
+        self.bytes += super::pending_bytes(s);
+    }
+
+    pub(crate) fn merge(&mut self, other: Extent) {
+        self.start = self.start.min(other.start);
+        self.bytes += other.bytes;
+    }
+}
+
+/// The spans of one trace to write, with their [`Extent`].
+pub(crate) struct Measured<'a> {
+    pub(crate) spans: Vec<Cow<'a, Span>>,
+    pub(crate) extent: Extent,
+}
+
 impl<'a> Measured<'a> {
     pub(crate) fn of(spans: Vec<Cow<'a, Span>>) -> Self {
-        let start = spans.iter().map(|s| s.start_time_unix_nano).min().unwrap_or(0);
-        let bytes = spans.iter().map(|s| super::pending_bytes(s)).sum();
-        Measured { spans, start, bytes }
+        let mut extent = Extent::default();
+        spans.iter().for_each(|s| extent.add(s));
+        Measured { spans, extent }
     }
 }
 
 /// Traces, empty ones left out, oldest first (by their earliest start, then id).
 fn by_start<'a>(traces: impl IntoIterator<Item = Measured<'a>>) -> Vec<Measured<'a>> {
     let mut traces: Vec<Measured<'a>> = traces.into_iter().filter(|t| !t.spans.is_empty()).collect();
-    traces.sort_unstable_by_key(|t| (t.start, t.spans[0].trace_id));
+    traces.sort_unstable_by_key(|t| (t.extent.start, t.spans[0].trace_id));
     traces
 }
 
@@ -245,7 +269,7 @@ impl<'a> BlockWriter<'a> {
     /// time ranges.
     pub(crate) fn add_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
         for t in by_start(traces.into_iter().map(Measured::of)) {
-            self.add(t.spans, t.bytes);
+            self.add(t.spans, t.extent.bytes);
         }
     }
 
@@ -259,7 +283,7 @@ impl<'a> BlockWriter<'a> {
         origins: Option<&[Origin]>,
     ) {
         let traces = by_start(traces);
-        let total: usize = traces.iter().map(|t| t.bytes).sum();
+        let total: usize = traces.iter().map(|t| t.extent.bytes).sum();
         let chunks = total.div_ceil(CHUNK_TARGET).max(1);
         self.chunk_target = Some(total.div_ceil(chunks));
         // The first chunk starts with room for its share of the spans (the next ones take the
@@ -275,7 +299,7 @@ impl<'a> BlockWriter<'a> {
             }
         }
         for t in traces {
-            self.add(t.spans, t.bytes);
+            self.add(t.spans, t.extent.bytes);
         }
     }
 
