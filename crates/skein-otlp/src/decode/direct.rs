@@ -52,8 +52,8 @@ pub(crate) fn decode(body: &[u8], limits: &Limits) -> Res<Vec<Span>> {
         spans: Vec::with_capacity(count_spans(body)),
         span_bodies: Vec::new(),
         keys: FxHashMap::default(),
-        memo: Vec::new(),
-        values: Vec::new(),
+        memo: ByPlace::default(),
+        values: ByPlace::default(),
         at: 0,
     };
     each_field(body, |tag, wire_type, buf| match tag {
@@ -85,6 +85,29 @@ pub(crate) fn count_spans(body: &[u8]) -> usize {
     n
 }
 
+/// Per place in a span, the bytes met there in the span before and the string made of them.
+#[derive(Default)]
+struct ByPlace<'a>(Vec<(&'a [u8], Str)>);
+
+impl<'a> ByPlace<'a> {
+    /// The string of `bytes` at place `at`: the one made before when the span before had the
+    /// same bytes there, else `make`'s (kept for the next span).
+    #[inline]
+    fn get_or_make(&mut self, at: usize, bytes: &'a [u8], make: impl FnOnce() -> Res<Str>) -> Res<Str> {
+        if let Some((before, s)) = self.0.get(at)
+            && *before == bytes
+        {
+            return Ok(s.clone());
+        }
+        let s = make()?;
+        if self.0.len() <= at {
+            self.0.resize(at + 1, (&[], Str::default()));
+        }
+        self.0[at] = (bytes, s.clone());
+        Ok(s)
+    }
+}
+
 struct Decoder<'a, 'l> {
     limits: &'l Limits,
     max_depth: usize,
@@ -99,10 +122,10 @@ struct Decoder<'a, 'l> {
     /// The keys of the span before, in the order they came: spans of one operation carry
     /// theirs in one order, so most keys are found by comparing with the key at the same
     /// place there, without hashing.
-    memo: Vec<(&'a [u8], Str)>,
+    memo: ByPlace<'a>,
     /// The same for string values: methods, routes, peers, statuses repeat the value at their
     /// place in the span before, and are then neither checked as UTF-8 again nor copied.
-    values: Vec<(&'a [u8], Str)>,
+    values: ByPlace<'a>,
     /// How many keys of the span being decoded came before.
     at: usize,
 }
@@ -350,18 +373,11 @@ impl<'a> Decoder<'a, '_> {
     /// current place.
     #[inline]
     fn text_value(&mut self, bytes: &'a [u8]) -> Res<Str> {
-        if let Some((before, v)) = self.values.get(self.at)
-            && *before == bytes
-        {
-            return Ok(v.clone());
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| Fallback)?;
-        let v = Str::from(checked(text, self.limits.max_attribute_value_bytes)?);
-        if self.values.len() <= self.at {
-            self.values.resize(self.at + 1, (&[], Str::default()));
-        }
-        self.values[self.at] = (bytes, v.clone());
-        Ok(v)
+        let max_len = self.limits.max_attribute_value_bytes;
+        self.values.get_or_make(self.at, bytes, || {
+            let text = std::str::from_utf8(bytes).map_err(|_| Fallback)?;
+            Ok(Str::from(checked(text, max_len)?))
+        })
     }
 
     /// An attribute's key, from the keys met so far in this request when it is one of them;
@@ -374,24 +390,17 @@ impl<'a> Decoder<'a, '_> {
         }
         let at = self.at;
         self.at += 1;
-        if let Some((before, k)) = self.memo.get(at)
-            && *before == key
-        {
-            return Ok(k.clone());
-        }
-        let k = match self.keys.get(key) {
-            Some(k) => k.clone(),
-            None => {
-                let k = skein_model::attribute_key(std::str::from_utf8(key).map_err(|_| Fallback)?);
-                self.keys.insert(key, k.clone());
-                k
-            }
-        };
-        if self.memo.len() <= at {
-            self.memo.resize(at + 1, (&[], Str::default()));
-        }
-        self.memo[at] = (key, k.clone());
-        Ok(k)
+        let keys = &mut self.keys;
+        self.memo.get_or_make(at, key, || {
+            Ok(match keys.get(key) {
+                Some(k) => k.clone(),
+                None => {
+                    let k = skein_model::attribute_key(std::str::from_utf8(key).map_err(|_| Fallback)?);
+                    keys.insert(key, k.clone());
+                    k
+                }
+            })
+        })
     }
 
     /// Decodes an `AnyValue` into `out`, which is empty (and stays so for an unset value).
