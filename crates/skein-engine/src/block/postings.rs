@@ -6,7 +6,7 @@ use crate::columnar::ChunkVisitor;
 
 /// A posting value while a chunk's postings are gathered: a string by its slot in the chunk's
 /// string table, or an integer (written as decimal text in the index).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum ValueId {
     Text(u32),
     Int(i64),
