@@ -238,9 +238,9 @@ pub(crate) fn merge_blocks_with(
             writer.copy_chunk(fs, source, i).map_err(block_error)?;
             continue;
         }
-        let mut traces: FxHashMap<TraceId, Vec<std::borrow::Cow<'_, Span>>> = FxHashMap::default();
+        let mut traces: FxHashMap<TraceId, Vec<block::SpanRef<'_>>> = FxHashMap::default();
         for s in sources[b].read_chunk(fs, i).map_err(block_error)? {
-            traces.entry(s.trace_id).or_default().push(std::borrow::Cow::Owned(s));
+            traces.entry(s.trace_id).or_default().push(block::SpanRef::Owned(Box::new(s)));
         }
         writer.add_traces(traces.into_values());
     }

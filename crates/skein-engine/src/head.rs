@@ -35,7 +35,7 @@ pub(crate) struct HeadTrace {
 impl HeadTrace {
     /// Its spans, measured, to be written to a block.
     pub(crate) fn measured(&self) -> block::Measured<'_> {
-        block::Measured { spans: self.iter().map(std::borrow::Cow::Borrowed).collect(), extent: self.extent }
+        block::Measured { spans: self.iter().map(block::SpanRef::Borrowed).collect(), extent: self.extent }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Span> + Clone {

@@ -42,7 +42,7 @@ async fn write_frozen(shared: Weak<Shared>, frozen: Arc<Frozen>, seq: u64) {
                     block::Measured::of(
                         t.iter()
                             .filter(|s| s.start_time_unix_nano >= cutoff)
-                            .map(std::borrow::Cow::Borrowed)
+                            .map(block::SpanRef::Borrowed)
                             .collect(),
                     )
                 }

@@ -31,7 +31,7 @@ use postings::{Gathering, KeyPostings};
 use traces::TraceIndex;
 #[cfg(test)]
 pub(crate) use writer::write_block;
-pub(crate) use writer::{BlockWriter, Extent, Measured, Origin, serially, write_measured};
+pub(crate) use writer::{BlockWriter, Extent, Measured, Origin, SpanRef, serially, write_measured};
 
 /// Last bytes of every block file.
 pub const BLOCK_MAGIC: [u8; 8] = *b"SKEINBLK";

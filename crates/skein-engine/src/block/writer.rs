@@ -38,7 +38,8 @@ pub(crate) fn write_block<'a>(
     wal_ranges: &[(u64, u64)],
     red: Option<&RedSummary>,
 ) -> Result<Block, BlockError> {
-    let traces = traces.into_iter().map(|spans| Measured::of(spans.into_iter().map(Cow::Borrowed).collect()));
+    let traces =
+        traces.into_iter().map(|spans| Measured::of(spans.into_iter().map(SpanRef::Borrowed).collect()));
     write_measured(fs, path, traces, None, wal_ranges, red)
 }
 
@@ -96,14 +97,34 @@ impl Extent {
     }
 }
 
+/// A span to write: borrowed from a head, or owned (decoded by compaction from a block of
+/// format 1). Two words, where a `Cow<Span>` is a whole span (about 250 bytes): the writer
+/// moves each span's handle twice (into its trace's list, then into its chunk's), and at
+/// hundreds of thousands of spans per second copies of whole spans cost more than the walks.
+pub(crate) enum SpanRef<'a> {
+    Borrowed(&'a Span),
+    Owned(Box<Span>),
+}
+
+impl std::ops::Deref for SpanRef<'_> {
+    type Target = Span;
+
+    fn deref(&self) -> &Span {
+        match self {
+            SpanRef::Borrowed(s) => s,
+            SpanRef::Owned(s) => s,
+        }
+    }
+}
+
 /// The spans of one trace to write, with their [`Extent`].
 pub(crate) struct Measured<'a> {
-    pub(crate) spans: Vec<Cow<'a, Span>>,
+    pub(crate) spans: Vec<SpanRef<'a>>,
     pub(crate) extent: Extent,
 }
 
 impl<'a> Measured<'a> {
-    pub(crate) fn of(spans: Vec<Cow<'a, Span>>) -> Self {
+    pub(crate) fn of(spans: Vec<SpanRef<'a>>) -> Self {
         let mut extent = Extent::default();
         spans.iter().for_each(|s| extent.add(s));
         Measured { spans, extent }
@@ -147,7 +168,7 @@ pub(crate) struct BlockWriter<'a> {
     last_entry: Option<(TraceId, u32)>,
     span_count: u64,
     /// Spans of the chunk being gathered: borrowed from a head, or owned (decoded by compaction).
-    pending: Vec<Cow<'a, Span>>,
+    pending: Vec<SpanRef<'a>>,
     /// The service id of each pending span.
     pending_services: Vec<u32>,
     /// The places of each pending span's resource and scope in the origin set of the chunks
@@ -267,7 +288,7 @@ impl<'a> BlockWriter<'a> {
 
     /// Adds traces (each a group of spans of one trace), oldest first, so chunks have narrow
     /// time ranges.
-    pub(crate) fn add_traces(&mut self, traces: impl IntoIterator<Item = Vec<Cow<'a, Span>>>) {
+    pub(crate) fn add_traces(&mut self, traces: impl IntoIterator<Item = Vec<SpanRef<'a>>>) {
         for t in by_start(traces.into_iter().map(Measured::of)) {
             self.add(t.spans, t.extent.bytes);
         }
@@ -305,7 +326,7 @@ impl<'a> BlockWriter<'a> {
 
     /// Adds spans (of one trace, or of several whole traces) that add `bytes` to the chunk
     /// being gathered ([`super::pending_bytes`], summed); cuts a chunk when enough is gathered.
-    fn add(&mut self, spans: Vec<Cow<'a, Span>>, bytes: usize) {
+    fn add(&mut self, spans: Vec<SpanRef<'a>>, bytes: usize) {
         let chunk = (self.chunks.len() + self.queued.len()) as u32;
         for s in &spans {
             let origin = self.origins.of(s);
@@ -750,7 +771,7 @@ impl<'a> BlockWriter<'a> {
 
 /// A chunk cut from the spans gathered, waiting to be encoded.
 struct Queued<'a> {
-    spans: Vec<Cow<'a, Span>>,
+    spans: Vec<SpanRef<'a>>,
     /// The service id of each span.
     services: Vec<u32>,
     /// The places of each span's resource and scope in origin set `set`.
@@ -793,7 +814,7 @@ fn give_back_packers(packers: Vec<columnar::Packer>) {
 /// Encodes one chunk: its columns (packed: each zstd-compressed on its own), its postings (by
 /// entry hash, with the services' `names`) and Bloom filter, and its time and duration ranges.
 fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer, names: &[&str]) -> Encoded {
-    let refs: Vec<&Span> = q.spans.iter().map(|s| s.as_ref()).collect();
+    let refs: Vec<&Span> = q.spans.iter().map(|s| &**s).collect();
     let mut postings = Gathering::new(&q.services, &q.origins);
     let mut encoded = columnar::encode_chunk_detailed(&refs, Some(&q.origins), &mut postings);
     let raw = std::mem::take(&mut encoded.bytes);
