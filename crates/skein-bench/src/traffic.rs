@@ -206,6 +206,13 @@ impl TrafficShape {
         }
     }
 
+    /// The protobuf body of an export request of about `n` spans of this shape (whole
+    /// traces), as an SDK would send it: for benchmarks of the receiving side.
+    pub fn request_body(&self, n: usize) -> Vec<u8> {
+        use prost::Message;
+        self.request(n).0.encode_to_vec()
+    }
+
     /// An export request of `n` spans, and what the bench keeps of its traces.
     pub(crate) fn request(&self, n: usize) -> (ExportTraceServiceRequest, Vec<Sent>) {
         static RESOURCES: std::sync::OnceLock<Vec<Vec<Resource>>> = std::sync::OnceLock::new();

@@ -1,0 +1,31 @@
+//! What the server does with each OTLP request before it answers, on the realistic load
+//! (`skein bench`'s default shape: about 8 services, 16-17 resource attributes, about 11
+//! attributes per span, high-cardinality values): decoding the protobuf body into model
+//! spans. Figures, no assertions; per request of 500 spans, as `skein bench` sends them.
+//!
+//! Run: `cargo bench -p skein-bench --bench receive`
+
+use std::sync::LazyLock;
+
+use divan::Bencher;
+use skein_bench::TrafficShape;
+
+fn main() {
+    divan::main();
+}
+
+/// Twenty requests of about 500 realistic spans each (fresh ids and values in each).
+static BODIES: LazyLock<Vec<Vec<u8>>> =
+    LazyLock::new(|| (0..20).map(|_| TrafficShape::default().request_body(500)).collect());
+
+#[divan::bench]
+fn decode_realistic_500_spans(bencher: Bencher) {
+    let limits = skein_otlp::Limits::default();
+    let mut i = 0;
+    bencher.bench_local(|| {
+        i = (i + 1) % BODIES.len();
+        let batch = skein_otlp::decode_protobuf_to_model(&BODIES[i], &limits).expect("a valid request");
+        assert_eq!(batch.rejected, 0);
+        batch
+    });
+}
