@@ -85,6 +85,9 @@ pub(crate) fn count_spans(body: &[u8]) -> usize {
     n
 }
 
+/// The longest string a [`Str`] holds without a heap allocation (24 bytes on 64-bit targets).
+const INLINE_BYTES: usize = std::mem::size_of::<Str>();
+
 /// Per place in a span, the bytes met there in the span before and the string made of them.
 #[derive(Default)]
 struct ByPlace<'a>(Vec<(&'a [u8], Str)>);
@@ -370,14 +373,20 @@ impl<'a> Decoder<'a, '_> {
     }
 
     /// A string value (short: its length fits in one byte) of the attribute at the span's
-    /// current place.
+    /// current place. Only values that live inline in a [`Str`] are kept for the next span:
+    /// a longer one (a user agent, a URL query, an id) costs an allocation to clone, and one
+    /// to keep, and is seldom the same in the next span.
     #[inline]
     fn text_value(&mut self, bytes: &'a [u8]) -> Res<Str> {
         let max_len = self.limits.max_attribute_value_bytes;
-        self.values.get_or_make(self.at, bytes, || {
+        let make = || {
             let text = std::str::from_utf8(bytes).map_err(|_| Fallback)?;
             Ok(Str::from(checked(text, max_len)?))
-        })
+        };
+        if bytes.len() > INLINE_BYTES {
+            return make();
+        }
+        self.values.get_or_make(self.at, bytes, make)
     }
 
     /// An attribute's key, from the keys met so far in this request when it is one of them;
