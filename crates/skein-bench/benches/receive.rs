@@ -1,7 +1,8 @@
 //! What the server does with each OTLP request before it answers, on the realistic load
 //! (`skein bench`'s default shape: about 8 services, 16-17 resource attributes, about 11
 //! attributes per span, high-cardinality values): decoding the protobuf body into model
-//! spans. Figures, no assertions; per request of 500 spans, as `skein bench` sends them.
+//! spans, and compressing it for the WAL. Figures, no assertions; per request of 500 spans,
+//! as `skein bench` sends them.
 //!
 //! Run: `cargo bench -p skein-bench --bench receive`
 
@@ -27,5 +28,15 @@ fn decode_realistic_500_spans(bencher: Bencher) {
         let batch = skein_otlp::decode_protobuf_to_model(&BODIES[i], &limits).expect("a valid request");
         assert_eq!(batch.rejected, 0);
         batch
+    });
+}
+
+/// The WAL record of a request: its body compressed by LZ4 (about a fifth of its bytes).
+#[divan::bench]
+fn lz4_record_500_spans(bencher: Bencher) {
+    let mut i = 0;
+    bencher.bench_local(|| {
+        i = (i + 1) % BODIES.len();
+        lz4_flex::block::compress(&BODIES[i])
     });
 }
