@@ -19,8 +19,22 @@ fn main() {
 static BODIES: LazyLock<Vec<Vec<u8>>> =
     LazyLock::new(|| (0..20).map(|_| TrafficShape::default().request_body(500)).collect());
 
+/// As the server decodes: one decoder for every request, resources and scopes shared.
 #[divan::bench]
 fn decode_realistic_500_spans(bencher: Bencher) {
+    let decoder = skein_otlp::ProtobufDecoder::new(skein_otlp::Limits::default());
+    let mut i = 0;
+    bencher.bench_local(|| {
+        i = (i + 1) % BODIES.len();
+        let batch = decoder.decode(&BODIES[i]).expect("a valid request");
+        assert_eq!(batch.rejected, 0);
+        batch
+    });
+}
+
+/// Each request on its own (every resource and scope decoded anew).
+#[divan::bench]
+fn decode_realistic_500_spans_alone(bencher: Bencher) {
     let limits = skein_otlp::Limits::default();
     let mut i = 0;
     bencher.bench_local(|| {

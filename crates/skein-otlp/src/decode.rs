@@ -48,9 +48,54 @@ pub fn decode_protobuf(body: &[u8]) -> Result<ExportTraceServiceRequest, DecodeE
 /// result as [`decode_protobuf`] followed by [`to_model`], at a fraction of the allocations
 /// for the requests whose spans are all valid (the others take exactly that general path).
 pub fn decode_protobuf_to_model(body: &[u8], limits: &Limits) -> Result<ConvertedBatch, DecodeError> {
-    match direct::decode(body, limits) {
+    decode_protobuf_sharing(body, limits, None)
+}
+
+fn decode_protobuf_sharing(
+    body: &[u8],
+    limits: &Limits,
+    known: Option<&std::sync::Mutex<direct::Known>>,
+) -> Result<ConvertedBatch, DecodeError> {
+    match direct::decode(body, limits, known) {
         Ok(spans) => Ok(ConvertedBatch { spans, rejected: 0, errors: Vec::new() }),
         Err(direct::Fallback) => Ok(to_model(decode_protobuf(body)?, limits)),
+    }
+}
+
+/// Decodes OTLP/protobuf requests as [`decode_protobuf_to_model`] does (with its limits),
+/// sharing what requests repeat: an SDK sends its resource (often 15–20 attributes) and
+/// instrumentation scope in every request, and decoded anew, each request's spans would
+/// carry copies of their own, which a store then has to tell apart by content, request after
+/// request. This decoder keeps every resource and scope it decodes (by the bytes they came
+/// as; a thousand of each at most) and hands out the same `Arc` for the same bytes. The
+/// spans are equal either way. Shared by the receivers of one server.
+#[derive(Default)]
+pub struct ProtobufDecoder {
+    limits: Limits,
+    known: std::sync::Mutex<direct::Known>,
+}
+
+impl std::fmt::Debug for ProtobufDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtobufDecoder").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl ProtobufDecoder {
+    pub fn new(limits: Limits) -> Self {
+        ProtobufDecoder { limits, known: Default::default() }
+    }
+
+    /// [`decode_protobuf_to_model`] with this decoder's limits, resources and scopes met
+    /// before shared.
+    pub fn decode(&self, body: &[u8]) -> Result<ConvertedBatch, DecodeError> {
+        decode_protobuf_sharing(body, &self.limits, Some(&self.known))
+    }
+
+    /// How many resources it keeps now.
+    #[cfg(test)]
+    fn known_resources(&self) -> usize {
+        self.known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).resources()
     }
 }
 

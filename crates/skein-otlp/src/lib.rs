@@ -11,7 +11,8 @@ mod decode;
 mod encode;
 
 pub use decode::{
-    ConvertedBatch, DecodeError, Limits, decode_json, decode_protobuf, decode_protobuf_to_model, to_model,
+    ConvertedBatch, DecodeError, Limits, ProtobufDecoder, decode_json, decode_protobuf,
+    decode_protobuf_to_model, to_model,
 };
 pub use encode::{to_traces_data, traces_data_to_json};
 

@@ -29,6 +29,9 @@ pub enum IngestError {
 pub struct Ingest {
     store: Arc<dyn SpanStore>,
     limits: Limits,
+    /// Decodes protobuf requests with `limits`, one resource and scope shared by all the
+    /// requests that send the same.
+    decoder: Arc<skein_otlp::ProtobufDecoder>,
     metrics: Metrics,
     /// When spans were last stored, for the doctor (has every exporter flushed?).
     activity: Option<skein_query::doctor::report::IngestActivity>,
@@ -36,7 +39,8 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(store: Arc<dyn SpanStore>, limits: Limits, metrics: Metrics) -> Self {
-        Ingest { store, limits, metrics, activity: None }
+        let decoder = Arc::new(skein_otlp::ProtobufDecoder::new(limits.clone()));
+        Ingest { store, limits, decoder, metrics, activity: None }
     }
 
     /// Records, after every stored batch, when spans were last stored.
@@ -76,8 +80,8 @@ impl Ingest {
         request: OtlpRequest<'_>,
         protocol: &'static str,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let batch = skein_otlp::decode_protobuf_to_model(request.protobuf, &self.limits)
-            .map_err(|e| IngestError::Malformed(e.to_string()))?;
+        let batch =
+            self.decoder.decode(request.protobuf).map_err(|e| IngestError::Malformed(e.to_string()))?;
         self.store(batch, Some(request), protocol).await
     }
 

@@ -43,10 +43,71 @@ type Res<T> = Result<T, Fallback>;
 /// three (`KeyValueList`, `KeyValue`, `AnyValue`), so depth 32 is at most 100 deep.
 const MAX_NESTING: usize = 32;
 
-/// Decodes a request whose spans are all valid; `Err(Fallback)` for anything else.
-pub(crate) fn decode(body: &[u8], limits: &Limits) -> Res<Vec<Span>> {
+/// Resources and instrumentation scopes decoded before, by the bytes they came as (a
+/// resource's with its schema URL before them), for [`crate::ProtobufDecoder`].
+#[derive(Default)]
+pub(crate) struct Known {
+    resources: ByBytes<Resource>,
+    scopes: ByBytes<InstrumentationScope>,
+    /// Bytes of the keys of both tables.
+    bytes: usize,
+}
+
+/// Values by the bytes they were decoded from.
+type ByBytes<T> = FxHashMap<Box<[u8]>, Arc<T>>;
+
+/// Resources (and, apart, scopes) [`Known`] keeps at most, and the bytes they came as, all
+/// together: a deployment sends a few dozen of about a KiB; a client that made a new one per
+/// request would otherwise grow the tables without bound, so they are emptied when full.
+const MAX_KNOWN: usize = 1024;
+const MAX_KNOWN_BYTES: usize = 2 << 20;
+/// A resource or scope bigger than this is not kept (decoded anew in every request).
+const MAX_KNOWN_EACH: usize = 64 << 10;
+
+impl Known {
+    #[cfg(test)]
+    pub(crate) fn resources(&self) -> usize {
+        self.resources.len()
+    }
+
+    /// The value kept for `key` in `table`, else `make`'s, kept.
+    fn get_or_make<T>(
+        known: &std::sync::Mutex<Known>,
+        table: fn(&mut Known) -> &mut ByBytes<T>,
+        key: &[u8],
+        make: impl FnOnce() -> Res<T>,
+    ) -> Res<Arc<T>> {
+        if key.len() > MAX_KNOWN_EACH {
+            return make().map(Arc::new);
+        }
+        let lock = || known.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(kept) = table(&mut lock()).get(key) {
+            return Ok(Arc::clone(kept));
+        }
+        let made = Arc::new(make()?);
+        let mut known = lock();
+        if table(&mut known).len() >= MAX_KNOWN || known.bytes + key.len() > MAX_KNOWN_BYTES {
+            (known.resources, known.scopes, known.bytes) = Default::default();
+        }
+        // Another request may have put it in meanwhile: its bytes count once.
+        if table(&mut known).insert(key.into(), Arc::clone(&made)).is_none() {
+            known.bytes += key.len();
+        }
+        Ok(made)
+    }
+}
+
+/// Decodes a request whose spans are all valid; `Err(Fallback)` for anything else. With
+/// `known`, resources and scopes whose bytes it has met before are its `Arc`s.
+pub(crate) fn decode(
+    body: &[u8],
+    limits: &Limits,
+    known: Option<&std::sync::Mutex<Known>>,
+) -> Res<Vec<Span>> {
     let mut d = Decoder {
         limits,
+        known,
+        key: Vec::new(),
         max_depth: limits.max_attribute_depth.min(MAX_NESTING),
         attrs: Vec::new(),
         spans: Vec::with_capacity(count_spans(body)),
@@ -113,6 +174,9 @@ impl<'a> ByPlace<'a> {
 
 struct Decoder<'a, 'l> {
     limits: &'l Limits,
+    known: Option<&'l std::sync::Mutex<Known>>,
+    /// The bytes a resource is looked up by in `known` (reused).
+    key: Vec<u8>,
     max_depth: usize,
     /// Attributes being decoded, for every list under way (each list splits off its own tail).
     attrs: Vec<KeyValue>,
@@ -137,11 +201,35 @@ impl<'a> Decoder<'a, '_> {
     fn resource_spans(&mut self, buf: &'a [u8]) -> Res<()> {
         let mut scopes = Vec::new();
         let (resource, schema_url) = group(buf, &mut scopes)?;
-        let resource = Arc::new(self.resource(resource, schema_url)?);
+        let resource = match self.known {
+            Some(known) => {
+                let key = self.known_key(schema_url, resource);
+                let shared = Known::get_or_make(
+                    known,
+                    |k| &mut k.resources,
+                    &key,
+                    || self.resource(resource, schema_url),
+                );
+                self.key = key;
+                shared?
+            }
+            None => Arc::new(self.resource(resource, schema_url)?),
+        };
         for scope_spans in scopes {
             self.scope_spans(scope_spans, &resource)?;
         }
         Ok(())
+    }
+
+    /// What [`Known`] keeps a resource or scope by: its schema URL (length first), then
+    /// `bytes` as they came. In the decoder's reused buffer (to be given back).
+    fn known_key(&mut self, schema_url: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        key.extend_from_slice(&(schema_url.len() as u32).to_le_bytes());
+        key.extend_from_slice(schema_url.as_bytes());
+        key.extend_from_slice(bytes);
+        key
     }
 
     fn resource(&mut self, buf: &'a [u8], schema_url: &str) -> Res<Resource> {
@@ -165,7 +253,16 @@ impl<'a> Decoder<'a, '_> {
         let mut bodies = std::mem::take(&mut self.span_bodies);
         bodies.clear();
         let (scope, schema_url) = group(buf, &mut bodies)?;
-        let scope = Arc::new(self.scope(scope, schema_url)?);
+        let scope = match self.known {
+            Some(known) => {
+                let key = self.known_key(schema_url, scope);
+                let shared =
+                    Known::get_or_make(known, |k| &mut k.scopes, &key, || self.scope(scope, schema_url));
+                self.key = key;
+                shared?
+            }
+            None => Arc::new(self.scope(scope, schema_url)?),
+        };
         self.spans.reserve(bodies.len());
         for body in bodies.drain(..) {
             let span = self.span(body, resource, &scope)?;

@@ -170,8 +170,13 @@ proptest! {
         let spans: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         prop_assert_eq!(direct::count_spans(&body), spans, "the count that sizes the decoded spans");
         assert_same(decode_protobuf_to_model(&body, &limits), general(&body, &limits));
+        // A decoder that shares resources and scopes decodes the same spans, twice over.
+        let sharing = crate::ProtobufDecoder::new(limits.clone());
+        for _ in 0..2 {
+            assert_same(sharing.decode(&body), general(&body, &limits));
+        }
         // When the direct decoder answers by itself, it found no span to reject.
-        if let Ok(spans) = direct::decode(&body, &limits) {
+        if let Ok(spans) = direct::decode(&body, &limits, None) {
             let g = general(&body, &limits).unwrap();
             prop_assert_eq!(g.rejected, 0);
             prop_assert_eq!(spans, g.spans);
@@ -252,9 +257,52 @@ fn valid_requests_take_the_direct_path() {
     let request = typical();
     let body = request.encode_to_vec();
     let limits = Limits::default();
-    let spans = direct::decode(&body, &limits).expect("a valid request needs no fallback");
+    let spans = direct::decode(&body, &limits, None).expect("a valid request needs no fallback");
     assert_eq!(spans.len(), 3);
     assert_eq!(spans, to_model(request, &limits).spans);
+}
+
+#[test]
+fn a_sharing_decoder_hands_out_one_resource_and_scope_for_the_same_bytes() {
+    let attr = |k: &str, v: Value| kv(k.into(), Some(v));
+    let decoder = crate::ProtobufDecoder::new(Limits::default());
+    let limits = Limits::default();
+    let body = typical().encode_to_vec();
+    let first = decoder.decode(&body).unwrap().spans;
+    let second = decoder.decode(&body).unwrap().spans;
+    // The same spans as decoded alone, each request's resource and scope the same `Arc`.
+    assert_eq!(first, decode_protobuf_to_model(&body, &limits).unwrap().spans);
+    assert_eq!(first, second);
+    for s in first.iter().chain(&second) {
+        assert!(Arc::ptr_eq(&s.resource, &first[0].resource));
+        assert!(Arc::ptr_eq(&s.scope, &first[0].scope));
+    }
+    // Another resource, another scope version, another schema URL: each its own.
+    let mut other = typical();
+    other.resource_spans[0].resource.as_mut().unwrap().attributes[0] =
+        attr("service.name", Value::StringValue("checkout".into()));
+    let mut version = typical();
+    version.resource_spans[0].scope_spans[0].scope.as_mut().unwrap().version = "2".into();
+    let mut schema = typical();
+    schema.resource_spans[0].schema_url = "https://opentelemetry.io/schemas/1.31.0".into();
+    for (request, new_resource, new_scope) in
+        [(other, true, false), (version, false, true), (schema, true, false)]
+    {
+        let spans = decoder.decode(&request.encode_to_vec()).unwrap().spans;
+        assert_eq!(spans, to_model(request, &limits).spans);
+        assert_eq!(!Arc::ptr_eq(&spans[0].resource, &first[0].resource), new_resource);
+        assert_eq!(!Arc::ptr_eq(&spans[0].scope, &first[0].scope), new_scope);
+    }
+    // A client that sends a new resource with every request does not grow it without bound:
+    // the table is emptied when full, and every request still decodes as alone.
+    for i in 0..2100 {
+        let mut request = typical();
+        request.resource_spans[0].resource.as_mut().unwrap().attributes[0] =
+            attr("service.name", Value::StringValue(format!("service-{i}")));
+        let body = request.encode_to_vec();
+        assert_eq!(decoder.decode(&body).unwrap().spans, to_model(request, &limits).spans);
+    }
+    assert!(decoder.known_resources() <= 1024, "{} kept", decoder.known_resources());
 }
 
 #[test]
@@ -277,7 +325,7 @@ fn fields_in_any_order_are_read_like_prost_reads_them() {
     prost::encoding::bytes::encode(1, &resource_spans, &mut body);
 
     let limits = Limits::default();
-    let spans = direct::decode(&body, &limits).expect("field order needs no fallback");
+    let spans = direct::decode(&body, &limits, None).expect("field order needs no fallback");
     assert_eq!(spans, to_model(request, &limits).spans);
 }
 
@@ -291,9 +339,9 @@ fn what_the_direct_path_leaves_to_the_general_one() {
     let mut twice = typical().encode_to_vec();
     twice.extend_from_slice(&twice.clone());
 
-    assert_eq!(direct::decode(&invalid.encode_to_vec(), &limits), Err(Fallback));
-    assert_eq!(direct::decode(&merged, &limits), Err(Fallback));
-    assert_eq!(direct::decode(&twice, &limits).map(|s| s.len()), Ok(6));
+    assert_eq!(direct::decode(&invalid.encode_to_vec(), &limits, None), Err(Fallback));
+    assert_eq!(direct::decode(&merged, &limits, None), Err(Fallback));
+    assert_eq!(direct::decode(&twice, &limits, None).map(|s| s.len()), Ok(6));
     // Protobuf merges the two statuses (the second's message, its code where set) ...
     let span = &general(&merged, &limits).unwrap().spans[0];
     assert_eq!((span.status.code, span.status.message.as_str()), (StatusCode::Error, "second"));
