@@ -6,7 +6,7 @@ use crate::columnar::ChunkVisitor;
 
 /// A posting value while a chunk's postings are gathered: a string by its slot in the chunk's
 /// string table, or an integer (written as decimal text in the index).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ValueId {
     Text(u32),
     Int(i64),
@@ -21,9 +21,18 @@ struct KeyState {
     count: u32,
     /// The value added last.
     last: Option<ValueId>,
-    /// Every value added that differs from the one added before it (sorted and deduplicated
-    /// once the chunk is gathered), or `None` once a value is not matched by text.
-    values: Option<Vec<ValueId>>,
+    /// Every value added that differs from the one added before it (and, for a string, from
+    /// any the key added since another key added it), or `None` once a value is not matched
+    /// by text.
+    values: Option<Values>,
+}
+
+/// A key's values while a chunk's postings are gathered, strings (by slot) and integers
+/// apart: sorted as plain integers, and deduplicated, once the chunk is gathered.
+#[derive(Default)]
+struct Values {
+    texts: Vec<u32>,
+    ints: Vec<i64>,
 }
 
 /// A chunk's postings while they are gathered, by integers: per (service, key slot), its
@@ -42,6 +51,11 @@ pub(crate) struct Gathering<'s> {
     /// The service of the span being visited.
     service: u32,
     keys: Vec<KeyState>,
+    /// By string slot, the state that added it as a value last (`u32::MAX`: none): a state
+    /// that adds a value again before another does has it already, and does not push it.
+    /// Low-cardinality values (methods, statuses, peers) are pushed about once per key, not
+    /// once per span, and the lists to sort stay short.
+    added_by: Vec<u32>,
     /// By key slot: the states of the key, with their services (a key is carried by a few
     /// services; most slots are values, and have none).
     by_key: Vec<Vec<(u32, u32)>>,
@@ -62,6 +76,7 @@ impl<'s> Gathering<'s> {
             origins,
             service: 0,
             keys: Vec::new(),
+            added_by: Vec::new(),
             by_key: Vec::new(),
             resources_seen: FxHashSet::default(),
             last_resource: None,
@@ -79,7 +94,7 @@ impl<'s> Gathering<'s> {
             return state;
         }
         let state = self.keys.len() as u32;
-        self.keys.push(KeyState { service, key, count: 0, last: None, values: Some(Vec::new()) });
+        self.keys.push(KeyState { service, key, count: 0, last: None, values: Some(Values::default()) });
         states.push((service, state));
         state
     }
@@ -92,7 +107,17 @@ impl<'s> Gathering<'s> {
             Some(v) if k.last == Some(v) => {}
             Some(v) => {
                 k.last = Some(v);
-                values.push(v);
+                match v {
+                    ValueId::Text(slot) => {
+                        if self.added_by.len() <= slot as usize {
+                            self.added_by.resize(slot as usize + 1, u32::MAX);
+                        }
+                        if std::mem::replace(&mut self.added_by[slot as usize], state) != state {
+                            values.texts.push(slot);
+                        }
+                    }
+                    ValueId::Int(i) => values.ints.push(i),
+                }
             }
             None => k.values = None,
         }
@@ -120,14 +145,19 @@ impl<'s> Gathering<'s> {
             let key = strings.text(k.key);
             let values = match k.values {
                 None => KeyValues::Unindexed,
-                Some(mut values) => {
-                    values.sort_unstable();
-                    values.dedup();
-                    if listed(values.len(), k.count) {
-                        KeyValues::Listed(values.into_iter().map(text).collect())
+                Some(Values { mut texts, mut ints }) => {
+                    texts.sort_unstable();
+                    texts.dedup();
+                    ints.sort_unstable();
+                    ints.dedup();
+                    let distinct = texts.len() + ints.len();
+                    let values =
+                        texts.into_iter().map(ValueId::Text).chain(ints.into_iter().map(ValueId::Int));
+                    if listed(distinct, k.count) {
+                        KeyValues::Listed(values.map(text).collect())
                     } else {
                         let mut digits = itoa::Buffer::new();
-                        hashes.extend(values.into_iter().map(|v| match v {
+                        hashes.extend(values.map(|v| match v {
                             ValueId::Text(slot) => bloom::key_item_hash(key, strings.text(slot)),
                             ValueId::Int(i) => bloom::key_item_hash(key, digits.format(i)),
                         }));
