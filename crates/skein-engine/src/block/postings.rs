@@ -304,7 +304,8 @@ mod tests {
     /// A chunk's postings of span attributes are what adding every attribute one by one gives:
     /// per service and key, the values listed when few and repeating, hashed when many,
     /// unindexed once one is not text — with keys in varying orders, services alternating,
-    /// values repeating and changing, and a key that has a double among its integers.
+    /// values repeating and changing, a value two keys share (added by turns), and a key that
+    /// has a double among its integers.
     #[test]
     fn span_attribute_postings_are_the_values_added_one_by_one() {
         let mut spans = Vec::new();
@@ -316,7 +317,7 @@ mod tests {
                 let n =
                     if t == 3 && i == 5 { AttrValue::Double(0.5) } else { AttrValue::Int((i % 4) as i64) };
                 let attrs = match i % 3 {
-                    0 => vec![("session", session), ("route", route), ("n", n)],
+                    0 => vec![("session", session), ("route", route.clone()), ("n", n), ("from", route)],
                     1 => vec![("route", route), ("session", session)],
                     _ => vec![
                         ("n", n),
@@ -365,7 +366,7 @@ mod tests {
             assert_eq!(got, expected, "service {service} key {key}");
             checked += 1;
         }
-        assert_eq!(checked, 8, "four keys in each of two services");
+        assert_eq!(checked, 10, "five keys in each of two services");
         let said = |key: &str| got.iter().filter(|p| p.key == key).map(|p| &p.values).collect::<Vec<_>>();
         assert!(said("n").iter().any(|v| matches!(v, KeyValues::Unindexed)));
         assert!(said("id").iter().any(|v| matches!(v, KeyValues::Hashed)));
