@@ -22,7 +22,7 @@ use crate::ingest::{Ingest, IngestError};
 ///
 /// Written out instead of `opentelemetry-proto`'s generated server because that one decodes
 /// every request into the generated message types first; this one hands the message bytes
-/// to [`skein_otlp::decode_protobuf_to_model`], which builds spans straight from them.
+/// to the ingest's [`skein_otlp::ProtobufDecoder`], which builds spans straight from them.
 ///
 /// The request message is read and decompressed here, not by tonic, so that gRPC gets the
 /// same codings (gzip, zstd, snappy), size and ratio bounds and in-flight budget as OTLP/HTTP
