@@ -39,8 +39,8 @@ struct Values {
 /// [`KeyState`]. Gathered as the chunk encoder meets each span and attribute (it is the
 /// encoder's [`ChunkVisitor`]), then [`finish`](Self::finish)ed into [`KeyPostings`] and the
 /// chunk's Bloom filter. Values are pushed, not put in a set: most repeat the key's last one
-/// (methods, routes, peers of one operation) and are not pushed at all, and the rest are
-/// sorted once.
+/// (methods, routes, peers of one operation) or a string the key added since another key
+/// added it, and are not pushed at all, and the rest are sorted once.
 pub(crate) struct Gathering<'s> {
     /// Each span's service, by its place among the spans encoded.
     services: &'s [u32],
