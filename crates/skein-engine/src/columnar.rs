@@ -1601,6 +1601,13 @@ impl Packer {
         let at = self.contexts.partition_point(|(l, _)| *l <= level).saturating_sub(1);
         &mut self.contexts[at].1
     }
+
+    /// `bytes` as one zstd frame at `level` (one of [`COLUMN_LEVELS`]), with this packer's
+    /// context: a block's index sections, which a new context per section made set up and
+    /// clear tables sized for any input (2 % of the server's instructions per head's block).
+    pub(crate) fn compress(&mut self, level: i32, bytes: &[u8]) -> Vec<u8> {
+        self.context(level).compress(bytes).expect("zstd compresses any input")
+    }
 }
 
 impl Default for Packer {

@@ -1,10 +1,6 @@
 //! Writing a block: chunks gathered, encoded and compressed, then the index and the footer.
 
 use super::*;
-use std::io::Write as _;
-
-/// Bytes of the index gathered before they go to its compressor.
-const INDEX_PIECE: usize = 256 * 1024;
 
 thread_local! {
     /// Time this thread has spent in chunk encoding, which is parallel work (on every core,
@@ -586,7 +582,9 @@ impl<'a> BlockWriter<'a> {
         let mut postings = std::mem::take(&mut self.postings);
         postings.set_chunks(self.chunks.len() as u32);
         let (postings, section) = postings.finish_with_section();
-        let section = zstd::bulk::compress(&section, ZSTD_LEVEL).expect("zstd compresses any input");
+        // The index's sections are compressed with a kept context (see `Packer::compress`).
+        let mut packer = take_packers(1).pop().expect("one packer asked for");
+        let section = packer.compress(ZSTD_LEVEL, &section);
         let postings_offset = self.append_bytes(&section);
         let postings_section = (postings_offset, section.len() as u64, crc32fast::hash(&section));
         drop(section);
@@ -620,7 +618,7 @@ impl<'a> BlockWriter<'a> {
         let red = if self.red_incomplete || self.red.is_empty() {
             Vec::new()
         } else {
-            zstd::bulk::compress(&self.red.encode(), ZSTD_LEVEL).expect("zstd compresses any input")
+            packer.compress(ZSTD_LEVEL, &self.red.encode())
         };
         file.extend_from_slice(&red);
 
@@ -664,14 +662,7 @@ impl<'a> BlockWriter<'a> {
             }
         }
         index.varint(self.chunks.len() as u64);
-        // The index is compressed as it is written: a merged block's has thousands of chunks.
-        let mut zstd =
-            zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).expect("zstd level 3 is valid");
         for c in &self.chunks {
-            if index.buf.len() >= INDEX_PIECE {
-                zstd.write_all(&index.buf).expect("writing to memory");
-                index.buf.clear();
-            }
             index.varint(c.offset);
             index.varint(c.len as u64);
             index.buf.extend_from_slice(&c.crc.to_le_bytes());
@@ -726,9 +717,10 @@ impl<'a> BlockWriter<'a> {
         index.varint(len);
         index.varint(offset);
         index.buf.extend_from_slice(&crc.to_le_bytes());
-        zstd.write_all(&index.buf).expect("writing to memory");
-        drop(index);
-        let index = zstd.finish().expect("writing to memory");
+        // Whole, then compressed: a merged block's index (its chunks' entries, one trace filter
+        // byte per trace) is a few hundred KiB.
+        let index = packer.compress(ZSTD_LEVEL, &index.buf);
+        give_back_packers(vec![packer]);
         let index_offset = at(&file);
         file.extend_from_slice(&index);
         let mut footer = Vec::with_capacity(FOOTER_LEN);
