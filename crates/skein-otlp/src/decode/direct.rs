@@ -201,35 +201,34 @@ impl<'a> Decoder<'a, '_> {
     fn resource_spans(&mut self, buf: &'a [u8]) -> Res<()> {
         let mut scopes = Vec::new();
         let (resource, schema_url) = group(buf, &mut scopes)?;
-        let resource = match self.known {
-            Some(known) => {
-                let key = self.known_key(schema_url, resource);
-                let shared = Known::get_or_make(
-                    known,
-                    |k| &mut k.resources,
-                    &key,
-                    || self.resource(resource, schema_url),
-                );
-                self.key = key;
-                shared?
-            }
-            None => Arc::new(self.resource(resource, schema_url)?),
-        };
+        let resource =
+            self.shared(|k| &mut k.resources, schema_url, resource, |d| d.resource(resource, schema_url))?;
         for scope_spans in scopes {
             self.scope_spans(scope_spans, &resource)?;
         }
         Ok(())
     }
 
-    /// What [`Known`] keeps a resource or scope by: its schema URL (length first), then
-    /// `bytes` as they came. In the decoder's reused buffer (to be given back).
-    fn known_key(&mut self, schema_url: &str, bytes: &[u8]) -> Vec<u8> {
+    /// A resource or scope (`make` decodes it from `bytes`): without [`Known`], decoded; with
+    /// it, the one kept in `table` for the same schema URL and bytes, else decoded and kept.
+    fn shared<T>(
+        &mut self,
+        table: fn(&mut Known) -> &mut ByBytes<T>,
+        schema_url: &str,
+        bytes: &[u8],
+        make: impl FnOnce(&mut Self) -> Res<T>,
+    ) -> Res<Arc<T>> {
+        let Some(known) = self.known else { return make(self).map(Arc::new) };
+        // Kept by the schema URL (length first), then the bytes as they came; in the
+        // decoder's reused buffer.
         let mut key = std::mem::take(&mut self.key);
         key.clear();
         key.extend_from_slice(&(schema_url.len() as u32).to_le_bytes());
         key.extend_from_slice(schema_url.as_bytes());
         key.extend_from_slice(bytes);
-        key
+        let shared = Known::get_or_make(known, table, &key, || make(self));
+        self.key = key;
+        shared
     }
 
     fn resource(&mut self, buf: &'a [u8], schema_url: &str) -> Res<Resource> {
@@ -253,16 +252,7 @@ impl<'a> Decoder<'a, '_> {
         let mut bodies = std::mem::take(&mut self.span_bodies);
         bodies.clear();
         let (scope, schema_url) = group(buf, &mut bodies)?;
-        let scope = match self.known {
-            Some(known) => {
-                let key = self.known_key(schema_url, scope);
-                let shared =
-                    Known::get_or_make(known, |k| &mut k.scopes, &key, || self.scope(scope, schema_url));
-                self.key = key;
-                shared?
-            }
-            None => Arc::new(self.scope(scope, schema_url)?),
-        };
+        let scope = self.shared(|k| &mut k.scopes, schema_url, scope, |d| d.scope(scope, schema_url))?;
         self.spans.reserve(bodies.len());
         for body in bodies.drain(..) {
             let span = self.span(body, resource, &scope)?;
