@@ -589,15 +589,22 @@ pub(crate) fn encode_chunk_detailed<'a>(
     let mut order: Vec<TraceId> = Vec::new();
     let mut sizes: Vec<u32> = Vec::new();
     let mut ordinal: FxHashMap<TraceId, u32> = FxHashMap::default();
+    // The block writer hands a trace's spans over together: a span of the trace before is
+    // not looked up again.
+    let mut last: Option<(TraceId, u32)> = None;
     let ordinals: Vec<u32> = spans
         .iter()
         .map(|s| {
             let id = s.trace_id;
-            let o = *ordinal.entry(id).or_insert_with(|| {
-                order.push(id);
-                sizes.push(0);
-                order.len() as u32 - 1
-            });
+            let o = match last {
+                Some((before, o)) if before == id => o,
+                _ => *ordinal.entry(id).or_insert_with(|| {
+                    order.push(id);
+                    sizes.push(0);
+                    order.len() as u32 - 1
+                }),
+            };
+            last = Some((id, o));
             sizes[o as usize] += 1;
             o
         })

@@ -111,8 +111,8 @@ impl EngineConfig {
             overload_wait: Duration::from_secs(2),
             compact_target_bytes: 64 * 1024 * 1024,
             compact_min_blocks: 8,
-            compaction_jobs: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4),
-            wal_writers: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(4).max(2),
+            compaction_jobs: cores().div_ceil(4),
+            wal_writers: cores().div_ceil(4).max(2),
             index_memory_bytes: block::DEFAULT_INDEX_MEMORY_BYTES,
             fs: Arc::new(OsFs),
         }
@@ -253,11 +253,46 @@ fn lz4_claim_ok(claimed: usize, compressed: usize) -> bool {
 /// WAL's writer threads copy, checksum, write and sync about a fifth of the bytes (on the
 /// realistic load), and the disk takes a fifth of the WAL traffic. LZ4 rather than zstd: zstd
 /// at level 1 compresses a third better but took about twice the CPU, on every request.
+/// The cores this process may run on, asked of the system at most once a second:
+/// `available_parallelism` reads the cgroup's CPU quota from three files on every call, and
+/// every block write, chunk read and search sizes its work by it. (Asked again, not once for
+/// all: a process may be pinned to other CPUs while it runs, as `skein bench --server-cpus`
+/// does.)
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::Mutex<Option<(Instant, usize)>> = std::sync::Mutex::new(None);
+    let mut cores = CORES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match *cores {
+        Some((asked, n)) if asked.elapsed() < Duration::from_secs(1) => n,
+        _ => {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            *cores = Some((Instant::now(), n));
+            n
+        }
+    }
+}
+
 fn lz4_record(magic: [u8; 4], raw: &[u8]) -> Vec<u8> {
-    // `compress` writes into room it does not zero first (a zeroed buffer of the maximum
-    // output size cost as much as a tenth of the compression); the header is put before it
-    // with one copy of the compressed bytes, a fifth of the encoding.
-    framed(magic, raw.len() as u32, &lz4_flex::block::compress(raw))
+    /// Most bytes a thread keeps to compress into (requests this big or smaller; larger ones
+    /// are compressed into room of their own).
+    const SCRATCH_MAX: usize = 8 << 20;
+    thread_local! {
+        /// Room for the compressed bytes, zeroed once and kept by the thread: a new buffer per
+        /// record cost an allocation, and a reallocation with a copy when `compress` shrank it
+        /// to what it wrote (zeroing one per record cost as much as a tenth of the
+        /// compression).
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let room = lz4_flex::block::get_maximum_output_size(raw.len());
+    if room > SCRATCH_MAX {
+        return framed(magic, raw.len() as u32, &lz4_flex::block::compress(raw));
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < room {
+            scratch.resize(room, 0);
+        }
+        let n = lz4_flex::block::compress_into(raw, scratch).expect("the room is the maximum output size");
+        framed(magic, raw.len() as u32, &scratch[..n])
+    })
 }
 
 /// What [`lz4_record`] compressed, from the record after its magic.

@@ -48,7 +48,7 @@ impl Shared {
         let next = AtomicUsize::new(0);
         let held = AtomicUsize::new(scan.spans);
         let full = AtomicBool::new(scan.truncated);
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(chunks.len()).max(1);
+        let workers = crate::cores().min(chunks.len()).max(1);
         let parts: Vec<HashMap<TraceId, Vec<skein_store::ScanSpan>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {

@@ -89,7 +89,7 @@ impl Shared {
         let (_, blocks) = self.snapshot();
         let started = Instant::now();
         let (mut asked, mut read) = (0usize, 0usize);
-        let batch = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let batch = crate::cores();
         let outside = |t: TimeRange| {
             t.end_unix_nano <= q.time.start_unix_nano || t.start_unix_nano >= q.time.end_unix_nano
         };

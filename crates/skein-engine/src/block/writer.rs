@@ -460,7 +460,7 @@ impl<'a> BlockWriter<'a> {
     }
 
     fn encoders(&mut self) -> usize {
-        *self.encoders.get_or_insert_with(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        *self.encoders.get_or_insert_with(crate::cores)
     }
 
     /// Ends the chunk being gathered: it is queued, and the queue is encoded once it holds a
@@ -789,7 +789,7 @@ static PACKERS: std::sync::Mutex<Vec<columnar::Packer>> = std::sync::Mutex::new(
 /// the same time make more, dropped when done). Each holds zstd tables sized to the largest
 /// columns it has packed: about 1 MiB for realistic chunks of 640 KiB.
 fn packers_kept() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::cores()
 }
 
 fn take_packers(n: usize) -> Vec<columnar::Packer> {
