@@ -261,7 +261,14 @@ struct Writer {
     path: PathBuf,
     file: Box<dyn AppendFile>,
     len: u64,
+    /// Written since the last sync (the current segment, the segments it closed since, or
+    /// the directory).
     dirty: bool,
+    /// Segments this writer closed (at a rotation) with records written since their last
+    /// sync: synced at the next sync, with the current one.
+    closed_unsynced: Vec<Box<dyn AppendFile>>,
+    /// A segment was created since the directory was last synced.
+    dir_unsynced: bool,
     last_sync: Instant,
     poisoned: Option<String>,
     busy: Arc<AtomicU64>,
@@ -290,6 +297,13 @@ impl Wal {
         for &id in &ids {
             let path = segment_path(&dir, id);
             let bytes = fs.read(&path).map_err(|e| WalError::io(&path, e))?;
+            if bytes.len() < SEGMENT_HEADER_LEN as usize && segment_header(id).starts_with(&bytes) {
+                // Created, and lost in a crash before its first sync (segments and their
+                // headers are synced with the records that follow): it never held a record.
+                tracing::info!(segment = %path.display(), bytes = bytes.len(), "wal segment never synced; removed");
+                fs.remove(&path).map_err(|e| WalError::io(&path, e))?;
+                continue;
+            }
             let (records, good_len, problem) = parse_segment(&bytes, id);
             recovery.records.extend(records);
             if let Some(reason) = problem {
@@ -324,7 +338,10 @@ impl Wal {
                 }
                 None => {
                     let id = next_segment.fetch_add(1, Ordering::Relaxed);
-                    let (file, len) = create_segment(&*fs, &dir, id)?;
+                    let (mut file, len) = create_segment(&*fs, &dir, id)?;
+                    let path = segment_path(&dir, id);
+                    file.sync_data().map_err(|e| WalError::io(&path, e))?;
+                    fs.sync_dir(&dir).map_err(|e| WalError::io(&dir, e))?;
                     let mut own = std::mem::take(&mut kept);
                     own.insert(id);
                     (id, len, file, own)
@@ -339,6 +356,8 @@ impl Wal {
                 file,
                 len,
                 dirty: false,
+                closed_unsynced: Vec::new(),
+                dir_unsynced: false,
                 last_sync: Instant::now(),
                 poisoned: None,
                 busy: Arc::new(AtomicU64::new(0)),
@@ -475,12 +494,12 @@ impl Drop for Wal {
     }
 }
 
+/// Creates segment `id` with its header, not synced: the writer syncs it, and the directory,
+/// when it next syncs (see [`Writer::sync`]).
 fn create_segment(fs: &dyn Fs, dir: &Path, id: u64) -> Result<(Box<dyn AppendFile>, u64), WalError> {
     let path = segment_path(dir, id);
     let mut file = fs.open_append(&path).map_err(|e| WalError::io(&path, e))?;
     file.write_all(&segment_header(id)).map_err(|e| WalError::io(&path, e))?;
-    file.sync_data().map_err(|e| WalError::io(&path, e))?;
-    fs.sync_dir(dir).map_err(|e| WalError::io(dir, e))?;
     Ok((file, SEGMENT_HEADER_LEN))
 }
 
@@ -552,19 +571,35 @@ impl Writer {
         }
     }
 
+    /// Makes everything written durable: the segments closed since the last sync, the
+    /// current one, and the directory when a segment was created since (a head is cut every
+    /// few thousand spans, each cut starting a segment per writer: syncing each new segment
+    /// and the directory at once cost about three directory fsyncs per head).
     fn sync(&mut self) -> Result<(), WalError> {
         if let Some(p) = &self.poisoned {
             return Err(WalError::Poisoned(p.clone()));
         }
-        match self.file.sync_data() {
+        let synced = (|| {
+            for mut closed in std::mem::take(&mut self.closed_unsynced) {
+                closed.sync_data().map_err(|e| format!("fsync of a closed segment failed: {e}"))?;
+            }
+            self.file.sync_data().map_err(|e| format!("fsync of {} failed: {e}", self.path.display()))?;
+            if self.dir_unsynced {
+                self.fs
+                    .sync_dir(&self.dir)
+                    .map_err(|e| format!("fsync of {} failed: {e}", self.dir.display()))?;
+                self.dir_unsynced = false;
+            }
+            Ok::<(), String>(())
+        })();
+        match synced {
             Ok(()) => {
                 self.dirty = false;
                 self.last_sync = Instant::now();
                 Ok(())
             }
-            Err(e) => {
-                let msg = format!("fsync of {} failed: {e}", self.path.display());
-                tracing::error!(segment = %self.path.display(), error = %e, "wal fsync failed; refusing writes");
+            Err(msg) => {
+                tracing::error!(segment = %self.path.display(), error = %msg, "wal fsync failed; refusing writes");
                 self.poisoned = Some(msg.clone());
                 Err(WalError::Poisoned(msg))
             }
@@ -583,21 +618,31 @@ impl Writer {
             }
             self.own.remove(&id);
         }
-        if removed > 0 {
-            self.fs.sync_dir(&self.dir).map_err(|e| WalError::io(&self.dir, e))?;
-        }
+        // The removals are not synced here: a segment is removed once a block holds its
+        // records, and recovery skips the segments a block names, so one that comes back after
+        // a power loss is not replayed. The next sync of the directory makes them durable.
         Ok(removed)
     }
 
+    /// Closes the current segment and starts a new one. Nothing is synced here: the closed
+    /// segment (when written since its last sync), the new one and the directory are synced
+    /// at the writer's next sync, as the fsync policy says (`never`: the OS writes them).
     fn rotate(&mut self) -> Result<(), WalError> {
-        self.sync()?;
+        if let Some(p) = &self.poisoned {
+            return Err(WalError::Poisoned(p.clone()));
+        }
         let id = self.next_segment.fetch_add(1, Ordering::Relaxed);
         let (file, len) = create_segment(&*self.fs, &self.dir, id)?;
         self.own.insert(id);
         self.segment = id;
         self.path = segment_path(&self.dir, id);
-        self.file = file;
+        let closed = std::mem::replace(&mut self.file, file);
+        if self.dirty && self.config.fsync != FsyncPolicy::Never {
+            self.closed_unsynced.push(closed);
+        }
         self.len = len;
+        self.dirty = true;
+        self.dir_unsynced = true;
         Ok(())
     }
 

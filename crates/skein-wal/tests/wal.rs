@@ -169,6 +169,62 @@ fn a_segment_with_a_foreign_header_is_set_aside_and_the_rest_stays_readable() {
     assert!(first.with_extension("wal.corrupt").exists(), "kept aside for a person to inspect");
 }
 
+/// A rotation syncs nothing (a head is cut every few thousand spans): the closed segment's
+/// records, the new segment and the directory are synced by the writer's next sync, so a
+/// record acknowledged before the rotation is durable from then on.
+#[test]
+fn a_rotated_segment_is_synced_by_the_next_sync_not_at_the_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let cfg = WalConfig { fsync: FsyncPolicy::Interval(Duration::from_secs(3600)), ..config(dir.path()) };
+    let (wal, _) = Wal::open(cfg.clone(), Arc::new(fs.clone())).unwrap();
+    let before = wal.append_blocking(b"before the rotation".to_vec()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let fsyncs = fs.fsyncs();
+    let new_segment = rt.block_on(wal.rotate()).unwrap();
+    assert!(new_segment > before.segment);
+    assert_eq!(fs.fsyncs(), fsyncs, "the rotation synced a file");
+    wal.sync_blocking().unwrap();
+    assert_eq!(fs.fsyncs(), fsyncs + 2, "the closed segment and the new one");
+    wal.sync_blocking().unwrap();
+    assert_eq!(fs.fsyncs(), fsyncs + 3, "the new one only: the closed one is synced once");
+    // A closed segment whose sync fails poisons the writer, as the current one's does.
+    let after = wal.append_blocking(b"after".to_vec()).unwrap();
+    assert_eq!(after.segment, new_segment);
+    rt.block_on(wal.rotate()).unwrap();
+    fs.fail_next_fsync();
+    assert!(matches!(wal.sync_blocking().unwrap_err(), WalError::Poisoned(_)));
+    drop(wal);
+    let (_, rec) = Wal::open(cfg, Arc::new(OsFs)).unwrap();
+    assert_eq!(payloads(&rec), [b"before the rotation".to_vec(), b"after".to_vec()]);
+    assert!(rec.truncations.is_empty());
+}
+
+/// A segment a crash took before its first sync (empty, or part of its header) never held a
+/// record: opening removes it without reporting a damaged WAL.
+#[test]
+fn a_segment_lost_before_its_first_sync_is_removed_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path());
+    wal.append_blocking(b"kept".to_vec()).unwrap();
+    drop(wal);
+    let last = segments(dir.path()).pop().unwrap();
+    let id: u64 = last.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let header = std::fs::read(&last).unwrap()[..24].to_vec();
+    let empty = dir.path().join(format!("{:020}.wal", id + 1));
+    std::fs::write(&empty, b"").unwrap();
+    // Part of the header of segment id + 2: its magic and version, as the first bytes of any.
+    let torn = dir.path().join(format!("{:020}.wal", id + 2));
+    std::fs::write(&torn, &header[..8]).unwrap();
+    let (wal, rec) = open(dir.path());
+    assert_eq!(payloads(&rec), [b"kept".to_vec()]);
+    assert!(rec.truncations.is_empty(), "{:?}", rec.truncations);
+    assert!(!empty.exists() && !torn.exists());
+    assert!(segments(dir.path()).iter().all(|p| p.extension().unwrap() == "wal"));
+    let next = wal.append_blocking(b"next".to_vec()).unwrap();
+    assert!(next.segment <= id + 3, "segment ids go on: {next:?}");
+}
+
 #[test]
 fn records_that_can_never_be_written_are_refused() {
     let dir = tempfile::tempdir().unwrap();
