@@ -255,8 +255,7 @@ impl<'a> Decoder<'a, '_> {
         let scope = self.shared(|k| &mut k.scopes, schema_url, scope, |d| d.scope(scope, schema_url))?;
         self.spans.reserve(bodies.len());
         for body in bodies.drain(..) {
-            let span = self.span(body, resource, &scope)?;
-            self.spans.push(span);
+            self.span(body, resource, &scope)?;
         }
         self.span_bodies = bodies;
         Ok(())
@@ -281,12 +280,14 @@ impl<'a> Decoder<'a, '_> {
         })
     }
 
+    /// Decodes a span into `self.spans` (pushed where it is made: a span returned by value was
+    /// copied, 250 bytes, on its way into the list).
     fn span(
         &mut self,
         buf: &'a [u8],
         resource: &Arc<Resource>,
         scope: &Arc<InstrumentationScope>,
-    ) -> Res<Span> {
+    ) -> Res<()> {
         let start = self.attrs.len();
         self.at = 0;
         let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
@@ -326,17 +327,21 @@ impl<'a> Decoder<'a, '_> {
         if name.len() > self.limits.max_attribute_value_bytes {
             return Err(Fallback);
         }
-        Ok(Span {
-            trace_id: TraceId::from_slice(trace_id).map_err(|_| Fallback)?,
-            span_id: SpanId::from_slice(span_id).map_err(|_| Fallback)?,
+        let trace_id = TraceId::from_slice(trace_id).map_err(|_| Fallback)?;
+        let span_id = SpanId::from_slice(span_id).map_err(|_| Fallback)?;
+        let kind = kind_of(kind)?;
+        let attributes = self.take_attributes(start)?;
+        self.spans.push(Span {
+            trace_id,
+            span_id,
             parent_span_id,
             trace_state: trace_state.to_owned(),
             flags,
             name: Str::from(name),
-            kind: kind_of(kind)?,
+            kind,
             start_time_unix_nano: start_time,
             end_time_unix_nano: end_time,
-            attributes: self.take_attributes(start)?,
+            attributes,
             dropped_attributes_count: dropped_attributes,
             events,
             dropped_events_count: dropped_events,
@@ -345,7 +350,8 @@ impl<'a> Decoder<'a, '_> {
             status: status.unwrap_or_default(),
             resource: Arc::clone(resource),
             scope: Arc::clone(scope),
-        })
+        });
+        Ok(())
     }
 
     fn event(&mut self, buf: &'a [u8]) -> Res<Event> {
