@@ -249,10 +249,6 @@ fn lz4_claim_ok(claimed: usize, compressed: usize) -> bool {
     claimed <= compressed.saturating_mul(255).saturating_add(16)
 }
 
-/// `raw` compressed with LZ4 on the writing thread, behind `magic` and its length, so the
-/// WAL's writer threads copy, checksum, write and sync about a fifth of the bytes (on the
-/// realistic load), and the disk takes a fifth of the WAL traffic. LZ4 rather than zstd: zstd
-/// at level 1 compresses a third better but took about twice the CPU, on every request.
 /// The cores this process may run on, asked of the system at most once a second:
 /// `available_parallelism` reads the cgroup's CPU quota from three files on every call, and
 /// every block write, chunk read and search sizes its work by it. (Asked again, not once for
@@ -271,10 +267,16 @@ pub(crate) fn cores() -> usize {
     }
 }
 
+/// `raw` compressed with LZ4 on the writing thread, behind `magic` and its length, so the
+/// WAL's writer threads copy, checksum, write and sync about a fifth of the bytes (on the
+/// realistic load), and the disk takes a fifth of the WAL traffic. LZ4 rather than zstd: zstd
+/// at level 1 compresses a third better but took about twice the CPU, on every request.
 fn lz4_record(magic: [u8; 4], raw: &[u8]) -> Vec<u8> {
-    /// Most bytes a thread keeps to compress into (requests this big or smaller; larger ones
-    /// are compressed into room of their own).
-    const SCRATCH_MAX: usize = 8 << 20;
+    /// Most bytes a thread keeps to compress into: requests up to about 1 MiB (2,000
+    /// realistic spans) use it; larger ones, fewer and with more spans to share the cost, are
+    /// compressed into room of their own. (Every thread that receives keeps one: a collector's
+    /// batches of 4-5 MB would otherwise keep that much per core.)
+    const SCRATCH_MAX: usize = 1 << 20;
     thread_local! {
         /// Room for the compressed bytes, zeroed once and kept by the thread: a new buffer per
         /// record cost an allocation, and a reallocation with a copy when `compress` shrank it
