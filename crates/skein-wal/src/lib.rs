@@ -265,8 +265,8 @@ struct Writer {
     /// the directory).
     dirty: bool,
     /// Segments this writer closed (at a rotation) with records written since their last
-    /// sync: synced at the next sync, with the current one.
-    closed_unsynced: Vec<Box<dyn AppendFile>>,
+    /// sync, by id: synced at the next sync, with the current one (unless deleted first).
+    closed_unsynced: Vec<(u64, Box<dyn AppendFile>)>,
     /// A segment was created since the directory was last synced.
     dir_unsynced: bool,
     last_sync: Instant,
@@ -580,8 +580,10 @@ impl Writer {
             return Err(WalError::Poisoned(p.clone()));
         }
         let synced = (|| {
-            for mut closed in std::mem::take(&mut self.closed_unsynced) {
-                closed.sync_data().map_err(|e| format!("fsync of a closed segment failed: {e}"))?;
+            for (id, mut closed) in std::mem::take(&mut self.closed_unsynced) {
+                closed
+                    .sync_data()
+                    .map_err(|e| format!("fsync of {} failed: {e}", segment_path(&self.dir, id).display()))?;
             }
             self.file.sync_data().map_err(|e| format!("fsync of {} failed: {e}", self.path.display()))?;
             if self.dir_unsynced {
@@ -618,6 +620,9 @@ impl Writer {
             }
             self.own.remove(&id);
         }
+        // A deleted segment needs no sync.
+        let own = &self.own;
+        self.closed_unsynced.retain(|(id, _)| own.contains(id));
         // The removals are not synced here: a segment is removed once a block holds its
         // records, and recovery skips the segments a block names, so one that comes back after
         // a power loss is not replayed. The next sync of the directory makes them durable.
@@ -634,9 +639,9 @@ impl Writer {
         let id = self.next_segment.fetch_add(1, Ordering::Relaxed);
         let (file, len) = create_segment(&*self.fs, &self.dir, id)?;
         self.own.insert(id);
+        let closed = (self.segment, std::mem::replace(&mut self.file, file));
         self.segment = id;
         self.path = segment_path(&self.dir, id);
-        let closed = std::mem::replace(&mut self.file, file);
         if self.dirty && self.config.fsync != FsyncPolicy::Never {
             self.closed_unsynced.push(closed);
         }

@@ -200,6 +200,22 @@ fn a_rotated_segment_is_synced_by_the_next_sync_not_at_the_rotation() {
     assert!(rec.truncations.is_empty());
 }
 
+/// A closed segment deleted before the next sync (its records are in a block) is not synced.
+#[test]
+fn a_closed_segment_deleted_before_the_next_sync_is_not_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyFs::default();
+    let cfg = WalConfig { fsync: FsyncPolicy::Interval(Duration::from_secs(3600)), ..config(dir.path()) };
+    let (wal, _) = Wal::open(cfg, Arc::new(fs.clone())).unwrap();
+    wal.append_blocking(b"in a block soon".to_vec()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let new_segment = rt.block_on(wal.rotate()).unwrap();
+    assert_eq!(wal.remove_segments_before_blocking(new_segment).unwrap(), 1);
+    let fsyncs = fs.fsyncs();
+    wal.sync_blocking().unwrap();
+    assert_eq!(fs.fsyncs(), fsyncs + 1, "the new segment only");
+}
+
 /// A segment a crash took before its first sync (empty, or part of its header) never held a
 /// record: opening removes it without reporting a damaged WAL.
 #[test]
