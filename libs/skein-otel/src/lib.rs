@@ -124,7 +124,7 @@
 //! `#[instrument]`, `info_span!` and `tracing::info!` become spans and span events, and there
 //! is one current context: inside an entered `tracing` span `Context::current()` holds its
 //! OpenTelemetry span, so the layers above and `tracer.start` make its children (see
-//! [`tracing`](crate::tracing)).
+//! [the `tracing` module](crate::tracing)).
 //!
 //! ## Test that the chain holds ([`testing`])
 //!
