@@ -169,17 +169,23 @@ fn a_segment_with_a_foreign_header_is_set_aside_and_the_rest_stays_readable() {
     assert!(first.with_extension("wal.corrupt").exists(), "kept aside for a person to inspect");
 }
 
+/// A WAL in `dir` on a fault-injecting file system that syncs only when told (its interval is
+/// an hour), with a runtime for its async calls.
+fn syncing_when_told(dir: &Path) -> (Wal, WalConfig, FaultyFs, tokio::runtime::Runtime) {
+    let fs = FaultyFs::default();
+    let cfg = WalConfig { fsync: FsyncPolicy::Interval(Duration::from_secs(3600)), ..config(dir) };
+    let (wal, _) = Wal::open(cfg.clone(), Arc::new(fs.clone())).unwrap();
+    (wal, cfg, fs, tokio::runtime::Builder::new_current_thread().build().unwrap())
+}
+
 /// A rotation syncs nothing (a head is cut every few thousand spans): the closed segment's
 /// records, the new segment and the directory are synced by the writer's next sync, so a
 /// record acknowledged before the rotation is durable from then on.
 #[test]
 fn a_rotated_segment_is_synced_by_the_next_sync_not_at_the_rotation() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::default();
-    let cfg = WalConfig { fsync: FsyncPolicy::Interval(Duration::from_secs(3600)), ..config(dir.path()) };
-    let (wal, _) = Wal::open(cfg.clone(), Arc::new(fs.clone())).unwrap();
+    let (wal, cfg, fs, rt) = syncing_when_told(dir.path());
     let before = wal.append_blocking(b"before the rotation".to_vec()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let fsyncs = fs.fsyncs();
     let new_segment = rt.block_on(wal.rotate()).unwrap();
     assert!(new_segment > before.segment);
@@ -204,11 +210,8 @@ fn a_rotated_segment_is_synced_by_the_next_sync_not_at_the_rotation() {
 #[test]
 fn a_closed_segment_deleted_before_the_next_sync_is_not_synced() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyFs::default();
-    let cfg = WalConfig { fsync: FsyncPolicy::Interval(Duration::from_secs(3600)), ..config(dir.path()) };
-    let (wal, _) = Wal::open(cfg, Arc::new(fs.clone())).unwrap();
+    let (wal, _, fs, rt) = syncing_when_told(dir.path());
     wal.append_blocking(b"in a block soon".to_vec()).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let new_segment = rt.block_on(wal.rotate()).unwrap();
     assert_eq!(wal.remove_segments_before_blocking(new_segment).unwrap(), 1);
     let fsyncs = fs.fsyncs();
