@@ -91,6 +91,14 @@ impl Tally {
         let mut last: Option<(*const skein_model::Resource, &str)> = None;
         let mut last_origin = None;
         let mut origins_seen: rustc_hash::FxHashSet<(usize, usize)> = Default::default();
+        // Each trace's part is allocated at its exact size (counted first): a head holds its
+        // spans for as long as it lives, and parts grown by doubling would hold up to twice
+        // the memory. Each span's trace is looked up once: its part's place is kept for the
+        // move.
+        let mut place_of: FxHashMap<TraceId, u32> = FxHashMap::default();
+        let mut counts: Vec<(TraceId, usize)> = Vec::new();
+        let mut places: Vec<u32> = Vec::with_capacity(spans.len());
+        let mut last_trace: Option<(TraceId, u32)> = None;
         for s in &spans {
             let origin = (Arc::as_ptr(&s.resource) as usize, Arc::as_ptr(&s.scope) as usize);
             if last_origin != Some(origin) && origins_seen.insert(origin) {
@@ -107,24 +115,27 @@ impl Tally {
             };
             t.oldest_start = t.oldest_start.min(s.start_time_unix_nano);
             t.red.add_of(service, s);
+            // A trace's spans mostly come one after another: then not hashed again.
+            let place = match last_trace {
+                Some((id, place)) if id == s.trace_id => place,
+                _ => *place_of.entry(s.trace_id).or_insert_with(|| {
+                    counts.push((s.trace_id, 0));
+                    counts.len() as u32 - 1
+                }),
+            };
+            last_trace = Some((s.trace_id, place));
+            counts[place as usize].1 += 1;
+            places.push(place);
         }
-        // Each trace's part is allocated at its exact size (counted first): a head holds its
-        // spans for as long as it lives, and parts grown by doubling would hold up to twice
-        // the memory.
-        let mut counts: FxHashMap<TraceId, usize> = FxHashMap::default();
-        for s in &spans {
-            *counts.entry(s.trace_id).or_default() += 1;
-        }
-        let mut by_trace: FxHashMap<TraceId, Part> = counts
+        t.traces = counts
             .into_iter()
             .map(|(id, n)| (id, Part { spans: Vec::with_capacity(n), extent: block::Extent::default() }))
             .collect();
-        for s in spans {
-            let part = by_trace.get_mut(&s.trace_id).expect("every trace was counted");
+        for (s, place) in spans.into_iter().zip(places) {
+            let part = &mut t.traces[place as usize].1;
             part.extent.add(&s);
             part.spans.push(s);
         }
-        t.traces = by_trace.into_iter().collect();
         t
     }
 }
@@ -193,5 +204,25 @@ mod tests {
         services.sort();
         services.dedup();
         assert_eq!(services, ["a", "b"]);
+    }
+
+    /// A batch's spans are grouped by trace whether a trace's spans come one after another or
+    /// interleaved with others': each part holds its trace's spans, in the batch's order, in a
+    /// vector of exactly their number.
+    #[test]
+    fn a_tally_groups_a_batch_by_trace_in_parts_of_exact_size() {
+        let order = [(1, 1), (1, 2), (2, 1), (1, 3), (3, 1), (3, 2), (2, 2), (2, 3), (2, 4), (1, 4)];
+        let batch: Vec<Span> = order.iter().map(|&(t, i)| SpanBuilder::new(t, i).build()).collect();
+        let tally = Tally::of(batch.clone());
+        assert_eq!(tally.spans, batch.len() as u64);
+        assert_eq!(tally.traces.len(), 3);
+        for (id, part) in &tally.traces {
+            let expected: Vec<skein_model::SpanId> =
+                batch.iter().filter(|s| s.trace_id == *id).map(|s| s.span_id).collect();
+            let got: Vec<skein_model::SpanId> = part.spans.iter().map(|s| s.span_id).collect();
+            assert_eq!(got, expected);
+            assert_eq!(part.spans.capacity(), part.spans.len());
+            assert_eq!(part.extent.bytes, part.spans.iter().map(block::pending_bytes).sum::<usize>());
+        }
     }
 }

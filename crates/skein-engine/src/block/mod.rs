@@ -74,6 +74,11 @@ pub(crate) fn pending_bytes(s: &Span) -> usize {
 }
 
 const ZSTD_LEVEL: i32 = 3;
+/// The zstd level of the index sections (postings, RED, index) of a block written from a head.
+/// Such a block lives for seconds: compaction reads its sections once and writes the merged
+/// block's at [`ZSTD_LEVEL`]. Under callgrind (400k realistic spans), compressing them at level
+/// 3 took 1.8 % of the server's instructions.
+const HEAD_SECTIONS_LEVEL: i32 = 1;
 
 /// Why a block cannot be read.
 #[derive(Debug, thiserror::Error)]

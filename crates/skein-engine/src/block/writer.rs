@@ -55,7 +55,7 @@ pub(crate) fn write_measured<'a>(
     wal_ranges: &[(u64, u64)],
     red: Option<&RedSummary>,
 ) -> Result<Block, BlockError> {
-    let mut writer = BlockWriter::default();
+    let mut writer = BlockWriter { from_head: true, ..BlockWriter::default() };
     if let Some(red) = red {
         writer.red = red.clone();
         writer.red_given = true;
@@ -200,6 +200,10 @@ pub(crate) struct BlockWriter<'a> {
     /// The pre-aggregates were given whole: spans added are not counted again, in them or in
     /// the operation counts (which are taken from them when the block is finished).
     red_given: bool,
+    /// The block is a head's: compaction merges it with others within seconds (reading its
+    /// index sections once) into a block whose sections it compresses anew, so its own are
+    /// compressed at a quicker level ([`HEAD_SECTIONS_LEVEL`]).
+    from_head: bool,
 }
 
 /// A block file being written as it grows: `<path>.tmp`, renamed over the block's path once
@@ -584,7 +588,8 @@ impl<'a> BlockWriter<'a> {
         let (postings, section) = postings.finish_with_section();
         // The index's sections are compressed with a kept context (see `Packer::compress`).
         let mut packer = take_packers(1).pop().expect("one packer asked for");
-        let section = packer.compress(ZSTD_LEVEL, &section);
+        let level = if self.from_head { HEAD_SECTIONS_LEVEL } else { ZSTD_LEVEL };
+        let section = packer.compress(level, &section);
         let postings_offset = self.append_bytes(&section);
         let postings_section = (postings_offset, section.len() as u64, crc32fast::hash(&section));
         drop(section);
@@ -618,7 +623,7 @@ impl<'a> BlockWriter<'a> {
         let red = if self.red_incomplete || self.red.is_empty() {
             Vec::new()
         } else {
-            packer.compress(ZSTD_LEVEL, &self.red.encode())
+            packer.compress(level, &self.red.encode())
         };
         file.extend_from_slice(&red);
 
@@ -719,7 +724,7 @@ impl<'a> BlockWriter<'a> {
         index.buf.extend_from_slice(&crc.to_le_bytes());
         // Whole, then compressed: a merged block's index (its chunks' entries, one trace filter
         // byte per trace) is a few hundred KiB.
-        let index = packer.compress(ZSTD_LEVEL, &index.buf);
+        let index = packer.compress(level, &index.buf);
         give_back_packers(vec![packer]);
         let index_offset = at(&file);
         file.extend_from_slice(&index);

@@ -473,7 +473,7 @@ impl<'a> Decoder<'a, '_> {
     fn text_value(&mut self, bytes: &'a [u8]) -> Res<Str> {
         let max_len = self.limits.max_attribute_value_bytes;
         let make = || {
-            let text = std::str::from_utf8(bytes).map_err(|_| Fallback)?;
+            let text = utf8(bytes)?;
             Ok(Str::from(checked(text, max_len)?))
         };
         if bytes.len() > INLINE_BYTES {
@@ -497,7 +497,7 @@ impl<'a> Decoder<'a, '_> {
             Ok(match keys.get(key) {
                 Some(k) => k.clone(),
                 None => {
-                    let k = skein_model::attribute_key(std::str::from_utf8(key).map_err(|_| Fallback)?);
+                    let k = skein_model::attribute_key(utf8(key)?);
                     keys.insert(key, k.clone());
                     k
                 }
@@ -672,7 +672,13 @@ fn delimited<'a>(wire_type: WireType, buf: &mut &'a [u8]) -> Res<&'a [u8]> {
 }
 
 fn text<'a>(wire_type: WireType, buf: &mut &'a [u8]) -> Res<&'a str> {
-    std::str::from_utf8(delimited(wire_type, buf)?).map_err(|_| Fallback)
+    utf8(delimited(wire_type, buf)?)
+}
+
+/// `bytes` as text when they are UTF-8 (checked with SIMD where the CPU has it).
+#[inline]
+fn utf8(bytes: &[u8]) -> Res<&str> {
+    simdutf8::basic::from_utf8(bytes).map_err(|_| Fallback)
 }
 
 fn checked<T: AsRef<[u8]> + ?Sized>(value: &T, max_len: usize) -> Res<&T> {
