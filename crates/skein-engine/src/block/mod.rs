@@ -76,8 +76,9 @@ pub(crate) fn pending_bytes(s: &Span) -> usize {
 const ZSTD_LEVEL: i32 = 3;
 /// The zstd level of the index sections (postings, RED, index) of a block written from a head.
 /// Such a block lives for seconds: compaction reads its sections once and writes the merged
-/// block's at [`ZSTD_LEVEL`]. Under callgrind (400k realistic spans), compressing them at level
-/// 3 took 1.8 % of the server's instructions.
+/// block's at [`ZSTD_LEVEL`]. Under callgrind (400k realistic spans), compressing the sections
+/// of every block, merges' included, took 152M instructions with heads' at level 3 and 129M
+/// with them at 1 (of 8.3G in all).
 const HEAD_SECTIONS_LEVEL: i32 = 1;
 
 /// Why a block cannot be read.
