@@ -268,7 +268,7 @@ pub(crate) fn cores() -> usize {
 }
 
 /// `raw` compressed with LZ4 on the writing thread, behind `magic` and its length, so the
-/// WAL's writer threads copy, checksum, write and sync about a fifth of the bytes (on the
+/// WAL's writer threads checksum, write and sync about a fifth of the bytes (on the
 /// realistic load), and the disk takes a fifth of the WAL traffic. LZ4 rather than zstd: zstd
 /// at level 1 compresses a third better but took about twice the CPU, on every request.
 fn lz4_record(magic: [u8; 4], raw: &[u8]) -> Vec<u8> {

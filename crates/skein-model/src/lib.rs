@@ -46,6 +46,37 @@ pub fn attribute_key(key: &str) -> Str {
     Str::from(key)
 }
 
+/// Whether `a` and `b` hold the same bytes, as `a == b` answers, but without a call to
+/// `memcmp` for up to 32 bytes (nearly every key, name and repeated value): the OTLP decoder
+/// compares each attribute's key and value with the span before's, over a dozen times per
+/// span, and under callgrind (400k realistic spans) those calls took 1.2 % of the server's
+/// instructions; with this, the decoder's 2.11G instructions became 2.05G. Up to 32 bytes, two
+/// to four loads of a word each that together cover both. (The chunk encoder's memo of the
+/// span before keeps `==`: with this there, it was no longer inlined and took more.)
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+    match n {
+        0 => true,
+        // Bytes 0, n / 2 and n - 1 are every byte.
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        17..=32 => {
+            word(a, 0) == word(b, 0)
+                && word(a, 8) == word(b, 8)
+                && word(a, n - 16) == word(b, n - 16)
+                && word(a, n - 8) == word(b, n - 8)
+        }
+        _ => a == b,
+    }
+}
+
 /// The resource attribute that names a service.
 pub const SERVICE_NAME: &str = "service.name";
 /// The service name used when a resource has no `service.name`, as the OTel spec says.
@@ -360,6 +391,25 @@ impl TimeRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `same_bytes` answers as `==` for every length up to 40 and a difference at any place
+    /// (a word compared wrongly, or a byte no load covers, would answer `true` for one).
+    #[test]
+    fn same_bytes_answers_as_equality_at_every_length_and_place() {
+        for n in 0..=40usize {
+            let a: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            assert!(same_bytes(&a, &a.clone()), "{n} bytes equal");
+            for at in 0..n {
+                let mut b = a.clone();
+                b[at] ^= 0x40;
+                assert!(!same_bytes(&a, &b), "{n} bytes differing at {at}");
+                assert!(!same_bytes(&b, &a), "{n} bytes differing at {at}");
+            }
+            let mut longer = a.clone();
+            longer.push(0);
+            assert!(!same_bytes(&a, &longer) && !same_bytes(&longer, &a), "{n} and {} bytes", n + 1);
+        }
+    }
 
     #[test]
     fn long_semantic_convention_keys_are_shared_not_copied() {

@@ -164,9 +164,16 @@ fn current_tid() -> Option<u64> {
 
 /// Appends the frame of `payload` to `out`.
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(&frame_header(payload));
     out.extend_from_slice(payload);
+}
+
+/// What precedes `payload` in its frame: its length and its CRC32.
+fn frame_header(payload: &[u8]) -> [u8; FRAME_HEADER_LEN as usize] {
+    let mut header = [0; FRAME_HEADER_LEN as usize];
+    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    header
 }
 
 /// Reads the records of one segment's bytes. Returns the records, the length of the intact
@@ -686,13 +693,18 @@ impl Writer {
             return fail_all(group, e);
         }
         let started = Instant::now();
-        let mut buf = Vec::with_capacity(total as usize);
+        // Each frame's header, then its record as it came: written together (`writev` on the
+        // real file system), the records not copied into one buffer first.
+        let headers: Vec<_> = group.iter().map(|(data, _)| frame_header(data)).collect();
+        let mut frames: Vec<&[u8]> = Vec::with_capacity(2 * group.len());
         let mut positions = Vec::with_capacity(group.len());
-        for (data, _) in &group {
-            positions.push(Position { segment: self.segment, offset: self.len + buf.len() as u64 });
-            encode_frame(data, &mut buf);
+        let mut at = self.len;
+        for ((data, _), header) in group.iter().zip(&headers) {
+            positions.push(Position { segment: self.segment, offset: at });
+            at += FRAME_HEADER_LEN + data.len() as u64;
+            frames.extend([&header[..], &data[..]]);
         }
-        if let Err(e) = self.file.write_all(&buf) {
+        if let Err(e) = self.file.write_all_vectored(&frames) {
             let err = WalError::io(&self.path, e);
             tracing::warn!(segment = %self.path.display(), error = %err, "wal write failed; cutting back to the last complete record");
             // A short write may have left part of a frame: cut it off so later records follow

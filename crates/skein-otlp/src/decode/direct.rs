@@ -159,7 +159,7 @@ impl<'a> ByPlace<'a> {
     #[inline]
     fn get_or_make(&mut self, at: usize, bytes: &'a [u8], make: impl FnOnce() -> Res<Str>) -> Res<Str> {
         if let Some((before, s)) = self.0.get(at)
-            && *before == bytes
+            && skein_model::same_bytes(before, bytes)
         {
             return Ok(s.clone());
         }
