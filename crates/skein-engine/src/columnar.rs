@@ -575,6 +575,43 @@ impl<'a> ChunkVisitor<'a> for () {
     fn attribute(&mut self, _: &mut ChunkStrings<'a>, _: u32, _: &'a AttrValue, _: Option<u32>) {}
 }
 
+/// The traces of a list of spans numbered in the order they first appear: a stable grouping
+/// by trace without a list per trace (the chunk encoder's, and a batch's before it goes into
+/// a head).
+pub(crate) struct TraceNumbers {
+    /// By number, the trace's id…
+    pub(crate) ids: Vec<TraceId>,
+    /// …and how many of the spans are of it.
+    pub(crate) counts: Vec<u32>,
+    /// By span, its trace's number.
+    pub(crate) numbers: Vec<u32>,
+}
+
+impl TraceNumbers {
+    /// Of the trace ids of `len` spans. A trace's spans mostly come one after another (the
+    /// block writer hands a trace's over together, exporters send a trace's spans together):
+    /// a span of the trace before is not looked up again.
+    pub(crate) fn of(trace_ids: impl Iterator<Item = TraceId>, len: usize) -> TraceNumbers {
+        let mut t = TraceNumbers { ids: Vec::new(), counts: Vec::new(), numbers: Vec::with_capacity(len) };
+        let mut number_of: FxHashMap<TraceId, u32> = FxHashMap::default();
+        let mut last: Option<(TraceId, u32)> = None;
+        for id in trace_ids {
+            let n = match last {
+                Some((before, n)) if before == id => n,
+                _ => *number_of.entry(id).or_insert_with(|| {
+                    t.ids.push(id);
+                    t.counts.push(0);
+                    t.ids.len() as u32 - 1
+                }),
+            };
+            last = Some((id, n));
+            t.counts[n as usize] += 1;
+            t.numbers.push(n);
+        }
+        t
+    }
+}
+
 /// [`encode_chunk`], also answering the chunk's strings, and telling `visit` of each span and
 /// its attributes as they are met. With `origins` (per span, the indexes of its resource and scope in the chunk's set of the
 /// block's origins), the chunk is of [`COLUMNAR_VERSION_SHARED_ORIGINS`]: it holds those
@@ -586,29 +623,8 @@ pub(crate) fn encode_chunk_detailed<'a>(
 ) -> EncodedChunk<'a> {
     // Group by trace, keeping the order of first appearance (a stable counting sort: no
     // allocation per trace).
-    let mut order: Vec<TraceId> = Vec::new();
-    let mut sizes: Vec<u32> = Vec::new();
-    let mut ordinal: FxHashMap<TraceId, u32> = FxHashMap::default();
-    // The block writer hands a trace's spans over together: a span of the trace before is
-    // not looked up again.
-    let mut last: Option<(TraceId, u32)> = None;
-    let ordinals: Vec<u32> = spans
-        .iter()
-        .map(|s| {
-            let id = s.trace_id;
-            let o = match last {
-                Some((before, o)) if before == id => o,
-                _ => *ordinal.entry(id).or_insert_with(|| {
-                    order.push(id);
-                    sizes.push(0);
-                    order.len() as u32 - 1
-                }),
-            };
-            last = Some((id, o));
-            sizes[o as usize] += 1;
-            o
-        })
-        .collect();
+    let TraceNumbers { ids: order, counts: sizes, numbers: ordinals } =
+        TraceNumbers::of(spans.iter().map(|s| s.trace_id), spans.len());
     let mut next: Vec<u32> = Vec::with_capacity(sizes.len());
     let mut total = 0;
     for n in &sizes {

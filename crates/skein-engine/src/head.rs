@@ -91,14 +91,6 @@ impl Tally {
         let mut last: Option<(*const skein_model::Resource, &str)> = None;
         let mut last_origin = None;
         let mut origins_seen: rustc_hash::FxHashSet<(usize, usize)> = Default::default();
-        // Each trace's part is allocated at its exact size (counted first): a head holds its
-        // spans for as long as it lives, and parts grown by doubling would hold up to twice
-        // the memory. Each span's trace is looked up once: its part's place is kept for the
-        // move.
-        let mut place_of: FxHashMap<TraceId, u32> = FxHashMap::default();
-        let mut counts: Vec<(TraceId, usize)> = Vec::new();
-        let mut places: Vec<u32> = Vec::with_capacity(spans.len());
-        let mut last_trace: Option<(TraceId, u32)> = None;
         for s in &spans {
             let origin = (Arc::as_ptr(&s.resource) as usize, Arc::as_ptr(&s.scope) as usize);
             if last_origin != Some(origin) && origins_seen.insert(origin) {
@@ -115,23 +107,20 @@ impl Tally {
             };
             t.oldest_start = t.oldest_start.min(s.start_time_unix_nano);
             t.red.add_of(service, s);
-            // A trace's spans mostly come one after another: then not hashed again.
-            let place = match last_trace {
-                Some((id, place)) if id == s.trace_id => place,
-                _ => *place_of.entry(s.trace_id).or_insert_with(|| {
-                    counts.push((s.trace_id, 0));
-                    counts.len() as u32 - 1
-                }),
-            };
-            last_trace = Some((s.trace_id, place));
-            counts[place as usize].1 += 1;
-            places.push(place);
         }
-        t.traces = counts
+        // Each trace's part is allocated at its exact size (counted first): a head holds its
+        // spans for as long as it lives, and parts grown by doubling would hold up to twice
+        // the memory. Each span's trace is looked up once: its number says its part.
+        let numbered = crate::columnar::TraceNumbers::of(spans.iter().map(|s| s.trace_id), spans.len());
+        t.traces = numbered
+            .ids
             .into_iter()
-            .map(|(id, n)| (id, Part { spans: Vec::with_capacity(n), extent: block::Extent::default() }))
+            .zip(numbered.counts)
+            .map(|(id, n)| {
+                (id, Part { spans: Vec::with_capacity(n as usize), extent: block::Extent::default() })
+            })
             .collect();
-        for (s, place) in spans.into_iter().zip(places) {
+        for (s, place) in spans.into_iter().zip(numbered.numbers) {
             let part = &mut t.traces[place as usize].1;
             part.extent.add(&s);
             part.spans.push(s);
