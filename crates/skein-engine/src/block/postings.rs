@@ -84,21 +84,32 @@ impl<'s> Gathering<'s> {
         }
     }
 
-    /// The state of `service`'s `key`, made when new.
+    /// The state of `service`'s `key`, made when new. Inlined, the state made apart: it is
+    /// asked for every attribute of every span, and nearly always found.
+    #[inline]
     fn state(&mut self, service: u32, key: u32) -> u32 {
+        if let Some(states) = self.by_key.get(key as usize)
+            && let Some(&(_, state)) = states.iter().find(|(s, _)| *s == service)
+        {
+            return state;
+        }
+        self.new_state(service, key)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn new_state(&mut self, service: u32, key: u32) -> u32 {
         if self.by_key.len() <= key as usize {
             self.by_key.resize_with(key as usize + 1, Vec::new);
         }
         let states = &mut self.by_key[key as usize];
-        if let Some(&(_, state)) = states.iter().find(|(s, _)| *s == service) {
-            return state;
-        }
         let state = self.keys.len() as u32;
         self.keys.push(KeyState { service, key, count: 0, last: None, values: Some(Values::default()) });
         states.push((service, state));
         state
     }
 
+    #[inline]
     fn add_to(&mut self, state: u32, value: Option<ValueId>) {
         let k = &mut self.keys[state as usize];
         k.count += 1;
