@@ -96,6 +96,7 @@ impl<'s> Gathering<'s> {
         self.new_state(service, key)
     }
 
+    /// The state of a key `service` has not added yet, made.
     #[cold]
     #[inline(never)]
     fn new_state(&mut self, service: u32, key: u32) -> u32 {
@@ -109,7 +110,6 @@ impl<'s> Gathering<'s> {
         state
     }
 
-    #[inline]
     fn add_to(&mut self, state: u32, value: Option<ValueId>) {
         let k = &mut self.keys[state as usize];
         k.count += 1;
