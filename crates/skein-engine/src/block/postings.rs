@@ -345,7 +345,7 @@ mod tests {
         let refs: Vec<&Span> = spans.iter().collect();
         let services: Vec<u32> = spans.iter().map(|s| u32::from(s.service_name() == "b")).collect();
         let mut gathering = Gathering::new(&services, &[]);
-        let encoded = columnar::encode_chunk_detailed(&refs, None, &mut gathering);
+        let encoded = columnar::encode_chunk_detailed(&refs, None, &mut gathering, Default::default());
         let (got, _) = gathering.finish(&encoded.strings, 1);
         // One by one: per (service, key), the times added and the values as text.
         let mut want: BTreeMap<(u32, String), Added> = BTreeMap::new();
@@ -410,7 +410,7 @@ mod tests {
             let refs: Vec<&Span> = spans.iter().collect();
             let services = vec![0; spans.len()];
             let mut gathering = Gathering::new(&services, &origins);
-            let encoded = columnar::encode_chunk_detailed(&refs, None, &mut gathering);
+            let encoded = columnar::encode_chunk_detailed(&refs, None, &mut gathering, Default::default());
             let (got, _) = gathering.finish(&encoded.strings, 1);
             let pod = got.iter().find(|p| p.key == "k8s.pod.name").map(|p| match &p.values {
                 KeyValues::Listed(v) => {

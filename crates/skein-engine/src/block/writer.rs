@@ -813,9 +813,9 @@ fn give_back_packers(packers: Vec<columnar::Packer>) {
 fn encode_chunk(q: &Queued<'_>, packer: &mut columnar::Packer, names: &[&str]) -> Encoded {
     let refs: Vec<&Span> = q.spans.iter().map(|s| &**s).collect();
     let mut postings = Gathering::new(&q.services, &q.origins);
-    let mut encoded = columnar::encode_chunk_detailed(&refs, Some(&q.origins), &mut postings);
-    let raw = std::mem::take(&mut encoded.bytes);
-    let compressed = columnar::pack(&raw, packer).expect("the chunk was just encoded");
+    let mut encoded =
+        columnar::encode_chunk_detailed(&refs, Some(&q.origins), &mut postings, packer.take_buffers());
+    let compressed = packer.pack_encoded(&mut encoded);
     let chunk_services: BTreeSet<u32> = q.services.iter().copied().collect();
     let mut t = TimeRange::new(u64::MAX, 0);
     let mut durations = (u64::MAX, 0);
