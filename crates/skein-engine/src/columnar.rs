@@ -935,7 +935,16 @@ struct Dec<'a> {
     names: u32,
     /// …and the ordinal of the name of the span being read.
     name: u32,
+    /// In a projected decode, per dictionary index of a span attribute key, whether the
+    /// projection keeps it ([`KEY_KEPT`], [`KEY_LEFT`], or 0 before it is asked).
+    kept: Vec<u8>,
 }
+
+/// A span attribute key a projected decode builds the values of…
+const KEY_KEPT: u8 = 1;
+/// …and one whose values it leaves unread (in version 3 on, each key's values are a group of
+/// their own: its group is not read at all, nor checked to be read to its end).
+const KEY_LEFT: u8 = 2;
 
 impl<'a> Dec<'a> {
     /// Splits a version 3 chunk's `AttrValues` and `Uniques` columns into the groups of their
@@ -1155,6 +1164,9 @@ impl<'a> Dec<'a> {
     /// Whether every group was read to its end.
     fn groups_consumed(&self) -> Result<(), DecodeError> {
         for (key, g) in self.groups.iter().flatten().enumerate() {
+            if self.kept.get(key) == Some(&KEY_LEFT) {
+                continue;
+            }
             if let Some((values, uniques, hex)) = g
                 && (values.pos != values.buf.len()
                     || uniques.pos != uniques.buf.len()
@@ -1256,18 +1268,40 @@ impl<'a> Dec<'a> {
     }
 
     /// A span's attributes, only those whose key `keep` accepts (all without `keep`); the
-    /// others are stepped over without being built.
-    fn span_attrs(&mut self, keep: Option<skein_store::KeepAttribute>) -> Result<Vec<KeyValue>, DecodeError> {
+    /// others are left unread in version 3 on (their values are in groups of their own), and
+    /// stepped over without being built before. Each key is asked of `keep` once per chunk.
+    /// Under callgrind, 30 searches for one client address in a store of 10M realistic spans
+    /// (which decode the chunks they read keeping only that key): 538M instructions, against
+    /// 651M with the other keys' values stepped over and 757M with them built.
+    fn span_attrs(&mut self, keep: Option<&dyn Fn(&str) -> bool>) -> Result<Vec<KeyValue>, DecodeError> {
         let n = self.col(Col::AttrKeys).count()?;
-        let mut out = Vec::with_capacity(if keep.is_some() { 0 } else { n });
-        for _ in 0..n {
-            let i = self.col(Col::AttrKeys).varint()?;
-            let key = self.dictionary(i)?;
-            if keep.is_none_or(|keep| keep(key)) {
-                let key = key.clone();
+        let Some(keep) = keep else {
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                let i = self.col(Col::AttrKeys).varint()?;
+                let key = self.dictionary(i)?.clone();
                 let value = self.span_value(i)?;
                 out.push(KeyValue { key, value });
-            } else {
+            }
+            return Ok(out);
+        };
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let i = self.col(Col::AttrKeys).varint()?;
+            let Some(text) = self.texts.get(i as usize) else {
+                return err(format!("string index {i} out of range"));
+            };
+            if self.kept.len() <= i as usize {
+                self.kept.resize(i as usize + 1, 0);
+            }
+            if self.kept[i as usize] == 0 {
+                self.kept[i as usize] = if keep(text) { KEY_KEPT } else { KEY_LEFT };
+            }
+            if self.kept[i as usize] == KEY_KEPT {
+                let key = self.dictionary(i)?.clone();
+                let value = self.span_value(i)?;
+                out.push(KeyValue { key, value });
+            } else if self.groups.is_none() {
                 self.skip_span_value(i)?;
             }
         }
@@ -1363,7 +1397,26 @@ pub fn decode_chunk_projected(
     keep: skein_store::KeepAttribute,
     origins: Option<&ChunkOrigins>,
 ) -> Result<Vec<Span>, DecodeError> {
-    decode(buf, Some(keep), None, origins)
+    decode(buf, Some(Projection { attribute: &keep, events: false }), None, origins)
+}
+
+/// What a projected decode builds of each span besides its fields, resource and scope: the
+/// span attributes whose key `attribute` accepts (the others stepped over), and its events
+/// when `events`.
+#[derive(Clone, Copy)]
+pub(crate) struct Projection<'p> {
+    pub(crate) attribute: &'p dyn Fn(&str) -> bool,
+    pub(crate) events: bool,
+}
+
+/// [`decode_chunk_projected`] with any [`Projection`]: a search decodes for matching only the
+/// span attributes its conditions name, and the events when it has conditions.
+pub(crate) fn decode_chunk_projection(
+    buf: &[u8],
+    projection: Projection<'_>,
+    origins: Option<&ChunkOrigins>,
+) -> Result<Vec<Span>, DecodeError> {
+    decode(buf, Some(projection), None, origins)
 }
 
 /// The first byte of a chunk stored packed (block format 7): each column compressed on its
@@ -1811,7 +1864,7 @@ pub(crate) fn unpack_with(packed: &[u8], dicts: Option<&ColumnDicts>) -> Result<
 
 fn decode(
     buf: &[u8],
-    keep: Option<skein_store::KeepAttribute>,
+    projection: Option<Projection<'_>>,
     wanted: Option<&dyn Fn(&TraceId) -> bool>,
     origins: Option<&ChunkOrigins>,
 ) -> Result<Vec<Span>, DecodeError> {
@@ -1846,6 +1899,7 @@ fn decode(
         no_hex: Reader { buf: &[], pos: 0 },
         latest,
         last: Vec::new(),
+        kept: Vec::new(),
         name_ordinals: Vec::new(),
         names: 0,
         name: 0,
@@ -2006,7 +2060,7 @@ fn decode(
             let resource = resources.get(ri).ok_or(DecodeError("resource index out of range".into()))?;
             let scope = scopes.get(ci).ok_or(DecodeError("scope index out of range".into()))?;
             let flags = u32_of(d.col(Col::Flags).varint()?, "flags")?;
-            let attributes = d.span_attrs(keep)?;
+            let attributes = d.span_attrs(projection.map(|p| p.attribute))?;
             let trace_state = d.string(Col::Rest)?;
             let message = d.string(Col::Rest)?;
             let dropped_attributes_count = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
@@ -2019,7 +2073,7 @@ fn decode(
                 let name = d.string(Col::Rest)?;
                 let attributes = d.attrs(Col::Rest, Col::Rest)?;
                 let dropped = u32_of(d.col(Col::Rest).varint()?, "dropped count")?;
-                if keep.is_none() {
+                if projection.is_none_or(|p| p.events) {
                     events.push(Event {
                         time_unix_nano: time,
                         name,

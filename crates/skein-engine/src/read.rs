@@ -58,7 +58,8 @@ impl Shared {
                             let Some(&(block, i)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) else {
                                 break;
                             };
-                            let read = match block.read_chunk_projected(&*self.config.fs, i, Some(attributes))
+                            let projection = columnar::Projection { attribute: &attributes, events: false };
+                            let read = match block.read_chunk_projected(&*self.config.fs, i, Some(projection))
                             {
                                 Ok(spans) => spans,
                                 Err(e) => {
@@ -99,6 +100,22 @@ impl Shared {
 
     pub(crate) fn read_chunk(&self, block: &Block, i: usize) -> Option<Vec<Span>> {
         self.counted(block.read_chunk(&*self.config.fs, i))
+    }
+
+    /// Chunk `i` of `block` decoded for `matcher`: of each span only what it reads (the span
+    /// attributes its conditions name, the events when it has conditions) besides the fields,
+    /// resource and scope.
+    pub(crate) fn read_chunk_for(
+        &self,
+        block: &Block,
+        i: usize,
+        matcher: &skein_store::SpanMatcher<'_>,
+    ) -> Option<Vec<Span>> {
+        let projection = columnar::Projection {
+            attribute: &|key| matcher.reads_attribute(key),
+            events: matcher.reads_events(),
+        };
+        self.counted(block.read_chunk_projected(&*self.config.fs, i, Some(projection)))
     }
 
     /// The spans of chunk `i` of `block` whose traces are among `wanted` (see

@@ -100,7 +100,7 @@ impl Shared {
             let matched: Vec<Option<Vec<(TraceId, u64)>>> = pending
                 .par_iter()
                 .map(|(b, i)| {
-                    let spans = self.read_chunk(b, *i)?;
+                    let spans = self.read_chunk_for(b, *i, &matcher)?;
                     let mut by_trace: FxHashMap<TraceId, Vec<Span>> = FxHashMap::default();
                     for s in spans {
                         by_trace.entry(s.trace_id).or_default().push(s);

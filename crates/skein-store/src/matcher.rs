@@ -131,6 +131,18 @@ impl<'q> SpanMatcher<'q> {
             .collect()
     }
 
+    /// Whether [`SpanMatcher::matches`] reads span attribute `key`: a span with only those of
+    /// its attributes (and its events when [`SpanMatcher::reads_events`]) matches as it does
+    /// whole, so a store may build only them to match (the embedded engine's search does).
+    pub fn reads_attribute(&self, key: &str) -> bool {
+        self.tags.iter().any(|t| t.key == key)
+    }
+
+    /// Whether [`SpanMatcher::matches`] reads a span's events (their names and attributes).
+    pub fn reads_events(&self) -> bool {
+        !self.tags.is_empty()
+    }
+
     pub fn matches(&self, span: &Span) -> bool {
         let q = self.query;
         if q.service.as_deref().is_some_and(|service| span.service_name() != service) {
@@ -148,5 +160,72 @@ impl<'q> SpanMatcher<'q> {
             return false;
         }
         self.tags.iter().all(|t| t.matches(span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skein_model::{AttrValue, KeyValue, SpanKind};
+
+    use super::*;
+    use crate::testdata::SpanBuilder;
+
+    /// A span cut down to what a matcher reads (the span attributes its conditions name, the
+    /// events when it reads them) matches every query as the whole span does: conditions on
+    /// span, resource and event attributes, event names, synthetic tags, service, operation,
+    /// and ones that match nothing.
+    #[test]
+    fn a_span_with_only_what_a_matcher_reads_matches_as_the_whole_span_does() {
+        let span = SpanBuilder::new(1, 1)
+            .service("shop")
+            .resource_attr("k8s.pod.name", AttrValue::Str("shop-1".into()))
+            .name("GET /cart")
+            .kind(SpanKind::Server)
+            .attr("http.route", AttrValue::Str("/cart".into()))
+            .attr("n", AttrValue::Int(7))
+            .attr("client.address", AttrValue::Str("10.0.0.1".into()))
+            .event("exception", 5, vec![KeyValue::string("exception.type", "Panic")])
+            .error("boom")
+            .build();
+        let tags: [&[(&str, &str)]; 12] = [
+            &[],
+            &[("http.route", "/cart")],
+            &[("n", "7")],
+            &[("n", "007")],
+            &[("client.address", "10.0.0.1"), ("n", "7")],
+            &[("client.address", "10.0.0.1"), ("n", "8")],
+            &[("exception.type", "Panic")],
+            &[("event", "exception")],
+            &[("k8s.pod.name", "shop-1")],
+            &[("span.kind", "server"), ("error", "true")],
+            &[("otel.status_description", "boom")],
+            &[("client.address", "absent")],
+        ];
+        let mut matched = 0;
+        for tags in tags {
+            for (service, operation) in
+                [(None, None), (Some("shop"), Some("GET /cart")), (Some("cart"), None)]
+            {
+                let q = TraceQuery {
+                    service: service.map(str::to_owned),
+                    operation: operation.map(str::to_owned),
+                    tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    ..TraceQuery::default()
+                };
+                let m = SpanMatcher::new(&q);
+                let mut cut = span.clone();
+                cut.attributes.retain(|kv| m.reads_attribute(&kv.key));
+                if !m.reads_events() {
+                    cut.events.clear();
+                }
+                assert_eq!(m.matches(&cut), m.matches(&span), "{q:?}");
+                matched += usize::from(m.matches(&span));
+            }
+        }
+        assert_eq!(
+            matched,
+            2 * 10,
+            "each query matches the whole span, but in another service or for an absent value"
+        );
     }
 }

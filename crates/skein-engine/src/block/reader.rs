@@ -887,20 +887,20 @@ impl Block {
         })
     }
 
-    /// [`Block::read_chunk`], with only the span attributes `keep` accepts and no events when
-    /// `keep` is given (see [`columnar::decode_chunk_projected`]).
+    /// [`Block::read_chunk`], with only what `projection` asks for of each span when it is
+    /// given (see [`columnar::Projection`]).
     pub(crate) fn read_chunk_projected(
         &self,
         fs: &dyn Fs,
         i: usize,
-        keep: Option<skein_store::KeepAttribute>,
+        projection: Option<columnar::Projection<'_>>,
     ) -> Result<Vec<Span>, BlockError> {
         // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
         let origins = self.origins_of(i);
-        self.decode_chunk(fs, i, |raw| match (raw.first(), keep) {
+        self.decode_chunk(fs, i, |raw| match (raw.first(), projection) {
             (first, None) if columnar::is_columnar(first) => columnar::decode_chunk_in(raw, origins),
-            (first, Some(keep)) if columnar::is_columnar(first) => {
-                columnar::decode_chunk_projected(raw, keep, origins)
+            (first, Some(projection)) if columnar::is_columnar(first) => {
+                columnar::decode_chunk_projection(raw, projection, origins)
             }
             (_, None) => codec::decode_spans(raw),
             // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
