@@ -792,7 +792,8 @@ static PACKERS: std::sync::Mutex<Vec<columnar::Packer>> = std::sync::Mutex::new(
 
 /// Packers kept while unused: one per core (a block encodes on every core; blocks written at
 /// the same time make more, dropped when done). Each holds zstd tables sized to the largest
-/// columns it has packed: about 1 MiB for realistic chunks of 640 KiB.
+/// columns it has packed, about 1 MiB for realistic chunks of 640 KiB, and the buffers of the
+/// largest chunk it has encoded (see `columnar::ChunkBuffers`), about as much again.
 fn packers_kept() -> usize {
     crate::cores()
 }
