@@ -450,6 +450,36 @@ impl<'a> Enc<'a> {
     }
 }
 
+/// Version 5: where the value of key `key` at `values`' position starts when it repeats the last
+/// value of its key and span name `name` (`last`: per span name, where the key's last value
+/// written explicitly starts), stepping over the repeat tag; or `None` when it is written here
+/// (remembered as the last one when it may be repeated).
+#[inline]
+fn repeat_at(
+    values: &mut Reader<'_>,
+    last: &mut Vec<u32>,
+    name: usize,
+    key: u64,
+) -> Result<Option<usize>, DecodeError> {
+    let at = values.pos;
+    let tag = values.buf.get(at).copied();
+    if last.len() <= name {
+        last.resize(name + 1, NO_INDEX);
+    }
+    if tag != Some(TAG_REPEAT) {
+        // Only values that may be repeated are remembered.
+        last[name] = if matches!(tag, Some(1 | 2 | TAG_INT | 4)) { at as u32 } else { NO_INDEX };
+        return Ok(None);
+    }
+    match last[name] {
+        NO_INDEX => err(format!("a repeated value of key {key} with none before it")),
+        before => {
+            values.pos += 1;
+            Ok(Some(before as usize))
+        }
+    }
+}
+
 /// Version 5: the ordinal of the span name in string `slot` among the names met so far in a
 /// chunk (`ordinals` per string, [`NO_INDEX`] for one not met; `names` met), made when new: the
 /// encoder and the decoder number names alike, in the order spans are written.
@@ -974,23 +1004,25 @@ impl<'a> Dec<'a> {
 
     /// Where the values of span attribute key `key` (a dictionary index) are: its group's
     /// readers in version 3 (values, unique strings, and in version 5 the unique strings' hex
-    /// bytes), the `AttrValues` and `Uniques` columns in version 2.
+    /// bytes), the `AttrValues` and `Uniques` columns in version 2; and in version 5 the key's
+    /// last values by span name (see [`repeat_at`]).
     #[inline]
     #[allow(clippy::type_complexity)]
     fn values_of(
         &mut self,
         key: u64,
-    ) -> Result<(&mut Reader<'a>, &mut Reader<'a>, &mut Reader<'a>), DecodeError> {
+    ) -> Result<(&mut Reader<'a>, &mut Reader<'a>, &mut Reader<'a>, Option<&mut Vec<u32>>), DecodeError> {
+        let last = self.last.get_mut(key as usize);
         match &mut self.groups {
             None => {
                 let [v, u] = self
                     .cols
                     .get_disjoint_mut([Col::AttrValues as usize, Col::Uniques as usize])
                     .expect("two columns");
-                Ok((v, u, &mut self.no_hex))
+                Ok((v, u, &mut self.no_hex, last))
             }
             Some(groups) => match groups.get_mut(key as usize) {
-                Some(Some((v, u, h))) => Ok((v, u, h)),
+                Some(Some((v, u, h))) => Ok((v, u, h, last)),
                 _ => err(format!("no attribute values for key {key}")),
             },
         }
@@ -998,20 +1030,21 @@ impl<'a> Dec<'a> {
 
     /// The value of a span attribute with key `key`.
     fn span_value(&mut self, key: u64) -> Result<AttrValue, DecodeError> {
-        if self.latest
-            && let Some(at) = self.repeated(key)?
+        let (hex_ids, name) = (self.latest, self.name as usize);
+        let (values, uniques, hex, last) = self.values_of(key)?;
+        if hex_ids
+            && let Some(last) = last
+            && let Some(at) = repeat_at(values, last, name, key)?
         {
             // The value was read (and checked) where it was written: a dictionary string or
             // a scalar.
-            let values = self.values_of(key)?.0.buf;
+            let values = values.buf;
             let mut r = Reader { buf: values, pos: at + 1 };
             return match values[at] {
                 1 => Ok(AttrValue::Str(self.dictionary(r.varint()?)?.clone())),
                 _ => Reader { buf: values, pos: at }.value(0),
             };
         }
-        let hex_ids = self.latest;
-        let (values, uniques, hex) = self.values_of(key)?;
         match values.buf.get(values.pos) {
             Some(&1) => {
                 values.pos += 1;
@@ -1027,32 +1060,6 @@ impl<'a> Dec<'a> {
                 Ok(AttrValue::Str(uniques.str()?))
             }
             _ => values.value(0),
-        }
-    }
-
-    /// Version 5: where the value of key `key` at its group's position starts when it repeats
-    /// the last value of its key and span name (stepping over the repeat tag), or `None` when
-    /// it is written here (remembered as the last one).
-    fn repeated(&mut self, key: u64) -> Result<Option<usize>, DecodeError> {
-        let name = self.name as usize;
-        let (values, _, _) = self.values_of(key)?;
-        let at = values.pos;
-        let tag = values.buf.get(at).copied();
-        let last = &mut self.last[key as usize];
-        if last.len() <= name {
-            last.resize(name + 1, NO_INDEX);
-        }
-        if tag != Some(TAG_REPEAT) {
-            // Only values that may be repeated are remembered.
-            last[name] = if matches!(tag, Some(1 | 2 | TAG_INT | 4)) { at as u32 } else { NO_INDEX };
-            return Ok(None);
-        }
-        match last[name] {
-            NO_INDEX => err(format!("a repeated value of key {key} with none before it")),
-            before => {
-                self.values_of(key)?.0.pos += 1;
-                Ok(Some(before as usize))
-            }
         }
     }
 
@@ -1094,46 +1101,21 @@ impl<'a> Dec<'a> {
 
     /// Steps over the value of a span attribute with key `key`, checking it. A lookup by id
     /// steps over every span before its trace's in the chunk (half a chunk, on average): the
-    /// key's group is found once, and in version 5 the last explicit value of the key and span
-    /// name is remembered in place (as [`Dec::repeated`] does) rather than through it. Under
-    /// callgrind, 50 lookups by id in a store of 10M realistic spans: 255M → 237M instructions.
+    /// key's group is found once, for the repeat check ([`repeat_at`]) and the value both (as
+    /// [`Dec::span_value`] does).
+    /// Under callgrind, 50 lookups by id in a store of 10M realistic spans: 255M → 237M
+    /// instructions.
     #[inline]
     fn skip_span_value(&mut self, key: u64) -> Result<(), DecodeError> {
-        let (n_texts, latest, grouped) = (self.texts.len(), self.latest, self.groups.is_some());
-        if latest && !grouped && self.repeated(key)?.is_some() {
+        let (n_texts, latest, name) = (self.texts.len(), self.latest, self.name as usize);
+        let (values, uniques, hex, last) = self.values_of(key)?;
+        if latest
+            && let Some(last) = last
+            && repeat_at(values, last, name, key)?.is_some()
+        {
             return Ok(());
         }
-        let (values, uniques, hex) = match &mut self.groups {
-            None => {
-                let [v, u] = self
-                    .cols
-                    .get_disjoint_mut([Col::AttrValues as usize, Col::Uniques as usize])
-                    .expect("two columns");
-                (v, u, &mut self.no_hex)
-            }
-            Some(groups) => match groups.get_mut(key as usize) {
-                Some(Some((v, u, h))) => (v, u, h),
-                _ => return err(format!("no attribute values for key {key}")),
-            },
-        };
-        let tag = values.buf.get(values.pos).copied();
-        if latest && grouped {
-            let name = self.name as usize;
-            let last = &mut self.last[key as usize];
-            if last.len() <= name {
-                last.resize(name + 1, NO_INDEX);
-            }
-            if tag == Some(TAG_REPEAT) {
-                if last[name] == NO_INDEX {
-                    return err(format!("a repeated value of key {key} with none before it"));
-                }
-                values.pos += 1;
-                return Ok(());
-            }
-            // Only values that may be repeated are remembered.
-            last[name] = if matches!(tag, Some(1 | 2 | TAG_INT | 4)) { values.pos as u32 } else { NO_INDEX };
-        }
-        match tag {
+        match values.buf.get(values.pos).copied() {
             Some(1) => {
                 values.pos += 1;
                 let i = values.varint()?;
@@ -1401,8 +1383,8 @@ pub fn decode_chunk_projected(
 }
 
 /// What a projected decode builds of each span besides its fields, resource and scope: the
-/// span attributes whose key `attribute` accepts (the others stepped over), and its events
-/// when `events`.
+/// span attributes whose key `attribute` accepts (see [`Dec::span_attrs`] for the others), and
+/// its events when `events`.
 #[derive(Clone, Copy)]
 pub(crate) struct Projection<'p> {
     pub(crate) attribute: &'p dyn Fn(&str) -> bool,
