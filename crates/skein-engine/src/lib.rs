@@ -13,7 +13,8 @@
 //! and never modified; retention deletes whole blocks. A corrupt block is reported, set aside
 //! and skipped; everything else stays readable. All file I/O goes through [`skein_wal::fs::Fs`].
 //!
-//! This crate never sees protobuf, JSON or HTTP.
+//! This crate never sees protobuf, JSON or HTTP. Its one `unsafe` is the prefetch hint of
+//! `prefetch.rs` (why, and why it is sound, is written there); the workspace denies it elsewhere.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -58,6 +59,7 @@ mod search;
 mod write;
 pub use skein_store::codec;
 pub mod columnar;
+mod prefetch;
 
 use head::{Frozen, Head, Tally};
 use read::dedup;
