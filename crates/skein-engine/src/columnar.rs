@@ -1749,6 +1749,10 @@ const PROBED: [bool; COLUMNS] = {
 /// compressed whole).
 const PROBE_BYTES: usize = 1024;
 
+/// The zstd level of what is written to be read once soon (a head block's index sections):
+/// one of zstd's fast levels, which a packer keeps a context of too.
+pub(crate) const QUICK_LEVEL: i32 = -5;
+
 /// The zstd contexts that pack chunks: one per level of `COLUMN_LEVELS`, so that no context
 /// changes its level between frames (a context whose parameters change sets its tables up
 /// again). Reuse one for many chunks: a new context allocates and clears its tables at its
@@ -1764,6 +1768,7 @@ pub struct Packer {
 impl Packer {
     pub fn new() -> Packer {
         let mut levels = COLUMN_LEVELS.to_vec();
+        levels.push(QUICK_LEVEL);
         levels.sort_unstable();
         levels.dedup();
         let contexts = levels
