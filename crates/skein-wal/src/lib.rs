@@ -162,12 +162,6 @@ fn current_tid() -> Option<u64> {
     link.file_name()?.to_str()?.parse().ok()
 }
 
-/// Appends the frame of `payload` to `out`.
-pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&frame_header(payload));
-    out.extend_from_slice(payload);
-}
-
 /// What precedes `payload` in its frame: its length and its CRC32.
 fn frame_header(payload: &[u8]) -> [u8; FRAME_HEADER_LEN as usize] {
     let mut header = [0; FRAME_HEADER_LEN as usize];
@@ -740,6 +734,12 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends the frame of `payload` to `out`, as the writer lays frames out.
+    fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&frame_header(payload));
+        out.extend_from_slice(payload);
+    }
 
     #[test]
     fn header_and_frames_parse_back() {
