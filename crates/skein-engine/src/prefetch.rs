@@ -61,35 +61,3 @@ pub(crate) fn strings(s: &Span) {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use skein_store::testdata::SpanBuilder;
-
-    use super::*;
-
-    /// Hints change nothing: spans without attributes, with inline and long strings, and a
-    /// span's last byte on a page's end are asked for and read as they were.
-    #[test]
-    fn hints_change_nothing() {
-        let long = "a value longer than the twenty-four bytes a Str holds inline";
-        let spans = [
-            SpanBuilder::new(1, 1).build(),
-            SpanBuilder::new(1, 2)
-                .attr("short", AttrValue::Str("x".into()))
-                .attr("long", AttrValue::Str(long.into()))
-                .attr("n", AttrValue::Int(7))
-                .build(),
-        ];
-        let before = spans.clone();
-        for s in &spans {
-            span(s);
-            attributes(s);
-            strings(s);
-        }
-        assert_eq!(spans, before);
-        let page = vec![0u8; 4096];
-        lines(page.as_ptr().wrapping_add(4095), 4096);
-        assert!(page.iter().all(|b| *b == 0));
-    }
-}
