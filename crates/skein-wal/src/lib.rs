@@ -8,6 +8,7 @@
 //!
 //! This crate knows nothing of spans, protobuf or HTTP: the engine encodes, the WAL stores bytes.
 //! All file I/O goes through [`fs::Fs`], so tests can inject faults.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -387,18 +388,22 @@ impl Wal {
     }
 
     /// CPU nanoseconds of the writer threads together (Linux: their scheduler run time;
-    /// elsewhere the time spent framing and writing appended records).
+    /// elsewhere the time spent framing and writing appended records). The scheduler brings a
+    /// thread's run time up to date when it stops running or at its next tick: a thread still
+    /// on a CPU since it started may show none yet, so a writer counts at least the time it
+    /// spent writing.
     pub fn busy_nanos(&self) -> u64 {
         self.writers
             .iter()
             .map(|w| {
+                let writing = w.busy.load(Ordering::Relaxed);
                 let tid = w.tid.load(Ordering::Relaxed);
                 if tid != 0
                     && let Some(ns) = schedstat_run_nanos(&format!("/proc/self/task/{tid}/schedstat"))
                 {
-                    return ns;
+                    return ns.max(writing);
                 }
-                w.busy.load(Ordering::Relaxed)
+                writing
             })
             .sum()
     }
