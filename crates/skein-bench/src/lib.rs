@@ -8,6 +8,7 @@
 //! engine writes its head into blocks) → bytes on disk per span → restart → trace-by-id,
 //! search-by-attribute, service-list and operations latency at the stored size, then the RSS
 //! and what the store says it holds in memory. The last line printed is one JSON object.
+#![forbid(unsafe_code)]
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@
 //!   a trace read goes to that shard only.
 //!
 //! `docs/clickhouse.md` documents the schema and its reasons.
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod codec;

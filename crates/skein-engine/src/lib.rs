@@ -14,7 +14,8 @@
 //! and skipped; everything else stays readable. All file I/O goes through [`skein_wal::fs::Fs`].
 //!
 //! This crate never sees protobuf, JSON or HTTP. Its one `unsafe` is the prefetch hint of
-//! `prefetch.rs` (why, and why it is sound, is written there); the workspace denies it elsewhere.
+//! `prefetch.rs` (why, and why it is sound, is written there); the workspace denies it elsewhere,
+//! and every other crate forbids it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;

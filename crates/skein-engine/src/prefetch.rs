@@ -29,11 +29,13 @@ fn line(p: *const u8) {
     let _ = p;
 }
 
-/// Asks for the lines of the `bytes` bytes at `p`.
+/// Asks for every line that holds one of the `bytes` bytes at `p` (from the line `p` is in:
+/// an object that does not start a line reaches into one more).
 #[inline(always)]
 fn lines(p: *const u8, bytes: usize) {
-    for at in (0..bytes).step_by(64) {
-        line(p.wrapping_add(at));
+    let first = p.wrapping_sub(p.addr() % 64);
+    for at in (0..bytes + p.addr() % 64).step_by(64) {
+        line(first.wrapping_add(at));
     }
 }
 

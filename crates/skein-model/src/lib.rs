@@ -5,6 +5,7 @@
 //!
 //! This crate must never do I/O and never depend on serde: wire formats (OTLP, Jaeger JSON)
 //! and disk formats convert to and from these types by hand, in their own crates.
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::sync::Arc;

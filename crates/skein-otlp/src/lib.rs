@@ -6,6 +6,7 @@
 //!
 //! It never touches sockets, files or HTTP: the receivers in `skein-server` hand it bytes.
 //! The wire types come from the `opentelemetry-proto` crate, re-exported as [`proto`].
+#![forbid(unsafe_code)]
 
 mod decode;
 mod encode;

@@ -3,6 +3,7 @@
 //!
 //! [`router`] returns an axum `Router` over any [`SpanStore`]; it holds no process-wide
 //! state and never writes. Trace analysis ([`analysis`]: the critical path) lives here too.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 

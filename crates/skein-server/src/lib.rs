@@ -3,6 +3,7 @@
 //!
 //! This is the only crate with process-wide state (listeners, the store handle, metrics).
 //! The receivers hand decoded requests to [`ingest::Ingest`]; they never see files.
+#![forbid(unsafe_code)]
 
 pub mod auth;
 mod body;

@@ -4,6 +4,7 @@
 //! `conformance` suite (feature `testsuite`) that every backend must pass.
 //!
 //! This crate knows nothing of wire formats (OTLP, Jaeger JSON) or of files.
+#![forbid(unsafe_code)]
 
 use async_trait::async_trait;
 use skein_model::{AttrValue, Span, SpanKind, TimeRange, TraceId};

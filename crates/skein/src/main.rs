@@ -1,4 +1,5 @@
 //! `skein`: the single binary. Parses arguments and wires `skein-server`; no logic lives here.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::net::SocketAddr;

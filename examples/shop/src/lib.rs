@@ -19,6 +19,7 @@
 //! travels in `traceparent` headers and gRPC metadata exactly as between machines), and
 //! [`traffic`] sends them requests. [`Break`] makes one service lose the context the way the
 //! classic pitfalls do, so the broken trace can be seen (and found by the trace doctor).
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::str::FromStr;

@@ -137,6 +137,7 @@
 //! Context lives in a task-local: a future spawned with `tokio::spawn` starts with an **empty**
 //! context and its spans become new roots. Use [`spawn`] or `.in_current_context()`. See
 //! `docs/keeping-the-chain.md`.
+#![forbid(unsafe_code)]
 
 mod init;
 pub mod propagation;
