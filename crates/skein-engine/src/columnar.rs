@@ -1384,30 +1384,19 @@ pub fn decode_chunk_traces(
     decode(buf, None, Some(wanted), origins)
 }
 
-/// Decodes what [`encode_chunk`] wrote, keeping only the span attributes whose key `keep`
-/// accepts and no events: for analyses that read every span of a window (the doctor), the
-/// attributes they do not read are stepped over instead of built and dropped. `origins` as for
-/// [`decode_chunk_in`].
-pub fn decode_chunk_projected(
-    buf: &[u8],
-    keep: skein_store::KeepAttribute,
-    origins: Option<&ChunkOrigins>,
-) -> Result<Vec<Span>, DecodeError> {
-    decode(buf, Some(Projection { attribute: &keep, events: false }), None, origins)
-}
-
 /// What a projected decode builds of each span besides its fields, resource and scope: the
-/// span attributes whose key `attribute` accepts (see [`Dec::span_attrs`] for the others), and
-/// its events when `events`.
+/// span attributes whose key `attribute` accepts (the others are not built; in version 3 on
+/// their values are not even read), and its events when `events`.
 #[derive(Clone, Copy)]
-pub(crate) struct Projection<'p> {
-    pub(crate) attribute: &'p dyn Fn(&str) -> bool,
-    pub(crate) events: bool,
+pub struct Projection<'p> {
+    pub attribute: &'p dyn Fn(&str) -> bool,
+    pub events: bool,
 }
 
-/// [`decode_chunk_projected`] with any [`Projection`]: a search decodes for matching only the
-/// span attributes its conditions name, and the events when it has conditions.
-pub(crate) fn decode_chunk_projection(
+/// Decodes what [`encode_chunk`] wrote, building of each span only what `projection` asks for:
+/// analyses that read every span of a window (the doctor's scan) keep the attributes they read
+/// and no events, a search what its matcher reads. `origins` as for [`decode_chunk_in`].
+pub fn decode_chunk_projected(
     buf: &[u8],
     projection: Projection<'_>,
     origins: Option<&ChunkOrigins>,
@@ -2481,7 +2470,7 @@ mod tests {
         let bytes = encode_chunk(&spans);
         assert_eq!(bytes[0], COLUMNAR_VERSION);
         assert_eq!(sorted(decode_chunk(&bytes).unwrap()), sorted(spans.clone()));
-        let projected = decode_chunk_projected(&bytes, |k| k == "client.address", None).unwrap();
+        let projected = decode_chunk_projected(&bytes, only(&|k| k == "client.address"), None).unwrap();
         for (got, want) in sorted(projected).iter().zip(sorted(spans.clone())) {
             let kept: Vec<_> =
                 want.attributes.iter().filter(|kv| &*kv.key == "client.address").cloned().collect();
@@ -2541,7 +2530,7 @@ mod tests {
             ("ratio", |k| k == "ratio"),
         ];
         for (key, keep) in keeps {
-            let projected = decode_chunk_projected(&bytes, keep, Some(&set)).unwrap();
+            let projected = decode_chunk_projected(&bytes, only(&keep), Some(&set)).unwrap();
             for (got, want) in sorted(projected).iter().zip(sorted(spans.clone())) {
                 let kept: Vec<_> = want.attributes.iter().filter(|kv| &*kv.key == key).cloned().collect();
                 assert_eq!(format!("{:?}", got.attributes), format!("{kept:?}"), "{key}");
@@ -2608,7 +2597,7 @@ mod tests {
         assert_eq!(cols[Col::HexBytes as usize].len(), 6 * 16 + 16 + 6 * 32 + 2 * 8 + 16 + (1 + 1 + 1 + 2));
         let keep: skein_store::KeepAttribute = |k| k == "container";
         for (got, want) in
-            sorted(decode_chunk_projected(&bytes, keep, Some(&set)).unwrap()).iter().zip(sorted(spans))
+            sorted(decode_chunk_projected(&bytes, only(&keep), Some(&set)).unwrap()).iter().zip(sorted(spans))
         {
             assert_eq!(
                 got.attributes,
@@ -2639,6 +2628,11 @@ mod tests {
     }
 
     /// A columnar chunk's columns (after the header) and the header, to damage one and join.
+    /// The projection of the span attributes `keep` accepts, without events.
+    fn only(keep: &dyn Fn(&str) -> bool) -> Projection<'_> {
+        Projection { attribute: keep, events: false }
+    }
+
     fn columns(raw: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
         let mut r = Reader { buf: raw, pos: 1 };
         let _ = (r.varint().unwrap(), r.varint().unwrap());
@@ -2777,18 +2771,15 @@ mod tests {
         let counters: Vec<u8> = (0..600u64).flat_map(|i| (1000 + i).to_be_bytes()).collect();
         let mut packer = Packer::new();
         for (ids, mode) in [(&random_ids, COLUMN_STORED), (&counters, COLUMN_ZSTD)] {
-            let mut columns: Vec<&[u8]> = vec![b"a few bytes"; COLUMNS];
-            columns[Col::SpanIds as usize] = ids;
-            let packed = pack_columns((COLUMNAR_VERSION_REPEATS, 1, 600), &columns, &mut packer);
+            let mut columns_given: Vec<&[u8]> = vec![b"a few bytes"; COLUMNS];
+            columns_given[Col::SpanIds as usize] = ids;
+            let packed = pack_columns((COLUMNAR_VERSION_REPEATS, 1, 600), &columns_given, &mut packer);
             let (_, parts) = parts(&packed);
             assert_eq!(parts[Col::SpanIds as usize].1, mode);
             if mode == COLUMN_ZSTD {
                 assert!(parts[Col::SpanIds as usize].2.len() < ids.len() / 4);
             }
-            let mut r = Reader { buf: &unpack(&packed).unwrap(), pos: 0 };
-            let _ = (r.u8().unwrap(), r.varint().unwrap(), r.varint().unwrap());
-            let unpacked: Vec<&[u8]> = (0..COLUMNS).map(|_| r.slice().unwrap()).collect();
-            assert_eq!(unpacked, columns);
+            assert_eq!(columns(&unpack(&packed).unwrap()).1, columns_given);
         }
     }
 

@@ -900,7 +900,7 @@ impl Block {
         self.decode_chunk(fs, i, |raw| match (raw.first(), projection) {
             (first, None) if columnar::is_columnar(first) => columnar::decode_chunk_in(raw, origins),
             (first, Some(projection)) if columnar::is_columnar(first) => {
-                columnar::decode_chunk_projection(raw, projection, origins)
+                columnar::decode_chunk_projected(raw, projection, origins)
             }
             (_, None) => codec::decode_spans(raw),
             // Row-encoded chunks (formats 1 and 2) are decoded whole; the caller keeps what it needs.
