@@ -1619,6 +1619,45 @@ fn unpack_column(
     Ok(())
 }
 
+/// Whether `text` is written as the bytes of a hex id (see [`put_text`]) where a chunk keeps
+/// texts: then it is not found among their bytes as it is.
+pub(crate) fn written_as_hex(text: &str) -> bool {
+    pack_hex(text, &mut Vec::new()).is_some()
+}
+
+/// Whether packed chunk `packed` may hold every one of `texts` as a string: `false` only when
+/// one of them occurs nowhere in the bytes of the columns that hold a columnar chunk's texts
+/// (`Strings`, and before version 5 `Uniques`: every string of its spans, their events and
+/// links, and of its own resources and scopes, but not those of the block's origins that
+/// shared-origin chunks number, nor texts written as hex ids — see [`written_as_hex`]).
+/// Unpacking those one or two columns costs a small part of decoding the chunk: a search asks
+/// this of a chunk that its Bloom filter could not rule out before it decodes the chunk.
+pub(crate) fn packed_may_hold_texts(
+    packed: &[u8],
+    dicts: Option<&ColumnDicts>,
+    texts: &[&str],
+) -> Result<bool, DecodeError> {
+    if texts.is_empty() {
+        return Ok(true);
+    }
+    let p = packed_columns(packed)?;
+    if !is_columnar(Some(&p.version)) {
+        return Ok(true);
+    }
+    let mut columns = vec![Col::Strings as usize];
+    if p.version < COLUMNAR_VERSION_REPEATS {
+        columns.push(Col::Uniques as usize);
+    }
+    let (mut zstd, mut bytes) = (None, Vec::new());
+    for c in columns {
+        let column = *p.columns.get(c).ok_or_else(|| DecodeError(format!("no column {c}")))?;
+        unpack_column(c, column, dicts, &mut zstd, &mut bytes)?;
+        // The columns apart: a text never spans the two.
+        bytes.push(0);
+    }
+    Ok(texts.iter().all(|t| memchr::memmem::find(&bytes, t.as_bytes()).is_some()))
+}
+
 /// The raw bytes of column `col` of a packed chunk.
 fn packed_column(packed: &[u8], col: usize, dicts: Option<&ColumnDicts>) -> Result<Vec<u8>, DecodeError> {
     let p = packed_columns(packed)?;
@@ -2758,6 +2797,35 @@ mod tests {
     /// A column of random bytes that zstd would not shrink is stored after a probe of its
     /// first bytes, while ids that are not random (counters) in the same column are
     /// compressed; either way the chunk unpacks to the very columns.
+    /// A packed chunk may hold a text when its string columns have it — a value used once
+    /// (version 3 keeps those in `Uniques`, version 5 after the dictionary), a dictionary
+    /// string — and does not when they have not; every text must be there.
+    #[test]
+    fn a_packed_chunk_holds_the_texts_of_its_strings_columns() {
+        let spans: Vec<Span> = (0..40u8)
+            .map(|i| {
+                SpanBuilder::new(1 + i / 10, i % 10 + 1)
+                    .attr("client.address", AttrValue::Str(format!("10.0.0.{i}").into()))
+                    .attr("http.route", AttrValue::Str("/cart".into()))
+                    .build()
+            })
+            .collect();
+        let v3 = pack(&encode_chunk(&spans), &mut Packer::new()).unwrap();
+        let (v5, _) = encode_shared(&spans);
+        let v5 = pack(&v5, &mut Packer::new()).unwrap();
+        for (version, packed) in [(3, &v3), (5, &v5)] {
+            let holds = |texts: &[&str]| packed_may_hold_texts(packed, None, texts).unwrap();
+            assert!(holds(&[]), "version {version}");
+            assert!(holds(&["10.0.0.17"]), "a value used once, version {version}");
+            assert!(holds(&["/cart", "10.0.0.3"]), "version {version}");
+            assert!(!holds(&["10.0.0.40"]), "version {version}");
+            assert!(!holds(&["/cart", "10.9.9.9"]), "version {version}");
+        }
+        assert!(written_as_hex("123e4567-e89b-12d3-a456-426614174000"));
+        assert!(written_as_hex("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(!written_as_hex("10.0.0.1") && !written_as_hex("0123456789012345"));
+    }
+
     #[test]
     fn probed_columns_are_stored_when_random_and_compressed_when_not() {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;

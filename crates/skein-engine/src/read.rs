@@ -104,18 +104,20 @@ impl Shared {
 
     /// Chunk `i` of `block` decoded for `matcher`: of each span only what it reads (the span
     /// attributes its conditions name, the events when it has conditions) besides the fields,
-    /// resource and scope.
+    /// resource and scope; none when the chunk lacks one of `texts`, the texts a span that
+    /// `matcher` accepts carries verbatim ([`skein_store::SpanMatcher::verbatim_texts`]).
     pub(crate) fn read_chunk_for(
         &self,
         block: &Block,
         i: usize,
         matcher: &skein_store::SpanMatcher<'_>,
+        texts: &[(&str, &str)],
     ) -> Option<Vec<Span>> {
         let projection = columnar::Projection {
             attribute: &|key| matcher.reads_attribute(key),
             events: matcher.reads_events(),
         };
-        self.counted(block.read_chunk_projected(&*self.config.fs, i, Some(projection)))
+        self.counted(block.read_chunk_holding(&*self.config.fs, i, Some(projection), texts))
     }
 
     /// The spans of chunk `i` of `block` whose traces are among `wanted` (see

@@ -143,6 +143,30 @@ impl<'q> SpanMatcher<'q> {
         !self.tags.is_empty()
     }
 
+    /// Per tag condition, in order, the text a span that meets it carries verbatim as a string:
+    /// as the string value of a span, resource or event attribute under the condition's key
+    /// or, for key `event`, as an event's name — or `None` when the condition can be met
+    /// otherwise too (by a typed value whose text the wanted one is — a number, a boolean,
+    /// bytes as hex, an array or a list — or by a synthetic tag). A store that finds a
+    /// condition's text nowhere among some spans' strings (their resources' included) knows
+    /// none of those spans matches, without building them. Derived here, beside
+    /// [`SpanMatcher::matches`], so that the two cannot disagree.
+    pub fn verbatim_texts(&self) -> Vec<(&'q str, Option<&'q str>)> {
+        self.tags
+            .iter()
+            .map(|t| {
+                let w = t.want;
+                let typed = t.int.is_some() || t.float.is_some() || t.boolean.is_some();
+                // `AttrValue`'s text of bytes is lowercase hex (and of no bytes, empty); of an
+                // array or a list, it starts with its bracket.
+                let bytes_text = w.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                let nested = w.starts_with('[') || w.starts_with('{');
+                let verbatim = !(t.synthetic || typed || bytes_text || nested);
+                (t.key, verbatim.then_some(w))
+            })
+            .collect()
+    }
+
     pub fn matches(&self, span: &Span) -> bool {
         let q = self.query;
         if q.service.as_deref().is_some_and(|service| span.service_name() != service) {
@@ -227,5 +251,81 @@ mod tests {
             2 * 10,
             "each query matches the whole span, but in another service or for an absent value"
         );
+    }
+
+    /// The strings a span carries that [`SpanMatcher::verbatim_texts`] speaks of: string
+    /// values of its, its resource's and its events' attributes, and its events' names.
+    fn strings_of(span: &Span) -> Vec<(String, String)> {
+        let attrs = span
+            .attributes
+            .iter()
+            .chain(&span.resource.attributes)
+            .chain(span.events.iter().flat_map(|e| &e.attributes));
+        let mut out: Vec<(String, String)> = attrs
+            .filter_map(|kv| match &kv.value {
+                AttrValue::Str(s) => Some((kv.key.to_string(), s.to_string())),
+                _ => None,
+            })
+            .collect();
+        out.extend(span.events.iter().map(|e| ("event".to_owned(), e.name.to_string())));
+        out
+    }
+
+    /// A span that a query matches carries, for every condition with a verbatim text, that
+    /// text as a string under the condition's key: typed values (numbers, booleans, bytes,
+    /// arrays, lists) whose text is wanted, synthetic tags, resource and event attributes and
+    /// event names included. Conditions that typed values or synthetic tags can meet have none.
+    #[test]
+    fn a_matching_span_carries_every_verbatim_text_as_a_string() {
+        let span = SpanBuilder::new(1, 1)
+            .service("shop")
+            .resource_attr("k8s.pod.name", AttrValue::Str("shop-1".into()))
+            .kind(SpanKind::Server)
+            .attr("client.address", AttrValue::Str("10.0.0.1".into()))
+            .attr("n", AttrValue::Int(7))
+            .attr("ratio", AttrValue::Double(0.5))
+            .attr("cached", AttrValue::Bool(true))
+            .attr("blob", AttrValue::Bytes(vec![0xab, 0x01]))
+            .attr("list", AttrValue::Array(vec![AttrValue::Int(1), AttrValue::Int(2)]))
+            .attr("map", AttrValue::KvList(vec![KeyValue::string("a", "b")]))
+            .attr("empty", AttrValue::Empty)
+            .attr("word", AttrValue::Str("deadbeef".into()))
+            .event("exception", 5, vec![KeyValue::string("exception.type", "Panic")])
+            .error("boom")
+            .build();
+        let strings = strings_of(&span);
+        let conditions = [
+            ("client.address", "10.0.0.1", true),
+            ("k8s.pod.name", "shop-1", true),
+            ("exception.type", "Panic", true),
+            ("event", "exception", true),
+            ("n", "7", false),
+            ("n", "007", false),
+            ("ratio", "0.5", false),
+            ("cached", "true", false),
+            ("blob", "ab01", false),
+            ("list", "[1,2]", false),
+            ("map", "{\"a\":\"b\"}", false),
+            ("empty", "", false),
+            ("word", "deadbeef", false),
+            ("span.kind", "server", false),
+            ("error", "true", false),
+            ("otel.status_description", "boom", false),
+            ("client.address", "10.0.0.2", true),
+        ];
+        let mut met = 0;
+        for (key, want, verbatim) in conditions {
+            let q = TraceQuery { tags: [(key.to_owned(), want.to_owned())].into(), ..TraceQuery::default() };
+            let m = SpanMatcher::new(&q);
+            let texts = m.verbatim_texts();
+            assert_eq!(texts, vec![(key, verbatim.then_some(want))], "{key}={want}");
+            if m.matches(&span) {
+                met += 1;
+                if let Some(text) = texts[0].1 {
+                    assert!(strings.contains(&(key.to_owned(), text.to_owned())), "{key}={want}");
+                }
+            }
+        }
+        assert_eq!(met, conditions.len() - 1, "every condition but the absent address is met");
     }
 }

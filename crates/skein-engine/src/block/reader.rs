@@ -895,9 +895,48 @@ impl Block {
         i: usize,
         projection: Option<columnar::Projection<'_>>,
     ) -> Result<Vec<Span>, BlockError> {
+        self.read_chunk_holding(fs, i, projection, &[])
+    }
+
+    /// [`Block::read_chunk_projected`] for spans that carry every one of `texts` (each a
+    /// condition's key and the text a span that meets it carries verbatim as a string, see
+    /// [`skein_store::SpanMatcher::verbatim_texts`]): no span, and the chunk not decoded, when
+    /// its strings and those of its resources hold one of the texts nowhere.
+    pub(crate) fn read_chunk_holding(
+        &self,
+        fs: &dyn Fs,
+        i: usize,
+        projection: Option<columnar::Projection<'_>>,
+        texts: &[(&str, &str)],
+    ) -> Result<Vec<Span>, BlockError> {
         // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
         let origins = self.origins_of(i);
-        self.decode_chunk(fs, i, |raw| match (raw.first(), projection) {
+        // A text one of the chunk's resources carries under its key meets its condition there
+        // (those resources are the block's, not in the chunk); a text written as a hex id is
+        // not found as it is.
+        let in_resources = |(key, text): &(&str, &str)| {
+            origins.is_some_and(|o| {
+                o.resources.iter().any(|r| {
+                    r.attributes
+                        .iter()
+                        .any(|kv| kv.key == *key && matches!(&kv.value, AttrValue::Str(s) if s == text))
+                })
+            })
+        };
+        let wanted: Vec<&str> = texts
+            .iter()
+            .filter(|t| !in_resources(t) && !columnar::written_as_hex(t.1))
+            .map(|(_, text)| *text)
+            .collect();
+        let bytes = self.read_chunk_bytes(fs, i)?;
+        if !wanted.is_empty()
+            && bytes.first() == Some(&columnar::PACKED)
+            && !columnar::packed_may_hold_texts(&bytes, self.dicts(fs)?.as_deref(), &wanted)
+                .map_err(|e| self.corrupt(format!("chunk {i} does not unpack: {e}")))?
+        {
+            return Ok(Vec::new());
+        }
+        self.decode_read_chunk(fs, i, &bytes, |raw| match (raw.first(), projection) {
             (first, None) if columnar::is_columnar(first) => columnar::decode_chunk_in(raw, origins),
             (first, Some(projection)) if columnar::is_columnar(first) => {
                 columnar::decode_chunk_projected(raw, projection, origins)
@@ -917,13 +956,24 @@ impl Block {
         decode: impl FnOnce(&[u8]) -> Result<Vec<Span>, DecodeError>,
     ) -> Result<Vec<Span>, BlockError> {
         let bytes = self.read_chunk_bytes(fs, i)?;
+        self.decode_read_chunk(fs, i, &bytes, decode)
+    }
+
+    /// [`Block::decode_chunk`] of chunk `i` read already (`bytes`, crc checked).
+    fn decode_read_chunk(
+        &self,
+        fs: &dyn Fs,
+        i: usize,
+        bytes: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<Vec<Span>, DecodeError>,
+    ) -> Result<Vec<Span>, BlockError> {
         // Packed by column (format 7), or one zstd frame (the chunks of older formats, which
         // compaction copies into new blocks as they are).
         let raw = if bytes.first() == Some(&columnar::PACKED) {
-            columnar::unpack_with(&bytes, self.dicts(fs)?.as_deref())
+            columnar::unpack_with(bytes, self.dicts(fs)?.as_deref())
                 .map_err(|e| self.corrupt(format!("chunk {i} does not unpack: {e}")))?
         } else {
-            zstd::stream::decode_all(&bytes[..])
+            zstd::stream::decode_all(bytes)
                 .map_err(|e| self.corrupt(format!("chunk {i} does not decompress: {e}")))?
         };
         decode(&raw).map_err(|e| self.corrupt(format!("chunk {i}: {e}")))
@@ -1328,6 +1378,44 @@ mod tests {
         let damaged = Block::open(&OsFs, &path).unwrap();
         let e = damaged.read_chunk(&OsFs, 0).unwrap_err();
         assert!(e.to_string().contains("column dictionaries crc mismatch"), "{e}");
+    }
+
+    /// A search's read of a chunk gives no span, without decoding it, when the chunk's strings
+    /// hold one of the wanted texts nowhere; a text that a span attribute, an event (attribute
+    /// or name) or one of the chunk's resources (which the block keeps, not the chunk) holds,
+    /// or one written as a hex id, never rules the chunk out.
+    #[test]
+    fn a_chunk_without_a_wanted_text_is_not_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let spans: Vec<Span> = (0..30u8)
+            .map(|i| {
+                SpanBuilder::new(1, i + 1)
+                    .service("frontend")
+                    .resource_attr("k8s.pod.name", AttrValue::Str("pod-7".into()))
+                    .attr("client.address", AttrValue::Str(format!("10.0.0.{i}").into()))
+                    .event("exception", 5, vec![skein_model::KeyValue::string("exception.type", "Panic")])
+                    .build()
+            })
+            .collect();
+        let block = write_traces(&dir.path().join("1.blk"), &spans);
+        assert_eq!(block.chunk_count(), 1);
+        let whole = block.read_chunk(&OsFs, 0).unwrap();
+        assert_eq!(whole.len(), 30);
+        let cases: [(&[(&str, &str)], bool); 9] = [
+            (&[], true),
+            (&[("client.address", "10.0.0.3")], true),
+            (&[("client.address", "10.9.9.9")], false),
+            (&[("k8s.pod.name", "pod-7")], true),
+            (&[("k8s.pod.name", "pod-8")], false),
+            (&[("exception.type", "Panic")], true),
+            (&[("event", "exception")], true),
+            (&[("session.id", "123e4567-e89b-12d3-a456-426614174000")], true),
+            (&[("client.address", "10.0.0.3"), ("client.address", "10.9.9.9")], false),
+        ];
+        for (texts, read) in cases {
+            let got = block.read_chunk_holding(&OsFs, 0, None, texts).unwrap();
+            assert_eq!(got, if read { whole.clone() } else { Vec::new() }, "{texts:?}");
+        }
     }
 
     /// Span `n` of a block of many chunks: of service `frontend` or `cart` in turn, three to a
