@@ -989,6 +989,10 @@ pub(crate) struct ChunkMatcher<'b> {
     fetched: std::cell::RefCell<FxHashMap<usize, Arc<[u8]>>>,
     /// Per item hash, the chunks whose blocked filters (format 5) may hold it, once asked.
     blocked: std::cell::RefCell<FxHashMap<(u64, bool), Vec<u64>>>,
+    /// The chunks that may match (one bit per chunk), worked out for the whole block at the
+    /// first question when no chunk of it has a filter of format 4 (`None`: asked chunk by
+    /// chunk).
+    candidates: std::cell::OnceCell<Option<Vec<u64>>>,
 }
 
 /// Bloom filters read together when a search needs one that is not in memory: the next
@@ -1017,7 +1021,104 @@ struct TagChunks {
 
 impl<'b> ChunkMatcher<'b> {
     fn new(block: &'b Block, plan: Plan) -> Self {
-        ChunkMatcher { block, plan, fetched: Default::default(), blocked: Default::default() }
+        ChunkMatcher {
+            block,
+            plan,
+            fetched: Default::default(),
+            blocked: Default::default(),
+            candidates: Default::default(),
+        }
+    }
+
+    /// The chunks of the block that may match, as [`ChunkMatcher::may_match`] answers chunk by
+    /// chunk, worked out a word of 64 chunks at a time: per service that may match, its
+    /// chunks; per tag, those whose postings have it, or whose blocked filters may hold one
+    /// of its items, or that have no filter. `None` for a block with a chunk whose filter is
+    /// of format 4 (read per chunk, when asked). At 100M realistic spans a search for a
+    /// client address asks some 60,000 chunks: asking them one by one was half of its
+    /// instructions.
+    fn all_candidates(&self, fs: &dyn Fs) -> Option<Vec<u64>> {
+        let b = self.block;
+        let Plan::Postings { services, key_items } = &self.plan else { return None };
+        if b.chunks.iter().any(|c| c.bloom_lines == 0 && c.bloom_len > 0) {
+            return None;
+        }
+        let words = b.chunks.len().div_ceil(64);
+        // Chunks with a blocked filter, and those whose filter holds items without services.
+        let (mut filtered, mut unserviced) = (vec![0u64; words], vec![0u64; words]);
+        for (i, c) in b.chunks.iter().enumerate() {
+            if c.bloom_lines > 0 {
+                inverted::set_bit(&mut filtered, i as u32);
+                if c.bloom_probes & bloom::UNSERVICED != 0 {
+                    inverted::set_bit(&mut unserviced, i as u32);
+                }
+            }
+        }
+        let word = |bits: &[u64], w: usize| bits.get(w).copied().unwrap_or(0);
+        let mut out = vec![0u64; words];
+        for (sid, per_tag) in services {
+            let mut acc = vec![0u64; words];
+            for (i, c) in b.chunks.iter().enumerate() {
+                if c.services.contains(*sid) {
+                    inverted::set_bit(&mut acc, i as u32);
+                }
+            }
+            for (k, (t, key_items)) in per_tag.iter().zip(key_items).enumerate() {
+                let mut tag: Vec<u64> =
+                    (0..words).map(|w| word(&t.sure, w) | (word(&t.hashed, w) & !filtered[w])).collect();
+                for (without_services, items) in [(false, &t.items), (true, key_items)] {
+                    let asked: Vec<u64> = (0..words)
+                        .map(|w| {
+                            let flag = if without_services { unserviced[w] } else { !unserviced[w] };
+                            word(&t.hashed, w) & filtered[w] & flag
+                        })
+                        .collect();
+                    if asked.iter().all(|w| *w == 0) {
+                        continue;
+                    }
+                    for h in items {
+                        self.blocked_chunks(fs, (*h, without_services, k), |maybe| {
+                            for w in 0..words {
+                                tag[w] |= asked[w] & word(maybe, w);
+                            }
+                        });
+                    }
+                }
+                for w in 0..words {
+                    acc[w] &= tag[w];
+                }
+            }
+            for w in 0..words {
+                out[w] |= acc[w];
+            }
+        }
+        Some(out)
+    }
+
+    /// `answer` to the chunks whose blocked filters (format 5) may hold `item`, an item with
+    /// services or without (`unserviced`) as the filters' are, for tag `tag` (see
+    /// [`Block::blocked_may_hold`]): asked of every chunk of the block that any service's
+    /// postings send to a filter for the tag, once per item.
+    fn blocked_chunks<R>(
+        &self,
+        fs: &dyn Fs,
+        (item, unserviced, tag): (u64, bool, usize),
+        answer: impl FnOnce(&[u64]) -> R,
+    ) -> R {
+        let mut blocked = self.blocked.borrow_mut();
+        let maybe = blocked.entry((item, unserviced)).or_insert_with(|| {
+            let Plan::Postings { services, .. } = &self.plan else { return Vec::new() };
+            // An item without a service is the same for every service: the chunks that
+            // any of them asks about (one service's would leave the others' groups unread).
+            let mut asked = vec![0u64; self.block.chunks.len().div_ceil(64)];
+            for (_, per_tag) in services {
+                for (w, bits) in asked.iter_mut().zip(&per_tag[tag].hashed) {
+                    *w |= bits;
+                }
+            }
+            self.block.blocked_may_hold(fs, item, unserviced, &asked)
+        });
+        answer(maybe)
     }
 
     /// The Bloom filter of chunk `i` (format 4): kept by the block, read ahead, or read now
@@ -1048,21 +1149,18 @@ impl<'b> ChunkMatcher<'b> {
         mine
     }
 
-    /// Whether chunk `i`'s blocked filter may hold `item`, an item with services or without
-    /// (`unserviced`) as the filter's are (asked of every such chunk in `asked` at once, the
-    /// first time).
-    fn blocked_may_hold(&self, fs: &dyn Fs, i: usize, item: u64, unserviced: bool, asked: &[u64]) -> bool {
-        let mut blocked = self.blocked.borrow_mut();
-        let maybe = blocked
-            .entry((item, unserviced))
-            .or_insert_with(|| self.block.blocked_may_hold(fs, item, unserviced, asked));
-        inverted::bit(maybe, i)
-    }
-
     /// Whether chunk `i` may hold a span of the service carrying every tag: answered from the
     /// postings and, for keys with many values, the chunk's Bloom filter, without reading the
     /// chunk.
     pub(crate) fn may_match(&self, fs: &dyn Fs, i: usize) -> bool {
+        match self.candidates.get_or_init(|| self.all_candidates(fs)) {
+            Some(candidates) => inverted::bit(candidates, i),
+            None => self.chunk_may_match(fs, i),
+        }
+    }
+
+    /// [`ChunkMatcher::may_match`] asked of chunk `i` alone.
+    fn chunk_may_match(&self, fs: &dyn Fs, i: usize) -> bool {
         let b = self.block;
         match &self.plan {
             Plan::ServiceOnly(service) => service.as_deref().is_none_or(|s| b.chunk_has_service(i, s)),
@@ -1073,15 +1171,17 @@ impl<'b> ChunkMatcher<'b> {
                 let mut filter: Option<Option<Arc<[u8]>>> = None;
                 services.iter().any(|(sid, per_tag)| {
                     b.chunks[i].services.contains(*sid)
-                        && per_tag.iter().zip(key_items).all(|(t, key_items)| {
+                        && per_tag.iter().zip(key_items).enumerate().all(|(k, (t, key_items))| {
                             inverted::bit(&t.sure, i)
                                 || (inverted::bit(&t.hashed, i) && {
                                     if b.chunks[i].bloom_lines > 0 {
                                         let unserviced = b.chunks[i].bloom_probes & bloom::UNSERVICED != 0;
                                         let items = if unserviced { key_items } else { &t.items };
-                                        items
-                                            .iter()
-                                            .any(|h| self.blocked_may_hold(fs, i, *h, unserviced, &t.hashed))
+                                        items.iter().any(|h| {
+                                            self.blocked_chunks(fs, (*h, unserviced, k), |maybe| {
+                                                inverted::bit(maybe, i)
+                                            })
+                                        })
                                     } else {
                                         let filter =
                                             filter.get_or_insert_with(|| self.bloom(fs, i, services));
@@ -1415,6 +1515,64 @@ mod tests {
         for (texts, read) in cases {
             let got = block.read_chunk_holding(&OsFs, 0, None, texts).unwrap();
             assert_eq!(got, if read { whole.clone() } else { Vec::new() }, "{texts:?}");
+        }
+    }
+
+    /// The chunks a block's matcher lets through, worked out for the whole block at once, are
+    /// the ones it lets through asked chunk by chunk: for values the postings list and values
+    /// the Bloom filters hold, of one service, of any or of none, alone and together, present
+    /// and absent — and none that holds a matching span is left out.
+    #[test]
+    fn a_blocks_candidates_are_the_chunks_asked_one_by_one_would_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let spans: Vec<Span> = (0..9_000u32)
+            .map(|n| {
+                let mut s = padded_span(
+                    n,
+                    "client.address",
+                    AttrValue::Str(format!("10.0.{}.{}", n / 200, n % 200).into()),
+                );
+                s.attributes.push(skein_model::KeyValue::new("tier", AttrValue::Int((n / 1_500) as i64)));
+                s
+            })
+            .collect();
+        let block = write_traces(&dir.path().join("1.blk"), &spans);
+        assert!(block.chunk_count() >= 6, "{} chunks", block.chunk_count());
+        type Query<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)]);
+        let queries: [Query; 9] = [
+            (Some("frontend"), &[("client.address", "10.0.7.42")]),
+            (Some("cart"), &[("client.address", "10.0.7.42")]),
+            (None, &[("client.address", "10.0.7.43")]),
+            (Some("frontend"), &[("client.address", "10.9.9.9")]),
+            (None, &[("tier", "3")]),
+            (Some("cart"), &[("tier", "03"), ("client.address", "10.0.22.101")]),
+            (Some("frontend"), &[("tier", "2"), ("client.address", "10.0.7.42")]),
+            (None, &[("client.address", "10.0.1.1"), ("client.address", "10.0.1.2")]),
+            (Some("frontend"), &[]),
+        ];
+        for (service, tags) in queries {
+            let q = skein_store::TraceQuery {
+                service: service.map(str::to_owned),
+                tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..skein_store::TraceQuery::default()
+            };
+            let m = skein_store::SpanMatcher::new(&q);
+            let (whole, one_by_one) = (block.matcher(&OsFs, &m), block.matcher(&OsFs, &m));
+            let candidates = whole.all_candidates(&OsFs).expect("blocked filters only");
+            let mut matched = 0;
+            for i in 0..block.chunk_count() {
+                assert_eq!(
+                    inverted::bit(&candidates, i),
+                    one_by_one.chunk_may_match(&OsFs, i),
+                    "{q:?}, chunk {i}"
+                );
+                if block.read_chunk(&OsFs, i).unwrap().iter().any(|s| m.matches(s)) {
+                    assert!(whole.may_match(&OsFs, i), "{q:?}: chunk {i} has a match");
+                    matched += 1;
+                }
+            }
+            let expected = spans.iter().any(|s| m.matches(s));
+            assert_eq!(matched > 0, expected, "{q:?}");
         }
     }
 
