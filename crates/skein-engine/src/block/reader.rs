@@ -987,8 +987,9 @@ pub(crate) struct ChunkMatcher<'b> {
     /// Bloom filters read ahead for chunks a search will ask next (when the block may not
     /// keep them): reading them together costs one open of the file instead of one each.
     fetched: std::cell::RefCell<FxHashMap<usize, Arc<[u8]>>>,
-    /// Per item hash, the chunks whose blocked filters (format 5) may hold it, once asked.
-    blocked: std::cell::RefCell<FxHashMap<(u64, bool), Vec<u64>>>,
+    /// Per item hash (with or without services, of the query's tag at that place), the chunks
+    /// whose blocked filters (format 5) may hold it, once asked.
+    blocked: std::cell::RefCell<FxHashMap<(u64, bool, usize), Vec<u64>>>,
     /// The chunks that may match (one bit per chunk), worked out for the whole block at the
     /// first question when no chunk of it has a filter of format 4 (`None`: asked chunk by
     /// chunk).
@@ -1106,7 +1107,7 @@ impl<'b> ChunkMatcher<'b> {
         answer: impl FnOnce(&[u64]) -> R,
     ) -> R {
         let mut blocked = self.blocked.borrow_mut();
-        let maybe = blocked.entry((item, unserviced)).or_insert_with(|| {
+        let maybe = blocked.entry((item, unserviced, tag)).or_insert_with(|| {
             let Plan::Postings { services, .. } = &self.plan else { return Vec::new() };
             // An item without a service is the same for every service: the chunks that
             // any of them asks about (one service's would leave the others' groups unread).
