@@ -1619,19 +1619,14 @@ fn unpack_column(
     Ok(())
 }
 
-/// Whether `text` is written as the bytes of a hex id (see [`put_text`]) where a chunk keeps
-/// texts: then it is not found among their bytes as it is.
-pub(crate) fn written_as_hex(text: &str) -> bool {
-    pack_hex(text, &mut Vec::new()).is_some()
-}
-
 /// Whether packed chunk `packed` may hold every one of `texts` as a string: `false` only when
 /// one of them occurs nowhere in the bytes of the columns that hold a columnar chunk's texts
 /// (`Strings`, and before version 5 `Uniques`: every string of its spans, their events and
 /// links, and of its own resources and scopes, but not those of the block's origins that
-/// shared-origin chunks number, nor texts written as hex ids — see [`written_as_hex`]).
-/// Unpacking those one or two columns costs a small part of decoding the chunk: a search asks
-/// this of a chunk that its Bloom filter could not rule out before it decodes the chunk.
+/// shared-origin chunks number) — a text that version 5 writes as a hex id, as its bytes in
+/// `HexBytes` (see [`put_text`]). Unpacking those columns costs a small part of decoding the
+/// chunk: a search asks this of a chunk that its Bloom filter could not rule out before it
+/// decodes the chunk.
 pub(crate) fn packed_may_hold_texts(
     packed: &[u8],
     dicts: Option<&ColumnDicts>,
@@ -1644,18 +1639,37 @@ pub(crate) fn packed_may_hold_texts(
     if !is_columnar(Some(&p.version)) {
         return Ok(true);
     }
-    let mut columns = vec![Col::Strings as usize];
-    if p.version < COLUMNAR_VERSION_REPEATS {
-        columns.push(Col::Uniques as usize);
+    let hex_ids = p.version >= COLUMNAR_VERSION_REPEATS;
+    let mut zstd = None;
+    let mut unpacked = |columns: &[Col]| -> Result<Vec<u8>, DecodeError> {
+        let mut bytes = Vec::new();
+        for &c in columns {
+            let c = c as usize;
+            let column = *p.columns.get(c).ok_or_else(|| DecodeError(format!("no column {c}")))?;
+            unpack_column(c, column, dicts, &mut zstd, &mut bytes)?;
+            // The columns apart: a text never spans the two.
+            bytes.push(0);
+        }
+        Ok(bytes)
+    };
+    let texts_at = unpacked(if hex_ids { &[Col::Strings] } else { &[Col::Strings, Col::Uniques] })?;
+    let mut hex_at = None;
+    for text in texts {
+        let mut id = Vec::new();
+        let found = if hex_ids && pack_hex(text, &mut id).is_some() {
+            let hex = match &hex_at {
+                Some(hex) => hex,
+                None => hex_at.insert(unpacked(&[Col::HexBytes])?),
+            };
+            memchr::memmem::find(hex, &id).is_some()
+        } else {
+            memchr::memmem::find(&texts_at, text.as_bytes()).is_some()
+        };
+        if !found {
+            return Ok(false);
+        }
     }
-    let (mut zstd, mut bytes) = (None, Vec::new());
-    for c in columns {
-        let column = *p.columns.get(c).ok_or_else(|| DecodeError(format!("no column {c}")))?;
-        unpack_column(c, column, dicts, &mut zstd, &mut bytes)?;
-        // The columns apart: a text never spans the two.
-        bytes.push(0);
-    }
-    Ok(texts.iter().all(|t| memchr::memmem::find(&bytes, t.as_bytes()).is_some()))
+    Ok(true)
 }
 
 /// The raw bytes of column `col` of a packed chunk.
@@ -2821,9 +2835,33 @@ mod tests {
             assert!(!holds(&["10.0.0.40"]), "version {version}");
             assert!(!holds(&["/cart", "10.9.9.9"]), "version {version}");
         }
-        assert!(written_as_hex("123e4567-e89b-12d3-a456-426614174000"));
-        assert!(written_as_hex("4bf92f3577b34da6a3ce929d0e0e4736"));
-        assert!(!written_as_hex("10.0.0.1") && !written_as_hex("0123456789012345"));
+    }
+
+    /// A text that version 5 writes as a hex id is found as its bytes, and before version 5
+    /// as its text; an id the chunk does not hold is not found either way.
+    #[test]
+    fn a_packed_chunk_holds_its_hex_ids() {
+        let session = |i: u8| format!("123e4567-e89b-12d3-a456-4266141740{i:02x}");
+        let spans: Vec<Span> = (0..40u8)
+            .map(|i| {
+                SpanBuilder::new(1 + i / 10, i % 10 + 1)
+                    .attr("session.id", AttrValue::Str(session(i).into()))
+                    .attr("order.id", AttrValue::Str(format!("{:032x}", 0xabc000 + i as u64).into()))
+                    .build()
+            })
+            .collect();
+        let v3 = pack(&encode_chunk(&spans), &mut Packer::new()).unwrap();
+        let (v5, _) = encode_shared(&spans);
+        let v5 = pack(&v5, &mut Packer::new()).unwrap();
+        assert!(pack_hex(&session(7), &mut Vec::new()).is_some(), "written as bytes in version 5");
+        let order = format!("{:032x}", 0xabc000 + 7);
+        for (version, packed) in [(3, &v3), (5, &v5)] {
+            let holds = |texts: &[&str]| packed_may_hold_texts(packed, None, texts).unwrap();
+            assert!(holds(&[&session(7)]), "version {version}");
+            assert!(holds(&[&session(39), &order]), "version {version}");
+            assert!(!holds(&[&session(40)]), "version {version}");
+            assert!(!holds(&[&format!("{:032x}", 0xabc000 + 40)]), "version {version}");
+        }
     }
 
     #[test]

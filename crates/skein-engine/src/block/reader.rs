@@ -912,8 +912,7 @@ impl Block {
         // The first byte says which encoding wrote the chunk: rows (formats 1 and 2) or columns (3).
         let origins = self.origins_of(i);
         // A text one of the chunk's resources carries under its key meets its condition there
-        // (those resources are the block's, not in the chunk); a text written as a hex id is
-        // not found as it is.
+        // (those resources are the block's, not in the chunk).
         let in_resources = |(key, text): &(&str, &str)| {
             origins.is_some_and(|o| {
                 o.resources.iter().any(|r| {
@@ -923,11 +922,7 @@ impl Block {
                 })
             })
         };
-        let wanted: Vec<&str> = texts
-            .iter()
-            .filter(|t| !in_resources(t) && !columnar::written_as_hex(t.1))
-            .map(|(_, text)| *text)
-            .collect();
+        let wanted: Vec<&str> = texts.iter().filter(|t| !in_resources(t)).map(|(_, text)| *text).collect();
         let bytes = self.read_chunk_bytes(fs, i)?;
         if !wanted.is_empty()
             && bytes.first() == Some(&columnar::PACKED)
@@ -1482,9 +1477,9 @@ mod tests {
     }
 
     /// A search's read of a chunk gives no span, without decoding it, when the chunk's strings
-    /// hold one of the wanted texts nowhere; a text that a span attribute, an event (attribute
-    /// or name) or one of the chunk's resources (which the block keeps, not the chunk) holds,
-    /// or one written as a hex id, never rules the chunk out.
+    /// hold one of the wanted texts nowhere; a text that a span attribute (a hex id
+    /// included), an event (attribute or name) or one of the chunk's resources (which the
+    /// block keeps, not the chunk) holds never rules the chunk out.
     #[test]
     fn a_chunk_without_a_wanted_text_is_not_decoded() {
         let dir = tempfile::tempdir().unwrap();
@@ -1494,6 +1489,10 @@ mod tests {
                     .service("frontend")
                     .resource_attr("k8s.pod.name", AttrValue::Str("pod-7".into()))
                     .attr("client.address", AttrValue::Str(format!("10.0.0.{i}").into()))
+                    .attr(
+                        "session.id",
+                        AttrValue::Str(format!("123e4567-e89b-12d3-a456-4266141740{i:02x}").into()),
+                    )
                     .event("exception", 5, vec![skein_model::KeyValue::string("exception.type", "Panic")])
                     .build()
             })
@@ -1502,7 +1501,7 @@ mod tests {
         assert_eq!(block.chunk_count(), 1);
         let whole = block.read_chunk(&OsFs, 0).unwrap();
         assert_eq!(whole.len(), 30);
-        let cases: [(&[(&str, &str)], bool); 9] = [
+        let cases: [(&[(&str, &str)], bool); 10] = [
             (&[], true),
             (&[("client.address", "10.0.0.3")], true),
             (&[("client.address", "10.9.9.9")], false),
@@ -1510,7 +1509,8 @@ mod tests {
             (&[("k8s.pod.name", "pod-8")], false),
             (&[("exception.type", "Panic")], true),
             (&[("event", "exception")], true),
-            (&[("session.id", "123e4567-e89b-12d3-a456-426614174000")], true),
+            (&[("session.id", "123e4567-e89b-12d3-a456-42661417401d")], true),
+            (&[("session.id", "123e4567-e89b-12d3-a456-4266141740ff")], false),
             (&[("client.address", "10.0.0.3"), ("client.address", "10.9.9.9")], false),
         ];
         for (texts, read) in cases {
