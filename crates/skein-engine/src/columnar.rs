@@ -2808,9 +2808,6 @@ mod tests {
         w.buf
     }
 
-    /// A column of random bytes that zstd would not shrink is stored after a probe of its
-    /// first bytes, while ids that are not random (counters) in the same column are
-    /// compressed; either way the chunk unpacks to the very columns.
     /// A packed chunk may hold a text when its string columns have it — a value used once
     /// (version 3 keeps those in `Uniques`, version 5 after the dictionary), a dictionary
     /// string — and does not when they have not; every text must be there.
@@ -2864,6 +2861,9 @@ mod tests {
         }
     }
 
+    /// A column of random bytes that zstd would not shrink is stored after a probe of its
+    /// first bytes, while ids that are not random (counters) in the same column are
+    /// compressed; either way the chunk unpacks to the very columns.
     #[test]
     fn probed_columns_are_stored_when_random_and_compressed_when_not() {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;

@@ -53,7 +53,8 @@ pub struct OsFs;
 
 /// `len` bytes of `file` from `offset`, read into room that is not zeroed first (a search
 /// reads a few MB of Bloom filter lines at 100M spans: zeroing them before the read cost a
-/// sixth of its instructions); an error when the file ends before.
+/// sixth of its instructions); an error when the file ends before. It moves the file's
+/// position: `file` is the caller's own, opened for these reads.
 fn read_at(mut file: &std::fs::File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     use std::io::{Read, Seek};
     file.seek(io::SeekFrom::Start(offset))?;
