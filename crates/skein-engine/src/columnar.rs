@@ -2680,12 +2680,12 @@ mod tests {
         assert!(e.contains("none before it"), "{e}");
     }
 
-    /// A columnar chunk's columns (after the header) and the header, to damage one and join.
     /// The projection of the span attributes `keep` accepts, without events.
     fn only(keep: &dyn Fn(&str) -> bool) -> Projection<'_> {
         Projection { attribute: keep, events: false }
     }
 
+    /// A columnar chunk's columns (after the header) and the header, to damage one and join.
     fn columns(raw: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
         let mut r = Reader { buf: raw, pos: 1 };
         let _ = (r.varint().unwrap(), r.varint().unwrap());
